@@ -1,0 +1,165 @@
+//! The JSON document stored in the payload store for every version.
+//!
+//! It is self-describing — collection, id, ov, cv, op, attribution and `_system` travel with the
+//! data — so a bucket alone is enough to audit or rebuild history, and so every read can check
+//! that the object it fetched really is the version it asked for.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use super::error::{Error, Result};
+use super::model::{CollectionName, ItemId, Op, SystemFields, Timestamp, VersionEntry, parse_data};
+
+const FORMAT: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Header<'a> {
+    format: u32,
+    #[serde(borrow)]
+    collection: &'a str,
+    #[serde(borrow)]
+    id: &'a str,
+    ov: u64,
+    cv: u64,
+    op: Op,
+    at: Timestamp,
+    actor: Option<String>,
+    reason: Option<String>,
+    write_id: String,
+    checksum: String,
+    #[serde(rename = "_system")]
+    system: SystemFields,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    chronos: Header<'a>,
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+/// Serialize a version. `data_json` is embedded verbatim, so its checksum stays valid.
+pub fn encode(
+    collection: &CollectionName,
+    entry: &VersionEntry,
+    system: &SystemFields,
+    data_json: &str,
+) -> Result<Vec<u8>> {
+    let data = RawValue::from_string(data_json.to_owned())
+        .map_err(|e| Error::Corrupt(format!("data is not JSON: {e}")))?;
+    let envelope = Envelope {
+        chronos: Header {
+            format: FORMAT,
+            collection: collection.as_str(),
+            id: entry.id.as_str(),
+            ov: entry.ov,
+            cv: entry.cv,
+            op: entry.op,
+            at: entry.at,
+            actor: entry.actor.clone(),
+            reason: entry.reason.clone(),
+            write_id: entry.write_id.clone(),
+            checksum: entry.checksum.clone(),
+            system: system.clone(),
+        },
+        data: &data,
+    };
+    serde_json::to_vec(&envelope).map_err(|e| Error::Corrupt(format!("cannot encode version: {e}")))
+}
+
+/// A decoded, verified version payload.
+pub struct Decoded {
+    pub system: SystemFields,
+    pub data: Map<String, Value>,
+    /// The exact data text, for writes that carry data forward (delete, restore).
+    pub data_json: String,
+}
+
+/// Decode a payload and check it is exactly the version the caller expects: same collection, item,
+/// ov, write attempt and checksum. Anything else is reported as corruption, never returned.
+pub fn decode(
+    bytes: &[u8],
+    collection: &CollectionName,
+    id: &ItemId,
+    ov: u64,
+    write_id: &str,
+    checksum: &str,
+) -> Result<Decoded> {
+    let what = format!("{collection}/{id} v{ov}");
+    let envelope: Envelope<'_> =
+        serde_json::from_slice(bytes).map_err(|e| Error::Corrupt(format!("{what}: payload is not an envelope: {e}")))?;
+    let h = &envelope.chronos;
+    if h.format != FORMAT
+        || h.collection != collection.as_str()
+        || h.id != id.as_str()
+        || h.ov != ov
+        || h.write_id != write_id
+        || h.checksum != checksum
+    {
+        return Err(Error::Corrupt(format!(
+            "{what}: payload belongs to {}/{} v{} (write {})",
+            h.collection, h.id, h.ov, h.write_id
+        )));
+    }
+    let data_json = envelope.data.get().to_owned();
+    let data = parse_data(&data_json, checksum, &what)?;
+    Ok(Decoded {
+        system: envelope.chronos.system,
+        data,
+        data_json,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::model::{Content, State, now};
+
+    fn entry(id: &str, ov: u64, content: &Content) -> VersionEntry {
+        VersionEntry {
+            id: id.parse().unwrap(),
+            ov,
+            cv: 7,
+            op: Op::Update,
+            at: now(),
+            actor: Some("a".into()),
+            reason: None,
+            write_id: "w".into(),
+            size: content.size(),
+            checksum: content.checksum.clone(),
+            meta: Map::new(),
+            deleted: false,
+        }
+    }
+
+    fn system() -> SystemFields {
+        SystemFields {
+            inserted_at: now(),
+            updated_at: now(),
+            deleted_at: None,
+            deleted: false,
+            function_ids: vec![],
+            state: State::New,
+        }
+    }
+
+    #[test]
+    fn round_trip_and_identity_checks() {
+        let c: CollectionName = "c".parse().unwrap();
+        let content = Content::from_json(r#"{"b":1,"a":[true,null]}"#.into());
+        let e = entry("i", 2, &content);
+        let bytes = encode(&c, &e, &system(), &content.json).unwrap();
+        let d = decode(&bytes, &c, &e.id, 2, "w", &content.checksum).unwrap();
+        assert_eq!(d.data_json, content.json);
+        assert_eq!(d.data.keys().collect::<Vec<_>>(), ["b", "a"], "key order kept");
+
+        let other: ItemId = "j".parse().unwrap();
+        assert!(matches!(decode(&bytes, &c, &other, 2, "w", &content.checksum), Err(Error::Corrupt(_))));
+        assert!(matches!(decode(&bytes, &c, &e.id, 3, "w", &content.checksum), Err(Error::Corrupt(_))));
+        assert!(matches!(decode(&bytes, &c, &e.id, 2, "x", &content.checksum), Err(Error::Corrupt(_))));
+        assert!(matches!(decode(b"{}", &c, &e.id, 2, "w", &content.checksum), Err(Error::Corrupt(_))));
+    }
+}

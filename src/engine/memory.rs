@@ -1,0 +1,251 @@
+//! In-memory stores: fast fakes for unit tests and the reference the conformance suite is
+//! checked against. Not durable; not for production.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::OwnedMutexGuard;
+
+use super::error::{Error, Result};
+use super::model::{CollectionName, Head, ItemId, Op, State, Timestamp, VersionEntry};
+use super::store::{CommitError, HeadChange, MetaStore, PayloadStore, PendingWrite};
+
+#[derive(Default)]
+struct Collection {
+    cv: u64,
+    heads: HashMap<ItemId, Head>,
+    versions: BTreeMap<(ItemId, u64), VersionEntry>,
+    /// One async lock per item: held by a pending write, like a row lock.
+    locks: HashMap<ItemId, Arc<tokio::sync::Mutex<()>>>,
+}
+
+#[derive(Default, Clone)]
+pub struct MemoryMetaStore {
+    collections: Arc<Mutex<HashMap<CollectionName, Collection>>>,
+}
+
+impl MemoryMetaStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<CollectionName, Collection>> {
+        self.collections.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+struct MemoryPending {
+    store: MemoryMetaStore,
+    change: HeadChange,
+    previous: Option<Head>,
+    ov: u64,
+    cv: u64,
+    _item: OwnedMutexGuard<()>,
+}
+
+#[async_trait]
+impl PendingWrite for MemoryPending {
+    fn previous(&self) -> Option<&Head> {
+        self.previous.as_ref()
+    }
+    fn ov(&self) -> u64 {
+        self.ov
+    }
+    fn cv(&self) -> u64 {
+        self.cv
+    }
+
+    async fn commit(self: Box<Self>, version: VersionEntry) -> Result<(), CommitError> {
+        let mut all = self.store.lock();
+        let coll = all.entry(self.change.collection.clone()).or_default();
+        let head = next_head(&self.change, self.previous.as_ref(), self.ov, self.cv, &version);
+        coll.versions.insert((self.change.id.clone(), self.ov), version);
+        coll.heads.insert(self.change.id.clone(), head);
+        Ok(())
+    }
+
+    async fn abort(self: Box<Self>) {}
+}
+
+/// The head a change produces; shared by the stores that build heads in process.
+pub(crate) fn next_head(change: &HeadChange, previous: Option<&Head>, ov: u64, cv: u64, v: &VersionEntry) -> Head {
+    let mut function_ids = previous.map(|p| p.function_ids.clone()).unwrap_or_default();
+    if let Some(f) = &change.function_id
+        && !function_ids.contains(f)
+    {
+        function_ids.push(f.clone());
+    }
+    let (inline, meta) = match (&change.data, previous) {
+        (Some(d), _) => (d.inline.then(|| d.content.json.clone()), d.meta.clone()),
+        (None, Some(p)) => (p.inline.clone(), p.meta.clone()),
+        (None, None) => (None, Default::default()),
+    };
+    Head {
+        id: change.id.clone(),
+        ov,
+        cv,
+        write_id: change.write_id.clone(),
+        inserted_at: previous.map_or(v.at, |p| p.inserted_at),
+        updated_at: v.at,
+        deleted_at: match change.op {
+            Op::Delete => Some(v.at),
+            _ => None,
+        },
+        function_ids,
+        state: State::New,
+        size: v.size,
+        checksum: v.checksum.clone(),
+        meta,
+        inline,
+    }
+}
+
+/// Check a change against the current head; `Ok(previous)` when it may proceed.
+pub(crate) fn check_precondition(change: &HeadChange, current: Option<&Head>) -> Result<()> {
+    let item = || format!("{}/{}", change.collection, change.id);
+    match (change.op, current) {
+        (Op::Create, Some(_)) => Err(Error::AlreadyExists(item())),
+        (Op::Create, None) => Ok(()),
+        (_, None) => Err(Error::NotFound(item())),
+        (op, Some(h)) => {
+            if h.deleted() && op != Op::Restore {
+                return Err(Error::NotFound(format!("{} (deleted)", item())));
+            }
+            match change.expected_ov {
+                Some(expected) if expected != h.ov => Err(Error::VersionConflict {
+                    item: item(),
+                    expected,
+                    current: h.ov,
+                }),
+                _ => Ok(()),
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl MetaStore for MemoryMetaStore {
+    async fn ping(&self) -> Result<()> {
+        Ok(())
+    }
+
+    async fn prepare_collection(&self, collection: &CollectionName) -> Result<()> {
+        self.lock().entry(collection.clone()).or_default();
+        Ok(())
+    }
+
+    async fn begin_write(&self, change: HeadChange) -> Result<Box<dyn PendingWrite>> {
+        let item_lock = {
+            let mut all = self.lock();
+            let coll = all.entry(change.collection.clone()).or_default();
+            coll.locks.entry(change.id.clone()).or_default().clone()
+        };
+        let guard = item_lock.lock_owned().await;
+        let mut all = self.lock();
+        let coll = all.entry(change.collection.clone()).or_default();
+        let previous = coll.heads.get(&change.id).cloned();
+        check_precondition(&change, previous.as_ref())?;
+        coll.cv += 1;
+        let cv = coll.cv;
+        let ov = previous.as_ref().map_or(0, |p| p.ov + 1);
+        drop(all);
+        Ok(Box::new(MemoryPending {
+            store: self.clone(),
+            change,
+            previous,
+            ov,
+            cv,
+            _item: guard,
+        }))
+    }
+
+    async fn head(&self, collection: &CollectionName, id: &ItemId) -> Result<Option<Head>> {
+        Ok(self.lock().get(collection).and_then(|c| c.heads.get(id).cloned()))
+    }
+
+    async fn version(&self, collection: &CollectionName, id: &ItemId, ov: u64) -> Result<Option<VersionEntry>> {
+        Ok(self
+            .lock()
+            .get(collection)
+            .and_then(|c| c.versions.get(&(id.clone(), ov)).cloned()))
+    }
+
+    async fn version_as_of(
+        &self,
+        collection: &CollectionName,
+        id: &ItemId,
+        at: Timestamp,
+    ) -> Result<Option<VersionEntry>> {
+        let all = self.lock();
+        let Some(c) = all.get(collection) else { return Ok(None) };
+        Ok(c.versions
+            .range((id.clone(), 0)..=(id.clone(), u64::MAX))
+            .rev()
+            .map(|(_, v)| v)
+            .find(|v| v.at <= at)
+            .cloned())
+    }
+
+    async fn versions(
+        &self,
+        collection: &CollectionName,
+        id: &ItemId,
+        after_ov: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<VersionEntry>> {
+        let all = self.lock();
+        let Some(c) = all.get(collection) else { return Ok(vec![]) };
+        let start = after_ov.map_or(0, |o| o.saturating_add(1));
+        Ok(c.versions
+            .range((id.clone(), start)..=(id.clone(), u64::MAX))
+            .take(limit)
+            .map(|(_, v)| v.clone())
+            .collect())
+    }
+}
+
+#[derive(Default, Clone)]
+pub struct MemoryPayloadStore {
+    objects: Arc<Mutex<BTreeMap<String, Bytes>>>,
+}
+
+impl MemoryPayloadStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Bytes>> {
+        self.objects.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl PayloadStore for MemoryPayloadStore {
+    async fn put(&self, key: &str, body: Bytes) -> Result<()> {
+        self.lock().insert(key.to_owned(), body);
+        Ok(())
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+        Ok(self.lock().get(key).cloned())
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.lock().remove(key);
+        Ok(())
+    }
+
+    async fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<String>> {
+        Ok(self
+            .lock()
+            .range(prefix.to_owned()..)
+            .map(|(k, _)| k)
+            .take_while(|k| k.starts_with(prefix))
+            .filter(|k| start_after.is_none_or(|s| k.as_str() > s))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+}

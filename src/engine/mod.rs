@@ -1,0 +1,21 @@
+//! The versioning engine: the core ([`Engine`]), the store traits and their backends.
+//!
+//! - [`model`]: names, versions, heads, records.
+//! - [`store`]: the two narrow traits a backend implements ([`MetaStore`], [`PayloadStore`]).
+//! - [`versioning`]: the write protocol and the reads, on top of any pair of stores.
+//! - [`envelope`]: the self-describing JSON stored for every version.
+//! - backends: [`mongo`], [`s3`], and the in-memory fakes in [`memory`].
+
+pub mod envelope;
+pub mod error;
+pub mod memory;
+pub mod model;
+pub mod mongo;
+pub mod s3;
+pub mod store;
+pub mod versioning;
+
+pub use error::{Backend, Error, Result};
+pub use model::{Attribution, CollectionName, ItemId, Op, Record, State, SystemFields, Timestamp, VersionEntry, WriteOutcome};
+pub use store::{MetaStore, PayloadStore};
+pub use versioning::{Engine, EngineSettings, ReadOptions};

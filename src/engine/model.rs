@@ -1,0 +1,360 @@
+//! The vocabulary of the versioning core: names, versions, heads and records.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::error::{Error, Result};
+
+/// Milliseconds are the resolution every backend can store (BSON dates are milliseconds).
+pub type Timestamp = jiff::Timestamp;
+
+/// The current time, truncated to whole milliseconds so that what is stored equals what was returned.
+pub fn now() -> Timestamp {
+    Timestamp::from_millisecond(Timestamp::now().as_millisecond()).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+/// A collection name. It becomes part of MongoDB collection names and S3 keys, so it is
+/// restricted to a safe alphabet: ASCII letters, digits, `_` and `-`, 1–64 chars, starting with a
+/// letter or digit. Names starting with `system` or `chronos` are reserved.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct CollectionName(String);
+
+/// An item id. It becomes part of S3 keys: ASCII letters, digits and `_ - . :`, 1–128 chars,
+/// starting with a letter or digit (so `.` and `..` can never appear as a path segment).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct ItemId(String);
+
+fn check_name(field: &str, s: &str, max: usize, extra: &[char]) -> Result<()> {
+    let describe = || {
+        let extras: String = extra.iter().map(|c| format!(" `{c}`")).collect();
+        format!("must be 1-{max} characters of ASCII letters, digits and{extras}, starting with a letter or digit")
+    };
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(c) if c.is_ascii_alphanumeric() => {}
+        _ => return Err(Error::validation(field, describe())),
+    }
+    if s.len() > max || !chars.all(|c| c.is_ascii_alphanumeric() || extra.contains(&c)) {
+        return Err(Error::validation(field, describe()));
+    }
+    Ok(())
+}
+
+impl CollectionName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for CollectionName {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        check_name("collection", s, 64, &['_', '-'])?;
+        let lower = s.to_ascii_lowercase();
+        if lower.starts_with("system") || lower.starts_with("chronos") {
+            return Err(Error::validation(
+                "collection",
+                "names starting with `system` or `chronos` are reserved",
+            ));
+        }
+        Ok(CollectionName(s.to_owned()))
+    }
+}
+
+impl ItemId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// A new time-ordered id (UUIDv7): keeps index inserts local in MongoDB's B-trees.
+    pub fn generate() -> Self {
+        ItemId(uuid::Uuid::now_v7().to_string())
+    }
+}
+
+impl FromStr for ItemId {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        check_name("id", s, 128, &['_', '-', '.', ':'])?;
+        Ok(ItemId(s.to_owned()))
+    }
+}
+
+macro_rules! display_as_str {
+    ($($t:ty),*) => {$(
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    )*};
+}
+display_as_str!(CollectionName, ItemId);
+
+/// What a version did to its item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Op {
+    Create,
+    Update,
+    Delete,
+    Restore,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Create => "CREATE",
+            Op::Update => "UPDATE",
+            Op::Delete => "DELETE",
+            Op::Restore => "RESTORE",
+        }
+    }
+}
+
+impl FromStr for Op {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "CREATE" => Op::Create,
+            "UPDATE" => Op::Update,
+            "DELETE" => Op::Delete,
+            "RESTORE" => Op::Restore,
+            other => return Err(Error::Corrupt(format!("unknown op `{other}`"))),
+        })
+    }
+}
+
+/// Where an item's latest payload lives (the cost-tiering state machine).
+///
+/// `new`: the payload is in S3 *and* inline in the metadata store (hot reads take one command).
+/// `processed`: the inline copy was dropped after its TTL; the payload lives only in S3.
+/// `new-not-synched` is reserved for a write-behind mode; this engine never produces it because a
+/// write is acknowledged only after its payload is durable in S3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum State {
+    NewNotSynched,
+    New,
+    Processed,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::NewNotSynched => "new-not-synched",
+            State::New => "new",
+            State::Processed => "processed",
+        }
+    }
+}
+
+impl FromStr for State {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "new-not-synched" => State::NewNotSynched,
+            "new" => State::New,
+            "processed" => State::Processed,
+            other => return Err(Error::Corrupt(format!("unknown state `{other}`"))),
+        })
+    }
+}
+
+/// The `_system` block every record carries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SystemFields {
+    pub inserted_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub deleted_at: Option<Timestamp>,
+    pub deleted: bool,
+    pub function_ids: Vec<String>,
+    pub state: State,
+}
+
+/// The serialized JSON of a record's data (a JSON object, without `_system`) with its digest.
+/// Kept as text so what was written is byte-for-byte what is read back and checksummed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Content {
+    pub json: String,
+    /// Hex SHA-256 of `json`.
+    pub checksum: String,
+}
+
+impl Content {
+    pub fn new(data: &Map<String, Value>) -> Result<Self> {
+        let json = serde_json::to_string(data)
+            .map_err(|e| Error::validation("data", format!("not serializable: {e}")))?;
+        Ok(Self::from_json(json))
+    }
+
+    pub fn from_json(json: String) -> Self {
+        let checksum = sha256_hex(&json);
+        Content { json, checksum }
+    }
+
+    pub fn size(&self) -> u64 {
+        self.json.len() as u64
+    }
+}
+
+/// Parse stored data back into a JSON object, checking its digest first.
+pub fn parse_data(json: &str, expected_checksum: &str, what: &dyn fmt::Display) -> Result<Map<String, Value>> {
+    if sha256_hex(json) != expected_checksum {
+        return Err(Error::Corrupt(format!("checksum mismatch for {what}")));
+    }
+    serde_json::from_str(json).map_err(|e| Error::Corrupt(format!("{what}: {e}")))
+}
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
+}
+
+/// The metadata store's view of an item's latest version: one document per item.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Head {
+    pub id: ItemId,
+    pub ov: u64,
+    pub cv: u64,
+    /// Unique per write attempt; names the payload object (see [`payload_key`]).
+    pub write_id: String,
+    pub inserted_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub deleted_at: Option<Timestamp>,
+    pub function_ids: Vec<String>,
+    pub state: State,
+    pub size: u64,
+    pub checksum: String,
+    /// Indexed metadata: the properties that queries may filter on.
+    pub meta: Map<String, Value>,
+    /// The data inline while the item is hot (`state == new`) and small enough.
+    pub inline: Option<String>,
+}
+
+impl Head {
+    pub fn deleted(&self) -> bool {
+        self.deleted_at.is_some()
+    }
+
+    pub fn system(&self) -> SystemFields {
+        SystemFields {
+            inserted_at: self.inserted_at,
+            updated_at: self.updated_at,
+            deleted_at: self.deleted_at,
+            deleted: self.deleted(),
+            function_ids: self.function_ids.clone(),
+            state: self.state,
+        }
+    }
+}
+
+/// One entry of the version index: everything about a version except its data.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionEntry {
+    pub id: ItemId,
+    pub ov: u64,
+    pub cv: u64,
+    pub op: Op,
+    pub at: Timestamp,
+    pub actor: Option<String>,
+    pub reason: Option<String>,
+    #[serde(skip)]
+    pub write_id: String,
+    pub size: u64,
+    pub checksum: String,
+    #[serde(skip)]
+    pub meta: Map<String, Value>,
+    pub deleted: bool,
+}
+
+/// Where the payload of version `ov` of an item lives in the JSON bucket.
+///
+/// The write id makes every write attempt's key unique, so a writer that loses the race for an ov
+/// can neither overwrite nor (when it cleans up) delete the winner's payload.
+pub fn payload_key(collection: &CollectionName, id: &ItemId, ov: u64, write_id: &str) -> String {
+    format!("{collection}/{id}/v{ov}/{write_id}.json")
+}
+
+/// A record as readers see it: the data plus its version coordinates and `_system` block.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub id: ItemId,
+    pub ov: u64,
+    pub cv: u64,
+    pub system: SystemFields,
+    pub data: Map<String, Value>,
+}
+
+/// What a write returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct WriteOutcome {
+    pub ov: u64,
+    pub cv: u64,
+    pub at: Timestamp,
+}
+
+/// Who wrote and why; stored with every version.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Attribution {
+    pub actor: Option<String>,
+    pub reason: Option<String>,
+}
+
+impl Attribution {
+    pub fn new(actor: impl Into<String>, reason: impl Into<String>) -> Self {
+        Attribution {
+            actor: Some(actor.into()),
+            reason: Some(reason.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_reject_path_tricks() {
+        for bad in ["", ".", "..", "a/b", "../x", "a\0b", "a b", "-x", ".hidden", "é"] {
+            assert!(bad.parse::<ItemId>().is_err(), "id {bad:?} accepted");
+            assert!(bad.parse::<CollectionName>().is_err(), "collection {bad:?} accepted");
+        }
+        assert!("x".repeat(129).parse::<ItemId>().is_err());
+        assert!("x".repeat(65).parse::<CollectionName>().is_err());
+        assert!("system_x".parse::<CollectionName>().is_err());
+        assert!("Chronos".parse::<CollectionName>().is_err());
+        assert_eq!("a.b:c-d_e".parse::<ItemId>().unwrap().as_str(), "a.b:c-d_e");
+        assert_eq!("orders_2024".parse::<CollectionName>().unwrap().as_str(), "orders_2024");
+    }
+
+    #[test]
+    fn content_checksum_detects_tampering() {
+        let mut data = Map::new();
+        data.insert("a".into(), Value::from(1));
+        let c = Content::new(&data).unwrap();
+        assert_eq!(parse_data(&c.json, &c.checksum, &"x").unwrap(), data);
+        assert!(matches!(parse_data(r#"{"a":2}"#, &c.checksum, &"x"), Err(Error::Corrupt(_))));
+    }
+
+    #[test]
+    fn payload_keys_differ_per_attempt() {
+        let c: CollectionName = "c".parse().unwrap();
+        let id: ItemId = "i".parse().unwrap();
+        assert_ne!(payload_key(&c, &id, 1, "w1"), payload_key(&c, &id, 1, "w2"));
+        assert_eq!(payload_key(&c, &id, 3, "w"), "c/i/v3/w.json");
+    }
+}

@@ -1,0 +1,519 @@
+//! The MongoDB metadata store.
+//!
+//! Collections per Chronos collection `c`: `c_head` (one document per item: the latest version's
+//! coordinates, indexed metadata and, while hot, the data inline) and `c_ver` (the version index).
+//! `chronos_sequences` holds one collection-version counter per collection.
+//!
+//! A write costs four commands: the cv `$inc`, the head `findOneAndUpdate` (or `insert` for a
+//! create) that opens the transaction and holds the item, the version `insert`, and
+//! `commitTransaction`. See `docs/design.md`.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bson::{Bson, Document, doc, oid::ObjectId};
+use mongodb::error::{ErrorKind, TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT, WriteFailure};
+use mongodb::options::{IndexOptions, ReadConcern, ReturnDocument, WriteConcern};
+use mongodb::{Client, ClientSession, Collection, Database, IndexModel};
+use serde_json::{Map, Value};
+
+use super::error::{Error, Result};
+use super::model::{CollectionName, Head, ItemId, Op, State, Timestamp, VersionEntry};
+use super::store::{CommitError, HeadChange, MetaStore, PendingWrite};
+
+/// How often a write retries when another transaction holds its item, before giving up.
+const CONTENTION_ATTEMPTS: u32 = 40;
+const DUPLICATE_KEY: i32 = 11000;
+const ILLEGAL_OPERATION: i32 = 20;
+
+pub struct MongoMetaStore {
+    client: Client,
+    db: Database,
+}
+
+impl MongoMetaStore {
+    /// Use an existing client (clients are pooled: one per distinct URI, shared by every store).
+    pub fn new(client: Client, db_name: &str) -> Self {
+        let db = client.database_with_options(
+            db_name,
+            mongodb::options::DatabaseOptions::builder()
+                // Acknowledged means durable: majority + journal, on every write including the cv.
+                .write_concern(WriteConcern::majority())
+                .build(),
+        );
+        MongoMetaStore { client, db }
+    }
+
+    fn heads(&self, c: &CollectionName) -> Collection<Document> {
+        self.db.collection(&format!("{c}_head"))
+    }
+
+    fn versions_coll(&self, c: &CollectionName) -> Collection<Document> {
+        self.db.collection(&format!("{c}_ver"))
+    }
+
+    async fn next_cv(&self, c: &CollectionName) -> Result<u64> {
+        let seq = self
+            .db
+            .collection::<Document>("chronos_sequences")
+            .find_one_and_update(doc! {"_id": c.as_str()}, doc! {"$inc": {"cv": 1_i64}})
+            .upsert(true)
+            .return_document(ReturnDocument::After)
+            .await
+            .map_err(Error::metadata)?
+            .ok_or_else(|| Error::metadata("cv sequence upsert returned nothing"))?;
+        get_u64(&seq, "cv")
+    }
+
+    async fn start(&self) -> Result<ClientSession> {
+        let mut session = self.client.start_session().await.map_err(Error::metadata)?;
+        session
+            .start_transaction()
+            .read_concern(ReadConcern::snapshot())
+            .write_concern(WriteConcern::majority())
+            .await
+            .map_err(map_err)?;
+        Ok(session)
+    }
+
+    async fn begin_create(&self, change: HeadChange) -> Result<Box<dyn PendingWrite>> {
+        let data = change
+            .data
+            .as_ref()
+            .ok_or_else(|| Error::validation("data", "a create needs data"))?;
+        let cv = self.next_cv(&change.collection).await?;
+        let mut head = doc! {
+            "_id": change.id.as_str(),
+            "ov": 0_i64,
+            "cv": cv as i64,
+            "writeId": &change.write_id,
+            "insertedAt": to_date(change.at),
+            "updatedAt": to_date(change.at),
+            "deletedAt": Bson::Null,
+            "functionIds": change.function_id.iter().cloned().collect::<Vec<_>>(),
+            "state": State::New.as_str(),
+            "size": data.content.size() as i64,
+            "checksum": &data.content.checksum,
+            "meta": to_bson_doc(&data.meta),
+        };
+        if data.inline {
+            head.insert("data", data.content.json.as_str());
+        }
+        let mut session = self.start().await?;
+        match self.heads(&change.collection).insert_one(head).session(&mut session).await {
+            Ok(_) => {}
+            Err(e) => {
+                let _ = session.abort_transaction().await;
+                return Err(match code(&e) {
+                    Some(DUPLICATE_KEY) => Error::AlreadyExists(format!("{}/{}", change.collection, change.id)),
+                    _ => map_err(e),
+                });
+            }
+        }
+        Ok(Box::new(MongoPending {
+            store_versions: self.versions_coll(&change.collection),
+            session,
+            previous: None,
+            ov: 0,
+            cv,
+        }))
+    }
+
+    async fn begin_change(&self, change: HeadChange) -> Result<Box<dyn PendingWrite>> {
+        let item = format!("{}/{}", change.collection, change.id);
+        let heads = self.heads(&change.collection);
+        let mut cv = self.next_cv(&change.collection).await?;
+        for attempt in 0..CONTENTION_ATTEMPTS {
+            let (filter, update) = head_update(&change, cv);
+            let mut session = self.start().await?;
+            let mut find = heads.find_one_and_update(filter, update).return_document(ReturnDocument::Before);
+            if change.op != Op::Delete {
+                // Only a delete carries the previous data forward; don't ship it otherwise.
+                find = find.projection(doc! {"data": 0});
+            }
+            match find.session(&mut session).await {
+                Ok(Some(before)) => {
+                    let previous = head_from_doc(&change.id, before)?;
+                    let ov = previous.ov + 1;
+                    return Ok(Box::new(MongoPending {
+                        store_versions: self.versions_coll(&change.collection),
+                        session,
+                        previous: Some(previous),
+                        ov,
+                        cv,
+                    }));
+                }
+                Ok(None) => {
+                    let _ = session.abort_transaction().await;
+                    // Find out why nothing matched: missing, deleted, stale ov, or a newer cv.
+                    let current = self.head(&change.collection, &change.id).await?;
+                    super::memory::check_precondition(&change, current.as_ref())?;
+                    if current.is_some_and(|h| h.cv >= cv) {
+                        cv = self.next_cv(&change.collection).await?;
+                    }
+                }
+                Err(e) if is_transient(&e) => {
+                    // Another transaction holds this item; it will commit or abort shortly.
+                    let _ = session.abort_transaction().await;
+                    backoff(attempt).await;
+                }
+                Err(e) => {
+                    let _ = session.abort_transaction().await;
+                    return Err(map_err(e));
+                }
+            }
+        }
+        Err(Error::Contended(item))
+    }
+}
+
+/// Filter and update for a change to an existing head.
+fn head_update(change: &HeadChange, cv: u64) -> (Document, Document) {
+    // `cv < ours` keeps cv increasing along each item's history even though cvs are allocated
+    // before the transaction: a writer holding an older cv than the head's must take a new one.
+    let mut filter = doc! {"_id": change.id.as_str(), "cv": {"$lt": cv as i64}};
+    if change.op != Op::Restore {
+        filter.insert("deletedAt", Bson::Null);
+    }
+    let mut set = doc! {
+        "cv": cv as i64,
+        "writeId": &change.write_id,
+        "state": State::New.as_str(),
+    };
+    let mut update = Document::new();
+    match change.expected_ov {
+        Some(expected) => {
+            filter.insert("ov", expected as i64);
+            set.insert("ov", expected as i64 + 1);
+        }
+        None => {
+            update.insert("$inc", doc! {"ov": 1_i64});
+        }
+    }
+    match change.op {
+        Op::Delete => {
+            set.insert("deletedAt", to_date(change.at));
+        }
+        Op::Restore => {
+            set.insert("deletedAt", Bson::Null);
+        }
+        Op::Create | Op::Update => {}
+    }
+    let mut unset = Document::new();
+    if let Some(data) = &change.data {
+        set.insert("size", data.content.size() as i64);
+        set.insert("checksum", &data.content.checksum);
+        set.insert("meta", to_bson_doc(&data.meta));
+        if data.inline {
+            set.insert("data", data.content.json.as_str());
+        } else {
+            unset.insert("data", "");
+        }
+    }
+    update.insert("$set", set);
+    // Per item, time never runs backwards even if replicas' clocks disagree slightly.
+    update.insert("$max", doc! {"updatedAt": to_date(change.at)});
+    if !unset.is_empty() {
+        update.insert("$unset", unset);
+    }
+    if let Some(f) = &change.function_id {
+        update.insert("$addToSet", doc! {"functionIds": f});
+    }
+    (filter, update)
+}
+
+async fn backoff(attempt: u32) {
+    // Jittered exponential backoff, 1 ms … 64 ms: the holder's transaction lasts one S3 PUT.
+    let cap = 1u64 << attempt.min(6);
+    let jitter = u64::from(uuid::Uuid::new_v4().as_u128() as u32) % cap;
+    tokio::time::sleep(Duration::from_millis(1 + jitter)).await;
+}
+
+struct MongoPending {
+    store_versions: Collection<Document>,
+    session: ClientSession,
+    previous: Option<Head>,
+    ov: u64,
+    cv: u64,
+}
+
+#[async_trait]
+impl PendingWrite for MongoPending {
+    fn previous(&self) -> Option<&Head> {
+        self.previous.as_ref()
+    }
+    fn ov(&self) -> u64 {
+        self.ov
+    }
+    fn cv(&self) -> u64 {
+        self.cv
+    }
+
+    async fn commit(mut self: Box<Self>, v: VersionEntry) -> Result<(), CommitError> {
+        let entry = doc! {
+            "_id": ObjectId::new(),
+            "itemId": v.id.as_str(),
+            "ov": v.ov as i64,
+            "cv": v.cv as i64,
+            "op": v.op.as_str(),
+            "at": to_date(v.at),
+            "actor": v.actor.as_deref(),
+            "reason": v.reason.as_deref(),
+            "writeId": &v.write_id,
+            "size": v.size as i64,
+            "checksum": &v.checksum,
+            "meta": to_bson_doc(&v.meta),
+            "deleted": v.deleted,
+        };
+        if let Err(e) = self.store_versions.insert_one(entry).session(&mut self.session).await {
+            let _ = self.session.abort_transaction().await;
+            let retry = is_transient(&e);
+            return Err(CommitError::NotCommitted { error: map_err(e), retry });
+        }
+        // commitTransaction is idempotent: an unknown outcome is retried before it is reported.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.session.commit_transaction().await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) => {
+                    if tries >= 3 {
+                        return Err(CommitError::Unknown(map_err(e)));
+                    }
+                }
+                Err(e) => {
+                    let retry = is_transient(&e);
+                    return Err(CommitError::NotCommitted { error: map_err(e), retry });
+                }
+            }
+        }
+    }
+
+    async fn abort(mut self: Box<Self>) {
+        let _ = self.session.abort_transaction().await;
+    }
+}
+
+#[async_trait]
+impl MetaStore for MongoMetaStore {
+    async fn ping(&self) -> Result<()> {
+        let hello = self
+            .db
+            .run_command(doc! {"hello": 1})
+            .await
+            .map_err(Error::metadata)?;
+        let replica_set = hello.get_str("setName").is_ok();
+        let mongos = hello.get_str("msg").is_ok_and(|m| m == "isdbgrid");
+        if !replica_set && !mongos {
+            return Err(Error::Unsupported(
+                "MongoDB is a standalone server; Chronos needs a replica set (one node is enough) or a \
+                 sharded cluster, because every write is a multi-document transaction"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn prepare_collection(&self, c: &CollectionName) -> Result<()> {
+        let unique = IndexOptions::builder().unique(true).name("itemId_ov".to_owned()).build();
+        self.versions_coll(c)
+            .create_index(IndexModel::builder().keys(doc! {"itemId": 1, "ov": 1}).options(unique).build())
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn begin_write(&self, change: HeadChange) -> Result<Box<dyn PendingWrite>> {
+        match change.op {
+            Op::Create => self.begin_create(change).await,
+            _ => self.begin_change(change).await,
+        }
+    }
+
+    async fn head(&self, c: &CollectionName, id: &ItemId) -> Result<Option<Head>> {
+        let found = self
+            .heads(c)
+            .find_one(doc! {"_id": id.as_str()})
+            .await
+            .map_err(map_err)?;
+        found.map(|d| head_from_doc(id, d)).transpose()
+    }
+
+    async fn version(&self, c: &CollectionName, id: &ItemId, ov: u64) -> Result<Option<VersionEntry>> {
+        let found = self
+            .versions_coll(c)
+            .find_one(doc! {"itemId": id.as_str(), "ov": ov as i64})
+            .await
+            .map_err(map_err)?;
+        found.map(|d| version_from_doc(id, &d)).transpose()
+    }
+
+    async fn version_as_of(&self, c: &CollectionName, id: &ItemId, at: Timestamp) -> Result<Option<VersionEntry>> {
+        let found = self
+            .versions_coll(c)
+            .find_one(doc! {"itemId": id.as_str(), "at": {"$lte": to_date(at)}})
+            .sort(doc! {"itemId": 1, "ov": -1})
+            .await
+            .map_err(map_err)?;
+        found.map(|d| version_from_doc(id, &d)).transpose()
+    }
+
+    async fn versions(
+        &self,
+        c: &CollectionName,
+        id: &ItemId,
+        after_ov: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<VersionEntry>> {
+        use futures::TryStreamExt;
+        let mut filter = doc! {"itemId": id.as_str()};
+        if let Some(after) = after_ov {
+            filter.insert("ov", doc! {"$gt": after as i64});
+        }
+        let docs: Vec<Document> = self
+            .versions_coll(c)
+            .find(filter)
+            .sort(doc! {"itemId": 1, "ov": 1})
+            .limit(limit as i64)
+            .batch_size(limit as u32)
+            .await
+            .map_err(map_err)?
+            .try_collect()
+            .await
+            .map_err(map_err)?;
+        docs.iter().map(|d| version_from_doc(id, d)).collect()
+    }
+}
+
+fn code(e: &mongodb::error::Error) -> Option<i32> {
+    match e.kind.as_ref() {
+        ErrorKind::Command(c) => Some(c.code),
+        ErrorKind::Write(WriteFailure::WriteError(w)) => Some(w.code),
+        ErrorKind::Write(WriteFailure::WriteConcernError(w)) => Some(w.code),
+        _ => None,
+    }
+}
+
+fn is_transient(e: &mongodb::error::Error) -> bool {
+    e.contains_label(TRANSIENT_TRANSACTION_ERROR)
+}
+
+fn map_err(e: mongodb::error::Error) -> Error {
+    if code(&e) == Some(ILLEGAL_OPERATION) && e.to_string().contains("Transaction numbers") {
+        return Error::Unsupported(
+            "MongoDB refused a transaction: Chronos needs a replica set or a sharded cluster".into(),
+        );
+    }
+    Error::metadata(e)
+}
+
+fn to_date(t: Timestamp) -> bson::DateTime {
+    bson::DateTime::from_millis(t.as_millisecond())
+}
+
+fn from_date(d: bson::DateTime) -> Result<Timestamp> {
+    Timestamp::from_millisecond(d.timestamp_millis()).map_err(|e| Error::Corrupt(e.to_string()))
+}
+
+fn get_u64(d: &Document, key: &str) -> Result<u64> {
+    match d.get(key) {
+        Some(Bson::Int64(n)) if *n >= 0 => Ok(*n as u64),
+        Some(Bson::Int32(n)) if *n >= 0 => Ok(*n as u64),
+        _ => Err(Error::Corrupt(format!("field `{key}` missing or not a count"))),
+    }
+}
+
+fn get_date(d: &Document, key: &str) -> Result<Timestamp> {
+    match d.get(key) {
+        Some(Bson::DateTime(t)) => from_date(*t),
+        _ => Err(Error::Corrupt(format!("field `{key}` missing or not a date"))),
+    }
+}
+
+fn get_opt_date(d: &Document, key: &str) -> Result<Option<Timestamp>> {
+    match d.get(key) {
+        None | Some(Bson::Null) => Ok(None),
+        Some(Bson::DateTime(t)) => from_date(*t).map(Some),
+        _ => Err(Error::Corrupt(format!("field `{key}` is not a date"))),
+    }
+}
+
+fn get_string(d: &Document, key: &str) -> Result<String> {
+    d.get_str(key)
+        .map(str::to_owned)
+        .map_err(|_| Error::Corrupt(format!("field `{key}` missing or not a string")))
+}
+
+fn get_opt_string(d: &Document, key: &str) -> Option<String> {
+    d.get_str(key).ok().map(str::to_owned)
+}
+
+fn get_meta(d: &Document) -> Map<String, Value> {
+    match d.get("meta") {
+        Some(Bson::Document(m)) => m
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone().into_relaxed_extjson()))
+            .collect(),
+        _ => Map::new(),
+    }
+}
+
+fn head_from_doc(id: &ItemId, d: Document) -> Result<Head> {
+    let function_ids = match d.get("functionIds") {
+        Some(Bson::Array(a)) => a.iter().filter_map(|b| b.as_str().map(str::to_owned)).collect(),
+        _ => vec![],
+    };
+    Ok(Head {
+        id: id.clone(),
+        ov: get_u64(&d, "ov")?,
+        cv: get_u64(&d, "cv")?,
+        write_id: get_string(&d, "writeId")?,
+        inserted_at: get_date(&d, "insertedAt")?,
+        updated_at: get_date(&d, "updatedAt")?,
+        deleted_at: get_opt_date(&d, "deletedAt")?,
+        function_ids,
+        state: get_string(&d, "state")?.parse()?,
+        size: get_u64(&d, "size")?,
+        checksum: get_string(&d, "checksum")?,
+        meta: get_meta(&d),
+        inline: get_opt_string(&d, "data"),
+    })
+}
+
+fn version_from_doc(id: &ItemId, d: &Document) -> Result<VersionEntry> {
+    Ok(VersionEntry {
+        id: id.clone(),
+        ov: get_u64(d, "ov")?,
+        cv: get_u64(d, "cv")?,
+        op: get_string(d, "op")?.parse()?,
+        at: get_date(d, "at")?,
+        actor: get_opt_string(d, "actor"),
+        reason: get_opt_string(d, "reason"),
+        write_id: get_string(d, "writeId")?,
+        size: get_u64(d, "size")?,
+        checksum: get_string(d, "checksum")?,
+        meta: get_meta(d),
+        deleted: d.get_bool("deleted").unwrap_or(false),
+    })
+}
+
+/// JSON → BSON for indexed metadata. Integers stay integers (as i64 when they fit) so equality
+/// and range queries compare numerically.
+fn to_bson(v: &Value) -> Bson {
+    match v {
+        Value::Null => Bson::Null,
+        Value::Bool(b) => Bson::Boolean(*b),
+        Value::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => Bson::Int64(i),
+            (None, Some(f)) => Bson::Double(f),
+            (None, None) => Bson::String(n.to_string()),
+        },
+        Value::String(s) => Bson::String(s.clone()),
+        Value::Array(a) => Bson::Array(a.iter().map(to_bson).collect()),
+        Value::Object(o) => Bson::Document(to_bson_doc(o)),
+    }
+}
+
+fn to_bson_doc(m: &Map<String, Value>) -> Document {
+    m.iter().map(|(k, v)| (k.clone(), to_bson(v))).collect()
+}

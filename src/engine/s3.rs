@@ -1,0 +1,178 @@
+//! The S3 payload store (any S3-compatible server: AWS, SeaweedFS, MinIO, Ceph…).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, RequestChecksumCalculation, timeout::TimeoutConfig};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use bytes::Bytes;
+
+use super::error::{Error, Result};
+use super::store::PayloadStore;
+
+/// What is needed to reach an S3 endpoint. Secrets never appear in `Debug` output.
+#[derive(Clone)]
+pub struct S3Connection {
+    pub endpoint: String,
+    pub region: String,
+    pub access_key: String,
+    pub secret_key: String,
+    pub force_path_style: bool,
+}
+
+impl std::fmt::Debug for S3Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Connection")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key", &"<redacted>")
+            .field("secret_key", &"<redacted>")
+            .field("force_path_style", &self.force_path_style)
+            .finish()
+    }
+}
+
+impl S3Connection {
+    /// Build a client: create one per endpoint and share it (it pools connections).
+    pub fn client(&self) -> Client {
+        // Install ring as rustls' provider once, so nothing pulls in a C crypto library.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+            ))
+            .build_https();
+        let config = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(self.region.clone()))
+            .endpoint_url(&self.endpoint)
+            .force_path_style(self.force_path_style)
+            .credentials_provider(Credentials::new(
+                &self.access_key,
+                &self.secret_key,
+                None,
+                None,
+                "chronos-config",
+            ))
+            // SigV4 already signs a SHA-256 of every body; extra CRC trailers only cost time and
+            // trip up some S3-compatible servers.
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(5))
+                    .operation_attempt_timeout(Duration::from_secs(20))
+                    .operation_timeout(Duration::from_secs(60))
+                    .build(),
+            )
+            .http_client(http)
+            .build();
+        Client::from_conf(config)
+    }
+}
+
+/// One bucket of an S3 endpoint.
+#[derive(Clone)]
+pub struct S3PayloadStore {
+    client: Client,
+    bucket: String,
+}
+
+impl S3PayloadStore {
+    pub fn new(client: Client, bucket: impl Into<String>) -> Self {
+        S3PayloadStore {
+            client,
+            bucket: bucket.into(),
+        }
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// Create the bucket if it does not exist. Returns whether it was created.
+    pub async fn ensure_bucket(&self) -> Result<bool> {
+        match self.client.head_bucket().bucket(&self.bucket).send().await {
+            Ok(_) => return Ok(false),
+            Err(SdkError::ServiceError(e)) if e.err().is_not_found() => {}
+            Err(e) => return Err(s3_err("head bucket", &self.bucket, e)),
+        }
+        match self.client.create_bucket().bucket(&self.bucket).send().await {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(e))
+                if e.err().is_bucket_already_owned_by_you() || e.err().is_bucket_already_exists() =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(s3_err("create bucket", &self.bucket, e)),
+        }
+    }
+}
+
+fn s3_err<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(op: &str, key: &str, e: SdkError<E, R>) -> Error {
+    let detail = match &e {
+        SdkError::ServiceError(s) => format!(
+            "{}: {}",
+            s.err().code().unwrap_or("error"),
+            s.err().message().unwrap_or("no message")
+        ),
+        other => aws_smithy_types::error::display::DisplayErrorContext(other).to_string(),
+    };
+    Error::payload(format!("{op} {key}: {detail}"))
+}
+
+#[async_trait]
+impl PayloadStore for S3PayloadStore {
+    async fn put(&self, key: &str, body: Bytes) -> Result<()> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type("application/json")
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| s3_err("put", key, e))?;
+        Ok(())
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+        let out = match self.client.get_object().bucket(&self.bucket).key(key).send().await {
+            Ok(out) => out,
+            Err(SdkError::ServiceError(e)) if e.err().is_no_such_key() => return Ok(None),
+            Err(e) => return Err(s3_err("get", key, e)),
+        };
+        let body = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| Error::payload(format!("get {key}: {e}")))?;
+        Ok(Some(body.into_bytes()))
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| s3_err("delete", key, e))?;
+        Ok(())
+    }
+
+    async fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<String>> {
+        let out = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .set_start_after(start_after.map(str::to_owned))
+            .max_keys(limit.min(1000) as i32)
+            .send()
+            .await
+            .map_err(|e| s3_err("list", prefix, e))?;
+        Ok(out.contents().iter().filter_map(|o| o.key().map(str::to_owned)).collect())
+    }
+}

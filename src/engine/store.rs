@@ -1,0 +1,111 @@
+//! The two narrow store traits every backend implements.
+//!
+//! A backend pair (metadata store + payload store) is exercised by one shared conformance suite
+//! (`tests/it/conformance.rs`), the way `object_store` runs one `integration.rs` for every backend.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::error::Result;
+use super::model::{CollectionName, Content, Head, ItemId, Op, Timestamp, VersionEntry};
+use serde_json::{Map, Value};
+
+/// Object storage for payloads: one bucket (or directory) per store instance.
+#[async_trait]
+pub trait PayloadStore: Send + Sync + 'static {
+    /// Store `body` under `key`, replacing nothing: keys are unique per write attempt.
+    async fn put(&self, key: &str, body: Bytes) -> Result<()>;
+    /// `None` when the key does not exist.
+    async fn get(&self, key: &str) -> Result<Option<Bytes>>;
+    /// Deleting a missing key is not an error.
+    async fn delete(&self, key: &str) -> Result<()>;
+    /// Keys under `prefix`, in lexical order, starting after `start_after`; at most `limit`.
+    async fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<String>>;
+}
+
+/// The change a write makes to an item's head, prepared by the engine and applied atomically by
+/// the metadata store together with the matching [`VersionEntry`].
+#[derive(Debug, Clone)]
+pub struct HeadChange {
+    pub collection: CollectionName,
+    pub id: ItemId,
+    pub op: Op,
+    /// Optimistic lock: the write only applies if the head is at this ov. `None` = last writer wins.
+    pub expected_ov: Option<u64>,
+    pub write_id: String,
+    pub at: Timestamp,
+    /// The new data; `None` keeps the current data (a logical delete).
+    pub data: Option<NewData>,
+    /// Added to the head's `functionIds` (enrichment provenance).
+    pub function_id: Option<String>,
+}
+
+/// Data a write puts into the head.
+#[derive(Debug, Clone)]
+pub struct NewData {
+    pub content: Content,
+    /// Indexed metadata extracted from the data.
+    pub meta: Map<String, Value>,
+    /// Whether the data is small enough to keep inline in the head.
+    pub inline: bool,
+}
+
+/// A write that holds its item: the head change is staged, the payload can now be uploaded, and
+/// the write becomes visible only on [`PendingWrite::commit`]. Dropping it without committing
+/// abandons the write.
+#[async_trait]
+pub trait PendingWrite: Send {
+    /// The head before this write; `None` for a create.
+    fn previous(&self) -> Option<&Head>;
+    /// The object version this write will produce.
+    fn ov(&self) -> u64;
+    /// The collection version this write was given.
+    fn cv(&self) -> u64;
+    /// Make the head change and the version entry durable, atomically.
+    async fn commit(self: Box<Self>, version: VersionEntry) -> Result<(), CommitError>;
+    /// Give the item back without changing anything.
+    async fn abort(self: Box<Self>);
+}
+
+/// Why a commit failed, and whether the write might have happened anyway.
+#[derive(Debug)]
+pub enum CommitError {
+    /// Definitely not committed: the payload may be removed, and `retry` says whether another
+    /// attempt may succeed.
+    NotCommitted { error: super::Error, retry: bool },
+    /// The store could not confirm the outcome; the write may be visible. Its payload must stay.
+    Unknown(super::Error),
+}
+
+/// Heads, the version index and the collection-version sequence.
+#[async_trait]
+pub trait MetaStore: Send + Sync + 'static {
+    /// Verify the backend is reachable and can give the guarantees the engine needs.
+    async fn ping(&self) -> Result<()>;
+    /// Create what a collection needs (indexes…). Idempotent; the engine calls it once per
+    /// collection per process, never per write.
+    async fn prepare_collection(&self, collection: &CollectionName) -> Result<()>;
+    /// Start a write: allocate the next cv, check the precondition and hold the item until the
+    /// returned [`PendingWrite`] commits or is dropped.
+    ///
+    /// Errors: `NotFound` (update/delete of a missing or deleted item), `AlreadyExists` (create of
+    /// a taken id), `VersionConflict`, `Contended`.
+    async fn begin_write(&self, change: HeadChange) -> Result<Box<dyn PendingWrite>>;
+    async fn head(&self, collection: &CollectionName, id: &ItemId) -> Result<Option<Head>>;
+    async fn version(&self, collection: &CollectionName, id: &ItemId, ov: u64) -> Result<Option<VersionEntry>>;
+    /// The latest version written at or before `at`.
+    async fn version_as_of(
+        &self,
+        collection: &CollectionName,
+        id: &ItemId,
+        at: Timestamp,
+    ) -> Result<Option<VersionEntry>>;
+    /// Versions in ov order, starting after `after_ov`; at most `limit`.
+    async fn versions(
+        &self,
+        collection: &CollectionName,
+        id: &ItemId,
+        after_ov: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<VersionEntry>>;
+}

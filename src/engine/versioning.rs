@@ -1,0 +1,400 @@
+//! The versioning core: every write makes an immutable version; reads only ever return the data
+//! of the item (and version) they name. See `docs/design.md` for the write protocol.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use serde_json::{Map, Value};
+use tokio::sync::OnceCell;
+
+use super::envelope::{self, Decoded};
+use super::error::{Error, Result};
+use super::model::{
+    Attribution, CollectionName, Content, Head, ItemId, Op, Record, State, SystemFields, Timestamp,
+    VersionEntry, WriteOutcome, now, parse_data, payload_key,
+};
+use super::store::{CommitError, HeadChange, MetaStore, NewData, PayloadStore};
+
+/// The key under which records carry their system fields; never part of stored data.
+pub const SYSTEM_KEY: &str = "_system";
+
+/// How many times a write whose commit failed transiently is redone from the start.
+const COMMIT_ATTEMPTS: usize = 5;
+
+/// Tunables of the versioning core.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// Data up to this size is also kept inline in the head while the item is hot, so a latest
+    /// read costs one metadata command and no payload fetch.
+    pub inline_max_bytes: usize,
+    /// Larger data is refused.
+    pub max_payload_bytes: usize,
+    /// Default indexed metadata takes top-level strings up to this length.
+    pub meta_max_string_bytes: usize,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings {
+            inline_max_bytes: 64 * 1024,
+            max_payload_bytes: 8 * 1024 * 1024,
+            meta_max_string_bytes: 1024,
+        }
+    }
+}
+
+/// Read options shared by the point reads.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReadOptions {
+    /// Return deleted items (and delete versions) instead of `NotFound`.
+    pub include_deleted: bool,
+}
+
+/// One logical database: a metadata store and a payload store.
+pub struct Engine {
+    meta: Arc<dyn MetaStore>,
+    payloads: Arc<dyn PayloadStore>,
+    settings: EngineSettings,
+    /// Collections whose indexes this process has ensured (once each, never per write).
+    prepared: Mutex<HashMap<CollectionName, Arc<OnceCell<()>>>>,
+}
+
+impl Engine {
+    pub fn new(meta: Arc<dyn MetaStore>, payloads: Arc<dyn PayloadStore>, settings: EngineSettings) -> Self {
+        Engine {
+            meta,
+            payloads,
+            settings,
+            prepared: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn settings(&self) -> &EngineSettings {
+        &self.settings
+    }
+
+    /// Check that the backends are reachable and fit for use.
+    pub async fn ping(&self) -> Result<()> {
+        self.meta.ping().await?;
+        self.payloads.list("", None, 1).await?;
+        Ok(())
+    }
+
+    /// Create an item at ov 0. With `id: None` a time-ordered id is generated.
+    pub async fn create(
+        &self,
+        collection: &CollectionName,
+        id: Option<ItemId>,
+        data: Map<String, Value>,
+        who: &Attribution,
+    ) -> Result<(ItemId, WriteOutcome)> {
+        let id = id.unwrap_or_else(ItemId::generate);
+        let data = self.new_data(data)?;
+        let outcome = self.write(collection, &id, Op::Create, None, Some(data), None, who).await?;
+        Ok((id, outcome))
+    }
+
+    /// Replace an item's data: ov + 1. `expected_ov: None` means last writer wins.
+    pub async fn update(
+        &self,
+        collection: &CollectionName,
+        id: &ItemId,
+        data: Map<String, Value>,
+        expected_ov: Option<u64>,
+        who: &Attribution,
+    ) -> Result<WriteOutcome> {
+        let data = self.new_data(data)?;
+        self.write(collection, id, Op::Update, expected_ov, Some(data), None, who).await
+    }
+
+    /// Logically delete an item: a new version marked deleted that keeps the last data.
+    pub async fn delete(
+        &self,
+        collection: &CollectionName,
+        id: &ItemId,
+        expected_ov: Option<u64>,
+        who: &Attribution,
+    ) -> Result<WriteOutcome> {
+        self.write(collection, id, Op::Delete, expected_ov, None, None, who).await
+    }
+
+    /// The latest version of an item.
+    pub async fn get_latest(&self, collection: &CollectionName, id: &ItemId, opts: ReadOptions) -> Result<Record> {
+        let head = self.meta.head(collection, id).await?;
+        let head = head.ok_or_else(|| not_found(collection, id))?;
+        if head.deleted() && !opts.include_deleted {
+            return Err(not_found(collection, id));
+        }
+        let data = match &head.inline {
+            Some(json) => parse_data(json, &head.checksum, &format_args!("{collection}/{id} v{}", head.ov))?,
+            None => self.load(collection, id, head.ov, &head.write_id, &head.checksum).await?.data,
+        };
+        Ok(Record {
+            id: head.id.clone(),
+            ov: head.ov,
+            cv: head.cv,
+            system: head.system(),
+            data,
+        })
+    }
+
+    /// Version `ov` of an item.
+    pub async fn get_version(
+        &self,
+        collection: &CollectionName,
+        id: &ItemId,
+        ov: u64,
+        opts: ReadOptions,
+    ) -> Result<Record> {
+        let entry = self.meta.version(collection, id, ov).await?;
+        let entry = entry.ok_or_else(|| Error::NotFound(format!("{collection}/{id} v{ov}")))?;
+        self.record_of(collection, entry, opts).await
+    }
+
+    /// The version of an item that was current at `at`.
+    pub async fn get_as_of(
+        &self,
+        collection: &CollectionName,
+        id: &ItemId,
+        at: Timestamp,
+        opts: ReadOptions,
+    ) -> Result<Record> {
+        let entry = self.meta.version_as_of(collection, id, at).await?;
+        let entry = entry.ok_or_else(|| Error::NotFound(format!("{collection}/{id} as of {at}")))?;
+        self.record_of(collection, entry, opts).await
+    }
+
+    /// The version index of an item, oldest first: up to `limit` entries after `after_ov`.
+    pub async fn history(
+        &self,
+        collection: &CollectionName,
+        id: &ItemId,
+        after_ov: Option<u64>,
+        limit: usize,
+        opts: ReadOptions,
+    ) -> Result<Vec<VersionEntry>> {
+        if limit == 0 || limit > 1000 {
+            return Err(Error::validation("limit", "must be between 1 and 1000"));
+        }
+        let head = self.meta.head(collection, id).await?;
+        match head {
+            Some(h) if !h.deleted() || opts.include_deleted => {}
+            _ => return Err(not_found(collection, id)),
+        }
+        self.meta.versions(collection, id, after_ov, limit).await
+    }
+
+    async fn record_of(&self, collection: &CollectionName, entry: VersionEntry, opts: ReadOptions) -> Result<Record> {
+        if entry.deleted && !opts.include_deleted {
+            return Err(Error::NotFound(format!("{collection}/{} v{} (deleted)", entry.id, entry.ov)));
+        }
+        let decoded = self.load(collection, &entry.id, entry.ov, &entry.write_id, &entry.checksum).await?;
+        Ok(Record {
+            id: entry.id,
+            ov: entry.ov,
+            cv: entry.cv,
+            system: decoded.system,
+            data: decoded.data,
+        })
+    }
+
+    async fn load(
+        &self,
+        collection: &CollectionName,
+        id: &ItemId,
+        ov: u64,
+        write_id: &str,
+        checksum: &str,
+    ) -> Result<Decoded> {
+        let key = payload_key(collection, id, ov, write_id);
+        let bytes = self.payloads.get(&key).await?;
+        // The index says this version exists: a missing payload is damage, not absence.
+        let bytes = bytes.ok_or_else(|| Error::Corrupt(format!("payload {key} is missing")))?;
+        envelope::decode(&bytes, collection, id, ov, write_id, checksum)
+    }
+
+    fn new_data(&self, mut data: Map<String, Value>) -> Result<NewData> {
+        // `_system` is ours: a record read, edited and written back must not smuggle it in.
+        data.remove(SYSTEM_KEY);
+        let content = Content::new(&data)?;
+        if content.json.len() > self.settings.max_payload_bytes {
+            return Err(Error::TooLarge {
+                actual: content.json.len(),
+                limit: self.settings.max_payload_bytes,
+            });
+        }
+        let meta = default_meta(&data, self.settings.meta_max_string_bytes);
+        let inline = content.json.len() <= self.settings.inline_max_bytes;
+        Ok(NewData { content, meta, inline })
+    }
+
+    async fn prepare(&self, collection: &CollectionName) -> Result<()> {
+        let cell = {
+            let mut prepared = self.prepared.lock().unwrap_or_else(|p| p.into_inner());
+            prepared.entry(collection.clone()).or_default().clone()
+        };
+        cell.get_or_try_init(|| self.meta.prepare_collection(collection))
+            .await
+            .map(|_| ())
+    }
+
+    /// The write protocol: hold the item in the metadata store, upload the payload under a key no
+    /// other attempt can use, then commit head + version atomically. See `docs/design.md`.
+    #[allow(clippy::too_many_arguments)]
+    async fn write(
+        &self,
+        collection: &CollectionName,
+        id: &ItemId,
+        op: Op,
+        expected_ov: Option<u64>,
+        data: Option<NewData>,
+        function_id: Option<String>,
+        who: &Attribution,
+    ) -> Result<WriteOutcome> {
+        self.prepare(collection).await?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let change = HeadChange {
+                collection: collection.clone(),
+                id: id.clone(),
+                op,
+                expected_ov,
+                write_id: uuid::Uuid::now_v7().simple().to_string(),
+                at: now(),
+                data: data.clone(),
+                function_id: function_id.clone(),
+            };
+            let pending = self.meta.begin_write(change.clone()).await?;
+            let (ov, cv) = (pending.ov(), pending.cv());
+            let previous = pending.previous().cloned();
+            let prepared = match self.version_for(&change, previous.as_ref(), ov, cv, who).await {
+                Ok(p) => p,
+                Err(e) => {
+                    pending.abort().await;
+                    return Err(e);
+                }
+            };
+            let (entry, body) = prepared;
+            let key = payload_key(collection, id, ov, &change.write_id);
+            if let Err(e) = self.payloads.put(&key, Bytes::from(body)).await {
+                pending.abort().await;
+                return Err(e);
+            }
+            let outcome = WriteOutcome { ov, cv, at: entry.at };
+            match pending.commit(entry).await {
+                Ok(()) => return Ok(outcome),
+                Err(CommitError::NotCommitted { error, retry }) => {
+                    // Our key is unique to this attempt, so removing it can't touch anyone else's.
+                    if let Err(e) = self.payloads.delete(&key).await {
+                        tracing::warn!(%key, error = %e, "could not remove the payload of an aborted write; scrub will find it");
+                    }
+                    if !retry || attempt >= COMMIT_ATTEMPTS {
+                        return Err(error);
+                    }
+                }
+                Err(CommitError::Unknown(error)) => {
+                    // The commit may have happened: the payload must stay.
+                    tracing::warn!(%key, %error, "commit outcome unknown; payload kept");
+                    return Err(error);
+                }
+            }
+        }
+    }
+
+    /// Build the version entry and payload of a write once the store has told us the previous head.
+    async fn version_for(
+        &self,
+        change: &HeadChange,
+        previous: Option<&Head>,
+        ov: u64,
+        cv: u64,
+        who: &Attribution,
+    ) -> Result<(VersionEntry, Vec<u8>)> {
+        let collection = &change.collection;
+        // Per item, time never runs backwards even if replicas' clocks disagree slightly.
+        let at = previous.map_or(change.at, |p| p.updated_at.max(change.at));
+        let (content, meta) = match (&change.data, previous) {
+            (Some(d), _) => (d.content.clone(), d.meta.clone()),
+            (None, Some(p)) => {
+                let json = match &p.inline {
+                    Some(json) => json.clone(),
+                    None => self.load(collection, &p.id, p.ov, &p.write_id, &p.checksum).await?.data_json,
+                };
+                (Content::from_json(json), p.meta.clone())
+            }
+            (None, None) => return Err(Error::Corrupt("a write without data needs a previous version".into())),
+        };
+        let deleted = change.op == Op::Delete;
+        let mut function_ids = previous.map(|p| p.function_ids.clone()).unwrap_or_default();
+        if let Some(f) = &change.function_id
+            && !function_ids.contains(f)
+        {
+            function_ids.push(f.clone());
+        }
+        let system = SystemFields {
+            inserted_at: previous.map_or(at, |p| p.inserted_at),
+            updated_at: at,
+            deleted_at: deleted.then_some(at),
+            deleted,
+            function_ids,
+            state: State::New,
+        };
+        let entry = VersionEntry {
+            id: change.id.clone(),
+            ov,
+            cv,
+            op: change.op,
+            at,
+            actor: who.actor.clone(),
+            reason: who.reason.clone(),
+            write_id: change.write_id.clone(),
+            size: content.size(),
+            checksum: content.checksum.clone(),
+            meta,
+            deleted,
+        };
+        let body = envelope::encode(collection, &entry, &system, &content.json)?;
+        Ok((entry, body))
+    }
+}
+
+fn not_found(collection: &CollectionName, id: &ItemId) -> Error {
+    Error::NotFound(format!("{collection}/{id}"))
+}
+
+/// With no collection map, every top-level property whose value is a scalar (or an array of
+/// scalars) becomes indexed metadata. Objects and very long strings are left out: the query
+/// subset can't use them and they would bloat the head.
+fn default_meta(data: &Map<String, Value>, max_string: usize) -> Map<String, Value> {
+    let fits = |v: &Value| match v {
+        Value::String(s) => s.len() <= max_string,
+        Value::Object(_) | Value::Array(_) => false,
+        _ => true,
+    };
+    data.iter()
+        .filter(|(k, _)| !k.is_empty() && !k.starts_with('$') && !k.contains('.'))
+        .filter(|(_, v)| match v {
+            Value::Array(items) => items.len() <= 64 && items.iter().all(fits),
+            other => fits(other),
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn default_meta_keeps_scalars_only() {
+        let data = json!({
+            "a": 1, "b": "x", "c": [1, "y"], "d": {"e": 1}, "$x": 1, "f.g": 2, "h": "z".repeat(2000),
+            "i": [{"j": 1}], "k": null
+        });
+        let meta = default_meta(data.as_object().unwrap(), 1024);
+        assert_eq!(meta.keys().collect::<Vec<_>>(), ["a", "b", "c", "k"]);
+    }
+}
