@@ -89,8 +89,8 @@ pub fn decode(
     checksum: &str,
 ) -> Result<Decoded> {
     let what = format!("{collection}/{id} v{ov}");
-    let envelope: Envelope<'_> =
-        serde_json::from_slice(bytes).map_err(|e| Error::Corrupt(format!("{what}: payload is not an envelope: {e}")))?;
+    let envelope: Envelope<'_> = serde_json::from_slice(bytes)
+        .map_err(|e| Error::Corrupt(format!("{what}: payload is not an envelope: {e}")))?;
     let h = &envelope.chronos;
     if h.format != FORMAT
         || h.collection != collection.as_str()
@@ -154,12 +154,28 @@ mod tests {
         let bytes = encode(&c, &e, &system(), &content.json).unwrap();
         let d = decode(&bytes, &c, &e.id, 2, "w", &content.checksum).unwrap();
         assert_eq!(d.data_json, content.json);
-        assert_eq!(d.data.keys().collect::<Vec<_>>(), ["b", "a"], "key order kept");
+        assert_eq!(
+            d.data.keys().collect::<Vec<_>>(),
+            ["b", "a"],
+            "key order kept"
+        );
 
         let other: ItemId = "j".parse().unwrap();
-        assert!(matches!(decode(&bytes, &c, &other, 2, "w", &content.checksum), Err(Error::Corrupt(_))));
-        assert!(matches!(decode(&bytes, &c, &e.id, 3, "w", &content.checksum), Err(Error::Corrupt(_))));
-        assert!(matches!(decode(&bytes, &c, &e.id, 2, "x", &content.checksum), Err(Error::Corrupt(_))));
-        assert!(matches!(decode(b"{}", &c, &e.id, 2, "w", &content.checksum), Err(Error::Corrupt(_))));
+        assert!(matches!(
+            decode(&bytes, &c, &other, 2, "w", &content.checksum),
+            Err(Error::Corrupt(_))
+        ));
+        assert!(matches!(
+            decode(&bytes, &c, &e.id, 3, "w", &content.checksum),
+            Err(Error::Corrupt(_))
+        ));
+        assert!(matches!(
+            decode(&bytes, &c, &e.id, 2, "x", &content.checksum),
+            Err(Error::Corrupt(_))
+        ));
+        assert!(matches!(
+            decode(b"{}", &c, &e.id, 2, "w", &content.checksum),
+            Err(Error::Corrupt(_))
+        ));
     }
 }

@@ -60,8 +60,15 @@ impl PendingWrite for MemoryPending {
     async fn commit(self: Box<Self>, version: VersionEntry) -> Result<(), CommitError> {
         let mut all = self.store.lock();
         let coll = all.entry(self.change.collection.clone()).or_default();
-        let head = next_head(&self.change, self.previous.as_ref(), self.ov, self.cv, &version);
-        coll.versions.insert((self.change.id.clone(), self.ov), version);
+        let head = next_head(
+            &self.change,
+            self.previous.as_ref(),
+            self.ov,
+            self.cv,
+            &version,
+        );
+        coll.versions
+            .insert((self.change.id.clone(), self.ov), version);
         coll.heads.insert(self.change.id.clone(), head);
         Ok(())
     }
@@ -70,7 +77,13 @@ impl PendingWrite for MemoryPending {
 }
 
 /// The head a change produces; shared by the stores that build heads in process.
-pub(crate) fn next_head(change: &HeadChange, previous: Option<&Head>, ov: u64, cv: u64, v: &VersionEntry) -> Head {
+pub(crate) fn next_head(
+    change: &HeadChange,
+    previous: Option<&Head>,
+    ov: u64,
+    cv: u64,
+    v: &VersionEntry,
+) -> Head {
     let mut function_ids = previous.map(|p| p.function_ids.clone()).unwrap_or_default();
     if let Some(f) = &change.function_id
         && !function_ids.contains(f)
@@ -162,10 +175,18 @@ impl MetaStore for MemoryMetaStore {
     }
 
     async fn head(&self, collection: &CollectionName, id: &ItemId) -> Result<Option<Head>> {
-        Ok(self.lock().get(collection).and_then(|c| c.heads.get(id).cloned()))
+        Ok(self
+            .lock()
+            .get(collection)
+            .and_then(|c| c.heads.get(id).cloned()))
     }
 
-    async fn version(&self, collection: &CollectionName, id: &ItemId, ov: u64) -> Result<Option<VersionEntry>> {
+    async fn version(
+        &self,
+        collection: &CollectionName,
+        id: &ItemId,
+        ov: u64,
+    ) -> Result<Option<VersionEntry>> {
         Ok(self
             .lock()
             .get(collection)
@@ -179,7 +200,9 @@ impl MetaStore for MemoryMetaStore {
         at: Timestamp,
     ) -> Result<Option<VersionEntry>> {
         let all = self.lock();
-        let Some(c) = all.get(collection) else { return Ok(None) };
+        let Some(c) = all.get(collection) else {
+            return Ok(None);
+        };
         Ok(c.versions
             .range((id.clone(), 0)..=(id.clone(), u64::MAX))
             .rev()
@@ -196,7 +219,9 @@ impl MetaStore for MemoryMetaStore {
         limit: usize,
     ) -> Result<Vec<VersionEntry>> {
         let all = self.lock();
-        let Some(c) = all.get(collection) else { return Ok(vec![]) };
+        let Some(c) = all.get(collection) else {
+            return Ok(vec![]);
+        };
         let start = after_ov.map_or(0, |o| o.saturating_add(1));
         Ok(c.versions
             .range((id.clone(), start)..=(id.clone(), u64::MAX))
@@ -237,7 +262,12 @@ impl PayloadStore for MemoryPayloadStore {
         Ok(())
     }
 
-    async fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<String>> {
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>> {
         Ok(self
             .lock()
             .range(prefix.to_owned()..)

@@ -16,6 +16,9 @@ pub mod store;
 pub mod versioning;
 
 pub use error::{Backend, Error, Result};
-pub use model::{Attribution, CollectionName, ItemId, Op, Record, State, SystemFields, Timestamp, VersionEntry, WriteOutcome};
+pub use model::{
+    Attribution, CollectionName, ItemId, Op, Record, State, SystemFields, Timestamp, VersionEntry,
+    WriteOutcome,
+};
 pub use store::{MetaStore, PayloadStore};
 pub use versioning::{Engine, EngineSettings, ReadOptions};

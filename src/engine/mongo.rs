@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bson::{Bson, Document, doc, oid::ObjectId};
-use mongodb::error::{ErrorKind, TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT, WriteFailure};
+use mongodb::error::{
+    ErrorKind, TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT, WriteFailure,
+};
 use mongodb::options::{IndexOptions, ReadConcern, ReturnDocument, WriteConcern};
 use mongodb::{Client, ClientSession, Collection, Database, IndexModel};
 use serde_json::{Map, Value};
@@ -100,12 +102,19 @@ impl MongoMetaStore {
             head.insert("data", data.content.json.as_str());
         }
         let mut session = self.start().await?;
-        match self.heads(&change.collection).insert_one(head).session(&mut session).await {
+        match self
+            .heads(&change.collection)
+            .insert_one(head)
+            .session(&mut session)
+            .await
+        {
             Ok(_) => {}
             Err(e) => {
                 let _ = session.abort_transaction().await;
                 return Err(match code(&e) {
-                    Some(DUPLICATE_KEY) => Error::AlreadyExists(format!("{}/{}", change.collection, change.id)),
+                    Some(DUPLICATE_KEY) => {
+                        Error::AlreadyExists(format!("{}/{}", change.collection, change.id))
+                    }
                     _ => map_err(e),
                 });
             }
@@ -126,7 +135,9 @@ impl MongoMetaStore {
         for attempt in 0..CONTENTION_ATTEMPTS {
             let (filter, update) = head_update(&change, cv);
             let mut session = self.start().await?;
-            let mut find = heads.find_one_and_update(filter, update).return_document(ReturnDocument::Before);
+            let mut find = heads
+                .find_one_and_update(filter, update)
+                .return_document(ReturnDocument::Before);
             if change.op != Op::Delete {
                 // Only a delete carries the previous data forward; don't ship it otherwise.
                 find = find.projection(doc! {"data": 0});
@@ -265,10 +276,18 @@ impl PendingWrite for MongoPending {
             "meta": to_bson_doc(&v.meta),
             "deleted": v.deleted,
         };
-        if let Err(e) = self.store_versions.insert_one(entry).session(&mut self.session).await {
+        if let Err(e) = self
+            .store_versions
+            .insert_one(entry)
+            .session(&mut self.session)
+            .await
+        {
             let _ = self.session.abort_transaction().await;
             let retry = is_transient(&e);
-            return Err(CommitError::NotCommitted { error: map_err(e), retry });
+            return Err(CommitError::NotCommitted {
+                error: map_err(e),
+                retry,
+            });
         }
         // commitTransaction is idempotent: an unknown outcome is retried before it is reported.
         let mut tries = 0;
@@ -283,7 +302,10 @@ impl PendingWrite for MongoPending {
                 }
                 Err(e) => {
                     let retry = is_transient(&e);
-                    return Err(CommitError::NotCommitted { error: map_err(e), retry });
+                    return Err(CommitError::NotCommitted {
+                        error: map_err(e),
+                        retry,
+                    });
                 }
             }
         }
@@ -315,9 +337,17 @@ impl MetaStore for MongoMetaStore {
     }
 
     async fn prepare_collection(&self, c: &CollectionName) -> Result<()> {
-        let unique = IndexOptions::builder().unique(true).name("itemId_ov".to_owned()).build();
+        let unique = IndexOptions::builder()
+            .unique(true)
+            .name("itemId_ov".to_owned())
+            .build();
         self.versions_coll(c)
-            .create_index(IndexModel::builder().keys(doc! {"itemId": 1, "ov": 1}).options(unique).build())
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! {"itemId": 1, "ov": 1})
+                    .options(unique)
+                    .build(),
+            )
             .await
             .map_err(map_err)?;
         Ok(())
@@ -339,7 +369,12 @@ impl MetaStore for MongoMetaStore {
         found.map(|d| head_from_doc(id, d)).transpose()
     }
 
-    async fn version(&self, c: &CollectionName, id: &ItemId, ov: u64) -> Result<Option<VersionEntry>> {
+    async fn version(
+        &self,
+        c: &CollectionName,
+        id: &ItemId,
+        ov: u64,
+    ) -> Result<Option<VersionEntry>> {
         let found = self
             .versions_coll(c)
             .find_one(doc! {"itemId": id.as_str(), "ov": ov as i64})
@@ -348,7 +383,12 @@ impl MetaStore for MongoMetaStore {
         found.map(|d| version_from_doc(id, &d)).transpose()
     }
 
-    async fn version_as_of(&self, c: &CollectionName, id: &ItemId, at: Timestamp) -> Result<Option<VersionEntry>> {
+    async fn version_as_of(
+        &self,
+        c: &CollectionName,
+        id: &ItemId,
+        at: Timestamp,
+    ) -> Result<Option<VersionEntry>> {
         let found = self
             .versions_coll(c)
             .find_one(doc! {"itemId": id.as_str(), "at": {"$lte": to_date(at)}})
@@ -401,7 +441,8 @@ fn is_transient(e: &mongodb::error::Error) -> bool {
 fn map_err(e: mongodb::error::Error) -> Error {
     if code(&e) == Some(ILLEGAL_OPERATION) && e.to_string().contains("Transaction numbers") {
         return Error::Unsupported(
-            "MongoDB refused a transaction: Chronos needs a replica set or a sharded cluster".into(),
+            "MongoDB refused a transaction: Chronos needs a replica set or a sharded cluster"
+                .into(),
         );
     }
     Error::metadata(e)
@@ -419,14 +460,18 @@ fn get_u64(d: &Document, key: &str) -> Result<u64> {
     match d.get(key) {
         Some(Bson::Int64(n)) if *n >= 0 => Ok(*n as u64),
         Some(Bson::Int32(n)) if *n >= 0 => Ok(*n as u64),
-        _ => Err(Error::Corrupt(format!("field `{key}` missing or not a count"))),
+        _ => Err(Error::Corrupt(format!(
+            "field `{key}` missing or not a count"
+        ))),
     }
 }
 
 fn get_date(d: &Document, key: &str) -> Result<Timestamp> {
     match d.get(key) {
         Some(Bson::DateTime(t)) => from_date(*t),
-        _ => Err(Error::Corrupt(format!("field `{key}` missing or not a date"))),
+        _ => Err(Error::Corrupt(format!(
+            "field `{key}` missing or not a date"
+        ))),
     }
 }
 
@@ -460,7 +505,10 @@ fn get_meta(d: &Document) -> Map<String, Value> {
 
 fn head_from_doc(id: &ItemId, d: Document) -> Result<Head> {
     let function_ids = match d.get("functionIds") {
-        Some(Bson::Array(a)) => a.iter().filter_map(|b| b.as_str().map(str::to_owned)).collect(),
+        Some(Bson::Array(a)) => a
+            .iter()
+            .filter_map(|b| b.as_str().map(str::to_owned))
+            .collect(),
         _ => vec![],
     };
     Ok(Head {

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, RequestChecksumCalculation, timeout::TimeoutConfig};
+use aws_sdk_s3::config::{
+    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, timeout::TimeoutConfig,
+};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
@@ -98,10 +100,17 @@ impl S3PayloadStore {
             Err(SdkError::ServiceError(e)) if e.err().is_not_found() => {}
             Err(e) => return Err(s3_err("head bucket", &self.bucket, e)),
         }
-        match self.client.create_bucket().bucket(&self.bucket).send().await {
+        match self
+            .client
+            .create_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
             Ok(_) => Ok(true),
             Err(SdkError::ServiceError(e))
-                if e.err().is_bucket_already_owned_by_you() || e.err().is_bucket_already_exists() =>
+                if e.err().is_bucket_already_owned_by_you()
+                    || e.err().is_bucket_already_exists() =>
             {
                 Ok(false)
             }
@@ -110,7 +119,11 @@ impl S3PayloadStore {
     }
 }
 
-fn s3_err<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(op: &str, key: &str, e: SdkError<E, R>) -> Error {
+fn s3_err<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
+    op: &str,
+    key: &str,
+    e: SdkError<E, R>,
+) -> Error {
     let detail = match &e {
         SdkError::ServiceError(s) => format!(
             "{}: {}",
@@ -138,7 +151,14 @@ impl PayloadStore for S3PayloadStore {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
-        let out = match self.client.get_object().bucket(&self.bucket).key(key).send().await {
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
             Ok(out) => out,
             Err(SdkError::ServiceError(e)) if e.err().is_no_such_key() => return Ok(None),
             Err(e) => return Err(s3_err("get", key, e)),
@@ -162,7 +182,12 @@ impl PayloadStore for S3PayloadStore {
         Ok(())
     }
 
-    async fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<String>> {
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>> {
         let out = self
             .client
             .list_objects_v2()
@@ -173,6 +198,10 @@ impl PayloadStore for S3PayloadStore {
             .send()
             .await
             .map_err(|e| s3_err("list", prefix, e))?;
-        Ok(out.contents().iter().filter_map(|o| o.key().map(str::to_owned)).collect())
+        Ok(out
+            .contents()
+            .iter()
+            .filter_map(|o| o.key().map(str::to_owned))
+            .collect())
     }
 }

@@ -20,7 +20,12 @@ pub trait PayloadStore: Send + Sync + 'static {
     /// Deleting a missing key is not an error.
     async fn delete(&self, key: &str) -> Result<()>;
     /// Keys under `prefix`, in lexical order, starting after `start_after`; at most `limit`.
-    async fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<String>>;
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>>;
 }
 
 /// The change a write makes to an item's head, prepared by the engine and applied atomically by
@@ -92,7 +97,12 @@ pub trait MetaStore: Send + Sync + 'static {
     /// a taken id), `VersionConflict`, `Contended`.
     async fn begin_write(&self, change: HeadChange) -> Result<Box<dyn PendingWrite>>;
     async fn head(&self, collection: &CollectionName, id: &ItemId) -> Result<Option<Head>>;
-    async fn version(&self, collection: &CollectionName, id: &ItemId, ov: u64) -> Result<Option<VersionEntry>>;
+    async fn version(
+        &self,
+        collection: &CollectionName,
+        id: &ItemId,
+        ov: u64,
+    ) -> Result<Option<VersionEntry>>;
     /// The latest version written at or before `at`.
     async fn version_as_of(
         &self,

@@ -61,7 +61,11 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(meta: Arc<dyn MetaStore>, payloads: Arc<dyn PayloadStore>, settings: EngineSettings) -> Self {
+    pub fn new(
+        meta: Arc<dyn MetaStore>,
+        payloads: Arc<dyn PayloadStore>,
+        settings: EngineSettings,
+    ) -> Self {
         Engine {
             meta,
             payloads,
@@ -91,7 +95,9 @@ impl Engine {
     ) -> Result<(ItemId, WriteOutcome)> {
         let id = id.unwrap_or_else(ItemId::generate);
         let data = self.new_data(data)?;
-        let outcome = self.write(collection, &id, Op::Create, None, Some(data), None, who).await?;
+        let outcome = self
+            .write(collection, &id, Op::Create, None, Some(data), None, who)
+            .await?;
         Ok((id, outcome))
     }
 
@@ -105,7 +111,16 @@ impl Engine {
         who: &Attribution,
     ) -> Result<WriteOutcome> {
         let data = self.new_data(data)?;
-        self.write(collection, id, Op::Update, expected_ov, Some(data), None, who).await
+        self.write(
+            collection,
+            id,
+            Op::Update,
+            expected_ov,
+            Some(data),
+            None,
+            who,
+        )
+        .await
     }
 
     /// Logically delete an item: a new version marked deleted that keeps the last data.
@@ -116,19 +131,33 @@ impl Engine {
         expected_ov: Option<u64>,
         who: &Attribution,
     ) -> Result<WriteOutcome> {
-        self.write(collection, id, Op::Delete, expected_ov, None, None, who).await
+        self.write(collection, id, Op::Delete, expected_ov, None, None, who)
+            .await
     }
 
     /// The latest version of an item.
-    pub async fn get_latest(&self, collection: &CollectionName, id: &ItemId, opts: ReadOptions) -> Result<Record> {
+    pub async fn get_latest(
+        &self,
+        collection: &CollectionName,
+        id: &ItemId,
+        opts: ReadOptions,
+    ) -> Result<Record> {
         let head = self.meta.head(collection, id).await?;
         let head = head.ok_or_else(|| not_found(collection, id))?;
         if head.deleted() && !opts.include_deleted {
             return Err(not_found(collection, id));
         }
         let data = match &head.inline {
-            Some(json) => parse_data(json, &head.checksum, &format_args!("{collection}/{id} v{}", head.ov))?,
-            None => self.load(collection, id, head.ov, &head.write_id, &head.checksum).await?.data,
+            Some(json) => parse_data(
+                json,
+                &head.checksum,
+                &format_args!("{collection}/{id} v{}", head.ov),
+            )?,
+            None => {
+                self.load(collection, id, head.ov, &head.write_id, &head.checksum)
+                    .await?
+                    .data
+            }
         };
         Ok(Record {
             id: head.id.clone(),
@@ -161,7 +190,8 @@ impl Engine {
         opts: ReadOptions,
     ) -> Result<Record> {
         let entry = self.meta.version_as_of(collection, id, at).await?;
-        let entry = entry.ok_or_else(|| Error::NotFound(format!("{collection}/{id} as of {at}")))?;
+        let entry =
+            entry.ok_or_else(|| Error::NotFound(format!("{collection}/{id} as of {at}")))?;
         self.record_of(collection, entry, opts).await
     }
 
@@ -185,11 +215,27 @@ impl Engine {
         self.meta.versions(collection, id, after_ov, limit).await
     }
 
-    async fn record_of(&self, collection: &CollectionName, entry: VersionEntry, opts: ReadOptions) -> Result<Record> {
+    async fn record_of(
+        &self,
+        collection: &CollectionName,
+        entry: VersionEntry,
+        opts: ReadOptions,
+    ) -> Result<Record> {
         if entry.deleted && !opts.include_deleted {
-            return Err(Error::NotFound(format!("{collection}/{} v{} (deleted)", entry.id, entry.ov)));
+            return Err(Error::NotFound(format!(
+                "{collection}/{} v{} (deleted)",
+                entry.id, entry.ov
+            )));
         }
-        let decoded = self.load(collection, &entry.id, entry.ov, &entry.write_id, &entry.checksum).await?;
+        let decoded = self
+            .load(
+                collection,
+                &entry.id,
+                entry.ov,
+                &entry.write_id,
+                &entry.checksum,
+            )
+            .await?;
         Ok(Record {
             id: entry.id,
             ov: entry.ov,
@@ -226,7 +272,11 @@ impl Engine {
         }
         let meta = default_meta(&data, self.settings.meta_max_string_bytes);
         let inline = content.json.len() <= self.settings.inline_max_bytes;
-        Ok(NewData { content, meta, inline })
+        Ok(NewData {
+            content,
+            meta,
+            inline,
+        })
     }
 
     async fn prepare(&self, collection: &CollectionName) -> Result<()> {
@@ -269,7 +319,10 @@ impl Engine {
             let pending = self.meta.begin_write(change.clone()).await?;
             let (ov, cv) = (pending.ov(), pending.cv());
             let previous = pending.previous().cloned();
-            let prepared = match self.version_for(&change, previous.as_ref(), ov, cv, who).await {
+            let prepared = match self
+                .version_for(&change, previous.as_ref(), ov, cv, who)
+                .await
+            {
                 Ok(p) => p,
                 Err(e) => {
                     pending.abort().await;
@@ -282,7 +335,11 @@ impl Engine {
                 pending.abort().await;
                 return Err(e);
             }
-            let outcome = WriteOutcome { ov, cv, at: entry.at };
+            let outcome = WriteOutcome {
+                ov,
+                cv,
+                at: entry.at,
+            };
             match pending.commit(entry).await {
                 Ok(()) => return Ok(outcome),
                 Err(CommitError::NotCommitted { error, retry }) => {
@@ -320,11 +377,19 @@ impl Engine {
             (None, Some(p)) => {
                 let json = match &p.inline {
                     Some(json) => json.clone(),
-                    None => self.load(collection, &p.id, p.ov, &p.write_id, &p.checksum).await?.data_json,
+                    None => {
+                        self.load(collection, &p.id, p.ov, &p.write_id, &p.checksum)
+                            .await?
+                            .data_json
+                    }
                 };
                 (Content::from_json(json), p.meta.clone())
             }
-            (None, None) => return Err(Error::Corrupt("a write without data needs a previous version".into())),
+            (None, None) => {
+                return Err(Error::Corrupt(
+                    "a write without data needs a previous version".into(),
+                ));
+            }
         };
         let deleted = change.op == Op::Delete;
         let mut function_ids = previous.map(|p| p.function_ids.clone()).unwrap_or_default();

@@ -1,0 +1,655 @@
+//! The conformance suite: every rule of the versioning core, checked against a backend pair.
+//! `conformance_suite!(make)` instantiates each check as a test for one backend, where
+//! `make(EngineSettings)` builds a fresh, empty [`Harness`] (sync or async).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chronos::engine::{Attribution, CollectionName, Error, ItemId, Op, ReadOptions, State};
+use serde_json::{Map, Value, json};
+
+use crate::support::Harness;
+
+#[macro_export]
+macro_rules! conformance_suite {
+    ($make:expr) => {
+        $crate::conformance_suite!(@tests $make;
+            create_and_read_latest, create_with_taken_id_fails, update_bumps_ov_and_cv,
+            stale_expected_ov_conflicts, writes_to_missing_items_fail, delete_is_logical_and_hidden,
+            version_reads_never_cross_items, as_of_reads_follow_time, history_is_ordered_and_paged,
+            system_fields_cannot_be_injected, oversized_payloads_are_refused,
+            cold_payloads_are_read_from_the_payload_store, a_payload_of_another_item_is_never_served,
+            racing_writers_lose_cleanly, cv_orders_all_writes_of_a_collection);
+    };
+    (@tests $make:expr; $($name:ident),*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $name() {
+            let settings = $crate::conformance::settings(stringify!($name));
+            #[allow(clippy::redundant_closure_call)]
+            let harness = $crate::conformance::ready(($make)(settings)).await;
+            $crate::conformance::$name(&harness).await;
+        }
+    )*};
+}
+
+/// Settings per check: the cold-payload check keeps nothing inline.
+pub fn settings(check: &str) -> chronos::engine::EngineSettings {
+    let mut s = chronos::engine::EngineSettings::default();
+    if check == "cold_payloads_are_read_from_the_payload_store"
+        || check == "a_payload_of_another_item_is_never_served"
+    {
+        s.inline_max_bytes = 0;
+    }
+    if check == "oversized_payloads_are_refused" {
+        s.max_payload_bytes = 1000;
+    }
+    s
+}
+
+/// Lets the macro accept both sync and async harness constructors.
+pub async fn ready(h: impl IntoHarness) -> Harness {
+    h.into_harness().await
+}
+
+pub trait IntoHarness {
+    fn into_harness(self) -> impl std::future::Future<Output = Harness>;
+}
+impl IntoHarness for Harness {
+    async fn into_harness(self) -> Harness {
+        self
+    }
+}
+impl<F: std::future::Future<Output = Harness>> IntoHarness for F {
+    async fn into_harness(self) -> Harness {
+        self.await
+    }
+}
+
+fn coll() -> CollectionName {
+    "things".parse().unwrap()
+}
+
+fn obj(v: Value) -> Map<String, Value> {
+    v.as_object().expect("object").clone()
+}
+
+fn who() -> Attribution {
+    Attribution::new("tester", "conformance")
+}
+
+const LATEST: ReadOptions = ReadOptions {
+    include_deleted: false,
+};
+const WITH_DELETED: ReadOptions = ReadOptions {
+    include_deleted: true,
+};
+
+pub async fn create_and_read_latest(h: &Harness) {
+    let e = &h.engine;
+    let data = obj(json!({"z": 1, "a": {"nested": [1, 2, {"x": null}]}, "s": "text"}));
+    let (id, out) = e.create(&coll(), None, data.clone(), &who()).await.unwrap();
+    assert_eq!(out.ov, 0);
+    assert!(out.cv >= 1);
+    let r = e.get_latest(&coll(), &id, LATEST).await.unwrap();
+    assert_eq!(r.id, id);
+    assert_eq!((r.ov, r.cv), (0, out.cv));
+    assert_eq!(r.data, data);
+    assert_eq!(
+        r.data.keys().collect::<Vec<_>>(),
+        ["z", "a", "s"],
+        "key order is kept"
+    );
+    assert_eq!(r.system.inserted_at, out.at);
+    assert_eq!(r.system.updated_at, out.at);
+    assert!(!r.system.deleted && r.system.deleted_at.is_none());
+    assert_eq!(r.system.state, State::New);
+    assert!(r.system.function_ids.is_empty());
+
+    let chosen: ItemId = "order-42".parse().unwrap();
+    let (id2, _) = e
+        .create(&coll(), Some(chosen.clone()), obj(json!({"n": 2})), &who())
+        .await
+        .unwrap();
+    assert_eq!(id2, chosen);
+    assert_ne!(id, id2);
+    assert_eq!(
+        e.get_latest(&coll(), &chosen, LATEST).await.unwrap().data,
+        obj(json!({"n": 2}))
+    );
+}
+
+pub async fn create_with_taken_id_fails(h: &Harness) {
+    let e = &h.engine;
+    let id: ItemId = "dup".parse().unwrap();
+    e.create(&coll(), Some(id.clone()), obj(json!({"v": 1})), &who())
+        .await
+        .unwrap();
+    let err = e
+        .create(&coll(), Some(id.clone()), obj(json!({"v": 2})), &who())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::AlreadyExists(_)), "{err:?}");
+    assert_eq!(
+        e.get_latest(&coll(), &id, LATEST).await.unwrap().data,
+        obj(json!({"v": 1}))
+    );
+}
+
+pub async fn update_bumps_ov_and_cv(h: &Harness) {
+    let e = &h.engine;
+    let (id, c) = e
+        .create(&coll(), None, obj(json!({"v": 0})), &who())
+        .await
+        .unwrap();
+    let u1 = e
+        .update(&coll(), &id, obj(json!({"v": 1})), Some(0), &who())
+        .await
+        .unwrap();
+    assert_eq!(u1.ov, 1);
+    assert!(u1.cv > c.cv);
+    assert!(u1.at >= c.at);
+    // Without an expected ov the last writer wins, still one version per write.
+    let u2 = e
+        .update(&coll(), &id, obj(json!({"v": 2})), None, &who())
+        .await
+        .unwrap();
+    assert_eq!(u2.ov, 2);
+    let r = e.get_latest(&coll(), &id, LATEST).await.unwrap();
+    assert_eq!((r.ov, r.cv), (2, u2.cv));
+    assert_eq!(r.data, obj(json!({"v": 2})));
+    assert_eq!(
+        r.system.inserted_at, c.at,
+        "insertedAt is the create's time"
+    );
+    assert_eq!(r.system.updated_at, u2.at);
+}
+
+pub async fn stale_expected_ov_conflicts(h: &Harness) {
+    let e = &h.engine;
+    let (id, _) = e
+        .create(&coll(), None, obj(json!({"v": 0})), &who())
+        .await
+        .unwrap();
+    e.update(&coll(), &id, obj(json!({"v": 1})), Some(0), &who())
+        .await
+        .unwrap();
+    let err = e
+        .update(&coll(), &id, obj(json!({"v": 9})), Some(0), &who())
+        .await
+        .unwrap_err();
+    match err {
+        Error::VersionConflict {
+            expected, current, ..
+        } => assert_eq!((expected, current), (0, 1)),
+        other => panic!("expected a version conflict, got {other:?}"),
+    }
+    let err = e.delete(&coll(), &id, Some(5), &who()).await.unwrap_err();
+    assert!(
+        matches!(err, Error::VersionConflict { current: 1, .. }),
+        "{err:?}"
+    );
+    assert_eq!(
+        e.get_latest(&coll(), &id, LATEST).await.unwrap().data,
+        obj(json!({"v": 1}))
+    );
+}
+
+pub async fn writes_to_missing_items_fail(h: &Harness) {
+    let e = &h.engine;
+    let ghost: ItemId = "ghost".parse().unwrap();
+    assert!(matches!(
+        e.update(&coll(), &ghost, obj(json!({})), None, &who())
+            .await,
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        e.delete(&coll(), &ghost, None, &who()).await,
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        e.get_latest(&coll(), &ghost, WITH_DELETED).await,
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        e.get_version(&coll(), &ghost, 0, WITH_DELETED).await,
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        e.history(&coll(), &ghost, None, 10, WITH_DELETED).await,
+        Err(Error::NotFound(_))
+    ));
+}
+
+pub async fn delete_is_logical_and_hidden(h: &Harness) {
+    let e = &h.engine;
+    let (id, _) = e
+        .create(&coll(), None, obj(json!({"keep": "me"})), &who())
+        .await
+        .unwrap();
+    let d = e
+        .delete(&coll(), &id, Some(0), &Attribution::new("alice", "gdpr"))
+        .await
+        .unwrap();
+    assert_eq!(d.ov, 1);
+
+    assert!(matches!(
+        e.get_latest(&coll(), &id, LATEST).await,
+        Err(Error::NotFound(_))
+    ));
+    let r = e.get_latest(&coll(), &id, WITH_DELETED).await.unwrap();
+    assert!(r.system.deleted);
+    assert_eq!(r.system.deleted_at, Some(d.at));
+    assert_eq!(
+        r.data,
+        obj(json!({"keep": "me"})),
+        "a logical delete keeps the last data"
+    );
+
+    // The delete version is hidden unless asked for; the earlier version stays readable.
+    assert!(matches!(
+        e.get_version(&coll(), &id, 1, LATEST).await,
+        Err(Error::NotFound(_))
+    ));
+    assert!(
+        e.get_version(&coll(), &id, 1, WITH_DELETED)
+            .await
+            .unwrap()
+            .system
+            .deleted
+    );
+    assert_eq!(
+        e.get_version(&coll(), &id, 0, LATEST).await.unwrap().data,
+        obj(json!({"keep": "me"}))
+    );
+    assert!(matches!(
+        e.get_as_of(&coll(), &id, d.at, LATEST).await,
+        Err(Error::NotFound(_))
+    ));
+
+    assert!(matches!(
+        e.history(&coll(), &id, None, 10, LATEST).await,
+        Err(Error::NotFound(_))
+    ));
+    let hist = e
+        .history(&coll(), &id, None, 10, WITH_DELETED)
+        .await
+        .unwrap();
+    assert_eq!(
+        hist.iter().map(|v| v.op).collect::<Vec<_>>(),
+        [Op::Create, Op::Delete]
+    );
+    assert_eq!(hist[1].actor.as_deref(), Some("alice"));
+    assert_eq!(hist[1].reason.as_deref(), Some("gdpr"));
+
+    // A deleted item can't be updated or deleted again, and its id stays taken.
+    assert!(matches!(
+        e.update(&coll(), &id, obj(json!({})), None, &who()).await,
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        e.delete(&coll(), &id, None, &who()).await,
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        e.create(&coll(), Some(id.clone()), obj(json!({})), &who())
+            .await,
+        Err(Error::AlreadyExists(_))
+    ));
+}
+
+pub async fn version_reads_never_cross_items(h: &Harness) {
+    // The original's getItem({ov}) ignored the item id. Two items with the same ovs must never mix.
+    let e = &h.engine;
+    let (a, _) = e
+        .create(&coll(), None, obj(json!({"item": "a", "n": 0})), &who())
+        .await
+        .unwrap();
+    let (b, _) = e
+        .create(&coll(), None, obj(json!({"item": "b", "n": 0})), &who())
+        .await
+        .unwrap();
+    for n in 1..=3 {
+        e.update(&coll(), &a, obj(json!({"item": "a", "n": n})), None, &who())
+            .await
+            .unwrap();
+        e.update(&coll(), &b, obj(json!({"item": "b", "n": n})), None, &who())
+            .await
+            .unwrap();
+    }
+    for ov in 0..=3u64 {
+        let ra = e.get_version(&coll(), &a, ov, LATEST).await.unwrap();
+        let rb = e.get_version(&coll(), &b, ov, LATEST).await.unwrap();
+        assert_eq!((ra.id.clone(), ra.ov), (a.clone(), ov));
+        assert_eq!(ra.data, obj(json!({"item": "a", "n": ov})));
+        assert_eq!(rb.data, obj(json!({"item": "b", "n": ov})));
+    }
+    assert!(matches!(
+        e.get_version(&coll(), &a, 4, LATEST).await,
+        Err(Error::NotFound(_))
+    ));
+    // Another collection with the same ids is another world.
+    let other: CollectionName = "others".parse().unwrap();
+    assert!(matches!(
+        e.get_version(&other, &a, 0, LATEST).await,
+        Err(Error::NotFound(_))
+    ));
+}
+
+pub async fn as_of_reads_follow_time(h: &Harness) {
+    let e = &h.engine;
+    let (a, c) = e
+        .create(&coll(), None, obj(json!({"n": 0})), &who())
+        .await
+        .unwrap();
+    // Another item written in between must never be what an as-of read of `a` returns.
+    e.create(&coll(), None, obj(json!({"other": true})), &who())
+        .await
+        .unwrap();
+    let mut outcomes = vec![c];
+    for n in 1..=4 {
+        outcomes.push(
+            e.update(&coll(), &a, obj(json!({"n": n})), None, &who())
+                .await
+                .unwrap(),
+        );
+    }
+    for o in &outcomes {
+        // The latest version at or before that instant (several writes may share a millisecond).
+        let expected = outcomes
+            .iter()
+            .filter(|x| x.at <= o.at)
+            .map(|x| x.ov)
+            .max()
+            .unwrap();
+        let r = e.get_as_of(&coll(), &a, o.at, LATEST).await.unwrap();
+        assert_eq!(r.id, a);
+        assert_eq!(r.ov, expected);
+        assert_eq!(r.data, obj(json!({"n": expected})));
+    }
+    let before =
+        c.at.checked_sub(jiff::SignedDuration::from_millis(1))
+            .unwrap();
+    assert!(matches!(
+        e.get_as_of(&coll(), &a, before, LATEST).await,
+        Err(Error::NotFound(_))
+    ));
+}
+
+pub async fn history_is_ordered_and_paged(h: &Harness) {
+    let e = &h.engine;
+    let (id, _) = e
+        .create(
+            &coll(),
+            None,
+            obj(json!({"n": 0})),
+            &Attribution::new("bob", "first"),
+        )
+        .await
+        .unwrap();
+    for n in 1..=6 {
+        e.update(&coll(), &id, obj(json!({"n": n})), Some(n - 1), &who())
+            .await
+            .unwrap();
+    }
+    let all = e.history(&coll(), &id, None, 100, LATEST).await.unwrap();
+    assert_eq!(
+        all.iter().map(|v| v.ov).collect::<Vec<_>>(),
+        (0..=6).collect::<Vec<_>>()
+    );
+    assert!(
+        all.windows(2)
+            .all(|w| w[0].cv < w[1].cv && w[0].at <= w[1].at)
+    );
+    assert_eq!(all[0].op, Op::Create);
+    assert!(all[1..].iter().all(|v| v.op == Op::Update));
+    assert_eq!(
+        (all[0].actor.as_deref(), all[0].reason.as_deref()),
+        (Some("bob"), Some("first"))
+    );
+    let page1 = e.history(&coll(), &id, None, 3, LATEST).await.unwrap();
+    let page2 = e
+        .history(&coll(), &id, Some(page1[2].ov), 3, LATEST)
+        .await
+        .unwrap();
+    let page3 = e
+        .history(&coll(), &id, Some(page2[2].ov), 3, LATEST)
+        .await
+        .unwrap();
+    let paged: Vec<u64> = page1
+        .iter()
+        .chain(&page2)
+        .chain(&page3)
+        .map(|v| v.ov)
+        .collect();
+    assert_eq!(paged, (0..=6).collect::<Vec<_>>());
+    assert!(matches!(
+        e.history(&coll(), &id, None, 0, LATEST).await,
+        Err(Error::Validation { .. })
+    ));
+}
+
+pub async fn system_fields_cannot_be_injected(h: &Harness) {
+    let e = &h.engine;
+    let forged = obj(json!({"v": 1, "_system": {"deleted": true, "state": "processed"}}));
+    let (id, _) = e.create(&coll(), None, forged, &who()).await.unwrap();
+    let r = e.get_latest(&coll(), &id, LATEST).await.unwrap();
+    assert_eq!(r.data, obj(json!({"v": 1})));
+    assert!(!r.system.deleted);
+    assert_eq!(r.system.state, State::New);
+}
+
+pub async fn oversized_payloads_are_refused(h: &Harness) {
+    let e = &h.engine;
+    let big = obj(json!({"blob": "x".repeat(2000)}));
+    let err = e
+        .create(&coll(), None, big.clone(), &who())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::TooLarge { limit: 1000, .. }),
+        "{err:?}"
+    );
+    let (id, _) = e
+        .create(&coll(), None, obj(json!({"small": 1})), &who())
+        .await
+        .unwrap();
+    assert!(matches!(
+        e.update(&coll(), &id, big, None, &who()).await,
+        Err(Error::TooLarge { .. })
+    ));
+    assert_eq!(
+        e.get_latest(&coll(), &id, LATEST).await.unwrap().ov,
+        0,
+        "nothing was written"
+    );
+    assert_eq!(h.payloads.list("", None, 100).await.unwrap().len(), 1);
+}
+
+pub async fn cold_payloads_are_read_from_the_payload_store(h: &Harness) {
+    let e = &h.engine;
+    let (id, _) = e
+        .create(&coll(), None, obj(json!({"cold": [1, 2, 3]})), &who())
+        .await
+        .unwrap();
+    e.update(&coll(), &id, obj(json!({"cold": [4]})), Some(0), &who())
+        .await
+        .unwrap();
+    assert_eq!(
+        e.get_latest(&coll(), &id, LATEST).await.unwrap().data,
+        obj(json!({"cold": [4]}))
+    );
+    e.delete(&coll(), &id, Some(1), &who()).await.unwrap();
+    let r = e.get_latest(&coll(), &id, WITH_DELETED).await.unwrap();
+    assert_eq!(
+        r.data,
+        obj(json!({"cold": [4]})),
+        "delete carried the cold data forward"
+    );
+    let keys = h
+        .payloads
+        .list(&format!("things/{id}/"), None, 100)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 3, "one payload per version: {keys:?}");
+}
+
+pub async fn a_payload_of_another_item_is_never_served(h: &Harness) {
+    let e = &h.engine;
+    let (a, _) = e
+        .create(&coll(), None, obj(json!({"secret": "a"})), &who())
+        .await
+        .unwrap();
+    let (b, _) = e
+        .create(&coll(), None, obj(json!({"secret": "b"})), &who())
+        .await
+        .unwrap();
+    let key_a = h
+        .payloads
+        .list(&format!("things/{a}/"), None, 10)
+        .await
+        .unwrap()
+        .remove(0);
+    let key_b = h
+        .payloads
+        .list(&format!("things/{b}/"), None, 10)
+        .await
+        .unwrap()
+        .remove(0);
+    // Simulate a mix-up in the bucket: a's key now holds b's payload.
+    let body_b = h.payloads.get(&key_b).await.unwrap().unwrap();
+    h.payloads.put(&key_a, body_b).await.unwrap();
+    let err = e.get_latest(&coll(), &a, LATEST).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Corrupt(_)),
+        "served instead of refused: {err:?}"
+    );
+    let err = e.get_version(&coll(), &a, 0, LATEST).await.unwrap_err();
+    assert!(matches!(err, Error::Corrupt(_)), "{err:?}");
+    h.payloads.delete(&key_a).await.unwrap();
+    assert!(matches!(
+        e.get_latest(&coll(), &a, LATEST).await,
+        Err(Error::Corrupt(_))
+    ));
+}
+
+/// 16 writers update one item with expected-ov-and-retry: exactly one wins each ov, the ov
+/// sequence is gapless, and every version holds what its writer sent.
+pub async fn racing_writers_lose_cleanly(h: &Harness) {
+    const WRITERS: u64 = 16;
+    const EACH: u64 = 4;
+    let engine = Arc::new(&h.engine);
+    let (id, _) = h
+        .engine
+        .create(&coll(), None, obj(json!({"w": -1})), &who())
+        .await
+        .unwrap();
+    let results = futures::future::join_all((0..WRITERS).map(|w| {
+        let e = engine.clone();
+        let id = id.clone();
+        async move {
+            let mut won = Vec::new();
+            let mut conflicts = 0u64;
+            let mut seq = 0;
+            while seq < EACH {
+                let current = e.get_latest(&coll(), &id, LATEST).await.unwrap().ov;
+                let data = obj(json!({"w": w, "seq": seq}));
+                match e
+                    .update(&coll(), &id, data.clone(), Some(current), &who())
+                    .await
+                {
+                    Ok(o) => {
+                        assert_eq!(o.ov, current + 1);
+                        won.push((o.ov, data));
+                        seq += 1;
+                    }
+                    Err(Error::VersionConflict { .. } | Error::Contended(_)) => conflicts += 1,
+                    Err(other) => panic!("writer {w}: unexpected {other:?}"),
+                }
+            }
+            (won, conflicts)
+        }
+    }))
+    .await;
+
+    let mut by_ov: BTreeMap<u64, Map<String, Value>> = BTreeMap::new();
+    for (won, _) in &results {
+        for (ov, data) in won {
+            assert!(
+                by_ov.insert(*ov, data.clone()).is_none(),
+                "two writers were told they won ov {ov}"
+            );
+        }
+    }
+    let total = WRITERS * EACH;
+    assert_eq!(by_ov.len() as u64, total);
+    assert!(
+        results.iter().map(|(_, c)| c).sum::<u64>() > 0,
+        "the writers never actually raced"
+    );
+    let latest = h.engine.get_latest(&coll(), &id, LATEST).await.unwrap();
+    assert_eq!(
+        latest.ov, total,
+        "final ov equals the number of successful updates"
+    );
+
+    let mut history = Vec::new();
+    let mut after = None;
+    loop {
+        let page = h
+            .engine
+            .history(&coll(), &id, after, 1000, LATEST)
+            .await
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.ov);
+        history.extend(page);
+    }
+    assert_eq!(
+        history.iter().map(|v| v.ov).collect::<Vec<_>>(),
+        (0..=total).collect::<Vec<_>>(),
+        "gapless"
+    );
+    for (ov, data) in &by_ov {
+        let r = h
+            .engine
+            .get_version(&coll(), &id, *ov, LATEST)
+            .await
+            .unwrap();
+        assert_eq!(&r.data, data, "version {ov} holds what its writer sent");
+    }
+    // Losers left nothing behind: exactly one payload per version.
+    let keys = h
+        .payloads
+        .list(&format!("things/{id}/"), None, 1000)
+        .await
+        .unwrap();
+    assert_eq!(keys.len() as u64, total + 1, "orphaned payloads: {keys:?}");
+}
+
+pub async fn cv_orders_all_writes_of_a_collection(h: &Harness) {
+    let engine = Arc::new(&h.engine);
+    let outcomes = futures::future::join_all((0..20).map(|i| {
+        let e = engine.clone();
+        async move {
+            let (id, c) = e
+                .create(&coll(), None, obj(json!({"i": i})), &who())
+                .await
+                .unwrap();
+            let u = e
+                .update(&coll(), &id, obj(json!({"i": i, "u": 1})), Some(0), &who())
+                .await
+                .unwrap();
+            vec![c.cv, u.cv]
+        }
+    }))
+    .await;
+    let mut cvs: Vec<u64> = outcomes.iter().flatten().copied().collect();
+    assert!(
+        outcomes.iter().all(|o| o[0] < o[1]),
+        "cv increases along each item's history"
+    );
+    cvs.sort();
+    let before = cvs.len();
+    cvs.dedup();
+    assert_eq!(cvs.len(), before, "every write has its own cv");
+}

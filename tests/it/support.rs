@@ -1,0 +1,94 @@
+//! Test harness: builds engines over each backend pair. Real services come from
+//! `scripts/services.sh start`; a test that needs one fails loudly when it is missing.
+
+use std::sync::{Arc, Mutex};
+
+use chronos::engine::memory::{MemoryMetaStore, MemoryPayloadStore};
+use chronos::engine::mongo::MongoMetaStore;
+use chronos::engine::s3::{S3Connection, S3PayloadStore};
+use chronos::engine::{Engine, EngineSettings, MetaStore, PayloadStore};
+use mongodb::event::EventHandler;
+use mongodb::event::command::CommandEvent;
+
+/// An engine plus direct handles on its stores, so tests can look underneath.
+pub struct Harness {
+    pub engine: Engine,
+    pub payloads: Arc<dyn PayloadStore>,
+    /// Names of the MongoDB commands sent so far (empty for other backends).
+    pub commands: Arc<Mutex<Vec<String>>>,
+}
+
+impl Harness {
+    pub fn take_commands(&self) -> Vec<String> {
+        std::mem::take(&mut *self.commands.lock().unwrap())
+    }
+}
+
+pub fn memory(settings: EngineSettings) -> Harness {
+    let payloads: Arc<dyn PayloadStore> = Arc::new(MemoryPayloadStore::new());
+    let meta: Arc<dyn MetaStore> = Arc::new(MemoryMetaStore::new());
+    Harness {
+        engine: Engine::new(meta, payloads.clone(), settings),
+        payloads,
+        commands: Default::default(),
+    }
+}
+
+pub fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: these tests need the real services. Run `scripts/test.sh`, or `scripts/services.sh start` and `source scripts/test-env.sh`")
+    })
+}
+
+pub fn s3_connection() -> S3Connection {
+    S3Connection {
+        endpoint: env("CHRONOS_TEST_S3_ENDPOINT"),
+        region: env("CHRONOS_TEST_S3_REGION"),
+        access_key: env("CHRONOS_TEST_S3_ACCESS_KEY"),
+        secret_key: env("CHRONOS_TEST_S3_SECRET_KEY"),
+        force_path_style: true,
+    }
+}
+
+/// A unique name for a database or bucket, so tests run in parallel without sharing state.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::now_v7().simple().to_string()[20..]
+    )
+}
+
+pub async fn mongo_client(commands: Arc<Mutex<Vec<String>>>) -> mongodb::Client {
+    let mut options = mongodb::options::ClientOptions::parse(env("CHRONOS_TEST_MONGO_URI"))
+        .await
+        .expect("CHRONOS_TEST_MONGO_URI is not a valid MongoDB URI");
+    options.command_event_handler = Some(EventHandler::callback(move |e: CommandEvent| {
+        if let CommandEvent::Started(s) = e {
+            commands.lock().unwrap().push(s.command_name);
+        }
+    }));
+    mongodb::Client::with_options(options).expect("MongoDB client")
+}
+
+/// An engine on the real mongod + S3 server, in a fresh database and a fresh bucket.
+pub async fn mongo_s3(settings: EngineSettings) -> Harness {
+    let commands: Arc<Mutex<Vec<String>>> = Default::default();
+    let client = mongo_client(commands.clone()).await;
+    let meta = MongoMetaStore::new(client, &unique("t").replace('-', "_"));
+    meta.ping()
+        .await
+        .expect("mongod reachable and a replica set");
+    let store = S3PayloadStore::new(s3_connection().client(), unique("chronos-test"));
+    assert!(
+        store.ensure_bucket().await.expect("S3 server reachable"),
+        "bucket was new"
+    );
+    let payloads: Arc<dyn PayloadStore> = Arc::new(store);
+    let harness = Harness {
+        engine: Engine::new(Arc::new(meta), payloads.clone(), settings),
+        payloads,
+        commands,
+    };
+    harness.take_commands();
+    harness
+}
