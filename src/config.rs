@@ -1,1 +1,465 @@
-pub struct Config;
+//! The configuration file (`--config`, JSON or YAML), parsed into typed structs and validated.
+//!
+//! Keys follow the original system where they exist (`mongoUris`, `spacesConns`, …). Every error
+//! names the field and what was expected. Secrets may be given inline, as `{file: PATH}` (how
+//! Kubernetes mounts Secrets) or as `{env: NAME}`; they are never printed.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::engine::EngineSettings;
+use crate::engine::s3::S3Connection;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: invalid configuration:\n{}", .issues.iter().map(|i| format!("  - {i}")).collect::<Vec<_>>().join("\n"))]
+    Invalid { path: PathBuf, issues: Vec<Issue> },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// One problem found in a configuration: where, and what was expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    pub field: String,
+    pub problem: String,
+}
+
+impl fmt::Display for Issue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.problem)
+    }
+}
+
+/// A secret value: inline, from a file, or from an environment variable.
+#[derive(Clone, Deserialize)]
+#[serde(untagged, expecting = "a string, {file: PATH} or {env: NAME}")]
+pub enum Secret {
+    Inline(String),
+    File { file: PathBuf },
+    Env { env: String },
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Secret::Inline(_) => f.write_str("Secret(<inline>)"),
+            Secret::File { file } => write!(f, "Secret(file {})", file.display()),
+            Secret::Env { env } => write!(f, "Secret(env {env})"),
+        }
+    }
+}
+
+impl Secret {
+    /// The secret's value. Files are read when called, so a rotated Secret is picked up.
+    pub fn reveal(&self) -> Result<String, String> {
+        match self {
+            Secret::Inline(v) => Ok(v.clone()),
+            Secret::File { file } => std::fs::read_to_string(file)
+                .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
+                .map_err(|e| format!("cannot read secret file {}: {e}", file.display())),
+            Secret::Env { env } => {
+                std::env::var(env).map_err(|_| format!("environment variable {env} is not set"))
+            }
+        }
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Config {
+    /// MongoDB connection strings (they may hold passwords, so they are secrets).
+    #[serde(default)]
+    pub mongo_uris: Vec<Secret>,
+    /// S3-compatible endpoints with their buckets.
+    #[serde(default)]
+    pub spaces_conns: Vec<SpacesConn>,
+    /// The MongoDB database of the default logical database.
+    #[serde(default = "default_db_name")]
+    pub db_name: String,
+    /// Embedded mode: SQLite + local files under `basePath` (no MongoDB/S3 needed).
+    #[serde(default)]
+    pub local_storage: Option<LocalStorage>,
+    #[serde(default)]
+    pub engine: EngineConfig,
+}
+
+fn default_db_name() -> String {
+    "chronos".to_owned()
+}
+
+/// One S3-compatible endpoint (the original called them "spaces").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SpacesConn {
+    pub endpoint: String,
+    #[serde(default = "default_region")]
+    pub region: String,
+    pub access_key: Secret,
+    pub secret_key: Secret,
+    /// Full JSON of every version.
+    pub json_bucket: String,
+    /// Large properties (content).
+    pub content_bucket: String,
+    /// Manifests and backups.
+    pub backups_bucket: String,
+    /// Path-style addressing (`endpoint/bucket/key`); most self-hosted servers need it.
+    #[serde(default = "yes")]
+    pub force_path_style: bool,
+}
+
+fn default_region() -> String {
+    "us-east-1".to_owned()
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalStorage {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    pub base_path: PathBuf,
+}
+
+/// Tunables of the versioning core.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EngineConfig {
+    #[serde(default = "EngineConfig::default_inline_max_bytes")]
+    pub inline_max_bytes: usize,
+    #[serde(default = "EngineConfig::default_max_payload_bytes")]
+    pub max_payload_bytes: usize,
+}
+
+impl EngineConfig {
+    fn default_inline_max_bytes() -> usize {
+        EngineSettings::default().inline_max_bytes
+    }
+    fn default_max_payload_bytes() -> usize {
+        EngineSettings::default().max_payload_bytes
+    }
+
+    pub fn settings(&self) -> EngineSettings {
+        EngineSettings {
+            inline_max_bytes: self.inline_max_bytes,
+            max_payload_bytes: self.max_payload_bytes,
+            ..EngineSettings::default()
+        }
+    }
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            inline_max_bytes: Self::default_inline_max_bytes(),
+            max_payload_bytes: Self::default_max_payload_bytes(),
+        }
+    }
+}
+
+/// Where the default logical database keeps its data.
+#[derive(Debug, Clone)]
+pub enum Storage {
+    /// SQLite + local files in a directory.
+    Embedded { dir: PathBuf },
+    /// MongoDB + S3.
+    Remote {
+        mongo_uri: String,
+        db_name: String,
+        s3: S3Connection,
+        json_bucket: String,
+        content_bucket: String,
+        backups_bucket: String,
+    },
+}
+
+impl Config {
+    /// Read, parse and validate a file; `.json` files are JSON, everything else YAML.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config = Self::parse(&text).map_err(|message| Error::Parse {
+            path: path.to_owned(),
+            message,
+        })?;
+        let issues = config.validate();
+        if issues.is_empty() {
+            Ok(config)
+        } else {
+            Err(Error::Invalid {
+                path: path.to_owned(),
+                issues,
+            })
+        }
+    }
+
+    /// Parse JSON or YAML (JSON is YAML); the message names the offending field.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let mut value: serde_json::Value = if text.trim_start().starts_with('{') {
+            serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?
+        } else {
+            serde_saphyr::from_str(text).map_err(|e| format!("not valid YAML: {e}"))?
+        };
+        if value.is_null() {
+            // An empty file: every default (embedded mode).
+            value = serde_json::Value::Object(Default::default());
+        }
+        serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            if path == "." {
+                e.inner().to_string()
+            } else {
+                format!("{path}: {}", e.inner())
+            }
+        })
+    }
+
+    /// Every semantic problem, each naming its field.
+    pub fn validate(&self) -> Vec<Issue> {
+        let mut issues = Vec::new();
+        let mut issue = |field: String, problem: &str| {
+            issues.push(Issue {
+                field,
+                problem: problem.to_owned(),
+            })
+        };
+        for (i, uri) in self.mongo_uris.iter().enumerate() {
+            match uri.reveal() {
+                Ok(u) if u.starts_with("mongodb://") || u.starts_with("mongodb+srv://") => {}
+                Ok(_) => issue(
+                    format!("mongoUris[{i}]"),
+                    "expected a mongodb:// or mongodb+srv:// URI",
+                ),
+                Err(e) => issue(format!("mongoUris[{i}]"), &e),
+            }
+        }
+        for (i, s) in self.spaces_conns.iter().enumerate() {
+            let field = |name: &str| format!("spacesConns[{i}].{name}");
+            if !(s.endpoint.starts_with("http://") || s.endpoint.starts_with("https://")) {
+                issue(field("endpoint"), "expected an http:// or https:// URL");
+            }
+            if s.region.is_empty() {
+                issue(field("region"), "expected a region name such as us-east-1");
+            }
+            for (name, secret) in [("accessKey", &s.access_key), ("secretKey", &s.secret_key)] {
+                match secret.reveal() {
+                    Ok(v) if v.is_empty() => issue(field(name), "must not be empty"),
+                    Ok(_) => {}
+                    Err(e) => issue(field(name), &e),
+                }
+            }
+            for (name, bucket) in [
+                ("jsonBucket", &s.json_bucket),
+                ("contentBucket", &s.content_bucket),
+                ("backupsBucket", &s.backups_bucket),
+            ] {
+                if !valid_bucket(bucket) {
+                    issue(
+                        field(name),
+                        "expected an S3 bucket name: 3-63 characters of a-z, 0-9, '.' and '-'",
+                    );
+                }
+            }
+        }
+        if self.mongo_uris.is_empty() != self.spaces_conns.is_empty() {
+            issue(
+                if self.mongo_uris.is_empty() {
+                    "mongoUris"
+                } else {
+                    "spacesConns"
+                }
+                .to_owned(),
+                "MongoDB and S3 go together: give both mongoUris and spacesConns, or neither (embedded mode)",
+            );
+        }
+        if !self.mongo_uris.is_empty() && self.local_storage.as_ref().is_some_and(|l| l.enabled) {
+            issue(
+                "localStorage".to_owned(),
+                "choose one: localStorage (embedded) or mongoUris + spacesConns",
+            );
+        }
+        let db_ok = !self.db_name.is_empty()
+            && self.db_name.len() <= 38
+            && self
+                .db_name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !db_ok {
+            issue(
+                "dbName".to_owned(),
+                "expected 1-38 characters of ASCII letters, digits, '_' and '-'",
+            );
+        }
+        if self.engine.max_payload_bytes == 0 {
+            issue(
+                "engine.maxPayloadBytes".to_owned(),
+                "must be greater than 0",
+            );
+        }
+        if self.engine.inline_max_bytes > 8 * 1024 * 1024 {
+            issue(
+                "engine.inlineMaxBytes".to_owned(),
+                "must be at most 8388608 (MongoDB documents are limited to 16 MiB)",
+            );
+        }
+        issues
+    }
+
+    /// Where the default database lives: MongoDB + S3 when configured, else embedded.
+    /// `default_dir` is used in embedded mode when `localStorage` names no directory.
+    pub fn storage(&self, default_dir: &Path) -> Result<Storage, String> {
+        match (self.mongo_uris.first(), self.spaces_conns.first()) {
+            (Some(uri), Some(s)) => Ok(Storage::Remote {
+                mongo_uri: uri.reveal()?,
+                db_name: self.db_name.clone(),
+                s3: S3Connection {
+                    endpoint: s.endpoint.clone(),
+                    region: s.region.clone(),
+                    access_key: s.access_key.reveal()?,
+                    secret_key: s.secret_key.reveal()?,
+                    force_path_style: s.force_path_style,
+                },
+                json_bucket: s.json_bucket.clone(),
+                content_bucket: s.content_bucket.clone(),
+                backups_bucket: s.backups_bucket.clone(),
+            }),
+            _ => Ok(Storage::Embedded {
+                dir: match &self.local_storage {
+                    Some(l) if l.enabled => l.base_path.clone(),
+                    _ => default_dir.to_owned(),
+                },
+            }),
+        }
+    }
+}
+
+fn valid_bucket(name: &str) -> bool {
+    (3..=63).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = r#"
+mongoUris: ["mongodb://127.0.0.1:27017/?replicaSet=rs0"]
+spacesConns:
+  - endpoint: http://127.0.0.1:8333
+    accessKey: AK
+    secretKey: {env: CHRONOS_CONFIG_TEST_SECRET}
+    jsonBucket: chronos-json
+    contentBucket: chronos-content
+    backupsBucket: chronos-backups
+dbName: tenant_a
+engine:
+  inlineMaxBytes: 1024
+"#;
+
+    #[test]
+    fn parses_yaml_and_json_alike() {
+        let yaml = Config::parse(FULL).unwrap();
+        assert_eq!(yaml.spaces_conns[0].region, "us-east-1");
+        assert!(yaml.spaces_conns[0].force_path_style);
+        assert_eq!(yaml.engine.inline_max_bytes, 1024);
+        let json = Config::parse(r#"{"mongoUris": [], "dbName": "x"}"#).unwrap();
+        assert_eq!(json.db_name, "x");
+        assert!(
+            Config::parse("").is_ok_and(|c| c.validate().is_empty()),
+            "empty means embedded"
+        );
+    }
+
+    #[test]
+    fn parse_errors_name_the_field() {
+        let err = Config::parse("spacesConns:\n  - endpoint: 5\n").unwrap_err();
+        assert!(err.starts_with("spacesConns[0].endpoint:"), "{err}");
+        let err = Config::parse("mongoUri: x\n").unwrap_err();
+        assert!(
+            err.contains("unknown field `mongoUri`") && err.contains("mongoUris"),
+            "{err}"
+        );
+        let err = Config::parse(r#"{"engine": {"inlineMaxBytes": "big"}}"#).unwrap_err();
+        assert!(err.starts_with("engine.inlineMaxBytes:"), "{err}");
+        let err = Config::parse("spacesConns:\n  - endpoint: http://x\n    accessKey: [1]\n")
+            .unwrap_err();
+        assert!(
+            err.contains("accessKey") && err.contains("{file: PATH}"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn validation_lists_every_problem_by_field() {
+        let mut c = Config::parse(FULL).unwrap();
+        c.spaces_conns[0].endpoint = "ftp://x".into();
+        c.spaces_conns[0].json_bucket = "Bad_Bucket".into();
+        c.db_name = "a/b".into();
+        let fields: Vec<String> = c.validate().into_iter().map(|i| i.field).collect();
+        assert_eq!(
+            fields,
+            [
+                "spacesConns[0].endpoint",
+                "spacesConns[0].secretKey",
+                "spacesConns[0].jsonBucket",
+                "dbName"
+            ]
+        );
+        let only_mongo = Config::parse("mongoUris: [\"mongodb://x\"]").unwrap();
+        assert_eq!(
+            only_mongo.validate()[0].field,
+            "spacesConns",
+            "names what is missing"
+        );
+    }
+
+    #[test]
+    fn secrets_come_from_files_and_never_print() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "s3cr3t\n").unwrap();
+        let yaml = FULL.replace(
+            "{env: CHRONOS_CONFIG_TEST_SECRET}",
+            &format!("{{file: {}}}", file.display()),
+        );
+        let c = Config::parse(&yaml).unwrap();
+        assert!(c.validate().is_empty(), "{:?}", c.validate());
+        assert_eq!(c.spaces_conns[0].secret_key.reveal().unwrap(), "s3cr3t");
+        let printed = format!("{c:?} {:?}", c.storage(Path::new("d")).unwrap());
+        assert!(
+            !printed.contains("s3cr3t") && !printed.contains("AK\""),
+            "{printed}"
+        );
+        let missing = Secret::File {
+            file: dir.path().join("nope"),
+        };
+        assert!(missing.reveal().unwrap_err().contains("nope"));
+    }
+
+    #[test]
+    fn storage_defaults_to_embedded() {
+        let c = Config::default();
+        assert!(
+            matches!(c.storage(Path::new("./data")), Ok(Storage::Embedded { dir }) if dir == Path::new("./data"))
+        );
+    }
+}
