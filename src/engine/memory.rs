@@ -249,6 +249,8 @@ impl MemoryPayloadStore {
 #[async_trait]
 impl PayloadStore for MemoryPayloadStore {
     async fn put(&self, key: &str, body: Bytes) -> Result<()> {
+        // Suspend like real I/O would, so concurrent writers really interleave in tests.
+        tokio::task::yield_now().await;
         self.lock().insert(key.to_owned(), body);
         Ok(())
     }

@@ -8,10 +8,12 @@
 
 pub mod envelope;
 pub mod error;
+pub mod local;
 pub mod memory;
 pub mod model;
 pub mod mongo;
 pub mod s3;
+pub mod sqlite;
 pub mod store;
 pub mod versioning;
 

@@ -3,7 +3,6 @@
 //! `make(EngineSettings)` builds a fresh, empty [`Harness`] (sync or async).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use chronos::engine::{Attribution, CollectionName, Error, ItemId, Op, ReadOptions, State};
 use serde_json::{Map, Value, json};
@@ -537,16 +536,16 @@ pub async fn a_payload_of_another_item_is_never_served(h: &Harness) {
 pub async fn racing_writers_lose_cleanly(h: &Harness) {
     const WRITERS: u64 = 16;
     const EACH: u64 = 4;
-    let engine = Arc::new(&h.engine);
     let (id, _) = h
         .engine
         .create(&coll(), None, obj(json!({"w": -1})), &who())
         .await
         .unwrap();
+    // Spawned, so the writers run on several threads at once.
     let results = futures::future::join_all((0..WRITERS).map(|w| {
-        let e = engine.clone();
+        let e = h.engine.clone();
         let id = id.clone();
-        async move {
+        tokio::spawn(async move {
             let mut won = Vec::new();
             let mut conflicts = 0u64;
             let mut seq = 0;
@@ -567,9 +566,12 @@ pub async fn racing_writers_lose_cleanly(h: &Harness) {
                 }
             }
             (won, conflicts)
-        }
+        })
     }))
-    .await;
+    .await
+    .into_iter()
+    .map(|r| r.expect("writer task"))
+    .collect::<Vec<_>>();
 
     let mut by_ov: BTreeMap<u64, Map<String, Value>> = BTreeMap::new();
     for (won, _) in &results {
@@ -627,10 +629,9 @@ pub async fn racing_writers_lose_cleanly(h: &Harness) {
 }
 
 pub async fn cv_orders_all_writes_of_a_collection(h: &Harness) {
-    let engine = Arc::new(&h.engine);
     let outcomes = futures::future::join_all((0..20).map(|i| {
-        let e = engine.clone();
-        async move {
+        let e = h.engine.clone();
+        tokio::spawn(async move {
             let (id, c) = e
                 .create(&coll(), None, obj(json!({"i": i})), &who())
                 .await
@@ -640,9 +641,12 @@ pub async fn cv_orders_all_writes_of_a_collection(h: &Harness) {
                 .await
                 .unwrap();
             vec![c.cv, u.cv]
-        }
+        })
     }))
-    .await;
+    .await
+    .into_iter()
+    .map(|r| r.expect("writer task"))
+    .collect::<Vec<_>>();
     let mut cvs: Vec<u64> = outcomes.iter().flatten().copied().collect();
     assert!(
         outcomes.iter().all(|o| o[0] < o[1]),

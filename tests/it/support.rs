@@ -3,19 +3,23 @@
 
 use std::sync::{Arc, Mutex};
 
+use chronos::engine::local::LocalPayloadStore;
 use chronos::engine::memory::{MemoryMetaStore, MemoryPayloadStore};
 use chronos::engine::mongo::MongoMetaStore;
 use chronos::engine::s3::{S3Connection, S3PayloadStore};
+use chronos::engine::sqlite::SqliteMetaStore;
 use chronos::engine::{Engine, EngineSettings, MetaStore, PayloadStore};
 use mongodb::event::EventHandler;
 use mongodb::event::command::CommandEvent;
 
 /// An engine plus direct handles on its stores, so tests can look underneath.
 pub struct Harness {
-    pub engine: Engine,
+    pub engine: Arc<Engine>,
     pub payloads: Arc<dyn PayloadStore>,
     /// Names of the MongoDB commands sent so far (empty for other backends).
     pub commands: Arc<Mutex<Vec<String>>>,
+    /// Keeps an embedded backend's data directory alive as long as the engine.
+    pub _dir: Option<tempfile::TempDir>,
 }
 
 impl Harness {
@@ -28,9 +32,10 @@ pub fn memory(settings: EngineSettings) -> Harness {
     let payloads: Arc<dyn PayloadStore> = Arc::new(MemoryPayloadStore::new());
     let meta: Arc<dyn MetaStore> = Arc::new(MemoryMetaStore::new());
     Harness {
-        engine: Engine::new(meta, payloads.clone(), settings),
+        engine: Arc::new(Engine::new(meta, payloads.clone(), settings)),
         payloads,
         commands: Default::default(),
+        _dir: None,
     }
 }
 
@@ -85,10 +90,25 @@ pub async fn mongo_s3(settings: EngineSettings) -> Harness {
     );
     let payloads: Arc<dyn PayloadStore> = Arc::new(store);
     let harness = Harness {
-        engine: Engine::new(Arc::new(meta), payloads.clone(), settings),
+        engine: Arc::new(Engine::new(Arc::new(meta), payloads.clone(), settings)),
         payloads,
         commands,
+        _dir: None,
     };
     harness.take_commands();
     harness
+}
+
+/// An engine on the embedded backends (SQLite + local directory) in a fresh temporary directory.
+pub fn embedded(settings: EngineSettings) -> Harness {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let meta = SqliteMetaStore::open(&dir.path().join("chronos.db")).expect("open SQLite");
+    let payloads: Arc<dyn PayloadStore> =
+        Arc::new(LocalPayloadStore::open(&dir.path().join("payloads")).expect("payload dir"));
+    Harness {
+        engine: Arc::new(Engine::new(Arc::new(meta), payloads.clone(), settings)),
+        payloads,
+        commands: Default::default(),
+        _dir: Some(dir),
+    }
 }

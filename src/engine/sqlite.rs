@@ -1,0 +1,812 @@
+//! The embedded metadata store on SQLite: the default when Chronos runs without MongoDB and S3.
+//!
+//! One database file holds three tables keyed by collection name: `heads` (one row per item),
+//! `versions` (the version index) and `sequences` (one cv counter per collection). Meta and
+//! function ids are stored as JSON text, timestamps as integer milliseconds.
+//!
+//! The store belongs to one process: an exclusive lock file next to the database makes a second
+//! process fail at open. That lets a pending write hold its item with an in-process lock (as the
+//! in-memory store does) instead of keeping a SQLite transaction open across the payload upload,
+//! which would block every other writer of the database.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions, TryLockError};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior, params};
+use serde_json::{Map, Value};
+use tokio::sync::OwnedMutexGuard;
+
+use super::error::{Error, Result};
+use super::local::LocalPayloadStore;
+use super::memory::{check_precondition, next_head};
+use super::model::{CollectionName, Head, ItemId, Timestamp, VersionEntry};
+use super::store::{CommitError, HeadChange, MetaStore, PendingWrite};
+use super::versioning::{Engine, EngineSettings};
+
+/// Bumped whenever the tables change; a database from a newer build is refused, not misread.
+const SCHEMA_VERSION: i64 = 1;
+
+/// How long a write waits for another write of the same item before reporting contention.
+const ITEM_WAIT: Duration = Duration::from_secs(30);
+
+const SCHEMA: &str = "
+CREATE TABLE sequences (
+    collection TEXT NOT NULL PRIMARY KEY,
+    cv INTEGER NOT NULL
+) STRICT;
+CREATE TABLE heads (
+    collection TEXT NOT NULL,
+    item_id TEXT NOT NULL,
+    ov INTEGER NOT NULL,
+    cv INTEGER NOT NULL,
+    write_id TEXT NOT NULL,
+    inserted_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    deleted_at INTEGER,
+    function_ids TEXT NOT NULL,
+    state TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    checksum TEXT NOT NULL,
+    meta TEXT NOT NULL,
+    inline_data TEXT,
+    PRIMARY KEY (collection, item_id)
+) STRICT;
+CREATE TABLE versions (
+    collection TEXT NOT NULL,
+    item_id TEXT NOT NULL,
+    ov INTEGER NOT NULL,
+    cv INTEGER NOT NULL,
+    op TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    actor TEXT,
+    reason TEXT,
+    write_id TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    checksum TEXT NOT NULL,
+    meta TEXT NOT NULL,
+    deleted INTEGER NOT NULL,
+    PRIMARY KEY (collection, item_id, ov)
+) STRICT;
+";
+
+const HEAD_COLUMNS: &str = "ov, cv, write_id, inserted_at, updated_at, deleted_at, function_ids, \
+                            state, size, checksum, meta, inline_data";
+const VERSION_COLUMNS: &str =
+    "ov, cv, op, at, actor, reason, write_id, size, checksum, meta, deleted";
+
+/// An engine on the embedded backends: `dir/chronos.db` and `dir/payloads/`, created if needed.
+pub fn embedded(dir: &Path, settings: EngineSettings) -> Result<Engine> {
+    std::fs::create_dir_all(dir).map_err(|e| {
+        Error::metadata(format!(
+            "cannot create data directory {}: {e}",
+            dir.display()
+        ))
+    })?;
+    // The metadata store takes the directory's lock, so it opens first.
+    let meta = SqliteMetaStore::open(&dir.join("chronos.db"))?;
+    let payloads = LocalPayloadStore::open(&dir.join("payloads"))?;
+    Ok(Engine::new(Arc::new(meta), Arc::new(payloads), settings))
+}
+
+pub struct SqliteMetaStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// One connection: SQLite serialises writers anyway, and this keeps the store simple.
+    conn: Mutex<Connection>,
+    items: ItemLocks,
+    /// Declared last so it is released only after the connection has closed.
+    _lock: File,
+}
+
+fn lock_std<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl SqliteMetaStore {
+    /// Open (or create) the database at `path`, taking the exclusive lock `<path>.lock`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let mut lock_path = path.as_os_str().to_owned();
+        lock_path.push(".lock");
+        let lock_path = PathBuf::from(lock_path);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| {
+                Error::metadata(format!(
+                    "cannot open lock file {}: {e}",
+                    lock_path.display()
+                ))
+            })?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                return Err(Error::metadata(format!(
+                    "{} is in use by another Chronos process (it holds {}); stop that process or \
+                     use another data directory",
+                    path.display(),
+                    lock_path.display()
+                )));
+            }
+            Err(TryLockError::Error(e)) => {
+                return Err(Error::metadata(format!(
+                    "cannot lock {}: {e}",
+                    lock_path.display()
+                )));
+            }
+        }
+
+        let mut conn = Connection::open(path).map_err(map_sql)?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(map_sql)?;
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+            .map_err(map_sql)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::Unsupported(format!(
+                "SQLite could not use write-ahead logging for {} (journal mode `{mode}`)",
+                path.display()
+            )));
+        }
+        // In WAL mode NORMAL may lose the last commits on power loss; an acknowledged write must not.
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(map_sql)?;
+        create_schema(&mut conn)?;
+        Ok(SqliteMetaStore {
+            inner: Arc::new(Inner {
+                conn: Mutex::new(conn),
+                items: ItemLocks::default(),
+                _lock: lock,
+            }),
+        })
+    }
+
+    async fn with_conn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&mut lock_std(&inner.conn)))
+            .await
+            .map_err(Error::metadata)?
+    }
+}
+
+fn create_schema(conn: &mut Connection) -> Result<()> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(map_sql)?;
+    let version: i64 = tx
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(map_sql)?;
+    match version {
+        0 => {
+            tx.execute_batch(SCHEMA).map_err(map_sql)?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+                .map_err(map_sql)?;
+        }
+        SCHEMA_VERSION => {}
+        other => {
+            return Err(Error::Unsupported(format!(
+                "the database has schema version {other}; this build of Chronos knows version \
+                 {SCHEMA_VERSION} (was it written by a newer Chronos?)"
+            )));
+        }
+    }
+    tx.commit().map_err(map_sql)
+}
+
+fn map_sql(e: rusqlite::Error) -> Error {
+    use rusqlite::Error as E;
+    match &e {
+        E::InvalidColumnType(..)
+        | E::FromSqlConversionFailure(..)
+        | E::IntegralValueOutOfRange(..) => Error::Corrupt(e.to_string()),
+        _ if matches!(
+            e.sqlite_error_code(),
+            Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase)
+        ) =>
+        {
+            Error::Corrupt(e.to_string())
+        }
+        _ => Error::metadata(e),
+    }
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+    )
+}
+
+fn to_i64(n: u64, what: &str) -> Result<i64> {
+    i64::try_from(n).map_err(|_| Error::Corrupt(format!("{what} {n} does not fit the database")))
+}
+
+fn to_u64(n: i64, what: &str) -> Result<u64> {
+    u64::try_from(n).map_err(|_| Error::Corrupt(format!("stored {what} {n} is negative")))
+}
+
+fn to_time(ms: i64) -> Result<Timestamp> {
+    Timestamp::from_millisecond(ms).map_err(|e| Error::Corrupt(format!("stored time {ms}: {e}")))
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| Error::validation("meta", e.to_string()))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T> {
+    serde_json::from_str(text).map_err(|e| Error::Corrupt(format!("stored {what}: {e}")))
+}
+
+/// A head row as stored, before its values are checked.
+struct HeadRow {
+    ov: i64,
+    cv: i64,
+    write_id: String,
+    inserted_at: i64,
+    updated_at: i64,
+    deleted_at: Option<i64>,
+    function_ids: String,
+    state: String,
+    size: i64,
+    checksum: String,
+    meta: String,
+    inline: Option<String>,
+}
+
+impl HeadRow {
+    fn read(r: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(HeadRow {
+            ov: r.get(0)?,
+            cv: r.get(1)?,
+            write_id: r.get(2)?,
+            inserted_at: r.get(3)?,
+            updated_at: r.get(4)?,
+            deleted_at: r.get(5)?,
+            function_ids: r.get(6)?,
+            state: r.get(7)?,
+            size: r.get(8)?,
+            checksum: r.get(9)?,
+            meta: r.get(10)?,
+            inline: r.get(11)?,
+        })
+    }
+
+    fn into_head(self, id: &ItemId) -> Result<Head> {
+        Ok(Head {
+            id: id.clone(),
+            ov: to_u64(self.ov, "ov")?,
+            cv: to_u64(self.cv, "cv")?,
+            write_id: self.write_id,
+            inserted_at: to_time(self.inserted_at)?,
+            updated_at: to_time(self.updated_at)?,
+            deleted_at: self.deleted_at.map(to_time).transpose()?,
+            function_ids: from_json(&self.function_ids, "function ids")?,
+            state: self.state.parse()?,
+            size: to_u64(self.size, "size")?,
+            checksum: self.checksum,
+            meta: from_json(&self.meta, "meta")?,
+            inline: self.inline,
+        })
+    }
+}
+
+/// A version row as stored, before its values are checked.
+struct VersionRow {
+    ov: i64,
+    cv: i64,
+    op: String,
+    at: i64,
+    actor: Option<String>,
+    reason: Option<String>,
+    write_id: String,
+    size: i64,
+    checksum: String,
+    meta: String,
+    deleted: bool,
+}
+
+impl VersionRow {
+    fn read(r: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(VersionRow {
+            ov: r.get(0)?,
+            cv: r.get(1)?,
+            op: r.get(2)?,
+            at: r.get(3)?,
+            actor: r.get(4)?,
+            reason: r.get(5)?,
+            write_id: r.get(6)?,
+            size: r.get(7)?,
+            checksum: r.get(8)?,
+            meta: r.get(9)?,
+            deleted: r.get(10)?,
+        })
+    }
+
+    fn into_version(self, id: &ItemId) -> Result<VersionEntry> {
+        Ok(VersionEntry {
+            id: id.clone(),
+            ov: to_u64(self.ov, "ov")?,
+            cv: to_u64(self.cv, "cv")?,
+            op: self.op.parse()?,
+            at: to_time(self.at)?,
+            actor: self.actor,
+            reason: self.reason,
+            write_id: self.write_id,
+            size: to_u64(self.size, "size")?,
+            checksum: self.checksum,
+            meta: from_json::<Map<String, Value>>(&self.meta, "meta")?,
+            deleted: self.deleted,
+        })
+    }
+}
+
+fn read_head(conn: &Connection, c: &CollectionName, id: &ItemId) -> Result<Option<Head>> {
+    let row = conn
+        .prepare_cached(&format!(
+            "SELECT {HEAD_COLUMNS} FROM heads WHERE collection = ?1 AND item_id = ?2"
+        ))
+        .and_then(|mut s| {
+            s.query_row(params![c.as_str(), id.as_str()], HeadRow::read)
+                .optional()
+        })
+        .map_err(map_sql)?;
+    row.map(|r| r.into_head(id)).transpose()
+}
+
+fn read_versions(
+    conn: &Connection,
+    id: &ItemId,
+    sql_filter: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<VersionEntry>> {
+    let rows = conn
+        .prepare_cached(&format!(
+            "SELECT {VERSION_COLUMNS} FROM versions WHERE collection = ?1 AND item_id = ?2 {sql_filter}"
+        ))
+        .and_then(|mut s| {
+            s.query_map(params, VersionRow::read)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(map_sql)?;
+    rows.into_iter().map(|r| r.into_version(id)).collect()
+}
+
+fn next_cv(conn: &Connection, c: &CollectionName) -> Result<u64> {
+    let cv: i64 = conn
+        .prepare_cached(
+            "INSERT INTO sequences (collection, cv) VALUES (?1, 1) \
+             ON CONFLICT (collection) DO UPDATE SET cv = cv + 1 RETURNING cv",
+        )
+        .and_then(|mut s| s.query_row(params![c.as_str()], |r| r.get(0)))
+        .map_err(map_sql)?;
+    to_u64(cv, "cv")
+}
+
+/// Write the new head and its version entry in one transaction.
+fn commit_write(
+    conn: &mut Connection,
+    c: &CollectionName,
+    previous_ov: Option<u64>,
+    head: &Head,
+    v: &VersionEntry,
+) -> Result<(), CommitError> {
+    let not_committed = |error: Error| CommitError::NotCommitted {
+        error,
+        retry: false,
+    };
+    let sql_not_committed = |e: rusqlite::Error| CommitError::NotCommitted {
+        retry: is_busy(&e),
+        error: map_sql(e),
+    };
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sql_not_committed)?;
+    let head_values = (|| {
+        Ok::<_, Error>((
+            to_i64(head.ov, "ov")?,
+            to_i64(head.cv, "cv")?,
+            to_json(&head.function_ids)?,
+            to_i64(head.size, "size")?,
+            to_json(&head.meta)?,
+            to_i64(v.ov, "ov")?,
+            to_i64(v.cv, "cv")?,
+            to_i64(v.size, "size")?,
+            to_json(&v.meta)?,
+            previous_ov.map(|o| to_i64(o, "ov")).transpose()?,
+        ))
+    })()
+    .map_err(not_committed)?;
+    let (ov, cv, function_ids, size, meta, v_ov, v_cv, v_size, v_meta, previous_ov) = head_values;
+    let head_params = params![
+        c.as_str(),
+        head.id.as_str(),
+        ov,
+        cv,
+        head.write_id,
+        head.inserted_at.as_millisecond(),
+        head.updated_at.as_millisecond(),
+        head.deleted_at.map(|t| t.as_millisecond()),
+        function_ids,
+        head.state.as_str(),
+        size,
+        head.checksum,
+        meta,
+        head.inline,
+        previous_ov,
+    ];
+    // The head must still be the one the write started from; the item lock guarantees it unless
+    // something outside this process changed the database.
+    let sql = match previous_ov {
+        None => {
+            "INSERT INTO heads (collection, item_id, ov, cv, write_id, inserted_at, updated_at, \
+             deleted_at, function_ids, state, size, checksum, meta, inline_data) \
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14 WHERE ?15 IS NULL \
+             ON CONFLICT (collection, item_id) DO NOTHING"
+        }
+        Some(_) => {
+            "UPDATE heads SET ov = ?3, cv = ?4, write_id = ?5, inserted_at = ?6, updated_at = ?7, \
+             deleted_at = ?8, function_ids = ?9, state = ?10, size = ?11, checksum = ?12, \
+             meta = ?13, inline_data = ?14 WHERE collection = ?1 AND item_id = ?2 AND ov = ?15"
+        }
+    };
+    let changed = tx
+        .prepare_cached(sql)
+        .and_then(|mut s| s.execute(head_params))
+        .map_err(sql_not_committed)?;
+    if changed != 1 {
+        return Err(not_committed(Error::Corrupt(format!(
+            "the head of {c}/{} changed while a write held it; is another process using the database?",
+            head.id
+        ))));
+    }
+    tx.prepare_cached(
+        "INSERT INTO versions (collection, item_id, ov, cv, op, at, actor, reason, write_id, size, \
+         checksum, meta, deleted) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            c.as_str(),
+            v.id.as_str(),
+            v_ov,
+            v_cv,
+            v.op.as_str(),
+            v.at.as_millisecond(),
+            v.actor,
+            v.reason,
+            v.write_id,
+            v_size,
+            v.checksum,
+            v_meta,
+            v.deleted,
+        ])
+    })
+    .map_err(sql_not_committed)?;
+    tx.commit().map_err(|e| {
+        if is_busy(&e) {
+            // COMMIT failed before writing anything; the dropped transaction rolls back.
+            sql_not_committed(e)
+        } else {
+            // An I/O error while committing may still leave the commit in the WAL, to be
+            // recovered at the next open.
+            CommitError::Unknown(map_sql(e))
+        }
+    })
+}
+
+type ItemKey = (CollectionName, ItemId);
+type LockMap = Arc<Mutex<HashMap<ItemKey, Arc<tokio::sync::Mutex<()>>>>>;
+
+/// One async lock per item being written, held by its pending write like a row lock. Entries
+/// are removed when the last user lets go, so the map stays as small as the set of busy items.
+#[derive(Default)]
+struct ItemLocks(LockMap);
+
+struct ItemGuard {
+    map: LockMap,
+    key: ItemKey,
+    slot: Option<Arc<tokio::sync::Mutex<()>>>,
+    held: Option<OwnedMutexGuard<()>>,
+}
+
+impl ItemLocks {
+    async fn acquire(&self, key: ItemKey) -> Result<ItemGuard> {
+        let slot = lock_std(&self.0).entry(key.clone()).or_default().clone();
+        let mut guard = ItemGuard {
+            map: self.0.clone(),
+            key,
+            slot: Some(slot.clone()),
+            held: None,
+        };
+        match tokio::time::timeout(ITEM_WAIT, slot.lock_owned()).await {
+            Ok(held) => {
+                guard.held = Some(held);
+                Ok(guard)
+            }
+            Err(_) => Err(Error::Contended(format!("{}/{}", guard.key.0, guard.key.1))),
+        }
+    }
+}
+
+impl Drop for ItemGuard {
+    fn drop(&mut self) {
+        let mut map = lock_std(&self.map);
+        self.held = None;
+        if let Some(slot) = self.slot.take()
+            // Only the map and this guard still know the lock: nobody is waiting for it. Clones
+            // are only made under the map's mutex, which we hold.
+            && Arc::strong_count(&slot) == 2
+        {
+            map.remove(&self.key);
+        }
+    }
+}
+
+struct SqlitePending {
+    store: Arc<Inner>,
+    change: HeadChange,
+    previous: Option<Head>,
+    ov: u64,
+    cv: u64,
+    item: ItemGuard,
+}
+
+#[async_trait]
+impl PendingWrite for SqlitePending {
+    fn previous(&self) -> Option<&Head> {
+        self.previous.as_ref()
+    }
+    fn ov(&self) -> u64 {
+        self.ov
+    }
+    fn cv(&self) -> u64 {
+        self.cv
+    }
+
+    async fn commit(self: Box<Self>, version: VersionEntry) -> Result<(), CommitError> {
+        let this = *self;
+        let head = next_head(
+            &this.change,
+            this.previous.as_ref(),
+            this.ov,
+            this.cv,
+            &version,
+        );
+        let previous_ov = this.previous.as_ref().map(|p| p.ov);
+        let collection = this.change.collection;
+        let store = this.store;
+        let item = this.item;
+        let joined = tokio::task::spawn_blocking(move || {
+            // The item stays held until the transaction is over, even if the caller stops waiting.
+            let _item = item;
+            commit_write(
+                &mut lock_std(&store.conn),
+                &collection,
+                previous_ov,
+                &head,
+                &version,
+            )
+        })
+        .await;
+        match joined {
+            Ok(result) => result,
+            Err(e) => Err(CommitError::Unknown(Error::metadata(e))),
+        }
+    }
+
+    async fn abort(self: Box<Self>) {}
+}
+
+#[async_trait]
+impl MetaStore for SqliteMetaStore {
+    async fn ping(&self) -> Result<()> {
+        self.with_conn(|conn| {
+            conn.query_row("SELECT count(*) FROM sequences", [], |_| Ok(()))
+                .map_err(map_sql)
+        })
+        .await
+    }
+
+    async fn prepare_collection(&self, _collection: &CollectionName) -> Result<()> {
+        // The tables are shared by all collections and were created at open.
+        Ok(())
+    }
+
+    async fn begin_write(&self, change: HeadChange) -> Result<Box<dyn PendingWrite>> {
+        let item = self
+            .inner
+            .items
+            .acquire((change.collection.clone(), change.id.clone()))
+            .await?;
+        let (change, previous, cv) = self
+            .with_conn(move |conn| {
+                let previous = read_head(conn, &change.collection, &change.id)?;
+                check_precondition(&change, previous.as_ref())?;
+                // Allocated under the item lock, after the previous write's commit: cv increases
+                // along each item's history.
+                let cv = next_cv(conn, &change.collection)?;
+                Ok((change, previous, cv))
+            })
+            .await?;
+        let ov = previous.as_ref().map_or(0, |p| p.ov + 1);
+        Ok(Box::new(SqlitePending {
+            store: self.inner.clone(),
+            change,
+            previous,
+            ov,
+            cv,
+            item,
+        }))
+    }
+
+    async fn head(&self, c: &CollectionName, id: &ItemId) -> Result<Option<Head>> {
+        let (c, id) = (c.clone(), id.clone());
+        self.with_conn(move |conn| read_head(conn, &c, &id)).await
+    }
+
+    async fn version(
+        &self,
+        c: &CollectionName,
+        id: &ItemId,
+        ov: u64,
+    ) -> Result<Option<VersionEntry>> {
+        let Ok(ov) = i64::try_from(ov) else {
+            return Ok(None);
+        };
+        let (c, id) = (c.clone(), id.clone());
+        self.with_conn(move |conn| {
+            let found = read_versions(
+                conn,
+                &id,
+                "AND ov = ?3",
+                params![c.as_str(), id.as_str(), ov],
+            )?;
+            Ok(found.into_iter().next())
+        })
+        .await
+    }
+
+    async fn version_as_of(
+        &self,
+        c: &CollectionName,
+        id: &ItemId,
+        at: Timestamp,
+    ) -> Result<Option<VersionEntry>> {
+        let (c, id) = (c.clone(), id.clone());
+        self.with_conn(move |conn| {
+            let found = read_versions(
+                conn,
+                &id,
+                "AND at <= ?3 ORDER BY ov DESC LIMIT 1",
+                params![c.as_str(), id.as_str(), at.as_millisecond()],
+            )?;
+            Ok(found.into_iter().next())
+        })
+        .await
+    }
+
+    async fn versions(
+        &self,
+        c: &CollectionName,
+        id: &ItemId,
+        after_ov: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<VersionEntry>> {
+        let after = match after_ov.map(i64::try_from) {
+            None => -1,
+            Some(Ok(after)) => after,
+            Some(Err(_)) => return Ok(vec![]),
+        };
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let (c, id) = (c.clone(), id.clone());
+        self.with_conn(move |conn| {
+            read_versions(
+                conn,
+                &id,
+                "AND ov > ?3 ORDER BY ov LIMIT ?4",
+                params![c.as_str(), id.as_str(), after, limit],
+            )
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::model::{Content, Op, now};
+    use crate::engine::store::NewData;
+
+    fn change(id: &str, op: Op, expected_ov: Option<u64>) -> HeadChange {
+        HeadChange {
+            collection: "c".parse().unwrap(),
+            id: id.parse().unwrap(),
+            op,
+            expected_ov,
+            write_id: uuid::Uuid::now_v7().simple().to_string(),
+            at: now(),
+            data: Some(NewData {
+                content: Content::from_json("{}".into()),
+                meta: Map::new(),
+                inline: true,
+            }),
+            function_id: None,
+        }
+    }
+
+    fn entry(p: &dyn PendingWrite, c: &HeadChange) -> VersionEntry {
+        VersionEntry {
+            id: c.id.clone(),
+            ov: p.ov(),
+            cv: p.cv(),
+            op: c.op,
+            at: c.at,
+            actor: None,
+            reason: None,
+            write_id: c.write_id.clone(),
+            size: 2,
+            checksum: Content::from_json("{}".into()).checksum,
+            meta: Map::new(),
+            deleted: false,
+        }
+    }
+
+    fn busy_items(s: &SqliteMetaStore) -> usize {
+        lock_std(&s.inner.items.0).len()
+    }
+
+    #[tokio::test]
+    async fn item_locks_are_held_until_commit_or_drop_and_then_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteMetaStore::open(&dir.path().join("db")).unwrap();
+        let create = change("a", Op::Create, None);
+        let p = s.begin_write(create.clone()).await.unwrap();
+        assert_eq!(busy_items(&s), 1);
+        // A second writer of the same item waits for the first.
+        let update = change("a", Op::Update, Some(0));
+        let waiting = tokio::spawn({
+            let s = SqliteMetaStore {
+                inner: s.inner.clone(),
+            };
+            async move { s.begin_write(update).await.map(|p| p.ov()) }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished());
+        let v = entry(p.as_ref(), &create);
+        p.commit(v).await.unwrap();
+        assert_eq!(waiting.await.unwrap().unwrap(), 1);
+        assert_eq!(busy_items(&s), 0, "released locks are removed");
+
+        let other = s.begin_write(change("b", Op::Create, None)).await.unwrap();
+        drop(other);
+        assert_eq!(busy_items(&s), 0);
+        assert_eq!(
+            s.head(&"c".parse().unwrap(), &"b".parse().unwrap())
+                .await
+                .unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn a_database_from_a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        assert!(matches!(
+            SqliteMetaStore::open(&path),
+            Err(Error::Unsupported(_))
+        ));
+    }
+}
