@@ -92,6 +92,16 @@ pub struct Config {
     pub local_storage: Option<LocalStorage>,
     #[serde(default)]
     pub engine: EngineConfig,
+    /// Bearer tokens for the HTTP API; without it the API is open (fine on a laptop only).
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthConfig {
+    /// A YAML/JSON file `tokens: [{name, token, databases, scopes}]` (e.g. a mounted Secret).
+    pub tokens_file: PathBuf,
 }
 
 fn default_db_name() -> String {

@@ -1,1 +1,198 @@
-fn main() {}
+//! The `chronos` binary: the data service, the operator, and a command-line client.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use chronos::api::{self, AppState, ServiceSettings, auth::Tokens};
+use chronos::config::Config;
+use chronos::connect::{self, Connections};
+
+mod cli;
+
+#[derive(Parser)]
+#[command(
+    name = "chronos",
+    version,
+    about = "Versioned, cost-first persistence for JSON records"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log filter (tracing syntax, e.g. `info` or `chronos=debug`).
+    #[arg(long, global = true, env = "CHRONOS_LOG", default_value = "info")]
+    log: String,
+    /// Log format.
+    #[arg(long, global = true, env = "CHRONOS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP/JSON data service. Without --config: embedded storage in --data-dir.
+    Serve(ServeArgs),
+    /// Check a configuration file; with --connect also reach its backends.
+    CheckConfig {
+        path: PathBuf,
+        #[arg(long)]
+        connect: bool,
+    },
+    #[command(flatten)]
+    Client(cli::ClientCommand),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Configuration file (YAML or JSON).
+    #[arg(long, env = "CHRONOS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, env = "CHRONOS_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// Where embedded mode keeps its data.
+    #[arg(long, env = "CHRONOS_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    /// Bearer tokens file (overrides the configuration's auth.tokensFile).
+    #[arg(long, env = "CHRONOS_TOKENS_FILE")]
+    tokens: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.log, cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+            Command::CheckConfig { path, connect } => check_config(path, connect).await,
+            Command::Client(cmd) => cmd.run().await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(filter: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn check_config(path: PathBuf, connect: bool) -> Result<(), String> {
+    let config = Config::load(&path).map_err(|e| e.to_string())?;
+    let storage = config.storage(&PathBuf::from("./data"))?;
+    println!(
+        "{}: valid ({})",
+        path.display(),
+        connect::describe(&storage)
+    );
+    if connect {
+        connect::open(&storage, config.engine.settings(), &Connections::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        println!("backends reachable");
+    }
+    Ok(())
+}
+
+async fn serve(args: ServeArgs) -> Result<(), String> {
+    let config = match &args.config {
+        Some(path) => Config::load(path).map_err(|e| e.to_string())?,
+        None => Config::default(),
+    };
+    let storage = config.storage(&args.data_dir)?;
+    let tokens_file = args
+        .tokens
+        .clone()
+        .or_else(|| config.auth.as_ref().map(|a| a.tokens_file.clone()));
+    let tokens = tokens_file.as_deref().map(Tokens::load).transpose()?;
+    let settings = config.engine.settings();
+    let max_body_bytes = settings.max_payload_bytes + 64 * 1024;
+    let engine = connect::open(&storage, settings, &Connections::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let databases = BTreeMap::from([("default".to_owned(), engine)]);
+    let app = api::router(
+        AppState::new(databases, tokens),
+        &ServiceSettings { max_body_bytes },
+    );
+
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    eprintln!(
+        "Chronos {} serving http://{addr}",
+        env!("CARGO_PKG_VERSION")
+    );
+    eprintln!("  data: {}", connect::describe(&storage));
+    eprintln!(
+        "  auth: {}",
+        match &tokens_file {
+            Some(f) => format!("bearer tokens from {}", f.display()),
+            None => "OFF (no tokens file) - anyone who can reach this port can read and write"
+                .to_owned(),
+        }
+    );
+    eprintln!(
+        "  try:  curl -s -X POST http://{addr}/v1/default/notes/items -H 'content-type: application/json' -d '{{\"title\":\"hello\"}}'"
+    );
+    eprintln!("  API:  http://{addr}/openapi.json");
+    api::serve(listener, app, shutdown_signal())
+        .await
+        .map_err(|e| format!("server error: {e}"))?;
+    eprintln!("Chronos stopped: in-flight requests drained");
+    Ok(())
+}
+
+/// Resolves on SIGTERM (Kubernetes) or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown requested; draining in-flight requests");
+}

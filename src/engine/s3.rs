@@ -40,7 +40,7 @@ impl S3Connection {
     /// Build a client: create one per endpoint and share it (it pools connections).
     pub fn client(&self) -> Client {
         // Install ring as rustls' provider once, so nothing pulls in a C crypto library.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        crate::install_crypto_provider();
         let http = aws_smithy_http_client::Builder::new()
             .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
                 aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,

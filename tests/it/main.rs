@@ -1,6 +1,9 @@
 //! One integration-test binary (each test binary is a large link): modules by subject.
 
+mod api;
+mod api_ops;
 mod conformance;
+mod embedded;
 mod memory;
 mod mongo_s3;
 mod support;

@@ -1,0 +1,241 @@
+//! Request extractors whose failures use the API's error shape (axum's defaults answer in plain
+//! text), and the parsing of names, preconditions and bodies.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use super::error::ApiError;
+use crate::engine::{CollectionName, ItemId};
+
+/// `/v1/{db}/{collection}/…`
+pub struct CollectionPath {
+    pub db: String,
+    pub collection: CollectionName,
+}
+
+/// `/v1/{db}/{collection}/items/{id}/…`
+pub struct ItemPath {
+    pub db: String,
+    pub collection: CollectionName,
+    pub id: ItemId,
+}
+
+async fn path_params<S: Send + Sync>(
+    parts: &mut Parts,
+    state: &S,
+) -> Result<HashMap<String, String>, ApiError> {
+    Path::<HashMap<String, String>>::from_request_parts(parts, state)
+        .await
+        .map(|Path(p)| p)
+        .map_err(|e| ApiError::bad_request(format!("invalid path: {}", e.body_text())))
+}
+
+fn param<T: std::str::FromStr<Err = crate::engine::Error>>(
+    params: &HashMap<String, String>,
+    name: &str,
+) -> Result<T, ApiError> {
+    let raw = params
+        .get(name)
+        .ok_or_else(|| ApiError::internal(format!("route has no `{name}` parameter")))?;
+    raw.parse().map_err(|e: crate::engine::Error| {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_name", e.to_string())
+            .with_details(serde_json::json!({"parameter": name}))
+    })
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for CollectionPath {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let p = path_params(parts, state).await?;
+        Ok(CollectionPath {
+            db: p.get("db").cloned().unwrap_or_default(),
+            collection: param(&p, "collection")?,
+        })
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ItemPath {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let p = path_params(parts, state).await?;
+        Ok(ItemPath {
+            db: p.get("db").cloned().unwrap_or_default(),
+            collection: param(&p, "collection")?,
+            id: param(&p, "id")?,
+        })
+    }
+}
+
+/// Query parameters, rejected with a 400 in the API's error shape.
+pub struct Q<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Q<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(q)| Q(q))
+            .map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))
+    }
+}
+
+/// A JSON object body: 415 for another media type, 400 for malformed JSON, 422 for JSON that is
+/// not an object, 413 beyond the body limit.
+pub struct JsonObject(pub Map<String, Value>);
+
+impl<S: Send + Sync> FromRequest<S> for JsonObject {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
+            let ct = ct.to_str().unwrap_or("");
+            let essence = ct
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            if essence != "application/json" && !essence.ends_with("+json") {
+                return Err(ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    format!("expected Content-Type: application/json, got `{ct}`"),
+                ));
+            }
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "request body too large",
+                )
+            } else {
+                ApiError::bad_request(format!("cannot read body: {}", e.body_text()))
+            }
+        })?;
+        let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("body is not valid JSON: {e}"),
+            )
+        })?;
+        match value {
+            Value::Object(map) => Ok(JsonObject(map)),
+            other => Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                format!("the body must be a JSON object, not {}", kind(&other)),
+            )
+            .with_details(serde_json::json!({"field": "body"}))),
+        }
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Where an optimistic-lock precondition came from: it decides 409 versus 412 on conflict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precondition {
+    None,
+    /// `?expectedOv=` — a conflict is a 409.
+    Query(u64),
+    /// `If-Match: "3"` — a failed precondition is a 412.
+    IfMatch(u64),
+}
+
+impl Precondition {
+    pub fn ov(self) -> Option<u64> {
+        match self {
+            Precondition::None => None,
+            Precondition::Query(ov) | Precondition::IfMatch(ov) => Some(ov),
+        }
+    }
+
+    pub fn from_request(headers: &HeaderMap, expected_ov: Option<u64>) -> Result<Self, ApiError> {
+        let if_match = match headers.get(header::IF_MATCH) {
+            None => None,
+            Some(v) => {
+                let raw = v
+                    .to_str()
+                    .map_err(|_| ApiError::bad_request("If-Match is not valid text"))?
+                    .trim();
+                if raw == "*" {
+                    None
+                } else {
+                    let tag = raw.strip_prefix("W/").unwrap_or(raw).trim_matches('"');
+                    Some(tag.parse::<u64>().map_err(|_| {
+                        ApiError::bad_request(format!(
+                            "If-Match must carry an object version such as \"3\", got `{raw}`"
+                        ))
+                    })?)
+                }
+            }
+        };
+        match (if_match, expected_ov) {
+            (Some(a), Some(b)) if a != b => Err(ApiError::bad_request(format!(
+                "If-Match ({a}) and expectedOv ({b}) disagree"
+            ))),
+            (Some(ov), _) => Ok(Precondition::IfMatch(ov)),
+            (None, Some(ov)) => Ok(Precondition::Query(ov)),
+            (None, None) => Ok(Precondition::None),
+        }
+    }
+
+    /// Turn a version conflict on an `If-Match` precondition into 412 Precondition Failed.
+    pub fn map_err(self, e: crate::engine::Error) -> ApiError {
+        let conflict = matches!(e, crate::engine::Error::VersionConflict { .. });
+        let mut api = ApiError::from(e);
+        if conflict && matches!(self, Precondition::IfMatch(_)) {
+            api.status = StatusCode::PRECONDITION_FAILED;
+            api.code = "precondition_failed";
+        }
+        api
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn if_match_forms() {
+        let mut h = HeaderMap::new();
+        assert_eq!(
+            Precondition::from_request(&h, Some(2)).unwrap(),
+            Precondition::Query(2)
+        );
+        for (v, ov) in [("\"3\"", 3), ("3", 3), ("W/\"4\"", 4)] {
+            h.insert(header::IF_MATCH, HeaderValue::from_static(v));
+            assert_eq!(
+                Precondition::from_request(&h, None).unwrap(),
+                Precondition::IfMatch(ov)
+            );
+        }
+        h.insert(header::IF_MATCH, HeaderValue::from_static("*"));
+        assert_eq!(
+            Precondition::from_request(&h, None).unwrap(),
+            Precondition::None
+        );
+        h.insert(header::IF_MATCH, HeaderValue::from_static("\"abc\""));
+        assert!(Precondition::from_request(&h, None).is_err());
+        h.insert(header::IF_MATCH, HeaderValue::from_static("\"1\""));
+        assert!(Precondition::from_request(&h, Some(2)).is_err());
+    }
+}

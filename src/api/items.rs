@@ -1,0 +1,367 @@
+//! Item routes: create, read (latest, `?ov=`, `?at=`), update, delete, history.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
+
+use super::AppState;
+use super::auth::Caller;
+use super::error::{ApiError, ErrorBody, Result};
+use super::extract::{CollectionPath, ItemPath, JsonObject, Precondition, Q};
+use crate::engine::{
+    Attribution, CollectionName, Engine, ItemId, ReadOptions, Record, Timestamp, VersionEntry,
+    WriteOutcome,
+};
+
+/// The result of a write.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WriteResult {
+    pub id: String,
+    /// The object version this write produced (0 for a create).
+    pub ov: u64,
+    /// The collection version: orders all writes of the collection.
+    pub cv: u64,
+    /// When the version was written (RFC 3339).
+    #[schema(value_type = String, format = DateTime)]
+    pub at: Timestamp,
+}
+
+/// A page of an item's version index.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryPage {
+    pub versions: Vec<VersionInfo>,
+    /// Pass as `afterOv` for the next page; absent on the last page.
+    pub next_after_ov: Option<u64>,
+}
+
+/// One version of an item, without its data.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionInfo {
+    pub ov: u64,
+    pub cv: u64,
+    /// CREATE, UPDATE, DELETE or RESTORE.
+    pub op: String,
+    #[schema(value_type = String, format = DateTime)]
+    pub at: Timestamp,
+    pub actor: Option<String>,
+    pub reason: Option<String>,
+    /// Size of the data in bytes.
+    pub size: u64,
+    /// SHA-256 of the data (hex).
+    pub checksum: String,
+    pub deleted: bool,
+}
+
+impl From<VersionEntry> for VersionInfo {
+    fn from(v: VersionEntry) -> Self {
+        VersionInfo {
+            ov: v.ov,
+            cv: v.cv,
+            op: v.op.as_str().to_owned(),
+            at: v.at,
+            actor: v.actor,
+            reason: v.reason,
+            size: v.size,
+            checksum: v.checksum,
+            deleted: v.deleted,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct CreateQuery {
+    /// Choose the item id (letters, digits, `_ - . :`; at most 128). Generated when absent.
+    id: Option<String>,
+    /// Who writes (defaults to the token's name).
+    actor: Option<String>,
+    /// Why.
+    reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct WriteQuery {
+    /// Optimistic lock: the write applies only if the item is at this ov (or use `If-Match`).
+    #[param(minimum = 0)]
+    expected_ov: Option<u64>,
+    actor: Option<String>,
+    reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct GetQuery {
+    /// Read this object version.
+    #[param(minimum = 0)]
+    ov: Option<u64>,
+    /// Read the version current at this time (RFC 3339).
+    #[param(value_type = Option<String>, format = DateTime)]
+    at: Option<String>,
+    /// Return deleted items and delete versions too.
+    #[serde(default)]
+    include_deleted: bool,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct HistoryQuery {
+    /// Start after this ov (from `nextAfterOv`).
+    #[param(minimum = 0)]
+    after_ov: Option<u64>,
+    /// Page size, 1-1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<usize>,
+    #[serde(default)]
+    include_deleted: bool,
+}
+
+fn attribution(
+    caller: &Caller,
+    actor: Option<String>,
+    reason: Option<String>,
+) -> Result<Attribution> {
+    for (name, value, max) in [("actor", &actor, 256), ("reason", &reason, 1024)] {
+        if let Some(v) = value
+            && (v.len() > max || v.chars().any(char::is_control))
+        {
+            return Err(ApiError::bad_request(format!(
+                "`{name}` must be at most {max} bytes without control characters"
+            )));
+        }
+    }
+    Ok(Attribution {
+        actor: actor.or_else(|| caller.name().map(str::to_owned)),
+        reason,
+    })
+}
+
+fn etag(ov: u64) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{ov}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
+}
+
+fn write_response(
+    status: StatusCode,
+    id: &ItemId,
+    o: WriteOutcome,
+    location: Option<String>,
+) -> Response {
+    let mut response = (
+        status,
+        Json(WriteResult {
+            id: id.to_string(),
+            ov: o.ov,
+            cv: o.cv,
+            at: o.at,
+        }),
+    )
+        .into_response();
+    response.headers_mut().insert(header::ETAG, etag(o.ov));
+    if let Some(loc) = location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+        response.headers_mut().insert(header::LOCATION, loc);
+    }
+    response
+}
+
+/// A record as the API shows it: the data with a `_system` block.
+pub fn record_json(collection: &CollectionName, r: Record) -> Value {
+    let mut out = r.data;
+    out.insert(
+        crate::engine::versioning::SYSTEM_KEY.to_owned(),
+        json!({
+            "id": r.id,
+            "collection": collection,
+            "ov": r.ov,
+            "cv": r.cv,
+            "insertedAt": r.system.inserted_at,
+            "updatedAt": r.system.updated_at,
+            "deletedAt": r.system.deleted_at,
+            "deleted": r.system.deleted,
+            "functionIds": r.system.function_ids,
+            "state": r.system.state,
+        }),
+    );
+    Value::Object(out)
+}
+
+fn engine(state: &AppState, db: &str) -> Result<Arc<Engine>> {
+    state.database(db).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "database_not_found",
+            format!("no database `{db}`"),
+        )
+    })
+}
+
+/// Create an item (ov 0).
+#[utoipa::path(post, path = "/v1/{db}/{collection}/items", tag = "items",
+    params(("db" = String, Path, description = "Database (tenant) key"), ("collection" = String, Path), CreateQuery),
+    request_body(content = Object, description = "The item's data: any JSON object (`_system` is ignored)"),
+    responses(
+        (status = 201, description = "Created", body = WriteResult, headers(("ETag" = String), ("Location" = String))),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, description = "Id taken", body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: CollectionPath,
+    Q(q): Q<CreateQuery>,
+    JsonObject(data): JsonObject,
+) -> Result<Response> {
+    let engine = engine(&state, &path.db)?;
+    let id =
+        q.id.map(|s| s.parse::<ItemId>())
+            .transpose()
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_name", e.to_string()))?;
+    let who = attribution(&caller, q.actor, q.reason)?;
+    let (id, outcome) = engine.create(&path.collection, id, data, &who).await?;
+    let location = format!("/v1/{}/{}/items/{id}", path.db, path.collection);
+    Ok(write_response(
+        StatusCode::CREATED,
+        &id,
+        outcome,
+        Some(location),
+    ))
+}
+
+/// Read an item: the latest version, or `?ov=` / `?at=`.
+#[utoipa::path(get, path = "/v1/{db}/{collection}/items/{id}", tag = "items",
+    params(("db" = String, Path), ("collection" = String, Path), ("id" = String, Path), GetQuery),
+    responses(
+        (status = 200, description = "The record: its data plus a `_system` block", body = Object, headers(("ETag" = String))),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn get(
+    State(state): State<AppState>,
+    path: ItemPath,
+    Q(q): Q<GetQuery>,
+) -> Result<Response> {
+    let engine = engine(&state, &path.db)?;
+    let opts = ReadOptions {
+        include_deleted: q.include_deleted,
+    };
+    let record = match (q.ov, q.at) {
+        (Some(_), Some(_)) => return Err(ApiError::bad_request("give `ov` or `at`, not both")),
+        (Some(ov), None) => {
+            engine
+                .get_version(&path.collection, &path.id, ov, opts)
+                .await?
+        }
+        (None, Some(at)) => {
+            let at: Timestamp = at.parse().map_err(|e| {
+                ApiError::bad_request(format!("`at` must be an RFC 3339 time: {e}"))
+            })?;
+            engine
+                .get_as_of(&path.collection, &path.id, at, opts)
+                .await?
+        }
+        (None, None) => engine.get_latest(&path.collection, &path.id, opts).await?,
+    };
+    let tag = etag(record.ov);
+    let mut response = Json(record_json(&path.collection, record)).into_response();
+    response.headers_mut().insert(header::ETAG, tag);
+    Ok(response)
+}
+
+/// Replace an item's data (ov + 1). Optimistic locking with `If-Match` or `expectedOv`.
+#[utoipa::path(put, path = "/v1/{db}/{collection}/items/{id}", tag = "items",
+    params(("db" = String, Path), ("collection" = String, Path), ("id" = String, Path),
+        ("If-Match" = Option<String>, Header, description = "The ov the write expects, e.g. \"3\""), WriteQuery),
+    request_body(content = Object, description = "The new data"),
+    responses(
+        (status = 200, body = WriteResult, headers(("ETag" = String))),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, description = "Version conflict (expectedOv)", body = ErrorBody),
+        (status = 412, description = "If-Match failed", body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: ItemPath,
+    headers: HeaderMap,
+    Q(q): Q<WriteQuery>,
+    JsonObject(data): JsonObject,
+) -> Result<Response> {
+    let engine = engine(&state, &path.db)?;
+    let pre = Precondition::from_request(&headers, q.expected_ov)?;
+    let who = attribution(&caller, q.actor, q.reason)?;
+    let outcome = engine
+        .update(&path.collection, &path.id, data, pre.ov(), &who)
+        .await
+        .map_err(|e| pre.map_err(e))?;
+    Ok(write_response(StatusCode::OK, &path.id, outcome, None))
+}
+
+/// Logically delete an item: a new version marked deleted (the data is kept).
+#[utoipa::path(delete, path = "/v1/{db}/{collection}/items/{id}", tag = "items",
+    params(("db" = String, Path), ("collection" = String, Path), ("id" = String, Path),
+        ("If-Match" = Option<String>, Header, description = "The ov the delete expects"), WriteQuery),
+    responses(
+        (status = 200, body = WriteResult, headers(("ETag" = String))),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 412, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: ItemPath,
+    headers: HeaderMap,
+    Q(q): Q<WriteQuery>,
+) -> Result<Response> {
+    let engine = engine(&state, &path.db)?;
+    let pre = Precondition::from_request(&headers, q.expected_ov)?;
+    let who = attribution(&caller, q.actor, q.reason)?;
+    let outcome = engine
+        .delete(&path.collection, &path.id, pre.ov(), &who)
+        .await
+        .map_err(|e| pre.map_err(e))?;
+    Ok(write_response(StatusCode::OK, &path.id, outcome, None))
+}
+
+/// An item's version index, oldest first, paged.
+#[utoipa::path(get, path = "/v1/{db}/{collection}/items/{id}/versions", tag = "items",
+    params(("db" = String, Path), ("collection" = String, Path), ("id" = String, Path), HistoryQuery),
+    responses(
+        (status = 200, body = HistoryPage),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn history(
+    State(state): State<AppState>,
+    path: ItemPath,
+    Q(q): Q<HistoryQuery>,
+) -> Result<Json<HistoryPage>> {
+    let engine = engine(&state, &path.db)?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request("`limit` must be between 1 and 1000"));
+    }
+    let opts = ReadOptions {
+        include_deleted: q.include_deleted,
+    };
+    let versions = engine
+        .history(&path.collection, &path.id, q.after_ov, limit, opts)
+        .await?;
+    let next_after_ov = (versions.len() == limit)
+        .then(|| versions.last().map(|v| v.ov))
+        .flatten();
+    Ok(Json(HistoryPage {
+        versions: versions.into_iter().map(VersionInfo::from).collect(),
+        next_after_ov,
+    }))
+}

@@ -1,0 +1,245 @@
+//! The HTTP/JSON data service (`chronos serve`): routes under `/v1/{db}/{collection}/…`, one error
+//! shape, bearer-token auth, metrics, and an OpenAPI document generated from the same routes.
+
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod items;
+pub mod ops;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tower_http::catch_panic::CatchPanicLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::engine::Engine;
+use auth::Tokens;
+use error::{ApiError, InternalCause};
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Chronos", description = "Versioned, cost-first persistence for JSON records."),
+    components(schemas(error::ErrorBody)),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+        };
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        openapi.security = Some(vec![SecurityRequirement::new(
+            "bearer",
+            Vec::<String>::new(),
+        )]);
+    }
+}
+
+/// Settings of the HTTP layer.
+#[derive(Debug, Clone)]
+pub struct ServiceSettings {
+    /// Requests with larger bodies get 413 before they are read.
+    pub max_body_bytes: usize,
+}
+
+struct Inner {
+    databases: BTreeMap<String, Arc<Engine>>,
+    tokens: Option<Tokens>,
+    metrics: PrometheusHandle,
+    openapi_json: OnceLock<String>,
+}
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+impl AppState {
+    pub fn new(databases: BTreeMap<String, Arc<Engine>>, tokens: Option<Tokens>) -> Self {
+        AppState(Arc::new(Inner {
+            databases,
+            tokens,
+            metrics: prometheus(),
+            openapi_json: OnceLock::new(),
+        }))
+    }
+
+    pub fn database(&self, key: &str) -> Option<Arc<Engine>> {
+        self.0.databases.get(key).cloned()
+    }
+
+    pub fn databases(&self) -> impl Iterator<Item = (&String, &Arc<Engine>)> {
+        self.0.databases.iter()
+    }
+
+    fn tokens(&self) -> Option<&Tokens> {
+        self.0.tokens.as_ref()
+    }
+
+    fn render_metrics(&self) -> String {
+        self.0.metrics.render()
+    }
+
+    fn openapi_json(&self) -> String {
+        self.0
+            .openapi_json
+            .get_or_init(|| {
+                openapi()
+                    .to_pretty_json()
+                    .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+            })
+            .clone()
+    }
+}
+
+/// The process-wide Prometheus recorder (a recorder can be installed only once per process).
+fn prometheus() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Suffix("duration_seconds".into()),
+                    &[
+                        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    ],
+                )
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder was installed first; then our handle just stays empty.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+fn api_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(items::create))
+        .routes(routes!(items::get, items::update, items::delete))
+        .routes(routes!(items::history))
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(ops::openapi))
+}
+
+/// The OpenAPI document of exactly the routes [`router`] serves.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api_router().into_openapi()
+}
+
+/// The whole service as an axum router (tests drive it with `oneshot` or over a socket).
+pub fn router(state: AppState, settings: &ServiceSettings) -> Router {
+    let (routes, _) = api_router().split_for_parts();
+    routes
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "route_not_found",
+                "no such route; see /openapi.json",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route",
+            )
+        })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::middleware,
+        ))
+        .layer(DefaultBodyLimit::max(settings.max_body_bytes))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::internal("internal error")
+                .with_details(serde_json::json!({"cause": "handler panicked"}))
+                .into_response()
+        }))
+        .layer(middleware::from_fn(observe))
+        .with_state(state)
+}
+
+/// Request id, structured log line, metrics, and the logging of 5xx causes.
+async fn observe(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let request_id = req
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched".to_owned(), |m| m.as_str().to_owned());
+    let method = req.method().clone();
+    let mut response = next.run(req).await;
+    let status = response.status();
+    let elapsed = started.elapsed();
+
+    if status.is_server_error() {
+        let cause = response
+            .extensions()
+            .get::<InternalCause>()
+            .map(|c| c.0.clone());
+        tracing::error!(%request_id, %method, %route, status = status.as_u16(), cause = cause.as_deref().unwrap_or(""), "request failed");
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            response = ApiError::internal(format!("internal error; quote request id {request_id}"))
+                .with_details(serde_json::json!({"requestId": request_id}))
+                .into_response();
+        }
+    } else {
+        tracing::info!(%request_id, %method, %route, status = status.as_u16(), ms = elapsed.as_millis() as u64, "request");
+    }
+    let labels = [
+        ("route", route),
+        ("method", method.to_string()),
+        ("status", status.as_u16().to_string()),
+    ];
+    metrics::counter!("chronos_http_requests_total", &labels).increment(1);
+    metrics::histogram!("chronos_http_request_duration_seconds", &labels)
+        .record(elapsed.as_secs_f64());
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID, v);
+    }
+    response
+}
+
+/// Serve until `shutdown` resolves, then drain in-flight requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,316 @@
+//! A typed Rust client for the HTTP API (`chronos serve`), used by the CLI and the API tests.
+
+use reqwest::header::{HeaderMap, HeaderValue, IF_MATCH};
+use reqwest::{Method, StatusCode};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+/// An error body from the server, or a transport failure.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{status} {code}: {message}")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+        details: Value,
+    },
+    #[error("cannot reach {url}: {message}")]
+    Transport { url: String, message: String },
+    #[error("unexpected response from the server: {0}")]
+    Protocol(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The API error code (`not_found`, `version_conflict`, …), if the server answered.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Error::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Error::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WriteResult {
+    pub id: String,
+    pub ov: u64,
+    pub cv: u64,
+    pub at: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionInfo {
+    pub ov: u64,
+    pub cv: u64,
+    pub op: String,
+    pub at: String,
+    pub actor: Option<String>,
+    pub reason: Option<String>,
+    pub size: u64,
+    pub checksum: String,
+    pub deleted: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryPage {
+    pub versions: Vec<VersionInfo>,
+    pub next_after_ov: Option<u64>,
+}
+
+/// Which version a read asks for.
+#[derive(Debug, Clone, Default)]
+pub enum Version {
+    #[default]
+    Latest,
+    Ov(u64),
+    /// RFC 3339.
+    At(String),
+}
+
+/// Who writes and why, plus the optimistic lock.
+#[derive(Debug, Clone, Default)]
+pub struct WriteOptions {
+    pub expected_ov: Option<u64>,
+    pub actor: Option<String>,
+    pub reason: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Client {
+    /// `base` is the server URL, e.g. `http://127.0.0.1:8080`.
+    pub fn new(base: impl Into<String>, token: Option<String>) -> Result<Self> {
+        crate::install_crypto_provider();
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("chronos-client/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| Error::Protocol(format!("cannot build HTTP client: {e}")))?;
+        Ok(Client {
+            http,
+            base: base.into().trim_end_matches('/').to_owned(),
+            token,
+        })
+    }
+
+    fn url(&self, segments: &[&str]) -> String {
+        let mut url = self.base.clone();
+        for s in segments {
+            url.push('/');
+            url.push_str(&urlencode(s));
+        }
+        url
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        url: String,
+        query: &[(&str, String)],
+        headers: HeaderMap,
+        body: Option<&Map<String, Value>>,
+    ) -> Result<T> {
+        let mut req = self
+            .http
+            .request(method, &url)
+            .query(query)
+            .headers(headers);
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let response = req.send().await.map_err(|e| Error::Transport {
+            url: url.clone(),
+            message: e.to_string(),
+        })?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|e| Error::Transport {
+            url: url.clone(),
+            message: e.to_string(),
+        })?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes)
+                .map_err(|e| Error::Protocol(format!("{url}: {e}")));
+        }
+        Err(api_error(status, &bytes))
+    }
+
+    pub async fn create(
+        &self,
+        db: &str,
+        collection: &str,
+        id: Option<&str>,
+        data: &Map<String, Value>,
+        opts: &WriteOptions,
+    ) -> Result<WriteResult> {
+        let mut query = attribution(opts);
+        if let Some(id) = id {
+            query.push(("id", id.to_owned()));
+        }
+        let url = self.url(&["v1", db, collection, "items"]);
+        self.send(Method::POST, url, &query, HeaderMap::new(), Some(data))
+            .await
+    }
+
+    pub async fn get(
+        &self,
+        db: &str,
+        collection: &str,
+        id: &str,
+        version: &Version,
+        include_deleted: bool,
+    ) -> Result<Map<String, Value>> {
+        let mut query = Vec::new();
+        match version {
+            Version::Latest => {}
+            Version::Ov(ov) => query.push(("ov", ov.to_string())),
+            Version::At(at) => query.push(("at", at.clone())),
+        }
+        if include_deleted {
+            query.push(("includeDeleted", "true".to_owned()));
+        }
+        let url = self.url(&["v1", db, collection, "items", id]);
+        self.send(Method::GET, url, &query, HeaderMap::new(), None)
+            .await
+    }
+
+    /// Replace the data; `opts.expected_ov` is sent as `If-Match`.
+    pub async fn update(
+        &self,
+        db: &str,
+        collection: &str,
+        id: &str,
+        data: &Map<String, Value>,
+        opts: &WriteOptions,
+    ) -> Result<WriteResult> {
+        let url = self.url(&["v1", db, collection, "items", id]);
+        self.send(
+            Method::PUT,
+            url,
+            &attribution(opts),
+            if_match(opts),
+            Some(data),
+        )
+        .await
+    }
+
+    pub async fn delete(
+        &self,
+        db: &str,
+        collection: &str,
+        id: &str,
+        opts: &WriteOptions,
+    ) -> Result<WriteResult> {
+        let url = self.url(&["v1", db, collection, "items", id]);
+        self.send(
+            Method::DELETE,
+            url,
+            &attribution(opts),
+            if_match(opts),
+            None,
+        )
+        .await
+    }
+
+    pub async fn history(
+        &self,
+        db: &str,
+        collection: &str,
+        id: &str,
+        after_ov: Option<u64>,
+        limit: Option<usize>,
+    ) -> Result<HistoryPage> {
+        let mut query = Vec::new();
+        if let Some(a) = after_ov {
+            query.push(("afterOv", a.to_string()));
+        }
+        if let Some(l) = limit {
+            query.push(("limit", l.to_string()));
+        }
+        let url = self.url(&["v1", db, collection, "items", id, "versions"]);
+        self.send(Method::GET, url, &query, HeaderMap::new(), None)
+            .await
+    }
+
+    /// Any GET returning JSON (e.g. `/readyz`, `/openapi.json`).
+    pub async fn get_json(&self, path: &str) -> Result<Value> {
+        let url = format!("{}{path}", self.base);
+        self.send(Method::GET, url, &[], HeaderMap::new(), None)
+            .await
+    }
+}
+
+fn attribution(opts: &WriteOptions) -> Vec<(&'static str, String)> {
+    let mut q = Vec::new();
+    if let Some(a) = &opts.actor {
+        q.push(("actor", a.clone()));
+    }
+    if let Some(r) = &opts.reason {
+        q.push(("reason", r.clone()));
+    }
+    q
+}
+
+fn if_match(opts: &WriteOptions) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    if let Some(ov) = opts.expected_ov
+        && let Ok(v) = HeaderValue::from_str(&format!("\"{ov}\""))
+    {
+        h.insert(IF_MATCH, v);
+    }
+    h
+}
+
+fn api_error(status: StatusCode, body: &[u8]) -> Error {
+    #[derive(Deserialize)]
+    struct Body {
+        code: String,
+        message: String,
+        #[serde(default)]
+        details: Value,
+    }
+    match serde_json::from_slice::<Body>(body) {
+        Ok(b) => Error::Api {
+            status: status.as_u16(),
+            code: b.code,
+            message: b.message,
+            details: b.details,
+        },
+        Err(_) => Error::Api {
+            status: status.as_u16(),
+            code: "unknown".into(),
+            message: String::from_utf8_lossy(body).chars().take(200).collect(),
+            details: Value::Null,
+        },
+    }
+}
+
+/// Percent-encode one path segment: everything but RFC 3986's unreserved characters.
+fn urlencode(s: &str) -> String {
+    const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(s, SEGMENT).to_string()
+}

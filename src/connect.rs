@@ -1,0 +1,102 @@
+//! Turns a validated configuration into live engines. Clients are created once and shared: one
+//! MongoDB client per distinct URI, one S3 client per endpoint and key — never one per request.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use crate::config::Storage;
+use crate::engine::mongo::MongoMetaStore;
+use crate::engine::s3::{S3Connection, S3PayloadStore};
+use crate::engine::{Engine, EngineSettings, Error, MetaStore, Result};
+
+#[derive(Default)]
+pub struct Connections {
+    mongo: Mutex<HashMap<String, mongodb::Client>>,
+    s3: Mutex<HashMap<(String, String), aws_sdk_s3::Client>>,
+}
+
+impl Connections {
+    pub async fn mongo(&self, uri: &str) -> Result<mongodb::Client> {
+        if let Some(c) = self.lock_mongo().get(uri) {
+            return Ok(c.clone());
+        }
+        let options = mongodb::options::ClientOptions::parse(uri)
+            .await
+            .map_err(|e| {
+                Error::validation(
+                    "mongoUri",
+                    format!("not a usable MongoDB URI: {}", redact(&e.to_string(), uri)),
+                )
+            })?;
+        let client = mongodb::Client::with_options(options).map_err(Error::metadata)?;
+        Ok(self
+            .lock_mongo()
+            .entry(uri.to_owned())
+            .or_insert(client)
+            .clone())
+    }
+
+    pub fn s3(&self, conn: &S3Connection) -> aws_sdk_s3::Client {
+        let key = (conn.endpoint.clone(), conn.access_key.clone());
+        let mut map = self.s3.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(key).or_insert_with(|| conn.client()).clone()
+    }
+
+    fn lock_mongo(&self) -> std::sync::MutexGuard<'_, HashMap<String, mongodb::Client>> {
+        self.mongo.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Never let a password inside a URI reach a log line or an error message.
+fn redact(message: &str, uri: &str) -> String {
+    message.replace(uri, "<mongo uri>")
+}
+
+/// Open the engine a storage description names, and check its backends answer.
+pub async fn open(
+    storage: &Storage,
+    settings: EngineSettings,
+    conns: &Connections,
+) -> Result<Arc<Engine>> {
+    match storage {
+        Storage::Embedded { dir } => Ok(Arc::new(crate::engine::sqlite::embedded(dir, settings)?)),
+        Storage::Remote {
+            mongo_uri,
+            db_name,
+            s3,
+            json_bucket,
+            ..
+        } => {
+            let meta = MongoMetaStore::new(conns.mongo(mongo_uri).await?, db_name);
+            meta.ping().await?;
+            let payloads = S3PayloadStore::new(conns.s3(s3), json_bucket.clone());
+            let engine = Engine::new(Arc::new(meta), Arc::new(payloads), settings);
+            engine.ping().await?;
+            Ok(Arc::new(engine))
+        }
+    }
+}
+
+/// Describe where data lives, for the start-up banner (no secrets).
+pub fn describe(storage: &Storage) -> String {
+    match storage {
+        Storage::Embedded { dir } => format!("embedded: SQLite + files in {}", display_dir(dir)),
+        Storage::Remote {
+            db_name,
+            s3,
+            json_bucket,
+            ..
+        } => format!(
+            "MongoDB database `{db_name}`, S3 bucket `{json_bucket}` at {}",
+            s3.endpoint
+        ),
+    }
+}
+
+fn display_dir(dir: &Path) -> String {
+    std::fs::canonicalize(dir)
+        .unwrap_or_else(|_| dir.to_owned())
+        .display()
+        .to_string()
+}

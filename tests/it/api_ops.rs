@@ -1,0 +1,280 @@
+//! The service's contract beyond items: the auth matrix on every route, the OpenAPI document
+//! against the routes, metrics, readiness, and how a 500 is reported.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chronos::api::{self, auth::Tokens};
+use chronos::engine::memory::MemoryMetaStore;
+use chronos::engine::s3::{S3Connection, S3PayloadStore};
+use chronos::engine::{Engine, EngineSettings};
+use reqwest::Method;
+use serde_json::Value;
+
+use crate::api::start;
+use crate::support;
+
+const TOKENS: &str = r#"
+tokens:
+  - {name: reader-t1, token: reader-t1-0123456789, databases: [t1], scopes: [read]}
+  - {name: writer-t1, token: writer-t1-0123456789, databases: [t1], scopes: [read, write]}
+  - {name: writer-t2, token: writer-t2-0123456789, databases: [t2], scopes: [read, write]}
+  - {name: admin, token: admin-000-0123456789, databases: ["*"], scopes: [admin]}
+"#;
+
+/// Every documented operation as (method, concrete path).
+fn operations() -> Vec<(Method, String)> {
+    let doc = serde_json::to_value(api::openapi()).unwrap();
+    let mut ops = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            let Ok(m) = method.to_uppercase().parse::<Method>() else {
+                continue;
+            };
+            let concrete = path
+                .replace("{db}", "t1")
+                .replace("{collection}", "notes")
+                .replace("{id}", "x");
+            ops.push((m, concrete));
+        }
+    }
+    assert!(ops.len() >= 9, "the document lists the routes: {ops:?}");
+    ops
+}
+
+async fn status_of(
+    http: &reqwest::Client,
+    method: &Method,
+    url: &str,
+    token: Option<&str>,
+) -> (u16, Value) {
+    let mut req = http.request(method.clone(), url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if *method == Method::POST || *method == Method::PUT || *method == Method::PATCH {
+        req = req.json(&serde_json::json!({"k": 1}));
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.json().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+fn engines() -> BTreeMap<String, Arc<Engine>> {
+    ["t1", "t2"]
+        .into_iter()
+        .map(|k| {
+            (
+                k.to_owned(),
+                support::memory(EngineSettings::default()).engine,
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn auth_matrix_covers_every_route() {
+    let server = start(engines(), Some(Tokens::parse(TOKENS).unwrap()), 1 << 20).await;
+    let http = &server.http;
+    for (method, path) in operations() {
+        let url = format!("{}{path}", server.url);
+        let protected = path.starts_with("/v1/");
+        let write = method != Method::GET;
+        let (s, body) = status_of(http, &method, &url, None).await;
+        if !protected {
+            assert_ne!(s, 401, "{method} {path} is public");
+            continue;
+        }
+        assert_eq!(
+            (s, body["code"].as_str()),
+            (401, Some("unauthorized")),
+            "{method} {path} without a token"
+        );
+        let (s, _) = status_of(http, &method, &url, Some("not-a-token-0123456789")).await;
+        assert_eq!(s, 401, "{method} {path} with an unknown token");
+        let (s, body) = status_of(http, &method, &url, Some("writer-t2-0123456789")).await;
+        assert_eq!(
+            (s, body["code"].as_str()),
+            (403, Some("forbidden")),
+            "{method} {path}: t2's token on t1"
+        );
+        let (s, _) = status_of(http, &method, &url, Some("reader-t1-0123456789")).await;
+        if write {
+            assert_eq!(s, 403, "{method} {path}: a read-only token may not write");
+        } else {
+            assert!(
+                s != 401 && s != 403,
+                "{method} {path}: reader may read, got {s}"
+            );
+        }
+        for token in ["writer-t1-0123456789", "admin-000-0123456789"] {
+            let (s, _) = status_of(http, &method, &url, Some(token)).await;
+            assert!(
+                s != 401 && s != 403,
+                "{method} {path}: {token} is allowed, got {s}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn openapi_document_matches_the_routes() {
+    let server = start(engines(), None, 1 << 20).await;
+    let served: Value = server
+        .http
+        .get(format!("{}/openapi.json", server.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        served,
+        serde_json::to_value(api::openapi()).unwrap(),
+        "served document = generated document"
+    );
+    assert!(served["openapi"].as_str().unwrap().starts_with("3."));
+    for (method, path) in operations() {
+        let (status, body) = status_of(
+            &server.http,
+            &method,
+            &format!("{}{path}", server.url),
+            None,
+        )
+        .await;
+        let code = body["code"].as_str().unwrap_or("");
+        assert!(
+            code != "route_not_found" && status != 405,
+            "{method} {path} is documented but not routed ({status} {code})"
+        );
+    }
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route() {
+    let server = start(engines(), None, 1 << 20).await;
+    for _ in 0..3 {
+        server
+            .http
+            .get(format!("{}/v1/t1/notes/items/nope", server.url))
+            .send()
+            .await
+            .unwrap();
+    }
+    let text = server
+        .http
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = text
+        .lines()
+        .find(|l| {
+            l.starts_with("chronos_http_requests_total{")
+                && l.contains(r#"route="/v1/{db}/{collection}/items/{id}""#)
+                && l.contains(r#"status="404""#)
+        })
+        .unwrap_or_else(|| panic!("no request counter for the item route in:\n{text}"));
+    let count: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(count >= 3.0, "{line}");
+    assert!(
+        text.contains("chronos_http_request_duration_seconds_bucket"),
+        "latency histogram missing"
+    );
+}
+
+#[tokio::test]
+async fn readiness_reflects_the_backends() {
+    let server = start(engines(), None, 1 << 20).await;
+    let resp = server
+        .http
+        .get(format!("{}/readyz", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    // A payload store whose server is not there: not ready, and the answer says which database.
+    let dead = S3Connection {
+        endpoint: "http://127.0.0.1:9".into(),
+        region: "us-east-1".into(),
+        access_key: "k".into(),
+        secret_key: "s".into(),
+        force_path_style: true,
+    };
+    let engine = Engine::new(
+        Arc::new(MemoryMetaStore::new()),
+        Arc::new(S3PayloadStore::new(dead.client(), "nowhere")),
+        EngineSettings::default(),
+    );
+    let server = start(
+        BTreeMap::from([("broken".to_owned(), Arc::new(engine))]),
+        None,
+        1 << 20,
+    )
+    .await;
+    let resp = server
+        .http
+        .get(format!("{}/readyz", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], "backend_unavailable");
+    assert!(
+        body["message"].as_str().unwrap().contains("broken"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_500_carries_the_request_id_and_no_internals() {
+    let settings = EngineSettings {
+        inline_max_bytes: 0,
+        ..Default::default()
+    };
+    let h = support::memory(settings);
+    let coll = "notes".parse().unwrap();
+    let (id, _) = h
+        .engine
+        .create(
+            &coll,
+            None,
+            serde_json::json!({"a": 1}).as_object().unwrap().clone(),
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    let key = h.payloads.list("notes/", None, 1).await.unwrap().remove(0);
+    h.payloads
+        .put(&key, bytes::Bytes::from_static(b"{\"garbage\": true}"))
+        .await
+        .unwrap();
+    let server = start(
+        BTreeMap::from([("t1".to_owned(), h.engine.clone())]),
+        None,
+        1 << 20,
+    )
+    .await;
+    let resp = server
+        .http
+        .get(format!("{}/v1/t1/notes/items/{id}", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 500);
+    let header_id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], "internal");
+    assert_eq!(body["details"]["requestId"], header_id.as_str());
+    assert!(
+        !body.to_string().contains("garbage") && !body.to_string().contains(&key),
+        "internals leaked: {body}"
+    );
+}
