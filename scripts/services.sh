@@ -334,12 +334,15 @@ start_s3() {
   cat >"$S3_DIR/identities.json" <<EOF
 {"identities":[{"name":"chronos-test","credentials":[{"accessKey":"$S3_ACCESS_KEY","secretKey":"$S3_SECRET_KEY"}],"actions":["Admin","Read","List","Tagging","Write"]}]}
 EOF
+  # Every bucket is a SeaweedFS collection with volumes of its own, and the tests make a
+  # bucket per test: small volumes and a high volume cap keep them from running out.
   log "starting SeaweedFS (weed mini) with S3 on 127.0.0.1:$S3_PORT (data $S3_DIR/data)"
   # 9>&-: the server must not inherit the lock file descriptor.
   nohup "$WEED" -logdir="$S3_DIR/logs" mini -dir="$S3_DIR/data" \
     -ip=127.0.0.1 -ip.bind=127.0.0.1 -s3.port="$S3_PORT" \
     -s3.config="$S3_DIR/identities.json" -s3.allowDeleteBucketNotEmpty=false \
     -webdav=false -admin.ui=false -s3.localSocket="$S3_DIR/s3.sock" \
+    -master.volumeSizeLimitMB=8 -volume.max=2000 \
     >"$S3_DIR/weed.out" 2>&1 </dev/null 9>&- &
   pid=$!
   printf '%s\n' "$pid" >"$S3_PIDFILE"

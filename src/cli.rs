@@ -93,6 +93,24 @@ pub enum ClientCommand {
         #[command(flatten)]
         server: Server,
     },
+    /// List items, optionally filtered on indexed properties (all pages unless --limit).
+    List {
+        #[command(flatten)]
+        target: Target,
+        /// JSON filter, e.g. '{"status": "open", "n": {"$gte": 10}}'.
+        #[arg(long)]
+        filter: Option<String>,
+        /// Stop after this many items.
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long)]
+        include_deleted: bool,
+        /// List as of this time (RFC 3339).
+        #[arg(long)]
+        at: Option<String>,
+        #[command(flatten)]
+        server: Server,
+    },
     /// An item's versions, oldest first (all pages).
     History {
         #[command(flatten)]
@@ -183,6 +201,43 @@ impl ClientCommand {
                     .map_err(|e| e.to_string())?;
                 server.print_write(&result);
             }
+            ClientCommand::List {
+                target,
+                filter,
+                limit,
+                include_deleted,
+                at,
+                server,
+            } => {
+                let filter = filter
+                    .map(|f| serde_json::from_str::<Value>(&f))
+                    .transpose()
+                    .map_err(|e| format!("--filter is not valid JSON: {e}"))?;
+                let client = server.client()?;
+                let mut params = chronos::client::ListParams {
+                    filter,
+                    include_deleted,
+                    at,
+                    ..Default::default()
+                };
+                let mut items = Vec::new();
+                loop {
+                    let want = limit.map_or(1000, |l| (l - items.len()).min(1000));
+                    params.limit = Some(want);
+                    let page = client
+                        .list(&target.db, &target.collection, &params)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    items.extend(page.items);
+                    match page.next_after_id {
+                        Some(next) if limit.is_none_or(|l| items.len() < l) => {
+                            params.after_id = Some(next)
+                        }
+                        _ => break,
+                    }
+                }
+                server.print_records(items);
+            }
             ClientCommand::History { target, id, server } => {
                 let client = server.client()?;
                 let mut versions = Vec::new();
@@ -266,6 +321,35 @@ impl Server {
         }
         for (k, v) in record {
             table.add_row([k, plain(&v)]);
+        }
+        println!("{table}");
+    }
+}
+
+impl Server {
+    fn print_records(&self, items: Vec<Map<String, Value>>) {
+        if self.output == Output::Json {
+            println!(
+                "{}",
+                Value::Array(items.into_iter().map(Value::Object).collect())
+            );
+            return;
+        }
+        let mut table = Table::new();
+        table.set_header(["ID", "OV", "UPDATED", "DATA"]);
+        for mut item in items {
+            let system = item.remove("_system").unwrap_or(Value::Null);
+            let mut data = Value::Object(item).to_string();
+            if data.len() > 80 {
+                data.truncate(data.char_indices().nth(77).map_or(data.len(), |(i, _)| i));
+                data.push_str("...");
+            }
+            table.add_row([
+                plain(&system["id"]),
+                plain(&system["ov"]),
+                plain(&system["updatedAt"]),
+                data,
+            ]);
         }
         println!("{table}");
     }

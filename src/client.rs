@@ -71,6 +71,28 @@ pub struct HistoryPage {
     pub next_after_ov: Option<u64>,
 }
 
+/// A page of a listing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListPage {
+    pub items: Vec<Map<String, Value>>,
+    pub next_after_id: Option<String>,
+}
+
+/// What to list.
+#[derive(Debug, Clone, Default)]
+pub struct ListParams {
+    /// A filter on indexed properties, e.g. `{"status": "open"}`.
+    pub filter: Option<Value>,
+    pub limit: Option<usize>,
+    pub after_id: Option<String>,
+    pub descending: bool,
+    pub include_deleted: bool,
+    /// RFC 3339.
+    pub at: Option<String>,
+    pub fields: Option<Vec<String>>,
+}
+
 /// Which version a read asks for.
 #[derive(Debug, Clone, Default)]
 pub enum Version {
@@ -248,6 +270,34 @@ impl Client {
             query.push(("limit", l.to_string()));
         }
         let url = self.url(&["v1", db, collection, "items", id, "versions"]);
+        self.send(Method::GET, url, &query, HeaderMap::new(), None)
+            .await
+    }
+
+    pub async fn list(&self, db: &str, collection: &str, p: &ListParams) -> Result<ListPage> {
+        let mut query = Vec::new();
+        if let Some(f) = &p.filter {
+            query.push(("filter", f.to_string()));
+        }
+        if let Some(l) = p.limit {
+            query.push(("limit", l.to_string()));
+        }
+        if let Some(a) = &p.after_id {
+            query.push(("afterId", a.clone()));
+        }
+        if p.descending {
+            query.push(("sort", "-id".to_owned()));
+        }
+        if p.include_deleted {
+            query.push(("includeDeleted", "true".to_owned()));
+        }
+        if let Some(at) = &p.at {
+            query.push(("at", at.clone()));
+        }
+        if let Some(fields) = &p.fields {
+            query.push(("fields", fields.join(",")));
+        }
+        let url = self.url(&["v1", db, collection, "items"]);
         self.send(Method::GET, url, &query, HeaderMap::new(), None)
             .await
     }

@@ -4,13 +4,14 @@
 //! names the field and what was expected. Secrets may be given inline, as `{file: PATH}` (how
 //! Kubernetes mounts Secrets) or as `{env: NAME}`; they are never printed.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::engine::EngineSettings;
 use crate::engine::s3::S3Connection;
+use crate::engine::{CollectionMap, CollectionName, EngineSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -92,9 +93,31 @@ pub struct Config {
     pub local_storage: Option<LocalStorage>,
     #[serde(default)]
     pub engine: EngineConfig,
+    /// Per collection: which properties are indexed metadata and which are required.
+    #[serde(default)]
+    pub collection_maps: BTreeMap<String, CollectionMapConfig>,
     /// Bearer tokens for the HTTP API; without it the API is open (fine on a laptop only).
     #[serde(default)]
     pub auth: Option<AuthConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CollectionMapConfig {
+    /// Only these top-level properties are indexed (and get MongoDB indexes). Empty: every
+    /// top-level scalar property is indexed metadata.
+    #[serde(default)]
+    pub indexed_props: Vec<String>,
+    #[serde(default)]
+    pub validation: ValidationConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ValidationConfig {
+    /// Writes missing any of these properties are refused (422).
+    #[serde(default)]
+    pub required_indexed: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -197,6 +220,23 @@ pub enum Storage {
 }
 
 impl Config {
+    /// The engine's settings: tunables plus collection maps.
+    pub fn engine_settings(&self) -> EngineSettings {
+        let mut settings = self.engine.settings();
+        settings.collection_maps = self
+            .collection_maps
+            .iter()
+            .map(|(name, m)| {
+                let map = CollectionMap {
+                    indexed_props: Some(m.indexed_props.clone()).filter(|p| !p.is_empty()),
+                    required_indexed: m.validation.required_indexed.clone(),
+                };
+                (name.clone(), map)
+            })
+            .collect();
+        settings
+    }
+
     /// Read, parse and validate a file; `.json` files are JSON, everything else YAML.
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
@@ -314,6 +354,33 @@ impl Config {
                 "dbName".to_owned(),
                 "expected 1-38 characters of ASCII letters, digits, '_' and '-'",
             );
+        }
+        for (name, map) in &self.collection_maps {
+            let field = |f: &str| format!("collectionMaps.{name}{f}");
+            if let Err(e) = name.parse::<CollectionName>() {
+                issue(field(""), &e.to_string());
+            }
+            for (i, p) in map
+                .indexed_props
+                .iter()
+                .chain(&map.validation.required_indexed)
+                .enumerate()
+            {
+                if p.is_empty() || p.starts_with('$') || p.contains('.') || p == "_system" {
+                    issue(
+                        field(&format!(" property {i} ({p:?})")),
+                        "expected a top-level property name without `$` or `.`",
+                    );
+                }
+            }
+            for r in &map.validation.required_indexed {
+                if !map.indexed_props.is_empty() && !map.indexed_props.contains(r) {
+                    issue(
+                        field(".validation.requiredIndexed"),
+                        &format!("`{r}` is not listed in indexedProps"),
+                    );
+                }
+            }
         }
         if self.engine.max_payload_bytes == 0 {
             issue(
@@ -463,6 +530,28 @@ engine:
             file: dir.path().join("nope"),
         };
         assert!(missing.reveal().unwrap_err().contains("nope"));
+    }
+
+    #[test]
+    fn collection_maps_become_engine_settings() {
+        let c = Config::parse(
+            "collectionMaps:\n  orders:\n    indexedProps: [status, customer]\n    validation: {requiredIndexed: [status]}\n",
+        )
+        .unwrap();
+        assert!(c.validate().is_empty());
+        let map = &c.engine_settings().collection_maps["orders"];
+        assert_eq!(
+            map.indexed_props.as_deref(),
+            Some(&["status".to_owned(), "customer".to_owned()][..])
+        );
+        assert_eq!(map.required_indexed, ["status"]);
+        let bad = Config::parse("collectionMaps:\n  orders:\n    indexedProps: [a]\n    validation: {requiredIndexed: [b]}\n").unwrap();
+        assert_eq!(
+            bad.validate()[0].field,
+            "collectionMaps.orders.validation.requiredIndexed"
+        );
+        let bad = Config::parse("collectionMaps:\n  ../x: {}\n").unwrap();
+        assert_eq!(bad.validate()[0].field, "collectionMaps.../x");
     }
 
     #[test]

@@ -116,7 +116,7 @@ async fn check_config(path: PathBuf, connect: bool) -> Result<(), String> {
         connect::describe(&storage)
     );
     if connect {
-        connect::open(&storage, config.engine.settings(), &Connections::default())
+        connect::open(&storage, config.engine_settings(), &Connections::default())
             .await
             .map_err(|e| e.to_string())?;
         println!("backends reachable");
@@ -135,7 +135,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .clone()
         .or_else(|| config.auth.as_ref().map(|a| a.tokens_file.clone()));
     let tokens = tokens_file.as_deref().map(Tokens::load).transpose()?;
-    let settings = config.engine.settings();
+    let settings = config.engine_settings();
     let max_body_bytes = settings.max_payload_bytes + 64 * 1024;
     let engine = connect::open(&storage, settings, &Connections::default())
         .await

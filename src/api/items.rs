@@ -15,8 +15,8 @@ use super::auth::Caller;
 use super::error::{ApiError, ErrorBody, Result};
 use super::extract::{CollectionPath, ItemPath, JsonObject, Precondition, Q};
 use crate::engine::{
-    Attribution, CollectionName, Engine, ItemId, ReadOptions, Record, Timestamp, VersionEntry,
-    WriteOutcome,
+    Attribution, CollectionName, Engine, ItemId, ListOptions, ReadOptions, Record, Timestamp,
+    VersionEntry, WriteOutcome,
 };
 
 /// The result of a write.
@@ -129,6 +129,40 @@ pub struct HistoryQuery {
     include_deleted: bool,
 }
 
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// JSON filter on indexed properties: `{"status": "open", "n": {"$gte": 10}}`. Operators:
+    /// $eq $ne $in $nin $gt $gte $lt $lte $exists.
+    filter: Option<String>,
+    /// Page size, 1-1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<usize>,
+    /// Continue after this id (from `nextAfterId`).
+    after_id: Option<String>,
+    /// `id` (default) or `-id` for descending.
+    sort: Option<String>,
+    #[serde(default)]
+    include_deleted: bool,
+    /// List the collection as it was at this time (RFC 3339).
+    #[param(value_type = Option<String>, format = DateTime)]
+    at: Option<String>,
+    /// Comma-separated top-level properties to return.
+    fields: Option<String>,
+}
+
+/// A page of records.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ListResponse {
+    /// Records: data plus `_system`.
+    #[schema(value_type = Vec<Object>)]
+    pub items: Vec<Value>,
+    /// Pass as `afterId` for the next page; absent on the last page.
+    pub next_after_id: Option<String>,
+}
+
 fn attribution(
     caller: &Caller,
     actor: Option<String>,
@@ -238,6 +272,77 @@ pub async fn create(
         outcome,
         Some(location),
     ))
+}
+
+/// List items by indexed metadata, in id order, paged.
+#[utoipa::path(get, path = "/v1/{db}/{collection}/items", tag = "items",
+    params(("db" = String, Path), ("collection" = String, Path), ListQuery),
+    responses(
+        (status = 200, body = ListResponse),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn list(
+    State(state): State<AppState>,
+    path: CollectionPath,
+    Q(q): Q<ListQuery>,
+) -> Result<Json<ListResponse>> {
+    let engine = engine(&state, &path.db)?;
+    let filter = match q.filter.as_deref() {
+        None | Some("") => Value::Null,
+        Some(text) => serde_json::from_str(text)
+            .map_err(|e| ApiError::bad_request(format!("`filter` is not valid JSON: {e}")))?,
+    };
+    let descending = match q.sort.as_deref() {
+        None | Some("id") => false,
+        Some("-id") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "`sort` must be `id` or `-id`, not `{other}`"
+            )));
+        }
+    };
+    let at =
+        q.at.map(|at| at.parse::<Timestamp>())
+            .transpose()
+            .map_err(|e| ApiError::bad_request(format!("`at` must be an RFC 3339 time: {e}")))?;
+    let after_id = q
+        .after_id
+        .map(|a| a.parse::<ItemId>())
+        .transpose()
+        .map_err(|e| ApiError::bad_request(format!("`afterId`: {e}")))?;
+    let opts = ListOptions {
+        filter,
+        after_id,
+        limit: q.limit.unwrap_or(100),
+        descending,
+        include_deleted: q.include_deleted,
+        at,
+        fields: q.fields.map(|f| {
+            f.split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect()
+        }),
+    };
+    let page = engine
+        .list(&path.collection, &opts)
+        .await
+        .map_err(|e| match e {
+            // A bad filter or limit is a malformed request here, not invalid data.
+            crate::engine::Error::Validation { field, reason } => {
+                ApiError::bad_request(format!("invalid {field}: {reason}"))
+                    .with_details(json!({"field": field}))
+            }
+            other => other.into(),
+        })?;
+    Ok(Json(ListResponse {
+        items: page
+            .records
+            .into_iter()
+            .map(|r| record_json(&path.collection, r))
+            .collect(),
+        next_after_id: page.next_after_id.map(|i| i.to_string()),
+    }))
 }
 
 /// Read an item: the latest version, or `?ov=` / `?at=`.

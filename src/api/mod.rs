@@ -136,7 +136,7 @@ fn prometheus() -> PrometheusHandle {
 
 fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(items::create))
+        .routes(routes!(items::create, items::list))
         .routes(routes!(items::get, items::update, items::delete))
         .routes(routes!(items::history))
         .routes(routes!(ops::healthz))

@@ -10,7 +10,7 @@ use tokio::sync::OwnedMutexGuard;
 
 use super::error::{Error, Result};
 use super::model::{CollectionName, Head, ItemId, Op, State, Timestamp, VersionEntry};
-use super::store::{CommitError, HeadChange, MetaStore, PayloadStore, PendingWrite};
+use super::store::{CommitError, HeadChange, ListQuery, MetaStore, PayloadStore, PendingWrite};
 
 #[derive(Default)]
 struct Collection {
@@ -144,7 +144,11 @@ impl MetaStore for MemoryMetaStore {
         Ok(())
     }
 
-    async fn prepare_collection(&self, collection: &CollectionName) -> Result<()> {
+    async fn prepare_collection(
+        &self,
+        collection: &CollectionName,
+        _indexed: &[String],
+    ) -> Result<()> {
         self.lock().entry(collection.clone()).or_default();
         Ok(())
     }
@@ -211,6 +215,48 @@ impl MetaStore for MemoryMetaStore {
             .cloned())
     }
 
+    async fn list_heads(&self, collection: &CollectionName, q: &ListQuery) -> Result<Vec<Head>> {
+        let all = self.lock();
+        let Some(c) = all.get(collection) else {
+            return Ok(vec![]);
+        };
+        let mut heads: Vec<&Head> = c
+            .heads
+            .values()
+            .filter(|h| q.include_deleted || !h.deleted())
+            .filter(|h| after(&h.id, q))
+            .filter(|h| q.filter.matches(&h.meta))
+            .collect();
+        sort_by_id(&mut heads, |h| &h.id, q.descending);
+        Ok(heads.into_iter().take(q.limit).cloned().collect())
+    }
+
+    async fn list_as_of(
+        &self,
+        collection: &CollectionName,
+        at: Timestamp,
+        q: &ListQuery,
+    ) -> Result<Vec<VersionEntry>> {
+        let all = self.lock();
+        let Some(c) = all.get(collection) else {
+            return Ok(vec![]);
+        };
+        let mut current: HashMap<&ItemId, &VersionEntry> = HashMap::new();
+        for ((id, _), v) in &c.versions {
+            if v.at <= at {
+                current.insert(id, v);
+            }
+        }
+        let mut found: Vec<&VersionEntry> = current
+            .into_values()
+            .filter(|v| q.include_deleted || !v.deleted)
+            .filter(|v| after(&v.id, q))
+            .filter(|v| q.filter.matches(&v.meta))
+            .collect();
+        sort_by_id(&mut found, |v| &v.id, q.descending);
+        Ok(found.into_iter().take(q.limit).cloned().collect())
+    }
+
     async fn versions(
         &self,
         collection: &CollectionName,
@@ -229,6 +275,22 @@ impl MetaStore for MemoryMetaStore {
             .map(|(_, v)| v.clone())
             .collect())
     }
+}
+
+/// Whether `id` comes after the query's cursor in its direction.
+pub(crate) fn after(id: &ItemId, q: &ListQuery) -> bool {
+    match &q.after_id {
+        None => true,
+        Some(a) if q.descending => id < a,
+        Some(a) => id > a,
+    }
+}
+
+fn sort_by_id<T>(items: &mut [&T], id: impl Fn(&T) -> &ItemId, descending: bool) {
+    items.sort_by(|a, b| {
+        let o = id(a).cmp(id(b));
+        if descending { o.reverse() } else { o }
+    });
 }
 
 #[derive(Default, Clone)]

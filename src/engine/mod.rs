@@ -12,6 +12,7 @@ pub mod local;
 pub mod memory;
 pub mod model;
 pub mod mongo;
+pub mod query;
 pub mod s3;
 pub mod sqlite;
 pub mod store;
@@ -23,4 +24,4 @@ pub use model::{
     WriteOutcome,
 };
 pub use store::{MetaStore, PayloadStore};
-pub use versioning::{Engine, EngineSettings, ReadOptions};
+pub use versioning::{CollectionMap, Engine, EngineSettings, ListOptions, ListPage, ReadOptions};

@@ -21,12 +21,14 @@ use serde_json::{Map, Value};
 
 use super::error::{Error, Result};
 use super::model::{CollectionName, Head, ItemId, Op, State, Timestamp, VersionEntry};
-use super::store::{CommitError, HeadChange, MetaStore, PendingWrite};
+use super::query::{Cond, Filter};
+use super::store::{CommitError, HeadChange, ListQuery, MetaStore, PendingWrite};
 
 /// How often a write retries when another transaction holds its item, before giving up.
 const CONTENTION_ATTEMPTS: u32 = 40;
 const DUPLICATE_KEY: i32 = 11000;
 const ILLEGAL_OPERATION: i32 = 20;
+const NAMESPACE_NOT_FOUND: i32 = 26;
 
 pub struct MongoMetaStore {
     client: Client,
@@ -336,7 +338,7 @@ impl MetaStore for MongoMetaStore {
         Ok(())
     }
 
-    async fn prepare_collection(&self, c: &CollectionName) -> Result<()> {
+    async fn prepare_collection(&self, c: &CollectionName, indexed: &[String]) -> Result<()> {
         let unique = IndexOptions::builder()
             .unique(true)
             .name("itemId_ov".to_owned())
@@ -350,6 +352,30 @@ impl MetaStore for MongoMetaStore {
             )
             .await
             .map_err(map_err)?;
+        // One index per indexed property, named `meta_<prop>` so stale ones can be recognised.
+        let heads = self.heads(c);
+        let wanted: Vec<String> = indexed.iter().map(|p| format!("meta_{p}")).collect();
+        if !indexed.is_empty() {
+            let models = indexed.iter().zip(&wanted).map(|(p, name)| {
+                IndexModel::builder()
+                    .keys(doc! {format!("meta.{p}"): 1})
+                    .options(IndexOptions::builder().name(name.clone()).build())
+                    .build()
+            });
+            heads.create_indexes(models).await.map_err(map_err)?;
+        }
+        let existing = match heads.list_index_names().await {
+            Ok(names) => names,
+            // A collection that doesn't exist yet has no indexes to drop.
+            Err(e) if code(&e) == Some(NAMESPACE_NOT_FOUND) => vec![],
+            Err(e) => return Err(map_err(e)),
+        };
+        for stale in existing
+            .iter()
+            .filter(|n| n.starts_with("meta_") && !wanted.contains(n))
+        {
+            heads.drop_index(stale).await.map_err(map_err)?;
+        }
         Ok(())
     }
 
@@ -398,6 +424,83 @@ impl MetaStore for MongoMetaStore {
         found.map(|d| version_from_doc(id, &d)).transpose()
     }
 
+    async fn list_heads(&self, c: &CollectionName, q: &ListQuery) -> Result<Vec<Head>> {
+        use futures::TryStreamExt;
+        let mut filter = filter_doc(&q.filter);
+        if !q.include_deleted {
+            filter.insert("deletedAt", Bson::Null);
+        }
+        if let Some(after) = &q.after_id {
+            filter.insert(
+                "_id",
+                doc! {if q.descending { "$lt" } else { "$gt" }: after.as_str()},
+            );
+        }
+        let docs: Vec<Document> = self
+            .heads(c)
+            .find(filter)
+            .sort(doc! {"_id": if q.descending { -1 } else { 1 }})
+            .limit(q.limit as i64)
+            .batch_size(q.limit as u32)
+            .await
+            .map_err(map_err)?
+            .try_collect()
+            .await
+            .map_err(map_err)?;
+        docs.into_iter()
+            .map(|d| {
+                let id: ItemId = get_string(&d, "_id")?.parse()?;
+                head_from_doc(&id, d)
+            })
+            .collect()
+    }
+
+    async fn list_as_of(
+        &self,
+        c: &CollectionName,
+        at: Timestamp,
+        q: &ListQuery,
+    ) -> Result<Vec<VersionEntry>> {
+        use futures::TryStreamExt;
+        let mut first = doc! {"at": {"$lte": to_date(at)}};
+        if let Some(after) = &q.after_id {
+            first.insert(
+                "itemId",
+                doc! {if q.descending { "$lt" } else { "$gt" }: after.as_str()},
+            );
+        }
+        let mut then = filter_doc(&q.filter);
+        if !q.include_deleted {
+            then.insert("deleted", false);
+        }
+        let direction = if q.descending { -1 } else { 1 };
+        // Newest version at or before `at` per item, then the filter on that version's metadata.
+        let pipeline = vec![
+            doc! {"$match": first},
+            doc! {"$sort": {"itemId": direction, "ov": -1}},
+            doc! {"$group": {"_id": "$itemId", "v": {"$first": "$$ROOT"}}},
+            doc! {"$replaceRoot": {"newRoot": "$v"}},
+            doc! {"$match": then},
+            doc! {"$sort": {"itemId": direction}},
+            doc! {"$limit": q.limit as i64},
+        ];
+        let docs: Vec<Document> = self
+            .versions_coll(c)
+            .aggregate(pipeline)
+            .allow_disk_use(true)
+            .await
+            .map_err(map_err)?
+            .try_collect()
+            .await
+            .map_err(map_err)?;
+        docs.iter()
+            .map(|d| {
+                let id: ItemId = get_string(d, "itemId")?.parse()?;
+                version_from_doc(&id, d)
+            })
+            .collect()
+    }
+
     async fn versions(
         &self,
         c: &CollectionName,
@@ -423,6 +526,34 @@ impl MetaStore for MongoMetaStore {
             .map_err(map_err)?;
         docs.iter().map(|d| version_from_doc(id, d)).collect()
     }
+}
+
+/// The safe query subset as a MongoDB filter on `meta.<property>`.
+fn filter_doc(filter: &Filter) -> Document {
+    let mut out = Document::new();
+    for (field, cond) in &filter.clauses {
+        let (op, value) = match cond {
+            Cond::Eq(v) => ("$eq", to_bson(v)),
+            Cond::Ne(v) => ("$ne", to_bson(v)),
+            Cond::Gt(v) => ("$gt", to_bson(v)),
+            Cond::Gte(v) => ("$gte", to_bson(v)),
+            Cond::Lt(v) => ("$lt", to_bson(v)),
+            Cond::Lte(v) => ("$lte", to_bson(v)),
+            Cond::In(vs) => ("$in", Bson::Array(vs.iter().map(to_bson).collect())),
+            Cond::Nin(vs) => ("$nin", Bson::Array(vs.iter().map(to_bson).collect())),
+            Cond::Exists(b) => ("$exists", Bson::Boolean(*b)),
+        };
+        let key = format!("meta.{field}");
+        match out.get_mut(&key) {
+            Some(Bson::Document(ops)) => {
+                ops.insert(op, value);
+            }
+            _ => {
+                out.insert(key, doc! {op: value});
+            }
+        }
+    }
+    out
 }
 
 fn code(e: &mongodb::error::Error) -> Option<i32> {

@@ -22,9 +22,10 @@ use tokio::sync::OwnedMutexGuard;
 
 use super::error::{Error, Result};
 use super::local::LocalPayloadStore;
+use super::memory::after;
 use super::memory::{check_precondition, next_head};
 use super::model::{CollectionName, Head, ItemId, Timestamp, VersionEntry};
-use super::store::{CommitError, HeadChange, MetaStore, PendingWrite};
+use super::store::{CommitError, HeadChange, ListQuery, MetaStore, PendingWrite};
 use super::versioning::{Engine, EngineSettings};
 
 /// Bumped whenever the tables change; a database from a newer build is refused, not misread.
@@ -615,7 +616,11 @@ impl MetaStore for SqliteMetaStore {
         .await
     }
 
-    async fn prepare_collection(&self, _collection: &CollectionName) -> Result<()> {
+    async fn prepare_collection(
+        &self,
+        _collection: &CollectionName,
+        _indexed: &[String],
+    ) -> Result<()> {
         // The tables are shared by all collections and were created at open.
         Ok(())
     }
@@ -689,6 +694,99 @@ impl MetaStore for SqliteMetaStore {
                 params![c.as_str(), id.as_str(), at.as_millisecond()],
             )?;
             Ok(found.into_iter().next())
+        })
+        .await
+    }
+
+    async fn list_heads(&self, c: &CollectionName, q: &ListQuery) -> Result<Vec<Head>> {
+        let (c, q) = (c.clone(), q.clone());
+        self.with_conn(move |conn| {
+            let order = if q.descending { "DESC" } else { "ASC" };
+            let cmp = if q.descending { "<" } else { ">" };
+            let sql = format!(
+                "SELECT {HEAD_COLUMNS}, item_id FROM heads WHERE collection = ?1 AND (?2 IS NULL OR item_id {cmp} ?2) \
+                 AND (?3 OR deleted_at IS NULL) ORDER BY item_id {order} LIMIT ?4"
+            );
+            // The filter runs in process over pages in id order: the embedded store serves
+            // small collections, and this keeps one evaluator for every in-process store.
+            let mut found = Vec::new();
+            let mut cursor = q.after_id.as_ref().map(|i| i.as_str().to_owned());
+            let page = q.limit.max(256) as i64;
+            loop {
+                let rows = conn
+                    .prepare_cached(&sql)
+                    .and_then(|mut s| {
+                        s.query_map(params![c.as_str(), cursor, q.include_deleted, page], |r| {
+                            Ok((HeadRow::read(r)?, r.get::<_, String>(12)?))
+                        })?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                    })
+                    .map_err(map_sql)?;
+                let exhausted = (rows.len() as i64) < page;
+                for (row, id) in rows {
+                    cursor = Some(id.clone());
+                    let head = row.into_head(&id.parse()?)?;
+                    if q.filter.matches(&head.meta) {
+                        found.push(head);
+                        if found.len() == q.limit {
+                            return Ok(found);
+                        }
+                    }
+                }
+                if exhausted {
+                    return Ok(found);
+                }
+            }
+        })
+        .await
+    }
+
+    async fn list_as_of(
+        &self,
+        c: &CollectionName,
+        at: Timestamp,
+        q: &ListQuery,
+    ) -> Result<Vec<VersionEntry>> {
+        let (c, q) = (c.clone(), q.clone());
+        self.with_conn(move |conn| {
+            let order = if q.descending { "DESC" } else { "ASC" };
+            let cmp = if q.descending { "<" } else { ">" };
+            // The newest version at or before `at` of each item, in pages of item ids.
+            let sql = format!(
+                "SELECT {VERSION_COLUMNS}, item_id FROM versions v WHERE collection = ?1 AND at <= ?2 \
+                 AND (?3 IS NULL OR item_id {cmp} ?3) \
+                 AND ov = (SELECT MAX(ov) FROM versions w WHERE w.collection = v.collection \
+                           AND w.item_id = v.item_id AND w.at <= ?2) \
+                 ORDER BY item_id {order} LIMIT ?4"
+            );
+            let mut found = Vec::new();
+            let mut cursor = q.after_id.as_ref().map(|i| i.as_str().to_owned());
+            let page = q.limit.max(256) as i64;
+            loop {
+                let rows = conn
+                    .prepare_cached(&sql)
+                    .and_then(|mut s| {
+                        s.query_map(params![c.as_str(), at.as_millisecond(), cursor, page], |r| {
+                            Ok((VersionRow::read(r)?, r.get::<_, String>(11)?))
+                        })?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                    })
+                    .map_err(map_sql)?;
+                let exhausted = (rows.len() as i64) < page;
+                for (row, id) in rows {
+                    cursor = Some(id.clone());
+                    let v = row.into_version(&id.parse()?)?;
+                    if (q.include_deleted || !v.deleted) && q.filter.matches(&v.meta) && after(&v.id, &q) {
+                        found.push(v);
+                        if found.len() == q.limit {
+                            return Ok(found);
+                        }
+                    }
+                }
+                if exhausted {
+                    return Ok(found);
+                }
+            }
         })
         .await
     }

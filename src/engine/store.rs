@@ -8,6 +8,7 @@ use bytes::Bytes;
 
 use super::error::Result;
 use super::model::{CollectionName, Content, Head, ItemId, Op, Timestamp, VersionEntry};
+use super::query::Filter;
 use serde_json::{Map, Value};
 
 /// Object storage for payloads: one bucket (or directory) per store instance.
@@ -82,14 +83,30 @@ pub enum CommitError {
     Unknown(super::Error),
 }
 
+/// Which items a listing returns, in item-id order.
+#[derive(Debug, Clone)]
+pub struct ListQuery {
+    pub filter: Filter,
+    /// Start after this id (exclusive), in the listing's direction.
+    pub after_id: Option<ItemId>,
+    pub limit: usize,
+    pub descending: bool,
+    pub include_deleted: bool,
+}
+
 /// Heads, the version index and the collection-version sequence.
 #[async_trait]
 pub trait MetaStore: Send + Sync + 'static {
     /// Verify the backend is reachable and can give the guarantees the engine needs.
     async fn ping(&self) -> Result<()>;
-    /// Create what a collection needs (indexes…). Idempotent; the engine calls it once per
+    /// Create what a collection needs: its indexes, including one per indexed property (and
+    /// drop indexes of properties no longer indexed). Idempotent; the engine calls it once per
     /// collection per process, never per write.
-    async fn prepare_collection(&self, collection: &CollectionName) -> Result<()>;
+    async fn prepare_collection(
+        &self,
+        collection: &CollectionName,
+        indexed: &[String],
+    ) -> Result<()>;
     /// Start a write: allocate the next cv, check the precondition and hold the item until the
     /// returned [`PendingWrite`] commits or is dropped.
     ///
@@ -110,6 +127,17 @@ pub trait MetaStore: Send + Sync + 'static {
         id: &ItemId,
         at: Timestamp,
     ) -> Result<Option<VersionEntry>>;
+    /// Heads matching the query (the filter applies to their indexed metadata).
+    async fn list_heads(&self, collection: &CollectionName, query: &ListQuery)
+    -> Result<Vec<Head>>;
+    /// For each item, the version current at `at`, if it matches the query (the filter applies
+    /// to that version's metadata; deleted versions only with `include_deleted`).
+    async fn list_as_of(
+        &self,
+        collection: &CollectionName,
+        at: Timestamp,
+        query: &ListQuery,
+    ) -> Result<Vec<VersionEntry>>;
     /// Versions in ov order, starting after `after_ov`; at most `limit`.
     async fn versions(
         &self,

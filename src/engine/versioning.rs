@@ -14,13 +14,30 @@ use super::model::{
     Attribution, CollectionName, Content, Head, ItemId, Op, Record, State, SystemFields, Timestamp,
     VersionEntry, WriteOutcome, now, parse_data, payload_key,
 };
-use super::store::{CommitError, HeadChange, MetaStore, NewData, PayloadStore};
+use super::query::Filter;
+use super::store::{CommitError, HeadChange, ListQuery, MetaStore, NewData, PayloadStore};
 
 /// The key under which records carry their system fields; never part of stored data.
 pub const SYSTEM_KEY: &str = "_system";
 
 /// How many times a write whose commit failed transiently is redone from the start.
 const COMMIT_ATTEMPTS: usize = 5;
+
+/// What a collection indexes and requires (the original's "collection maps").
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CollectionMap {
+    /// Only these top-level properties become indexed metadata, each with a MongoDB index.
+    /// `None` or empty: every top-level scalar property is indexed metadata (without indexes).
+    pub indexed_props: Option<Vec<String>>,
+    /// Writes without these indexed properties are refused (422, listing what is missing).
+    pub required_indexed: Vec<String>,
+}
+
+impl CollectionMap {
+    fn explicit(&self) -> Option<&[String]> {
+        self.indexed_props.as_deref().filter(|p| !p.is_empty())
+    }
+}
 
 /// Tunables of the versioning core.
 #[derive(Debug, Clone)]
@@ -32,6 +49,8 @@ pub struct EngineSettings {
     pub max_payload_bytes: usize,
     /// Default indexed metadata takes top-level strings up to this length.
     pub meta_max_string_bytes: usize,
+    /// Per collection name.
+    pub collection_maps: HashMap<String, CollectionMap>,
 }
 
 impl Default for EngineSettings {
@@ -40,6 +59,7 @@ impl Default for EngineSettings {
             inline_max_bytes: 64 * 1024,
             max_payload_bytes: 8 * 1024 * 1024,
             meta_max_string_bytes: 1024,
+            collection_maps: HashMap::new(),
         }
     }
 }
@@ -49,6 +69,31 @@ impl Default for EngineSettings {
 pub struct ReadOptions {
     /// Return deleted items (and delete versions) instead of `NotFound`.
     pub include_deleted: bool,
+}
+
+/// What [`Engine::list`] returns.
+#[derive(Debug, Clone, Default)]
+pub struct ListOptions {
+    /// A filter in the safe subset (see [`Filter`]); `Value::Null` for none.
+    pub filter: Value,
+    /// Continue after this id (from [`ListPage::next_after_id`]).
+    pub after_id: Option<ItemId>,
+    /// 1 to 1000.
+    pub limit: usize,
+    pub descending: bool,
+    pub include_deleted: bool,
+    /// List the collection as it was at this time.
+    pub at: Option<Timestamp>,
+    /// Keep only these top-level properties of the data.
+    pub fields: Option<Vec<String>>,
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone)]
+pub struct ListPage {
+    pub records: Vec<Record>,
+    /// Pass as `after_id` for the next page; `None` on the last page.
+    pub next_after_id: Option<ItemId>,
 }
 
 /// One logical database: a metadata store and a payload store.
@@ -94,7 +139,7 @@ impl Engine {
         who: &Attribution,
     ) -> Result<(ItemId, WriteOutcome)> {
         let id = id.unwrap_or_else(ItemId::generate);
-        let data = self.new_data(data)?;
+        let data = self.new_data(collection, data)?;
         let outcome = self
             .write(collection, &id, Op::Create, None, Some(data), None, who)
             .await?;
@@ -110,7 +155,7 @@ impl Engine {
         expected_ov: Option<u64>,
         who: &Attribution,
     ) -> Result<WriteOutcome> {
-        let data = self.new_data(data)?;
+        let data = self.new_data(collection, data)?;
         self.write(
             collection,
             id,
@@ -147,24 +192,84 @@ impl Engine {
         if head.deleted() && !opts.include_deleted {
             return Err(not_found(collection, id));
         }
+        self.record_of_head(collection, head).await
+    }
+
+    async fn record_of_head(&self, collection: &CollectionName, head: Head) -> Result<Record> {
         let data = match &head.inline {
             Some(json) => parse_data(
                 json,
                 &head.checksum,
-                &format_args!("{collection}/{id} v{}", head.ov),
+                &format_args!("{collection}/{} v{}", head.id, head.ov),
             )?,
             None => {
-                self.load(collection, id, head.ov, &head.write_id, &head.checksum)
-                    .await?
-                    .data
+                self.load(
+                    collection,
+                    &head.id,
+                    head.ov,
+                    &head.write_id,
+                    &head.checksum,
+                )
+                .await?
+                .data
             }
         };
         Ok(Record {
-            id: head.id.clone(),
+            system: head.system(),
+            id: head.id,
             ov: head.ov,
             cv: head.cv,
-            system: head.system(),
             data,
+        })
+    }
+
+    /// List items by indexed metadata (the safe subset of [`Filter`]), in id order, paged.
+    pub async fn list(&self, collection: &CollectionName, opts: &ListOptions) -> Result<ListPage> {
+        use futures::{StreamExt, TryStreamExt};
+        if opts.limit == 0 || opts.limit > 1000 {
+            return Err(Error::validation("limit", "must be between 1 and 1000"));
+        }
+        let filter = Filter::parse(&opts.filter, &|p| self.is_indexed(collection, p))?;
+        let query = ListQuery {
+            filter,
+            after_id: opts.after_id.clone(),
+            limit: opts.limit,
+            descending: opts.descending,
+            include_deleted: opts.include_deleted,
+        };
+        let read = ReadOptions {
+            include_deleted: opts.include_deleted,
+        };
+        // Payloads not inline are fetched concurrently, keeping the listing's order.
+        let mut records: Vec<Record> = match opts.at {
+            None => {
+                let heads = self.meta.list_heads(collection, &query).await?;
+                futures::stream::iter(heads)
+                    .map(|h| self.record_of_head(collection, h))
+                    .buffered(16)
+                    .try_collect()
+                    .await?
+            }
+            Some(at) => {
+                let versions = self.meta.list_as_of(collection, at, &query).await?;
+                futures::stream::iter(versions)
+                    .map(|v| self.record_of(collection, v, read))
+                    .buffered(16)
+                    .try_collect()
+                    .await?
+            }
+        };
+        if let Some(fields) = &opts.fields {
+            for r in &mut records {
+                r.data.retain(|k, _| fields.iter().any(|f| f == k));
+            }
+        }
+        let next_after_id = (records.len() == opts.limit)
+            .then(|| records.last().map(|r| r.id.clone()))
+            .flatten();
+        Ok(ListPage {
+            records,
+            next_after_id,
         })
     }
 
@@ -260,7 +365,28 @@ impl Engine {
         envelope::decode(&bytes, collection, id, ov, write_id, checksum)
     }
 
-    fn new_data(&self, mut data: Map<String, Value>) -> Result<NewData> {
+    fn map(&self, collection: &CollectionName) -> Option<&CollectionMap> {
+        self.settings.collection_maps.get(collection.as_str())
+    }
+
+    /// Whether queries may filter on `property` in this collection.
+    pub fn is_indexed(&self, collection: &CollectionName, property: &str) -> bool {
+        match self.map(collection).and_then(CollectionMap::explicit) {
+            Some(props) => props.iter().any(|p| p == property),
+            None => {
+                !property.is_empty()
+                    && !property.starts_with('$')
+                    && !property.contains('.')
+                    && property != SYSTEM_KEY
+            }
+        }
+    }
+
+    fn new_data(
+        &self,
+        collection: &CollectionName,
+        mut data: Map<String, Value>,
+    ) -> Result<NewData> {
         // `_system` is ours: a record read, edited and written back must not smuggle it in.
         data.remove(SYSTEM_KEY);
         let content = Content::new(&data)?;
@@ -270,7 +396,28 @@ impl Engine {
                 limit: self.settings.max_payload_bytes,
             });
         }
-        let meta = default_meta(&data, self.settings.meta_max_string_bytes);
+        let map = self.map(collection);
+        let meta = match map.and_then(CollectionMap::explicit) {
+            Some(props) => explicit_meta(&data, props)?,
+            None => default_meta(&data, self.settings.meta_max_string_bytes),
+        };
+        if let Some(map) = map {
+            let missing: Vec<&str> = map
+                .required_indexed
+                .iter()
+                .filter(|p| data.get(p.as_str()).is_none_or(Value::is_null))
+                .map(String::as_str)
+                .collect();
+            if !missing.is_empty() {
+                return Err(Error::validation(
+                    "data",
+                    format!(
+                        "missing required indexed properties: {}",
+                        missing.join(", ")
+                    ),
+                ));
+            }
+        }
         let inline = content.json.len() <= self.settings.inline_max_bytes;
         Ok(NewData {
             content,
@@ -284,7 +431,12 @@ impl Engine {
             let mut prepared = self.prepared.lock().unwrap_or_else(|p| p.into_inner());
             prepared.entry(collection.clone()).or_default().clone()
         };
-        cell.get_or_try_init(|| self.meta.prepare_collection(collection))
+        let indexed = self
+            .map(collection)
+            .and_then(CollectionMap::explicit)
+            .map(<[String]>::to_vec)
+            .unwrap_or_default();
+        cell.get_or_try_init(|| self.meta.prepare_collection(collection, &indexed))
             .await
             .map(|_| ())
     }
@@ -446,6 +598,28 @@ fn default_meta(data: &Map<String, Value>, max_string: usize) -> Map<String, Val
         })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
+}
+
+/// With a collection map, exactly the listed properties are indexed metadata; each must be a
+/// scalar or an array of scalars, since that is what queries can compare.
+fn explicit_meta(data: &Map<String, Value>, props: &[String]) -> Result<Map<String, Value>> {
+    let mut meta = Map::new();
+    for p in props {
+        let Some(v) = data.get(p) else { continue };
+        let scalar = |v: &Value| !matches!(v, Value::Object(_) | Value::Array(_));
+        let ok = match v {
+            Value::Array(items) => items.iter().all(scalar),
+            other => scalar(other),
+        };
+        if !ok {
+            return Err(Error::validation(
+                p.clone(),
+                "an indexed property must be a string, number, boolean, null or an array of those",
+            ));
+        }
+        meta.insert(p.clone(), v.clone());
+    }
+    Ok(meta)
 }
 
 #[cfg(test)]

@@ -186,22 +186,70 @@ async fn round_trip(server: &Server) {
     assert_eq!(page["nextAfterOv"], 1);
 }
 
+async fn listing(server: &Server) {
+    let c = Client::new(&server.url, None).unwrap();
+    for i in 0..5 {
+        let data = obj(json!({"n": i, "status": if i < 3 { "open" } else { "closed" }}));
+        c.create(
+            "t1",
+            "tasks",
+            Some(&format!("task-{i}")),
+            &data,
+            &WriteOptions::default(),
+        )
+        .await
+        .unwrap();
+    }
+    let mut params = chronos::client::ListParams {
+        filter: Some(json!({"status": "open"})),
+        limit: Some(2),
+        ..Default::default()
+    };
+    let first = c.list("t1", "tasks", &params).await.unwrap();
+    assert_eq!(first.items.len(), 2);
+    assert_eq!(first.items[0]["_system"]["id"], "task-0");
+    params.after_id = first.next_after_id.clone();
+    let second = c.list("t1", "tasks", &params).await.unwrap();
+    assert_eq!(second.items.len(), 1);
+    assert_eq!(second.items[0]["_system"]["id"], "task-2");
+    assert_eq!(second.next_after_id, None);
+    for bad in [
+        "{\"$where\": \"1\"}",
+        "{\"n\": {\"$regex\": \"x\"}}",
+        "not json",
+    ] {
+        let resp = server
+            .http
+            .get(format!("{}/v1/t1/tasks/items", server.url))
+            .query(&[("filter", bad)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{bad}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["code"], "bad_request");
+    }
+}
+
 #[tokio::test]
 async fn api_round_trip_memory() {
     let (server, _h) = serve_one(support::memory(EngineSettings::default())).await;
     round_trip(&server).await;
+    listing(&server).await;
 }
 
 #[tokio::test]
 async fn api_round_trip_mongo_s3() {
     let (server, _h) = serve_one(support::mongo_s3(EngineSettings::default()).await).await;
     round_trip(&server).await;
+    listing(&server).await;
 }
 
 #[tokio::test]
 async fn api_round_trip_embedded() {
     let (server, _h) = serve_one(support::embedded(EngineSettings::default())).await;
     round_trip(&server).await;
+    listing(&server).await;
 }
 
 /// Client mistakes are clear 4xx in the one error shape; nothing is written.

@@ -177,6 +177,7 @@ async fn metrics_count_requests_by_route() {
         .find(|l| {
             l.starts_with("chronos_http_requests_total{")
                 && l.contains(r#"route="/v1/{db}/{collection}/items/{id}""#)
+                && l.contains(r#"method="GET""#)
                 && l.contains(r#"status="404""#)
         })
         .unwrap_or_else(|| panic!("no request counter for the item route in:\n{text}"));
