@@ -10,7 +10,9 @@ use tokio::sync::OwnedMutexGuard;
 
 use super::error::{Error, Result};
 use super::model::{CollectionName, Head, ItemId, Op, State, Timestamp, VersionEntry};
-use super::store::{CommitError, HeadChange, ListQuery, MetaStore, PayloadStore, PendingWrite};
+use super::store::{
+    CommitError, HeadChange, ListQuery, MetaStore, NewData, PayloadStore, PendingWrite,
+};
 
 #[derive(Default)]
 struct Collection {
@@ -55,6 +57,11 @@ impl PendingWrite for MemoryPending {
     }
     fn cv(&self) -> u64 {
         self.cv
+    }
+
+    async fn set_data(&mut self, data: NewData) -> Result<()> {
+        self.change.data = Some(data);
+        Ok(())
     }
 
     async fn commit(self: Box<Self>, version: VersionEntry) -> Result<(), CommitError> {

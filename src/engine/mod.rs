@@ -10,6 +10,7 @@ pub mod envelope;
 pub mod error;
 pub mod local;
 pub mod memory;
+pub mod merge;
 pub mod model;
 pub mod mongo;
 pub mod query;
@@ -24,4 +25,7 @@ pub use model::{
     WriteOutcome,
 };
 pub use store::{MetaStore, PayloadStore};
-pub use versioning::{CollectionMap, Engine, EngineSettings, ListOptions, ListPage, ReadOptions};
+pub use versioning::{
+    CollectionMap, Engine, EngineSettings, Enrichment, ListOptions, ListPage, ReadOptions,
+    VersionTarget,
+};

@@ -22,7 +22,7 @@ use serde_json::{Map, Value};
 use super::error::{Error, Result};
 use super::model::{CollectionName, Head, ItemId, Op, State, Timestamp, VersionEntry};
 use super::query::{Cond, Filter};
-use super::store::{CommitError, HeadChange, ListQuery, MetaStore, PendingWrite};
+use super::store::{CommitError, HeadChange, ListQuery, MetaStore, NewData, PendingWrite};
 
 /// How often a write retries when another transaction holds its item, before giving up.
 const CONTENTION_ATTEMPTS: u32 = 40;
@@ -122,6 +122,8 @@ impl MongoMetaStore {
             }
         }
         Ok(Box::new(MongoPending {
+            heads: self.heads(&change.collection),
+            id: change.id.clone(),
             store_versions: self.versions_coll(&change.collection),
             session,
             previous: None,
@@ -140,8 +142,8 @@ impl MongoMetaStore {
             let mut find = heads
                 .find_one_and_update(filter, update)
                 .return_document(ReturnDocument::Before);
-            if change.op != Op::Delete {
-                // Only a delete carries the previous data forward; don't ship it otherwise.
+            if change.data.is_some() {
+                // Only writes that build on the previous data (delete, enrich) need it shipped.
                 find = find.projection(doc! {"data": 0});
             }
             match find.session(&mut session).await {
@@ -149,6 +151,8 @@ impl MongoMetaStore {
                     let previous = head_from_doc(&change.id, before)?;
                     let ov = previous.ov + 1;
                     return Ok(Box::new(MongoPending {
+                        heads: heads.clone(),
+                        id: change.id.clone(),
                         store_versions: self.versions_coll(&change.collection),
                         session,
                         previous: Some(previous),
@@ -243,6 +247,8 @@ async fn backoff(attempt: u32) {
 }
 
 struct MongoPending {
+    heads: Collection<Document>,
+    id: ItemId,
     store_versions: Collection<Document>,
     session: ClientSession,
     previous: Option<Head>,
@@ -260,6 +266,27 @@ impl PendingWrite for MongoPending {
     }
     fn cv(&self) -> u64 {
         self.cv
+    }
+
+    async fn set_data(&mut self, data: NewData) -> Result<()> {
+        let mut set = doc! {
+            "size": data.content.size() as i64,
+            "checksum": &data.content.checksum,
+            "meta": to_bson_doc(&data.meta),
+        };
+        let mut update = Document::new();
+        if data.inline {
+            set.insert("data", data.content.json.as_str());
+        } else {
+            update.insert("$unset", doc! {"data": ""});
+        }
+        update.insert("$set", set);
+        self.heads
+            .update_one(doc! {"_id": self.id.as_str()}, update)
+            .session(&mut self.session)
+            .await
+            .map_err(map_err)?;
+        Ok(())
     }
 
     async fn commit(mut self: Box<Self>, v: VersionEntry) -> Result<(), CommitError> {

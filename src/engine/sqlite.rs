@@ -25,7 +25,7 @@ use super::local::LocalPayloadStore;
 use super::memory::after;
 use super::memory::{check_precondition, next_head};
 use super::model::{CollectionName, Head, ItemId, Timestamp, VersionEntry};
-use super::store::{CommitError, HeadChange, ListQuery, MetaStore, PendingWrite};
+use super::store::{CommitError, HeadChange, ListQuery, MetaStore, NewData, PendingWrite};
 use super::versioning::{Engine, EngineSettings};
 
 /// Bumped whenever the tables change; a database from a newer build is refused, not misread.
@@ -570,6 +570,11 @@ impl PendingWrite for SqlitePending {
     }
     fn cv(&self) -> u64 {
         self.cv
+    }
+
+    async fn set_data(&mut self, data: NewData) -> Result<()> {
+        self.change.data = Some(data);
+        Ok(())
     }
 
     async fn commit(self: Box<Self>, version: VersionEntry) -> Result<(), CommitError> {

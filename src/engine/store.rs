@@ -67,6 +67,9 @@ pub trait PendingWrite: Send {
     fn ov(&self) -> u64;
     /// The collection version this write was given.
     fn cv(&self) -> u64;
+    /// Set the data the new head carries, for writes whose data depends on the previous
+    /// version (enrichment): they begin without data and fill it in while holding the item.
+    async fn set_data(&mut self, data: NewData) -> Result<()>;
     /// Make the head change and the version entry durable, atomically.
     async fn commit(self: Box<Self>, version: VersionEntry) -> Result<(), CommitError>;
     /// Give the item back without changing anything.

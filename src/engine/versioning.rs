@@ -71,6 +71,40 @@ pub struct ReadOptions {
     pub include_deleted: bool,
 }
 
+/// Where a write's data comes from.
+enum NewContent<'a> {
+    Data(NewData),
+    /// The previous version's data (a logical delete).
+    KeepPrevious,
+    /// The previous version's data with these patches merged in (enrichment).
+    Merge(&'a [Map<String, Value>]),
+}
+
+/// How [`Engine::enrich`] writes.
+#[derive(Debug, Clone, Default)]
+pub struct Enrichment {
+    /// Recorded in `_system.functionIds` (provenance).
+    pub function_id: Option<String>,
+    /// Optimistic lock; without it, concurrent writes are merged over.
+    pub expected_ov: Option<u64>,
+}
+
+/// Which earlier version a restore brings back.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum VersionTarget {
+    Ov(u64),
+    At(Timestamp),
+}
+
+impl std::fmt::Display for VersionTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VersionTarget::Ov(ov) => write!(f, "ov {ov}"),
+            VersionTarget::At(at) => write!(f, "{at}"),
+        }
+    }
+}
+
 /// What [`Engine::list`] returns.
 #[derive(Debug, Clone, Default)]
 pub struct ListOptions {
@@ -141,7 +175,15 @@ impl Engine {
         let id = id.unwrap_or_else(ItemId::generate);
         let data = self.new_data(collection, data)?;
         let outcome = self
-            .write(collection, &id, Op::Create, None, Some(data), None, who)
+            .write(
+                collection,
+                &id,
+                Op::Create,
+                None,
+                NewContent::Data(data),
+                None,
+                who,
+            )
             .await?;
         Ok((id, outcome))
     }
@@ -161,7 +203,7 @@ impl Engine {
             id,
             Op::Update,
             expected_ov,
-            Some(data),
+            NewContent::Data(data),
             None,
             who,
         )
@@ -176,8 +218,92 @@ impl Engine {
         expected_ov: Option<u64>,
         who: &Attribution,
     ) -> Result<WriteOutcome> {
-        self.write(collection, id, Op::Delete, expected_ov, None, None, who)
-            .await
+        self.write(
+            collection,
+            id,
+            Op::Delete,
+            expected_ov,
+            NewContent::KeepPrevious,
+            None,
+            who,
+        )
+        .await
+    }
+
+    /// Enrich an item: deep-merge `patches` in order into its latest data (see [`merge`]), as
+    /// one new version. `function_id` is added to `_system.functionIds`. The merge happens while
+    /// the item is held, so concurrent enrichments serialise and none of them is lost.
+    ///
+    /// [`merge`]: super::merge
+    pub async fn enrich(
+        &self,
+        collection: &CollectionName,
+        id: &ItemId,
+        patches: &[Map<String, Value>],
+        enrichment: &Enrichment,
+        who: &Attribution,
+    ) -> Result<WriteOutcome> {
+        if patches.is_empty() {
+            return Err(Error::validation("patches", "at least one patch is needed"));
+        }
+        if let Some(f) = &enrichment.function_id
+            && (f.is_empty() || f.len() > 256)
+        {
+            return Err(Error::validation("functionId", "must be 1-256 characters"));
+        }
+        let function_id = enrichment.function_id.clone();
+        let content = NewContent::Merge(patches);
+        self.write(
+            collection,
+            id,
+            Op::Update,
+            enrichment.expected_ov,
+            content,
+            function_id,
+            who,
+        )
+        .await
+    }
+
+    /// Append a version equal to an earlier one (by ov or by time). Restoring a deleted item
+    /// undeletes it. Nothing is rewritten: history only grows.
+    pub async fn restore_object(
+        &self,
+        collection: &CollectionName,
+        id: &ItemId,
+        target: VersionTarget,
+        expected_ov: Option<u64>,
+        who: &Attribution,
+    ) -> Result<WriteOutcome> {
+        let entry = match target {
+            VersionTarget::Ov(ov) => self.meta.version(collection, id, ov).await?,
+            VersionTarget::At(at) => self.meta.version_as_of(collection, id, at).await?,
+        };
+        let entry =
+            entry.ok_or_else(|| Error::NotFound(format!("{collection}/{id} at {target}")))?;
+        if entry.deleted {
+            return Err(Error::validation(
+                "target",
+                format!(
+                    "version {} of {collection}/{id} is a delete; restore a version before it",
+                    entry.ov
+                ),
+            ));
+        }
+        let decoded = self
+            .load(collection, id, entry.ov, &entry.write_id, &entry.checksum)
+            .await?;
+        let data = self.new_data(collection, decoded.data)?;
+        self.write(
+            collection,
+            id,
+            Op::Restore,
+            expected_ov,
+            NewContent::Data(data),
+            None,
+            who,
+        )
+        .await
     }
 
     /// The latest version of an item.
@@ -450,7 +576,7 @@ impl Engine {
         id: &ItemId,
         op: Op,
         expected_ov: Option<u64>,
-        data: Option<NewData>,
+        content: NewContent<'_>,
         function_id: Option<String>,
         who: &Attribution,
     ) -> Result<WriteOutcome> {
@@ -458,19 +584,37 @@ impl Engine {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let change = HeadChange {
+            let mut change = HeadChange {
                 collection: collection.clone(),
                 id: id.clone(),
                 op,
                 expected_ov,
                 write_id: uuid::Uuid::now_v7().simple().to_string(),
                 at: now(),
-                data: data.clone(),
+                data: match &content {
+                    NewContent::Data(d) => Some(d.clone()),
+                    NewContent::KeepPrevious | NewContent::Merge(_) => None,
+                },
                 function_id: function_id.clone(),
             };
-            let pending = self.meta.begin_write(change.clone()).await?;
+            let mut pending = self.meta.begin_write(change.clone()).await?;
             let (ov, cv) = (pending.ov(), pending.cv());
             let previous = pending.previous().cloned();
+            if let NewContent::Merge(patches) = &content {
+                // The item is held: merging over its current data can't lose a concurrent write.
+                let merged = match self.merged(collection, previous.as_ref(), patches).await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        pending.abort().await;
+                        return Err(e);
+                    }
+                };
+                if let Err(e) = pending.set_data(merged.clone()).await {
+                    pending.abort().await;
+                    return Err(e);
+                }
+                change.data = Some(merged);
+            }
             let prepared = match self
                 .version_for(&change, previous.as_ref(), ov, cv, who)
                 .await
@@ -510,6 +654,24 @@ impl Engine {
                 }
             }
         }
+    }
+
+    async fn merged(
+        &self,
+        collection: &CollectionName,
+        previous: Option<&Head>,
+        patches: &[Map<String, Value>],
+    ) -> Result<NewData> {
+        let previous = previous
+            .ok_or_else(|| Error::Corrupt("an enrichment needs a previous version".into()))?;
+        let mut data = self
+            .record_of_head(collection, previous.clone())
+            .await?
+            .data;
+        for patch in patches {
+            super::merge::merge_object(&mut data, patch);
+        }
+        self.new_data(collection, data)
     }
 
     /// Build the version entry and payload of a write once the store has told us the previous head.

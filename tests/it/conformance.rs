@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 
 use chronos::engine::{
-    Attribution, CollectionName, Error, ItemId, ListOptions, Op, ReadOptions, State,
+    Attribution, CollectionName, Enrichment, Error, ItemId, ListOptions, Op, ReadOptions, State,
+    VersionTarget,
 };
 use serde_json::{Map, Value, json};
 
@@ -21,7 +22,9 @@ macro_rules! conformance_suite {
             system_fields_cannot_be_injected, oversized_payloads_are_refused,
             cold_payloads_are_read_from_the_payload_store, a_payload_of_another_item_is_never_served,
             racing_writers_lose_cleanly, cv_orders_all_writes_of_a_collection,
-            list_filters_pages_and_travels_in_time, collection_maps_index_and_require);
+            list_filters_pages_and_travels_in_time, collection_maps_index_and_require,
+            enrichment_merges_and_records_provenance, concurrent_enrichments_lose_nothing,
+            restore_object_appends_the_old_version);
     };
     (@tests $make:expr; $($name:ident),*) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -859,4 +862,205 @@ pub async fn collection_maps_index_and_require(h: &Harness) {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("not an indexed property"), "{err}");
+}
+
+fn enrichment(function_id: &str) -> Enrichment {
+    Enrichment {
+        function_id: Some(function_id.into()),
+        expected_ov: None,
+    }
+}
+
+pub async fn enrichment_merges_and_records_provenance(h: &Harness) {
+    let e = &h.engine;
+    let base = obj(
+        json!({"name": "n", "tags": ["a"], "addr": {"city": "X", "zip": "1"}, "people": [{"id": "p1", "age": 1}]}),
+    );
+    let (id, _) = e.create(&coll(), None, base, &who()).await.unwrap();
+    let patches = [
+        obj(
+            json!({"tags": ["b", "a"], "addr": {"zip": null, "street": "S"}, "people": [{"id": "p1", "age": 2}, {"id": "p2"}]}),
+        ),
+        obj(json!({"score": 7})),
+    ];
+    let out = e
+        .enrich(&coll(), &id, &patches, &enrichment("geo"), &who())
+        .await
+        .unwrap();
+    assert_eq!(out.ov, 1, "one version per call, however many patches");
+    let r = e.get_latest(&coll(), &id, LATEST).await.unwrap();
+    assert_eq!(
+        r.data,
+        obj(
+            json!({"name": "n", "tags": ["a", "b"], "addr": {"city": "X", "zip": null, "street": "S"},
+                   "people": [{"id": "p1", "age": 2}, {"id": "p2"}], "score": 7})
+        )
+    );
+    assert_eq!(r.system.function_ids, ["geo"]);
+    // Re-applying the same patches changes no data but is still a version; functionIds stay a set.
+    e.enrich(&coll(), &id, &patches, &enrichment("geo"), &who())
+        .await
+        .unwrap();
+    e.enrich(
+        &coll(),
+        &id,
+        &[obj(json!({"x": 1}))],
+        &enrichment("ner"),
+        &who(),
+    )
+    .await
+    .unwrap();
+    let r = e.get_latest(&coll(), &id, LATEST).await.unwrap();
+    assert_eq!(r.ov, 3);
+    assert_eq!(r.system.function_ids, ["geo", "ner"]);
+    let v2 = e.get_version(&coll(), &id, 2, LATEST).await.unwrap();
+    assert_eq!(
+        v2.system.function_ids,
+        ["geo"],
+        "each version records its provenance"
+    );
+    // A plain update keeps the provenance.
+    e.update(&coll(), &id, obj(json!({"replaced": true})), None, &who())
+        .await
+        .unwrap();
+    assert_eq!(
+        e.get_latest(&coll(), &id, LATEST)
+            .await
+            .unwrap()
+            .system
+            .function_ids,
+        ["geo", "ner"]
+    );
+
+    let stale = Enrichment {
+        function_id: None,
+        expected_ov: Some(0),
+    };
+    assert!(matches!(
+        e.enrich(&coll(), &id, &patches, &stale, &who()).await,
+        Err(Error::VersionConflict { current: 4, .. })
+    ));
+    assert!(matches!(
+        e.enrich(&coll(), &id, &[], &stale, &who()).await,
+        Err(Error::Validation { .. })
+    ));
+    e.delete(&coll(), &id, None, &who()).await.unwrap();
+    assert!(matches!(
+        e.enrich(&coll(), &id, &patches, &enrichment("geo"), &who())
+            .await,
+        Err(Error::NotFound(_))
+    ));
+}
+
+/// Enrichments without an expected ov race, yet none of their additions is lost.
+pub async fn concurrent_enrichments_lose_nothing(h: &Harness) {
+    let (id, _) = h
+        .engine
+        .create(&coll(), None, obj(json!({"seen": []})), &who())
+        .await
+        .unwrap();
+    let tasks = (0..8).map(|w| {
+        let e = h.engine.clone();
+        let id = id.clone();
+        tokio::spawn(async move {
+            for i in 0..3 {
+                let patch = obj(json!({"seen": [format!("{w}-{i}")]}));
+                e.enrich(
+                    &coll(),
+                    &id,
+                    &[patch],
+                    &enrichment(&format!("f{w}")),
+                    &who(),
+                )
+                .await
+                .unwrap();
+            }
+        })
+    });
+    for t in futures::future::join_all(tasks).await {
+        t.unwrap();
+    }
+    let r = h.engine.get_latest(&coll(), &id, LATEST).await.unwrap();
+    assert_eq!(r.ov, 24);
+    let mut seen: Vec<String> = r.data["seen"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    seen.sort();
+    let mut expected: Vec<String> = (0..8)
+        .flat_map(|w| (0..3).map(move |i| format!("{w}-{i}")))
+        .collect();
+    expected.sort();
+    assert_eq!(seen, expected);
+    assert_eq!(r.system.function_ids.len(), 8);
+}
+
+pub async fn restore_object_appends_the_old_version(h: &Harness) {
+    let e = &h.engine;
+    let (id, first) = e
+        .create(&coll(), None, obj(json!({"v": "original"})), &who())
+        .await
+        .unwrap();
+    // Versions carry millisecond times: let the clock pass the create's before changing.
+    while chronos::engine::model::now() <= first.at {
+        tokio::task::yield_now().await;
+    }
+    e.update(&coll(), &id, obj(json!({"v": "changed"})), Some(0), &who())
+        .await
+        .unwrap();
+    let r = e
+        .restore_object(
+            &coll(),
+            &id,
+            VersionTarget::Ov(0),
+            Some(1),
+            &Attribution::new("ops", "oops"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.ov, 2, "restore appends");
+    let latest = e.get_latest(&coll(), &id, LATEST).await.unwrap();
+    assert_eq!(latest.data, obj(json!({"v": "original"})));
+    let hist = e.history(&coll(), &id, None, 10, LATEST).await.unwrap();
+    assert_eq!(
+        hist.iter().map(|v| v.op).collect::<Vec<_>>(),
+        [Op::Create, Op::Update, Op::Restore]
+    );
+    assert_eq!(
+        e.get_version(&coll(), &id, 1, LATEST).await.unwrap().data,
+        obj(json!({"v": "changed"})),
+        "history untouched"
+    );
+
+    // Restoring a deleted item undeletes it; by time works too.
+    e.delete(&coll(), &id, Some(2), &who()).await.unwrap();
+    let r = e
+        .restore_object(&coll(), &id, VersionTarget::At(first.at), None, &who())
+        .await
+        .unwrap();
+    assert_eq!(r.ov, 4);
+    let latest = e.get_latest(&coll(), &id, LATEST).await.unwrap();
+    assert!(!latest.system.deleted);
+    assert_eq!(latest.data, obj(json!({"v": "original"})));
+
+    assert!(
+        matches!(
+            e.restore_object(&coll(), &id, VersionTarget::Ov(3), None, &who())
+                .await,
+            Err(Error::Validation { .. })
+        ),
+        "a delete version is no target"
+    );
+    assert!(matches!(
+        e.restore_object(&coll(), &id, VersionTarget::Ov(99), None, &who())
+            .await,
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        e.restore_object(&coll(), &id, VersionTarget::Ov(0), Some(0), &who())
+            .await,
+        Err(Error::VersionConflict { .. })
+    ));
 }
