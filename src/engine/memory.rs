@@ -11,7 +11,8 @@ use tokio::sync::OwnedMutexGuard;
 use super::error::{Error, Result};
 use super::model::{CollectionName, Head, ItemId, Op, State, Timestamp, VersionEntry};
 use super::store::{
-    CommitError, HeadChange, ListQuery, MetaStore, NewData, PayloadStore, PendingWrite,
+    CommitError, HeadChange, HistoryPoint, ListQuery, MetaStore, NewData, PayloadStore,
+    PendingWrite,
 };
 
 #[derive(Default)]
@@ -262,6 +263,36 @@ impl MetaStore for MemoryMetaStore {
             .collect();
         sort_by_id(&mut found, |v| &v.id, q.descending);
         Ok(found.into_iter().take(q.limit).cloned().collect())
+    }
+
+    async fn versions_at(
+        &self,
+        collection: &CollectionName,
+        ids: &[ItemId],
+        point: HistoryPoint,
+    ) -> Result<Vec<VersionEntry>> {
+        let all = self.lock();
+        let Some(c) = all.get(collection) else {
+            return Ok(vec![]);
+        };
+        Ok(ids
+            .iter()
+            .filter_map(|id| {
+                c.versions
+                    .range((id.clone(), 0)..=(id.clone(), u64::MAX))
+                    .rev()
+                    .map(|(_, v)| v)
+                    .find(|v| point.includes(v))
+                    .cloned()
+            })
+            .collect())
+    }
+
+    async fn count_items(&self, collection: &CollectionName) -> Result<u64> {
+        Ok(self
+            .lock()
+            .get(collection)
+            .map_or(0, |c| c.heads.len() as u64))
     }
 
     async fn versions(

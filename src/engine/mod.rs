@@ -14,6 +14,7 @@ pub mod merge;
 pub mod model;
 pub mod mongo;
 pub mod query;
+pub mod restore;
 pub mod s3;
 pub mod sqlite;
 pub mod store;
@@ -24,7 +25,8 @@ pub use model::{
     Attribution, CollectionName, ItemId, Op, Record, State, SystemFields, Timestamp, VersionEntry,
     WriteOutcome,
 };
-pub use store::{MetaStore, PayloadStore};
+pub use restore::{RestoreCounts, RestorePage};
+pub use store::{HistoryPoint, MetaStore, PayloadStore};
 pub use versioning::{
     CollectionMap, Engine, EngineSettings, Enrichment, ListOptions, ListPage, ReadOptions,
     VersionTarget,

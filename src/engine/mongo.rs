@@ -22,7 +22,9 @@ use serde_json::{Map, Value};
 use super::error::{Error, Result};
 use super::model::{CollectionName, Head, ItemId, Op, State, Timestamp, VersionEntry};
 use super::query::{Cond, Filter};
-use super::store::{CommitError, HeadChange, ListQuery, MetaStore, NewData, PendingWrite};
+use super::store::{
+    CommitError, HeadChange, HistoryPoint, ListQuery, MetaStore, NewData, PendingWrite,
+};
 
 /// How often a write retries when another transaction holds its item, before giving up.
 const CONTENTION_ATTEMPTS: u32 = 40;
@@ -526,6 +528,49 @@ impl MetaStore for MongoMetaStore {
                 version_from_doc(&id, d)
             })
             .collect()
+    }
+
+    async fn versions_at(
+        &self,
+        c: &CollectionName,
+        ids: &[ItemId],
+        point: HistoryPoint,
+    ) -> Result<Vec<VersionEntry>> {
+        use futures::TryStreamExt;
+        let bound = match point {
+            HistoryPoint::Cv(cv) => doc! {"cv": {"$lte": cv as i64}},
+            HistoryPoint::At(at) => doc! {"at": {"$lte": to_date(at)}},
+        };
+        let mut first =
+            doc! {"itemId": {"$in": ids.iter().map(ItemId::as_str).collect::<Vec<_>>()}};
+        first.extend(bound);
+        let pipeline = vec![
+            doc! {"$match": first},
+            doc! {"$sort": {"itemId": 1, "ov": -1}},
+            doc! {"$group": {"_id": "$itemId", "v": {"$first": "$$ROOT"}}},
+            doc! {"$replaceRoot": {"newRoot": "$v"}},
+        ];
+        let docs: Vec<Document> = self
+            .versions_coll(c)
+            .aggregate(pipeline)
+            .await
+            .map_err(map_err)?
+            .try_collect()
+            .await
+            .map_err(map_err)?;
+        docs.iter()
+            .map(|d| {
+                let id: ItemId = get_string(d, "itemId")?.parse()?;
+                version_from_doc(&id, d)
+            })
+            .collect()
+    }
+
+    async fn count_items(&self, c: &CollectionName) -> Result<u64> {
+        self.heads(c)
+            .estimated_document_count()
+            .await
+            .map_err(map_err)
     }
 
     async fn versions(

@@ -25,7 +25,9 @@ use super::local::LocalPayloadStore;
 use super::memory::after;
 use super::memory::{check_precondition, next_head};
 use super::model::{CollectionName, Head, ItemId, Timestamp, VersionEntry};
-use super::store::{CommitError, HeadChange, ListQuery, MetaStore, NewData, PendingWrite};
+use super::store::{
+    CommitError, HeadChange, HistoryPoint, ListQuery, MetaStore, NewData, PendingWrite,
+};
 use super::versioning::{Engine, EngineSettings};
 
 /// Bumped whenever the tables change; a database from a newer build is refused, not misread.
@@ -792,6 +794,48 @@ impl MetaStore for SqliteMetaStore {
                     return Ok(found);
                 }
             }
+        })
+        .await
+    }
+
+    async fn versions_at(
+        &self,
+        c: &CollectionName,
+        ids: &[ItemId],
+        point: HistoryPoint,
+    ) -> Result<Vec<VersionEntry>> {
+        let (c, ids) = (c.clone(), ids.to_vec());
+        self.with_conn(move |conn| {
+            let (column, bound) = match point {
+                HistoryPoint::Cv(cv) => ("cv", to_i64(cv, "cv")?),
+                HistoryPoint::At(at) => ("at", at.as_millisecond()),
+            };
+            let filter = format!("AND {column} <= ?3 ORDER BY ov DESC LIMIT 1");
+            let mut found = Vec::new();
+            for id in &ids {
+                found.extend(read_versions(
+                    conn,
+                    id,
+                    &filter,
+                    params![c.as_str(), id.as_str(), bound],
+                )?);
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn count_items(&self, c: &CollectionName) -> Result<u64> {
+        let c = c.clone();
+        self.with_conn(move |conn| {
+            let n: i64 = conn
+                .query_row(
+                    "SELECT COUNT(*) FROM heads WHERE collection = ?1",
+                    params![c.as_str()],
+                    |r| r.get(0),
+                )
+                .map_err(map_sql)?;
+            to_u64(n, "count")
         })
         .await
     }

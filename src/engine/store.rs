@@ -97,6 +97,23 @@ pub struct ListQuery {
     pub include_deleted: bool,
 }
 
+/// A point in a collection's history: after the write with this cv, or at this time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum HistoryPoint {
+    Cv(u64),
+    At(Timestamp),
+}
+
+impl HistoryPoint {
+    /// Whether a version was written at or before this point.
+    pub fn includes(&self, v: &VersionEntry) -> bool {
+        match *self {
+            HistoryPoint::Cv(cv) => v.cv <= cv,
+            HistoryPoint::At(at) => v.at <= at,
+        }
+    }
+}
+
 /// Heads, the version index and the collection-version sequence.
 #[async_trait]
 pub trait MetaStore: Send + Sync + 'static {
@@ -141,6 +158,15 @@ pub trait MetaStore: Send + Sync + 'static {
         at: Timestamp,
         query: &ListQuery,
     ) -> Result<Vec<VersionEntry>>;
+    /// For each of `ids`, its latest version at `point` (items created later are absent).
+    async fn versions_at(
+        &self,
+        collection: &CollectionName,
+        ids: &[ItemId],
+        point: HistoryPoint,
+    ) -> Result<Vec<VersionEntry>>;
+    /// How many items the collection has (deleted ones included).
+    async fn count_items(&self, collection: &CollectionName) -> Result<u64>;
     /// Versions in ov order, starting after `after_ov`; at most `limit`.
     async fn versions(
         &self,

@@ -72,7 +72,7 @@ pub struct ReadOptions {
 }
 
 /// Where a write's data comes from.
-enum NewContent<'a> {
+pub(super) enum NewContent<'a> {
     Data(NewData),
     /// The previous version's data (a logical delete).
     KeepPrevious,
@@ -151,6 +151,10 @@ impl Engine {
             settings,
             prepared: Mutex::new(HashMap::new()),
         }
+    }
+
+    pub(super) fn meta(&self) -> &dyn MetaStore {
+        self.meta.as_ref()
     }
 
     pub fn settings(&self) -> &EngineSettings {
@@ -476,7 +480,7 @@ impl Engine {
         })
     }
 
-    async fn load(
+    pub(super) async fn load(
         &self,
         collection: &CollectionName,
         id: &ItemId,
@@ -508,7 +512,7 @@ impl Engine {
         }
     }
 
-    fn new_data(
+    pub(super) fn new_data(
         &self,
         collection: &CollectionName,
         mut data: Map<String, Value>,
@@ -570,7 +574,7 @@ impl Engine {
     /// The write protocol: hold the item in the metadata store, upload the payload under a key no
     /// other attempt can use, then commit head + version atomically. See `docs/design.md`.
     #[allow(clippy::too_many_arguments)]
-    async fn write(
+    pub(super) async fn write(
         &self,
         collection: &CollectionName,
         id: &ItemId,

@@ -24,7 +24,7 @@ macro_rules! conformance_suite {
             racing_writers_lose_cleanly, cv_orders_all_writes_of_a_collection,
             list_filters_pages_and_travels_in_time, collection_maps_index_and_require,
             enrichment_merges_and_records_provenance, concurrent_enrichments_lose_nothing,
-            restore_object_appends_the_old_version);
+            restore_object_appends_the_old_version, restore_collection_plans_then_restores);
     };
     (@tests $make:expr; $($name:ident),*) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1063,4 +1063,130 @@ pub async fn restore_object_appends_the_old_version(h: &Harness) {
             .await,
         Err(Error::VersionConflict { .. })
     ));
+}
+
+pub async fn restore_collection_plans_then_restores(h: &Harness) {
+    use chronos::engine::{HistoryPoint, RestoreCounts};
+    let e = &h.engine;
+    let id = |s: &str| -> ItemId { s.parse().unwrap() };
+    for name in ["a", "b", "c", "e"] {
+        e.create(
+            &coll(),
+            Some(id(name)),
+            obj(json!({"name": name, "v": 0})),
+            &who(),
+        )
+        .await
+        .unwrap();
+    }
+    e.delete(&coll(), &id("e"), None, &who()).await.unwrap();
+    let target = e.get_latest(&coll(), &id("e"), WITH_DELETED).await.unwrap();
+    let point = HistoryPoint::Cv(target.cv);
+    // After the target: a changed, b deleted, d created, e undeleted.
+    e.update(
+        &coll(),
+        &id("a"),
+        obj(json!({"name": "a", "v": 1})),
+        None,
+        &who(),
+    )
+    .await
+    .unwrap();
+    e.delete(&coll(), &id("b"), None, &who()).await.unwrap();
+    e.create(&coll(), Some(id("d")), obj(json!({"name": "d"})), &who())
+        .await
+        .unwrap();
+    e.restore_object(&coll(), &id("e"), VersionTarget::Ov(0), None, &who())
+        .await
+        .unwrap();
+
+    let expected = RestoreCounts {
+        examined: 5,
+        restored: 2,
+        deleted: 2,
+        unchanged: 1,
+    };
+    let mut calls = Vec::new();
+    let plan = e
+        .restore_collection(&coll(), point, true, &who(), |c, total| {
+            calls.push((c.examined, total))
+        })
+        .await
+        .unwrap();
+    assert_eq!(plan, expected);
+    assert_eq!(
+        calls.last(),
+        Some(&(5, 5)),
+        "progress reports done and total"
+    );
+    assert_eq!(
+        e.get_latest(&coll(), &id("a"), LATEST).await.unwrap().data["v"],
+        1,
+        "a dry run writes nothing"
+    );
+
+    // Page by page, as a resumable job would.
+    let mut sums = RestoreCounts::default();
+    let mut after = None;
+    loop {
+        let page = e
+            .restore_collection_page(&coll(), point, after, 2, false, &who())
+            .await
+            .unwrap();
+        sums.add(&page.counts);
+        match page.next_after_id {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(sums, expected);
+    assert_eq!(
+        e.get_latest(&coll(), &id("a"), LATEST).await.unwrap().data,
+        obj(json!({"name": "a", "v": 0}))
+    );
+    let b = e.get_latest(&coll(), &id("b"), LATEST).await.unwrap();
+    assert_eq!(
+        (b.data["name"].as_str(), b.ov),
+        (Some("b"), 2),
+        "b came back as a new version"
+    );
+    assert!(
+        matches!(
+            e.get_latest(&coll(), &id("d"), LATEST).await,
+            Err(Error::NotFound(_))
+        ),
+        "d did not exist yet"
+    );
+    assert!(
+        matches!(
+            e.get_latest(&coll(), &id("e"), LATEST).await,
+            Err(Error::NotFound(_))
+        ),
+        "e was deleted then"
+    );
+    assert_eq!(
+        e.get_latest(&coll(), &id("c"), LATEST).await.unwrap().ov,
+        0,
+        "c untouched"
+    );
+    let a_hist = e
+        .history(&coll(), &id("a"), None, 10, LATEST)
+        .await
+        .unwrap();
+    assert_eq!(a_hist.last().unwrap().op, Op::Restore, "append-only");
+
+    // Running it again (a resumed or repeated job) does nothing twice.
+    let again = e
+        .restore_collection(&coll(), point, false, &who(), |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        RestoreCounts {
+            examined: 5,
+            restored: 0,
+            deleted: 0,
+            unchanged: 5
+        }
+    );
 }
