@@ -6,17 +6,12 @@ use clap::{Args, Subcommand, ValueEnum};
 use comfy_table::Table;
 use serde_json::{Map, Value};
 
-use chronos::client::{Client, Version, WriteOptions, WriteResult};
+use chronos::client::{Client, RestoreCounts, RestorePoint, Version, WriteOptions, WriteResult};
 
 #[derive(Args)]
 pub struct Server {
     /// The Chronos server.
-    #[arg(
-        long,
-        global = true,
-        env = "CHRONOS_URL",
-        default_value = "http://127.0.0.1:8080"
-    )]
+    #[arg(long, global = true, env = "CHRONOS_URL", default_value = "http://127.0.0.1:8080")]
     server: String,
     /// Bearer token.
     #[arg(long, global = true, env = "CHRONOS_TOKEN", hide_env_values = true)]
@@ -111,6 +106,48 @@ pub enum ClientCommand {
         #[command(flatten)]
         server: Server,
     },
+    /// Enrich an item: deep-merge one patch (or an array of patches) into its data.
+    Enrich {
+        #[command(flatten)]
+        target: Target,
+        id: String,
+        /// The patch: a JSON object or array of objects; inline, @FILE or @- for stdin.
+        patch: String,
+        /// Recorded in _system.functionIds.
+        #[arg(long)]
+        function_id: Option<String>,
+        #[arg(long)]
+        expected_ov: Option<u64>,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Restore one item (--id with --ov or --at) or a whole collection (--cv or --at), append-only.
+    Restore {
+        #[command(flatten)]
+        target: Target,
+        /// Restore only this item.
+        #[arg(long)]
+        id: Option<String>,
+        /// The item version to bring back (with --id).
+        #[arg(long, requires = "id", conflicts_with_all = ["at", "cv"])]
+        ov: Option<u64>,
+        /// The collection version to go back to (without --id).
+        #[arg(long, conflicts_with_all = ["at", "id"])]
+        cv: Option<u64>,
+        /// The time to go back to (RFC 3339).
+        #[arg(long)]
+        at: Option<String>,
+        /// Only count what would change.
+        #[arg(long)]
+        dry_run: bool,
+        /// Continue an interrupted collection restore after this item id.
+        #[arg(long, conflicts_with = "id")]
+        resume_after: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        server: Server,
+    },
     /// An item's versions, oldest first (all pages).
     History {
         #[command(flatten)]
@@ -142,11 +179,7 @@ impl ClientCommand {
                     reason,
                 };
                 let result = match (&id, create) {
-                    (Some(id), false) => {
-                        client
-                            .update(&target.db, &target.collection, id, &data, &opts)
-                            .await
-                    }
+                    (Some(id), false) => client.update(&target.db, &target.collection, id, &data, &opts).await,
                     (id, _) => {
                         client
                             .create(&target.db, &target.collection, id.as_deref(), &data, &opts)
@@ -170,13 +203,7 @@ impl ClientCommand {
                 };
                 let record = server
                     .client()?
-                    .get(
-                        &target.db,
-                        &target.collection,
-                        &id,
-                        &version,
-                        include_deleted,
-                    )
+                    .get(&target.db, &target.collection, &id, &version, include_deleted)
                     .await
                     .map_err(|e| e.to_string())?;
                 server.print_record(record);
@@ -230,13 +257,88 @@ impl ClientCommand {
                         .map_err(|e| e.to_string())?;
                     items.extend(page.items);
                     match page.next_after_id {
-                        Some(next) if limit.is_none_or(|l| items.len() < l) => {
-                            params.after_id = Some(next)
-                        }
+                        Some(next) if limit.is_none_or(|l| items.len() < l) => params.after_id = Some(next),
                         _ => break,
                     }
                 }
                 server.print_records(items);
+            }
+            ClientCommand::Enrich {
+                target,
+                id,
+                patch,
+                function_id,
+                expected_ov,
+                server,
+            } => {
+                let patches = match read_json(&patch)? {
+                    Value::Object(m) => vec![m],
+                    Value::Array(items) => items
+                        .into_iter()
+                        .map(|v| match v {
+                            Value::Object(m) => Ok(m),
+                            _ => Err("every patch must be a JSON object".to_owned()),
+                        })
+                        .collect::<Result<_, _>>()?,
+                    _ => return Err("the patch must be a JSON object or an array of objects".into()),
+                };
+                let opts = WriteOptions {
+                    expected_ov,
+                    ..Default::default()
+                };
+                let result = server
+                    .client()?
+                    .enrich(
+                        &target.db,
+                        &target.collection,
+                        &id,
+                        &patches,
+                        function_id.as_deref(),
+                        &opts,
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                server.print_write(&result);
+            }
+            ClientCommand::Restore {
+                target,
+                id,
+                ov,
+                cv,
+                at,
+                dry_run,
+                resume_after,
+                reason,
+                server,
+            } => {
+                let client = server.client()?;
+                let opts = WriteOptions {
+                    reason,
+                    ..Default::default()
+                };
+                if let Some(id) = id {
+                    if dry_run {
+                        return Err("--dry-run applies to collection restores".into());
+                    }
+                    let version = match (ov, at) {
+                        (Some(ov), None) => Version::Ov(ov),
+                        (None, Some(at)) => Version::At(at),
+                        _ => return Err("restoring an item needs --ov or --at".into()),
+                    };
+                    let result = client
+                        .restore_item(&target.db, &target.collection, &id, &version, &opts)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    server.print_write(&result);
+                    return Ok(());
+                }
+                let point = match (cv, at) {
+                    (Some(cv), None) => RestorePoint::Cv(cv),
+                    (None, Some(at)) => RestorePoint::At(at),
+                    _ => return Err("restoring a collection needs --cv or --at".into()),
+                };
+                let counts = restore_collection(&client, &target, &point, dry_run, resume_after, &opts).await?;
+                server.print_counts(&counts, dry_run);
             }
             ClientCommand::History { target, id, server } => {
                 let client = server.client()?;
@@ -298,12 +400,7 @@ impl Server {
         } else {
             let mut table = Table::new();
             table.set_header(["ID", "OV", "CV", "AT"]);
-            table.add_row([
-                w.id.clone(),
-                w.ov.to_string(),
-                w.cv.to_string(),
-                w.at.clone(),
-            ]);
+            table.add_row([w.id.clone(), w.ov.to_string(), w.cv.to_string(), w.at.clone()]);
             println!("{table}");
         }
     }
@@ -327,12 +424,30 @@ impl Server {
 }
 
 impl Server {
-    fn print_records(&self, items: Vec<Map<String, Value>>) {
+    fn print_counts(&self, c: &RestoreCounts, dry_run: bool) {
         if self.output == Output::Json {
             println!(
                 "{}",
-                Value::Array(items.into_iter().map(Value::Object).collect())
+                serde_json::json!({"dryRun": dry_run, "examined": c.examined, "restored": c.restored,
+                    "deleted": c.deleted, "unchanged": c.unchanged})
             );
+            return;
+        }
+        let mut table = Table::new();
+        let verb = if dry_run { "WOULD " } else { "" };
+        table.set_header([
+            "EXAMINED",
+            &format!("{verb}RESTORE"),
+            &format!("{verb}DELETE"),
+            "UNCHANGED",
+        ]);
+        table.add_row([c.examined, c.restored, c.deleted, c.unchanged].map(|n| n.to_string()));
+        println!("{table}");
+    }
+
+    fn print_records(&self, items: Vec<Map<String, Value>>) {
+        if self.output == Output::Json {
+            println!("{}", Value::Array(items.into_iter().map(Value::Object).collect()));
             return;
         }
         let mut table = Table::new();
@@ -362,15 +477,57 @@ fn plain(v: &Value) -> String {
     }
 }
 
-fn read_data(arg: &str) -> Result<Map<String, Value>, String> {
+/// Page through a collection restore with a progress bar; if a page fails, the error says how
+/// to continue with --resume-after.
+async fn restore_collection(
+    client: &Client,
+    target: &Target,
+    point: &RestorePoint,
+    dry_run: bool,
+    mut after: Option<String>,
+    opts: &WriteOptions,
+) -> Result<RestoreCounts, String> {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg} [{bar:40}] {pos}/{len} items ({per_sec}, eta {eta})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(if dry_run { "planning" } else { "restoring" });
+    let mut sums = RestoreCounts::default();
+    loop {
+        let page = client
+            .restore_collection_page(&target.db, &target.collection, point, dry_run, after.as_deref(), opts)
+            .await
+            .map_err(|e| match &after {
+                Some(a) => format!("{e}\n(continue with --resume-after {a})"),
+                None => e.to_string(),
+            })?;
+        sums.examined += page.counts.examined;
+        sums.restored += page.counts.restored;
+        sums.deleted += page.counts.deleted;
+        sums.unchanged += page.counts.unchanged;
+        bar.set_length(page.total.max(sums.examined));
+        bar.set_position(sums.examined);
+        match page.next_after_id {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    bar.finish_and_clear();
+    Ok(sums)
+}
+
+fn read_json(arg: &str) -> Result<Value, String> {
     let text = match arg.strip_prefix('@') {
-        Some("-") => std::io::read_to_string(std::io::stdin())
-            .map_err(|e| format!("cannot read stdin: {e}"))?,
-        Some(path) => std::fs::read_to_string(PathBuf::from(path))
-            .map_err(|e| format!("cannot read {path}: {e}"))?,
+        Some("-") => std::io::read_to_string(std::io::stdin()).map_err(|e| format!("cannot read stdin: {e}"))?,
+        Some(path) => std::fs::read_to_string(PathBuf::from(path)).map_err(|e| format!("cannot read {path}: {e}"))?,
         None => arg.to_owned(),
     };
-    match serde_json::from_str(&text).map_err(|e| format!("the data is not valid JSON: {e}"))? {
+    serde_json::from_str(&text).map_err(|e| format!("not valid JSON: {e}"))
+}
+
+fn read_data(arg: &str) -> Result<Map<String, Value>, String> {
+    match read_json(arg)? {
         Value::Object(map) => Ok(map),
         _ => Err("the data must be a JSON object".to_owned()),
     }

@@ -93,6 +93,32 @@ pub struct ListParams {
     pub fields: Option<Vec<String>>,
 }
 
+/// Where a collection restore goes back to.
+#[derive(Debug, Clone)]
+pub enum RestorePoint {
+    Cv(u64),
+    /// RFC 3339.
+    At(String),
+}
+
+/// Counts of one restore page (or of a whole restore, summed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreCounts {
+    pub examined: u64,
+    pub restored: u64,
+    pub deleted: u64,
+    pub unchanged: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestorePageResult {
+    pub counts: RestoreCounts,
+    pub next_after_id: Option<String>,
+    pub total: u64,
+}
+
 /// Which version a read asks for.
 #[derive(Debug, Clone, Default)]
 pub enum Version {
@@ -148,13 +174,9 @@ impl Client {
         url: String,
         query: &[(&str, String)],
         headers: HeaderMap,
-        body: Option<&Map<String, Value>>,
+        body: Option<&Value>,
     ) -> Result<T> {
-        let mut req = self
-            .http
-            .request(method, &url)
-            .query(query)
-            .headers(headers);
+        let mut req = self.http.request(method, &url).query(query).headers(headers);
         if let Some(token) = &self.token {
             req = req.bearer_auth(token);
         }
@@ -171,8 +193,7 @@ impl Client {
             message: e.to_string(),
         })?;
         if status.is_success() {
-            return serde_json::from_slice(&bytes)
-                .map_err(|e| Error::Protocol(format!("{url}: {e}")));
+            return serde_json::from_slice(&bytes).map_err(|e| Error::Protocol(format!("{url}: {e}")));
         }
         Err(api_error(status, &bytes))
     }
@@ -190,8 +211,14 @@ impl Client {
             query.push(("id", id.to_owned()));
         }
         let url = self.url(&["v1", db, collection, "items"]);
-        self.send(Method::POST, url, &query, HeaderMap::new(), Some(data))
-            .await
+        self.send(
+            Method::POST,
+            url,
+            &query,
+            HeaderMap::new(),
+            Some(&Value::Object(data.clone())),
+        )
+        .await
     }
 
     pub async fn get(
@@ -212,8 +239,7 @@ impl Client {
             query.push(("includeDeleted", "true".to_owned()));
         }
         let url = self.url(&["v1", db, collection, "items", id]);
-        self.send(Method::GET, url, &query, HeaderMap::new(), None)
-            .await
+        self.send(Method::GET, url, &query, HeaderMap::new(), None).await
     }
 
     /// Replace the data; `opts.expected_ov` is sent as `If-Match`.
@@ -231,27 +257,15 @@ impl Client {
             url,
             &attribution(opts),
             if_match(opts),
-            Some(data),
+            Some(&Value::Object(data.clone())),
         )
         .await
     }
 
-    pub async fn delete(
-        &self,
-        db: &str,
-        collection: &str,
-        id: &str,
-        opts: &WriteOptions,
-    ) -> Result<WriteResult> {
+    pub async fn delete(&self, db: &str, collection: &str, id: &str, opts: &WriteOptions) -> Result<WriteResult> {
         let url = self.url(&["v1", db, collection, "items", id]);
-        self.send(
-            Method::DELETE,
-            url,
-            &attribution(opts),
-            if_match(opts),
-            None,
-        )
-        .await
+        self.send(Method::DELETE, url, &attribution(opts), if_match(opts), None)
+            .await
     }
 
     pub async fn history(
@@ -270,8 +284,7 @@ impl Client {
             query.push(("limit", l.to_string()));
         }
         let url = self.url(&["v1", db, collection, "items", id, "versions"]);
-        self.send(Method::GET, url, &query, HeaderMap::new(), None)
-            .await
+        self.send(Method::GET, url, &query, HeaderMap::new(), None).await
     }
 
     pub async fn list(&self, db: &str, collection: &str, p: &ListParams) -> Result<ListPage> {
@@ -298,15 +311,74 @@ impl Client {
             query.push(("fields", fields.join(",")));
         }
         let url = self.url(&["v1", db, collection, "items"]);
-        self.send(Method::GET, url, &query, HeaderMap::new(), None)
+        self.send(Method::GET, url, &query, HeaderMap::new(), None).await
+    }
+
+    /// Enrich: merge each patch, in order, into the item's data as one new version.
+    pub async fn enrich(
+        &self,
+        db: &str,
+        collection: &str,
+        id: &str,
+        patches: &[Map<String, Value>],
+        function_id: Option<&str>,
+        opts: &WriteOptions,
+    ) -> Result<WriteResult> {
+        let mut query = attribution(opts);
+        if let Some(f) = function_id {
+            query.push(("functionId", f.to_owned()));
+        }
+        let url = self.url(&["v1", db, collection, "items", id]);
+        let body = Value::Array(patches.iter().cloned().map(Value::Object).collect());
+        self.send(Method::PATCH, url, &query, if_match(opts), Some(&body)).await
+    }
+
+    /// Append a version equal to an earlier one (`Version::Ov` or `Version::At`).
+    pub async fn restore_item(
+        &self,
+        db: &str,
+        collection: &str,
+        id: &str,
+        target: &Version,
+        opts: &WriteOptions,
+    ) -> Result<WriteResult> {
+        let body = match target {
+            Version::Ov(ov) => serde_json::json!({"ov": ov}),
+            Version::At(at) => serde_json::json!({"at": at}),
+            Version::Latest => return Err(Error::Protocol("a restore needs an ov or a time".into())),
+        };
+        let url = self.url(&["v1", db, collection, "items", id, "restore"]);
+        self.send(Method::POST, url, &attribution(opts), if_match(opts), Some(&body))
+            .await
+    }
+
+    /// One page of a collection restore; loop on `next_after_id` until it is `None`.
+    pub async fn restore_collection_page(
+        &self,
+        db: &str,
+        collection: &str,
+        point: &RestorePoint,
+        dry_run: bool,
+        after_id: Option<&str>,
+        opts: &WriteOptions,
+    ) -> Result<RestorePageResult> {
+        let mut body = match point {
+            RestorePoint::Cv(cv) => serde_json::json!({"cv": cv}),
+            RestorePoint::At(at) => serde_json::json!({"at": at}),
+        };
+        body["dryRun"] = Value::Bool(dry_run);
+        if let Some(a) = after_id {
+            body["afterId"] = Value::String(a.to_owned());
+        }
+        let url = self.url(&["v1", db, collection, "restore"]);
+        self.send(Method::POST, url, &attribution(opts), HeaderMap::new(), Some(&body))
             .await
     }
 
     /// Any GET returning JSON (e.g. `/readyz`, `/openapi.json`).
     pub async fn get_json(&self, path: &str) -> Result<Value> {
         let url = format!("{}{path}", self.base);
-        self.send(Method::GET, url, &[], HeaderMap::new(), None)
-            .await
+        self.send(Method::GET, url, &[], HeaderMap::new(), None).await
     }
 }
 

@@ -16,10 +16,7 @@ use crate::engine::{CollectionMap, CollectionName, EngineSettings};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot read {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{path}: invalid configuration:\n{}", .issues.iter().map(|i| format!("  - {i}")).collect::<Vec<_>>().join("\n"))]
@@ -68,9 +65,7 @@ impl Secret {
             Secret::File { file } => std::fs::read_to_string(file)
                 .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
                 .map_err(|e| format!("cannot read secret file {}: {e}", file.display())),
-            Secret::Env { env } => {
-                std::env::var(env).map_err(|_| format!("environment variable {env} is not set"))
-            }
+            Secret::Env { env } => std::env::var(env).map_err(|_| format!("environment variable {env} is not set")),
         }
     }
 }
@@ -291,10 +286,7 @@ impl Config {
         for (i, uri) in self.mongo_uris.iter().enumerate() {
             match uri.reveal() {
                 Ok(u) if u.starts_with("mongodb://") || u.starts_with("mongodb+srv://") => {}
-                Ok(_) => issue(
-                    format!("mongoUris[{i}]"),
-                    "expected a mongodb:// or mongodb+srv:// URI",
-                ),
+                Ok(_) => issue(format!("mongoUris[{i}]"), "expected a mongodb:// or mongodb+srv:// URI"),
                 Err(e) => issue(format!("mongoUris[{i}]"), &e),
             }
         }
@@ -383,10 +375,7 @@ impl Config {
             }
         }
         if self.engine.max_payload_bytes == 0 {
-            issue(
-                "engine.maxPayloadBytes".to_owned(),
-                "must be greater than 0",
-            );
+            issue("engine.maxPayloadBytes".to_owned(), "must be greater than 0");
         }
         if self.engine.inline_max_bytes > 8 * 1024 * 1024 {
             issue(
@@ -477,12 +466,8 @@ engine:
         );
         let err = Config::parse(r#"{"engine": {"inlineMaxBytes": "big"}}"#).unwrap_err();
         assert!(err.starts_with("engine.inlineMaxBytes:"), "{err}");
-        let err = Config::parse("spacesConns:\n  - endpoint: http://x\n    accessKey: [1]\n")
-            .unwrap_err();
-        assert!(
-            err.contains("accessKey") && err.contains("{file: PATH}"),
-            "{err}"
-        );
+        let err = Config::parse("spacesConns:\n  - endpoint: http://x\n    accessKey: [1]\n").unwrap_err();
+        assert!(err.contains("accessKey") && err.contains("{file: PATH}"), "{err}");
     }
 
     #[test]
@@ -502,11 +487,7 @@ engine:
             ]
         );
         let only_mongo = Config::parse("mongoUris: [\"mongodb://x\"]").unwrap();
-        assert_eq!(
-            only_mongo.validate()[0].field,
-            "spacesConns",
-            "names what is missing"
-        );
+        assert_eq!(only_mongo.validate()[0].field, "spacesConns", "names what is missing");
     }
 
     #[test]
@@ -522,10 +503,7 @@ engine:
         assert!(c.validate().is_empty(), "{:?}", c.validate());
         assert_eq!(c.spaces_conns[0].secret_key.reveal().unwrap(), "s3cr3t");
         let printed = format!("{c:?} {:?}", c.storage(Path::new("d")).unwrap());
-        assert!(
-            !printed.contains("s3cr3t") && !printed.contains("AK\""),
-            "{printed}"
-        );
+        assert!(!printed.contains("s3cr3t") && !printed.contains("AK\""), "{printed}");
         let missing = Secret::File {
             file: dir.path().join("nope"),
         };
@@ -545,7 +523,10 @@ engine:
             Some(&["status".to_owned(), "customer".to_owned()][..])
         );
         assert_eq!(map.required_indexed, ["status"]);
-        let bad = Config::parse("collectionMaps:\n  orders:\n    indexedProps: [a]\n    validation: {requiredIndexed: [b]}\n").unwrap();
+        let bad = Config::parse(
+            "collectionMaps:\n  orders:\n    indexedProps: [a]\n    validation: {requiredIndexed: [b]}\n",
+        )
+        .unwrap();
         assert_eq!(
             bad.validate()[0].field,
             "collectionMaps.orders.validation.requiredIndexed"
@@ -557,8 +538,6 @@ engine:
     #[test]
     fn storage_defaults_to_embedded() {
         let c = Config::default();
-        assert!(
-            matches!(c.storage(Path::new("./data")), Ok(Storage::Embedded { dir }) if dir == Path::new("./data"))
-        );
+        assert!(matches!(c.storage(Path::new("./data")), Ok(Storage::Embedded { dir }) if dir == Path::new("./data")));
     }
 }

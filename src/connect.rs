@@ -21,20 +21,14 @@ impl Connections {
         if let Some(c) = self.lock_mongo().get(uri) {
             return Ok(c.clone());
         }
-        let options = mongodb::options::ClientOptions::parse(uri)
-            .await
-            .map_err(|e| {
-                Error::validation(
-                    "mongoUri",
-                    format!("not a usable MongoDB URI: {}", redact(&e.to_string(), uri)),
-                )
-            })?;
+        let options = mongodb::options::ClientOptions::parse(uri).await.map_err(|e| {
+            Error::validation(
+                "mongoUri",
+                format!("not a usable MongoDB URI: {}", redact(&e.to_string(), uri)),
+            )
+        })?;
         let client = mongodb::Client::with_options(options).map_err(Error::metadata)?;
-        Ok(self
-            .lock_mongo()
-            .entry(uri.to_owned())
-            .or_insert(client)
-            .clone())
+        Ok(self.lock_mongo().entry(uri.to_owned()).or_insert(client).clone())
     }
 
     pub fn s3(&self, conn: &S3Connection) -> aws_sdk_s3::Client {
@@ -54,11 +48,7 @@ fn redact(message: &str, uri: &str) -> String {
 }
 
 /// Open the engine a storage description names, and check its backends answer.
-pub async fn open(
-    storage: &Storage,
-    settings: EngineSettings,
-    conns: &Connections,
-) -> Result<Arc<Engine>> {
+pub async fn open(storage: &Storage, settings: EngineSettings, conns: &Connections) -> Result<Arc<Engine>> {
     match storage {
         Storage::Embedded { dir } => Ok(Arc::new(crate::engine::sqlite::embedded(dir, settings)?)),
         Storage::Remote {

@@ -68,10 +68,7 @@ struct ServeArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.log, cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -95,8 +92,8 @@ fn main() -> ExitCode {
 }
 
 fn init_tracing(filter: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -110,11 +107,7 @@ fn init_tracing(filter: &str, format: LogFormat) {
 async fn check_config(path: PathBuf, connect: bool) -> Result<(), String> {
     let config = Config::load(&path).map_err(|e| e.to_string())?;
     let storage = config.storage(&PathBuf::from("./data"))?;
-    println!(
-        "{}: valid ({})",
-        path.display(),
-        connect::describe(&storage)
-    );
+    println!("{}: valid ({})", path.display(), connect::describe(&storage));
     if connect {
         connect::open(&storage, config.engine_settings(), &Connections::default())
             .await
@@ -141,26 +134,19 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     let databases = BTreeMap::from([("default".to_owned(), engine)]);
-    let app = api::router(
-        AppState::new(databases, tokens),
-        &ServiceSettings { max_body_bytes },
-    );
+    let app = api::router(AppState::new(databases, tokens), &ServiceSettings { max_body_bytes });
 
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    eprintln!(
-        "Chronos {} serving http://{addr}",
-        env!("CARGO_PKG_VERSION")
-    );
+    eprintln!("Chronos {} serving http://{addr}", env!("CARGO_PKG_VERSION"));
     eprintln!("  data: {}", connect::describe(&storage));
     eprintln!(
         "  auth: {}",
         match &tokens_file {
             Some(f) => format!("bearer tokens from {}", f.display()),
-            None => "OFF (no tokens file) - anyone who can reach this port can read and write"
-                .to_owned(),
+            None => "OFF (no tokens file) - anyone who can reach this port can read and write".to_owned(),
         }
     );
     eprintln!(

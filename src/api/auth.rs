@@ -68,29 +68,22 @@ pub struct Tokens {
 impl Tokens {
     /// Load a tokens file (YAML or JSON): `tokens: [{name, token, databases, scopes}]`.
     pub fn load(path: &Path) -> Result<Tokens, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
     pub fn parse(text: &str) -> Result<Tokens, String> {
-        let value: serde_json::Value =
-            serde_saphyr::from_str(text).map_err(|e| format!("not valid YAML: {e}"))?;
-        let file: TokensFile = serde_path_to_error::deserialize(value)
-            .map_err(|e| format!("{}: {}", e.path(), e.inner()))?;
+        let value: serde_json::Value = serde_saphyr::from_str(text).map_err(|e| format!("not valid YAML: {e}"))?;
+        let file: TokensFile =
+            serde_path_to_error::deserialize(value).map_err(|e| format!("{}: {}", e.path(), e.inner()))?;
         let mut entries = Vec::new();
         for (i, spec) in file.tokens.into_iter().enumerate() {
-            let token = spec
-                .token
-                .reveal()
-                .map_err(|e| format!("tokens[{i}].token: {e}"))?;
+            let token = spec.token.reveal().map_err(|e| format!("tokens[{i}].token: {e}"))?;
             if token.len() < 16 {
                 return Err(format!("tokens[{i}].token: must be at least 16 characters"));
             }
             if spec.databases.is_empty() || spec.scopes.is_empty() {
-                return Err(format!(
-                    "tokens[{i}]: `databases` and `scopes` must not be empty"
-                ));
+                return Err(format!("tokens[{i}]: `databases` and `scopes` must not be empty"));
             }
             entries.push(Entry {
                 name: spec.name,
@@ -137,11 +130,7 @@ impl Caller {
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        Ok(parts
-            .extensions
-            .get::<Caller>()
-            .cloned()
-            .unwrap_or(Caller::Anonymous))
+        Ok(parts.extensions.get::<Caller>().cloned().unwrap_or(Caller::Anonymous))
     }
 }
 
@@ -171,13 +160,9 @@ pub async fn middleware(State(state): State<AppState>, mut req: Request, next: N
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        });
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
     let Some(entry) = presented.and_then(|t| tokens.authenticate(t.trim())) else {
-        let mut response =
-            ApiError::unauthorized("a valid bearer token is required").into_response();
+        let mut response = ApiError::unauthorized("a valid bearer token is required").into_response();
         response.headers_mut().insert(
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static("Bearer realm=\"chronos\""),
@@ -189,12 +174,7 @@ pub async fn middleware(State(state): State<AppState>, mut req: Request, next: N
             Some(db) => format!("{scope:?} access to database `{db}`"),
             None => format!("{scope:?} access"),
         };
-        return ApiError::forbidden(format!(
-            "token `{}` has no {}",
-            entry.name,
-            what.to_lowercase()
-        ))
-        .into_response();
+        return ApiError::forbidden(format!("token `{}` has no {}", entry.name, what.to_lowercase())).into_response();
     }
     req.extensions_mut().insert(Caller::Token {
         name: entry.name.clone(),
@@ -219,10 +199,7 @@ mod tests {
         let b = t.authenticate("bbbbbbbbbbbbbbbb").unwrap();
         assert!(b.allows(Some("any"), Scope::Write) && b.allows(None, Scope::Admin));
         assert!(t.authenticate("aaaaaaaaaaaaaaab").is_none());
-        assert!(
-            Tokens::parse("tokens: [{name: x, token: short, databases: ['*'], scopes: [read]}]")
-                .is_err()
-        );
+        assert!(Tokens::parse("tokens: [{name: x, token: short, databases: ['*'], scopes: [read]}]").is_err());
     }
 
     #[test]
@@ -236,9 +213,6 @@ mod tests {
             requirement(&Method::DELETE, "/v1/t1/c/items/x"),
             Some((Some("t1"), Scope::Write))
         );
-        assert_eq!(
-            requirement(&Method::GET, "/v1/admin/queue"),
-            Some((None, Scope::Admin))
-        );
+        assert_eq!(requirement(&Method::GET, "/v1/admin/queue"), Some((None, Scope::Admin)));
     }
 }

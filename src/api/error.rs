@@ -74,33 +74,23 @@ impl From<engine::Error> for ApiError {
         let message = e.to_string();
         match e {
             E::NotFound(_) => Self::new(StatusCode::NOT_FOUND, "not_found", message),
-            E::VersionConflict {
-                expected, current, ..
-            } => Self::new(StatusCode::CONFLICT, "version_conflict", message)
-                .with_details(json!({"expectedOv": expected, "currentOv": current})),
+            E::VersionConflict { expected, current, .. } => {
+                Self::new(StatusCode::CONFLICT, "version_conflict", message)
+                    .with_details(json!({"expectedOv": expected, "currentOv": current}))
+            }
             E::AlreadyExists(_) => Self::new(StatusCode::CONFLICT, "already_exists", message),
             E::Contended(_) => Self::new(StatusCode::CONFLICT, "contended", message),
-            E::Validation { field, reason } => Self::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "validation_failed",
-                message,
-            )
-            .with_details(json!({"field": field, "reason": reason})),
-            E::TooLarge { actual, limit } => {
-                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
-                    .with_details(json!({"size": actual, "limit": limit}))
+            E::Validation { field, reason } => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", message)
+                    .with_details(json!({"field": field, "reason": reason}))
             }
-            E::Unavailable { backend, .. } => Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "backend_unavailable",
-                message,
-            )
-            .with_details(json!({"backend": backend.to_string()})),
-            E::Unsupported(_) => Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "backend_unsupported",
-                message,
-            ),
+            E::TooLarge { actual, limit } => Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
+                .with_details(json!({"size": actual, "limit": limit})),
+            E::Unavailable { backend, .. } => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "backend_unavailable", message)
+                    .with_details(json!({"backend": backend.to_string()}))
+            }
+            E::Unsupported(_) => Self::new(StatusCode::SERVICE_UNAVAILABLE, "backend_unsupported", message),
             // Don't echo internals to clients; the cause is logged with the request id.
             other => Self::internal("internal error").with_cause(other.to_string()),
         }
@@ -159,21 +149,10 @@ mod tests {
                 409,
                 "version_conflict",
             ),
+            (engine::Error::AlreadyExists("x".into()), 409, "already_exists"),
+            (engine::Error::validation("f", "r"), 422, "validation_failed"),
             (
-                engine::Error::AlreadyExists("x".into()),
-                409,
-                "already_exists",
-            ),
-            (
-                engine::Error::validation("f", "r"),
-                422,
-                "validation_failed",
-            ),
-            (
-                engine::Error::TooLarge {
-                    actual: 2,
-                    limit: 1,
-                },
+                engine::Error::TooLarge { actual: 2, limit: 1 },
                 413,
                 "payload_too_large",
             ),

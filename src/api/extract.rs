@@ -26,10 +26,7 @@ pub struct ItemPath {
     pub id: ItemId,
 }
 
-async fn path_params<S: Send + Sync>(
-    parts: &mut Parts,
-    state: &S,
-) -> Result<HashMap<String, String>, ApiError> {
+async fn path_params<S: Send + Sync>(parts: &mut Parts, state: &S) -> Result<HashMap<String, String>, ApiError> {
     Path::<HashMap<String, String>>::from_request_parts(parts, state)
         .await
         .map(|Path(p)| p)
@@ -92,41 +89,7 @@ pub struct JsonObject(pub Map<String, Value>);
 impl<S: Send + Sync> FromRequest<S> for JsonObject {
     type Rejection = ApiError;
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
-            let ct = ct.to_str().unwrap_or("");
-            let essence = ct
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase();
-            if essence != "application/json" && !essence.ends_with("+json") {
-                return Err(ApiError::new(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "unsupported_media_type",
-                    format!("expected Content-Type: application/json, got `{ct}`"),
-                ));
-            }
-        }
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    "request body too large",
-                )
-            } else {
-                ApiError::bad_request(format!("cannot read body: {}", e.body_text()))
-            }
-        })?;
-        let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_json",
-                format!("body is not valid JSON: {e}"),
-            )
-        })?;
-        match value {
+        match json_body(req, state).await? {
             Value::Object(map) => Ok(JsonObject(map)),
             other => Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -134,6 +97,91 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
                 format!("the body must be a JSON object, not {}", kind(&other)),
             )
             .with_details(serde_json::json!({"field": "body"}))),
+        }
+    }
+}
+
+/// A JSON body of a known shape; a body of the wrong shape is a 422 naming the field.
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let value = json_body(req, state).await?;
+        serde_path_to_error::deserialize(value).map(Body).map_err(|e| {
+            let field = e.path().to_string();
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                format!("{field}: {}", e.inner()),
+            )
+            .with_details(serde_json::json!({"field": field}))
+        })
+    }
+}
+
+/// Any JSON body, with the API's rejections.
+async fn json_body<S: Send + Sync>(req: Request, state: &S) -> Result<Value, ApiError> {
+    if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or("");
+        let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        if essence != "application/json" && !essence.ends_with("+json") {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!("expected Content-Type: application/json, got `{ct}`"),
+            ));
+        }
+    }
+    let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "request body too large",
+            )
+        } else {
+            ApiError::bad_request(format!("cannot read body: {}", e.body_text()))
+        }
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("body is not valid JSON: {e}"),
+        )
+    })
+}
+
+/// A JSON object or an array of JSON objects (a batch of patches).
+pub struct JsonObjects(pub Vec<Map<String, Value>>);
+
+impl<S: Send + Sync> FromRequest<S> for JsonObjects {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let value = json_body(req, state).await?;
+        let not_objects = |what: &Value| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                format!(
+                    "the body must be a JSON object or an array of objects, not {}",
+                    kind(what)
+                ),
+            )
+            .with_details(serde_json::json!({"field": "body"}))
+        };
+        match value {
+            Value::Object(map) => Ok(JsonObjects(vec![map])),
+            Value::Array(items) => items
+                .into_iter()
+                .map(|v| match v {
+                    Value::Object(m) => Ok(m),
+                    other => Err(not_objects(&other)),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(JsonObjects),
+            other => Err(not_objects(&other)),
         }
     }
 }
@@ -217,22 +265,13 @@ mod tests {
     #[test]
     fn if_match_forms() {
         let mut h = HeaderMap::new();
-        assert_eq!(
-            Precondition::from_request(&h, Some(2)).unwrap(),
-            Precondition::Query(2)
-        );
+        assert_eq!(Precondition::from_request(&h, Some(2)).unwrap(), Precondition::Query(2));
         for (v, ov) in [("\"3\"", 3), ("3", 3), ("W/\"4\"", 4)] {
             h.insert(header::IF_MATCH, HeaderValue::from_static(v));
-            assert_eq!(
-                Precondition::from_request(&h, None).unwrap(),
-                Precondition::IfMatch(ov)
-            );
+            assert_eq!(Precondition::from_request(&h, None).unwrap(), Precondition::IfMatch(ov));
         }
         h.insert(header::IF_MATCH, HeaderValue::from_static("*"));
-        assert_eq!(
-            Precondition::from_request(&h, None).unwrap(),
-            Precondition::None
-        );
+        assert_eq!(Precondition::from_request(&h, None).unwrap(), Precondition::None);
         h.insert(header::IF_MATCH, HeaderValue::from_static("\"abc\""));
         assert!(Precondition::from_request(&h, None).is_err());
         h.insert(header::IF_MATCH, HeaderValue::from_static("\"1\""));

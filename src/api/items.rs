@@ -13,10 +13,10 @@ use utoipa::{IntoParams, ToSchema};
 use super::AppState;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody, Result};
-use super::extract::{CollectionPath, ItemPath, JsonObject, Precondition, Q};
+use super::extract::{Body, CollectionPath, ItemPath, JsonObject, JsonObjects, Precondition, Q};
 use crate::engine::{
-    Attribution, CollectionName, Engine, ItemId, ListOptions, ReadOptions, Record, Timestamp,
-    VersionEntry, WriteOutcome,
+    Attribution, CollectionName, Engine, Enrichment, HistoryPoint, ItemId, ListOptions, ReadOptions, Record,
+    RestoreCounts, Timestamp, VersionEntry, VersionTarget, WriteOutcome,
 };
 
 /// The result of a write.
@@ -163,11 +163,7 @@ pub struct ListResponse {
     pub next_after_id: Option<String>,
 }
 
-fn attribution(
-    caller: &Caller,
-    actor: Option<String>,
-    reason: Option<String>,
-) -> Result<Attribution> {
+fn attribution(caller: &Caller, actor: Option<String>, reason: Option<String>) -> Result<Attribution> {
     for (name, value, max) in [("actor", &actor, 256), ("reason", &reason, 1024)] {
         if let Some(v) = value
             && (v.len() > max || v.chars().any(char::is_control))
@@ -187,12 +183,7 @@ fn etag(ov: u64) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{ov}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
 }
 
-fn write_response(
-    status: StatusCode,
-    id: &ItemId,
-    o: WriteOutcome,
-    location: Option<String>,
-) -> Response {
+fn write_response(status: StatusCode, id: &ItemId, o: WriteOutcome, location: Option<String>) -> Response {
     let mut response = (
         status,
         Json(WriteResult {
@@ -266,12 +257,7 @@ pub async fn create(
     let who = attribution(&caller, q.actor, q.reason)?;
     let (id, outcome) = engine.create(&path.collection, id, data, &who).await?;
     let location = format!("/v1/{}/{}/items/{id}", path.db, path.collection);
-    Ok(write_response(
-        StatusCode::CREATED,
-        &id,
-        outcome,
-        Some(location),
-    ))
+    Ok(write_response(StatusCode::CREATED, &id, outcome, Some(location)))
 }
 
 /// List items by indexed metadata, in id order, paged.
@@ -289,8 +275,9 @@ pub async fn list(
     let engine = engine(&state, &path.db)?;
     let filter = match q.filter.as_deref() {
         None | Some("") => Value::Null,
-        Some(text) => serde_json::from_str(text)
-            .map_err(|e| ApiError::bad_request(format!("`filter` is not valid JSON: {e}")))?,
+        Some(text) => {
+            serde_json::from_str(text).map_err(|e| ApiError::bad_request(format!("`filter` is not valid JSON: {e}")))?
+        }
     };
     let descending = match q.sort.as_deref() {
         None | Some("id") => false,
@@ -324,17 +311,13 @@ pub async fn list(
                 .collect()
         }),
     };
-    let page = engine
-        .list(&path.collection, &opts)
-        .await
-        .map_err(|e| match e {
-            // A bad filter or limit is a malformed request here, not invalid data.
-            crate::engine::Error::Validation { field, reason } => {
-                ApiError::bad_request(format!("invalid {field}: {reason}"))
-                    .with_details(json!({"field": field}))
-            }
-            other => other.into(),
-        })?;
+    let page = engine.list(&path.collection, &opts).await.map_err(|e| match e {
+        // A bad filter or limit is a malformed request here, not invalid data.
+        crate::engine::Error::Validation { field, reason } => {
+            ApiError::bad_request(format!("invalid {field}: {reason}")).with_details(json!({"field": field}))
+        }
+        other => other.into(),
+    })?;
     Ok(Json(ListResponse {
         items: page
             .records
@@ -352,29 +335,19 @@ pub async fn list(
         (status = 200, description = "The record: its data plus a `_system` block", body = Object, headers(("ETag" = String))),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
-pub async fn get(
-    State(state): State<AppState>,
-    path: ItemPath,
-    Q(q): Q<GetQuery>,
-) -> Result<Response> {
+pub async fn get(State(state): State<AppState>, path: ItemPath, Q(q): Q<GetQuery>) -> Result<Response> {
     let engine = engine(&state, &path.db)?;
     let opts = ReadOptions {
         include_deleted: q.include_deleted,
     };
     let record = match (q.ov, q.at) {
         (Some(_), Some(_)) => return Err(ApiError::bad_request("give `ov` or `at`, not both")),
-        (Some(ov), None) => {
-            engine
-                .get_version(&path.collection, &path.id, ov, opts)
-                .await?
-        }
+        (Some(ov), None) => engine.get_version(&path.collection, &path.id, ov, opts).await?,
         (None, Some(at)) => {
-            let at: Timestamp = at.parse().map_err(|e| {
-                ApiError::bad_request(format!("`at` must be an RFC 3339 time: {e}"))
-            })?;
-            engine
-                .get_as_of(&path.collection, &path.id, at, opts)
-                .await?
+            let at: Timestamp = at
+                .parse()
+                .map_err(|e| ApiError::bad_request(format!("`at` must be an RFC 3339 time: {e}")))?;
+            engine.get_as_of(&path.collection, &path.id, at, opts).await?
         }
         (None, None) => engine.get_latest(&path.collection, &path.id, opts).await?,
     };
@@ -468,5 +441,177 @@ pub async fn history(
     Ok(Json(HistoryPage {
         versions: versions.into_iter().map(VersionInfo::from).collect(),
         next_after_ov,
+    }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct EnrichQuery {
+    /// The enrichment function: recorded in `_system.functionIds`.
+    function_id: Option<String>,
+    #[param(minimum = 0)]
+    expected_ov: Option<u64>,
+    actor: Option<String>,
+    reason: Option<String>,
+}
+
+/// Enrich an item: deep-merge the patch (or each patch of an array, in order) into its data as
+/// one new version. Absent keys keep, `null` overwrites, arrays are unioned (objects matched by
+/// `id`/`_id`).
+#[utoipa::path(patch, path = "/v1/{db}/{collection}/items/{id}", tag = "items",
+    params(("db" = String, Path), ("collection" = String, Path), ("id" = String, Path),
+        ("If-Match" = Option<String>, Header, description = "The ov the enrichment expects"), EnrichQuery),
+    request_body(content = Object, description = "A patch object, or an array of patch objects"),
+    responses(
+        (status = 200, body = WriteResult, headers(("ETag" = String))),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 412, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+pub async fn enrich(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: ItemPath,
+    headers: HeaderMap,
+    Q(q): Q<EnrichQuery>,
+    JsonObjects(patches): JsonObjects,
+) -> Result<Response> {
+    let engine = engine(&state, &path.db)?;
+    let pre = Precondition::from_request(&headers, q.expected_ov)?;
+    let who = attribution(&caller, q.actor, q.reason)?;
+    let enrichment = Enrichment {
+        function_id: q.function_id,
+        expected_ov: pre.ov(),
+    };
+    let outcome = engine
+        .enrich(&path.collection, &path.id, &patches, &enrichment, &who)
+        .await
+        .map_err(|e| pre.map_err(e))?;
+    Ok(write_response(StatusCode::OK, &path.id, outcome, None))
+}
+
+/// Which version an item restore brings back: exactly one of `ov` and `at`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RestoreItemRequest {
+    #[schema(minimum = 0)]
+    pub ov: Option<u64>,
+    /// RFC 3339.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub at: Option<Timestamp>,
+}
+
+/// Restore an item: append a version equal to an earlier one. A deleted item is undeleted.
+#[utoipa::path(post, path = "/v1/{db}/{collection}/items/{id}/restore", tag = "items",
+    params(("db" = String, Path), ("collection" = String, Path), ("id" = String, Path),
+        ("If-Match" = Option<String>, Header, description = "The ov the restore expects"), WriteQuery),
+    request_body = RestoreItemRequest,
+    responses(
+        (status = 200, body = WriteResult, headers(("ETag" = String))),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 412, body = ErrorBody),
+        (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn restore_item(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: ItemPath,
+    headers: HeaderMap,
+    Q(q): Q<WriteQuery>,
+    Body(req): Body<RestoreItemRequest>,
+) -> Result<Response> {
+    let engine = engine(&state, &path.db)?;
+    let target = match (req.ov, req.at) {
+        (Some(ov), None) => VersionTarget::Ov(ov),
+        (None, Some(at)) => VersionTarget::At(at),
+        _ => return Err(ApiError::bad_request("give exactly one of `ov` and `at`")),
+    };
+    let pre = Precondition::from_request(&headers, q.expected_ov)?;
+    let who = attribution(&caller, q.actor, q.reason)?;
+    let outcome = engine
+        .restore_object(&path.collection, &path.id, target, pre.ov(), &who)
+        .await
+        .map_err(|e| pre.map_err(e))?;
+    Ok(write_response(StatusCode::OK, &path.id, outcome, None))
+}
+
+/// One page of a collection restore.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RestoreCollectionRequest {
+    /// Restore to the state after the write with this cv…
+    #[schema(minimum = 0)]
+    pub cv: Option<u64>,
+    /// …or to the state at this time (RFC 3339). Exactly one of the two.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub at: Option<Timestamp>,
+    /// Only count what would be done.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Continue after this item id (the previous page's `nextAfterId`).
+    pub after_id: Option<String>,
+    /// Items in this page, 1-1000 (default 500).
+    #[schema(minimum = 1, maximum = 1000)]
+    pub limit: Option<usize>,
+}
+
+/// The result of one page of a collection restore.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreCollectionResponse {
+    pub counts: RestoreCounts,
+    /// Pass as `afterId` to continue; absent when the collection is done.
+    pub next_after_id: Option<String>,
+    /// Items in the collection (for progress).
+    pub total: u64,
+}
+
+/// Restore a collection to a cv or a time, one page of items per call: items whose state differs
+/// get a version equal to their state then; items created later are logically deleted. Pages are
+/// idempotent, so an interrupted restore continues from `nextAfterId` (or simply starts over).
+#[utoipa::path(post, path = "/v1/{db}/{collection}/restore", tag = "collections",
+    params(("db" = String, Path), ("collection" = String, Path), WriteQuery),
+    request_body = RestoreCollectionRequest,
+    responses(
+        (status = 200, body = RestoreCollectionResponse),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 415, body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn restore_collection(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: CollectionPath,
+    Q(q): Q<WriteQuery>,
+    Body(req): Body<RestoreCollectionRequest>,
+) -> Result<Json<RestoreCollectionResponse>> {
+    let engine = engine(&state, &path.db)?;
+    let point = match (req.cv, req.at) {
+        (Some(cv), None) => HistoryPoint::Cv(cv),
+        (None, Some(at)) => HistoryPoint::At(at),
+        _ => return Err(ApiError::bad_request("give exactly one of `cv` and `at`")),
+    };
+    if q.expected_ov.is_some() {
+        return Err(ApiError::bad_request(
+            "`expectedOv` does not apply to a collection restore",
+        ));
+    }
+    let after_id = req
+        .after_id
+        .map(|a| a.parse::<ItemId>())
+        .transpose()
+        .map_err(|e| ApiError::bad_request(format!("`afterId`: {e}")))?;
+    let limit = req.limit.unwrap_or(crate::engine::restore::RESTORE_PAGE);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request("`limit` must be between 1 and 1000"));
+    }
+    let who = attribution(&caller, q.actor, q.reason)?;
+    let total = engine.count_items(&path.collection).await?;
+    let page = engine
+        .restore_collection_page(&path.collection, point, after_id, limit, req.dry_run, &who)
+        .await?;
+    Ok(Json(RestoreCollectionResponse {
+        counts: page.counts,
+        next_after_id: page.next_after_id.map(|i| i.to_string()),
+        total,
     }))
 }

@@ -20,9 +20,7 @@ pub struct Health {
 /// Liveness: the process serves HTTP.
 #[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = Health)))]
 pub async fn healthz() -> Json<Health> {
-    Json(Health {
-        status: "ok".into(),
-    })
+    Json(Health { status: "ok".into() })
 }
 
 /// Readiness: every database's backends answer.
@@ -48,9 +46,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiEr
             }
         }
     }
-    Ok(Json(Health {
-        status: "ready".into(),
-    }))
+    Ok(Json(Health { status: "ready".into() }))
 }
 
 /// Metrics in the Prometheus text format.
@@ -68,9 +64,5 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 #[utoipa::path(get, path = "/openapi.json", tag = "operations",
     responses((status = 200, description = "OpenAPI 3 document", body = Object)))]
 pub async fn openapi(State(state): State<AppState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        state.openapi_json(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "application/json")], state.openapi_json()).into_response()
 }

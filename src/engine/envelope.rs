@@ -48,8 +48,8 @@ pub fn encode(
     system: &SystemFields,
     data_json: &str,
 ) -> Result<Vec<u8>> {
-    let data = RawValue::from_string(data_json.to_owned())
-        .map_err(|e| Error::Corrupt(format!("data is not JSON: {e}")))?;
+    let data =
+        RawValue::from_string(data_json.to_owned()).map_err(|e| Error::Corrupt(format!("data is not JSON: {e}")))?;
     let envelope = Envelope {
         chronos: Header {
             format: FORMAT,
@@ -154,11 +154,7 @@ mod tests {
         let bytes = encode(&c, &e, &system(), &content.json).unwrap();
         let d = decode(&bytes, &c, &e.id, 2, "w", &content.checksum).unwrap();
         assert_eq!(d.data_json, content.json);
-        assert_eq!(
-            d.data.keys().collect::<Vec<_>>(),
-            ["b", "a"],
-            "key order kept"
-        );
+        assert_eq!(d.data.keys().collect::<Vec<_>>(), ["b", "a"], "key order kept");
 
         let other: ItemId = "j".parse().unwrap();
         assert!(matches!(

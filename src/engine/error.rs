@@ -28,11 +28,7 @@ pub enum Error {
 
     /// Optimistic locking failed: the caller's expected object version is not the current one.
     #[error("version conflict on {item}: expected ov {expected}, current ov {current}")]
-    VersionConflict {
-        item: String,
-        expected: u64,
-        current: u64,
-    },
+    VersionConflict { item: String, expected: u64, current: u64 },
 
     /// A create named an id that is already taken (deleted items keep their id).
     #[error("{0} already exists")]

@@ -25,8 +25,7 @@ pub struct LocalPayloadStore {
 impl LocalPayloadStore {
     /// Use `root` as the store, creating it if needed.
     pub fn open(root: &Path) -> Result<Self> {
-        fs::create_dir_all(root)
-            .map_err(|e| Error::payload(format!("cannot create {}: {e}", root.display())))?;
+        fs::create_dir_all(root).map_err(|e| Error::payload(format!("cannot create {}: {e}", root.display())))?;
         Ok(LocalPayloadStore {
             root: Arc::new(root.to_path_buf()),
         })
@@ -36,10 +35,7 @@ impl LocalPayloadStore {
         &self.root
     }
 
-    async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Path) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
+    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&Path) -> Result<T> + Send + 'static) -> Result<T> {
         let root = self.root.clone();
         tokio::task::spawn_blocking(move || f(&root))
             .await
@@ -68,10 +64,7 @@ fn check_key(key: &str) -> Result<()> {
         }
     }
     // Catches what the checks above can't see on other platforms, such as Windows drive prefixes.
-    if !Path::new(key)
-        .components()
-        .all(|c| matches!(c, Component::Normal(_)))
-    {
+    if !Path::new(key).components().all(|c| matches!(c, Component::Normal(_))) {
         return bad("is not a plain relative path");
     }
     Ok(())
@@ -195,10 +188,8 @@ impl PayloadStore for LocalPayloadStore {
     async fn put(&self, key: &str, body: Bytes) -> Result<()> {
         check_key(key)?;
         let key = key.to_owned();
-        self.blocking(move |root| {
-            put_blocking(root, &key, &body).map_err(|e| io_err("put", &key, e))
-        })
-        .await
+        self.blocking(move |root| put_blocking(root, &key, &body).map_err(|e| io_err("put", &key, e)))
+            .await
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
@@ -225,12 +216,7 @@ impl PayloadStore for LocalPayloadStore {
         .await
     }
 
-    async fn list(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<String>> {
+    async fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<String>> {
         if limit == 0 {
             return Ok(vec![]);
         }
@@ -279,10 +265,7 @@ mod tests {
                 matches!(s.put(bad, body).await, Err(Error::Validation { .. })),
                 "put {bad:?}"
             );
-            assert!(
-                matches!(s.get(bad).await, Err(Error::Validation { .. })),
-                "get {bad:?}"
-            );
+            assert!(matches!(s.get(bad).await, Err(Error::Validation { .. })), "get {bad:?}");
             assert!(
                 matches!(s.delete(bad).await, Err(Error::Validation { .. })),
                 "delete {bad:?}"
@@ -297,16 +280,9 @@ mod tests {
     async fn put_get_delete_round_trip() {
         let (_dir, s) = store();
         assert_eq!(s.get("c/i/v0/w.json").await.unwrap(), None);
-        s.put("c/i/v0/w.json", Bytes::from_static(b"one"))
-            .await
-            .unwrap();
-        s.put("c/i/v0/w.json", Bytes::from_static(b"two"))
-            .await
-            .unwrap();
-        assert_eq!(
-            s.get("c/i/v0/w.json").await.unwrap().as_deref(),
-            Some(&b"two"[..])
-        );
+        s.put("c/i/v0/w.json", Bytes::from_static(b"one")).await.unwrap();
+        s.put("c/i/v0/w.json", Bytes::from_static(b"two")).await.unwrap();
+        assert_eq!(s.get("c/i/v0/w.json").await.unwrap().as_deref(), Some(&b"two"[..]));
         // A directory or a path through a file is just a missing key, as on S3.
         assert_eq!(s.get("c/i").await.unwrap(), None);
         assert_eq!(s.get("c/i/v0/w.json/x").await.unwrap(), None);
@@ -321,9 +297,7 @@ mod tests {
     #[tokio::test]
     async fn list_is_byte_lexical_and_honours_prefix_start_after_and_limit() {
         let (_dir, s) = store();
-        let keys = [
-            "a/x", "a-b", "a/y/z", "a/y0", "a.b", "b", "ab/c", "a0", "Z/q", "é/1",
-        ];
+        let keys = ["a/x", "a-b", "a/y/z", "a/y0", "a.b", "b", "ab/c", "a0", "Z/q", "é/1"];
         for k in &keys {
             s.put(k, Bytes::from_static(b"x")).await.unwrap();
         }
@@ -336,15 +310,10 @@ mod tests {
         assert_eq!(s.list("", None, 100).await.unwrap(), expected);
         assert_eq!(
             s.list("", None, 100).await.unwrap(),
-            [
-                "Z/q", "a-b", "a.b", "a/x", "a/y/z", "a/y0", "a0", "ab/c", "b", "é/1"
-            ]
+            ["Z/q", "a-b", "a.b", "a/x", "a/y/z", "a/y0", "a0", "ab/c", "b", "é/1"]
         );
 
-        assert_eq!(
-            s.list("a/", None, 100).await.unwrap(),
-            ["a/x", "a/y/z", "a/y0"]
-        );
+        assert_eq!(s.list("a/", None, 100).await.unwrap(), ["a/x", "a/y/z", "a/y0"]);
         assert_eq!(s.list("a/y", None, 100).await.unwrap(), ["a/y/z", "a/y0"]);
         assert_eq!(
             s.list("a", None, 100).await.unwrap(),
@@ -353,19 +322,10 @@ mod tests {
         assert!(s.list("nothing/", None, 100).await.unwrap().is_empty());
         assert!(s.list("../", None, 100).await.unwrap().is_empty());
 
-        assert_eq!(
-            s.list("", Some("a/x"), 3).await.unwrap(),
-            ["a/y/z", "a/y0", "a0"]
-        );
+        assert_eq!(s.list("", Some("a/x"), 3).await.unwrap(), ["a/y/z", "a/y0", "a0"]);
         // start_after need not be a key, nor lie under the prefix.
-        assert_eq!(
-            s.list("a/", Some("a/y"), 100).await.unwrap(),
-            ["a/y/z", "a/y0"]
-        );
-        assert_eq!(
-            s.list("a/", Some("A"), 100).await.unwrap(),
-            ["a/x", "a/y/z", "a/y0"]
-        );
+        assert_eq!(s.list("a/", Some("a/y"), 100).await.unwrap(), ["a/y/z", "a/y0"]);
+        assert_eq!(s.list("a/", Some("A"), 100).await.unwrap(), ["a/x", "a/y/z", "a/y0"]);
         assert!(s.list("a/", Some("b"), 100).await.unwrap().is_empty());
         assert!(s.list("", None, 0).await.unwrap().is_empty());
 

@@ -10,10 +10,7 @@ use tokio::sync::OwnedMutexGuard;
 
 use super::error::{Error, Result};
 use super::model::{CollectionName, Head, ItemId, Op, State, Timestamp, VersionEntry};
-use super::store::{
-    CommitError, HeadChange, HistoryPoint, ListQuery, MetaStore, NewData, PayloadStore,
-    PendingWrite,
-};
+use super::store::{CommitError, HeadChange, HistoryPoint, ListQuery, MetaStore, NewData, PayloadStore, PendingWrite};
 
 #[derive(Default)]
 struct Collection {
@@ -68,15 +65,8 @@ impl PendingWrite for MemoryPending {
     async fn commit(self: Box<Self>, version: VersionEntry) -> Result<(), CommitError> {
         let mut all = self.store.lock();
         let coll = all.entry(self.change.collection.clone()).or_default();
-        let head = next_head(
-            &self.change,
-            self.previous.as_ref(),
-            self.ov,
-            self.cv,
-            &version,
-        );
-        coll.versions
-            .insert((self.change.id.clone(), self.ov), version);
+        let head = next_head(&self.change, self.previous.as_ref(), self.ov, self.cv, &version);
+        coll.versions.insert((self.change.id.clone(), self.ov), version);
         coll.heads.insert(self.change.id.clone(), head);
         Ok(())
     }
@@ -85,13 +75,7 @@ impl PendingWrite for MemoryPending {
 }
 
 /// The head a change produces; shared by the stores that build heads in process.
-pub(crate) fn next_head(
-    change: &HeadChange,
-    previous: Option<&Head>,
-    ov: u64,
-    cv: u64,
-    v: &VersionEntry,
-) -> Head {
+pub(crate) fn next_head(change: &HeadChange, previous: Option<&Head>, ov: u64, cv: u64, v: &VersionEntry) -> Head {
     let mut function_ids = previous.map(|p| p.function_ids.clone()).unwrap_or_default();
     if let Some(f) = &change.function_id
         && !function_ids.contains(f)
@@ -152,11 +136,7 @@ impl MetaStore for MemoryMetaStore {
         Ok(())
     }
 
-    async fn prepare_collection(
-        &self,
-        collection: &CollectionName,
-        _indexed: &[String],
-    ) -> Result<()> {
+    async fn prepare_collection(&self, collection: &CollectionName, _indexed: &[String]) -> Result<()> {
         self.lock().entry(collection.clone()).or_default();
         Ok(())
     }
@@ -187,18 +167,10 @@ impl MetaStore for MemoryMetaStore {
     }
 
     async fn head(&self, collection: &CollectionName, id: &ItemId) -> Result<Option<Head>> {
-        Ok(self
-            .lock()
-            .get(collection)
-            .and_then(|c| c.heads.get(id).cloned()))
+        Ok(self.lock().get(collection).and_then(|c| c.heads.get(id).cloned()))
     }
 
-    async fn version(
-        &self,
-        collection: &CollectionName,
-        id: &ItemId,
-        ov: u64,
-    ) -> Result<Option<VersionEntry>> {
+    async fn version(&self, collection: &CollectionName, id: &ItemId, ov: u64) -> Result<Option<VersionEntry>> {
         Ok(self
             .lock()
             .get(collection)
@@ -239,12 +211,7 @@ impl MetaStore for MemoryMetaStore {
         Ok(heads.into_iter().take(q.limit).cloned().collect())
     }
 
-    async fn list_as_of(
-        &self,
-        collection: &CollectionName,
-        at: Timestamp,
-        q: &ListQuery,
-    ) -> Result<Vec<VersionEntry>> {
+    async fn list_as_of(&self, collection: &CollectionName, at: Timestamp, q: &ListQuery) -> Result<Vec<VersionEntry>> {
         let all = self.lock();
         let Some(c) = all.get(collection) else {
             return Ok(vec![]);
@@ -289,10 +256,7 @@ impl MetaStore for MemoryMetaStore {
     }
 
     async fn count_items(&self, collection: &CollectionName) -> Result<u64> {
-        Ok(self
-            .lock()
-            .get(collection)
-            .map_or(0, |c| c.heads.len() as u64))
+        Ok(self.lock().get(collection).map_or(0, |c| c.heads.len() as u64))
     }
 
     async fn versions(
@@ -364,12 +328,7 @@ impl PayloadStore for MemoryPayloadStore {
         Ok(())
     }
 
-    async fn list(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<String>> {
+    async fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<String>> {
         Ok(self
             .lock()
             .range(prefix.to_owned()..)

@@ -88,8 +88,7 @@ mod tests {
     }
 
     fn json_object() -> impl Strategy<Value = Map<String, Value>> {
-        prop::collection::btree_map("[a-d]|id", json_value(), 0..5)
-            .prop_map(|m| m.into_iter().collect())
+        prop::collection::btree_map("[a-d]|id", json_value(), 0..5).prop_map(|m| m.into_iter().collect())
     }
 
     /// Every element of `sub` has a counterpart in `sup` (by id for identified objects).

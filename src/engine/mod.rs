@@ -22,12 +22,10 @@ pub mod versioning;
 
 pub use error::{Backend, Error, Result};
 pub use model::{
-    Attribution, CollectionName, ItemId, Op, Record, State, SystemFields, Timestamp, VersionEntry,
-    WriteOutcome,
+    Attribution, CollectionName, ItemId, Op, Record, State, SystemFields, Timestamp, VersionEntry, WriteOutcome,
 };
 pub use restore::{RestoreCounts, RestorePage};
 pub use store::{HistoryPoint, MetaStore, PayloadStore};
 pub use versioning::{
-    CollectionMap, Engine, EngineSettings, Enrichment, ListOptions, ListPage, ReadOptions,
-    VersionTarget,
+    CollectionMap, Engine, EngineSettings, Enrichment, ListOptions, ListPage, ReadOptions, VersionTarget,
 };

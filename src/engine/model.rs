@@ -32,9 +32,7 @@ pub struct ItemId(String);
 fn check_name(field: &str, s: &str, max: usize, extra: &[char]) -> Result<()> {
     let describe = || {
         let extras: String = extra.iter().map(|c| format!(" `{c}`")).collect();
-        format!(
-            "must be 1-{max} characters of ASCII letters, digits and{extras}, starting with a letter or digit"
-        )
+        format!("must be 1-{max} characters of ASCII letters, digits and{extras}, starting with a letter or digit")
     };
     let mut chars = s.chars();
     match chars.next() {
@@ -197,8 +195,8 @@ pub struct Content {
 
 impl Content {
     pub fn new(data: &Map<String, Value>) -> Result<Self> {
-        let json = serde_json::to_string(data)
-            .map_err(|e| Error::validation("data", format!("not serializable: {e}")))?;
+        let json =
+            serde_json::to_string(data).map_err(|e| Error::validation("data", format!("not serializable: {e}")))?;
         Ok(Self::from_json(json))
     }
 
@@ -213,11 +211,7 @@ impl Content {
 }
 
 /// Parse stored data back into a JSON object, checking its digest first.
-pub fn parse_data(
-    json: &str,
-    expected_checksum: &str,
-    what: &dyn fmt::Display,
-) -> Result<Map<String, Value>> {
+pub fn parse_data(json: &str, expected_checksum: &str, what: &dyn fmt::Display) -> Result<Map<String, Value>> {
     if sha256_hex(json) != expected_checksum {
         return Err(Error::Corrupt(format!("checksum mismatch for {what}")));
     }
@@ -335,24 +329,16 @@ mod tests {
 
     #[test]
     fn names_reject_path_tricks() {
-        for bad in [
-            "", ".", "..", "a/b", "../x", "a\0b", "a b", "-x", ".hidden", "é",
-        ] {
+        for bad in ["", ".", "..", "a/b", "../x", "a\0b", "a b", "-x", ".hidden", "é"] {
             assert!(bad.parse::<ItemId>().is_err(), "id {bad:?} accepted");
-            assert!(
-                bad.parse::<CollectionName>().is_err(),
-                "collection {bad:?} accepted"
-            );
+            assert!(bad.parse::<CollectionName>().is_err(), "collection {bad:?} accepted");
         }
         assert!("x".repeat(129).parse::<ItemId>().is_err());
         assert!("x".repeat(65).parse::<CollectionName>().is_err());
         assert!("system_x".parse::<CollectionName>().is_err());
         assert!("Chronos".parse::<CollectionName>().is_err());
         assert_eq!("a.b:c-d_e".parse::<ItemId>().unwrap().as_str(), "a.b:c-d_e");
-        assert_eq!(
-            "orders_2024".parse::<CollectionName>().unwrap().as_str(),
-            "orders_2024"
-        );
+        assert_eq!("orders_2024".parse::<CollectionName>().unwrap().as_str(), "orders_2024");
     }
 
     #[test]

@@ -12,9 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bson::{Bson, Document, doc, oid::ObjectId};
-use mongodb::error::{
-    ErrorKind, TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT, WriteFailure,
-};
+use mongodb::error::{ErrorKind, TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT, WriteFailure};
 use mongodb::options::{IndexOptions, ReadConcern, ReturnDocument, WriteConcern};
 use mongodb::{Client, ClientSession, Collection, Database, IndexModel};
 use serde_json::{Map, Value};
@@ -22,9 +20,7 @@ use serde_json::{Map, Value};
 use super::error::{Error, Result};
 use super::model::{CollectionName, Head, ItemId, Op, State, Timestamp, VersionEntry};
 use super::query::{Cond, Filter};
-use super::store::{
-    CommitError, HeadChange, HistoryPoint, ListQuery, MetaStore, NewData, PendingWrite,
-};
+use super::store::{CommitError, HeadChange, HistoryPoint, ListQuery, MetaStore, NewData, PendingWrite};
 
 /// How often a write retries when another transaction holds its item, before giving up.
 const CONTENTION_ATTEMPTS: u32 = 40;
@@ -116,9 +112,7 @@ impl MongoMetaStore {
             Err(e) => {
                 let _ = session.abort_transaction().await;
                 return Err(match code(&e) {
-                    Some(DUPLICATE_KEY) => {
-                        Error::AlreadyExists(format!("{}/{}", change.collection, change.id))
-                    }
+                    Some(DUPLICATE_KEY) => Error::AlreadyExists(format!("{}/{}", change.collection, change.id)),
                     _ => map_err(e),
                 });
             }
@@ -307,12 +301,7 @@ impl PendingWrite for MongoPending {
             "meta": to_bson_doc(&v.meta),
             "deleted": v.deleted,
         };
-        if let Err(e) = self
-            .store_versions
-            .insert_one(entry)
-            .session(&mut self.session)
-            .await
-        {
+        if let Err(e) = self.store_versions.insert_one(entry).session(&mut self.session).await {
             let _ = self.session.abort_transaction().await;
             let retry = is_transient(&e);
             return Err(CommitError::NotCommitted {
@@ -350,11 +339,7 @@ impl PendingWrite for MongoPending {
 #[async_trait]
 impl MetaStore for MongoMetaStore {
     async fn ping(&self) -> Result<()> {
-        let hello = self
-            .db
-            .run_command(doc! {"hello": 1})
-            .await
-            .map_err(Error::metadata)?;
+        let hello = self.db.run_command(doc! {"hello": 1}).await.map_err(Error::metadata)?;
         let replica_set = hello.get_str("setName").is_ok();
         let mongos = hello.get_str("msg").is_ok_and(|m| m == "isdbgrid");
         if !replica_set && !mongos {
@@ -424,12 +409,7 @@ impl MetaStore for MongoMetaStore {
         found.map(|d| head_from_doc(id, d)).transpose()
     }
 
-    async fn version(
-        &self,
-        c: &CollectionName,
-        id: &ItemId,
-        ov: u64,
-    ) -> Result<Option<VersionEntry>> {
+    async fn version(&self, c: &CollectionName, id: &ItemId, ov: u64) -> Result<Option<VersionEntry>> {
         let found = self
             .versions_coll(c)
             .find_one(doc! {"itemId": id.as_str(), "ov": ov as i64})
@@ -438,12 +418,7 @@ impl MetaStore for MongoMetaStore {
         found.map(|d| version_from_doc(id, &d)).transpose()
     }
 
-    async fn version_as_of(
-        &self,
-        c: &CollectionName,
-        id: &ItemId,
-        at: Timestamp,
-    ) -> Result<Option<VersionEntry>> {
+    async fn version_as_of(&self, c: &CollectionName, id: &ItemId, at: Timestamp) -> Result<Option<VersionEntry>> {
         let found = self
             .versions_coll(c)
             .find_one(doc! {"itemId": id.as_str(), "at": {"$lte": to_date(at)}})
@@ -460,10 +435,7 @@ impl MetaStore for MongoMetaStore {
             filter.insert("deletedAt", Bson::Null);
         }
         if let Some(after) = &q.after_id {
-            filter.insert(
-                "_id",
-                doc! {if q.descending { "$lt" } else { "$gt" }: after.as_str()},
-            );
+            filter.insert("_id", doc! {if q.descending { "$lt" } else { "$gt" }: after.as_str()});
         }
         let docs: Vec<Document> = self
             .heads(c)
@@ -484,12 +456,7 @@ impl MetaStore for MongoMetaStore {
             .collect()
     }
 
-    async fn list_as_of(
-        &self,
-        c: &CollectionName,
-        at: Timestamp,
-        q: &ListQuery,
-    ) -> Result<Vec<VersionEntry>> {
+    async fn list_as_of(&self, c: &CollectionName, at: Timestamp, q: &ListQuery) -> Result<Vec<VersionEntry>> {
         use futures::TryStreamExt;
         let mut first = doc! {"at": {"$lte": to_date(at)}};
         if let Some(after) = &q.after_id {
@@ -530,19 +497,13 @@ impl MetaStore for MongoMetaStore {
             .collect()
     }
 
-    async fn versions_at(
-        &self,
-        c: &CollectionName,
-        ids: &[ItemId],
-        point: HistoryPoint,
-    ) -> Result<Vec<VersionEntry>> {
+    async fn versions_at(&self, c: &CollectionName, ids: &[ItemId], point: HistoryPoint) -> Result<Vec<VersionEntry>> {
         use futures::TryStreamExt;
         let bound = match point {
             HistoryPoint::Cv(cv) => doc! {"cv": {"$lte": cv as i64}},
             HistoryPoint::At(at) => doc! {"at": {"$lte": to_date(at)}},
         };
-        let mut first =
-            doc! {"itemId": {"$in": ids.iter().map(ItemId::as_str).collect::<Vec<_>>()}};
+        let mut first = doc! {"itemId": {"$in": ids.iter().map(ItemId::as_str).collect::<Vec<_>>()}};
         first.extend(bound);
         let pipeline = vec![
             doc! {"$match": first},
@@ -567,10 +528,7 @@ impl MetaStore for MongoMetaStore {
     }
 
     async fn count_items(&self, c: &CollectionName) -> Result<u64> {
-        self.heads(c)
-            .estimated_document_count()
-            .await
-            .map_err(map_err)
+        self.heads(c).estimated_document_count().await.map_err(map_err)
     }
 
     async fn versions(
@@ -644,8 +602,7 @@ fn is_transient(e: &mongodb::error::Error) -> bool {
 fn map_err(e: mongodb::error::Error) -> Error {
     if code(&e) == Some(ILLEGAL_OPERATION) && e.to_string().contains("Transaction numbers") {
         return Error::Unsupported(
-            "MongoDB refused a transaction: Chronos needs a replica set or a sharded cluster"
-                .into(),
+            "MongoDB refused a transaction: Chronos needs a replica set or a sharded cluster".into(),
         );
     }
     Error::metadata(e)
@@ -663,18 +620,14 @@ fn get_u64(d: &Document, key: &str) -> Result<u64> {
     match d.get(key) {
         Some(Bson::Int64(n)) if *n >= 0 => Ok(*n as u64),
         Some(Bson::Int32(n)) if *n >= 0 => Ok(*n as u64),
-        _ => Err(Error::Corrupt(format!(
-            "field `{key}` missing or not a count"
-        ))),
+        _ => Err(Error::Corrupt(format!("field `{key}` missing or not a count"))),
     }
 }
 
 fn get_date(d: &Document, key: &str) -> Result<Timestamp> {
     match d.get(key) {
         Some(Bson::DateTime(t)) => from_date(*t),
-        _ => Err(Error::Corrupt(format!(
-            "field `{key}` missing or not a date"
-        ))),
+        _ => Err(Error::Corrupt(format!("field `{key}` missing or not a date"))),
     }
 }
 
@@ -708,10 +661,7 @@ fn get_meta(d: &Document) -> Map<String, Value> {
 
 fn head_from_doc(id: &ItemId, d: Document) -> Result<Head> {
     let function_ids = match d.get("functionIds") {
-        Some(Bson::Array(a)) => a
-            .iter()
-            .filter_map(|b| b.as_str().map(str::to_owned))
-            .collect(),
+        Some(Bson::Array(a)) => a.iter().filter_map(|b| b.as_str().map(str::to_owned)).collect(),
         _ => vec![],
     };
     Ok(Head {

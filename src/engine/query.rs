@@ -54,9 +54,7 @@ fn scalars(field: &str, op: &str, v: &Value) -> Result<Vec<Value>> {
         .as_array()
         .ok_or_else(|| invalid(format!("`{field}`: {op} takes an array")))?;
     if items.len() > MAX_IN {
-        return Err(invalid(format!(
-            "`{field}`: {op} takes at most {MAX_IN} values"
-        )));
+        return Err(invalid(format!("`{field}`: {op} takes at most {MAX_IN} values")));
     }
     items.iter().map(|i| scalar(field, i)).collect()
 }
@@ -105,9 +103,7 @@ impl Filter {
 
     /// Evaluate against indexed metadata (for stores that filter in process).
     pub fn matches(&self, meta: &Map<String, Value>) -> bool {
-        self.clauses
-            .iter()
-            .all(|(field, cond)| cond.matches(meta.get(field)))
+        self.clauses.iter().all(|(field, cond)| cond.matches(meta.get(field)))
     }
 }
 
@@ -172,9 +168,8 @@ impl Cond {
                 elements.iter().any(|e| equal(e, target))
             }
         };
-        let any_cmp = |target: &Value, ok: fn(Ordering) -> bool| {
-            elements.iter().any(|e| compare(e, target).is_some_and(ok))
-        };
+        let any_cmp =
+            |target: &Value, ok: fn(Ordering) -> bool| elements.iter().any(|e| compare(e, target).is_some_and(ok));
         match self {
             Cond::Eq(t) => any_eq(t),
             Cond::Ne(t) => !any_eq(t),
@@ -231,10 +226,7 @@ mod tests {
         assert!(check(json!({"n": 5.0})));
         assert!(check(json!({"n": {"$gte": 5, "$lt": 6}})));
         assert!(!check(json!({"n": {"$gt": 5}})));
-        assert!(
-            !check(json!({"n": {"$gt": "1"}})),
-            "no comparison across kinds"
-        );
+        assert!(!check(json!({"n": {"$gt": "1"}})), "no comparison across kinds");
         assert!(check(json!({"f": {"$gt": 2}})));
         assert!(check(json!({"s": {"$in": ["a", "b"]}})));
         assert!(check(json!({"s": {"$nin": ["a", "c"]}})));
@@ -243,9 +235,7 @@ mod tests {
         assert!(check(json!({"tags": {"$nin": ["q"]}})));
         assert!(check(json!({"z": null})));
         assert!(check(json!({"missing": null})), "absent equals null");
-        assert!(check(
-            json!({"missing": {"$exists": false}, "z": {"$exists": true}})
-        ));
+        assert!(check(json!({"missing": {"$exists": false}, "z": {"$exists": true}})));
         assert!(!check(json!({"missing": {"$gt": 0}})));
         assert!(check(json!({"missing": {"$ne": 1}})));
     }

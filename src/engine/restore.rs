@@ -24,7 +24,7 @@ const ITEM_ATTEMPTS: usize = 3;
 pub const RESTORE_PAGE: usize = 500;
 
 /// What the restore would do (dry run) or did, for one page or summed over pages.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RestoreCounts {
     /// Items looked at.
@@ -112,9 +112,7 @@ impl Engine {
             .into_iter()
             .map(|v| (v.id.clone(), v))
             .collect();
-        let next_after_id = (heads.len() == limit)
-            .then(|| ids.last().cloned())
-            .flatten();
+        let next_after_id = (heads.len() == limit).then(|| ids.last().cloned()).flatten();
         let work: Vec<(Head, Option<VersionEntry>)> = heads
             .into_iter()
             .map(|h| {
@@ -138,10 +136,7 @@ impl Engine {
                 Action::Keep => counts.unchanged += 1,
             }
         }
-        Ok(RestorePage {
-            counts,
-            next_after_id,
-        })
+        Ok(RestorePage { counts, next_after_id })
     }
 
     /// Restore (or plan) the whole collection, page by page; `progress(sums, total)` is called
@@ -186,9 +181,7 @@ impl Engine {
             }
             let result = match (act, &target) {
                 (Action::Restore, Some(t)) => {
-                    let decoded = self
-                        .load(collection, &t.id, t.ov, &t.write_id, &t.checksum)
-                        .await?;
+                    let decoded = self.load(collection, &t.id, t.ov, &t.write_id, &t.checksum).await?;
                     let data = self.new_data(collection, decoded.data)?;
                     self.write(
                         collection,
@@ -217,22 +210,16 @@ impl Engine {
             match result {
                 Ok(_) => return Ok(act),
                 // Written meanwhile: look again (its target state can't have changed).
-                Err(Error::VersionConflict { .. } | Error::NotFound(_))
-                    if attempt < ITEM_ATTEMPTS =>
-                {
+                Err(Error::VersionConflict { .. } | Error::NotFound(_)) if attempt < ITEM_ATTEMPTS => {
                     head = self
                         .meta()
                         .head(collection, &head.id)
                         .await?
-                        .ok_or_else(|| {
-                            Error::Corrupt(format!("{collection}/{} lost its head", head.id))
-                        })?;
+                        .ok_or_else(|| Error::Corrupt(format!("{collection}/{} lost its head", head.id)))?;
                 }
                 Err(e) => return Err(e),
             }
         }
-        Err(Error::Contended(format!(
-            "{collection} restore to {point:?}"
-        )))
+        Err(Error::Contended(format!("{collection} restore to {point:?}")))
     }
 }

@@ -4,9 +4,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
-use aws_sdk_s3::config::{
-    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, timeout::TimeoutConfig,
-};
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, RequestChecksumCalculation, timeout::TimeoutConfig};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
@@ -100,17 +98,10 @@ impl S3PayloadStore {
             Err(SdkError::ServiceError(e)) if e.err().is_not_found() => {}
             Err(e) => return Err(s3_err("head bucket", &self.bucket, e)),
         }
-        match self
-            .client
-            .create_bucket()
-            .bucket(&self.bucket)
-            .send()
-            .await
-        {
+        match self.client.create_bucket().bucket(&self.bucket).send().await {
             Ok(_) => Ok(true),
             Err(SdkError::ServiceError(e))
-                if e.err().is_bucket_already_owned_by_you()
-                    || e.err().is_bucket_already_exists() =>
+                if e.err().is_bucket_already_owned_by_you() || e.err().is_bucket_already_exists() =>
             {
                 Ok(false)
             }
@@ -151,14 +142,7 @@ impl PayloadStore for S3PayloadStore {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
-        let out = match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-        {
+        let out = match self.client.get_object().bucket(&self.bucket).key(key).send().await {
             Ok(out) => out,
             Err(SdkError::ServiceError(e)) if e.err().is_no_such_key() => return Ok(None),
             Err(e) => return Err(s3_err("get", key, e)),
@@ -182,12 +166,7 @@ impl PayloadStore for S3PayloadStore {
         Ok(())
     }
 
-    async fn list(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<String>> {
+    async fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<String>> {
         let out = self
             .client
             .list_objects_v2()

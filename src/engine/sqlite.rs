@@ -25,9 +25,7 @@ use super::local::LocalPayloadStore;
 use super::memory::after;
 use super::memory::{check_precondition, next_head};
 use super::model::{CollectionName, Head, ItemId, Timestamp, VersionEntry};
-use super::store::{
-    CommitError, HeadChange, HistoryPoint, ListQuery, MetaStore, NewData, PendingWrite,
-};
+use super::store::{CommitError, HeadChange, HistoryPoint, ListQuery, MetaStore, NewData, PendingWrite};
 use super::versioning::{Engine, EngineSettings};
 
 /// Bumped whenever the tables change; a database from a newer build is refused, not misread.
@@ -78,17 +76,12 @@ CREATE TABLE versions (
 
 const HEAD_COLUMNS: &str = "ov, cv, write_id, inserted_at, updated_at, deleted_at, function_ids, \
                             state, size, checksum, meta, inline_data";
-const VERSION_COLUMNS: &str =
-    "ov, cv, op, at, actor, reason, write_id, size, checksum, meta, deleted";
+const VERSION_COLUMNS: &str = "ov, cv, op, at, actor, reason, write_id, size, checksum, meta, deleted";
 
 /// An engine on the embedded backends: `dir/chronos.db` and `dir/payloads/`, created if needed.
 pub fn embedded(dir: &Path, settings: EngineSettings) -> Result<Engine> {
-    std::fs::create_dir_all(dir).map_err(|e| {
-        Error::metadata(format!(
-            "cannot create data directory {}: {e}",
-            dir.display()
-        ))
-    })?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::metadata(format!("cannot create data directory {}: {e}", dir.display())))?;
     // The metadata store takes the directory's lock, so it opens first.
     let meta = SqliteMetaStore::open(&dir.join("chronos.db"))?;
     let payloads = LocalPayloadStore::open(&dir.join("payloads"))?;
@@ -122,12 +115,7 @@ impl SqliteMetaStore {
             .truncate(false)
             .write(true)
             .open(&lock_path)
-            .map_err(|e| {
-                Error::metadata(format!(
-                    "cannot open lock file {}: {e}",
-                    lock_path.display()
-                ))
-            })?;
+            .map_err(|e| Error::metadata(format!("cannot open lock file {}: {e}", lock_path.display())))?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
@@ -139,10 +127,7 @@ impl SqliteMetaStore {
                 )));
             }
             Err(TryLockError::Error(e)) => {
-                return Err(Error::metadata(format!(
-                    "cannot lock {}: {e}",
-                    lock_path.display()
-                )));
+                return Err(Error::metadata(format!("cannot lock {}: {e}", lock_path.display())));
             }
         }
 
@@ -158,8 +143,7 @@ impl SqliteMetaStore {
             )));
         }
         // In WAL mode NORMAL may lose the last commits on power loss; an acknowledged write must not.
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(map_sql)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(map_sql)?;
         create_schema(&mut conn)?;
         Ok(SqliteMetaStore {
             inner: Arc::new(Inner {
@@ -208,9 +192,9 @@ fn create_schema(conn: &mut Connection) -> Result<()> {
 fn map_sql(e: rusqlite::Error) -> Error {
     use rusqlite::Error as E;
     match &e {
-        E::InvalidColumnType(..)
-        | E::FromSqlConversionFailure(..)
-        | E::IntegralValueOutOfRange(..) => Error::Corrupt(e.to_string()),
+        E::InvalidColumnType(..) | E::FromSqlConversionFailure(..) | E::IntegralValueOutOfRange(..) => {
+            Error::Corrupt(e.to_string())
+        }
         _ if matches!(
             e.sqlite_error_code(),
             Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase)
@@ -357,10 +341,7 @@ fn read_head(conn: &Connection, c: &CollectionName, id: &ItemId) -> Result<Optio
         .prepare_cached(&format!(
             "SELECT {HEAD_COLUMNS} FROM heads WHERE collection = ?1 AND item_id = ?2"
         ))
-        .and_then(|mut s| {
-            s.query_row(params![c.as_str(), id.as_str()], HeadRow::read)
-                .optional()
-        })
+        .and_then(|mut s| s.query_row(params![c.as_str(), id.as_str()], HeadRow::read).optional())
         .map_err(map_sql)?;
     row.map(|r| r.into_head(id)).transpose()
 }
@@ -402,10 +383,7 @@ fn commit_write(
     head: &Head,
     v: &VersionEntry,
 ) -> Result<(), CommitError> {
-    let not_committed = |error: Error| CommitError::NotCommitted {
-        error,
-        retry: false,
-    };
+    let not_committed = |error: Error| CommitError::NotCommitted { error, retry: false };
     let sql_not_committed = |e: rusqlite::Error| CommitError::NotCommitted {
         retry: is_busy(&e),
         error: map_sql(e),
@@ -581,13 +559,7 @@ impl PendingWrite for SqlitePending {
 
     async fn commit(self: Box<Self>, version: VersionEntry) -> Result<(), CommitError> {
         let this = *self;
-        let head = next_head(
-            &this.change,
-            this.previous.as_ref(),
-            this.ov,
-            this.cv,
-            &version,
-        );
+        let head = next_head(&this.change, this.previous.as_ref(), this.ov, this.cv, &version);
         let previous_ov = this.previous.as_ref().map(|p| p.ov);
         let collection = this.change.collection;
         let store = this.store;
@@ -595,13 +567,7 @@ impl PendingWrite for SqlitePending {
         let joined = tokio::task::spawn_blocking(move || {
             // The item stays held until the transaction is over, even if the caller stops waiting.
             let _item = item;
-            commit_write(
-                &mut lock_std(&store.conn),
-                &collection,
-                previous_ov,
-                &head,
-                &version,
-            )
+            commit_write(&mut lock_std(&store.conn), &collection, previous_ov, &head, &version)
         })
         .await;
         match joined {
@@ -623,11 +589,7 @@ impl MetaStore for SqliteMetaStore {
         .await
     }
 
-    async fn prepare_collection(
-        &self,
-        _collection: &CollectionName,
-        _indexed: &[String],
-    ) -> Result<()> {
+    async fn prepare_collection(&self, _collection: &CollectionName, _indexed: &[String]) -> Result<()> {
         // The tables are shared by all collections and were created at open.
         Ok(())
     }
@@ -664,34 +626,19 @@ impl MetaStore for SqliteMetaStore {
         self.with_conn(move |conn| read_head(conn, &c, &id)).await
     }
 
-    async fn version(
-        &self,
-        c: &CollectionName,
-        id: &ItemId,
-        ov: u64,
-    ) -> Result<Option<VersionEntry>> {
+    async fn version(&self, c: &CollectionName, id: &ItemId, ov: u64) -> Result<Option<VersionEntry>> {
         let Ok(ov) = i64::try_from(ov) else {
             return Ok(None);
         };
         let (c, id) = (c.clone(), id.clone());
         self.with_conn(move |conn| {
-            let found = read_versions(
-                conn,
-                &id,
-                "AND ov = ?3",
-                params![c.as_str(), id.as_str(), ov],
-            )?;
+            let found = read_versions(conn, &id, "AND ov = ?3", params![c.as_str(), id.as_str(), ov])?;
             Ok(found.into_iter().next())
         })
         .await
     }
 
-    async fn version_as_of(
-        &self,
-        c: &CollectionName,
-        id: &ItemId,
-        at: Timestamp,
-    ) -> Result<Option<VersionEntry>> {
+    async fn version_as_of(&self, c: &CollectionName, id: &ItemId, at: Timestamp) -> Result<Option<VersionEntry>> {
         let (c, id) = (c.clone(), id.clone());
         self.with_conn(move |conn| {
             let found = read_versions(
@@ -748,12 +695,7 @@ impl MetaStore for SqliteMetaStore {
         .await
     }
 
-    async fn list_as_of(
-        &self,
-        c: &CollectionName,
-        at: Timestamp,
-        q: &ListQuery,
-    ) -> Result<Vec<VersionEntry>> {
+    async fn list_as_of(&self, c: &CollectionName, at: Timestamp, q: &ListQuery) -> Result<Vec<VersionEntry>> {
         let (c, q) = (c.clone(), q.clone());
         self.with_conn(move |conn| {
             let order = if q.descending { "DESC" } else { "ASC" };
@@ -798,12 +740,7 @@ impl MetaStore for SqliteMetaStore {
         .await
     }
 
-    async fn versions_at(
-        &self,
-        c: &CollectionName,
-        ids: &[ItemId],
-        point: HistoryPoint,
-    ) -> Result<Vec<VersionEntry>> {
+    async fn versions_at(&self, c: &CollectionName, ids: &[ItemId], point: HistoryPoint) -> Result<Vec<VersionEntry>> {
         let (c, ids) = (c.clone(), ids.to_vec());
         self.with_conn(move |conn| {
             let (column, bound) = match point {
@@ -920,9 +857,7 @@ mod tests {
         // A second writer of the same item waits for the first.
         let update = change("a", Op::Update, Some(0));
         let waiting = tokio::spawn({
-            let s = SqliteMetaStore {
-                inner: s.inner.clone(),
-            };
+            let s = SqliteMetaStore { inner: s.inner.clone() };
             async move { s.begin_write(update).await.map(|p| p.ov()) }
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -936,9 +871,7 @@ mod tests {
         drop(other);
         assert_eq!(busy_items(&s), 0);
         assert_eq!(
-            s.head(&"c".parse().unwrap(), &"b".parse().unwrap())
-                .await
-                .unwrap(),
+            s.head(&"c".parse().unwrap(), &"b".parse().unwrap()).await.unwrap(),
             None
         );
     }
@@ -951,9 +884,6 @@ mod tests {
             .unwrap()
             .pragma_update(None, "user_version", 99)
             .unwrap();
-        assert!(matches!(
-            SqliteMetaStore::open(&path),
-            Err(Error::Unsupported(_))
-        ));
+        assert!(matches!(SqliteMetaStore::open(&path), Err(Error::Unsupported(_))));
     }
 }

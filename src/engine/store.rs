@@ -21,12 +21,7 @@ pub trait PayloadStore: Send + Sync + 'static {
     /// Deleting a missing key is not an error.
     async fn delete(&self, key: &str) -> Result<()>;
     /// Keys under `prefix`, in lexical order, starting after `start_after`; at most `limit`.
-    async fn list(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<String>>;
+    async fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<String>>;
 }
 
 /// The change a write makes to an item's head, prepared by the engine and applied atomically by
@@ -122,11 +117,7 @@ pub trait MetaStore: Send + Sync + 'static {
     /// Create what a collection needs: its indexes, including one per indexed property (and
     /// drop indexes of properties no longer indexed). Idempotent; the engine calls it once per
     /// collection per process, never per write.
-    async fn prepare_collection(
-        &self,
-        collection: &CollectionName,
-        indexed: &[String],
-    ) -> Result<()>;
+    async fn prepare_collection(&self, collection: &CollectionName, indexed: &[String]) -> Result<()>;
     /// Start a write: allocate the next cv, check the precondition and hold the item until the
     /// returned [`PendingWrite`] commits or is dropped.
     ///
@@ -134,12 +125,7 @@ pub trait MetaStore: Send + Sync + 'static {
     /// a taken id), `VersionConflict`, `Contended`.
     async fn begin_write(&self, change: HeadChange) -> Result<Box<dyn PendingWrite>>;
     async fn head(&self, collection: &CollectionName, id: &ItemId) -> Result<Option<Head>>;
-    async fn version(
-        &self,
-        collection: &CollectionName,
-        id: &ItemId,
-        ov: u64,
-    ) -> Result<Option<VersionEntry>>;
+    async fn version(&self, collection: &CollectionName, id: &ItemId, ov: u64) -> Result<Option<VersionEntry>>;
     /// The latest version written at or before `at`.
     async fn version_as_of(
         &self,
@@ -148,8 +134,7 @@ pub trait MetaStore: Send + Sync + 'static {
         at: Timestamp,
     ) -> Result<Option<VersionEntry>>;
     /// Heads matching the query (the filter applies to their indexed metadata).
-    async fn list_heads(&self, collection: &CollectionName, query: &ListQuery)
-    -> Result<Vec<Head>>;
+    async fn list_heads(&self, collection: &CollectionName, query: &ListQuery) -> Result<Vec<Head>>;
     /// For each item, the version current at `at`, if it matches the query (the filter applies
     /// to that version's metadata; deleted versions only with `include_deleted`).
     async fn list_as_of(

@@ -11,8 +11,8 @@ use tokio::sync::OnceCell;
 use super::envelope::{self, Decoded};
 use super::error::{Error, Result};
 use super::model::{
-    Attribution, CollectionName, Content, Head, ItemId, Op, Record, State, SystemFields, Timestamp,
-    VersionEntry, WriteOutcome, now, parse_data, payload_key,
+    Attribution, CollectionName, Content, Head, ItemId, Op, Record, State, SystemFields, Timestamp, VersionEntry,
+    WriteOutcome, now, parse_data, payload_key,
 };
 use super::query::Filter;
 use super::store::{CommitError, HeadChange, ListQuery, MetaStore, NewData, PayloadStore};
@@ -140,11 +140,7 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(
-        meta: Arc<dyn MetaStore>,
-        payloads: Arc<dyn PayloadStore>,
-        settings: EngineSettings,
-    ) -> Self {
+    pub fn new(meta: Arc<dyn MetaStore>, payloads: Arc<dyn PayloadStore>, settings: EngineSettings) -> Self {
         Engine {
             meta,
             payloads,
@@ -179,15 +175,7 @@ impl Engine {
         let id = id.unwrap_or_else(ItemId::generate);
         let data = self.new_data(collection, data)?;
         let outcome = self
-            .write(
-                collection,
-                &id,
-                Op::Create,
-                None,
-                NewContent::Data(data),
-                None,
-                who,
-            )
+            .write(collection, &id, Op::Create, None, NewContent::Data(data), None, who)
             .await?;
         Ok((id, outcome))
     }
@@ -283,8 +271,7 @@ impl Engine {
             VersionTarget::Ov(ov) => self.meta.version(collection, id, ov).await?,
             VersionTarget::At(at) => self.meta.version_as_of(collection, id, at).await?,
         };
-        let entry =
-            entry.ok_or_else(|| Error::NotFound(format!("{collection}/{id} at {target}")))?;
+        let entry = entry.ok_or_else(|| Error::NotFound(format!("{collection}/{id} at {target}")))?;
         if entry.deleted {
             return Err(Error::validation(
                 "target",
@@ -311,12 +298,7 @@ impl Engine {
     }
 
     /// The latest version of an item.
-    pub async fn get_latest(
-        &self,
-        collection: &CollectionName,
-        id: &ItemId,
-        opts: ReadOptions,
-    ) -> Result<Record> {
+    pub async fn get_latest(&self, collection: &CollectionName, id: &ItemId, opts: ReadOptions) -> Result<Record> {
         let head = self.meta.head(collection, id).await?;
         let head = head.ok_or_else(|| not_found(collection, id))?;
         if head.deleted() && !opts.include_deleted {
@@ -333,15 +315,9 @@ impl Engine {
                 &format_args!("{collection}/{} v{}", head.id, head.ov),
             )?,
             None => {
-                self.load(
-                    collection,
-                    &head.id,
-                    head.ov,
-                    &head.write_id,
-                    &head.checksum,
-                )
-                .await?
-                .data
+                self.load(collection, &head.id, head.ov, &head.write_id, &head.checksum)
+                    .await?
+                    .data
             }
         };
         Ok(Record {
@@ -397,10 +373,7 @@ impl Engine {
         let next_after_id = (records.len() == opts.limit)
             .then(|| records.last().map(|r| r.id.clone()))
             .flatten();
-        Ok(ListPage {
-            records,
-            next_after_id,
-        })
+        Ok(ListPage { records, next_after_id })
     }
 
     /// Version `ov` of an item.
@@ -425,8 +398,7 @@ impl Engine {
         opts: ReadOptions,
     ) -> Result<Record> {
         let entry = self.meta.version_as_of(collection, id, at).await?;
-        let entry =
-            entry.ok_or_else(|| Error::NotFound(format!("{collection}/{id} as of {at}")))?;
+        let entry = entry.ok_or_else(|| Error::NotFound(format!("{collection}/{id} as of {at}")))?;
         self.record_of(collection, entry, opts).await
     }
 
@@ -450,12 +422,7 @@ impl Engine {
         self.meta.versions(collection, id, after_ov, limit).await
     }
 
-    async fn record_of(
-        &self,
-        collection: &CollectionName,
-        entry: VersionEntry,
-        opts: ReadOptions,
-    ) -> Result<Record> {
+    async fn record_of(&self, collection: &CollectionName, entry: VersionEntry, opts: ReadOptions) -> Result<Record> {
         if entry.deleted && !opts.include_deleted {
             return Err(Error::NotFound(format!(
                 "{collection}/{} v{} (deleted)",
@@ -463,13 +430,7 @@ impl Engine {
             )));
         }
         let decoded = self
-            .load(
-                collection,
-                &entry.id,
-                entry.ov,
-                &entry.write_id,
-                &entry.checksum,
-            )
+            .load(collection, &entry.id, entry.ov, &entry.write_id, &entry.checksum)
             .await?;
         Ok(Record {
             id: entry.id,
@@ -504,19 +465,12 @@ impl Engine {
         match self.map(collection).and_then(CollectionMap::explicit) {
             Some(props) => props.iter().any(|p| p == property),
             None => {
-                !property.is_empty()
-                    && !property.starts_with('$')
-                    && !property.contains('.')
-                    && property != SYSTEM_KEY
+                !property.is_empty() && !property.starts_with('$') && !property.contains('.') && property != SYSTEM_KEY
             }
         }
     }
 
-    pub(super) fn new_data(
-        &self,
-        collection: &CollectionName,
-        mut data: Map<String, Value>,
-    ) -> Result<NewData> {
+    pub(super) fn new_data(&self, collection: &CollectionName, mut data: Map<String, Value>) -> Result<NewData> {
         // `_system` is ours: a record read, edited and written back must not smuggle it in.
         data.remove(SYSTEM_KEY);
         let content = Content::new(&data)?;
@@ -541,19 +495,12 @@ impl Engine {
             if !missing.is_empty() {
                 return Err(Error::validation(
                     "data",
-                    format!(
-                        "missing required indexed properties: {}",
-                        missing.join(", ")
-                    ),
+                    format!("missing required indexed properties: {}", missing.join(", ")),
                 ));
             }
         }
         let inline = content.json.len() <= self.settings.inline_max_bytes;
-        Ok(NewData {
-            content,
-            meta,
-            inline,
-        })
+        Ok(NewData { content, meta, inline })
     }
 
     async fn prepare(&self, collection: &CollectionName) -> Result<()> {
@@ -619,10 +566,7 @@ impl Engine {
                 }
                 change.data = Some(merged);
             }
-            let prepared = match self
-                .version_for(&change, previous.as_ref(), ov, cv, who)
-                .await
-            {
+            let prepared = match self.version_for(&change, previous.as_ref(), ov, cv, who).await {
                 Ok(p) => p,
                 Err(e) => {
                     pending.abort().await;
@@ -635,11 +579,7 @@ impl Engine {
                 pending.abort().await;
                 return Err(e);
             }
-            let outcome = WriteOutcome {
-                ov,
-                cv,
-                at: entry.at,
-            };
+            let outcome = WriteOutcome { ov, cv, at: entry.at };
             match pending.commit(entry).await {
                 Ok(()) => return Ok(outcome),
                 Err(CommitError::NotCommitted { error, retry }) => {
@@ -666,12 +606,8 @@ impl Engine {
         previous: Option<&Head>,
         patches: &[Map<String, Value>],
     ) -> Result<NewData> {
-        let previous = previous
-            .ok_or_else(|| Error::Corrupt("an enrichment needs a previous version".into()))?;
-        let mut data = self
-            .record_of_head(collection, previous.clone())
-            .await?
-            .data;
+        let previous = previous.ok_or_else(|| Error::Corrupt("an enrichment needs a previous version".into()))?;
+        let mut data = self.record_of_head(collection, previous.clone()).await?.data;
         for patch in patches {
             super::merge::merge_object(&mut data, patch);
         }
@@ -704,9 +640,7 @@ impl Engine {
                 (Content::from_json(json), p.meta.clone())
             }
             (None, None) => {
-                return Err(Error::Corrupt(
-                    "a write without data needs a previous version".into(),
-                ));
+                return Err(Error::Corrupt("a write without data needs a previous version".into()));
             }
         };
         let deleted = change.op == Op::Delete;

@@ -18,11 +18,7 @@ pub struct Server {
     _task: tokio::task::JoinHandle<()>,
 }
 
-pub async fn start(
-    databases: BTreeMap<String, Arc<Engine>>,
-    tokens: Option<Tokens>,
-    max_body: usize,
-) -> Server {
+pub async fn start(databases: BTreeMap<String, Arc<Engine>>, tokens: Option<Tokens>, max_body: usize) -> Server {
     let app = api::router(
         AppState::new(databases, tokens),
         &ServiceSettings {
@@ -33,9 +29,7 @@ pub async fn start(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let task = tokio::spawn(async move {
-        api::serve(listener, app, std::future::pending())
-            .await
-            .unwrap();
+        api::serve(listener, app, std::future::pending()).await.unwrap();
     });
     Server {
         url,
@@ -45,12 +39,7 @@ pub async fn start(
 }
 
 async fn serve_one(h: Harness) -> (Server, Harness) {
-    let server = start(
-        BTreeMap::from([("t1".to_owned(), h.engine.clone())]),
-        None,
-        1 << 20,
-    )
-    .await;
+    let server = start(BTreeMap::from([("t1".to_owned(), h.engine.clone())]), None, 1 << 20).await;
     (server, h)
 }
 
@@ -67,13 +56,7 @@ async fn round_trip(server: &Server) {
         ..Default::default()
     };
     let created = c
-        .create(
-            "t1",
-            "notes",
-            None,
-            &obj(json!({"title": "a", "n": 1})),
-            &who,
-        )
+        .create("t1", "notes", None, &obj(json!({"title": "a", "n": 1})), &who)
         .await
         .unwrap();
     assert_eq!(created.ov, 0);
@@ -92,36 +75,18 @@ async fn round_trip(server: &Server) {
         ..Default::default()
     };
     let updated = c
-        .update(
-            "t1",
-            "notes",
-            &created.id,
-            &obj(json!({"title": "b"})),
-            &lock,
-        )
+        .update("t1", "notes", &created.id, &obj(json!({"title": "b"})), &lock)
         .await
         .unwrap();
     assert_eq!(updated.ov, 1);
     let stale = c
-        .update(
-            "t1",
-            "notes",
-            &created.id,
-            &obj(json!({"title": "c"})),
-            &lock,
-        )
+        .update("t1", "notes", &created.id, &obj(json!({"title": "c"})), &lock)
         .await
         .unwrap_err();
-    assert_eq!(
-        (stale.status(), stale.code()),
-        (Some(412), Some("precondition_failed"))
-    );
+    assert_eq!((stale.status(), stale.code()), (Some(412), Some("precondition_failed")));
     let resp = server
         .http
-        .put(format!(
-            "{}/v1/t1/notes/items/{}?expectedOv=0",
-            server.url, created.id
-        ))
+        .put(format!("{}/v1/t1/notes/items/{}?expectedOv=0", server.url, created.id))
         .json(&json!({"title": "c"}))
         .send()
         .await
@@ -131,19 +96,10 @@ async fn round_trip(server: &Server) {
     assert_eq!(body["code"], "version_conflict");
     assert_eq!(body["details"]["currentOv"], 1);
 
-    let v0 = c
-        .get("t1", "notes", &created.id, &Version::Ov(0), false)
-        .await
-        .unwrap();
+    let v0 = c.get("t1", "notes", &created.id, &Version::Ov(0), false).await.unwrap();
     assert_eq!(v0["title"], "a");
     let at = c
-        .get(
-            "t1",
-            "notes",
-            &created.id,
-            &Version::At(updated.at.clone()),
-            false,
-        )
+        .get("t1", "notes", &created.id, &Version::At(updated.at.clone()), false)
         .await
         .unwrap();
     assert_eq!(at["_system"]["ov"], 1);
@@ -156,21 +112,11 @@ async fn round_trip(server: &Server) {
         .await
         .unwrap_err();
     assert_eq!(gone.code(), Some("not_found"));
-    let kept = c
-        .get("t1", "notes", &created.id, &Version::Latest, true)
-        .await
-        .unwrap();
+    let kept = c.get("t1", "notes", &created.id, &Version::Latest, true).await.unwrap();
     assert_eq!(kept["_system"]["deleted"], true);
 
-    let hist = c
-        .history("t1", "notes", &created.id, None, Some(2))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        hist.code(),
-        Some("not_found"),
-        "history of a deleted item is hidden"
-    );
+    let hist = c.history("t1", "notes", &created.id, None, Some(2)).await.unwrap_err();
+    assert_eq!(hist.code(), Some("not_found"), "history of a deleted item is hidden");
     let resp = server
         .http
         .get(format!(
@@ -213,11 +159,7 @@ async fn listing(server: &Server) {
     assert_eq!(second.items.len(), 1);
     assert_eq!(second.items[0]["_system"]["id"], "task-2");
     assert_eq!(second.next_after_id, None);
-    for bad in [
-        "{\"$where\": \"1\"}",
-        "{\"n\": {\"$regex\": \"x\"}}",
-        "not json",
-    ] {
+    for bad in ["{\"$where\": \"1\"}", "{\"n\": {\"$regex\": \"x\"}}", "not json"] {
         let resp = server
             .http
             .get(format!("{}/v1/t1/tasks/items", server.url))
@@ -231,11 +173,95 @@ async fn listing(server: &Server) {
     }
 }
 
+async fn enrich_and_restore(server: &Server) {
+    use chronos::client::RestorePoint;
+    let c = Client::new(&server.url, None).unwrap();
+    let none = WriteOptions::default();
+    let created = c
+        .create(
+            "t1",
+            "people",
+            Some("p1"),
+            &obj(json!({"name": "Ann", "tags": ["a"]})),
+            &none,
+        )
+        .await
+        .unwrap();
+    let patches = [obj(json!({"tags": ["b"]})), obj(json!({"age": 40}))];
+    let enriched = c
+        .enrich("t1", "people", "p1", &patches, Some("census"), &none)
+        .await
+        .unwrap();
+    assert_eq!(enriched.ov, 1);
+    let got = c.get("t1", "people", "p1", &Version::Latest, false).await.unwrap();
+    assert_eq!(got["tags"], json!(["a", "b"]));
+    assert_eq!(got["age"], 40);
+    assert_eq!(got["_system"]["functionIds"], json!(["census"]));
+    let not_objects = server
+        .http
+        .patch(format!("{}/v1/t1/people/items/p1", server.url))
+        .json(&json!([1, 2]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_objects.status(), 422);
+
+    let restored = c
+        .restore_item("t1", "people", "p1", &Version::Ov(0), &none)
+        .await
+        .unwrap();
+    assert_eq!(restored.ov, 2);
+    let got = c.get("t1", "people", "p1", &Version::Latest, false).await.unwrap();
+    assert_eq!(got["tags"], json!(["a"]));
+    let both = server
+        .http
+        .post(format!("{}/v1/t1/people/items/p1/restore", server.url))
+        .json(&json!({"ov": 0, "at": "2020-01-01T00:00:00Z"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(both.status(), 400);
+    let wrong_type = server
+        .http
+        .post(format!("{}/v1/t1/people/items/p1/restore", server.url))
+        .json(&json!({"ov": "zero"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_type.status(), 422);
+    let body: Value = wrong_type.json().await.unwrap();
+    assert_eq!(body["details"]["field"], "ov");
+
+    // Back to the collection as of the create: p2 (created later) is deleted, p1 is as created.
+    c.create("t1", "people", Some("p2"), &obj(json!({"name": "Bob"})), &none)
+        .await
+        .unwrap();
+    let point = RestorePoint::Cv(created.cv);
+    let plan = c
+        .restore_collection_page("t1", "people", &point, true, None, &none)
+        .await
+        .unwrap();
+    assert_eq!(
+        (plan.counts.examined, plan.counts.deleted, plan.counts.unchanged),
+        (2, 1, 1)
+    );
+    assert_eq!(plan.total, 2);
+    let done = c
+        .restore_collection_page("t1", "people", &point, false, None, &none)
+        .await
+        .unwrap();
+    assert_eq!(done.counts, plan.counts);
+    assert_eq!(done.next_after_id, None);
+    let gone = c.get("t1", "people", "p2", &Version::Latest, false).await.unwrap_err();
+    assert_eq!(gone.code(), Some("not_found"));
+}
+
 #[tokio::test]
 async fn api_round_trip_memory() {
     let (server, _h) = serve_one(support::memory(EngineSettings::default())).await;
     round_trip(&server).await;
     listing(&server).await;
+    enrich_and_restore(&server).await;
 }
 
 #[tokio::test]
@@ -243,6 +269,7 @@ async fn api_round_trip_mongo_s3() {
     let (server, _h) = serve_one(support::mongo_s3(EngineSettings::default()).await).await;
     round_trip(&server).await;
     listing(&server).await;
+    enrich_and_restore(&server).await;
 }
 
 #[tokio::test]
@@ -250,6 +277,7 @@ async fn api_round_trip_embedded() {
     let (server, _h) = serve_one(support::embedded(EngineSettings::default())).await;
     round_trip(&server).await;
     listing(&server).await;
+    enrich_and_restore(&server).await;
 }
 
 /// Client mistakes are clear 4xx in the one error shape; nothing is written.
@@ -260,50 +288,20 @@ async fn client_mistakes_are_4xx() {
     let http = &server.http;
     let json_ct = ("content-type", "application/json");
     let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
-        (
-            http.get(format!("{u}/v1/t1/notes/items/a%2Fb")),
-            400,
-            "invalid_name",
-        ),
-        (
-            http.get(format!("{u}/v1/t1/notes/items/a%00b")),
-            400,
-            "invalid_name",
-        ),
-        (
-            http.get(format!("{u}/v1/t1/no%20pe/items/x")),
-            400,
-            "invalid_name",
-        ),
-        (
-            http.get(format!("{u}/v1/t1/system_x/items/x")),
-            400,
-            "invalid_name",
-        ),
-        (
-            http.get(format!("{u}/v1/zz/notes/items/x")),
-            404,
-            "database_not_found",
-        ),
-        (
-            http.get(format!("{u}/v1/t1/notes/items/x?ov=abc")),
-            400,
-            "bad_request",
-        ),
-        (
-            http.get(format!("{u}/v1/t1/notes/items/x?bogus=1")),
-            400,
-            "bad_request",
-        ),
+        (http.get(format!("{u}/v1/t1/notes/items/a%2Fb")), 400, "invalid_name"),
+        (http.get(format!("{u}/v1/t1/notes/items/a%00b")), 400, "invalid_name"),
+        (http.get(format!("{u}/v1/t1/no%20pe/items/x")), 400, "invalid_name"),
+        (http.get(format!("{u}/v1/t1/system_x/items/x")), 400, "invalid_name"),
+        (http.get(format!("{u}/v1/zz/notes/items/x")), 404, "database_not_found"),
+        (http.get(format!("{u}/v1/t1/notes/items/x?ov=abc")), 400, "bad_request"),
+        (http.get(format!("{u}/v1/t1/notes/items/x?bogus=1")), 400, "bad_request"),
         (
             http.get(format!("{u}/v1/t1/notes/items/x?at=yesterday")),
             400,
             "bad_request",
         ),
         (
-            http.get(format!(
-                "{u}/v1/t1/notes/items/x?ov=1&at=2020-01-01T00:00:00Z"
-            )),
+            http.get(format!("{u}/v1/t1/notes/items/x?ov=1&at=2020-01-01T00:00:00Z")),
             400,
             "bad_request",
         ),
@@ -376,16 +374,8 @@ async fn client_mistakes_are_4xx() {
             404,
             "not_found",
         ),
-        (
-            http.delete(format!("{u}/v1/t1/notes/items/x")),
-            404,
-            "not_found",
-        ),
-        (
-            http.patch(format!("{u}/v1/t1/notes/items")),
-            405,
-            "method_not_allowed",
-        ),
+        (http.delete(format!("{u}/v1/t1/notes/items/x")), 404, "not_found"),
+        (http.patch(format!("{u}/v1/t1/notes/items")), 405, "method_not_allowed"),
         (http.get(format!("{u}/v2/anything")), 404, "route_not_found"),
     ];
     for (req, status, code) in cases {
@@ -398,10 +388,7 @@ async fn client_mistakes_are_4xx() {
             .await
             .unwrap_or_else(|e| panic!("{what}: body is not JSON: {e}"));
         assert_eq!(body["code"], code, "{what}: {body}");
-        assert!(
-            body["message"].as_str().is_some_and(|m| !m.is_empty()),
-            "{what}"
-        );
+        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}");
     }
     // URL libraries normalise `..` away; a raw request sends it as is.
     for path in [
@@ -427,11 +414,7 @@ pub async fn raw_get(base: &str, path: &str) -> (u16, String) {
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
     (status, body)
 }

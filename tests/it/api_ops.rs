@@ -42,12 +42,7 @@ fn operations() -> Vec<(Method, String)> {
     ops
 }
 
-async fn status_of(
-    http: &reqwest::Client,
-    method: &Method,
-    url: &str,
-    token: Option<&str>,
-) -> (u16, Value) {
+async fn status_of(http: &reqwest::Client, method: &Method, url: &str, token: Option<&str>) -> (u16, Value) {
     let mut req = http.request(method.clone(), url);
     if let Some(t) = token {
         req = req.bearer_auth(t);
@@ -64,12 +59,7 @@ async fn status_of(
 fn engines() -> BTreeMap<String, Arc<Engine>> {
     ["t1", "t2"]
         .into_iter()
-        .map(|k| {
-            (
-                k.to_owned(),
-                support::memory(EngineSettings::default()).engine,
-            )
-        })
+        .map(|k| (k.to_owned(), support::memory(EngineSettings::default()).engine))
         .collect()
 }
 
@@ -103,17 +93,11 @@ async fn auth_matrix_covers_every_route() {
         if write {
             assert_eq!(s, 403, "{method} {path}: a read-only token may not write");
         } else {
-            assert!(
-                s != 401 && s != 403,
-                "{method} {path}: reader may read, got {s}"
-            );
+            assert!(s != 401 && s != 403, "{method} {path}: reader may read, got {s}");
         }
         for token in ["writer-t1-0123456789", "admin-000-0123456789"] {
             let (s, _) = status_of(http, &method, &url, Some(token)).await;
-            assert!(
-                s != 401 && s != 403,
-                "{method} {path}: {token} is allowed, got {s}"
-            );
+            assert!(s != 401 && s != 403, "{method} {path}: {token} is allowed, got {s}");
         }
     }
 }
@@ -137,13 +121,7 @@ async fn openapi_document_matches_the_routes() {
     );
     assert!(served["openapi"].as_str().unwrap().starts_with("3."));
     for (method, path) in operations() {
-        let (status, body) = status_of(
-            &server.http,
-            &method,
-            &format!("{}{path}", server.url),
-            None,
-        )
-        .await;
+        let (status, body) = status_of(&server.http, &method, &format!("{}{path}", server.url), None).await;
         let code = body["code"].as_str().unwrap_or("");
         assert!(
             code != "route_not_found" && status != 405,
@@ -192,12 +170,7 @@ async fn metrics_count_requests_by_route() {
 #[tokio::test]
 async fn readiness_reflects_the_backends() {
     let server = start(engines(), None, 1 << 20).await;
-    let resp = server
-        .http
-        .get(format!("{}/readyz", server.url))
-        .send()
-        .await
-        .unwrap();
+    let resp = server.http.get(format!("{}/readyz", server.url)).send().await.unwrap();
     assert_eq!(resp.status(), 200);
 
     // A payload store whose server is not there: not ready, and the answer says which database.
@@ -213,25 +186,12 @@ async fn readiness_reflects_the_backends() {
         Arc::new(S3PayloadStore::new(dead.client(), "nowhere")),
         EngineSettings::default(),
     );
-    let server = start(
-        BTreeMap::from([("broken".to_owned(), Arc::new(engine))]),
-        None,
-        1 << 20,
-    )
-    .await;
-    let resp = server
-        .http
-        .get(format!("{}/readyz", server.url))
-        .send()
-        .await
-        .unwrap();
+    let server = start(BTreeMap::from([("broken".to_owned(), Arc::new(engine))]), None, 1 << 20).await;
+    let resp = server.http.get(format!("{}/readyz", server.url)).send().await.unwrap();
     assert_eq!(resp.status(), 503);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["code"], "backend_unavailable");
-    assert!(
-        body["message"].as_str().unwrap().contains("broken"),
-        "{body}"
-    );
+    assert!(body["message"].as_str().unwrap().contains("broken"), "{body}");
 }
 
 #[tokio::test]
@@ -257,12 +217,7 @@ async fn a_500_carries_the_request_id_and_no_internals() {
         .put(&key, bytes::Bytes::from_static(b"{\"garbage\": true}"))
         .await
         .unwrap();
-    let server = start(
-        BTreeMap::from([("t1".to_owned(), h.engine.clone())]),
-        None,
-        1 << 20,
-    )
-    .await;
+    let server = start(BTreeMap::from([("t1".to_owned(), h.engine.clone())]), None, 1 << 20).await;
     let resp = server
         .http
         .get(format!("{}/v1/t1/notes/items/{id}", server.url))

@@ -5,8 +5,7 @@
 use std::collections::BTreeMap;
 
 use chronos::engine::{
-    Attribution, CollectionName, Enrichment, Error, ItemId, ListOptions, Op, ReadOptions, State,
-    VersionTarget,
+    Attribution, CollectionName, Enrichment, Error, ItemId, ListOptions, Op, ReadOptions, State, VersionTarget,
 };
 use serde_json::{Map, Value, json};
 
@@ -40,8 +39,7 @@ macro_rules! conformance_suite {
 /// Settings per check: the cold-payload check keeps nothing inline.
 pub fn settings(check: &str) -> chronos::engine::EngineSettings {
     let mut s = chronos::engine::EngineSettings::default();
-    if check == "cold_payloads_are_read_from_the_payload_store"
-        || check == "a_payload_of_another_item_is_never_served"
+    if check == "cold_payloads_are_read_from_the_payload_store" || check == "a_payload_of_another_item_is_never_served"
     {
         s.inline_max_bytes = 0;
     }
@@ -91,12 +89,8 @@ fn who() -> Attribution {
     Attribution::new("tester", "conformance")
 }
 
-const LATEST: ReadOptions = ReadOptions {
-    include_deleted: false,
-};
-const WITH_DELETED: ReadOptions = ReadOptions {
-    include_deleted: true,
-};
+const LATEST: ReadOptions = ReadOptions { include_deleted: false };
+const WITH_DELETED: ReadOptions = ReadOptions { include_deleted: true };
 
 pub async fn create_and_read_latest(h: &Harness) {
     let e = &h.engine;
@@ -108,11 +102,7 @@ pub async fn create_and_read_latest(h: &Harness) {
     assert_eq!(r.id, id);
     assert_eq!((r.ov, r.cv), (0, out.cv));
     assert_eq!(r.data, data);
-    assert_eq!(
-        r.data.keys().collect::<Vec<_>>(),
-        ["z", "a", "s"],
-        "key order is kept"
-    );
+    assert_eq!(r.data.keys().collect::<Vec<_>>(), ["z", "a", "s"], "key order is kept");
     assert_eq!(r.system.inserted_at, out.at);
     assert_eq!(r.system.updated_at, out.at);
     assert!(!r.system.deleted && r.system.deleted_at.is_none());
@@ -151,10 +141,7 @@ pub async fn create_with_taken_id_fails(h: &Harness) {
 
 pub async fn update_bumps_ov_and_cv(h: &Harness) {
     let e = &h.engine;
-    let (id, c) = e
-        .create(&coll(), None, obj(json!({"v": 0})), &who())
-        .await
-        .unwrap();
+    let (id, c) = e.create(&coll(), None, obj(json!({"v": 0})), &who()).await.unwrap();
     let u1 = e
         .update(&coll(), &id, obj(json!({"v": 1})), Some(0), &who())
         .await
@@ -171,19 +158,13 @@ pub async fn update_bumps_ov_and_cv(h: &Harness) {
     let r = e.get_latest(&coll(), &id, LATEST).await.unwrap();
     assert_eq!((r.ov, r.cv), (2, u2.cv));
     assert_eq!(r.data, obj(json!({"v": 2})));
-    assert_eq!(
-        r.system.inserted_at, c.at,
-        "insertedAt is the create's time"
-    );
+    assert_eq!(r.system.inserted_at, c.at, "insertedAt is the create's time");
     assert_eq!(r.system.updated_at, u2.at);
 }
 
 pub async fn stale_expected_ov_conflicts(h: &Harness) {
     let e = &h.engine;
-    let (id, _) = e
-        .create(&coll(), None, obj(json!({"v": 0})), &who())
-        .await
-        .unwrap();
+    let (id, _) = e.create(&coll(), None, obj(json!({"v": 0})), &who()).await.unwrap();
     e.update(&coll(), &id, obj(json!({"v": 1})), Some(0), &who())
         .await
         .unwrap();
@@ -192,16 +173,11 @@ pub async fn stale_expected_ov_conflicts(h: &Harness) {
         .await
         .unwrap_err();
     match err {
-        Error::VersionConflict {
-            expected, current, ..
-        } => assert_eq!((expected, current), (0, 1)),
+        Error::VersionConflict { expected, current, .. } => assert_eq!((expected, current), (0, 1)),
         other => panic!("expected a version conflict, got {other:?}"),
     }
     let err = e.delete(&coll(), &id, Some(5), &who()).await.unwrap_err();
-    assert!(
-        matches!(err, Error::VersionConflict { current: 1, .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, Error::VersionConflict { current: 1, .. }), "{err:?}");
     assert_eq!(
         e.get_latest(&coll(), &id, LATEST).await.unwrap().data,
         obj(json!({"v": 1}))
@@ -212,8 +188,7 @@ pub async fn writes_to_missing_items_fail(h: &Harness) {
     let e = &h.engine;
     let ghost: ItemId = "ghost".parse().unwrap();
     assert!(matches!(
-        e.update(&coll(), &ghost, obj(json!({})), None, &who())
-            .await,
+        e.update(&coll(), &ghost, obj(json!({})), None, &who()).await,
         Err(Error::NotFound(_))
     ));
     assert!(matches!(
@@ -284,14 +259,8 @@ pub async fn delete_is_logical_and_hidden(h: &Harness) {
         e.history(&coll(), &id, None, 10, LATEST).await,
         Err(Error::NotFound(_))
     ));
-    let hist = e
-        .history(&coll(), &id, None, 10, WITH_DELETED)
-        .await
-        .unwrap();
-    assert_eq!(
-        hist.iter().map(|v| v.op).collect::<Vec<_>>(),
-        [Op::Create, Op::Delete]
-    );
+    let hist = e.history(&coll(), &id, None, 10, WITH_DELETED).await.unwrap();
+    assert_eq!(hist.iter().map(|v| v.op).collect::<Vec<_>>(), [Op::Create, Op::Delete]);
     assert_eq!(hist[1].actor.as_deref(), Some("alice"));
     assert_eq!(hist[1].reason.as_deref(), Some("gdpr"));
 
@@ -305,8 +274,7 @@ pub async fn delete_is_logical_and_hidden(h: &Harness) {
         Err(Error::NotFound(_))
     ));
     assert!(matches!(
-        e.create(&coll(), Some(id.clone()), obj(json!({})), &who())
-            .await,
+        e.create(&coll(), Some(id.clone()), obj(json!({})), &who()).await,
         Err(Error::AlreadyExists(_))
     ));
 }
@@ -351,38 +319,24 @@ pub async fn version_reads_never_cross_items(h: &Harness) {
 
 pub async fn as_of_reads_follow_time(h: &Harness) {
     let e = &h.engine;
-    let (a, c) = e
-        .create(&coll(), None, obj(json!({"n": 0})), &who())
-        .await
-        .unwrap();
+    let (a, c) = e.create(&coll(), None, obj(json!({"n": 0})), &who()).await.unwrap();
     // Another item written in between must never be what an as-of read of `a` returns.
     e.create(&coll(), None, obj(json!({"other": true})), &who())
         .await
         .unwrap();
     let mut outcomes = vec![c];
     for n in 1..=4 {
-        outcomes.push(
-            e.update(&coll(), &a, obj(json!({"n": n})), None, &who())
-                .await
-                .unwrap(),
-        );
+        outcomes.push(e.update(&coll(), &a, obj(json!({"n": n})), None, &who()).await.unwrap());
     }
     for o in &outcomes {
         // The latest version at or before that instant (several writes may share a millisecond).
-        let expected = outcomes
-            .iter()
-            .filter(|x| x.at <= o.at)
-            .map(|x| x.ov)
-            .max()
-            .unwrap();
+        let expected = outcomes.iter().filter(|x| x.at <= o.at).map(|x| x.ov).max().unwrap();
         let r = e.get_as_of(&coll(), &a, o.at, LATEST).await.unwrap();
         assert_eq!(r.id, a);
         assert_eq!(r.ov, expected);
         assert_eq!(r.data, obj(json!({"n": expected})));
     }
-    let before =
-        c.at.checked_sub(jiff::SignedDuration::from_millis(1))
-            .unwrap();
+    let before = c.at.checked_sub(jiff::SignedDuration::from_millis(1)).unwrap();
     assert!(matches!(
         e.get_as_of(&coll(), &a, before, LATEST).await,
         Err(Error::NotFound(_))
@@ -392,12 +346,7 @@ pub async fn as_of_reads_follow_time(h: &Harness) {
 pub async fn history_is_ordered_and_paged(h: &Harness) {
     let e = &h.engine;
     let (id, _) = e
-        .create(
-            &coll(),
-            None,
-            obj(json!({"n": 0})),
-            &Attribution::new("bob", "first"),
-        )
+        .create(&coll(), None, obj(json!({"n": 0})), &Attribution::new("bob", "first"))
         .await
         .unwrap();
     for n in 1..=6 {
@@ -410,10 +359,7 @@ pub async fn history_is_ordered_and_paged(h: &Harness) {
         all.iter().map(|v| v.ov).collect::<Vec<_>>(),
         (0..=6).collect::<Vec<_>>()
     );
-    assert!(
-        all.windows(2)
-            .all(|w| w[0].cv < w[1].cv && w[0].at <= w[1].at)
-    );
+    assert!(all.windows(2).all(|w| w[0].cv < w[1].cv && w[0].at <= w[1].at));
     assert_eq!(all[0].op, Op::Create);
     assert!(all[1..].iter().all(|v| v.op == Op::Update));
     assert_eq!(
@@ -421,20 +367,9 @@ pub async fn history_is_ordered_and_paged(h: &Harness) {
         (Some("bob"), Some("first"))
     );
     let page1 = e.history(&coll(), &id, None, 3, LATEST).await.unwrap();
-    let page2 = e
-        .history(&coll(), &id, Some(page1[2].ov), 3, LATEST)
-        .await
-        .unwrap();
-    let page3 = e
-        .history(&coll(), &id, Some(page2[2].ov), 3, LATEST)
-        .await
-        .unwrap();
-    let paged: Vec<u64> = page1
-        .iter()
-        .chain(&page2)
-        .chain(&page3)
-        .map(|v| v.ov)
-        .collect();
+    let page2 = e.history(&coll(), &id, Some(page1[2].ov), 3, LATEST).await.unwrap();
+    let page3 = e.history(&coll(), &id, Some(page2[2].ov), 3, LATEST).await.unwrap();
+    let paged: Vec<u64> = page1.iter().chain(&page2).chain(&page3).map(|v| v.ov).collect();
     assert_eq!(paged, (0..=6).collect::<Vec<_>>());
     assert!(matches!(
         e.history(&coll(), &id, None, 0, LATEST).await,
@@ -455,18 +390,9 @@ pub async fn system_fields_cannot_be_injected(h: &Harness) {
 pub async fn oversized_payloads_are_refused(h: &Harness) {
     let e = &h.engine;
     let big = obj(json!({"blob": "x".repeat(2000)}));
-    let err = e
-        .create(&coll(), None, big.clone(), &who())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, Error::TooLarge { limit: 1000, .. }),
-        "{err:?}"
-    );
-    let (id, _) = e
-        .create(&coll(), None, obj(json!({"small": 1})), &who())
-        .await
-        .unwrap();
+    let err = e.create(&coll(), None, big.clone(), &who()).await.unwrap_err();
+    assert!(matches!(err, Error::TooLarge { limit: 1000, .. }), "{err:?}");
+    let (id, _) = e.create(&coll(), None, obj(json!({"small": 1})), &who()).await.unwrap();
     assert!(matches!(
         e.update(&coll(), &id, big, None, &who()).await,
         Err(Error::TooLarge { .. })
@@ -499,11 +425,7 @@ pub async fn cold_payloads_are_read_from_the_payload_store(h: &Harness) {
         obj(json!({"cold": [4]})),
         "delete carried the cold data forward"
     );
-    let keys = h
-        .payloads
-        .list(&format!("things/{id}/"), None, 100)
-        .await
-        .unwrap();
+    let keys = h.payloads.list(&format!("things/{id}/"), None, 100).await.unwrap();
     assert_eq!(keys.len(), 3, "one payload per version: {keys:?}");
 }
 
@@ -533,10 +455,7 @@ pub async fn a_payload_of_another_item_is_never_served(h: &Harness) {
     let body_b = h.payloads.get(&key_b).await.unwrap().unwrap();
     h.payloads.put(&key_a, body_b).await.unwrap();
     let err = e.get_latest(&coll(), &a, LATEST).await.unwrap_err();
-    assert!(
-        matches!(err, Error::Corrupt(_)),
-        "served instead of refused: {err:?}"
-    );
+    assert!(matches!(err, Error::Corrupt(_)), "served instead of refused: {err:?}");
     let err = e.get_version(&coll(), &a, 0, LATEST).await.unwrap_err();
     assert!(matches!(err, Error::Corrupt(_)), "{err:?}");
     h.payloads.delete(&key_a).await.unwrap();
@@ -567,10 +486,7 @@ pub async fn racing_writers_lose_cleanly(h: &Harness) {
             while seq < EACH {
                 let current = e.get_latest(&coll(), &id, LATEST).await.unwrap().ov;
                 let data = obj(json!({"w": w, "seq": seq}));
-                match e
-                    .update(&coll(), &id, data.clone(), Some(current), &who())
-                    .await
-                {
+                match e.update(&coll(), &id, data.clone(), Some(current), &who()).await {
                     Ok(o) => {
                         assert_eq!(o.ov, current + 1);
                         won.push((o.ov, data));
@@ -604,19 +520,12 @@ pub async fn racing_writers_lose_cleanly(h: &Harness) {
         "the writers never actually raced"
     );
     let latest = h.engine.get_latest(&coll(), &id, LATEST).await.unwrap();
-    assert_eq!(
-        latest.ov, total,
-        "final ov equals the number of successful updates"
-    );
+    assert_eq!(latest.ov, total, "final ov equals the number of successful updates");
 
     let mut history = Vec::new();
     let mut after = None;
     loop {
-        let page = h
-            .engine
-            .history(&coll(), &id, after, 1000, LATEST)
-            .await
-            .unwrap();
+        let page = h.engine.history(&coll(), &id, after, 1000, LATEST).await.unwrap();
         let Some(last) = page.last() else { break };
         after = Some(last.ov);
         history.extend(page);
@@ -627,19 +536,11 @@ pub async fn racing_writers_lose_cleanly(h: &Harness) {
         "gapless"
     );
     for (ov, data) in &by_ov {
-        let r = h
-            .engine
-            .get_version(&coll(), &id, *ov, LATEST)
-            .await
-            .unwrap();
+        let r = h.engine.get_version(&coll(), &id, *ov, LATEST).await.unwrap();
         assert_eq!(&r.data, data, "version {ov} holds what its writer sent");
     }
     // Losers left nothing behind: exactly one payload per version.
-    let keys = h
-        .payloads
-        .list(&format!("things/{id}/"), None, 1000)
-        .await
-        .unwrap();
+    let keys = h.payloads.list(&format!("things/{id}/"), None, 1000).await.unwrap();
     assert_eq!(keys.len() as u64, total + 1, "orphaned payloads: {keys:?}");
 }
 
@@ -647,10 +548,7 @@ pub async fn cv_orders_all_writes_of_a_collection(h: &Harness) {
     let outcomes = futures::future::join_all((0..20).map(|i| {
         let e = h.engine.clone();
         tokio::spawn(async move {
-            let (id, c) = e
-                .create(&coll(), None, obj(json!({"i": i})), &who())
-                .await
-                .unwrap();
+            let (id, c) = e.create(&coll(), None, obj(json!({"i": i})), &who()).await.unwrap();
             let u = e
                 .update(&coll(), &id, obj(json!({"i": i, "u": 1})), Some(0), &who())
                 .await
@@ -690,9 +588,7 @@ pub async fn list_filters_pages_and_travels_in_time(h: &Harness) {
     for i in 0..25u64 {
         let id: ItemId = format!("item-{i:02}").parse().unwrap();
         let kind = if i % 2 == 0 { "even" } else { "odd" };
-        let data = obj(
-            json!({"n": i, "kind": kind, "tags": [format!("t{}", i % 3)], "big": {"nested": true}}),
-        );
+        let data = obj(json!({"n": i, "kind": kind, "tags": [format!("t{}", i % 3)], "big": {"nested": true}}));
         e.create(&coll(), Some(id), data, &who()).await.unwrap();
     }
     let before_changes = e
@@ -732,10 +628,7 @@ pub async fn list_filters_pages_and_travels_in_time(h: &Harness) {
         }
     }
     let expected: Vec<String> = (4..25).step_by(2).map(|i| format!("item-{i:02}")).collect();
-    assert_eq!(
-        seen, expected,
-        "deleted item-00 and changed item-02 are excluded"
-    );
+    assert_eq!(seen, expected, "deleted item-00 and changed item-02 are excluded");
 
     let page = e
         .list(&coll(), &list(json!({"n": {"$gte": 10, "$lt": 14}}), 100))
@@ -745,25 +638,16 @@ pub async fn list_filters_pages_and_travels_in_time(h: &Harness) {
     let page = e
         .list(
             &coll(),
-            &list(
-                json!({"n": {"$in": [1, 3, 99]}, "kind": {"$ne": "even"}}),
-                100,
-            ),
+            &list(json!({"n": {"$in": [1, 3, 99]}, "kind": {"$ne": "even"}}), 100),
         )
         .await
         .unwrap();
     assert_eq!(ids(&page), ["item-01", "item-03"]);
     let page = e
-        .list(
-            &coll(),
-            &list(json!({"tags": "t0", "n": {"$nin": [3, 6, 9]}}), 100),
-        )
+        .list(&coll(), &list(json!({"tags": "t0", "n": {"$nin": [3, 6, 9]}}), 100))
         .await
         .unwrap();
-    assert_eq!(
-        ids(&page),
-        ["item-12", "item-15", "item-18", "item-21", "item-24"]
-    );
+    assert_eq!(ids(&page), ["item-12", "item-15", "item-18", "item-21", "item-24"]);
     let page = e
         .list(&coll(), &list(json!({"tags": {"$exists": false}}), 100))
         .await
@@ -781,13 +665,7 @@ pub async fn list_filters_pages_and_travels_in_time(h: &Harness) {
     );
 
     let mut with_deleted = list(json!({"n": 0}), 10);
-    assert!(
-        e.list(&coll(), &with_deleted)
-            .await
-            .unwrap()
-            .records
-            .is_empty()
-    );
+    assert!(e.list(&coll(), &with_deleted).await.unwrap().records.is_empty());
     with_deleted.include_deleted = true;
     let page = e.list(&coll(), &with_deleted).await.unwrap();
     assert_eq!(ids(&page), ["item-00"]);
@@ -822,10 +700,7 @@ pub async fn list_filters_pages_and_travels_in_time(h: &Harness) {
 
 pub async fn collection_maps_index_and_require(h: &Harness) {
     let e = &h.engine;
-    let err = e
-        .create(&coll(), None, obj(json!({"n": 1})), &who())
-        .await
-        .unwrap_err();
+    let err = e.create(&coll(), None, obj(json!({"n": 1})), &who()).await.unwrap_err();
     match err {
         Error::Validation { reason, .. } => assert!(reason.contains("kind"), "{reason}"),
         other => panic!("expected a validation error, got {other:?}"),
@@ -836,31 +711,17 @@ pub async fn collection_maps_index_and_require(h: &Harness) {
         .unwrap_err();
     assert!(matches!(err, Error::Validation { .. }), "{err:?}");
     let (a, _) = e
-        .create(
-            &coll(),
-            None,
-            obj(json!({"kind": "a", "n": 1, "other": 5})),
-            &who(),
-        )
+        .create(&coll(), None, obj(json!({"kind": "a", "n": 1, "other": 5})), &who())
         .await
         .unwrap();
     e.create(&coll(), None, obj(json!({"kind": "b", "n": 2})), &who())
         .await
         .unwrap();
-    let page = e
-        .list(&coll(), &list(json!({"kind": "a"}), 10))
-        .await
-        .unwrap();
+    let page = e.list(&coll(), &list(json!({"kind": "a"}), 10)).await.unwrap();
     assert_eq!(page.records.len(), 1);
     assert_eq!(page.records[0].id, a);
-    assert_eq!(
-        page.records[0].data["other"], 5,
-        "unindexed data is still stored"
-    );
-    let err = e
-        .list(&coll(), &list(json!({"other": 5}), 10))
-        .await
-        .unwrap_err();
+    assert_eq!(page.records[0].data["other"], 5, "unindexed data is still stored");
+    let err = e.list(&coll(), &list(json!({"other": 5}), 10)).await.unwrap_err();
     assert!(err.to_string().contains("not an indexed property"), "{err}");
 }
 
@@ -873,9 +734,8 @@ fn enrichment(function_id: &str) -> Enrichment {
 
 pub async fn enrichment_merges_and_records_provenance(h: &Harness) {
     let e = &h.engine;
-    let base = obj(
-        json!({"name": "n", "tags": ["a"], "addr": {"city": "X", "zip": "1"}, "people": [{"id": "p1", "age": 1}]}),
-    );
+    let base =
+        obj(json!({"name": "n", "tags": ["a"], "addr": {"city": "X", "zip": "1"}, "people": [{"id": "p1", "age": 1}]}));
     let (id, _) = e.create(&coll(), None, base, &who()).await.unwrap();
     let patches = [
         obj(
@@ -901,34 +761,20 @@ pub async fn enrichment_merges_and_records_provenance(h: &Harness) {
     e.enrich(&coll(), &id, &patches, &enrichment("geo"), &who())
         .await
         .unwrap();
-    e.enrich(
-        &coll(),
-        &id,
-        &[obj(json!({"x": 1}))],
-        &enrichment("ner"),
-        &who(),
-    )
-    .await
-    .unwrap();
+    e.enrich(&coll(), &id, &[obj(json!({"x": 1}))], &enrichment("ner"), &who())
+        .await
+        .unwrap();
     let r = e.get_latest(&coll(), &id, LATEST).await.unwrap();
     assert_eq!(r.ov, 3);
     assert_eq!(r.system.function_ids, ["geo", "ner"]);
     let v2 = e.get_version(&coll(), &id, 2, LATEST).await.unwrap();
-    assert_eq!(
-        v2.system.function_ids,
-        ["geo"],
-        "each version records its provenance"
-    );
+    assert_eq!(v2.system.function_ids, ["geo"], "each version records its provenance");
     // A plain update keeps the provenance.
     e.update(&coll(), &id, obj(json!({"replaced": true})), None, &who())
         .await
         .unwrap();
     assert_eq!(
-        e.get_latest(&coll(), &id, LATEST)
-            .await
-            .unwrap()
-            .system
-            .function_ids,
+        e.get_latest(&coll(), &id, LATEST).await.unwrap().system.function_ids,
         ["geo", "ner"]
     );
 
@@ -946,8 +792,7 @@ pub async fn enrichment_merges_and_records_provenance(h: &Harness) {
     ));
     e.delete(&coll(), &id, None, &who()).await.unwrap();
     assert!(matches!(
-        e.enrich(&coll(), &id, &patches, &enrichment("geo"), &who())
-            .await,
+        e.enrich(&coll(), &id, &patches, &enrichment("geo"), &who()).await,
         Err(Error::NotFound(_))
     ));
 }
@@ -965,15 +810,9 @@ pub async fn concurrent_enrichments_lose_nothing(h: &Harness) {
         tokio::spawn(async move {
             for i in 0..3 {
                 let patch = obj(json!({"seen": [format!("{w}-{i}")]}));
-                e.enrich(
-                    &coll(),
-                    &id,
-                    &[patch],
-                    &enrichment(&format!("f{w}")),
-                    &who(),
-                )
-                .await
-                .unwrap();
+                e.enrich(&coll(), &id, &[patch], &enrichment(&format!("f{w}")), &who())
+                    .await
+                    .unwrap();
             }
         })
     });
@@ -989,9 +828,7 @@ pub async fn concurrent_enrichments_lose_nothing(h: &Harness) {
         .map(|v| v.as_str().unwrap().to_owned())
         .collect();
     seen.sort();
-    let mut expected: Vec<String> = (0..8)
-        .flat_map(|w| (0..3).map(move |i| format!("{w}-{i}")))
-        .collect();
+    let mut expected: Vec<String> = (0..8).flat_map(|w| (0..3).map(move |i| format!("{w}-{i}"))).collect();
     expected.sort();
     assert_eq!(seen, expected);
     assert_eq!(r.system.function_ids.len(), 8);
@@ -1047,8 +884,7 @@ pub async fn restore_object_appends_the_old_version(h: &Harness) {
 
     assert!(
         matches!(
-            e.restore_object(&coll(), &id, VersionTarget::Ov(3), None, &who())
-                .await,
+            e.restore_object(&coll(), &id, VersionTarget::Ov(3), None, &who()).await,
             Err(Error::Validation { .. })
         ),
         "a delete version is no target"
@@ -1070,28 +906,17 @@ pub async fn restore_collection_plans_then_restores(h: &Harness) {
     let e = &h.engine;
     let id = |s: &str| -> ItemId { s.parse().unwrap() };
     for name in ["a", "b", "c", "e"] {
-        e.create(
-            &coll(),
-            Some(id(name)),
-            obj(json!({"name": name, "v": 0})),
-            &who(),
-        )
-        .await
-        .unwrap();
+        e.create(&coll(), Some(id(name)), obj(json!({"name": name, "v": 0})), &who())
+            .await
+            .unwrap();
     }
     e.delete(&coll(), &id("e"), None, &who()).await.unwrap();
     let target = e.get_latest(&coll(), &id("e"), WITH_DELETED).await.unwrap();
     let point = HistoryPoint::Cv(target.cv);
     // After the target: a changed, b deleted, d created, e undeleted.
-    e.update(
-        &coll(),
-        &id("a"),
-        obj(json!({"name": "a", "v": 1})),
-        None,
-        &who(),
-    )
-    .await
-    .unwrap();
+    e.update(&coll(), &id("a"), obj(json!({"name": "a", "v": 1})), None, &who())
+        .await
+        .unwrap();
     e.delete(&coll(), &id("b"), None, &who()).await.unwrap();
     e.create(&coll(), Some(id("d")), obj(json!({"name": "d"})), &who())
         .await
@@ -1108,17 +933,11 @@ pub async fn restore_collection_plans_then_restores(h: &Harness) {
     };
     let mut calls = Vec::new();
     let plan = e
-        .restore_collection(&coll(), point, true, &who(), |c, total| {
-            calls.push((c.examined, total))
-        })
+        .restore_collection(&coll(), point, true, &who(), |c, total| calls.push((c.examined, total)))
         .await
         .unwrap();
     assert_eq!(plan, expected);
-    assert_eq!(
-        calls.last(),
-        Some(&(5, 5)),
-        "progress reports done and total"
-    );
+    assert_eq!(calls.last(), Some(&(5, 5)), "progress reports done and total");
     assert_eq!(
         e.get_latest(&coll(), &id("a"), LATEST).await.unwrap().data["v"],
         1,
@@ -1151,17 +970,11 @@ pub async fn restore_collection_plans_then_restores(h: &Harness) {
         "b came back as a new version"
     );
     assert!(
-        matches!(
-            e.get_latest(&coll(), &id("d"), LATEST).await,
-            Err(Error::NotFound(_))
-        ),
+        matches!(e.get_latest(&coll(), &id("d"), LATEST).await, Err(Error::NotFound(_))),
         "d did not exist yet"
     );
     assert!(
-        matches!(
-            e.get_latest(&coll(), &id("e"), LATEST).await,
-            Err(Error::NotFound(_))
-        ),
+        matches!(e.get_latest(&coll(), &id("e"), LATEST).await, Err(Error::NotFound(_))),
         "e was deleted then"
     );
     assert_eq!(
@@ -1169,10 +982,7 @@ pub async fn restore_collection_plans_then_restores(h: &Harness) {
         0,
         "c untouched"
     );
-    let a_hist = e
-        .history(&coll(), &id("a"), None, 10, LATEST)
-        .await
-        .unwrap();
+    let a_hist = e.history(&coll(), &id("a"), None, 10, LATEST).await.unwrap();
     assert_eq!(a_hist.last().unwrap().op, Op::Restore, "append-only");
 
     // Running it again (a resumed or repeated job) does nothing twice.

@@ -33,16 +33,11 @@ async fn data_survives_reopening() {
     };
 
     let e = embedded(dir.path(), settings).unwrap();
-    let r = e
-        .get_latest(&c, &hot, ReadOptions::default())
-        .await
-        .unwrap();
+    let r = e.get_latest(&c, &hot, ReadOptions::default()).await.unwrap();
     assert_eq!((r.ov, r.cv, r.data), (0, hot_out.cv, data(0)));
     assert_eq!(r.system.inserted_at, hot_out.at);
 
-    let with_deleted = ReadOptions {
-        include_deleted: true,
-    };
+    let with_deleted = ReadOptions { include_deleted: true };
     let r = e.get_latest(&c, &cold, with_deleted).await.unwrap();
     assert_eq!((r.ov, r.cv), (2, last.cv));
     assert_eq!(r.data, data(11));
@@ -54,10 +49,7 @@ async fn data_survives_reopening() {
     );
     assert_eq!(history[2].actor.as_deref(), Some("tester"));
     assert_eq!(
-        e.get_version(&c, &cold, 0, ReadOptions::default())
-            .await
-            .unwrap()
-            .data,
+        e.get_version(&c, &cold, 0, ReadOptions::default()).await.unwrap().data,
         data(10)
     );
 

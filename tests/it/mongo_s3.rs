@@ -17,10 +17,7 @@ async fn mongo_commands_per_operation() {
     // The first write of a collection ensures its indexes, once per process.
     let (warm, _) = h.engine.create(&c, None, data(), &who).await.unwrap();
     assert!(h.take_commands().contains(&"createIndexes".to_owned()));
-    h.engine
-        .update(&c, &warm, data(), Some(0), &who)
-        .await
-        .unwrap();
+    h.engine.update(&c, &warm, data(), Some(0), &who).await.unwrap();
     assert!(
         !h.take_commands().contains(&"createIndexes".to_owned()),
         "indexes are never ensured per write"
@@ -28,19 +25,13 @@ async fn mongo_commands_per_operation() {
 
     let (id, _) = h.engine.create(&c, None, data(), &who).await.unwrap();
     let create = h.take_commands();
-    h.engine
-        .update(&c, &id, data(), Some(0), &who)
-        .await
-        .unwrap();
+    h.engine.update(&c, &id, data(), Some(0), &who).await.unwrap();
     let update = h.take_commands();
     h.engine.update(&c, &id, data(), None, &who).await.unwrap();
     let blind_update = h.take_commands();
     h.engine.delete(&c, &id, Some(2), &who).await.unwrap();
     let delete = h.take_commands();
-    h.engine
-        .get_latest(&c, &warm, ReadOptions::default())
-        .await
-        .unwrap();
+    h.engine.get_latest(&c, &warm, ReadOptions::default()).await.unwrap();
     let latest = h.take_commands();
     h.engine
         .get_version(&c, &warm, 0, ReadOptions::default())
@@ -51,18 +42,10 @@ async fn mongo_commands_per_operation() {
     println!(
         "create: {create:?}\nupdate: {update:?}\ndelete: {delete:?}\ngetLatest: {latest:?}\ngetVersion: {version:?}"
     );
-    assert_eq!(
-        create,
-        ["findAndModify", "insert", "insert", "commitTransaction"]
-    );
+    assert_eq!(create, ["findAndModify", "insert", "insert", "commitTransaction"]);
     assert_eq!(
         update,
-        [
-            "findAndModify",
-            "findAndModify",
-            "insert",
-            "commitTransaction"
-        ]
+        ["findAndModify", "findAndModify", "insert", "commitTransaction"]
     );
     assert_eq!(blind_update, update);
     assert_eq!(delete, update);

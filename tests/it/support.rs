@@ -57,10 +57,7 @@ pub fn s3_connection() -> S3Connection {
 
 /// A unique name for a database or bucket, so tests run in parallel without sharing state.
 pub fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}-{}",
-        &uuid::Uuid::now_v7().simple().to_string()[20..]
-    )
+    format!("{prefix}-{}", &uuid::Uuid::now_v7().simple().to_string()[20..])
 }
 
 pub async fn mongo_client(commands: Arc<Mutex<Vec<String>>>) -> mongodb::Client {
@@ -80,9 +77,7 @@ pub async fn mongo_s3(settings: EngineSettings) -> Harness {
     let commands: Arc<Mutex<Vec<String>>> = Default::default();
     let client = mongo_client(commands.clone()).await;
     let meta = MongoMetaStore::new(client, &unique("t").replace('-', "_"));
-    meta.ping()
-        .await
-        .expect("mongod reachable and a replica set");
+    meta.ping().await.expect("mongod reachable and a replica set");
     let store = S3PayloadStore::new(s3_connection().client(), unique("chronos-test"));
     assert!(
         store.ensure_bucket().await.expect("S3 server reachable"),
