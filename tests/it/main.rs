@@ -7,3 +7,4 @@ mod embedded;
 mod memory;
 mod mongo_s3;
 mod support;
+mod readme;
