@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::engine::query::Filter;
 use crate::engine::s3::S3Connection;
-use crate::engine::{CollectionMap, CollectionName, EngineSettings};
+use crate::engine::{CollectionMap, CollectionName, CounterRule, EngineSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -91,6 +92,9 @@ pub struct Config {
     /// Per collection: which properties are indexed metadata and which are required.
     #[serde(default)]
     pub collection_maps: BTreeMap<String, CollectionMapConfig>,
+    /// Per collection: named conditional counters `{name, when, on}`.
+    #[serde(default)]
+    pub counters: BTreeMap<String, Vec<CounterRule>>,
     /// Bearer tokens for the HTTP API; without it the API is open (fine on a laptop only).
     #[serde(default)]
     pub auth: Option<AuthConfig>,
@@ -229,6 +233,7 @@ impl Config {
                 (name.clone(), map)
             })
             .collect();
+        settings.counter_rules = self.counters.iter().map(|(c, r)| (c.clone(), r.clone())).collect();
         settings
     }
 
@@ -371,6 +376,24 @@ impl Config {
                         field(".validation.requiredIndexed"),
                         &format!("`{r}` is not listed in indexedProps"),
                     );
+                }
+            }
+        }
+        for (name, rules) in &self.counters {
+            if let Err(e) = name.parse::<CollectionName>() {
+                issue(format!("counters.{name}"), &e.to_string());
+            }
+            let mut seen = std::collections::HashSet::new();
+            for (i, rule) in rules.iter().enumerate() {
+                let field = |f: &str| format!("counters.{name}[{i}].{f}");
+                if rule.name.is_empty() || !seen.insert(rule.name.as_str()) {
+                    issue(field("name"), "expected a unique, non-empty name");
+                }
+                if rule.on.is_empty() {
+                    issue(field("on"), "expected at least one of CREATE, UPDATE, DELETE, RESTORE");
+                }
+                if let Err(e) = Filter::parse(&rule.when, &|_| true) {
+                    issue(field("when"), &e.to_string());
                 }
             }
         }
@@ -533,6 +556,20 @@ engine:
         );
         let bad = Config::parse("collectionMaps:\n  ../x: {}\n").unwrap();
         assert_eq!(bad.validate()[0].field, "collectionMaps.../x");
+    }
+
+    #[test]
+    fn counter_rules_are_checked() {
+        let c = Config::parse(
+            "counters:\n  orders:\n    - {name: big, when: {amount: {$gte: 100}}, on: [CREATE, UPDATE]}\n",
+        )
+        .unwrap();
+        assert!(c.validate().is_empty());
+        assert_eq!(c.engine_settings().counter_rules["orders"][0].on.len(), 2);
+        let bad = Config::parse("counters:\n  orders:\n    - {name: x, when: {a: {$where: 1}}, on: []}\n").unwrap();
+        let fields: Vec<String> = bad.validate().into_iter().map(|i| i.field).collect();
+        assert_eq!(fields, ["counters.orders[0].on", "counters.orders[0].when"]);
+        assert!(Config::parse("counters:\n  orders:\n    - {name: x, on: [MERGE]}\n").is_err());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use super::error::{ApiError, ErrorBody, Result};
 use super::extract::{Body, CollectionPath, ItemPath, JsonObject, JsonObjects, Precondition, Q};
 use crate::engine::{
     Attribution, CollectionName, Engine, Enrichment, HistoryPoint, ItemId, ListOptions, ReadOptions, Record,
-    RestoreCounts, Timestamp, VersionEntry, VersionTarget, WriteOutcome,
+    RestoreCounts, Timestamp, Totals, VersionEntry, VersionTarget, WriteOutcome,
 };
 
 /// The result of a write.
@@ -614,4 +614,30 @@ pub async fn restore_collection(
         next_after_id: page.next_after_id.map(|i| i.to_string()),
         total,
     }))
+}
+
+/// The collection's counters: totals per operation and the configured conditional rules, counted
+/// from the version index (every acknowledged write exactly once).
+#[utoipa::path(get, path = "/v1/{db}/{collection}/counters", tag = "collections",
+    params(("db" = String, Path), ("collection" = String, Path)),
+    responses(
+        (status = 200, body = Totals),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn counters(State(state): State<AppState>, path: CollectionPath) -> Result<Json<Totals>> {
+    let engine = engine(&state, &path.db)?;
+    Ok(Json(engine.totals(&path.collection).await?))
+}
+
+/// Reset the collection's counters: counting starts after the current cv.
+#[utoipa::path(post, path = "/v1/{db}/{collection}/counters/reset", tag = "collections",
+    params(("db" = String, Path), ("collection" = String, Path)),
+    responses(
+        (status = 200, body = Totals),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn reset_counters(State(state): State<AppState>, path: CollectionPath) -> Result<Json<Totals>> {
+    let engine = engine(&state, &path.db)?;
+    engine.reset_totals(&path.collection).await?;
+    Ok(Json(engine.totals(&path.collection).await?))
 }

@@ -134,6 +134,8 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(items::history))
         .routes(routes!(items::restore_item))
         .routes(routes!(items::restore_collection))
+        .routes(routes!(items::counters))
+        .routes(routes!(items::reset_counters))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))

@@ -10,11 +10,13 @@ use tokio::sync::OwnedMutexGuard;
 
 use super::error::{Error, Result};
 use super::model::{CollectionName, Head, ItemId, Op, State, Timestamp, VersionEntry};
+use super::query::Filter;
 use super::store::{CommitError, HeadChange, HistoryPoint, ListQuery, MetaStore, NewData, PayloadStore, PendingWrite};
 
 #[derive(Default)]
 struct Collection {
     cv: u64,
+    counters_from: u64,
     heads: HashMap<ItemId, Head>,
     versions: BTreeMap<(ItemId, u64), VersionEntry>,
     /// One async lock per item: held by a pending write, like a row lock.
@@ -253,6 +255,33 @@ impl MetaStore for MemoryMetaStore {
                     .cloned()
             })
             .collect())
+    }
+
+    async fn count_versions(
+        &self,
+        collection: &CollectionName,
+        after_cv: u64,
+        filter: &Filter,
+    ) -> Result<HashMap<Op, u64>> {
+        let all = self.lock();
+        let mut counts = HashMap::new();
+        for v in all.get(collection).into_iter().flat_map(|c| c.versions.values()) {
+            if v.cv > after_cv && filter.matches(&v.meta) {
+                *counts.entry(v.op).or_default() += 1;
+            }
+        }
+        Ok(counts)
+    }
+
+    async fn counters_from(&self, collection: &CollectionName) -> Result<u64> {
+        Ok(self.lock().get(collection).map_or(0, |c| c.counters_from))
+    }
+
+    async fn reset_counters(&self, collection: &CollectionName) -> Result<u64> {
+        let mut all = self.lock();
+        let c = all.entry(collection.clone()).or_default();
+        c.counters_from = c.cv;
+        Ok(c.cv)
     }
 
     async fn count_items(&self, collection: &CollectionName) -> Result<u64> {

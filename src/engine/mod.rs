@@ -6,6 +6,7 @@
 //! - [`envelope`]: the self-describing JSON stored for every version.
 //! - backends: [`mongo`], [`s3`], and the in-memory fakes in [`memory`].
 
+pub mod counters;
 pub mod envelope;
 pub mod error;
 pub mod local;
@@ -20,6 +21,7 @@ pub mod sqlite;
 pub mod store;
 pub mod versioning;
 
+pub use counters::{CounterRule, Totals};
 pub use error::{Backend, Error, Result};
 pub use model::{
     Attribution, CollectionName, ItemId, Op, Record, State, SystemFields, Timestamp, VersionEntry, WriteOutcome,

@@ -103,7 +103,7 @@ macro_rules! display_as_str {
 display_as_str!(CollectionName, ItemId);
 
 /// What a version did to its item.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Op {
     Create,

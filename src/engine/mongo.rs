@@ -366,6 +366,16 @@ impl MetaStore for MongoMetaStore {
             )
             .await
             .map_err(map_err)?;
+        // Counters and collection-wide scans read the version index by cv.
+        self.versions_coll(c)
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! {"cv": 1})
+                    .options(IndexOptions::builder().name("cv".to_owned()).build())
+                    .build(),
+            )
+            .await
+            .map_err(map_err)?;
         // One index per indexed property, named `meta_<prop>` so stale ones can be recognised.
         let heads = self.heads(c);
         let wanted: Vec<String> = indexed.iter().map(|p| format!("meta_{p}")).collect();
@@ -525,6 +535,59 @@ impl MetaStore for MongoMetaStore {
                 version_from_doc(&id, d)
             })
             .collect()
+    }
+
+    async fn count_versions(
+        &self,
+        c: &CollectionName,
+        after_cv: u64,
+        filter: &Filter,
+    ) -> Result<std::collections::HashMap<Op, u64>> {
+        use futures::TryStreamExt;
+        let mut m = filter_doc(filter);
+        m.insert("cv", doc! {"$gt": after_cv as i64});
+        let pipeline = vec![
+            doc! {"$match": m},
+            doc! {"$group": {"_id": "$op", "n": {"$sum": 1_i64}}},
+        ];
+        let docs: Vec<Document> = self
+            .versions_coll(c)
+            .aggregate(pipeline)
+            .await
+            .map_err(map_err)?
+            .try_collect()
+            .await
+            .map_err(map_err)?;
+        docs.iter()
+            .map(|d| Ok((get_string(d, "_id")?.parse()?, get_u64(d, "n")?)))
+            .collect()
+    }
+
+    async fn counters_from(&self, c: &CollectionName) -> Result<u64> {
+        let seq = self
+            .db
+            .collection::<Document>("chronos_sequences")
+            .find_one(doc! {"_id": c.as_str()})
+            .await
+            .map_err(map_err)?;
+        Ok(seq.and_then(|d| get_u64(&d, "countersFrom").ok()).unwrap_or(0))
+    }
+
+    async fn reset_counters(&self, c: &CollectionName) -> Result<u64> {
+        // A pipeline update copies the current cv in one atomic step.
+        let seq = self
+            .db
+            .collection::<Document>("chronos_sequences")
+            .find_one_and_update(
+                doc! {"_id": c.as_str()},
+                vec![doc! {"$set": {"cv": {"$ifNull": ["$cv", 0_i64]}, "countersFrom": {"$ifNull": ["$cv", 0_i64]}}}],
+            )
+            .upsert(true)
+            .return_document(ReturnDocument::After)
+            .await
+            .map_err(map_err)?
+            .ok_or_else(|| Error::metadata("counter reset returned nothing"))?;
+        get_u64(&seq, "countersFrom")
     }
 
     async fn count_items(&self, c: &CollectionName) -> Result<u64> {

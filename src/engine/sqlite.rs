@@ -24,7 +24,8 @@ use super::error::{Error, Result};
 use super::local::LocalPayloadStore;
 use super::memory::after;
 use super::memory::{check_precondition, next_head};
-use super::model::{CollectionName, Head, ItemId, Timestamp, VersionEntry};
+use super::model::{CollectionName, Head, ItemId, Op, Timestamp, VersionEntry};
+use super::query::Filter;
 use super::store::{CommitError, HeadChange, HistoryPoint, ListQuery, MetaStore, NewData, PendingWrite};
 use super::versioning::{Engine, EngineSettings};
 
@@ -37,7 +38,8 @@ const ITEM_WAIT: Duration = Duration::from_secs(30);
 const SCHEMA: &str = "
 CREATE TABLE sequences (
     collection TEXT NOT NULL PRIMARY KEY,
-    cv INTEGER NOT NULL
+    cv INTEGER NOT NULL,
+    counters_from INTEGER NOT NULL DEFAULT 0
 ) STRICT;
 CREATE TABLE heads (
     collection TEXT NOT NULL,
@@ -758,6 +760,61 @@ impl MetaStore for SqliteMetaStore {
                 )?);
             }
             Ok(found)
+        })
+        .await
+    }
+
+    async fn count_versions(&self, c: &CollectionName, after_cv: u64, filter: &Filter) -> Result<HashMap<Op, u64>> {
+        let (c, filter) = (c.clone(), filter.clone());
+        self.with_conn(move |conn| {
+            let mut counts = HashMap::new();
+            let mut stmt = conn
+                .prepare_cached("SELECT op, meta FROM versions WHERE collection = ?1 AND cv > ?2")
+                .map_err(map_sql)?;
+            let rows = stmt
+                .query_map(params![c.as_str(), to_i64(after_cv, "cv")?], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                })
+                .map_err(map_sql)?;
+            for row in rows {
+                let (op, meta) = row.map_err(map_sql)?;
+                if filter.is_empty() || filter.matches(&from_json(&meta, "meta")?) {
+                    *counts.entry(op.parse()?).or_default() += 1;
+                }
+            }
+            Ok(counts)
+        })
+        .await
+    }
+
+    async fn counters_from(&self, c: &CollectionName) -> Result<u64> {
+        let c = c.clone();
+        self.with_conn(move |conn| {
+            let n: Option<i64> = conn
+                .query_row(
+                    "SELECT counters_from FROM sequences WHERE collection = ?1",
+                    params![c.as_str()],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(map_sql)?;
+            to_u64(n.unwrap_or(0), "counters_from")
+        })
+        .await
+    }
+
+    async fn reset_counters(&self, c: &CollectionName) -> Result<u64> {
+        let c = c.clone();
+        self.with_conn(move |conn| {
+            let n: i64 = conn
+                .query_row(
+                    "INSERT INTO sequences (collection, cv, counters_from) VALUES (?1, 0, 0) \
+                     ON CONFLICT (collection) DO UPDATE SET counters_from = cv RETURNING counters_from",
+                    params![c.as_str()],
+                    |r| r.get(0),
+                )
+                .map_err(map_sql)?;
+            to_u64(n, "counters_from")
         })
         .await
     }

@@ -150,6 +150,17 @@ pub trait MetaStore: Send + Sync + 'static {
         ids: &[ItemId],
         point: HistoryPoint,
     ) -> Result<Vec<VersionEntry>>;
+    /// Versions with cv above `after_cv` whose metadata matches `filter`, counted per op.
+    async fn count_versions(
+        &self,
+        collection: &CollectionName,
+        after_cv: u64,
+        filter: &Filter,
+    ) -> Result<std::collections::HashMap<Op, u64>>;
+    /// The cv after which counters count (0 until the first reset).
+    async fn counters_from(&self, collection: &CollectionName) -> Result<u64>;
+    /// Make counters start after the collection's current cv; returns that cv.
+    async fn reset_counters(&self, collection: &CollectionName) -> Result<u64>;
     /// How many items the collection has (deleted ones included).
     async fn count_items(&self, collection: &CollectionName) -> Result<u64>;
     /// Versions in ov order, starting after `after_ov`; at most `limit`.

@@ -51,6 +51,8 @@ pub struct EngineSettings {
     pub meta_max_string_bytes: usize,
     /// Per collection name.
     pub collection_maps: HashMap<String, CollectionMap>,
+    /// Conditional counters per collection name.
+    pub counter_rules: HashMap<String, Vec<super::counters::CounterRule>>,
 }
 
 impl Default for EngineSettings {
@@ -60,6 +62,7 @@ impl Default for EngineSettings {
             max_payload_bytes: 8 * 1024 * 1024,
             meta_max_string_bytes: 1024,
             collection_maps: HashMap::new(),
+            counter_rules: HashMap::new(),
         }
     }
 }

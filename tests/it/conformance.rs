@@ -23,7 +23,8 @@ macro_rules! conformance_suite {
             racing_writers_lose_cleanly, cv_orders_all_writes_of_a_collection,
             list_filters_pages_and_travels_in_time, collection_maps_index_and_require,
             enrichment_merges_and_records_provenance, concurrent_enrichments_lose_nothing,
-            restore_object_appends_the_old_version, restore_collection_plans_then_restores);
+            restore_object_appends_the_old_version, restore_collection_plans_then_restores,
+            counters_count_every_write_exactly_once);
     };
     (@tests $make:expr; $($name:ident),*) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -50,6 +51,16 @@ pub fn settings(check: &str) -> chronos::engine::EngineSettings {
                 indexed_props: Some(vec!["kind".into(), "n".into()]),
                 required_indexed: vec!["kind".into()],
             },
+        );
+    }
+    if check == "counters_count_every_write_exactly_once" {
+        s.counter_rules.insert(
+            "things".into(),
+            vec![chronos::engine::CounterRule {
+                name: "big".into(),
+                when: json!({"n": {"$gte": 5}}),
+                on: vec![Op::Create, Op::Update],
+            }],
         );
     }
     if check == "oversized_payloads_are_refused" {
@@ -999,4 +1010,85 @@ pub async fn restore_collection_plans_then_restores(h: &Harness) {
             unchanged: 5
         }
     );
+}
+
+/// A concurrent mixed workload, then totals compared with what the version histories show.
+pub async fn counters_count_every_write_exactly_once(h: &Harness) {
+    let tasks = (0..8u64).map(|w| {
+        let e = h.engine.clone();
+        tokio::spawn(async move {
+            for i in 0..6u64 {
+                let (id, _) = e
+                    .create(&coll(), None, obj(json!({"n": i, "w": w})), &who())
+                    .await
+                    .unwrap();
+                if i % 2 == 0 {
+                    e.update(&coll(), &id, obj(json!({"n": i + 3})), Some(0), &who())
+                        .await
+                        .unwrap();
+                }
+                if i % 3 == 0 {
+                    e.delete(&coll(), &id, None, &who()).await.unwrap();
+                    e.restore_object(&coll(), &id, VersionTarget::Ov(0), None, &who())
+                        .await
+                        .unwrap();
+                }
+            }
+        })
+    });
+    for t in futures::future::join_all(tasks).await {
+        t.unwrap();
+    }
+    let totals = h.engine.totals(&coll()).await.unwrap();
+
+    // What the histories say.
+    let (mut ops, mut big) = (std::collections::HashMap::<Op, u64>::new(), 0u64);
+    let mut opts = ListOptions {
+        limit: 1000,
+        include_deleted: true,
+        ..Default::default()
+    };
+    let mut items = 0;
+    loop {
+        let page = h.engine.list(&coll(), &opts).await.unwrap();
+        for r in &page.records {
+            items += 1;
+            for v in h
+                .engine
+                .history(&coll(), &r.id, None, 1000, WITH_DELETED)
+                .await
+                .unwrap()
+            {
+                *ops.entry(v.op).or_default() += 1;
+                let n = v.meta.get("n").and_then(Value::as_u64).unwrap_or(0);
+                if matches!(v.op, Op::Create | Op::Update) && n >= 5 {
+                    big += 1;
+                }
+            }
+        }
+        match page.next_after_id {
+            Some(next) => opts.after_id = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(items, 48);
+    assert_eq!(totals.created, 48);
+    assert_eq!(
+        (totals.created, totals.updated, totals.deleted, totals.restored),
+        (ops[&Op::Create], ops[&Op::Update], ops[&Op::Delete], ops[&Op::Restore])
+    );
+    assert_eq!((totals.updated, totals.deleted, totals.restored), (24, 16, 16));
+    assert_eq!(totals.rules["big"], big);
+    assert!(big > 0);
+
+    let mark = h.engine.reset_totals(&coll()).await.unwrap();
+    let after = h.engine.totals(&coll()).await.unwrap();
+    assert_eq!((after.created, after.updated, after.since_cv), (0, 0, mark));
+    assert_eq!(after.rules["big"], 0);
+    h.engine
+        .create(&coll(), None, obj(json!({"n": 9})), &who())
+        .await
+        .unwrap();
+    let after = h.engine.totals(&coll()).await.unwrap();
+    assert_eq!((after.created, after.rules["big"]), (1, 1));
 }

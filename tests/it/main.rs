@@ -6,5 +6,5 @@ mod conformance;
 mod embedded;
 mod memory;
 mod mongo_s3;
-mod support;
 mod readme;
+mod support;

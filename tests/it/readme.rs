@@ -77,7 +77,10 @@ async fn readme_examples_work_as_written() {
             .unwrap();
         let stdout = String::from_utf8_lossy(&output.stdout);
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(output.status.success(), "README block failed:\n{block}\nstdout:\n{stdout}\nstderr:\n{stderr}");
+        assert!(
+            output.status.success(),
+            "README block failed:\n{block}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+        );
         assert!(!stdout.contains("\"code\""), "an example returned an error:\n{stdout}");
     }
 }
