@@ -16,7 +16,7 @@ use super::error::{ApiError, ErrorBody, Result};
 use super::extract::{Body, CollectionPath, ItemPath, JsonObject, JsonObjects, Precondition, Q};
 use crate::engine::{
     Attribution, CollectionName, Engine, Enrichment, HistoryPoint, ItemId, ListOptions, ReadOptions, Record,
-    RestoreCounts, Timestamp, Totals, VersionEntry, VersionTarget, WriteOutcome,
+    RestoreCounts, TieringReport, Timestamp, Totals, VersionEntry, VersionTarget, WriteOutcome,
 };
 
 /// The result of a write.
@@ -640,4 +640,58 @@ pub async fn reset_counters(State(state): State<AppState>, path: CollectionPath)
     let engine = engine(&state, &path.db)?;
     engine.reset_totals(&path.collection).await?;
     Ok(Json(engine.totals(&path.collection).await?))
+}
+
+/// Which items a tiering run moves.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProcessRequest {
+    /// Items not written for this many hours become `processed`.
+    #[schema(minimum = 0)]
+    pub ttl_hours: f64,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// Cost tiering: items not written for `ttlHours` become `processed` (their payload then lives
+/// only in S3; reads fetch it transparently). Reports head bytes per item before and after.
+#[utoipa::path(post, path = "/v1/{db}/{collection}/process", tag = "collections",
+    params(("db" = String, Path), ("collection" = String, Path)),
+    request_body = ProcessRequest,
+    responses(
+        (status = 200, body = TieringReport),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+pub async fn process_collection(
+    State(state): State<AppState>,
+    path: CollectionPath,
+    Body(req): Body<ProcessRequest>,
+) -> Result<Json<TieringReport>> {
+    let engine = engine(&state, &path.db)?;
+    Ok(Json(
+        engine
+            .mark_processed_by_ttl(&path.collection, req.ttl_hours, req.dry_run, |_| {})
+            .await?,
+    ))
+}
+
+/// Whether an item changed state.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Processed {
+    /// `false` if the item already was `processed`.
+    pub changed: bool,
+}
+
+/// Make one item `processed` now.
+#[utoipa::path(post, path = "/v1/{db}/{collection}/items/{id}/process", tag = "items",
+    params(("db" = String, Path), ("collection" = String, Path), ("id" = String, Path)),
+    responses(
+        (status = 200, body = Processed),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn process_item(State(state): State<AppState>, path: ItemPath) -> Result<Json<Processed>> {
+    let engine = engine(&state, &path.db)?;
+    let changed = engine.mark_item_processed(&path.collection, &path.id).await?;
+    Ok(Json(Processed { changed }))
 }

@@ -136,6 +136,8 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(items::restore_collection))
         .routes(routes!(items::counters))
         .routes(routes!(items::reset_counters))
+        .routes(routes!(items::process_collection))
+        .routes(routes!(items::process_item))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))

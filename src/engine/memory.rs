@@ -11,7 +11,9 @@ use tokio::sync::OwnedMutexGuard;
 use super::error::{Error, Result};
 use super::model::{CollectionName, Head, ItemId, Op, State, Timestamp, VersionEntry};
 use super::query::Filter;
-use super::store::{CommitError, HeadChange, HistoryPoint, ListQuery, MetaStore, NewData, PayloadStore, PendingWrite};
+use super::store::{
+    CommitError, HeadChange, HistoryPoint, ListQuery, MetaStore, NewData, PayloadStore, PendingWrite, TierBatch,
+};
 
 #[derive(Default)]
 struct Collection {
@@ -284,6 +286,44 @@ impl MetaStore for MemoryMetaStore {
         Ok(c.cv)
     }
 
+    async fn mark_processed(
+        &self,
+        collection: &CollectionName,
+        older_than: Timestamp,
+        only: Option<&ItemId>,
+        after_id: Option<&ItemId>,
+        limit: usize,
+        dry_run: bool,
+    ) -> Result<TierBatch> {
+        let mut all = self.lock();
+        let Some(c) = all.get_mut(collection) else {
+            return Ok(TierBatch::default());
+        };
+        let mut ids: Vec<ItemId> = c
+            .heads
+            .values()
+            .filter(|h| h.state == State::New && h.updated_at < older_than)
+            .filter(|h| only.is_none_or(|o| &h.id == o) && after_id.is_none_or(|a| &h.id > a))
+            .map(|h| h.id.clone())
+            .collect();
+        ids.sort();
+        ids.truncate(limit);
+        let mut batch = TierBatch::default();
+        for id in &ids {
+            if let Some(h) = c.heads.get_mut(id) {
+                let inline = h.inline.as_ref().map_or(0, |d| d.len() as u64);
+                batch.bytes_before += HEAD_OVERHEAD + inline;
+                batch.bytes_after += HEAD_OVERHEAD + if dry_run { inline } else { 0 };
+                if !dry_run {
+                    h.inline = None;
+                    h.state = State::Processed;
+                }
+            }
+        }
+        batch.ids = ids;
+        Ok(batch)
+    }
+
     async fn count_items(&self, collection: &CollectionName) -> Result<u64> {
         Ok(self.lock().get(collection).map_or(0, |c| c.heads.len() as u64))
     }
@@ -307,6 +347,10 @@ impl MetaStore for MemoryMetaStore {
             .collect())
     }
 }
+
+/// What an in-process store counts for a head besides its inline data (a rough figure, so that
+/// tiering reports are comparable across stores).
+pub(crate) const HEAD_OVERHEAD: u64 = 256;
 
 /// Whether `id` comes after the query's cursor in its direction.
 pub(crate) fn after(id: &ItemId, q: &ListQuery) -> bool {

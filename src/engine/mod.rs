@@ -19,6 +19,7 @@ pub mod restore;
 pub mod s3;
 pub mod sqlite;
 pub mod store;
+pub mod tiering;
 pub mod versioning;
 
 pub use counters::{CounterRule, Totals};
@@ -28,6 +29,7 @@ pub use model::{
 };
 pub use restore::{RestoreCounts, RestorePage};
 pub use store::{HistoryPoint, MetaStore, PayloadStore};
+pub use tiering::TieringReport;
 pub use versioning::{
     CollectionMap, Engine, EngineSettings, Enrichment, ListOptions, ListPage, ReadOptions, VersionTarget,
 };

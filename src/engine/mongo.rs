@@ -20,7 +20,7 @@ use serde_json::{Map, Value};
 use super::error::{Error, Result};
 use super::model::{CollectionName, Head, ItemId, Op, State, Timestamp, VersionEntry};
 use super::query::{Cond, Filter};
-use super::store::{CommitError, HeadChange, HistoryPoint, ListQuery, MetaStore, NewData, PendingWrite};
+use super::store::{CommitError, HeadChange, HistoryPoint, ListQuery, MetaStore, NewData, PendingWrite, TierBatch};
 
 /// How often a write retries when another transaction holds its item, before giving up.
 const CONTENTION_ATTEMPTS: u32 = 40;
@@ -366,6 +366,16 @@ impl MetaStore for MongoMetaStore {
             )
             .await
             .map_err(map_err)?;
+        // Cost tiering looks for hot heads by age.
+        self.heads(c)
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! {"state": 1, "updatedAt": 1})
+                    .options(IndexOptions::builder().name("state_updatedAt".to_owned()).build())
+                    .build(),
+            )
+            .await
+            .map_err(map_err)?;
         // Counters and collection-wide scans read the version index by cv.
         self.versions_coll(c)
             .create_index(
@@ -588,6 +598,83 @@ impl MetaStore for MongoMetaStore {
             .map_err(map_err)?
             .ok_or_else(|| Error::metadata("counter reset returned nothing"))?;
         get_u64(&seq, "countersFrom")
+    }
+
+    async fn mark_processed(
+        &self,
+        c: &CollectionName,
+        older_than: Timestamp,
+        only: Option<&ItemId>,
+        after_id: Option<&ItemId>,
+        limit: usize,
+        dry_run: bool,
+    ) -> Result<TierBatch> {
+        use futures::TryStreamExt;
+        let mut filter = doc! {"state": State::New.as_str(), "updatedAt": {"$lt": to_date(older_than)}};
+        match (only, after_id) {
+            (Some(id), _) => {
+                filter.insert("_id", id.as_str());
+            }
+            (None, Some(after)) => {
+                filter.insert("_id", doc! {"$gt": after.as_str()});
+            }
+            (None, None) => {}
+        }
+        let heads = self.heads(c);
+        // The documents' real size in MongoDB, before and after.
+        let sizes = |ids: Vec<&str>| {
+            let heads = heads.clone();
+            let ids: Vec<String> = ids.into_iter().map(str::to_owned).collect();
+            async move {
+                let docs: Vec<Document> = heads
+                    .find(doc! {"_id": {"$in": ids}})
+                    .projection(doc! {"s": {"$bsonSize": "$$ROOT"}})
+                    .await
+                    .map_err(map_err)?
+                    .try_collect()
+                    .await
+                    .map_err(map_err)?;
+                Ok::<u64, Error>(docs.iter().filter_map(|d| get_u64(d, "s").ok()).sum())
+            }
+        };
+        let candidates: Vec<Document> = heads
+            .find(filter.clone())
+            .projection(doc! {"_id": 1, "s": {"$bsonSize": "$$ROOT"}})
+            .sort(doc! {"_id": 1})
+            .limit(limit as i64)
+            .await
+            .map_err(map_err)?
+            .try_collect()
+            .await
+            .map_err(map_err)?;
+        let ids: Vec<ItemId> = candidates
+            .iter()
+            .map(|d| get_string(d, "_id")?.parse())
+            .collect::<Result<_>>()?;
+        let bytes_before: u64 = candidates.iter().filter_map(|d| get_u64(d, "s").ok()).sum();
+        if dry_run || ids.is_empty() {
+            return Ok(TierBatch {
+                ids,
+                bytes_before,
+                bytes_after: bytes_before,
+            });
+        }
+        let id_strs: Vec<&str> = ids.iter().map(ItemId::as_str).collect();
+        filter.insert("_id", doc! {"$in": &id_strs});
+        // The filter is re-checked per document: an item written meanwhile stays `new`.
+        heads
+            .update_many(
+                filter,
+                doc! {"$unset": {"data": ""}, "$set": {"state": State::Processed.as_str()}},
+            )
+            .await
+            .map_err(map_err)?;
+        let bytes_after = sizes(id_strs).await?;
+        Ok(TierBatch {
+            ids,
+            bytes_before,
+            bytes_after,
+        })
     }
 
     async fn count_items(&self, c: &CollectionName) -> Result<u64> {

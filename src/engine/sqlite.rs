@@ -23,10 +23,10 @@ use tokio::sync::OwnedMutexGuard;
 use super::error::{Error, Result};
 use super::local::LocalPayloadStore;
 use super::memory::after;
-use super::memory::{check_precondition, next_head};
+use super::memory::{HEAD_OVERHEAD, check_precondition, next_head};
 use super::model::{CollectionName, Head, ItemId, Op, Timestamp, VersionEntry};
 use super::query::Filter;
-use super::store::{CommitError, HeadChange, HistoryPoint, ListQuery, MetaStore, NewData, PendingWrite};
+use super::store::{CommitError, HeadChange, HistoryPoint, ListQuery, MetaStore, NewData, PendingWrite, TierBatch};
 use super::versioning::{Engine, EngineSettings};
 
 /// Bumped whenever the tables change; a database from a newer build is refused, not misread.
@@ -815,6 +815,62 @@ impl MetaStore for SqliteMetaStore {
                 )
                 .map_err(map_sql)?;
             to_u64(n, "counters_from")
+        })
+        .await
+    }
+
+    async fn mark_processed(
+        &self,
+        c: &CollectionName,
+        older_than: Timestamp,
+        only: Option<&ItemId>,
+        after_id: Option<&ItemId>,
+        limit: usize,
+        dry_run: bool,
+    ) -> Result<TierBatch> {
+        let (c, only, after) = (c.clone(), only.cloned(), after_id.cloned());
+        self.with_conn(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(map_sql)?;
+            let rows: Vec<(String, i64)> = tx
+                .prepare_cached(
+                    "SELECT item_id, COALESCE(LENGTH(inline_data), 0) FROM heads \
+                     WHERE collection = ?1 AND state = 'new' AND updated_at < ?2 \
+                     AND (?3 IS NULL OR item_id = ?3) AND (?4 IS NULL OR item_id > ?4) \
+                     ORDER BY item_id LIMIT ?5",
+                )
+                .and_then(|mut s| {
+                    s.query_map(
+                        params![
+                            c.as_str(),
+                            older_than.as_millisecond(),
+                            only.as_ref().map(ItemId::as_str),
+                            after.as_ref().map(ItemId::as_str),
+                            limit as i64
+                        ],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )?
+                    .collect()
+                })
+                .map_err(map_sql)?;
+            let mut batch = TierBatch::default();
+            for (id, inline) in rows {
+                let inline = to_u64(inline, "size")?;
+                batch.bytes_before += HEAD_OVERHEAD + inline;
+                batch.bytes_after += HEAD_OVERHEAD + if dry_run { inline } else { 0 };
+                if !dry_run {
+                    tx.execute(
+                        "UPDATE heads SET inline_data = NULL, state = 'processed' \
+                         WHERE collection = ?1 AND item_id = ?2 AND state = 'new'",
+                        params![c.as_str(), id],
+                    )
+                    .map_err(map_sql)?;
+                }
+                batch.ids.push(id.parse()?);
+            }
+            tx.commit().map_err(map_sql)?;
+            Ok(batch)
         })
         .await
     }

@@ -109,6 +109,15 @@ impl HistoryPoint {
     }
 }
 
+/// One batch of cost tiering: which items were (or would be) made `processed`, and the size of
+/// their head documents before and after.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TierBatch {
+    pub ids: Vec<ItemId>,
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+}
+
 /// Heads, the version index and the collection-version sequence.
 #[async_trait]
 pub trait MetaStore: Send + Sync + 'static {
@@ -161,6 +170,19 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn counters_from(&self, collection: &CollectionName) -> Result<u64>;
     /// Make counters start after the collection's current cv; returns that cv.
     async fn reset_counters(&self, collection: &CollectionName) -> Result<u64>;
+    /// Drop the inline data of up to `limit` items (after `after_id`, in id order) that are `new`
+    /// and were last written before `older_than` — or of exactly `only`, if given — and mark them
+    /// `processed`. With `dry_run`, only report. A write racing with this is never affected: the
+    /// conditions are re-checked atomically per item.
+    async fn mark_processed(
+        &self,
+        collection: &CollectionName,
+        older_than: Timestamp,
+        only: Option<&ItemId>,
+        after_id: Option<&ItemId>,
+        limit: usize,
+        dry_run: bool,
+    ) -> Result<TierBatch>;
     /// How many items the collection has (deleted ones included).
     async fn count_items(&self, collection: &CollectionName) -> Result<u64>;
     /// Versions in ov order, starting after `after_ov`; at most `limit`.
