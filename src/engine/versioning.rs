@@ -506,6 +506,18 @@ impl Engine {
         Ok(NewData { content, meta, inline })
     }
 
+    /// Create or update a collection's indexes from its current collection map, now (the
+    /// operator calls this when a ChronosCollection changes; writes do it once by themselves).
+    pub async fn ensure_indexes(&self, collection: &CollectionName) -> Result<Vec<String>> {
+        let indexed = self
+            .map(collection)
+            .and_then(CollectionMap::explicit)
+            .map(<[String]>::to_vec)
+            .unwrap_or_default();
+        self.meta.prepare_collection(collection, &indexed).await?;
+        Ok(indexed.iter().map(|p| format!("meta_{p}")).collect())
+    }
+
     async fn prepare(&self, collection: &CollectionName) -> Result<()> {
         let cell = {
             let mut prepared = self.prepared.lock().unwrap_or_else(|p| p.into_inner());
