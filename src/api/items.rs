@@ -15,8 +15,8 @@ use super::auth::Caller;
 use super::error::{ApiError, ErrorBody, Result};
 use super::extract::{Body, CollectionPath, ItemPath, JsonObject, JsonObjects, Precondition, Q};
 use crate::engine::{
-    Attribution, CollectionName, Engine, Enrichment, HistoryPoint, ItemId, ListOptions, ReadOptions, Record,
-    RestoreCounts, TieringReport, Timestamp, Totals, VersionEntry, VersionTarget, WriteOutcome,
+    Attribution, CollectionName, Engine, Enrichment, HistoryPoint, ItemId, ListOptions, PrunePolicy, PruneReport,
+    ReadOptions, Record, RestoreCounts, TieringReport, Timestamp, Totals, VersionEntry, VersionTarget, WriteOutcome,
 };
 
 /// The result of a write.
@@ -694,4 +694,47 @@ pub async fn process_item(State(state): State<AppState>, path: ItemPath) -> Resu
     let engine = engine(&state, &path.db)?;
     let changed = engine.mark_item_processed(&path.collection, &path.id).await?;
     Ok(Json(Processed { changed }))
+}
+
+/// A retention run over a collection's version index.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PruneRequest {
+    /// Keep each item's last N versions (at least 1).
+    #[schema(minimum = 1)]
+    pub keep_last: Option<u64>,
+    /// Keep versions younger than this many days.
+    #[schema(minimum = 0)]
+    pub max_age_days: Option<f64>,
+    /// Also delete pruned versions' payloads (they then can no longer be read).
+    #[serde(default)]
+    pub delete_payloads: bool,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// Version retention: prune old entries from the version index (kept as manifests in the
+/// backups bucket, so pruned versions stay readable while their payloads exist).
+#[utoipa::path(post, path = "/v1/{db}/{collection}/prune", tag = "collections",
+    params(("db" = String, Path), ("collection" = String, Path)),
+    request_body = PruneRequest,
+    responses(
+        (status = 200, body = PruneReport),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+pub async fn prune(
+    State(state): State<AppState>,
+    path: CollectionPath,
+    Body(req): Body<PruneRequest>,
+) -> Result<Json<PruneReport>> {
+    let engine = engine(&state, &path.db)?;
+    let policy = PrunePolicy {
+        keep_last: req.keep_last,
+        max_age_days: req.max_age_days,
+        delete_payloads: req.delete_payloads,
+    };
+    Ok(Json(
+        engine.prune_versions(&path.collection, &policy, req.dry_run).await?,
+    ))
 }

@@ -138,6 +138,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(items::reset_counters))
         .routes(routes!(items::process_collection))
         .routes(routes!(items::process_item))
+        .routes(routes!(items::prune))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))

@@ -324,6 +324,15 @@ impl MetaStore for MemoryMetaStore {
         Ok(batch)
     }
 
+    async fn delete_versions(&self, collection: &CollectionName, id: &ItemId, ovs: &[u64]) -> Result<u64> {
+        let mut all = self.lock();
+        let Some(c) = all.get_mut(collection) else { return Ok(0) };
+        Ok(ovs
+            .iter()
+            .filter(|ov| c.versions.remove(&(id.clone(), **ov)).is_some())
+            .count() as u64)
+    }
+
     async fn count_items(&self, collection: &CollectionName) -> Result<u64> {
         Ok(self.lock().get(collection).map_or(0, |c| c.heads.len() as u64))
     }

@@ -16,6 +16,7 @@ pub mod model;
 pub mod mongo;
 pub mod query;
 pub mod restore;
+pub mod retention;
 pub mod s3;
 pub mod sqlite;
 pub mod store;
@@ -28,6 +29,7 @@ pub use model::{
     Attribution, CollectionName, ItemId, Op, Record, State, SystemFields, Timestamp, VersionEntry, WriteOutcome,
 };
 pub use restore::{RestoreCounts, RestorePage};
+pub use retention::{PrunePolicy, PruneReport};
 pub use store::{HistoryPoint, MetaStore, PayloadStore};
 pub use tiering::TieringReport;
 pub use versioning::{

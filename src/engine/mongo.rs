@@ -677,6 +677,16 @@ impl MetaStore for MongoMetaStore {
         })
     }
 
+    async fn delete_versions(&self, c: &CollectionName, id: &ItemId, ovs: &[u64]) -> Result<u64> {
+        let ovs: Vec<i64> = ovs.iter().map(|&o| o as i64).collect();
+        let result = self
+            .versions_coll(c)
+            .delete_many(doc! {"itemId": id.as_str(), "ov": {"$in": ovs}})
+            .await
+            .map_err(map_err)?;
+        Ok(result.deleted_count)
+    }
+
     async fn count_items(&self, c: &CollectionName) -> Result<u64> {
         self.heads(c).estimated_document_count().await.map_err(map_err)
     }

@@ -87,7 +87,8 @@ pub fn embedded(dir: &Path, settings: EngineSettings) -> Result<Engine> {
     // The metadata store takes the directory's lock, so it opens first.
     let meta = SqliteMetaStore::open(&dir.join("chronos.db"))?;
     let payloads = LocalPayloadStore::open(&dir.join("payloads"))?;
-    Ok(Engine::new(Arc::new(meta), Arc::new(payloads), settings))
+    let backups = LocalPayloadStore::open(&dir.join("backups"))?;
+    Ok(Engine::new(Arc::new(meta), Arc::new(payloads), settings).with_backups(Arc::new(backups)))
 }
 
 pub struct SqliteMetaStore {
@@ -871,6 +872,25 @@ impl MetaStore for SqliteMetaStore {
             }
             tx.commit().map_err(map_sql)?;
             Ok(batch)
+        })
+        .await
+    }
+
+    async fn delete_versions(&self, c: &CollectionName, id: &ItemId, ovs: &[u64]) -> Result<u64> {
+        let (c, id, ovs) = (c.clone(), id.clone(), ovs.to_vec());
+        self.with_conn(move |conn| {
+            let tx = conn.transaction().map_err(map_sql)?;
+            let mut n = 0;
+            for ov in ovs {
+                n += tx
+                    .execute(
+                        "DELETE FROM versions WHERE collection = ?1 AND item_id = ?2 AND ov = ?3",
+                        params![c.as_str(), id.as_str(), to_i64(ov, "ov")?],
+                    )
+                    .map_err(map_sql)? as u64;
+            }
+            tx.commit().map_err(map_sql)?;
+            Ok(n)
         })
         .await
     }

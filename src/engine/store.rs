@@ -183,6 +183,8 @@ pub trait MetaStore: Send + Sync + 'static {
         limit: usize,
         dry_run: bool,
     ) -> Result<TierBatch>;
+    /// Remove these versions of an item from the index (retention); returns how many went.
+    async fn delete_versions(&self, collection: &CollectionName, id: &ItemId, ovs: &[u64]) -> Result<u64>;
     /// How many items the collection has (deleted ones included).
     async fn count_items(&self, collection: &CollectionName) -> Result<u64>;
     /// Versions in ov order, starting after `after_ov`; at most `limit`.

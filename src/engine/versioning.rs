@@ -137,6 +137,8 @@ pub struct ListPage {
 pub struct Engine {
     meta: Arc<dyn MetaStore>,
     payloads: Arc<dyn PayloadStore>,
+    /// Manifests of pruned versions (the backups bucket); retention needs it.
+    backups: Option<Arc<dyn PayloadStore>>,
     settings: EngineSettings,
     /// Collections whose indexes this process has ensured (once each, never per write).
     prepared: Mutex<HashMap<CollectionName, Arc<OnceCell<()>>>>,
@@ -147,9 +149,24 @@ impl Engine {
         Engine {
             meta,
             payloads,
+            backups: None,
             settings,
             prepared: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Attach the backups store (manifests of pruned versions).
+    pub fn with_backups(mut self, backups: Arc<dyn PayloadStore>) -> Self {
+        self.backups = Some(backups);
+        self
+    }
+
+    pub(super) fn backups(&self) -> Option<Arc<dyn PayloadStore>> {
+        self.backups.clone()
+    }
+
+    pub(super) fn payload_store(&self) -> &dyn PayloadStore {
+        self.payloads.as_ref()
     }
 
     pub(super) fn meta(&self) -> &dyn MetaStore {
@@ -387,7 +404,10 @@ impl Engine {
         ov: u64,
         opts: ReadOptions,
     ) -> Result<Record> {
-        let entry = self.meta.version(collection, id, ov).await?;
+        let entry = match self.meta.version(collection, id, ov).await? {
+            Some(entry) => Some(entry),
+            None => self.pruned_version(collection, id, VersionTarget::Ov(ov)).await?,
+        };
         let entry = entry.ok_or_else(|| Error::NotFound(format!("{collection}/{id} v{ov}")))?;
         self.record_of(collection, entry, opts).await
     }
@@ -400,7 +420,12 @@ impl Engine {
         at: Timestamp,
         opts: ReadOptions,
     ) -> Result<Record> {
-        let entry = self.meta.version_as_of(collection, id, at).await?;
+        // Pruned versions are always older than the ones left in the index, so the manifests
+        // only need asking when the index has nothing that early.
+        let entry = match self.meta.version_as_of(collection, id, at).await? {
+            Some(entry) => Some(entry),
+            None => self.pruned_version(collection, id, VersionTarget::At(at)).await?,
+        };
         let entry = entry.ok_or_else(|| Error::NotFound(format!("{collection}/{id} as of {at}")))?;
         self.record_of(collection, entry, opts).await
     }

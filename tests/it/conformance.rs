@@ -24,7 +24,8 @@ macro_rules! conformance_suite {
             list_filters_pages_and_travels_in_time, collection_maps_index_and_require,
             enrichment_merges_and_records_provenance, concurrent_enrichments_lose_nothing,
             restore_object_appends_the_old_version, restore_collection_plans_then_restores,
-            counters_count_every_write_exactly_once, tiering_moves_cold_payloads_out_of_the_metadata_store);
+            counters_count_every_write_exactly_once, tiering_moves_cold_payloads_out_of_the_metadata_store,
+            retention_prunes_the_index_but_old_versions_stay_readable);
     };
     (@tests $make:expr; $($name:ident),*) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1162,5 +1163,82 @@ pub async fn tiering_moves_cold_payloads_out_of_the_metadata_store(h: &Harness) 
     assert!(matches!(
         e.mark_item_processed(&coll(), &"ghost".parse().unwrap()).await,
         Err(Error::NotFound(_))
+    ));
+}
+
+pub async fn retention_prunes_the_index_but_old_versions_stay_readable(h: &Harness) {
+    use chronos::engine::PrunePolicy;
+    let e = &h.engine;
+    let (a, first) = e.create(&coll(), None, obj(json!({"v": 0})), &who()).await.unwrap();
+    // Versions carry millisecond times: keep them distinct so as-of reads have one answer.
+    let mut last = first.at;
+    for v in 1..=5 {
+        while chronos::engine::model::now() <= last {
+            tokio::task::yield_now().await;
+        }
+        last = e
+            .update(&coll(), &a, obj(json!({"v": v})), None, &who())
+            .await
+            .unwrap()
+            .at;
+    }
+    let (b, _) = e.create(&coll(), None, obj(json!({"v": "b"})), &who()).await.unwrap();
+    let keep2 = PrunePolicy {
+        keep_last: Some(2),
+        ..Default::default()
+    };
+
+    let plan = e.prune_versions(&coll(), &keep2, true).await.unwrap();
+    assert_eq!((plan.items_examined, plan.versions_pruned), (2, 4));
+    assert_eq!(
+        e.history(&coll(), &a, None, 100, LATEST).await.unwrap().len(),
+        6,
+        "a dry run prunes nothing"
+    );
+
+    let done = e.prune_versions(&coll(), &keep2, false).await.unwrap();
+    assert_eq!(done.versions_pruned, 4);
+    let left: Vec<u64> = e
+        .history(&coll(), &a, None, 100, LATEST)
+        .await
+        .unwrap()
+        .iter()
+        .map(|v| v.ov)
+        .collect();
+    assert_eq!(left, [4, 5], "the index keeps the last two");
+    assert_eq!(
+        e.history(&coll(), &b, None, 100, LATEST).await.unwrap().len(),
+        1,
+        "a single version stays"
+    );
+    for ov in 0..=5u64 {
+        let r = e.get_version(&coll(), &a, ov, LATEST).await.unwrap();
+        assert_eq!(
+            (r.ov, r.data["v"].as_u64()),
+            (ov, Some(ov)),
+            "pruned versions stay readable"
+        );
+    }
+    let r = e.get_as_of(&coll(), &a, first.at, LATEST).await.unwrap();
+    assert_eq!(r.ov, 0, "as-of reads reach pruned versions too");
+    assert_eq!(
+        e.prune_versions(&coll(), &keep2, false).await.unwrap().versions_pruned,
+        0,
+        "idempotent"
+    );
+
+    // By age: everything but the latest is older than 0 days.
+    let by_age = PrunePolicy {
+        max_age_days: Some(0.0),
+        ..Default::default()
+    };
+    assert_eq!(
+        e.prune_versions(&coll(), &by_age, false).await.unwrap().versions_pruned,
+        1
+    );
+    assert_eq!(e.get_version(&coll(), &a, 4, LATEST).await.unwrap().data["v"], 4);
+    assert!(matches!(
+        e.prune_versions(&coll(), &PrunePolicy::default(), false).await,
+        Err(Error::Validation { .. })
     ));
 }

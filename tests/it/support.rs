@@ -31,8 +31,9 @@ impl Harness {
 pub fn memory(settings: EngineSettings) -> Harness {
     let payloads: Arc<dyn PayloadStore> = Arc::new(MemoryPayloadStore::new());
     let meta: Arc<dyn MetaStore> = Arc::new(MemoryMetaStore::new());
+    let backups = Arc::new(MemoryPayloadStore::new());
     Harness {
-        engine: Arc::new(Engine::new(meta, payloads.clone(), settings)),
+        engine: Arc::new(Engine::new(meta, payloads.clone(), settings).with_backups(backups)),
         payloads,
         commands: Default::default(),
         _dir: None,
@@ -84,8 +85,10 @@ pub async fn mongo_s3(settings: EngineSettings) -> Harness {
         "bucket was new"
     );
     let payloads: Arc<dyn PayloadStore> = Arc::new(store);
+    let backups = S3PayloadStore::new(s3_connection().client(), unique("chronos-backups"));
+    backups.ensure_bucket().await.expect("S3 server reachable");
     let harness = Harness {
-        engine: Arc::new(Engine::new(Arc::new(meta), payloads.clone(), settings)),
+        engine: Arc::new(Engine::new(Arc::new(meta), payloads.clone(), settings).with_backups(Arc::new(backups))),
         payloads,
         commands,
         _dir: None,
@@ -100,8 +103,9 @@ pub fn embedded(settings: EngineSettings) -> Harness {
     let meta = SqliteMetaStore::open(&dir.path().join("chronos.db")).expect("open SQLite");
     let payloads: Arc<dyn PayloadStore> =
         Arc::new(LocalPayloadStore::open(&dir.path().join("payloads")).expect("payload dir"));
+    let backups = Arc::new(LocalPayloadStore::open(&dir.path().join("backups")).expect("backups dir"));
     Harness {
-        engine: Arc::new(Engine::new(Arc::new(meta), payloads.clone(), settings)),
+        engine: Arc::new(Engine::new(Arc::new(meta), payloads.clone(), settings).with_backups(backups)),
         payloads,
         commands: Default::default(),
         _dir: Some(dir),

@@ -1,0 +1,257 @@
+//! Version retention: keep the version index bounded.
+//!
+//! A policy keeps the last `keepLast` versions of each item and/or those younger than
+//! `maxAgeDays` (a version is kept if either says so; the latest version is always kept). Older
+//! index entries are first written to a manifest in the backups store —
+//! `<collection>/<id>/manifests/<firstOv>-<lastOv>.json` — and then removed from the metadata
+//! store. Payloads stay in the payload store unless the policy says otherwise, so reads by ov or
+//! time of a pruned version still work: they find its entry in the manifests.
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::error::{Error, Result};
+use super::model::{CollectionName, Head, ItemId, Op, Timestamp, VersionEntry, now, payload_key};
+use super::query::Filter;
+use super::store::ListQuery;
+use super::versioning::{Engine, VersionTarget};
+
+const PAGE: usize = 200;
+
+/// What to keep.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PrunePolicy {
+    /// Keep each item's last N versions.
+    pub keep_last: Option<u64>,
+    /// Keep versions younger than this many days.
+    pub max_age_days: Option<f64>,
+    /// Also delete the pruned versions' payloads (default: keep them, so they stay readable).
+    #[serde(default)]
+    pub delete_payloads: bool,
+}
+
+/// What a retention run did (or, dry, would do).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PruneReport {
+    pub dry_run: bool,
+    pub items_examined: u64,
+    pub versions_pruned: u64,
+}
+
+/// A pruned index entry, as kept in a manifest.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ManifestEntry {
+    ov: u64,
+    cv: u64,
+    op: Op,
+    at: Timestamp,
+    actor: Option<String>,
+    reason: Option<String>,
+    write_id: String,
+    size: u64,
+    checksum: String,
+    meta: Map<String, Value>,
+    deleted: bool,
+}
+
+impl ManifestEntry {
+    fn from_entry(v: &VersionEntry) -> Self {
+        ManifestEntry {
+            ov: v.ov,
+            cv: v.cv,
+            op: v.op,
+            at: v.at,
+            actor: v.actor.clone(),
+            reason: v.reason.clone(),
+            write_id: v.write_id.clone(),
+            size: v.size,
+            checksum: v.checksum.clone(),
+            meta: v.meta.clone(),
+            deleted: v.deleted,
+        }
+    }
+
+    fn into_entry(self, id: &ItemId) -> VersionEntry {
+        VersionEntry {
+            id: id.clone(),
+            ov: self.ov,
+            cv: self.cv,
+            op: self.op,
+            at: self.at,
+            actor: self.actor,
+            reason: self.reason,
+            write_id: self.write_id,
+            size: self.size,
+            checksum: self.checksum,
+            meta: self.meta,
+            deleted: self.deleted,
+        }
+    }
+}
+
+fn manifest_prefix(collection: &CollectionName, id: &ItemId) -> String {
+    format!("{collection}/{id}/manifests/")
+}
+
+impl PrunePolicy {
+    fn validate(&self) -> Result<()> {
+        if self.keep_last.is_none() && self.max_age_days.is_none() {
+            return Err(Error::validation("policy", "give keepLast and/or maxAgeDays"));
+        }
+        if self.keep_last == Some(0) {
+            return Err(Error::validation(
+                "keepLast",
+                "must be at least 1 (the latest version is always kept)",
+            ));
+        }
+        if let Some(d) = self.max_age_days
+            && !(d.is_finite() && d >= 0.0)
+        {
+            return Err(Error::validation("maxAgeDays", "must be a number of days, 0 or more"));
+        }
+        Ok(())
+    }
+
+    /// Whether a version of an item whose latest ov is `latest` is kept.
+    fn keeps(&self, v: &VersionEntry, latest: u64, cutoff: Option<Timestamp>) -> bool {
+        let by_count = self.keep_last.is_some_and(|n| v.ov + n > latest);
+        let by_age = cutoff.is_some_and(|c| v.at >= c);
+        v.ov == latest || by_count || by_age
+    }
+}
+
+impl Engine {
+    /// Prune the version index of a collection by `policy`, in pages of items.
+    pub async fn prune_versions(
+        &self,
+        collection: &CollectionName,
+        policy: &PrunePolicy,
+        dry_run: bool,
+    ) -> Result<PruneReport> {
+        policy.validate()?;
+        let backups = self.backups().ok_or_else(|| {
+            Error::validation(
+                "retention",
+                "pruning needs a backups store for its manifests (spacesConns[].backupsBucket)",
+            )
+        })?;
+        let cutoff = match policy.max_age_days {
+            Some(days) => Some(
+                jiff::SignedDuration::try_from_secs_f64(days * 86_400.0)
+                    .ok()
+                    .and_then(|age| now().checked_sub(age).ok())
+                    .ok_or_else(|| Error::validation("maxAgeDays", "too large"))?,
+            ),
+            None => None,
+        };
+        let mut report = PruneReport {
+            dry_run,
+            ..Default::default()
+        };
+        let mut query = ListQuery {
+            filter: Filter::default(),
+            after_id: None,
+            limit: PAGE,
+            descending: false,
+            include_deleted: true,
+        };
+        loop {
+            let heads = self.meta().list_heads(collection, &query).await?;
+            let pruned: Vec<u64> = futures::stream::iter(heads.iter().cloned())
+                .map(|h| self.prune_item(collection, h, policy, cutoff, dry_run, backups.clone()))
+                .buffer_unordered(8)
+                .try_collect()
+                .await?;
+            report.items_examined += heads.len() as u64;
+            report.versions_pruned += pruned.iter().sum::<u64>();
+            if heads.len() < PAGE {
+                return Ok(report);
+            }
+            query.after_id = heads.last().map(|h| h.id.clone());
+        }
+    }
+
+    async fn prune_item(
+        &self,
+        collection: &CollectionName,
+        head: Head,
+        policy: &PrunePolicy,
+        cutoff: Option<Timestamp>,
+        dry_run: bool,
+        backups: std::sync::Arc<dyn super::store::PayloadStore>,
+    ) -> Result<u64> {
+        let mut doomed = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self.meta().versions(collection, &head.id, after, 1000).await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.ov);
+            doomed.extend(page.into_iter().filter(|v| !policy.keeps(v, head.ov, cutoff)));
+        }
+        if doomed.is_empty() || dry_run {
+            return Ok(doomed.len() as u64);
+        }
+        // The manifest first: a crash after it leaves entries in both places, never in neither.
+        let entries: Vec<ManifestEntry> = doomed.iter().map(ManifestEntry::from_entry).collect();
+        let body = serde_json::to_vec(&entries).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let key = format!(
+            "{}{:020}-{:020}.json",
+            manifest_prefix(collection, &head.id),
+            doomed[0].ov,
+            doomed[doomed.len() - 1].ov
+        );
+        backups.put(&key, Bytes::from(body)).await?;
+        let ovs: Vec<u64> = doomed.iter().map(|v| v.ov).collect();
+        self.meta().delete_versions(collection, &head.id, &ovs).await?;
+        if policy.delete_payloads {
+            for v in &doomed {
+                self.payload_store()
+                    .delete(&payload_key(collection, &head.id, v.ov, &v.write_id))
+                    .await?;
+            }
+        }
+        Ok(doomed.len() as u64)
+    }
+
+    /// The index entry of a pruned version (by ov, or the one current at a time), from the
+    /// manifests.
+    pub(super) async fn pruned_version(
+        &self,
+        collection: &CollectionName,
+        id: &ItemId,
+        target: VersionTarget,
+    ) -> Result<Option<VersionEntry>> {
+        let Some(backups) = self.backups() else { return Ok(None) };
+        let mut best: Option<ManifestEntry> = None;
+        let mut after: Option<String> = None;
+        loop {
+            let keys = backups
+                .list(&manifest_prefix(collection, id), after.as_deref(), 1000)
+                .await?;
+            let Some(last) = keys.last().cloned() else { break };
+            for key in keys {
+                let Some(bytes) = backups.get(&key).await? else {
+                    continue;
+                };
+                let entries: Vec<ManifestEntry> =
+                    serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt(format!("manifest {key}: {e}")))?;
+                for e in entries {
+                    let fits = match target {
+                        VersionTarget::Ov(ov) => e.ov == ov,
+                        VersionTarget::At(at) => e.at <= at,
+                    };
+                    if fits && best.as_ref().is_none_or(|b| e.ov > b.ov) {
+                        best = Some(e);
+                    }
+                }
+            }
+            after = Some(last);
+        }
+        Ok(best.map(|e| e.into_entry(id)))
+    }
+}
