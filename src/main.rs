@@ -134,7 +134,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     let databases = BTreeMap::from([("default".to_owned(), engine)]);
-    let app = api::router(AppState::new(databases, tokens), &ServiceSettings { max_body_bytes });
+    let state = AppState::new(databases, tokens);
+    let app = api::router(state.clone(), &ServiceSettings { max_body_bytes });
 
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
@@ -153,7 +154,14 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         "  try:  curl -s -X POST http://{addr}/v1/default/notes/items -H 'content-type: application/json' -d '{{\"title\":\"hello\"}}'"
     );
     eprintln!("  API:  http://{addr}/openapi.json");
-    api::serve(listener, app, shutdown_signal())
+    let requested = state.shutdown_requested();
+    let stop = async move {
+        tokio::select! {
+            () = shutdown_signal() => {},
+            () = requested => tracing::info!("shutdown requested through the admin API; draining"),
+        }
+    };
+    api::serve(listener, app, stop)
         .await
         .map_err(|e| format!("server error: {e}"))?;
     eprintln!("Chronos stopped: in-flight requests drained");

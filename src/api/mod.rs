@@ -1,6 +1,7 @@
 //! The HTTP/JSON data service (`chronos serve`): routes under `/v1/{db}/{collection}/…`, one error
 //! shape, bearer-token auth, metrics, and an OpenAPI document generated from the same routes.
 
+pub mod admin;
 pub mod auth;
 pub mod error;
 pub mod extract;
@@ -60,6 +61,7 @@ pub struct ServiceSettings {
 
 struct Inner {
     databases: BTreeMap<String, Arc<Engine>>,
+    shutdown: tokio::sync::watch::Sender<bool>,
     tokens: Option<Tokens>,
     metrics: PrometheusHandle,
     openapi_json: OnceLock<String>,
@@ -73,6 +75,7 @@ impl AppState {
     pub fn new(databases: BTreeMap<String, Arc<Engine>>, tokens: Option<Tokens>) -> Self {
         AppState(Arc::new(Inner {
             databases,
+            shutdown: tokio::sync::watch::Sender::new(false),
             tokens,
             metrics: prometheus(),
             openapi_json: OnceLock::new(),
@@ -85,6 +88,19 @@ impl AppState {
 
     pub fn databases(&self) -> impl Iterator<Item = (&String, &Arc<Engine>)> {
         self.0.databases.iter()
+    }
+
+    /// Ask the server to stop (the admin shutdown route).
+    pub fn request_shutdown(&self) {
+        self.0.shutdown.send_replace(true);
+    }
+
+    /// Resolves once a shutdown was requested through the API.
+    pub fn shutdown_requested(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.0.shutdown.subscribe();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
     }
 
     fn tokens(&self) -> Option<&Tokens> {
@@ -139,6 +155,11 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(items::process_collection))
         .routes(routes!(items::process_item))
         .routes(routes!(items::prune))
+        .routes(routes!(admin::validate))
+        .routes(routes!(admin::ensure_buckets))
+        .routes(routes!(admin::s3_test))
+        .routes(routes!(admin::health))
+        .routes(routes!(admin::shutdown))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))

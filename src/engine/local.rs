@@ -216,6 +216,20 @@ impl PayloadStore for LocalPayloadStore {
         .await
     }
 
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    async fn exists(&self) -> Result<bool> {
+        Ok(tokio::fs::metadata(self.root.as_path()).await.is_ok_and(|m| m.is_dir()))
+    }
+
+    async fn create(&self) -> Result<()> {
+        tokio::fs::create_dir_all(self.root.as_path())
+            .await
+            .map_err(|e| Error::payload(format!("cannot create {}: {e}", self.root.display())))
+    }
+
     async fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<String>> {
         if limit == 0 {
             return Ok(vec![]);

@@ -410,6 +410,18 @@ impl PayloadStore for MemoryPayloadStore {
         Ok(())
     }
 
+    fn location(&self) -> String {
+        "memory".to_owned()
+    }
+
+    async fn exists(&self) -> Result<bool> {
+        Ok(true)
+    }
+
+    async fn create(&self) -> Result<()> {
+        Ok(())
+    }
+
     async fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<String>> {
         Ok(self
             .lock()

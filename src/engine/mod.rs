@@ -6,6 +6,7 @@
 //! - [`envelope`]: the self-describing JSON stored for every version.
 //! - backends: [`mongo`], [`s3`], and the in-memory fakes in [`memory`].
 
+pub mod admin;
 pub mod counters;
 pub mod envelope;
 pub mod error;
@@ -23,6 +24,7 @@ pub mod store;
 pub mod tiering;
 pub mod versioning;
 
+pub use admin::{Check, StoreStatus};
 pub use counters::{CounterRule, Totals};
 pub use error::{Backend, Error, Result};
 pub use model::{

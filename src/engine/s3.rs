@@ -166,6 +166,22 @@ impl PayloadStore for S3PayloadStore {
         Ok(())
     }
 
+    fn location(&self) -> String {
+        format!("s3 bucket {}", self.bucket)
+    }
+
+    async fn exists(&self) -> Result<bool> {
+        match self.client.head_bucket().bucket(&self.bucket).send().await {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(e)) if e.err().is_not_found() => Ok(false),
+            Err(e) => Err(s3_err("head bucket", &self.bucket, e)),
+        }
+    }
+
+    async fn create(&self) -> Result<()> {
+        self.ensure_bucket().await.map(|_| ())
+    }
+
     async fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<String>> {
         let out = self
             .client

@@ -22,6 +22,12 @@ pub trait PayloadStore: Send + Sync + 'static {
     async fn delete(&self, key: &str) -> Result<()>;
     /// Keys under `prefix`, in lexical order, starting after `start_after`; at most `limit`.
     async fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<String>>;
+    /// Where the store is, for people (bucket name, directory); never a secret.
+    fn location(&self) -> String;
+    /// Whether the bucket (directory) exists.
+    async fn exists(&self) -> Result<bool>;
+    /// Create the bucket (directory); existing already is fine.
+    async fn create(&self) -> Result<()>;
 }
 
 /// The change a write makes to an item's head, prepared by the engine and applied atomically by

@@ -165,6 +165,10 @@ impl Engine {
         self.backups.clone()
     }
 
+    pub(super) fn backups_ref(&self) -> Option<&dyn PayloadStore> {
+        self.backups.as_deref()
+    }
+
     pub(super) fn payload_store(&self) -> &dyn PayloadStore {
         self.payloads.as_ref()
     }

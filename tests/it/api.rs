@@ -15,12 +15,14 @@ use crate::support::{self, Harness};
 pub struct Server {
     pub url: String,
     pub http: reqwest::Client,
-    _task: tokio::task::JoinHandle<()>,
+    /// Ends when the server has shut down.
+    pub task: tokio::task::JoinHandle<()>,
 }
 
 pub async fn start(databases: BTreeMap<String, Arc<Engine>>, tokens: Option<Tokens>, max_body: usize) -> Server {
+    let state = AppState::new(databases, tokens);
     let app = api::router(
-        AppState::new(databases, tokens),
+        state.clone(),
         &ServiceSettings {
             max_body_bytes: max_body,
         },
@@ -29,12 +31,12 @@ pub async fn start(databases: BTreeMap<String, Arc<Engine>>, tokens: Option<Toke
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let task = tokio::spawn(async move {
-        api::serve(listener, app, std::future::pending()).await.unwrap();
+        api::serve(listener, app, state.shutdown_requested()).await.unwrap();
     });
     Server {
         url,
         http: reqwest::Client::new(),
-        _task: task,
+        task,
     }
 }
 

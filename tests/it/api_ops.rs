@@ -39,6 +39,8 @@ fn operations() -> Vec<(Method, String)> {
         }
     }
     assert!(ops.len() >= 9, "the document lists the routes: {ops:?}");
+    // Shutting the server down ends any walk over the routes, so it comes last.
+    ops.sort_by_key(|(_, path)| path == "/v1/admin/shutdown");
     ops
 }
 
@@ -89,16 +91,21 @@ async fn auth_matrix_covers_every_route() {
             (403, Some("forbidden")),
             "{method} {path}: t2's token on t1"
         );
+        let admin_route = path.starts_with("/v1/admin/");
         let (s, _) = status_of(http, &method, &url, Some("reader-t1-0123456789")).await;
-        if write {
-            assert_eq!(s, 403, "{method} {path}: a read-only token may not write");
+        if write || admin_route {
+            assert_eq!(s, 403, "{method} {path}: a read-only token may not write or administer");
         } else {
             assert!(s != 401 && s != 403, "{method} {path}: reader may read, got {s}");
         }
-        for token in ["writer-t1-0123456789", "admin-000-0123456789"] {
-            let (s, _) = status_of(http, &method, &url, Some(token)).await;
-            assert!(s != 401 && s != 403, "{method} {path}: {token} is allowed, got {s}");
+        let (s, _) = status_of(http, &method, &url, Some("writer-t1-0123456789")).await;
+        if admin_route {
+            assert_eq!(s, 403, "{method} {path}: a writer may not administer");
+        } else {
+            assert!(s != 401 && s != 403, "{method} {path}: writer-t1 is allowed, got {s}");
         }
+        let (s, _) = status_of(http, &method, &url, Some("admin-000-0123456789")).await;
+        assert!(s != 401 && s != 403, "{method} {path}: admin is allowed, got {s}");
     }
 }
 
@@ -233,4 +240,120 @@ async fn a_500_carries_the_request_id_and_no_internals() {
         !body.to_string().contains("garbage") && !body.to_string().contains(&key),
         "internals leaked: {body}"
     );
+}
+
+#[tokio::test]
+async fn admin_validates_creates_buckets_and_shuts_down() {
+    // A database whose payload bucket does not exist yet, on the real S3 server.
+    let h = support::mongo_s3(EngineSettings::default()).await;
+    let missing = S3PayloadStore::new(support::s3_connection().client(), support::unique("chronos-missing"));
+    let engine = Engine::new(
+        Arc::new(MemoryMetaStore::new()),
+        Arc::new(missing),
+        EngineSettings::default(),
+    );
+    let dbs = BTreeMap::from([
+        ("good".to_owned(), h.engine.clone()),
+        ("fresh".to_owned(), Arc::new(engine)),
+    ]);
+    let server = start(dbs, Some(Tokens::parse(TOKENS).unwrap()), 1 << 20).await;
+    let admin = "admin-000-0123456789";
+    let get = |path: &str| {
+        server
+            .http
+            .get(format!("{}{path}", server.url))
+            .bearer_auth(admin)
+            .send()
+    };
+    let post = |path: &str, body: Value| {
+        server
+            .http
+            .post(format!("{}{path}", server.url))
+            .bearer_auth(admin)
+            .json(&body)
+            .send()
+    };
+
+    let v: Value = get("/v1/admin/databases/good/validate")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+    let components: Vec<&str> = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["component"].as_str().unwrap())
+        .collect();
+    assert_eq!(components, ["metadata", "payloads", "backups"]);
+
+    let v: Value = get("/v1/admin/databases/fresh/validate")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["ok"], false);
+    let payloads = &v["checks"][1];
+    assert!(payloads["detail"].as_str().unwrap().contains("does not exist"), "{v}");
+    assert!(payloads["recommendation"].as_str().is_some());
+
+    let plan: Value = post(
+        "/v1/admin/databases/fresh/buckets",
+        serde_json::json!({"createIfMissing": true, "dryRun": true}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(
+        (plan[0]["existed"].as_bool(), plan[0]["created"].as_bool()),
+        (Some(false), Some(false))
+    );
+    let made: Value = post(
+        "/v1/admin/databases/fresh/buckets",
+        serde_json::json!({"createIfMissing": true}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(made[0]["created"], true);
+    let v: Value = get("/v1/admin/databases/fresh/validate")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+    let t: Value = post("/v1/admin/databases/fresh/s3-test", Value::Null)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(t["roundTripMs"].as_u64().is_some(), "{t}");
+    let health: Value = get("/v1/admin/health").await.unwrap().json().await.unwrap();
+    assert_eq!(health["ok"], true, "{health}");
+
+    // Writers may not use admin routes.
+    let denied = server
+        .http
+        .get(format!("{}/v1/admin/health", server.url))
+        .bearer_auth("writer-t1-0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), 403);
+
+    let resp = post("/v1/admin/shutdown", Value::Null).await.unwrap();
+    assert_eq!(resp.status(), 202);
+    tokio::time::timeout(std::time::Duration::from_secs(10), server.task)
+        .await
+        .expect("the server stopped after the shutdown request")
+        .unwrap();
 }

@@ -1,0 +1,133 @@
+//! Admin routes (`/v1/admin/…`, admin scope): validation of each database's backends, bucket
+//! creation, an S3 round-trip test, health of every database, and a graceful shutdown.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::error::{ApiError, ErrorBody, Result};
+use super::extract::Body;
+use crate::engine::{Check, Engine, StoreStatus};
+
+fn database(state: &AppState, db: &str) -> Result<std::sync::Arc<Engine>> {
+    state.database(db).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "database_not_found",
+            format!("no database `{db}`"),
+        )
+    })
+}
+
+/// The findings of a validation.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Validation {
+    /// True when every check passed.
+    pub ok: bool,
+    pub checks: Vec<Check>,
+}
+
+/// Validate a database's configuration against reality: each backend reachable, buckets
+/// present, permissions enough. Lists the issues with recommendations.
+#[utoipa::path(get, path = "/v1/admin/databases/{db}/validate", tag = "admin",
+    params(("db" = String, Path)),
+    responses((status = 200, body = Validation), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub async fn validate(State(state): State<AppState>, Path(db): Path<String>) -> Result<Json<Validation>> {
+    let checks = database(&state, &db)?.validate().await;
+    Ok(Json(Validation {
+        ok: checks.iter().all(|c| c.ok),
+        checks,
+    }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnsureBuckets {
+    /// Create the buckets that are missing.
+    #[serde(default)]
+    pub create_if_missing: bool,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// Find, and optionally create, every bucket a database uses.
+#[utoipa::path(post, path = "/v1/admin/databases/{db}/buckets", tag = "admin",
+    params(("db" = String, Path)), request_body = EnsureBuckets,
+    responses((status = 200, body = Vec<StoreStatus>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+pub async fn ensure_buckets(
+    State(state): State<AppState>,
+    Path(db): Path<String>,
+    Body(req): Body<EnsureBuckets>,
+) -> Result<Json<Vec<StoreStatus>>> {
+    let engine = database(&state, &db)?;
+    Ok(Json(engine.ensure_stores(req.create_if_missing, req.dry_run).await?))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Test {
+    /// Milliseconds for a PUT, GET and DELETE of a probe object.
+    pub round_trip_ms: u64,
+}
+
+/// Write, read back and delete a probe object in the database's payload bucket.
+#[utoipa::path(post, path = "/v1/admin/databases/{db}/s3-test", tag = "admin",
+    params(("db" = String, Path)),
+    responses((status = 200, body = S3Test), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn s3_test(State(state): State<AppState>, Path(db): Path<String>) -> Result<Json<S3Test>> {
+    let round_trip_ms = database(&state, &db)?.test_payload_store().await?;
+    Ok(Json(S3Test { round_trip_ms }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// True when every database's backends answer.
+    pub ok: bool,
+    /// Per database: `ok`, or what failed.
+    pub databases: BTreeMap<String, String>,
+}
+
+/// Health of every database (the detailed form of /readyz).
+#[utoipa::path(get, path = "/v1/admin/health", tag = "admin",
+    responses((status = 200, body = Health), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn health(State(state): State<AppState>) -> Json<Health> {
+    let mut databases = BTreeMap::new();
+    for (key, engine) in state.databases() {
+        let status = match engine.ping().await {
+            Ok(()) => "ok".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        databases.insert(key.clone(), status);
+    }
+    Json(Health {
+        ok: databases.values().all(|s| s == "ok"),
+        databases,
+    })
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ShuttingDown {
+    pub status: String,
+}
+
+/// Stop serving: new connections are refused, in-flight requests finish, then the process exits.
+#[utoipa::path(post, path = "/v1/admin/shutdown", tag = "admin",
+    responses((status = 202, body = ShuttingDown), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn shutdown(State(state): State<AppState>) -> (StatusCode, Json<ShuttingDown>) {
+    state.request_shutdown();
+    (
+        StatusCode::ACCEPTED,
+        Json(ShuttingDown {
+            status: "draining".into(),
+        }),
+    )
+}
