@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use crate::engine::query::Filter;
 use crate::engine::s3::S3Connection;
-use crate::engine::{CollectionMap, CollectionName, CounterRule, EngineSettings};
+use crate::engine::{CollectionMap, CollectionName, ContentKind, CounterRule, EngineSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -109,6 +109,9 @@ pub struct CollectionMapConfig {
     pub indexed_props: Vec<String>,
     #[serde(default)]
     pub validation: ValidationConfig,
+    /// Properties kept in the content bucket: `{photo: binary, body: text}`.
+    #[serde(default)]
+    pub content_props: BTreeMap<String, ContentKind>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -229,6 +232,7 @@ impl Config {
                 let map = CollectionMap {
                     indexed_props: Some(m.indexed_props.clone()).filter(|p| !p.is_empty()),
                     required_indexed: m.validation.required_indexed.clone(),
+                    content_props: m.content_props.clone(),
                 };
                 (name.clone(), map)
             })
@@ -367,6 +371,14 @@ impl Config {
                     issue(
                         field(&format!(" property {i} ({p:?})")),
                         "expected a top-level property name without `$` or `.`",
+                    );
+                }
+            }
+            for p in map.content_props.keys() {
+                if map.indexed_props.contains(p) {
+                    issue(
+                        field(".contentProps"),
+                        &format!("`{p}` can't be both indexed and content"),
                     );
                 }
             }

@@ -56,15 +56,18 @@ pub async fn open(storage: &Storage, settings: EngineSettings, conns: &Connectio
             db_name,
             s3,
             json_bucket,
+            content_bucket,
             backups_bucket,
-            ..
         } => {
             let meta = MongoMetaStore::new(conns.mongo(mongo_uri).await?, db_name);
             meta.ping().await?;
             let client = conns.s3(s3);
             let payloads = S3PayloadStore::new(client.clone(), json_bucket.clone());
-            let backups = S3PayloadStore::new(client, backups_bucket.clone());
-            let engine = Engine::new(Arc::new(meta), Arc::new(payloads), settings).with_backups(Arc::new(backups));
+            let backups = S3PayloadStore::new(client.clone(), backups_bucket.clone());
+            let content = S3PayloadStore::new(client, content_bucket.clone());
+            let engine = Engine::new(Arc::new(meta), Arc::new(payloads), settings)
+                .with_backups(Arc::new(backups))
+                .with_content(Arc::new(content));
             engine.ping().await?;
             Ok(Arc::new(engine))
         }

@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -15,8 +17,9 @@ use super::auth::Caller;
 use super::error::{ApiError, ErrorBody, Result};
 use super::extract::{Body, CollectionPath, ItemPath, JsonObject, JsonObjects, Precondition, Q};
 use crate::engine::{
-    Attribution, CollectionName, Engine, Enrichment, HistoryPoint, ItemId, ListOptions, PrunePolicy, PruneReport,
-    ReadOptions, Record, RestoreCounts, TieringReport, Timestamp, Totals, VersionEntry, VersionTarget, WriteOutcome,
+    Attribution, CollectionName, ContentMode, Engine, Enrichment, HistoryPoint, ItemId, ListOptions, PrunePolicy,
+    PruneReport, ReadOptions, Record, RestoreCounts, TieringReport, Timestamp, Totals, VersionEntry, VersionTarget,
+    WriteOutcome,
 };
 
 /// The result of a write.
@@ -113,6 +116,14 @@ pub struct GetQuery {
     /// Return deleted items and delete versions too.
     #[serde(default)]
     include_deleted: bool,
+    /// Content properties as their value (`inline`, the default) or as stored references (`ref`).
+    content: Option<String>,
+    /// Add presigned URLs: `_system.payloadUrl` and a `url` in each content reference.
+    #[serde(default)]
+    presign: bool,
+    /// How long presigned URLs stay valid (1-604800 s, default 900).
+    #[param(minimum = 1, maximum = 604800)]
+    ttl_seconds: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -150,6 +161,14 @@ pub struct ListQuery {
     at: Option<String>,
     /// Comma-separated top-level properties to return.
     fields: Option<String>,
+    /// Content properties as their value (`inline`, the default) or as stored references (`ref`).
+    content: Option<String>,
+    /// Add presigned URLs: `_system.payloadUrl` and a `url` in each content reference.
+    #[serde(default)]
+    presign: bool,
+    /// How long presigned URLs stay valid (1-604800 s, default 900).
+    #[param(minimum = 1, maximum = 604800)]
+    ttl_seconds: Option<u64>,
 }
 
 /// A page of records.
@@ -202,6 +221,50 @@ fn write_response(status: StatusCode, id: &ItemId, o: WriteOutcome, location: Op
 }
 
 /// A record as the API shows it: the data with a `_system` block.
+/// How a read shows content properties and whether it presigns URLs.
+struct Presentation {
+    mode: ContentMode,
+    presign: Option<Duration>,
+}
+
+impl Presentation {
+    fn from_query(content: Option<&str>, presign: bool, ttl_seconds: Option<u64>) -> Result<Self> {
+        let ttl = Duration::from_secs(ttl_seconds.unwrap_or(900));
+        if ttl.is_zero() || ttl > Duration::from_secs(604_800) {
+            return Err(ApiError::bad_request(
+                "`ttlSeconds` must be between 1 and 604800 (7 days)",
+            ));
+        }
+        let mode = match (content, presign) {
+            (_, true) => ContentMode::Presigned(ttl),
+            (None | Some("inline"), false) => ContentMode::Inline,
+            (Some("ref"), false) => ContentMode::Reference,
+            (Some(other), false) => {
+                return Err(ApiError::bad_request(format!(
+                    "`content` must be `inline` or `ref`, not `{other}`"
+                )));
+            }
+        };
+        Ok(Presentation {
+            mode,
+            presign: presign.then_some(ttl),
+        })
+    }
+
+    async fn show(&self, engine: &Engine, collection: &CollectionName, mut record: Record) -> Result<Value> {
+        engine.resolve_content(collection, &mut record, self.mode).await?;
+        let url = match self.presign {
+            Some(ttl) => Some(engine.presign_payload(collection, &record, ttl).await?),
+            None => None,
+        };
+        let mut out = record_json(collection, record);
+        if let Some(url) = url {
+            out[crate::engine::versioning::SYSTEM_KEY]["payloadUrl"] = Value::String(url);
+        }
+        Ok(out)
+    }
+}
+
 pub fn record_json(collection: &CollectionName, r: Record) -> Value {
     let mut out = r.data;
     out.insert(
@@ -318,12 +381,13 @@ pub async fn list(
         }
         other => other.into(),
     })?;
+    let presentation = Presentation::from_query(q.content.as_deref(), q.presign, q.ttl_seconds)?;
+    let mut items = Vec::with_capacity(page.records.len());
+    for r in page.records {
+        items.push(presentation.show(&engine, &path.collection, r).await?);
+    }
     Ok(Json(ListResponse {
-        items: page
-            .records
-            .into_iter()
-            .map(|r| record_json(&path.collection, r))
-            .collect(),
+        items,
         next_after_id: page.next_after_id.map(|i| i.to_string()),
     }))
 }
@@ -352,7 +416,8 @@ pub async fn get(State(state): State<AppState>, path: ItemPath, Q(q): Q<GetQuery
         (None, None) => engine.get_latest(&path.collection, &path.id, opts).await?,
     };
     let tag = etag(record.ov);
-    let mut response = Json(record_json(&path.collection, record)).into_response();
+    let presentation = Presentation::from_query(q.content.as_deref(), q.presign, q.ttl_seconds)?;
+    let mut response = Json(presentation.show(&engine, &path.collection, record).await?).into_response();
     response.headers_mut().insert(header::ETAG, tag);
     Ok(response)
 }

@@ -216,6 +216,10 @@ impl PayloadStore for LocalPayloadStore {
         .await
     }
 
+    async fn presign_get(&self, _key: &str, _ttl: std::time::Duration) -> Result<Option<String>> {
+        Ok(None)
+    }
+
     fn location(&self) -> String {
         self.root.display().to_string()
     }

@@ -410,6 +410,10 @@ impl PayloadStore for MemoryPayloadStore {
         Ok(())
     }
 
+    async fn presign_get(&self, _key: &str, _ttl: std::time::Duration) -> Result<Option<String>> {
+        Ok(None)
+    }
+
     fn location(&self) -> String {
         "memory".to_owned()
     }

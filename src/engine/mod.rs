@@ -7,6 +7,7 @@
 //! - backends: [`mongo`], [`s3`], and the in-memory fakes in [`memory`].
 
 pub mod admin;
+pub mod content;
 pub mod counters;
 pub mod envelope;
 pub mod error;
@@ -25,6 +26,7 @@ pub mod tiering;
 pub mod versioning;
 
 pub use admin::{Check, StoreStatus};
+pub use content::{ContentKind, ContentMode};
 pub use counters::{CounterRule, Totals};
 pub use error::{Backend, Error, Result};
 pub use model::{

@@ -295,6 +295,8 @@ pub struct Record {
     pub id: ItemId,
     pub ov: u64,
     pub cv: u64,
+    /// Names the version's payload object (see [`payload_key`]).
+    pub write_id: String,
     pub system: SystemFields,
     pub data: Map<String, Value>,
 }

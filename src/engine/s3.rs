@@ -166,6 +166,20 @@ impl PayloadStore for S3PayloadStore {
         Ok(())
     }
 
+    async fn presign_get(&self, key: &str, ttl: Duration) -> Result<Option<String>> {
+        let config = aws_sdk_s3::presigning::PresigningConfig::expires_in(ttl)
+            .map_err(|e| Error::validation("ttlSeconds", e.to_string()))?;
+        let request = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .presigned(config)
+            .await
+            .map_err(|e| s3_err("presign", key, e))?;
+        Ok(Some(request.uri().to_owned()))
+    }
+
     fn location(&self) -> String {
         format!("s3 bucket {}", self.bucket)
     }

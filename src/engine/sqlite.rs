@@ -88,7 +88,10 @@ pub fn embedded(dir: &Path, settings: EngineSettings) -> Result<Engine> {
     let meta = SqliteMetaStore::open(&dir.join("chronos.db"))?;
     let payloads = LocalPayloadStore::open(&dir.join("payloads"))?;
     let backups = LocalPayloadStore::open(&dir.join("backups"))?;
-    Ok(Engine::new(Arc::new(meta), Arc::new(payloads), settings).with_backups(Arc::new(backups)))
+    let content = LocalPayloadStore::open(&dir.join("content"))?;
+    Ok(Engine::new(Arc::new(meta), Arc::new(payloads), settings)
+        .with_backups(Arc::new(backups))
+        .with_content(Arc::new(content)))
 }
 
 pub struct SqliteMetaStore {

@@ -22,6 +22,9 @@ pub trait PayloadStore: Send + Sync + 'static {
     async fn delete(&self, key: &str) -> Result<()>;
     /// Keys under `prefix`, in lexical order, starting after `start_after`; at most `limit`.
     async fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<String>>;
+    /// A URL that GETs `key` without credentials until `ttl` passes; `None` when this kind of
+    /// store can't presign.
+    async fn presign_get(&self, key: &str, ttl: std::time::Duration) -> Result<Option<String>>;
     /// Where the store is, for people (bucket name, directory); never a secret.
     fn location(&self) -> String;
     /// Whether the bucket (directory) exists.

@@ -31,6 +31,9 @@ pub struct CollectionMap {
     pub indexed_props: Option<Vec<String>>,
     /// Writes without these indexed properties are refused (422, listing what is missing).
     pub required_indexed: Vec<String>,
+    /// Properties stored in the content bucket (large text, or base64 binary) and referenced
+    /// from the JSON.
+    pub content_props: std::collections::BTreeMap<String, super::content::ContentKind>,
 }
 
 impl CollectionMap {
@@ -139,6 +142,8 @@ pub struct Engine {
     payloads: Arc<dyn PayloadStore>,
     /// Manifests of pruned versions (the backups bucket); retention needs it.
     backups: Option<Arc<dyn PayloadStore>>,
+    /// Content properties (the content bucket).
+    content: Option<Arc<dyn PayloadStore>>,
     settings: EngineSettings,
     /// Collections whose indexes this process has ensured (once each, never per write).
     prepared: Mutex<HashMap<CollectionName, Arc<OnceCell<()>>>>,
@@ -150,6 +155,7 @@ impl Engine {
             meta,
             payloads,
             backups: None,
+            content: None,
             settings,
             prepared: Mutex::new(HashMap::new()),
         }
@@ -159,6 +165,16 @@ impl Engine {
     pub fn with_backups(mut self, backups: Arc<dyn PayloadStore>) -> Self {
         self.backups = Some(backups);
         self
+    }
+
+    /// Attach the content store (the content bucket).
+    pub fn with_content(mut self, content: Arc<dyn PayloadStore>) -> Self {
+        self.content = Some(content);
+        self
+    }
+
+    pub(super) fn content_store(&self) -> Option<&dyn PayloadStore> {
+        self.content.as_deref()
     }
 
     pub(super) fn backups(&self) -> Option<Arc<dyn PayloadStore>> {
@@ -197,6 +213,8 @@ impl Engine {
         who: &Attribution,
     ) -> Result<(ItemId, WriteOutcome)> {
         let id = id.unwrap_or_else(ItemId::generate);
+        let mut data = data;
+        self.offload_content(collection, &id, &mut data).await?;
         let data = self.new_data(collection, data)?;
         let outcome = self
             .write(collection, &id, Op::Create, None, NewContent::Data(data), None, who)
@@ -213,6 +231,8 @@ impl Engine {
         expected_ov: Option<u64>,
         who: &Attribution,
     ) -> Result<WriteOutcome> {
+        let mut data = data;
+        self.offload_content(collection, id, &mut data).await?;
         let data = self.new_data(collection, data)?;
         self.write(
             collection,
@@ -349,6 +369,7 @@ impl Engine {
             id: head.id,
             ov: head.ov,
             cv: head.cv,
+            write_id: head.write_id,
             data,
         })
     }
@@ -468,6 +489,7 @@ impl Engine {
             id: entry.id,
             ov: entry.ov,
             cv: entry.cv,
+            write_id: entry.write_id,
             system: decoded.system,
             data: decoded.data,
         })
@@ -488,7 +510,7 @@ impl Engine {
         envelope::decode(&bytes, collection, id, ov, write_id, checksum)
     }
 
-    fn map(&self, collection: &CollectionName) -> Option<&CollectionMap> {
+    pub(super) fn map(&self, collection: &CollectionName) -> Option<&CollectionMap> {
         self.settings.collection_maps.get(collection.as_str())
     }
 
@@ -655,6 +677,7 @@ impl Engine {
         for patch in patches {
             super::merge::merge_object(&mut data, patch);
         }
+        self.offload_content(collection, &previous.id, &mut data).await?;
         self.new_data(collection, data)
     }
 

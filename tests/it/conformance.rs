@@ -25,7 +25,7 @@ macro_rules! conformance_suite {
             enrichment_merges_and_records_provenance, concurrent_enrichments_lose_nothing,
             restore_object_appends_the_old_version, restore_collection_plans_then_restores,
             counters_count_every_write_exactly_once, tiering_moves_cold_payloads_out_of_the_metadata_store,
-            retention_prunes_the_index_but_old_versions_stay_readable);
+            retention_prunes_the_index_but_old_versions_stay_readable, content_properties_live_in_the_content_store);
     };
     (@tests $make:expr; $($name:ident),*) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -51,6 +51,20 @@ pub fn settings(check: &str) -> chronos::engine::EngineSettings {
             chronos::engine::CollectionMap {
                 indexed_props: Some(vec!["kind".into(), "n".into()]),
                 required_indexed: vec!["kind".into()],
+                ..Default::default()
+            },
+        );
+    }
+    if check == "content_properties_live_in_the_content_store" {
+        s.collection_maps.insert(
+            "things".into(),
+            chronos::engine::CollectionMap {
+                content_props: [
+                    ("photo".to_owned(), chronos::engine::ContentKind::Binary),
+                    ("body".to_owned(), chronos::engine::ContentKind::Text),
+                ]
+                .into(),
+                ..Default::default()
             },
         );
     }
@@ -1241,4 +1255,74 @@ pub async fn retention_prunes_the_index_but_old_versions_stay_readable(h: &Harne
         e.prune_versions(&coll(), &PrunePolicy::default(), false).await,
         Err(Error::Validation { .. })
     ));
+}
+
+pub async fn content_properties_live_in_the_content_store(h: &Harness) {
+    use chronos::engine::ContentMode;
+    let e = &h.engine;
+    let photo = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==";
+    let body = "long text ".repeat(500);
+    let (id, _) = e
+        .create(
+            &coll(),
+            None,
+            obj(json!({"title": "t", "photo": photo, "body": body})),
+            &who(),
+        )
+        .await
+        .unwrap();
+    let mut r = e.get_latest(&coll(), &id, LATEST).await.unwrap();
+    let reference = &r.data["photo"]["$content"];
+    assert_eq!(reference["kind"], "binary");
+    assert_eq!(reference["size"], 70, "decoded bytes, not base64");
+    assert!(
+        reference["key"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("things/{id}/content/"))
+    );
+    assert!(r.data["body"]["$content"]["key"].as_str().unwrap().ends_with(".txt"));
+    let size = e.history(&coll(), &id, None, 1, LATEST).await.unwrap()[0].size;
+    assert!(
+        size < 600,
+        "the version JSON holds references, not the 5 KB of content: {size} bytes"
+    );
+    e.resolve_content(&coll(), &mut r, ContentMode::Inline).await.unwrap();
+    assert_eq!(r.data["photo"], photo);
+    assert_eq!(r.data["body"], body.as_str());
+
+    // An update that keeps the same content stores it once (content-addressed) …
+    e.update(
+        &coll(),
+        &id,
+        obj(json!({"title": "t2", "photo": photo, "body": body})),
+        None,
+        &who(),
+    )
+    .await
+    .unwrap();
+    // … and a record read with references can be written back as it is.
+    let as_read = e.get_latest(&coll(), &id, LATEST).await.unwrap().data;
+    e.update(&coll(), &id, as_read, None, &who()).await.unwrap();
+    let mut old = e.get_version(&coll(), &id, 0, LATEST).await.unwrap();
+    e.resolve_content(&coll(), &mut old, ContentMode::Inline).await.unwrap();
+    assert_eq!(old.data["body"], body.as_str());
+
+    let bad = e
+        .create(&coll(), None, obj(json!({"photo": "not base64!"})), &who())
+        .await
+        .unwrap_err();
+    assert!(matches!(bad, Error::Validation { .. }), "{bad:?}");
+    let wrong_type = e
+        .create(&coll(), None, obj(json!({"body": 5})), &who())
+        .await
+        .unwrap_err();
+    assert!(matches!(wrong_type, Error::Validation { .. }), "{wrong_type:?}");
+    // Nobody can point a reference at another item's content.
+    let foreign = e.get_latest(&coll(), &id, LATEST).await.unwrap().data["body"].clone();
+    let err = e
+        .create(&coll(), None, obj(json!({"body": foreign})), &who())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Validation { .. }), "{err:?}");
 }

@@ -31,9 +31,13 @@ impl Harness {
 pub fn memory(settings: EngineSettings) -> Harness {
     let payloads: Arc<dyn PayloadStore> = Arc::new(MemoryPayloadStore::new());
     let meta: Arc<dyn MetaStore> = Arc::new(MemoryMetaStore::new());
-    let backups = Arc::new(MemoryPayloadStore::new());
+    let aux = Arc::new(MemoryPayloadStore::new());
     Harness {
-        engine: Arc::new(Engine::new(meta, payloads.clone(), settings).with_backups(backups)),
+        engine: Arc::new(
+            Engine::new(meta, payloads.clone(), settings)
+                .with_backups(aux.clone())
+                .with_content(aux),
+        ),
         payloads,
         commands: Default::default(),
         _dir: None,
@@ -85,10 +89,16 @@ pub async fn mongo_s3(settings: EngineSettings) -> Harness {
         "bucket was new"
     );
     let payloads: Arc<dyn PayloadStore> = Arc::new(store);
-    let backups = S3PayloadStore::new(s3_connection().client(), unique("chronos-backups"));
-    backups.ensure_bucket().await.expect("S3 server reachable");
+    // Manifests and content have distinct key prefixes, so tests keep both in one more bucket.
+    let aux = S3PayloadStore::new(s3_connection().client(), unique("chronos-aux"));
+    aux.ensure_bucket().await.expect("S3 server reachable");
+    let aux = Arc::new(aux);
     let harness = Harness {
-        engine: Arc::new(Engine::new(Arc::new(meta), payloads.clone(), settings).with_backups(Arc::new(backups))),
+        engine: Arc::new(
+            Engine::new(Arc::new(meta), payloads.clone(), settings)
+                .with_backups(aux.clone())
+                .with_content(aux),
+        ),
         payloads,
         commands,
         _dir: None,

@@ -1,0 +1,194 @@
+//! Content properties: large text or binary values kept in the content bucket.
+//!
+//! A collection map declares them (`contentProps: {photo: binary, body: text}`). On write, such a
+//! property's value — text, or base64 for binary — is stored under a content-addressed key,
+//! `<collection>/<itemId>/content/<sha256>.bin|txt`, and the JSON keeps a reference:
+//! `{"$content": {"kind", "key", "size", "sha256"}}`. Content addressing means an unchanged
+//! property is stored once across versions, and two racing writers of the same bytes write the
+//! same object, so no attempt ever needs to delete a content object another version may use.
+//! Reads resolve references back to values, or to presigned URLs.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use sha2::Digest;
+
+use super::error::{Error, Result};
+use super::model::{CollectionName, ItemId, Record, payload_key};
+use super::versioning::Engine;
+
+/// The reference key in the JSON.
+pub const CONTENT_KEY: &str = "$content";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContentKind {
+    /// Base64 in the JSON, raw bytes in the bucket.
+    Binary,
+    /// UTF-8 text.
+    Text,
+}
+
+/// How reads show content properties.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContentMode {
+    /// The value itself (base64 for binary).
+    Inline,
+    /// The `$content` reference as stored.
+    Reference,
+    /// The reference plus a presigned `url`, valid for the duration.
+    Presigned(Duration),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Reference {
+    kind: ContentKind,
+    key: String,
+    size: u64,
+    sha256: String,
+}
+
+fn reference_of(v: &Value) -> Option<Reference> {
+    let obj = v.as_object()?;
+    if obj.len() != 1 {
+        return None;
+    }
+    serde_json::from_value(obj.get(CONTENT_KEY)?.clone()).ok()
+}
+
+fn prefix(collection: &CollectionName, id: &ItemId) -> String {
+    format!("{collection}/{id}/content/")
+}
+
+impl Engine {
+    fn content_props(&self, collection: &CollectionName) -> Vec<(String, ContentKind)> {
+        self.map(collection)
+            .map(|m| m.content_props.iter().map(|(k, v)| (k.clone(), *v)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Move the declared content properties of `data` to the content store, leaving references.
+    pub(super) async fn offload_content(
+        &self,
+        collection: &CollectionName,
+        id: &ItemId,
+        data: &mut Map<String, Value>,
+    ) -> Result<()> {
+        let props = self.content_props(collection);
+        if props.is_empty() {
+            return Ok(());
+        }
+        for (prop, kind) in props {
+            let Some(value) = data.get(&prop) else { continue };
+            let bytes = match (value, kind) {
+                (Value::Null, _) => continue,
+                (Value::String(s), ContentKind::Text) => Bytes::from(s.clone().into_bytes()),
+                (Value::String(s), ContentKind::Binary) => Bytes::from(
+                    base64::engine::general_purpose::STANDARD
+                        .decode(s)
+                        .map_err(|e| Error::validation(prop.clone(), format!("must be base64: {e}")))?,
+                ),
+                (v, _) => match reference_of(v) {
+                    // A record read with references and written back: keep them, but only
+                    // if they point at this item's own content.
+                    Some(r) if r.key.starts_with(&prefix(collection, id)) && r.kind == kind => continue,
+                    Some(_) => {
+                        return Err(Error::validation(
+                            prop,
+                            "references only this item's own content of this kind",
+                        ));
+                    }
+                    None => {
+                        return Err(Error::validation(
+                            prop,
+                            match kind {
+                                ContentKind::Text => "a text content property must be a string",
+                                ContentKind::Binary => "a binary content property must be a base64 string",
+                            },
+                        ));
+                    }
+                },
+            };
+            let store = self.content_store().ok_or_else(|| {
+                Error::validation(
+                    prop.clone(),
+                    "content properties need a content store (spacesConns[].contentBucket)",
+                )
+            })?;
+            let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
+            let ext = match kind {
+                ContentKind::Binary => "bin",
+                ContentKind::Text => "txt",
+            };
+            let key = format!("{}{sha256}.{ext}", prefix(collection, id));
+            let size = bytes.len() as u64;
+            store.put(&key, bytes).await?;
+            data.insert(prop, json!({CONTENT_KEY: Reference { kind, key, size, sha256 }}));
+        }
+        Ok(())
+    }
+
+    /// Show a record's content properties as `mode` says.
+    pub async fn resolve_content(
+        &self,
+        collection: &CollectionName,
+        record: &mut Record,
+        mode: ContentMode,
+    ) -> Result<()> {
+        if mode == ContentMode::Reference {
+            return Ok(());
+        }
+        for (prop, _) in self.content_props(collection) {
+            let Some(r) = record.data.get(&prop).and_then(reference_of) else {
+                continue;
+            };
+            let store = self.content_store().ok_or_else(|| {
+                Error::Corrupt(format!("{prop} references content but no content store is configured"))
+            })?;
+            let value = match mode {
+                ContentMode::Presigned(ttl) => {
+                    let url = store.presign_get(&r.key, ttl).await?.ok_or_else(no_presign)?;
+                    let mut with_url = serde_json::to_value(&r).map_err(|e| Error::Corrupt(e.to_string()))?;
+                    with_url["url"] = Value::String(url);
+                    json!({CONTENT_KEY: with_url})
+                }
+                _ => {
+                    let bytes = store
+                        .get(&r.key)
+                        .await?
+                        .ok_or_else(|| Error::Corrupt(format!("content {} is missing", r.key)))?;
+                    if hex::encode(sha2::Sha256::digest(&bytes)) != r.sha256 {
+                        return Err(Error::Corrupt(format!("content {} does not match its checksum", r.key)));
+                    }
+                    match r.kind {
+                        ContentKind::Binary => Value::String(base64::engine::general_purpose::STANDARD.encode(&bytes)),
+                        ContentKind::Text => Value::String(
+                            String::from_utf8(bytes.to_vec()).map_err(|e| Error::Corrupt(format!("{}: {e}", r.key)))?,
+                        ),
+                    }
+                }
+            };
+            record.data.insert(prop, value);
+        }
+        Ok(())
+    }
+
+    /// A presigned URL for the record's whole version payload (the envelope JSON).
+    pub async fn presign_payload(&self, collection: &CollectionName, record: &Record, ttl: Duration) -> Result<String> {
+        let key = payload_key(collection, &record.id, record.ov, &record.write_id);
+        self.payload_store()
+            .presign_get(&key, ttl)
+            .await?
+            .ok_or_else(no_presign)
+    }
+}
+
+fn no_presign() -> Error {
+    Error::validation(
+        "presign",
+        "this database's payload store cannot presign URLs (it needs an S3 store)",
+    )
+}
