@@ -8,6 +8,7 @@ pub mod client;
 pub mod config;
 pub mod connect;
 pub mod engine;
+pub mod operator;
 
 /// Make ring the crypto provider of every rustls client in the process, so no C crypto library
 /// is needed. Idempotent; call before building any TLS client.

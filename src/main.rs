@@ -45,6 +45,10 @@ enum Command {
         #[arg(long)]
         connect: bool,
     },
+    /// Run the Kubernetes operator (the controllers of the chronos.dev resources).
+    Operator(chronos::operator::OperatorArgs),
+    /// Print the operator's CustomResourceDefinitions as YAML.
+    Crds,
     #[command(flatten)]
     Client(cli::ClientCommand),
 }
@@ -79,6 +83,10 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve(args).await,
             Command::CheckConfig { path, connect } => check_config(path, connect).await,
+            Command::Operator(args) => chronos::operator::run(args).await.map_err(|e| e.to_string()),
+            Command::Crds => chronos::operator::crds_yaml()
+                .map(|yaml| print!("{yaml}"))
+                .map_err(|e| e.to_string()),
             Command::Client(cmd) => cmd.run().await,
         }
     });

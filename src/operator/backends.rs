@@ -1,0 +1,183 @@
+//! A `ChronosDatabase`'s backends as the operator reaches them: the Secret values it references,
+//! its buckets, an engine over them, and — only under `deletionPolicy: Delete` — dropping them.
+//! Clients come from the shared [`Connections`](crate::connect::Connections), one per backend.
+
+use std::sync::Arc;
+
+use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, ResourceExt};
+
+use super::collection::ChronosCollection;
+use super::database::ChronosDatabase;
+use super::{Context, Error, Result};
+use crate::config::Storage;
+use crate::engine::s3::{S3Connection, S3PayloadStore};
+use crate::engine::{Engine, EngineSettings};
+
+/// One key of a Secret in `namespace`, as text.
+async fn secret_value(client: &kube::Client, namespace: &str, name: &str, key: &str) -> Result<String> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let secret = api
+        .get_opt(name)
+        .await?
+        .ok_or_else(|| Error::Missing(format!("Secret {namespace}/{name} not found")))?;
+    let bytes = secret
+        .data
+        .and_then(|mut d| d.remove(key))
+        .ok_or_else(|| Error::Missing(format!("Secret {namespace}/{name} has no key `{key}`")))?;
+    String::from_utf8(bytes.0)
+        .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
+        .map_err(|_| Error::Invalid(format!("Secret {namespace}/{name} key `{key}` is not UTF-8")))
+}
+
+/// Where the database's data lives, with the secret values read from its Secrets.
+pub async fn storage(client: &kube::Client, db: &ChronosDatabase) -> Result<Storage> {
+    let ns = db.namespace().unwrap_or_default();
+    let spec = &db.spec;
+    let uri_ref = &spec.mongodb.uri_secret_ref;
+    let creds = &spec.s3.credentials_secret_ref;
+    Ok(Storage::Remote {
+        mongo_uri: secret_value(client, &ns, &uri_ref.name, &uri_ref.key).await?,
+        db_name: spec.mongodb.db_name.clone(),
+        s3: S3Connection {
+            endpoint: spec.s3.endpoint.clone(),
+            region: spec.s3.region.clone(),
+            access_key: secret_value(client, &ns, &creds.name, &creds.access_key_key).await?,
+            secret_key: secret_value(client, &ns, &creds.name, &creds.secret_key_key).await?,
+            force_path_style: spec.s3.force_path_style,
+        },
+        json_bucket: spec.s3.buckets.json.clone(),
+        content_bucket: spec.s3.buckets.content.clone(),
+        backups_bucket: spec.s3.buckets.backups.clone(),
+    })
+}
+
+fn remote(storage: &Storage) -> Result<(&str, &str, &S3Connection, [&str; 3])> {
+    match storage {
+        Storage::Remote {
+            mongo_uri,
+            db_name,
+            s3,
+            json_bucket,
+            content_bucket,
+            backups_bucket,
+        } => Ok((mongo_uri, db_name, s3, [json_bucket, content_bucket, backups_bucket])),
+        Storage::Embedded { .. } => Err(Error::Invalid("a ChronosDatabase needs MongoDB and S3".to_owned())),
+    }
+}
+
+/// Ping MongoDB (it must be a replica set: writes are transactions).
+pub async fn ping_mongo(ctx: &Context, storage: &Storage) -> Result<()> {
+    let (uri, db_name, ..) = remote(storage)?;
+    let meta = crate::engine::mongo::MongoMetaStore::new(ctx.conns.mongo(uri).await?, db_name);
+    crate::engine::MetaStore::ping(&meta).await?;
+    Ok(())
+}
+
+/// Create the three buckets where missing; returns the ones created.
+pub async fn ensure_buckets(ctx: &Context, storage: &Storage) -> Result<Vec<String>> {
+    let (_, _, s3, buckets) = remote(storage)?;
+    let client = ctx.conns.s3(s3);
+    let mut created = Vec::new();
+    for bucket in buckets {
+        if S3PayloadStore::new(client.clone(), bucket).ensure_bucket().await? {
+            created.push(bucket.to_owned());
+        }
+    }
+    Ok(created)
+}
+
+/// An engine over the database's backends with `settings` (collection maps, counters).
+pub async fn engine(ctx: &Context, db: &ChronosDatabase, settings: EngineSettings) -> Result<Arc<Engine>> {
+    let storage = storage(&ctx.client, db).await?;
+    Ok(crate::connect::open(&storage, settings, &ctx.conns).await?)
+}
+
+/// Drop the MongoDB database and empty and remove the three buckets. Irreversible: called only
+/// for `deletionPolicy: Delete`.
+pub async fn drop_data(ctx: &Context, storage: &Storage) -> Result<()> {
+    let (uri, db_name, s3, buckets) = remote(storage)?;
+    let mongo = ctx.conns.mongo(uri).await?;
+    mongo
+        .database(db_name)
+        .drop()
+        .await
+        .map_err(crate::engine::Error::metadata)?;
+    let client = ctx.conns.s3(s3);
+    for bucket in buckets {
+        loop {
+            let listed = match client.list_objects_v2().bucket(bucket).max_keys(1000).send().await {
+                Ok(l) => l,
+                Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_bucket()) => break,
+                Err(e) => return Err(s3_error("list", bucket, e)),
+            };
+            let ids: Vec<ObjectIdentifier> = listed
+                .contents()
+                .iter()
+                .filter_map(|o| o.key())
+                .filter_map(|k| ObjectIdentifier::builder().key(k).build().ok())
+                .collect();
+            if ids.is_empty() {
+                match client.delete_bucket().bucket(bucket).send().await {
+                    Ok(_) => break,
+                    Err(e)
+                        if e.as_service_error()
+                            .is_some_and(|s| s.meta().code() == Some("NoSuchBucket")) =>
+                    {
+                        break;
+                    }
+                    Err(e) => return Err(s3_error("delete bucket", bucket, e)),
+                }
+            }
+            let delete = Delete::builder()
+                .set_objects(Some(ids))
+                .quiet(true)
+                .build()
+                .map_err(|e| s3_error("delete objects", bucket, e))?;
+            client
+                .delete_objects()
+                .bucket(bucket)
+                .delete(delete)
+                .send()
+                .await
+                .map_err(|e| s3_error("delete objects", bucket, e))?;
+        }
+    }
+    Ok(())
+}
+
+fn s3_error(op: &str, bucket: &str, e: impl std::error::Error) -> Error {
+    let detail = aws_smithy_types::error::display::DisplayErrorContext(e).to_string();
+    Error::Engine(crate::engine::Error::payload(format!("{op} {bucket}: {detail}")))
+}
+
+/// The engine settings of a database: its defaults plus the map and counters of each of its valid
+/// `ChronosCollection`s — what its own engine is configured with, so the operator's writes
+/// (restores) index exactly as the engine's do.
+pub async fn settings(ctx: &Context, db: &ChronosDatabase) -> Result<EngineSettings> {
+    let ns = db.namespace().unwrap_or_default();
+    let api: Api<ChronosCollection> = Api::namespaced(ctx.client.clone(), &ns);
+    let collections = api.list(&kube::api::ListParams::default()).await?.items;
+    Ok(settings_of(db, &collections))
+}
+
+/// [`settings`] without the client.
+pub fn settings_of(db: &ChronosDatabase, collections: &[ChronosCollection]) -> EngineSettings {
+    let mut settings = EngineSettings::default();
+    if let Some(v) = db.spec.defaults.inline_max_bytes {
+        settings.inline_max_bytes = usize::try_from(v).unwrap_or(usize::MAX);
+    }
+    if let Some(v) = db.spec.defaults.max_payload_bytes {
+        settings.max_payload_bytes = usize::try_from(v).unwrap_or(usize::MAX);
+    }
+    for c in collections.iter().filter(|c| c.spec.database == db.name_any()) {
+        if let Ok((name, map)) = c.spec.map() {
+            settings
+                .counter_rules
+                .insert(name.as_str().to_owned(), c.spec.counter_rules());
+            settings.collection_maps.insert(name.as_str().to_owned(), map);
+        }
+    }
+    settings
+}

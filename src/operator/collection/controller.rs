@@ -1,0 +1,115 @@
+//! The `ChronosCollection` reconciler: validate → find the database → ensure the MongoDB indexes
+//! (idempotent: `createIndexes` of an existing index is a no-op) → status.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+
+use super::crd::{ChronosCollection, ChronosCollectionStatus};
+use crate::engine::EngineSettings;
+use crate::operator::conditions::{self, Observed};
+use crate::operator::database::ChronosDatabase;
+use crate::operator::{Context, Error, FIELD_MANAGER, Result, backends, requeue};
+
+pub const INDEXES_READY: &str = "IndexesReady";
+const NAME: &str = "collection";
+
+pub async fn reconcile(c: Arc<ChronosCollection>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let result = ensure(&c, &ctx).await;
+    crate::operator::health::record(NAME, started, result.is_ok());
+    result
+}
+
+async fn ensure(c: &ChronosCollection, ctx: &Context) -> Result<Action> {
+    let (name, map) = match c.spec.map() {
+        Ok(m) => m,
+        Err(problems) => {
+            let failed = Observed::failed(INDEXES_READY, "InvalidSpec", problems.join("; "));
+            write_status(c, ctx, failed, Vec::new()).await?;
+            return Ok(Action::await_change());
+        }
+    };
+    let ns = c.namespace().unwrap_or_default();
+    let databases: Api<ChronosDatabase> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(db) = databases.get_opt(&c.spec.database).await? else {
+        let message = format!("ChronosDatabase {ns}/{} not found", c.spec.database);
+        write_status(
+            c,
+            ctx,
+            Observed::failed(INDEXES_READY, "DatabaseNotFound", message),
+            Vec::new(),
+        )
+        .await?;
+        return Ok(Action::requeue(requeue::MISSING));
+    };
+    let mut settings = EngineSettings::default();
+    settings.collection_maps.insert(name.as_str().to_owned(), map);
+    let indexes = async {
+        backends::engine(ctx, &db, settings)
+            .await?
+            .ensure_indexes(&name)
+            .await
+            .map_err(Error::from)
+    };
+    match indexes.await {
+        Ok(indexes) => {
+            let message = format!("{} index(es) on indexed properties", indexes.len());
+            write_status(c, ctx, Observed::ok(INDEXES_READY, "Created", message), indexes).await?;
+            Ok(Action::requeue(requeue::DRIFT))
+        }
+        Err(e @ (Error::Missing(_) | Error::Engine(_))) => {
+            write_status(
+                c,
+                ctx,
+                Observed::failed(INDEXES_READY, "BackendUnavailable", e.to_string()),
+                Vec::new(),
+            )
+            .await?;
+            Ok(Action::requeue(requeue::TRANSIENT))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+async fn write_status(c: &ChronosCollection, ctx: &Context, observed: Observed, indexes: Vec<String>) -> Result<()> {
+    let existing = c.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let generation = c.metadata.generation;
+    let status = ChronosCollectionStatus {
+        conditions: conditions::merge(existing, &[observed], generation, conditions::now()),
+        indexes,
+        observed_generation: generation,
+    };
+    let body = json!({
+        "apiVersion": ChronosCollection::api_version(&()),
+        "kind": ChronosCollection::kind(&()),
+        "status": status,
+    });
+    let api: Api<ChronosCollection> = Api::namespaced(ctx.client.clone(), &c.namespace().unwrap_or_default());
+    api.patch_status(
+        &c.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(body),
+    )
+    .await?;
+    Ok(())
+}
+
+pub fn controller(
+    ctx: Arc<Context>,
+    api: Api<ChronosCollection>,
+    config: kube::runtime::watcher::Config,
+) -> impl futures::Stream<Item = ()> + Send {
+    use futures::StreamExt;
+    kube::runtime::Controller::new(api, config)
+        .run(reconcile, crate::operator::error_policy, ctx)
+        .map(|result| {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "collection reconcile");
+            }
+        })
+}

@@ -1,0 +1,173 @@
+//! The `ChronosCollection` resource.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{CollectionMap, CollectionName, CounterRule, Op};
+
+/// A collection of a Chronos database.
+// clippy mistakes the repeated keys of kube's `printcolumn(...)` for duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "chronos.dev",
+    version = "v1alpha1",
+    kind = "ChronosCollection",
+    namespaced,
+    status = "ChronosCollectionStatus",
+    shortname = "ccol",
+    category = "chronos",
+    doc = "A collection of a ChronosDatabase: indexes, validation, counters, retention.",
+    printcolumn(name = "Database", type_ = "string", json_path = ".spec.database"),
+    printcolumn(name = "Collection", type_ = "string", json_path = ".spec.name"),
+    printcolumn(
+        name = "Indexes",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"IndexesReady\")].status"
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ChronosCollectionSpec {
+    /// The `ChronosDatabase` in this namespace.
+    pub database: String,
+    /// The collection's name in the database.
+    pub name: String,
+    /// Only these top-level properties are indexed metadata, each with a MongoDB index. Empty:
+    /// every top-level scalar is indexed metadata, without indexes.
+    #[serde(default)]
+    pub indexed_props: Vec<String>,
+    /// Writes missing any of these (indexed) properties are refused.
+    #[serde(default)]
+    pub required_indexed: Vec<String>,
+    /// Named conditional counters.
+    #[serde(default)]
+    pub counters: Vec<CounterRuleSpec>,
+    /// Overrides the rules of any `ChronosRetention` selecting this collection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<RetentionOverride>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct CounterRuleSpec {
+    pub name: String,
+    /// A filter on indexed properties (the query subset); absent for every version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_object")]
+    pub when: Option<serde_json::Value>,
+    /// Which operations count: CREATE, UPDATE, DELETE, RESTORE.
+    pub on: Vec<CountedOp>,
+}
+
+/// An operation a counter counts (the engine's `Op`, with a schema).
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CountedOp {
+    Create,
+    Update,
+    Delete,
+    Restore,
+}
+
+impl From<CountedOp> for Op {
+    fn from(op: CountedOp) -> Op {
+        match op {
+            CountedOp::Create => Op::Create,
+            CountedOp::Update => Op::Update,
+            CountedOp::Delete => Op::Delete,
+            CountedOp::Restore => Op::Restore,
+        }
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetentionOverride {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_hours: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_versions: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_version_age_days: Option<f64>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChronosCollectionStatus {
+    /// `IndexesReady`.
+    #[serde(default)]
+    #[schemars(schema_with = "crate::operator::conditions::schema")]
+    pub conditions: Vec<Condition>,
+    /// The MongoDB indexes of indexed properties now in place.
+    #[serde(default)]
+    pub indexes: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+fn any_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "object", "x-kubernetes-preserve-unknown-fields": true})
+}
+
+impl ChronosCollectionSpec {
+    /// The engine's view of this collection, or every problem with the spec.
+    pub fn map(&self) -> Result<(CollectionName, CollectionMap), Vec<String>> {
+        let mut out = Vec::new();
+        let name = self
+            .name
+            .parse::<CollectionName>()
+            .map_err(|e| format!("spec.name: {e}"));
+        for p in self.indexed_props.iter().chain(&self.required_indexed) {
+            if p.is_empty() || p.starts_with('$') || p.contains('.') || p == "_system" {
+                out.push(format!("property {p:?}: expected a top-level name without `$` or `.`"));
+            }
+        }
+        for r in &self.required_indexed {
+            if !self.indexed_props.is_empty() && !self.indexed_props.contains(r) {
+                out.push(format!("spec.requiredIndexed: `{r}` is not listed in indexedProps"));
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, c) in self.counters.iter().enumerate() {
+            if c.name.is_empty() || !names.insert(c.name.as_str()) {
+                out.push(format!("spec.counters[{i}].name: expected a unique, non-empty name"));
+            }
+            if c.on.is_empty() {
+                out.push(format!("spec.counters[{i}].on: expected at least one operation"));
+            }
+            let when = c.when.clone().unwrap_or(serde_json::Value::Null);
+            if let Err(e) = crate::engine::query::Filter::parse(&when, &|_| true) {
+                out.push(format!("spec.counters[{i}].when: {e}"));
+            }
+        }
+        match name {
+            Ok(name) if out.is_empty() => Ok((
+                name,
+                CollectionMap {
+                    indexed_props: Some(self.indexed_props.clone()).filter(|p| !p.is_empty()),
+                    required_indexed: self.required_indexed.clone(),
+                    ..Default::default()
+                },
+            )),
+            Ok(_) => Err(out),
+            Err(e) => {
+                out.insert(0, e);
+                Err(out)
+            }
+        }
+    }
+
+    /// The counters as the engine reads them.
+    pub fn counter_rules(&self) -> Vec<CounterRule> {
+        self.counters
+            .iter()
+            .map(|c| CounterRule {
+                name: c.name.clone(),
+                when: c.when.clone().unwrap_or(serde_json::Value::Null),
+                on: c.on.iter().map(|&o| o.into()).collect(),
+            })
+            .collect()
+    }
+}

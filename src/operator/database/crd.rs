@@ -1,0 +1,241 @@
+//! The `ChronosDatabase` resource.
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A logical Chronos database: where its data lives and how it is served.
+// clippy mistakes the repeated keys of kube's `printcolumn(...)` for duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "chronos.dev",
+    version = "v1alpha1",
+    kind = "ChronosDatabase",
+    namespaced,
+    status = "ChronosDatabaseStatus",
+    shortname = "cdb",
+    category = "chronos",
+    doc = "A Chronos logical database: MongoDB + S3 backends and the engine that serves them.",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(name = "Mongo DB", type_ = "string", json_path = ".spec.mongodb.dbName"),
+    printcolumn(name = "Engine", type_ = "string", json_path = ".status.engineUrl"),
+    printcolumn(name = "Policy", type_ = "string", json_path = ".spec.deletionPolicy", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ChronosDatabaseSpec {
+    /// How requests find this database: a routing identity (type, tier, external id)…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing: Option<Routing>,
+    /// …or a plain key. Give exactly one of `routing` and `key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    pub mongodb: MongoSpec,
+    pub s3: S3Spec,
+    /// Engine settings every collection of this database starts from.
+    #[serde(default)]
+    pub defaults: CollectionDefaults,
+    /// A dedicated engine for this database. Without it the namespace's shared engine serves it
+    /// (not implemented yet: `EngineReady` then says so).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<EngineSpec>,
+    /// What happens to the data when this resource is deleted. `Retain` (default) keeps the
+    /// MongoDB database and the buckets; `Delete` drops them.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Routing {
+    pub database_type: DatabaseType,
+    pub tier: Tier,
+    /// The tenant or domain identifier (required for the `domain` and `tenant` tiers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ext_identifier: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DatabaseType {
+    Metadata,
+    Knowledge,
+    Runtime,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    Generic,
+    Domain,
+    Tenant,
+}
+
+/// A key of a Secret in the resource's namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct SecretKeyRef {
+    pub name: String,
+    pub key: String,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MongoSpec {
+    /// The Secret key holding the connection string (it may carry a password).
+    pub uri_secret_ref: SecretKeyRef,
+    /// The MongoDB database (1-38 characters of letters, digits, `_` and `-`).
+    pub db_name: String,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Spec {
+    /// `http://` or `https://` URL of the S3-compatible endpoint.
+    pub endpoint: String,
+    #[serde(default = "default_region")]
+    pub region: String,
+    #[serde(default = "yes")]
+    pub force_path_style: bool,
+    pub buckets: Buckets,
+    pub credentials_secret_ref: S3Credentials,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct Buckets {
+    /// Full JSON of every version.
+    pub json: String,
+    /// Large properties.
+    pub content: String,
+    /// Manifests and backups.
+    pub backups: String,
+}
+
+/// A Secret with the S3 access key and secret key.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Credentials {
+    pub name: String,
+    #[serde(default = "default_access_key_key")]
+    pub access_key_key: String,
+    #[serde(default = "default_secret_key_key")]
+    pub secret_key_key: String,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CollectionDefaults {
+    /// Data up to this size is kept inline in the head while hot (engine default 64 KiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inline_max_bytes: Option<u64>,
+    /// Larger records are refused (engine default 8 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_payload_bytes: Option<u64>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct EngineSpec {
+    #[serde(default = "one")]
+    pub replicas: i32,
+    /// The engine image; the operator's `--engine-image` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DeletionPolicy {
+    #[default]
+    Retain,
+    Delete,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChronosDatabaseStatus {
+    /// `BackendsReachable`, `BucketsReady`, `EngineReady`, `Ready`.
+    #[serde(default)]
+    #[schemars(schema_with = "crate::operator::conditions::schema")]
+    pub conditions: Vec<Condition>,
+    /// The engine's in-cluster URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_url: Option<String>,
+    /// Hash of the engine configuration now deployed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+fn default_region() -> String {
+    "us-east-1".to_owned()
+}
+fn yes() -> bool {
+    true
+}
+fn one() -> i32 {
+    1
+}
+fn default_access_key_key() -> String {
+    "accessKey".to_owned()
+}
+fn default_secret_key_key() -> String {
+    "secretKey".to_owned()
+}
+
+impl ChronosDatabaseSpec {
+    /// Every problem with the spec, each naming its field. Empty when the spec can work.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        match (&self.routing, &self.key) {
+            (Some(_), Some(_)) | (None, None) => out.push("give exactly one of spec.routing and spec.key".to_owned()),
+            (Some(r), None) => {
+                let needs_id = matches!(r.tier, Tier::Domain | Tier::Tenant);
+                if needs_id && r.ext_identifier.as_deref().is_none_or(str::is_empty) {
+                    out.push("spec.routing.extIdentifier: required for the domain and tenant tiers".to_owned());
+                }
+            }
+            (None, Some(k)) if k.is_empty() => out.push("spec.key: must not be empty".to_owned()),
+            (None, Some(_)) => {}
+        }
+        let db = &self.mongodb.db_name;
+        let db_ok =
+            !db.is_empty() && db.len() <= 38 && db.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !db_ok {
+            out.push("spec.mongodb.dbName: expected 1-38 characters of letters, digits, '_' and '-'".to_owned());
+        }
+        if !(self.s3.endpoint.starts_with("http://") || self.s3.endpoint.starts_with("https://")) {
+            out.push("spec.s3.endpoint: expected an http:// or https:// URL".to_owned());
+        }
+        let b = &self.s3.buckets;
+        for (field, name) in [("json", &b.json), ("content", &b.content), ("backups", &b.backups)] {
+            if !valid_bucket(name) {
+                out.push(format!(
+                    "spec.s3.buckets.{field}: {name:?} is not an S3 bucket name (3-63 of a-z, 0-9, '.', '-')"
+                ));
+            }
+        }
+        if let Some(e) = &self.engine
+            && e.replicas < 0
+        {
+            out.push("spec.engine.replicas: must be 0 or more".to_owned());
+        }
+        out
+    }
+}
+
+fn valid_bucket(name: &str) -> bool {
+    (3..=63).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+}

@@ -1,0 +1,109 @@
+//! The Kubernetes operator: four custom resources and their controllers.
+//!
+//! - [`database`]: `ChronosDatabase` — backends, buckets, and a dedicated engine (Deployment,
+//!   Service, configuration Secret).
+//! - [`collection`]: `ChronosCollection` — indexes of one collection.
+//! - [`restore`]: `ChronosRestore` — a one-shot, resumable restore of an item or a collection.
+//! - [`retention`]: `ChronosRetention` — scheduled cost tiering across databases.
+//!
+//! Every reconciler is the same pipeline: read → validate → build the desired objects (pure, no
+//! client) → apply them by server-side apply under [`FIELD_MANAGER`] → write status with
+//! [`conditions`]. [`leader`] makes sure only one replica acts; [`run`] wires it all together.
+
+pub mod backends;
+pub mod collection;
+pub mod conditions;
+pub mod database;
+pub mod health;
+pub mod leader;
+pub mod restore;
+pub mod retention;
+mod runner;
+
+use kube::runtime::controller::Action;
+use std::sync::Arc;
+
+use crate::connect::Connections;
+
+pub use runner::{OperatorArgs, Scope, crds, crds_yaml, run, run_controllers};
+
+/// The API group of every Chronos resource.
+pub const GROUP: &str = "chronos.dev";
+/// The one field manager of every server-side apply, so our fields are owned by one manager.
+pub const FIELD_MANAGER: &str = "chronos-operator";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Engine(#[from] crate::engine::Error),
+    /// The spec cannot work as written; the user must change it.
+    #[error("invalid spec: {0}")]
+    Invalid(String),
+    /// Something the spec refers to is not there (yet): a Secret, a database.
+    #[error("{0}")]
+    Missing(String),
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+    #[error("cannot encode: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error("leader election: {0}")]
+    Leader(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Whether retrying later, unchanged, may help.
+    pub fn is_transient(&self) -> bool {
+        !matches!(self, Error::Invalid(_))
+    }
+}
+
+/// What every reconciler shares.
+pub struct Context {
+    pub client: kube::Client,
+    /// MongoDB and S3 clients, one per backend, shared by every reconcile.
+    pub conns: Connections,
+    /// The engine image a `ChronosDatabase` gets when its spec names none.
+    pub engine_image: String,
+    /// Items per page of a collection restore (status is written after each page).
+    pub restore_page: usize,
+}
+
+impl Context {
+    pub fn new(client: kube::Client, engine_image: impl Into<String>) -> Arc<Context> {
+        Arc::new(Context {
+            client,
+            conns: Connections::default(),
+            engine_image: engine_image.into(),
+            restore_page: crate::engine::restore::RESTORE_PAGE,
+        })
+    }
+}
+
+/// Requeue delays: short for transient trouble, long for periodic drift checks.
+pub mod requeue {
+    use std::time::Duration;
+
+    /// A backend or the API server failed: try again soon.
+    pub const TRANSIENT: Duration = Duration::from_secs(15);
+    /// Something referenced is missing; it may be created any moment.
+    pub const MISSING: Duration = Duration::from_secs(30);
+    /// All is well: look again now and then (an index dropped by hand, a backend gone).
+    pub const DRIFT: Duration = Duration::from_secs(300);
+}
+
+/// The error policy of every controller: transient trouble is retried soon; an invalid spec
+/// waits for the user (its condition already says what is wrong).
+pub fn error_policy<K>(_obj: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Action {
+    if error.is_transient() {
+        tracing::warn!(%error, "reconcile failed; retrying");
+        Action::requeue(requeue::TRANSIENT)
+    } else {
+        Action::await_change()
+    }
+}

@@ -1,0 +1,225 @@
+//! The `ChronosRetention` reconciler: when the schedule says a run is due, run it over the
+//! selected collections, record the outcome, and requeue for the next scheduled time.
+//!
+//! Runs never overlap: a run happens inside the reconcile, the controller never reconciles one
+//! object twice at once, and only the replica holding the lease runs controllers. A run that
+//! outlasts its next slot skips the slots it missed rather than queueing them.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+
+use super::crd::{ChronosRetention, ChronosRetentionStatus, LastRun};
+use super::schedule::Schedule;
+use crate::engine::PrunePolicy;
+use crate::operator::collection::ChronosCollection;
+use crate::operator::conditions::{self, Observed};
+use crate::operator::database::ChronosDatabase;
+use crate::operator::{Context, FIELD_MANAGER, Result, backends};
+
+pub const SCHEDULED: &str = "Scheduled";
+const NAME: &str = "retention";
+
+pub async fn reconcile(r: Arc<ChronosRetention>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let result = tick(&r, &ctx).await;
+    crate::operator::health::record(NAME, started, result.is_ok());
+    result
+}
+
+async fn tick(r: &ChronosRetention, ctx: &Context) -> Result<Action> {
+    // The cache may lag our last status write; whether a run is due must not.
+    let api: Api<ChronosRetention> = Api::all(ctx.client.clone());
+    let Some(r) = api.get_opt(&r.name_any()).await? else {
+        return Ok(Action::await_change());
+    };
+    let r = &r;
+    let mut status = r.status.clone().unwrap_or_default();
+    let generation = r.metadata.generation;
+    status.observed_generation = generation;
+    let mut problems = r.spec.rules.problems();
+    let schedule = Schedule::parse(&r.spec.schedule).map_err(|e| problems.push(e)).ok();
+    let (Some(schedule), true) = (schedule, problems.is_empty()) else {
+        let failed = Observed::failed(SCHEDULED, "InvalidSpec", problems.join("; "));
+        status.conditions = conditions::merge(&status.conditions, &[failed], generation, conditions::now());
+        status.next_run = None;
+        write(ctx, r, &status).await?;
+        return Ok(Action::await_change());
+    };
+    if r.spec.suspend {
+        let suspended = Observed::failed(SCHEDULED, "Suspended", "spec.suspend is true");
+        status.conditions = conditions::merge(&status.conditions, &[suspended], generation, conditions::now());
+        status.next_run = None;
+        write(ctx, r, &status).await?;
+        return Ok(Action::await_change());
+    }
+    let now = jiff::Timestamp::now();
+    let since = status
+        .last_run
+        .as_ref()
+        .map(|l| l.time.0)
+        .or_else(|| r.metadata.creation_timestamp.as_ref().map(|t| t.0))
+        .unwrap_or(now);
+    let due = schedule.next_after(since);
+    if due.is_some_and(|d| d <= now) {
+        status.last_run = Some(run(r, ctx).await?);
+    }
+    let from = now.max(status.last_run.as_ref().map_or(now, |l| l.time.0));
+    let next = schedule.next_after(jiff::Timestamp::now().max(from));
+    status.next_run = next.map(Time);
+    let scheduled = match next {
+        Some(n) => Observed::ok(SCHEDULED, "Scheduled", format!("next run at {n}")),
+        None => Observed::failed(SCHEDULED, "NoNextRun", "the schedule has no future time"),
+    };
+    status.conditions = conditions::merge(&status.conditions, &[scheduled], generation, conditions::now());
+    write(ctx, r, &status).await?;
+    Ok(match next {
+        Some(n) => {
+            let wait = n.duration_since(jiff::Timestamp::now()).as_millis().max(0) as u64;
+            Action::requeue(Duration::from_millis(wait))
+        }
+        None => Action::await_change(),
+    })
+}
+
+/// One run over every selected collection. A collection that fails is listed and the others
+/// still run.
+async fn run(r: &ChronosRetention, ctx: &Context) -> Result<LastRun> {
+    let started = Instant::now();
+    let mut last = LastRun {
+        time: conditions::now(),
+        outcome: String::new(),
+        dry_run: r.spec.dry_run,
+        collections: 0,
+        processed: 0,
+        versions_pruned: 0,
+        failures: Vec::new(),
+        duration_seconds: 0.0,
+    };
+    let sel = &r.spec.selector;
+    let labels = sel
+        .database_labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let lp = ListParams::default().labels(&labels);
+    let databases = if sel.namespaces.is_empty() {
+        Api::<ChronosDatabase>::all(ctx.client.clone()).list(&lp).await?.items
+    } else {
+        let mut all = Vec::new();
+        for ns in &sel.namespaces {
+            all.extend(
+                Api::<ChronosDatabase>::namespaced(ctx.client.clone(), ns)
+                    .list(&lp)
+                    .await?
+                    .items,
+            );
+        }
+        all
+    };
+    for db in &databases {
+        let ns = db.namespace().unwrap_or_default();
+        let collections = Api::<ChronosCollection>::namespaced(ctx.client.clone(), &ns)
+            .list(&ListParams::default())
+            .await?
+            .items;
+        let settings = backends::settings_of(db, &collections);
+        let selected: Vec<&ChronosCollection> = collections
+            .iter()
+            .filter(|c| c.spec.database == db.name_any())
+            .filter(|c| sel.collections.is_empty() || sel.collections.contains(&c.spec.name))
+            .collect();
+        if selected.is_empty() {
+            continue;
+        }
+        let engine = match backends::engine(ctx, db, settings).await {
+            Ok(e) => e,
+            Err(e) => {
+                last.failures.push(format!("{ns}/{}: {e}", db.name_any()));
+                continue;
+            }
+        };
+        for c in selected {
+            let rules = r.spec.rules.overridden_by(c.spec.retention.as_ref());
+            let where_ = format!("{ns}/{}/{}", db.name_any(), c.spec.name);
+            let outcome = async {
+                let name = c.spec.name.parse()?;
+                let mut processed = 0;
+                let mut pruned = 0;
+                if let Some(ttl) = rules.ttl_hours {
+                    processed = engine
+                        .mark_processed_by_ttl(&name, ttl, r.spec.dry_run, |_| {})
+                        .await?
+                        .processed;
+                }
+                if rules.keep_versions.is_some() || rules.max_version_age_days.is_some() {
+                    let policy = PrunePolicy {
+                        keep_last: rules.keep_versions,
+                        max_age_days: rules.max_version_age_days,
+                        delete_payloads: false,
+                    };
+                    pruned = engine
+                        .prune_versions(&name, &policy, r.spec.dry_run)
+                        .await?
+                        .versions_pruned;
+                }
+                Ok::<_, crate::engine::Error>((processed, pruned))
+            };
+            match outcome.await {
+                Ok((processed, pruned)) => {
+                    last.collections += 1;
+                    last.processed += processed;
+                    last.versions_pruned += pruned;
+                }
+                Err(e) => last.failures.push(format!("{where_}: {e}")),
+            }
+        }
+    }
+    last.outcome = if last.failures.is_empty() {
+        "Succeeded"
+    } else {
+        "Failed"
+    }
+    .to_owned();
+    last.duration_seconds = started.elapsed().as_secs_f64();
+    tracing::info!(retention = %r.name_any(), outcome = %last.outcome, collections = last.collections,
+        processed = last.processed, pruned = last.versions_pruned, "retention run");
+    Ok(last)
+}
+
+async fn write(ctx: &Context, r: &ChronosRetention, status: &ChronosRetentionStatus) -> Result<()> {
+    let body = json!({
+        "apiVersion": ChronosRetention::api_version(&()),
+        "kind": ChronosRetention::kind(&()),
+        "status": status,
+    });
+    let api: Api<ChronosRetention> = Api::all(ctx.client.clone());
+    api.patch_status(
+        &r.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(body),
+    )
+    .await?;
+    Ok(())
+}
+
+pub fn controller(
+    ctx: Arc<Context>,
+    api: Api<ChronosRetention>,
+    config: kube::runtime::watcher::Config,
+) -> impl futures::Stream<Item = ()> + Send {
+    use futures::StreamExt;
+    kube::runtime::Controller::new(api, config)
+        .run(reconcile, crate::operator::error_policy, ctx)
+        .map(|result| {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "retention reconcile");
+            }
+        })
+}
