@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# The whole test suite against real services: installs (cached) and starts MongoDB and the S3
-# server, runs every test, and stops the services again on exit. Extra arguments go to
+# The whole test suite against real services: installs (cached) and starts MongoDB, the S3
+# server and a Kubernetes API server (scripts/kube-apiserver.sh), runs every test, and stops
+# them again on exit. Extra arguments go to
 # `cargo test` (e.g. `scripts/test.sh racing` runs the tests whose names contain "racing").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/services.sh start
-trap 'scripts/services.sh stop' EXIT
+scripts/kube-apiserver.sh start
+trap 'scripts/kube-apiserver.sh stop; scripts/services.sh stop' EXIT
 # shellcheck source=scripts/test-env.sh
 source scripts/test-env.sh
+# The test Kubernetes API server's KUBECONFIG and CHRONOS_TEST_KUBE* (the operator tests).
+eval "$(scripts/kube-apiserver.sh env)"
 
 cargo test --locked "$@"
+if [ "$#" -eq 0 ]; then cargo bench --locked --profile dev --bench throughput -- --smoke; fi

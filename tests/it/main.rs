@@ -6,5 +6,7 @@ mod conformance;
 mod embedded;
 mod memory;
 mod mongo_s3;
+mod operator;
+mod operator_mock;
 mod readme;
 mod support;

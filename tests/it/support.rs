@@ -121,3 +121,50 @@ pub fn embedded(settings: EngineSettings) -> Harness {
         _dir: Some(dir),
     }
 }
+
+/// A client of the test Kubernetes API server (`scripts/kube-apiserver.sh start`), with the
+/// Chronos CRDs applied and established (once per test binary).
+pub async fn kube_client() -> kube::Client {
+    use kube::config::{KubeConfigOptions, Kubeconfig};
+    chronos::install_crypto_provider();
+    let path = std::env::var("CHRONOS_TEST_KUBECONFIG").unwrap_or_else(|_| {
+        panic!("CHRONOS_TEST_KUBECONFIG is not set: the operator tests need the test API server. Run `scripts/test.sh`, or `scripts/kube-apiserver.sh start` and `source ~/.cache/chronos-test/run/kube/env`")
+    });
+    let kubeconfig = Kubeconfig::read_from(&path).expect("readable kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("usable kubeconfig");
+    let client = kube::Client::try_from(config).expect("Kubernetes client");
+    static CRDS: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    CRDS.get_or_init(|| apply_crds(client.clone())).await;
+    client
+}
+
+async fn apply_crds(client: kube::Client) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Api, ListParams, Patch, PatchParams};
+    use kube::runtime::{conditions, wait::await_condition};
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in chronos::operator::crds() {
+        let name = crd.metadata.name.clone().expect("CRD name");
+        crds.patch(&name, &PatchParams::apply("chronos-tests").force(), &Patch::Apply(&crd))
+            .await
+            .expect("the API server accepts the CRD");
+        tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            await_condition(crds.clone(), &name, conditions::is_crd_established()),
+        )
+        .await
+        .expect("CRD established in time")
+        .expect("watching the CRD");
+    }
+    // Right after a CRD is established its first LIST can still fail briefly: wait for one.
+    let databases: Api<chronos::operator::database::ChronosDatabase> = Api::all(client);
+    for attempt in 0.. {
+        match databases.list(&ListParams::default().limit(1)).await {
+            Ok(_) => break,
+            Err(_) if attempt < 100 => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            Err(e) => panic!("chronos CRDs not served: {e}"),
+        }
+    }
+}

@@ -1,0 +1,620 @@
+//! The operator against the real test API server (`scripts/kube-apiserver.sh`), real MongoDB and
+//! real S3. Each test has its own namespace and runs the controllers in-process, scoped to it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chronos::engine::{CollectionName, ItemId, ReadOptions, State};
+use chronos::operator::collection::ChronosCollection;
+use chronos::operator::database::ChronosDatabase;
+use chronos::operator::restore::{ChronosRestore, Phase};
+use chronos::operator::retention::ChronosRetention;
+use chronos::operator::{Context, Scope, backends, conditions};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::wait::await_condition;
+use kube::{Resource, ResourceExt};
+use serde_json::{Value, json};
+
+use crate::support::{env, kube_client, s3_connection, unique};
+
+/// How long any one expected outcome may take.
+const WAIT: Duration = Duration::from_secs(60);
+
+struct Cluster {
+    client: kube::Client,
+    ns: String,
+    ctx: Arc<Context>,
+    controllers: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.controllers.abort();
+    }
+}
+
+impl Cluster {
+    /// A fresh namespace with the backend Secrets; controllers not started yet.
+    async fn new() -> Cluster {
+        let client = kube_client().await;
+        let ns = unique("op");
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        let s3 = s3_connection();
+        for (name, data) in [
+            ("mongo", vec![("uri", env("CHRONOS_TEST_MONGO_URI"))]),
+            (
+                "s3",
+                vec![
+                    ("accessKey", s3.access_key.clone()),
+                    ("secretKey", s3.secret_key.clone()),
+                ],
+            ),
+        ] {
+            let secret = Secret {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(name.to_owned()),
+                    ..Default::default()
+                },
+                data: Some(
+                    data.into_iter()
+                        .map(|(k, v)| (k.to_owned(), ByteString(v.into_bytes())))
+                        .collect(),
+                ),
+                ..Default::default()
+            };
+            secrets.create(&PostParams::default(), &secret).await.unwrap();
+        }
+        let ctx = Context::new(client.clone(), "chronos:test");
+        Cluster {
+            client,
+            ns,
+            ctx,
+            controllers: tokio::spawn(async {}),
+        }
+    }
+
+    fn start(&mut self) {
+        let scope = Scope {
+            namespace: Some(self.ns.clone()),
+            retention_labels: Some(format!("chronos.dev/test={}", self.ns)),
+        };
+        self.controllers = tokio::spawn(chronos::operator::run_controllers(self.ctx.clone(), scope));
+    }
+
+    fn api<K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>>(&self) -> Api<K> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    async fn create<K>(&self, obj: Value) -> K
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + serde::de::DeserializeOwned
+            + serde::Serialize
+            + Clone
+            + std::fmt::Debug,
+    {
+        let obj: K = serde_json::from_value(obj).unwrap();
+        self.api::<K>().create(&PostParams::default(), &obj).await.unwrap()
+    }
+
+    fn database_spec(&self, name: &str, extra: Value) -> Value {
+        let buckets = unique("op");
+        let mut spec = json!({
+            "key": name,
+            "mongodb": {"uriSecretRef": {"name": "mongo", "key": "uri"}, "dbName": unique("op").replace('-', "_")},
+            "s3": {
+                "endpoint": env("CHRONOS_TEST_S3_ENDPOINT"),
+                "region": env("CHRONOS_TEST_S3_REGION"),
+                "buckets": {"json": format!("{buckets}-json"), "content": format!("{buckets}-content"), "backups": format!("{buckets}-backups")},
+                "credentialsSecretRef": {"name": "s3"}
+            }
+        });
+        merge(&mut spec, extra);
+        json!({"apiVersion": "chronos.dev/v1alpha1", "kind": "ChronosDatabase", "metadata": {"name": name}, "spec": spec})
+    }
+}
+
+fn merge(a: &mut Value, b: Value) {
+    match (a, b) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (a, b) => *a = b,
+    }
+}
+
+/// Wait (by watching, not sleeping) until `name` satisfies `cond`; returns it.
+async fn wait_for<K>(api: &Api<K>, name: &str, what: &str, cond: impl Fn(&K) -> bool) -> K
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let found = tokio::time::timeout(
+        WAIT,
+        await_condition(api.clone(), name, move |o: Option<&K>| o.is_some_and(&cond)),
+    )
+    .await;
+    match found {
+        Ok(Ok(Some(obj))) => obj,
+        Ok(Ok(None)) => panic!("{name} vanished while waiting for: {what}"),
+        Ok(Err(e)) => panic!("watching {name}: {e}"),
+        Err(_) => panic!(
+            "timed out waiting for {name}: {what}; last seen: {:#?}",
+            api.get_opt(name).await
+        ),
+    }
+}
+
+async fn wait_gone<K>(api: &Api<K>, name: &str)
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    use futures::StreamExt;
+    let gone = async {
+        let mut events = std::pin::pin!(kube::runtime::watcher::watch_object(api.clone(), name));
+        while let Some(event) = events.next().await {
+            // The watch says "gone": confirm with a GET (a re-list can report it early).
+            if event.unwrap().is_none() && api.get_opt(name).await.unwrap().is_none() {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, gone)
+        .await
+        .unwrap_or_else(|_| panic!("{name} was not deleted in time"));
+}
+
+fn condition(db: &ChronosDatabase, t: &str) -> Option<String> {
+    let s = db.status.as_ref()?;
+    conditions::status_of(&s.conditions, t).map(str::to_owned)
+}
+
+async fn bucket_exists(bucket: &str) -> bool {
+    s3_connection()
+        .client()
+        .head_bucket()
+        .bucket(bucket)
+        .send()
+        .await
+        .is_ok()
+}
+
+async fn mongo_databases() -> Vec<String> {
+    crate::support::mongo_client(Default::default())
+        .await
+        .list_database_names()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn database_gets_buckets_and_an_engine_and_delete_policy_drops_the_data() {
+    let mut k = Cluster::new().await;
+    k.start();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("chronos=debug,kube=info")
+        .try_init();
+    let started = std::time::Instant::now();
+    let spec = k.database_spec("orders", json!({"engine": {"replicas": 1}, "deletionPolicy": "Delete"}));
+    let created: ChronosDatabase = k.create(spec).await;
+    let dbs = k.api::<ChronosDatabase>();
+    let db = wait_for(&dbs, "orders", "buckets ready", |d| {
+        condition(d, "BucketsReady").as_deref() == Some("True")
+    })
+    .await;
+    eprintln!("database reconciled to BucketsReady in {:?}", started.elapsed());
+    let status = db.status.clone().unwrap();
+    assert_eq!(status.observed_generation, created.metadata.generation);
+    assert_eq!(condition(&db, "BackendsReachable").as_deref(), Some("True"));
+    assert_eq!(
+        condition(&db, "EngineReady").as_deref(),
+        Some("False"),
+        "no pod runs yet"
+    );
+    assert_eq!(condition(&db, "Ready").as_deref(), Some("False"));
+    assert_eq!(
+        status.engine_url,
+        Some(format!("http://orders-engine.{}.svc:8080", k.ns))
+    );
+    let buckets = db.spec.s3.buckets.clone();
+    for b in [&buckets.json, &buckets.content, &buckets.backups] {
+        assert!(bucket_exists(b).await, "bucket {b} created");
+    }
+
+    // The engine's objects: owned by the database, config referencing the mounted Secrets.
+    let deployment = k.api::<Deployment>().get("orders-engine").await.unwrap();
+    let owner = &deployment.owner_references()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.uid.clone()),
+        ("ChronosDatabase", db.uid().unwrap())
+    );
+    let template = deployment.spec.as_ref().unwrap().template.clone();
+    let hash = template.metadata.unwrap().annotations.unwrap()["chronos.dev/config-hash"].clone();
+    assert_eq!(Some(&hash), status.config_hash.as_ref());
+    assert_eq!(
+        template.spec.unwrap().containers[0].image.as_deref(),
+        Some("chronos:test")
+    );
+    let service = k.api::<Service>().get("orders-engine").await.unwrap();
+    assert_eq!(service.spec.unwrap().ports.unwrap()[0].port, 8080);
+    let config = k.api::<Secret>().get("orders-engine-config").await.unwrap();
+    let text = String::from_utf8(config.data.unwrap()["config.json"].0.clone()).unwrap();
+    let parsed = chronos::config::Config::parse(&text).unwrap();
+    assert_eq!(parsed.db_name, db.spec.mongodb.db_name);
+    assert!(
+        !text.contains("mongodb://"),
+        "no secret values in the rendered config: {text}"
+    );
+
+    // A pod becomes ready (written by hand: nothing runs pods here) → Ready.
+    let generation = deployment.metadata.generation;
+    k.api::<Deployment>()
+        .patch_status(
+            "orders-engine",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"readyReplicas": 1, "replicas": 1, "observedGeneration": generation}})),
+        )
+        .await
+        .unwrap();
+    let db = wait_for(&dbs, "orders", "ready", |d| {
+        condition(d, "Ready").as_deref() == Some("True")
+    })
+    .await;
+    assert_eq!(condition(&db, "EngineReady").as_deref(), Some("True"));
+
+    // A new collection map changes the configuration → the Deployment rolls (new hash).
+    k.create::<ChronosCollection>(json!({
+        "apiVersion": "chronos.dev/v1alpha1", "kind": "ChronosCollection", "metadata": {"name": "items"},
+        "spec": {"database": "orders", "name": "items", "indexedProps": ["status"]}
+    }))
+    .await;
+    let rolled = wait_for(&k.api::<Deployment>(), "orders-engine", "a new config hash", |d| {
+        let a = d
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.as_ref())
+            .and_then(|m| m.annotations.as_ref());
+        a.is_some_and(|a| a["chronos.dev/config-hash"] != hash)
+    })
+    .await;
+    assert!(rolled.metadata.generation > generation);
+
+    // Delete with deletionPolicy: Delete → the MongoDB database and the buckets are gone.
+    let mongo_db = db.spec.mongodb.db_name.clone();
+    wait_for(&k.api::<ChronosCollection>(), "items", "indexes ready", |c| {
+        c.status
+            .as_ref()
+            .is_some_and(|s| conditions::is_true(&s.conditions, "IndexesReady"))
+    })
+    .await;
+    assert!(
+        mongo_databases().await.contains(&mongo_db),
+        "the collection's indexes created the database"
+    );
+    dbs.delete("orders", &DeleteParams::default()).await.unwrap();
+    wait_gone(&dbs, "orders").await;
+    for b in [&buckets.json, &buckets.content, &buckets.backups] {
+        assert!(!bucket_exists(b).await, "bucket {b} deleted");
+    }
+    assert!(!mongo_databases().await.contains(&mongo_db), "MongoDB database dropped");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retain_keeps_the_data_and_invalid_specs_say_what_is_wrong() {
+    let mut k = Cluster::new().await;
+    k.start();
+    let dbs = k.api::<ChronosDatabase>();
+    k.create::<ChronosDatabase>(k.database_spec("kept", json!({}))).await;
+    let db = wait_for(&dbs, "kept", "buckets ready", |d| {
+        condition(d, "BucketsReady").as_deref() == Some("True")
+    })
+    .await;
+    let engine = db
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "EngineReady")
+        .cloned()
+        .unwrap();
+    assert_eq!(engine.reason, "SharedEngineNotImplemented");
+    assert!(k.api::<Deployment>().get_opt("kept-engine").await.unwrap().is_none());
+    dbs.delete("kept", &DeleteParams::default()).await.unwrap();
+    wait_gone(&dbs, "kept").await;
+    assert!(
+        bucket_exists(&db.spec.s3.buckets.json).await,
+        "Retain keeps the buckets"
+    );
+
+    let mut bad = k.database_spec("bad", json!({}));
+    bad["spec"]["s3"]["buckets"]["json"] = "Not_A_Bucket".into();
+    k.create::<ChronosDatabase>(bad).await;
+    let db = wait_for(&dbs, "bad", "a Ready condition", |d| condition(d, "Ready").is_some()).await;
+    let ready = &db.status.unwrap().conditions[0];
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "InvalidSpec"));
+    assert!(ready.message.contains("spec.s3.buckets.json"), "{}", ready.message);
+
+    // Missing Secret → BackendsReachable False, naming the Secret.
+    let mut orphan = k.database_spec("orphan", json!({}));
+    orphan["spec"]["mongodb"]["uriSecretRef"]["name"] = "nope".into();
+    k.create::<ChronosDatabase>(orphan).await;
+    let db = wait_for(&dbs, "orphan", "BackendsReachable", |d| {
+        condition(d, "BackendsReachable").is_some()
+    })
+    .await;
+    let c = db
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "BackendsReachable")
+        .unwrap();
+    assert_eq!(c.status, "False");
+    assert!(
+        c.message.contains("Secret") && c.message.contains("nope"),
+        "{}",
+        c.message
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn collection_indexes_are_created_in_mongodb() {
+    let mut k = Cluster::new().await;
+    k.start();
+    let db: ChronosDatabase = k.create(k.database_spec("shop", json!({}))).await;
+    k.create::<ChronosCollection>(json!({
+        "apiVersion": "chronos.dev/v1alpha1", "kind": "ChronosCollection", "metadata": {"name": "orders"},
+        "spec": {"database": "shop", "name": "orders", "indexedProps": ["status", "customer"], "requiredIndexed": ["status"]}
+    }))
+    .await;
+    let cols = k.api::<ChronosCollection>();
+    let c = wait_for(&cols, "orders", "indexes ready", |c| {
+        c.status
+            .as_ref()
+            .is_some_and(|s| conditions::is_true(&s.conditions, "IndexesReady"))
+    })
+    .await;
+    let status = c.status.unwrap();
+    assert_eq!(status.indexes, ["meta_status", "meta_customer"]);
+    assert_eq!(status.observed_generation, c.metadata.generation);
+    let mongo = crate::support::mongo_client(Default::default()).await;
+    let names = mongo
+        .database(&db.spec.mongodb.db_name)
+        .collection::<bson::Document>("orders_head")
+        .list_index_names()
+        .await
+        .unwrap();
+    assert!(
+        names.contains(&"meta_status".to_owned()) && names.contains(&"meta_customer".to_owned()),
+        "{names:?}"
+    );
+
+    // An invalid collection says why and creates nothing.
+    k.create::<ChronosCollection>(json!({
+        "apiVersion": "chronos.dev/v1alpha1", "kind": "ChronosCollection", "metadata": {"name": "broken"},
+        "spec": {"database": "shop", "name": "broken", "indexedProps": ["a"], "requiredIndexed": ["b"]}
+    }))
+    .await;
+    let c = wait_for(&cols, "broken", "a condition", |c| {
+        c.status.as_ref().is_some_and(|s| !s.conditions.is_empty())
+    })
+    .await;
+    let cond = &c.status.unwrap().conditions[0];
+    assert_eq!((cond.status.as_str(), cond.reason.as_str()), ("False", "InvalidSpec"));
+    assert!(
+        cond.message.contains("`b` is not listed in indexedProps"),
+        "{}",
+        cond.message
+    );
+}
+
+/// A database resource (not reconciled) plus an engine over its backends, with `n` items written
+/// at ov 0, then updated; returns the cv between the two rounds.
+async fn seeded(k: &Cluster, n: usize) -> (ChronosDatabase, Arc<chronos::engine::Engine>, u64) {
+    let db: ChronosDatabase = k.create(k.database_spec("data", json!({}))).await;
+    let storage = backends::storage(&k.client, &db).await.unwrap();
+    backends::ensure_buckets(&k.ctx, &storage).await.unwrap();
+    let engine = backends::engine(&k.ctx, &db, Default::default()).await.unwrap();
+    let c: CollectionName = "notes".parse().unwrap();
+    let who = chronos::engine::Attribution::new("test", "seed");
+    let mut cv = 0;
+    for i in 0..n {
+        let data = json!({"n": i, "round": 1}).as_object().unwrap().clone();
+        cv = engine
+            .create(&c, Some(format!("item-{i:02}").parse().unwrap()), data, &who)
+            .await
+            .unwrap()
+            .1
+            .cv;
+    }
+    for i in 0..n {
+        let data = json!({"n": i, "round": 2}).as_object().unwrap().clone();
+        engine
+            .update(&c, &format!("item-{i:02}").parse().unwrap(), data, Some(0), &who)
+            .await
+            .unwrap();
+    }
+    (db, engine, cv)
+}
+
+async fn round(engine: &chronos::engine::Engine, id: &str) -> Value {
+    let c: CollectionName = "notes".parse().unwrap();
+    let id: ItemId = id.parse().unwrap();
+    engine.get_latest(&c, &id, ReadOptions::default()).await.unwrap().data["round"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn collection_restore_runs_in_pages_and_reports_progress() {
+    let mut k = Cluster::new().await;
+    Arc::get_mut(&mut k.ctx).unwrap().restore_page = 2;
+    let (_, engine, cv) = seeded(&k, 5).await;
+    k.start();
+    k.create::<ChronosRestore>(json!({
+        "apiVersion": "chronos.dev/v1alpha1", "kind": "ChronosRestore", "metadata": {"name": "back"},
+        "spec": {"database": "data", "collection": "notes", "target": {"cv": cv}}
+    }))
+    .await;
+    let restores = k.api::<ChronosRestore>();
+    let r = wait_for(&restores, "back", "finished", |r| {
+        r.status
+            .as_ref()
+            .is_some_and(|s| matches!(s.phase, Phase::Succeeded | Phase::Failed))
+    })
+    .await;
+    let s = r.status.unwrap();
+    assert_eq!(s.phase, Phase::Succeeded, "{:?}", s.message);
+    let plan = s.plan.unwrap();
+    assert_eq!((plan.examined, plan.restored), (5, 5));
+    let applied = s.applied.unwrap();
+    assert_eq!((applied.examined, applied.restored, applied.unchanged), (5, 5, 0));
+    let progress = s.progress.unwrap();
+    assert_eq!((progress.done, progress.total), (5, 5));
+    assert!(s.started_at.is_some() && s.completed_at.is_some() && s.cursor.is_none());
+    for i in 0..5 {
+        assert_eq!(round(&engine, &format!("item-{i:02}")).await, 1, "restored to round 1");
+    }
+
+    // The spec is immutable (CEL on the server).
+    let err = restores
+        .patch(
+            "back",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"dryRun": true}})),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("immutable"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_restore_resumes_after_its_recorded_cursor() {
+    let mut k = Cluster::new().await;
+    let (_, engine, cv) = seeded(&k, 5).await;
+    let r: ChronosRestore = k
+        .create(json!({
+            "apiVersion": "chronos.dev/v1alpha1", "kind": "ChronosRestore", "metadata": {"name": "resume"},
+            "spec": {"database": "data", "collection": "notes", "target": {"cv": cv}}
+        }))
+        .await;
+    // As a previous operator left it: planned, two items done, cursor after item-01.
+    let body = json!({
+        "apiVersion": "chronos.dev/v1alpha1", "kind": "ChronosRestore",
+        "status": {"phase": "Running", "plan": {"examined": 5, "restored": 5, "deleted": 0, "unchanged": 0},
+                   "applied": {"examined": 2, "restored": 2, "deleted": 0, "unchanged": 0},
+                   "progress": {"done": 2, "total": 5}, "cursor": "item-01"}
+    });
+    let restores = k.api::<ChronosRestore>();
+    restores
+        .patch_status(
+            &r.name_any(),
+            &PatchParams::apply("previous-operator"),
+            &Patch::Apply(body),
+        )
+        .await
+        .unwrap();
+    k.start();
+    let r = wait_for(&restores, "resume", "finished", |r| {
+        r.status
+            .as_ref()
+            .is_some_and(|s| matches!(s.phase, Phase::Succeeded | Phase::Failed))
+    })
+    .await;
+    let s = r.status.unwrap();
+    assert_eq!(s.phase, Phase::Succeeded, "{:?}", s.message);
+    assert_eq!(
+        s.applied.unwrap().examined,
+        5,
+        "2 recorded + the 3 after the cursor, none redone"
+    );
+    assert_eq!(s.progress.unwrap().done, 5);
+    assert_eq!(
+        round(&engine, "item-00").await,
+        2,
+        "before the cursor: not touched again"
+    );
+    assert_eq!(round(&engine, "item-02").await, 1);
+    assert_eq!(round(&engine, "item-04").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn item_restore_and_dry_run() {
+    let mut k = Cluster::new().await;
+    let (_, engine, cv) = seeded(&k, 2).await;
+    k.start();
+    let restore = |name: &str, spec: Value| json!({"apiVersion": "chronos.dev/v1alpha1", "kind": "ChronosRestore", "metadata": {"name": name}, "spec": spec});
+    k.create::<ChronosRestore>(restore(
+        "one",
+        json!({"database": "data", "collection": "notes", "itemId": "item-01", "target": {"ov": 0}}),
+    ))
+    .await;
+    k.create::<ChronosRestore>(restore(
+        "plan",
+        json!({"database": "data", "collection": "notes", "target": {"cv": cv}, "dryRun": true}),
+    ))
+    .await;
+    k.create::<ChronosRestore>(restore(
+        "nope",
+        json!({"database": "data", "collection": "notes", "itemId": "item-01", "target": {"ov": 9}}),
+    ))
+    .await;
+    let restores = k.api::<ChronosRestore>();
+    let done = |r: &ChronosRestore| {
+        r.status
+            .as_ref()
+            .is_some_and(|s| matches!(s.phase, Phase::Succeeded | Phase::Failed))
+    };
+    let one = wait_for(&restores, "one", "finished", done).await.status.unwrap();
+    assert_eq!(one.phase, Phase::Succeeded, "{:?}", one.message);
+    assert_eq!(round(&engine, "item-01").await, 1);
+    let plan = wait_for(&restores, "plan", "finished", done).await.status.unwrap();
+    assert_eq!(plan.phase, Phase::Succeeded);
+    assert_eq!(plan.plan.unwrap().restored, 2);
+    assert!(plan.applied.is_none(), "a dry run applies nothing");
+    assert_eq!(round(&engine, "item-00").await, 2, "dry run wrote nothing");
+    let nope = wait_for(&restores, "nope", "finished", done).await.status.unwrap();
+    assert_eq!(nope.phase, Phase::Failed);
+    assert!(nope.message.unwrap().contains("not found"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_runs_on_schedule_and_marks_items_processed() {
+    let mut k = Cluster::new().await;
+    let (db, engine, _) = seeded(&k, 3).await;
+    k.create::<ChronosCollection>(json!({
+        "apiVersion": "chronos.dev/v1alpha1", "kind": "ChronosCollection", "metadata": {"name": "notes"},
+        "spec": {"database": db.name_any(), "name": "notes", "retention": {"keepVersions": 1}}
+    }))
+    .await;
+    k.start();
+    let retentions: Api<ChronosRetention> = Api::all(k.client.clone());
+    let name = k.ns.clone();
+    let r: ChronosRetention = serde_json::from_value(json!({
+        "apiVersion": "chronos.dev/v1alpha1", "kind": "ChronosRetention",
+        "metadata": {"name": name, "labels": {"chronos.dev/test": k.ns}},
+        "spec": {"selector": {"namespaces": [k.ns]}, "rules": {"ttlHours": 0}, "schedule": "* * * * * *"}
+    }))
+    .unwrap();
+    retentions.create(&PostParams::default(), &r).await.unwrap();
+    let r = wait_for(&retentions, &name, "a run", |r| {
+        r.status.as_ref().is_some_and(|s| s.last_run.is_some())
+    })
+    .await;
+    let status = r.status.clone().unwrap();
+    let last = status.last_run.unwrap();
+    assert_eq!(last.outcome, "Succeeded", "{:?}", last.failures);
+    assert_eq!((last.collections, last.processed), (1, 3));
+    assert_eq!(last.versions_pruned, 3, "the collection's keepVersions: 1 applies");
+    assert!(status.next_run.is_some() && conditions::is_true(&status.conditions, "Scheduled"));
+    let c: CollectionName = "notes".parse().unwrap();
+    let rec = engine
+        .get_latest(&c, &"item-00".parse().unwrap(), ReadOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(rec.system.state, State::Processed);
+    retentions.delete(&name, &DeleteParams::default()).await.unwrap();
+}
