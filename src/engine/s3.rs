@@ -110,6 +110,16 @@ impl S3PayloadStore {
     }
 }
 
+/// Backend call latency for /metrics.
+fn observe<T>(call: &'static str, started: std::time::Instant, result: &Result<T>) {
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    metrics::histogram!(
+        "chronos_backend_call_duration_seconds",
+        "backend" => "s3", "call" => call, "outcome" => outcome
+    )
+    .record(started.elapsed().as_secs_f64());
+}
+
 fn s3_err<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
     op: &str,
     key: &str,
@@ -129,7 +139,9 @@ fn s3_err<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::De
 #[async_trait]
 impl PayloadStore for S3PayloadStore {
     async fn put(&self, key: &str, body: Bytes) -> Result<()> {
-        self.client
+        let started = std::time::Instant::now();
+        let result = self
+            .client
             .put_object()
             .bucket(&self.bucket)
             .key(key)
@@ -137,33 +149,45 @@ impl PayloadStore for S3PayloadStore {
             .body(ByteStream::from(body))
             .send()
             .await
-            .map_err(|e| s3_err("put", key, e))?;
-        Ok(())
+            .map(|_| ())
+            .map_err(|e| s3_err("put", key, e));
+        observe("put", started, &result);
+        result
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
-        let out = match self.client.get_object().bucket(&self.bucket).key(key).send().await {
-            Ok(out) => out,
-            Err(SdkError::ServiceError(e)) if e.err().is_no_such_key() => return Ok(None),
-            Err(e) => return Err(s3_err("get", key, e)),
-        };
-        let body = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| Error::payload(format!("get {key}: {e}")))?;
-        Ok(Some(body.into_bytes()))
+        let started = std::time::Instant::now();
+        let result = async {
+            let out = match self.client.get_object().bucket(&self.bucket).key(key).send().await {
+                Ok(out) => out,
+                Err(SdkError::ServiceError(e)) if e.err().is_no_such_key() => return Ok(None),
+                Err(e) => return Err(s3_err("get", key, e)),
+            };
+            let body = out
+                .body
+                .collect()
+                .await
+                .map_err(|e| Error::payload(format!("get {key}: {e}")))?;
+            Ok(Some(body.into_bytes()))
+        }
+        .await;
+        observe("get", started, &result);
+        result
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
-        self.client
+        let started = std::time::Instant::now();
+        let result = self
+            .client
             .delete_object()
             .bucket(&self.bucket)
             .key(key)
             .send()
             .await
-            .map_err(|e| s3_err("delete", key, e))?;
-        Ok(())
+            .map(|_| ())
+            .map_err(|e| s3_err("delete", key, e));
+        observe("delete", started, &result);
+        result
     }
 
     async fn presign_get(&self, key: &str, ttl: Duration) -> Result<Option<String>> {

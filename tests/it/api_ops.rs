@@ -357,3 +357,57 @@ async fn admin_validates_creates_buckets_and_shuts_down() {
         .expect("the server stopped after the shutdown request")
         .unwrap();
 }
+
+/// Backend calls are timed per backend and call: MongoDB commands through the driver's command
+/// monitoring (as `chronos serve` wires it), S3 calls in the store.
+#[tokio::test]
+async fn metrics_time_backend_calls() {
+    use chronos::config::Storage;
+    use chronos::connect::{self, Connections};
+    let buckets: Vec<String> = (0..3).map(|_| support::unique("chronos-metrics")).collect();
+    for b in &buckets {
+        S3PayloadStore::new(support::s3_connection().client(), b)
+            .ensure_bucket()
+            .await
+            .unwrap();
+    }
+    let storage = Storage::Remote {
+        mongo_uri: support::env("CHRONOS_TEST_MONGO_URI"),
+        db_name: support::unique("m").replace('-', "_"),
+        s3: support::s3_connection(),
+        json_bucket: buckets[0].clone(),
+        content_bucket: buckets[1].clone(),
+        backups_bucket: buckets[2].clone(),
+    };
+    let engine = connect::open(&storage, EngineSettings::default(), &Connections::default())
+        .await
+        .unwrap();
+    let server = start(BTreeMap::from([("t1".to_owned(), engine)]), None, 1 << 20).await;
+    let created = server
+        .http
+        .post(format!("{}/v1/t1/notes/items", server.url))
+        .json(&serde_json::json!({"a": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let text = server
+        .http
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        r#"backend="mongodb",call="commitTransaction",outcome="ok""#,
+        r#"backend="s3",call="put",outcome="ok""#,
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("chronos_backend_call_duration_seconds_count") && l.contains(needle)),
+            "no {needle} in:\n{text}"
+        );
+    }
+}
