@@ -16,7 +16,14 @@ struct Served {
 async fn serve() -> Served {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_chronos"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "serve",
+            "--config",
+            "examples/chronos.yaml",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -42,14 +49,18 @@ async fn serve() -> Served {
     }
 }
 
-/// The shell blocks of the README's "Use it" section.
+/// The shell blocks of the README's "Use it" and "Features" sections.
 fn examples() -> Vec<String> {
     let readme = include_str!("../../README.md");
-    let section = readme.split("## Use it").nth(1).unwrap().split("\n## ").next().unwrap();
-    section
-        .split("```sh\n")
-        .skip(1)
-        .map(|b| b.split("```").next().unwrap().to_owned())
+    ["## Use it", "## Features"]
+        .iter()
+        .flat_map(|heading| {
+            let section = readme.split(heading).nth(1).unwrap().split("\n## ").next().unwrap();
+            section
+                .split("```sh\n")
+                .skip(1)
+                .map(|b| b.split("```").next().unwrap().to_owned())
+        })
         .collect()
 }
 
@@ -57,7 +68,7 @@ fn examples() -> Vec<String> {
 async fn readme_examples_work_as_written() {
     let served = serve().await;
     let blocks = examples();
-    assert_eq!(blocks.len(), 2, "the curl block and the CLI block");
+    assert_eq!(blocks.len(), 3, "the curl block, the CLI block and the features block");
     // Commands stay verbatim: `curl` fails on HTTP errors, `cargo run --` is the built binary,
     // and the documented address points at this server.
     let prelude = format!(
