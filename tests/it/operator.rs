@@ -618,3 +618,49 @@ async fn retention_runs_on_schedule_and_marks_items_processed() {
     assert_eq!(rec.system.state, State::Processed);
     retentions.delete(&name, &DeleteParams::default()).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_one_replica_holds_the_lease_until_it_lets_go() {
+    use chronos::operator::leader::{Attempt, LeaseSettings, release, try_acquire};
+    let k = Cluster::new().await;
+    let a = LeaseSettings::new(&k.ns, "replica-a");
+    let b = LeaseSettings::new(&k.ns, "replica-b");
+    assert_eq!(try_acquire(&k.client, &a).await.unwrap(), Attempt::Leading);
+    assert_eq!(
+        try_acquire(&k.client, &b).await.unwrap(),
+        Attempt::Following {
+            holder: "replica-a".into()
+        }
+    );
+    assert_eq!(try_acquire(&k.client, &a).await.unwrap(), Attempt::Leading, "renewal");
+    release(&k.client, &a).await.unwrap();
+    assert_eq!(
+        try_acquire(&k.client, &b).await.unwrap(),
+        Attempt::Leading,
+        "free after release"
+    );
+    assert!(matches!(
+        try_acquire(&k.client, &a).await.unwrap(),
+        Attempt::Following { .. }
+    ));
+    let lease = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(k.client.clone(), &k.ns)
+        .get("chronos-operator")
+        .await
+        .unwrap();
+    let spec = lease.spec.unwrap();
+    assert_eq!(spec.holder_identity.as_deref(), Some("replica-b"));
+    assert_eq!(spec.lease_transitions, Some(1));
+
+    // An expired lease (0 s, renewed microseconds ago) is taken over without its holder's help.
+    let mut short = LeaseSettings::new(&k.ns, "replica-c");
+    short.name = "short".into();
+    short.duration = Duration::from_secs(0);
+    assert_eq!(try_acquire(&k.client, &short).await.unwrap(), Attempt::Leading);
+    let mut other = short.clone();
+    other.identity = "replica-d".into();
+    assert_eq!(
+        try_acquire(&k.client, &other).await.unwrap(),
+        Attempt::Leading,
+        "expired lease taken"
+    );
+}
