@@ -95,9 +95,64 @@ pub struct Config {
     /// Per collection: named conditional counters `{name, when, on}`.
     #[serde(default)]
     pub counters: BTreeMap<String, Vec<CounterRule>>,
+    /// Multi-tenant routing: logical databases by type (metadata, knowledge, runtime) and tier
+    /// (generic, domains, tenants), each on one of the `mongoUris` × `spacesConns` backends.
+    #[serde(default)]
+    pub database_types: Option<DatabaseTypes>,
     /// Bearer tokens for the HTTP API; without it the API is open (fine on a laptop only).
     #[serde(default)]
     pub auth: Option<AuthConfig>,
+}
+
+/// The three database types, each with its tiers.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DatabaseTypes {
+    #[serde(default)]
+    pub metadata: Option<Tiers>,
+    #[serde(default)]
+    pub knowledge: Option<Tiers>,
+    #[serde(default)]
+    pub runtime: Option<Tiers>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Tiers {
+    #[serde(default)]
+    pub generic: Option<RouteEntry>,
+    #[serde(default)]
+    pub domains: Vec<RouteEntry>,
+    #[serde(default)]
+    pub tenants: Vec<RouteEntry>,
+}
+
+/// One logical database. Without `mongo` / `spaces`, its backends are chosen by rendezvous
+/// hashing of its key over all of them (stable, and adding a backend moves about 1/n of keys).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteEntry {
+    /// How the API addresses it: `/v1/{key}/…`.
+    pub key: String,
+    /// The domain's or tenant's external identifier (not for the generic tier).
+    #[serde(default)]
+    pub ext_identifier: Option<String>,
+    /// Index into `mongoUris`.
+    #[serde(default)]
+    pub mongo: Option<usize>,
+    /// Index into `spacesConns`.
+    #[serde(default)]
+    pub spaces: Option<usize>,
+    /// MongoDB database; defaults to `chronos_<key>` (with `-` as `_`).
+    #[serde(default)]
+    pub db_name: Option<String>,
+    /// Bucket overrides; default to the spacesConn's.
+    #[serde(default)]
+    pub json_bucket: Option<String>,
+    #[serde(default)]
+    pub content_bucket: Option<String>,
+    #[serde(default)]
+    pub backups_bucket: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -409,6 +464,12 @@ impl Config {
                 }
             }
         }
+        if self.database_types.is_some() && self.mongo_uris.is_empty() {
+            issue(
+                "databaseTypes".to_owned(),
+                "routing needs mongoUris and spacesConns (the backends)",
+            );
+        }
         if self.engine.max_payload_bytes == 0 {
             issue("engine.maxPayloadBytes".to_owned(), "must be greater than 0");
         }
@@ -418,6 +479,7 @@ impl Config {
                 "must be at most 8388608 (MongoDB documents are limited to 16 MiB)",
             );
         }
+        issues.extend(crate::routing::Routes::issues(self));
         issues
     }
 

@@ -91,6 +91,34 @@ pub async fn open(storage: &Storage, settings: EngineSettings, conns: &Connectio
     }
 }
 
+/// Open every logical database a configuration names, keyed as the API addresses them: the
+/// routed databases of `databaseTypes`, or else one database, `default`. Clients are shared
+/// between databases on the same backends.
+pub async fn open_all(
+    config: &crate::config::Config,
+    default_dir: &Path,
+    conns: &Connections,
+) -> Result<std::collections::BTreeMap<String, Arc<Engine>>, String> {
+    let settings = config.engine_settings();
+    let mut out = std::collections::BTreeMap::new();
+    match crate::routing::Routes::from_config(config).map_err(|e| e.to_string())? {
+        Some(routes) => {
+            for route in routes.all() {
+                let engine = open(&route.storage, settings.clone(), conns)
+                    .await
+                    .map_err(|e| format!("database `{}` ({}): {e}", route.key, describe(&route.storage)))?;
+                out.insert(route.key.clone(), engine);
+            }
+        }
+        None => {
+            let storage = config.storage(default_dir)?;
+            let engine = open(&storage, settings, conns).await.map_err(|e| e.to_string())?;
+            out.insert("default".to_owned(), engine);
+        }
+    }
+    Ok(out)
+}
+
 /// Describe where data lives, for the start-up banner (no secrets).
 pub fn describe(storage: &Storage) -> String {
     match storage {

@@ -1,6 +1,5 @@
 //! The `chronos` binary: the data service, the operator, and a command-line client.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -130,7 +129,6 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         Some(path) => Config::load(path).map_err(|e| e.to_string())?,
         None => Config::default(),
     };
-    let storage = config.storage(&args.data_dir)?;
     let tokens_file = args
         .tokens
         .clone()
@@ -138,10 +136,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let tokens = tokens_file.as_deref().map(Tokens::load).transpose()?;
     let settings = config.engine_settings();
     let max_body_bytes = settings.max_payload_bytes + 64 * 1024;
-    let engine = connect::open(&storage, settings, &Connections::default())
-        .await
-        .map_err(|e| e.to_string())?;
-    let databases = BTreeMap::from([("default".to_owned(), engine)]);
+    let databases = connect::open_all(&config, &args.data_dir, &Connections::default()).await?;
+    let keys: Vec<String> = databases.keys().cloned().collect();
     let state = AppState::new(databases, tokens);
     let app = api::router(state.clone(), &ServiceSettings { max_body_bytes });
 
@@ -150,7 +146,13 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     eprintln!("Chronos {} serving http://{addr}", env!("CARGO_PKG_VERSION"));
-    eprintln!("  data: {}", connect::describe(&storage));
+    match &config.database_types {
+        Some(_) => eprintln!("  data: {} routed databases: {}", keys.len(), keys.join(", ")),
+        None => eprintln!(
+            "  data: {} (database key `default`)",
+            connect::describe(&config.storage(&args.data_dir)?)
+        ),
+    }
     eprintln!(
         "  auth: {}",
         match &tokens_file {

@@ -9,4 +9,5 @@ mod mongo_s3;
 mod operator;
 mod operator_mock;
 mod readme;
+mod routing;
 mod support;

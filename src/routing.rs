@@ -1,0 +1,423 @@
+//! Multi-tenant routing: which MongoDB database and S3 buckets serve a logical database.
+//!
+//! A logical database is found by its `key`, by its identity (database type × tier ×
+//! external identifier), or — for tenants not listed in the configuration — by
+//! (dbName, collection, tenantId) through rendezvous (highest-random-weight) hashing over the
+//! configured backends. Rendezvous hashing is stable (the same key always lands on the same
+//! backend) and adding a backend moves only the keys the new backend now wins, about 1/n.
+//! Backends are identified by a digest of their address, never by list position, so reordering
+//! the configuration moves nothing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+use sha2::{Digest, Sha256};
+
+use crate::config::{Config, Issue, RouteEntry, Storage};
+use crate::engine::ItemId;
+use crate::engine::s3::S3Connection;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DatabaseType {
+    Metadata,
+    Knowledge,
+    Runtime,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Tier {
+    Generic,
+    Domain,
+    Tenant,
+}
+
+impl fmt::Display for DatabaseType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DatabaseType::Metadata => "metadata",
+            DatabaseType::Knowledge => "knowledge",
+            DatabaseType::Runtime => "runtime",
+        })
+    }
+}
+
+impl fmt::Display for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Tier::Generic => "generic",
+            Tier::Domain => "domains",
+            Tier::Tenant => "tenants",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    #[error("no database with key `{0}`")]
+    UnknownKey(String),
+    #[error("no {0} database in tier {1}{ext}", ext = identifier(.2))]
+    UnknownIdentity(DatabaseType, Tier, Option<String>),
+    #[error("routing has no backends (mongoUris and spacesConns)")]
+    NoBackends,
+    #[error("cannot read a secret of the routing configuration: {0}")]
+    Secret(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn identifier(ext: &Option<String>) -> String {
+    ext.as_ref()
+        .map(|e| format!(" with identifier `{e}`"))
+        .unwrap_or_default()
+}
+
+/// A resolved logical database.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub key: String,
+    pub database_type: DatabaseType,
+    pub tier: Tier,
+    pub ext_identifier: Option<String>,
+    pub storage: Storage,
+}
+
+/// The backends routing chooses among, with their stable identities.
+#[derive(Debug, Clone, Default)]
+struct Backends {
+    mongo: Vec<(String, String)>,
+    spaces: Vec<(String, crate::config::SpacesConn)>,
+}
+
+/// The routing table.
+#[derive(Debug, Clone, Default)]
+pub struct Routes {
+    routes: BTreeMap<String, Route>,
+    identities: HashMap<(DatabaseType, Tier, Option<String>), String>,
+    backends: Backends,
+}
+
+fn digest(s: &str) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+/// The index of the backend with the highest weight for `key` (rendezvous hashing).
+pub fn rendezvous<S: AsRef<str>>(key: &str, backend_ids: &[S]) -> Option<usize> {
+    backend_ids
+        .iter()
+        .enumerate()
+        .max_by_key(|(_, id)| {
+            let h = Sha256::digest(format!("{}\u{0}{key}", id.as_ref()).as_bytes());
+            u64::from_be_bytes([h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]])
+        })
+        .map(|(i, _)| i)
+}
+
+fn entries(config: &Config) -> Vec<(DatabaseType, Tier, &RouteEntry)> {
+    let Some(types) = &config.database_types else {
+        return vec![];
+    };
+    let mut out = Vec::new();
+    for (t, tiers) in [
+        (DatabaseType::Metadata, &types.metadata),
+        (DatabaseType::Knowledge, &types.knowledge),
+        (DatabaseType::Runtime, &types.runtime),
+    ] {
+        let Some(tiers) = tiers else { continue };
+        out.extend(tiers.generic.iter().map(|e| (t, Tier::Generic, e)));
+        out.extend(tiers.domains.iter().map(|e| (t, Tier::Domain, e)));
+        out.extend(tiers.tenants.iter().map(|e| (t, Tier::Tenant, e)));
+    }
+    out
+}
+
+impl Routes {
+    /// Problems with the routing part of a configuration, each naming its field.
+    pub fn issues(config: &Config) -> Vec<Issue> {
+        let mut issues = Vec::new();
+        let mut keys = HashMap::new();
+        let mut identities = HashMap::new();
+        for (t, tier, e) in entries(config) {
+            let field = |f: &str| format!("databaseTypes.{t}.{tier}[key={}].{f}", e.key);
+            let mut issue = |f: &str, p: &str| {
+                issues.push(Issue {
+                    field: field(f),
+                    problem: p.to_owned(),
+                })
+            };
+            if e.key.parse::<ItemId>().is_err() || e.key == "admin" {
+                issue("key", "expected 1-128 letters, digits, `_ - . :` (and not `admin`)");
+            }
+            if keys.insert(e.key.clone(), ()).is_some() {
+                issue("key", "is used twice");
+            }
+            match (tier, &e.ext_identifier) {
+                (Tier::Generic, Some(_)) => issue("extIdentifier", "the generic tier has no identifier"),
+                (Tier::Domain | Tier::Tenant, None) => issue("extIdentifier", "is required for domains and tenants"),
+                _ => {}
+            }
+            if identities.insert((t, tier, e.ext_identifier.clone()), ()).is_some() {
+                issue("extIdentifier", "is used twice in this type and tier");
+            }
+            if e.mongo.is_some_and(|i| i >= config.mongo_uris.len()) {
+                issue("mongo", "is not an index into mongoUris");
+            }
+            if e.spaces.is_some_and(|i| i >= config.spaces_conns.len()) {
+                issue("spaces", "is not an index into spacesConns");
+            }
+        }
+        issues
+    }
+
+    /// Build the routing table; `None` when the configuration has no `databaseTypes`.
+    pub fn from_config(config: &Config) -> Result<Option<Routes>> {
+        if config.database_types.is_none() {
+            return Ok(None);
+        }
+        let backends = Backends {
+            mongo: config
+                .mongo_uris
+                .iter()
+                .map(|u| u.reveal().map(|uri| (digest(&uri), uri)))
+                .collect::<Result<_, _>>()
+                .map_err(Error::Secret)?,
+            spaces: config
+                .spaces_conns
+                .iter()
+                .map(|s| (digest(&format!("{}/{}", s.endpoint, s.json_bucket)), s.clone()))
+                .collect(),
+        };
+        if backends.mongo.is_empty() || backends.spaces.is_empty() {
+            return Err(Error::NoBackends);
+        }
+        let mut routes = Routes {
+            backends,
+            ..Default::default()
+        };
+        for (t, tier, e) in entries(config) {
+            let db_name = e
+                .db_name
+                .clone()
+                .unwrap_or_else(|| format!("chronos_{}", e.key.replace(['-', '.', ':'], "_")));
+            let storage = routes.storage_for(&e.key, e.mongo, e.spaces, db_name, e)?;
+            routes
+                .identities
+                .insert((t, tier, e.ext_identifier.clone()), e.key.clone());
+            routes.routes.insert(
+                e.key.clone(),
+                Route {
+                    key: e.key.clone(),
+                    database_type: t,
+                    tier,
+                    ext_identifier: e.ext_identifier.clone(),
+                    storage,
+                },
+            );
+        }
+        Ok(Some(routes))
+    }
+
+    fn storage_for(
+        &self,
+        hash_key: &str,
+        mongo: Option<usize>,
+        spaces: Option<usize>,
+        db_name: String,
+        overrides: &RouteEntry,
+    ) -> Result<Storage> {
+        let mongo_ids: Vec<&str> = self.backends.mongo.iter().map(|(id, _)| id.as_str()).collect();
+        let spaces_ids: Vec<&str> = self.backends.spaces.iter().map(|(id, _)| id.as_str()).collect();
+        let m = mongo
+            .or_else(|| rendezvous(hash_key, &mongo_ids))
+            .ok_or(Error::NoBackends)?;
+        let s = spaces
+            .or_else(|| rendezvous(hash_key, &spaces_ids))
+            .ok_or(Error::NoBackends)?;
+        let conn = &self.backends.spaces[s].1;
+        Ok(Storage::Remote {
+            mongo_uri: self.backends.mongo[m].1.clone(),
+            db_name,
+            s3: S3Connection {
+                endpoint: conn.endpoint.clone(),
+                region: conn.region.clone(),
+                access_key: conn.access_key.reveal().map_err(Error::Secret)?,
+                secret_key: conn.secret_key.reveal().map_err(Error::Secret)?,
+                force_path_style: conn.force_path_style,
+            },
+            json_bucket: overrides
+                .json_bucket
+                .clone()
+                .unwrap_or_else(|| conn.json_bucket.clone()),
+            content_bucket: overrides
+                .content_bucket
+                .clone()
+                .unwrap_or_else(|| conn.content_bucket.clone()),
+            backups_bucket: overrides
+                .backups_bucket
+                .clone()
+                .unwrap_or_else(|| conn.backups_bucket.clone()),
+        })
+    }
+
+    /// Every configured logical database.
+    pub fn all(&self) -> impl Iterator<Item = &Route> {
+        self.routes.values()
+    }
+
+    pub fn by_key(&self, key: &str) -> Result<&Route> {
+        self.routes.get(key).ok_or_else(|| Error::UnknownKey(key.to_owned()))
+    }
+
+    pub fn by_identity(&self, t: DatabaseType, tier: Tier, ext_identifier: Option<&str>) -> Result<&Route> {
+        let id = (t, tier, ext_identifier.map(str::to_owned));
+        self.identities
+            .get(&id)
+            .and_then(|k| self.routes.get(k))
+            .ok_or(Error::UnknownIdentity(t, tier, id.2))
+    }
+
+    /// Where a tenant that is not listed lives: its own MongoDB database (`<dbName>_<tenantId>`)
+    /// on the backends rendezvous hashing picks for (dbName, collection, tenantId).
+    pub fn for_tenant(&self, db_name: &str, collection: &str, tenant_id: &str) -> Result<Storage> {
+        let key = format!("{db_name}\u{0}{collection}\u{0}{tenant_id}");
+        let entry = RouteEntry {
+            key: tenant_id.to_owned(),
+            ext_identifier: Some(tenant_id.to_owned()),
+            mongo: None,
+            spaces: None,
+            db_name: None,
+            json_bucket: None,
+            content_bucket: None,
+            backups_bucket: None,
+        };
+        let safe: String = tenant_id
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        self.storage_for(&key, None, None, format!("{db_name}_{safe}"), &entry)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendezvous_is_stable_and_moves_about_one_nth_when_a_backend_is_added() {
+        let three: Vec<String> = (0..3).map(|i| digest(&format!("backend-{i}"))).collect();
+        let mut four = three.clone();
+        four.push(digest("backend-3"));
+        let keys: Vec<String> = (0..10_000).map(|i| format!("tenant-{i}")).collect();
+        let before: Vec<usize> = keys.iter().map(|k| rendezvous(k, &three).unwrap()).collect();
+        let again: Vec<usize> = keys.iter().map(|k| rendezvous(k, &three).unwrap()).collect();
+        assert_eq!(before, again, "stable");
+        let after: Vec<usize> = keys.iter().map(|k| rendezvous(k, &four).unwrap()).collect();
+        let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count();
+        assert!(
+            after.iter().zip(&before).all(|(a, b)| a == b || *a == 3),
+            "keys only move to the new backend"
+        );
+        let share = moved as f64 / keys.len() as f64;
+        assert!((0.20..0.30).contains(&share), "about 1/4 of the keys moved: {share}");
+        for b in 0..3 {
+            let n = before.iter().filter(|&&x| x == b).count();
+            assert!((2_900..3_800).contains(&n), "balanced: backend {b} got {n}");
+        }
+        // Reordering the backends moves nothing: identity is the digest, not the position.
+        let reversed: Vec<String> = three.iter().rev().cloned().collect();
+        let reordered: Vec<&String> = keys
+            .iter()
+            .map(|k| &reversed[rendezvous(k, &reversed).unwrap()])
+            .collect();
+        let original: Vec<&String> = keys.iter().map(|k| &three[rendezvous(k, &three).unwrap()]).collect();
+        assert_eq!(reordered, original);
+    }
+
+    const CONFIG: &str = r#"
+mongoUris: ["mongodb://m0/?replicaSet=rs0", "mongodb://m1/?replicaSet=rs0"]
+spacesConns:
+  - {endpoint: "http://s0", accessKey: a, secretKey: s, jsonBucket: json0, contentBucket: content0, backupsBucket: backups0}
+  - {endpoint: "http://s1", accessKey: a, secretKey: s, jsonBucket: json1, contentBucket: content1, backupsBucket: backups1}
+databaseTypes:
+  metadata:
+    generic: {key: meta, mongo: 0, spaces: 0}
+    tenants:
+      - {key: acme-meta, extIdentifier: acme, mongo: 1, spaces: 1, dbName: acme}
+  runtime:
+    domains:
+      - {key: sales-rt, extIdentifier: sales}
+"#;
+
+    #[test]
+    fn resolves_by_key_identity_and_hash() {
+        let config = Config::parse(CONFIG).unwrap();
+        assert!(config.validate().is_empty(), "{:?}", config.validate());
+        let routes = Routes::from_config(&config).unwrap().unwrap();
+        let acme = routes.by_key("acme-meta").unwrap();
+        match &acme.storage {
+            Storage::Remote {
+                mongo_uri,
+                db_name,
+                json_bucket,
+                ..
+            } => {
+                assert_eq!(
+                    (mongo_uri.as_str(), db_name.as_str(), json_bucket.as_str()),
+                    ("mongodb://m1/?replicaSet=rs0", "acme", "json1")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let same = routes
+            .by_identity(DatabaseType::Metadata, Tier::Tenant, Some("acme"))
+            .unwrap();
+        assert_eq!(same.key, "acme-meta");
+        assert_eq!(
+            routes
+                .by_identity(DatabaseType::Metadata, Tier::Generic, None)
+                .unwrap()
+                .key,
+            "meta"
+        );
+        assert_eq!(
+            routes
+                .by_identity(DatabaseType::Runtime, Tier::Tenant, Some("acme"))
+                .unwrap_err(),
+            Error::UnknownIdentity(DatabaseType::Runtime, Tier::Tenant, Some("acme".into()))
+        );
+        assert_eq!(routes.by_key("nope").unwrap_err(), Error::UnknownKey("nope".into()));
+        let Storage::Remote { db_name, .. } = &routes.by_key("sales-rt").unwrap().storage else {
+            panic!()
+        };
+        assert_eq!(db_name, "chronos_sales_rt");
+        let t1 = routes.for_tenant("shop", "orders", "t-1").unwrap();
+        let t1_again = routes.for_tenant("shop", "orders", "t-1").unwrap();
+        assert_eq!(format!("{t1:?}"), format!("{t1_again:?}"));
+        let Storage::Remote { db_name, .. } = t1 else { panic!() };
+        assert_eq!(db_name, "shop_t_1");
+    }
+
+    #[test]
+    fn bad_routing_is_named_by_field() {
+        let bad = CONFIG
+            .replace(
+                "generic: {key: meta, mongo: 0, spaces: 0}",
+                "generic: {key: meta, extIdentifier: x, mongo: 7}",
+            )
+            .replace("key: sales-rt, extIdentifier: sales", "key: meta");
+        let fields: Vec<String> = Config::parse(&bad)
+            .unwrap()
+            .validate()
+            .into_iter()
+            .map(|i| i.field)
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "databaseTypes.metadata.generic[key=meta].extIdentifier",
+                "databaseTypes.metadata.generic[key=meta].mongo",
+                "databaseTypes.runtime.domains[key=meta].key",
+                "databaseTypes.runtime.domains[key=meta].extIdentifier",
+            ]
+        );
+    }
+}
