@@ -261,7 +261,7 @@ impl Default for EngineConfig {
 }
 
 /// Where the default logical database keeps its data.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Storage {
     /// SQLite + local files in a directory.
     Embedded { dir: PathBuf },

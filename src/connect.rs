@@ -91,8 +91,19 @@ pub async fn open(storage: &Storage, settings: EngineSettings, conns: &Connectio
     }
 }
 
-/// Open every logical database a configuration names, keyed as the API addresses them: the
-/// routed databases of `databaseTypes`, or else one database, `default`. Clients are shared
+/// Where every logical database a configuration names lives, keyed as the API addresses them:
+/// the routed databases of `databaseTypes`, or else one database, `default`.
+pub fn storages(
+    config: &crate::config::Config,
+    default_dir: &Path,
+) -> Result<std::collections::BTreeMap<String, Storage>, String> {
+    match crate::routing::Routes::from_config(config).map_err(|e| e.to_string())? {
+        Some(routes) => Ok(routes.all().map(|r| (r.key.clone(), r.storage.clone())).collect()),
+        None => Ok([("default".to_owned(), config.storage(default_dir)?)].into()),
+    }
+}
+
+/// Open every logical database a configuration names (see [`storages`]). Clients are shared
 /// between databases on the same backends.
 pub async fn open_all(
     config: &crate::config::Config,
@@ -101,20 +112,11 @@ pub async fn open_all(
 ) -> Result<std::collections::BTreeMap<String, Arc<Engine>>, String> {
     let settings = config.engine_settings();
     let mut out = std::collections::BTreeMap::new();
-    match crate::routing::Routes::from_config(config).map_err(|e| e.to_string())? {
-        Some(routes) => {
-            for route in routes.all() {
-                let engine = open(&route.storage, settings.clone(), conns)
-                    .await
-                    .map_err(|e| format!("database `{}` ({}): {e}", route.key, describe(&route.storage)))?;
-                out.insert(route.key.clone(), engine);
-            }
-        }
-        None => {
-            let storage = config.storage(default_dir)?;
-            let engine = open(&storage, settings, conns).await.map_err(|e| e.to_string())?;
-            out.insert("default".to_owned(), engine);
-        }
+    for (key, storage) in storages(config, default_dir)? {
+        let engine = open(&storage, settings.clone(), conns)
+            .await
+            .map_err(|e| format!("database `{key}` ({}): {e}", describe(&storage)))?;
+        out.insert(key, engine);
     }
     Ok(out)
 }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod connect;
 pub mod engine;
 pub mod operator;
+pub mod reload;
 pub mod routing;
 
 /// Make ring the crypto provider of every rustls client in the process, so no C crypto library

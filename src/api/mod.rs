@@ -60,7 +60,9 @@ pub struct ServiceSettings {
 }
 
 struct Inner {
-    databases: BTreeMap<String, Arc<Engine>>,
+    /// Swapped whole on a configuration reload; requests hold their engine, so a reload never
+    /// fails a request in flight.
+    databases: std::sync::RwLock<Arc<BTreeMap<String, Arc<Engine>>>>,
     shutdown: tokio::sync::watch::Sender<bool>,
     tokens: Option<Tokens>,
     metrics: PrometheusHandle,
@@ -74,7 +76,7 @@ pub struct AppState(Arc<Inner>);
 impl AppState {
     pub fn new(databases: BTreeMap<String, Arc<Engine>>, tokens: Option<Tokens>) -> Self {
         AppState(Arc::new(Inner {
-            databases,
+            databases: std::sync::RwLock::new(Arc::new(databases)),
             shutdown: tokio::sync::watch::Sender::new(false),
             tokens,
             metrics: prometheus(),
@@ -83,11 +85,21 @@ impl AppState {
     }
 
     pub fn database(&self, key: &str) -> Option<Arc<Engine>> {
-        self.0.databases.get(key).cloned()
+        self.snapshot().get(key).cloned()
     }
 
-    pub fn databases(&self) -> impl Iterator<Item = (&String, &Arc<Engine>)> {
-        self.0.databases.iter()
+    /// The databases served now, by key.
+    pub fn databases(&self) -> Vec<(String, Arc<Engine>)> {
+        self.snapshot().iter().map(|(k, e)| (k.clone(), e.clone())).collect()
+    }
+
+    fn snapshot(&self) -> Arc<BTreeMap<String, Arc<Engine>>> {
+        self.0.databases.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Serve this set of databases from now on (a configuration reload).
+    pub fn replace_databases(&self, databases: BTreeMap<String, Arc<Engine>>) {
+        *self.0.databases.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(databases);
     }
 
     /// Ask the server to stop (the admin shutdown route).

@@ -13,7 +13,7 @@ use super::error::{Error, Result};
 use super::store::PayloadStore;
 
 /// What is needed to reach an S3 endpoint. Secrets never appear in `Debug` output.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct S3Connection {
     pub endpoint: String,
     pub region: String,

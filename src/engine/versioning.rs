@@ -43,7 +43,7 @@ impl CollectionMap {
 }
 
 /// Tunables of the versioning core.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EngineSettings {
     /// Data up to this size is also kept inline in the head while the item is hot, so a latest
     /// read costs one metadata command and no payload fetch.

@@ -17,6 +17,7 @@ pub struct Server {
     pub http: reqwest::Client,
     /// Ends when the server has shut down.
     pub task: tokio::task::JoinHandle<()>,
+    pub state: AppState,
 }
 
 pub async fn start(databases: BTreeMap<String, Arc<Engine>>, tokens: Option<Tokens>, max_body: usize) -> Server {
@@ -30,13 +31,15 @@ pub async fn start(databases: BTreeMap<String, Arc<Engine>>, tokens: Option<Toke
     chronos::install_crypto_provider();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
+    let stopped = state.shutdown_requested();
     let task = tokio::spawn(async move {
-        api::serve(listener, app, state.shutdown_requested()).await.unwrap();
+        api::serve(listener, app, stopped).await.unwrap();
     });
     Server {
         url,
         http: reqwest::Client::new(),
         task,
+        state,
     }
 }
 

@@ -11,10 +11,13 @@ use serde_json::{Value, json};
 use crate::api::start;
 use crate::support::{self, env, unique};
 
-#[tokio::test]
-async fn data_lands_where_routing_says_and_nowhere_else() {
-    let run = unique("r");
-    let bucket = |role: &str, i: usize| format!("{run}-{role}{i}");
+/// Three sets of buckets and a routing configuration over them: `meta` on backend 0, tenants
+/// `acme` on 1 and `globex` on 2, each in its own MongoDB database.
+async fn three_backends(run: &str) -> (String, impl Fn(usize) -> String, impl Fn(&str, usize) -> String) {
+    let bucket = {
+        let run = run.to_owned();
+        move |role: &str, i: usize| format!("{run}-{role}{i}")
+    };
     for i in 0..3 {
         for role in ["json", "content", "backups"] {
             S3PayloadStore::new(support::s3_connection().client(), bucket(role, i))
@@ -35,7 +38,10 @@ async fn data_lands_where_routing_says_and_nowhere_else() {
             )
         })
         .collect();
-    let db = |i: usize| format!("{}_{i}", run.replace('-', "_"));
+    let db = {
+        let run = run.replace('-', "_");
+        move |i: usize| format!("{run}_{i}")
+    };
     let yaml = format!(
         "mongoUris: [{{env: CHRONOS_TEST_MONGO_URI}}]\nspacesConns:\n{spaces}databaseTypes:\n  metadata:\n    \
          generic: {{key: meta, spaces: 0, dbName: {}}}\n    tenants:\n      \
@@ -45,6 +51,13 @@ async fn data_lands_where_routing_says_and_nowhere_else() {
         db(1),
         db(2)
     );
+    (yaml, db, bucket)
+}
+
+#[tokio::test]
+async fn data_lands_where_routing_says_and_nowhere_else() {
+    let run = unique("r");
+    let (yaml, db, bucket) = three_backends(&run).await;
     let config = Config::parse(&yaml).unwrap();
     assert!(config.validate().is_empty(), "{:?}", config.validate());
     let conns = Connections::default();
@@ -110,4 +123,121 @@ async fn data_lands_where_routing_says_and_nowhere_else() {
         .await
         .unwrap();
     assert_eq!(unknown.status(), 404);
+}
+
+/// The routing table changes under load: a tenant is added, then a broken file is ignored; the
+/// writers of an existing tenant see no failure, and the new tenant answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn routing_reloads_under_load_without_failing_requests() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let run = unique("h");
+    let (yaml, db, _) = three_backends(&run).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chronos.yaml");
+    // Start with meta and acme only.
+    let initial = yaml.split("      - {key: globex").next().unwrap().to_owned();
+    std::fs::write(&path, &initial).unwrap();
+    let config = Config::load(&path).unwrap();
+    let conns = Arc::new(Connections::default());
+    let databases = connect::open_all(&config, dir.path(), &conns).await.unwrap();
+    let server = start(databases.clone(), None, 1 << 20).await;
+    let mut reloader = chronos::reload::Reloader::new(&path, dir.path(), conns, &config, &databases).unwrap();
+    assert!(
+        !reloader.check(&server.state).await.unwrap(),
+        "unchanged file, nothing to do"
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            let (http, url) = (server.http.clone(), server.url.clone());
+            tokio::spawn(async move {
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let resp = http
+                        .post(format!("{url}/v1/acme/load/items"))
+                        .json(&json!({"w": w, "i": i}))
+                        .send()
+                        .await;
+                    match resp {
+                        Ok(r) if r.status() == 201 => ok.fetch_add(1, Ordering::Relaxed),
+                        _ => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    // Let the load get going: wait for acknowledged writes, not for time.
+    while ok.load(Ordering::Relaxed) < 20 {
+        tokio::task::yield_now().await;
+    }
+    let globex_before = server
+        .http
+        .get(format!("{}/v1/globex/load/items", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(globex_before.status(), 404);
+
+    std::fs::write(&path, &yaml).unwrap();
+    assert!(
+        reloader.check(&server.state).await.unwrap(),
+        "the new table is swapped in"
+    );
+    let before_bad = ok.load(Ordering::Relaxed);
+    std::fs::write(&path, "databaseTypes: {metadata: {generic: {key: '../bad'}}}\n").unwrap();
+    assert!(
+        reloader.check(&server.state).await.is_err(),
+        "an invalid file is refused"
+    );
+    while ok.load(Ordering::Relaxed) < before_bad + 20 {
+        tokio::task::yield_now().await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "no request failed during the reloads"
+    );
+
+    let created = server
+        .http
+        .post(format!("{}/v1/globex/load/items", server.url))
+        .json(&json!({"new": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        created.status(),
+        201,
+        "the added tenant answers, and the broken file changed nothing"
+    );
+    let mongo = mongodb::Client::with_uri_str(env("CHRONOS_TEST_MONGO_URI"))
+        .await
+        .unwrap();
+    let n = mongo
+        .database(&db(2))
+        .collection::<bson::Document>("load_head")
+        .count_documents(bson::doc! {})
+        .await
+        .unwrap();
+    assert_eq!(n, 1, "globex's write is in globex's database");
+    let acme = mongo
+        .database(&db(1))
+        .collection::<bson::Document>("load_head")
+        .count_documents(bson::doc! {})
+        .await
+        .unwrap();
+    assert_eq!(
+        acme,
+        ok.load(Ordering::Relaxed),
+        "every acknowledged acme write is there"
+    );
 }

@@ -113,9 +113,13 @@ pub fn embedded(settings: EngineSettings) -> Harness {
     let meta = SqliteMetaStore::open(&dir.path().join("chronos.db")).expect("open SQLite");
     let payloads: Arc<dyn PayloadStore> =
         Arc::new(LocalPayloadStore::open(&dir.path().join("payloads")).expect("payload dir"));
-    let backups = Arc::new(LocalPayloadStore::open(&dir.path().join("backups")).expect("backups dir"));
+    let aux = Arc::new(LocalPayloadStore::open(&dir.path().join("aux")).expect("aux dir"));
     Harness {
-        engine: Arc::new(Engine::new(Arc::new(meta), payloads.clone(), settings).with_backups(backups)),
+        engine: Arc::new(
+            Engine::new(Arc::new(meta), payloads.clone(), settings)
+                .with_backups(aux.clone())
+                .with_content(aux),
+        ),
         payloads,
         commands: Default::default(),
         _dir: Some(dir),
