@@ -97,6 +97,23 @@ pub mod requeue {
     pub const DRIFT: Duration = Duration::from_secs(300);
 }
 
+/// Write a resource's status by server-side apply under the operator's field manager (the same
+/// for every kind).
+pub async fn apply_status<K>(api: &kube::Api<K>, name: &str, status: &impl serde::Serialize) -> Result<()>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    use kube::api::{Patch, PatchParams};
+    let body = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body))
+        .await?;
+    Ok(())
+}
+
 /// The error policy of every controller: transient trouble is retried soon; an invalid spec
 /// waits for the user (its condition already says what is wrong).
 pub fn error_policy<K>(_obj: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Action {

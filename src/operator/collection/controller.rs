@@ -4,16 +4,14 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::{Api, Resource, ResourceExt};
-use serde_json::json;
+use kube::{Api, ResourceExt};
 
 use super::crd::{ChronosCollection, ChronosCollectionStatus};
 use crate::engine::EngineSettings;
 use crate::operator::conditions::{self, Observed};
 use crate::operator::database::ChronosDatabase;
-use crate::operator::{Context, Error, FIELD_MANAGER, Result, backends, requeue};
+use crate::operator::{Context, Error, Result, backends, requeue};
 
 pub const INDEXES_READY: &str = "IndexesReady";
 const NAME: &str = "collection";
@@ -84,19 +82,12 @@ async fn write_status(c: &ChronosCollection, ctx: &Context, observed: Observed, 
         indexes,
         observed_generation: generation,
     };
-    let body = json!({
-        "apiVersion": ChronosCollection::api_version(&()),
-        "kind": ChronosCollection::kind(&()),
-        "status": status,
-    });
-    let api: Api<ChronosCollection> = Api::namespaced(ctx.client.clone(), &c.namespace().unwrap_or_default());
-    api.patch_status(
+    crate::operator::apply_status(
+        &Api::<ChronosCollection>::namespaced(ctx.client.clone(), &c.namespace().unwrap_or_default()),
         &c.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(body),
+        &status,
     )
-    .await?;
-    Ok(())
+    .await
 }
 
 pub fn controller(

@@ -10,7 +10,6 @@ use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{self, Event as Finalizer};
 use kube::{Api, Resource, ResourceExt};
-use serde_json::json;
 
 use super::build;
 use super::crd::{ChronosDatabase, ChronosDatabaseStatus, DeletionPolicy};
@@ -173,21 +172,12 @@ async fn write_status(
         config_hash,
         observed_generation: generation,
     };
-    patch_status(ctx, db, json!({ "status": status })).await
-}
-
-/// Server-side apply of `status` under the operator's field manager.
-async fn patch_status(ctx: &Context, db: &ChronosDatabase, mut body: serde_json::Value) -> Result<()> {
-    body["apiVersion"] = ChronosDatabase::api_version(&()).into();
-    body["kind"] = ChronosDatabase::kind(&()).into();
-    let api: Api<ChronosDatabase> = Api::namespaced(ctx.client.clone(), &db.namespace().unwrap_or_default());
-    api.patch_status(
+    crate::operator::apply_status(
+        &Api::<ChronosDatabase>::namespaced(ctx.client.clone(), &db.namespace().unwrap_or_default()),
         &db.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(body),
+        &status,
     )
-    .await?;
-    Ok(())
+    .await
 }
 
 /// The resource is being deleted: drop the data only under `deletionPolicy: Delete`. The engine's

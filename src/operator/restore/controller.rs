@@ -7,16 +7,14 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::{Api, Resource, ResourceExt};
-use serde_json::json;
+use kube::{Api, ResourceExt};
 
 use super::crd::{ChronosRestore, ChronosRestoreStatus, Counts, Job, Phase, Progress};
 use crate::engine::{Attribution, Engine, ItemId, ReadOptions, VersionTarget};
 use crate::operator::conditions;
 use crate::operator::database::ChronosDatabase;
-use crate::operator::{Context, Error, FIELD_MANAGER, Result, backends, requeue};
+use crate::operator::{Context, Error, Result, backends, requeue};
 
 const NAME: &str = "restore";
 
@@ -184,19 +182,12 @@ async fn finish(
 }
 
 async fn write(ctx: &Context, r: &ChronosRestore, status: &ChronosRestoreStatus) -> Result<()> {
-    let body = json!({
-        "apiVersion": ChronosRestore::api_version(&()),
-        "kind": ChronosRestore::kind(&()),
-        "status": status,
-    });
-    let api: Api<ChronosRestore> = Api::namespaced(ctx.client.clone(), &r.namespace().unwrap_or_default());
-    api.patch_status(
+    crate::operator::apply_status(
+        &Api::<ChronosRestore>::namespaced(ctx.client.clone(), &r.namespace().unwrap_or_default()),
         &r.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(body),
+        status,
     )
-    .await?;
-    Ok(())
+    .await
 }
 
 pub fn controller(

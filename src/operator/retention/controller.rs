@@ -9,10 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::ListParams;
 use kube::runtime::controller::Action;
-use kube::{Api, Resource, ResourceExt};
-use serde_json::json;
+use kube::{Api, ResourceExt};
 
 use super::crd::{ChronosRetention, ChronosRetentionStatus, LastRun};
 use super::schedule::Schedule;
@@ -20,7 +19,7 @@ use crate::engine::PrunePolicy;
 use crate::operator::collection::ChronosCollection;
 use crate::operator::conditions::{self, Observed};
 use crate::operator::database::ChronosDatabase;
-use crate::operator::{Context, FIELD_MANAGER, Result, backends};
+use crate::operator::{Context, Result, backends};
 
 pub const SCHEDULED: &str = "Scheduled";
 const NAME: &str = "retention";
@@ -194,19 +193,7 @@ async fn run(r: &ChronosRetention, ctx: &Context) -> Result<LastRun> {
 }
 
 async fn write(ctx: &Context, r: &ChronosRetention, status: &ChronosRetentionStatus) -> Result<()> {
-    let body = json!({
-        "apiVersion": ChronosRetention::api_version(&()),
-        "kind": ChronosRetention::kind(&()),
-        "status": status,
-    });
-    let api: Api<ChronosRetention> = Api::all(ctx.client.clone());
-    api.patch_status(
-        &r.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(body),
-    )
-    .await?;
-    Ok(())
+    crate::operator::apply_status(&Api::<ChronosRetention>::all(ctx.client.clone()), &r.name_any(), status).await
 }
 
 pub fn controller(
