@@ -59,7 +59,8 @@ pub struct EnsureBuckets {
 /// Find, and optionally create, every bucket a database uses.
 #[utoipa::path(post, path = "/v1/admin/databases/{db}/buckets", tag = "admin",
     params(("db" = String, Path)), request_body = EnsureBuckets,
-    responses((status = 200, body = Vec<StoreStatus>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    responses((status = 200, body = Vec<StoreStatus>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
         (status = 503, body = ErrorBody)))]
 pub async fn ensure_buckets(
@@ -88,7 +89,9 @@ pub async fn s3_test(State(state): State<AppState>, Path(db): Path<String>) -> R
     Ok(Json(S3Test { round_trip_ms }))
 }
 
+/// Named apart from `/healthz`'s `Health` in the document (same-named schemas overwrite each other).
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(as = DatabasesHealth)]
 pub struct Health {
     /// True when every database's backends answer.
     pub ok: bool,

@@ -7,7 +7,8 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, Error as _};
+use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
@@ -69,6 +70,18 @@ impl<S: Send + Sync> FromRequestParts<S> for ItemPath {
     }
 }
 
+/// For `#[serde(default, deserialize_with = "int64")]` on `Option<u64>` fields: versions, cvs and
+/// counts are documented as `format: int64` and stored as i64, so a larger number is refused
+/// rather than wrapped to a negative one (`cv: 2^63` once meant "before every write").
+pub fn int64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    match Option::<u64>::deserialize(d)? {
+        Some(n) if i64::try_from(n).is_err() => {
+            Err(D::Error::custom(format!("{n} is out of range (at most {})", i64::MAX)))
+        }
+        v => Ok(v),
+    }
+}
+
 /// Query parameters, rejected with a 400 in the API's error shape.
 pub struct Q<T>(pub T);
 
@@ -107,7 +120,8 @@ pub struct Body<T>(pub T);
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     type Rejection = ApiError;
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let value = json_body(req, state).await?;
+        let mut value = json_body(req, state).await?;
+        integral_floats_to_integers(&mut value);
         serde_path_to_error::deserialize(value).map(Body).map_err(|e| {
             let field = e.path().to_string();
             ApiError::new(
@@ -117,6 +131,26 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
             )
             .with_details(serde_json::json!({"field": field}))
         })
+    }
+}
+
+/// `3.0` is the integer 3 to JSON Schema (and to JavaScript), but serde refuses it for an integer
+/// field; so a float without a fraction that fits an i64 becomes that integer before a body of a
+/// known shape is deserialized (fields of type f64 take integers as well).
+fn integral_floats_to_integers(value: &mut Value) {
+    match value {
+        Value::Number(n) if !(n.is_i64() || n.is_u64()) => {
+            if let Some(f) = n.as_f64()
+                && f.fract() == 0.0
+                && f >= i64::MIN as f64
+                && f < i64::MAX as f64
+            {
+                *value = Value::from(f as i64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_floats_to_integers),
+        Value::Object(map) => map.values_mut().for_each(integral_floats_to_integers),
+        _ => {}
     }
 }
 
@@ -227,7 +261,8 @@ impl Precondition {
                     None
                 } else {
                     let tag = raw.strip_prefix("W/").unwrap_or(raw).trim_matches('"');
-                    Some(tag.parse::<u64>().map_err(|_| {
+                    let ov = tag.parse::<u64>().ok().filter(|ov| i64::try_from(*ov).is_ok());
+                    Some(ov.ok_or_else(|| {
                         ApiError::bad_request(format!(
                             "If-Match must carry an object version such as \"3\", got `{raw}`"
                         ))
@@ -276,5 +311,36 @@ mod tests {
         assert!(Precondition::from_request(&h, None).is_err());
         h.insert(header::IF_MATCH, HeaderValue::from_static("\"1\""));
         assert!(Precondition::from_request(&h, Some(2)).is_err());
+        // Versions are int64: a larger If-Match is malformed, not a huge (or negative) ov.
+        h.insert(header::IF_MATCH, HeaderValue::from_static("\"9223372036854775808\""));
+        assert!(Precondition::from_request(&h, None).is_err());
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    struct Versions {
+        #[serde(default, deserialize_with = "int64")]
+        ov: Option<u64>,
+    }
+
+    #[test]
+    fn int64_fields_refuse_larger_numbers() {
+        let ok: Versions = serde_json::from_str(r#"{"ov": 9223372036854775807}"#).unwrap();
+        assert_eq!(ok.ov, Some(i64::MAX as u64));
+        let absent: Versions = serde_json::from_str("{}").unwrap();
+        assert_eq!(absent.ov, None);
+        assert!(serde_json::from_str::<Versions>(r#"{"ov": 9223372036854775808}"#).is_err());
+        let query = |q: &str| Query::<Versions>::try_from_uri(&format!("http://h/?{q}").parse().unwrap());
+        assert_eq!(query("ov=3").unwrap().0.ov, Some(3));
+        assert!(query("ov=18446744073709551615").is_err());
+    }
+
+    #[test]
+    fn integral_floats_become_integers() {
+        let mut v = serde_json::json!({"ov": 390.0, "days": 1.5, "list": [2.0e3], "big": 1.0e30});
+        integral_floats_to_integers(&mut v);
+        assert_eq!(
+            v,
+            serde_json::json!({"ov": 390, "days": 1.5, "list": [2000], "big": 1.0e30})
+        );
     }
 }

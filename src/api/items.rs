@@ -15,7 +15,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::AppState;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody, Result};
-use super::extract::{Body, CollectionPath, ItemPath, JsonObject, JsonObjects, Precondition, Q};
+use super::extract::{Body, CollectionPath, ItemPath, JsonObject, JsonObjects, Precondition, Q, int64};
 use crate::engine::{
     Attribution, CollectionName, ContentMode, Engine, Enrichment, HistoryPoint, ItemId, ListOptions, PrunePolicy,
     PruneReport, ReadOptions, Record, RestoreCounts, TieringReport, Timestamp, Totals, VersionEntry, VersionTarget,
@@ -85,10 +85,13 @@ impl From<VersionEntry> for VersionInfo {
 #[into_params(parameter_in = Query)]
 pub struct CreateQuery {
     /// Choose the item id (letters, digits, `_ - . :`; at most 128). Generated when absent.
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")]
     id: Option<String>,
     /// Who writes (defaults to the token's name).
+    #[param(max_length = 256, pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*$")]
     actor: Option<String>,
     /// Why.
+    #[param(max_length = 1024, pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*$")]
     reason: Option<String>,
 }
 
@@ -98,8 +101,22 @@ pub struct CreateQuery {
 pub struct WriteQuery {
     /// Optimistic lock: the write applies only if the item is at this ov (or use `If-Match`).
     #[param(minimum = 0)]
+    #[serde(default, deserialize_with = "int64")]
     expected_ov: Option<u64>,
+    #[param(max_length = 256, pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*$")]
     actor: Option<String>,
+    #[param(max_length = 1024, pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*$")]
+    reason: Option<String>,
+}
+
+/// Who writes and why, for writes without an optimistic lock.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AttributionQuery {
+    #[param(max_length = 256, pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*$")]
+    actor: Option<String>,
+    #[param(max_length = 1024, pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*$")]
     reason: Option<String>,
 }
 
@@ -109,6 +126,7 @@ pub struct WriteQuery {
 pub struct GetQuery {
     /// Read this object version.
     #[param(minimum = 0)]
+    #[serde(default, deserialize_with = "int64")]
     ov: Option<u64>,
     /// Read the version current at this time (RFC 3339).
     #[param(value_type = Option<String>, format = DateTime)]
@@ -117,6 +135,7 @@ pub struct GetQuery {
     #[serde(default)]
     include_deleted: bool,
     /// Content properties as their value (`inline`, the default) or as stored references (`ref`).
+    #[param(pattern = "^(inline|ref)$")]
     content: Option<String>,
     /// Add presigned URLs: `_system.payloadUrl` and a `url` in each content reference.
     #[serde(default)]
@@ -132,6 +151,7 @@ pub struct GetQuery {
 pub struct HistoryQuery {
     /// Start after this ov (from `nextAfterOv`).
     #[param(minimum = 0)]
+    #[serde(default, deserialize_with = "int64")]
     after_ov: Option<u64>,
     /// Page size, 1-1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
@@ -151,8 +171,10 @@ pub struct ListQuery {
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
     /// Continue after this id (from `nextAfterId`).
+    #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")]
     after_id: Option<String>,
     /// `id` (default) or `-id` for descending.
+    #[param(pattern = "^(id|-id)$")]
     sort: Option<String>,
     #[serde(default)]
     include_deleted: bool,
@@ -162,6 +184,7 @@ pub struct ListQuery {
     /// Comma-separated top-level properties to return.
     fields: Option<String>,
     /// Content properties as their value (`inline`, the default) or as stored references (`ref`).
+    #[param(pattern = "^(inline|ref)$")]
     content: Option<String>,
     /// Add presigned URLs: `_system.payloadUrl` and a `url` in each content reference.
     #[serde(default)]
@@ -329,7 +352,9 @@ pub async fn create(
     responses(
         (status = 200, body = ListResponse),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+        (status = 404, body = ErrorBody),
+        (status = 422, description = "`presign` on a database without S3", body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     path: CollectionPath,
@@ -398,7 +423,9 @@ pub async fn list(
     responses(
         (status = 200, description = "The record: its data plus a `_system` block", body = Object, headers(("ETag" = String))),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+        (status = 404, body = ErrorBody),
+        (status = 422, description = "`presign` on a database without S3", body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
 pub async fn get(State(state): State<AppState>, path: ItemPath, Q(q): Q<GetQuery>) -> Result<Response> {
     let engine = engine(&state, &path.db)?;
     let opts = ReadOptions {
@@ -425,7 +452,7 @@ pub async fn get(State(state): State<AppState>, path: ItemPath, Q(q): Q<GetQuery
 /// Replace an item's data (ov + 1). Optimistic locking with `If-Match` or `expectedOv`.
 #[utoipa::path(put, path = "/v1/{db}/{collection}/items/{id}", tag = "items",
     params(("db" = String, Path), ("collection" = String, Path), ("id" = String, Path),
-        ("If-Match" = Option<String>, Header, description = "The ov the write expects, e.g. \"3\""), WriteQuery),
+        ("If-Match" = Option<String>, Header, nullable = false, description = "The ov the write expects, e.g. \"3\"", pattern = "^(\\*|(W/)?\"?[0-9]{1,18}\"?)$"), WriteQuery),
     request_body(content = Object, description = "The new data"),
     responses(
         (status = 200, body = WriteResult, headers(("ETag" = String))),
@@ -454,7 +481,7 @@ pub async fn update(
 /// Logically delete an item: a new version marked deleted (the data is kept).
 #[utoipa::path(delete, path = "/v1/{db}/{collection}/items/{id}", tag = "items",
     params(("db" = String, Path), ("collection" = String, Path), ("id" = String, Path),
-        ("If-Match" = Option<String>, Header, description = "The ov the delete expects"), WriteQuery),
+        ("If-Match" = Option<String>, Header, nullable = false, description = "The ov the delete expects", pattern = "^(\\*|(W/)?\"?[0-9]{1,18}\"?)$"), WriteQuery),
     responses(
         (status = 200, body = WriteResult, headers(("ETag" = String))),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
@@ -514,10 +541,14 @@ pub async fn history(
 #[into_params(parameter_in = Query)]
 pub struct EnrichQuery {
     /// The enrichment function: recorded in `_system.functionIds`.
+    #[param(min_length = 1, max_length = 256)]
     function_id: Option<String>,
     #[param(minimum = 0)]
+    #[serde(default, deserialize_with = "int64")]
     expected_ov: Option<u64>,
+    #[param(max_length = 256, pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*$")]
     actor: Option<String>,
+    #[param(max_length = 1024, pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*$")]
     reason: Option<String>,
 }
 
@@ -526,7 +557,7 @@ pub struct EnrichQuery {
 /// `id`/`_id`).
 #[utoipa::path(patch, path = "/v1/{db}/{collection}/items/{id}", tag = "items",
     params(("db" = String, Path), ("collection" = String, Path), ("id" = String, Path),
-        ("If-Match" = Option<String>, Header, description = "The ov the enrichment expects"), EnrichQuery),
+        ("If-Match" = Option<String>, Header, nullable = false, description = "The ov the enrichment expects", pattern = "^(\\*|(W/)?\"?[0-9]{1,18}\"?)$"), EnrichQuery),
     request_body(content = Object, description = "A patch object, or an array of patch objects"),
     responses(
         (status = 200, body = WriteResult, headers(("ETag" = String))),
@@ -561,6 +592,7 @@ pub async fn enrich(
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RestoreItemRequest {
     #[schema(minimum = 0)]
+    #[serde(default, deserialize_with = "int64")]
     pub ov: Option<u64>,
     /// RFC 3339.
     #[schema(value_type = Option<String>, format = DateTime)]
@@ -570,7 +602,7 @@ pub struct RestoreItemRequest {
 /// Restore an item: append a version equal to an earlier one. A deleted item is undeleted.
 #[utoipa::path(post, path = "/v1/{db}/{collection}/items/{id}/restore", tag = "items",
     params(("db" = String, Path), ("collection" = String, Path), ("id" = String, Path),
-        ("If-Match" = Option<String>, Header, description = "The ov the restore expects"), WriteQuery),
+        ("If-Match" = Option<String>, Header, nullable = false, description = "The ov the restore expects", pattern = "^(\\*|(W/)?\"?[0-9]{1,18}\"?)$"), WriteQuery),
     request_body = RestoreItemRequest,
     responses(
         (status = 200, body = WriteResult, headers(("ETag" = String))),
@@ -606,6 +638,7 @@ pub async fn restore_item(
 pub struct RestoreCollectionRequest {
     /// Restore to the state after the write with this cv…
     #[schema(minimum = 0)]
+    #[serde(default, deserialize_with = "int64")]
     pub cv: Option<u64>,
     /// …or to the state at this time (RFC 3339). Exactly one of the two.
     #[schema(value_type = Option<String>, format = DateTime)]
@@ -614,6 +647,7 @@ pub struct RestoreCollectionRequest {
     #[serde(default)]
     pub dry_run: bool,
     /// Continue after this item id (the previous page's `nextAfterId`).
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")]
     pub after_id: Option<String>,
     /// Items in this page, 1-1000 (default 500).
     #[schema(minimum = 1, maximum = 1000)]
@@ -635,7 +669,7 @@ pub struct RestoreCollectionResponse {
 /// get a version equal to their state then; items created later are logically deleted. Pages are
 /// idempotent, so an interrupted restore continues from `nextAfterId` (or simply starts over).
 #[utoipa::path(post, path = "/v1/{db}/{collection}/restore", tag = "collections",
-    params(("db" = String, Path), ("collection" = String, Path), WriteQuery),
+    params(("db" = String, Path), ("collection" = String, Path), AttributionQuery),
     request_body = RestoreCollectionRequest,
     responses(
         (status = 200, body = RestoreCollectionResponse),
@@ -646,7 +680,7 @@ pub async fn restore_collection(
     State(state): State<AppState>,
     caller: Caller,
     path: CollectionPath,
-    Q(q): Q<WriteQuery>,
+    Q(q): Q<AttributionQuery>,
     Body(req): Body<RestoreCollectionRequest>,
 ) -> Result<Json<RestoreCollectionResponse>> {
     let engine = engine(&state, &path.db)?;
@@ -655,11 +689,6 @@ pub async fn restore_collection(
         (None, Some(at)) => HistoryPoint::At(at),
         _ => return Err(ApiError::bad_request("give exactly one of `cv` and `at`")),
     };
-    if q.expected_ov.is_some() {
-        return Err(ApiError::bad_request(
-            "`expectedOv` does not apply to a collection restore",
-        ));
-    }
     let after_id = req
         .after_id
         .map(|a| a.parse::<ItemId>())
@@ -711,8 +740,8 @@ pub async fn reset_counters(State(state): State<AppState>, path: CollectionPath)
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ProcessRequest {
-    /// Items not written for this many hours become `processed`.
-    #[schema(minimum = 0)]
+    /// Items not written for this many hours become `processed` (at most 10,000 years).
+    #[schema(minimum = 0, maximum = 87_600_000)]
     pub ttl_hours: f64,
     #[serde(default)]
     pub dry_run: bool,
@@ -734,11 +763,23 @@ pub async fn process_collection(
     Body(req): Body<ProcessRequest>,
 ) -> Result<Json<TieringReport>> {
     let engine = engine(&state, &path.db)?;
+    at_most("ttlHours", req.ttl_hours, 87_600_000.0)?;
     Ok(Json(
         engine
             .mark_processed_by_ttl(&path.collection, req.ttl_hours, req.dry_run, |_| {})
             .await?,
     ))
+}
+
+/// The documented `maximum` of an age (the engine checks the rest: finite, not negative).
+fn at_most(field: &str, value: f64, max: f64) -> Result<()> {
+    if value > max {
+        return Err(ApiError::from(crate::engine::Error::validation(
+            field,
+            format!("must be at most {max} (10,000 years)"),
+        )));
+    }
+    Ok(())
 }
 
 /// Whether an item changed state.
@@ -767,9 +808,10 @@ pub async fn process_item(State(state): State<AppState>, path: ItemPath) -> Resu
 pub struct PruneRequest {
     /// Keep each item's last N versions (at least 1).
     #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "int64")]
     pub keep_last: Option<u64>,
-    /// Keep versions younger than this many days.
-    #[schema(minimum = 0)]
+    /// Keep versions younger than this many days (at most 10,000 years).
+    #[schema(minimum = 0, maximum = 3_650_000)]
     pub max_age_days: Option<f64>,
     /// Also delete pruned versions' payloads (they then can no longer be read).
     #[serde(default)]
@@ -794,6 +836,9 @@ pub async fn prune(
     Body(req): Body<PruneRequest>,
 ) -> Result<Json<PruneReport>> {
     let engine = engine(&state, &path.db)?;
+    if let Some(days) = req.max_age_days {
+        at_most("maxAgeDays", days, 3_650_000.0)?;
+    }
     let policy = PrunePolicy {
         keep_last: req.keep_last,
         max_age_days: req.max_age_days,

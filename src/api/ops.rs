@@ -1,4 +1,5 @@
-//! Operational routes: liveness, readiness, Prometheus metrics, the OpenAPI document.
+//! Operational routes: liveness, readiness, Prometheus metrics, the OpenAPI document. They are
+//! public (no bearer token), which their `security(())` says in the document.
 
 use std::time::Duration;
 
@@ -18,13 +19,13 @@ pub struct Health {
 }
 
 /// Liveness: the process serves HTTP.
-#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = Health)))]
+#[utoipa::path(get, path = "/healthz", tag = "operations", security(()), responses((status = 200, body = Health)))]
 pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok".into() })
 }
 
 /// Readiness: every database's backends answer.
-#[utoipa::path(get, path = "/readyz", tag = "operations",
+#[utoipa::path(get, path = "/readyz", tag = "operations", security(()),
     responses((status = 200, body = Health), (status = 503, body = ErrorBody)))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     for (key, engine) in state.databases() {
@@ -50,7 +51,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiEr
 }
 
 /// Metrics in the Prometheus text format.
-#[utoipa::path(get, path = "/metrics", tag = "operations",
+#[utoipa::path(get, path = "/metrics", tag = "operations", security(()),
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     (
@@ -61,7 +62,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 }
 
 /// This API's OpenAPI 3 document.
-#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", security(()),
     responses((status = 200, description = "OpenAPI 3 document", body = Object)))]
 pub async fn openapi(State(state): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], state.openapi_json()).into_response()
