@@ -15,4 +15,5 @@ source scripts/test-env.sh
 eval "$(scripts/kube-apiserver.sh env)"
 
 cargo test --locked "$@"
+if [ "$#" -eq 0 ]; then cargo build --locked --bin chronos; scripts/schemathesis.sh; fi
 if [ "$#" -eq 0 ]; then cargo bench --locked --profile dev --bench throughput -- --smoke; fi
