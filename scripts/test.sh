@@ -6,9 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Set first, so a failed start still stops what did start (stopping what isn't running is quiet).
+trap 'scripts/kube-apiserver.sh stop; scripts/services.sh stop' EXIT
 scripts/services.sh start
 scripts/kube-apiserver.sh start
-trap 'scripts/kube-apiserver.sh stop; scripts/services.sh stop' EXIT
 # shellcheck source=scripts/test-env.sh
 source scripts/test-env.sh
 # The test Kubernetes API server's KUBECONFIG and CHRONOS_TEST_KUBE* (the operator tests).
