@@ -10,19 +10,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::AppState;
-use super::error::{ApiError, ErrorBody, Result};
+use super::error::{ErrorBody, Result};
 use super::extract::Body;
-use crate::engine::{Check, Engine, StoreStatus};
-
-fn database(state: &AppState, db: &str) -> Result<std::sync::Arc<Engine>> {
-    state.database(db).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "database_not_found",
-            format!("no database `{db}`"),
-        )
-    })
-}
+use crate::engine::{Check, StoreStatus};
 
 /// The findings of a validation.
 #[derive(Debug, Serialize, ToSchema)]
@@ -39,7 +29,7 @@ pub struct Validation {
     responses((status = 200, body = Validation), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody)))]
 pub async fn validate(State(state): State<AppState>, Path(db): Path<String>) -> Result<Json<Validation>> {
-    let checks = database(&state, &db)?.validate().await;
+    let checks = state.engine(&db)?.validate().await;
     Ok(Json(Validation {
         ok: checks.iter().all(|c| c.ok),
         checks,
@@ -68,7 +58,7 @@ pub async fn ensure_buckets(
     Path(db): Path<String>,
     Body(req): Body<EnsureBuckets>,
 ) -> Result<Json<Vec<StoreStatus>>> {
-    let engine = database(&state, &db)?;
+    let engine = state.engine(&db)?;
     Ok(Json(engine.ensure_stores(req.create_if_missing, req.dry_run).await?))
 }
 
@@ -85,7 +75,7 @@ pub struct S3Test {
     responses((status = 200, body = S3Test), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn s3_test(State(state): State<AppState>, Path(db): Path<String>) -> Result<Json<S3Test>> {
-    let round_trip_ms = database(&state, &db)?.test_payload_store().await?;
+    let round_trip_ms = state.engine(&db)?.test_payload_store().await?;
     Ok(Json(S3Test { round_trip_ms }))
 }
 

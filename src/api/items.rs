@@ -1,7 +1,5 @@
 //! Item routes: create, read (latest, `?ov=`, `?at=`), update, delete, history.
 
-use std::sync::Arc;
-
 use std::time::Duration;
 
 use axum::Json;
@@ -308,16 +306,6 @@ pub fn record_json(collection: &CollectionName, r: Record) -> Value {
     Value::Object(out)
 }
 
-fn engine(state: &AppState, db: &str) -> Result<Arc<Engine>> {
-    state.database(db).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "database_not_found",
-            format!("no database `{db}`"),
-        )
-    })
-}
-
 /// Create an item (ov 0).
 #[utoipa::path(post, path = "/v1/{db}/{collection}/items", tag = "items",
     params(("db" = String, Path, description = "Database (tenant) key"), ("collection" = String, Path), CreateQuery),
@@ -335,7 +323,7 @@ pub async fn create(
     Q(q): Q<CreateQuery>,
     JsonObject(data): JsonObject,
 ) -> Result<Response> {
-    let engine = engine(&state, &path.db)?;
+    let engine = state.engine(&path.db)?;
     let id =
         q.id.map(|s| s.parse::<ItemId>())
             .transpose()
@@ -360,7 +348,7 @@ pub async fn list(
     path: CollectionPath,
     Q(q): Q<ListQuery>,
 ) -> Result<Json<ListResponse>> {
-    let engine = engine(&state, &path.db)?;
+    let engine = state.engine(&path.db)?;
     let filter = match q.filter.as_deref() {
         None | Some("") => Value::Null,
         Some(text) => {
@@ -427,7 +415,7 @@ pub async fn list(
         (status = 422, description = "`presign` on a database without S3", body = ErrorBody),
         (status = 503, body = ErrorBody)))]
 pub async fn get(State(state): State<AppState>, path: ItemPath, Q(q): Q<GetQuery>) -> Result<Response> {
-    let engine = engine(&state, &path.db)?;
+    let engine = state.engine(&path.db)?;
     let opts = ReadOptions {
         include_deleted: q.include_deleted,
     };
@@ -468,7 +456,7 @@ pub async fn update(
     Q(q): Q<WriteQuery>,
     JsonObject(data): JsonObject,
 ) -> Result<Response> {
-    let engine = engine(&state, &path.db)?;
+    let engine = state.engine(&path.db)?;
     let pre = Precondition::from_request(&headers, q.expected_ov)?;
     let who = attribution(&caller, q.actor, q.reason)?;
     let outcome = engine
@@ -494,7 +482,7 @@ pub async fn delete(
     headers: HeaderMap,
     Q(q): Q<WriteQuery>,
 ) -> Result<Response> {
-    let engine = engine(&state, &path.db)?;
+    let engine = state.engine(&path.db)?;
     let pre = Precondition::from_request(&headers, q.expected_ov)?;
     let who = attribution(&caller, q.actor, q.reason)?;
     let outcome = engine
@@ -516,7 +504,7 @@ pub async fn history(
     path: ItemPath,
     Q(q): Q<HistoryQuery>,
 ) -> Result<Json<HistoryPage>> {
-    let engine = engine(&state, &path.db)?;
+    let engine = state.engine(&path.db)?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request("`limit` must be between 1 and 1000"));
@@ -573,7 +561,7 @@ pub async fn enrich(
     Q(q): Q<EnrichQuery>,
     JsonObjects(patches): JsonObjects,
 ) -> Result<Response> {
-    let engine = engine(&state, &path.db)?;
+    let engine = state.engine(&path.db)?;
     let pre = Precondition::from_request(&headers, q.expected_ov)?;
     let who = attribution(&caller, q.actor, q.reason)?;
     let enrichment = Enrichment {
@@ -617,7 +605,7 @@ pub async fn restore_item(
     Q(q): Q<WriteQuery>,
     Body(req): Body<RestoreItemRequest>,
 ) -> Result<Response> {
-    let engine = engine(&state, &path.db)?;
+    let engine = state.engine(&path.db)?;
     let target = match (req.ov, req.at) {
         (Some(ov), None) => VersionTarget::Ov(ov),
         (None, Some(at)) => VersionTarget::At(at),
@@ -683,7 +671,7 @@ pub async fn restore_collection(
     Q(q): Q<AttributionQuery>,
     Body(req): Body<RestoreCollectionRequest>,
 ) -> Result<Json<RestoreCollectionResponse>> {
-    let engine = engine(&state, &path.db)?;
+    let engine = state.engine(&path.db)?;
     let point = match (req.cv, req.at) {
         (Some(cv), None) => HistoryPoint::Cv(cv),
         (None, Some(at)) => HistoryPoint::At(at),
@@ -719,7 +707,7 @@ pub async fn restore_collection(
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn counters(State(state): State<AppState>, path: CollectionPath) -> Result<Json<Totals>> {
-    let engine = engine(&state, &path.db)?;
+    let engine = state.engine(&path.db)?;
     Ok(Json(engine.totals(&path.collection).await?))
 }
 
@@ -731,7 +719,7 @@ pub async fn counters(State(state): State<AppState>, path: CollectionPath) -> Re
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn reset_counters(State(state): State<AppState>, path: CollectionPath) -> Result<Json<Totals>> {
-    let engine = engine(&state, &path.db)?;
+    let engine = state.engine(&path.db)?;
     engine.reset_totals(&path.collection).await?;
     Ok(Json(engine.totals(&path.collection).await?))
 }
@@ -762,7 +750,7 @@ pub async fn process_collection(
     path: CollectionPath,
     Body(req): Body<ProcessRequest>,
 ) -> Result<Json<TieringReport>> {
-    let engine = engine(&state, &path.db)?;
+    let engine = state.engine(&path.db)?;
     at_most("ttlHours", req.ttl_hours, 87_600_000.0)?;
     Ok(Json(
         engine
@@ -797,7 +785,7 @@ pub struct Processed {
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn process_item(State(state): State<AppState>, path: ItemPath) -> Result<Json<Processed>> {
-    let engine = engine(&state, &path.db)?;
+    let engine = state.engine(&path.db)?;
     let changed = engine.mark_item_processed(&path.collection, &path.id).await?;
     Ok(Json(Processed { changed }))
 }
@@ -835,7 +823,7 @@ pub async fn prune(
     path: CollectionPath,
     Body(req): Body<PruneRequest>,
 ) -> Result<Json<PruneReport>> {
-    let engine = engine(&state, &path.db)?;
+    let engine = state.engine(&path.db)?;
     if let Some(days) = req.max_age_days {
         at_most("maxAgeDays", days, 3_650_000.0)?;
     }

@@ -88,6 +88,17 @@ impl AppState {
         self.snapshot().get(key).cloned()
     }
 
+    /// The database a request names, or the API's 404 for an unknown key.
+    pub fn engine(&self, key: &str) -> Result<Arc<Engine>, ApiError> {
+        self.database(key).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "database_not_found",
+                format!("no database `{key}`"),
+            )
+        })
+    }
+
     /// The databases served now, by key.
     pub fn databases(&self) -> Vec<(String, Arc<Engine>)> {
         self.snapshot().iter().map(|(k, e)| (k.clone(), e.clone())).collect()
