@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::engine::query::Filter;
 use crate::engine::s3::S3Connection;
 use crate::engine::{CollectionMap, CollectionName, ContentKind, CounterRule, EngineSettings};
 
@@ -169,6 +168,17 @@ pub struct CollectionMapConfig {
     pub content_props: BTreeMap<String, ContentKind>,
 }
 
+impl CollectionMapConfig {
+    /// The engine's view of this map.
+    pub fn to_map(&self) -> CollectionMap {
+        CollectionMap {
+            indexed_props: Some(self.indexed_props.clone()).filter(|p| !p.is_empty()),
+            required_indexed: self.validation.required_indexed.clone(),
+            content_props: self.content_props.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ValidationConfig {
@@ -283,14 +293,7 @@ impl Config {
         settings.collection_maps = self
             .collection_maps
             .iter()
-            .map(|(name, m)| {
-                let map = CollectionMap {
-                    indexed_props: Some(m.indexed_props.clone()).filter(|p| !p.is_empty()),
-                    required_indexed: m.validation.required_indexed.clone(),
-                    content_props: m.content_props.clone(),
-                };
-                (name.clone(), map)
-            })
+            .map(|(name, m)| (name.clone(), m.to_map()))
             .collect();
         settings.counter_rules = self.counters.iter().map(|(c, r)| (c.clone(), r.clone())).collect();
         settings
@@ -412,56 +415,23 @@ impl Config {
             );
         }
         for (name, map) in &self.collection_maps {
-            let field = |f: &str| format!("collectionMaps.{name}{f}");
             if let Err(e) = name.parse::<CollectionName>() {
-                issue(field(""), &e.to_string());
+                issue(format!("collectionMaps.{name}"), &e.to_string());
             }
-            for (i, p) in map
-                .indexed_props
-                .iter()
-                .chain(&map.validation.required_indexed)
-                .enumerate()
-            {
-                if p.is_empty() || p.starts_with('$') || p.contains('.') || p == "_system" {
-                    issue(
-                        field(&format!(" property {i} ({p:?})")),
-                        "expected a top-level property name without `$` or `.`",
-                    );
-                }
-            }
-            for p in map.content_props.keys() {
-                if map.indexed_props.contains(p) {
-                    issue(
-                        field(".contentProps"),
-                        &format!("`{p}` can't be both indexed and content"),
-                    );
-                }
-            }
-            for r in &map.validation.required_indexed {
-                if !map.indexed_props.is_empty() && !map.indexed_props.contains(r) {
-                    issue(
-                        field(".validation.requiredIndexed"),
-                        &format!("`{r}` is not listed in indexedProps"),
-                    );
-                }
+            for (field, problem) in map.to_map().problems() {
+                let field = match field {
+                    "requiredIndexed" => "validation.requiredIndexed",
+                    other => other,
+                };
+                issue(format!("collectionMaps.{name}.{field}"), &problem);
             }
         }
         for (name, rules) in &self.counters {
             if let Err(e) = name.parse::<CollectionName>() {
                 issue(format!("counters.{name}"), &e.to_string());
             }
-            let mut seen = std::collections::HashSet::new();
-            for (i, rule) in rules.iter().enumerate() {
-                let field = |f: &str| format!("counters.{name}[{i}].{f}");
-                if rule.name.is_empty() || !seen.insert(rule.name.as_str()) {
-                    issue(field("name"), "expected a unique, non-empty name");
-                }
-                if rule.on.is_empty() {
-                    issue(field("on"), "expected at least one of CREATE, UPDATE, DELETE, RESTORE");
-                }
-                if let Err(e) = Filter::parse(&rule.when, &|_| true) {
-                    issue(field("when"), &e.to_string());
-                }
+            for (i, field, problem) in crate::engine::counters::rule_problems(rules) {
+                issue(format!("counters.{name}[{i}].{field}"), &problem);
             }
         }
         if self.database_types.is_some() && self.mongo_uris.is_empty() {

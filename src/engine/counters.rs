@@ -28,6 +28,29 @@ pub struct CounterRule {
     pub on: Vec<Op>,
 }
 
+/// What is wrong with a collection's counter rules, as (rule index, field, problem); the field
+/// is `name`, `on` or `when`. Shared by the configuration file and the operator.
+pub fn rule_problems(rules: &[CounterRule]) -> Vec<(usize, &'static str, String)> {
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (i, rule) in rules.iter().enumerate() {
+        if rule.name.is_empty() || !seen.insert(rule.name.as_str()) {
+            out.push((i, "name", "expected a unique, non-empty name".to_owned()));
+        }
+        if rule.on.is_empty() {
+            out.push((
+                i,
+                "on",
+                "expected at least one of CREATE, UPDATE, DELETE, RESTORE".to_owned(),
+            ));
+        }
+        if let Err(e) = Filter::parse(&rule.when, &|_| true) {
+            out.push((i, "when", e.to_string()));
+        }
+    }
+    out
+}
+
 /// A collection's counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]

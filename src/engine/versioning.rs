@@ -37,6 +37,36 @@ pub struct CollectionMap {
 }
 
 impl CollectionMap {
+    /// What is wrong with this map, as (field, problem); the field is `indexedProps`,
+    /// `requiredIndexed` or `contentProps`. Shared by the configuration file and the operator.
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        let indexed = self.indexed_props.as_deref().unwrap_or_default();
+        let named = indexed
+            .iter()
+            .map(|p| ("indexedProps", p))
+            .chain(self.required_indexed.iter().map(|p| ("requiredIndexed", p)));
+        for (field, p) in named {
+            if p.is_empty() || p.starts_with('$') || p.contains('.') || p == SYSTEM_KEY {
+                out.push((
+                    field,
+                    format!("`{p}`: expected a top-level property name without `$` or `.`"),
+                ));
+            }
+        }
+        for p in self.content_props.keys() {
+            if indexed.contains(p) {
+                out.push(("contentProps", format!("`{p}` can't be both indexed and content")));
+            }
+        }
+        for r in &self.required_indexed {
+            if !indexed.is_empty() && !indexed.contains(r) {
+                out.push(("requiredIndexed", format!("`{r}` is not listed in indexedProps")));
+            }
+        }
+        out
+    }
+
     fn explicit(&self) -> Option<&[String]> {
         self.indexed_props.as_deref().filter(|p| !p.is_empty())
     }

@@ -119,38 +119,19 @@ impl ChronosCollectionSpec {
             .name
             .parse::<CollectionName>()
             .map_err(|e| format!("spec.name: {e}"));
-        for p in self.indexed_props.iter().chain(&self.required_indexed) {
-            if p.is_empty() || p.starts_with('$') || p.contains('.') || p == "_system" {
-                out.push(format!("property {p:?}: expected a top-level name without `$` or `.`"));
-            }
+        let map = CollectionMap {
+            indexed_props: Some(self.indexed_props.clone()).filter(|p| !p.is_empty()),
+            required_indexed: self.required_indexed.clone(),
+            ..Default::default()
+        };
+        for (field, problem) in map.problems() {
+            out.push(format!("spec.{field}: {problem}"));
         }
-        for r in &self.required_indexed {
-            if !self.indexed_props.is_empty() && !self.indexed_props.contains(r) {
-                out.push(format!("spec.requiredIndexed: `{r}` is not listed in indexedProps"));
-            }
-        }
-        let mut names = std::collections::HashSet::new();
-        for (i, c) in self.counters.iter().enumerate() {
-            if c.name.is_empty() || !names.insert(c.name.as_str()) {
-                out.push(format!("spec.counters[{i}].name: expected a unique, non-empty name"));
-            }
-            if c.on.is_empty() {
-                out.push(format!("spec.counters[{i}].on: expected at least one operation"));
-            }
-            let when = c.when.clone().unwrap_or(serde_json::Value::Null);
-            if let Err(e) = crate::engine::query::Filter::parse(&when, &|_| true) {
-                out.push(format!("spec.counters[{i}].when: {e}"));
-            }
+        for (i, field, problem) in crate::engine::counters::rule_problems(&self.counter_rules()) {
+            out.push(format!("spec.counters[{i}].{field}: {problem}"));
         }
         match name {
-            Ok(name) if out.is_empty() => Ok((
-                name,
-                CollectionMap {
-                    indexed_props: Some(self.indexed_props.clone()).filter(|p| !p.is_empty()),
-                    required_indexed: self.required_indexed.clone(),
-                    ..Default::default()
-                },
-            )),
+            Ok(name) if out.is_empty() => Ok((name, map)),
             Ok(_) => Err(out),
             Err(e) => {
                 out.insert(0, e);
