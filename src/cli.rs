@@ -56,6 +56,9 @@ pub enum ClientCommand {
         actor: Option<String>,
         #[arg(long)]
         reason: Option<String>,
+        /// Retrying with the same key returns the first outcome and never writes twice.
+        #[arg(long)]
+        idempotency_key: Option<String>,
         #[command(flatten)]
         server: Server,
     },
@@ -85,6 +88,9 @@ pub enum ClientCommand {
         actor: Option<String>,
         #[arg(long)]
         reason: Option<String>,
+        /// Retrying with the same key returns the first outcome and never writes twice.
+        #[arg(long)]
+        idempotency_key: Option<String>,
         #[command(flatten)]
         server: Server,
     },
@@ -118,6 +124,9 @@ pub enum ClientCommand {
         function_id: Option<String>,
         #[arg(long)]
         expected_ov: Option<u64>,
+        /// Retrying with the same key returns the first outcome and never writes twice.
+        #[arg(long)]
+        idempotency_key: Option<String>,
         #[command(flatten)]
         server: Server,
     },
@@ -148,6 +157,15 @@ pub enum ClientCommand {
         #[command(flatten)]
         server: Server,
     },
+    /// The retry queue of a database: writes accepted (202) while a backend was failing.
+    Queue {
+        /// Database (tenant) key.
+        db: String,
+        #[command(subcommand)]
+        action: QueueAction,
+        #[command(flatten)]
+        server: Server,
+    },
     /// An item's versions, oldest first (all pages).
     History {
         #[command(flatten)]
@@ -156,6 +174,25 @@ pub enum ClientCommand {
         #[command(flatten)]
         server: Server,
     },
+}
+
+#[derive(Subcommand)]
+pub enum QueueAction {
+    /// How many queued writes are pending, running, or dead letters.
+    Stats,
+    /// List queued writes in one state, oldest first.
+    List {
+        #[arg(long, default_value = "pending", value_parser = ["pending", "running", "succeeded", "dead", "cancelled"])]
+        status: String,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// One queued write: status, attempts, last error, result.
+    Show { operation_id: String },
+    /// Put a dead letter back in the queue.
+    Retry { operation_id: String },
+    /// Cancel a pending queued write or a dead letter.
+    Cancel { operation_id: String },
 }
 
 impl ClientCommand {
@@ -169,6 +206,7 @@ impl ClientCommand {
                 expected_ov,
                 actor,
                 reason,
+                idempotency_key,
                 server,
             } => {
                 let client = server.client()?;
@@ -177,6 +215,7 @@ impl ClientCommand {
                     expected_ov,
                     actor,
                     reason,
+                    idempotency_key,
                 };
                 let result = match (&id, create) {
                     (Some(id), false) => client.update(&target.db, &target.collection, id, &data, &opts).await,
@@ -214,12 +253,14 @@ impl ClientCommand {
                 expected_ov,
                 actor,
                 reason,
+                idempotency_key,
                 server,
             } => {
                 let opts = WriteOptions {
                     expected_ov,
                     actor,
                     reason,
+                    idempotency_key,
                 };
                 let result = server
                     .client()?
@@ -269,6 +310,7 @@ impl ClientCommand {
                 patch,
                 function_id,
                 expected_ov,
+                idempotency_key,
                 server,
             } => {
                 let patches = match read_json(&patch)? {
@@ -284,6 +326,7 @@ impl ClientCommand {
                 };
                 let opts = WriteOptions {
                     expected_ov,
+                    idempotency_key,
                     ..Default::default()
                 };
                 let result = server
@@ -339,6 +382,54 @@ impl ClientCommand {
                 };
                 let counts = restore_collection(&client, &target, &point, dry_run, resume_after, &opts).await?;
                 server.print_counts(&counts, dry_run);
+            }
+            ClientCommand::Queue { db, action, server } => {
+                let client = server.client()?;
+                let err = |e: chronos::client::Error| e.to_string();
+                match action {
+                    QueueAction::Stats => {
+                        let st = client.queue_stats(&db).await.map_err(err)?;
+                        if server.output == Output::Json {
+                            println!(
+                                "{}",
+                                serde_json::json!({"pending": st.pending, "running": st.running, "dead": st.dead})
+                            );
+                        } else {
+                            let mut table = Table::new();
+                            table.set_header(["PENDING", "RUNNING", "DEAD"]);
+                            table.add_row([st.pending.to_string(), st.running.to_string(), st.dead.to_string()]);
+                            println!("{table}");
+                        }
+                    }
+                    QueueAction::List { status, limit } => {
+                        let mut ops = Vec::new();
+                        let mut after: Option<String> = None;
+                        while ops.len() < limit {
+                            let page = client
+                                .list_operations(&db, &status, after.as_deref(), (limit - ops.len()).min(1000))
+                                .await
+                                .map_err(err)?;
+                            ops.extend(page.operations);
+                            match page.next_after_id {
+                                Some(next) => after = Some(next),
+                                None => break,
+                            }
+                        }
+                        server.print_operations(&ops);
+                    }
+                    QueueAction::Show { operation_id } => {
+                        let op = client.operation(&db, &operation_id).await.map_err(err)?;
+                        server.print_operations(&[op]);
+                    }
+                    QueueAction::Retry { operation_id } => {
+                        let op = client.retry_operation(&db, &operation_id).await.map_err(err)?;
+                        server.print_operations(&[op]);
+                    }
+                    QueueAction::Cancel { operation_id } => {
+                        let op = client.cancel_operation(&db, &operation_id).await.map_err(err)?;
+                        server.print_operations(&[op]);
+                    }
+                }
             }
             ClientCommand::History { target, id, server } => {
                 let client = server.client()?;
@@ -424,6 +515,34 @@ impl Server {
 }
 
 impl Server {
+    fn print_operations(&self, ops: &[chronos::client::OperationInfo]) {
+        if self.output == Output::Json {
+            let rows: Vec<Value> = ops
+                .iter()
+                .map(|o| {
+                    serde_json::json!({"operationId": o.operation_id, "status": o.status, "collection": o.collection,
+                        "id": o.id, "op": o.op, "attempts": o.attempts, "dueAt": o.due_at, "lastError": o.last_error,
+                        "result": o.result})
+                })
+                .collect();
+            println!("{}", Value::Array(rows));
+            return;
+        }
+        let mut table = Table::new();
+        table.set_header(["OPERATION", "STATUS", "OP", "ITEM", "ATTEMPTS", "LAST ERROR"]);
+        for o in ops {
+            table.add_row([
+                o.operation_id.clone(),
+                o.status.clone(),
+                o.op.clone(),
+                format!("{}/{}", o.collection, o.id),
+                o.attempts.to_string(),
+                o.last_error.clone().unwrap_or_default(),
+            ]);
+        }
+        println!("{table}");
+    }
+
     fn print_counts(&self, c: &RestoreCounts, dry_run: bool) {
         if self.output == Output::Json {
             println!(

@@ -20,6 +20,12 @@ pub enum Error {
     Transport { url: String, message: String },
     #[error("unexpected response from the server: {0}")]
     Protocol(String),
+    /// The server accepted the write for later (202): a backend failed transiently and the
+    /// write waits in the retry queue. Poll [`Client::operation`] for its outcome.
+    #[error(
+        "accepted for retry: the write is queued as operation {operation_id} (`chronos queue show {operation_id}`)"
+    )]
+    Queued { operation_id: String, id: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -129,12 +135,45 @@ pub enum Version {
     At(String),
 }
 
-/// Who writes and why, plus the optimistic lock.
+/// Who writes and why, plus the optimistic lock and the idempotency key.
 #[derive(Debug, Clone, Default)]
 pub struct WriteOptions {
     pub expected_ov: Option<u64>,
     pub actor: Option<String>,
     pub reason: Option<String>,
+    /// Sent as `Idempotency-Key`: a retry with the same key returns the first outcome.
+    pub idempotency_key: Option<String>,
+}
+
+/// A queued write (see `GET /v1/{db}/_operations/{id}`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OperationInfo {
+    pub operation_id: String,
+    pub status: String,
+    pub collection: String,
+    pub id: String,
+    pub op: String,
+    pub attempts: u32,
+    pub due_at: String,
+    pub last_error: Option<String>,
+    pub result: Option<Value>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OperationPage {
+    pub operations: Vec<OperationInfo>,
+    pub next_after_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct QueueStats {
+    pub pending: u64,
+    pub running: u64,
+    pub dead: u64,
 }
 
 #[derive(Clone)]
@@ -192,6 +231,19 @@ impl Client {
             url: url.clone(),
             message: e.to_string(),
         })?;
+        if status == StatusCode::ACCEPTED {
+            #[derive(Deserialize)]
+            #[serde(rename_all = "camelCase")]
+            struct Queued {
+                operation_id: String,
+                id: String,
+            }
+            let q: Queued = serde_json::from_slice(&bytes).map_err(|e| Error::Protocol(format!("{url}: {e}")))?;
+            return Err(Error::Queued {
+                operation_id: q.operation_id,
+                id: q.id,
+            });
+        }
         if status.is_success() {
             return serde_json::from_slice(&bytes).map_err(|e| Error::Protocol(format!("{url}: {e}")));
         }
@@ -215,7 +267,7 @@ impl Client {
             Method::POST,
             url,
             &query,
-            HeaderMap::new(),
+            write_headers(opts),
             Some(&Value::Object(data.clone())),
         )
         .await
@@ -256,7 +308,7 @@ impl Client {
             Method::PUT,
             url,
             &attribution(opts),
-            if_match(opts),
+            write_headers(opts),
             Some(&Value::Object(data.clone())),
         )
         .await
@@ -264,7 +316,7 @@ impl Client {
 
     pub async fn delete(&self, db: &str, collection: &str, id: &str, opts: &WriteOptions) -> Result<WriteResult> {
         let url = self.url(&["v1", db, collection, "items", id]);
-        self.send(Method::DELETE, url, &attribution(opts), if_match(opts), None)
+        self.send(Method::DELETE, url, &attribution(opts), write_headers(opts), None)
             .await
     }
 
@@ -330,7 +382,8 @@ impl Client {
         }
         let url = self.url(&["v1", db, collection, "items", id]);
         let body = Value::Array(patches.iter().cloned().map(Value::Object).collect());
-        self.send(Method::PATCH, url, &query, if_match(opts), Some(&body)).await
+        self.send(Method::PATCH, url, &query, write_headers(opts), Some(&body))
+            .await
     }
 
     /// Append a version equal to an earlier one (`Version::Ov` or `Version::At`).
@@ -348,7 +401,7 @@ impl Client {
             Version::Latest => return Err(Error::Protocol("a restore needs an ov or a time".into())),
         };
         let url = self.url(&["v1", db, collection, "items", id, "restore"]);
-        self.send(Method::POST, url, &attribution(opts), if_match(opts), Some(&body))
+        self.send(Method::POST, url, &attribution(opts), write_headers(opts), Some(&body))
             .await
     }
 
@@ -375,6 +428,45 @@ impl Client {
             .await
     }
 
+    /// A queued write: its status, attempts and, once written, where it landed.
+    pub async fn operation(&self, db: &str, operation_id: &str) -> Result<OperationInfo> {
+        let url = self.url(&["v1", db, "_operations", operation_id]);
+        self.send(Method::GET, url, &[], HeaderMap::new(), None).await
+    }
+
+    /// Cancel a pending queued write or a dead letter.
+    pub async fn cancel_operation(&self, db: &str, operation_id: &str) -> Result<OperationInfo> {
+        let url = self.url(&["v1", db, "_operations", operation_id]);
+        self.send(Method::DELETE, url, &[], HeaderMap::new(), None).await
+    }
+
+    /// Put a dead letter back in the queue.
+    pub async fn retry_operation(&self, db: &str, operation_id: &str) -> Result<OperationInfo> {
+        let url = self.url(&["v1", db, "_operations", operation_id, "retry"]);
+        self.send(Method::POST, url, &[], HeaderMap::new(), None).await
+    }
+
+    pub async fn queue_stats(&self, db: &str) -> Result<QueueStats> {
+        let url = self.url(&["v1", db, "_queue"]);
+        self.send(Method::GET, url, &[], HeaderMap::new(), None).await
+    }
+
+    /// One page of operations in a state (`pending`, `running`, `succeeded`, `dead`, `cancelled`).
+    pub async fn list_operations(
+        &self,
+        db: &str,
+        status: &str,
+        after_id: Option<&str>,
+        limit: usize,
+    ) -> Result<OperationPage> {
+        let mut query = vec![("status", status.to_owned()), ("limit", limit.to_string())];
+        if let Some(a) = after_id {
+            query.push(("afterId", a.to_owned()));
+        }
+        let url = self.url(&["v1", db, "_queue", "operations"]);
+        self.send(Method::GET, url, &query, HeaderMap::new(), None).await
+    }
+
     /// Any GET returning JSON (e.g. `/readyz`, `/openapi.json`).
     pub async fn get_json(&self, path: &str) -> Result<Value> {
         let url = format!("{}{path}", self.base);
@@ -393,8 +485,14 @@ fn attribution(opts: &WriteOptions) -> Vec<(&'static str, String)> {
     q
 }
 
-fn if_match(opts: &WriteOptions) -> HeaderMap {
+/// `If-Match` for the expected ov and `Idempotency-Key`.
+fn write_headers(opts: &WriteOptions) -> HeaderMap {
     let mut h = HeaderMap::new();
+    if let Some(key) = &opts.idempotency_key
+        && let Ok(v) = HeaderValue::from_str(key)
+    {
+        h.insert("idempotency-key", v);
+    }
     if let Some(ov) = opts.expected_ov
         && let Ok(v) = HeaderValue::from_str(&format!("\"{ov}\""))
     {

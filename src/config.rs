@@ -7,11 +7,12 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::engine::s3::S3Connection;
-use crate::engine::{CollectionMap, CollectionName, ContentKind, CounterRule, EngineSettings};
+use crate::engine::{CollectionMap, CollectionName, ContentKind, CounterRule, EngineSettings, QueueSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -242,6 +243,60 @@ pub struct EngineConfig {
     pub inline_max_bytes: usize,
     #[serde(default = "EngineConfig::default_max_payload_bytes")]
     pub max_payload_bytes: usize,
+    /// How queued writes are retried.
+    #[serde(default)]
+    pub retry_queue: RetryQueueConfig,
+}
+
+/// `engine.retryQueue`: writes that met a transient backend failure are retried with
+/// exponential backoff and jitter, then become dead letters.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetryQueueConfig {
+    #[serde(default = "RetryQueueConfig::default_max_attempts")]
+    pub max_attempts: u32,
+    #[serde(default = "RetryQueueConfig::default_base_delay_ms")]
+    pub base_delay_ms: u64,
+    #[serde(default = "RetryQueueConfig::default_max_delay_ms")]
+    pub max_delay_ms: u64,
+    /// How long a worker owns a claimed operation.
+    #[serde(default = "RetryQueueConfig::default_lease_ms")]
+    pub lease_ms: u64,
+}
+
+impl RetryQueueConfig {
+    fn default_max_attempts() -> u32 {
+        QueueSettings::default().max_attempts
+    }
+    fn default_base_delay_ms() -> u64 {
+        QueueSettings::default().base_delay.as_millis() as u64
+    }
+    fn default_max_delay_ms() -> u64 {
+        QueueSettings::default().max_delay.as_millis() as u64
+    }
+    fn default_lease_ms() -> u64 {
+        QueueSettings::default().lease.as_millis() as u64
+    }
+
+    fn settings(&self) -> QueueSettings {
+        QueueSettings {
+            max_attempts: self.max_attempts,
+            base_delay: Duration::from_millis(self.base_delay_ms),
+            max_delay: Duration::from_millis(self.max_delay_ms),
+            lease: Duration::from_millis(self.lease_ms),
+        }
+    }
+}
+
+impl Default for RetryQueueConfig {
+    fn default() -> Self {
+        RetryQueueConfig {
+            max_attempts: Self::default_max_attempts(),
+            base_delay_ms: Self::default_base_delay_ms(),
+            max_delay_ms: Self::default_max_delay_ms(),
+            lease_ms: Self::default_lease_ms(),
+        }
+    }
 }
 
 impl EngineConfig {
@@ -256,6 +311,7 @@ impl EngineConfig {
         EngineSettings {
             inline_max_bytes: self.inline_max_bytes,
             max_payload_bytes: self.max_payload_bytes,
+            queue: self.retry_queue.settings(),
             ..EngineSettings::default()
         }
     }
@@ -266,6 +322,7 @@ impl Default for EngineConfig {
         EngineConfig {
             inline_max_bytes: Self::default_inline_max_bytes(),
             max_payload_bytes: Self::default_max_payload_bytes(),
+            retry_queue: RetryQueueConfig::default(),
         }
     }
 }
@@ -439,6 +496,19 @@ impl Config {
                 "databaseTypes".to_owned(),
                 "routing needs mongoUris and spacesConns (the backends)",
             );
+        }
+        let q = &self.engine.retry_queue;
+        if q.max_attempts == 0 || q.max_attempts > 100 {
+            issue("engine.retryQueue.maxAttempts".to_owned(), "must be between 1 and 100");
+        }
+        if q.base_delay_ms == 0 || q.base_delay_ms > q.max_delay_ms {
+            issue(
+                "engine.retryQueue.baseDelayMs".to_owned(),
+                "must be greater than 0 and at most maxDelayMs",
+            );
+        }
+        if q.lease_ms < 1000 {
+            issue("engine.retryQueue.leaseMs".to_owned(), "must be at least 1000");
         }
         if self.engine.max_payload_bytes == 0 {
             issue("engine.maxPayloadBytes".to_owned(), "must be greater than 0");

@@ -76,15 +76,18 @@ pub async fn open(storage: &Storage, settings: EngineSettings, conns: &Connectio
             content_bucket,
             backups_bucket,
         } => {
-            let meta = MongoMetaStore::new(conns.mongo(mongo_uri).await?, db_name);
+            let mongo = conns.mongo(mongo_uri).await?;
+            let meta = MongoMetaStore::new(mongo.clone(), db_name);
             meta.ping().await?;
+            let queue = crate::engine::queue::mongo::MongoQueue::new(mongo, db_name);
             let client = conns.s3(s3);
             let payloads = S3PayloadStore::new(client.clone(), json_bucket.clone());
             let backups = S3PayloadStore::new(client.clone(), backups_bucket.clone());
             let content = S3PayloadStore::new(client, content_bucket.clone());
             let engine = Engine::new(Arc::new(meta), Arc::new(payloads), settings)
                 .with_backups(Arc::new(backups))
-                .with_content(Arc::new(content));
+                .with_content(Arc::new(content))
+                .with_queue(Arc::new(queue));
             engine.ping().await?;
             Ok(Arc::new(engine))
         }

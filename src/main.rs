@@ -127,6 +127,9 @@ async fn check_config(path: PathBuf, connect: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// Queued writes run at most this many at a time per database.
+const QUEUE_CONCURRENCY: usize = 8;
+
 async fn serve(args: ServeArgs) -> Result<(), String> {
     let config = match &args.config {
         Some(path) => Config::load(path).map_err(|e| e.to_string())?,
@@ -182,6 +185,23 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         "  try:  curl -s -X POST http://{addr}/v1/default/notes/items -H 'content-type: application/json' -d '{{\"title\":\"hello\"}}'"
     );
     eprintln!("  API:  http://{addr}/openapi.json");
+    // The retry queue's worker: runs queued writes of every database served, until shutdown.
+    let (stop_queue, queue_stopped) = tokio::sync::oneshot::channel::<()>();
+    let queue_worker = tokio::spawn({
+        let state = state.clone();
+        async move {
+            let stopped = async {
+                let _ = queue_stopped.await;
+            };
+            chronos::engine::queue::work(
+                move || state.databases(),
+                QUEUE_CONCURRENCY,
+                std::time::Duration::from_secs(1),
+                stopped,
+            )
+            .await;
+        }
+    });
     let requested = state.shutdown_requested();
     let stop = async move {
         tokio::select! {
@@ -192,6 +212,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     api::serve(listener, app, stop)
         .await
         .map_err(|e| format!("server error: {e}"))?;
+    let _ = stop_queue.send(());
+    let _ = queue_worker.await;
     eprintln!("Chronos stopped: in-flight requests drained");
     Ok(())
 }

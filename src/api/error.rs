@@ -79,7 +79,9 @@ impl From<engine::Error> for ApiError {
                     .with_details(json!({"expectedOv": expected, "currentOv": current}))
             }
             E::AlreadyExists(_) => Self::new(StatusCode::CONFLICT, "already_exists", message),
-            E::Contended(_) => Self::new(StatusCode::CONFLICT, "contended", message),
+            // The item stayed held by other writers for longer than a write waits.
+            E::Contended(_) => Self::new(StatusCode::CONFLICT, "locked", message),
+            E::OutcomeUnknown(_) => Self::new(StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown", message),
             E::Validation { field, reason } => {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", message)
                     .with_details(json!({"field": field, "reason": reason}))
@@ -120,7 +122,7 @@ impl IntoResponse for ApiError {
             details,
         };
         let mut response = (self.status, Json(body)).into_response();
-        if self.code == "contended" || self.status == StatusCode::SERVICE_UNAVAILABLE {
+        if self.code == "locked" || self.status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

@@ -15,9 +15,9 @@ use super::auth::Caller;
 use super::error::{ApiError, ErrorBody, Result};
 use super::extract::{Body, CollectionPath, ItemPath, JsonObject, JsonObjects, Precondition, Q, int64};
 use crate::engine::{
-    Attribution, CollectionName, ContentMode, Engine, Enrichment, HistoryPoint, ItemId, ListOptions, PrunePolicy,
-    PruneReport, ReadOptions, Record, RestoreCounts, TieringReport, Timestamp, Totals, VersionEntry, VersionTarget,
-    WriteOutcome,
+    Attribution, CollectionName, ContentMode, Engine, HistoryPoint, ItemId, ListOptions, PrunePolicy, PruneReport,
+    ReadOptions, Record, RequestKey, RestoreCounts, Submitted, TieringReport, Timestamp, Totals, VersionEntry,
+    VersionTarget, WriteOutcome, WriteRequest,
 };
 
 /// The result of a write.
@@ -203,7 +203,26 @@ pub struct ListResponse {
     pub next_after_id: Option<String>,
 }
 
-fn attribution(caller: &Caller, actor: Option<String>, reason: Option<String>) -> Result<Attribution> {
+/// The `Idempotency-Key` header: a retried write with the same key returns the first outcome.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+fn attribution(
+    caller: &Caller,
+    headers: &HeaderMap,
+    actor: Option<String>,
+    reason: Option<String>,
+) -> Result<Attribution> {
+    let request_key = match headers.get(IDEMPOTENCY_KEY) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.parse::<RequestKey>().ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request("Idempotency-Key must be 1 to 255 visible ASCII characters (no spaces)")
+                })?,
+        ),
+    };
     for (name, value, max) in [("actor", &actor, 256), ("reason", &reason, 1024)] {
         if let Some(v) = value
             && (v.len() > max || v.chars().any(char::is_control))
@@ -216,11 +235,56 @@ fn attribution(caller: &Caller, actor: Option<String>, reason: Option<String>) -
     Ok(Attribution {
         actor: actor.or_else(|| caller.name().map(str::to_owned)),
         reason,
+        request_key,
     })
 }
 
 fn etag(ov: u64) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{ov}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
+}
+
+/// A write accepted for later: it met a transient backend failure and waits in the retry queue.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Queued {
+    /// Poll `GET /v1/{db}/_operations/{operationId}` for the outcome.
+    pub operation_id: String,
+    /// Always `queued`.
+    pub status: String,
+    /// The item the write is for.
+    pub id: String,
+    /// Why the write could not be made now.
+    pub reason: Option<String>,
+}
+
+/// The response to a submitted write: 201/200 when made now (with `Idempotency-Replayed: true`
+/// when an earlier request with the same key made it), 202 when queued.
+fn submitted_response(db: &str, status: StatusCode, submitted: Submitted, location: Option<String>) -> Response {
+    match submitted {
+        Submitted::Done { id, outcome } => {
+            let mut response = write_response(status, &id, outcome, location);
+            if outcome.replayed {
+                response
+                    .headers_mut()
+                    .insert("idempotency-replayed", HeaderValue::from_static("true"));
+            }
+            response
+        }
+        Submitted::Queued(op) => {
+            let location = format!("/v1/{db}/_operations/{}", op.job.id);
+            let body = Queued {
+                operation_id: op.job.id.to_string(),
+                status: "queued".to_owned(),
+                id: op.job.request.id().to_string(),
+                reason: op.last_error,
+            };
+            let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
+            if let Ok(loc) = HeaderValue::from_str(&location) {
+                response.headers_mut().insert(header::LOCATION, loc);
+            }
+            response
+        }
+    }
 }
 
 fn write_response(status: StatusCode, id: &ItemId, o: WriteOutcome, location: Option<String>) -> Response {
@@ -308,9 +372,10 @@ pub fn record_json(collection: &CollectionName, r: Record) -> Value {
 
 /// Create an item (ov 0).
 #[utoipa::path(post, path = "/v1/{db}/{collection}/items", tag = "items",
-    params(("db" = String, Path, description = "Database (tenant) key"), ("collection" = String, Path), CreateQuery),
+    params(("Idempotency-Key" = Option<String>, Header, nullable = false, description = "Retrying with the same key returns the first outcome and never writes twice", pattern = "^[!-~]{1,255}$"), ("db" = String, Path, description = "Database (tenant) key"), ("collection" = String, Path), CreateQuery),
     request_body(content = Object, description = "The item's data: any JSON object (`_system` is ignored)"),
     responses(
+        (status = 202, description = "Queued for retry after a transient backend failure", body = Queued, headers(("Location" = String))),
         (status = 201, description = "Created", body = WriteResult, headers(("ETag" = String), ("Location" = String))),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, description = "Id taken", body = ErrorBody),
@@ -320,6 +385,7 @@ pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
     path: CollectionPath,
+    headers: HeaderMap,
     Q(q): Q<CreateQuery>,
     JsonObject(data): JsonObject,
 ) -> Result<Response> {
@@ -328,10 +394,18 @@ pub async fn create(
         q.id.map(|s| s.parse::<ItemId>())
             .transpose()
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_name", e.to_string()))?;
-    let who = attribution(&caller, q.actor, q.reason)?;
-    let (id, outcome) = engine.create(&path.collection, id, data, &who).await?;
-    let location = format!("/v1/{}/{}/items/{id}", path.db, path.collection);
-    Ok(write_response(StatusCode::CREATED, &id, outcome, Some(location)))
+    let who = attribution(&caller, &headers, q.actor, q.reason)?;
+    let request = WriteRequest::Create {
+        id_generated: id.is_none(),
+        id: id.unwrap_or_else(ItemId::generate),
+        data,
+    };
+    let submitted = engine.submit(&path.collection, request, &who).await?;
+    let location = match &submitted {
+        Submitted::Done { id, .. } => Some(format!("/v1/{}/{}/items/{id}", path.db, path.collection)),
+        Submitted::Queued(_) => None,
+    };
+    Ok(submitted_response(&path.db, StatusCode::CREATED, submitted, location))
 }
 
 /// List items by indexed metadata, in id order, paged.
@@ -439,10 +513,11 @@ pub async fn get(State(state): State<AppState>, path: ItemPath, Q(q): Q<GetQuery
 
 /// Replace an item's data (ov + 1). Optimistic locking with `If-Match` or `expectedOv`.
 #[utoipa::path(put, path = "/v1/{db}/{collection}/items/{id}", tag = "items",
-    params(("db" = String, Path), ("collection" = String, Path), ("id" = String, Path),
+    params(("Idempotency-Key" = Option<String>, Header, nullable = false, description = "Retrying with the same key returns the first outcome and never writes twice", pattern = "^[!-~]{1,255}$"), ("db" = String, Path), ("collection" = String, Path), ("id" = String, Path),
         ("If-Match" = Option<String>, Header, nullable = false, description = "The ov the write expects, e.g. \"3\"", pattern = "^(\\*|(W/)?\"?[0-9]{1,18}\"?)$"), WriteQuery),
     request_body(content = Object, description = "The new data"),
     responses(
+        (status = 202, description = "Queued for retry after a transient backend failure", body = Queued, headers(("Location" = String))),
         (status = 200, body = WriteResult, headers(("ETag" = String))),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, description = "Version conflict (expectedOv)", body = ErrorBody),
@@ -458,19 +533,25 @@ pub async fn update(
 ) -> Result<Response> {
     let engine = state.engine(&path.db)?;
     let pre = Precondition::from_request(&headers, q.expected_ov)?;
-    let who = attribution(&caller, q.actor, q.reason)?;
-    let outcome = engine
-        .update(&path.collection, &path.id, data, pre.ov(), &who)
+    let who = attribution(&caller, &headers, q.actor, q.reason)?;
+    let request = WriteRequest::Update {
+        id: path.id.clone(),
+        data,
+        expected_ov: pre.ov(),
+    };
+    let submitted = engine
+        .submit(&path.collection, request, &who)
         .await
         .map_err(|e| pre.map_err(e))?;
-    Ok(write_response(StatusCode::OK, &path.id, outcome, None))
+    Ok(submitted_response(&path.db, StatusCode::OK, submitted, None))
 }
 
 /// Logically delete an item: a new version marked deleted (the data is kept).
 #[utoipa::path(delete, path = "/v1/{db}/{collection}/items/{id}", tag = "items",
-    params(("db" = String, Path), ("collection" = String, Path), ("id" = String, Path),
+    params(("Idempotency-Key" = Option<String>, Header, nullable = false, description = "Retrying with the same key returns the first outcome and never writes twice", pattern = "^[!-~]{1,255}$"), ("db" = String, Path), ("collection" = String, Path), ("id" = String, Path),
         ("If-Match" = Option<String>, Header, nullable = false, description = "The ov the delete expects", pattern = "^(\\*|(W/)?\"?[0-9]{1,18}\"?)$"), WriteQuery),
     responses(
+        (status = 202, description = "Queued for retry after a transient backend failure", body = Queued, headers(("Location" = String))),
         (status = 200, body = WriteResult, headers(("ETag" = String))),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 412, body = ErrorBody),
@@ -484,12 +565,16 @@ pub async fn delete(
 ) -> Result<Response> {
     let engine = state.engine(&path.db)?;
     let pre = Precondition::from_request(&headers, q.expected_ov)?;
-    let who = attribution(&caller, q.actor, q.reason)?;
-    let outcome = engine
-        .delete(&path.collection, &path.id, pre.ov(), &who)
+    let who = attribution(&caller, &headers, q.actor, q.reason)?;
+    let request = WriteRequest::Delete {
+        id: path.id.clone(),
+        expected_ov: pre.ov(),
+    };
+    let submitted = engine
+        .submit(&path.collection, request, &who)
         .await
         .map_err(|e| pre.map_err(e))?;
-    Ok(write_response(StatusCode::OK, &path.id, outcome, None))
+    Ok(submitted_response(&path.db, StatusCode::OK, submitted, None))
 }
 
 /// An item's version index, oldest first, paged.
@@ -544,10 +629,11 @@ pub struct EnrichQuery {
 /// one new version. Absent keys keep, `null` overwrites, arrays are unioned (objects matched by
 /// `id`/`_id`).
 #[utoipa::path(patch, path = "/v1/{db}/{collection}/items/{id}", tag = "items",
-    params(("db" = String, Path), ("collection" = String, Path), ("id" = String, Path),
+    params(("Idempotency-Key" = Option<String>, Header, nullable = false, description = "Retrying with the same key returns the first outcome and never writes twice", pattern = "^[!-~]{1,255}$"), ("db" = String, Path), ("collection" = String, Path), ("id" = String, Path),
         ("If-Match" = Option<String>, Header, nullable = false, description = "The ov the enrichment expects", pattern = "^(\\*|(W/)?\"?[0-9]{1,18}\"?)$"), EnrichQuery),
     request_body(content = Object, description = "A patch object, or an array of patch objects"),
     responses(
+        (status = 202, description = "Queued for retry after a transient backend failure", body = Queued, headers(("Location" = String))),
         (status = 200, body = WriteResult, headers(("ETag" = String))),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 412, body = ErrorBody),
@@ -563,16 +649,18 @@ pub async fn enrich(
 ) -> Result<Response> {
     let engine = state.engine(&path.db)?;
     let pre = Precondition::from_request(&headers, q.expected_ov)?;
-    let who = attribution(&caller, q.actor, q.reason)?;
-    let enrichment = Enrichment {
+    let who = attribution(&caller, &headers, q.actor, q.reason)?;
+    let request = WriteRequest::Enrich {
+        id: path.id.clone(),
+        patches,
         function_id: q.function_id,
         expected_ov: pre.ov(),
     };
-    let outcome = engine
-        .enrich(&path.collection, &path.id, &patches, &enrichment, &who)
+    let submitted = engine
+        .submit(&path.collection, request, &who)
         .await
         .map_err(|e| pre.map_err(e))?;
-    Ok(write_response(StatusCode::OK, &path.id, outcome, None))
+    Ok(submitted_response(&path.db, StatusCode::OK, submitted, None))
 }
 
 /// Which version an item restore brings back: exactly one of `ov` and `at`.
@@ -589,10 +677,11 @@ pub struct RestoreItemRequest {
 
 /// Restore an item: append a version equal to an earlier one. A deleted item is undeleted.
 #[utoipa::path(post, path = "/v1/{db}/{collection}/items/{id}/restore", tag = "items",
-    params(("db" = String, Path), ("collection" = String, Path), ("id" = String, Path),
+    params(("Idempotency-Key" = Option<String>, Header, nullable = false, description = "Retrying with the same key returns the first outcome and never writes twice", pattern = "^[!-~]{1,255}$"), ("db" = String, Path), ("collection" = String, Path), ("id" = String, Path),
         ("If-Match" = Option<String>, Header, nullable = false, description = "The ov the restore expects", pattern = "^(\\*|(W/)?\"?[0-9]{1,18}\"?)$"), WriteQuery),
     request_body = RestoreItemRequest,
     responses(
+        (status = 202, description = "Queued for retry after a transient backend failure", body = Queued, headers(("Location" = String))),
         (status = 200, body = WriteResult, headers(("ETag" = String))),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 412, body = ErrorBody),
@@ -612,12 +701,17 @@ pub async fn restore_item(
         _ => return Err(ApiError::bad_request("give exactly one of `ov` and `at`")),
     };
     let pre = Precondition::from_request(&headers, q.expected_ov)?;
-    let who = attribution(&caller, q.actor, q.reason)?;
-    let outcome = engine
-        .restore_object(&path.collection, &path.id, target, pre.ov(), &who)
+    let who = attribution(&caller, &headers, q.actor, q.reason)?;
+    let request = WriteRequest::Restore {
+        id: path.id.clone(),
+        target,
+        expected_ov: pre.ov(),
+    };
+    let submitted = engine
+        .submit(&path.collection, request, &who)
         .await
         .map_err(|e| pre.map_err(e))?;
-    Ok(write_response(StatusCode::OK, &path.id, outcome, None))
+    Ok(submitted_response(&path.db, StatusCode::OK, submitted, None))
 }
 
 /// One page of a collection restore.
@@ -686,7 +780,8 @@ pub async fn restore_collection(
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request("`limit` must be between 1 and 1000"));
     }
-    let who = attribution(&caller, q.actor, q.reason)?;
+    // A page restore is idempotent by itself (it compares states), so it takes no key.
+    let who = attribution(&caller, &HeaderMap::new(), q.actor, q.reason)?;
     let total = engine.count_items(&path.collection).await?;
     let page = engine
         .restore_collection_page(&path.collection, point, after_id, limit, req.dry_run, &who)

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod items;
+pub mod operations;
 pub mod ops;
 
 use std::collections::BTreeMap;
@@ -178,6 +179,10 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(items::process_collection))
         .routes(routes!(items::process_item))
         .routes(routes!(items::prune))
+        .routes(routes!(operations::get, operations::cancel))
+        .routes(routes!(operations::retry))
+        .routes(routes!(operations::stats))
+        .routes(routes!(operations::list))
         .routes(routes!(admin::validate))
         .routes(routes!(admin::ensure_buckets))
         .routes(routes!(admin::s3_test))

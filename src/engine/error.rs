@@ -50,6 +50,11 @@ pub enum Error {
     #[error("{backend} unavailable: {message}")]
     Unavailable { backend: Backend, message: String },
 
+    /// A write's commit was sent but its outcome could not be learned: it may or may not have
+    /// been made. Retrying with the same idempotency key is safe.
+    #[error("the outcome of the write is unknown ({0}); retry with the same idempotency key")]
+    OutcomeUnknown(String),
+
     /// The backend is reachable but cannot give the guarantees Chronos needs (e.g. no transactions).
     #[error("unsupported deployment: {0}")]
     Unsupported(String),

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use tokio::sync::OwnedMutexGuard;
 
 use super::error::{Error, Result};
-use super::model::{CollectionName, Head, ItemId, Op, State, Timestamp, VersionEntry};
+use super::model::{CollectionName, Head, ItemId, Op, RequestKey, State, Timestamp, VersionEntry};
 use super::query::Filter;
 use super::store::{
     CommitError, HeadChange, HistoryPoint, ListQuery, MetaStore, NewData, PayloadStore, PendingWrite, TierBatch,
@@ -21,6 +21,8 @@ struct Collection {
     counters_from: u64,
     heads: HashMap<ItemId, Head>,
     versions: BTreeMap<(ItemId, u64), VersionEntry>,
+    /// Idempotency keys → the version written under each.
+    requests: HashMap<RequestKey, (ItemId, u64)>,
     /// One async lock per item: held by a pending write, like a row lock.
     locks: HashMap<ItemId, Arc<tokio::sync::Mutex<()>>>,
 }
@@ -69,6 +71,15 @@ impl PendingWrite for MemoryPending {
     async fn commit(self: Box<Self>, version: VersionEntry) -> Result<(), CommitError> {
         let mut all = self.store.lock();
         let coll = all.entry(self.change.collection.clone()).or_default();
+        if let Some(r) = &version.request {
+            if coll.requests.contains_key(&r.key) {
+                return Err(CommitError::NotCommitted {
+                    error: Error::AlreadyExists(format!("a write with idempotency key {}", r.key)),
+                    retry: false,
+                });
+            }
+            coll.requests.insert(r.key.clone(), (self.change.id.clone(), self.ov));
+        }
         let head = next_head(&self.change, self.previous.as_ref(), self.ov, self.cv, &version);
         coll.versions.insert((self.change.id.clone(), self.ov), version);
         coll.heads.insert(self.change.id.clone(), head);
@@ -327,10 +338,26 @@ impl MetaStore for MemoryMetaStore {
     async fn delete_versions(&self, collection: &CollectionName, id: &ItemId, ovs: &[u64]) -> Result<u64> {
         let mut all = self.lock();
         let Some(c) = all.get_mut(collection) else { return Ok(0) };
-        Ok(ovs
-            .iter()
-            .filter(|ov| c.versions.remove(&(id.clone(), **ov)).is_some())
-            .count() as u64)
+        let mut removed = 0;
+        for ov in ovs {
+            if let Some(v) = c.versions.remove(&(id.clone(), *ov)) {
+                removed += 1;
+                if let Some(r) = v.request {
+                    c.requests.remove(&r.key);
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    async fn version_by_request(&self, collection: &CollectionName, key: &RequestKey) -> Result<Option<VersionEntry>> {
+        let all = self.lock();
+        Ok(all.get(collection).and_then(|c| {
+            c.requests
+                .get(key)
+                .and_then(|(id, ov)| c.versions.get(&(id.clone(), *ov)))
+                .cloned()
+        }))
     }
 
     async fn count_items(&self, collection: &CollectionName) -> Result<u64> {

@@ -17,6 +17,7 @@ pub mod merge;
 pub mod model;
 pub mod mongo;
 pub mod query;
+pub mod queue;
 pub mod restore;
 pub mod retention;
 pub mod s3;
@@ -30,8 +31,10 @@ pub use content::{ContentKind, ContentMode};
 pub use counters::{CounterRule, Totals};
 pub use error::{Backend, Error, Result};
 pub use model::{
-    Attribution, CollectionName, ItemId, Op, Record, State, SystemFields, Timestamp, VersionEntry, WriteOutcome,
+    Attribution, CollectionName, ItemId, Op, Record, RequestKey, State, SystemFields, Timestamp, VersionEntry,
+    WriteOutcome,
 };
+pub use queue::{Operation, OperationId, OperationStatus, QueueSettings, QueueStats, Submitted, WriteRequest};
 pub use restore::{RestoreCounts, RestorePage};
 pub use retention::{PrunePolicy, PruneReport};
 pub use store::{HistoryPoint, MetaStore, PayloadStore};

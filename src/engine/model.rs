@@ -279,6 +279,9 @@ pub struct VersionEntry {
     #[serde(skip)]
     pub meta: Map<String, Value>,
     pub deleted: bool,
+    /// The idempotency key the write carried, if any (see [`RequestStamp`]).
+    #[serde(skip)]
+    pub request: Option<RequestStamp>,
 }
 
 /// Where the payload of version `ov` of an item lives in the JSON bucket.
@@ -307,6 +310,10 @@ pub struct WriteOutcome {
     pub ov: u64,
     pub cv: u64,
     pub at: Timestamp,
+    /// The write had been made before under the same idempotency key: this is that first
+    /// outcome, and nothing was written now.
+    #[serde(skip)]
+    pub replayed: bool,
 }
 
 /// Who wrote and why; stored with every version.
@@ -314,6 +321,62 @@ pub struct WriteOutcome {
 pub struct Attribution {
     pub actor: Option<String>,
     pub reason: Option<String>,
+    /// The client's idempotency key: a write retried with the same key returns the first
+    /// outcome instead of writing again.
+    pub request_key: Option<RequestKey>,
+}
+
+/// A client-chosen idempotency key (`Idempotency-Key` header): 1 to 255 visible ASCII characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RequestKey(String);
+
+impl RequestKey {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for RequestKey {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        if s.is_empty() || s.len() > 255 || !s.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(Error::validation(
+                "idempotencyKey",
+                "must be 1 to 255 visible ASCII characters (no spaces)",
+            ));
+        }
+        Ok(RequestKey(s.to_owned()))
+    }
+}
+
+impl TryFrom<String> for RequestKey {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self> {
+        s.parse()
+    }
+}
+
+impl From<RequestKey> for String {
+    fn from(k: RequestKey) -> String {
+        k.0
+    }
+}
+
+impl fmt::Display for RequestKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What a version remembers of the request that wrote it: its idempotency key and a
+/// fingerprint (SHA-256) of what was asked, so a key reused for a different request is refused
+/// instead of answered with the wrong outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestStamp {
+    pub key: RequestKey,
+    pub fingerprint: String,
 }
 
 impl Attribution {
@@ -321,6 +384,7 @@ impl Attribution {
         Attribution {
             actor: Some(actor.into()),
             reason: Some(reason.into()),
+            request_key: None,
         }
     }
 }

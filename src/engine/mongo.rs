@@ -18,7 +18,7 @@ use mongodb::{Client, ClientSession, Collection, Database, IndexModel};
 use serde_json::{Map, Value};
 
 use super::error::{Error, Result};
-use super::model::{CollectionName, Head, ItemId, Op, State, Timestamp, VersionEntry};
+use super::model::{CollectionName, Head, ItemId, Op, RequestKey, RequestStamp, State, Timestamp, VersionEntry};
 use super::query::{Cond, Filter};
 use super::store::{CommitError, HeadChange, HistoryPoint, ListQuery, MetaStore, NewData, PendingWrite, TierBatch};
 
@@ -286,7 +286,7 @@ impl PendingWrite for MongoPending {
     }
 
     async fn commit(mut self: Box<Self>, v: VersionEntry) -> Result<(), CommitError> {
-        let entry = doc! {
+        let mut entry = doc! {
             "_id": ObjectId::new(),
             "itemId": v.id.as_str(),
             "ov": v.ov as i64,
@@ -301,13 +301,19 @@ impl PendingWrite for MongoPending {
             "meta": to_bson_doc(&v.meta),
             "deleted": v.deleted,
         };
+        if let Some(r) = &v.request {
+            entry.insert("requestId", r.key.as_str());
+            entry.insert("requestHash", &r.fingerprint);
+        }
         if let Err(e) = self.store_versions.insert_one(entry).session(&mut self.session).await {
             let _ = self.session.abort_transaction().await;
             let retry = is_transient(&e);
-            return Err(CommitError::NotCommitted {
-                error: map_err(e),
-                retry,
-            });
+            let error = match code(&e) {
+                // The head is held, so the (itemId, ov) index can't clash: the idempotency key did.
+                Some(DUPLICATE_KEY) => Error::AlreadyExists(format!("a write with the idempotency key of {}", v.id)),
+                _ => map_err(e),
+            };
+            return Err(CommitError::NotCommitted { error, retry });
         }
         // commitTransaction is idempotent: an unknown outcome is retried before it is reported.
         let mut tries = 0;
@@ -372,6 +378,22 @@ impl MetaStore for MongoMetaStore {
                 IndexModel::builder()
                     .keys(doc! {"state": 1, "updatedAt": 1})
                     .options(IndexOptions::builder().name("state_updatedAt".to_owned()).build())
+                    .build(),
+            )
+            .await
+            .map_err(map_err)?;
+        // Idempotency keys: unique per collection, for the versions that carry one.
+        self.versions_coll(c)
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! {"requestId": 1})
+                    .options(
+                        IndexOptions::builder()
+                            .name("requestId".to_owned())
+                            .unique(true)
+                            .partial_filter_expression(doc! {"requestId": {"$exists": true}})
+                            .build(),
+                    )
                     .build(),
             )
             .await
@@ -687,6 +709,20 @@ impl MetaStore for MongoMetaStore {
         Ok(result.deleted_count)
     }
 
+    async fn version_by_request(&self, c: &CollectionName, key: &RequestKey) -> Result<Option<VersionEntry>> {
+        let found = self
+            .versions_coll(c)
+            .find_one(doc! {"requestId": key.as_str()})
+            .await
+            .map_err(map_err)?;
+        found
+            .map(|d| {
+                let id: ItemId = get_string(&d, "itemId")?.parse()?;
+                version_from_doc(&id, &d)
+            })
+            .transpose()
+    }
+
     async fn count_items(&self, c: &CollectionName) -> Result<u64> {
         self.heads(c).estimated_document_count().await.map_err(map_err)
     }
@@ -746,7 +782,7 @@ fn filter_doc(filter: &Filter) -> Document {
     out
 }
 
-fn code(e: &mongodb::error::Error) -> Option<i32> {
+pub(crate) fn code(e: &mongodb::error::Error) -> Option<i32> {
     match e.kind.as_ref() {
         ErrorKind::Command(c) => Some(c.code),
         ErrorKind::Write(WriteFailure::WriteError(w)) => Some(w.code),
@@ -755,11 +791,11 @@ fn code(e: &mongodb::error::Error) -> Option<i32> {
     }
 }
 
-fn is_transient(e: &mongodb::error::Error) -> bool {
+pub(crate) fn is_transient(e: &mongodb::error::Error) -> bool {
     e.contains_label(TRANSIENT_TRANSACTION_ERROR)
 }
 
-fn map_err(e: mongodb::error::Error) -> Error {
+pub(crate) fn map_err(e: mongodb::error::Error) -> Error {
     if code(&e) == Some(ILLEGAL_OPERATION) && e.to_string().contains("Transaction numbers") {
         return Error::Unsupported(
             "MongoDB refused a transaction: Chronos needs a replica set or a sharded cluster".into(),
@@ -768,15 +804,15 @@ fn map_err(e: mongodb::error::Error) -> Error {
     Error::metadata(e)
 }
 
-fn to_date(t: Timestamp) -> bson::DateTime {
+pub(crate) fn to_date(t: Timestamp) -> bson::DateTime {
     bson::DateTime::from_millis(t.as_millisecond())
 }
 
-fn from_date(d: bson::DateTime) -> Result<Timestamp> {
+pub(crate) fn from_date(d: bson::DateTime) -> Result<Timestamp> {
     Timestamp::from_millisecond(d.timestamp_millis()).map_err(|e| Error::Corrupt(e.to_string()))
 }
 
-fn get_u64(d: &Document, key: &str) -> Result<u64> {
+pub(crate) fn get_u64(d: &Document, key: &str) -> Result<u64> {
     match d.get(key) {
         Some(Bson::Int64(n)) if *n >= 0 => Ok(*n as u64),
         Some(Bson::Int32(n)) if *n >= 0 => Ok(*n as u64),
@@ -784,7 +820,7 @@ fn get_u64(d: &Document, key: &str) -> Result<u64> {
     }
 }
 
-fn get_date(d: &Document, key: &str) -> Result<Timestamp> {
+pub(crate) fn get_date(d: &Document, key: &str) -> Result<Timestamp> {
     match d.get(key) {
         Some(Bson::DateTime(t)) => from_date(*t),
         _ => Err(Error::Corrupt(format!("field `{key}` missing or not a date"))),
@@ -799,13 +835,13 @@ fn get_opt_date(d: &Document, key: &str) -> Result<Option<Timestamp>> {
     }
 }
 
-fn get_string(d: &Document, key: &str) -> Result<String> {
+pub(crate) fn get_string(d: &Document, key: &str) -> Result<String> {
     d.get_str(key)
         .map(str::to_owned)
         .map_err(|_| Error::Corrupt(format!("field `{key}` missing or not a string")))
 }
 
-fn get_opt_string(d: &Document, key: &str) -> Option<String> {
+pub(crate) fn get_opt_string(d: &Document, key: &str) -> Option<String> {
     d.get_str(key).ok().map(str::to_owned)
 }
 
@@ -855,6 +891,13 @@ fn version_from_doc(id: &ItemId, d: &Document) -> Result<VersionEntry> {
         checksum: get_string(d, "checksum")?,
         meta: get_meta(d),
         deleted: d.get_bool("deleted").unwrap_or(false),
+        request: match (d.get_str("requestId"), d.get_str("requestHash")) {
+            (Ok(key), Ok(fingerprint)) => Some(RequestStamp {
+                key: key.parse()?,
+                fingerprint: fingerprint.to_owned(),
+            }),
+            _ => None,
+        },
     })
 }
 

@@ -191,6 +191,7 @@ impl Engine {
                         NewContent::Data(data),
                         None,
                         who,
+                        None,
                     )
                     .await
                 }
@@ -203,6 +204,7 @@ impl Engine {
                         NewContent::KeepPrevious,
                         None,
                         who,
+                        None,
                     )
                     .await
                 }

@@ -90,6 +90,8 @@ impl ManifestEntry {
             checksum: self.checksum,
             meta: self.meta,
             deleted: self.deleted,
+            // A pruned version's idempotency key is forgotten with it (see `version_by_request`).
+            request: None,
         }
     }
 }

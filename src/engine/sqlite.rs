@@ -24,13 +24,13 @@ use super::error::{Error, Result};
 use super::local::LocalPayloadStore;
 use super::memory::after;
 use super::memory::{HEAD_OVERHEAD, check_precondition, next_head};
-use super::model::{CollectionName, Head, ItemId, Op, Timestamp, VersionEntry};
+use super::model::{CollectionName, Head, ItemId, Op, RequestKey, RequestStamp, Timestamp, VersionEntry};
 use super::query::Filter;
 use super::store::{CommitError, HeadChange, HistoryPoint, ListQuery, MetaStore, NewData, PendingWrite, TierBatch};
 use super::versioning::{Engine, EngineSettings};
 
 /// Bumped whenever the tables change; a database from a newer build is refused, not misread.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// How long a write waits for another write of the same item before reporting contention.
 const ITEM_WAIT: Duration = Duration::from_secs(30);
@@ -76,9 +76,39 @@ CREATE TABLE versions (
 ) STRICT;
 ";
 
+/// Schema 1 → 2: idempotency keys on versions, and the retry queue with its dead letters.
+const MIGRATE_2: &str = "
+ALTER TABLE versions ADD COLUMN request_id TEXT;
+ALTER TABLE versions ADD COLUMN request_hash TEXT;
+CREATE UNIQUE INDEX versions_request ON versions (collection, request_id) WHERE request_id IS NOT NULL;
+CREATE TABLE queue (
+    id TEXT NOT NULL PRIMARY KEY,
+    status TEXT NOT NULL,
+    due_at INTEGER NOT NULL,
+    lease_until INTEGER,
+    claim_token TEXT,
+    attempts INTEGER NOT NULL,
+    last_error TEXT,
+    result TEXT,
+    updated_at INTEGER NOT NULL,
+    job TEXT NOT NULL
+) STRICT;
+CREATE INDEX queue_due ON queue (status, due_at);
+CREATE TABLE dead_letters (
+    id TEXT NOT NULL PRIMARY KEY,
+    attempts INTEGER NOT NULL,
+    last_error TEXT,
+    updated_at INTEGER NOT NULL,
+    job TEXT NOT NULL
+) STRICT;
+";
+
 const HEAD_COLUMNS: &str = "ov, cv, write_id, inserted_at, updated_at, deleted_at, function_ids, \
                             state, size, checksum, meta, inline_data";
-const VERSION_COLUMNS: &str = "ov, cv, op, at, actor, reason, write_id, size, checksum, meta, deleted";
+const VERSION_COLUMNS: &str =
+    "ov, cv, op, at, actor, reason, write_id, size, checksum, meta, deleted, request_id, request_hash";
+/// How many columns `VERSION_COLUMNS` has: a column selected after them has this index.
+const VERSION_COLUMN_COUNT: usize = 13;
 
 /// An engine on the embedded backends: `dir/chronos.db` and `dir/payloads/`, created if needed.
 pub fn embedded(dir: &Path, settings: EngineSettings) -> Result<Engine> {
@@ -89,11 +119,14 @@ pub fn embedded(dir: &Path, settings: EngineSettings) -> Result<Engine> {
     let payloads = LocalPayloadStore::open(&dir.join("payloads"))?;
     let backups = LocalPayloadStore::open(&dir.join("backups"))?;
     let content = LocalPayloadStore::open(&dir.join("content"))?;
+    let queue = crate::engine::queue::sqlite::SqliteQueue::new(meta.clone());
     Ok(Engine::new(Arc::new(meta), Arc::new(payloads), settings)
         .with_backups(Arc::new(backups))
-        .with_content(Arc::new(content)))
+        .with_content(Arc::new(content))
+        .with_queue(Arc::new(queue)))
 }
 
+#[derive(Clone)]
 pub struct SqliteMetaStore {
     inner: Arc<Inner>,
 }
@@ -160,7 +193,7 @@ impl SqliteMetaStore {
         })
     }
 
-    async fn with_conn<T: Send + 'static>(
+    pub(crate) async fn with_conn<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
@@ -179,8 +212,11 @@ fn create_schema(conn: &mut Connection) -> Result<()> {
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .map_err(map_sql)?;
     match version {
-        0 => {
-            tx.execute_batch(SCHEMA).map_err(map_sql)?;
+        0 | 1 => {
+            if version == 0 {
+                tx.execute_batch(SCHEMA).map_err(map_sql)?;
+            }
+            tx.execute_batch(MIGRATE_2).map_err(map_sql)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(map_sql)?;
         }
@@ -195,7 +231,7 @@ fn create_schema(conn: &mut Connection) -> Result<()> {
     tx.commit().map_err(map_sql)
 }
 
-fn map_sql(e: rusqlite::Error) -> Error {
+pub(crate) fn map_sql(e: rusqlite::Error) -> Error {
     use rusqlite::Error as E;
     match &e {
         E::InvalidColumnType(..) | E::FromSqlConversionFailure(..) | E::IntegralValueOutOfRange(..) => {
@@ -305,6 +341,8 @@ struct VersionRow {
     checksum: String,
     meta: String,
     deleted: bool,
+    request_id: Option<String>,
+    request_hash: Option<String>,
 }
 
 impl VersionRow {
@@ -321,6 +359,8 @@ impl VersionRow {
             checksum: r.get(8)?,
             meta: r.get(9)?,
             deleted: r.get(10)?,
+            request_id: r.get(11)?,
+            request_hash: r.get(12)?,
         })
     }
 
@@ -338,6 +378,13 @@ impl VersionRow {
             checksum: self.checksum,
             meta: from_json::<Map<String, Value>>(&self.meta, "meta")?,
             deleted: self.deleted,
+            request: match (self.request_id, self.request_hash) {
+                (Some(key), Some(fingerprint)) => Some(RequestStamp {
+                    key: key.parse()?,
+                    fingerprint,
+                }),
+                _ => None,
+            },
         })
     }
 }
@@ -457,7 +504,8 @@ fn commit_write(
     }
     tx.prepare_cached(
         "INSERT INTO versions (collection, item_id, ov, cv, op, at, actor, reason, write_id, size, \
-         checksum, meta, deleted) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+         checksum, meta, deleted, request_id, request_hash) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -474,9 +522,18 @@ fn commit_write(
             v.checksum,
             v_meta,
             v.deleted,
+            v.request.as_ref().map(|r| r.key.as_str()),
+            v.request.as_ref().map(|r| r.fingerprint.as_str()),
         ])
     })
-    .map_err(sql_not_committed)?;
+    .map_err(|e| match e.sqlite_error_code() {
+        // The head is held, so (item, ov) can't clash: the idempotency key did.
+        Some(ErrorCode::ConstraintViolation) => not_committed(Error::AlreadyExists(format!(
+            "a write with the idempotency key of {}",
+            v.id
+        ))),
+        _ => sql_not_committed(e),
+    })?;
     tx.commit().map_err(|e| {
         if is_busy(&e) {
             // COMMIT failed before writing anything; the dropped transaction rolls back.
@@ -722,7 +779,7 @@ impl MetaStore for SqliteMetaStore {
                     .prepare_cached(&sql)
                     .and_then(|mut s| {
                         s.query_map(params![c.as_str(), at.as_millisecond(), cursor, page], |r| {
-                            Ok((VersionRow::read(r)?, r.get::<_, String>(11)?))
+                            Ok((VersionRow::read(r)?, r.get::<_, String>(VERSION_COLUMN_COUNT)?))
                         })?
                         .collect::<rusqlite::Result<Vec<_>>>()
                     })
@@ -898,6 +955,26 @@ impl MetaStore for SqliteMetaStore {
         .await
     }
 
+    async fn version_by_request(&self, c: &CollectionName, key: &RequestKey) -> Result<Option<VersionEntry>> {
+        let (c, key) = (c.clone(), key.clone());
+        self.with_conn(move |conn| {
+            let id: Option<String> = conn
+                .prepare_cached("SELECT item_id FROM versions WHERE collection = ?1 AND request_id = ?2")
+                .and_then(|mut s| s.query_row(params![c.as_str(), key.as_str()], |r| r.get(0)).optional())
+                .map_err(map_sql)?;
+            let Some(id) = id else { return Ok(None) };
+            let id: ItemId = id.parse()?;
+            let found = read_versions(
+                conn,
+                &id,
+                "AND request_id = ?3",
+                params![c.as_str(), id.as_str(), key.as_str()],
+            )?;
+            Ok(found.into_iter().next())
+        })
+        .await
+    }
+
     async fn count_items(&self, c: &CollectionName) -> Result<u64> {
         let c = c.clone();
         self.with_conn(move |conn| {
@@ -976,6 +1053,7 @@ mod tests {
             checksum: Content::from_json("{}".into()).checksum,
             meta: Map::new(),
             deleted: false,
+            request: None,
         }
     }
 
@@ -1010,6 +1088,32 @@ mod tests {
             s.head(&"c".parse().unwrap(), &"b".parse().unwrap()).await.unwrap(),
             None
         );
+    }
+
+    #[tokio::test]
+    async fn a_schema_1_database_is_migrated_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+            conn.execute(
+                "INSERT INTO versions (collection, item_id, ov, cv, op, at, write_id, size, checksum, meta, deleted) \
+                 VALUES ('c', 'a', 0, 1, 'CREATE', 0, 'w', 2, 'x', '{}', 0)",
+                [],
+            )
+            .unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+        }
+        let s = SqliteMetaStore::open(&path).unwrap();
+        let v = s
+            .version(&"c".parse().unwrap(), &"a".parse().unwrap(), 0)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((v.write_id.as_str(), v.request), ("w", None));
+        let key: RequestKey = "k".parse().unwrap();
+        assert_eq!(s.version_by_request(&"c".parse().unwrap(), &key).await.unwrap(), None);
     }
 
     #[test]

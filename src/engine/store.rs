@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::error::Result;
-use super::model::{CollectionName, Content, Head, ItemId, Op, Timestamp, VersionEntry};
+use super::model::{CollectionName, Content, Head, ItemId, Op, RequestKey, Timestamp, VersionEntry};
 use super::query::Filter;
 use serde_json::{Map, Value};
 
@@ -74,7 +74,8 @@ pub trait PendingWrite: Send {
     /// Set the data the new head carries, for writes whose data depends on the previous
     /// version (enrichment): they begin without data and fill it in while holding the item.
     async fn set_data(&mut self, data: NewData) -> Result<()>;
-    /// Make the head change and the version entry durable, atomically.
+    /// Make the head change and the version entry durable, atomically. A version whose
+    /// idempotency key is already recorded for the collection is refused (`NotCommitted`).
     async fn commit(self: Box<Self>, version: VersionEntry) -> Result<(), CommitError>;
     /// Give the item back without changing anything.
     async fn abort(self: Box<Self>);
@@ -196,6 +197,9 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn delete_versions(&self, collection: &CollectionName, id: &ItemId, ovs: &[u64]) -> Result<u64>;
     /// How many items the collection has (deleted ones included).
     async fn count_items(&self, collection: &CollectionName) -> Result<u64>;
+    /// The version written under this idempotency key, if any (keys are unique per collection
+    /// and remembered as long as their version is in the index).
+    async fn version_by_request(&self, collection: &CollectionName, key: &RequestKey) -> Result<Option<VersionEntry>>;
     /// Versions in ov order, starting after `after_ov`; at most `limit`.
     async fn versions(
         &self,

@@ -11,10 +11,11 @@ use tokio::sync::OnceCell;
 use super::envelope::{self, Decoded};
 use super::error::{Error, Result};
 use super::model::{
-    Attribution, CollectionName, Content, Head, ItemId, Op, Record, State, SystemFields, Timestamp, VersionEntry,
-    WriteOutcome, now, parse_data, payload_key,
+    Attribution, CollectionName, Content, Head, ItemId, Op, Record, RequestStamp, State, SystemFields, Timestamp,
+    VersionEntry, WriteOutcome, now, parse_data, payload_key,
 };
 use super::query::Filter;
+use super::queue::{QueueSettings, QueueStore};
 use super::store::{CommitError, HeadChange, ListQuery, MetaStore, NewData, PayloadStore};
 
 /// The key under which records carry their system fields; never part of stored data.
@@ -86,6 +87,8 @@ pub struct EngineSettings {
     pub collection_maps: HashMap<String, CollectionMap>,
     /// Conditional counters per collection name.
     pub counter_rules: HashMap<String, Vec<super::counters::CounterRule>>,
+    /// How the retry queue retries.
+    pub queue: QueueSettings,
 }
 
 impl Default for EngineSettings {
@@ -96,6 +99,7 @@ impl Default for EngineSettings {
             meta_max_string_bytes: 1024,
             collection_maps: HashMap::new(),
             counter_rules: HashMap::new(),
+            queue: QueueSettings::default(),
         }
     }
 }
@@ -126,7 +130,8 @@ pub struct Enrichment {
 }
 
 /// Which earlier version a restore brings back.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub enum VersionTarget {
     Ov(u64),
     At(Timestamp),
@@ -174,6 +179,8 @@ pub struct Engine {
     backups: Option<Arc<dyn PayloadStore>>,
     /// Content properties (the content bucket).
     content: Option<Arc<dyn PayloadStore>>,
+    /// Writes that met a transient failure, kept for retry (the metadata store's queue).
+    queue: Option<Arc<dyn QueueStore>>,
     settings: EngineSettings,
     /// Collections whose indexes this process has ensured (once each, never per write).
     prepared: Mutex<HashMap<CollectionName, Arc<OnceCell<()>>>>,
@@ -186,6 +193,7 @@ impl Engine {
             payloads,
             backups: None,
             content: None,
+            queue: None,
             settings,
             prepared: Mutex::new(HashMap::new()),
         }
@@ -201,6 +209,20 @@ impl Engine {
     pub fn with_content(mut self, content: Arc<dyn PayloadStore>) -> Self {
         self.content = Some(content);
         self
+    }
+
+    /// Attach the retry queue (see [`super::queue`]).
+    pub fn with_queue(mut self, queue: Arc<dyn QueueStore>) -> Self {
+        self.queue = Some(queue);
+        self
+    }
+
+    pub(super) fn queue(&self) -> Option<&Arc<dyn QueueStore>> {
+        self.queue.as_ref()
+    }
+
+    pub(super) fn queue_settings(&self) -> &QueueSettings {
+        &self.settings.queue
     }
 
     pub(super) fn content_store(&self) -> Option<&dyn PayloadStore> {
@@ -242,14 +264,37 @@ impl Engine {
         data: Map<String, Value>,
         who: &Attribution,
     ) -> Result<(ItemId, WriteOutcome)> {
+        let generated = id.is_none();
         let id = id.unwrap_or_else(ItemId::generate);
+        self.create_as(collection, id, generated, data, who).await
+    }
+
+    /// [`Engine::create`] with the id chosen already; `generated` says the caller didn't name it
+    /// (a retry under the same idempotency key without an id is then the same request).
+    pub(super) async fn create_as(
+        &self,
+        collection: &CollectionName,
+        id: ItemId,
+        generated: bool,
+        data: Map<String, Value>,
+        who: &Attribution,
+    ) -> Result<(ItemId, WriteOutcome)> {
+        let named = (!generated).then_some(&id);
+        let stamp = stamp(who, collection, "create", named, None, &data)?;
         let mut data = data;
         self.offload_content(collection, &id, &mut data).await?;
         let data = self.new_data(collection, data)?;
-        let outcome = self
-            .write(collection, &id, Op::Create, None, NewContent::Data(data), None, who)
-            .await?;
-        Ok((id, outcome))
+        self.write(
+            collection,
+            &id,
+            Op::Create,
+            None,
+            NewContent::Data(data),
+            None,
+            who,
+            stamp,
+        )
+        .await
     }
 
     /// Replace an item's data: ov + 1. `expected_ov: None` means last writer wins.
@@ -261,19 +306,23 @@ impl Engine {
         expected_ov: Option<u64>,
         who: &Attribution,
     ) -> Result<WriteOutcome> {
+        let stamp = stamp(who, collection, "update", Some(id), expected_ov, &data)?;
         let mut data = data;
         self.offload_content(collection, id, &mut data).await?;
         let data = self.new_data(collection, data)?;
-        self.write(
-            collection,
-            id,
-            Op::Update,
-            expected_ov,
-            NewContent::Data(data),
-            None,
-            who,
-        )
-        .await
+        let (_, outcome) = self
+            .write(
+                collection,
+                id,
+                Op::Update,
+                expected_ov,
+                NewContent::Data(data),
+                None,
+                who,
+                stamp,
+            )
+            .await?;
+        Ok(outcome)
     }
 
     /// Logically delete an item: a new version marked deleted that keeps the last data.
@@ -284,16 +333,20 @@ impl Engine {
         expected_ov: Option<u64>,
         who: &Attribution,
     ) -> Result<WriteOutcome> {
-        self.write(
-            collection,
-            id,
-            Op::Delete,
-            expected_ov,
-            NewContent::KeepPrevious,
-            None,
-            who,
-        )
-        .await
+        let stamp = stamp(who, collection, "delete", Some(id), expected_ov, &Value::Null)?;
+        let (_, outcome) = self
+            .write(
+                collection,
+                id,
+                Op::Delete,
+                expected_ov,
+                NewContent::KeepPrevious,
+                None,
+                who,
+                stamp,
+            )
+            .await?;
+        Ok(outcome)
     }
 
     /// Enrich an item: deep-merge `patches` in order into its latest data (see [`merge`]), as
@@ -318,17 +371,22 @@ impl Engine {
             return Err(Error::validation("functionId", "must be 1-256 characters"));
         }
         let function_id = enrichment.function_id.clone();
+        let body = serde_json::json!({"patches": patches, "functionId": function_id});
+        let stamp = stamp(who, collection, "enrich", Some(id), enrichment.expected_ov, &body)?;
         let content = NewContent::Merge(patches);
-        self.write(
-            collection,
-            id,
-            Op::Update,
-            enrichment.expected_ov,
-            content,
-            function_id,
-            who,
-        )
-        .await
+        let (_, outcome) = self
+            .write(
+                collection,
+                id,
+                Op::Update,
+                enrichment.expected_ov,
+                content,
+                function_id,
+                who,
+                stamp,
+            )
+            .await?;
+        Ok(outcome)
     }
 
     /// Append a version equal to an earlier one (by ov or by time). Restoring a deleted item
@@ -341,6 +399,16 @@ impl Engine {
         expected_ov: Option<u64>,
         who: &Attribution,
     ) -> Result<WriteOutcome> {
+        let body = match target {
+            VersionTarget::Ov(ov) => serde_json::json!({"ov": ov}),
+            VersionTarget::At(at) => serde_json::json!({"at": at}),
+        };
+        let stamp = stamp(who, collection, "restore", Some(id), expected_ov, &body)?;
+        if let Some(s) = &stamp
+            && let Some((_, first)) = self.replay(collection, s).await?
+        {
+            return Ok(first);
+        }
         let entry = match target {
             VersionTarget::Ov(ov) => self.meta.version(collection, id, ov).await?,
             VersionTarget::At(at) => self.meta.version_as_of(collection, id, at).await?,
@@ -359,16 +427,19 @@ impl Engine {
             .load(collection, id, entry.ov, &entry.write_id, &entry.checksum)
             .await?;
         let data = self.new_data(collection, decoded.data)?;
-        self.write(
-            collection,
-            id,
-            Op::Restore,
-            expected_ov,
-            NewContent::Data(data),
-            None,
-            who,
-        )
-        .await
+        let (_, outcome) = self
+            .write(
+                collection,
+                id,
+                Op::Restore,
+                expected_ov,
+                NewContent::Data(data),
+                None,
+                who,
+                stamp,
+            )
+            .await?;
+        Ok(outcome)
     }
 
     /// The latest version of an item.
@@ -616,6 +687,10 @@ impl Engine {
 
     /// The write protocol: hold the item in the metadata store, upload the payload under a key no
     /// other attempt can use, then commit head + version atomically. See `docs/design.md`.
+    ///
+    /// With an idempotency stamp, a write already made under its key is not made again: its
+    /// first outcome is returned (`replayed`), also when a concurrent attempt with the same key
+    /// wins the race — the store refuses a second version with the key.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn write(
         &self,
@@ -626,8 +701,74 @@ impl Engine {
         content: NewContent<'_>,
         function_id: Option<String>,
         who: &Attribution,
-    ) -> Result<WriteOutcome> {
+        stamp: Option<RequestStamp>,
+    ) -> Result<(ItemId, WriteOutcome)> {
         self.prepare(collection).await?;
+        let Some(stamp) = stamp else {
+            let outcome = self
+                .write_once(collection, id, op, expected_ov, content, function_id, who, None)
+                .await?;
+            return Ok((id.clone(), outcome));
+        };
+        if let Some(first) = self.replay(collection, &stamp).await? {
+            return Ok(first);
+        }
+        let result = self
+            .write_once(collection, id, op, expected_ov, content, function_id, who, Some(&stamp))
+            .await;
+        match result {
+            Ok(outcome) => Ok((id.clone(), outcome)),
+            // A retry racing with its first attempt (or arriving after it) fails its
+            // precondition or its key's uniqueness: if the key is recorded now, that is the answer.
+            Err(e @ (Error::AlreadyExists(_) | Error::NotFound(_) | Error::VersionConflict { .. })) => {
+                match self.replay(collection, &stamp).await? {
+                    Some(first) => Ok(first),
+                    None => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The first outcome of the write made under this stamp's key, if there was one.
+    async fn replay(
+        &self,
+        collection: &CollectionName,
+        stamp: &RequestStamp,
+    ) -> Result<Option<(ItemId, WriteOutcome)>> {
+        let Some(v) = self.meta.version_by_request(collection, &stamp.key).await? else {
+            return Ok(None);
+        };
+        if v.request.as_ref().is_some_and(|r| r.fingerprint != stamp.fingerprint) {
+            return Err(Error::validation(
+                "idempotencyKey",
+                format!(
+                    "`{}` was already used for a different request (on {collection}/{}); use a new key",
+                    stamp.key, v.id
+                ),
+            ));
+        }
+        let outcome = WriteOutcome {
+            ov: v.ov,
+            cv: v.cv,
+            at: v.at,
+            replayed: true,
+        };
+        Ok(Some((v.id, outcome)))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn write_once(
+        &self,
+        collection: &CollectionName,
+        id: &ItemId,
+        op: Op,
+        expected_ov: Option<u64>,
+        content: NewContent<'_>,
+        function_id: Option<String>,
+        who: &Attribution,
+        stamp: Option<&RequestStamp>,
+    ) -> Result<WriteOutcome> {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -662,7 +803,7 @@ impl Engine {
                 }
                 change.data = Some(merged);
             }
-            let prepared = match self.version_for(&change, previous.as_ref(), ov, cv, who).await {
+            let prepared = match self.version_for(&change, previous.as_ref(), ov, cv, who, stamp).await {
                 Ok(p) => p,
                 Err(e) => {
                     pending.abort().await;
@@ -675,7 +816,12 @@ impl Engine {
                 pending.abort().await;
                 return Err(e);
             }
-            let outcome = WriteOutcome { ov, cv, at: entry.at };
+            let outcome = WriteOutcome {
+                ov,
+                cv,
+                at: entry.at,
+                replayed: false,
+            };
             match pending.commit(entry).await {
                 Ok(()) => return Ok(outcome),
                 Err(CommitError::NotCommitted { error, retry }) => {
@@ -690,7 +836,7 @@ impl Engine {
                 Err(CommitError::Unknown(error)) => {
                     // The commit may have happened: the payload must stay.
                     tracing::warn!(%key, %error, "commit outcome unknown; payload kept");
-                    return Err(error);
+                    return Err(Error::OutcomeUnknown(error.to_string()));
                 }
             }
         }
@@ -719,6 +865,7 @@ impl Engine {
         ov: u64,
         cv: u64,
         who: &Attribution,
+        stamp: Option<&RequestStamp>,
     ) -> Result<(VersionEntry, Vec<u8>)> {
         let collection = &change.collection;
         // Per item, time never runs backwards even if replicas' clocks disagree slightly.
@@ -768,10 +915,38 @@ impl Engine {
             checksum: content.checksum.clone(),
             meta,
             deleted,
+            request: stamp.cloned(),
         };
         let body = envelope::encode(collection, &entry, &system, &content.json)?;
         Ok((entry, body))
     }
+}
+
+/// The idempotency stamp of a write whose caller gave a key: the key and a fingerprint of what
+/// was asked (operation, item, precondition and body), so the same key can't be replayed for a
+/// different request.
+fn stamp(
+    who: &Attribution,
+    collection: &CollectionName,
+    op: &str,
+    id: Option<&ItemId>,
+    expected_ov: Option<u64>,
+    body: &impl serde::Serialize,
+) -> Result<Option<RequestStamp>> {
+    use sha2::{Digest, Sha256};
+    let Some(key) = &who.request_key else { return Ok(None) };
+    let asked = serde_json::json!({
+        "op": op,
+        "collection": collection.as_str(),
+        "id": id.map(ItemId::as_str),
+        "expectedOv": expected_ov,
+        "body": body,
+    });
+    let bytes = serde_json::to_vec(&asked).map_err(|e| Error::validation("data", e.to_string()))?;
+    Ok(Some(RequestStamp {
+        key: key.clone(),
+        fingerprint: hex::encode(Sha256::digest(&bytes)),
+    }))
 }
 
 fn not_found(collection: &CollectionName, id: &ItemId) -> Error {

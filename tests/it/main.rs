@@ -2,8 +2,10 @@
 
 mod api;
 mod api_ops;
+mod api_queue;
 mod conformance;
 mod embedded;
+mod locks;
 mod memory;
 mod mongo_s3;
 mod operator;

@@ -1,11 +1,16 @@
 //! Test harness: builds engines over each backend pair. Real services come from
 //! `scripts/services.sh start`; a test that needs one fails loudly when it is missing.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chronos::engine::local::LocalPayloadStore;
 use chronos::engine::memory::{MemoryMetaStore, MemoryPayloadStore};
 use chronos::engine::mongo::MongoMetaStore;
+use chronos::engine::queue::QueueStore;
+use chronos::engine::queue::memory::MemoryQueue;
+use chronos::engine::queue::mongo::MongoQueue;
+use chronos::engine::queue::sqlite::SqliteQueue;
 use chronos::engine::s3::{S3Connection, S3PayloadStore};
 use chronos::engine::sqlite::SqliteMetaStore;
 use chronos::engine::{Engine, EngineSettings, MetaStore, PayloadStore};
@@ -15,7 +20,14 @@ use mongodb::event::command::CommandEvent;
 /// An engine plus direct handles on its stores, so tests can look underneath.
 pub struct Harness {
     pub engine: Arc<Engine>,
+    /// The payload store the engine writes to (behind the fault switch).
     pub payloads: Arc<dyn PayloadStore>,
+    pub meta: Arc<dyn MetaStore>,
+    pub queue: Arc<dyn QueueStore>,
+    /// Makes payload writes fail, like an S3 outage, while switched on.
+    pub faults: Arc<Faults>,
+    aux: Arc<dyn PayloadStore>,
+    settings: EngineSettings,
     /// Names of the MongoDB commands sent so far (empty for other backends).
     pub commands: Arc<Mutex<Vec<String>>>,
     /// Keeps an embedded backend's data directory alive as long as the engine.
@@ -23,25 +35,139 @@ pub struct Harness {
 }
 
 impl Harness {
+    fn assemble(
+        meta: Arc<dyn MetaStore>,
+        payloads: Arc<dyn PayloadStore>,
+        aux: Arc<dyn PayloadStore>,
+        queue: Arc<dyn QueueStore>,
+        settings: EngineSettings,
+    ) -> Harness {
+        let faults = Arc::new(Faults::default());
+        let payloads: Arc<dyn PayloadStore> = Arc::new(FaultyPayloads {
+            inner: payloads,
+            faults: faults.clone(),
+        });
+        let mut h = Harness {
+            engine: Arc::new(Engine::new(meta.clone(), payloads.clone(), EngineSettings::default())),
+            payloads,
+            meta,
+            queue,
+            faults,
+            aux,
+            settings,
+            commands: Default::default(),
+            _dir: None,
+        };
+        h.engine = h.replica();
+        h
+    }
+
+    /// Another engine over the same stores: a second replica of the same database.
+    pub fn replica(&self) -> Arc<Engine> {
+        Arc::new(
+            Engine::new(self.meta.clone(), self.payloads.clone(), self.settings.clone())
+                .with_backups(self.aux.clone())
+                .with_content(self.aux.clone())
+                .with_queue(self.queue.clone()),
+        )
+    }
+
     pub fn take_commands(&self) -> Vec<String> {
         std::mem::take(&mut *self.commands.lock().unwrap())
     }
 }
 
-pub fn memory(settings: EngineSettings) -> Harness {
-    let payloads: Arc<dyn PayloadStore> = Arc::new(MemoryPayloadStore::new());
-    let meta: Arc<dyn MetaStore> = Arc::new(MemoryMetaStore::new());
-    let aux = Arc::new(MemoryPayloadStore::new());
-    Harness {
-        engine: Arc::new(
-            Engine::new(meta, payloads.clone(), settings)
-                .with_backups(aux.clone())
-                .with_content(aux),
-        ),
-        payloads,
-        commands: Default::default(),
-        _dir: None,
+/// Fault switches for [`FaultyPayloads`].
+pub struct Faults {
+    pub fail_puts: AtomicBool,
+    /// Payload writes wait (like a stalled S3 PUT) until [`Faults::release_one`].
+    pub hold_puts: AtomicBool,
+    /// Signalled when a held write arrives.
+    pub held: tokio::sync::Notify,
+    release: tokio::sync::Semaphore,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Faults {
+            fail_puts: AtomicBool::new(false),
+            hold_puts: AtomicBool::new(false),
+            held: tokio::sync::Notify::new(),
+            release: tokio::sync::Semaphore::new(0),
+        }
     }
+}
+
+impl Faults {
+    /// Let one held payload write go on.
+    pub fn release_one(&self) {
+        self.release.add_permits(1);
+    }
+}
+
+/// A payload store that fails writes on demand the way an unreachable S3 server does
+/// (`Unavailable`), passing everything else through.
+pub struct FaultyPayloads {
+    inner: Arc<dyn PayloadStore>,
+    faults: Arc<Faults>,
+}
+
+impl FaultyPayloads {
+    pub fn new(inner: Arc<dyn PayloadStore>, faults: Arc<Faults>) -> Self {
+        FaultyPayloads { inner, faults }
+    }
+}
+
+#[async_trait::async_trait]
+impl PayloadStore for FaultyPayloads {
+    async fn put(&self, key: &str, body: bytes::Bytes) -> chronos::engine::Result<()> {
+        if self.faults.hold_puts.load(Ordering::SeqCst) {
+            self.faults.held.notify_one();
+            if let Ok(permit) = self.faults.release.acquire().await {
+                permit.forget();
+            }
+        }
+        if self.faults.fail_puts.load(Ordering::SeqCst) {
+            return Err(chronos::engine::Error::payload("injected fault: connection refused"));
+        }
+        self.inner.put(key, body).await
+    }
+    async fn get(&self, key: &str) -> chronos::engine::Result<Option<bytes::Bytes>> {
+        self.inner.get(key).await
+    }
+    async fn delete(&self, key: &str) -> chronos::engine::Result<()> {
+        self.inner.delete(key).await
+    }
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> chronos::engine::Result<Vec<String>> {
+        self.inner.list(prefix, start_after, limit).await
+    }
+    async fn presign_get(&self, key: &str, ttl: std::time::Duration) -> chronos::engine::Result<Option<String>> {
+        self.inner.presign_get(key, ttl).await
+    }
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    async fn exists(&self) -> chronos::engine::Result<bool> {
+        self.inner.exists().await
+    }
+    async fn create(&self) -> chronos::engine::Result<()> {
+        self.inner.create().await
+    }
+}
+
+pub fn memory(settings: EngineSettings) -> Harness {
+    Harness::assemble(
+        Arc::new(MemoryMetaStore::new()),
+        Arc::new(MemoryPayloadStore::new()),
+        Arc::new(MemoryPayloadStore::new()),
+        Arc::new(MemoryQueue::new()),
+        settings,
+    )
 }
 
 pub fn env(name: &str) -> String {
@@ -81,8 +207,10 @@ pub async fn mongo_client(commands: Arc<Mutex<Vec<String>>>) -> mongodb::Client 
 pub async fn mongo_s3(settings: EngineSettings) -> Harness {
     let commands: Arc<Mutex<Vec<String>>> = Default::default();
     let client = mongo_client(commands.clone()).await;
-    let meta = MongoMetaStore::new(client, &unique("t").replace('-', "_"));
+    let db_name = unique("t").replace('-', "_");
+    let meta = MongoMetaStore::new(client.clone(), &db_name);
     meta.ping().await.expect("mongod reachable and a replica set");
+    let queue = MongoQueue::new(client, &db_name);
     let store = S3PayloadStore::new(s3_connection().client(), unique("chronos-test"));
     assert!(
         store.ensure_bucket().await.expect("S3 server reachable"),
@@ -92,17 +220,8 @@ pub async fn mongo_s3(settings: EngineSettings) -> Harness {
     // Manifests and content have distinct key prefixes, so tests keep both in one more bucket.
     let aux = S3PayloadStore::new(s3_connection().client(), unique("chronos-aux"));
     aux.ensure_bucket().await.expect("S3 server reachable");
-    let aux = Arc::new(aux);
-    let harness = Harness {
-        engine: Arc::new(
-            Engine::new(Arc::new(meta), payloads.clone(), settings)
-                .with_backups(aux.clone())
-                .with_content(aux),
-        ),
-        payloads,
-        commands,
-        _dir: None,
-    };
+    let mut harness = Harness::assemble(Arc::new(meta), payloads, Arc::new(aux), Arc::new(queue), settings);
+    harness.commands = commands;
     harness.take_commands();
     harness
 }
@@ -114,16 +233,10 @@ pub fn embedded(settings: EngineSettings) -> Harness {
     let payloads: Arc<dyn PayloadStore> =
         Arc::new(LocalPayloadStore::open(&dir.path().join("payloads")).expect("payload dir"));
     let aux = Arc::new(LocalPayloadStore::open(&dir.path().join("aux")).expect("aux dir"));
-    Harness {
-        engine: Arc::new(
-            Engine::new(Arc::new(meta), payloads.clone(), settings)
-                .with_backups(aux.clone())
-                .with_content(aux),
-        ),
-        payloads,
-        commands: Default::default(),
-        _dir: Some(dir),
-    }
+    let queue = Arc::new(SqliteQueue::new(meta.clone()));
+    let mut harness = Harness::assemble(Arc::new(meta), payloads, aux, queue, settings);
+    harness._dir = Some(dir);
+    harness
 }
 
 /// A client of the test Kubernetes API server (`scripts/kube-apiserver.sh start`), with the
