@@ -11,20 +11,31 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::{Config, Issue, RouteEntry, Storage};
 use crate::engine::ItemId;
 use crate::engine::s3::S3Connection;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+// One definition for the configuration file's `databaseTypes` and the operator's
+// `ChronosDatabase.spec.routing` (hence the schema; its doc comment is the CRD's description).
+/// The kind of data the database holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
 pub enum DatabaseType {
     Metadata,
     Knowledge,
     Runtime,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+// Serialized singular (`domain`, `tenant`) as in the operator's spec; `Display` gives the
+// configuration file's plural tier keys (`domains`, `tenants`).
+/// Who the database serves: everyone (`generic`), one domain or one tenant (both need an
+/// `extIdentifier`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
 pub enum Tier {
     Generic,
     Domain,

@@ -6,6 +6,8 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use crate::routing::{DatabaseType, Tier};
+
 /// A logical Chronos database: where its data lives and how it is served.
 // clippy mistakes the repeated keys of kube's `printcolumn(...)` for duplicated attributes.
 #[allow(clippy::duplicated_attributes)]
@@ -60,22 +62,6 @@ pub struct Routing {
     /// The tenant or domain identifier (required for the `domain` and `tenant` tiers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ext_identifier: Option<String>,
-}
-
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum DatabaseType {
-    Metadata,
-    Knowledge,
-    Runtime,
-}
-
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Tier {
-    Generic,
-    Domain,
-    Tenant,
 }
 
 /// A key of a Secret in the resource's namespace.
