@@ -100,7 +100,7 @@ mod tests {
             (first.type_, first.reason.as_str(), first.note.as_str()),
             (EventType::Warning, "InvalidSpec", "spec.key: must not be empty")
         );
-        let existing = merge(&[], &[invalid.clone()], Some(1), at(1));
+        let existing = merge(&[], std::slice::from_ref(&invalid), Some(1), at(1));
         let reworded = Observed::failed("Ready", "InvalidSpec", "another message");
         assert_eq!(
             transition(&existing, &reworded, "Reconcile"),
