@@ -1,14 +1,15 @@
 //! The Kubernetes operator: four custom resources and their controllers.
 //!
-//! - [`database`]: `ChronosDatabase` — backends, buckets, and a dedicated engine (Deployment,
-//!   Service, configuration Secret).
+//! - [`database`]: `ChronosDatabase` — backends, buckets, and the engine that serves it
+//!   (Deployment, Service, configuration Secret): its own, or its namespace's shared engine.
 //! - [`collection`]: `ChronosCollection` — indexes of one collection.
 //! - [`restore`]: `ChronosRestore` — a one-shot, resumable restore of an item or a collection.
 //! - [`retention`]: `ChronosRetention` — scheduled cost tiering across databases.
 //!
 //! Every reconciler is the same pipeline: read → validate → build the desired objects (pure, no
 //! client) → apply them by server-side apply under [`FIELD_MANAGER`] → write status with
-//! [`conditions`]. [`leader`] makes sure only one replica acts; [`run`] wires it all together.
+//! [`conditions`], publishing [`events`] for what changed. [`leader`] makes sure only one
+//! replica acts; [`run`] wires it all together.
 
 pub mod backends;
 pub mod collection;
