@@ -99,6 +99,11 @@ pub struct Config {
     /// (generic, domains, tenants), each on one of the `mongoUris` × `spacesConns` backends.
     #[serde(default)]
     pub database_types: Option<DatabaseTypes>,
+    /// Logical databases addressed by key alone, outside the type × tier scheme (how the
+    /// operator's shared engine serves a `ChronosDatabase` with `spec.key`). Routed like
+    /// `databaseTypes` entries, and either one turns routing on.
+    #[serde(default)]
+    pub databases: Vec<RouteEntry>,
     /// Bearer tokens for the HTTP API; without it the API is open (fine on a laptop only).
     #[serde(default)]
     pub auth: Option<AuthConfig>,
@@ -129,7 +134,7 @@ pub struct Tiers {
 
 /// One logical database. Without `mongo` / `spaces`, its backends are chosen by rendezvous
 /// hashing of its key over all of them (stable, and adding a backend moves about 1/n of keys).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RouteEntry {
     /// How the API addresses it: `/v1/{key}/…`.
@@ -153,6 +158,15 @@ pub struct RouteEntry {
     pub content_bucket: Option<String>,
     #[serde(default)]
     pub backups_bucket: Option<String>,
+    /// This database's own tunables, collection maps and counters; each one given replaces the
+    /// top-level one for this database only (several databases in one process, each with its
+    /// own collections, as the operator's shared engine serves them).
+    #[serde(default)]
+    pub engine: Option<EngineConfig>,
+    #[serde(default)]
+    pub collection_maps: Option<BTreeMap<String, CollectionMapConfig>>,
+    #[serde(default)]
+    pub counters: Option<BTreeMap<String, Vec<CounterRule>>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -343,17 +357,104 @@ pub enum Storage {
     },
 }
 
+fn settings_of(
+    engine: &EngineConfig,
+    maps: &BTreeMap<String, CollectionMapConfig>,
+    counters: &BTreeMap<String, Vec<CounterRule>>,
+) -> EngineSettings {
+    let mut settings = engine.settings();
+    settings.collection_maps = maps.iter().map(|(name, m)| (name.clone(), m.to_map())).collect();
+    settings.counter_rules = counters.iter().map(|(c, r)| (c.clone(), r.clone())).collect();
+    settings
+}
+
+/// Problems with tunables, collection maps and counters, with fields under `prefix`.
+fn settings_issues(
+    prefix: &str,
+    engine: &EngineConfig,
+    maps: &BTreeMap<String, CollectionMapConfig>,
+    counters: &BTreeMap<String, Vec<CounterRule>>,
+) -> Vec<Issue> {
+    let mut issues = Vec::new();
+    let mut issue = |field: String, problem: &str| {
+        issues.push(Issue {
+            field: format!("{prefix}{field}"),
+            problem: problem.to_owned(),
+        })
+    };
+    for (name, map) in maps {
+        if let Err(e) = name.parse::<CollectionName>() {
+            issue(format!("collectionMaps.{name}"), &e.to_string());
+        }
+        for (field, problem) in map.to_map().problems() {
+            let field = match field {
+                "requiredIndexed" => "validation.requiredIndexed",
+                other => other,
+            };
+            issue(format!("collectionMaps.{name}.{field}"), &problem);
+        }
+    }
+    for (name, rules) in counters {
+        if let Err(e) = name.parse::<CollectionName>() {
+            issue(format!("counters.{name}"), &e.to_string());
+        }
+        for (i, field, problem) in crate::engine::counters::rule_problems(rules) {
+            issue(format!("counters.{name}[{i}].{field}"), &problem);
+        }
+    }
+    let q = &engine.retry_queue;
+    if q.max_attempts == 0 || q.max_attempts > 100 {
+        issue("engine.retryQueue.maxAttempts".to_owned(), "must be between 1 and 100");
+    }
+    if q.base_delay_ms == 0 || q.base_delay_ms > q.max_delay_ms {
+        issue(
+            "engine.retryQueue.baseDelayMs".to_owned(),
+            "must be greater than 0 and at most maxDelayMs",
+        );
+    }
+    if q.lease_ms < 1000 {
+        issue("engine.retryQueue.leaseMs".to_owned(), "must be at least 1000");
+    }
+    if engine.max_payload_bytes == 0 {
+        issue("engine.maxPayloadBytes".to_owned(), "must be greater than 0");
+    }
+    if engine.inline_max_bytes > 8 * 1024 * 1024 {
+        issue(
+            "engine.inlineMaxBytes".to_owned(),
+            "must be at most 8388608 (MongoDB documents are limited to 16 MiB)",
+        );
+    }
+    issues
+}
+
 impl Config {
     /// The engine's settings: tunables plus collection maps.
     pub fn engine_settings(&self) -> EngineSettings {
-        let mut settings = self.engine.settings();
-        settings.collection_maps = self
-            .collection_maps
-            .iter()
-            .map(|(name, m)| (name.clone(), m.to_map()))
-            .collect();
-        settings.counter_rules = self.counters.iter().map(|(c, r)| (c.clone(), r.clone())).collect();
-        settings
+        settings_of(&self.engine, &self.collection_maps, &self.counters)
+    }
+
+    /// The settings of one routed database: the top-level ones, with each part the entry gives
+    /// replaced by its own.
+    pub fn settings_for(&self, entry: &RouteEntry) -> EngineSettings {
+        settings_of(
+            entry.engine.as_ref().unwrap_or(&self.engine),
+            entry.collection_maps.as_ref().unwrap_or(&self.collection_maps),
+            entry.counters.as_ref().unwrap_or(&self.counters),
+        )
+    }
+
+    /// Whether requests are routed by key (`databaseTypes` or `databases`) rather than all
+    /// going to the one `default` database.
+    pub fn routed(&self) -> bool {
+        self.database_types.is_some() || !self.databases.is_empty()
+    }
+
+    /// The largest payload any database accepts (the HTTP body limit must let it through).
+    pub fn max_payload_bytes(&self) -> usize {
+        crate::routing::entries(self)
+            .into_iter()
+            .filter_map(|x| x.entry.engine.as_ref().map(|e| e.max_payload_bytes))
+            .fold(self.engine.max_payload_bytes, usize::max)
     }
 
     /// Read, parse and validate a file; `.json` files are JSON, everything else YAML.
@@ -471,53 +572,27 @@ impl Config {
                 "expected 1-38 characters of ASCII letters, digits, '_' and '-'",
             );
         }
-        for (name, map) in &self.collection_maps {
-            if let Err(e) = name.parse::<CollectionName>() {
-                issue(format!("collectionMaps.{name}"), &e.to_string());
-            }
-            for (field, problem) in map.to_map().problems() {
-                let field = match field {
-                    "requiredIndexed" => "validation.requiredIndexed",
-                    other => other,
-                };
-                issue(format!("collectionMaps.{name}.{field}"), &problem);
-            }
-        }
-        for (name, rules) in &self.counters {
-            if let Err(e) = name.parse::<CollectionName>() {
-                issue(format!("counters.{name}"), &e.to_string());
-            }
-            for (i, field, problem) in crate::engine::counters::rule_problems(rules) {
-                issue(format!("counters.{name}[{i}].{field}"), &problem);
-            }
-        }
-        if self.database_types.is_some() && self.mongo_uris.is_empty() {
+        if self.routed() && self.mongo_uris.is_empty() {
             issue(
-                "databaseTypes".to_owned(),
+                if self.database_types.is_some() {
+                    "databaseTypes"
+                } else {
+                    "databases"
+                }
+                .to_owned(),
                 "routing needs mongoUris and spacesConns (the backends)",
             );
         }
-        let q = &self.engine.retry_queue;
-        if q.max_attempts == 0 || q.max_attempts > 100 {
-            issue("engine.retryQueue.maxAttempts".to_owned(), "must be between 1 and 100");
-        }
-        if q.base_delay_ms == 0 || q.base_delay_ms > q.max_delay_ms {
-            issue(
-                "engine.retryQueue.baseDelayMs".to_owned(),
-                "must be greater than 0 and at most maxDelayMs",
-            );
-        }
-        if q.lease_ms < 1000 {
-            issue("engine.retryQueue.leaseMs".to_owned(), "must be at least 1000");
-        }
-        if self.engine.max_payload_bytes == 0 {
-            issue("engine.maxPayloadBytes".to_owned(), "must be greater than 0");
-        }
-        if self.engine.inline_max_bytes > 8 * 1024 * 1024 {
-            issue(
-                "engine.inlineMaxBytes".to_owned(),
-                "must be at most 8388608 (MongoDB documents are limited to 16 MiB)",
-            );
+        issues.extend(settings_issues("", &self.engine, &self.collection_maps, &self.counters));
+        for x in crate::routing::entries(self) {
+            let e = x.entry;
+            issues.extend(settings_issues(
+                &format!("{}.", x.field()),
+                // What the entry does not give was checked at the top level.
+                e.engine.as_ref().unwrap_or(&EngineConfig::default()),
+                e.collection_maps.as_ref().unwrap_or(&BTreeMap::new()),
+                e.counters.as_ref().unwrap_or(&BTreeMap::new()),
+            ));
         }
         issues.extend(crate::routing::Routes::issues(self));
         issues

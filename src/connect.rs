@@ -94,15 +94,23 @@ pub async fn open(storage: &Storage, settings: EngineSettings, conns: &Connectio
     }
 }
 
-/// Where every logical database a configuration names lives, keyed as the API addresses them:
-/// the routed databases of `databaseTypes`, or else one database, `default`.
+/// Where every logical database a configuration names lives, and with which settings, keyed as
+/// the API addresses them: the routed databases (`databaseTypes`, `databases`), or else one
+/// database, `default`.
 pub fn storages(
     config: &crate::config::Config,
     default_dir: &Path,
-) -> Result<std::collections::BTreeMap<String, Storage>, String> {
+) -> Result<std::collections::BTreeMap<String, (Storage, EngineSettings)>, String> {
     match crate::routing::Routes::from_config(config).map_err(|e| e.to_string())? {
-        Some(routes) => Ok(routes.all().map(|r| (r.key.clone(), r.storage.clone())).collect()),
-        None => Ok([("default".to_owned(), config.storage(default_dir)?)].into()),
+        Some(routes) => Ok(routes
+            .all()
+            .map(|r| (r.key.clone(), (r.storage.clone(), r.settings.clone())))
+            .collect()),
+        None => Ok([(
+            "default".to_owned(),
+            (config.storage(default_dir)?, config.engine_settings()),
+        )]
+        .into()),
     }
 }
 
@@ -113,10 +121,9 @@ pub async fn open_all(
     default_dir: &Path,
     conns: &Connections,
 ) -> Result<std::collections::BTreeMap<String, Arc<Engine>>, String> {
-    let settings = config.engine_settings();
     let mut out = std::collections::BTreeMap::new();
-    for (key, storage) in storages(config, default_dir)? {
-        let engine = open(&storage, settings.clone(), conns)
+    for (key, (storage, settings)) in storages(config, default_dir)? {
+        let engine = open(&storage, settings, conns)
             .await
             .map_err(|e| format!("database `{key}` ({}): {e}", describe(&storage)))?;
         out.insert(key, engine);

@@ -140,8 +140,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .clone()
         .or_else(|| config.auth.as_ref().map(|a| a.tokens_file.clone()));
     let tokens = tokens_file.as_deref().map(Tokens::load).transpose()?;
-    let settings = config.engine_settings();
-    let max_body_bytes = settings.max_payload_bytes + 64 * 1024;
+    let max_body_bytes = config.max_payload_bytes() + 64 * 1024;
     let conns = std::sync::Arc::new(Connections::default());
     let databases = connect::open_all(&config, &args.data_dir, &conns).await?;
     let reloader = match &args.config {
@@ -167,9 +166,9 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     eprintln!("Chronos {} serving http://{addr}", env!("CARGO_PKG_VERSION"));
-    match &config.database_types {
-        Some(_) => eprintln!("  data: {} routed databases: {}", keys.len(), keys.join(", ")),
-        None => eprintln!(
+    match config.routed() {
+        true => eprintln!("  data: {} routed databases: {}", keys.len(), keys.join(", ")),
+        false => eprintln!(
             "  data: {} (database key `default`)",
             connect::describe(&config.storage(&args.data_dir)?)
         ),

@@ -43,16 +43,15 @@ impl Reloader {
         databases: &BTreeMap<String, Arc<Engine>>,
     ) -> Result<Self, String> {
         let text = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let settings = config.engine_settings();
         let opened = connect::storages(config, default_dir)?
             .into_iter()
-            .filter_map(|(key, storage)| {
+            .filter_map(|(key, (storage, settings))| {
                 let engine = databases.get(&key)?.clone();
                 Some((
                     key,
                     Opened {
                         storage,
-                        settings: settings.clone(),
+                        settings,
                         engine,
                     },
                 ))
@@ -78,9 +77,8 @@ impl Reloader {
             return Ok(false);
         }
         let config = Config::load(&self.path).map_err(|e| e.to_string())?;
-        let settings = config.engine_settings();
         let mut next = BTreeMap::new();
-        for (key, storage) in connect::storages(&config, &self.default_dir)? {
+        for (key, (storage, settings)) in connect::storages(&config, &self.default_dir)? {
             let engine = match self.opened.get(&key) {
                 Some(o) if o.storage == storage && o.settings == settings => o.engine.clone(),
                 _ => connect::open(&storage, settings.clone(), &self.conns)
@@ -91,7 +89,7 @@ impl Reloader {
                 key,
                 Opened {
                     storage,
-                    settings: settings.clone(),
+                    settings,
                     engine,
                 },
             );

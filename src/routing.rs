@@ -11,20 +11,31 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::{Config, Issue, RouteEntry, Storage};
-use crate::engine::ItemId;
 use crate::engine::s3::S3Connection;
+use crate::engine::{EngineSettings, ItemId};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+// One definition for the configuration file's `databaseTypes` and the operator's
+// `ChronosDatabase.spec.routing` (hence the schema; its doc comment is the CRD's description).
+/// The kind of data the database holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
 pub enum DatabaseType {
     Metadata,
     Knowledge,
     Runtime,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+// Serialized singular (`domain`, `tenant`) as in the operator's spec; `Display` gives the
+// configuration file's plural tier keys (`domains`, `tenants`).
+/// Who the database serves: everyone (`generic`), one domain or one tenant (both need an
+/// `extIdentifier`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
 pub enum Tier {
     Generic,
     Domain,
@@ -75,10 +86,12 @@ fn identifier(ext: &Option<String>) -> String {
 #[derive(Debug, Clone)]
 pub struct Route {
     pub key: String,
-    pub database_type: DatabaseType,
-    pub tier: Tier,
+    /// Its type and tier; `None` for the `databases` list (addressed by key alone).
+    pub identity: Option<(DatabaseType, Tier)>,
     pub ext_identifier: Option<String>,
     pub storage: Storage,
+    /// Its engine settings (its own, or the configuration's top-level ones).
+    pub settings: EngineSettings,
 }
 
 /// The backends routing chooses among, with their stable identities.
@@ -112,21 +125,45 @@ pub fn rendezvous<S: AsRef<str>>(key: &str, backend_ids: &[S]) -> Option<usize> 
         .map(|(i, _)| i)
 }
 
-fn entries(config: &Config) -> Vec<(DatabaseType, Tier, &RouteEntry)> {
-    let Some(types) = &config.database_types else {
-        return vec![];
-    };
-    let mut out = Vec::new();
-    for (t, tiers) in [
-        (DatabaseType::Metadata, &types.metadata),
-        (DatabaseType::Knowledge, &types.knowledge),
-        (DatabaseType::Runtime, &types.runtime),
-    ] {
-        let Some(tiers) = tiers else { continue };
-        out.extend(tiers.generic.iter().map(|e| (t, Tier::Generic, e)));
-        out.extend(tiers.domains.iter().map(|e| (t, Tier::Domain, e)));
-        out.extend(tiers.tenants.iter().map(|e| (t, Tier::Tenant, e)));
+/// One routed database of a configuration.
+pub(crate) struct Entry<'a> {
+    /// `None` for the `databases` list.
+    pub identity: Option<(DatabaseType, Tier)>,
+    pub entry: &'a RouteEntry,
+}
+
+impl Entry<'_> {
+    /// Where it is in the configuration, for messages.
+    pub fn field(&self) -> String {
+        match self.identity {
+            Some((t, tier)) => format!("databaseTypes.{t}.{tier}[key={}]", self.entry.key),
+            None => format!("databases[key={}]", self.entry.key),
+        }
     }
+}
+
+/// Every routed database: `databaseTypes` entries, then the `databases` list.
+pub(crate) fn entries(config: &Config) -> Vec<Entry<'_>> {
+    let mut out = Vec::new();
+    if let Some(types) = &config.database_types {
+        for (t, tiers) in [
+            (DatabaseType::Metadata, &types.metadata),
+            (DatabaseType::Knowledge, &types.knowledge),
+            (DatabaseType::Runtime, &types.runtime),
+        ] {
+            let Some(tiers) = tiers else { continue };
+            let of = |tier: Tier| {
+                move |entry| Entry {
+                    identity: Some((t, tier)),
+                    entry,
+                }
+            };
+            out.extend(tiers.generic.iter().map(of(Tier::Generic)));
+            out.extend(tiers.domains.iter().map(of(Tier::Domain)));
+            out.extend(tiers.tenants.iter().map(of(Tier::Tenant)));
+        }
+    }
+    out.extend(config.databases.iter().map(|entry| Entry { identity: None, entry }));
     out
 }
 
@@ -136,8 +173,9 @@ impl Routes {
         let mut issues = Vec::new();
         let mut keys = HashMap::new();
         let mut identities = HashMap::new();
-        for (t, tier, e) in entries(config) {
-            let field = |f: &str| format!("databaseTypes.{t}.{tier}[key={}].{f}", e.key);
+        for x in entries(config) {
+            let e = x.entry;
+            let field = |f: &str| format!("{}.{f}", x.field());
             let mut issue = |f: &str, p: &str| {
                 issues.push(Issue {
                     field: field(f),
@@ -150,12 +188,17 @@ impl Routes {
             if keys.insert(e.key.clone(), ()).is_some() {
                 issue("key", "is used twice");
             }
-            match (tier, &e.ext_identifier) {
-                (Tier::Generic, Some(_)) => issue("extIdentifier", "the generic tier has no identifier"),
-                (Tier::Domain | Tier::Tenant, None) => issue("extIdentifier", "is required for domains and tenants"),
+            match (x.identity, &e.ext_identifier) {
+                (Some((_, Tier::Generic)), Some(_)) => issue("extIdentifier", "the generic tier has no identifier"),
+                (Some((_, Tier::Domain | Tier::Tenant)), None) => {
+                    issue("extIdentifier", "is required for domains and tenants")
+                }
+                (None, Some(_)) => issue("extIdentifier", "only databaseTypes entries have an identifier"),
                 _ => {}
             }
-            if identities.insert((t, tier, e.ext_identifier.clone()), ()).is_some() {
+            if let Some((t, tier)) = x.identity
+                && identities.insert((t, tier, e.ext_identifier.clone()), ()).is_some()
+            {
                 issue("extIdentifier", "is used twice in this type and tier");
             }
             if e.mongo.is_some_and(|i| i >= config.mongo_uris.len()) {
@@ -168,9 +211,10 @@ impl Routes {
         issues
     }
 
-    /// Build the routing table; `None` when the configuration has no `databaseTypes`.
+    /// Build the routing table; `None` when the configuration routes nothing (no
+    /// `databaseTypes`, no `databases`).
     pub fn from_config(config: &Config) -> Result<Option<Routes>> {
-        if config.database_types.is_none() {
+        if !config.routed() {
             return Ok(None);
         }
         let backends = Backends {
@@ -193,23 +237,26 @@ impl Routes {
             backends,
             ..Default::default()
         };
-        for (t, tier, e) in entries(config) {
+        for x in entries(config) {
+            let e = x.entry;
             let db_name = e
                 .db_name
                 .clone()
                 .unwrap_or_else(|| format!("chronos_{}", e.key.replace(['-', '.', ':'], "_")));
             let storage = routes.storage_for(&e.key, e.mongo, e.spaces, db_name, e)?;
-            routes
-                .identities
-                .insert((t, tier, e.ext_identifier.clone()), e.key.clone());
+            if let Some((t, tier)) = x.identity {
+                routes
+                    .identities
+                    .insert((t, tier, e.ext_identifier.clone()), e.key.clone());
+            }
             routes.routes.insert(
                 e.key.clone(),
                 Route {
                     key: e.key.clone(),
-                    database_type: t,
-                    tier,
+                    identity: x.identity,
                     ext_identifier: e.ext_identifier.clone(),
                     storage,
+                    settings: config.settings_for(e),
                 },
             );
         }
@@ -282,12 +329,7 @@ impl Routes {
         let entry = RouteEntry {
             key: tenant_id.to_owned(),
             ext_identifier: Some(tenant_id.to_owned()),
-            mongo: None,
-            spaces: None,
-            db_name: None,
-            json_bucket: None,
-            content_bucket: None,
-            backups_bucket: None,
+            ..RouteEntry::default()
         };
         let safe: String = tenant_id
             .chars()
@@ -419,5 +461,86 @@ databaseTypes:
                 "databaseTypes.runtime.domains[key=meta].extIdentifier",
             ]
         );
+    }
+
+    #[test]
+    fn key_only_databases_route_with_their_own_settings() {
+        let config = Config::parse(
+            r#"
+mongoUris: ["mongodb://m0/?replicaSet=rs0"]
+spacesConns:
+  - {endpoint: "http://s0", accessKey: a, secretKey: s, jsonBucket: json0, contentBucket: content0, backupsBucket: backups0}
+  - {endpoint: "http://s0", accessKey: a, secretKey: s, jsonBucket: json1, contentBucket: content1, backupsBucket: backups1}
+collectionMaps:
+  orders: {indexedProps: [status]}
+databases:
+  - key: shop
+    mongo: 0
+    spaces: 1
+    dbName: shop
+    engine: {inlineMaxBytes: 10, maxPayloadBytes: 99999999}
+    collectionMaps:
+      orders: {indexedProps: [customer], contentProps: {photo: binary}}
+    counters:
+      orders: [{name: all, on: [CREATE]}]
+  - {key: plain, mongo: 0, spaces: 0}
+"#,
+        )
+        .unwrap();
+        assert!(config.validate().is_empty(), "{:?}", config.validate());
+        assert_eq!(
+            config.max_payload_bytes(),
+            99_999_999,
+            "the body limit lets every database's payload in"
+        );
+        let routes = Routes::from_config(&config).unwrap().unwrap();
+        let shop = routes.by_key("shop").unwrap();
+        assert_eq!(shop.identity, None);
+        let Storage::Remote {
+            db_name, json_bucket, ..
+        } = &shop.storage
+        else {
+            panic!()
+        };
+        assert_eq!((db_name.as_str(), json_bucket.as_str()), ("shop", "json1"));
+        let map = &shop.settings.collection_maps["orders"];
+        assert_eq!(map.indexed_props.as_deref(), Some(&["customer".to_owned()][..]));
+        assert_eq!(map.content_props["photo"], crate::engine::ContentKind::Binary);
+        assert_eq!(
+            (
+                shop.settings.inline_max_bytes,
+                shop.settings.counter_rules["orders"].len()
+            ),
+            (10, 1)
+        );
+        // Without its own settings, a database takes the top-level ones.
+        let plain = &routes.by_key("plain").unwrap().settings;
+        assert_eq!(
+            plain.collection_maps["orders"].indexed_props.as_deref(),
+            Some(&["status".to_owned()][..])
+        );
+        assert_eq!(plain.inline_max_bytes, EngineSettings::default().inline_max_bytes);
+
+        let bad = Config::parse(
+            r#"
+mongoUris: ["mongodb://m0/?replicaSet=rs0"]
+spacesConns: [{endpoint: "http://s0", accessKey: a, secretKey: s, jsonBucket: json0, contentBucket: content0, backupsBucket: backups0}]
+databases:
+  - key: shop
+    extIdentifier: x
+    collectionMaps: {orders: {indexedProps: [a], contentProps: {a: text}}}
+"#,
+        )
+        .unwrap();
+        let fields: Vec<String> = bad.validate().into_iter().map(|i| i.field).collect();
+        assert_eq!(
+            fields,
+            [
+                "databases[key=shop].collectionMaps.orders.contentProps",
+                "databases[key=shop].extIdentifier"
+            ]
+        );
+        let unrouted = Config::parse("databases: [{key: a}]").unwrap();
+        assert_eq!(unrouted.validate()[0].field, "databases", "routing needs backends");
     }
 }

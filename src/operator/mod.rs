@@ -1,19 +1,21 @@
 //! The Kubernetes operator: four custom resources and their controllers.
 //!
-//! - [`database`]: `ChronosDatabase` — backends, buckets, and a dedicated engine (Deployment,
-//!   Service, configuration Secret).
+//! - [`database`]: `ChronosDatabase` — backends, buckets, and the engine that serves it
+//!   (Deployment, Service, configuration Secret): its own, or its namespace's shared engine.
 //! - [`collection`]: `ChronosCollection` — indexes of one collection.
 //! - [`restore`]: `ChronosRestore` — a one-shot, resumable restore of an item or a collection.
 //! - [`retention`]: `ChronosRetention` — scheduled cost tiering across databases.
 //!
 //! Every reconciler is the same pipeline: read → validate → build the desired objects (pure, no
 //! client) → apply them by server-side apply under [`FIELD_MANAGER`] → write status with
-//! [`conditions`]. [`leader`] makes sure only one replica acts; [`run`] wires it all together.
+//! [`conditions`], publishing [`events`] for what changed. [`leader`] makes sure only one
+//! replica acts; [`run`] wires it all together.
 
 pub mod backends;
 pub mod collection;
 pub mod conditions;
 pub mod database;
+pub mod events;
 pub mod health;
 pub mod leader;
 pub mod restore;
@@ -21,6 +23,8 @@ pub mod retention;
 mod runner;
 
 use kube::runtime::controller::Action;
+use kube::runtime::events::{Recorder, Reporter};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::connect::Connections;
@@ -68,20 +72,49 @@ pub struct Context {
     pub client: kube::Client,
     /// MongoDB and S3 clients, one per backend, shared by every reconcile.
     pub conns: Connections,
-    /// The engine image a `ChronosDatabase` gets when its spec names none.
+    /// The engine image a dedicated engine gets when its spec names none, and the image of
+    /// every namespace's shared engine.
     pub engine_image: String,
+    /// Replicas of each namespace's shared engine.
+    pub shared_engine_replicas: i32,
     /// Items per page of a collection restore (status is written after each page).
     pub restore_page: usize,
+    /// Publishes Kubernetes Events ([`events`]).
+    pub recorder: Recorder,
+    /// One lock per namespace, held while its engines are rendered and applied (see
+    /// [`Context::namespace_lock`]).
+    namespace_locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Context {
     pub fn new(client: kube::Client, engine_image: impl Into<String>) -> Arc<Context> {
-        Arc::new(Context {
+        Arc::new(Context::with_identity(client, engine_image, None))
+    }
+
+    /// A context whose Events name `identity` (the pod) as the reporting instance.
+    pub fn with_identity(client: kube::Client, engine_image: impl Into<String>, identity: Option<String>) -> Context {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.to_owned(),
+            instance: identity,
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
             client,
             conns: Connections::default(),
             engine_image: engine_image.into(),
+            shared_engine_replicas: 1,
             restore_page: crate::engine::restore::RESTORE_PAGE,
-        })
+            namespace_locks: std::sync::Mutex::default(),
+        }
+    }
+
+    /// The lock of namespace `ns`. The shared engine's configuration is rendered from a fresh
+    /// list of the namespace's databases by whichever database reconciles; holding this lock
+    /// from that list to the apply means the last apply always rendered the latest list (only
+    /// the lease holder reconciles, so a process-local lock suffices).
+    pub fn namespace_lock(&self, ns: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.namespace_locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(ns.to_owned()).or_default().clone()
     }
 }
 

@@ -18,9 +18,14 @@ use super::{Context, Error, Result, collection, database, health, restore, reten
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct OperatorArgs {
-    /// The image of dedicated engines whose ChronosDatabase names none.
+    /// The engine image: of every namespace's shared engine, and of dedicated engines whose
+    /// ChronosDatabase names none.
     #[arg(long, env = "CHRONOS_ENGINE_IMAGE", default_value = concat!("ghcr.io/chronos-dev/chronos:", env!("CARGO_PKG_VERSION")))]
     pub engine_image: String,
+    /// Replicas of each namespace's shared engine (the one serving databases without
+    /// spec.engine).
+    #[arg(long, env = "CHRONOS_SHARED_ENGINE_REPLICAS", default_value_t = 1)]
+    pub shared_engine_replicas: i32,
     /// Health and metrics endpoints.
     #[arg(long, env = "CHRONOS_OPERATOR_LISTEN", default_value = "0.0.0.0:8081")]
     pub listen: SocketAddr,
@@ -133,7 +138,9 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
     leader::acquire(&client, &lease).await?;
     health::set_leading(true);
     tracing::info!("leading: controllers start");
-    let ctx = Context::new(client.clone(), args.engine_image);
+    let mut ctx = Context::with_identity(client.clone(), args.engine_image, Some(lease.identity.clone()));
+    ctx.shared_engine_replicas = args.shared_engine_replicas;
+    let ctx = Arc::new(ctx);
     let scope = Scope {
         namespace: args.namespace,
         retention_labels: None,

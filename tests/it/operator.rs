@@ -13,6 +13,7 @@ use chronos::operator::{Context, Scope, backends, conditions};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
 use kube::{Resource, ResourceExt};
@@ -168,6 +169,33 @@ where
         .unwrap_or_else(|_| panic!("{name} was not deleted in time"));
 }
 
+/// The Event about object `name` in `ns` with `reason`, polled (bounded by [`WAIT`]): events are
+/// published after the status write that a test usually waits for.
+async fn wait_event(client: &kube::Client, ns: &str, name: &str, reason: &str) -> Event {
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let found = events
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .find(|e| {
+                e.reason.as_deref() == Some(reason)
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+            });
+        if let Some(event) = found {
+            return event;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {reason} event about {ns}/{name}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn condition(db: &ChronosDatabase, t: &str) -> Option<String> {
     let s = db.status.as_ref()?;
     conditions::status_of(&s.conditions, t).map(str::to_owned)
@@ -244,7 +272,12 @@ async fn database_gets_buckets_and_an_engine_and_delete_policy_drops_the_data() 
     let config = k.api::<Secret>().get("orders-engine-config").await.unwrap();
     let text = String::from_utf8(config.data.unwrap()["config.json"].0.clone()).unwrap();
     let parsed = chronos::config::Config::parse(&text).unwrap();
-    assert_eq!(parsed.db_name, db.spec.mongodb.db_name);
+    assert_eq!(parsed.databases[0].key, "orders");
+    assert_eq!(parsed.databases[0].db_name.as_ref(), Some(&db.spec.mongodb.db_name));
+    assert_eq!(
+        status.database_url,
+        Some(format!("http://orders-engine.{}.svc:8080/v1/orders", k.ns))
+    );
     assert!(
         !text.contains("mongodb://"),
         "no secret values in the rendered config: {text}"
@@ -265,6 +298,17 @@ async fn database_gets_buckets_and_an_engine_and_delete_policy_drops_the_data() 
     })
     .await;
     assert_eq!(condition(&db, "EngineReady").as_deref(), Some("True"));
+    // Each readiness change was an Event: waiting for the engine, then ready.
+    let waiting = wait_event(&k.client, &k.ns, "orders", "EngineNotReady").await;
+    assert_eq!(waiting.type_.as_deref(), Some("Warning"));
+    let ready = wait_event(&k.client, &k.ns, "orders", "Ready").await;
+    assert_eq!(ready.type_.as_deref(), Some("Normal"));
+    let regarding = ready.regarding.unwrap();
+    assert_eq!(
+        (regarding.kind.as_deref(), regarding.uid),
+        (Some("ChronosDatabase"), db.uid())
+    );
+    assert_eq!(ready.reporting_controller.as_deref(), Some("chronos-operator"));
 
     // A new collection map changes the configuration → the Deployment rolls (new hash).
     k.create::<ChronosCollection>(json!({
@@ -322,8 +366,9 @@ async fn retain_keeps_the_data_and_invalid_specs_say_what_is_wrong() {
         .find(|c| c.type_ == "EngineReady")
         .cloned()
         .unwrap();
-    assert_eq!(engine.reason, "SharedEngineNotImplemented");
+    assert_eq!(engine.reason, "Progressing", "served by the shared engine, no pod runs");
     assert!(k.api::<Deployment>().get_opt("kept-engine").await.unwrap().is_none());
+    assert!(k.api::<Deployment>().get_opt("chronos-engine").await.unwrap().is_some());
     dbs.delete("kept", &DeleteParams::default()).await.unwrap();
     wait_gone(&dbs, "kept").await;
     assert!(
@@ -338,6 +383,9 @@ async fn retain_keeps_the_data_and_invalid_specs_say_what_is_wrong() {
     let ready = &db.status.unwrap().conditions[0];
     assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "InvalidSpec"));
     assert!(ready.message.contains("spec.s3.buckets.json"), "{}", ready.message);
+    let event = wait_event(&k.client, &k.ns, "bad", "InvalidSpec").await;
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    assert!(event.note.unwrap().contains("spec.s3.buckets.json"));
 
     // Missing Secret → BackendsReachable False, naming the Secret.
     let mut orphan = k.database_spec("orphan", json!({}));
@@ -411,6 +459,192 @@ async fn collection_indexes_are_created_in_mongodb() {
         "{}",
         cond.message
     );
+    wait_event(&k.client, &k.ns, "broken", "InvalidSpec").await;
+
+    // Content properties go through the same validation: one can't be indexed too.
+    k.create::<ChronosCollection>(json!({
+        "apiVersion": "chronos.dev/v1alpha1", "kind": "ChronosCollection", "metadata": {"name": "photos"},
+        "spec": {"database": "shop", "name": "photos", "indexedProps": ["photo"], "contentProps": {"photo": "binary"}}
+    }))
+    .await;
+    let c = wait_for(&cols, "photos", "a condition", |c| {
+        c.status.as_ref().is_some_and(|s| !s.conditions.is_empty())
+    })
+    .await;
+    let cond = &c.status.unwrap().conditions[0];
+    assert_eq!(cond.reason, "InvalidSpec");
+    assert!(
+        cond.message
+            .contains("spec.contentProps: `photo` can't be both indexed and content"),
+        "{}",
+        cond.message
+    );
+    // And the schema admits only the engine's kinds.
+    let resource = kube::core::ApiResource::erase::<ChronosCollection>(&());
+    let untyped: Api<kube::core::DynamicObject> = Api::namespaced_with(k.client.clone(), &k.ns, &resource);
+    let odd: kube::core::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "chronos.dev/v1alpha1", "kind": "ChronosCollection", "metadata": {"name": "odd"},
+        "spec": {"database": "shop", "name": "odd", "contentProps": {"photo": "jpeg"}}
+    }))
+    .unwrap();
+    let err = untyped.create(&PostParams::default(), &odd).await.unwrap_err();
+    assert!(err.to_string().contains("Unsupported value"), "{err}");
+}
+
+/// The config of the namespace's shared engine, parsed.
+async fn shared_config(k: &Cluster) -> chronos::config::Config {
+    let secret = k.api::<Secret>().get("chronos-engine-config").await.unwrap();
+    let text = String::from_utf8(secret.data.unwrap()["config.json"].0.clone()).unwrap();
+    chronos::config::Config::parse(&text).unwrap()
+}
+
+fn owners(d: &Deployment) -> Vec<(String, Option<bool>)> {
+    let mut out: Vec<(String, Option<bool>)> = d
+        .owner_references()
+        .iter()
+        .map(|o| (o.name.clone(), o.controller))
+        .collect();
+    out.sort();
+    out
+}
+
+fn config_hash(d: &Deployment) -> String {
+    d.spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.annotations.as_ref())
+        .map(|a| a["chronos.dev/config-hash"].clone())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_shared_engine_serves_every_database_without_its_own_and_goes_with_the_last() {
+    let mut k = Cluster::new().await;
+    k.start();
+    let dbs = k.api::<ChronosDatabase>();
+    let deployments = k.api::<Deployment>();
+    k.create::<ChronosDatabase>(k.database_spec("a", json!({}))).await;
+    let routed = k.database_spec(
+        "b",
+        json!({"key": null, "routing": {"databaseType": "metadata", "tier": "generic"}}),
+    );
+    k.create::<ChronosDatabase>(routed).await;
+    k.create::<ChronosCollection>(json!({
+        "apiVersion": "chronos.dev/v1alpha1", "kind": "ChronosCollection", "metadata": {"name": "docs"},
+        "spec": {"database": "a", "name": "docs", "indexedProps": ["title"], "contentProps": {"body": "text", "scan": "binary"}}
+    }))
+    .await;
+
+    // Both are served by one engine, each under its key; `a`'s collection map carries its
+    // content properties.
+    let both = wait_for(&deployments, "chronos-engine", "both databases as owners", |d| {
+        owners(d).len() == 2
+    })
+    .await;
+    assert_eq!(
+        owners(&both),
+        [("a".to_owned(), None), ("b".to_owned(), None)],
+        "owned by every member, controlled by none"
+    );
+    let config = wait_until_config(&k, |c| {
+        c.databases
+            .first()
+            .and_then(|a| a.collection_maps.as_ref())
+            .is_some_and(|m| m.contains_key("docs"))
+    })
+    .await;
+    let a = &config.databases[0];
+    assert_eq!(a.key, "a");
+    let docs = &a.collection_maps.as_ref().unwrap()["docs"];
+    assert_eq!(docs.content_props["body"], chronos::engine::ContentKind::Text);
+    assert_eq!(docs.content_props["scan"], chronos::engine::ContentKind::Binary);
+    let b = config.database_types.as_ref().unwrap().metadata.as_ref().unwrap();
+    assert_eq!(b.generic.as_ref().unwrap().key, "b");
+    assert!(k.api::<Service>().get_opt("chronos-engine").await.unwrap().is_some());
+    assert!(deployments.get_opt("a-engine").await.unwrap().is_none());
+
+    // The pod becomes ready → both databases are Ready, with the engine's URL and their own.
+    let current = deployments.get("chronos-engine").await.unwrap();
+    deployments
+        .patch_status(
+            "chronos-engine",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"readyReplicas": 1, "replicas": 1,
+                                             "observedGeneration": current.metadata.generation}})),
+        )
+        .await
+        .unwrap();
+    for (name, key) in [("a", "a"), ("b", "b")] {
+        let db = wait_for(&dbs, name, "ready", |d| {
+            condition(d, "Ready").as_deref() == Some("True")
+        })
+        .await;
+        let status = db.status.unwrap();
+        let url = format!("http://chronos-engine.{}.svc:8080", k.ns);
+        assert_eq!(status.engine_url.as_ref(), Some(&url));
+        assert_eq!(status.database_url, Some(format!("{url}/v1/{key}")));
+        assert_eq!(status.config_hash, Some(config_hash(&current)), "the hash now deployed");
+        wait_event(&k.client, &k.ns, name, "Ready").await;
+    }
+
+    // A third database claiming `a`'s key is not served, and says why.
+    k.create::<ChronosDatabase>(k.database_spec("c", json!({"key": "a"})))
+        .await;
+    let c = wait_for(&dbs, "c", "engine condition", |d| condition(d, "EngineReady").is_some()).await;
+    let engine = c
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "EngineReady")
+        .unwrap();
+    assert_eq!((engine.status.as_str(), engine.reason.as_str()), ("False", "Conflict"));
+    assert!(
+        engine
+            .message
+            .contains("key `a` is already served by ChronosDatabase a"),
+        "{}",
+        engine.message
+    );
+    wait_event(&k.client, &k.ns, "c", "Conflict").await;
+    assert_eq!(shared_config(&k).await.databases.len(), 1, "c is left out");
+
+    // A member leaves → the engine rolls without it.
+    let before = config_hash(&deployments.get("chronos-engine").await.unwrap());
+    dbs.delete("b", &DeleteParams::default()).await.unwrap();
+    wait_gone(&dbs, "b").await;
+    let rolled = wait_for(&deployments, "chronos-engine", "b gone from the owners", |d| {
+        owners(d).iter().all(|(n, _)| n != "b")
+    })
+    .await;
+    assert_ne!(config_hash(&rolled), before, "the configuration changed");
+    assert!(shared_config(&k).await.database_types.is_none());
+
+    // The last members leave → the shared engine is removed.
+    dbs.delete("c", &DeleteParams::default()).await.unwrap();
+    dbs.delete("a", &DeleteParams::default()).await.unwrap();
+    wait_gone(&deployments, "chronos-engine").await;
+    wait_gone(&k.api::<Service>(), "chronos-engine").await;
+    wait_gone(&k.api::<Secret>(), "chronos-engine-config").await;
+}
+
+/// Poll the shared engine's config (bounded) until `cond` holds.
+async fn wait_until_config(k: &Cluster, cond: impl Fn(&chronos::config::Config) -> bool) -> chronos::config::Config {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(secret) = k.api::<Secret>().get_opt("chronos-engine-config").await.unwrap() {
+            let text = String::from_utf8(secret.data.unwrap()["config.json"].0.clone()).unwrap();
+            let config = chronos::config::Config::parse(&text).unwrap();
+            if cond(&config) {
+                return config;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the shared engine's config never matched"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// A database resource (not reconciled) plus an engine over its backends, with `n` items written
@@ -478,6 +712,10 @@ async fn collection_restore_runs_in_pages_and_reports_progress() {
     for i in 0..5 {
         assert_eq!(round(&engine, &format!("item-{i:02}")).await, 1, "restored to round 1");
     }
+    let started = wait_event(&k.client, &k.ns, "back", "RestoreStarted").await;
+    assert!(started.note.unwrap().contains("collection notes"));
+    let done = wait_event(&k.client, &k.ns, "back", "RestoreSucceeded").await;
+    assert_eq!(done.type_.as_deref(), Some("Normal"));
 
     // The spec is immutable (CEL on the server).
     let err = restores
@@ -517,6 +755,26 @@ async fn an_interrupted_restore_resumes_after_its_recorded_cursor() {
         )
         .await
         .unwrap();
+    // A dry run interrupted right after its plan was recorded: resuming must not apply it.
+    let dry: ChronosRestore = k
+        .create(json!({
+            "apiVersion": "chronos.dev/v1alpha1", "kind": "ChronosRestore", "metadata": {"name": "dry"},
+            "spec": {"database": "data", "collection": "notes", "target": {"cv": cv}, "dryRun": true}
+        }))
+        .await;
+    let planned = json!({
+        "apiVersion": "chronos.dev/v1alpha1", "kind": "ChronosRestore",
+        "status": {"phase": "Running", "plan": {"examined": 5, "restored": 5, "deleted": 0, "unchanged": 0},
+                   "progress": {"done": 0, "total": 5}}
+    });
+    restores
+        .patch_status(
+            &dry.name_any(),
+            &PatchParams::apply("previous-operator"),
+            &Patch::Apply(planned),
+        )
+        .await
+        .unwrap();
     k.start();
     let r = wait_for(&restores, "resume", "finished", |r| {
         r.status
@@ -532,10 +790,19 @@ async fn an_interrupted_restore_resumes_after_its_recorded_cursor() {
         "2 recorded + the 3 after the cursor, none redone"
     );
     assert_eq!(s.progress.unwrap().done, 5);
+    let dry = wait_for(&restores, "dry", "finished", |r| {
+        r.status
+            .as_ref()
+            .is_some_and(|s| matches!(s.phase, Phase::Succeeded | Phase::Failed))
+    })
+    .await
+    .status
+    .unwrap();
+    assert_eq!((dry.phase, dry.applied), (Phase::Succeeded, None));
     assert_eq!(
         round(&engine, "item-00").await,
         2,
-        "before the cursor: not touched again"
+        "before the cursor: not touched again (nor by the dry run)"
     );
     assert_eq!(round(&engine, "item-02").await, 1);
     assert_eq!(round(&engine, "item-04").await, 1);
@@ -547,14 +814,27 @@ async fn item_restore_and_dry_run() {
     let (_, engine, cv) = seeded(&k, 2).await;
     k.start();
     let restore = |name: &str, spec: Value| json!({"apiVersion": "chronos.dev/v1alpha1", "kind": "ChronosRestore", "metadata": {"name": name}, "spec": spec});
-    k.create::<ChronosRestore>(restore(
-        "one",
-        json!({"database": "data", "collection": "notes", "itemId": "item-01", "target": {"ov": 0}}),
-    ))
-    .await;
+    let restores = k.api::<ChronosRestore>();
+    let done = |r: &ChronosRestore| {
+        r.status
+            .as_ref()
+            .is_some_and(|s| matches!(s.phase, Phase::Succeeded | Phase::Failed))
+    };
+    // The plan first: it counts what a restore would change, so it must not race the item
+    // restore below (which changes item-01 back already).
     k.create::<ChronosRestore>(restore(
         "plan",
         json!({"database": "data", "collection": "notes", "target": {"cv": cv}, "dryRun": true}),
+    ))
+    .await;
+    let plan = wait_for(&restores, "plan", "finished", done).await.status.unwrap();
+    assert_eq!(plan.phase, Phase::Succeeded);
+    assert_eq!(plan.plan.unwrap().restored, 2);
+    assert!(plan.applied.is_none(), "a dry run applies nothing");
+    assert_eq!(round(&engine, "item-00").await, 2, "dry run wrote nothing");
+    k.create::<ChronosRestore>(restore(
+        "one",
+        json!({"database": "data", "collection": "notes", "itemId": "item-01", "target": {"ov": 0}}),
     ))
     .await;
     k.create::<ChronosRestore>(restore(
@@ -562,23 +842,14 @@ async fn item_restore_and_dry_run() {
         json!({"database": "data", "collection": "notes", "itemId": "item-01", "target": {"ov": 9}}),
     ))
     .await;
-    let restores = k.api::<ChronosRestore>();
-    let done = |r: &ChronosRestore| {
-        r.status
-            .as_ref()
-            .is_some_and(|s| matches!(s.phase, Phase::Succeeded | Phase::Failed))
-    };
     let one = wait_for(&restores, "one", "finished", done).await.status.unwrap();
     assert_eq!(one.phase, Phase::Succeeded, "{:?}", one.message);
     assert_eq!(round(&engine, "item-01").await, 1);
-    let plan = wait_for(&restores, "plan", "finished", done).await.status.unwrap();
-    assert_eq!(plan.phase, Phase::Succeeded);
-    assert_eq!(plan.plan.unwrap().restored, 2);
-    assert!(plan.applied.is_none(), "a dry run applies nothing");
-    assert_eq!(round(&engine, "item-00").await, 2, "dry run wrote nothing");
     let nope = wait_for(&restores, "nope", "finished", done).await.status.unwrap();
     assert_eq!(nope.phase, Phase::Failed);
     assert!(nope.message.unwrap().contains("not found"));
+    let failed = wait_event(&k.client, &k.ns, "nope", "RestoreFailed").await;
+    assert_eq!(failed.type_.as_deref(), Some("Warning"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -616,6 +887,9 @@ async fn retention_runs_on_schedule_and_marks_items_processed() {
         .await
         .unwrap();
     assert_eq!(rec.system.state, State::Processed);
+    // A cluster-scoped object's Events go to the `default` namespace.
+    let event = wait_event(&k.client, "default", &name, "RunSucceeded").await;
+    assert!(event.note.unwrap().contains("3 item(s) processed"));
     retentions.delete(&name, &DeleteParams::default()).await.unwrap();
 }
 

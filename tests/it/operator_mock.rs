@@ -63,13 +63,36 @@ async fn invalid_database_spec_is_reported_and_waits_for_a_change() {
     }))
     .unwrap();
     let echo = serde_json::to_value(&db).unwrap();
-    let server = tokio::spawn(async move { expect(&mut handle, StatusCode::OK, echo).await });
+    let list = json!({"apiVersion": "chronos.dev/v1alpha1", "kind": "ChronosDatabaseList", "metadata": {},
+                      "items": [echo.clone()]});
+    let server = tokio::spawn(async move {
+        let list = expect(&mut handle, StatusCode::OK, list).await;
+        let marker = expect(
+            &mut handle,
+            StatusCode::NOT_FOUND,
+            not_found("secrets chronos-engine-config"),
+        )
+        .await;
+        let status = expect(&mut handle, StatusCode::OK, echo).await;
+        let event = expect(&mut handle, StatusCode::CREATED, json!({})).await;
+        (list, marker, status, event)
+    });
     let action = chronos::operator::database::controller::reconcile(Arc::new(db.clone()), ctx).await;
-    let (method, uri, body) = server.await.unwrap();
+    let (list, marker, (method, uri, body), event) = server.await.unwrap();
     assert_eq!(
         action.unwrap(),
         Action::await_change(),
         "an invalid spec waits for the user"
+    );
+    // The namespace's shared engine is rendered again without it: no member left, no engine
+    // (the config Secret marks one), nothing to delete.
+    assert_eq!(
+        (list.0.as_str(), list.1.as_str()),
+        ("GET", "/apis/chronos.dev/v1alpha1/namespaces/shop/chronosdatabases?")
+    );
+    assert_eq!(
+        (marker.0.as_str(), marker.1.as_str()),
+        ("GET", "/api/v1/namespaces/shop/secrets/chronos-engine-config")
     );
     assert_eq!(method, "PATCH");
     assert_eq!(
@@ -92,6 +115,27 @@ async fn invalid_database_spec_is_reported_and_waits_for_a_change() {
         "{message}"
     );
     assert!(message.contains("spec.s3.endpoint"), "{message}");
+
+    // …and says so as a Warning Event about the database.
+    let (method, uri, event) = event;
+    assert_eq!(
+        (method.as_str(), uri.as_str()),
+        ("POST", "/apis/events.k8s.io/v1/namespaces/shop/events?")
+    );
+    assert_eq!(
+        (
+            event["type"].as_str(),
+            event["reason"].as_str(),
+            event["action"].as_str()
+        ),
+        (Some("Warning"), Some("InvalidSpec"), Some("Reconcile"))
+    );
+    assert_eq!(event["note"], ready["message"]);
+    assert_eq!(
+        (event["regarding"]["kind"].as_str(), event["regarding"]["name"].as_str()),
+        (Some("ChronosDatabase"), Some("orders"))
+    );
+    assert_eq!(event["reportingController"], "chronos-operator");
 }
 
 #[tokio::test]

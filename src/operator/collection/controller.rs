@@ -11,7 +11,7 @@ use super::crd::{ChronosCollection, ChronosCollectionStatus};
 use crate::engine::EngineSettings;
 use crate::operator::conditions::{self, Observed};
 use crate::operator::database::ChronosDatabase;
-use crate::operator::{Context, Error, Result, backends, requeue};
+use crate::operator::{Context, Error, Result, backends, events, requeue};
 
 pub const INDEXES_READY: &str = "IndexesReady";
 const NAME: &str = "collection";
@@ -74,9 +74,12 @@ async fn ensure(c: &ChronosCollection, ctx: &Context) -> Result<Action> {
     }
 }
 
+/// Write the status, then publish an Event if `IndexesReady` changed (an invalid spec, a
+/// missing database, indexes in place).
 async fn write_status(c: &ChronosCollection, ctx: &Context, observed: Observed, indexes: Vec<String>) -> Result<()> {
     let existing = c.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
     let generation = c.metadata.generation;
+    let notice = events::transition(existing, &observed, "EnsureIndexes");
     let status = ChronosCollectionStatus {
         conditions: conditions::merge(existing, &[observed], generation, conditions::now()),
         indexes,
@@ -87,7 +90,11 @@ async fn write_status(c: &ChronosCollection, ctx: &Context, observed: Observed, 
         &c.name_any(),
         &status,
     )
-    .await
+    .await?;
+    if let Some(notice) = notice {
+        events::publish(&ctx.recorder, c, notice).await;
+    }
+    Ok(())
 }
 
 pub fn controller(

@@ -5,7 +5,9 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{CollectionMap, CollectionName, CounterRule, Op};
+use std::collections::BTreeMap;
+
+use crate::engine::{CollectionMap, CollectionName, ContentKind, CounterRule, Op};
 
 /// A collection of a Chronos database.
 // clippy mistakes the repeated keys of kube's `printcolumn(...)` for duplicated attributes.
@@ -42,6 +44,11 @@ pub struct ChronosCollectionSpec {
     /// Writes missing any of these (indexed) properties are refused.
     #[serde(default)]
     pub required_indexed: Vec<String>,
+    /// Properties kept in the content bucket instead of the JSON, by kind: `text` (UTF-8) or
+    /// `binary` (base64 in the JSON). A property can't be both indexed and content.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "content_props_schema")]
+    pub content_props: BTreeMap<String, ContentKind>,
     /// Named conditional counters.
     #[serde(default)]
     pub counters: Vec<CounterRuleSpec>,
@@ -107,6 +114,15 @@ pub struct ChronosCollectionStatus {
     pub observed_generation: Option<i64>,
 }
 
+// The engine's `ContentKind` as a plain string enum, written by hand: a derived schema of its
+// documented variants is a `oneOf` with descriptions, which Kubernetes rejects as not structural.
+fn content_props_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "additionalProperties": {"type": "string", "enum": ["binary", "text"]},
+    })
+}
+
 fn any_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({"type": "object", "x-kubernetes-preserve-unknown-fields": true})
 }
@@ -122,7 +138,7 @@ impl ChronosCollectionSpec {
         let map = CollectionMap {
             indexed_props: Some(self.indexed_props.clone()).filter(|p| !p.is_empty()),
             required_indexed: self.required_indexed.clone(),
-            ..Default::default()
+            content_props: self.content_props.clone(),
         };
         for (field, problem) in map.problems() {
             out.push(format!("spec.{field}: {problem}"));

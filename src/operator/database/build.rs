@@ -1,40 +1,58 @@
-//! The dedicated engine of a `ChronosDatabase`, as pure functions of the resource: its
-//! configuration (a Secret), its Deployment and its Service. No client here — the controller
-//! applies what these return, and unit tests check them directly.
+//! The engines that serve `ChronosDatabase`s, as pure functions of the resources: each engine's
+//! configuration (a Secret), Deployment and Service. No client here — the controller applies what
+//! these return, and unit tests check them directly.
 //!
-//! The configuration holds no secret values: it names files (`{file: PATH}`) where the
-//! Deployment mounts the user's own Secrets, so rotating a password never means re-rendering,
-//! and the operator never copies credentials into objects it owns.
+//! Two kinds of engine, one renderer:
+//! - a **dedicated** engine (`spec.engine` set): `<database>-engine`, serving that database alone,
+//!   with the replicas, image and resources it asks for;
+//! - the namespace's **shared** engine ([`SHARED_ENGINE`]): one engine per namespace serving every
+//!   database without `spec.engine` (cost-first: one pod for many small databases).
+//!
+//! Both render the same configuration format: each database is a routed entry under its key
+//! (`databases`, or `databaseTypes` when it has a routing identity) with its own collection maps,
+//! counters and tunables, so a database moves between the two kinds without its clients noticing
+//! anything but the URL. The configuration holds no secret values: it names files
+//! (`{file: /secrets/<Secret>/<key>}`) where the Deployment mounts the users' own Secrets, so
+//! rotating a password never means re-rendering, and the operator never copies credentials into
+//! objects it owns.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, HTTPGetAction, KeyToPath, PodSpec, PodTemplateSpec, Probe, Secret, SecretVolumeSource,
-    Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    Container, ContainerPort, HTTPGetAction, KeyToPath, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, Secret,
+    SecretVolumeSource, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
+use super::controller::BACKENDS_REACHABLE;
 use super::crd::{ChronosDatabase, EngineSpec};
 use crate::operator::collection::ChronosCollection;
+use crate::operator::conditions;
+use crate::routing::Tier;
 
 /// The engine's HTTP port (in the container and on the Service).
 pub const ENGINE_PORT: i32 = 8080;
 /// The pod template annotation whose change rolls the Deployment when the configuration changes.
 pub const CONFIG_HASH_ANNOTATION: &str = "chronos.dev/config-hash";
+/// The namespace's shared engine: its Deployment and Service (its configuration Secret is
+/// `chronos-engine-config`). It is named as the dedicated engine of a database called
+/// [`RESERVED_NAME`] would be, which is why such a database can't have a dedicated engine.
+pub const SHARED_ENGINE: &str = "chronos-engine";
+/// The database name whose dedicated engine would be the shared engine.
+pub const RESERVED_NAME: &str = "chronos";
 /// Where the configuration Secret is mounted, and its one key.
 const CONFIG_DIR: &str = "/etc/chronos";
 const CONFIG_KEY: &str = "config.json";
-/// Where the user's Secrets are mounted, each key at a fixed file name.
-const MONGO_DIR: &str = "/secrets/mongo";
-const S3_DIR: &str = "/secrets/s3";
+/// Where the users' Secrets are mounted: `/secrets/<Secret>/<key>`.
+const SECRETS_DIR: &str = "/secrets";
 
-/// Everything the engine needs, ready to apply.
+/// Everything an engine needs, ready to apply.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineObjects {
     pub config: Secret,
@@ -43,136 +61,307 @@ pub struct EngineObjects {
     pub config_hash: String,
 }
 
-/// Names of the objects a database owns.
+/// The name of the Deployment and Service that serve `db`: its dedicated engine's, or the
+/// shared engine's.
 pub fn engine_name(db: &ChronosDatabase) -> String {
+    match db.spec.engine {
+        Some(_) => dedicated_name(db),
+        None => SHARED_ENGINE.to_owned(),
+    }
+}
+
+/// The name of `db`'s dedicated engine (whether or not it has one now).
+pub fn dedicated_name(db: &ChronosDatabase) -> String {
     format!("{}-engine", db.name_any())
 }
 
-pub fn config_name(db: &ChronosDatabase) -> String {
-    format!("{}-engine-config", db.name_any())
+/// The configuration Secret of the engine called `engine`.
+pub fn config_name(engine: &str) -> String {
+    format!("{engine}-config")
 }
 
-/// The engine's in-cluster URL.
-pub fn engine_url(db: &ChronosDatabase) -> String {
+/// The in-cluster URL of the engine called `engine` in namespace `ns`.
+pub fn engine_url(engine: &str, ns: &str) -> String {
+    format!("http://{engine}.{ns}.svc:{ENGINE_PORT}")
+}
+
+/// The key the engine serves `db` under (`/v1/{key}/…`): `spec.key`, or for a database with a
+/// routing identity, its resource name.
+pub fn database_key(db: &ChronosDatabase) -> String {
+    db.spec.key.clone().unwrap_or_else(|| db.name_any())
+}
+
+/// Where clients reach `db`: its engine's URL and its key.
+pub fn database_url(db: &ChronosDatabase) -> String {
     format!(
-        "http://{}.{}.svc:{ENGINE_PORT}",
-        engine_name(db),
-        db.namespace().unwrap_or_default()
+        "{}/v1/{}",
+        engine_url(&engine_name(db), &db.namespace().unwrap_or_default()),
+        database_key(db)
     )
 }
 
-/// The engine's configuration (the `chronos serve --config` format), with secrets as file
-/// references. Collections that do not validate are left out (their own status says why).
-pub fn engine_config(db: &ChronosDatabase, collections: &[ChronosCollection]) -> Value {
-    let spec = &db.spec;
-    let mut config = json!({
-        "mongoUris": [{"file": format!("{MONGO_DIR}/uri")}],
-        "spacesConns": [{
+fn secret_file(name: &str, key: &str) -> String {
+    format!("{SECRETS_DIR}/{name}/{key}")
+}
+
+/// The engine configuration (the `chronos serve --config` format) serving `dbs`, each with its
+/// `ChronosCollection`s from `collections`. Collections that do not validate are left out (their
+/// own status says why).
+pub fn engine_config(dbs: &[&ChronosDatabase], collections: &[ChronosCollection]) -> Value {
+    // One mongoUris entry per distinct Secret key (databases usually share a MongoDB); one
+    // spacesConn per database (each has its own buckets).
+    let mongo: BTreeSet<(&str, &str)> = dbs
+        .iter()
+        .map(|db| {
+            (
+                db.spec.mongodb.uri_secret_ref.name.as_str(),
+                db.spec.mongodb.uri_secret_ref.key.as_str(),
+            )
+        })
+        .collect();
+    let mongo: Vec<(&str, &str)> = mongo.into_iter().collect();
+    let mut spaces = Vec::new();
+    let mut keyed = Vec::new();
+    let mut types: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+    for (i, db) in dbs.iter().enumerate() {
+        let spec = &db.spec;
+        let creds = &spec.s3.credentials_secret_ref;
+        spaces.push(json!({
             "endpoint": spec.s3.endpoint,
             "region": spec.s3.region,
-            "accessKey": {"file": format!("{S3_DIR}/access-key")},
-            "secretKey": {"file": format!("{S3_DIR}/secret-key")},
+            "accessKey": {"file": secret_file(&creds.name, &creds.access_key_key)},
+            "secretKey": {"file": secret_file(&creds.name, &creds.secret_key_key)},
             "jsonBucket": spec.s3.buckets.json,
             "contentBucket": spec.s3.buckets.content,
             "backupsBucket": spec.s3.buckets.backups,
             "forcePathStyle": spec.s3.force_path_style,
-        }],
-        "dbName": spec.mongodb.db_name,
-    });
-    let mut engine = serde_json::Map::new();
-    if let Some(v) = spec.defaults.inline_max_bytes {
-        engine.insert("inlineMaxBytes".into(), v.into());
-    }
-    if let Some(v) = spec.defaults.max_payload_bytes {
-        engine.insert("maxPayloadBytes".into(), v.into());
-    }
-    if !engine.is_empty() {
-        config["engine"] = Value::Object(engine);
-    }
-    let mut maps = BTreeMap::new();
-    let mut counters = BTreeMap::new();
-    for c in collections.iter().filter(|c| c.spec.database == db.name_any()) {
-        if c.spec.map().is_err() {
-            continue;
+        }));
+        let uri = &spec.mongodb.uri_secret_ref;
+        let mongo_index = mongo
+            .iter()
+            .position(|&(n, k)| n == uri.name && k == uri.key)
+            .unwrap_or_default();
+        let mut entry = json!({
+            "key": database_key(db),
+            "mongo": mongo_index,
+            "spaces": i,
+            "dbName": spec.mongodb.db_name,
+        });
+        let mut engine = Map::new();
+        if let Some(v) = spec.defaults.inline_max_bytes {
+            engine.insert("inlineMaxBytes".into(), v.into());
         }
+        if let Some(v) = spec.defaults.max_payload_bytes {
+            engine.insert("maxPayloadBytes".into(), v.into());
+        }
+        if !engine.is_empty() {
+            entry["engine"] = Value::Object(engine);
+        }
+        let (maps, counters) = collection_settings(db, collections);
+        if !maps.is_empty() {
+            entry["collectionMaps"] = Value::Object(maps);
+        }
+        if !counters.is_empty() {
+            entry["counters"] = Value::Object(counters);
+        }
+        match &spec.routing {
+            None => keyed.push(entry),
+            Some(r) => {
+                let tiers = types.entry(r.database_type.to_string()).or_default();
+                if let Some(ext) = &r.ext_identifier
+                    && r.tier != Tier::Generic
+                {
+                    entry["extIdentifier"] = ext.clone().into();
+                }
+                match r.tier {
+                    Tier::Generic => {
+                        tiers.insert("generic".into(), entry);
+                    }
+                    tier => {
+                        let list = tiers.entry(tier.to_string()).or_insert_with(|| json!([]));
+                        if let Value::Array(list) = list {
+                            list.push(entry);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let mut config = json!({
+        "mongoUris": mongo.iter().map(|(n, k)| json!({"file": secret_file(n, k)})).collect::<Vec<_>>(),
+        "spacesConns": spaces,
+    });
+    if !keyed.is_empty() {
+        config["databases"] = keyed.into();
+    }
+    if !types.is_empty() {
+        config["databaseTypes"] = json!(types);
+    }
+    config
+}
+
+/// The collection maps and counters of `db`'s valid collections, as configuration values.
+fn collection_settings(
+    db: &ChronosDatabase,
+    collections: &[ChronosCollection],
+) -> (Map<String, Value>, Map<String, Value>) {
+    let mut maps = Map::new();
+    let mut counters = Map::new();
+    let mut mine: Vec<&ChronosCollection> = collections
+        .iter()
+        .filter(|c| c.spec.database == db.name_any() && c.spec.map().is_ok())
+        .collect();
+    mine.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
+    for c in mine {
         let s = &c.spec;
-        maps.insert(
-            s.name.clone(),
-            json!({"indexedProps": s.indexed_props, "validation": {"requiredIndexed": s.required_indexed}}),
-        );
+        let mut map = json!({"indexedProps": s.indexed_props, "validation": {"requiredIndexed": s.required_indexed}});
+        if !s.content_props.is_empty() {
+            map["contentProps"] = json!(s.content_props);
+        }
+        maps.insert(s.name.clone(), map);
         if !s.counters.is_empty() {
             let rules: Vec<Value> = s
                 .counters
                 .iter()
                 .map(|r| json!({"name": r.name, "when": r.when, "on": r.on}))
                 .collect();
-            counters.insert(s.name.clone(), rules);
+            counters.insert(s.name.clone(), rules.into());
         }
     }
-    if !maps.is_empty() {
-        config["collectionMaps"] = json!(maps);
-    }
-    if !counters.is_empty() {
-        config["counters"] = json!(counters);
-    }
-    config
+    (maps, counters)
 }
 
-/// A short, stable digest of the configuration (and of the Secrets it references by name, so
-/// pointing at another Secret rolls the engine too).
-pub fn config_hash(config_text: &str, db: &ChronosDatabase) -> String {
-    let mut h = Sha256::new();
-    h.update(config_text.as_bytes());
-    h.update([0]);
-    h.update(db.spec.mongodb.uri_secret_ref.name.as_bytes());
-    h.update([0]);
-    h.update(db.spec.s3.credentials_secret_ref.name.as_bytes());
-    hex::encode(&h.finalize()[..8])
+/// A short, stable digest of the configuration. Secrets are referenced by name and key inside
+/// it, so pointing a database at another Secret changes the digest too.
+pub fn config_hash(config_text: &str) -> String {
+    hex::encode(&Sha256::digest(config_text.as_bytes())[..8])
 }
 
-fn labels(db: &ChronosDatabase) -> BTreeMap<String, String> {
+fn labels(instance: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("app.kubernetes.io/name".to_owned(), "chronos-engine".to_owned()),
-        ("app.kubernetes.io/instance".to_owned(), db.name_any()),
+        ("app.kubernetes.io/instance".to_owned(), instance.to_owned()),
         ("app.kubernetes.io/managed-by".to_owned(), "chronos-operator".to_owned()),
     ])
 }
 
-fn meta(db: &ChronosDatabase, name: String) -> ObjectMeta {
-    ObjectMeta {
-        name: Some(name),
-        namespace: db.namespace(),
-        labels: Some(labels(db)),
-        owner_references: db.controller_owner_ref(&()).map(|o| vec![o]),
-        ..ObjectMeta::default()
+/// What differs between a dedicated and the shared engine.
+struct Shape {
+    name: String,
+    namespace: Option<String>,
+    /// The `app.kubernetes.io/instance` label (the selector): the database's name, or
+    /// [`RESERVED_NAME`] for the shared engine.
+    instance: String,
+    owners: Vec<OwnerReference>,
+    replicas: i32,
+    image: String,
+    resources: Option<ResourceRequirements>,
+}
+
+impl Shape {
+    fn meta(&self, name: String) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name),
+            namespace: self.namespace.clone(),
+            labels: Some(labels(&self.instance)),
+            owner_references: Some(self.owners.clone()),
+            ..ObjectMeta::default()
+        }
     }
 }
 
-/// All three objects of a dedicated engine.
-pub fn engine_objects(
+/// The three objects of `db`'s dedicated engine. It is owned (as controller) by the database,
+/// so it goes when the database goes.
+pub fn dedicated_objects(
     db: &ChronosDatabase,
     engine: &EngineSpec,
     collections: &[ChronosCollection],
     default_image: &str,
 ) -> Result<EngineObjects, serde_json::Error> {
-    let text = serde_json::to_string_pretty(&engine_config(db, collections))?;
-    let hash = config_hash(&text, db);
+    let shape = Shape {
+        name: engine_name(db),
+        namespace: db.namespace(),
+        instance: db.name_any(),
+        owners: db.controller_owner_ref(&()).into_iter().collect(),
+        replicas: engine.replicas,
+        image: engine.image.clone().unwrap_or_else(|| default_image.to_owned()),
+        resources: engine.resources.clone(),
+    };
+    objects(&shape, &[db], collections)
+}
+
+/// The settings of a namespace's shared engine (operator flags: it has no resource of its own).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedEngine {
+    pub image: String,
+    pub replicas: i32,
+}
+
+/// The three objects of namespace `ns`'s shared engine, serving `members` (see [`membership`]).
+///
+/// Owners: every member, none of them as controller. A shared object can't be owned by one
+/// database alone — deleting that one would take the engine from the others — and Kubernetes'
+/// garbage collector deletes a dependent only once *all* its owners are gone. So the engine
+/// outlives any one database and is collected after the last one even if the operator is not
+/// running; the operator also deletes it itself when the last member leaves ([`membership`]
+/// empty), which is what happens first in practice. Owner references also route the
+/// Deployment's status changes to every member's reconcile, so each one's `EngineReady` follows.
+pub fn shared_objects(
+    ns: &str,
+    members: &[&ChronosDatabase],
+    collections: &[ChronosCollection],
+    settings: &SharedEngine,
+) -> Result<EngineObjects, serde_json::Error> {
+    let shape = Shape {
+        name: SHARED_ENGINE.to_owned(),
+        namespace: Some(ns.to_owned()),
+        instance: RESERVED_NAME.to_owned(),
+        owners: members.iter().filter_map(|db| db.owner_ref(&())).collect(),
+        replicas: settings.replicas,
+        image: settings.image.clone(),
+        resources: None,
+    };
+    objects(&shape, members, collections)
+}
+
+fn objects(
+    shape: &Shape,
+    dbs: &[&ChronosDatabase],
+    collections: &[ChronosCollection],
+) -> Result<EngineObjects, serde_json::Error> {
+    let text = serde_json::to_string_pretty(&engine_config(dbs, collections))?;
+    let hash = config_hash(&text);
     let config = Secret {
-        metadata: meta(db, config_name(db)),
+        metadata: shape.meta(config_name(&shape.name)),
         data: Some(BTreeMap::from([(CONFIG_KEY.to_owned(), ByteString(text.into_bytes()))])),
         type_: Some("Opaque".to_owned()),
         ..Secret::default()
     };
     Ok(EngineObjects {
         config,
-        deployment: deployment(db, engine, default_image, &hash),
-        service: service(db),
+        deployment: deployment(shape, dbs, &hash),
+        service: service(shape),
         config_hash: hash,
     })
 }
 
-pub fn deployment(db: &ChronosDatabase, engine: &EngineSpec, default_image: &str, hash: &str) -> Deployment {
-    let labels = labels(db);
+/// Every Secret the databases reference, with the keys they use: each is mounted (those keys
+/// only) at `/secrets/<Secret>/`.
+fn secret_mounts<'a>(dbs: &[&'a ChronosDatabase]) -> BTreeMap<&'a str, BTreeSet<&'a str>> {
+    let mut out: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for db in dbs {
+        let uri = &db.spec.mongodb.uri_secret_ref;
+        out.entry(&uri.name).or_default().insert(&uri.key);
+        let creds = &db.spec.s3.credentials_secret_ref;
+        let keys = out.entry(&creds.name).or_default();
+        keys.insert(&creds.access_key_key);
+        keys.insert(&creds.secret_key_key);
+    }
+    out
+}
+
+fn deployment(shape: &Shape, dbs: &[&ChronosDatabase], hash: &str) -> Deployment {
+    let labels = labels(&shape.instance);
     let probe = |path: &str| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.to_owned()),
@@ -182,16 +371,15 @@ pub fn deployment(db: &ChronosDatabase, engine: &EngineSpec, default_image: &str
         period_seconds: Some(10),
         ..Probe::default()
     };
-    let secret_volume = |name: &str, secret: &str, items: Vec<(&str, &str)>| Volume {
-        name: name.to_owned(),
+    let secret_volume = |name: String, secret: &str, keys: Vec<&str>| Volume {
+        name,
         secret: Some(SecretVolumeSource {
             secret_name: Some(secret.to_owned()),
             items: Some(
-                items
-                    .into_iter()
-                    .map(|(key, path)| KeyToPath {
+                keys.into_iter()
+                    .map(|key| KeyToPath {
                         key: key.to_owned(),
-                        path: path.to_owned(),
+                        path: key.to_owned(),
                         mode: None,
                     })
                     .collect(),
@@ -200,19 +388,28 @@ pub fn deployment(db: &ChronosDatabase, engine: &EngineSpec, default_image: &str
         }),
         ..Volume::default()
     };
-    let mount = |name: &str, path: &str| VolumeMount {
-        name: name.to_owned(),
-        mount_path: path.to_owned(),
+    let mount = |name: String, path: String| VolumeMount {
+        name,
+        mount_path: path,
         read_only: Some(true),
         ..VolumeMount::default()
     };
-    let creds = &db.spec.s3.credentials_secret_ref;
-    let mongo = &db.spec.mongodb.uri_secret_ref;
-    let config_name = config_name(db);
+    let mut volumes = vec![secret_volume(
+        "config".to_owned(),
+        &config_name(&shape.name),
+        vec![CONFIG_KEY],
+    )];
+    let mut mounts = vec![mount("config".to_owned(), CONFIG_DIR.to_owned())];
+    for (i, (secret, keys)) in secret_mounts(dbs).into_iter().enumerate() {
+        // Volume names are DNS labels; Secret names may not be (dots), so number them.
+        let name = format!("secret-{i}");
+        volumes.push(secret_volume(name.clone(), secret, keys.into_iter().collect()));
+        mounts.push(mount(name, format!("{SECRETS_DIR}/{secret}")));
+    }
     Deployment {
-        metadata: meta(db, engine_name(db)),
+        metadata: shape.meta(shape.name.clone()),
         spec: Some(DeploymentSpec {
-            replicas: Some(engine.replicas),
+            replicas: Some(shape.replicas),
             selector: LabelSelector {
                 match_labels: Some(labels.clone()),
                 ..LabelSelector::default()
@@ -226,7 +423,7 @@ pub fn deployment(db: &ChronosDatabase, engine: &EngineSpec, default_image: &str
                 spec: Some(PodSpec {
                     containers: vec![Container {
                         name: "engine".to_owned(),
-                        image: Some(engine.image.clone().unwrap_or_else(|| default_image.to_owned())),
+                        image: Some(shape.image.clone()),
                         args: Some(
                             [
                                 "serve",
@@ -245,26 +442,11 @@ pub fn deployment(db: &ChronosDatabase, engine: &EngineSpec, default_image: &str
                         }]),
                         readiness_probe: Some(probe("/readyz")),
                         liveness_probe: Some(probe("/healthz")),
-                        resources: engine.resources.clone(),
-                        volume_mounts: Some(vec![
-                            mount("config", CONFIG_DIR),
-                            mount("mongo", MONGO_DIR),
-                            mount("s3", S3_DIR),
-                        ]),
+                        resources: shape.resources.clone(),
+                        volume_mounts: Some(mounts),
                         ..Container::default()
                     }],
-                    volumes: Some(vec![
-                        secret_volume("config", &config_name, vec![(CONFIG_KEY, CONFIG_KEY)]),
-                        secret_volume("mongo", &mongo.name, vec![(&mongo.key, "uri")]),
-                        secret_volume(
-                            "s3",
-                            &creds.name,
-                            vec![
-                                (&creds.access_key_key, "access-key"),
-                                (&creds.secret_key_key, "secret-key"),
-                            ],
-                        ),
-                    ]),
+                    volumes: Some(volumes),
                     ..PodSpec::default()
                 }),
             },
@@ -274,11 +456,11 @@ pub fn deployment(db: &ChronosDatabase, engine: &EngineSpec, default_image: &str
     }
 }
 
-pub fn service(db: &ChronosDatabase) -> Service {
+fn service(shape: &Shape) -> Service {
     Service {
-        metadata: meta(db, engine_name(db)),
+        metadata: shape.meta(shape.name.clone()),
         spec: Some(ServiceSpec {
-            selector: Some(labels(db)),
+            selector: Some(labels(&shape.instance)),
             ports: Some(vec![ServicePort {
                 name: Some("http".to_owned()),
                 port: ENGINE_PORT,
@@ -289,6 +471,74 @@ pub fn service(db: &ChronosDatabase) -> Service {
         }),
         status: None,
     }
+}
+
+/// Which databases of a namespace the shared engine serves, and why others that want it can't be.
+#[derive(Debug, Default)]
+pub struct Membership<'a> {
+    /// In name order (a stable rendering).
+    pub members: Vec<&'a ChronosDatabase>,
+    /// Database name → why it is left out although it asks for the shared engine.
+    pub conflicts: BTreeMap<String, String>,
+}
+
+/// The members of a namespace's shared engine among all its databases: those without
+/// `spec.engine`, not being deleted, with a valid spec, and whose backends were found reachable
+/// (a member whose Secret is missing would keep the one pod that serves everyone from starting).
+/// `fresh` is the reconciling database's own check, newer than its status. Two databases that
+/// claim the same key or routing identity can't both be served: the older one keeps it and the
+/// other is listed in `conflicts`.
+pub fn membership<'a>(dbs: &'a [ChronosDatabase], fresh: Option<(&str, bool)>) -> Membership<'a> {
+    let reachable = |db: &ChronosDatabase| match fresh {
+        Some((name, ok)) if name == db.name_any() => ok,
+        _ => db
+            .status
+            .as_ref()
+            .is_some_and(|s| conditions::is_true(&s.conditions, BACKENDS_REACHABLE)),
+    };
+    let mut candidates: Vec<&ChronosDatabase> = dbs
+        .iter()
+        .filter(|db| db.spec.engine.is_none() && db.metadata.deletion_timestamp.is_none())
+        .filter(|db| db.problems().is_empty() && reachable(db))
+        .collect();
+    candidates.sort_by(|a, b| {
+        let created = |d: &ChronosDatabase| d.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        (created(a), a.name_any()).cmp(&(created(b), b.name_any()))
+    });
+    let mut out = Membership::default();
+    let mut keys = BTreeMap::new();
+    let mut identities = BTreeMap::new();
+    for db in candidates {
+        let key = database_key(db);
+        let identity = db
+            .spec
+            .routing
+            .as_ref()
+            .map(|r| (r.database_type, r.tier, r.ext_identifier.clone()));
+        let taken = keys
+            .get(&key)
+            .map(|other| format!("key `{key}` is already served by ChronosDatabase {other}"));
+        let taken = taken.or_else(|| {
+            let other = identities.get(identity.as_ref()?)?;
+            Some(format!(
+                "its routing identity is already served by ChronosDatabase {other}"
+            ))
+        });
+        match taken {
+            Some(why) => {
+                out.conflicts.insert(db.name_any(), why);
+            }
+            None => {
+                keys.insert(key, db.name_any());
+                if let Some(identity) = identity {
+                    identities.insert(identity, db.name_any());
+                }
+                out.members.push(db);
+            }
+        }
+    }
+    out.members.sort_by_key(|db| db.name_any());
+    out
 }
 
 /// Whether the engine's Deployment has as many ready replicas as it wants, for the generation
@@ -310,75 +560,182 @@ pub fn deployment_ready(d: &Deployment) -> (bool, String) {
 mod tests {
     use super::*;
     use crate::config::Config;
+    use crate::engine::ContentKind;
     use crate::operator::collection::ChronosCollectionSpec;
     use crate::operator::database::ChronosDatabaseSpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-    pub(crate) fn database() -> ChronosDatabase {
-        let spec: ChronosDatabaseSpec = serde_json::from_value(json!({
-            "key": "orders",
-            "mongodb": {"uriSecretRef": {"name": "mongo", "key": "uri"}, "dbName": "orders"},
+    fn db_in(name: &str, extra: Value) -> ChronosDatabase {
+        let mut spec = json!({
+            "key": name,
+            "mongodb": {"uriSecretRef": {"name": "mongo", "key": "uri"}, "dbName": name},
             "s3": {
                 "endpoint": "http://s3:8333",
-                "buckets": {"json": "orders-json", "content": "orders-content", "backups": "orders-backups"},
+                "buckets": {"json": format!("{name}-json"), "content": format!("{name}-content"), "backups": format!("{name}-backups")},
                 "credentialsSecretRef": {"name": "s3-creds"}
-            },
-            "defaults": {"inlineMaxBytes": 1024},
-            "engine": {"replicas": 2}
-        }))
-        .unwrap();
-        let mut db = ChronosDatabase::new("orders", spec);
+            }
+        });
+        if let (Value::Object(spec), Value::Object(extra)) = (&mut spec, extra) {
+            spec.extend(extra);
+        }
+        let spec: ChronosDatabaseSpec = serde_json::from_value(spec).unwrap();
+        let mut db = ChronosDatabase::new(name, spec);
         db.metadata.namespace = Some("shop".into());
-        db.metadata.uid = Some("uid-1".into());
+        db.metadata.uid = Some(format!("uid-{name}"));
         db
     }
 
-    fn collection(name: &str, props: &[&str]) -> ChronosCollection {
-        let spec: ChronosCollectionSpec = serde_json::from_value(json!({
-            "database": "orders", "name": name, "indexedProps": props,
-            "counters": [{"name": "big", "when": {"amount": {"$gte": 100}}, "on": ["CREATE"]}]
-        }))
-        .unwrap();
-        ChronosCollection::new(name, spec)
+    /// A dedicated database, as the controller tests use it.
+    pub(crate) fn database() -> ChronosDatabase {
+        db_in(
+            "orders",
+            json!({"defaults": {"inlineMaxBytes": 1024}, "engine": {"replicas": 2}}),
+        )
+    }
+
+    fn collection(db: &str, name: &str, spec: Value) -> ChronosCollection {
+        let mut full = json!({"database": db, "name": name});
+        if let (Value::Object(full), Value::Object(spec)) = (&mut full, spec) {
+            full.extend(spec);
+        }
+        let spec: ChronosCollectionSpec = serde_json::from_value(full).unwrap();
+        ChronosCollection::new(&format!("{db}-{name}"), spec)
+    }
+
+    fn items(props: &[&str]) -> Value {
+        json!({"indexedProps": props, "counters": [{"name": "big", "when": {"amount": {"$gte": 100}}, "on": ["CREATE"]}]})
+    }
+
+    /// Parse a rendered configuration and check that it validates but for the secret files,
+    /// which only exist in the engine's pod.
+    fn parse(config: &Value) -> Config {
+        let parsed = Config::parse(&serde_json::to_string(config).unwrap()).unwrap();
+        let others: Vec<String> = parsed
+            .validate()
+            .into_iter()
+            .filter(|i| !i.problem.starts_with("cannot read secret file /secrets/"))
+            .map(|i| i.to_string())
+            .collect();
+        assert!(others.is_empty(), "{others:?}");
+        parsed
     }
 
     #[test]
-    fn config_is_a_valid_engine_config_that_only_references_secret_files() {
+    fn a_dedicated_config_routes_its_one_database_by_key_and_only_references_secret_files() {
         let db = database();
-        let config = engine_config(&db, &[collection("items", &["status"]), collection("bad name/", &[])]);
-        let text = serde_json::to_string(&config).unwrap();
-        let parsed = Config::parse(&text).unwrap();
-        // Only the secret files are missing on this machine; everything else validates.
+        let collections = [
+            collection("orders", "items", items(&["status"])),
+            collection("orders", "bad name/", json!({})),
+            collection(
+                "orders",
+                "docs",
+                json!({"contentProps": {"body": "text", "photo": "binary"}}),
+            ),
+            collection("other", "elsewhere", json!({})),
+        ];
+        let config = engine_config(&[&db], &collections);
+        let parsed = parse(&config);
         let fields: Vec<String> = parsed.validate().into_iter().map(|i| i.field).collect();
         assert_eq!(
             fields,
             ["mongoUris[0]", "spacesConns[0].accessKey", "spacesConns[0].secretKey"]
         );
         assert_eq!(config["mongoUris"][0]["file"], "/secrets/mongo/uri");
-        assert_eq!(parsed.engine.inline_max_bytes, 1024);
-        assert_eq!(parsed.db_name, "orders");
-        let settings = parsed.engine_settings();
+        assert_eq!(
+            config["spacesConns"][0]["secretKey"]["file"],
+            "/secrets/s3-creds/secretKey"
+        );
+        let entry = &parsed.databases[0];
+        assert_eq!(
+            (entry.key.as_str(), entry.db_name.as_deref()),
+            ("orders", Some("orders"))
+        );
+        let settings = parsed.settings_for(entry);
+        assert_eq!(settings.inline_max_bytes, 1024);
         assert_eq!(
             settings.collection_maps["items"].indexed_props.as_deref(),
             Some(&["status".to_owned()][..])
+        );
+        assert_eq!(
+            settings.collection_maps["docs"].content_props["photo"],
+            ContentKind::Binary
+        );
+        assert_eq!(
+            settings.collection_maps["docs"].content_props["body"],
+            ContentKind::Text
         );
         assert!(
             !settings.collection_maps.contains_key("bad name/"),
             "invalid collections are left out"
         );
+        assert!(
+            !settings.collection_maps.contains_key("elsewhere"),
+            "another database's"
+        );
         assert_eq!(settings.counter_rules["items"][0].name, "big");
     }
 
     #[test]
-    fn deployment_mounts_config_and_user_secrets_and_carries_the_hash() {
+    fn a_shared_config_serves_each_database_under_its_key_or_identity_with_its_own_maps() {
+        let a = db_in("a", json!({}));
+        let mut b = db_in("b", json!({"defaults": {"maxPayloadBytes": 1000}}));
+        b.spec.mongodb.uri_secret_ref.name = "mongo-b".into();
+        let tenant = db_in(
+            "acme",
+            json!({"key": null, "routing": {"databaseType": "runtime", "tier": "tenant", "extIdentifier": "acme"}}),
+        );
+        let meta = db_in(
+            "meta",
+            json!({"key": null, "routing": {"databaseType": "metadata", "tier": "generic"}}),
+        );
+        let collections = [
+            collection("a", "orders", items(&["status"])),
+            collection("b", "orders", items(&["customer"])),
+        ];
+        let config = engine_config(&[&a, &tenant, &b, &meta], &collections);
+        let parsed = parse(&config);
+        assert_eq!(
+            config["mongoUris"],
+            json!([{"file": "/secrets/mongo/uri"}, {"file": "/secrets/mongo-b/uri"}]),
+            "one entry per distinct Secret"
+        );
+        assert_eq!(parsed.spaces_conns.len(), 4, "one per database: each has its buckets");
+        let keys: Vec<&str> = parsed.databases.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["a", "b"]);
+        assert_eq!(
+            (parsed.databases[1].mongo, parsed.databases[1].spaces),
+            (Some(1), Some(2))
+        );
+        let types = parsed.database_types.as_ref().unwrap();
+        let acme = &types.runtime.as_ref().unwrap().tenants[0];
+        assert_eq!(
+            (acme.key.as_str(), acme.ext_identifier.as_deref()),
+            ("acme", Some("acme"))
+        );
+        let generic = types.metadata.as_ref().unwrap().generic.as_ref().unwrap();
+        assert_eq!(
+            (generic.key.as_str(), generic.ext_identifier.as_deref()),
+            ("meta", None)
+        );
+        // Same collection name, different maps: each database keeps its own.
+        let map_of = |i: usize| parsed.settings_for(&parsed.databases[i]).collection_maps["orders"].clone();
+        assert_eq!(map_of(0).indexed_props, Some(vec!["status".to_owned()]));
+        assert_eq!(map_of(1).indexed_props, Some(vec!["customer".to_owned()]));
+        assert_eq!(parsed.settings_for(&parsed.databases[1]).max_payload_bytes, 1000);
+        assert!(parsed.settings_for(acme).collection_maps.is_empty());
+    }
+
+    #[test]
+    fn a_dedicated_deployment_mounts_config_and_user_secrets_and_carries_the_hash() {
         let db = database();
-        let objects = engine_objects(&db, db.spec.engine.as_ref().unwrap(), &[], "chronos:test").unwrap();
+        let objects = dedicated_objects(&db, db.spec.engine.as_ref().unwrap(), &[], "chronos:test").unwrap();
         let d = &objects.deployment;
         assert_eq!(d.metadata.name.as_deref(), Some("orders-engine"));
         assert_eq!(d.metadata.namespace.as_deref(), Some("shop"));
         let owner = &d.metadata.owner_references.as_ref().unwrap()[0];
         assert_eq!(
             (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
-            ("ChronosDatabase", "uid-1", Some(true))
+            ("ChronosDatabase", "uid-orders", Some(true))
         );
         let spec = d.spec.as_ref().unwrap();
         assert_eq!(spec.replicas, Some(2));
@@ -401,46 +758,166 @@ mod tests {
         assert_eq!(secret_of(0).secret_name.as_deref(), Some("orders-engine-config"));
         assert_eq!(secret_of(1).secret_name.as_deref(), Some("mongo"));
         assert_eq!(secret_of(2).secret_name.as_deref(), Some("s3-creds"));
-        let s3_items = secret_of(2).items.as_ref().unwrap();
-        assert_eq!(
-            (s3_items[0].key.as_str(), s3_items[0].path.as_str()),
-            ("accessKey", "access-key")
-        );
+        let keys: Vec<&str> = secret_of(2).items.iter().flatten().map(|i| i.key.as_str()).collect();
+        assert_eq!(keys, ["accessKey", "secretKey"], "only the keys the config reads");
+        let mounts: Vec<&str> = container
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| m.mount_path.as_str())
+            .collect();
+        assert_eq!(mounts, ["/etc/chronos", "/secrets/mongo", "/secrets/s3-creds"]);
         // Selector and Service both select the pod labels.
         let selector = spec.selector.match_labels.as_ref().unwrap();
         assert_eq!(objects.service.spec.as_ref().unwrap().selector.as_ref(), Some(selector));
-        assert_eq!(engine_url(&db), "http://orders-engine.shop.svc:8080");
+        assert_eq!(
+            engine_url(&engine_name(&db), "shop"),
+            "http://orders-engine.shop.svc:8080"
+        );
+        assert_eq!(database_url(&db), "http://orders-engine.shop.svc:8080/v1/orders");
     }
 
     #[test]
-    fn the_secret_holds_no_secret_values_and_the_hash_follows_the_config() {
-        let db = database();
-        let engine = db.spec.engine.clone().unwrap();
-        let a = engine_objects(&db, &engine, &[], "img").unwrap();
-        let text = String::from_utf8(a.config.data.as_ref().unwrap()["config.json"].0.clone()).unwrap();
+    fn the_shared_engine_is_owned_by_every_member_and_controlled_by_none() {
+        let (a, b) = (db_in("a", json!({})), db_in("b", json!({})));
+        let settings = SharedEngine {
+            image: "chronos:shared".into(),
+            replicas: 1,
+        };
+        let objects = shared_objects("shop", &[&a, &b], &[], &settings).unwrap();
+        for meta in [
+            &objects.deployment.metadata,
+            &objects.service.metadata,
+            &objects.config.metadata,
+        ] {
+            let owners: Vec<(&str, Option<bool>)> = meta
+                .owner_references
+                .iter()
+                .flatten()
+                .map(|o| (o.uid.as_str(), o.controller))
+                .collect();
+            assert_eq!(owners, [("uid-a", None), ("uid-b", None)]);
+        }
+        assert_eq!(objects.deployment.metadata.name.as_deref(), Some("chronos-engine"));
+        assert_eq!(objects.config.metadata.name.as_deref(), Some("chronos-engine-config"));
+        let spec = objects.deployment.spec.as_ref().unwrap();
+        assert_eq!(spec.replicas, Some(1));
+        let pod = spec.template.spec.as_ref().unwrap();
+        assert_eq!(pod.containers[0].image.as_deref(), Some("chronos:shared"));
+        let selector = spec.selector.match_labels.as_ref().unwrap();
+        assert_eq!(selector["app.kubernetes.io/instance"], RESERVED_NAME);
+        assert_eq!(database_url(&a), "http://chronos-engine.shop.svc:8080/v1/a");
+        // A database can't be called so and have its own engine: the names would collide.
+        let reserved = db_in(RESERVED_NAME, json!({"engine": {}}));
         assert!(
-            text.contains("/secrets/s3/secret-key") && !text.contains("mongodb://"),
-            "{text}"
+            reserved.problems()[0].starts_with("metadata.name"),
+            "{:?}",
+            reserved.problems()
         );
-        let same = engine_objects(&db, &engine, &[], "img").unwrap();
-        assert_eq!(a.config_hash, same.config_hash, "stable");
-        let with_collection = engine_objects(&db, &engine, &[collection("items", &["a"])], "img").unwrap();
+        assert!(db_in(RESERVED_NAME, json!({})).problems().is_empty());
+    }
+
+    #[test]
+    fn the_hash_rolls_the_engine_when_members_or_their_settings_change() {
+        let (a, b) = (db_in("a", json!({})), db_in("b", json!({})));
+        let settings = SharedEngine {
+            image: "img".into(),
+            replicas: 1,
+        };
+        let hash = |dbs: &[&ChronosDatabase], cols: &[ChronosCollection]| {
+            shared_objects("shop", dbs, cols, &settings).unwrap().config_hash
+        };
+        let one = hash(&[&a], &[]);
+        assert_eq!(one, hash(&[&a], &[]), "stable");
+        assert_ne!(one, hash(&[&a, &b], &[]), "a new member");
         assert_ne!(
-            a.config_hash, with_collection.config_hash,
-            "a new collection map rolls the engine"
+            one,
+            hash(&[&a], &[collection("a", "items", items(&["x"]))]),
+            "a new collection map"
         );
-        let mut other_secret = db.clone();
-        other_secret.spec.mongodb.uri_secret_ref.name = "mongo-2".into();
-        assert_ne!(
-            a.config_hash,
-            engine_objects(&other_secret, &engine, &[], "img").unwrap().config_hash
+        assert_eq!(
+            one,
+            hash(&[&a], &[collection("b", "items", items(&["x"]))]),
+            "not a member's collection"
         );
+        let mut moved = a.clone();
+        moved.spec.mongodb.uri_secret_ref.name = "mongo-2".into();
+        assert_ne!(one, hash(&[&moved], &[]), "another Secret");
+        let mut tuned = a.clone();
+        tuned.spec.defaults.inline_max_bytes = Some(10);
+        assert_ne!(one, hash(&[&tuned], &[]), "a member's defaults");
+        let text = String::from_utf8(
+            shared_objects("shop", &[&a], &[], &settings)
+                .unwrap()
+                .config
+                .data
+                .unwrap()["config.json"]
+                .0
+                .clone(),
+        )
+        .unwrap();
+        assert!(!text.contains("mongodb://"), "no secret values: {text}");
+    }
+
+    fn reachable(mut db: ChronosDatabase, created: i64) -> ChronosDatabase {
+        db.metadata.creation_timestamp = Some(Time(jiff::Timestamp::from_second(created).unwrap()));
+        let observed = [conditions::Observed::ok(BACKENDS_REACHABLE, "Reachable", "")];
+        db.status = Some(crate::operator::database::ChronosDatabaseStatus {
+            conditions: conditions::merge(&[], &observed, None, conditions::now()),
+            ..Default::default()
+        });
+        db
+    }
+
+    #[test]
+    fn membership_takes_usable_shared_databases_and_the_older_of_two_claims() {
+        let mut deleting = reachable(db_in("deleting", json!({})), 1);
+        deleting.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::from_second(9).unwrap()));
+        let dbs = vec![
+            reachable(db_in("old", json!({"key": "same"})), 1),
+            reachable(db_in("young", json!({"key": "same"})), 2),
+            reachable(db_in("dedicated", json!({"engine": {}})), 1),
+            reachable(db_in("invalid", json!({"key": "admin"})), 1),
+            db_in("unchecked", json!({})),
+            deleting,
+            reachable(
+                db_in(
+                    "t1",
+                    json!({"key": null, "routing": {"databaseType": "runtime", "tier": "tenant", "extIdentifier": "x"}}),
+                ),
+                1,
+            ),
+            reachable(
+                db_in(
+                    "t2",
+                    json!({"key": null, "routing": {"databaseType": "runtime", "tier": "tenant", "extIdentifier": "x"}}),
+                ),
+                2,
+            ),
+        ];
+        let m = membership(&dbs, None);
+        let names: Vec<String> = m.members.iter().map(|d| d.name_any()).collect();
+        assert_eq!(names, ["old", "t1"]);
+        assert_eq!(
+            m.conflicts.keys().collect::<Vec<_>>(),
+            ["t2", "young"],
+            "the younger claim loses"
+        );
+        assert!(m.conflicts["young"].contains("key `same` is already served by ChronosDatabase old"));
+        assert!(m.conflicts["t2"].contains("routing identity"));
+        // The reconciling database's fresh check wins over its (older) status, both ways.
+        let m = membership(&dbs, Some(("unchecked", true)));
+        assert!(m.members.iter().any(|d| d.name_any() == "unchecked"));
+        let m = membership(&dbs, Some(("old", false)));
+        let names: Vec<String> = m.members.iter().map(|d| d.name_any()).collect();
+        assert_eq!(names, ["t1", "young"], "with `old` unreachable, `young` takes the key");
     }
 
     #[test]
     fn readiness_needs_the_current_generation_and_enough_ready_replicas() {
         let db = database();
-        let mut d = deployment(&db, db.spec.engine.as_ref().unwrap(), "img", "h");
+        let objects = dedicated_objects(&db, db.spec.engine.as_ref().unwrap(), &[], "img").unwrap();
+        let mut d = objects.deployment;
         d.metadata.generation = Some(3);
         assert_eq!(deployment_ready(&d), (false, "0/2 replicas ready".into()));
         d.status = Some(k8s_openapi::api::apps::v1::DeploymentStatus {
@@ -470,5 +947,13 @@ mod tests {
         assert!(problems[1].starts_with("spec.s3.buckets.json"), "{problems:?}");
         db.spec.key = None;
         assert!(db.spec.problems()[0].starts_with("spec.routing.extIdentifier"));
+        db.spec.routing = Some(
+            serde_json::from_value(json!({"databaseType": "runtime", "tier": "generic", "extIdentifier": "x"}))
+                .unwrap(),
+        );
+        assert!(db.spec.problems()[0].contains("the generic tier has no identifier"));
+        db.spec.routing = None;
+        db.spec.key = Some("no spaces".into());
+        assert!(db.spec.problems()[0].starts_with("spec.key"));
     }
 }

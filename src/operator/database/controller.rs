@@ -1,12 +1,13 @@
 //! The `ChronosDatabase` reconciler: validate → reach the backends → ensure the buckets → apply
 //! the engine → status. Deletion goes through a finalizer so `deletionPolicy` is always honoured.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service};
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{self, Event as Finalizer};
 use kube::{Api, Resource, ResourceExt};
@@ -15,7 +16,7 @@ use super::build;
 use super::crd::{ChronosDatabase, ChronosDatabaseStatus, DeletionPolicy};
 use crate::operator::collection::ChronosCollection;
 use crate::operator::conditions::{self, Observed};
-use crate::operator::{Context, Error, FIELD_MANAGER, Result, backends, requeue};
+use crate::operator::{Context, Error, FIELD_MANAGER, Result, backends, events, requeue};
 
 /// The finalizer that stands between `kubectl delete` and the data.
 pub const FINALIZER: &str = "chronos.dev/data";
@@ -45,28 +46,33 @@ pub async fn reconcile(db: Arc<ChronosDatabase>, ctx: Arc<Context>) -> Result<Ac
     result
 }
 
-async fn apply(db: &ChronosDatabase, ctx: &Context) -> Result<Action> {
-    let problems = db.spec.problems();
-    if !problems.is_empty() {
-        let message = problems.join("; ");
-        write_status(db, ctx, &[Observed::failed(READY, "InvalidSpec", &message)], None, None).await?;
-        return Ok(Action::await_change());
-    }
+/// What checking a database found, before its engine is considered.
+enum Checked {
+    /// The spec can't work: wait for the user to change it.
+    Invalid(String),
+    /// A Secret or a backend is not there: these conditions, then look again after the delay.
+    Unavailable(Vec<Observed>, Duration),
+    /// Backends reachable, buckets in place.
+    Usable(Vec<Observed>),
+}
 
+async fn check(db: &ChronosDatabase, ctx: &Context) -> Result<Checked> {
+    let problems = db.problems();
+    if !problems.is_empty() {
+        return Ok(Checked::Invalid(problems.join("; ")));
+    }
     let storage = match backends::storage(&ctx.client, db).await {
         Ok(s) => s,
         Err(e @ (Error::Missing(_) | Error::Invalid(_))) => {
             let message = e.to_string();
-            let observed = [
+            let observed = vec![
                 Observed::failed(BACKENDS_REACHABLE, "SecretUnavailable", &message),
                 Observed::failed(READY, "SecretUnavailable", &message),
             ];
-            write_status(db, ctx, &observed, None, None).await?;
-            return Ok(Action::requeue(requeue::MISSING));
+            return Ok(Checked::Unavailable(observed, requeue::MISSING));
         }
         Err(e) => return Err(e),
     };
-
     let reachable = async {
         backends::ping_mongo(ctx, &storage).await?;
         backends::ensure_buckets(ctx, &storage).await
@@ -75,12 +81,11 @@ async fn apply(db: &ChronosDatabase, ctx: &Context) -> Result<Action> {
         Ok(created) => created,
         Err(Error::Engine(e)) => {
             let message = e.to_string();
-            let observed = [
+            let observed = vec![
                 Observed::failed(BACKENDS_REACHABLE, "Unreachable", &message),
                 Observed::failed(READY, "BackendsUnreachable", &message),
             ];
-            write_status(db, ctx, &observed, None, None).await?;
-            return Ok(Action::requeue(requeue::TRANSIENT));
+            return Ok(Checked::Unavailable(observed, requeue::TRANSIENT));
         }
         Err(e) => return Err(e),
     };
@@ -89,63 +94,221 @@ async fn apply(db: &ChronosDatabase, ctx: &Context) -> Result<Action> {
     } else {
         format!("created {}", created.join(", "))
     };
-    let mut observed = vec![
+    Ok(Checked::Usable(vec![
         Observed::ok(BACKENDS_REACHABLE, "Reachable", "MongoDB and S3 answer"),
         Observed::ok(BUCKETS_READY, "BucketsExist", buckets),
-    ];
-
-    let (engine_ready, url, hash) = match &db.spec.engine {
-        Some(engine) => {
-            let collections: Api<ChronosCollection> =
-                Api::namespaced(ctx.client.clone(), &db.namespace().unwrap_or_default());
-            let collections = collections.list(&ListParams::default()).await?.items;
-            let objects = build::engine_objects(db, engine, &collections, &ctx.engine_image)?;
-            let deployment = apply_engine(db, ctx, &objects).await?;
-            let (ready, message) = build::deployment_ready(&deployment);
-            let condition = if ready {
-                Observed::ok(ENGINE_READY, "Available", message)
-            } else {
-                Observed::failed(ENGINE_READY, "Progressing", message)
-            };
-            (condition, Some(build::engine_url(db)), Some(objects.config_hash))
-        }
-        None => (
-            Observed::failed(
-                ENGINE_READY,
-                "SharedEngineNotImplemented",
-                "set spec.engine: shared namespace engines are not implemented yet",
-            ),
-            None,
-            None,
-        ),
-    };
-    let ready = engine_ready.status;
-    observed.push(engine_ready);
-    observed.push(if ready {
-        Observed::ok(READY, "Ready", "backends reachable, buckets ready, engine available")
-    } else {
-        Observed::failed(READY, "EngineNotReady", "waiting for the engine")
-    });
-    write_status(db, ctx, &observed, url, hash).await?;
-    // Not ready: the Deployment's status change wakes us (we own it). Ready: re-check now and then.
-    Ok(Action::requeue(requeue::DRIFT))
+    ]))
 }
 
-/// Apply the engine's Secret, Service and Deployment; returns the Deployment as stored.
-async fn apply_engine(db: &ChronosDatabase, ctx: &Context, objects: &build::EngineObjects) -> Result<Deployment> {
+/// How the database is served, for its status.
+struct Served {
+    engine_url: String,
+    database_url: String,
+    config_hash: String,
+}
+
+async fn apply(db: &ChronosDatabase, ctx: &Context) -> Result<Action> {
     let ns = db.namespace().unwrap_or_default();
-    let pp = PatchParams::apply(FIELD_MANAGER).force();
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
+    let checked = check(db, ctx).await?;
+    let lock = ctx.namespace_lock(&ns);
+    let _rendering = lock.lock().await;
+    // Every outcome re-renders the shared engine: a member that became invalid or unreachable,
+    // or moved to a dedicated engine, leaves it; one that became usable joins it.
+    let usable = matches!(checked, Checked::Usable(_));
+    let shared = sync_shared(ctx, &ns, Some((&db.name_any(), usable))).await?;
+    let mut observed = match checked {
+        Checked::Invalid(message) => {
+            write_status(db, ctx, &[Observed::failed(READY, "InvalidSpec", message)], None).await?;
+            return Ok(Action::await_change());
+        }
+        Checked::Unavailable(observed, delay) => {
+            write_status(db, ctx, &observed, None).await?;
+            return Ok(Action::requeue(delay));
+        }
+        Checked::Usable(observed) => observed,
+    };
+
+    let (engine_ready, served) = match &db.spec.engine {
+        Some(engine) => {
+            let collections: Api<ChronosCollection> = Api::namespaced(ctx.client.clone(), &ns);
+            let collections = collections.list(&ListParams::default()).await?.items;
+            let objects = build::dedicated_objects(db, engine, &collections, &ctx.engine_image)?;
+            let deployment = apply_objects(ctx, &ns, &objects).await?;
+            (readiness(&deployment), Some(served(db, objects.config_hash)))
+        }
+        None => match (shared.conflicts.get(&db.name_any()), shared.applied) {
+            (Some(why), _) => (Observed::failed(ENGINE_READY, "Conflict", why.clone()), None),
+            (None, Some((deployment, hash))) => {
+                remove_dedicated(ctx, db).await?;
+                (readiness(&deployment), Some(served(db, hash)))
+            }
+            // Usable yet not a member: only when the list we just read lacks it (deleted meanwhile).
+            (None, None) => (
+                Observed::failed(
+                    ENGINE_READY,
+                    "NotServed",
+                    "the shared engine does not serve this database",
+                ),
+                None,
+            ),
+        },
+    };
+    let ready = engine_ready.status;
+    let ready_message = if db.spec.engine.is_some() {
+        "backends reachable, buckets ready, dedicated engine available"
+    } else {
+        "backends reachable, buckets ready, shared engine available"
+    };
+    let not_ready_reason = if engine_ready.reason == "Conflict" {
+        "Conflict"
+    } else {
+        "EngineNotReady"
+    };
+    observed.push(engine_ready);
+    observed.push(if ready {
+        Observed::ok(READY, "Ready", ready_message)
+    } else {
+        Observed::failed(READY, not_ready_reason, "waiting for the engine")
+    });
+    write_status(db, ctx, &observed, served).await?;
+    // Not ready: the Deployment's status change wakes us (we own it). Ready: re-check now and then.
+    // A conflict clears when the other database goes, which does not wake this one: look again.
+    Ok(Action::requeue(if not_ready_reason == "Conflict" {
+        requeue::MISSING
+    } else {
+        requeue::DRIFT
+    }))
+}
+
+fn served(db: &ChronosDatabase, config_hash: String) -> Served {
+    Served {
+        engine_url: build::engine_url(&build::engine_name(db), &db.namespace().unwrap_or_default()),
+        database_url: build::database_url(db),
+        config_hash,
+    }
+}
+
+fn readiness(deployment: &Deployment) -> Observed {
+    let (ready, message) = build::deployment_ready(deployment);
+    if ready {
+        Observed::ok(ENGINE_READY, "Available", message)
+    } else {
+        Observed::failed(ENGINE_READY, "Progressing", message)
+    }
+}
+
+/// The namespace's shared engine as just rendered.
+struct SharedState {
+    /// Its Deployment as stored and its configuration hash; `None` when it has no members
+    /// (and so was removed).
+    applied: Option<(Deployment, String)>,
+    /// Databases that asked for it but conflict with a member (name → why).
+    conflicts: BTreeMap<String, String>,
+}
+
+/// Render namespace `ns`'s shared engine from a fresh list of its databases and apply it, or
+/// remove it when no database needs it any more. `fresh` is the reconciling database's own
+/// backend check. Call with the namespace's lock held.
+async fn sync_shared(ctx: &Context, ns: &str, fresh: Option<(&str, bool)>) -> Result<SharedState> {
+    let databases: Api<ChronosDatabase> = Api::namespaced(ctx.client.clone(), ns);
+    let mut dbs = databases.list(&ListParams::default()).await?.items;
+    dbs.sort_by_key(|db| db.name_any());
+    let membership = build::membership(&dbs, fresh);
+    if membership.members.is_empty() {
+        remove_shared(ctx, ns).await?;
+        return Ok(SharedState {
+            applied: None,
+            conflicts: membership.conflicts,
+        });
+    }
+    let collections: Api<ChronosCollection> = Api::namespaced(ctx.client.clone(), ns);
+    let collections = collections.list(&ListParams::default()).await?.items;
+    let settings = build::SharedEngine {
+        image: ctx.engine_image.clone(),
+        replicas: ctx.shared_engine_replicas,
+    };
+    let objects = build::shared_objects(ns, &membership.members, &collections, &settings)?;
+    let deployment = apply_objects(ctx, ns, &objects).await?;
+    Ok(SharedState {
+        applied: Some((deployment, objects.config_hash)),
+        conflicts: membership.conflicts,
+    })
+}
+
+/// Delete a namespace's shared engine once no database needs it. Removed rather than scaled to
+/// zero: nothing is left to clutter the namespace, and the next shared database renders it
+/// again in one reconcile. The configuration Secret is applied first and deleted last, so it
+/// marks an engine that may still have objects to delete.
+async fn remove_shared(ctx: &Context, ns: &str) -> Result<()> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let config = build::config_name(build::SHARED_ENGINE);
+    if secrets.get_opt(&config).await?.is_none() {
+        return Ok(());
+    }
+    delete_engine(ctx, ns, build::SHARED_ENGINE).await?;
+    tracing::info!(namespace = %ns, "removed the shared engine: no database needs it");
+    Ok(())
+}
+
+/// Delete a dedicated engine the database no longer asks for (it moved to the shared engine),
+/// if it is the database's own (its controller owner is this database).
+async fn remove_dedicated(ctx: &Context, db: &ChronosDatabase) -> Result<()> {
+    let ns = db.namespace().unwrap_or_default();
+    let name = build::dedicated_name(db);
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(deployment) = deployments.get_opt(&name).await? else {
+        return Ok(());
+    };
+    let ours = deployment
+        .owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && Some(&o.uid) == db.metadata.uid.as_ref());
+    if ours {
+        delete_engine(ctx, &ns, &name).await?;
+        tracing::info!(database = %db.name_any(), "removed its dedicated engine: the shared engine serves it now");
+    }
+    Ok(())
+}
+
+/// Delete an engine's Deployment, Service and configuration Secret (in that order), each if
+/// present.
+async fn delete_engine(ctx: &Context, ns: &str, name: &str) -> Result<()> {
+    let dp = DeleteParams::default();
+    let gone = |r: std::result::Result<(), kube::Error>| match r {
+        Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
+        other => other,
+    };
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+    gone(deployments.delete(name, &dp).await.map(drop))?;
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
+    gone(services.delete(name, &dp).await.map(drop))?;
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    gone(secrets.delete(&build::config_name(name), &dp).await.map(drop))?;
+    Ok(())
+}
+
+/// Apply an engine's Secret, Service and Deployment; returns the Deployment as stored.
+async fn apply_objects(ctx: &Context, ns: &str, objects: &build::EngineObjects) -> Result<Deployment> {
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
     secrets
-        .patch(&build::config_name(db), &pp, &Patch::Apply(typed(&objects.config)?))
+        .patch(&objects.config.name_any(), &pp, &Patch::Apply(typed(&objects.config)?))
         .await?;
     services
-        .patch(&build::engine_name(db), &pp, &Patch::Apply(typed(&objects.service)?))
+        .patch(
+            &objects.service.name_any(),
+            &pp,
+            &Patch::Apply(typed(&objects.service)?),
+        )
         .await?;
     Ok(deployments
-        .patch(&build::engine_name(db), &pp, &Patch::Apply(typed(&objects.deployment)?))
+        .patch(
+            &objects.deployment.name_any(),
+            &pp,
+            &Patch::Apply(typed(&objects.deployment)?),
+        )
         .await?)
 }
 
@@ -157,19 +320,20 @@ fn typed<K: Resource<DynamicType = ()> + serde::Serialize>(obj: &K) -> Result<se
     Ok(value)
 }
 
+/// Write the status, then publish an Event if readiness changed (or why it is not ready).
 async fn write_status(
     db: &ChronosDatabase,
     ctx: &Context,
     observed: &[Observed],
-    engine_url: Option<String>,
-    config_hash: Option<String>,
+    served: Option<Served>,
 ) -> Result<()> {
     let existing = db.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
     let generation = db.metadata.generation;
     let status = ChronosDatabaseStatus {
         conditions: conditions::merge(existing, observed, generation, conditions::now()),
-        engine_url,
-        config_hash,
+        engine_url: served.as_ref().map(|s| s.engine_url.clone()),
+        database_url: served.as_ref().map(|s| s.database_url.clone()),
+        config_hash: served.map(|s| s.config_hash),
         observed_generation: generation,
     };
     crate::operator::apply_status(
@@ -177,12 +341,27 @@ async fn write_status(
         &db.name_any(),
         &status,
     )
-    .await
+    .await?;
+    let notice = observed
+        .iter()
+        .find(|o| o.type_ == READY)
+        .and_then(|ready| events::transition(existing, ready, "Reconcile"));
+    if let Some(notice) = notice {
+        events::publish(&ctx.recorder, db, notice).await;
+    }
+    Ok(())
 }
 
-/// The resource is being deleted: drop the data only under `deletionPolicy: Delete`. The engine's
-/// objects go with their owner (garbage collection by owner reference).
+/// The resource is being deleted: it leaves the shared engine (which goes with its last member),
+/// and its data is dropped only under `deletionPolicy: Delete`. A dedicated engine's objects go
+/// with their owner (garbage collection by owner reference).
 async fn cleanup(db: &ChronosDatabase, ctx: &Context) -> Result<Action> {
+    let ns = db.namespace().unwrap_or_default();
+    {
+        let lock = ctx.namespace_lock(&ns);
+        let _rendering = lock.lock().await;
+        sync_shared(ctx, &ns, None).await?;
+    }
     if db.spec.deletion_policy == DeletionPolicy::Delete {
         let storage = backends::storage(&ctx.client, db).await?;
         backends::drop_data(ctx, &storage).await?;

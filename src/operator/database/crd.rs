@@ -6,6 +6,8 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use crate::routing::{DatabaseType, Tier};
+
 /// A logical Chronos database: where its data lives and how it is served.
 // clippy mistakes the repeated keys of kube's `printcolumn(...)` for duplicated attributes.
 #[allow(clippy::duplicated_attributes)]
@@ -42,8 +44,8 @@ pub struct ChronosDatabaseSpec {
     /// Engine settings every collection of this database starts from.
     #[serde(default)]
     pub defaults: CollectionDefaults,
-    /// A dedicated engine for this database. Without it the namespace's shared engine serves it
-    /// (not implemented yet: `EngineReady` then says so).
+    /// A dedicated engine for this database. Without it the namespace's shared engine
+    /// (`chronos-engine`) serves it together with the namespace's other such databases.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub engine: Option<EngineSpec>,
     /// What happens to the data when this resource is deleted. `Retain` (default) keeps the
@@ -60,22 +62,6 @@ pub struct Routing {
     /// The tenant or domain identifier (required for the `domain` and `tenant` tiers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ext_identifier: Option<String>,
-}
-
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum DatabaseType {
-    Metadata,
-    Knowledge,
-    Runtime,
-}
-
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Tier {
-    Generic,
-    Domain,
-    Tenant,
 }
 
 /// A key of a Secret in the resource's namespace.
@@ -164,9 +150,13 @@ pub struct ChronosDatabaseStatus {
     #[serde(default)]
     #[schemars(schema_with = "crate::operator::conditions::schema")]
     pub conditions: Vec<Condition>,
-    /// The engine's in-cluster URL.
+    /// The in-cluster URL of the engine serving this database (its own, or the namespace's
+    /// shared engine).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub engine_url: Option<String>,
+    /// Where clients reach this database: the engine's URL and the database's key (`/v1/{key}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
     /// Hash of the engine configuration now deployed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_hash: Option<String>,
@@ -202,8 +192,16 @@ impl ChronosDatabaseSpec {
                     out.push("spec.routing.extIdentifier: required for the domain and tenant tiers".to_owned());
                 }
             }
-            (None, Some(k)) if k.is_empty() => out.push("spec.key: must not be empty".to_owned()),
+            (None, Some(k)) if k.parse::<crate::engine::ItemId>().is_err() || k == "admin" => {
+                out.push("spec.key: expected 1-128 letters, digits, `_ - . :` (and not `admin`)".to_owned())
+            }
             (None, Some(_)) => {}
+        }
+        if let Some(r) = &self.routing
+            && r.tier == Tier::Generic
+            && r.ext_identifier.is_some()
+        {
+            out.push("spec.routing.extIdentifier: the generic tier has no identifier".to_owned());
         }
         let db = &self.mongodb.db_name;
         let db_ok =
@@ -213,6 +211,9 @@ impl ChronosDatabaseSpec {
         }
         if !(self.s3.endpoint.starts_with("http://") || self.s3.endpoint.starts_with("https://")) {
             out.push("spec.s3.endpoint: expected an http:// or https:// URL".to_owned());
+        }
+        if self.s3.region.is_empty() {
+            out.push("spec.s3.region: expected a region name such as us-east-1".to_owned());
         }
         let b = &self.s3.buckets;
         for (field, name) in [("json", &b.json), ("content", &b.content), ("backups", &b.backups)] {
@@ -226,6 +227,23 @@ impl ChronosDatabaseSpec {
             && e.replicas < 0
         {
             out.push("spec.engine.replicas: must be 0 or more".to_owned());
+        }
+        out
+    }
+}
+
+impl ChronosDatabase {
+    /// Every problem with the resource: its spec's, and a dedicated engine whose objects would
+    /// be the namespace's shared engine's.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = self.spec.problems();
+        if self.spec.engine.is_some() && self.metadata.name.as_deref() == Some(super::build::RESERVED_NAME) {
+            out.push(format!(
+                "metadata.name: a database called `{}` can't have spec.engine (its engine would be the \
+                 namespace's shared engine, {}); rename it or drop spec.engine",
+                super::build::RESERVED_NAME,
+                super::build::SHARED_ENGINE
+            ));
         }
         out
     }

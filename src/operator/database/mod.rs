@@ -2,9 +2,10 @@
 //! serves it.
 //!
 //! - [`crd`]: the resource.
-//! - [`build`]: the engine's Secret, Deployment and Service (pure functions of the spec).
-//! - [`controller`]: checks backends, ensures buckets, applies the engine, writes status, and
-//!   honours `deletionPolicy` through a finalizer.
+//! - [`build`]: the engines' Secrets, Deployments and Services — a dedicated engine, or the
+//!   namespace's shared engine and its members (pure functions of the resources).
+//! - [`controller`]: checks backends, ensures buckets, applies the engine (and re-renders the
+//!   shared engine), writes status, and honours `deletionPolicy` through a finalizer.
 
 pub mod build;
 pub mod controller;

@@ -14,6 +14,7 @@ use super::crd::{ChronosRestore, ChronosRestoreStatus, Counts, Job, Phase, Progr
 use crate::engine::{Attribution, Engine, ItemId, ReadOptions, VersionTarget};
 use crate::operator::conditions;
 use crate::operator::database::ChronosDatabase;
+use crate::operator::events::{self, Notice};
 use crate::operator::{Context, Error, Result, backends, requeue};
 
 const NAME: &str = "restore";
@@ -61,6 +62,16 @@ async fn run(r: &ChronosRestore, ctx: &Context) -> Result<Action> {
             return Err(e);
         }
     };
+    if status.started_at.is_none() {
+        status.started_at = Some(conditions::now());
+        let what = match &job {
+            Job::Item { collection, id, .. } => format!("item {collection}/{id}"),
+            Job::Collection { collection, .. } => format!("collection {collection}"),
+        };
+        let dry = if r.spec.dry_run { " (dry run)" } else { "" };
+        let note = format!("restoring {what} of ChronosDatabase {}{dry}", r.spec.database);
+        events::publish(&ctx.recorder, &r, Notice::normal("RestoreStarted", note, "Restore")).await;
+    }
     let who = Attribution::new("chronos-operator", format!("ChronosRestore {ns}/{}", r.name_any()));
     let outcome = match job {
         Job::Item { collection, id, target } => item(&engine, &collection, &id, target, &r, &who).await,
@@ -141,10 +152,13 @@ async fn collection_pages(
         status.progress = Some(Progress { done: 0, total });
         status.message = Some("planned".to_owned());
         write(ctx, r, status).await?;
-        if r.spec.dry_run {
-            status.progress = Some(Progress { done: total, total });
-            return Ok(None);
-        }
+    }
+    // Outside the planning step: a dry run interrupted after its plan was recorded must not
+    // apply the plan when it resumes.
+    if r.spec.dry_run {
+        let total = status.progress.map_or(0, |p| p.total);
+        status.progress = Some(Progress { done: total, total });
+        return Ok(None);
     }
     let mut after: Option<ItemId> = status.cursor.as_deref().map(str::parse).transpose()?;
     loop {
@@ -174,10 +188,16 @@ async fn finish(
     message: String,
 ) -> Result<Action> {
     status.phase = phase;
-    status.message = Some(message);
+    status.message = Some(message.clone());
     status.started_at.get_or_insert_with(conditions::now);
     status.completed_at = Some(conditions::now());
     write(ctx, r, &status).await?;
+    let notice = if phase == Phase::Succeeded {
+        Notice::normal("RestoreSucceeded", message, "Restore")
+    } else {
+        Notice::warning("RestoreFailed", message, "Restore")
+    };
+    events::publish(&ctx.recorder, r, notice).await;
     Ok(Action::await_change())
 }
 

@@ -19,6 +19,7 @@ use crate::engine::PrunePolicy;
 use crate::operator::collection::ChronosCollection;
 use crate::operator::conditions::{self, Observed};
 use crate::operator::database::ChronosDatabase;
+use crate::operator::events::{self, Notice};
 use crate::operator::{Context, Result, backends};
 
 pub const SCHEDULED: &str = "Scheduled";
@@ -45,9 +46,13 @@ async fn tick(r: &ChronosRetention, ctx: &Context) -> Result<Action> {
     let schedule = Schedule::parse(&r.spec.schedule).map_err(|e| problems.push(e)).ok();
     let (Some(schedule), true) = (schedule, problems.is_empty()) else {
         let failed = Observed::failed(SCHEDULED, "InvalidSpec", problems.join("; "));
+        let notice = events::transition(&status.conditions, &failed, "Schedule");
         status.conditions = conditions::merge(&status.conditions, &[failed], generation, conditions::now());
         status.next_run = None;
         write(ctx, r, &status).await?;
+        if let Some(notice) = notice {
+            events::publish(&ctx.recorder, r, notice).await;
+        }
         return Ok(Action::await_change());
     };
     if r.spec.suspend {
@@ -65,8 +70,11 @@ async fn tick(r: &ChronosRetention, ctx: &Context) -> Result<Action> {
         .or_else(|| r.metadata.creation_timestamp.as_ref().map(|t| t.0))
         .unwrap_or(now);
     let due = schedule.next_after(since);
+    let mut ran = None;
     if due.is_some_and(|d| d <= now) {
-        status.last_run = Some(run(r, ctx).await?);
+        let last = run(r, ctx).await?;
+        ran = Some(run_notice(&last));
+        status.last_run = Some(last);
     }
     let from = now.max(status.last_run.as_ref().map_or(now, |l| l.time.0));
     let next = schedule.next_after(jiff::Timestamp::now().max(from));
@@ -77,6 +85,9 @@ async fn tick(r: &ChronosRetention, ctx: &Context) -> Result<Action> {
     };
     status.conditions = conditions::merge(&status.conditions, &[scheduled], generation, conditions::now());
     write(ctx, r, &status).await?;
+    if let Some(notice) = ran {
+        events::publish(&ctx.recorder, r, notice).await;
+    }
     Ok(match next {
         Some(n) => {
             let wait = n.duration_since(jiff::Timestamp::now()).as_millis().max(0) as u64;
@@ -190,6 +201,21 @@ async fn run(r: &ChronosRetention, ctx: &Context) -> Result<LastRun> {
     tracing::info!(retention = %r.name_any(), outcome = %last.outcome, collections = last.collections,
         processed = last.processed, pruned = last.versions_pruned, "retention run");
     Ok(last)
+}
+
+/// The Event of a finished run: its counts, and what failed.
+fn run_notice(last: &LastRun) -> Notice {
+    let dry = if last.dry_run { " (dry run)" } else { "" };
+    let counts = format!(
+        "{} collection(s), {} item(s) processed, {} version(s) pruned in {:.1} s{dry}",
+        last.collections, last.processed, last.versions_pruned, last.duration_seconds
+    );
+    if last.failures.is_empty() {
+        Notice::normal("RunSucceeded", counts, "Retention")
+    } else {
+        let failures = last.failures.join("; ");
+        Notice::warning("RunFailed", format!("{counts}; failed: {failures}"), "Retention")
+    }
 }
 
 async fn write(ctx: &Context, r: &ChronosRetention, status: &ChronosRetentionStatus) -> Result<()> {
