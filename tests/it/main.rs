@@ -4,6 +4,7 @@ mod api;
 mod api_ops;
 mod conformance;
 mod embedded;
+mod examples;
 mod memory;
 mod mongo_s3;
 mod operator;
