@@ -128,6 +128,31 @@ if "$KUBECTL" apply --server-side --dry-run=server -f "$TMP/bad-collection.yaml"
 fi
 echo "refused as it should be: a counter rule with a bare 'on' key ($(tail -n 1 "$TMP/dry.out" | cut -c1-120))"
 
+step "README: the install and upgrade commands, with --dry-run=server"
+# Every command of the sh blocks of "Install on Kubernetes" and "Operations", as written plus
+# --dry-run=server (the test API server runs no pods). The other sections' commands are run
+# for real by tests/it/examples.rs.
+"$PY" - README.md "$TMP/readme-commands.txt" <<'PYEOF'
+import sys
+text, out = open(sys.argv[1]).read(), sys.argv[2]
+commands = []
+for heading in ("## Install on Kubernetes", "## Operations"):
+    section = text.split("\n" + heading + "\n")[1].split("\n## ")[0]
+    for block in section.split("```sh\n")[1:]:
+        body = block.split("```")[0].replace("\\\n", " ")
+        commands += [l.strip() for l in body.splitlines() if l.strip() and not l.strip().startswith("#")]
+if len(commands) < 4:
+    sys.exit(f"expected the install and upgrade commands in README.md, found {commands}")
+open(out, "w").write("\n".join(commands) + "\n")
+PYEOF
+while IFS= read -r cmd; do
+  PATH="$(dirname "$HELM"):$PATH" bash -c "set -euo pipefail; $cmd --dry-run=server" >"$TMP/cmd.out" 2>&1 || {
+    cat "$TMP/cmd.out" >&2
+    die "README command failed: $cmd --dry-run=server"
+  }
+  echo "ran: $cmd --dry-run=server"
+done <"$TMP/readme-commands.txt"
+
 step "Dockerfile"
 "$CHRONOS_HADOLINT" Dockerfile || die "hadolint Dockerfile"
 froms=$(grep -c '^FROM ' Dockerfile)

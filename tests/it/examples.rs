@@ -438,3 +438,164 @@ async fn restore_examples_restore_an_item_and_the_collection() {
     assert_eq!(round(&engine, "order-1002").await, 1, "the collection is back at cv 2");
     assert_eq!(round(&engine, "order-1001").await, 1);
 }
+
+/// The `sh` blocks of a README section (from its `## ` heading to the next).
+fn readme_blocks(heading: &str) -> Vec<String> {
+    let readme = include_str!("../../README.md");
+    let section = readme
+        .split(&format!("\n{heading}\n"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("README has no section {heading:?}"))
+        .split("\n## ")
+        .next()
+        .unwrap();
+    section
+        .split("```sh\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap().to_owned())
+        .collect()
+}
+
+/// Stands in for the kubelet (the test API server runs no pods): every Deployment in the
+/// namespace gets all its replicas ready for its current generation.
+async fn fake_kubelet(api: Api<Deployment>) {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let mut events = std::pin::pin!(
+        watcher(api.clone(), watcher::Config::default())
+            .default_backoff()
+            .applied_objects()
+    );
+    while let Some(event) = events.next().await {
+        let Ok(d) = event else { continue };
+        let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        let status = d.status.clone().unwrap_or_default();
+        if status.observed_generation != d.metadata.generation || status.ready_replicas != Some(want) {
+            let body = json!({"status": {"replicas": want, "readyReplicas": want, "observedGeneration": d.metadata.generation}});
+            let _ = api
+                .patch_status(&d.name_any(), &PatchParams::default(), &Patch::Merge(body))
+                .await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readme_kubernetes_walkthrough_runs_as_written() {
+    let mut t = Tenant::new().await;
+    // A copy of examples/ with this test's substitutions; the README's commands run in it.
+    let dir = tempfile::tempdir().unwrap();
+    for sub in ["tenant", "restore"] {
+        let target = dir.path().join("examples").join(sub);
+        std::fs::create_dir_all(&target).unwrap();
+        for entry in std::fs::read_dir(examples_dir().join(sub)).unwrap() {
+            let file = entry.unwrap().file_name().into_string().unwrap();
+            let relative = format!("{sub}/{file}");
+            let text = if file == "kustomization.yaml" {
+                std::fs::read_to_string(examples_dir().join(&relative)).unwrap()
+            } else {
+                let docs: Vec<String> = documents(&relative)
+                    .into_iter()
+                    .map(|d| {
+                        let d = t.substitute(d);
+                        if d["kind"] == "ChronosDatabase" {
+                            t.database = d.clone();
+                        }
+                        serde_json::to_string_pretty(&d).unwrap()
+                    })
+                    .collect();
+                docs.join("\n---\n")
+            };
+            std::fs::write(target.join(&file), text).unwrap();
+        }
+    }
+    let kubelet = tokio::spawn(fake_kubelet(t.api::<Deployment>()));
+    // The commands as written; only the names that must be unique per run are mapped.
+    let prelude = "set -euo pipefail\n\
+        kubectl() {\n\
+          local args=() a\n\
+          for a in \"$@\"; do a=${a//tenant-acme/$CHRONOS_NS}; args+=(\"${a//acme-nightly/$CHRONOS_NS}\"); done\n\
+          \"$CHRONOS_TEST_KUBECTL\" \"${args[@]}\"\n\
+        }\n";
+    let run = |block: String| {
+        let dir = dir.path().to_owned();
+        let ns = t.ns.clone();
+        async move {
+            let output = tokio::process::Command::new("bash")
+                .arg("-c")
+                .arg(format!("{prelude}{block}"))
+                .current_dir(dir)
+                .env("CHRONOS_NS", ns)
+                .env("CHRONOS_TEST_KUBECTL", env("CHRONOS_TEST_KUBECTL"))
+                .env("KUBECONFIG", env("CHRONOS_TEST_KUBECONFIG"))
+                .output()
+                .await
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(
+                output.status.success(),
+                "README block failed:\n{block}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+            );
+            stdout
+        }
+    };
+
+    let lifecycle = readme_blocks("## A tenant's lifecycle with kubectl");
+    assert_eq!(lifecycle.len(), 2, "bring-up and deletion");
+    let out = run(lifecycle[0].clone()).await;
+    assert!(out.contains(&format!("http://acme-engine.{}.svc:8080", t.ns)), "{out}");
+    // The new index changed the engine's configuration: it rolls, then is Ready again.
+    wait_for(&t.api::<ChronosDatabase>(), "acme", "ready after the roll", |d| {
+        db_condition(d, "Ready").as_deref() == Some("True")
+    })
+    .await;
+    let customers = t.api::<ChronosCollection>().get("acme-customers").await.unwrap();
+    assert_eq!(
+        customers.status.unwrap().indexes,
+        ["meta_email", "meta_country", "meta_plan"]
+    );
+
+    // Data to restore: two orders (cv 1, 2), both updated (cv 3, 4).
+    let engine = t.engine().await;
+    let orders: CollectionName = "orders".parse().unwrap();
+    let who = Attribution::new("test", "seed");
+    for round_no in [1, 2] {
+        for id in ["order-1001", "order-1002"] {
+            let data = json!({"status": "open", "customer": "c1", "total": 120, "round": round_no});
+            let data = data.as_object().unwrap().clone();
+            let id: ItemId = id.parse().unwrap();
+            match round_no {
+                1 => drop(engine.create(&orders, Some(id), data, &who).await.unwrap()),
+                _ => drop(engine.update(&orders, &id, data, Some(0), &who).await.unwrap()),
+            }
+        }
+    }
+    let restore = readme_blocks("## Restore");
+    assert_eq!(restore.len(), 1);
+    let out = run(restore[0].clone()).await;
+    assert!(out.contains("acme-orders-to-cv2"), "{out}");
+    assert_eq!(round(&engine, "order-1001").await, 1);
+    assert_eq!(round(&engine, "order-1002").await, 1);
+
+    let retention = readme_blocks("## Retention");
+    assert_eq!(retention.len(), 1);
+    let out = run(retention[0].clone()).await;
+    assert!(
+        out.contains("\"outcome\":\"Succeeded\""),
+        "the last run is shown: {out}"
+    );
+    let r = Api::<ChronosRetention>::all(t.client.clone()).get(&t.ns).await.unwrap();
+    assert!(r.spec.suspend);
+
+    run(lifecycle[1].clone()).await;
+    assert!(t.api::<ChronosDatabase>().get_opt("acme").await.unwrap().is_none());
+    assert!(t.api::<Secret>().get_opt("acme-s3").await.unwrap().is_none());
+    assert!(
+        Api::<ChronosRetention>::all(t.client.clone())
+            .get_opt(&t.ns)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    kubelet.abort();
+}
