@@ -5,6 +5,10 @@
 //! are shared by every test); and for the cluster-scoped retention its name, a label that scopes it
 //! to this test's controllers, and a schedule that is due now. Everything else is verbatim, so a
 //! broken example fails here.
+//!
+//! The README's kubectl walkthrough (a tenant's lifecycle, restore, retention) runs here too, as
+//! written, with `kubectl` against the same API server; a stand-in kubelet marks engine pods
+//! ready, since the test API server runs none.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
