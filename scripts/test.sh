@@ -17,4 +17,6 @@ eval "$(scripts/kube-apiserver.sh env)"
 
 cargo test --locked "$@"
 if [ "$#" -eq 0 ]; then cargo build --locked --bin chronos; scripts/schemathesis.sh; fi
+# Chart, manifests, examples, Dockerfile: schemas + server-side dry-run on the test API server.
+if [ "$#" -eq 0 ]; then scripts/validate.sh; fi
 if [ "$#" -eq 0 ]; then cargo bench --locked --profile dev --bench throughput -- --smoke; fi

@@ -5,6 +5,7 @@ mod api_ops;
 mod api_queue;
 mod conformance;
 mod embedded;
+mod examples;
 mod locks;
 mod memory;
 mod mongo_s3;

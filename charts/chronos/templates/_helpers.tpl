@@ -1,0 +1,59 @@
+{{/* The release's full name: "chronos-operator" for a release named "chronos". */}}
+{{- define "chronos.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- printf "%s-operator" .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s-operator" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "chronos.selectorLabels" -}}
+app.kubernetes.io/name: chronos-operator
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "chronos.labels" -}}
+{{ include "chronos.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: chronos
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{- define "chronos.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "chronos.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "chronos.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{/* The engine image: engine.image.* when set, else the operator's own image. */}}
+{{- define "chronos.engineImage" -}}
+{{- $e := default dict .Values.engine.image -}}
+{{- printf "%s:%s" (default .Values.image.repository $e.repository) (default (default .Chart.AppVersion .Values.image.tag) $e.tag) -}}
+{{- end -}}
+
+{{/* RBAC rules on the namespaced objects the operator manages (a ClusterRole's, or a Role's in watchNamespace). */}}
+{{- define "chronos.namespacedRules" }}
+  # Read the backend credentials a ChronosDatabase references; apply its engine's config Secret.
+  - apiGroups: [""]
+    resources: [secrets]
+    verbs: [get, patch]
+  # Apply the engine's Service (server-side apply creates it when missing).
+  - apiGroups: [""]
+    resources: [services]
+    verbs: [patch]
+  # Apply the engine's Deployment and watch the ones it owns (readiness).
+  - apiGroups: [apps]
+    resources: [deployments]
+    verbs: [list, watch, patch]
+  # Kubernetes Events about what the controllers did.
+  - apiGroups: [events.k8s.io]
+    resources: [events]
+    verbs: [create, patch]
+{{- end }}
