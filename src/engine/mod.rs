@@ -20,6 +20,7 @@ pub mod query;
 pub mod restore;
 pub mod retention;
 pub mod s3;
+pub mod scrub;
 pub mod sqlite;
 pub mod store;
 pub mod tiering;
@@ -34,6 +35,7 @@ pub use model::{
 };
 pub use restore::{RestoreCounts, RestorePage};
 pub use retention::{PrunePolicy, PruneReport};
+pub use scrub::{Orphan, ScrubOptions, ScrubReport};
 pub use store::{HistoryPoint, MetaStore, PayloadStore};
 pub use tiering::TieringReport;
 pub use versioning::{
