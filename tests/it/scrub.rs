@@ -150,3 +150,45 @@ fn scrub_command_reports_json() {
     assert_eq!(deleted["deleted"], 1);
     assert_eq!(run(&[])["scanned"], 0);
 }
+
+/// Two logical databases on one payload bucket (routed databases share their backend's buckets
+/// by default): alone, each one's scrub would take the other's payloads for orphans; scrubbing
+/// with both indexes finds none.
+#[tokio::test]
+async fn scrub_consults_every_database_sharing_the_bucket() {
+    use chronos::engine::mongo::MongoMetaStore;
+    use chronos::engine::s3::S3PayloadStore;
+    use chronos::engine::scrub::scrub_shared;
+    use chronos::engine::{Engine, PayloadStore};
+    use std::sync::Arc;
+
+    let bucket = support::unique("chronos-shared");
+    let store = S3PayloadStore::new(support::s3_connection().client(), bucket.clone());
+    store.ensure_bucket().await.unwrap();
+    let payloads: Arc<dyn PayloadStore> = Arc::new(store);
+    let client = support::mongo_client(Default::default()).await;
+    let engine = |db: String| {
+        Engine::new(
+            Arc::new(MongoMetaStore::new(client.clone(), &db)),
+            payloads.clone(),
+            EngineSettings::default(),
+        )
+    };
+    let (one, two) = (
+        engine(support::unique("s1").replace('-', "_")),
+        engine(support::unique("s2").replace('-', "_")),
+    );
+    let c: CollectionName = "shared".parse().unwrap();
+    let who = Attribution::default();
+    for (engine, id) in [(&one, "x"), (&two, "x"), (&two, "y")] {
+        let data = json!({"by": id}).as_object().unwrap().clone();
+        engine.create(&c, Some(id.parse().unwrap()), data, &who).await.unwrap();
+    }
+    let opts = ScrubOptions {
+        grace: std::time::Duration::ZERO,
+        ..ScrubOptions::default()
+    };
+    assert_eq!(one.scrub(&opts).await.unwrap().orphans, 2);
+    let both = scrub_shared(&[&one, &two], &opts).await.unwrap();
+    assert_eq!((both.scanned, both.committed, both.orphans), (3, 3, 0));
+}
