@@ -121,6 +121,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     type Rejection = ApiError;
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let mut value = json_body(req, state).await?;
+        // serde reads a struct from an array too (`[]` is a struct of defaults): refuse it.
+        if !value.is_object() {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                format!("the body must be a JSON object, not {}", kind(&value)),
+            )
+            .with_details(serde_json::json!({"field": "body"})));
+        }
         integral_floats_to_integers(&mut value);
         serde_path_to_error::deserialize(value).map(Body).map_err(|e| {
             let field = e.path().to_string();
