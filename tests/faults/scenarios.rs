@@ -798,16 +798,16 @@ async fn scenario_e(args: &Args) -> Result<Outcome, Fail> {
         }
     }
     // 5. Big bad bodies in parallel: memory must stay bounded.
-    let parallel = 8;
+    let parallel = 16;
     let big: Vec<_> = (0..parallel)
         .map(|i| {
             let addr = addr.clone();
             let auth = auth.clone();
             tokio::spawn(async move {
-                let body = if i % 2 == 0 {
-                    bad::huge_array(7 << 20, true)
-                } else {
+                let body = if i % 4 == 3 {
                     bad::nested(10_000, false)
+                } else {
+                    bad::huge_array(7 << 20, true)
                 };
                 let r = Raw::new("PUT", "/v1/default/bad/items/seed")
                     .header("Authorization", auth)
@@ -876,7 +876,8 @@ async fn scenario_e(args: &Args) -> Result<Outcome, Fail> {
             rss_after / 1024
         ),
     );
-    const PEAK_LIMIT_MIB: u64 = 1024;
+    // A parsed 7 MB array of small numbers takes about 140 MiB; large bodies are parsed 4 at a time.
+    const PEAK_LIMIT_MIB: u64 = 768;
     if hwm.max(peak_sampled) / 1024 > PEAK_LIMIT_MIB {
         o.problems.push(format!("peak memory above {PEAK_LIMIT_MIB} MiB"));
     }
