@@ -122,6 +122,9 @@ fn parse_key(key: &str) -> Option<PayloadKey> {
     })
 }
 
+/// An item, as (collection, id).
+type ItemKey = (CollectionName, ItemId);
+
 enum Class {
     Committed,
     /// No matching index entry: pruned, young or an orphan.
@@ -150,7 +153,7 @@ pub async fn scrub_shared(engines: &[&Engine], opts: &ScrubOptions) -> Result<Sc
     let page_size = opts.page_size.clamp(1, 1000);
     let mut report = ScrubReport::default();
     // Keys of one item are contiguous in a listing, so one item's pruned entries are cached.
-    let mut pruned_cache: Option<((CollectionName, ItemId), HashSet<(u64, String)>)> = None;
+    let mut pruned_cache: Option<(ItemKey, HashSet<(u64, String)>)> = None;
     let mut after: Option<String> = None;
     loop {
         let keys = store.list(&prefix, after.as_deref(), page_size).await?;

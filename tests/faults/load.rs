@@ -180,7 +180,7 @@ async fn writer(
         data.insert("writer".into(), json!(w));
         data.insert("seq".into(), json!(seq));
         // Now and then a body too large to keep inline, so reads of the head go to S3.
-        if big_every > 0 && seq % big_every == 0 {
+        if big_every > 0 && seq.is_multiple_of(big_every) {
             data.insert("pad".into(), json!("p".repeat(70 * 1024)));
         }
         let checksum = digest(&data);

@@ -68,7 +68,7 @@ async fn orphans_are_found_and_only_orphans(h: Harness) {
     assert_eq!(found.orphans, 2);
     assert_eq!(found.young, 1);
     assert_eq!(found.committed, committed);
-    assert_eq!(found.unrecognized, [stranger.clone()]);
+    assert_eq!(found.unrecognized, std::slice::from_ref(&stranger));
     assert_eq!(found.deleted, 0);
     assert!(found.orphan_keys[0].age_secs >= 3599);
     // With no grace at all, the young one counts too.
