@@ -10,6 +10,7 @@ use chronos::config::Config;
 use chronos::connect::{self, Connections};
 
 mod cli;
+mod scrub;
 
 #[derive(Parser)]
 #[command(
@@ -48,6 +49,8 @@ enum Command {
     Operator(chronos::operator::OperatorArgs),
     /// Print the operator's CustomResourceDefinitions as YAML.
     Crds,
+    /// Report orphaned payloads (payloads without a version); --delete removes them.
+    Scrub(scrub::ScrubArgs),
     #[command(flatten)]
     Client(cli::ClientCommand),
 }
@@ -89,6 +92,7 @@ fn main() -> ExitCode {
             Command::Crds => chronos::operator::crds_yaml()
                 .map(|yaml| print!("{yaml}"))
                 .map_err(|e| e.to_string()),
+            Command::Scrub(args) => scrub::run(args).await,
             Command::Client(cmd) => cmd.run().await,
         }
     });

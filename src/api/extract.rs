@@ -121,6 +121,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     type Rejection = ApiError;
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let mut value = json_body(req, state).await?;
+        // serde reads a struct from an array too (`[]` is a struct of defaults): refuse it.
+        if !value.is_object() {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                format!("the body must be a JSON object, not {}", kind(&value)),
+            )
+            .with_details(serde_json::json!({"field": "body"})));
+        }
         integral_floats_to_integers(&mut value);
         serde_path_to_error::deserialize(value).map(Body).map_err(|e| {
             let field = e.path().to_string();
@@ -154,8 +163,29 @@ fn integral_floats_to_integers(value: &mut Value) {
     }
 }
 
+/// Bodies larger than this are read and parsed a few at a time: a parsed JSON value can take
+/// twenty times the memory of its text (an array of small numbers), so many large bodies at
+/// once would make memory grow with the number of clients.
+const LARGE_BODY_BYTES: u64 = 1 << 20;
+static LARGE_BODIES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
 /// Any JSON body, with the API's rejections.
 async fn json_body<S: Send + Sync>(req: Request, state: &S) -> Result<Value, ApiError> {
+    let large = req.headers().contains_key(header::TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .is_some_and(|n| n > LARGE_BODY_BYTES);
+    let _permit = match large {
+        true => Some(
+            LARGE_BODIES
+                .acquire()
+                .await
+                .map_err(|_| ApiError::internal("body gate closed"))?,
+        ),
+        false => None,
+    };
     if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or("");
         let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();

@@ -21,6 +21,7 @@ pub mod queue;
 pub mod restore;
 pub mod retention;
 pub mod s3;
+pub mod scrub;
 pub mod sqlite;
 pub mod store;
 pub mod tiering;
@@ -37,6 +38,7 @@ pub use model::{
 pub use queue::{Operation, OperationId, OperationStatus, QueueSettings, QueueStats, Submitted, WriteRequest};
 pub use restore::{RestoreCounts, RestorePage};
 pub use retention::{PrunePolicy, PruneReport};
+pub use scrub::{Orphan, ScrubOptions, ScrubReport};
 pub use store::{HistoryPoint, MetaStore, PayloadStore};
 pub use tiering::TieringReport;
 pub use versioning::{

@@ -220,6 +220,34 @@ impl Engine {
         Ok(doomed.len() as u64)
     }
 
+    /// `(ov, writeId)` of every version of an item kept only in retention manifests (scrub
+    /// must not take their payloads for orphans).
+    pub(super) async fn pruned_write_ids(
+        &self,
+        collection: &CollectionName,
+        id: &ItemId,
+    ) -> Result<std::collections::HashSet<(u64, String)>> {
+        let mut out = std::collections::HashSet::new();
+        let Some(backups) = self.backups() else { return Ok(out) };
+        let mut after: Option<String> = None;
+        loop {
+            let keys = backups
+                .list(&manifest_prefix(collection, id), after.as_deref(), 1000)
+                .await?;
+            let Some(last) = keys.last().cloned() else { break };
+            for key in keys {
+                let Some(bytes) = backups.get(&key).await? else {
+                    continue;
+                };
+                let entries: Vec<ManifestEntry> =
+                    serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt(format!("manifest {key}: {e}")))?;
+                out.extend(entries.into_iter().map(|e| (e.ov, e.write_id)));
+            }
+            after = Some(last);
+        }
+        Ok(out)
+    }
+
     /// The index entry of a pruned version (by ov, or the one current at a time), from the
     /// manifests.
     pub(super) async fn pruned_version(

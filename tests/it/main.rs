@@ -13,4 +13,5 @@ mod operator;
 mod operator_mock;
 mod readme;
 mod routing;
+mod scrub;
 mod support;

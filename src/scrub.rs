@@ -1,0 +1,164 @@
+//! `chronos scrub`: report (and with `--delete` remove) orphaned payloads of one database.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use comfy_table::Table;
+
+use chronos::config::{Config, Storage};
+use chronos::connect::{self, Connections};
+use chronos::engine::scrub::scrub_shared;
+use chronos::engine::{CollectionName, ScrubOptions, ScrubReport};
+
+#[derive(Args)]
+pub struct ScrubArgs {
+    /// Configuration file (YAML or JSON). Without it: the embedded storage in --data-dir.
+    #[arg(long, env = "CHRONOS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where embedded mode keeps its data.
+    #[arg(long, env = "CHRONOS_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    /// Database key (`default` without routing).
+    #[arg(long, default_value = "default")]
+    db: String,
+    /// Only this collection.
+    #[arg(long)]
+    collection: Option<String>,
+    /// Payloads whose write began less than this many seconds ago are left alone (they may
+    /// belong to writes in flight); keep it at least MongoDB's transactionLifetimeLimitSeconds.
+    #[arg(long, default_value_t = 60)]
+    grace_secs: u64,
+    /// Delete the orphans found.
+    #[arg(long)]
+    delete: bool,
+    /// List at most this many orphans (all are counted).
+    #[arg(long, default_value_t = 1000)]
+    max_listed: usize,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
+    output: Output,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+pub async fn run(args: ScrubArgs) -> Result<(), String> {
+    let config = match &args.config {
+        Some(path) => Config::load(path).map_err(|e| e.to_string())?,
+        None => Config::default(),
+    };
+    let storages = connect::storages(&config, &args.data_dir)?;
+    let (storage, _) = storages.get(&args.db).ok_or_else(|| {
+        let known: Vec<&str> = storages.keys().map(String::as_str).collect();
+        format!("no database `{}` (known: {})", args.db, known.join(", "))
+    })?;
+    // Routed databases share their backend's buckets unless they override them: every database
+    // whose payloads live in the same bucket is consulted, or its payloads would look orphaned.
+    let mut sharing = vec![(args.db.clone(), storages[&args.db].clone())];
+    sharing.extend(
+        storages
+            .iter()
+            .filter(|(key, (s, _))| **key != args.db && same_payload_bucket(s, storage))
+            .map(|(key, s)| (key.clone(), s.clone())),
+    );
+    let conns = Connections::default();
+    let mut engines = Vec::new();
+    for (key, (storage, settings)) in &sharing {
+        let engine = connect::open(storage, settings.clone(), &conns)
+            .await
+            .map_err(|e| format!("database `{key}` ({}): {e}", connect::describe(storage)))?;
+        engines.push(engine);
+    }
+    if sharing.len() > 1 && args.output == Output::Table {
+        let others: Vec<&str> = sharing[1..].iter().map(|(k, _)| k.as_str()).collect();
+        println!(
+            "the payload bucket is shared with {}: their versions are not orphans",
+            others.join(", ")
+        );
+    }
+    let opts = ScrubOptions {
+        collection: args
+            .collection
+            .as_deref()
+            .map(str::parse::<CollectionName>)
+            .transpose()
+            .map_err(|e| e.to_string())?,
+        grace: Duration::from_secs(args.grace_secs),
+        delete: args.delete,
+        max_listed: args.max_listed,
+        ..ScrubOptions::default()
+    };
+    let refs: Vec<&chronos::engine::Engine> = engines.iter().map(|e| e.as_ref()).collect();
+    let report = scrub_shared(&refs, &opts).await.map_err(|e| e.to_string())?;
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?),
+        Output::Table => print_table(&report, &opts),
+    }
+    Ok(())
+}
+
+fn same_payload_bucket(a: &Storage, b: &Storage) -> bool {
+    match (a, b) {
+        (
+            Storage::Remote {
+                s3: s1,
+                json_bucket: j1,
+                ..
+            },
+            Storage::Remote {
+                s3: s2,
+                json_bucket: j2,
+                ..
+            },
+        ) => s1.endpoint == s2.endpoint && j1 == j2,
+        (Storage::Embedded { dir: d1 }, Storage::Embedded { dir: d2 }) => d1 == d2,
+        _ => false,
+    }
+}
+
+fn print_table(r: &ScrubReport, opts: &ScrubOptions) {
+    let mut table = Table::new();
+    table.set_header([
+        "SCANNED",
+        "COMMITTED",
+        "PRUNED",
+        "YOUNG",
+        "ORPHANS",
+        "DELETED",
+        "UNRECOGNIZED",
+    ]);
+    table.add_row(
+        [
+            r.scanned,
+            r.committed,
+            r.pruned,
+            r.young,
+            r.orphans,
+            r.deleted,
+            r.unrecognized_count,
+        ]
+        .map(|n| n.to_string()),
+    );
+    println!("{table}");
+    if !r.orphan_keys.is_empty() {
+        let mut table = Table::new();
+        table.set_header(["ORPHAN KEY", "AGE (S)", "DELETED"]);
+        for o in &r.orphan_keys {
+            table.add_row([o.key.clone(), o.age_secs.to_string(), o.deleted.to_string()]);
+        }
+        println!("{table}");
+        if r.orphans > r.orphan_keys.len() as u64 {
+            println!("({} more not listed)", r.orphans - r.orphan_keys.len() as u64);
+        }
+    }
+    for key in &r.unrecognized {
+        println!("not a payload key (left alone): {key}");
+    }
+    if r.orphans > 0 && !opts.delete {
+        println!("run again with --delete to remove the orphans");
+    }
+}
