@@ -90,6 +90,10 @@ pub struct Ledger {
     /// Requests without an answer (connection refused or reset, timeout): outcome unknown.
     pub unanswered: u64,
     pub attempts: u64,
+    /// Requests sent again with the same idempotency key after no answer or a 503.
+    pub retries: u64,
+    /// Answers marked `Idempotency-Replayed`: a retry whose first attempt had been written.
+    pub replayed: u64,
     /// Writer tasks that panicked (a harness bug: the load was not what it claims).
     pub crashed_writers: u64,
 }
@@ -152,6 +156,9 @@ pub async fn run_writers(http: &reqwest::Client, t: &Target, writers: usize, unt
     std::mem::take(&mut *guard)
 }
 
+/// How often one write is sent again (same key) after no answer or a 503.
+const RETRIES_PER_WRITE: u64 = 50;
+
 async fn writer(
     http: reqwest::Client,
     t: Target,
@@ -184,37 +191,59 @@ async fn writer(
             data.insert("pad".into(), json!("p".repeat(70 * 1024)));
         }
         let checksum = digest(&data);
-        let base = t.urls[engine].clone();
-        let request = t
-            .auth(http.put(t.item_url(&base, item)))
-            .header("Idempotency-Key", &marker)
-            .json(&data);
         enum Answer {
             Ack(u64),
             Queued(String),
             Refused(u16),
             Unanswered,
         }
-        let answer = match request.send().await {
-            Ok(r) => {
-                let status = r.status().as_u16();
-                let body: Value = r.json().await.unwrap_or(Value::Null);
-                match (status, body["ov"].as_u64(), body["operationId"].as_str()) {
-                    (200 | 201, Some(ov), _) => Answer::Ack(ov),
-                    (202, _, Some(op)) => Answer::Queued(op.to_owned()),
-                    (200..=299, _, _) => {
-                        eprintln!("[faults] {status} without an ov or operationId: {body}");
-                        Answer::Refused(status)
+        // A write without an answer (its engine was killed, say) or refused with 503 is sent
+        // again with the same idempotency key, to the next engine, as a careful client would:
+        // the server must make it at most once, and the checker finds any duplicate.
+        let (mut retries, mut replayed) = (0u64, 0u64);
+        let (answer, base) = loop {
+            let base = t.urls[engine].clone();
+            let request = t
+                .auth(http.put(t.item_url(&base, item)))
+                .header("Idempotency-Key", &marker)
+                .json(&data);
+            let answer = match request.send().await {
+                Ok(r) => {
+                    let status = r.status().as_u16();
+                    if r.headers().contains_key("idempotency-replayed") {
+                        replayed += 1;
                     }
-                    _ => Answer::Refused(status),
+                    let body: Value = r.json().await.unwrap_or(Value::Null);
+                    match (status, body["ov"].as_u64(), body["operationId"].as_str()) {
+                        (200 | 201, Some(ov), _) => Answer::Ack(ov),
+                        (202, _, Some(op)) => Answer::Queued(op.to_owned()),
+                        (200..=299, _, _) => {
+                            eprintln!("[faults] {status} without an ov or operationId: {body}");
+                            Answer::Refused(status)
+                        }
+                        _ => Answer::Refused(status),
+                    }
                 }
+                Err(_) => Answer::Unanswered,
+            };
+            let again = matches!(answer, Answer::Unanswered | Answer::Refused(503));
+            if !again || retries >= RETRIES_PER_WRITE || Instant::now() >= until {
+                break (answer, base);
             }
-            Err(_) => Answer::Unanswered,
+            retries += 1;
+            // That engine may be down: try the next one; when every engine failed in a row,
+            // pace the retries instead of spinning.
+            engine = (engine + 1) % t.urls.len();
+            if retries.is_multiple_of(t.urls.len() as u64) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         };
         let unanswered = matches!(answer, Answer::Unanswered);
         {
             let mut l = ledger.lock().unwrap_or_else(|p| p.into_inner());
             l.attempts += 1;
+            l.retries += retries;
+            l.replayed += replayed;
             l.sent.insert(marker.clone());
             match answer {
                 Answer::Ack(ov) => l.acks.push(Ack {

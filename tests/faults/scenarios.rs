@@ -98,7 +98,17 @@ impl Outcome {
             "writes refused (clean failures, never acknowledged)",
             format!("{} {}", l.refused_total(), paren(&l.refused_summary())),
         );
-        self.row("requests without an answer (outcome unknown)", l.unanswered);
+        self.row(
+            "retries with the same Idempotency-Key (after no answer or 503)",
+            format!(
+                "{} ({} answered as replays of a write already made)",
+                l.retries, l.replayed
+            ),
+        );
+        self.row(
+            "writes without an answer after all retries (outcome unknown)",
+            l.unanswered,
+        );
         if l.crashed_writers > 0 {
             self.problems.push(format!(
                 "{} writer tasks crashed: the load was smaller than stated",
@@ -743,8 +753,13 @@ async fn scenario_e(args: &Args) -> Result<Outcome, Fail> {
         let label: String = target.chars().take(90).collect();
         cases.push((format!("{method} {label}"), r));
     }
-    // 4. Headers: bad If-Match, huge and binary values, a 1 MB bearer token.
+    // 4. Headers: bad If-Match and Idempotency-Key, huge and binary values, a 1 MB bearer token.
     let header_cases: Vec<(&str, Vec<u8>)> = vec![
+        ("Idempotency-Key", b"has space".to_vec()),
+        ("Idempotency-Key", b"tab\there".to_vec()),
+        ("Idempotency-Key", b"\xff\xfe".to_vec()),
+        ("Idempotency-Key", vec![b'k'; 256]),
+        ("Idempotency-Key", vec![b'k'; 1_000_000]),
         ("If-Match", b"\"abc\"".to_vec()),
         ("If-Match", b"\"-1\"".to_vec()),
         ("If-Match", b"\"99999999999999999999\"".to_vec()),
