@@ -208,7 +208,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let requested = state.shutdown_requested();
     let stop = async move {
         tokio::select! {
-            () = shutdown_signal() => {},
+            () = chronos::shutdown_signal() => tracing::info!("shutdown requested; draining in-flight requests"),
             () = requested => tracing::info!("shutdown requested through the admin API; draining"),
         }
     };
@@ -219,27 +219,4 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let _ = queue_worker.await;
     eprintln!("Chronos stopped: in-flight requests drained");
     Ok(())
-}
-
-/// Resolves on SIGTERM (Kubernetes) or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
-    tracing::info!("shutdown requested; draining in-flight requests");
 }

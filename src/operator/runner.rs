@@ -148,7 +148,7 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
     let outcome = tokio::select! {
         () = run_controllers(ctx, scope) => Ok(()),
         e = leader::hold(&client, &lease) => Err(e),
-        _ = tokio::signal::ctrl_c() => {
+        () = crate::shutdown_signal() => {
             tracing::info!("stopping: releasing the lease");
             leader::release(&client, &lease).await
         }

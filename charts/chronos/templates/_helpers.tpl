@@ -40,18 +40,19 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 
 {{/* RBAC rules on the namespaced objects the operator manages (a ClusterRole's, or a Role's in watchNamespace). */}}
 {{- define "chronos.namespacedRules" }}
-  # Read the backend credentials a ChronosDatabase references; apply its engine's config Secret.
+  # Read the backend credentials a ChronosDatabase references; apply its engine's config Secret;
+  # delete it with the engine (the namespace's last shared database gone, or dedicated → shared).
   - apiGroups: [""]
     resources: [secrets]
-    verbs: [get, patch]
-  # Apply the engine's Service (server-side apply creates it when missing).
+    verbs: [get, patch, delete]
+  # Apply the engine's Service (server-side apply creates it when missing); delete it likewise.
   - apiGroups: [""]
     resources: [services]
-    verbs: [patch]
-  # Apply the engine's Deployment and watch the ones it owns (readiness).
+    verbs: [patch, delete]
+  # Apply the engine's Deployment, read and watch the ones it owns (readiness); delete likewise.
   - apiGroups: [apps]
     resources: [deployments]
-    verbs: [list, watch, patch]
+    verbs: [get, list, watch, patch, delete]
   # Kubernetes Events about what the controllers did.
   - apiGroups: [events.k8s.io]
     resources: [events]
