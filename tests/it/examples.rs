@@ -337,12 +337,15 @@ async fn tenant_example_becomes_ready_with_its_indexes_and_retention_runs() {
     let config = t.api::<Secret>().get("acme-engine-config").await.unwrap();
     let text = String::from_utf8(config.data.unwrap()["config.json"].0.clone()).unwrap();
     let parsed: Value = serde_json::from_str(&text).unwrap();
+    // The database routes as metadata/tenant: its entry carries its own settings.
+    let entry = &parsed["databaseTypes"]["metadata"]["tenants"][0];
     assert_eq!(
-        parsed["collectionMaps"]["orders"]["validation"]["requiredIndexed"],
-        json!(["status"])
+        entry["collectionMaps"]["orders"]["validation"]["requiredIndexed"],
+        json!(["status"]),
+        "{parsed}"
     );
-    assert_eq!(parsed["counters"]["orders"][0]["name"], "bigOrders");
-    assert_eq!(parsed["engine"]["maxPayloadBytes"], 8388608);
+    assert_eq!(entry["counters"]["orders"][0]["name"], "bigOrders");
+    assert_eq!(entry["engine"]["maxPayloadBytes"], 8388608);
 
     // The retention (due now in this test) runs over both collections of the labelled database.
     let retentions: Api<ChronosRetention> = Api::all(t.client.clone());
