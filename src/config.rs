@@ -668,6 +668,34 @@ engine:
     }
 
     #[test]
+    fn retry_queue_settings_are_read_and_checked() {
+        let c = Config::parse("engine:\n  retryQueue: {maxAttempts: 3, baseDelayMs: 10, maxDelayMs: 100}\n").unwrap();
+        assert!(c.validate().is_empty(), "{:?}", c.validate());
+        let q = c.engine_settings().queue;
+        assert_eq!(
+            (q.max_attempts, q.base_delay.as_millis(), q.max_delay.as_millis()),
+            (3, 10, 100)
+        );
+        assert_eq!(
+            q.lease,
+            QueueSettings::default().lease,
+            "unset fields keep their defaults"
+        );
+        let bad =
+            Config::parse("engine:\n  retryQueue: {maxAttempts: 0, baseDelayMs: 500, maxDelayMs: 10, leaseMs: 5}\n")
+                .unwrap();
+        let fields: Vec<String> = bad.validate().into_iter().map(|i| i.field).collect();
+        assert_eq!(
+            fields,
+            [
+                "engine.retryQueue.maxAttempts",
+                "engine.retryQueue.baseDelayMs",
+                "engine.retryQueue.leaseMs"
+            ]
+        );
+    }
+
+    #[test]
     fn parse_errors_name_the_field() {
         let err = Config::parse("spacesConns:\n  - endpoint: 5\n").unwrap_err();
         assert!(err.starts_with("spacesConns[0].endpoint:"), "{err}");
