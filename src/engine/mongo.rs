@@ -36,13 +36,7 @@ pub struct MongoMetaStore {
 impl MongoMetaStore {
     /// Use an existing client (clients are pooled: one per distinct URI, shared by every store).
     pub fn new(client: Client, db_name: &str) -> Self {
-        let db = client.database_with_options(
-            db_name,
-            mongodb::options::DatabaseOptions::builder()
-                // Acknowledged means durable: majority + journal, on every write including the cv.
-                .write_concern(WriteConcern::majority())
-                .build(),
-        );
+        let db = durable_database(&client, db_name);
         MongoMetaStore { client, db }
     }
 
@@ -68,14 +62,7 @@ impl MongoMetaStore {
     }
 
     async fn start(&self) -> Result<ClientSession> {
-        let mut session = self.client.start_session().await.map_err(Error::metadata)?;
-        session
-            .start_transaction()
-            .read_concern(ReadConcern::snapshot())
-            .write_concern(WriteConcern::majority())
-            .await
-            .map_err(map_err)?;
-        Ok(session)
+        start_transaction(&self.client).await
     }
 
     async fn begin_create(&self, change: HeadChange) -> Result<Box<dyn PendingWrite>> {
@@ -178,6 +165,29 @@ impl MongoMetaStore {
         }
         Err(Error::Contended(item))
     }
+}
+
+/// A database handle whose writes are acknowledged only when durable: majority + journal, on
+/// every write (the cv and the retry queue included).
+pub(crate) fn durable_database(client: &Client, db_name: &str) -> Database {
+    client.database_with_options(
+        db_name,
+        mongodb::options::DatabaseOptions::builder()
+            .write_concern(WriteConcern::majority())
+            .build(),
+    )
+}
+
+/// A session with a transaction started: snapshot reads, majority commit.
+pub(crate) async fn start_transaction(client: &Client) -> Result<ClientSession> {
+    let mut session = client.start_session().await.map_err(Error::metadata)?;
+    session
+        .start_transaction()
+        .read_concern(ReadConcern::snapshot())
+        .write_concern(WriteConcern::majority())
+        .await
+        .map_err(map_err)?;
+    Ok(session)
 }
 
 /// Filter and update for a change to an existing head.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bson::{Document, doc};
-use mongodb::options::{IndexOptions, ReadConcern, ReturnDocument, WriteConcern};
+use mongodb::options::{IndexOptions, ReturnDocument};
 use mongodb::{Client, ClientSession, Collection, Database, IndexModel};
 use tokio::sync::OnceCell;
 
@@ -14,7 +14,10 @@ use super::memory::lease_end;
 use super::{Job, Operation, OperationId, OperationStatus, QueueStats, QueueStore, Settlement};
 use crate::engine::error::{Error, Result};
 use crate::engine::model::Timestamp;
-use crate::engine::mongo::{from_date, get_date, get_opt_string, get_string, get_u64, is_transient, map_err, to_date};
+use crate::engine::mongo::{
+    durable_database, from_date, get_date, get_opt_string, get_string, get_u64, is_transient, map_err,
+    start_transaction, to_date,
+};
 
 /// Finished operations stay readable (their outcome) this long.
 const KEEP_FINISHED: jiff::SignedDuration = jiff::SignedDuration::from_hours(7 * 24);
@@ -29,13 +32,8 @@ pub struct MongoQueue {
 impl MongoQueue {
     /// The queue of the MongoDB database `db_name` (clients are pooled and shared).
     pub fn new(client: Client, db_name: &str) -> Self {
-        let db = client.database_with_options(
-            db_name,
-            mongodb::options::DatabaseOptions::builder()
-                // An accepted (202) write must survive a failover.
-                .write_concern(WriteConcern::majority())
-                .build(),
-        );
+        // An accepted (202) write must survive a failover.
+        let db = durable_database(&client, db_name);
         MongoQueue {
             client,
             db,
@@ -123,14 +121,7 @@ impl MongoQueue {
     }
 
     async fn session(&self) -> Result<ClientSession> {
-        let mut session = self.client.start_session().await.map_err(Error::metadata)?;
-        session
-            .start_transaction()
-            .read_concern(ReadConcern::snapshot())
-            .write_concern(WriteConcern::majority())
-            .await
-            .map_err(map_err)?;
-        Ok(session)
+        start_transaction(&self.client).await
     }
 }
 
