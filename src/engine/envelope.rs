@@ -132,6 +132,7 @@ mod tests {
             checksum: content.checksum.clone(),
             meta: Map::new(),
             deleted: false,
+            payload_ref: None,
         }
     }
 

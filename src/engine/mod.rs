@@ -30,11 +30,12 @@ pub use content::{ContentKind, ContentMode};
 pub use counters::{CounterRule, Totals};
 pub use error::{Backend, Error, Result};
 pub use model::{
-    Attribution, CollectionName, ItemId, Op, Record, State, SystemFields, Timestamp, VersionEntry, WriteOutcome,
+    Attribution, CollectionName, ItemId, Op, PayloadRef, Record, State, SystemFields, Timestamp, VersionEntry,
+    WriteOutcome,
 };
 pub use restore::{RestoreCounts, RestorePage};
 pub use retention::{PrunePolicy, PruneReport};
-pub use store::{HistoryPoint, MetaStore, PayloadStore};
+pub use store::{HistoryPoint, MetaStore, PayloadStore, RefWrite};
 pub use tiering::TieringReport;
 pub use versioning::{
     CollectionMap, Engine, EngineSettings, Enrichment, ListOptions, ListPage, ReadOptions, VersionTarget,

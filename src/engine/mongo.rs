@@ -18,9 +18,11 @@ use mongodb::{Client, ClientSession, Collection, Database, IndexModel};
 use serde_json::{Map, Value};
 
 use super::error::{Error, Result};
-use super::model::{CollectionName, Head, ItemId, Op, State, Timestamp, VersionEntry};
+use super::model::{CollectionName, Head, ItemId, Op, PayloadRef, State, Timestamp, VersionEntry};
 use super::query::{Cond, Filter};
-use super::store::{CommitError, HeadChange, HistoryPoint, ListQuery, MetaStore, NewData, PendingWrite, TierBatch};
+use super::store::{
+    CommitError, HeadChange, HistoryPoint, ListQuery, MetaStore, NewData, PendingWrite, RefWrite, TierBatch,
+};
 
 /// How often a write retries when another transaction holds its item, before giving up.
 const CONTENTION_ATTEMPTS: u32 = 40;
@@ -417,6 +419,73 @@ impl MetaStore for MongoMetaStore {
         match change.op {
             Op::Create => self.begin_create(change).await,
             _ => self.begin_change(change).await,
+        }
+    }
+
+    async fn append_by_reference(&self, c: &CollectionName, writes: Vec<RefWrite>) -> Result<Option<u64>> {
+        if writes.is_empty() {
+            return Ok(Some(0));
+        }
+        let k = writes.len() as u64;
+        // One `$inc` for the whole batch: its cvs are `last - k + 1 ..= last`, in order.
+        let seq = self
+            .db
+            .collection::<Document>("chronos_sequences")
+            .find_one_and_update(doc! {"_id": c.as_str()}, doc! {"$inc": {"cv": k as i64}})
+            .upsert(true)
+            .return_document(ReturnDocument::After)
+            .await
+            .map_err(Error::metadata)?
+            .ok_or_else(|| Error::metadata("cv sequence upsert returned nothing"))?;
+        let first = get_u64(&seq, "cv")? + 1 - k;
+        let updates: Vec<Document> = (first..).zip(&writes).map(|(cv, w)| ref_head_update(w, cv)).collect();
+        let entries: Vec<Document> = (first..)
+            .zip(&writes)
+            .map(|(cv, w)| ref_version_doc(&w.version, cv))
+            .collect();
+        let mut session = self.start().await?;
+        // One `update` command carrying a statement per item: every head moves, or (a
+        // precondition failed, or another transaction holds an item) the batch is given up.
+        let reply = self
+            .db
+            .run_command(doc! {"update": format!("{c}_head"), "updates": updates, "ordered": true})
+            .session(&mut session)
+            .await;
+        let matched = match reply {
+            Ok(reply) if reply.get_array("writeErrors").is_err() => match reply.get("n") {
+                Some(Bson::Int32(n)) => *n as u64,
+                Some(Bson::Int64(n)) => *n as u64,
+                _ => 0,
+            },
+            Ok(_) => 0,
+            Err(e) if is_transient(&e) => 0,
+            Err(e) => {
+                let _ = session.abort_transaction().await;
+                return Err(map_err(e));
+            }
+        };
+        if matched != k {
+            let _ = session.abort_transaction().await;
+            return Ok(None);
+        }
+        match self.versions_coll(c).insert_many(entries).session(&mut session).await {
+            Ok(_) => {}
+            Err(e) => {
+                let _ = session.abort_transaction().await;
+                return if is_transient(&e) { Ok(None) } else { Err(map_err(e)) };
+            }
+        }
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match session.commit_transaction().await {
+                Ok(()) => return Ok(Some(first)),
+                // Retried like a single write's commit; if it stays unknown, the caller's rerun
+                // finds the items either restored (unchanged) or not, since no payload is involved.
+                Err(e) if e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) && tries < 3 => {}
+                Err(e) if is_transient(&e) => return Ok(None),
+                Err(e) => return Err(map_err(e)),
+            }
         }
     }
 
@@ -838,6 +907,7 @@ fn head_from_doc(id: &ItemId, d: Document) -> Result<Head> {
         checksum: get_string(&d, "checksum")?,
         meta: get_meta(&d),
         inline: get_opt_string(&d, "data"),
+        payload_ref: get_payload_ref(&d)?,
     })
 }
 
@@ -855,7 +925,77 @@ fn version_from_doc(id: &ItemId, d: &Document) -> Result<VersionEntry> {
         checksum: get_string(d, "checksum")?,
         meta: get_meta(d),
         deleted: d.get_bool("deleted").unwrap_or(false),
+        payload_ref: get_payload_ref(d)?,
     })
+}
+
+fn get_payload_ref(d: &Document) -> Result<Option<PayloadRef>> {
+    match d.get("payloadRef") {
+        None | Some(Bson::Null) => Ok(None),
+        Some(Bson::Document(r)) => Ok(Some(PayloadRef {
+            of: get_string(r, "of")?,
+            ov: get_u64(r, "ov")?,
+            write_id: get_string(r, "writeId")?,
+            function_ids: match r.get("functionIds") {
+                Some(Bson::Array(a)) => a.iter().filter_map(|b| b.as_str().map(str::to_owned)).collect(),
+                _ => vec![],
+            },
+        })),
+        Some(_) => Err(Error::Corrupt("field `payloadRef` is not a document".into())),
+    }
+}
+
+fn payload_ref_doc(r: &PayloadRef) -> Document {
+    doc! {"of": &r.of, "ov": r.ov as i64, "writeId": &r.write_id, "functionIds": &r.function_ids}
+}
+
+/// The entry of a version appended by reference, as stored.
+fn ref_version_doc(v: &VersionEntry, cv: u64) -> Document {
+    let mut d = doc! {
+        "_id": ObjectId::new(),
+        "itemId": v.id.as_str(),
+        "ov": v.ov as i64,
+        "cv": cv as i64,
+        "op": v.op.as_str(),
+        "at": to_date(v.at),
+        "actor": v.actor.as_deref(),
+        "reason": v.reason.as_deref(),
+        "writeId": &v.write_id,
+        "size": v.size as i64,
+        "checksum": &v.checksum,
+        "meta": to_bson_doc(&v.meta),
+        "deleted": v.deleted,
+    };
+    if let Some(r) = &v.payload_ref {
+        d.insert("payloadRef", payload_ref_doc(r));
+    }
+    d
+}
+
+/// One statement of the batched head `update` of an append by reference.
+fn ref_head_update(w: &RefWrite, cv: u64) -> Document {
+    let v = &w.version;
+    // `cv < ours` as in single writes; `ov` pins the head the engine examined.
+    let filter = doc! {"_id": v.id.as_str(), "ov": w.expected_ov as i64, "cv": {"$lt": cv as i64}};
+    let mut set = doc! {
+        "ov": v.ov as i64,
+        "cv": cv as i64,
+        "writeId": &v.write_id,
+        "deletedAt": if v.deleted { Bson::DateTime(to_date(v.at)) } else { Bson::Null },
+        "size": v.size as i64,
+        "checksum": &v.checksum,
+        "meta": to_bson_doc(&v.meta),
+    };
+    if let Some(r) = &v.payload_ref {
+        set.insert("payloadRef", payload_ref_doc(r));
+    }
+    let mut update = doc! {"$max": {"updatedAt": to_date(v.at)}};
+    if !w.keep_inline {
+        set.insert("state", State::Processed.as_str());
+        update.insert("$unset", doc! {"data": ""});
+    }
+    update.insert("$set", set);
+    doc! {"q": filter, "u": update}
 }
 
 /// JSON → BSON for indexed metadata. Integers stay integers (as i64 when they fit) so equality

@@ -23,14 +23,16 @@ use tokio::sync::OwnedMutexGuard;
 use super::error::{Error, Result};
 use super::local::LocalPayloadStore;
 use super::memory::after;
-use super::memory::{HEAD_OVERHEAD, check_precondition, next_head};
+use super::memory::{HEAD_OVERHEAD, check_precondition, next_head, ref_head};
 use super::model::{CollectionName, Head, ItemId, Op, Timestamp, VersionEntry};
 use super::query::Filter;
-use super::store::{CommitError, HeadChange, HistoryPoint, ListQuery, MetaStore, NewData, PendingWrite, TierBatch};
+use super::store::{
+    CommitError, HeadChange, HistoryPoint, ListQuery, MetaStore, NewData, PendingWrite, RefWrite, TierBatch,
+};
 use super::versioning::{Engine, EngineSettings};
 
 /// Bumped whenever the tables change; a database from a newer build is refused, not misread.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// How long a write waits for another write of the same item before reporting contention.
 const ITEM_WAIT: Duration = Duration::from_secs(30);
@@ -77,8 +79,15 @@ CREATE TABLE versions (
 ";
 
 const HEAD_COLUMNS: &str = "ov, cv, write_id, inserted_at, updated_at, deleted_at, function_ids, \
-                            state, size, checksum, meta, inline_data";
-const VERSION_COLUMNS: &str = "ov, cv, op, at, actor, reason, write_id, size, checksum, meta, deleted";
+                            state, size, checksum, meta, inline_data, payload_ref";
+const VERSION_COLUMNS: &str = "ov, cv, op, at, actor, reason, write_id, size, checksum, meta, deleted, payload_ref";
+
+/// Schema changes after version 1, in order; entry `i` takes a database from version `i + 1` to
+/// `i + 2`. Only additive changes, so a database is upgraded in place at open.
+const MIGRATIONS: &[&str] = &[
+    // 2: restore by reference. A JSON `PayloadRef`; NULL = the version's own payload object.
+    "ALTER TABLE heads ADD COLUMN payload_ref TEXT; ALTER TABLE versions ADD COLUMN payload_ref TEXT;",
+];
 
 /// An engine on the embedded backends: `dir/chronos.db` and `dir/payloads/`, created if needed.
 pub fn embedded(dir: &Path, settings: EngineSettings) -> Result<Engine> {
@@ -179,8 +188,13 @@ fn create_schema(conn: &mut Connection) -> Result<()> {
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .map_err(map_sql)?;
     match version {
-        0 => {
-            tx.execute_batch(SCHEMA).map_err(map_sql)?;
+        0..SCHEMA_VERSION => {
+            if version == 0 {
+                tx.execute_batch(SCHEMA).map_err(map_sql)?;
+            }
+            for step in &MIGRATIONS[(version.max(1) - 1) as usize..] {
+                tx.execute_batch(step).map_err(map_sql)?;
+            }
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(map_sql)?;
         }
@@ -253,6 +267,7 @@ struct HeadRow {
     checksum: String,
     meta: String,
     inline: Option<String>,
+    payload_ref: Option<String>,
 }
 
 impl HeadRow {
@@ -270,6 +285,7 @@ impl HeadRow {
             checksum: r.get(9)?,
             meta: r.get(10)?,
             inline: r.get(11)?,
+            payload_ref: r.get(12)?,
         })
     }
 
@@ -288,6 +304,10 @@ impl HeadRow {
             checksum: self.checksum,
             meta: from_json(&self.meta, "meta")?,
             inline: self.inline,
+            payload_ref: self
+                .payload_ref
+                .map(|r| from_json(&r, "payload reference"))
+                .transpose()?,
         })
     }
 }
@@ -305,6 +325,7 @@ struct VersionRow {
     checksum: String,
     meta: String,
     deleted: bool,
+    payload_ref: Option<String>,
 }
 
 impl VersionRow {
@@ -321,6 +342,7 @@ impl VersionRow {
             checksum: r.get(8)?,
             meta: r.get(9)?,
             deleted: r.get(10)?,
+            payload_ref: r.get(11)?,
         })
     }
 
@@ -338,6 +360,10 @@ impl VersionRow {
             checksum: self.checksum,
             meta: from_json::<Map<String, Value>>(&self.meta, "meta")?,
             deleted: self.deleted,
+            payload_ref: self
+                .payload_ref
+                .map(|r| from_json(&r, "payload reference"))
+                .transpose()?,
         })
     }
 }
@@ -489,6 +515,80 @@ fn commit_write(
     })
 }
 
+/// Apply a batch of appends by reference in one transaction; `Ok(None)` (and nothing written)
+/// when a head is no longer at its expected ov.
+fn append_refs(conn: &mut Connection, c: &CollectionName, writes: &[RefWrite]) -> Result<Option<u64>> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(map_sql)?;
+    let mut first = None;
+    for w in writes {
+        let v = &w.version;
+        let Some(previous) = read_head(&tx, c, &v.id)? else {
+            return Ok(None);
+        };
+        if previous.ov != w.expected_ov || v.ov != previous.ov + 1 {
+            return Ok(None);
+        }
+        let cv = next_cv(&tx, c)?;
+        first.get_or_insert(cv);
+        let head = ref_head(&previous, w, cv);
+        let payload_ref = v.payload_ref.as_ref().map(to_json).transpose()?;
+        let (ov, cv_i, previous_ov) = (to_i64(v.ov, "ov")?, to_i64(cv, "cv")?, to_i64(previous.ov, "ov")?);
+        let (size, meta) = (to_i64(v.size, "size")?, to_json(&v.meta)?);
+        tx.prepare_cached(
+            "UPDATE heads SET ov = ?3, cv = ?4, write_id = ?5, updated_at = ?6, deleted_at = ?7, state = ?8, \
+             size = ?9, checksum = ?10, meta = ?11, inline_data = ?12, payload_ref = ?13 \
+             WHERE collection = ?1 AND item_id = ?2 AND ov = ?14",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                c.as_str(),
+                head.id.as_str(),
+                ov,
+                cv_i,
+                head.write_id,
+                head.updated_at.as_millisecond(),
+                head.deleted_at.map(|t| t.as_millisecond()),
+                head.state.as_str(),
+                size,
+                head.checksum,
+                meta,
+                head.inline,
+                payload_ref,
+                previous_ov,
+            ])
+        })
+        .map_err(map_sql)?;
+        tx.prepare_cached(
+            "INSERT INTO versions (collection, item_id, ov, cv, op, at, actor, reason, write_id, size, \
+             checksum, meta, deleted, payload_ref) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                c.as_str(),
+                v.id.as_str(),
+                ov,
+                cv_i,
+                v.op.as_str(),
+                v.at.as_millisecond(),
+                v.actor,
+                v.reason,
+                v.write_id,
+                size,
+                v.checksum,
+                meta,
+                v.deleted,
+                payload_ref,
+            ])
+        })
+        .map_err(map_sql)?;
+    }
+    tx.commit().map_err(map_sql)?;
+    Ok(Some(first.unwrap_or(0)))
+}
+
 type ItemKey = (CollectionName, ItemId);
 type LockMap = Arc<Mutex<HashMap<ItemKey, Arc<tokio::sync::Mutex<()>>>>>;
 
@@ -627,6 +727,27 @@ impl MetaStore for SqliteMetaStore {
         }))
     }
 
+    async fn append_by_reference(&self, c: &CollectionName, writes: Vec<RefWrite>) -> Result<Option<u64>> {
+        let mut ids: Vec<ItemId> = writes.iter().map(|w| w.version.id.clone()).collect();
+        ids.sort();
+        ids.dedup();
+        if ids.len() != writes.len() {
+            return Err(Error::validation("writes", "one write per item"));
+        }
+        // Held like pending writes hold them (in id order, so two restores can't deadlock): a
+        // single write that began before us must commit against the head it saw.
+        let mut held = Vec::with_capacity(ids.len());
+        for id in ids {
+            held.push(self.inner.items.acquire((c.clone(), id)).await?);
+        }
+        let c = c.clone();
+        self.with_conn(move |conn| {
+            let _held = held;
+            append_refs(conn, &c, &writes)
+        })
+        .await
+    }
+
     async fn head(&self, c: &CollectionName, id: &ItemId) -> Result<Option<Head>> {
         let (c, id) = (c.clone(), id.clone());
         self.with_conn(move |conn| read_head(conn, &c, &id)).await
@@ -677,7 +798,7 @@ impl MetaStore for SqliteMetaStore {
                     .prepare_cached(&sql)
                     .and_then(|mut s| {
                         s.query_map(params![c.as_str(), cursor, q.include_deleted, page], |r| {
-                            Ok((HeadRow::read(r)?, r.get::<_, String>(12)?))
+                            Ok((HeadRow::read(r)?, r.get::<_, String>(13)?))
                         })?
                         .collect::<rusqlite::Result<Vec<_>>>()
                     })
@@ -722,7 +843,7 @@ impl MetaStore for SqliteMetaStore {
                     .prepare_cached(&sql)
                     .and_then(|mut s| {
                         s.query_map(params![c.as_str(), at.as_millisecond(), cursor, page], |r| {
-                            Ok((VersionRow::read(r)?, r.get::<_, String>(11)?))
+                            Ok((VersionRow::read(r)?, r.get::<_, String>(12)?))
                         })?
                         .collect::<rusqlite::Result<Vec<_>>>()
                     })
@@ -976,6 +1097,7 @@ mod tests {
             checksum: Content::from_json("{}".into()).checksum,
             meta: Map::new(),
             deleted: false,
+            payload_ref: None,
         }
     }
 

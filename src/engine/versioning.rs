@@ -331,46 +331,6 @@ impl Engine {
         .await
     }
 
-    /// Append a version equal to an earlier one (by ov or by time). Restoring a deleted item
-    /// undeletes it. Nothing is rewritten: history only grows.
-    pub async fn restore_object(
-        &self,
-        collection: &CollectionName,
-        id: &ItemId,
-        target: VersionTarget,
-        expected_ov: Option<u64>,
-        who: &Attribution,
-    ) -> Result<WriteOutcome> {
-        let entry = match target {
-            VersionTarget::Ov(ov) => self.meta.version(collection, id, ov).await?,
-            VersionTarget::At(at) => self.meta.version_as_of(collection, id, at).await?,
-        };
-        let entry = entry.ok_or_else(|| Error::NotFound(format!("{collection}/{id} at {target}")))?;
-        if entry.deleted {
-            return Err(Error::validation(
-                "target",
-                format!(
-                    "version {} of {collection}/{id} is a delete; restore a version before it",
-                    entry.ov
-                ),
-            ));
-        }
-        let decoded = self
-            .load(collection, id, entry.ov, &entry.write_id, &entry.checksum)
-            .await?;
-        let data = self.new_data(collection, decoded.data)?;
-        self.write(
-            collection,
-            id,
-            Op::Restore,
-            expected_ov,
-            NewContent::Data(data),
-            None,
-            who,
-        )
-        .await
-    }
-
     /// The latest version of an item.
     pub async fn get_latest(&self, collection: &CollectionName, id: &ItemId, opts: ReadOptions) -> Result<Record> {
         let head = self.meta.head(collection, id).await?;
@@ -389,7 +349,7 @@ impl Engine {
                 &format_args!("{collection}/{} v{}", head.id, head.ov),
             )?,
             None => {
-                self.load(collection, &head.id, head.ov, &head.write_id, &head.checksum)
+                self.load(collection, &head.id, head.payload(), &head.checksum)
                     .await?
                     .data
             }
@@ -401,6 +361,7 @@ impl Engine {
             cv: head.cv,
             write_id: head.write_id,
             data,
+            payload_ref: head.payload_ref,
         })
     }
 
@@ -513,26 +474,39 @@ impl Engine {
             )));
         }
         let decoded = self
-            .load(collection, &entry.id, entry.ov, &entry.write_id, &entry.checksum)
+            .load(collection, &entry.id, entry.payload(), &entry.checksum)
             .await?;
+        let mut system = decoded.system;
+        if let Some(r) = &entry.payload_ref {
+            // The envelope's `_system` is the referenced version's; insertedAt is the item's and
+            // the same in both, the rest is this version's own.
+            system.updated_at = entry.at;
+            system.deleted = entry.deleted;
+            system.deleted_at = entry.deleted.then_some(entry.at);
+            system.function_ids = r.function_ids.clone();
+        }
         Ok(Record {
             id: entry.id,
             ov: entry.ov,
             cv: entry.cv,
             write_id: entry.write_id,
-            system: decoded.system,
+            system,
             data: decoded.data,
+            payload_ref: entry.payload_ref,
         })
     }
 
+    /// The payload object `payload` = (ov, write id) of an item, checked to be exactly that
+    /// version's envelope with this data checksum. A version appended by reference passes the
+    /// (ov, write id) it refers to (`Head::payload`, `VersionEntry::payload`).
     pub(super) async fn load(
         &self,
         collection: &CollectionName,
         id: &ItemId,
-        ov: u64,
-        write_id: &str,
+        payload: (u64, &str),
         checksum: &str,
     ) -> Result<Decoded> {
+        let (ov, write_id) = payload;
         let key = payload_key(collection, id, ov, write_id);
         let bytes = self.payloads.get(&key).await?;
         // The index says this version exists: a missing payload is damage, not absence.
@@ -599,7 +573,7 @@ impl Engine {
         Ok(indexed.iter().map(|p| format!("meta_{p}")).collect())
     }
 
-    async fn prepare(&self, collection: &CollectionName) -> Result<()> {
+    pub(super) async fn prepare(&self, collection: &CollectionName) -> Result<()> {
         let cell = {
             let mut prepared = self.prepared.lock().unwrap_or_else(|p| p.into_inner());
             prepared.entry(collection.clone()).or_default().clone()
@@ -728,11 +702,7 @@ impl Engine {
             (None, Some(p)) => {
                 let json = match &p.inline {
                     Some(json) => json.clone(),
-                    None => {
-                        self.load(collection, &p.id, p.ov, &p.write_id, &p.checksum)
-                            .await?
-                            .data_json
-                    }
+                    None => self.load(collection, &p.id, p.payload(), &p.checksum).await?.data_json,
                 };
                 (Content::from_json(json), p.meta.clone())
             }
@@ -768,6 +738,7 @@ impl Engine {
             checksum: content.checksum.clone(),
             meta,
             deleted,
+            payload_ref: None,
         };
         let body = envelope::encode(collection, &entry, &system, &content.json)?;
         Ok((entry, body))
