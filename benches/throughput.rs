@@ -800,11 +800,11 @@ impl Row {
 }
 
 /// "findAndModify 2 (12.1 ms), insert 1 (3.0 ms)": what each operation sent and waited for.
-fn fmt_breakdown(m: &BTreeMap<String, (f64, f64)>) -> String {
+fn fmt_breakdown(m: &BTreeMap<String, (f64, f64)>, scale: f64) -> String {
     let parts: Vec<String> = m
         .iter()
-        .filter(|(_, v)| v.0 >= 0.005)
-        .map(|(k, (n, ms))| format!("{k} {} ({ms:.1} ms)", fmt_count(*n)))
+        .filter(|(_, v)| v.0 * scale >= 0.005)
+        .map(|(k, (n, ms))| format!("{k} {} ({:.1} ms)", fmt_count(n * scale), ms * scale))
         .collect();
     if parts.is_empty() {
         "—".into()
@@ -1507,16 +1507,27 @@ impl Conn {
         use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
         let mut req = format!("{method} {path} HTTP/1.1\r\nhost: bench\r\n");
         if let Some(b) = body {
-            req.push_str(&format!("content-type: application/json\r\ncontent-length: {}\r\n", b.len()));
+            req.push_str(&format!(
+                "content-type: application/json\r\ncontent-length: {}\r\n",
+                b.len()
+            ));
         }
         req.push_str("\r\n");
         req.push_str(body.unwrap_or_default());
-        self.stream.get_mut().write_all(req.as_bytes()).await.map_err(err("send"))?;
+        self.stream
+            .get_mut()
+            .write_all(req.as_bytes())
+            .await
+            .map_err(err("send"))?;
         let mut status = 0;
         let mut length = None;
         loop {
             self.buf.clear();
-            let n = self.stream.read_until(b'\n', &mut self.buf).await.map_err(err("receive"))?;
+            let n = self
+                .stream
+                .read_until(b'\n', &mut self.buf)
+                .await
+                .map_err(err("receive"))?;
             if n == 0 {
                 return Err("connection closed by the server".into());
             }
@@ -1525,7 +1536,11 @@ impl Conn {
                 break;
             }
             if status == 0 {
-                status = line.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or("bad status line")?;
+                status = line
+                    .split(' ')
+                    .nth(1)
+                    .and_then(|s| s.parse().ok())
+                    .ok_or("bad status line")?;
             } else if let Some((k, v)) = line.split_once(':')
                 && k.eq_ignore_ascii_case("content-length")
             {
@@ -2000,7 +2015,10 @@ impl Floor {
             let matched = reply.get_i32("n").map_err(text)?;
             if matched as usize != heads.len() {
                 let _ = session.abort_transaction().await;
-                return Err(format!("restore by reference: {matched} of {} heads matched", heads.len()));
+                return Err(format!(
+                    "restore by reference: {matched} of {} heads matched",
+                    heads.len()
+                ));
             }
             session.commit_transaction().await.map_err(err("commit"))?;
             done += heads.len() as u64;
@@ -2159,13 +2177,12 @@ impl Report {
         ));
 
         line("### Where the time goes\n".into());
-        line(
+        line(format!(
             "Per operation, in ms: Mongo commands sent (and the summed round trip of each kind), waiting for a \
              pooled connection, S3 requests; *rest* = mean latency − those three: CPU in the client, the engine and \
-             the HTTP layer, plus scheduling on the saturated cores. The restore rows are per item and have no \
-             latency of their own (items are written 16 at a time).\n"
-                .into(),
-        );
+             the HTTP layer, plus scheduling on the saturated cores. The restore rows are **per {RESTORE_PAGE}-item \
+             page** (per-item figures are too small to read) and have no latency of their own.\n"
+        ));
         line(
             "| workload | path | what | Mongo commands per op (round trip) | Mongo | pool wait | S3 | mean | rest |"
                 .into(),
@@ -2175,7 +2192,12 @@ impl Report {
             let Some(breakdown) = &r.mongo else {
                 continue;
             };
-            let (mongo_ms, s3_ms) = (r.mongo_ms(), r.s3.map_or(0.0, |x| x.1));
+            let per_page = matches!(
+                r.workload,
+                Workload::Restore | Workload::RestoreBatched | Workload::RestoreByRef
+            );
+            let scale = if per_page { RESTORE_PAGE as f64 } else { 1.0 };
+            let (mongo_ms, s3_ms) = (r.mongo_ms() * scale, r.s3.map_or(0.0, |x| x.1) * scale);
             let (mean, rest) = if r.has_latency {
                 let rest = r.mean - mongo_ms - r.pool_ms - s3_ms;
                 (format!("{:.1}", r.mean), format!("{rest:.1}"))
@@ -2187,8 +2209,8 @@ impl Report {
                 r.workload.label(),
                 r.via.label(),
                 r.workload.what(r.via),
-                fmt_breakdown(breakdown),
-                r.pool_ms,
+                fmt_breakdown(breakdown, scale),
+                r.pool_ms * scale,
             ));
         }
         line(String::new());
@@ -2279,7 +2301,10 @@ fn targets(b: &Bench) -> Vec<(String, String, Option<bool>)> {
     for (via, conns, mem) in &b.served {
         let mib = |kib: u64| kib as f64 / 1024.0;
         t.push((
-            format!("engine RSS ≤ 100 MiB with {conns} open HTTP connections ({})", via.label()),
+            format!(
+                "engine RSS ≤ 100 MiB with {conns} open HTTP connections ({})",
+                via.label()
+            ),
             format!(
                 "peak {:.0} MiB (idle before connecting {:.0} MiB; all {conns} open {:.0} MiB)",
                 mib(mem.peak_kib),

@@ -182,6 +182,36 @@ impl MongoMetaStore {
     }
 }
 
+impl MongoMetaStore {
+    /// The heads a listing returns; without their inline data unless `with_data`.
+    async fn find_heads(&self, c: &CollectionName, q: &ListQuery, with_data: bool) -> Result<Vec<Head>> {
+        use futures::TryStreamExt;
+        let mut filter = filter_doc(&q.filter);
+        if !q.include_deleted {
+            filter.insert("deletedAt", Bson::Null);
+        }
+        if let Some(after) = &q.after_id {
+            filter.insert("_id", doc! {if q.descending { "$lt" } else { "$gt" }: after.as_str()});
+        }
+        let heads = self.heads(c);
+        let mut find = heads
+            .find(filter)
+            .sort(doc! {"_id": if q.descending { -1 } else { 1 }})
+            .limit(q.limit as i64)
+            .batch_size(q.limit as u32);
+        if !with_data {
+            find = find.projection(doc! {"data": 0});
+        }
+        let docs: Vec<Document> = find.await.map_err(map_err)?.try_collect().await.map_err(map_err)?;
+        docs.into_iter()
+            .map(|d| {
+                let id: ItemId = get_string(&d, "_id")?.parse()?;
+                head_from_doc(&id, d)
+            })
+            .collect()
+    }
+}
+
 /// Filter and update for a change to an existing head.
 fn head_update(change: &HeadChange, cv: u64) -> (Document, Document) {
     // `cv < ours` keeps cv increasing along each item's history even though cvs are allocated
@@ -518,31 +548,11 @@ impl MetaStore for MongoMetaStore {
     }
 
     async fn list_heads(&self, c: &CollectionName, q: &ListQuery) -> Result<Vec<Head>> {
-        use futures::TryStreamExt;
-        let mut filter = filter_doc(&q.filter);
-        if !q.include_deleted {
-            filter.insert("deletedAt", Bson::Null);
-        }
-        if let Some(after) = &q.after_id {
-            filter.insert("_id", doc! {if q.descending { "$lt" } else { "$gt" }: after.as_str()});
-        }
-        let docs: Vec<Document> = self
-            .heads(c)
-            .find(filter)
-            .sort(doc! {"_id": if q.descending { -1 } else { 1 }})
-            .limit(q.limit as i64)
-            .batch_size(q.limit as u32)
-            .await
-            .map_err(map_err)?
-            .try_collect()
-            .await
-            .map_err(map_err)?;
-        docs.into_iter()
-            .map(|d| {
-                let id: ItemId = get_string(&d, "_id")?.parse()?;
-                head_from_doc(&id, d)
-            })
-            .collect()
+        self.find_heads(c, q, true).await
+    }
+
+    async fn list_heads_without_data(&self, c: &CollectionName, q: &ListQuery) -> Result<Vec<Head>> {
+        self.find_heads(c, q, false).await
     }
 
     async fn list_as_of(&self, c: &CollectionName, at: Timestamp, q: &ListQuery) -> Result<Vec<VersionEntry>> {

@@ -31,6 +31,10 @@ const ITEM_ATTEMPTS: usize = 3;
 /// item by item (so one busy item can't keep the rest of its page from being restored).
 const PAGE_ATTEMPTS: usize = 2;
 
+/// A page's heads, each with its version at the restore point (`None`: created after it), and
+/// the cursor of the next page.
+type Examined = (Vec<(Head, Option<VersionEntry>)>, Option<ItemId>);
+
 /// Items per page of [`Engine::restore_collection`].
 pub const RESTORE_PAGE: usize = 500;
 
@@ -110,30 +114,47 @@ impl Engine {
         if !dry_run {
             self.prepare(collection).await?;
         }
-        let mut attempt = 0;
-        let (work, next_after_id) = loop {
-            attempt += 1;
-            let (work, next_after_id) = self.examine_page(collection, point, after_id.clone(), limit).await?;
+        let examined = self.examine_page(collection, point, after_id.clone(), limit).await?;
+        self.apply_page(collection, point, after_id, limit, examined, dry_run, who)
+            .await
+    }
+
+    /// Bring an examined page to its target state: one batch, examined again if an item changed
+    /// meanwhile, and item by item if that keeps happening.
+    #[allow(clippy::too_many_arguments)]
+    async fn apply_page(
+        &self,
+        collection: &CollectionName,
+        point: HistoryPoint,
+        after_id: Option<ItemId>,
+        limit: usize,
+        examined: Examined,
+        dry_run: bool,
+        who: &Attribution,
+    ) -> Result<RestorePage> {
+        let (mut work, mut next_after_id) = examined;
+        for attempt in 1..=PAGE_ATTEMPTS {
             if dry_run {
-                break (work, next_after_id);
+                break;
             }
             let writes: Vec<RefWrite> = work
                 .iter()
                 .filter_map(|(head, target)| ref_write(head, target.as_ref(), who))
                 .collect();
             if writes.is_empty() || self.meta().append_by_reference(collection, writes).await?.is_some() {
-                break (work, next_after_id);
+                break;
             }
             if attempt >= PAGE_ATTEMPTS {
                 // Written meanwhile, again: item by item, so only the busy items wait.
-                let work: Vec<(Head, Option<VersionEntry>)> = futures::stream::iter(work)
+                work = futures::stream::iter(work)
                     .map(|(head, target)| self.restore_item(collection, head, target, point, who))
                     .buffer_unordered(16)
                     .try_collect()
                     .await?;
-                break (work, next_after_id);
+                break;
             }
-        };
+            (work, next_after_id) = self.examine_page(collection, point, after_id.clone(), limit).await?;
+        }
         let mut counts = RestoreCounts {
             examined: work.len() as u64,
             ..Default::default()
@@ -156,7 +177,7 @@ impl Engine {
         point: HistoryPoint,
         after_id: Option<ItemId>,
         limit: usize,
-    ) -> Result<(Vec<(Head, Option<VersionEntry>)>, Option<ItemId>)> {
+    ) -> Result<Examined> {
         let query = ListQuery {
             filter: Filter::default(),
             after_id,
@@ -164,7 +185,7 @@ impl Engine {
             descending: false,
             include_deleted: true,
         };
-        let heads = self.meta().list_heads(collection, &query).await?;
+        let heads = self.meta().list_heads_without_data(collection, &query).await?;
         let ids: Vec<ItemId> = heads.iter().map(|h| h.id.clone()).collect();
         let mut targets: HashMap<ItemId, VersionEntry> = self
             .meta()
@@ -185,7 +206,8 @@ impl Engine {
     }
 
     /// Restore (or plan) the whole collection, page by page; `progress(sums, total)` is called
-    /// after each page.
+    /// after each page. The next page is read while the current one is written (pages hold
+    /// different items), so mongod's round trips overlap.
     pub async fn restore_collection(
         &self,
         collection: &CollectionName,
@@ -195,18 +217,38 @@ impl Engine {
         mut progress: impl FnMut(&RestoreCounts, u64),
     ) -> Result<RestoreCounts> {
         let total = self.count_items(collection).await?;
+        if !dry_run {
+            self.prepare(collection).await?;
+        }
+        let size = self.settings().restore_page.clamp(1, 1000);
         let mut sums = RestoreCounts::default();
-        let mut after = None;
+        let mut after: Option<ItemId> = None;
+        let mut examined = self.examine_page(collection, point, None, size).await?;
         loop {
-            let page = self
-                .restore_collection_page(collection, point, after, RESTORE_PAGE, dry_run, who)
-                .await?;
+            let planned = examined.1.clone();
+            let apply = self.apply_page(collection, point, after.clone(), size, examined, dry_run, who);
+            let prefetch = async {
+                match &planned {
+                    Some(next) => self
+                        .examine_page(collection, point, Some(next.clone()), size)
+                        .await
+                        .map(Some),
+                    None => Ok(None),
+                }
+            };
+            let (page, prefetched) = futures::future::try_join(apply, prefetch).await?;
             sums.add(&page.counts);
             progress(&sums, total);
-            match page.next_after_id {
-                Some(next) => after = Some(next),
-                None => return Ok(sums),
-            }
+            let Some(next) = page.next_after_id else {
+                return Ok(sums);
+            };
+            // A page examined again may end elsewhere (items created meanwhile): then the
+            // prefetched page does not start where this one ended, and is read again.
+            examined = match prefetched {
+                Some(p) if planned.as_ref() == Some(&next) => p,
+                _ => self.examine_page(collection, point, Some(next.clone()), size).await?,
+            };
+            after = Some(next);
         }
     }
 

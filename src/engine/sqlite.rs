@@ -1144,4 +1144,32 @@ mod tests {
             .unwrap();
         assert!(matches!(SqliteMetaStore::open(&path), Err(Error::Unsupported(_))));
     }
+
+    #[tokio::test]
+    async fn a_version_1_database_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute(
+                "INSERT INTO heads (collection, item_id, ov, cv, write_id, inserted_at, updated_at, function_ids, \
+                 state, size, checksum, meta) VALUES ('c', 'i', 0, 1, 'w', 0, 0, '[]', 'new', 2, 'x', '{}')",
+                [],
+            )
+            .unwrap();
+        }
+        let s = SqliteMetaStore::open(&path).unwrap();
+        let head = s
+            .head(&"c".parse().unwrap(), &"i".parse().unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((head.ov, head.write_id.as_str(), head.payload_ref), (0, "w", None));
+        let version: i64 = lock_std(&s.inner.conn)
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+    }
 }

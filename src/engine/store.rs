@@ -172,6 +172,15 @@ pub trait MetaStore: Send + Sync + 'static {
     ) -> Result<Option<VersionEntry>>;
     /// Heads matching the query (the filter applies to their indexed metadata).
     async fn list_heads(&self, collection: &CollectionName, query: &ListQuery) -> Result<Vec<Head>>;
+    /// [`MetaStore::list_heads`] without the inline data (`inline` is `None`), for work that needs
+    /// only the heads' coordinates and checksums (a restore): a page of hot heads is mostly data.
+    async fn list_heads_without_data(&self, collection: &CollectionName, query: &ListQuery) -> Result<Vec<Head>> {
+        let mut heads = self.list_heads(collection, query).await?;
+        for h in &mut heads {
+            h.inline = None;
+        }
+        Ok(heads)
+    }
     /// For each item, the version current at `at`, if it matches the query (the filter applies
     /// to that version's metadata; deleted versions only with `include_deleted`).
     async fn list_as_of(

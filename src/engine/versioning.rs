@@ -86,6 +86,8 @@ pub struct EngineSettings {
     pub collection_maps: HashMap<String, CollectionMap>,
     /// Conditional counters per collection name.
     pub counter_rules: HashMap<String, Vec<super::counters::CounterRule>>,
+    /// Items per page of a collection restore (one batch, one transaction each; 1 to 1000).
+    pub restore_page: usize,
 }
 
 impl Default for EngineSettings {
@@ -96,6 +98,7 @@ impl Default for EngineSettings {
             meta_max_string_bytes: 1024,
             collection_maps: HashMap::new(),
             counter_rules: HashMap::new(),
+            restore_page: super::restore::RESTORE_PAGE,
         }
     }
 }

@@ -81,6 +81,10 @@ pub fn settings(check: &str) -> chronos::engine::EngineSettings {
             }],
         );
     }
+    if check == "restore_during_concurrent_writes_overwrites_nothing" {
+        // Small pages, so the restore and the writers interleave over many pages.
+        s.restore_page = 7;
+    }
     if check == "oversized_payloads_are_refused" {
         s.max_payload_bytes = 1000;
     }
@@ -1678,18 +1682,11 @@ pub async fn restore_during_concurrent_writes_overwrites_nothing(h: &Harness) {
         })
     });
     let writers: Vec<_> = writers.collect();
-    // Small pages, so the restore and the writers interleave.
-    let mut after = None;
-    loop {
-        let page = e
-            .restore_collection_page(&coll(), HistoryPoint::Cv(point), after, 7, false, &who())
-            .await
-            .unwrap();
-        match page.next_after_id {
-            Some(next) => after = Some(next),
-            None => break,
-        }
-    }
+    let counts = e
+        .restore_collection(&coll(), HistoryPoint::Cv(point), false, &who(), |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(counts.examined, ITEMS as u64, "every item examined once: {counts:?}");
     let mut acked = Vec::new();
     for w in writers {
         acked.extend(w.await.unwrap());
