@@ -555,6 +555,26 @@ impl MetaStore for MongoMetaStore {
         self.find_heads(c, q, false).await
     }
 
+    async fn heads_without_data(&self, c: &CollectionName, ids: &[ItemId]) -> Result<Vec<Head>> {
+        use futures::TryStreamExt;
+        let ids: Vec<&str> = ids.iter().map(ItemId::as_str).collect();
+        let docs: Vec<Document> = self
+            .heads(c)
+            .find(doc! {"_id": {"$in": ids}})
+            .projection(doc! {"data": 0})
+            .await
+            .map_err(map_err)?
+            .try_collect()
+            .await
+            .map_err(map_err)?;
+        docs.into_iter()
+            .map(|d| {
+                let id: ItemId = get_string(&d, "_id")?.parse()?;
+                head_from_doc(&id, d)
+            })
+            .collect()
+    }
+
     async fn list_as_of(&self, c: &CollectionName, at: Timestamp, q: &ListQuery) -> Result<Vec<VersionEntry>> {
         use futures::TryStreamExt;
         let mut first = doc! {"at": {"$lte": to_date(at)}};
@@ -606,7 +626,9 @@ impl MetaStore for MongoMetaStore {
         first.extend(bound);
         let pipeline = vec![
             doc! {"$match": first},
-            doc! {"$sort": {"itemId": 1, "ov": -1}},
+            // Backwards along the (itemId, ov) index: no in-memory sort (the order of the
+            // result does not matter).
+            doc! {"$sort": {"itemId": -1, "ov": -1}},
             doc! {"$group": {"_id": "$itemId", "v": {"$first": "$$ROOT"}}},
             doc! {"$replaceRoot": {"newRoot": "$v"}},
         ];

@@ -10,8 +10,9 @@
 //! target version's existing payload object instead of copying it, and a delete names the
 //! current one, so a restore costs no payload request at all. A page's versions are appended in
 //! one batch (one cv allocation, one transaction) with a precondition per item; when an item
-//! changed meanwhile, the page is examined again, and a page that keeps changing is done item by
-//! item.
+//! changed meanwhile, the page's items are examined again, and a page that keeps changing is done
+//! item by item. A page is the fixed set of items its listing returned, so pages are independent
+//! and a whole-collection restore writes several at once.
 
 use std::collections::HashMap;
 
@@ -24,16 +25,20 @@ use super::query::Filter;
 use super::store::{HistoryPoint, ListQuery, RefWrite};
 use super::versioning::{Engine, VersionTarget};
 
-/// How many times an item written concurrently during the restore is re-examined.
-const ITEM_ATTEMPTS: usize = 3;
+/// How many times an item written concurrently during the restore is re-examined (with a
+/// growing pause: a conflict may be another transaction still holding the item, as in
+/// single writes).
+const ITEM_ATTEMPTS: u32 = 20;
 
 /// How many times a page whose batch met a concurrent write is examined again before it is done
 /// item by item (so one busy item can't keep the rest of its page from being restored).
 const PAGE_ATTEMPTS: usize = 2;
 
-/// A page's heads, each with its version at the restore point (`None`: created after it), and
-/// the cursor of the next page.
-type Examined = (Vec<(Head, Option<VersionEntry>)>, Option<ItemId>);
+/// A page: its items' heads, each with its version at the restore point (`None`: created after it).
+type Work = Vec<(Head, Option<VersionEntry>)>;
+
+/// Pages of [`Engine::restore_collection`] being written at once.
+const RESTORE_PAGES_IN_FLIGHT: usize = 3;
 
 /// Items per page of [`Engine::restore_collection`].
 pub const RESTORE_PAGE: usize = 500;
@@ -114,25 +119,22 @@ impl Engine {
         if !dry_run {
             self.prepare(collection).await?;
         }
-        let examined = self.examine_page(collection, point, after_id.clone(), limit).await?;
-        self.apply_page(collection, point, after_id, limit, examined, dry_run, who)
-            .await
+        let (work, next_after_id) = self.examine_page(collection, point, after_id, limit).await?;
+        let counts = self.apply_page(collection, point, work, dry_run, who).await?;
+        Ok(RestorePage { counts, next_after_id })
     }
 
-    /// Bring an examined page to its target state: one batch, examined again if an item changed
-    /// meanwhile, and item by item if that keeps happening.
-    #[allow(clippy::too_many_arguments)]
+    /// Bring a page's items to their target state: one batch; if an item changed meanwhile,
+    /// the same items are examined again, and done item by item if that keeps happening. A page
+    /// is a fixed set of items, so pages are independent of each other.
     async fn apply_page(
         &self,
         collection: &CollectionName,
         point: HistoryPoint,
-        after_id: Option<ItemId>,
-        limit: usize,
-        examined: Examined,
+        mut work: Work,
         dry_run: bool,
         who: &Attribution,
-    ) -> Result<RestorePage> {
-        let (mut work, mut next_after_id) = examined;
+    ) -> Result<RestoreCounts> {
         for attempt in 1..=PAGE_ATTEMPTS {
             if dry_run {
                 break;
@@ -153,7 +155,20 @@ impl Engine {
                     .await?;
                 break;
             }
-            (work, next_after_id) = self.examine_page(collection, point, after_id.clone(), limit).await?;
+            // Their targets can't have changed, only their heads.
+            let ids: Vec<ItemId> = work.iter().map(|(h, _)| h.id.clone()).collect();
+            let mut heads: HashMap<ItemId, Head> = self
+                .meta()
+                .heads_without_data(collection, &ids)
+                .await?
+                .into_iter()
+                .map(|h| (h.id.clone(), h))
+                .collect();
+            for (head, _) in &mut work {
+                *head = heads
+                    .remove(&head.id)
+                    .ok_or_else(|| Error::Corrupt(format!("{collection}/{} lost its head", head.id)))?;
+            }
         }
         let mut counts = RestoreCounts {
             examined: work.len() as u64,
@@ -166,7 +181,7 @@ impl Engine {
                 Action::Keep => counts.unchanged += 1,
             }
         }
-        Ok(RestorePage { counts, next_after_id })
+        Ok(counts)
     }
 
     /// One page's heads, each with its version at the point (`None`: created after it), and the
@@ -177,7 +192,7 @@ impl Engine {
         point: HistoryPoint,
         after_id: Option<ItemId>,
         limit: usize,
-    ) -> Result<Examined> {
+    ) -> Result<(Work, Option<ItemId>)> {
         let query = ListQuery {
             filter: Filter::default(),
             after_id,
@@ -206,8 +221,9 @@ impl Engine {
     }
 
     /// Restore (or plan) the whole collection, page by page; `progress(sums, total)` is called
-    /// after each page. The next page is read while the current one is written (pages hold
-    /// different items), so mongod's round trips overlap.
+    /// after each page. Pages are listed one after the other (each starts after the last id of
+    /// the one before) and written [`RESTORE_PAGES_IN_FLIGHT`] at a time: they hold different
+    /// items, and overlapping them keeps mongod busy through each batch's round trips.
     pub async fn restore_collection(
         &self,
         collection: &CollectionName,
@@ -221,35 +237,36 @@ impl Engine {
             self.prepare(collection).await?;
         }
         let size = self.settings().restore_page.clamp(1, 1000);
+        type Listing<'a> =
+            std::pin::Pin<Box<dyn std::future::Future<Output = Result<(Work, Option<ItemId>)>> + Send + 'a>>;
+        // The next page being listed (`None` once the last one was); the pages being written.
+        let mut listing: Option<Listing<'_>> = Some(Box::pin(self.examine_page(collection, point, None, size)));
+        let mut writing = futures::stream::FuturesOrdered::new();
         let mut sums = RestoreCounts::default();
-        let mut after: Option<ItemId> = None;
-        let mut examined = self.examine_page(collection, point, None, size).await?;
         loop {
-            let planned = examined.1.clone();
-            let apply = self.apply_page(collection, point, after.clone(), size, examined, dry_run, who);
-            let prefetch = async {
-                match &planned {
-                    Some(next) => self
-                        .examine_page(collection, point, Some(next.clone()), size)
-                        .await
-                        .map(Some),
-                    None => Ok(None),
+            let list_more = listing.is_some() && writing.len() < RESTORE_PAGES_IN_FLIGHT;
+            let listed = async {
+                match listing.as_mut() {
+                    Some(list) => list.await,
+                    None => std::future::pending().await,
                 }
             };
-            let (page, prefetched) = futures::future::try_join(apply, prefetch).await?;
-            sums.add(&page.counts);
-            progress(&sums, total);
-            let Some(next) = page.next_after_id else {
-                return Ok(sums);
-            };
-            // A page examined again may end elsewhere (items created meanwhile): then the
-            // prefetched page does not start where this one ended, and is read again.
-            examined = match prefetched {
-                Some(p) if planned.as_ref() == Some(&next) => p,
-                _ => self.examine_page(collection, point, Some(next.clone()), size).await?,
-            };
-            after = Some(next);
+            tokio::select! {
+                listed = listed, if list_more => {
+                    let (work, next) = listed?;
+                    writing.push_back(self.apply_page(collection, point, work, dry_run, who));
+                    listing = next.map(|after| -> Listing<'_> {
+                        Box::pin(self.examine_page(collection, point, Some(after), size))
+                    });
+                }
+                Some(counts) = writing.next() => {
+                    sums.add(&counts?);
+                    progress(&sums, total);
+                }
+                else => break,
+            }
         }
+        Ok(sums)
     }
 
     /// One item of a page that kept changing: append its version alone, looking at its head
@@ -263,7 +280,10 @@ impl Engine {
         point: HistoryPoint,
         who: &Attribution,
     ) -> Result<(Head, Option<VersionEntry>)> {
-        for _ in 0..ITEM_ATTEMPTS {
+        for attempt in 0..ITEM_ATTEMPTS {
+            if attempt > 0 {
+                backoff(attempt).await;
+            }
             let Some(write) = ref_write(&head, target.as_ref(), who) else {
                 return Ok((head, target));
             };
@@ -311,7 +331,10 @@ impl Engine {
             ));
         }
         self.prepare(collection).await?;
-        for _ in 0..ITEM_ATTEMPTS {
+        for attempt in 0..ITEM_ATTEMPTS {
+            if attempt > 0 {
+                backoff(attempt).await;
+            }
             let head = self
                 .meta()
                 .head(collection, id)
@@ -336,6 +359,14 @@ impl Engine {
         }
         Err(Error::Contended(format!("{collection}/{id}")))
     }
+}
+
+/// Jittered exponential pause, 1 ms … 64 ms: a holder's transaction is short (no payload upload
+/// for a restore, one for a single write).
+async fn backoff(attempt: u32) {
+    let cap = 1u64 << attempt.min(6);
+    let jitter = u64::from(uuid::Uuid::new_v4().as_u128() as u32) % cap;
+    tokio::time::sleep(std::time::Duration::from_millis(1 + jitter)).await;
 }
 
 /// The append that brings `head` to its target state, or `None` when it is already there.

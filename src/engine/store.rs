@@ -162,6 +162,18 @@ pub trait MetaStore: Send + Sync + 'static {
     /// a taken id), `VersionConflict`, `Contended`.
     async fn begin_write(&self, change: HeadChange) -> Result<Box<dyn PendingWrite>>;
     async fn head(&self, collection: &CollectionName, id: &ItemId) -> Result<Option<Head>>;
+    /// The heads of these items (those that exist, in any order), without inline data: a
+    /// restore's second look at a page.
+    async fn heads_without_data(&self, collection: &CollectionName, ids: &[ItemId]) -> Result<Vec<Head>> {
+        let mut heads = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(mut h) = self.head(collection, id).await? {
+                h.inline = None;
+                heads.push(h);
+            }
+        }
+        Ok(heads)
+    }
     async fn version(&self, collection: &CollectionName, id: &ItemId, ov: u64) -> Result<Option<VersionEntry>>;
     /// The latest version written at or before `at`.
     async fn version_as_of(

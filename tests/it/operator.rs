@@ -553,11 +553,6 @@ async fn item_restore_and_dry_run() {
     ))
     .await;
     k.create::<ChronosRestore>(restore(
-        "plan",
-        json!({"database": "data", "collection": "notes", "target": {"cv": cv}, "dryRun": true}),
-    ))
-    .await;
-    k.create::<ChronosRestore>(restore(
         "nope",
         json!({"database": "data", "collection": "notes", "itemId": "item-01", "target": {"ov": 9}}),
     ))
@@ -571,10 +566,18 @@ async fn item_restore_and_dry_run() {
     let one = wait_for(&restores, "one", "finished", done).await.status.unwrap();
     assert_eq!(one.phase, Phase::Succeeded, "{:?}", one.message);
     assert_eq!(round(&engine, "item-01").await, 1);
+    // Planned after the item restore (not beside it, which would race with it): item-01 is
+    // already at its target, only item-00 would be restored.
+    k.create::<ChronosRestore>(restore(
+        "plan",
+        json!({"database": "data", "collection": "notes", "target": {"cv": cv}, "dryRun": true}),
+    ))
+    .await;
     let plan = wait_for(&restores, "plan", "finished", done).await.status.unwrap();
     assert_eq!(plan.phase, Phase::Succeeded);
-    assert_eq!(plan.plan.unwrap().restored, 2);
     assert!(plan.applied.is_none(), "a dry run applies nothing");
+    let counts = plan.plan.unwrap();
+    assert_eq!((counts.restored, counts.unchanged), (1, 1));
     assert_eq!(round(&engine, "item-00").await, 2, "dry run wrote nothing");
     let nope = wait_for(&restores, "nope", "finished", done).await.status.unwrap();
     assert_eq!(nope.phase, Phase::Failed);
