@@ -2118,8 +2118,12 @@ impl Report {
              version document (`_id` = `id:ov`, so one writer wins each ov) and upserts the head at the expected ov: \
              3 Mongo commands. A hot read is one `findOne`; getVersion a `findOne` on the version plus an S3 GET; \
              list one `find` on an index of the same shape as Chronos's. Enrich is compared with the update floor. \
-             The floor restore does per item what Chronos must (GET the old payload, write it as a new version) \
-             with as many items in flight, without paging. Each floor is measured in two halves, just before and \
+             The restore has three floors: *per-item copy* (per item what a copying restore must do: GET the old \
+             payload, write it as a new version, 16 in flight), *batched copy* (the same copies, each 500-item \
+             page's Mongo writes in one transaction) and *by reference*, the one Chronos is compared with: per \
+             500-item page, one `find` of the heads, one `find` of the target versions and one transaction of an \
+             `insert` of the page's versions (naming the targets' payload keys) and an `update` command moving the \
+             heads with a per-item ov precondition; no S3 request. Each floor is measured in two halves, just before and \
              just after the Chronos paths of its workload, and the halves are added up, so load drift does not \
              favour whichever side runs first."
                 .into(),
