@@ -74,6 +74,10 @@ struct Args {
     /// Items in the restoreCollection workload (default 100000; 100 with --smoke).
     #[arg(long)]
     items: Option<usize>,
+    /// Concurrent keep-alive connections to the `chronos serve` child in the memory workload
+    /// (default 1000; 50 with --smoke).
+    #[arg(long)]
+    connections: Option<usize>,
     /// A few seconds in total, for CI: small pools, no warm-up, targets not judged; fails only
     /// when an operation fails.
     #[arg(long)]
@@ -392,6 +396,10 @@ enum Via {
     Engine,
     Http,
     Embedded,
+    /// The real `chronos serve` binary as a child process on Mongo+S3 (its memory alone).
+    Served,
+    /// The same on its embedded default (SQLite + files).
+    ServedEmbedded,
 }
 
 impl Via {
@@ -401,7 +409,14 @@ impl Via {
             Via::Engine => "engine (Mongo+S3)",
             Via::Http => "HTTP (Mongo+S3)",
             Via::Embedded => "engine (embedded)",
+            Via::Served => "`chronos serve` (Mongo+S3)",
+            Via::ServedEmbedded => "`chronos serve` (embedded)",
         }
+    }
+
+    /// Whether this process's counters see the path's Mongo and S3 requests.
+    fn counted(self) -> bool {
+        matches!(self, Via::Floor | Via::Engine | Via::Http)
     }
 }
 
@@ -417,6 +432,10 @@ enum Workload {
     Restore,
     /// The floor of a restore that batches each page's Mongo writes into one transaction.
     RestoreBatched,
+    /// The floor of a restore by reference: batched pages and no payload requests.
+    RestoreByRef,
+    /// getLatest over many concurrent keep-alive connections to a `chronos serve` child.
+    Connections,
 }
 
 impl Workload {
@@ -430,7 +449,9 @@ impl Workload {
             Workload::List => "list",
             Workload::Enrich => "enrich",
             Workload::Restore => "restoreCollection",
-            Workload::RestoreBatched => "restoreCollection, batched",
+            Workload::RestoreBatched => "restoreCollection, batched copy",
+            Workload::RestoreByRef => "restoreCollection, by reference",
+            Workload::Connections => "getLatest over N keep-alive connections",
         }
     }
 
@@ -439,6 +460,7 @@ impl Workload {
     fn floor(self) -> Workload {
         match self {
             Workload::Enrich => Workload::Update,
+            Workload::Restore => Workload::RestoreByRef,
             w => w,
         }
     }
@@ -452,8 +474,12 @@ impl Workload {
             (GetLatest, Floor) => "findOne head by _id",
             (GetVersion, Floor) => "findOne version + S3 GET",
             (List, Floor) => "find by status, sort _id, limit 20",
-            (Restore, Floor) => "per item: S3 GET + S3 PUT + txn, 16 in flight",
+            (Restore, Floor) => "per item: S3 GET + S3 PUT + txn, 16 in flight (copying)",
             (RestoreBatched, _) => "per 500-item page: S3 GET + PUT each (64 in flight), one txn of 3 commands",
+            (RestoreByRef, _) => {
+                "per 500-item page: find heads, find targets, one txn{insert versions, update heads}; no S3"
+            }
+            (Connections, _) => "GET …/items/{id} on each of N keep-alive connections, one request at a time",
             (Create, Http) => "POST …/items?id=",
             (Update, Http) => "PUT …/items/{id} with If-Match",
             (GetLatest, Http) => "GET …/items/{id}",
@@ -467,7 +493,7 @@ impl Workload {
             (GetVersion, _) => "Engine::get_version(ov 0)",
             (List, _) => "Engine::list {status}, limit 20",
             (Enrich, _) => "Engine::enrich, one patch",
-            (Restore, _) => "Engine::restore_collection to before the updates",
+            (Restore, _) => "Engine::restore_collection to before the updates (by reference)",
         }
     }
 }
@@ -548,9 +574,9 @@ impl Ctx {
 
     fn ovs(&self, via: Via) -> &[AtomicU64] {
         match via {
-            Via::Engine | Via::Http => &self.ovs[0],
+            Via::Engine | Via::Http | Via::Served => &self.ovs[0],
             Via::Floor => &self.ovs[1],
-            Via::Embedded => &self.ovs[2],
+            Via::Embedded | Via::ServedEmbedded => &self.ovs[2],
         }
     }
 
@@ -730,7 +756,10 @@ impl Ctx {
                     Err(format!("list page had {len} records, expected {want}"))
                 }
             }
-            (Restore | RestoreBatched, _) => Err("a restore is measured as a whole, not per operation".into()),
+            (Restore | RestoreBatched | RestoreByRef, _) => {
+                Err("a restore is measured as a whole, not per operation".into())
+            }
+            (Connections, _) => Err("the memory workload drives its own connections".into()),
         }
     }
 }
@@ -771,11 +800,11 @@ impl Row {
 }
 
 /// "findAndModify 2 (12.1 ms), insert 1 (3.0 ms)": what each operation sent and waited for.
-fn fmt_breakdown(m: &BTreeMap<String, (f64, f64)>) -> String {
+fn fmt_breakdown(m: &BTreeMap<String, (f64, f64)>, scale: f64) -> String {
     let parts: Vec<String> = m
         .iter()
-        .filter(|(_, v)| v.0 >= 0.005)
-        .map(|(k, (n, ms))| format!("{k} {} ({ms:.1} ms)", fmt_count(*n)))
+        .filter(|(_, v)| v.0 * scale >= 0.005)
+        .map(|(k, (n, ms))| format!("{k} {} ({:.1} ms)", fmt_count(n * scale), ms * scale))
         .collect();
     if parts.is_empty() {
         "—".into()
@@ -846,6 +875,8 @@ struct Bench {
     rows: Vec<Row>,
     peak_rss_kib: u64,
     errors: Vec<String>,
+    /// The memory workload's readings of each `chronos serve` child, with its connection count.
+    served: Vec<(Via, usize, ServedMemory)>,
 }
 
 impl Bench {
@@ -920,8 +951,9 @@ impl Bench {
     fn push(&mut self, workload: Workload, via: Via, m: Measured, delta: Delta) {
         let ops = m.ops.max(1) as f64;
         let ms = |d: Duration| d.as_secs_f64() * 1000.0 / ops;
-        // The embedded engine's stores are SQLite and files: nothing to count there.
-        let counted = via != Via::Embedded;
+        // The embedded engine's stores are SQLite and files, and a child process's requests are
+        // its own: nothing to count there.
+        let counted = via.counted();
         let mongo = counted.then(|| {
             let used = delta.mongo.iter().filter(|(_, (n, _))| *n > 0);
             used.map(|(name, (n, took))| (name.clone(), (*n as f64 / ops, ms(*took))))
@@ -985,7 +1017,7 @@ impl Bench {
 
     /// A Chronos row's throughput over its floor's, measured in this run.
     fn ratio(&self, row: &Row) -> Option<f64> {
-        if matches!(row.via, Via::Floor | Via::Embedded) {
+        if !matches!(row.via, Via::Engine | Via::Http) {
             return None;
         }
         let floor = self.find(row.workload.floor(), Via::Floor)?;
@@ -1011,6 +1043,7 @@ async fn run(args: Args) -> Result<(), String> {
         (None, None) => Budget::Time(Duration::from_secs(10)),
     };
     let restore_items = args.items.unwrap_or(if args.smoke { 100 } else { 100_000 }).max(1);
+    let connections = args.connections.unwrap_or(if args.smoke { 50 } else { 1000 }).max(1);
     let list_pool = if args.smoke { 100 } else { 2000 };
     let shown: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     let command = format!("cargo bench --bench throughput -- {}", shown.join(" "));
@@ -1057,10 +1090,12 @@ async fn run(args: Args) -> Result<(), String> {
     let json_store = S3PayloadStore::new(s3.clone(), format!("bench-json-{suffix}"));
     let backups = S3PayloadStore::new(s3.clone(), format!("bench-backups-{suffix}"));
     let floor_bucket = format!("bench-floor-{suffix}");
+    let content_bucket = format!("bench-content-{suffix}");
     for store in [
         &json_store,
         &backups,
         &S3PayloadStore::new(s3.clone(), floor_bucket.clone()),
+        &S3PayloadStore::new(s3.clone(), content_bucket.clone()),
     ] {
         store.ensure_bucket().await.map_err(err("S3"))?;
     }
@@ -1133,6 +1168,7 @@ async fn run(args: Args) -> Result<(), String> {
         rows: Vec::new(),
         peak_rss_kib: 0,
         errors: Vec::new(),
+        served: Vec::new(),
     };
 
     eprintln!("setup: {pool} pool items per path, {list_pool} items to list");
@@ -1170,6 +1206,27 @@ async fn run(args: Args) -> Result<(), String> {
     ] {
         bench.measure(&ctx, w, paths).await;
     }
+    // The child reads the same database and buckets as the engine (secrets by env reference).
+    let served_config = json!({
+        "mongoUris": [{"env": "CHRONOS_TEST_MONGO_URI"}],
+        "spacesConns": [{
+            "endpoint": s3_conn.endpoint.clone(),
+            "region": s3_conn.region.clone(),
+            "accessKey": {"env": "CHRONOS_TEST_S3_ACCESS_KEY"},
+            "secretKey": {"env": "CHRONOS_TEST_S3_SECRET_KEY"},
+            "jsonBucket": format!("bench-json-{suffix}"),
+            "contentBucket": content_bucket,
+            "backupsBucket": format!("bench-backups-{suffix}"),
+            "forcePathStyle": true,
+        }],
+        "dbName": db_name,
+    });
+    eprintln!("memory: `chronos serve` children, {connections} keep-alive connections each:");
+    for (via, config) in [(Via::Served, Some(served_config)), (Via::ServedEmbedded, None)] {
+        if let Err(e) = served(&mut bench, via, config, connections, ctx.items.as_str(), pool).await {
+            bench.errors.push(format!("memory workload via {}: {e}", via.label()));
+        }
+    }
     eprintln!("restoreCollection of {restore_items} items:");
     restore(&mut bench, &ctx, restore_items).await?;
 
@@ -1184,6 +1241,7 @@ async fn run(args: Args) -> Result<(), String> {
         clients,
         budget,
         restore_items,
+        connections,
         list_pool,
         mongo_version,
         load_before,
@@ -1264,6 +1322,13 @@ async fn restore(bench: &mut Bench, ctx: &Arc<Ctx>, items: usize) -> Result<(), 
     let delta = bench.end_window(&before);
     bench.push(Workload::RestoreBatched, Via::Floor, whole(result, started), delta);
 
+    // What a restore by reference needs at least: the same items again (ov 2 → 3), no S3.
+    let before = bench.start_window();
+    let started = Instant::now();
+    let result = ctx.floor.restore_by_reference(items).await;
+    let delta = bench.end_window(&before);
+    bench.push(Workload::RestoreByRef, Via::Floor, whole(result, started), delta);
+
     let before = bench.start_window();
     let started = Instant::now();
     let result = ctx
@@ -1308,6 +1373,333 @@ async fn restore(bench: &mut Bench, ctx: &Arc<Ctx>, items: usize) -> Result<(), 
     };
     let delta = bench.end_window(&before);
     bench.push(Workload::Restore, Via::Http, whole(result, started), delta);
+
+    // The embedded default, the same way.
+    let mut created_cv = 0;
+    for update in [false, true] {
+        let (ctx, c, highest) = (ctx.clone(), c.clone(), Arc::new(AtomicU64::new(0)));
+        let max_cv = highest.clone();
+        setup(bench.clients, items as u64, move |n| {
+            let (ctx, c, max_cv) = (ctx.clone(), c.clone(), max_cv.clone());
+            async move {
+                let id: ItemId = name(&format!("r{n:08}"))?;
+                let out = if update {
+                    ctx.embedded.update(&c, &id, record(n + 1, 1), Some(0), &ctx.who).await
+                } else {
+                    ctx.embedded
+                        .create(&c, Some(id), record(n, 0), &ctx.who)
+                        .await
+                        .map(|(_, o)| o)
+                };
+                max_cv.fetch_max(out.map_err(text)?.cv, Ordering::Relaxed);
+                Ok(())
+            }
+        })
+        .await?;
+        if !update {
+            created_cv = highest.load(Ordering::Relaxed);
+        }
+    }
+    let before = bench.start_window();
+    let started = Instant::now();
+    let result = ctx
+        .embedded
+        .restore_collection(&c, HistoryPoint::Cv(created_cv), false, &ctx.who, |_, _| {})
+        .await
+        .map_err(text)
+        .and_then(|counts| match counts.restored {
+            n if n == items as u64 => Ok(n),
+            _ => Err(format!("restored {} of {items} items: {counts:?}", counts.restored)),
+        });
+    let delta = bench.end_window(&before);
+    bench.push(Workload::Restore, Via::Embedded, whole(result, started), delta);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory under many connections: the real `chronos serve` binary as a child process, so its
+// resident set is measured alone (the load generator's share stays in this process).
+
+/// A `chronos serve` child; killed (by its own pid) when dropped.
+struct Served {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Served {
+    /// Start the binary with `config` (JSON; `None`: embedded in a temporary directory) and wait
+    /// for the address it listens on.
+    fn start(config: Option<Value>) -> Result<Served, String> {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().map_err(err("temporary directory"))?;
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_chronos"));
+        cmd.args(["--log", "warn", "serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("data"));
+        if let Some(config) = config {
+            let path = dir.path().join("chronos.json");
+            std::fs::write(&path, config.to_string()).map_err(err("config file"))?;
+            cmd.arg("--config").arg(path);
+        }
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().map_err(err("spawn chronos serve"))?;
+        let stderr = child.stderr.take().ok_or("chronos serve: no stderr")?;
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        let mut said = Vec::new();
+        let addr = loop {
+            match lines.next() {
+                Some(Ok(l)) => match l.split_once("serving http://") {
+                    Some((_, addr)) => break addr.trim().parse().map_err(err("chronos serve address"))?,
+                    None => said.push(l),
+                },
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!("chronos serve exited before listening: {}", said.join(" / ")));
+                }
+            }
+        };
+        // Keep reading what it says, so it never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Ok(Served { child, addr, _dir: dir })
+    }
+
+    /// A `/proc/<pid>/status` field in KiB (VmRSS, VmHWM).
+    fn status_kib(&self, field: &str) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let line = status.lines().find(|l| l.starts_with(field))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+
+    fn reset_peak(&self) {
+        let _ = std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5");
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One keep-alive HTTP/1.1 connection doing one request at a time, by hand: reqwest would add
+/// a pool, and the point is exactly one server-side connection per client connection.
+struct Conn {
+    stream: tokio::io::BufReader<tokio::net::TcpStream>,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    async fn open(addr: std::net::SocketAddr) -> Result<Conn, String> {
+        let stream = tokio::net::TcpStream::connect(addr).await.map_err(err("connect"))?;
+        stream.set_nodelay(true).map_err(text)?;
+        Ok(Conn {
+            stream: tokio::io::BufReader::new(stream),
+            buf: Vec::with_capacity(4096),
+        })
+    }
+
+    /// Send a request and read the whole response; returns its status.
+    async fn request(&mut self, method: &str, path: &str, body: Option<&str>) -> Result<u16, String> {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+        let mut req = format!("{method} {path} HTTP/1.1\r\nhost: bench\r\n");
+        if let Some(b) = body {
+            req.push_str(&format!(
+                "content-type: application/json\r\ncontent-length: {}\r\n",
+                b.len()
+            ));
+        }
+        req.push_str("\r\n");
+        req.push_str(body.unwrap_or_default());
+        self.stream
+            .get_mut()
+            .write_all(req.as_bytes())
+            .await
+            .map_err(err("send"))?;
+        let mut status = 0;
+        let mut length = None;
+        loop {
+            self.buf.clear();
+            let n = self
+                .stream
+                .read_until(b'\n', &mut self.buf)
+                .await
+                .map_err(err("receive"))?;
+            if n == 0 {
+                return Err("connection closed by the server".into());
+            }
+            let line = std::str::from_utf8(&self.buf).map_err(text)?.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if status == 0 {
+                status = line
+                    .split(' ')
+                    .nth(1)
+                    .and_then(|s| s.parse().ok())
+                    .ok_or("bad status line")?;
+            } else if let Some((k, v)) = line.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                length = v.trim().parse::<usize>().ok();
+            }
+        }
+        let length = length.ok_or("response without content-length")?;
+        self.buf.resize(length, 0);
+        self.stream.read_exact(&mut self.buf).await.map_err(err("body"))?;
+        Ok(status)
+    }
+}
+
+/// What the memory workload saw of the child.
+struct ServedMemory {
+    /// After start-up and seeding, before any benchmark connection.
+    idle_kib: u64,
+    /// With every connection open, each after one request.
+    open_kib: u64,
+    /// The peak (VmHWM) over the whole workload.
+    peak_kib: u64,
+}
+
+/// Open `conns` keep-alive connections to the child, then read pool items over all of them at
+/// once until the budget is spent.
+async fn many_connections(
+    served: &Served,
+    conns: usize,
+    budget: Budget,
+    collection: &str,
+    pool: usize,
+) -> Result<(Measured, ServedMemory), String> {
+    let idle_kib = served.status_kib("VmRSS:").unwrap_or(0);
+    served.reset_peak();
+    let addr = served.addr;
+    let mut opened: Vec<Conn> = futures::stream::iter(0..conns)
+        .map(|_| Conn::open(addr))
+        .buffer_unordered(64)
+        .try_collect()
+        .await?;
+    // One request on each, so the server has really taken every connection on.
+    let path = |k: usize| format!("/v1/default/{collection}/items/{}", pool_id(k % pool));
+    futures::stream::iter(opened.iter_mut().enumerate())
+        .map(|(k, c)| {
+            let path = path(k);
+            async move {
+                match c.request("GET", &path, None).await? {
+                    200 => Ok(()),
+                    s => Err(format!("GET {path}: status {s}")),
+                }
+            }
+        })
+        .buffer_unordered(64)
+        .try_collect::<Vec<()>>()
+        .await?;
+    let open_kib = served.status_kib("VmRSS:").unwrap_or(0);
+    let started = Instant::now();
+    let per_conn = match budget {
+        Budget::Ops(n) => n.div_ceil(conns as u64),
+        Budget::Time(_) => u64::MAX,
+    };
+    let tasks: Vec<_> = opened
+        .into_iter()
+        .enumerate()
+        .map(|(k, mut c)| {
+            let path = path(k * 7919);
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut first_error = None;
+                let mut errors = 0;
+                for _ in 0..per_conn {
+                    if let Budget::Time(d) = budget
+                        && started.elapsed() >= d
+                    {
+                        break;
+                    }
+                    let t = Instant::now();
+                    match c.request("GET", &path, None).await {
+                        Ok(200) => latencies.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32),
+                        Ok(s) => {
+                            errors += 1;
+                            first_error.get_or_insert(format!("GET {path}: status {s}"));
+                        }
+                        Err(e) => {
+                            errors += 1;
+                            first_error.get_or_insert(e);
+                            break;
+                        }
+                    }
+                }
+                (latencies, errors, first_error)
+            })
+        })
+        .collect();
+    let mut m = Measured {
+        ops: 0,
+        errors: 0,
+        first_error: None,
+        elapsed: Duration::ZERO,
+        latencies: Vec::new(),
+    };
+    for task in tasks {
+        let (l, e, f) = task.await.map_err(text)?;
+        m.latencies.extend(l);
+        m.errors += e;
+        m.first_error = m.first_error.take().or(f);
+    }
+    m.elapsed = started.elapsed();
+    m.latencies.sort_unstable();
+    m.ops = m.latencies.len() as u64;
+    let peak_kib = served.status_kib("VmHWM:").unwrap_or(0);
+    Ok((
+        m,
+        ServedMemory {
+            idle_kib,
+            open_kib,
+            peak_kib,
+        },
+    ))
+}
+
+/// The memory workload on one kind of storage: start the child, seed it if it is empty, hammer.
+async fn served(
+    bench: &mut Bench,
+    via: Via,
+    config: Option<Value>,
+    conns: usize,
+    collection: &str,
+    pool: usize,
+) -> Result<(), String> {
+    let child = tokio::task::spawn_blocking(move || Served::start(config))
+        .await
+        .map_err(text)??;
+    if via == Via::ServedEmbedded {
+        // Its own empty data directory: the pool items first (setup, not measured).
+        let mut c = Conn::open(child.addr).await?;
+        for k in 0..pool {
+            let body = serde_json::to_string(&record(k as u64, 0)).map_err(text)?;
+            let path = format!("/v1/default/{collection}/items?id={}", pool_id(k));
+            match c.request("POST", &path, Some(&body)).await? {
+                200 | 201 => {}
+                s => return Err(format!("POST {path}: status {s}")),
+            }
+        }
+    }
+    let (m, mem) = many_connections(&child, conns, bench.budget, collection, pool).await?;
+    eprintln!(
+        "  {} with {conns} connections: RSS idle {:.0} MiB, all open {:.0} MiB, peak {:.0} MiB",
+        via.label(),
+        mem.idle_kib as f64 / 1024.0,
+        mem.open_kib as f64 / 1024.0,
+        mem.peak_kib as f64 / 1024.0
+    );
+    let delta = Delta {
+        rss_kib: mem.peak_kib,
+        ..Default::default()
+    };
+    bench.push(Workload::Connections, via, m, delta);
+    bench.served.push((via, conns, mem));
     Ok(())
 }
 
@@ -1562,6 +1954,81 @@ impl Floor {
         Ok(items as u64)
     }
 
+    /// A restore by reference at its minimum, page by page (ov 2 → 3): read the page's heads and
+    /// their target versions (two `find`s), then one transaction inserts the page's versions,
+    /// each naming the target's payload key, and moves the heads with a precondition per item
+    /// (one `update` command): 5 Mongo commands per page and no S3 request.
+    async fn restore_by_reference(&self, items: usize) -> Result<u64, String> {
+        let mut after = String::new();
+        let mut done = 0;
+        loop {
+            let heads: Vec<Document> = self
+                .heads("fr")
+                .find(doc! {"_id": {"$gt": &after}})
+                .sort(doc! {"_id": 1})
+                .limit(RESTORE_PAGE as i64)
+                .batch_size(RESTORE_PAGE as u32)
+                .await
+                .map_err(text)?
+                .try_collect()
+                .await
+                .map_err(text)?;
+            let Some(last) = heads.last() else { break };
+            after = last.get_str("_id").map_err(text)?.to_owned();
+            let ids: Vec<&str> = heads.iter().filter_map(|h| h.get_str("_id").ok()).collect();
+            let targets: Vec<Document> = self
+                .versions("fr")
+                .find(doc! {"itemId": {"$in": &ids}, "ov": 0_i64})
+                .batch_size(RESTORE_PAGE as u32)
+                .await
+                .map_err(text)?
+                .try_collect()
+                .await
+                .map_err(text)?;
+            let now = mongodb::bson::DateTime::now();
+            let mut session = self.mongo.start_session().await.map_err(text)?;
+            session
+                .start_transaction()
+                .read_concern(ReadConcern::snapshot())
+                .write_concern(WriteConcern::majority())
+                .await
+                .map_err(text)?;
+            let mut versions = Vec::with_capacity(targets.len());
+            let mut updates = Vec::with_capacity(targets.len());
+            for t in &targets {
+                let (id, key) = (t.get_str("itemId").map_err(text)?, t.get_str("key").map_err(text)?);
+                versions.push(doc! {"_id": format!("{id}:3"), "itemId": id, "ov": 3_i64, "at": now, "key": key});
+                let set = doc! {"ov": 3_i64, "at": now, "key": key};
+                updates.push(doc! {"q": {"_id": id, "ov": 2_i64}, "u": {"$set": set, "$unset": {"data": ""}}});
+            }
+            self.versions("fr")
+                .insert_many(versions)
+                .session(&mut session)
+                .await
+                .map_err(err("insert versions"))?;
+            let reply = self
+                .db
+                .run_command(doc! {"update": "fr_head", "updates": updates, "ordered": true})
+                .session(&mut session)
+                .await
+                .map_err(err("update heads"))?;
+            let matched = reply.get_i32("n").map_err(text)?;
+            if matched as usize != heads.len() {
+                let _ = session.abort_transaction().await;
+                return Err(format!(
+                    "restore by reference: {matched} of {} heads matched",
+                    heads.len()
+                ));
+            }
+            session.commit_transaction().await.map_err(err("commit"))?;
+            done += heads.len() as u64;
+        }
+        if done != items as u64 {
+            return Err(format!("restore by reference: {done} of {items} items"));
+        }
+        Ok(done)
+    }
+
     /// Restoring one item at its minimum: read the old payload, write it as the next version.
     async fn restore_item(&self, k: usize) -> Result<(), String> {
         let old = self.get(&format!("fr/r{k:08}/v0")).await?;
@@ -1585,6 +2052,7 @@ struct Report {
     clients: usize,
     budget: Budget,
     restore_items: usize,
+    connections: usize,
     list_pool: u64,
     mongo_version: String,
     load_before: String,
@@ -1650,8 +2118,12 @@ impl Report {
              version document (`_id` = `id:ov`, so one writer wins each ov) and upserts the head at the expected ov: \
              3 Mongo commands. A hot read is one `findOne`; getVersion a `findOne` on the version plus an S3 GET; \
              list one `find` on an index of the same shape as Chronos's. Enrich is compared with the update floor. \
-             The floor restore does per item what Chronos must (GET the old payload, write it as a new version) \
-             with as many items in flight, without paging. Each floor is measured in two halves, just before and \
+             The restore has three floors: *per-item copy* (per item what a copying restore must do: GET the old \
+             payload, write it as a new version, 16 in flight), *batched copy* (the same copies, each 500-item \
+             page's Mongo writes in one transaction) and *by reference*, the one Chronos is compared with: per \
+             500-item page, one `find` of the heads, one `find` of the target versions and one transaction of an \
+             `insert` of the page's versions (naming the targets' payload keys) and an `update` command moving the \
+             heads with a per-item ov precondition; no S3 request. Each floor is measured in two halves, just before and \
              just after the Chronos paths of its workload, and the halves are added up, so load drift does not \
              favour whichever side runs first."
                 .into(),
@@ -1659,9 +2131,18 @@ impl Report {
         line(
             "- Mongo commands are counted with the driver's command monitoring and connection-pool waits with its \
              CMAP events; S3 requests with a counting `PayloadStore` decorator (the floor times its own). Peak RSS \
-             is the process's VmHWM during each workload (reset before it).\n"
+             is the process's VmHWM during each workload (reset before it)."
                 .into(),
         );
+        line(format!(
+            "- **Memory under many connections**: the real `chronos serve` binary runs as a child process (on the \
+             benchmark's MongoDB database and buckets, and again on its embedded default), so its RSS is its own; \
+             this process opens {} keep-alive HTTP/1.1 connections to it, sends one request on each, then keeps \
+             every connection busy with getLatest requests (one at a time per connection) for the workload's \
+             budget. Its peak RSS is the child's VmHWM over that (reset first); the rows' other columns are the \
+             client's view. The child's Mongo and S3 requests are not counted.\n",
+            self.connections
+        ));
 
         line("## Results\n".into());
         line(
@@ -1672,7 +2153,10 @@ impl Report {
         for r in &b.rows {
             let ratio = b.ratio(r).map_or("—".into(), |x| format!("**{x:.2}**"));
             let ms = |v: f64| if r.has_latency { format!("{v:.2}") } else { "—".into() };
-            let unit = if matches!(r.workload, Workload::Restore | Workload::RestoreBatched) {
+            let unit = if matches!(
+                r.workload,
+                Workload::Restore | Workload::RestoreBatched | Workload::RestoreByRef
+            ) {
                 " items/s"
             } else {
                 ""
@@ -1697,13 +2181,12 @@ impl Report {
         ));
 
         line("### Where the time goes\n".into());
-        line(
+        line(format!(
             "Per operation, in ms: Mongo commands sent (and the summed round trip of each kind), waiting for a \
              pooled connection, S3 requests; *rest* = mean latency − those three: CPU in the client, the engine and \
-             the HTTP layer, plus scheduling on the saturated cores. The restore rows are per item and have no \
-             latency of their own (items are written 16 at a time).\n"
-                .into(),
-        );
+             the HTTP layer, plus scheduling on the saturated cores. The restore rows are **per {RESTORE_PAGE}-item \
+             page** (per-item figures are too small to read) and have no latency of their own.\n"
+        ));
         line(
             "| workload | path | what | Mongo commands per op (round trip) | Mongo | pool wait | S3 | mean | rest |"
                 .into(),
@@ -1713,7 +2196,12 @@ impl Report {
             let Some(breakdown) = &r.mongo else {
                 continue;
             };
-            let (mongo_ms, s3_ms) = (r.mongo_ms(), r.s3.map_or(0.0, |x| x.1));
+            let per_page = matches!(
+                r.workload,
+                Workload::Restore | Workload::RestoreBatched | Workload::RestoreByRef
+            );
+            let scale = if per_page { RESTORE_PAGE as f64 } else { 1.0 };
+            let (mongo_ms, s3_ms) = (r.mongo_ms() * scale, r.s3.map_or(0.0, |x| x.1) * scale);
             let (mean, rest) = if r.has_latency {
                 let rest = r.mean - mongo_ms - r.pool_ms - s3_ms;
                 (format!("{:.1}", r.mean), format!("{rest:.1}"))
@@ -1725,8 +2213,8 @@ impl Report {
                 r.workload.label(),
                 r.via.label(),
                 r.workload.what(r.via),
-                fmt_breakdown(breakdown),
-                r.pool_ms,
+                fmt_breakdown(breakdown, scale),
+                r.pool_ms * scale,
             ));
         }
         line(String::new());
@@ -1793,30 +2281,61 @@ fn targets(b: &Bench) -> Vec<(String, String, Option<bool>)> {
     if let Some(r) = b.find(Workload::Restore, Via::Engine) {
         let ratio = b
             .ratio(r)
-            .map_or(String::new(), |x| format!(" = {x:.2}× its per-item floor"));
-        let batched = b.find(Workload::RestoreBatched, Via::Floor);
-        let batched = batched.map_or(String::new(), |f| format!("; batched floor {:.0} items/s", f.ops_per_s));
+            .map_or(String::new(), |x| format!(" = {x:.2}× the by-reference floor"));
+        let floors: Vec<String> = [
+            (Workload::Restore, "per-item copy"),
+            (Workload::RestoreBatched, "batched copy"),
+        ]
+        .iter()
+        .filter_map(|&(w, what)| Some(format!("{what} {:.0}", b.find(w, Via::Floor)?.ops_per_s)))
+        .collect();
+        let http = b
+            .find(Workload::Restore, Via::Http)
+            .map_or(String::new(), |h| format!("; HTTP {:.0} items/s", h.ops_per_s));
         t.push((
             "restoreCollection ≥ 5000 items/s".into(),
-            format!("engine {:.0} items/s{ratio}{batched}", r.ops_per_s),
+            format!(
+                "engine {:.0} items/s{ratio}{http}; floors that copy payloads: {} items/s",
+                r.ops_per_s,
+                floors.join(", ")
+            ),
             Some(r.ops_per_s >= 5000.0),
         ));
     }
+    for (via, conns, mem) in &b.served {
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        t.push((
+            format!(
+                "engine RSS ≤ 100 MiB with {conns} open HTTP connections ({})",
+                via.label()
+            ),
+            format!(
+                "peak {:.0} MiB (idle before connecting {:.0} MiB; all {conns} open {:.0} MiB)",
+                mib(mem.peak_kib),
+                mib(mem.idle_kib),
+                mib(mem.open_kib)
+            ),
+            (*conns >= 1000).then_some(mem.peak_kib <= 100 * 1024),
+        ));
+    }
     t.push((
-        "peak RSS".into(),
+        "peak RSS of the benchmark process".into(),
         format!(
-            "{:.0} MiB for the whole run (load generator, HTTP server and engine in one process)",
+            "{:.0} MiB for the whole run (load generator, in-process HTTP server and engines)",
             b.peak_rss_kib as f64 / 1024.0
         ),
         None,
     ));
-    let embedded: Vec<String> = [Workload::Create, Workload::Update, Workload::GetLatest]
+    let mut embedded: Vec<String> = [Workload::Create, Workload::Update, Workload::GetLatest]
         .iter()
         .filter_map(|&w| {
             let r = b.find(w, Via::Embedded)?;
             Some(format!("{} {:.0}/s (p99 {:.1} ms)", w.label(), r.ops_per_s, r.p99))
         })
         .collect();
+    if let Some(r) = b.find(Workload::Restore, Via::Embedded) {
+        embedded.push(format!("restoreCollection {:.0} items/s", r.ops_per_s));
+    }
     if !embedded.is_empty() {
         t.push(("embedded default (SQLite + files)".into(), embedded.join(", "), None));
     }

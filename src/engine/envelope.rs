@@ -133,6 +133,7 @@ mod tests {
             meta: Map::new(),
             deleted: false,
             request: None,
+            payload_ref: None,
         }
     }
 

@@ -12,7 +12,8 @@ use super::error::{Error, Result};
 use super::model::{CollectionName, Head, ItemId, Op, RequestKey, State, Timestamp, VersionEntry};
 use super::query::Filter;
 use super::store::{
-    CommitError, HeadChange, HistoryPoint, ListQuery, MetaStore, NewData, PayloadStore, PendingWrite, TierBatch,
+    CommitError, HeadChange, HistoryPoint, ListQuery, MetaStore, NewData, PayloadStore, PendingWrite, RefWrite,
+    TierBatch,
 };
 
 #[derive(Default)]
@@ -119,6 +120,31 @@ pub(crate) fn next_head(change: &HeadChange, previous: Option<&Head>, ov: u64, c
         checksum: v.checksum.clone(),
         meta,
         inline,
+        payload_ref: None,
+    }
+}
+
+/// The head an append by reference produces from the head it was examined at; shared by the
+/// stores that build heads in process.
+pub(crate) fn ref_head(previous: &Head, w: &RefWrite, cv: u64) -> Head {
+    let v = &w.version;
+    let at = previous.updated_at.max(v.at);
+    let keep = w.keep_inline && previous.checksum == v.checksum;
+    Head {
+        id: previous.id.clone(),
+        ov: v.ov,
+        cv,
+        write_id: v.write_id.clone(),
+        inserted_at: previous.inserted_at,
+        updated_at: at,
+        deleted_at: v.deleted.then_some(at),
+        function_ids: previous.function_ids.clone(),
+        state: if keep { previous.state } else { State::Processed },
+        size: v.size,
+        checksum: v.checksum.clone(),
+        meta: v.meta.clone(),
+        inline: if keep { previous.inline.clone() } else { None },
+        payload_ref: v.payload_ref.clone(),
     }
 }
 
@@ -183,6 +209,60 @@ impl MetaStore for MemoryMetaStore {
 
     async fn head(&self, collection: &CollectionName, id: &ItemId) -> Result<Option<Head>> {
         Ok(self.lock().get(collection).and_then(|c| c.heads.get(id).cloned()))
+    }
+
+    async fn append_by_reference(&self, collection: &CollectionName, writes: Vec<RefWrite>) -> Result<Option<u64>> {
+        // Hold every item like a pending write would, in id order so two restores can't deadlock
+        // (single writes hold one item at a time).
+        let mut ids: Vec<ItemId> = writes.iter().map(|w| w.version.id.clone()).collect();
+        ids.sort();
+        ids.dedup();
+        if ids.len() != writes.len() {
+            return Err(Error::validation("writes", "one write per item"));
+        }
+        let locks: Vec<_> = {
+            let mut all = self.lock();
+            let coll = all.entry(collection.clone()).or_default();
+            ids.iter()
+                .map(|id| coll.locks.entry(id.clone()).or_default().clone())
+                .collect()
+        };
+        let mut _held = Vec::with_capacity(locks.len());
+        for l in locks {
+            _held.push(l.lock_owned().await);
+        }
+        let mut all = self.lock();
+        let coll = all.entry(collection.clone()).or_default();
+        let unchanged = writes.iter().all(|w| {
+            coll.heads
+                .get(&w.version.id)
+                .is_some_and(|h| h.ov == w.expected_ov && w.version.ov == h.ov + 1)
+        });
+        if !unchanged {
+            return Ok(None);
+        }
+        if let Some(r) = writes.iter().find_map(|w| w.version.request.as_ref())
+            && coll.requests.contains_key(&r.key)
+        {
+            return Err(Error::AlreadyExists(format!("a write with idempotency key {}", r.key)));
+        }
+        let first = coll.cv + 1;
+        for w in writes {
+            coll.cv += 1;
+            let cv = coll.cv;
+            let Some(previous) = coll.heads.get(&w.version.id) else {
+                return Err(Error::Corrupt("a head vanished under its lock".into()));
+            };
+            let head = ref_head(previous, &w, cv);
+            let mut v = w.version;
+            v.cv = cv;
+            if let Some(r) = &v.request {
+                coll.requests.insert(r.key.clone(), (v.id.clone(), v.ov));
+            }
+            coll.versions.insert((v.id.clone(), v.ov), v);
+            coll.heads.insert(head.id.clone(), head);
+        }
+        Ok(Some(first))
     }
 
     async fn version(&self, collection: &CollectionName, id: &ItemId, ov: u64) -> Result<Option<VersionEntry>> {

@@ -32,14 +32,14 @@ pub use content::{ContentKind, ContentMode};
 pub use counters::{CounterRule, Totals};
 pub use error::{Backend, Error, Result};
 pub use model::{
-    Attribution, CollectionName, ItemId, Op, Record, RequestKey, State, SystemFields, Timestamp, VersionEntry,
-    WriteOutcome,
+    Attribution, CollectionName, ItemId, Op, PayloadRef, Record, RequestKey, State, SystemFields, Timestamp,
+    VersionEntry, WriteOutcome,
 };
 pub use queue::{Operation, OperationId, OperationStatus, QueueSettings, QueueStats, Submitted, WriteRequest};
 pub use restore::{RestoreCounts, RestorePage};
 pub use retention::{PrunePolicy, PruneReport};
 pub use scrub::{Orphan, ScrubOptions, ScrubReport};
-pub use store::{HistoryPoint, MetaStore, PayloadStore};
+pub use store::{HistoryPoint, MetaStore, PayloadStore, RefWrite};
 pub use tiering::TieringReport;
 pub use versioning::{
     CollectionMap, Engine, EngineSettings, Enrichment, ListOptions, ListPage, ReadOptions, VersionTarget,

@@ -242,6 +242,10 @@ pub struct Head {
     pub meta: Map<String, Value>,
     /// The data inline while the item is hot (`state == new`) and small enough.
     pub inline: Option<String>,
+    /// Set when the latest version was appended by reference (see [`PayloadRef`]). Only valid
+    /// while `of` equals this head's `write_id`: writes that know nothing of references leave a
+    /// stale copy behind, which [`Head::payload`] then ignores.
+    pub payload_ref: Option<PayloadRef>,
 }
 
 impl Head {
@@ -259,6 +263,32 @@ impl Head {
             state: self.state,
         }
     }
+
+    /// The (ov, write id) naming the payload object that holds this head's data.
+    pub fn payload(&self) -> (u64, &str) {
+        match &self.payload_ref {
+            Some(r) if r.of == self.write_id => (r.ov, r.write_id.as_str()),
+            _ => (self.ov, self.write_id.as_str()),
+        }
+    }
+}
+
+/// A version whose data is another version's payload object (restore by reference): instead of
+/// copying the payload, the version entry (and the head) name the object of version `ov`, write
+/// `write_id` of the same item. Reads fetch that object and check its envelope against exactly
+/// that (ov, write id) and the data checksum, so a read still never returns another item's (or
+/// another version's) data. The envelope's `_system` block belongs to the referenced version, so
+/// what differs for the referring version is kept here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PayloadRef {
+    /// The write id of the version that refers: a reference is valid only next to it.
+    pub of: String,
+    /// The version whose payload object is used.
+    pub ov: u64,
+    pub write_id: String,
+    /// The referring version's `_system.functionIds`.
+    pub function_ids: Vec<String>,
 }
 
 /// One entry of the version index: everything about a version except its data.
@@ -282,6 +312,19 @@ pub struct VersionEntry {
     /// The idempotency key the write carried, if any (see [`RequestStamp`]).
     #[serde(skip)]
     pub request: Option<RequestStamp>,
+    /// Set when this version was appended by reference (see [`PayloadRef`]).
+    #[serde(skip)]
+    pub payload_ref: Option<PayloadRef>,
+}
+
+impl VersionEntry {
+    /// The (ov, write id) naming the payload object that holds this version's data.
+    pub fn payload(&self) -> (u64, &str) {
+        match &self.payload_ref {
+            Some(r) if r.of == self.write_id => (r.ov, r.write_id.as_str()),
+            _ => (self.ov, self.write_id.as_str()),
+        }
+    }
 }
 
 /// Where the payload of version `ov` of an item lives in the JSON bucket.
@@ -302,6 +345,18 @@ pub struct Record {
     pub write_id: String,
     pub system: SystemFields,
     pub data: Map<String, Value>,
+    /// Set when the version was appended by reference (see [`PayloadRef`]).
+    pub payload_ref: Option<PayloadRef>,
+}
+
+impl Record {
+    /// The (ov, write id) naming the payload object that holds this record's data.
+    pub fn payload(&self) -> (u64, &str) {
+        match &self.payload_ref {
+            Some(r) if r.of == self.write_id => (r.ov, r.write_id.as_str()),
+            _ => (self.ov, self.write_id.as_str()),
+        }
+    }
 }
 
 /// What a write returns.

@@ -18,9 +18,13 @@ use mongodb::{Client, ClientSession, Collection, Database, IndexModel};
 use serde_json::{Map, Value};
 
 use super::error::{Error, Result};
-use super::model::{CollectionName, Head, ItemId, Op, RequestKey, RequestStamp, State, Timestamp, VersionEntry};
+use super::model::{
+    CollectionName, Head, ItemId, Op, PayloadRef, RequestKey, RequestStamp, State, Timestamp, VersionEntry,
+};
 use super::query::{Cond, Filter};
-use super::store::{CommitError, HeadChange, HistoryPoint, ListQuery, MetaStore, NewData, PendingWrite, TierBatch};
+use super::store::{
+    CommitError, HeadChange, HistoryPoint, ListQuery, MetaStore, NewData, PendingWrite, RefWrite, TierBatch,
+};
 
 /// How often a write retries when another transaction holds its item, before giving up.
 const CONTENTION_ATTEMPTS: u32 = 40;
@@ -188,6 +192,36 @@ pub(crate) async fn start_transaction(client: &Client) -> Result<ClientSession> 
         .await
         .map_err(map_err)?;
     Ok(session)
+}
+
+impl MongoMetaStore {
+    /// The heads a listing returns; without their inline data unless `with_data`.
+    async fn find_heads(&self, c: &CollectionName, q: &ListQuery, with_data: bool) -> Result<Vec<Head>> {
+        use futures::TryStreamExt;
+        let mut filter = filter_doc(&q.filter);
+        if !q.include_deleted {
+            filter.insert("deletedAt", Bson::Null);
+        }
+        if let Some(after) = &q.after_id {
+            filter.insert("_id", doc! {if q.descending { "$lt" } else { "$gt" }: after.as_str()});
+        }
+        let heads = self.heads(c);
+        let mut find = heads
+            .find(filter)
+            .sort(doc! {"_id": if q.descending { -1 } else { 1 }})
+            .limit(q.limit as i64)
+            .batch_size(q.limit as u32);
+        if !with_data {
+            find = find.projection(doc! {"data": 0});
+        }
+        let docs: Vec<Document> = find.await.map_err(map_err)?.try_collect().await.map_err(map_err)?;
+        docs.into_iter()
+            .map(|d| {
+                let id: ItemId = get_string(&d, "_id")?.parse()?;
+                head_from_doc(&id, d)
+            })
+            .collect()
+    }
 }
 
 /// Filter and update for a change to an existing head.
@@ -452,6 +486,73 @@ impl MetaStore for MongoMetaStore {
         }
     }
 
+    async fn append_by_reference(&self, c: &CollectionName, writes: Vec<RefWrite>) -> Result<Option<u64>> {
+        if writes.is_empty() {
+            return Ok(Some(0));
+        }
+        let k = writes.len() as u64;
+        // One `$inc` for the whole batch: its cvs are `last - k + 1 ..= last`, in order.
+        let seq = self
+            .db
+            .collection::<Document>("chronos_sequences")
+            .find_one_and_update(doc! {"_id": c.as_str()}, doc! {"$inc": {"cv": k as i64}})
+            .upsert(true)
+            .return_document(ReturnDocument::After)
+            .await
+            .map_err(Error::metadata)?
+            .ok_or_else(|| Error::metadata("cv sequence upsert returned nothing"))?;
+        let first = get_u64(&seq, "cv")? + 1 - k;
+        let updates: Vec<Document> = (first..).zip(&writes).map(|(cv, w)| ref_head_update(w, cv)).collect();
+        let entries: Vec<Document> = (first..)
+            .zip(&writes)
+            .map(|(cv, w)| ref_version_doc(&w.version, cv))
+            .collect();
+        let mut session = self.start().await?;
+        // One `update` command carrying a statement per item: every head moves, or (a
+        // precondition failed, or another transaction holds an item) the batch is given up.
+        let reply = self
+            .db
+            .run_command(doc! {"update": format!("{c}_head"), "updates": updates, "ordered": true})
+            .session(&mut session)
+            .await;
+        let matched = match reply {
+            Ok(reply) if reply.get_array("writeErrors").is_err() => match reply.get("n") {
+                Some(Bson::Int32(n)) => *n as u64,
+                Some(Bson::Int64(n)) => *n as u64,
+                _ => 0,
+            },
+            Ok(_) => 0,
+            Err(e) if is_transient(&e) => 0,
+            Err(e) => {
+                let _ = session.abort_transaction().await;
+                return Err(map_err(e));
+            }
+        };
+        if matched != k {
+            let _ = session.abort_transaction().await;
+            return Ok(None);
+        }
+        match self.versions_coll(c).insert_many(entries).session(&mut session).await {
+            Ok(_) => {}
+            Err(e) => {
+                let _ = session.abort_transaction().await;
+                return if is_transient(&e) { Ok(None) } else { Err(map_err(e)) };
+            }
+        }
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match session.commit_transaction().await {
+                Ok(()) => return Ok(Some(first)),
+                // Retried like a single write's commit; if it stays unknown, the caller's rerun
+                // finds the items either restored (unchanged) or not, since no payload is involved.
+                Err(e) if e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) && tries < 3 => {}
+                Err(e) if is_transient(&e) => return Ok(None),
+                Err(e) => return Err(map_err(e)),
+            }
+        }
+    }
+
     async fn head(&self, c: &CollectionName, id: &ItemId) -> Result<Option<Head>> {
         let found = self
             .heads(c)
@@ -481,20 +582,20 @@ impl MetaStore for MongoMetaStore {
     }
 
     async fn list_heads(&self, c: &CollectionName, q: &ListQuery) -> Result<Vec<Head>> {
+        self.find_heads(c, q, true).await
+    }
+
+    async fn list_heads_without_data(&self, c: &CollectionName, q: &ListQuery) -> Result<Vec<Head>> {
+        self.find_heads(c, q, false).await
+    }
+
+    async fn heads_without_data(&self, c: &CollectionName, ids: &[ItemId]) -> Result<Vec<Head>> {
         use futures::TryStreamExt;
-        let mut filter = filter_doc(&q.filter);
-        if !q.include_deleted {
-            filter.insert("deletedAt", Bson::Null);
-        }
-        if let Some(after) = &q.after_id {
-            filter.insert("_id", doc! {if q.descending { "$lt" } else { "$gt" }: after.as_str()});
-        }
+        let ids: Vec<&str> = ids.iter().map(ItemId::as_str).collect();
         let docs: Vec<Document> = self
             .heads(c)
-            .find(filter)
-            .sort(doc! {"_id": if q.descending { -1 } else { 1 }})
-            .limit(q.limit as i64)
-            .batch_size(q.limit as u32)
+            .find(doc! {"_id": {"$in": ids}})
+            .projection(doc! {"data": 0})
             .await
             .map_err(map_err)?
             .try_collect()
@@ -559,7 +660,9 @@ impl MetaStore for MongoMetaStore {
         first.extend(bound);
         let pipeline = vec![
             doc! {"$match": first},
-            doc! {"$sort": {"itemId": 1, "ov": -1}},
+            // Backwards along the (itemId, ov) index: no in-memory sort (the order of the
+            // result does not matter).
+            doc! {"$sort": {"itemId": -1, "ov": -1}},
             doc! {"$group": {"_id": "$itemId", "v": {"$first": "$$ROOT"}}},
             doc! {"$replaceRoot": {"newRoot": "$v"}},
         ];
@@ -884,6 +987,7 @@ fn head_from_doc(id: &ItemId, d: Document) -> Result<Head> {
         checksum: get_string(&d, "checksum")?,
         meta: get_meta(&d),
         inline: get_opt_string(&d, "data"),
+        payload_ref: get_payload_ref(&d)?,
     })
 }
 
@@ -908,7 +1012,81 @@ fn version_from_doc(id: &ItemId, d: &Document) -> Result<VersionEntry> {
             }),
             _ => None,
         },
+        payload_ref: get_payload_ref(d)?,
     })
+}
+
+fn get_payload_ref(d: &Document) -> Result<Option<PayloadRef>> {
+    match d.get("payloadRef") {
+        None | Some(Bson::Null) => Ok(None),
+        Some(Bson::Document(r)) => Ok(Some(PayloadRef {
+            of: get_string(r, "of")?,
+            ov: get_u64(r, "ov")?,
+            write_id: get_string(r, "writeId")?,
+            function_ids: match r.get("functionIds") {
+                Some(Bson::Array(a)) => a.iter().filter_map(|b| b.as_str().map(str::to_owned)).collect(),
+                _ => vec![],
+            },
+        })),
+        Some(_) => Err(Error::Corrupt("field `payloadRef` is not a document".into())),
+    }
+}
+
+fn payload_ref_doc(r: &PayloadRef) -> Document {
+    doc! {"of": &r.of, "ov": r.ov as i64, "writeId": &r.write_id, "functionIds": &r.function_ids}
+}
+
+/// The entry of a version appended by reference, as stored.
+fn ref_version_doc(v: &VersionEntry, cv: u64) -> Document {
+    let mut d = doc! {
+        "_id": ObjectId::new(),
+        "itemId": v.id.as_str(),
+        "ov": v.ov as i64,
+        "cv": cv as i64,
+        "op": v.op.as_str(),
+        "at": to_date(v.at),
+        "actor": v.actor.as_deref(),
+        "reason": v.reason.as_deref(),
+        "writeId": &v.write_id,
+        "size": v.size as i64,
+        "checksum": &v.checksum,
+        "meta": to_bson_doc(&v.meta),
+        "deleted": v.deleted,
+    };
+    if let Some(r) = &v.payload_ref {
+        d.insert("payloadRef", payload_ref_doc(r));
+    }
+    if let Some(r) = &v.request {
+        d.insert("requestId", r.key.as_str());
+        d.insert("requestHash", &r.fingerprint);
+    }
+    d
+}
+
+/// One statement of the batched head `update` of an append by reference.
+fn ref_head_update(w: &RefWrite, cv: u64) -> Document {
+    let v = &w.version;
+    // `cv < ours` as in single writes; `ov` pins the head the engine examined.
+    let filter = doc! {"_id": v.id.as_str(), "ov": w.expected_ov as i64, "cv": {"$lt": cv as i64}};
+    let mut set = doc! {
+        "ov": v.ov as i64,
+        "cv": cv as i64,
+        "writeId": &v.write_id,
+        "deletedAt": if v.deleted { Bson::DateTime(to_date(v.at)) } else { Bson::Null },
+        "size": v.size as i64,
+        "checksum": &v.checksum,
+        "meta": to_bson_doc(&v.meta),
+    };
+    if let Some(r) = &v.payload_ref {
+        set.insert("payloadRef", payload_ref_doc(r));
+    }
+    let mut update = doc! {"$max": {"updatedAt": to_date(v.at)}};
+    if !w.keep_inline {
+        set.insert("state", State::Processed.as_str());
+        update.insert("$unset", doc! {"data": ""});
+    }
+    update.insert("$set", set);
+    doc! {"q": filter, "u": update}
 }
 
 /// JSON → BSON for indexed metadata. Integers stay integers (as i64 when they fit) so equality

@@ -5,6 +5,14 @@
 //! pages of item ids: each page is independent, so a restore can stop anywhere and continue
 //! from the last page's cursor. Redoing a page does nothing twice: an item that already equals
 //! its target state is left alone (states are compared by data checksum and deleted flag).
+//!
+//! Versions are appended **by reference** (see `docs/design.md`): a restored version names the
+//! target version's existing payload object instead of copying it, and a delete names the
+//! current one, so a restore costs no payload request at all. A page's versions are appended in
+//! one batch (one cv allocation, one transaction) with a precondition per item; when an item
+//! changed meanwhile, the page's items are examined again, and a page that keeps changing is done
+//! item by item. A page is the fixed set of items its listing returned, so pages are independent
+//! and a whole-collection restore writes several at once.
 
 use std::collections::HashMap;
 
@@ -12,13 +20,25 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use super::error::{Error, Result};
-use super::model::{Attribution, CollectionName, Head, ItemId, Op, VersionEntry};
+use super::model::{Attribution, CollectionName, Head, ItemId, Op, PayloadRef, VersionEntry, WriteOutcome, now};
 use super::query::Filter;
-use super::store::{HistoryPoint, ListQuery};
-use super::versioning::{Engine, NewContent};
+use super::store::{HistoryPoint, ListQuery, RefWrite};
+use super::versioning::{Engine, VersionTarget};
 
-/// How many times an item written concurrently during the restore is re-examined.
-const ITEM_ATTEMPTS: usize = 3;
+/// How many times an item written concurrently during the restore is re-examined (with a
+/// growing pause: a conflict may be another transaction still holding the item, as in
+/// single writes).
+const ITEM_ATTEMPTS: u32 = 20;
+
+/// How many times a page whose batch met a concurrent write is examined again before it is done
+/// item by item (so one busy item can't keep the rest of its page from being restored).
+const PAGE_ATTEMPTS: usize = 2;
+
+/// A page: its items' heads, each with its version at the restore point (`None`: created after it).
+type Work = Vec<(Head, Option<VersionEntry>)>;
+
+/// Pages of [`Engine::restore_collection`] being written at once.
+const RESTORE_PAGES_IN_FLIGHT: usize = 3;
 
 /// Items per page of [`Engine::restore_collection`].
 pub const RESTORE_PAGE: usize = 500;
@@ -96,6 +116,83 @@ impl Engine {
         if limit == 0 || limit > 1000 {
             return Err(Error::validation("limit", "must be between 1 and 1000"));
         }
+        if !dry_run {
+            self.prepare(collection).await?;
+        }
+        let (work, next_after_id) = self.examine_page(collection, point, after_id, limit).await?;
+        let counts = self.apply_page(collection, point, work, dry_run, who).await?;
+        Ok(RestorePage { counts, next_after_id })
+    }
+
+    /// Bring a page's items to their target state: one batch; if an item changed meanwhile,
+    /// the same items are examined again, and done item by item if that keeps happening. A page
+    /// is a fixed set of items, so pages are independent of each other.
+    async fn apply_page(
+        &self,
+        collection: &CollectionName,
+        point: HistoryPoint,
+        mut work: Work,
+        dry_run: bool,
+        who: &Attribution,
+    ) -> Result<RestoreCounts> {
+        for attempt in 1..=PAGE_ATTEMPTS {
+            if dry_run {
+                break;
+            }
+            let writes: Vec<RefWrite> = work
+                .iter()
+                .filter_map(|(head, target)| ref_write(head, target.as_ref(), who))
+                .collect();
+            if writes.is_empty() || self.meta().append_by_reference(collection, writes).await?.is_some() {
+                break;
+            }
+            if attempt >= PAGE_ATTEMPTS {
+                // Written meanwhile, again: item by item, so only the busy items wait.
+                work = futures::stream::iter(work)
+                    .map(|(head, target)| self.restore_item(collection, head, target, point, who))
+                    .buffer_unordered(16)
+                    .try_collect()
+                    .await?;
+                break;
+            }
+            // Their targets can't have changed, only their heads.
+            let ids: Vec<ItemId> = work.iter().map(|(h, _)| h.id.clone()).collect();
+            let mut heads: HashMap<ItemId, Head> = self
+                .meta()
+                .heads_without_data(collection, &ids)
+                .await?
+                .into_iter()
+                .map(|h| (h.id.clone(), h))
+                .collect();
+            for (head, _) in &mut work {
+                *head = heads
+                    .remove(&head.id)
+                    .ok_or_else(|| Error::Corrupt(format!("{collection}/{} lost its head", head.id)))?;
+            }
+        }
+        let mut counts = RestoreCounts {
+            examined: work.len() as u64,
+            ..Default::default()
+        };
+        for (head, target) in &work {
+            match action(head, target.as_ref()) {
+                Action::Restore => counts.restored += 1,
+                Action::Delete => counts.deleted += 1,
+                Action::Keep => counts.unchanged += 1,
+            }
+        }
+        Ok(counts)
+    }
+
+    /// One page's heads, each with its version at the point (`None`: created after it), and the
+    /// cursor of the next page.
+    async fn examine_page(
+        &self,
+        collection: &CollectionName,
+        point: HistoryPoint,
+        after_id: Option<ItemId>,
+        limit: usize,
+    ) -> Result<(Work, Option<ItemId>)> {
         let query = ListQuery {
             filter: Filter::default(),
             after_id,
@@ -103,7 +200,7 @@ impl Engine {
             descending: false,
             include_deleted: true,
         };
-        let heads = self.meta().list_heads(collection, &query).await?;
+        let heads = self.meta().list_heads_without_data(collection, &query).await?;
         let ids: Vec<ItemId> = heads.iter().map(|h| h.id.clone()).collect();
         let mut targets: HashMap<ItemId, VersionEntry> = self
             .meta()
@@ -113,34 +210,20 @@ impl Engine {
             .map(|v| (v.id.clone(), v))
             .collect();
         let next_after_id = (heads.len() == limit).then(|| ids.last().cloned()).flatten();
-        let work: Vec<(Head, Option<VersionEntry>)> = heads
+        let work = heads
             .into_iter()
             .map(|h| {
                 let t = targets.remove(&h.id);
                 (h, t)
             })
             .collect();
-        let actions: Vec<Action> = futures::stream::iter(work)
-            .map(|(head, target)| self.restore_item(collection, head, target, point, dry_run, who))
-            .buffer_unordered(16)
-            .try_collect()
-            .await?;
-        let mut counts = RestoreCounts {
-            examined: actions.len() as u64,
-            ..Default::default()
-        };
-        for a in actions {
-            match a {
-                Action::Restore => counts.restored += 1,
-                Action::Delete => counts.deleted += 1,
-                Action::Keep => counts.unchanged += 1,
-            }
-        }
-        Ok(RestorePage { counts, next_after_id })
+        Ok((work, next_after_id))
     }
 
     /// Restore (or plan) the whole collection, page by page; `progress(sums, total)` is called
-    /// after each page.
+    /// after each page. Pages are listed one after the other (each starts after the last id of
+    /// the one before) and written [`RESTORE_PAGES_IN_FLIGHT`] at a time: they hold different
+    /// items, and overlapping them keeps mongod busy through each batch's round trips.
     pub async fn restore_collection(
         &self,
         collection: &CollectionName,
@@ -150,78 +233,241 @@ impl Engine {
         mut progress: impl FnMut(&RestoreCounts, u64),
     ) -> Result<RestoreCounts> {
         let total = self.count_items(collection).await?;
+        if !dry_run {
+            self.prepare(collection).await?;
+        }
+        let size = self.settings().restore_page.clamp(1, 1000);
+        type Listing<'a> =
+            std::pin::Pin<Box<dyn std::future::Future<Output = Result<(Work, Option<ItemId>)>> + Send + 'a>>;
+        // The next page being listed (`None` once the last one was); the pages being written.
+        let mut listing: Option<Listing<'_>> = Some(Box::pin(self.examine_page(collection, point, None, size)));
+        let mut writing = futures::stream::FuturesOrdered::new();
         let mut sums = RestoreCounts::default();
-        let mut after = None;
         loop {
-            let page = self
-                .restore_collection_page(collection, point, after, RESTORE_PAGE, dry_run, who)
-                .await?;
-            sums.add(&page.counts);
-            progress(&sums, total);
-            match page.next_after_id {
-                Some(next) => after = Some(next),
-                None => return Ok(sums),
+            let list_more = listing.is_some() && writing.len() < RESTORE_PAGES_IN_FLIGHT;
+            let listed = async {
+                match listing.as_mut() {
+                    Some(list) => list.await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                listed = listed, if list_more => {
+                    let (work, next) = listed?;
+                    writing.push_back(self.apply_page(collection, point, work, dry_run, who));
+                    listing = next.map(|after| -> Listing<'_> {
+                        Box::pin(self.examine_page(collection, point, Some(after), size))
+                    });
+                }
+                Some(counts) = writing.next() => {
+                    sums.add(&counts?);
+                    progress(&sums, total);
+                }
+                else => break,
             }
         }
+        Ok(sums)
     }
 
+    /// One item of a page that kept changing: append its version alone, looking at its head
+    /// again whenever it was written meanwhile. Returns the head it was last examined at (now
+    /// equal to its target state, or left alone because it already was).
     async fn restore_item(
         &self,
         collection: &CollectionName,
         mut head: Head,
         target: Option<VersionEntry>,
         point: HistoryPoint,
-        dry_run: bool,
         who: &Attribution,
-    ) -> Result<Action> {
-        for attempt in 1..=ITEM_ATTEMPTS {
-            let act = action(&head, target.as_ref());
-            if dry_run || act == Action::Keep {
-                return Ok(act);
+    ) -> Result<(Head, Option<VersionEntry>)> {
+        for attempt in 0..ITEM_ATTEMPTS {
+            if attempt > 0 {
+                backoff(attempt).await;
             }
-            let result = match (act, &target) {
-                (Action::Restore, Some(t)) => {
-                    let decoded = self.load(collection, &t.id, t.ov, &t.write_id, &t.checksum).await?;
-                    let data = self.new_data(collection, decoded.data)?;
-                    self.write(
-                        collection,
-                        &head.id,
-                        Op::Restore,
-                        Some(head.ov),
-                        NewContent::Data(data),
-                        None,
-                        who,
-                        None,
-                    )
-                    .await
-                }
-                _ => {
-                    self.write(
-                        collection,
-                        &head.id,
-                        Op::Delete,
-                        Some(head.ov),
-                        NewContent::KeepPrevious,
-                        None,
-                        who,
-                        None,
-                    )
-                    .await
-                }
+            let Some(write) = ref_write(&head, target.as_ref(), who) else {
+                return Ok((head, target));
             };
-            match result {
-                Ok(_) => return Ok(act),
-                // Written meanwhile: look again (its target state can't have changed).
-                Err(Error::VersionConflict { .. } | Error::NotFound(_)) if attempt < ITEM_ATTEMPTS => {
-                    head = self
-                        .meta()
-                        .head(collection, &head.id)
-                        .await?
-                        .ok_or_else(|| Error::Corrupt(format!("{collection}/{} lost its head", head.id)))?;
-                }
-                Err(e) => return Err(e),
+            if self
+                .meta()
+                .append_by_reference(collection, vec![write])
+                .await?
+                .is_some()
+            {
+                return Ok((head, target));
             }
+            // Its target state can't have changed, only its head.
+            head = self
+                .meta()
+                .head(collection, &head.id)
+                .await?
+                .ok_or_else(|| Error::Corrupt(format!("{collection}/{} lost its head", head.id)))?;
         }
         Err(Error::Contended(format!("{collection} restore to {point:?}")))
+    }
+
+    /// Append a version equal to an earlier one (by ov or by time), by reference to that
+    /// version's payload. Restoring a deleted item undeletes it. Nothing is rewritten: history
+    /// only grows.
+    pub async fn restore_object(
+        &self,
+        collection: &CollectionName,
+        id: &ItemId,
+        target: VersionTarget,
+        expected_ov: Option<u64>,
+        who: &Attribution,
+    ) -> Result<WriteOutcome> {
+        let body = match target {
+            VersionTarget::Ov(ov) => serde_json::json!({"ov": ov}),
+            VersionTarget::At(at) => serde_json::json!({"at": at}),
+        };
+        let stamp = super::versioning::stamp(who, collection, "restore", Some(id), expected_ov, &body)?;
+        if let Some(s) = &stamp
+            && let Some((_, first)) = self.replay(collection, s).await?
+        {
+            return Ok(first);
+        }
+        let restored = self
+            .restore_once(collection, id, target, expected_ov, who, stamp.as_ref())
+            .await;
+        match (restored, &stamp) {
+            // A racing retry with the same key lost at the key's unique index, or after it.
+            (Err(e), Some(s)) => match self.replay(collection, s).await? {
+                Some((_, first)) => Ok(first),
+                None => Err(e),
+            },
+            (other, _) => other,
+        }
+    }
+
+    async fn restore_once(
+        &self,
+        collection: &CollectionName,
+        id: &ItemId,
+        target: VersionTarget,
+        expected_ov: Option<u64>,
+        who: &Attribution,
+        stamp: Option<&super::model::RequestStamp>,
+    ) -> Result<WriteOutcome> {
+        let entry = match target {
+            VersionTarget::Ov(ov) => self.meta().version(collection, id, ov).await?,
+            VersionTarget::At(at) => self.meta().version_as_of(collection, id, at).await?,
+        };
+        let entry = entry.ok_or_else(|| Error::NotFound(format!("{collection}/{id} at {target}")))?;
+        if entry.deleted {
+            return Err(Error::validation(
+                "target",
+                format!(
+                    "version {} of {collection}/{id} is a delete; restore a version before it",
+                    entry.ov
+                ),
+            ));
+        }
+        self.prepare(collection).await?;
+        for attempt in 0..ITEM_ATTEMPTS {
+            if attempt > 0 {
+                backoff(attempt).await;
+            }
+            let head = self
+                .meta()
+                .head(collection, id)
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("{collection}/{id}")))?;
+            if let Some(expected) = expected_ov
+                && expected != head.ov
+            {
+                return Err(Error::VersionConflict {
+                    item: format!("{collection}/{id}"),
+                    expected,
+                    current: head.ov,
+                });
+            }
+            let mut write = restore_write(&head, &entry, who);
+            write.version.request = stamp.cloned();
+            let (ov, at) = (write.version.ov, write.version.at);
+            if let Some(cv) = self.meta().append_by_reference(collection, vec![write]).await? {
+                return Ok(WriteOutcome {
+                    ov,
+                    cv,
+                    at,
+                    replayed: false,
+                });
+            }
+            // Written meanwhile: with an expected ov that is a conflict (next round), without
+            // one the last writer wins and we go again from the new head.
+        }
+        Err(Error::Contended(format!("{collection}/{id}")))
+    }
+}
+
+/// Jittered exponential pause, 1 ms … 64 ms: a holder's transaction is short (no payload upload
+/// for a restore, one for a single write).
+async fn backoff(attempt: u32) {
+    let cap = 1u64 << attempt.min(6);
+    let jitter = u64::from(uuid::Uuid::new_v4().as_u128() as u32) % cap;
+    tokio::time::sleep(std::time::Duration::from_millis(1 + jitter)).await;
+}
+
+/// The append that brings `head` to its target state, or `None` when it is already there.
+fn ref_write(head: &Head, target: Option<&VersionEntry>, who: &Attribution) -> Option<RefWrite> {
+    match (action(head, target), target) {
+        (Action::Keep, _) => None,
+        (Action::Restore, Some(t)) => Some(restore_write(head, t, who)),
+        _ => Some(delete_write(head, who)),
+    }
+}
+
+/// A new version of `head`'s item: its coordinates, time and attribution, with the data of the
+/// payload object named by `payload`.
+fn ref_entry(head: &Head, op: Op, payload: (u64, &str), who: &Attribution) -> VersionEntry {
+    let write_id = uuid::Uuid::now_v7().simple().to_string();
+    VersionEntry {
+        id: head.id.clone(),
+        ov: head.ov + 1,
+        cv: 0,
+        op,
+        // Per item, time never runs backwards (as in single writes).
+        at: head.updated_at.max(now()),
+        actor: who.actor.clone(),
+        reason: who.reason.clone(),
+        payload_ref: Some(PayloadRef {
+            of: write_id.clone(),
+            ov: payload.0,
+            write_id: payload.1.to_owned(),
+            function_ids: head.function_ids.clone(),
+        }),
+        write_id,
+        size: 0,
+        checksum: String::new(),
+        meta: Default::default(),
+        deleted: false,
+        request: None,
+    }
+}
+
+/// Bring back `target`'s data: the new version names the payload object that holds it.
+fn restore_write(head: &Head, target: &VersionEntry, who: &Attribution) -> RefWrite {
+    let mut v = ref_entry(head, Op::Restore, target.payload(), who);
+    v.size = target.size;
+    v.checksum = target.checksum.clone();
+    v.meta = target.meta.clone();
+    RefWrite {
+        expected_ov: head.ov,
+        // Restoring a deleted item to the data it still holds keeps its inline copy.
+        keep_inline: head.checksum == target.checksum,
+        version: v,
+    }
+}
+
+/// A logical delete that keeps the current data: the new version names the current payload.
+fn delete_write(head: &Head, who: &Attribution) -> RefWrite {
+    let mut v = ref_entry(head, Op::Delete, head.payload(), who);
+    v.size = head.size;
+    v.checksum = head.checksum.clone();
+    v.meta = head.meta.clone();
+    v.deleted = true;
+    RefWrite {
+        expected_ov: head.ov,
+        keep_inline: true,
+        version: v,
     }
 }

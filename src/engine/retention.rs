@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::error::{Error, Result};
-use super::model::{CollectionName, Head, ItemId, Op, Timestamp, VersionEntry, now, payload_key};
+use super::model::{CollectionName, Head, ItemId, Op, PayloadRef, Timestamp, VersionEntry, now, payload_key};
 use super::query::Filter;
 use super::store::ListQuery;
 use super::versioning::{Engine, VersionTarget};
@@ -57,6 +57,9 @@ struct ManifestEntry {
     checksum: String,
     meta: Map<String, Value>,
     deleted: bool,
+    /// A version appended by reference keeps naming the payload it uses after it is pruned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    payload_ref: Option<PayloadRef>,
 }
 
 impl ManifestEntry {
@@ -73,6 +76,7 @@ impl ManifestEntry {
             checksum: v.checksum.clone(),
             meta: v.meta.clone(),
             deleted: v.deleted,
+            payload_ref: v.payload_ref.clone(),
         }
     }
 
@@ -90,6 +94,7 @@ impl ManifestEntry {
             checksum: self.checksum,
             meta: self.meta,
             deleted: self.deleted,
+            payload_ref: self.payload_ref,
             // A pruned version's idempotency key is forgotten with it (see `version_by_request`).
             request: None,
         }
@@ -188,12 +193,22 @@ impl Engine {
         backups: std::sync::Arc<dyn super::store::PayloadStore>,
     ) -> Result<u64> {
         let mut doomed = Vec::new();
+        // Payload objects that kept versions read: a version restored by reference may use the
+        // payload of a version pruned here, so that payload must stay.
+        let mut kept_payloads = std::collections::HashSet::new();
         let mut after = None;
         loop {
             let page = self.meta().versions(collection, &head.id, after, 1000).await?;
             let Some(last) = page.last() else { break };
             after = Some(last.ov);
-            doomed.extend(page.into_iter().filter(|v| !policy.keeps(v, head.ov, cutoff)));
+            for v in page {
+                if policy.keeps(&v, head.ov, cutoff) {
+                    let (ov, write_id) = v.payload();
+                    kept_payloads.insert(payload_key(collection, &head.id, ov, write_id));
+                } else {
+                    doomed.push(v);
+                }
+            }
         }
         if doomed.is_empty() || dry_run {
             return Ok(doomed.len() as u64);
@@ -211,10 +226,16 @@ impl Engine {
         let ovs: Vec<u64> = doomed.iter().map(|v| v.ov).collect();
         self.meta().delete_versions(collection, &head.id, &ovs).await?;
         if policy.delete_payloads {
-            for v in &doomed {
-                self.payload_store()
-                    .delete(&payload_key(collection, &head.id, v.ov, &v.write_id))
-                    .await?;
+            let keys: std::collections::BTreeSet<String> = doomed
+                .iter()
+                .map(|v| {
+                    let (ov, write_id) = v.payload();
+                    payload_key(collection, &head.id, ov, write_id)
+                })
+                .filter(|k| !kept_payloads.contains(k))
+                .collect();
+            for key in keys {
+                self.payload_store().delete(&key).await?;
             }
         }
         Ok(doomed.len() as u64)

@@ -23,14 +23,16 @@ use tokio::sync::OwnedMutexGuard;
 use super::error::{Error, Result};
 use super::local::LocalPayloadStore;
 use super::memory::after;
-use super::memory::{HEAD_OVERHEAD, check_precondition, next_head};
+use super::memory::{HEAD_OVERHEAD, check_precondition, next_head, ref_head};
 use super::model::{CollectionName, Head, ItemId, Op, RequestKey, RequestStamp, Timestamp, VersionEntry};
 use super::query::Filter;
-use super::store::{CommitError, HeadChange, HistoryPoint, ListQuery, MetaStore, NewData, PendingWrite, TierBatch};
+use super::store::{
+    CommitError, HeadChange, HistoryPoint, ListQuery, MetaStore, NewData, PendingWrite, RefWrite, TierBatch,
+};
 use super::versioning::{Engine, EngineSettings};
 
 /// Bumped whenever the tables change; a database from a newer build is refused, not misread.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// How long a write waits for another write of the same item before reporting contention.
 const ITEM_WAIT: Duration = Duration::from_secs(30);
@@ -76,7 +78,7 @@ CREATE TABLE versions (
 ) STRICT;
 ";
 
-/// Schema 1 → 2: idempotency keys on versions, and the retry queue with its dead letters.
+/// Schema 2: idempotency keys on versions, and the retry queue with its dead letters.
 const MIGRATE_2: &str = "
 ALTER TABLE versions ADD COLUMN request_id TEXT;
 ALTER TABLE versions ADD COLUMN request_hash TEXT;
@@ -104,11 +106,20 @@ CREATE TABLE dead_letters (
 ";
 
 const HEAD_COLUMNS: &str = "ov, cv, write_id, inserted_at, updated_at, deleted_at, function_ids, \
-                            state, size, checksum, meta, inline_data";
+                            state, size, checksum, meta, inline_data, payload_ref";
 const VERSION_COLUMNS: &str =
-    "ov, cv, op, at, actor, reason, write_id, size, checksum, meta, deleted, request_id, request_hash";
+    "ov, cv, op, at, actor, reason, write_id, size, checksum, meta, deleted, request_id, request_hash, payload_ref";
 /// How many columns `VERSION_COLUMNS` has: a column selected after them has this index.
-const VERSION_COLUMN_COUNT: usize = 13;
+const VERSION_COLUMN_COUNT: usize = 14;
+
+/// Schema changes after version 1, in order; entry `i` takes a database from version `i + 1` to
+/// `i + 2`. Only additive changes, so a database is upgraded in place at open.
+const MIGRATIONS: &[&str] = &[
+    // 2: idempotency keys on versions, and the retry queue with its dead letters.
+    MIGRATE_2,
+    // 3: restore by reference. A JSON `PayloadRef`; NULL = the version's own payload object.
+    "ALTER TABLE heads ADD COLUMN payload_ref TEXT; ALTER TABLE versions ADD COLUMN payload_ref TEXT;",
+];
 
 /// An engine on the embedded backends: `dir/chronos.db` and `dir/payloads/`, created if needed.
 pub fn embedded(dir: &Path, settings: EngineSettings) -> Result<Engine> {
@@ -212,11 +223,13 @@ fn create_schema(conn: &mut Connection) -> Result<()> {
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .map_err(map_sql)?;
     match version {
-        0 | 1 => {
+        0..SCHEMA_VERSION => {
             if version == 0 {
                 tx.execute_batch(SCHEMA).map_err(map_sql)?;
             }
-            tx.execute_batch(MIGRATE_2).map_err(map_sql)?;
+            for step in &MIGRATIONS[(version.max(1) - 1) as usize..] {
+                tx.execute_batch(step).map_err(map_sql)?;
+            }
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(map_sql)?;
         }
@@ -289,6 +302,7 @@ struct HeadRow {
     checksum: String,
     meta: String,
     inline: Option<String>,
+    payload_ref: Option<String>,
 }
 
 impl HeadRow {
@@ -306,6 +320,7 @@ impl HeadRow {
             checksum: r.get(9)?,
             meta: r.get(10)?,
             inline: r.get(11)?,
+            payload_ref: r.get(12)?,
         })
     }
 
@@ -324,6 +339,10 @@ impl HeadRow {
             checksum: self.checksum,
             meta: from_json(&self.meta, "meta")?,
             inline: self.inline,
+            payload_ref: self
+                .payload_ref
+                .map(|r| from_json(&r, "payload reference"))
+                .transpose()?,
         })
     }
 }
@@ -343,6 +362,7 @@ struct VersionRow {
     deleted: bool,
     request_id: Option<String>,
     request_hash: Option<String>,
+    payload_ref: Option<String>,
 }
 
 impl VersionRow {
@@ -361,6 +381,7 @@ impl VersionRow {
             deleted: r.get(10)?,
             request_id: r.get(11)?,
             request_hash: r.get(12)?,
+            payload_ref: r.get(13)?,
         })
     }
 
@@ -385,6 +406,10 @@ impl VersionRow {
                 }),
                 _ => None,
             },
+            payload_ref: self
+                .payload_ref
+                .map(|r| from_json(&r, "payload reference"))
+                .transpose()?,
         })
     }
 }
@@ -546,6 +571,82 @@ fn commit_write(
     })
 }
 
+/// Apply a batch of appends by reference in one transaction; `Ok(None)` (and nothing written)
+/// when a head is no longer at its expected ov.
+fn append_refs(conn: &mut Connection, c: &CollectionName, writes: &[RefWrite]) -> Result<Option<u64>> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(map_sql)?;
+    let mut first = None;
+    for w in writes {
+        let v = &w.version;
+        let Some(previous) = read_head(&tx, c, &v.id)? else {
+            return Ok(None);
+        };
+        if previous.ov != w.expected_ov || v.ov != previous.ov + 1 {
+            return Ok(None);
+        }
+        let cv = next_cv(&tx, c)?;
+        first.get_or_insert(cv);
+        let head = ref_head(&previous, w, cv);
+        let payload_ref = v.payload_ref.as_ref().map(to_json).transpose()?;
+        let (ov, cv_i, previous_ov) = (to_i64(v.ov, "ov")?, to_i64(cv, "cv")?, to_i64(previous.ov, "ov")?);
+        let (size, meta) = (to_i64(v.size, "size")?, to_json(&v.meta)?);
+        tx.prepare_cached(
+            "UPDATE heads SET ov = ?3, cv = ?4, write_id = ?5, updated_at = ?6, deleted_at = ?7, state = ?8, \
+             size = ?9, checksum = ?10, meta = ?11, inline_data = ?12, payload_ref = ?13 \
+             WHERE collection = ?1 AND item_id = ?2 AND ov = ?14",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                c.as_str(),
+                head.id.as_str(),
+                ov,
+                cv_i,
+                head.write_id,
+                head.updated_at.as_millisecond(),
+                head.deleted_at.map(|t| t.as_millisecond()),
+                head.state.as_str(),
+                size,
+                head.checksum,
+                meta,
+                head.inline,
+                payload_ref,
+                previous_ov,
+            ])
+        })
+        .map_err(map_sql)?;
+        tx.prepare_cached(
+            "INSERT INTO versions (collection, item_id, ov, cv, op, at, actor, reason, write_id, size, \
+             checksum, meta, deleted, payload_ref, request_id, request_hash) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                c.as_str(),
+                v.id.as_str(),
+                ov,
+                cv_i,
+                v.op.as_str(),
+                v.at.as_millisecond(),
+                v.actor,
+                v.reason,
+                v.write_id,
+                size,
+                v.checksum,
+                meta,
+                v.deleted,
+                payload_ref,
+                v.request.as_ref().map(|r| r.key.as_str()),
+                v.request.as_ref().map(|r| r.fingerprint.as_str()),
+            ])
+        })
+        .map_err(map_sql)?;
+    }
+    tx.commit().map_err(map_sql)?;
+    Ok(Some(first.unwrap_or(0)))
+}
+
 type ItemKey = (CollectionName, ItemId);
 type LockMap = Arc<Mutex<HashMap<ItemKey, Arc<tokio::sync::Mutex<()>>>>>;
 
@@ -684,6 +785,27 @@ impl MetaStore for SqliteMetaStore {
         }))
     }
 
+    async fn append_by_reference(&self, c: &CollectionName, writes: Vec<RefWrite>) -> Result<Option<u64>> {
+        let mut ids: Vec<ItemId> = writes.iter().map(|w| w.version.id.clone()).collect();
+        ids.sort();
+        ids.dedup();
+        if ids.len() != writes.len() {
+            return Err(Error::validation("writes", "one write per item"));
+        }
+        // Held like pending writes hold them (in id order, so two restores can't deadlock): a
+        // single write that began before us must commit against the head it saw.
+        let mut held = Vec::with_capacity(ids.len());
+        for id in ids {
+            held.push(self.inner.items.acquire((c.clone(), id)).await?);
+        }
+        let c = c.clone();
+        self.with_conn(move |conn| {
+            let _held = held;
+            append_refs(conn, &c, &writes)
+        })
+        .await
+    }
+
     async fn head(&self, c: &CollectionName, id: &ItemId) -> Result<Option<Head>> {
         let (c, id) = (c.clone(), id.clone());
         self.with_conn(move |conn| read_head(conn, &c, &id)).await
@@ -734,7 +856,7 @@ impl MetaStore for SqliteMetaStore {
                     .prepare_cached(&sql)
                     .and_then(|mut s| {
                         s.query_map(params![c.as_str(), cursor, q.include_deleted, page], |r| {
-                            Ok((HeadRow::read(r)?, r.get::<_, String>(12)?))
+                            Ok((HeadRow::read(r)?, r.get::<_, String>(13)?))
                         })?
                         .collect::<rusqlite::Result<Vec<_>>>()
                     })
@@ -1054,6 +1176,7 @@ mod tests {
             meta: Map::new(),
             deleted: false,
             request: None,
+            payload_ref: None,
         }
     }
 
@@ -1125,5 +1248,33 @@ mod tests {
             .pragma_update(None, "user_version", 99)
             .unwrap();
         assert!(matches!(SqliteMetaStore::open(&path), Err(Error::Unsupported(_))));
+    }
+
+    #[tokio::test]
+    async fn a_version_1_database_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute(
+                "INSERT INTO heads (collection, item_id, ov, cv, write_id, inserted_at, updated_at, function_ids, \
+                 state, size, checksum, meta) VALUES ('c', 'i', 0, 1, 'w', 0, 0, '[]', 'new', 2, 'x', '{}')",
+                [],
+            )
+            .unwrap();
+        }
+        let s = SqliteMetaStore::open(&path).unwrap();
+        let head = s
+            .head(&"c".parse().unwrap(), &"i".parse().unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((head.ov, head.write_id.as_str(), head.payload_ref), (0, "w", None));
+        let version: i64 = lock_std(&s.inner.conn)
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
     }
 }

@@ -91,6 +91,25 @@ pub enum CommitError {
     Unknown(super::Error),
 }
 
+/// One version appended by reference (collection restore): see
+/// [`MetaStore::append_by_reference`].
+#[derive(Debug, Clone)]
+pub struct RefWrite {
+    /// Precondition: the head is still at this ov, i.e. nothing was written to the item since the
+    /// engine examined it. The entry's `ov` is `expected_ov + 1`.
+    pub expected_ov: u64,
+    /// The entry to append, with `payload_ref` naming the payload object (its `of` is the entry's
+    /// own write id); the store fills in `cv`. The new head takes the entry's ov, cv, write id,
+    /// time (never backwards), deleted flag, size, checksum, meta and reference; it keeps
+    /// `insertedAt` and `functionIds`.
+    pub version: VersionEntry,
+    /// Whether the head keeps its inline data: yes when the data is unchanged (a delete). When it
+    /// changes, the inline copy is dropped and the head becomes `processed` (its data lives only
+    /// in the referenced payload object), because reading the data to inline it would cost the
+    /// very payload GET that restoring by reference avoids.
+    pub keep_inline: bool,
+}
+
 /// Which items a listing returns, in item-id order.
 #[derive(Debug, Clone)]
 pub struct ListQuery {
@@ -144,6 +163,18 @@ pub trait MetaStore: Send + Sync + 'static {
     /// a taken id), `VersionConflict`, `Contended`.
     async fn begin_write(&self, change: HeadChange) -> Result<Box<dyn PendingWrite>>;
     async fn head(&self, collection: &CollectionName, id: &ItemId) -> Result<Option<Head>>;
+    /// The heads of these items (those that exist, in any order), without inline data: a
+    /// restore's second look at a page.
+    async fn heads_without_data(&self, collection: &CollectionName, ids: &[ItemId]) -> Result<Vec<Head>> {
+        let mut heads = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(mut h) = self.head(collection, id).await? {
+                h.inline = None;
+                heads.push(h);
+            }
+        }
+        Ok(heads)
+    }
     async fn version(&self, collection: &CollectionName, id: &ItemId, ov: u64) -> Result<Option<VersionEntry>>;
     /// The latest version written at or before `at`.
     async fn version_as_of(
@@ -154,6 +185,15 @@ pub trait MetaStore: Send + Sync + 'static {
     ) -> Result<Option<VersionEntry>>;
     /// Heads matching the query (the filter applies to their indexed metadata).
     async fn list_heads(&self, collection: &CollectionName, query: &ListQuery) -> Result<Vec<Head>>;
+    /// [`MetaStore::list_heads`] without the inline data (`inline` is `None`), for work that needs
+    /// only the heads' coordinates and checksums (a restore): a page of hot heads is mostly data.
+    async fn list_heads_without_data(&self, collection: &CollectionName, query: &ListQuery) -> Result<Vec<Head>> {
+        let mut heads = self.list_heads(collection, query).await?;
+        for h in &mut heads {
+            h.inline = None;
+        }
+        Ok(heads)
+    }
     /// For each item, the version current at `at`, if it matches the query (the filter applies
     /// to that version's metadata; deleted versions only with `include_deleted`).
     async fn list_as_of(
@@ -195,6 +235,12 @@ pub trait MetaStore: Send + Sync + 'static {
     ) -> Result<TierBatch>;
     /// Remove these versions of an item from the index (retention); returns how many went.
     async fn delete_versions(&self, collection: &CollectionName, id: &ItemId, ovs: &[u64]) -> Result<u64>;
+    /// Append versions that reuse existing payload objects (see [`RefWrite`]), all or nothing:
+    /// allocate consecutive cvs for them, move each head if it is still at its `expected_ov`,
+    /// and insert the entries, atomically. `Ok(Some(cv))`: committed, the first write got `cv`,
+    /// the next `cv + 1` and so on. `Ok(None)`: nothing was written because some item changed (or
+    /// is being written) meanwhile; the caller re-examines and tries again.
+    async fn append_by_reference(&self, collection: &CollectionName, writes: Vec<RefWrite>) -> Result<Option<u64>>;
     /// How many items the collection has (deleted ones included).
     async fn count_items(&self, collection: &CollectionName) -> Result<u64>;
     /// The version written under this idempotency key, if any (keys are unique per collection

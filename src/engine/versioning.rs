@@ -89,6 +89,8 @@ pub struct EngineSettings {
     pub counter_rules: HashMap<String, Vec<super::counters::CounterRule>>,
     /// How the retry queue retries.
     pub queue: QueueSettings,
+    /// Items per page of a collection restore (one batch, one transaction each; 1 to 1000).
+    pub restore_page: usize,
 }
 
 impl Default for EngineSettings {
@@ -100,6 +102,7 @@ impl Default for EngineSettings {
             collection_maps: HashMap::new(),
             counter_rules: HashMap::new(),
             queue: QueueSettings::default(),
+            restore_page: super::restore::RESTORE_PAGE,
         }
     }
 }
@@ -389,59 +392,6 @@ impl Engine {
         Ok(outcome)
     }
 
-    /// Append a version equal to an earlier one (by ov or by time). Restoring a deleted item
-    /// undeletes it. Nothing is rewritten: history only grows.
-    pub async fn restore_object(
-        &self,
-        collection: &CollectionName,
-        id: &ItemId,
-        target: VersionTarget,
-        expected_ov: Option<u64>,
-        who: &Attribution,
-    ) -> Result<WriteOutcome> {
-        let body = match target {
-            VersionTarget::Ov(ov) => serde_json::json!({"ov": ov}),
-            VersionTarget::At(at) => serde_json::json!({"at": at}),
-        };
-        let stamp = stamp(who, collection, "restore", Some(id), expected_ov, &body)?;
-        if let Some(s) = &stamp
-            && let Some((_, first)) = self.replay(collection, s).await?
-        {
-            return Ok(first);
-        }
-        let entry = match target {
-            VersionTarget::Ov(ov) => self.meta.version(collection, id, ov).await?,
-            VersionTarget::At(at) => self.meta.version_as_of(collection, id, at).await?,
-        };
-        let entry = entry.ok_or_else(|| Error::NotFound(format!("{collection}/{id} at {target}")))?;
-        if entry.deleted {
-            return Err(Error::validation(
-                "target",
-                format!(
-                    "version {} of {collection}/{id} is a delete; restore a version before it",
-                    entry.ov
-                ),
-            ));
-        }
-        let decoded = self
-            .load(collection, id, entry.ov, &entry.write_id, &entry.checksum)
-            .await?;
-        let data = self.new_data(collection, decoded.data)?;
-        let (_, outcome) = self
-            .write(
-                collection,
-                id,
-                Op::Restore,
-                expected_ov,
-                NewContent::Data(data),
-                None,
-                who,
-                stamp,
-            )
-            .await?;
-        Ok(outcome)
-    }
-
     /// The latest version of an item.
     pub async fn get_latest(&self, collection: &CollectionName, id: &ItemId, opts: ReadOptions) -> Result<Record> {
         let head = self.meta.head(collection, id).await?;
@@ -460,7 +410,7 @@ impl Engine {
                 &format_args!("{collection}/{} v{}", head.id, head.ov),
             )?,
             None => {
-                self.load(collection, &head.id, head.ov, &head.write_id, &head.checksum)
+                self.load(collection, &head.id, head.payload(), &head.checksum)
                     .await?
                     .data
             }
@@ -472,6 +422,7 @@ impl Engine {
             cv: head.cv,
             write_id: head.write_id,
             data,
+            payload_ref: head.payload_ref,
         })
     }
 
@@ -584,26 +535,39 @@ impl Engine {
             )));
         }
         let decoded = self
-            .load(collection, &entry.id, entry.ov, &entry.write_id, &entry.checksum)
+            .load(collection, &entry.id, entry.payload(), &entry.checksum)
             .await?;
+        let mut system = decoded.system;
+        if let Some(r) = &entry.payload_ref {
+            // The envelope's `_system` is the referenced version's; insertedAt is the item's and
+            // the same in both, the rest is this version's own.
+            system.updated_at = entry.at;
+            system.deleted = entry.deleted;
+            system.deleted_at = entry.deleted.then_some(entry.at);
+            system.function_ids = r.function_ids.clone();
+        }
         Ok(Record {
             id: entry.id,
             ov: entry.ov,
             cv: entry.cv,
             write_id: entry.write_id,
-            system: decoded.system,
+            system,
             data: decoded.data,
+            payload_ref: entry.payload_ref,
         })
     }
 
+    /// The payload object `payload` = (ov, write id) of an item, checked to be exactly that
+    /// version's envelope with this data checksum. A version appended by reference passes the
+    /// (ov, write id) it refers to (`Head::payload`, `VersionEntry::payload`).
     pub(super) async fn load(
         &self,
         collection: &CollectionName,
         id: &ItemId,
-        ov: u64,
-        write_id: &str,
+        payload: (u64, &str),
         checksum: &str,
     ) -> Result<Decoded> {
+        let (ov, write_id) = payload;
         let key = payload_key(collection, id, ov, write_id);
         let bytes = self.payloads.get(&key).await?;
         // The index says this version exists: a missing payload is damage, not absence.
@@ -670,7 +634,7 @@ impl Engine {
         Ok(indexed.iter().map(|p| format!("meta_{p}")).collect())
     }
 
-    async fn prepare(&self, collection: &CollectionName) -> Result<()> {
+    pub(super) async fn prepare(&self, collection: &CollectionName) -> Result<()> {
         let cell = {
             let mut prepared = self.prepared.lock().unwrap_or_else(|p| p.into_inner());
             prepared.entry(collection.clone()).or_default().clone()
@@ -731,7 +695,7 @@ impl Engine {
     }
 
     /// The first outcome of the write made under this stamp's key, if there was one.
-    async fn replay(
+    pub(super) async fn replay(
         &self,
         collection: &CollectionName,
         stamp: &RequestStamp,
@@ -875,11 +839,7 @@ impl Engine {
             (None, Some(p)) => {
                 let json = match &p.inline {
                     Some(json) => json.clone(),
-                    None => {
-                        self.load(collection, &p.id, p.ov, &p.write_id, &p.checksum)
-                            .await?
-                            .data_json
-                    }
+                    None => self.load(collection, &p.id, p.payload(), &p.checksum).await?.data_json,
                 };
                 (Content::from_json(json), p.meta.clone())
             }
@@ -916,6 +876,7 @@ impl Engine {
             meta,
             deleted,
             request: stamp.cloned(),
+            payload_ref: None,
         };
         let body = envelope::encode(collection, &entry, &system, &content.json)?;
         Ok((entry, body))
@@ -925,7 +886,7 @@ impl Engine {
 /// The idempotency stamp of a write whose caller gave a key: the key and a fingerprint of what
 /// was asked (operation, item, precondition and body), so the same key can't be replayed for a
 /// different request.
-fn stamp(
+pub(super) fn stamp(
     who: &Attribution,
     collection: &CollectionName,
     op: &str,

@@ -45,6 +45,19 @@ async fn ensure(c: &ChronosCollection, ctx: &Context) -> Result<Action> {
         .await?;
         return Ok(Action::requeue(requeue::MISSING));
     };
+    if db.metadata.deletion_timestamp.is_some() {
+        // Its data may be being dropped (deletionPolicy: Delete): creating indexes now would
+        // bring the MongoDB database back.
+        let message = format!("ChronosDatabase {ns}/{} is being deleted", c.spec.database);
+        write_status(
+            c,
+            ctx,
+            Observed::failed(INDEXES_READY, "DatabaseDeleting", message),
+            Vec::new(),
+        )
+        .await?;
+        return Ok(Action::requeue(requeue::MISSING));
+    }
     let mut settings = EngineSettings::default();
     settings.collection_maps.insert(name.as_str().to_owned(), map);
     let indexes = async {
