@@ -81,6 +81,9 @@ impl From<engine::Error> for ApiError {
             E::AlreadyExists(_) => Self::new(StatusCode::CONFLICT, "already_exists", message),
             // The item stayed held by other writers for longer than a write waits.
             E::Contended(_) => Self::new(StatusCode::CONFLICT, "locked", message),
+            // The draft standard suggests 422; 409 says the same here (the request conflicts with
+            // what the key recorded) and is a status every write route documents.
+            E::IdempotencyKeyReused(_) => Self::new(StatusCode::CONFLICT, "idempotency_key_reused", message),
             E::OutcomeUnknown(_) => Self::new(StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown", message),
             E::Validation { field, reason } => {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", message)

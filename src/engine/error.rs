@@ -50,6 +50,11 @@ pub enum Error {
     #[error("{backend} unavailable: {message}")]
     Unavailable { backend: Backend, message: String },
 
+    /// An idempotency key came back with a different request than the one it was first used
+    /// for: answering with the first outcome would be wrong, and writing would break the key.
+    #[error("idempotency key {0}")]
+    IdempotencyKeyReused(String),
+
     /// A write's commit was sent but its outcome could not be learned: it may or may not have
     /// been made. Retrying with the same idempotency key is safe.
     #[error("the outcome of the write is unknown ({0}); retry with the same idempotency key")]

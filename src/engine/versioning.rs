@@ -704,13 +704,10 @@ impl Engine {
             return Ok(None);
         };
         if v.request.as_ref().is_some_and(|r| r.fingerprint != stamp.fingerprint) {
-            return Err(Error::validation(
-                "idempotencyKey",
-                format!(
-                    "`{}` was already used for a different request (on {collection}/{}); use a new key",
-                    stamp.key, v.id
-                ),
-            ));
+            return Err(Error::IdempotencyKeyReused(format!(
+                "`{}` was already used for a different request (on {collection}/{}); use a new key",
+                stamp.key, v.id
+            )));
         }
         let outcome = WriteOutcome {
             ov: v.ov,

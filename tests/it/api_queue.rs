@@ -43,7 +43,7 @@ async fn idempotency_keys_and_queued_writes_over_http() {
     let again: Value = again.json().await.unwrap();
     assert_eq!(again, first);
     let reused = post("create-1", json!({"t": "b"})).await.unwrap();
-    assert_eq!(reused.status(), 422, "a key reused for another request is refused");
+    assert_eq!(reused.status(), 409, "a key reused for another request is refused");
     let bad = post("has space", json!({})).await.unwrap();
     assert_eq!(bad.status(), 400);
 
