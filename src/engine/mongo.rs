@@ -330,25 +330,7 @@ impl PendingWrite for MongoPending {
     }
 
     async fn commit(mut self: Box<Self>, v: VersionEntry) -> Result<(), CommitError> {
-        let mut entry = doc! {
-            "_id": ObjectId::new(),
-            "itemId": v.id.as_str(),
-            "ov": v.ov as i64,
-            "cv": v.cv as i64,
-            "op": v.op.as_str(),
-            "at": to_date(v.at),
-            "actor": v.actor.as_deref(),
-            "reason": v.reason.as_deref(),
-            "writeId": &v.write_id,
-            "size": v.size as i64,
-            "checksum": &v.checksum,
-            "meta": to_bson_doc(&v.meta),
-            "deleted": v.deleted,
-        };
-        if let Some(r) = &v.request {
-            entry.insert("requestId", r.key.as_str());
-            entry.insert("requestHash", &r.fingerprint);
-        }
+        let entry = version_doc(&v, v.cv);
         if let Err(e) = self.store_versions.insert_one(entry).session(&mut self.session).await {
             let _ = self.session.abort_transaction().await;
             let retry = is_transient(&e);
@@ -505,7 +487,7 @@ impl MetaStore for MongoMetaStore {
         let updates: Vec<Document> = (first..).zip(&writes).map(|(cv, w)| ref_head_update(w, cv)).collect();
         let entries: Vec<Document> = (first..)
             .zip(&writes)
-            .map(|(cv, w)| ref_version_doc(&w.version, cv))
+            .map(|(cv, w)| version_doc(&w.version, cv))
             .collect();
         let mut session = self.start().await?;
         // One `update` command carrying a statement per item: every head moves, or (a
@@ -1036,8 +1018,8 @@ fn payload_ref_doc(r: &PayloadRef) -> Document {
     doc! {"of": &r.of, "ov": r.ov as i64, "writeId": &r.write_id, "functionIds": &r.function_ids}
 }
 
-/// The entry of a version appended by reference, as stored.
-fn ref_version_doc(v: &VersionEntry, cv: u64) -> Document {
+/// A version entry as stored, with collection version `cv`.
+fn version_doc(v: &VersionEntry, cv: u64) -> Document {
     let mut d = doc! {
         "_id": ObjectId::new(),
         "itemId": v.id.as_str(),
