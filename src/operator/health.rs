@@ -20,14 +20,17 @@ pub fn set_leading(leading: bool) {
     LEADING.store(leading, Ordering::SeqCst);
 }
 
-/// Count one reconcile of `controller` and its duration.
-pub fn record(controller: &'static str, started: Instant, ok: bool) {
+/// Run one reconcile of `controller`, counting it, its errors and its duration.
+pub async fn measured<T, E>(controller: &'static str, reconcile: impl Future<Output = Result<T, E>>) -> Result<T, E> {
+    let started = Instant::now();
+    let result = reconcile.await;
     metrics::counter!("chronos_operator_reconciles_total", "controller" => controller).increment(1);
-    if !ok {
+    if result.is_err() {
         metrics::counter!("chronos_operator_reconcile_errors_total", "controller" => controller).increment(1);
     }
     metrics::histogram!("chronos_operator_reconcile_duration_seconds", "controller" => controller)
         .record(started.elapsed().as_secs_f64());
+    result
 }
 
 /// The process-wide Prometheus recorder (only one recorder can be installed per process).

@@ -2,7 +2,6 @@
 //! (idempotent: `createIndexes` of an existing index is a no-op) → status.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
@@ -17,10 +16,7 @@ pub const INDEXES_READY: &str = "IndexesReady";
 const NAME: &str = "collection";
 
 pub async fn reconcile(c: Arc<ChronosCollection>, ctx: Arc<Context>) -> Result<Action> {
-    let started = Instant::now();
-    let result = ensure(&c, &ctx).await;
-    crate::operator::health::record(NAME, started, result.is_ok());
-    result
+    crate::operator::health::measured(NAME, ensure(&c, &ctx)).await
 }
 
 async fn ensure(c: &ChronosCollection, ctx: &Context) -> Result<Action> {

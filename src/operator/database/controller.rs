@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service};
@@ -28,22 +28,22 @@ pub const ENGINE_READY: &str = "EngineReady";
 pub const READY: &str = "Ready";
 
 pub async fn reconcile(db: Arc<ChronosDatabase>, ctx: Arc<Context>) -> Result<Action> {
-    let started = Instant::now();
     let ns = db.namespace().unwrap_or_default();
     let api: Api<ChronosDatabase> = Api::namespaced(ctx.client.clone(), &ns);
-    let result = finalizer::finalizer(&api, FINALIZER, db, |event| async {
-        match event {
-            Finalizer::Apply(db) => apply(&db, &ctx).await,
-            Finalizer::Cleanup(db) => cleanup(&db, &ctx).await,
-        }
-    })
-    .await
-    .map_err(|e| match e {
-        finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
-        other => Error::Finalizer(other.to_string()),
-    });
-    crate::operator::health::record(NAME, started, result.is_ok());
-    result
+    let reconciled = async {
+        finalizer::finalizer(&api, FINALIZER, db, |event| async {
+            match event {
+                Finalizer::Apply(db) => apply(&db, &ctx).await,
+                Finalizer::Cleanup(db) => cleanup(&db, &ctx).await,
+            }
+        })
+        .await
+        .map_err(|e| match e {
+            finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
+            other => Error::Finalizer(other.to_string()),
+        })
+    };
+    crate::operator::health::measured(NAME, reconciled).await
 }
 
 /// What checking a database found, before its engine is considered.

@@ -5,7 +5,6 @@
 //! costs only that page's reads.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
@@ -20,10 +19,7 @@ use crate::operator::{Context, Error, Result, backends, requeue};
 const NAME: &str = "restore";
 
 pub async fn reconcile(r: Arc<ChronosRestore>, ctx: Arc<Context>) -> Result<Action> {
-    let started = Instant::now();
-    let result = run(&r, &ctx).await;
-    crate::operator::health::record(NAME, started, result.is_ok());
-    result
+    crate::operator::health::measured(NAME, run(&r, &ctx)).await
 }
 
 async fn run(r: &ChronosRestore, ctx: &Context) -> Result<Action> {

@@ -26,10 +26,7 @@ pub const SCHEDULED: &str = "Scheduled";
 const NAME: &str = "retention";
 
 pub async fn reconcile(r: Arc<ChronosRetention>, ctx: Arc<Context>) -> Result<Action> {
-    let started = Instant::now();
-    let result = tick(&r, &ctx).await;
-    crate::operator::health::record(NAME, started, result.is_ok());
-    result
+    crate::operator::health::measured(NAME, tick(&r, &ctx)).await
 }
 
 async fn tick(r: &ChronosRetention, ctx: &Context) -> Result<Action> {
