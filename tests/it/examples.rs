@@ -12,7 +12,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use chronos::engine::{Attribution, CollectionName, Engine, ItemId, ReadOptions};
 use chronos::operator::collection::ChronosCollection;
@@ -23,14 +22,12 @@ use chronos::operator::{Context, Scope, backends, conditions};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::wait::await_condition;
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 
+use crate::operator::{condition, wait_for};
 use crate::support::{env, kube_client, s3_connection, unique};
 
-/// How long any one expected outcome may take.
-const WAIT: Duration = Duration::from_secs(60);
 /// The namespace every example file names.
 const EXAMPLE_NS: &str = "tenant-acme";
 
@@ -213,30 +210,6 @@ where
 }
 
 /// Wait (by watching, not sleeping) until `name` satisfies `cond`; returns it.
-async fn wait_for<K>(api: &Api<K>, name: &str, what: &str, cond: impl Fn(&K) -> bool) -> K
-where
-    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
-{
-    let found = tokio::time::timeout(
-        WAIT,
-        await_condition(api.clone(), name, move |o: Option<&K>| o.is_some_and(&cond)),
-    )
-    .await;
-    match found {
-        Ok(Ok(Some(obj))) => obj,
-        Ok(Ok(None)) => panic!("{name} vanished while waiting for: {what}"),
-        Ok(Err(e)) => panic!("watching {name}: {e}"),
-        Err(_) => panic!(
-            "timed out waiting for {name}: {what}; last seen: {:#?}",
-            api.get_opt(name).await
-        ),
-    }
-}
-
-fn db_condition(db: &ChronosDatabase, t: &str) -> Option<String> {
-    conditions::status_of(&db.status.as_ref()?.conditions, t).map(str::to_owned)
-}
-
 fn indexes_ready(c: &ChronosCollection) -> bool {
     c.status
         .as_ref()
@@ -273,10 +246,10 @@ async fn tenant_example_becomes_ready_with_its_indexes_and_retention_runs() {
     // The database: backends reached with the Secrets' values, buckets made, engine applied.
     let dbs = t.api::<ChronosDatabase>();
     let db = wait_for(&dbs, "acme", "buckets ready", |d| {
-        db_condition(d, "BucketsReady").as_deref() == Some("True")
+        condition(d, "BucketsReady").as_deref() == Some("True")
     })
     .await;
-    assert_eq!(db_condition(&db, "BackendsReachable").as_deref(), Some("True"));
+    assert_eq!(condition(&db, "BackendsReachable").as_deref(), Some("True"));
     let engine_url = db.status.as_ref().and_then(|s| s.engine_url.clone());
     assert_eq!(engine_url, Some(format!("http://acme-engine.{}.svc:8080", t.ns)));
     let example = &documents("tenant/database.yaml")[0]["spec"]["engine"];
@@ -303,10 +276,10 @@ async fn tenant_example_becomes_ready_with_its_indexes_and_retention_runs() {
         .await
         .unwrap();
     let db = wait_for(&dbs, "acme", "ready", |d| {
-        db_condition(d, "Ready").as_deref() == Some("True")
+        condition(d, "Ready").as_deref() == Some("True")
     })
     .await;
-    assert_eq!(db_condition(&db, "EngineReady").as_deref(), Some("True"));
+    assert_eq!(condition(&db, "EngineReady").as_deref(), Some("True"));
 
     // Both collections: their indexes exist in MongoDB.
     let cols = t.api::<ChronosCollection>();
@@ -553,7 +526,7 @@ async fn readme_kubernetes_walkthrough_runs_as_written() {
     assert!(out.contains(&format!("http://acme-engine.{}.svc:8080", t.ns)), "{out}");
     // The new index changed the engine's configuration: it rolls, then is Ready again.
     wait_for(&t.api::<ChronosDatabase>(), "acme", "ready after the roll", |d| {
-        db_condition(d, "Ready").as_deref() == Some("True")
+        condition(d, "Ready").as_deref() == Some("True")
     })
     .await;
     let customers = t.api::<ChronosCollection>().get("acme-customers").await.unwrap();

@@ -130,7 +130,8 @@ fn merge(a: &mut Value, b: Value) {
 }
 
 /// Wait (by watching, not sleeping) until `name` satisfies `cond`; returns it.
-async fn wait_for<K>(api: &Api<K>, name: &str, what: &str, cond: impl Fn(&K) -> bool) -> K
+/// Wait (bounded) until the object `name` meets `cond`; shared with the examples tests.
+pub async fn wait_for<K>(api: &Api<K>, name: &str, what: &str, cond: impl Fn(&K) -> bool) -> K
 where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
 {
@@ -196,7 +197,7 @@ async fn wait_event(client: &kube::Client, ns: &str, name: &str, reason: &str) -
     }
 }
 
-fn condition(db: &ChronosDatabase, t: &str) -> Option<String> {
+pub fn condition(db: &ChronosDatabase, t: &str) -> Option<String> {
     let s = db.status.as_ref()?;
     conditions::status_of(&s.conditions, t).map(str::to_owned)
 }
