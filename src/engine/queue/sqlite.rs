@@ -64,6 +64,27 @@ fn from_row(row: RowValues) -> Result<Operation> {
     })
 }
 
+/// [`COLUMNS`] for a dead letter (its status, and its due time, are implied).
+const DEAD_COLUMNS: &str = "'dead', updated_at, attempts, last_error, NULL, updated_at, job";
+
+/// Move a dead letter back to the queue with `status` (attempts reset when `fresh`); `false`
+/// when `id` is not a dead letter.
+fn undead(tx: &Connection, id: &str, status: OperationStatus, fresh: bool, now_ms: i64) -> Result<bool> {
+    let attempts = if fresh { "0" } else { "attempts" };
+    let moved = tx
+        .execute(
+            &format!(
+                "INSERT INTO queue (id, status, due_at, attempts, last_error, updated_at, job) \
+                 SELECT id, ?3, ?2, {attempts}, last_error, ?2, job FROM dead_letters WHERE id = ?1"
+            ),
+            params![id, now_ms, status.as_str()],
+        )
+        .map_err(map_sql)?;
+    tx.execute("DELETE FROM dead_letters WHERE id = ?1", params![id])
+        .map_err(map_sql)?;
+    Ok(moved == 1)
+}
+
 fn get(conn: &Connection, id: &str) -> Result<Option<Operation>> {
     let live = conn
         .prepare_cached(&format!("SELECT {COLUMNS} FROM queue WHERE id = ?1"))
@@ -73,9 +94,7 @@ fn get(conn: &Connection, id: &str) -> Result<Option<Operation>> {
         return from_row(row).map(Some);
     }
     let dead = conn
-        .prepare_cached(
-            "SELECT 'dead', updated_at, attempts, last_error, NULL, updated_at, job FROM dead_letters WHERE id = ?1",
-        )
+        .prepare_cached(&format!("SELECT {DEAD_COLUMNS} FROM dead_letters WHERE id = ?1"))
         .and_then(|mut s| s.query_row(params![id], read).optional())
         .map_err(map_sql)?;
     dead.map(from_row).transpose()
@@ -211,10 +230,9 @@ impl QueueStore for SqliteQueue {
         self.store
             .with_conn(move |conn| {
                 let rows = if status == OperationStatus::Dead {
-                    conn.prepare_cached(
-                        "SELECT 'dead', updated_at, attempts, last_error, NULL, updated_at, job FROM dead_letters \
-                         WHERE id > ?1 ORDER BY id LIMIT ?2",
-                    )
+                    conn.prepare_cached(&format!(
+                        "SELECT {DEAD_COLUMNS} FROM dead_letters WHERE id > ?1 ORDER BY id LIMIT ?2"
+                    ))
                     .and_then(|mut s| {
                         s.query_map(params![after, limit], read)?
                             .collect::<rusqlite::Result<Vec<_>>>()
@@ -258,17 +276,9 @@ impl QueueStore for SqliteQueue {
                 let tx = conn
                     .transaction_with_behavior(TransactionBehavior::Immediate)
                     .map_err(map_sql)?;
-                let moved = tx
-                    .execute(
-                        "INSERT INTO queue (id, status, due_at, attempts, last_error, updated_at, job) \
-                         SELECT id, 'pending', ?2, 0, last_error, ?2, job FROM dead_letters WHERE id = ?1",
-                        params![id, now_ms],
-                    )
-                    .map_err(map_sql)?;
-                tx.execute("DELETE FROM dead_letters WHERE id = ?1", params![id])
-                    .map_err(map_sql)?;
+                let moved = undead(&tx, &id, OperationStatus::Pending, true, now_ms)?;
                 tx.commit().map_err(map_sql)?;
-                Ok(moved == 1)
+                Ok(moved)
             })
             .await
     }
@@ -286,15 +296,7 @@ impl QueueStore for SqliteQueue {
                     Some(op) => {
                         match op.status {
                             OperationStatus::Dead => {
-                                tx.execute(
-                                    "INSERT INTO queue (id, status, due_at, attempts, last_error, updated_at, job) \
-                                     SELECT id, 'cancelled', ?2, attempts, last_error, ?2, job FROM dead_letters \
-                                     WHERE id = ?1",
-                                    params![id, now_ms],
-                                )
-                                .map_err(map_sql)?;
-                                tx.execute("DELETE FROM dead_letters WHERE id = ?1", params![id])
-                                    .map_err(map_sql)?;
+                                undead(&tx, &id, OperationStatus::Cancelled, false, now_ms)?;
                             }
                             OperationStatus::Pending => {
                                 tx.execute(
