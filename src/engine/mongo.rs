@@ -518,7 +518,14 @@ impl MetaStore for MongoMetaStore {
             Ok(_) => {}
             Err(e) => {
                 let _ = session.abort_transaction().await;
-                return if is_transient(&e) { Ok(None) } else { Err(map_err(e)) };
+                return match code(&e) {
+                    // The heads matched, so (itemId, ov) can't clash: an idempotency key did.
+                    Some(DUPLICATE_KEY) => {
+                        Err(Error::AlreadyExists(format!("a write with the idempotency key of {c}")))
+                    }
+                    _ if is_transient(&e) => Ok(None),
+                    _ => Err(map_err(e)),
+                };
             }
         }
         let mut tries = 0;
@@ -882,6 +889,8 @@ pub(crate) fn code(e: &mongodb::error::Error) -> Option<i32> {
         ErrorKind::Command(c) => Some(c.code),
         ErrorKind::Write(WriteFailure::WriteError(w)) => Some(w.code),
         ErrorKind::Write(WriteFailure::WriteConcernError(w)) => Some(w.code),
+        // An ordered `insertMany` stops at its first failed document.
+        ErrorKind::InsertMany(m) => m.write_errors.as_ref().and_then(|w| w.first()).map(|w| w.code),
         _ => None,
     }
 }

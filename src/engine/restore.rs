@@ -321,22 +321,15 @@ impl Engine {
             VersionTarget::At(at) => serde_json::json!({"at": at}),
         };
         let stamp = super::versioning::stamp(who, collection, "restore", Some(id), expected_ov, &body)?;
-        if let Some(s) = &stamp
-            && let Some((_, first)) = self.replay(collection, s).await?
-        {
-            return Ok(first);
-        }
-        let restored = self
-            .restore_once(collection, id, target, expected_ov, who, stamp.as_ref())
-            .await;
-        match (restored, &stamp) {
-            // A racing retry with the same key lost at the key's unique index, or after it.
-            (Err(e), Some(s)) => match self.replay(collection, s).await? {
-                Some((_, first)) => Ok(first),
-                None => Err(e),
-            },
-            (other, _) => other,
-        }
+        let (_, outcome) = self
+            .once_per_key(collection, stamp.as_ref(), || async {
+                let outcome = self
+                    .restore_once(collection, id, target, expected_ov, who, stamp.as_ref())
+                    .await?;
+                Ok((id.clone(), outcome))
+            })
+            .await?;
+        Ok(outcome)
     }
 
     async fn restore_once(

@@ -552,11 +552,7 @@ fn commit_write(
         ])
     })
     .map_err(|e| match e.sqlite_error_code() {
-        // The head is held, so (item, ov) can't clash: the idempotency key did.
-        Some(ErrorCode::ConstraintViolation) => not_committed(Error::AlreadyExists(format!(
-            "a write with the idempotency key of {}",
-            v.id
-        ))),
+        Some(ErrorCode::ConstraintViolation) => not_committed(key_taken(&v.id)),
         _ => sql_not_committed(e),
     })?;
     tx.commit().map_err(|e| {
@@ -573,6 +569,12 @@ fn commit_write(
 
 /// Apply a batch of appends by reference in one transaction; `Ok(None)` (and nothing written)
 /// when a head is no longer at its expected ov.
+/// A version insert that broke a constraint: the item is held (or its head matched), so
+/// (item, ov) can't clash — the idempotency key's uniqueness did.
+fn key_taken(id: &ItemId) -> Error {
+    Error::AlreadyExists(format!("a write with the idempotency key of {id}"))
+}
+
 fn append_refs(conn: &mut Connection, c: &CollectionName, writes: &[RefWrite]) -> Result<Option<u64>> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -641,7 +643,10 @@ fn append_refs(conn: &mut Connection, c: &CollectionName, writes: &[RefWrite]) -
                 v.request.as_ref().map(|r| r.fingerprint.as_str()),
             ])
         })
-        .map_err(map_sql)?;
+        .map_err(|e| match e.sqlite_error_code() {
+            Some(ErrorCode::ConstraintViolation) => key_taken(&v.id),
+            _ => map_sql(e),
+        })?;
     }
     tx.commit().map_err(map_sql)?;
     Ok(Some(first.unwrap_or(0)))

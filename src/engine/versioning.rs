@@ -668,34 +668,56 @@ impl Engine {
         stamp: Option<RequestStamp>,
     ) -> Result<(ItemId, WriteOutcome)> {
         self.prepare(collection).await?;
-        let Some(stamp) = stamp else {
+        self.once_per_key(collection, stamp.as_ref(), || async {
             let outcome = self
-                .write_once(collection, id, op, expected_ov, content, function_id, who, None)
+                .write_once(
+                    collection,
+                    id,
+                    op,
+                    expected_ov,
+                    content,
+                    function_id,
+                    who,
+                    stamp.as_ref(),
+                )
                 .await?;
-            return Ok((id.clone(), outcome));
-        };
-        if let Some(first) = self.replay(collection, &stamp).await? {
+            Ok((id.clone(), outcome))
+        })
+        .await
+    }
+
+    /// Make a write under an idempotency stamp at most once: a write already made under its key
+    /// answers with its first outcome instead of running `attempt`, and so does an attempt that
+    /// lost to a concurrent one with the same key.
+    pub(super) async fn once_per_key<F, Fut>(
+        &self,
+        collection: &CollectionName,
+        stamp: Option<&RequestStamp>,
+        attempt: F,
+    ) -> Result<(ItemId, WriteOutcome)>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<(ItemId, WriteOutcome)>>,
+    {
+        let Some(stamp) = stamp else { return attempt().await };
+        if let Some(first) = self.replay(collection, stamp).await? {
             return Ok(first);
         }
-        let result = self
-            .write_once(collection, id, op, expected_ov, content, function_id, who, Some(&stamp))
-            .await;
-        match result {
-            Ok(outcome) => Ok((id.clone(), outcome)),
+        match attempt().await {
             // A retry racing with its first attempt (or arriving after it) fails its
             // precondition or its key's uniqueness: if the key is recorded now, that is the answer.
             Err(e @ (Error::AlreadyExists(_) | Error::NotFound(_) | Error::VersionConflict { .. })) => {
-                match self.replay(collection, &stamp).await? {
+                match self.replay(collection, stamp).await? {
                     Some(first) => Ok(first),
                     None => Err(e),
                 }
             }
-            Err(e) => Err(e),
+            other => other,
         }
     }
 
     /// The first outcome of the write made under this stamp's key, if there was one.
-    pub(super) async fn replay(
+    async fn replay(
         &self,
         collection: &CollectionName,
         stamp: &RequestStamp,
