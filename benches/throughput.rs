@@ -1261,29 +1261,28 @@ async fn run(args: Args) -> Result<(), String> {
     Ok(())
 }
 
-/// The collection restore: `items` items are created (the target point), then all updated, so a
-/// restore to the point writes every item back (an S3 GET of the old payload plus a write). The
-/// HTTP restore then goes forward to the updated state, so it too rewrites every item.
-async fn restore(bench: &mut Bench, ctx: &Arc<Ctx>, items: usize) -> Result<(), String> {
-    let c: CollectionName = name("brestore")?;
+/// Create `items` items of `c`, then update each once: returns the restore points "after the
+/// creates" and "after the updates" (the highest cv each pass took; every update starts after the
+/// last create, since a collection has one cv counter).
+async fn seed_restore(
+    clients: usize,
+    engine: &Arc<Engine>,
+    who: &Attribution,
+    c: &CollectionName,
+    items: usize,
+) -> Result<(u64, u64), String> {
     let max_cv = Arc::new(AtomicU64::new(0));
-    // The restore point "before the updates": the highest cv any create took (each collection
-    // has its own cv counter, and every update starts after the last create).
     let mut created_cv = 0;
     for update in [false, true] {
-        let (ctx, c, highest) = (ctx.clone(), c.clone(), max_cv.clone());
-        let took = setup(bench.clients, items as u64, move |n| {
-            let max_cv = &highest;
-            let (ctx, c, max_cv) = (ctx.clone(), c.clone(), max_cv.clone());
+        let (engine, who, c, highest) = (engine.clone(), who.clone(), c.clone(), max_cv.clone());
+        let took = setup(clients, items as u64, move |n| {
+            let (engine, who, c, max_cv) = (engine.clone(), who.clone(), c.clone(), highest.clone());
             async move {
                 let id: ItemId = name(&format!("r{n:08}"))?;
                 let out = if update {
-                    ctx.engine.update(&c, &id, record(n + 1, 1), Some(0), &ctx.who).await
+                    engine.update(&c, &id, record(n + 1, 1), Some(0), &who).await
                 } else {
-                    ctx.engine
-                        .create(&c, Some(id), record(n, 0), &ctx.who)
-                        .await
-                        .map(|(_, o)| o)
+                    engine.create(&c, Some(id), record(n, 0), &who).await.map(|(_, o)| o)
                 };
                 max_cv.fetch_max(out.map_err(text)?.cv, Ordering::Relaxed);
                 Ok(())
@@ -1300,7 +1299,15 @@ async fn restore(bench: &mut Bench, ctx: &Arc<Ctx>, items: usize) -> Result<(), 
             created_cv = max_cv.load(Ordering::Relaxed);
         }
     }
-    let updated_cv = max_cv.load(Ordering::Relaxed);
+    Ok((created_cv, max_cv.load(Ordering::Relaxed)))
+}
+
+/// The collection restore: `items` items are created (the target point), then all updated, so a
+/// restore to the point writes every item back (an S3 GET of the old payload plus a write). The
+/// HTTP restore then goes forward to the updated state, so it too rewrites every item.
+async fn restore(bench: &mut Bench, ctx: &Arc<Ctx>, items: usize) -> Result<(), String> {
+    let c: CollectionName = name("brestore")?;
+    let (created_cv, updated_cv) = seed_restore(bench.clients, &ctx.engine, &ctx.who, &c, items).await?;
 
     // Floor: the same per-item work done directly, as many items in flight as the engine has.
     ctx.floor.setup_restore(items).await?;
@@ -1389,31 +1396,7 @@ async fn restore(bench: &mut Bench, ctx: &Arc<Ctx>, items: usize) -> Result<(), 
     }
 
     // The embedded default, the same way.
-    let mut created_cv = 0;
-    for update in [false, true] {
-        let (ctx, c, highest) = (ctx.clone(), c.clone(), Arc::new(AtomicU64::new(0)));
-        let max_cv = highest.clone();
-        setup(bench.clients, items as u64, move |n| {
-            let (ctx, c, max_cv) = (ctx.clone(), c.clone(), max_cv.clone());
-            async move {
-                let id: ItemId = name(&format!("r{n:08}"))?;
-                let out = if update {
-                    ctx.embedded.update(&c, &id, record(n + 1, 1), Some(0), &ctx.who).await
-                } else {
-                    ctx.embedded
-                        .create(&c, Some(id), record(n, 0), &ctx.who)
-                        .await
-                        .map(|(_, o)| o)
-                };
-                max_cv.fetch_max(out.map_err(text)?.cv, Ordering::Relaxed);
-                Ok(())
-            }
-        })
-        .await?;
-        if !update {
-            created_cv = highest.load(Ordering::Relaxed);
-        }
-    }
+    let (created_cv, _) = seed_restore(bench.clients, &ctx.embedded, &ctx.who, &c, items).await?;
     let before = bench.start_window();
     let started = Instant::now();
     let result = ctx
