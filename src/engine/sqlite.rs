@@ -1163,6 +1163,7 @@ mod tests {
                 inline: true,
             }),
             function_id: None,
+            request_key: None,
         }
     }
 

@@ -48,6 +48,9 @@ pub struct HeadChange {
     pub data: Option<NewData>,
     /// Added to the head's `functionIds` (enrichment provenance).
     pub function_id: Option<String>,
+    /// The caller's idempotency key, if any (the version entry records it): a store that commits
+    /// writes in groups keeps two writes with one key in different groups.
+    pub request_key: Option<RequestKey>,
 }
 
 /// Data a write puts into the head.

@@ -767,6 +767,7 @@ impl Engine {
                     NewContent::KeepPrevious | NewContent::Merge(_) => None,
                 },
                 function_id: function_id.clone(),
+                request_key: stamp.map(|s| s.key.clone()),
             };
             let mut pending = self.meta.begin_write(change.clone()).await?;
             let (ov, cv) = (pending.ov(), pending.cv());

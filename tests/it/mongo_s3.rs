@@ -53,6 +53,135 @@ async fn mongo_commands_per_operation() {
     assert_eq!(version, ["find"]);
 }
 
+/// Concurrent writes to one collection share their round trips (group commit): far fewer than
+/// the lone protocol's 4 commands per write, and every write still gets exactly its own outcome.
+#[tokio::test]
+async fn concurrent_writes_share_their_round_trips() {
+    use chronos::engine::ItemId;
+    use futures::future::join_all;
+    let h = support::mongo_s3(EngineSettings::default()).await;
+    let c: CollectionName = "grouped".parse().unwrap();
+    let who = Attribution::default();
+    let data = |n: usize, v: usize| json!({"n": n, "v": v}).as_object().unwrap().clone();
+    h.engine.create(&c, None, data(0, 0), &who).await.unwrap();
+    h.take_commands();
+
+    let ids: Vec<ItemId> = (0..32).map(|i| format!("item-{i}").parse().unwrap()).collect();
+    let created = join_all(
+        ids.iter()
+            .enumerate()
+            .map(|(i, id)| h.engine.create(&c, Some(id.clone()), data(i, 0), &who)),
+    )
+    .await;
+    let creates = h.take_commands();
+    let updated = join_all(
+        ids.iter()
+            .enumerate()
+            .map(|(i, id)| h.engine.update(&c, id, data(i, 1), Some(0), &who)),
+    )
+    .await;
+    let updates = h.take_commands();
+    println!(
+        "32 creates: {} commands; 32 updates: {} commands",
+        creates.len(),
+        updates.len()
+    );
+    assert!(creates.len() <= 2 * 32, "creates sent {creates:?}");
+    assert!(updates.len() <= 2 * 32, "updates sent {updates:?}");
+
+    let mut cvs = std::collections::BTreeSet::new();
+    for (i, id) in ids.iter().enumerate() {
+        let (got_id, c0) = created[i].as_ref().unwrap();
+        assert_eq!(got_id, id);
+        assert_eq!(c0.ov, 0);
+        let u = updated[i].as_ref().unwrap();
+        assert_eq!(u.ov, 1);
+        assert!(u.cv > c0.cv);
+        assert!(
+            cvs.insert(c0.cv) && cvs.insert(u.cv),
+            "cvs are unique in the collection"
+        );
+        let latest = h.engine.get_latest(&c, id, ReadOptions::default()).await.unwrap();
+        assert_eq!(latest.data["n"], i);
+        assert_eq!(latest.data["v"], 1);
+        assert_eq!(latest.cv, u.cv);
+        let first = h.engine.get_version(&c, id, 0, ReadOptions::default()).await.unwrap();
+        assert_eq!((first.data["n"].clone(), first.data["v"].clone()), (json!(i), json!(0)));
+    }
+}
+
+/// In a group, a write whose PUT fails, one whose caller goes away mid-write and one with a
+/// stale ov each end on their own; the others commit.
+#[tokio::test]
+async fn a_group_member_that_fails_takes_no_other_with_it() {
+    use chronos::engine::{Error, ItemId};
+    use std::sync::atomic::Ordering;
+    let h = support::mongo_s3(EngineSettings::default()).await;
+    let c: CollectionName = "grouped-faults".parse().unwrap();
+    let who = Attribution::default();
+    let data = |v: usize| json!({"v": v}).as_object().unwrap().clone();
+    let names = ["ok-1", "ok-2", "ok-3", "bad", "gone", "stale", "ok-4"];
+    let ids: Vec<ItemId> = names.iter().map(|n| n.parse().unwrap()).collect();
+    for id in &ids {
+        h.engine.create(&c, Some(id.clone()), data(0), &who).await.unwrap();
+    }
+    h.take_commands();
+    h.faults.fail_puts_containing.lock().unwrap().push("/bad/".into());
+    h.faults.hold_puts.store(true, Ordering::SeqCst);
+    let tasks: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let (engine, c, id, who) = (h.engine.clone(), c.clone(), id.clone(), who.clone());
+            let expected = if id.as_str() == "stale" { 5 } else { 0 };
+            tokio::spawn(async move { engine.update(&c, &id, data(1), Some(expected), &who).await })
+        })
+        .collect();
+    // Every write but the stale one reaches its PUT while holding its item.
+    h.faults.until_holding(6).await;
+    tasks[4].abort();
+    h.faults.hold_puts.store(false, Ordering::SeqCst);
+    for _ in 0..6 {
+        h.faults.release_one();
+    }
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        outcomes.push(t.await);
+    }
+    let commands = h.take_commands();
+    assert!(
+        commands.iter().any(|c| c == "update"),
+        "the writes were held as a group: {commands:?}"
+    );
+
+    for (i, name) in names.iter().enumerate() {
+        let latest = h.engine.get_latest(&c, &ids[i], ReadOptions::default()).await.unwrap();
+        match *name {
+            "bad" => {
+                let e = outcomes[i].as_ref().unwrap().as_ref().unwrap_err();
+                assert!(matches!(e, Error::Unavailable { .. }), "{e:?}");
+            }
+            "gone" => assert!(outcomes[i].as_ref().unwrap_err().is_cancelled()),
+            "stale" => {
+                let e = outcomes[i].as_ref().unwrap().as_ref().unwrap_err();
+                assert!(matches!(e, Error::VersionConflict { current: 0, .. }), "{e:?}");
+            }
+            _ => {
+                assert_eq!(outcomes[i].as_ref().unwrap().as_ref().unwrap().ov, 1);
+                assert_eq!((latest.ov, latest.data["v"].clone()), (1, json!(1)), "{name}");
+                continue;
+            }
+        }
+        // The ones that ended on their own left their item exactly as it was.
+        assert_eq!((latest.ov, latest.data["v"].clone()), (0, json!(0)), "{name}");
+        let history = h
+            .engine
+            .history(&c, &ids[i], None, 10, ReadOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(history.len(), 1, "{name}: {history:?}");
+    }
+}
+
 /// Presigned URLs for a version's payload and its content properties, fetched with a plain GET.
 #[tokio::test]
 async fn presigned_urls_serve_the_exact_bytes() {

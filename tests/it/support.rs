@@ -80,6 +80,10 @@ impl Harness {
 /// Fault switches for [`FaultyPayloads`].
 pub struct Faults {
     pub fail_puts: AtomicBool,
+    /// Payload writes whose key contains one of these fail (one item's S3 PUTs).
+    pub fail_puts_containing: std::sync::Mutex<Vec<String>>,
+    /// How many payload writes are being held now.
+    pub holding: std::sync::atomic::AtomicUsize,
     /// Payload writes wait (like a stalled S3 PUT) until [`Faults::release_one`].
     pub hold_puts: AtomicBool,
     /// Signalled when a held write arrives.
@@ -91,6 +95,8 @@ impl Default for Faults {
     fn default() -> Self {
         Faults {
             fail_puts: AtomicBool::new(false),
+            fail_puts_containing: std::sync::Mutex::default(),
+            holding: std::sync::atomic::AtomicUsize::new(0),
             hold_puts: AtomicBool::new(false),
             held: tokio::sync::Notify::new(),
             release: tokio::sync::Semaphore::new(0),
@@ -102,6 +108,13 @@ impl Faults {
     /// Let one held payload write go on.
     pub fn release_one(&self) {
         self.release.add_permits(1);
+    }
+
+    /// Wait until `n` payload writes are held.
+    pub async fn until_holding(&self, n: usize) {
+        while self.holding.load(Ordering::SeqCst) < n {
+            self.held.notified().await;
+        }
     }
 }
 
@@ -122,12 +135,18 @@ impl FaultyPayloads {
 impl PayloadStore for FaultyPayloads {
     async fn put(&self, key: &str, body: bytes::Bytes) -> chronos::engine::Result<()> {
         if self.faults.hold_puts.load(Ordering::SeqCst) {
+            self.faults.holding.fetch_add(1, Ordering::SeqCst);
             self.faults.held.notify_one();
             if let Ok(permit) = self.faults.release.acquire().await {
                 permit.forget();
             }
+            self.faults.holding.fetch_sub(1, Ordering::SeqCst);
         }
-        if self.faults.fail_puts.load(Ordering::SeqCst) {
+        let fail_this = {
+            let containing = self.faults.fail_puts_containing.lock().unwrap();
+            containing.iter().any(|s| key.contains(s.as_str()))
+        };
+        if fail_this || self.faults.fail_puts.load(Ordering::SeqCst) {
             return Err(chronos::engine::Error::payload("injected fault: connection refused"));
         }
         self.inner.put(key, body).await

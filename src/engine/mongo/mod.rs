@@ -4,16 +4,18 @@
 //! coordinates, indexed metadata and, while hot, the data inline) and `c_ver` (the version index).
 //! `chronos_sequences` holds one collection-version counter per collection.
 //!
-//! A write costs four commands: the cv `$inc`, the head `findOneAndUpdate` (or `insert` for a
-//! create) that opens the transaction and holds the item, the version `insert`, and
-//! `commitTransaction`. See `docs/design.md`.
+//! A lone write costs four commands: the cv `$inc`, the head `findOneAndUpdate` (or `insert` for
+//! a create) that opens the transaction and holds the item, the version `insert`, and
+//! `commitTransaction`. Concurrent writes to one collection share them ([`group`]). See
+//! `docs/design.md`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bson::{Bson, Document, doc, oid::ObjectId};
 use mongodb::error::{ErrorKind, TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT, WriteFailure};
-use mongodb::options::{IndexOptions, ReadConcern, ReturnDocument, WriteConcern};
+use mongodb::options::{CollectionOptions, IndexOptions, ReadConcern, ReturnDocument, WriteConcern};
 use mongodb::{Client, ClientSession, Collection, Database, IndexModel};
 use serde_json::{Map, Value};
 
@@ -32,16 +34,24 @@ const DUPLICATE_KEY: i32 = 11000;
 const ILLEGAL_OPERATION: i32 = 20;
 const NAMESPACE_NOT_FOUND: i32 = 26;
 
+mod group;
+
+#[derive(Clone)]
 pub struct MongoMetaStore {
     client: Client,
     db: Database,
+    lanes: Arc<group::Lanes>,
 }
 
 impl MongoMetaStore {
     /// Use an existing client (clients are pooled: one per distinct URI, shared by every store).
     pub fn new(client: Client, db_name: &str) -> Self {
         let db = durable_database(&client, db_name);
-        MongoMetaStore { client, db }
+        MongoMetaStore {
+            client,
+            db,
+            lanes: Arc::default(),
+        }
     }
 
     fn heads(&self, c: &CollectionName) -> Collection<Document> {
@@ -52,11 +62,22 @@ impl MongoMetaStore {
         self.db.collection(&format!("{c}_ver"))
     }
 
-    async fn next_cv(&self, c: &CollectionName) -> Result<u64> {
+    /// Take `k` consecutive cvs; returns the last (the others are the `k - 1` before it).
+    ///
+    /// Acknowledged by the primary alone (`w: 1`), so it costs no journal wait: a cv only
+    /// matters once a transaction that uses it commits, and that commit (majority, journaled)
+    /// comes after this `$inc` in the oplog, so it makes the `$inc` durable too. A `$inc` lost in
+    /// a failover belonged to writes whose commits were lost with it.
+    async fn take_cvs(&self, c: &CollectionName, k: u64) -> Result<u64> {
         let seq = self
             .db
-            .collection::<Document>("chronos_sequences")
-            .find_one_and_update(doc! {"_id": c.as_str()}, doc! {"$inc": {"cv": 1_i64}})
+            .collection_with_options::<Document>(
+                "chronos_sequences",
+                CollectionOptions::builder()
+                    .write_concern(WriteConcern::nodes(1))
+                    .build(),
+            )
+            .find_one_and_update(doc! {"_id": c.as_str()}, doc! {"$inc": {"cv": k as i64}})
             .upsert(true)
             .return_document(ReturnDocument::After)
             .await
@@ -65,33 +86,25 @@ impl MongoMetaStore {
         get_u64(&seq, "cv")
     }
 
+    async fn next_cv(&self, c: &CollectionName) -> Result<u64> {
+        self.take_cvs(c, 1).await
+    }
+
     async fn start(&self) -> Result<ClientSession> {
         start_transaction(&self.client).await
     }
 
-    async fn begin_create(&self, change: HeadChange) -> Result<Box<dyn PendingWrite>> {
-        let data = change
-            .data
-            .as_ref()
-            .ok_or_else(|| Error::validation("data", "a create needs data"))?;
-        let cv = self.next_cv(&change.collection).await?;
-        let mut head = doc! {
-            "_id": change.id.as_str(),
-            "ov": 0_i64,
-            "cv": cv as i64,
-            "writeId": &change.write_id,
-            "insertedAt": to_date(change.at),
-            "updatedAt": to_date(change.at),
-            "deletedAt": Bson::Null,
-            "functionIds": change.function_id.iter().cloned().collect::<Vec<_>>(),
-            "state": State::New.as_str(),
-            "size": data.content.size() as i64,
-            "checksum": &data.content.checksum,
-            "meta": to_bson_doc(&data.meta),
-        };
-        if data.inline {
-            head.insert("data", data.content.json.as_str());
+    /// A write on its own: the protocol of `docs/design.md`.
+    async fn begin_alone(&self, change: HeadChange) -> Result<Box<dyn PendingWrite>> {
+        match change.op {
+            Op::Create => self.begin_create(change).await,
+            _ => self.begin_change(change).await,
         }
+    }
+
+    async fn begin_create(&self, change: HeadChange) -> Result<Box<dyn PendingWrite>> {
+        let cv = self.next_cv(&change.collection).await?;
+        let head = create_head(&change, cv)?;
         let mut session = self.start().await?;
         match self
             .heads(&change.collection)
@@ -120,59 +133,145 @@ impl MongoMetaStore {
     }
 
     async fn begin_change(&self, change: HeadChange) -> Result<Box<dyn PendingWrite>> {
-        let item = format!("{}/{}", change.collection, change.id);
-        let heads = self.heads(&change.collection);
         let mut cv = self.next_cv(&change.collection).await?;
         for attempt in 0..CONTENTION_ATTEMPTS {
-            let (filter, update) = head_update(&change, cv);
-            let mut session = self.start().await?;
-            let mut find = heads
-                .find_one_and_update(filter, update)
-                .return_document(ReturnDocument::Before);
-            if change.data.is_some() {
-                // Only writes that build on the previous data (delete, enrich) need it shipped.
-                find = find.projection(doc! {"data": 0});
-            }
-            match find.session(&mut session).await {
-                Ok(Some(before)) => {
-                    let previous = head_from_doc(&change.id, before)?;
-                    let ov = previous.ov + 1;
-                    return Ok(Box::new(MongoPending {
-                        heads: heads.clone(),
-                        id: change.id.clone(),
-                        store_versions: self.versions_coll(&change.collection),
-                        session,
-                        previous: Some(previous),
-                        ov,
-                        cv,
-                    }));
-                }
-                Ok(None) => {
-                    let _ = session.abort_transaction().await;
-                    // Find out why nothing matched: missing, deleted, stale ov, or a newer cv.
-                    let current = self.head(&change.collection, &change.id).await?;
-                    super::memory::check_precondition(&change, current.as_ref())?;
-                    if current.is_some_and(|h| h.cv >= cv) {
-                        cv = self.next_cv(&change.collection).await?;
-                    }
-                }
-                Err(e) if is_transient(&e) => {
-                    // Another transaction holds this item; it will commit or abort shortly.
-                    let _ = session.abort_transaction().await;
-                    backoff(attempt).await;
-                }
-                Err(e) => {
-                    let _ = session.abort_transaction().await;
-                    return Err(map_err(e));
-                }
+            match self.try_change(&change, cv).await? {
+                Attempt::Held(pending) => return Ok(pending),
+                Attempt::StaleCv => cv = self.next_cv(&change.collection).await?,
+                Attempt::Busy => backoff(attempt).await,
             }
         }
-        Err(Error::Contended(item))
+        Err(Error::Contended(format!("{}/{}", change.collection, change.id)))
+    }
+
+    /// A lone change's first attempt, made by its lane's worker: what needs retries (contention,
+    /// a stale cv) goes back to the writer, so the lane never waits on a backoff.
+    async fn first_change_attempt(&self, change: HeadChange) -> group::Answer {
+        let attempt = match self.next_cv(&change.collection).await {
+            Ok(cv) => self.try_change(&change, cv).await,
+            Err(e) => Err(e),
+        };
+        match attempt {
+            Ok(Attempt::Held(pending)) => group::Answer::Held(Ok(pending)),
+            Ok(Attempt::StaleCv | Attempt::Busy) => group::Answer::Alone(Box::new(change)),
+            Err(e) => group::Answer::Held(Err(e)),
+        }
+    }
+
+    /// Hold an existing item with cv `cv`: open a transaction and `findAndModify` its head.
+    async fn try_change(&self, change: &HeadChange, cv: u64) -> Result<Attempt> {
+        let heads = self.heads(&change.collection);
+        let (filter, update) = head_update(change, cv);
+        let mut session = self.start().await?;
+        let mut find = heads
+            .find_one_and_update(filter, update)
+            .return_document(ReturnDocument::Before);
+        if change.data.is_some() {
+            // Only writes that build on the previous data (delete, enrich) need it shipped.
+            find = find.projection(doc! {"data": 0});
+        }
+        match find.session(&mut session).await {
+            Ok(Some(before)) => {
+                let previous = head_from_doc(&change.id, before)?;
+                let ov = previous.ov + 1;
+                Ok(Attempt::Held(Box::new(MongoPending {
+                    heads: heads.clone(),
+                    id: change.id.clone(),
+                    store_versions: self.versions_coll(&change.collection),
+                    session,
+                    previous: Some(previous),
+                    ov,
+                    cv,
+                })))
+            }
+            Ok(None) => {
+                let _ = session.abort_transaction().await;
+                // Find out why nothing matched: missing, deleted, stale ov, or a newer cv.
+                let current = self.head(&change.collection, &change.id).await?;
+                super::memory::check_precondition(change, current.as_ref())?;
+                if current.is_some_and(|h| h.cv >= cv) {
+                    Ok(Attempt::StaleCv)
+                } else {
+                    // The head changed between the two looks: try again.
+                    Ok(Attempt::Busy)
+                }
+            }
+            Err(e) if is_transient(&e) => {
+                // Another transaction holds this item; it will commit or abort shortly.
+                let _ = session.abort_transaction().await;
+                Ok(Attempt::Busy)
+            }
+            Err(e) => {
+                let _ = session.abort_transaction().await;
+                Err(map_err(e))
+            }
+        }
+    }
+}
+
+/// How one attempt to hold an existing item went.
+enum Attempt {
+    Held(Box<dyn PendingWrite>),
+    /// The head has a cv at least ours: take a new one.
+    StaleCv,
+    /// Another transaction holds the item: back off and try again.
+    Busy,
+}
+
+/// The head document a create inserts.
+fn create_head(change: &HeadChange, cv: u64) -> Result<Document> {
+    let data = change
+        .data
+        .as_ref()
+        .ok_or_else(|| Error::validation("data", "a create needs data"))?;
+    let mut head = doc! {
+        "_id": change.id.as_str(),
+        "ov": 0_i64,
+        "cv": cv as i64,
+        "writeId": &change.write_id,
+        "insertedAt": to_date(change.at),
+        "updatedAt": to_date(change.at),
+        "deletedAt": Bson::Null,
+        "functionIds": change.function_id.iter().cloned().collect::<Vec<_>>(),
+        "state": State::New.as_str(),
+        "size": data.content.size() as i64,
+        "checksum": &data.content.checksum,
+        "meta": to_bson_doc(&data.meta),
+    };
+    if data.inline {
+        head.insert("data", data.content.json.as_str());
+    }
+    Ok(head)
+}
+
+/// Commit a write's transaction. `commitTransaction` is idempotent: an unknown outcome is
+/// retried before it is reported.
+async fn commit(session: &mut ClientSession) -> Result<(), mongodb::error::Error> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match session.commit_transaction().await {
+            Err(e) if e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) && tries < 3 => {}
+            done => return done,
+        }
+    }
+}
+
+/// What a failed commit means for the write.
+fn commit_error(e: &mongodb::error::Error) -> CommitError {
+    if e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) {
+        CommitError::Unknown(map_err(e.clone()))
+    } else {
+        CommitError::NotCommitted {
+            error: map_err(e.clone()),
+            retry: is_transient(e),
+        }
     }
 }
 
 /// A database handle whose writes are acknowledged only when durable: majority + journal, on
-/// every write (the cv and the retry queue included).
+/// every write (the retry queue included; the cv's `$inc` alone is made durable by the commit that
+/// uses it, see `take_cvs`).
 pub(crate) fn durable_database(client: &Client, db_name: &str) -> Database {
     client.database_with_options(
         db_name,
@@ -341,26 +440,7 @@ impl PendingWrite for MongoPending {
             };
             return Err(CommitError::NotCommitted { error, retry });
         }
-        // commitTransaction is idempotent: an unknown outcome is retried before it is reported.
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            match self.session.commit_transaction().await {
-                Ok(()) => return Ok(()),
-                Err(e) if e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) => {
-                    if tries >= 3 {
-                        return Err(CommitError::Unknown(map_err(e)));
-                    }
-                }
-                Err(e) => {
-                    let retry = is_transient(&e);
-                    return Err(CommitError::NotCommitted {
-                        error: map_err(e),
-                        retry,
-                    });
-                }
-            }
-        }
+        commit(&mut self.session).await.map_err(|e| commit_error(&e))
     }
 
     async fn abort(mut self: Box<Self>) {
@@ -462,9 +542,12 @@ impl MetaStore for MongoMetaStore {
     }
 
     async fn begin_write(&self, change: HeadChange) -> Result<Box<dyn PendingWrite>> {
-        match change.op {
-            Op::Create => self.begin_create(change).await,
-            _ => self.begin_change(change).await,
+        if !group::groupable(&change) {
+            return self.begin_alone(change).await;
+        }
+        match self.lanes.join(self, change).await {
+            group::Answer::Held(pending) => pending,
+            group::Answer::Alone(change) => self.begin_alone(*change).await,
         }
     }
 
@@ -474,16 +557,7 @@ impl MetaStore for MongoMetaStore {
         }
         let k = writes.len() as u64;
         // One `$inc` for the whole batch: its cvs are `last - k + 1 ..= last`, in order.
-        let seq = self
-            .db
-            .collection::<Document>("chronos_sequences")
-            .find_one_and_update(doc! {"_id": c.as_str()}, doc! {"$inc": {"cv": k as i64}})
-            .upsert(true)
-            .return_document(ReturnDocument::After)
-            .await
-            .map_err(Error::metadata)?
-            .ok_or_else(|| Error::metadata("cv sequence upsert returned nothing"))?;
-        let first = get_u64(&seq, "cv")? + 1 - k;
+        let first = self.take_cvs(c, k).await? + 1 - k;
         let updates: Vec<Document> = (first..).zip(&writes).map(|(cv, w)| ref_head_update(w, cv)).collect();
         let entries: Vec<Document> = (first..)
             .zip(&writes)
@@ -528,17 +602,12 @@ impl MetaStore for MongoMetaStore {
                 };
             }
         }
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            match session.commit_transaction().await {
-                Ok(()) => return Ok(Some(first)),
-                // Retried like a single write's commit; if it stays unknown, the caller's rerun
-                // finds the items either restored (unchanged) or not, since no payload is involved.
-                Err(e) if e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) && tries < 3 => {}
-                Err(e) if is_transient(&e) => return Ok(None),
-                Err(e) => return Err(map_err(e)),
-            }
+        // If the outcome stays unknown, the caller's rerun finds the items either restored
+        // (unchanged) or not, since no payload is involved.
+        match commit(&mut session).await {
+            Ok(()) => Ok(Some(first)),
+            Err(e) if is_transient(&e) => Ok(None),
+            Err(e) => Err(map_err(e)),
         }
     }
 

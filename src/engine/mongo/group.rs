@@ -1,0 +1,458 @@
+//! Group commit: concurrent single writes to one collection share their MongoDB round trips.
+//!
+//! Writes that arrive while the collection's previous group is being opened wait in the
+//! collection's *lane*; the lane's worker then opens them together as one group: one `$inc`
+//! takes their cvs, one transaction holds all their heads (a `find` of the heads and one
+//! `update` command with a statement per item, or one `insert` of all heads for creates), each
+//! write uploads its own payload while its item is held, and once every member has committed
+//! or given up, one `insert` of all version entries and one `commitTransaction` make them
+//! visible together. A group of `k` costs 5 commands (creates: 4) instead of `4·k`.
+//!
+//! Nothing about a write's guarantees changes: each member holds its item in the group's
+//! transaction exactly as a lone write holds it in its own (same filter, same precondition, same
+//! `WriteConflict` for contenders, same fencing by the commit), and is acknowledged only after
+//! that transaction committed with write concern majority. A member that gives up (its PUT
+//! failed, its caller went away) has its head put back inside the transaction, so the others
+//! still commit. Anything unusual — a precondition that fails, a stale cv, another transaction
+//! holding one of the items, a duplicate id — sends the member (or the whole group) back to the
+//! lone-write protocol, which knows how to report or retry it: the group path only ever takes
+//! the case where everything is as expected.
+//!
+//! A write arriving at an idle lane is opened at once, alone: group commit costs a lone write
+//! nothing, and groups form by themselves while the lane is busy.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use bson::{Bson, Document, doc};
+use futures::TryStreamExt;
+use tokio::sync::oneshot;
+
+use super::{MongoMetaStore, code, head_from_doc, head_update, is_transient, map_err, version_doc};
+use crate::engine::error::{Error, Result};
+use crate::engine::model::{CollectionName, Head, Op, VersionEntry};
+use crate::engine::store::{CommitError, HeadChange, NewData, PendingWrite};
+
+/// At most this many writes share one transaction.
+const MAX_GROUP: usize = 64;
+
+/// Whether a write can join a group: creates, updates and deletes. An enrichment computes its
+/// data while holding its item (`set_data`), so it keeps the lone protocol.
+pub(super) fn groupable(change: &HeadChange) -> bool {
+    match change.op {
+        Op::Create | Op::Update => change.data.is_some(),
+        Op::Delete => true,
+        Op::Restore => false,
+    }
+}
+
+/// What a lane answers a write that joined it.
+pub(super) enum Answer {
+    /// The write holds its item, or failed for good.
+    Held(Result<Box<dyn PendingWrite>>),
+    /// Run the lone-write protocol from the start: something needs its retries or its diagnosis.
+    Alone(Box<HeadChange>),
+}
+
+struct Request {
+    change: HeadChange,
+    reply: oneshot::Sender<Answer>,
+}
+
+#[derive(Default)]
+struct Queue {
+    waiting: VecDeque<Request>,
+    /// Whether a worker is draining this lane.
+    draining: bool,
+}
+
+/// The lanes of one metadata store: one per collection written to.
+#[derive(Default)]
+pub(super) struct Lanes {
+    lanes: Mutex<HashMap<CollectionName, Arc<Mutex<Queue>>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The critical sections only move requests around; a poisoned lock still holds valid queues.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Lanes {
+    /// Queue a write on its collection's lane, starting the lane's worker if it is idle.
+    pub(super) async fn join(&self, store: &MongoMetaStore, change: HeadChange) -> Answer {
+        let lane = lock(&self.lanes).entry(change.collection.clone()).or_default().clone();
+        let (reply, answer) = oneshot::channel();
+        let start = {
+            let mut q = lock(&lane);
+            q.waiting.push_back(Request {
+                change: change.clone(),
+                reply,
+            });
+            !std::mem::replace(&mut q.draining, true)
+        };
+        if start {
+            tokio::spawn(drain(store.clone(), lane));
+        }
+        // The worker answers every request it takes; if it died, the write goes alone.
+        answer.await.unwrap_or(Answer::Alone(Box::new(change)))
+    }
+}
+
+/// Open groups until the lane is empty. Each round takes every waiting write (up to
+/// [`MAX_GROUP`]) but one per item and one per idempotency key: a second write of an item, or
+/// with a key already in the round, waits for the next round. So the members of a group never
+/// clash with each other: a key that clashes in its version `insert` was taken by a write
+/// outside the group.
+async fn drain(store: MongoMetaStore, lane: Arc<Mutex<Queue>>) {
+    loop {
+        let batch = {
+            let mut q = lock(&lane);
+            if q.waiting.is_empty() {
+                q.draining = false;
+                return;
+            }
+            let mut ids = HashSet::new();
+            let mut keys = HashSet::new();
+            let mut batch = Vec::new();
+            let mut later = VecDeque::new();
+            while let Some(r) = q.waiting.pop_front() {
+                let distinct =
+                    !ids.contains(&r.change.id) && r.change.request_key.as_ref().is_none_or(|k| !keys.contains(k));
+                if batch.len() < MAX_GROUP && distinct {
+                    ids.insert(r.change.id.clone());
+                    keys.extend(r.change.request_key.clone());
+                    batch.push(r);
+                } else {
+                    later.push_back(r);
+                }
+            }
+            q.waiting = later;
+            batch
+        };
+        let (creates, changes): (Vec<_>, Vec<_>) = batch.into_iter().partition(|r| r.change.op == Op::Create);
+        futures::join!(store.open_group(creates), store.open_group(changes));
+    }
+}
+
+impl MongoMetaStore {
+    /// Open one group of writes of the same kind (creates, or changes of existing items).
+    async fn open_group(&self, mut requests: Vec<Request>) {
+        match requests.len() {
+            0 => {}
+            1 => {
+                let Some(r) = requests.pop() else { return };
+                let answer = if r.change.op == Op::Create {
+                    Answer::Held(self.begin_create(r.change).await)
+                } else {
+                    self.first_change_attempt(r.change).await
+                };
+                let _ = r.reply.send(answer);
+            }
+            _ => {
+                let (changes, replies): (Vec<_>, Vec<_>) = requests.into_iter().map(|r| (r.change, r.reply)).unzip();
+                let answers = match self.hold_group(changes).await {
+                    Ok(answers) => answers,
+                    Err(changes) => changes.into_iter().map(|c| Answer::Alone(Box::new(c))).collect(),
+                };
+                for (reply, answer) in replies.into_iter().zip(answers) {
+                    let _ = reply.send(answer);
+                }
+            }
+        }
+    }
+
+    /// Take cvs for the group, open its transaction and hold every member's head. `Err` gives
+    /// the writes back when the group could not form.
+    async fn hold_group(&self, changes: Vec<HeadChange>) -> Result<Vec<Answer>, Vec<HeadChange>> {
+        let c = changes[0].collection.clone();
+        let Ok(last) = self.take_cvs(&c, changes.len() as u64).await else {
+            return Err(changes);
+        };
+        let first = last + 1 - changes.len() as u64;
+        let Ok(mut session) = self.start().await else {
+            return Err(changes);
+        };
+        let heads = self.heads(&c);
+        let mut members = Vec::new();
+        let mut answers: Vec<Option<Answer>> = Vec::new();
+        if changes[0].op == Op::Create {
+            let mut docs = Vec::new();
+            for (cv, change) in (first..).zip(&changes) {
+                match super::create_head(change, cv) {
+                    Ok(d) => docs.push(d),
+                    Err(_) => {
+                        let _ = session.abort_transaction().await;
+                        return Err(changes);
+                    }
+                }
+            }
+            // A taken id aborts the whole insert: the lone protocol tells which one it was.
+            if heads.insert_many(docs).session(&mut session).await.is_err() {
+                let _ = session.abort_transaction().await;
+                return Err(changes);
+            }
+            for (cv, change) in (first..).zip(changes) {
+                members.push(Member::new(change, cv, None, Revert::Remove));
+                answers.push(None);
+            }
+        } else {
+            let ids: Vec<&str> = changes.iter().map(|c| c.id.as_str()).collect();
+            // The transaction's snapshot: every member's head before the group changes it.
+            let found: std::result::Result<Vec<Document>, _> =
+                match heads.find(doc! {"_id": {"$in": ids}}).session(&mut session).await {
+                    Ok(mut cursor) => cursor.stream(&mut session).try_collect().await,
+                    Err(e) => Err(e),
+                };
+            let Ok(found) = found else {
+                let _ = session.abort_transaction().await;
+                return Err(changes);
+            };
+            let mut before: HashMap<String, Document> = found
+                .into_iter()
+                .filter_map(|d| Some((d.get_str("_id").ok()?.to_owned(), d)))
+                .collect();
+            let mut statements = Vec::new();
+            for (cv, change) in (first..).zip(changes) {
+                let previous = before
+                    .remove(change.id.as_str())
+                    .and_then(|d| head_from_doc(&change.id, d.clone()).ok().map(|h| (h, d)));
+                match previous {
+                    // Exactly the lone protocol's filter: the snapshot says it matches, so the
+                    // statement either matches or meets a `WriteConflict`.
+                    Some((h, d))
+                        if crate::engine::memory::check_precondition(&change, Some(&h)).is_ok() && h.cv < cv =>
+                    {
+                        let (q, u) = head_update(&change, cv);
+                        statements.push(doc! {"q": q, "u": u});
+                        members.push(Member::new(change, cv, Some(h), Revert::Restore(d)));
+                        answers.push(None);
+                    }
+                    // Missing, deleted, stale ov or cv: the lone protocol reports or retries it.
+                    _ => answers.push(Some(Answer::Alone(Box::new(change)))),
+                }
+            }
+            if !statements.is_empty() {
+                let expected = statements.len() as i64;
+                let reply = self
+                    .db
+                    .run_command(doc! {"update": format!("{c}_head"), "updates": statements, "ordered": true})
+                    .session(&mut session)
+                    .await;
+                let held = matches!(&reply, Ok(r) if r.get_array("writeErrors").is_err()
+                    && matches!(r.get("n"), Some(Bson::Int32(n)) if i64::from(*n) == expected));
+                if !held {
+                    let _ = session.abort_transaction().await;
+                    let mut back: Vec<HeadChange> = members.into_iter().map(|m| m.change).collect();
+                    back.extend(answers.into_iter().flatten().filter_map(|a| match a {
+                        Answer::Alone(c) => Some(*c),
+                        Answer::Held(_) => None,
+                    }));
+                    return Err(back);
+                }
+            }
+        }
+        if members.is_empty() {
+            let _ = session.abort_transaction().await;
+            return Ok(answers.into_iter().flatten().collect());
+        }
+        let mut pending = Vec::new();
+        let mut settlements = Vec::new();
+        for m in members {
+            let (tx, rx) = oneshot::channel();
+            settlements.push((m.revert, m.change.id.clone(), rx));
+            pending.push(Box::new(GroupMember {
+                previous: m.previous,
+                ov: m.ov,
+                cv: m.cv,
+                settle: Some(tx),
+            }) as Box<dyn PendingWrite>);
+        }
+        tokio::spawn(settle(self.clone(), c, session, settlements));
+        let mut pending = pending.into_iter();
+        Ok(answers
+            .into_iter()
+            .map(|a| a.unwrap_or_else(|| Answer::Held(pending.next().ok_or_else(group_broken))))
+            .collect())
+    }
+}
+
+fn group_broken() -> Error {
+    Error::metadata("a write group lost track of a member")
+}
+
+/// How to take a member's head change back when it gives up.
+enum Revert {
+    /// Put the head back as it was (the transaction's snapshot of it).
+    Restore(Document),
+    /// Remove the head a create inserted.
+    Remove,
+}
+
+struct Member {
+    change: HeadChange,
+    previous: Option<Head>,
+    ov: u64,
+    cv: u64,
+    revert: Revert,
+}
+
+impl Member {
+    fn new(change: HeadChange, cv: u64, previous: Option<Head>, revert: Revert) -> Self {
+        let ov = match (&previous, change.expected_ov) {
+            (Some(h), _) => h.ov + 1,
+            (None, Some(expected)) => expected + 1,
+            (None, None) => 0,
+        };
+        Member {
+            change,
+            previous,
+            ov,
+            cv,
+            revert,
+        }
+    }
+}
+
+/// What a member tells the group when it is done.
+enum Settlement {
+    Commit(Box<VersionEntry>, oneshot::Sender<Result<(), CommitError>>),
+    GiveUp,
+}
+
+/// One write of a group, as the engine sees it: a [`PendingWrite`] like any other.
+struct GroupMember {
+    previous: Option<Head>,
+    ov: u64,
+    cv: u64,
+    /// `None` once settled; dropping it unsent gives the write up.
+    settle: Option<oneshot::Sender<Settlement>>,
+}
+
+#[async_trait]
+impl PendingWrite for GroupMember {
+    fn previous(&self) -> Option<&Head> {
+        self.previous.as_ref()
+    }
+    fn ov(&self) -> u64 {
+        self.ov
+    }
+    fn cv(&self) -> u64 {
+        self.cv
+    }
+
+    async fn set_data(&mut self, _data: NewData) -> Result<()> {
+        // Enrichments never join a group (see `groupable`).
+        Err(Error::metadata("a grouped write can't change its data"))
+    }
+
+    async fn commit(mut self: Box<Self>, version: VersionEntry) -> Result<(), CommitError> {
+        let (tx, rx) = oneshot::channel();
+        let sent = self
+            .settle
+            .take()
+            .is_some_and(|s| s.send(Settlement::Commit(Box::new(version), tx)).is_ok());
+        // The group settles every member it hears from. If it is gone, whether its
+        // transaction committed can't be known here: the payload must stay.
+        match (sent, rx.await) {
+            (true, Ok(outcome)) => outcome,
+            _ => Err(CommitError::Unknown(group_broken())),
+        }
+    }
+
+    async fn abort(mut self: Box<Self>) {
+        if let Some(s) = self.settle.take() {
+            let _ = s.send(Settlement::GiveUp);
+        }
+    }
+}
+
+/// Wait until every member committed or gave up, then make the group's writes visible at once:
+/// put back the heads of those that gave up, insert the others' version entries, commit.
+async fn settle(
+    store: MongoMetaStore,
+    c: CollectionName,
+    mut session: mongodb::ClientSession,
+    members: Vec<(Revert, crate::engine::model::ItemId, oneshot::Receiver<Settlement>)>,
+) {
+    let mut entries = Vec::new();
+    let mut replies = Vec::new();
+    let mut reverts = Vec::new();
+    for (revert, id, settlement) in members {
+        match settlement.await {
+            Ok(Settlement::Commit(v, reply)) => {
+                entries.push(version_doc(&v, v.cv));
+                replies.push(reply);
+            }
+            Ok(Settlement::GiveUp) | Err(_) => reverts.push((revert, id)),
+        }
+    }
+    if replies.is_empty() {
+        let _ = session.abort_transaction().await;
+        return;
+    }
+    let heads = store.heads(&c);
+    for (revert, id) in reverts {
+        let undone = match revert {
+            Revert::Restore(before) => heads
+                .replace_one(doc! {"_id": id.as_str()}, before)
+                .session(&mut session)
+                .await
+                .map(drop),
+            Revert::Remove => heads
+                .delete_one(doc! {"_id": id.as_str()})
+                .session(&mut session)
+                .await
+                .map(drop),
+        };
+        if let Err(e) = undone {
+            let _ = session.abort_transaction().await;
+            return answer_all(replies, |_| Err(not_committed(&e)));
+        }
+    }
+    if let Err(e) = store.versions_coll(&c).insert_many(entries).session(&mut session).await {
+        let _ = session.abort_transaction().await;
+        // The heads are held, so only an idempotency key can clash: that member's write is
+        // refused, the others' are retried by the engine (in a new group or alone).
+        let clashed = match (code(&e), e.kind.as_ref()) {
+            (Some(super::DUPLICATE_KEY), mongodb::error::ErrorKind::InsertMany(m)) => {
+                m.write_errors.as_ref().and_then(|w| w.first()).map(|w| w.index)
+            }
+            _ => None,
+        };
+        return answer_all(replies, |i| {
+            Err(if Some(i) == clashed {
+                CommitError::NotCommitted {
+                    error: Error::AlreadyExists("a write with this idempotency key".into()),
+                    retry: false,
+                }
+            } else if clashed.is_some() {
+                CommitError::NotCommitted {
+                    error: Error::metadata("another write of its group was refused"),
+                    retry: true,
+                }
+            } else {
+                not_committed(&e)
+            })
+        });
+    }
+    let committed = super::commit(&mut session).await;
+    answer_all(replies, |_| committed.clone().map_err(|e| super::commit_error(&e)));
+}
+
+fn not_committed(e: &mongodb::error::Error) -> CommitError {
+    CommitError::NotCommitted {
+        error: map_err(e.clone()),
+        retry: is_transient(e),
+    }
+}
+
+/// Tell every committing member (by its position) how its commit went.
+fn answer_all(
+    replies: Vec<oneshot::Sender<Result<(), CommitError>>>,
+    outcome: impl Fn(usize) -> Result<(), CommitError>,
+) {
+    for (i, reply) in replies.into_iter().enumerate() {
+        let _ = reply.send(outcome(i));
+    }
+}
