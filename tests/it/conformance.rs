@@ -20,7 +20,8 @@ macro_rules! conformance_suite {
             version_reads_never_cross_items, as_of_reads_follow_time, history_is_ordered_and_paged,
             system_fields_cannot_be_injected, oversized_payloads_are_refused,
             cold_payloads_are_read_from_the_payload_store, a_payload_of_another_item_is_never_served,
-            racing_writers_lose_cleanly, cv_orders_all_writes_of_a_collection,
+            racing_writers_lose_cleanly, racing_creates_of_one_id_have_one_winner,
+            cv_orders_all_writes_of_a_collection,
             list_filters_pages_and_travels_in_time, collection_maps_index_and_require,
             enrichment_merges_and_records_provenance, concurrent_enrichments_lose_nothing,
             restore_object_appends_the_old_version, restore_collection_plans_then_restores,
@@ -506,6 +507,32 @@ pub async fn a_payload_of_another_item_is_never_served(h: &Harness) {
         e.get_latest(&coll(), &a, LATEST).await,
         Err(Error::Corrupt(_))
     ));
+}
+
+/// 8 writers create the same id at once, from one engine and from a second one on the same
+/// stores: exactly one wins, every other is told the id is taken (never a backend error), and
+/// the item holds the winner's data.
+pub async fn racing_creates_of_one_id_have_one_winner(h: &Harness) {
+    let id: ItemId = "contested".parse().unwrap();
+    let engines = [h.engine.clone(), h.replica()];
+    let results = futures::future::join_all((0..8u64).map(|w| {
+        let e = engines[w as usize % 2].clone();
+        let id = id.clone();
+        tokio::spawn(async move { (w, e.create(&coll(), Some(id), obj(json!({"w": w})), &who()).await) })
+    }))
+    .await;
+    let mut winners = Vec::new();
+    for r in results {
+        match r.expect("writer task") {
+            (w, Ok(_)) => winners.push(w),
+            (_, Err(Error::AlreadyExists(_))) => {}
+            (w, Err(other)) => panic!("writer {w}: unexpected {other:?}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "winners: {winners:?}");
+    let latest = h.engine.get_latest(&coll(), &id, LATEST).await.unwrap();
+    assert_eq!(latest.data["w"], winners[0]);
+    assert_eq!(h.engine.history(&coll(), &id, None, 10, LATEST).await.unwrap().len(), 1);
 }
 
 /// 16 writers update one item with expected-ov-and-retry: exactly one wins each ov, the ov

@@ -182,6 +182,71 @@ async fn a_group_member_that_fails_takes_no_other_with_it() {
     }
 }
 
+/// A group does not wait for ever for a member whose PUT is slow: it commits the others and
+/// leaves the straggler behind with its head put back. The straggler then holds its item on its
+/// own and commits — unless the item changed meanwhile, which it then reports like any write.
+#[tokio::test]
+async fn a_straggler_is_left_behind_and_commits_on_its_own() {
+    use chronos::engine::{Error, ItemId};
+    let h = support::mongo_s3(EngineSettings::default()).await;
+    let c: CollectionName = "grouped-stragglers".parse().unwrap();
+    let who = Attribution::default();
+    let data = |v: usize| json!({"v": v}).as_object().unwrap().clone();
+    let names = ["a", "b", "c", "d", "e", "slow", "slow-changed"];
+    let ids: Vec<ItemId> = names.iter().map(|n| n.parse().unwrap()).collect();
+    for id in &ids {
+        h.engine.create(&c, Some(id.clone()), data(0), &who).await.unwrap();
+    }
+    h.faults
+        .hold_puts_containing
+        .lock()
+        .unwrap()
+        .extend(["/slow/".to_owned(), "/slow-changed/".to_owned()]);
+    let mut tasks: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let (engine, c, id, who) = (h.engine.clone(), c.clone(), id.clone(), who.clone());
+            tokio::spawn(async move { engine.update(&c, &id, data(1), Some(0), &who).await })
+        })
+        .collect();
+    let changed = tasks.pop().unwrap();
+    let slow = tasks.pop().unwrap();
+    h.faults.until_holding(2).await;
+    // The others are acknowledged while the two stragglers are still uploading.
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap().ov, 1);
+    }
+    for i in [5, 6] {
+        let latest = h.engine.get_latest(&c, &ids[i], ReadOptions::default()).await.unwrap();
+        assert_eq!(latest.ov, 0, "{}: its head was put back", names[i]);
+    }
+    // Someone else writes one straggler's item meanwhile (the item is not held).
+    h.faults.hold_puts_containing.lock().unwrap().clear();
+    h.engine.update(&c, &ids[6], data(2), Some(0), &who).await.unwrap();
+    h.faults.release_one();
+    h.faults.release_one();
+
+    assert_eq!(slow.await.unwrap().unwrap().ov, 1);
+    let latest = h.engine.get_latest(&c, &ids[5], ReadOptions::default()).await.unwrap();
+    assert_eq!((latest.ov, latest.data["v"].clone()), (1, json!(1)));
+    let e = changed.await.unwrap().unwrap_err();
+    assert!(matches!(e, Error::VersionConflict { current: 1, .. }), "{e:?}");
+    let latest = h.engine.get_latest(&c, &ids[6], ReadOptions::default()).await.unwrap();
+    assert_eq!(
+        (latest.ov, latest.data["v"].clone()),
+        (1, json!(2)),
+        "the other write stands"
+    );
+    for i in [5, 6] {
+        let history = h
+            .engine
+            .history(&c, &ids[i], None, 10, ReadOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(history.len(), 2, "{}: {history:?}", names[i]);
+    }
+}
+
 /// Presigned URLs for a version's payload and its content properties, fetched with a plain GET.
 #[tokio::test]
 async fn presigned_urls_serve_the_exact_bytes() {

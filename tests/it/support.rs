@@ -82,6 +82,8 @@ pub struct Faults {
     pub fail_puts: AtomicBool,
     /// Payload writes whose key contains one of these fail (one item's S3 PUTs).
     pub fail_puts_containing: std::sync::Mutex<Vec<String>>,
+    /// Payload writes whose key contains one of these are held like `hold_puts` (one slow item).
+    pub hold_puts_containing: std::sync::Mutex<Vec<String>>,
     /// How many payload writes are being held now.
     pub holding: std::sync::atomic::AtomicUsize,
     /// Payload writes wait (like a stalled S3 PUT) until [`Faults::release_one`].
@@ -96,6 +98,7 @@ impl Default for Faults {
         Faults {
             fail_puts: AtomicBool::new(false),
             fail_puts_containing: std::sync::Mutex::default(),
+            hold_puts_containing: std::sync::Mutex::default(),
             holding: std::sync::atomic::AtomicUsize::new(0),
             hold_puts: AtomicBool::new(false),
             held: tokio::sync::Notify::new(),
@@ -134,7 +137,11 @@ impl FaultyPayloads {
 #[async_trait::async_trait]
 impl PayloadStore for FaultyPayloads {
     async fn put(&self, key: &str, body: bytes::Bytes) -> chronos::engine::Result<()> {
-        if self.faults.hold_puts.load(Ordering::SeqCst) {
+        let hold_this = {
+            let containing = self.faults.hold_puts_containing.lock().unwrap();
+            containing.iter().any(|s| key.contains(s.as_str()))
+        };
+        if hold_this || self.faults.hold_puts.load(Ordering::SeqCst) {
             self.faults.holding.fetch_add(1, Ordering::SeqCst);
             self.faults.held.notify_one();
             if let Ok(permit) = self.faults.release.acquire().await {

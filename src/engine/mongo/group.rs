@@ -19,15 +19,18 @@
 //! the case where everything is as expected.
 //!
 //! A write arriving at an idle lane is opened at once, alone: group commit costs a lone write
-//! nothing, and groups form by themselves while the lane is busy.
+//! nothing, and groups form by themselves while the lane is busy. A member whose PUT is much
+//! slower than the rest's is left behind (its head put back) and commits on its own later, so
+//! one slow upload does not hold up its group.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bson::{Bson, Document, doc};
 use futures::TryStreamExt;
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot, watch};
 
 use super::{MongoMetaStore, code, head_from_doc, head_update, is_transient, map_err, version_doc};
 use crate::engine::error::{Error, Result};
@@ -142,11 +145,7 @@ impl MongoMetaStore {
             0 => {}
             1 => {
                 let Some(r) = requests.pop() else { return };
-                let answer = if r.change.op == Op::Create {
-                    Answer::Held(self.begin_create(r.change).await)
-                } else {
-                    self.first_change_attempt(r.change).await
-                };
+                let answer = self.first_attempt(r.change).await;
                 let _ = r.reply.send(answer);
             }
             _ => {
@@ -256,19 +255,26 @@ impl MongoMetaStore {
             let _ = session.abort_transaction().await;
             return Ok(answers.into_iter().flatten().collect());
         }
+        let group = Arc::new(Group {
+            slots: Mutex::new(members.iter().map(|_| Slot::Waiting).collect()),
+            changed: Notify::new(),
+            ended: watch::Sender::new(false),
+        });
+        let mut reverts = Vec::new();
         let mut pending = Vec::new();
-        let mut settlements = Vec::new();
-        for m in members {
-            let (tx, rx) = oneshot::channel();
-            settlements.push((m.revert, m.change.id.clone(), rx));
+        for (slot, m) in members.into_iter().enumerate() {
+            reverts.push((m.revert, m.change.id.clone()));
             pending.push(Box::new(GroupMember {
                 previous: m.previous,
                 ov: m.ov,
                 cv: m.cv,
-                settle: Some(tx),
+                group: group.clone(),
+                slot,
+                store: self.clone(),
+                change: m.change,
             }) as Box<dyn PendingWrite>);
         }
-        tokio::spawn(settle(self.clone(), c, session, settlements));
+        tokio::spawn(settle(self.clone(), c, session, group, reverts));
         let mut pending = pending.into_iter();
         Ok(answers
             .into_iter()
@@ -314,19 +320,101 @@ impl Member {
     }
 }
 
-/// What a member tells the group when it is done.
-enum Settlement {
-    Commit(Box<VersionEntry>, oneshot::Sender<Result<(), CommitError>>),
-    GiveUp,
+/// Where each member of a group stands; shared by the members and the task that settles them.
+struct Group {
+    slots: Mutex<Vec<Slot>>,
+    /// Signalled whenever a member settles.
+    changed: Notify,
+    /// Becomes true when the group's transaction has ended (committed or not).
+    ended: watch::Sender<bool>,
 }
+
+/// Marks a group ended when its settling ends, however it ends.
+struct Ended(Arc<Group>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        self.0.ended.send_replace(true);
+    }
+}
+
+enum Slot {
+    /// Still building or uploading its payload.
+    Waiting,
+    /// Ready: its version entry, and where to tell it how the commit went.
+    Commit(Box<VersionEntry>, oneshot::Sender<Result<(), CommitError>>),
+    /// Gave up (failed, or its caller went away): its head is put back.
+    GaveUp,
+    /// Too slow: the group committed without it and put its head back. It holds its item again
+    /// on its own when it is ready.
+    Left,
+}
+
+/// A group waits for a straggler until twice the time its first half took, plus this.
+const STRAGGLER_GRACE: Duration = Duration::from_millis(5);
 
 /// One write of a group, as the engine sees it: a [`PendingWrite`] like any other.
 struct GroupMember {
     previous: Option<Head>,
     ov: u64,
     cv: u64,
-    /// `None` once settled; dropping it unsent gives the write up.
-    settle: Option<oneshot::Sender<Settlement>>,
+    group: Arc<Group>,
+    slot: usize,
+    /// To hold the item again on its own if the group left it behind.
+    store: MongoMetaStore,
+    change: HeadChange,
+}
+
+impl GroupMember {
+    /// Settle this member's slot unless the group already left it behind; returns whether it did.
+    fn settle(&self, to: Slot) -> bool {
+        let mut slots = lock(&self.group.slots);
+        let Some(slot) = slots.get_mut(self.slot) else {
+            return false;
+        };
+        if !matches!(slot, Slot::Waiting) {
+            return false;
+        }
+        *slot = to;
+        drop(slots);
+        self.group.changed.notify_one();
+        true
+    }
+
+    /// Commit on its own, after the group left this write behind: hold the item again and
+    /// commit only if it is exactly as the group saw it (same previous version, so the uploaded
+    /// payload's ov and `_system` fields are still right); otherwise the engine starts over.
+    async fn commit_alone(&self, version: VersionEntry) -> Result<(), CommitError> {
+        // The group's transaction still holds the item until it ends: wait for that first.
+        let _ = self.group.ended.subscribe().wait_for(|ended| *ended).await;
+        let attempt = if self.change.op == Op::Create {
+            self.store.try_create(&self.change, self.cv).await
+        } else {
+            self.store.try_change(&self.change, self.cv).await
+        };
+        let again = CommitError::NotCommitted {
+            error: Error::Contended(format!("{}/{}", self.change.collection, self.change.id)),
+            retry: true,
+        };
+        let pending = match attempt {
+            Ok(super::Attempt::Held(pending)) => pending,
+            Ok(_) => return Err(again),
+            Err(error) => return Err(CommitError::NotCommitted { error, retry: false }),
+        };
+        let same = |a: Option<&Head>, b: Option<&Head>| a.map(|h| &h.write_id) == b.map(|h| &h.write_id);
+        if pending.ov() != self.ov || !same(pending.previous(), self.previous.as_ref()) {
+            pending.abort().await;
+            return Err(again);
+        }
+        pending.commit(version).await
+    }
+}
+
+impl Drop for GroupMember {
+    fn drop(&mut self) {
+        // Gone without settling (its caller went away): the group puts its head back.
+        self.settle(Slot::GaveUp);
+    }
 }
 
 #[async_trait]
@@ -346,45 +434,84 @@ impl PendingWrite for GroupMember {
         Err(Error::metadata("a grouped write can't change its data"))
     }
 
-    async fn commit(mut self: Box<Self>, version: VersionEntry) -> Result<(), CommitError> {
+    async fn commit(self: Box<Self>, version: VersionEntry) -> Result<(), CommitError> {
         let (tx, rx) = oneshot::channel();
-        let sent = self
-            .settle
-            .take()
-            .is_some_and(|s| s.send(Settlement::Commit(Box::new(version), tx)).is_ok());
-        // The group settles every member it hears from. If it is gone, whether its
-        // transaction committed can't be known here: the payload must stay.
-        match (sent, rx.await) {
-            (true, Ok(outcome)) => outcome,
-            _ => Err(CommitError::Unknown(group_broken())),
+        // The version is handed over whole or not at all: the group either takes it (and will
+        // answer) or has left this write behind (and never changes its item).
+        let left_behind = {
+            let mut slots = lock(&self.group.slots);
+            match slots.get_mut(self.slot) {
+                Some(slot @ Slot::Waiting) => {
+                    *slot = Slot::Commit(Box::new(version), tx);
+                    None
+                }
+                _ => Some(version),
+            }
+        };
+        match left_behind {
+            None => {
+                self.group.changed.notify_one();
+                // If the group dies after taking the entry, whether it committed is unknown:
+                // the payload must stay.
+                rx.await.unwrap_or_else(|_| Err(CommitError::Unknown(group_broken())))
+            }
+            Some(version) => self.commit_alone(version).await,
         }
     }
 
-    async fn abort(mut self: Box<Self>) {
-        if let Some(s) = self.settle.take() {
-            let _ = s.send(Settlement::GiveUp);
-        }
+    async fn abort(self: Box<Self>) {
+        self.settle(Slot::GaveUp);
     }
 }
 
-/// Wait until every member committed or gave up, then make the group's writes visible at once:
-/// put back the heads of those that gave up, insert the others' version entries, commit.
+/// Wait until every member committed or gave up — or, for a straggler, until the rest have
+/// waited long enough — then make the group's writes visible at once: put back the heads of those
+/// that gave up or were left behind, insert the others' version entries, commit.
 async fn settle(
     store: MongoMetaStore,
     c: CollectionName,
     mut session: mongodb::ClientSession,
-    members: Vec<(Revert, crate::engine::model::ItemId, oneshot::Receiver<Settlement>)>,
+    group: Arc<Group>,
+    reverts: Vec<(Revert, crate::engine::model::ItemId)>,
 ) {
+    let _ended = Ended(group.clone());
+    let opened = Instant::now();
+    let mut deadline: Option<Instant> = None;
+    let slots = loop {
+        let notified = group.changed.notified();
+        {
+            let mut slots = lock(&group.slots);
+            let waiting = slots.iter().filter(|s| matches!(s, Slot::Waiting)).count();
+            if waiting == 0 {
+                break std::mem::take(&mut *slots);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                for s in slots.iter_mut().filter(|s| matches!(s, Slot::Waiting)) {
+                    *s = Slot::Left;
+                }
+                break std::mem::take(&mut *slots);
+            }
+            if deadline.is_none() && 2 * waiting <= slots.len() {
+                deadline = Some(opened + 2 * opened.elapsed() + STRAGGLER_GRACE);
+            }
+        }
+        match deadline {
+            Some(d) => {
+                let _ = tokio::time::timeout_at(d.into(), notified).await;
+            }
+            None => notified.await,
+        }
+    };
     let mut entries = Vec::new();
     let mut replies = Vec::new();
-    let mut reverts = Vec::new();
-    for (revert, id, settlement) in members {
-        match settlement.await {
-            Ok(Settlement::Commit(v, reply)) => {
+    let mut undo = Vec::new();
+    for (slot, revert) in slots.into_iter().zip(reverts) {
+        match slot {
+            Slot::Commit(v, reply) => {
                 entries.push(version_doc(&v, v.cv));
                 replies.push(reply);
             }
-            Ok(Settlement::GiveUp) | Err(_) => reverts.push((revert, id)),
+            Slot::Waiting | Slot::GaveUp | Slot::Left => undo.push(revert),
         }
     }
     if replies.is_empty() {
@@ -392,7 +519,7 @@ async fn settle(
         return;
     }
     let heads = store.heads(&c);
-    for (revert, id) in reverts {
+    for (revert, id) in undo {
         let undone = match revert {
             Revert::Restore(before) => heads
                 .replace_one(doc! {"_id": id.as_str()}, before)

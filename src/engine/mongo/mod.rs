@@ -104,24 +104,34 @@ impl MongoMetaStore {
 
     async fn begin_create(&self, change: HeadChange) -> Result<Box<dyn PendingWrite>> {
         let cv = self.next_cv(&change.collection).await?;
-        let head = create_head(&change, cv)?;
+        for attempt in 0..CONTENTION_ATTEMPTS {
+            match self.try_create(&change, cv).await? {
+                Attempt::Held(pending) => return Ok(pending),
+                Attempt::StaleCv | Attempt::Busy => backoff(attempt).await,
+            }
+        }
+        Err(Error::Contended(format!("{}/{}", change.collection, change.id)))
+    }
+
+    /// Open a create's transaction and insert its head, with cv `cv`. `Busy`: another
+    /// transaction is inserting the same id; once it ends, the id is taken or free.
+    async fn try_create(&self, change: &HeadChange, cv: u64) -> Result<Attempt> {
+        let head = create_head(change, cv)?;
         let mut session = self.start().await?;
-        match self
+        if let Err(e) = self
             .heads(&change.collection)
             .insert_one(head)
             .session(&mut session)
             .await
         {
-            Ok(_) => {}
-            Err(e) => {
-                let _ = session.abort_transaction().await;
-                return Err(match code(&e) {
-                    Some(DUPLICATE_KEY) => Error::AlreadyExists(format!("{}/{}", change.collection, change.id)),
-                    _ => map_err(e),
-                });
-            }
+            let _ = session.abort_transaction().await;
+            return match code(&e) {
+                Some(DUPLICATE_KEY) => Err(Error::AlreadyExists(format!("{}/{}", change.collection, change.id))),
+                _ if is_transient(&e) => Ok(Attempt::Busy),
+                _ => Err(map_err(e)),
+            };
         }
-        Ok(Box::new(MongoPending {
+        Ok(Attempt::Held(Box::new(MongoPending {
             heads: self.heads(&change.collection),
             id: change.id.clone(),
             store_versions: self.versions_coll(&change.collection),
@@ -129,7 +139,7 @@ impl MongoMetaStore {
             previous: None,
             ov: 0,
             cv,
-        }))
+        })))
     }
 
     async fn begin_change(&self, change: HeadChange) -> Result<Box<dyn PendingWrite>> {
@@ -144,10 +154,11 @@ impl MongoMetaStore {
         Err(Error::Contended(format!("{}/{}", change.collection, change.id)))
     }
 
-    /// A lone change's first attempt, made by its lane's worker: what needs retries (contention,
+    /// A lone write's first attempt, made by its lane's worker: what needs retries (contention,
     /// a stale cv) goes back to the writer, so the lane never waits on a backoff.
-    async fn first_change_attempt(&self, change: HeadChange) -> group::Answer {
+    async fn first_attempt(&self, change: HeadChange) -> group::Answer {
         let attempt = match self.next_cv(&change.collection).await {
+            Ok(cv) if change.op == Op::Create => self.try_create(&change, cv).await,
             Ok(cv) => self.try_change(&change, cv).await,
             Err(e) => Err(e),
         };
