@@ -82,6 +82,10 @@ struct Args {
     /// when an operation fails.
     #[arg(long)]
     smoke: bool,
+    /// Run only these workloads (comma-separated labels as in the table's first column, plus
+    /// `memory`), e.g. `--only create,update,"S3 PUT alone"` while working on the write path.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
     /// Write the results as Markdown here (e.g. docs/benchmarks.md).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -1047,6 +1051,7 @@ async fn run(args: Args) -> Result<(), String> {
     let list_pool = if args.smoke { 100 } else { 2000 };
     let shown: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     let command = format!("cargo bench --bench throughput -- {}", shown.join(" "));
+    let wanted = |label: &str| args.only.is_empty() || args.only.iter().any(|o| o == label);
     let mongo_uri = env("CHRONOS_TEST_MONGO_URI")?;
     let s3_conn = S3Connection {
         endpoint: env("CHRONOS_TEST_S3_ENDPOINT")?,
@@ -1204,7 +1209,9 @@ async fn run(args: Args) -> Result<(), String> {
         (Workload::Update, &[Via::Embedded]),
         (Workload::GetLatest, &[Via::Embedded]),
     ] {
-        bench.measure(&ctx, w, paths).await;
+        if wanted(w.label()) {
+            bench.measure(&ctx, w, paths).await;
+        }
     }
     // The child reads the same database and buckets as the engine (secrets by env reference).
     let served_config = json!({
@@ -1222,13 +1229,20 @@ async fn run(args: Args) -> Result<(), String> {
         "dbName": db_name,
     });
     eprintln!("memory: `chronos serve` children, {connections} keep-alive connections each:");
-    for (via, config) in [(Via::Served, Some(served_config)), (Via::ServedEmbedded, None)] {
+    let memory = if wanted("memory") {
+        vec![(Via::Served, Some(served_config)), (Via::ServedEmbedded, None)]
+    } else {
+        vec![]
+    };
+    for (via, config) in memory {
         if let Err(e) = served(&mut bench, via, config, connections, ctx.items.as_str(), pool).await {
             bench.errors.push(format!("memory workload via {}: {e}", via.label()));
         }
     }
-    eprintln!("restoreCollection of {restore_items} items:");
-    restore(&mut bench, &ctx, restore_items).await?;
+    if wanted(Workload::Restore.label()) {
+        eprintln!("restoreCollection of {restore_items} items:");
+        restore(&mut bench, &ctx, restore_items).await?;
+    }
 
     let _ = stop.send(());
     let _ = server.await;
