@@ -881,6 +881,8 @@ struct Bench {
     errors: Vec<String>,
     /// The memory workload's readings of each `chronos serve` child, with its connection count.
     served: Vec<(Via, usize, ServedMemory)>,
+    /// Mongo commands per create and per update made one at a time (nothing to group with).
+    lone: Option<(f64, f64)>,
 }
 
 impl Bench {
@@ -1174,6 +1176,7 @@ async fn run(args: Args) -> Result<(), String> {
         peak_rss_kib: 0,
         errors: Vec::new(),
         served: Vec::new(),
+        lone: None,
     };
 
     eprintln!("setup: {pool} pool items per path, {list_pool} items to list");
@@ -1197,6 +1200,9 @@ async fn run(args: Args) -> Result<(), String> {
     }
     ctx.floor.setup_list(list_pool).await?;
 
+    if wanted(Workload::Create.label()) || wanted(Workload::Update.label()) {
+        bench.lone = Some(lone_writes(&bench, &ctx).await?);
+    }
     for (w, paths) in [
         (Workload::Create, &[Via::Floor, Via::Engine, Via::Http][..]),
         (Workload::Update, &[Via::Floor, Via::Engine, Via::Http]),
@@ -1273,6 +1279,37 @@ async fn run(args: Args) -> Result<(), String> {
         return Err(format!("operations failed:\n  {}", bench.errors.join("\n  ")));
     }
     Ok(())
+}
+
+/// Mongo commands per create and per update when each write is alone (one client, one write at
+/// a time): what group commit can't share.
+async fn lone_writes(bench: &Bench, ctx: &Ctx) -> Result<(f64, f64), String> {
+    const N: u64 = 20;
+    let commands = |d: Delta| d.mongo.values().map(|(n, _)| *n).sum::<u64>() as f64 / N as f64;
+    let ids = (0..N)
+        .map(|i| name::<ItemId>(&format!("lone-{i}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let before = bench.counts();
+    for (n, id) in (0..).zip(&ids) {
+        let data = record(n, 0);
+        ctx.engine
+            .create(&ctx.created, Some(id.clone()), data, &ctx.who)
+            .await
+            .map_err(err("lone create"))?;
+    }
+    let created = bench.counts();
+    for (n, id) in (0..).zip(&ids) {
+        let data = record(n, 1);
+        ctx.engine
+            .update(&ctx.created, id, data, Some(0), &ctx.who)
+            .await
+            .map_err(err("lone update"))?;
+    }
+    let updated = bench.counts();
+    Ok((
+        commands(Delta::between(&before, &created, 0)),
+        commands(Delta::between(&created, &updated, 0)),
+    ))
 }
 
 /// Create `items` items of `c`, then update each once: returns the restore points "after the
@@ -2281,15 +2318,38 @@ fn targets(b: &Bench) -> Vec<(String, String, Option<bool>)> {
             .collect::<Vec<_>>()
             .join(", ");
         t.push((
-            "≤ 4 Mongo commands per unbatched write (the design's count)".into(),
-            measured.clone(),
-            Some(most <= 4.0 + 1e-9),
-        ));
-        t.push((
-            "≤ 3 Mongo commands per unbatched write (the issue's first bar)".into(),
-            format!("{measured} (the floor: 3)"),
+            format!("≤ 3 Mongo commands per write, {} clients (group commit)", b.clients),
+            format!("{measured} (the per-op floor: 3)"),
             Some(most <= 3.0 + 1e-9),
         ));
+    }
+    if let Some((create, update)) = b.lone {
+        t.push((
+            "≤ 3 Mongo commands per write made alone (nothing to group with)".into(),
+            format!(
+                "create {}, update {} (cv `$inc`, head, version, commit)",
+                fmt_count(create),
+                fmt_count(update)
+            ),
+            Some(create.max(update) <= 3.0 + 1e-9),
+        ));
+    }
+    if let Some(put) = b.find(Workload::PutOnly, Via::Floor) {
+        for w in [Workload::Create, Workload::Update] {
+            let Some(r) = b.find(w, Via::Engine) else { continue };
+            let ratio = r.ops_per_s / put.ops_per_s.max(f64::MIN_POSITIVE);
+            let http = b
+                .find(w, Via::Http)
+                .map_or(String::new(), |h| format!("; HTTP {:.2}×", h.ops_per_s / put.ops_per_s));
+            t.push((
+                format!("goal: {} ≥ 0.9× S3 PUT alone", w.label()),
+                format!(
+                    "engine {:.0}/s = {ratio:.2}× the {:.0} PUTs/s{http}",
+                    r.ops_per_s, put.ops_per_s
+                ),
+                Some(ratio >= 0.9),
+            ));
+        }
     }
     if let Some(r) = b.find(Workload::Restore, Via::Engine) {
         let ratio = b
