@@ -788,6 +788,8 @@ struct Row {
     s3: Option<(f64, f64)>,
     rss_mib: f64,
     errors: u64,
+    /// CPU ms per operation of mongod, the S3 server and this process (paths counted here).
+    cpu_ms: Option<[f64; 3]>,
 }
 
 impl Row {
@@ -830,6 +832,45 @@ struct Counts {
     mongo: BTreeMap<String, (u64, Duration)>,
     pool_wait: Duration,
     s3: (u64, Duration),
+    cpu: Cpu,
+}
+
+/// CPU time (user + system) used so far by mongod, by the S3 server (SeaweedFS: `weed`) and by
+/// this process (clients, engine, in-process HTTP server), from `/proc/<pid>/stat`.
+#[derive(Default, Clone, Copy)]
+struct Cpu([Duration; 3]);
+
+impl Cpu {
+    fn now() -> Cpu {
+        let mut cpu = Cpu::default();
+        let Ok(procs) = std::fs::read_dir("/proc") else { return cpu };
+        let me = std::process::id().to_string();
+        for entry in procs.flatten() {
+            let pid = entry.file_name().to_string_lossy().into_owned();
+            if !pid.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+            // `pid (comm) state …`: utime and stime are fields 14 and 15, in clock ticks (USER_HZ,
+            // 100 on Linux).
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+            let comm = &stat[open + 1..close];
+            let slot = match comm {
+                _ if pid == me => 2,
+                "mongod" => 0,
+                "weed" => 1,
+                _ => continue,
+            };
+            let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+            let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+            cpu.0[slot] += Duration::from_millis(10 * (ticks(11) + ticks(12)));
+        }
+        cpu
+    }
+
+    fn since(self, before: Cpu) -> Cpu {
+        Cpu([0, 1, 2].map(|i| self.0[i].saturating_sub(before.0[i])))
+    }
 }
 
 /// What the counters moved by during a measurement (or several, added up).
@@ -838,6 +879,7 @@ struct Delta {
     mongo: BTreeMap<String, (u64, Duration)>,
     pool_wait: Duration,
     s3: (u64, Duration),
+    cpu: Cpu,
     rss_kib: u64,
 }
 
@@ -852,6 +894,7 @@ impl Delta {
             mongo,
             pool_wait: after.pool_wait.saturating_sub(before.pool_wait),
             s3: (after.s3.0 - before.s3.0, after.s3.1.saturating_sub(before.s3.1)),
+            cpu: after.cpu.since(before.cpu),
             rss_kib,
         }
     }
@@ -865,6 +908,9 @@ impl Delta {
         self.pool_wait += other.pool_wait;
         self.s3.0 += other.s3.0;
         self.s3.1 += other.s3.1;
+        for i in 0..3 {
+            self.cpu.0[i] += other.cpu.0[i];
+        }
         self.rss_kib = self.rss_kib.max(other.rss_kib);
     }
 }
@@ -938,6 +984,7 @@ impl Bench {
             mongo,
             pool_wait,
             s3: self.s3_counter.snapshot(),
+            cpu: Cpu::now(),
         }
     }
 
@@ -979,6 +1026,7 @@ impl Bench {
             s3: counted.then(|| (delta.s3.0 as f64 / ops, ms(delta.s3.1))),
             rss_mib: delta.rss_kib as f64 / 1024.0,
             errors: m.errors,
+            cpu_ms: counted.then(|| delta.cpu.0.map(ms)),
         };
         let ratio = self.ratio(&row).map_or(String::new(), |r| format!(" = {r:.2}× floor"));
         let ms = |v: f64| {
@@ -2265,6 +2313,25 @@ impl Report {
                 r.workload.what(r.via),
                 fmt_breakdown(breakdown, scale),
                 r.pool_ms * scale,
+            ));
+        }
+        line(String::new());
+
+        line("### Where the CPU goes\n".into());
+        line(
+            "CPU time (user + system, from `/proc/<pid>/stat`) per operation, in ms, of mongod, of the S3 server \
+             and of this process (clients, engine, HTTP server), while the workload ran: on a machine with 2 \
+             cores shared by all three, what one path spends is what the others can't have.\n"
+                .into(),
+        );
+        line("| workload | path | mongod | S3 server | this process | all three |\n|---|---|--:|--:|--:|--:|".into());
+        for r in &b.rows {
+            let Some([mongod, s3, me]) = r.cpu_ms else { continue };
+            line(format!(
+                "| {} | {} | {mongod:.2} | {s3:.2} | {me:.2} | {:.2} |",
+                r.workload.label(),
+                r.via.label(),
+                mongod + s3 + me
             ));
         }
         line(String::new());
