@@ -843,17 +843,23 @@ struct Cpu([Duration; 3]);
 impl Cpu {
     fn now() -> Cpu {
         let mut cpu = Cpu::default();
-        let Ok(procs) = std::fs::read_dir("/proc") else { return cpu };
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return cpu;
+        };
         let me = std::process::id().to_string();
         for entry in procs.flatten() {
             let pid = entry.file_name().to_string_lossy().into_owned();
             if !pid.bytes().all(|b| b.is_ascii_digit()) {
                 continue;
             }
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
             // `pid (comm) state …`: utime and stime are fields 14 and 15, in clock ticks (USER_HZ,
             // 100 on Linux).
-            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                continue;
+            };
             let comm = &stat[open + 1..close];
             let slot = match comm {
                 _ if pid == me => 2,
