@@ -4,7 +4,7 @@
 # a freshly started `chronos serve` serves, with every check on. Any 5xx, undocumented status,
 # response that does not match its schema, etc. fails the run.
 #
-# Builds nothing: it runs the binary at $CHRONOS_BIN (default target/debug/chronos), so
+# Builds nothing: it runs the binary at $CHRONOS_BIN (default $CARGO_TARGET_DIR/debug/chronos, or target/…), so
 # `cargo build --locked --bin chronos` first. The server runs embedded (SQLite + a directory) in
 # a fresh temporary directory, with a tokens file; schemathesis sends that token, so requests get
 # past auth into the handlers. `{db}` is pinned to `default` (the only database in embedded mode).
@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 ST_VERSION=4.32.5
 CACHE="${CHRONOS_CACHE:-$HOME/.cache/chronos-test}"
 VENV="$CACHE/schemathesis-venv"
-BIN="${CHRONOS_BIN:-target/debug/chronos}"
+BIN="${CHRONOS_BIN:-${CARGO_TARGET_DIR:-target}/debug/chronos}"
 MAX_EXAMPLES="${SCHEMATHESIS_MAX_EXAMPLES:-50}"
 SEED="${SCHEMATHESIS_SEED:-20240611}"
 
