@@ -247,6 +247,74 @@ async fn a_straggler_is_left_behind_and_commits_on_its_own() {
     }
 }
 
+/// A group that can't hold all its items (another replica holds one) is given up whole, and
+/// every write — also one that failed its precondition on the group's snapshot — goes on alone
+/// with its own change: each item ends with exactly what its own writer sent.
+#[tokio::test]
+async fn a_group_given_up_sends_every_write_on_alone_with_its_own_change() {
+    use chronos::engine::{Error, ItemId};
+    let h = support::mongo_s3(EngineSettings::default()).await;
+    let c: CollectionName = "grouped-given-up".parse().unwrap();
+    let who = Attribution::default();
+    let data = |name: &str, v: usize| json!({"name": name, "v": v}).as_object().unwrap().clone();
+    let names = ["stale", "a", "b", "held", "c"];
+    let ids: Vec<ItemId> = names.iter().map(|n| n.parse().unwrap()).collect();
+    for (name, id) in names.iter().zip(&ids) {
+        h.engine
+            .create(&c, Some(id.clone()), data(name, 0), &who)
+            .await
+            .unwrap();
+    }
+    // Another replica holds `held` (its write is uploading).
+    h.faults.hold_puts_containing.lock().unwrap().push("/held/".into());
+    let replica = h.replica();
+    let other = {
+        let (c, id, who) = (c.clone(), ids[3].clone(), who.clone());
+        tokio::spawn(async move { replica.update(&c, &id, data("held", 1), Some(0), &who).await })
+    };
+    h.faults.until_holding(1).await;
+    h.take_commands();
+    let tasks: Vec<_> = names
+        .iter()
+        .zip(&ids)
+        .map(|(name, id)| {
+            let (engine, c, id, who, name) = (h.engine.clone(), c.clone(), id.clone(), who.clone(), name.to_string());
+            let expected = match name.as_str() {
+                "stale" => Some(5),
+                "held" => None,
+                _ => Some(0),
+            };
+            tokio::spawn(async move { engine.update(&c, &id, data(&name, 2), expected, &who).await })
+        })
+        .collect();
+    let mut tasks = tasks.into_iter();
+    let stale = tasks.next().unwrap().await.unwrap();
+    assert!(
+        matches!(stale, Err(Error::VersionConflict { current: 0, .. })),
+        "{stale:?}"
+    );
+    for name in ["a", "b"] {
+        assert_eq!(tasks.next().unwrap().await.unwrap().unwrap().ov, 1, "{name}");
+    }
+    let mine_on_held = tasks.next().unwrap();
+    assert_eq!(tasks.next().unwrap().await.unwrap().unwrap().ov, 1, "c");
+    assert!(
+        h.take_commands().iter().any(|c| c == "update"),
+        "the writes first tried to hold their items as a group"
+    );
+    h.faults.hold_puts_containing.lock().unwrap().clear();
+    h.faults.release_one();
+    assert_eq!(other.await.unwrap().unwrap().ov, 1);
+    assert_eq!(mine_on_held.await.unwrap().unwrap().ov, 2);
+
+    for (i, name) in names.iter().enumerate() {
+        let latest = h.engine.get_latest(&c, &ids[i], ReadOptions::default()).await.unwrap();
+        assert_eq!(latest.data["name"], *name, "{name} holds its own writer's data");
+        let expected_v = if *name == "stale" { 0 } else { 2 };
+        assert_eq!(latest.data["v"], expected_v, "{name}");
+    }
+}
+
 /// Presigned URLs for a version's payload and its content properties, fetched with a plain GET.
 #[tokio::test]
 async fn presigned_urls_serve_the_exact_bytes() {

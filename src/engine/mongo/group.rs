@@ -55,7 +55,7 @@ pub(super) enum Answer {
     /// The write holds its item, or failed for good.
     Held(Result<Box<dyn PendingWrite>>),
     /// Run the lone-write protocol from the start: something needs its retries or its diagnosis.
-    Alone(Box<HeadChange>),
+    Alone,
 }
 
 struct Request {
@@ -83,7 +83,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Lanes {
     /// Queue a write on its collection's lane, starting the lane's worker if it is idle.
-    pub(super) async fn join(&self, store: &MongoMetaStore, change: HeadChange) -> Answer {
+    pub(super) async fn join(&self, store: &MongoMetaStore, change: &HeadChange) -> Answer {
         let lane = lock(&self.lanes).entry(change.collection.clone()).or_default().clone();
         let (reply, answer) = oneshot::channel();
         let start = {
@@ -98,7 +98,7 @@ impl Lanes {
             tokio::spawn(drain(store.clone(), lane));
         }
         // The worker answers every request it takes; if it died, the write goes alone.
-        answer.await.unwrap_or(Answer::Alone(Box::new(change)))
+        answer.await.unwrap_or(Answer::Alone)
     }
 }
 
@@ -145,14 +145,14 @@ impl MongoMetaStore {
             0 => {}
             1 => {
                 let Some(r) = requests.pop() else { return };
-                let answer = self.first_attempt(r.change).await;
+                let answer = self.first_attempt(&r.change).await;
                 let _ = r.reply.send(answer);
             }
             _ => {
                 let (changes, replies): (Vec<_>, Vec<_>) = requests.into_iter().map(|r| (r.change, r.reply)).unzip();
                 let answers = match self.hold_group(changes).await {
-                    Ok(answers) => answers,
-                    Err(changes) => changes.into_iter().map(|c| Answer::Alone(Box::new(c))).collect(),
+                    Some(answers) => answers,
+                    None => replies.iter().map(|_| Answer::Alone).collect(),
                 };
                 for (reply, answer) in replies.into_iter().zip(answers) {
                     let _ = reply.send(answer);
@@ -161,17 +161,13 @@ impl MongoMetaStore {
         }
     }
 
-    /// Take cvs for the group, open its transaction and hold every member's head. `Err` gives
-    /// the writes back when the group could not form.
-    async fn hold_group(&self, changes: Vec<HeadChange>) -> Result<Vec<Answer>, Vec<HeadChange>> {
+    /// Take cvs for the group, open its transaction and hold every member's head. The answers
+    /// are in the order of `changes`; `None` when the group could not form (all go alone).
+    async fn hold_group(&self, changes: Vec<HeadChange>) -> Option<Vec<Answer>> {
         let c = changes[0].collection.clone();
-        let Ok(last) = self.take_cvs(&c, changes.len() as u64).await else {
-            return Err(changes);
-        };
+        let last = self.take_cvs(&c, changes.len() as u64).await.ok()?;
         let first = last + 1 - changes.len() as u64;
-        let Ok(mut session) = self.start().await else {
-            return Err(changes);
-        };
+        let mut session = self.start().await.ok()?;
         let heads = self.heads(&c);
         let mut members = Vec::new();
         let mut answers: Vec<Option<Answer>> = Vec::new();
@@ -182,14 +178,14 @@ impl MongoMetaStore {
                     Ok(d) => docs.push(d),
                     Err(_) => {
                         let _ = session.abort_transaction().await;
-                        return Err(changes);
+                        return None;
                     }
                 }
             }
             // A taken id aborts the whole insert: the lone protocol tells which one it was.
             if heads.insert_many(docs).session(&mut session).await.is_err() {
                 let _ = session.abort_transaction().await;
-                return Err(changes);
+                return None;
             }
             for (cv, change) in (first..).zip(changes) {
                 members.push(Member::new(change, cv, None, Revert::Remove));
@@ -205,7 +201,7 @@ impl MongoMetaStore {
                 };
             let Ok(found) = found else {
                 let _ = session.abort_transaction().await;
-                return Err(changes);
+                return None;
             };
             let mut before: HashMap<String, Document> = found
                 .into_iter()
@@ -228,7 +224,7 @@ impl MongoMetaStore {
                         answers.push(None);
                     }
                     // Missing, deleted, stale ov or cv: the lone protocol reports or retries it.
-                    _ => answers.push(Some(Answer::Alone(Box::new(change)))),
+                    _ => answers.push(Some(Answer::Alone)),
                 }
             }
             if !statements.is_empty() {
@@ -242,18 +238,13 @@ impl MongoMetaStore {
                     && matches!(r.get("n"), Some(Bson::Int32(n)) if i64::from(*n) == expected));
                 if !held {
                     let _ = session.abort_transaction().await;
-                    let mut back: Vec<HeadChange> = members.into_iter().map(|m| m.change).collect();
-                    back.extend(answers.into_iter().flatten().filter_map(|a| match a {
-                        Answer::Alone(c) => Some(*c),
-                        Answer::Held(_) => None,
-                    }));
-                    return Err(back);
+                    return None;
                 }
             }
         }
         if members.is_empty() {
             let _ = session.abort_transaction().await;
-            return Ok(answers.into_iter().flatten().collect());
+            return Some(answers.into_iter().flatten().collect());
         }
         let group = Arc::new(Group {
             slots: Mutex::new(members.iter().map(|_| Slot::Waiting).collect()),
@@ -275,11 +266,14 @@ impl MongoMetaStore {
             }) as Box<dyn PendingWrite>);
         }
         tokio::spawn(settle(self.clone(), c, session, group, reverts));
+        // Members were taken in order, so each placeholder gets its own member.
         let mut pending = pending.into_iter();
-        Ok(answers
-            .into_iter()
-            .map(|a| a.unwrap_or_else(|| Answer::Held(pending.next().ok_or_else(group_broken))))
-            .collect())
+        Some(
+            answers
+                .into_iter()
+                .map(|a| a.unwrap_or_else(|| Answer::Held(pending.next().ok_or_else(group_broken))))
+                .collect(),
+        )
     }
 }
 

@@ -156,15 +156,15 @@ impl MongoMetaStore {
 
     /// A lone write's first attempt, made by its lane's worker: what needs retries (contention,
     /// a stale cv) goes back to the writer, so the lane never waits on a backoff.
-    async fn first_attempt(&self, change: HeadChange) -> group::Answer {
+    async fn first_attempt(&self, change: &HeadChange) -> group::Answer {
         let attempt = match self.next_cv(&change.collection).await {
-            Ok(cv) if change.op == Op::Create => self.try_create(&change, cv).await,
-            Ok(cv) => self.try_change(&change, cv).await,
+            Ok(cv) if change.op == Op::Create => self.try_create(change, cv).await,
+            Ok(cv) => self.try_change(change, cv).await,
             Err(e) => Err(e),
         };
         match attempt {
             Ok(Attempt::Held(pending)) => group::Answer::Held(Ok(pending)),
-            Ok(Attempt::StaleCv | Attempt::Busy) => group::Answer::Alone(Box::new(change)),
+            Ok(Attempt::StaleCv | Attempt::Busy) => group::Answer::Alone,
             Err(e) => group::Answer::Held(Err(e)),
         }
     }
@@ -556,9 +556,9 @@ impl MetaStore for MongoMetaStore {
         if !group::groupable(&change) {
             return self.begin_alone(change).await;
         }
-        match self.lanes.join(self, change).await {
+        match self.lanes.join(self, &change).await {
             group::Answer::Held(pending) => pending,
-            group::Answer::Alone(change) => self.begin_alone(*change).await,
+            group::Answer::Alone => self.begin_alone(change).await,
         }
     }
 
