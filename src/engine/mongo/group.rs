@@ -360,19 +360,14 @@ struct GroupMember {
 }
 
 impl GroupMember {
-    /// Settle this member's slot unless the group already left it behind; returns whether it did.
-    fn settle(&self, to: Slot) -> bool {
+    /// Give this member up, unless it already settled or the group left it behind.
+    fn give_up(&self) {
         let mut slots = lock(&self.group.slots);
-        let Some(slot) = slots.get_mut(self.slot) else {
-            return false;
-        };
-        if !matches!(slot, Slot::Waiting) {
-            return false;
+        if let Some(slot @ Slot::Waiting) = slots.get_mut(self.slot) {
+            *slot = Slot::GaveUp;
+            drop(slots);
+            self.group.changed.notify_one();
         }
-        *slot = to;
-        drop(slots);
-        self.group.changed.notify_one();
-        true
     }
 
     /// Commit on its own, after the group left this write behind: hold the item again and
@@ -381,11 +376,7 @@ impl GroupMember {
     async fn commit_alone(&self, version: VersionEntry) -> Result<(), CommitError> {
         // The group's transaction still holds the item until it ends: wait for that first.
         let _ = self.group.ended.subscribe().wait_for(|ended| *ended).await;
-        let attempt = if self.change.op == Op::Create {
-            self.store.try_create(&self.change, self.cv).await
-        } else {
-            self.store.try_change(&self.change, self.cv).await
-        };
+        let attempt = self.store.try_hold(&self.change, self.cv).await;
         let again = CommitError::NotCommitted {
             error: Error::Contended(format!("{}/{}", self.change.collection, self.change.id)),
             retry: true,
@@ -407,7 +398,7 @@ impl GroupMember {
 impl Drop for GroupMember {
     fn drop(&mut self) {
         // Gone without settling (its caller went away): the group puts its head back.
-        self.settle(Slot::GaveUp);
+        self.give_up();
     }
 }
 
@@ -454,7 +445,7 @@ impl PendingWrite for GroupMember {
     }
 
     async fn abort(self: Box<Self>) {
-        self.settle(Slot::GaveUp);
+        self.give_up();
     }
 }
 

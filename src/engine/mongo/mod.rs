@@ -94,23 +94,26 @@ impl MongoMetaStore {
         start_transaction(&self.client).await
     }
 
-    /// A write on its own: the protocol of `docs/design.md`.
+    /// A write on its own: the protocol of `docs/design.md`. A writer that finds its item held
+    /// by another transaction backs off and tries again.
     async fn begin_alone(&self, change: HeadChange) -> Result<Box<dyn PendingWrite>> {
-        match change.op {
-            Op::Create => self.begin_create(change).await,
-            _ => self.begin_change(change).await,
-        }
-    }
-
-    async fn begin_create(&self, change: HeadChange) -> Result<Box<dyn PendingWrite>> {
-        let cv = self.next_cv(&change.collection).await?;
+        let mut cv = self.next_cv(&change.collection).await?;
         for attempt in 0..CONTENTION_ATTEMPTS {
-            match self.try_create(&change, cv).await? {
+            match self.try_hold(&change, cv).await? {
                 Attempt::Held(pending) => return Ok(pending),
-                Attempt::StaleCv | Attempt::Busy => backoff(attempt).await,
+                Attempt::StaleCv => cv = self.next_cv(&change.collection).await?,
+                Attempt::Busy => backoff(attempt).await,
             }
         }
         Err(Error::Contended(format!("{}/{}", change.collection, change.id)))
+    }
+
+    /// One attempt to hold a write's item with cv `cv`.
+    async fn try_hold(&self, change: &HeadChange, cv: u64) -> Result<Attempt> {
+        match change.op {
+            Op::Create => self.try_create(change, cv).await,
+            _ => self.try_change(change, cv).await,
+        }
     }
 
     /// Open a create's transaction and insert its head, with cv `cv`. `Busy`: another
@@ -142,24 +145,11 @@ impl MongoMetaStore {
         })))
     }
 
-    async fn begin_change(&self, change: HeadChange) -> Result<Box<dyn PendingWrite>> {
-        let mut cv = self.next_cv(&change.collection).await?;
-        for attempt in 0..CONTENTION_ATTEMPTS {
-            match self.try_change(&change, cv).await? {
-                Attempt::Held(pending) => return Ok(pending),
-                Attempt::StaleCv => cv = self.next_cv(&change.collection).await?,
-                Attempt::Busy => backoff(attempt).await,
-            }
-        }
-        Err(Error::Contended(format!("{}/{}", change.collection, change.id)))
-    }
-
     /// A lone write's first attempt, made by its lane's worker: what needs retries (contention,
     /// a stale cv) goes back to the writer, so the lane never waits on a backoff.
     async fn first_attempt(&self, change: &HeadChange) -> group::Answer {
         let attempt = match self.next_cv(&change.collection).await {
-            Ok(cv) if change.op == Op::Create => self.try_create(change, cv).await,
-            Ok(cv) => self.try_change(change, cv).await,
+            Ok(cv) => self.try_hold(change, cv).await,
             Err(e) => Err(e),
         };
         match attempt {
