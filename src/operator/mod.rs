@@ -14,6 +14,7 @@
 pub mod backends;
 pub mod collection;
 pub mod conditions;
+pub mod data_gate;
 pub mod database;
 pub mod events;
 pub mod health;
@@ -84,6 +85,8 @@ pub struct Context {
     /// One lock per namespace, held while its engines are rendered and applied (see
     /// [`Context::namespace_lock`]).
     namespace_locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Keeps a database's data from being dropped while a collection reconcile writes to it.
+    pub data_gates: data_gate::DataGates,
 }
 
 impl Context {
@@ -105,6 +108,7 @@ impl Context {
             shared_engine_replicas: 1,
             restore_page: crate::engine::restore::RESTORE_PAGE,
             namespace_locks: std::sync::Mutex::default(),
+            data_gates: data_gate::DataGates::default(),
         }
     }
 

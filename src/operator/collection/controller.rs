@@ -41,7 +41,10 @@ async fn ensure(c: &ChronosCollection, ctx: &Context) -> Result<Action> {
         .await?;
         return Ok(Action::requeue(requeue::MISSING));
     };
-    if db.metadata.deletion_timestamp.is_some() {
+    let uid = db.metadata.uid.clone().unwrap_or_default();
+    // Held until the indexes are in place, so a drop of the database's data waits for them.
+    let pass = ctx.data_gates.enter(&uid);
+    if db.metadata.deletion_timestamp.is_some() || pass.is_none() {
         // Its data may be being dropped (deletionPolicy: Delete): creating indexes now would
         // bring the MongoDB database back.
         let message = format!("ChronosDatabase {ns}/{} is being deleted", c.spec.database);
@@ -63,7 +66,9 @@ async fn ensure(c: &ChronosCollection, ctx: &Context) -> Result<Action> {
             .await
             .map_err(Error::from)
     };
-    match indexes.await {
+    let indexes = indexes.await;
+    drop(pass);
+    match indexes {
         Ok(indexes) => {
             let message = format!("{} index(es) on indexed properties", indexes.len());
             write_status(c, ctx, Observed::ok(INDEXES_READY, "Created", message), indexes).await?;

@@ -363,6 +363,9 @@ async fn cleanup(db: &ChronosDatabase, ctx: &Context) -> Result<Action> {
         sync_shared(ctx, &ns, None).await?;
     }
     if db.spec.deletion_policy == DeletionPolicy::Delete {
+        // No collection reconcile may be creating indexes (which would bring the MongoDB
+        // database back) from here on.
+        ctx.data_gates.close(&db.metadata.uid.clone().unwrap_or_default()).await;
         let storage = backends::storage(&ctx.client, db).await?;
         backends::drop_data(ctx, &storage).await?;
         tracing::info!(database = %db.name_any(), "dropped the MongoDB database and the buckets (deletionPolicy: Delete)");
