@@ -2,10 +2,11 @@
 //!
 //! Deleting a `ChronosDatabase` with `deletionPolicy: Delete` drops its MongoDB database. A
 //! collection reconcile that looked at the database just before the deletion began could still
-//! be creating indexes, and `createIndexes` would bring the dropped database back. Both run in
-//! this (leader-elected, so the only active) operator process, so a process-local gate per
-//! database closes the race: writers enter through the gate, and the drop first closes it —
-//! refusing newcomers — and waits until everyone inside has left.
+//! be creating indexes (or a restore writing versions), and that would bring the dropped
+//! database back. All of them run in this (leader-elected, so the only active) operator
+//! process, so a process-local gate per database closes the race: writers enter through the
+//! gate, and the drop first closes it — refusing newcomers — and waits until everyone inside has
+//! left.
 //!
 //! Gates are keyed by the database's UID, so a new database of the same name starts open. A
 //! closed gate stays in memory (a few bytes per deleted database over the operator's life).

@@ -85,7 +85,8 @@ pub struct Context {
     /// One lock per namespace, held while its engines are rendered and applied (see
     /// [`Context::namespace_lock`]).
     namespace_locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// Keeps a database's data from being dropped while a collection reconcile writes to it.
+    /// Keeps a database's data from being dropped while a collection or restore reconcile
+    /// writes to it.
     pub data_gates: data_gate::DataGates,
 }
 

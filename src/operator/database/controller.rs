@@ -363,7 +363,7 @@ async fn cleanup(db: &ChronosDatabase, ctx: &Context) -> Result<Action> {
         sync_shared(ctx, &ns, None).await?;
     }
     if db.spec.deletion_policy == DeletionPolicy::Delete {
-        // No collection reconcile may be creating indexes (which would bring the MongoDB
+        // No collection or restore reconcile may be writing (which would bring the MongoDB
         // database back) from here on.
         ctx.data_gates.close(&db.metadata.uid.clone().unwrap_or_default()).await;
         let storage = backends::storage(&ctx.client, db).await?;

@@ -50,6 +50,14 @@ async fn run(r: &ChronosRestore, ctx: &Context) -> Result<Action> {
         write(ctx, &r, &status).await?;
         return Ok(Action::requeue(requeue::MISSING));
     };
+    // Held for the whole run, so a drop of the database's data waits for it to end; a restore
+    // never writes into a database that is being deleted (that would bring its data back).
+    let pass = ctx.data_gates.enter(&db.metadata.uid.clone().unwrap_or_default());
+    if db.metadata.deletion_timestamp.is_some() || pass.is_none() {
+        status.message = Some(format!("ChronosDatabase {ns}/{} is being deleted", r.spec.database));
+        write(ctx, &r, &status).await?;
+        return Ok(Action::requeue(requeue::MISSING));
+    }
     let engine = match backends::engine(ctx, &db, backends::settings(ctx, &db).await?).await {
         Ok(e) => e,
         Err(e) => {
