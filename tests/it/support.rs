@@ -121,6 +121,11 @@ impl Faults {
     }
 }
 
+/// Whether `key` contains one of the strings in `list`.
+fn names(list: &std::sync::Mutex<Vec<String>>, key: &str) -> bool {
+    list.lock().unwrap().iter().any(|s| key.contains(s.as_str()))
+}
+
 /// A payload store that fails writes on demand the way an unreachable S3 server does
 /// (`Unavailable`), passing everything else through.
 pub struct FaultyPayloads {
@@ -137,11 +142,7 @@ impl FaultyPayloads {
 #[async_trait::async_trait]
 impl PayloadStore for FaultyPayloads {
     async fn put(&self, key: &str, body: bytes::Bytes) -> chronos::engine::Result<()> {
-        let hold_this = {
-            let containing = self.faults.hold_puts_containing.lock().unwrap();
-            containing.iter().any(|s| key.contains(s.as_str()))
-        };
-        if hold_this || self.faults.hold_puts.load(Ordering::SeqCst) {
+        if names(&self.faults.hold_puts_containing, key) || self.faults.hold_puts.load(Ordering::SeqCst) {
             self.faults.holding.fetch_add(1, Ordering::SeqCst);
             self.faults.held.notify_one();
             if let Ok(permit) = self.faults.release.acquire().await {
@@ -149,11 +150,7 @@ impl PayloadStore for FaultyPayloads {
             }
             self.faults.holding.fetch_sub(1, Ordering::SeqCst);
         }
-        let fail_this = {
-            let containing = self.faults.fail_puts_containing.lock().unwrap();
-            containing.iter().any(|s| key.contains(s.as_str()))
-        };
-        if fail_this || self.faults.fail_puts.load(Ordering::SeqCst) {
+        if names(&self.faults.fail_puts_containing, key) || self.faults.fail_puts.load(Ordering::SeqCst) {
             return Err(chronos::engine::Error::payload("injected fault: connection refused"));
         }
         self.inner.put(key, body).await
