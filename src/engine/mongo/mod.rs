@@ -669,7 +669,6 @@ impl MetaStore for MongoMetaStore {
     }
 
     async fn list_as_of(&self, c: &CollectionName, at: Timestamp, q: &ListQuery) -> Result<Vec<VersionEntry>> {
-        use futures::TryStreamExt;
         let mut first = doc! {"at": {"$lte": to_date(at)}};
         if let Some(after) = &q.after_id {
             first.insert(
@@ -692,25 +691,10 @@ impl MetaStore for MongoMetaStore {
             doc! {"$sort": {"itemId": direction}},
             doc! {"$limit": q.limit as i64},
         ];
-        let docs: Vec<Document> = self
-            .versions_coll(c)
-            .aggregate(pipeline)
-            .allow_disk_use(true)
-            .await
-            .map_err(map_err)?
-            .try_collect()
-            .await
-            .map_err(map_err)?;
-        docs.iter()
-            .map(|d| {
-                let id: ItemId = get_string(d, "itemId")?.parse()?;
-                version_from_doc(&id, d)
-            })
-            .collect()
+        versions_of(self.versions_coll(c).aggregate(pipeline).allow_disk_use(true).await).await
     }
 
     async fn versions_at(&self, c: &CollectionName, ids: &[ItemId], point: HistoryPoint) -> Result<Vec<VersionEntry>> {
-        use futures::TryStreamExt;
         let bound = match point {
             HistoryPoint::Cv(cv) => doc! {"cv": {"$lte": cv as i64}},
             HistoryPoint::At(at) => doc! {"at": {"$lte": to_date(at)}},
@@ -725,20 +709,7 @@ impl MetaStore for MongoMetaStore {
             doc! {"$group": {"_id": "$itemId", "v": {"$first": "$$ROOT"}}},
             doc! {"$replaceRoot": {"newRoot": "$v"}},
         ];
-        let docs: Vec<Document> = self
-            .versions_coll(c)
-            .aggregate(pipeline)
-            .await
-            .map_err(map_err)?
-            .try_collect()
-            .await
-            .map_err(map_err)?;
-        docs.iter()
-            .map(|d| {
-                let id: ItemId = get_string(d, "itemId")?.parse()?;
-                version_from_doc(&id, d)
-            })
-            .collect()
+        versions_of(self.versions_coll(c).aggregate(pipeline).await).await
     }
 
     async fn count_versions(
@@ -1050,6 +1021,18 @@ fn head_from_doc(id: &ItemId, d: Document) -> Result<Head> {
         inline: get_opt_string(&d, "data"),
         payload_ref: get_payload_ref(&d)?,
     })
+}
+
+/// The version entries an aggregation over a version index returns.
+async fn versions_of(cursor: mongodb::error::Result<mongodb::Cursor<Document>>) -> Result<Vec<VersionEntry>> {
+    use futures::TryStreamExt;
+    let docs: Vec<Document> = cursor.map_err(map_err)?.try_collect().await.map_err(map_err)?;
+    docs.iter()
+        .map(|d| {
+            let id: ItemId = get_string(d, "itemId")?.parse()?;
+            version_from_doc(&id, d)
+        })
+        .collect()
 }
 
 fn version_from_doc(id: &ItemId, d: &Document) -> Result<VersionEntry> {
