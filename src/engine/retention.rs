@@ -241,15 +241,14 @@ impl Engine {
         Ok(doomed.len() as u64)
     }
 
-    /// `(ov, writeId)` of every version of an item kept only in retention manifests (scrub
-    /// must not take their payloads for orphans).
-    pub(super) async fn pruned_write_ids(
+    /// Show `visit` every entry of an item's retention manifests.
+    async fn each_pruned(
         &self,
         collection: &CollectionName,
         id: &ItemId,
-    ) -> Result<std::collections::HashSet<(u64, String)>> {
-        let mut out = std::collections::HashSet::new();
-        let Some(backups) = self.backups() else { return Ok(out) };
+        mut visit: impl FnMut(ManifestEntry),
+    ) -> Result<()> {
+        let Some(backups) = self.backups() else { return Ok(()) };
         let mut after: Option<String> = None;
         loop {
             let keys = backups
@@ -262,10 +261,25 @@ impl Engine {
                 };
                 let entries: Vec<ManifestEntry> =
                     serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt(format!("manifest {key}: {e}")))?;
-                out.extend(entries.into_iter().map(|e| (e.ov, e.write_id)));
+                entries.into_iter().for_each(&mut visit);
             }
             after = Some(last);
         }
+        Ok(())
+    }
+
+    /// `(ov, writeId)` of every version of an item kept only in retention manifests (scrub
+    /// must not take their payloads for orphans).
+    pub(super) async fn pruned_write_ids(
+        &self,
+        collection: &CollectionName,
+        id: &ItemId,
+    ) -> Result<std::collections::HashSet<(u64, String)>> {
+        let mut out = std::collections::HashSet::new();
+        self.each_pruned(collection, id, |e| {
+            out.insert((e.ov, e.write_id));
+        })
+        .await?;
         Ok(out)
     }
 
@@ -277,32 +291,17 @@ impl Engine {
         id: &ItemId,
         target: VersionTarget,
     ) -> Result<Option<VersionEntry>> {
-        let Some(backups) = self.backups() else { return Ok(None) };
         let mut best: Option<ManifestEntry> = None;
-        let mut after: Option<String> = None;
-        loop {
-            let keys = backups
-                .list(&manifest_prefix(collection, id), after.as_deref(), 1000)
-                .await?;
-            let Some(last) = keys.last().cloned() else { break };
-            for key in keys {
-                let Some(bytes) = backups.get(&key).await? else {
-                    continue;
-                };
-                let entries: Vec<ManifestEntry> =
-                    serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt(format!("manifest {key}: {e}")))?;
-                for e in entries {
-                    let fits = match target {
-                        VersionTarget::Ov(ov) => e.ov == ov,
-                        VersionTarget::At(at) => e.at <= at,
-                    };
-                    if fits && best.as_ref().is_none_or(|b| e.ov > b.ov) {
-                        best = Some(e);
-                    }
-                }
+        self.each_pruned(collection, id, |e| {
+            let fits = match target {
+                VersionTarget::Ov(ov) => e.ov == ov,
+                VersionTarget::At(at) => e.at <= at,
+            };
+            if fits && best.as_ref().is_none_or(|b| e.ov > b.ov) {
+                best = Some(e);
             }
-            after = Some(last);
-        }
+        })
+        .await?;
         Ok(best.map(|e| e.into_entry(id)))
     }
 }
