@@ -213,6 +213,23 @@ impl SqliteMetaStore {
             .await
             .map_err(Error::metadata)?
     }
+
+    /// Run `f` in an immediate transaction on the connection: committed when `f` succeeds,
+    /// rolled back when it fails.
+    pub(crate) async fn in_transaction<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.with_conn(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(map_sql)?;
+            let out = f(&tx)?;
+            tx.commit().map_err(map_sql)?;
+            Ok(out)
+        })
+        .await
+    }
 }
 
 fn create_schema(conn: &mut Connection) -> Result<()> {
@@ -1017,10 +1034,7 @@ impl MetaStore for SqliteMetaStore {
         dry_run: bool,
     ) -> Result<TierBatch> {
         let (c, only, after) = (c.clone(), only.cloned(), after_id.cloned());
-        self.with_conn(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(map_sql)?;
+        self.in_transaction(move |tx| {
             let rows: Vec<(String, i64)> = tx
                 .prepare_cached(
                     "SELECT item_id, COALESCE(LENGTH(inline_data), 0) FROM heads \
@@ -1057,7 +1071,6 @@ impl MetaStore for SqliteMetaStore {
                 }
                 batch.ids.push(id.parse()?);
             }
-            tx.commit().map_err(map_sql)?;
             Ok(batch)
         })
         .await

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::memory::lease_end;
 use super::{Job, Operation, OperationId, OperationStatus, QueueStats, QueueStore, Settlement};
@@ -137,10 +137,7 @@ impl QueueStore for SqliteQueue {
         let until = lease_end(now, lease).as_millisecond();
         let now_ms = now.as_millisecond();
         self.store
-            .with_conn(move |conn| {
-                let tx = conn
-                    .transaction_with_behavior(TransactionBehavior::Immediate)
-                    .map_err(map_sql)?;
+            .in_transaction(move |tx| {
                 let id: Option<String> = tx
                     .prepare_cached(
                         "SELECT id FROM queue WHERE (status = 'pending' AND due_at <= ?1) \
@@ -154,7 +151,6 @@ impl QueueStore for SqliteQueue {
                         params![now_ms - KEEP_FINISHED_MS],
                     )
                     .map_err(map_sql)?;
-                    tx.commit().map_err(map_sql)?;
                     return Ok(None);
                 };
                 tx.execute(
@@ -163,8 +159,7 @@ impl QueueStore for SqliteQueue {
                     params![id, until, token, now_ms],
                 )
                 .map_err(map_sql)?;
-                let op = get(&tx, &id)?;
-                tx.commit().map_err(map_sql)?;
+                let op = get(tx, &id)?;
                 Ok(op.map(|op| (op, token)))
             })
             .await
@@ -174,10 +169,7 @@ impl QueueStore for SqliteQueue {
         let (id, token) = (id.as_str().to_owned(), token.to_owned());
         let now_ms = now.as_millisecond();
         self.store
-            .with_conn(move |conn| {
-                let tx = conn
-                    .transaction_with_behavior(TransactionBehavior::Immediate)
-                    .map_err(map_sql)?;
+            .in_transaction(move |tx| {
                 let held = "id = ?1 AND status = 'running' AND claim_token = ?2";
                 let changed = match settlement {
                     Settlement::Succeeded(result) => tx
@@ -213,7 +205,6 @@ impl QueueStore for SqliteQueue {
                         moved
                     }
                 };
-                tx.commit().map_err(map_sql)?;
                 Ok(changed == 1)
             })
             .await
@@ -272,12 +263,8 @@ impl QueueStore for SqliteQueue {
         let id = id.as_str().to_owned();
         let now_ms = now.as_millisecond();
         self.store
-            .with_conn(move |conn| {
-                let tx = conn
-                    .transaction_with_behavior(TransactionBehavior::Immediate)
-                    .map_err(map_sql)?;
-                let moved = undead(&tx, &id, OperationStatus::Pending, true, now_ms)?;
-                tx.commit().map_err(map_sql)?;
+            .in_transaction(move |tx| {
+                let moved = undead(tx, &id, OperationStatus::Pending, true, now_ms)?;
                 Ok(moved)
             })
             .await
@@ -287,16 +274,13 @@ impl QueueStore for SqliteQueue {
         let id = id.as_str().to_owned();
         let now_ms = now.as_millisecond();
         self.store
-            .with_conn(move |conn| {
-                let tx = conn
-                    .transaction_with_behavior(TransactionBehavior::Immediate)
-                    .map_err(map_sql)?;
-                let was = match get(&tx, &id)? {
+            .in_transaction(move |tx| {
+                let was = match get(tx, &id)? {
                     None => None,
                     Some(op) => {
                         match op.status {
                             OperationStatus::Dead => {
-                                undead(&tx, &id, OperationStatus::Cancelled, false, now_ms)?;
+                                undead(tx, &id, OperationStatus::Cancelled, false, now_ms)?;
                             }
                             OperationStatus::Pending => {
                                 tx.execute(
@@ -310,7 +294,6 @@ impl QueueStore for SqliteQueue {
                         Some(op.status)
                     }
                 };
-                tx.commit().map_err(map_sql)?;
                 Ok(was)
             })
             .await
