@@ -21,11 +21,11 @@ use chronos::operator::retention::ChronosRetention;
 use chronos::operator::{Context, Scope, backends, conditions};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 
-use crate::operator::{condition, wait_for};
+use crate::operator::{condition, fake_kubelet, wait_for};
 use crate::support::{env, kube_client, s3_connection, unique};
 
 /// The namespace every example file names.
@@ -265,16 +265,10 @@ async fn tenant_example_becomes_ready_with_its_indexes_and_retention_runs() {
         "the example's engine resources reach the pods"
     );
 
-    // Pods become ready (written by hand: nothing runs pods on the test API server) → Ready.
-    let generation = deployment.metadata.generation;
-    t.api::<Deployment>()
-        .patch_status(
-            "acme-engine",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"readyReplicas": 2, "replicas": 2, "observedGeneration": generation}})),
-        )
-        .await
-        .unwrap();
+    // Pods become ready (nothing runs pods on the test API server, so a stand-in kubelet marks
+    // them ready) → Ready. It follows every generation: the collections' indexed properties
+    // reach the engine's configuration and roll the Deployment again after this point.
+    let kubelet = tokio::spawn(fake_kubelet(t.api::<Deployment>()));
     let db = wait_for(&dbs, "acme", "ready", |d| {
         condition(d, "Ready").as_deref() == Some("True")
     })
@@ -333,6 +327,7 @@ async fn tenant_example_becomes_ready_with_its_indexes_and_retention_runs() {
     assert!(!last.dry_run);
     assert!(conditions::is_true(&status.conditions, "Scheduled"));
     retentions.delete(&t.ns, &DeleteParams::default()).await.unwrap();
+    kubelet.abort();
 }
 
 fn finished(r: &ChronosRestore) -> bool {
@@ -434,29 +429,6 @@ fn readme_blocks(heading: &str) -> Vec<String> {
         .skip(1)
         .map(|b| b.split("```").next().unwrap().to_owned())
         .collect()
-}
-
-/// Stands in for the kubelet (the test API server runs no pods): every Deployment in the
-/// namespace gets all its replicas ready for its current generation.
-async fn fake_kubelet(api: Api<Deployment>) {
-    use futures::StreamExt;
-    use kube::runtime::{WatchStreamExt, watcher};
-    let mut events = std::pin::pin!(
-        watcher(api.clone(), watcher::Config::default())
-            .default_backoff()
-            .applied_objects()
-    );
-    while let Some(event) = events.next().await {
-        let Ok(d) = event else { continue };
-        let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-        let status = d.status.clone().unwrap_or_default();
-        if status.observed_generation != d.metadata.generation || status.ready_replicas != Some(want) {
-            let body = json!({"status": {"replicas": want, "readyReplicas": want, "observedGeneration": d.metadata.generation}});
-            let _ = api
-                .patch_status(&d.name_any(), &PatchParams::default(), &Patch::Merge(body))
-                .await;
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

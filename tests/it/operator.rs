@@ -197,6 +197,29 @@ async fn wait_event(client: &kube::Client, ns: &str, name: &str, reason: &str) -
     }
 }
 
+/// Stands in for the kubelet (the test API server runs no pods): every Deployment in the
+/// namespace gets all its replicas ready for its current generation.
+pub async fn fake_kubelet(api: Api<Deployment>) {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let mut events = std::pin::pin!(
+        watcher(api.clone(), watcher::Config::default())
+            .default_backoff()
+            .applied_objects()
+    );
+    while let Some(event) = events.next().await {
+        let Ok(d) = event else { continue };
+        let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        let status = d.status.clone().unwrap_or_default();
+        if status.observed_generation != d.metadata.generation || status.ready_replicas != Some(want) {
+            let body = json!({"status": {"replicas": want, "readyReplicas": want, "observedGeneration": d.metadata.generation}});
+            let _ = api
+                .patch_status(&d.name_any(), &PatchParams::default(), &Patch::Merge(body))
+                .await;
+        }
+    }
+}
+
 pub fn condition(db: &ChronosDatabase, t: &str) -> Option<String> {
     let s = db.status.as_ref()?;
     conditions::status_of(&s.conditions, t).map(str::to_owned)
@@ -284,16 +307,9 @@ async fn database_gets_buckets_and_an_engine_and_delete_policy_drops_the_data() 
         "no secret values in the rendered config: {text}"
     );
 
-    // A pod becomes ready (written by hand: nothing runs pods here) → Ready.
+    // A pod becomes ready (nothing runs pods here: a stand-in kubelet marks them ready) → Ready.
     let generation = deployment.metadata.generation;
-    k.api::<Deployment>()
-        .patch_status(
-            "orders-engine",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"readyReplicas": 1, "replicas": 1, "observedGeneration": generation}})),
-        )
-        .await
-        .unwrap();
+    let kubelet = tokio::spawn(fake_kubelet(k.api::<Deployment>()));
     let db = wait_for(&dbs, "orders", "ready", |d| {
         condition(d, "Ready").as_deref() == Some("True")
     })
@@ -346,6 +362,7 @@ async fn database_gets_buckets_and_an_engine_and_delete_policy_drops_the_data() 
         assert!(!bucket_exists(b).await, "bucket {b} deleted");
     }
     assert!(!mongo_databases().await.contains(&mongo_db), "MongoDB database dropped");
+    kubelet.abort();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -566,15 +583,7 @@ async fn the_shared_engine_serves_every_database_without_its_own_and_goes_with_t
 
     // The pod becomes ready → both databases are Ready, with the engine's URL and their own.
     let current = deployments.get("chronos-engine").await.unwrap();
-    deployments
-        .patch_status(
-            "chronos-engine",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"readyReplicas": 1, "replicas": 1,
-                                             "observedGeneration": current.metadata.generation}})),
-        )
-        .await
-        .unwrap();
+    let kubelet = tokio::spawn(fake_kubelet(deployments.clone()));
     for (name, key) in [("a", "a"), ("b", "b")] {
         let db = wait_for(&dbs, name, "ready", |d| {
             condition(d, "Ready").as_deref() == Some("True")
@@ -627,6 +636,7 @@ async fn the_shared_engine_serves_every_database_without_its_own_and_goes_with_t
     wait_gone(&deployments, "chronos-engine").await;
     wait_gone(&k.api::<Service>(), "chronos-engine").await;
     wait_gone(&k.api::<Secret>(), "chronos-engine-config").await;
+    kubelet.abort();
 }
 
 /// Poll the shared engine's config (bounded) until `cond` holds.

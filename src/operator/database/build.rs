@@ -552,7 +552,15 @@ pub fn deployment_ready(d: &Deployment) -> (bool, String) {
     let current = status
         .observed_generation
         .is_some_and(|g| Some(g) >= d.metadata.generation);
-    let message = format!("{ready}/{want} replicas ready");
+    // Ready pods of an older generation still run the old configuration: say so, or the
+    // condition reads "2/2 replicas ready" while it is not ready.
+    let message = match (current, d.metadata.generation) {
+        (false, Some(generation)) => format!(
+            "{ready}/{want} replicas ready, rollout of generation {generation} not yet observed (at {})",
+            status.observed_generation.map_or("none".to_owned(), |g| g.to_string())
+        ),
+        _ => format!("{ready}/{want} replicas ready"),
+    };
     (current && ready >= want, message)
 }
 
@@ -925,9 +933,13 @@ mod tests {
             observed_generation: Some(2),
             ..Default::default()
         });
-        assert!(
-            !deployment_ready(&d).0,
-            "an older generation's readiness does not count"
+        assert_eq!(
+            deployment_ready(&d),
+            (
+                false,
+                "2/2 replicas ready, rollout of generation 3 not yet observed (at 2)".into()
+            ),
+            "an older generation's readiness does not count, and the message says why"
         );
         d.status.as_mut().unwrap().observed_generation = Some(3);
         assert_eq!(deployment_ready(&d), (true, "2/2 replicas ready".into()));
