@@ -1,8 +1,15 @@
 //! Bearer-token authentication and authorisation.
 //!
 //! Tokens live in a file (a Kubernetes Secret mounted as a file), each scoped to databases and to
-//! `read` / `write` / `admin` (`admin` allows everything). Presented tokens are hashed and
-//! compared in constant time; tokens are never logged. Without a tokens file, auth is off.
+//! `read` / `write` / `admin` / `metrics`. Presented tokens are hashed and compared in constant
+//! time; tokens are never logged. Without a tokens file, auth is off.
+//!
+//! What a route needs is decided here, from its method and path, in one place ([`requirement`]):
+//! reads need `read`, writes `write`; what destroys or rewrites history (prune, counter resets,
+//! bulk tiering) or settles other callers' queued writes needs `admin` on that database; what acts
+//! on every database at once (`/v1/admin/health`, `/v1/admin/shutdown`) needs an `admin` token
+//! for `"*"`; `/metrics` names every database, so once tokens exist it needs `metrics` (or
+//! `admin`) for `"*"`.
 
 use std::path::Path;
 
@@ -25,6 +32,16 @@ pub enum Scope {
     Read,
     Write,
     Admin,
+    /// Only `/metrics`, for a scraper.
+    Metrics,
+}
+
+/// Which databases a request acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reach<'a> {
+    Database(&'a str),
+    /// Every database at once: only tokens for `"*"` reach it.
+    All,
 }
 
 #[derive(Deserialize)]
@@ -51,13 +68,13 @@ struct Entry {
 }
 
 impl Entry {
-    fn allows(&self, db: Option<&str>, scope: Scope) -> bool {
+    fn allows(&self, reach: Reach<'_>, scope: Scope) -> bool {
         let scope_ok = self.scopes.contains(&scope) || self.scopes.contains(&Scope::Admin);
-        let db_ok = match db {
-            None => true,
-            Some(db) => self.databases.iter().any(|d| d == "*" || d == db),
+        let reach_ok = match reach {
+            Reach::All => self.databases.iter().any(|d| d == "*"),
+            Reach::Database(db) => self.databases.iter().any(|d| d == "*" || d == db),
         };
-        scope_ok && db_ok
+        scope_ok && reach_ok
     }
 }
 
@@ -134,26 +151,47 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     }
 }
 
-/// The scope and database a request needs, from its method and path. `None` = public route.
-fn requirement<'a>(method: &Method, path: &'a str) -> Option<(Option<&'a str>, Scope)> {
+/// The databases and scope a request needs, from its method and path. `None` = public route.
+fn requirement<'a>(method: &Method, path: &'a str) -> Option<(Reach<'a>, Scope)> {
+    if path == "/metrics" {
+        return Some((Reach::All, Scope::Metrics));
+    }
     let rest = path.strip_prefix("/v1/")?;
     if rest == "admin" || rest.starts_with("admin/") {
-        return Some((None, Scope::Admin));
+        // `/v1/admin/databases/{db}/…` acts on one database; every other admin route on all.
+        return Some(match rest.strip_prefix("admin/databases/") {
+            Some(tail) => (
+                Reach::Database(tail.split('/').next().unwrap_or_default()),
+                Scope::Admin,
+            ),
+            None => (Reach::All, Scope::Admin),
+        });
     }
-    let db = rest.split('/').next();
-    let scope = if method == Method::GET || method == Method::HEAD {
+    let mut segments = rest.split('/');
+    let db = segments.next().unwrap_or_default();
+    let tail: Vec<&str> = segments.collect();
+    // /{c}/prune, /{c}/counters/reset, /{c}/process, /_operations/{id}/retry, DELETE /_operations/{id}
+    let destructive = match tail.as_slice() {
+        [_, "prune"] | [_, "counters", "reset"] | [_, "process"] => method != Method::GET,
+        ["_operations", _, "retry"] => true,
+        ["_operations", _] => method == Method::DELETE,
+        _ => false,
+    };
+    let scope = if destructive {
+        Scope::Admin
+    } else if method == Method::GET || method == Method::HEAD {
         Scope::Read
     } else {
         Scope::Write
     };
-    Some((db, scope))
+    Some((Reach::Database(db), scope))
 }
 
 pub async fn middleware(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let Some(tokens) = state.tokens() else {
         return next.run(req).await;
     };
-    let Some((db, scope)) = requirement(req.method(), req.uri().path()) else {
+    let Some((reach, scope)) = requirement(req.method(), req.uri().path()) else {
         return next.run(req).await;
     };
     let presented = req
@@ -169,10 +207,10 @@ pub async fn middleware(State(state): State<AppState>, mut req: Request, next: N
         );
         return response;
     };
-    if !entry.allows(db, scope) {
-        let what = match db {
-            Some(db) => format!("{scope:?} access to database `{db}`"),
-            None => format!("{scope:?} access"),
+    if !entry.allows(reach, scope) {
+        let what = match reach {
+            Reach::Database(db) => format!("{scope:?} access to database `{db}`"),
+            Reach::All => format!("{scope:?} access to every database"),
         };
         return ApiError::forbidden(format!("token `{}` has no {}", entry.name, what.to_lowercase())).into_response();
     }
@@ -193,11 +231,12 @@ mod tests {
         )
         .unwrap();
         let a = t.authenticate("aaaaaaaaaaaaaaaa").unwrap();
-        assert!(a.allows(Some("t1"), Scope::Read));
-        assert!(!a.allows(Some("t1"), Scope::Write));
-        assert!(!a.allows(Some("t2"), Scope::Read));
+        assert!(a.allows(Reach::Database("t1"), Scope::Read));
+        assert!(!a.allows(Reach::Database("t1"), Scope::Write));
+        assert!(!a.allows(Reach::Database("t2"), Scope::Read));
+        assert!(!a.allows(Reach::All, Scope::Read));
         let b = t.authenticate("bbbbbbbbbbbbbbbb").unwrap();
-        assert!(b.allows(Some("any"), Scope::Write) && b.allows(None, Scope::Admin));
+        assert!(b.allows(Reach::Database("any"), Scope::Write) && b.allows(Reach::All, Scope::Admin));
         assert!(t.authenticate("aaaaaaaaaaaaaaab").is_none());
         assert!(Tokens::parse("tokens: [{name: x, token: short, databases: ['*'], scopes: [read]}]").is_err());
     }
@@ -205,14 +244,43 @@ mod tests {
     #[test]
     fn requirements_follow_method_and_path() {
         assert_eq!(requirement(&Method::GET, "/healthz"), None);
-        assert_eq!(
-            requirement(&Method::GET, "/v1/t1/c/items"),
-            Some((Some("t1"), Scope::Read))
-        );
+        let db = |d| Some((Reach::Database(d), Scope::Read));
+        assert_eq!(requirement(&Method::GET, "/v1/t1/c/items"), db("t1"));
         assert_eq!(
             requirement(&Method::DELETE, "/v1/t1/c/items/x"),
-            Some((Some("t1"), Scope::Write))
+            Some((Reach::Database("t1"), Scope::Write))
         );
-        assert_eq!(requirement(&Method::GET, "/v1/admin/queue"), Some((None, Scope::Admin)));
+        assert_eq!(
+            requirement(&Method::POST, "/v1/t1/c/items/x/process"),
+            Some((Reach::Database("t1"), Scope::Write)),
+            "tiering one item is part of a writer's workflow"
+        );
+        for (method, path) in [
+            (Method::POST, "/v1/t1/c/prune"),
+            (Method::POST, "/v1/t1/c/counters/reset"),
+            (Method::POST, "/v1/t1/c/process"),
+            (Method::POST, "/v1/t1/_operations/o/retry"),
+            (Method::DELETE, "/v1/t1/_operations/o"),
+            (Method::GET, "/v1/admin/databases/t1/validate"),
+        ] {
+            assert_eq!(
+                requirement(&method, path),
+                Some((Reach::Database("t1"), Scope::Admin)),
+                "{path}"
+            );
+        }
+        assert_eq!(requirement(&Method::GET, "/v1/t1/_operations/o"), db("t1"));
+        assert_eq!(
+            requirement(&Method::GET, "/v1/admin/health"),
+            Some((Reach::All, Scope::Admin))
+        );
+        assert_eq!(
+            requirement(&Method::POST, "/v1/admin/shutdown"),
+            Some((Reach::All, Scope::Admin))
+        );
+        assert_eq!(
+            requirement(&Method::GET, "/metrics"),
+            Some((Reach::All, Scope::Metrics))
+        );
     }
 }

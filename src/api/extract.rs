@@ -269,12 +269,14 @@ pub enum Precondition {
     Query(u64),
     /// `If-Match: "3"` — a failed precondition is a 412.
     IfMatch(u64),
+    /// `If-Match: *` — any current version will do, but the item must exist (412 if not).
+    Exists,
 }
 
 impl Precondition {
     pub fn ov(self) -> Option<u64> {
         match self {
-            Precondition::None => None,
+            Precondition::None | Precondition::Exists => None,
             Precondition::Query(ov) | Precondition::IfMatch(ov) => Some(ov),
         }
     }
@@ -288,9 +290,19 @@ impl Precondition {
                     .map_err(|_| ApiError::bad_request("If-Match is not valid text"))?
                     .trim();
                 if raw == "*" {
-                    None
+                    if expected_ov.is_some() {
+                        return Err(ApiError::bad_request("If-Match: * and expectedOv disagree"));
+                    }
+                    return Ok(Precondition::Exists);
+                } else if raw.starts_with("W/") {
+                    // RFC 9110 §13.1.1: If-Match compares strongly, so a weak tag never matches.
+                    return Err(ApiError::new(
+                        StatusCode::PRECONDITION_FAILED,
+                        "precondition_failed",
+                        "If-Match takes strong entity tags such as \"3\"; a weak tag never matches",
+                    ));
                 } else {
-                    let tag = raw.strip_prefix("W/").unwrap_or(raw).trim_matches('"');
+                    let tag = raw.trim_matches('"');
                     let ov = tag.parse::<u64>().ok().filter(|ov| i64::try_from(*ov).is_ok());
                     Some(ov.ok_or_else(|| {
                         ApiError::bad_request(format!(
@@ -310,11 +322,16 @@ impl Precondition {
         }
     }
 
-    /// Turn a version conflict on an `If-Match` precondition into 412 Precondition Failed.
+    /// Turn a version conflict on an `If-Match` precondition, or a missing item under
+    /// `If-Match: *`, into 412 Precondition Failed.
     pub fn map_err(self, e: crate::engine::Error) -> ApiError {
-        let conflict = matches!(e, crate::engine::Error::VersionConflict { .. });
+        let failed = match self {
+            Precondition::IfMatch(_) => matches!(e, crate::engine::Error::VersionConflict { .. }),
+            Precondition::Exists => matches!(e, crate::engine::Error::NotFound(_)),
+            Precondition::None | Precondition::Query(_) => false,
+        };
         let mut api = ApiError::from(e);
-        if conflict && matches!(self, Precondition::IfMatch(_)) {
+        if failed {
             api.status = StatusCode::PRECONDITION_FAILED;
             api.code = "precondition_failed";
         }
@@ -331,12 +348,24 @@ mod tests {
     fn if_match_forms() {
         let mut h = HeaderMap::new();
         assert_eq!(Precondition::from_request(&h, Some(2)).unwrap(), Precondition::Query(2));
-        for (v, ov) in [("\"3\"", 3), ("3", 3), ("W/\"4\"", 4)] {
+        for (v, ov) in [("\"3\"", 3), ("3", 3)] {
             h.insert(header::IF_MATCH, HeaderValue::from_static(v));
             assert_eq!(Precondition::from_request(&h, None).unwrap(), Precondition::IfMatch(ov));
         }
+        // A weak tag never matches under RFC 9110's strong comparison: 412, not a match.
+        h.insert(header::IF_MATCH, HeaderValue::from_static("W/\"4\""));
+        assert_eq!(
+            Precondition::from_request(&h, None).unwrap_err().status,
+            StatusCode::PRECONDITION_FAILED
+        );
+        // `*` asks only that the item exist.
         h.insert(header::IF_MATCH, HeaderValue::from_static("*"));
-        assert_eq!(Precondition::from_request(&h, None).unwrap(), Precondition::None);
+        assert_eq!(Precondition::from_request(&h, None).unwrap(), Precondition::Exists);
+        let missing = crate::engine::Error::NotFound("item".into());
+        assert_eq!(
+            Precondition::Exists.map_err(missing).status,
+            StatusCode::PRECONDITION_FAILED
+        );
         h.insert(header::IF_MATCH, HeaderValue::from_static("\"abc\""));
         assert!(Precondition::from_request(&h, None).is_err());
         h.insert(header::IF_MATCH, HeaderValue::from_static("\"1\""));

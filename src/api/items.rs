@@ -85,7 +85,8 @@ pub struct CreateQuery {
     /// Choose the item id (letters, digits, `_ - . :`; at most 128). Generated when absent.
     #[param(pattern = "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")]
     id: Option<String>,
-    /// Who writes (defaults to the token's name).
+    /// Whom the write is made for. With auth on the version records `<token name>/<actor>` (the
+    /// token always shows); without, this as given.
     #[param(max_length = 256, pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*$")]
     actor: Option<String>,
     /// Why.
@@ -232,8 +233,15 @@ fn attribution(
             )));
         }
     }
+    // With auth on, the audit trail names the token that wrote; `?actor=` may only add whom it
+    // acts for (`token/actor`), never stand in for another token's name.
+    let actor = match (caller.name(), actor) {
+        (Some(token), Some(on_behalf)) => Some(format!("{token}/{on_behalf}")),
+        (Some(token), None) => Some(token.to_owned()),
+        (None, actor) => actor,
+    };
     Ok(Attribution {
-        actor: actor.or_else(|| caller.name().map(str::to_owned)),
+        actor,
         reason,
         request_key,
     })

@@ -1,5 +1,8 @@
-//! Operational routes: liveness, readiness, Prometheus metrics, the OpenAPI document. They are
-//! public (no bearer token), which their `security(())` says in the document.
+//! Operational routes: liveness, readiness, Prometheus metrics, the OpenAPI document. All but
+//! `/metrics` are public (no bearer token), which their `security(())` says in the document, so
+//! they say nothing about tenants once tokens exist: `/readyz` then names no database and no
+//! backend error (those go to the log). `/metrics` labels series by database, so with tokens it
+//! needs a `metrics` (or cluster-wide `admin`) token — see auth.rs.
 
 use std::time::Duration;
 
@@ -29,30 +32,31 @@ pub async fn healthz() -> Json<Health> {
     responses((status = 200, body = Health), (status = 503, body = ErrorBody)))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     for (key, engine) in state.databases() {
-        match tokio::time::timeout(Duration::from_secs(3), engine.ping()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                return Err(ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "backend_unavailable",
-                    format!("database `{key}`: {e}"),
-                ));
-            }
-            Err(_) => {
-                return Err(ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "backend_unavailable",
-                    format!("database `{key}`: backends did not answer within 3 s"),
-                ));
-            }
-        }
+        let problem = match tokio::time::timeout(Duration::from_secs(3), engine.ping()).await {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "backends did not answer within 3 s".to_owned(),
+        };
+        tracing::warn!(database = %key, %problem, "not ready");
+        let message = if state.tokens().is_some() {
+            "a database's backends do not answer (the engine's log says which)".to_owned()
+        } else {
+            format!("database `{key}`: {problem}")
+        };
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "backend_unavailable",
+            message,
+        ));
     }
     Ok(Json(Health { status: "ready".into() }))
 }
 
-/// Metrics in the Prometheus text format.
-#[utoipa::path(get, path = "/metrics", tag = "operations", security(()),
-    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
+/// Metrics in the Prometheus text format. Public without a tokens file; with one, a `metrics`
+/// (or `admin`) token for every database (`"*"`).
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -19,6 +19,9 @@ tokens:
   - {name: reader-t1, token: reader-t1-0123456789, databases: [t1], scopes: [read]}
   - {name: writer-t1, token: writer-t1-0123456789, databases: [t1], scopes: [read, write]}
   - {name: writer-t2, token: writer-t2-0123456789, databases: [t2], scopes: [read, write]}
+  - {name: admin-t1, token: admin-t1-00123456789, databases: [t1], scopes: [admin]}
+  - {name: admin-t2, token: admin-t2-00123456789, databases: [t2], scopes: [admin]}
+  - {name: metrics, token: metrics-0-0123456789, databases: ["*"], scopes: [metrics]}
   - {name: admin, token: admin-000-0123456789, databases: ["*"], scopes: [admin]}
 "#;
 
@@ -65,17 +68,72 @@ fn engines() -> BTreeMap<String, Arc<Engine>> {
         .collect()
 }
 
+/// What a route needs, written out here rather than taken from the server's own rule, so the
+/// test can disagree with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Needs {
+    Public,
+    Read,
+    Write,
+    /// Destroys or rewrites history, or settles other callers' queued writes.
+    DatabaseAdmin,
+    /// Acts on every database at once (health of all, shutdown).
+    ClusterAdmin,
+}
+
+fn needs(method: &Method, path: &str) -> Needs {
+    if !path.starts_with("/v1/") {
+        return Needs::Public;
+    }
+    if path.starts_with("/v1/admin/databases/") {
+        return Needs::DatabaseAdmin;
+    }
+    if path.starts_with("/v1/admin/") {
+        return Needs::ClusterAdmin;
+    }
+    let destructive = path.ends_with("/prune")
+        || path.ends_with("/counters/reset")
+        || path.ends_with("/notes/process")
+        || path.ends_with("/retry")
+        || (path.contains("/_operations/") && *method == Method::DELETE);
+    if destructive {
+        Needs::DatabaseAdmin
+    } else if *method == Method::GET {
+        Needs::Read
+    } else {
+        Needs::Write
+    }
+}
+
+/// Every token role against every route of its own database and of the other one: read, write
+/// and admin tokens scoped to t1 or t2, and cluster-wide tokens. A 401/403 is a refusal; anything
+/// else (200, 404, 422, …) means the request got past authorisation.
 #[tokio::test]
 async fn auth_matrix_covers_every_route() {
     let server = start(engines(), Some(Tokens::parse(TOKENS).unwrap()), 1 << 20).await;
     let http = &server.http;
+    // (token, the database it is scoped to — None for all —, the highest need it meets)
+    let roles = [
+        ("reader-t1-0123456789", Some("t1"), Needs::Read),
+        ("writer-t1-0123456789", Some("t1"), Needs::Write),
+        ("writer-t2-0123456789", Some("t2"), Needs::Write),
+        ("admin-t1-00123456789", Some("t1"), Needs::DatabaseAdmin),
+        ("admin-t2-00123456789", Some("t2"), Needs::DatabaseAdmin),
+        ("metrics-0-0123456789", None, Needs::Public),
+        ("admin-000-0123456789", None, Needs::ClusterAdmin),
+    ];
+    let mut checked = 0;
     for (method, path) in operations() {
         let url = format!("{}{path}", server.url);
-        let protected = path.starts_with("/v1/");
-        let write = method != Method::GET;
+        let need = needs(&method, &path);
         let (s, body) = status_of(http, &method, &url, None).await;
-        if !protected {
-            assert_ne!(s, 401, "{method} {path} is public");
+        if need == Needs::Public {
+            // /metrics alone needs a token once tokens exist (it names every database).
+            if path == "/metrics" {
+                assert_eq!(s, 401, "{method} {path} without a token");
+            } else {
+                assert_ne!(s, 401, "{method} {path} is public");
+            }
             continue;
         }
         assert_eq!(
@@ -85,28 +143,60 @@ async fn auth_matrix_covers_every_route() {
         );
         let (s, _) = status_of(http, &method, &url, Some("not-a-token-0123456789")).await;
         assert_eq!(s, 401, "{method} {path} with an unknown token");
-        let (s, body) = status_of(http, &method, &url, Some("writer-t2-0123456789")).await;
-        assert_eq!(
-            (s, body["code"].as_str()),
-            (403, Some("forbidden")),
-            "{method} {path}: t2's token on t1"
-        );
-        let admin_route = path.starts_with("/v1/admin/");
-        let (s, _) = status_of(http, &method, &url, Some("reader-t1-0123456789")).await;
-        if write || admin_route {
-            assert_eq!(s, 403, "{method} {path}: a read-only token may not write or administer");
-        } else {
-            assert!(s != 401 && s != 403, "{method} {path}: reader may read, got {s}");
+        for (token, scoped_to, level) in roles {
+            // The route's database is always t1 (see `operations`).
+            let reach = match (need, scoped_to) {
+                (Needs::ClusterAdmin, Some(_)) => false,
+                (_, Some(db)) => db == "t1",
+                (_, None) => true,
+            };
+            let allowed = reach && level >= need;
+            if path == "/v1/admin/shutdown" && allowed {
+                continue; // the last route: shutting down is tested below, once
+            }
+            let (s, body) = status_of(http, &method, &url, Some(token)).await;
+            if allowed {
+                assert!(
+                    s != 401 && s != 403,
+                    "{method} {path}: {token} is allowed, got {s} {body}"
+                );
+            } else {
+                assert_eq!(
+                    (s, body["code"].as_str()),
+                    (403, Some("forbidden")),
+                    "{method} {path}: {token} must be refused ({need:?})"
+                );
+            }
+            checked += 1;
         }
-        let (s, _) = status_of(http, &method, &url, Some("writer-t1-0123456789")).await;
-        if admin_route {
-            assert_eq!(s, 403, "{method} {path}: a writer may not administer");
-        } else {
-            assert!(s != 401 && s != 403, "{method} {path}: writer-t1 is allowed, got {s}");
-        }
-        let (s, _) = status_of(http, &method, &url, Some("admin-000-0123456789")).await;
-        assert!(s != 401 && s != 403, "{method} {path}: admin is allowed, got {s}");
     }
+    assert!(checked > 100, "checked {checked} (route, token) pairs");
+    // A database-scoped admin may not stop the engine that serves every tenant.
+    let (s, _) = status_of(
+        http,
+        &Method::POST,
+        &format!("{}/v1/admin/shutdown", server.url),
+        Some("admin-t1-00123456789"),
+    )
+    .await;
+    assert_eq!(s, 403);
+    // The metrics token reads /metrics and nothing else.
+    let (s, _) = status_of(
+        http,
+        &Method::GET,
+        &format!("{}/metrics", server.url),
+        Some("metrics-0-0123456789"),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, _) = status_of(
+        http,
+        &Method::GET,
+        &format!("{}/metrics", server.url),
+        Some("writer-t1-0123456789"),
+    )
+    .await;
+    assert_eq!(s, 403, "a tenant's token does not see every tenant's metrics");
 }
 
 #[tokio::test]
@@ -193,12 +283,23 @@ async fn readiness_reflects_the_backends() {
         Arc::new(S3PayloadStore::new(dead.client(), "nowhere")),
         EngineSettings::default(),
     );
-    let server = start(BTreeMap::from([("broken".to_owned(), Arc::new(engine))]), None, 1 << 20).await;
+    let broken = BTreeMap::from([("broken".to_owned(), Arc::new(engine))]);
+    let server = start(broken.clone(), None, 1 << 20).await;
     let resp = server.http.get(format!("{}/readyz", server.url)).send().await.unwrap();
     assert_eq!(resp.status(), 503);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["code"], "backend_unavailable");
     assert!(body["message"].as_str().unwrap().contains("broken"), "{body}");
+
+    // With tokens, the public probe names no tenant and no backend address.
+    let server = start(broken, Some(Tokens::parse(TOKENS).unwrap()), 1 << 20).await;
+    let resp = server.http.get(format!("{}/readyz", server.url)).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    let body = resp.text().await.unwrap();
+    assert!(
+        !body.contains("broken") && !body.contains("127.0.0.1"),
+        "the public readiness probe leaks: {body}"
+    );
 }
 
 #[tokio::test]
@@ -410,4 +511,63 @@ async fn metrics_time_backend_calls() {
             "no {needle} in:\n{text}"
         );
     }
+}
+
+/// The audit trail names the token that wrote: `?actor=` can add whom it acts for, never replace
+/// the token's name (a writer could otherwise sign its writes as the admin).
+#[tokio::test]
+async fn actor_cannot_impersonate_another_token() {
+    let server = start(engines(), Some(Tokens::parse(TOKENS).unwrap()), 1 << 20).await;
+    let writer = "writer-t1-0123456789";
+    for (query, expected) in [("?id=a1&actor=admin", "writer-t1/admin"), ("?id=a2", "writer-t1")] {
+        let resp = server
+            .http
+            .post(format!("{}/v1/t1/notes/items{query}", server.url))
+            .bearer_auth(writer)
+            .json(&serde_json::json!({"k": 1}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201);
+        let id = &query[4..6];
+        let history: Value = server
+            .http
+            .get(format!("{}/v1/t1/notes/items/{id}/versions", server.url))
+            .bearer_auth(writer)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(history["versions"][0]["actor"], expected, "{history}");
+    }
+}
+
+/// RFC 9110: `If-Match` compares strongly (a weak tag never matches) and `If-Match: *` needs the
+/// item to exist.
+#[tokio::test]
+async fn if_match_follows_rfc_9110() {
+    let server = start(engines(), None, 1 << 20).await;
+    let url = format!("{}/v1/t1/notes/items/m1", server.url);
+    let put = |if_match: &'static str| {
+        server
+            .http
+            .put(&url)
+            .header("if-match", if_match)
+            .json(&serde_json::json!({"k": 2}))
+            .send()
+    };
+    assert_eq!(put("*").await.unwrap().status(), 412, "`*` on a missing item");
+    let created = server
+        .http
+        .post(format!("{}/v1/t1/notes/items?id=m1", server.url))
+        .json(&serde_json::json!({"k": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    assert_eq!(put("W/\"0\"").await.unwrap().status(), 412, "a weak tag never matches");
+    assert_eq!(put("*").await.unwrap().status(), 200, "`*` on an existing item");
+    assert_eq!(put("\"1\"").await.unwrap().status(), 200);
 }
