@@ -341,8 +341,9 @@ impl Default for EngineConfig {
     }
 }
 
-/// Where the default logical database keeps its data.
-#[derive(Debug, Clone, PartialEq)]
+/// Where the default logical database keeps its data. `Debug` hides the MongoDB URI (it may
+/// carry a password) as `S3Connection`'s hides the keys.
+#[derive(Clone, PartialEq)]
 pub enum Storage {
     /// SQLite + local files in a directory.
     Embedded { dir: PathBuf },
@@ -355,6 +356,30 @@ pub enum Storage {
         content_bucket: String,
         backups_bucket: String,
     },
+}
+
+impl fmt::Debug for Storage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Storage::Embedded { dir } => f.debug_struct("Embedded").field("dir", dir).finish(),
+            Storage::Remote {
+                mongo_uri: _,
+                db_name,
+                s3,
+                json_bucket,
+                content_bucket,
+                backups_bucket,
+            } => f
+                .debug_struct("Remote")
+                .field("mongo_uri", &"<redacted>")
+                .field("db_name", db_name)
+                .field("s3", s3)
+                .field("json_bucket", json_bucket)
+                .field("content_bucket", content_bucket)
+                .field("backups_bucket", backups_bucket)
+                .finish(),
+        }
+    }
 }
 
 fn settings_of(
@@ -652,6 +677,29 @@ dbName: tenant_a
 engine:
   inlineMaxBytes: 1024
 "#;
+
+    #[test]
+    fn storage_debug_hides_the_mongo_uri() {
+        let storage = Storage::Remote {
+            mongo_uri: "mongodb://admin:hunter2@db:27017/?replicaSet=rs0".into(),
+            db_name: "d".into(),
+            s3: S3Connection {
+                endpoint: "http://s3".into(),
+                region: "r".into(),
+                access_key: "AKIA-SECRET-ID".into(),
+                secret_key: "s3cr3t".into(),
+                force_path_style: true,
+            },
+            json_bucket: "j".into(),
+            content_bucket: "c".into(),
+            backups_bucket: "b".into(),
+        };
+        let shown = format!("{storage:?}");
+        for secret in ["hunter2", "admin:", "AKIA-SECRET-ID", "s3cr3t"] {
+            assert!(!shown.contains(secret), "{secret} shown in {shown}");
+        }
+        assert!(shown.contains("\"d\"") && shown.contains("\"j\""), "{shown}");
+    }
 
     #[test]
     fn parses_yaml_and_json_alike() {

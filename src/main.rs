@@ -120,6 +120,8 @@ fn init_tracing(filter: &str, format: LogFormat) {
 
 async fn check_config(path: PathBuf, connect: bool) -> Result<(), String> {
     let config = Config::load(&path).map_err(|e| e.to_string())?;
+    // Resolving the routes finds what no single field shows (two keys in one MongoDB database).
+    connect::storages(&config, &PathBuf::from("./data"))?;
     let storage = config.storage(&PathBuf::from("./data"))?;
     println!("{}: valid ({})", path.display(), connect::describe(&storage));
     if connect {

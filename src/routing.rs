@@ -72,6 +72,10 @@ pub enum Error {
     NoBackends,
     #[error("cannot read a secret of the routing configuration: {0}")]
     Secret(String),
+    #[error("databases `{0}` and `{1}` would share MongoDB database `{2}` on one backend; give one a different dbName")]
+    SharedDatabase(String, String, String),
+    #[error("MongoDB database name `{0}…` would be longer than {MONGO_DB_NAME_MAX} bytes")]
+    NameTooLong(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -107,6 +111,46 @@ pub struct Routes {
     routes: BTreeMap<String, Route>,
     identities: HashMap<(DatabaseType, Tier, Option<String>), String>,
     backends: Backends,
+}
+
+/// MongoDB refuses database names of 64 bytes or more.
+pub const MONGO_DB_NAME_MAX: usize = 63;
+
+/// Hex digits of the key's SHA-256 that tell apart keys whose readable part is the same: 64 bits,
+/// and a collision would still be refused, never shared (see `SharedDatabase`).
+const NAME_DIGEST_HEX: usize = 16;
+
+/// The MongoDB database a key lives in when its entry names none: `<prefix>_<key>` when the key
+/// is lowercase letters and digits only, otherwise `<prefix>_<readable>_<digest>`, where
+/// `readable` is the key lowercased with every other character as `_` (cut to fit 63 bytes) and
+/// `digest` comes from the exact key. Injective: the plain form has no `_` after the prefix and
+/// the digested form always does, and the digest tells apart keys that read alike — MongoDB
+/// compares database names without case, so `Acme` and `acme` must not meet either.
+pub fn db_name_for(prefix: &str, key: &str) -> String {
+    let plain = format!("{prefix}_{key}");
+    if key.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()) && plain.len() <= MONGO_DB_NAME_MAX {
+        return plain;
+    }
+    let room = MONGO_DB_NAME_MAX.saturating_sub(prefix.len() + 2 + NAME_DIGEST_HEX);
+    let readable: String = key
+        .chars()
+        .take(room)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{prefix}_{readable}_{}", &digest(key)[..NAME_DIGEST_HEX])
+}
+
+/// Whether a configured `dbName` is one MongoDB takes, with room for nothing else.
+pub fn valid_db_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MONGO_DB_NAME_MAX
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 fn digest(s: &str) -> String {
@@ -207,6 +251,12 @@ impl Routes {
             if e.spaces.is_some_and(|i| i >= config.spaces_conns.len()) {
                 issue("spaces", "is not an index into spacesConns");
             }
+            if e.db_name.as_deref().is_some_and(|n| !valid_db_name(n)) {
+                issue(
+                    "dbName",
+                    "expected 1-63 characters of ASCII letters, digits, '_' and '-'",
+                );
+            }
         }
         issues
     }
@@ -237,13 +287,20 @@ impl Routes {
             backends,
             ..Default::default()
         };
+        // (MongoDB URI, database) → the key that took it: two keys there would read and write
+        // each other's items and queue.
+        let mut taken: HashMap<(String, String), String> = HashMap::new();
         for x in entries(config) {
             let e = x.entry;
-            let db_name = e
-                .db_name
-                .clone()
-                .unwrap_or_else(|| format!("chronos_{}", e.key.replace(['-', '.', ':'], "_")));
+            let db_name = e.db_name.clone().unwrap_or_else(|| db_name_for("chronos", &e.key));
             let storage = routes.storage_for(&e.key, e.mongo, e.spaces, db_name, e)?;
+            if let Storage::Remote { mongo_uri, db_name, .. } = &storage {
+                // MongoDB compares database names without case.
+                let place = (mongo_uri.clone(), db_name.to_ascii_lowercase());
+                if let Some(first) = taken.insert(place, e.key.clone()) {
+                    return Err(Error::SharedDatabase(first, e.key.clone(), db_name.clone()));
+                }
+            }
             if let Some((t, tier)) = x.identity {
                 routes
                     .identities
@@ -322,20 +379,20 @@ impl Routes {
             .ok_or(Error::UnknownIdentity(t, tier, id.2))
     }
 
-    /// Where a tenant that is not listed lives: its own MongoDB database (`<dbName>_<tenantId>`)
-    /// on the backends rendezvous hashing picks for (dbName, collection, tenantId).
+    /// Where a tenant that is not listed lives: its own MongoDB database (`<dbName>_<tenantId>`,
+    /// see [`db_name_for`]) on the backends rendezvous hashing picks for (dbName, collection,
+    /// tenantId).
     pub fn for_tenant(&self, db_name: &str, collection: &str, tenant_id: &str) -> Result<Storage> {
+        if db_name.len() + 2 + NAME_DIGEST_HEX > MONGO_DB_NAME_MAX {
+            return Err(Error::NameTooLong(db_name.to_owned()));
+        }
         let key = format!("{db_name}\u{0}{collection}\u{0}{tenant_id}");
         let entry = RouteEntry {
             key: tenant_id.to_owned(),
             ext_identifier: Some(tenant_id.to_owned()),
             ..RouteEntry::default()
         };
-        let safe: String = tenant_id
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-            .collect();
-        self.storage_for(&key, None, None, format!("{db_name}_{safe}"), &entry)
+        self.storage_for(&key, None, None, db_name_for(db_name, tenant_id), &entry)
     }
 }
 
@@ -389,6 +446,48 @@ databaseTypes:
       - {key: sales-rt, extIdentifier: sales}
 "#;
 
+    /// Keys that differ only in `- . : _` (or case) once collapsed into one MongoDB database, so
+    /// two tenants shared heads, versions and queue (review H5).
+    #[test]
+    fn default_database_names_are_distinct_and_fit_mongodb() {
+        let keys = ["a-b", "a.b", "a:b", "a_b", "A_b", "ab", "Ab", "a__b", "a_2db"];
+        let names: Vec<String> = keys.iter().map(|k| db_name_for("chronos", k)).collect();
+        let distinct: std::collections::HashSet<String> = names.iter().map(|n| n.to_ascii_lowercase()).collect();
+        assert_eq!(distinct.len(), keys.len(), "{names:?}");
+        assert_eq!(
+            db_name_for("chronos", "orders7"),
+            "chronos_orders7",
+            "plain keys stay readable"
+        );
+        let long = "k".repeat(128);
+        for key in [long.as_str(), "x-y-z", &"a.".repeat(60)] {
+            let name = db_name_for("chronos", key);
+            assert!(name.len() <= MONGO_DB_NAME_MAX, "{name} is {} bytes", name.len());
+            assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "{name}");
+        }
+        assert_ne!(db_name_for("chronos", &long), db_name_for("chronos", &"k".repeat(127)));
+    }
+
+    #[test]
+    fn two_databases_on_one_backend_may_not_share_a_mongodb_database() {
+        let config = Config::parse(&CONFIG.replace("dbName: acme", "dbName: shared").replace(
+            "{key: sales-rt, extIdentifier: sales}",
+            "{key: sales-rt, extIdentifier: sales, mongo: 1, dbName: shared}",
+        ))
+        .unwrap();
+        let err = Routes::from_config(&config).unwrap_err().to_string();
+        assert!(
+            err.contains("acme-meta") && err.contains("sales-rt") && err.contains("shared"),
+            "{err}"
+        );
+        let long = Config::parse(&CONFIG.replace("dbName: acme", &format!("dbName: {}", "d".repeat(64)))).unwrap();
+        assert!(
+            long.validate().iter().any(|i| i.field.ends_with("dbName")),
+            "{:?}",
+            long.validate()
+        );
+    }
+
     #[test]
     fn resolves_by_key_identity_and_hash() {
         let config = Config::parse(CONFIG).unwrap();
@@ -430,12 +529,18 @@ databaseTypes:
         let Storage::Remote { db_name, .. } = &routes.by_key("sales-rt").unwrap().storage else {
             panic!()
         };
-        assert_eq!(db_name, "chronos_sales_rt");
+        assert_eq!(db_name, &db_name_for("chronos", "sales-rt"));
+        assert!(db_name.starts_with("chronos_sales_rt_"), "{db_name}");
         let t1 = routes.for_tenant("shop", "orders", "t-1").unwrap();
         let t1_again = routes.for_tenant("shop", "orders", "t-1").unwrap();
         assert_eq!(format!("{t1:?}"), format!("{t1_again:?}"));
         let Storage::Remote { db_name, .. } = t1 else { panic!() };
-        assert_eq!(db_name, "shop_t_1");
+        assert!(db_name.starts_with("shop_t_1_"), "{db_name}");
+        let t1_underscore = routes.for_tenant("shop", "orders", "t_1").unwrap();
+        let Storage::Remote { db_name: other, .. } = t1_underscore else {
+            panic!()
+        };
+        assert_ne!(db_name, other, "t-1 and t_1 are different tenants");
     }
 
     #[test]
