@@ -4,6 +4,13 @@
 //! - Arrays are unioned: scalars by value; objects with a string `id` (or `_id`) are matched by it
 //!   and merged; anything else is added unless an equal element is already there.
 //! - Any other combination: the patch's value replaces the old one.
+//!
+//! A union costs O(base + patch): elements are found through a hash of their identity or of their
+//! whole value, not by scanning the growing array (a 2M-element patch once meant ~10¹²
+//! comparisons on a runtime thread while the item was held).
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 
 use serde_json::{Map, Value};
 
@@ -26,17 +33,67 @@ fn identity(v: &Value) -> Option<&str> {
 }
 
 fn union(base: &mut Vec<Value>, patch: &[Value]) {
+    // Per-call random keys: no input can be built to make every element collide.
+    let hasher = RandomState::new();
+    // Identified elements by id (the first one wins, as a scan from the front would), and the
+    // others by a hash of their value. An identified element can only equal another with the same
+    // id, so merging into one never changes what the value index holds.
+    let mut by_id: HashMap<String, usize> = HashMap::new();
+    let mut by_value: HashMap<u64, Vec<usize>> = HashMap::new();
+    for (i, b) in base.iter().enumerate() {
+        match identity(b) {
+            Some(id) => {
+                by_id.entry(id.to_owned()).or_insert(i);
+            }
+            None => by_value.entry(fingerprint(&hasher, b)).or_default().push(i),
+        }
+    }
     for p in patch {
-        if let Some(id) = identity(p)
-            && let Some(existing) = base.iter_mut().find(|b| identity(b) == Some(id))
-        {
-            if let (Value::Object(b), Value::Object(p)) = (existing, p) {
-                merge_object(b, p);
+        if let Some(id) = identity(p) {
+            match by_id.get(id) {
+                Some(&i) => {
+                    if let (Value::Object(b), Value::Object(p)) = (&mut base[i], p) {
+                        merge_object(b, p);
+                    }
+                }
+                None => {
+                    by_id.insert(id.to_owned(), base.len());
+                    base.push(p.clone());
+                }
             }
             continue;
         }
-        if !base.contains(p) {
+        let same = by_value.entry(fingerprint(&hasher, p)).or_default();
+        if !same.iter().any(|&i| base[i] == *p) {
+            same.push(base.len());
             base.push(p.clone());
+        }
+    }
+}
+
+/// A hash that agrees with `Value`'s equality: objects compare without regard to key order, so
+/// their entries are hashed in key order; numbers compare by representation (`1` ≠ `1.0`).
+fn fingerprint(state: &RandomState, v: &Value) -> u64 {
+    let mut h = state.build_hasher();
+    feed(state, v, &mut h);
+    h.finish()
+}
+
+fn feed(state: &RandomState, v: &Value, h: &mut impl Hasher) {
+    match v {
+        Value::Null => 0u8.hash(h),
+        Value::Bool(b) => (1u8, b).hash(h),
+        Value::Number(n) => (2u8, n.to_string()).hash(h),
+        Value::String(s) => (3u8, s).hash(h),
+        Value::Array(a) => {
+            (4u8, a.len()).hash(h);
+            a.iter().for_each(|x| feed(state, x, h));
+        }
+        Value::Object(o) => {
+            (5u8, o.len()).hash(h);
+            let mut entries: Vec<(&String, u64)> = o.iter().map(|(k, x)| (k, fingerprint(state, x))).collect();
+            entries.sort_unstable();
+            entries.hash(h);
         }
     }
 }
@@ -99,7 +156,61 @@ mod tests {
         })
     }
 
+    /// The union as first written (a scan per element): the reference the hashed one must match.
+    fn naive_union(base: &mut Vec<Value>, patch: &[Value]) {
+        for p in patch {
+            if let Some(id) = identity(p)
+                && let Some(existing) = base.iter_mut().find(|b| identity(b) == Some(id))
+            {
+                if let (Value::Object(b), Value::Object(p)) = (existing, p) {
+                    merge_object(b, p);
+                }
+                continue;
+            }
+            if !base.contains(p) {
+                base.push(p.clone());
+            }
+        }
+    }
+
+    #[test]
+    fn objects_equal_in_another_key_order_are_one_element() {
+        let a: Value = serde_json::from_str(r#"{"x": 1, "y": [1, {"p": 1, "q": 2}]}"#).unwrap();
+        let b: Value = serde_json::from_str(r#"{"y": [1, {"q": 2, "p": 1}], "x": 1}"#).unwrap();
+        assert_eq!(a, b);
+        let mut base = vec![a, json!(1), json!(1.0)];
+        union(&mut base, &[b, json!(1), json!(1.0), json!("1")]);
+        assert_eq!(base.len(), 4, "{base:?}");
+    }
+
+    /// 200 000 elements on each side: a scan per element would be ~4·10¹⁰ comparisons.
+    #[test]
+    fn a_large_union_is_linear() {
+        let base: Vec<Value> = (0..200_000).map(Value::from).collect();
+        let patch: Vec<Value> = (100_000..300_000)
+            .map(|i| {
+                if i % 2 == 0 {
+                    json!({"id": format!("i{i}"), "n": i})
+                } else {
+                    Value::from(i)
+                }
+            })
+            .collect();
+        let mut out = base.clone();
+        union(&mut out, &patch);
+        assert_eq!(out.len(), 200_000 + 100_000 + 50_000);
+    }
+
     proptest! {
+        #[test]
+        fn hashed_union_matches_the_scan(a in prop::collection::vec(json_value(), 0..8), b in prop::collection::vec(json_value(), 0..8)) {
+            let mut fast = a.clone();
+            union(&mut fast, &b);
+            let mut slow = a.clone();
+            naive_union(&mut slow, &b);
+            prop_assert_eq!(fast, slow);
+        }
+
         #[test]
         fn reapplying_a_patch_changes_nothing(base in json_object(), patch in json_object()) {
             let mut once = base.clone();

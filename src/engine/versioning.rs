@@ -833,10 +833,18 @@ impl Engine {
         patches: &[Map<String, Value>],
     ) -> Result<NewData> {
         let previous = previous.ok_or_else(|| Error::Corrupt("an enrichment needs a previous version".into()))?;
-        let mut data = self.record_of_head(collection, previous.clone()).await?.data;
-        for patch in patches {
-            super::merge::merge_object(&mut data, patch);
-        }
+        let data = self.record_of_head(collection, previous.clone()).await?.data;
+        // Merging megabytes is CPU work: off the runtime's threads, so other requests go on.
+        let patches = patches.to_vec();
+        let mut data = tokio::task::spawn_blocking(move || {
+            let mut data = data;
+            for patch in &patches {
+                super::merge::merge_object(&mut data, patch);
+            }
+            data
+        })
+        .await
+        .map_err(|e| Error::Corrupt(format!("the merge did not finish: {e}")))?;
         self.offload_content(collection, &previous.id, &mut data).await?;
         self.new_data(collection, data)
     }
