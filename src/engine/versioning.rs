@@ -48,10 +48,10 @@ impl CollectionMap {
             .map(|p| ("indexedProps", p))
             .chain(self.required_indexed.iter().map(|p| ("requiredIndexed", p)));
         for (field, p) in named {
-            if p.is_empty() || p.starts_with('$') || p.contains('.') || p == SYSTEM_KEY {
+            if !metadata_name(p) {
                 out.push((
                     field,
-                    format!("`{p}`: expected a top-level property name without `$` or `.`"),
+                    format!("`{p}`: expected a top-level property name without `$`, `.` or NUL"),
                 ));
             }
         }
@@ -583,9 +583,7 @@ impl Engine {
     pub fn is_indexed(&self, collection: &CollectionName, property: &str) -> bool {
         match self.map(collection).and_then(CollectionMap::explicit) {
             Some(props) => props.iter().any(|p| p == property),
-            None => {
-                !property.is_empty() && !property.starts_with('$') && !property.contains('.') && property != SYSTEM_KEY
-            }
+            None => metadata_name(property),
         }
     }
 
@@ -942,6 +940,12 @@ fn not_found(collection: &CollectionName, id: &ItemId) -> Error {
     Error::NotFound(format!("{collection}/{id}"))
 }
 
+/// Whether a top-level property name can be indexed metadata: a MongoDB field name (no leading
+/// `$`, no `.`, and no NUL — BSON names are C strings) that is not ours.
+pub(crate) fn metadata_name(p: &str) -> bool {
+    !p.is_empty() && !p.starts_with('$') && !p.contains(['.', '\0']) && p != SYSTEM_KEY
+}
+
 /// With no collection map, every top-level property whose value is a scalar (or an array of
 /// scalars) becomes indexed metadata. Objects and very long strings are left out: the query
 /// subset can't use them and they would bloat the head.
@@ -952,7 +956,7 @@ fn default_meta(data: &Map<String, Value>, max_string: usize) -> Map<String, Val
         _ => true,
     };
     data.iter()
-        .filter(|(k, _)| !k.is_empty() && !k.starts_with('$') && !k.contains('.'))
+        .filter(|(k, _)| metadata_name(k))
         .filter(|(_, v)| match v {
             Value::Array(items) => items.len() <= 64 && items.iter().all(fits),
             other => fits(other),

@@ -379,3 +379,19 @@ async fn presigned_urls_serve_the_exact_bytes() {
         .unwrap();
     assert_eq!(inline["body"], body.as_str());
 }
+
+/// A NUL in a top-level key can't be a BSON field name. Such a key was taken into the indexed
+/// metadata, MongoDB's driver refused the document, and the write was answered as a backend
+/// outage (503, or queued until it became a dead letter) — and a whole group fell back to lone
+/// writes. It is a client's data, not an outage: the key stays in the payload, out of the index.
+#[tokio::test]
+async fn a_nul_in_a_key_is_data_not_an_outage() {
+    let h = support::mongo_s3(EngineSettings::default()).await;
+    let c: CollectionName = "nul".parse().unwrap();
+    let who = Attribution::default();
+    let data = json!({"a\u{0}b": "x", "plain": 1}).as_object().unwrap().clone();
+    let (id, _) = h.engine.create(&c, None, data.clone(), &who).await.unwrap();
+    let record = h.engine.get_latest(&c, &id, ReadOptions::default()).await.unwrap();
+    assert_eq!(record.data["a\u{0}b"], "x");
+    assert_eq!(record.data["plain"], 1);
+}
