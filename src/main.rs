@@ -69,7 +69,8 @@ struct ServeArgs {
     /// Bearer tokens file (overrides the configuration's auth.tokensFile).
     #[arg(long, env = "CHRONOS_TOKENS_FILE")]
     tokens: Option<PathBuf>,
-    /// How often the configuration file is checked for changes (also on SIGHUP).
+    /// How often the configuration and tokens files, and the secrets they name, are checked for
+    /// changes (also on SIGHUP).
     #[arg(long, env = "CHRONOS_RELOAD_INTERVAL_SECS", default_value_t = 10)]
     reload_interval_secs: u64,
 }
@@ -150,21 +151,17 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let conns = std::sync::Arc::new(Connections::default());
     let databases = connect::open_all(&config, &args.data_dir, &conns).await?;
     let reloader = match &args.config {
-        Some(path) => Some(chronos::reload::Reloader::new(
-            path,
-            &args.data_dir,
-            conns.clone(),
-            &config,
-            &databases,
-        )?),
-        None => None,
+        Some(path) => chronos::reload::Reloader::new(path, &args.data_dir, conns.clone(), &config, &databases)?,
+        None => chronos::reload::Reloader::without_config(),
+    };
+    let reloader = match (&tokens_file, &tokens) {
+        (Some(path), Some(loaded)) => reloader.with_tokens(path, loaded),
+        _ => reloader,
     };
     let keys: Vec<String> = databases.keys().cloned().collect();
     let state = AppState::new(databases, tokens);
-    if let Some(reloader) = reloader {
-        let interval = std::time::Duration::from_secs(args.reload_interval_secs.max(1));
-        tokio::spawn(reloader.run(state.clone(), interval));
-    }
+    let interval = std::time::Duration::from_secs(args.reload_interval_secs.max(1));
+    tokio::spawn(reloader.run(state.clone(), interval));
     let app = api::router(state.clone(), &ServiceSettings { max_body_bytes });
 
     let listener = tokio::net::TcpListener::bind(&args.listen)

@@ -1,23 +1,30 @@
-//! Hot reload of the configuration: the routing table and collection maps change without a
-//! restart and without failing a request in flight.
+//! Hot reload of the configuration and the tokens: the routing table, collection maps, rotated
+//! credentials and revoked tokens take effect without a restart and without failing a request in
+//! flight.
 //!
-//! The file is polled (a Kubernetes Secret or ConfigMap mounted as a file changes by an atomic
-//! symlink swap, which inotify-style watching misses unless done carefully; a digest poll can't)
-//! and re-read at once on SIGHUP. A new table is built beside the old one — engines whose
-//! storage and settings are unchanged are kept, new or changed ones are opened — and swapped in
-//! whole. An invalid file is logged and the old table stays.
+//! The files are polled (a Kubernetes Secret or ConfigMap mounted as a file changes by an atomic
+//! symlink swap, which inotify-style watching misses unless done carefully; a poll can't) and
+//! re-read at once on SIGHUP. What is compared is what the files *resolve to*, secrets read
+//! through `{file: …}` included, so a rotated password or token is noticed although the file that
+//! names it never changed. A new table is built beside the old one — engines whose storage and
+//! settings are unchanged are kept, new or changed ones are opened — and swapped in whole. An
+//! invalid file is logged and the old table (or the old tokens) stay.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
-
 use crate::api::AppState;
+use crate::api::auth::Tokens;
 use crate::config::{Config, Storage};
 use crate::connect::{self, Connections};
 use crate::engine::{Engine, EngineSettings};
+
+pub struct Reloader {
+    config: Option<ConfigWatch>,
+    tokens: Option<TokensWatch>,
+}
 
 struct Opened {
     storage: Storage,
@@ -25,12 +32,16 @@ struct Opened {
     engine: Arc<Engine>,
 }
 
-pub struct Reloader {
+struct ConfigWatch {
     path: PathBuf,
     default_dir: PathBuf,
     conns: Arc<Connections>,
     opened: BTreeMap<String, Opened>,
-    digest: Vec<u8>,
+}
+
+struct TokensWatch {
+    path: PathBuf,
+    fingerprint: [u8; 32],
 }
 
 impl Reloader {
@@ -42,7 +53,6 @@ impl Reloader {
         config: &Config,
         databases: &BTreeMap<String, Arc<Engine>>,
     ) -> Result<Self, String> {
-        let text = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let opened = connect::storages(config, default_dir)?
             .into_iter()
             .filter_map(|(key, (storage, settings))| {
@@ -58,48 +68,50 @@ impl Reloader {
             })
             .collect();
         Ok(Reloader {
-            path: path.to_owned(),
-            default_dir: default_dir.to_owned(),
-            conns,
-            opened,
-            digest: Sha256::digest(&text).to_vec(),
+            config: Some(ConfigWatch {
+                path: path.to_owned(),
+                default_dir: default_dir.to_owned(),
+                conns,
+                opened,
+            }),
+            tokens: None,
         })
     }
 
-    /// Re-read the file; if it changed and is valid, swap in the new table. `Ok(true)` when the
-    /// table was replaced.
+    /// Watch no configuration file (the server runs on defaults): only what `with_tokens` adds.
+    pub fn without_config() -> Self {
+        Reloader {
+            config: None,
+            tokens: None,
+        }
+    }
+
+    /// Also watch the tokens file `loaded` came from.
+    pub fn with_tokens(mut self, path: &Path, loaded: &Tokens) -> Self {
+        self.tokens = Some(TokensWatch {
+            path: path.to_owned(),
+            fingerprint: loaded.fingerprint(),
+        });
+        self
+    }
+
+    /// Re-read the files; swap in what changed and is valid. `Ok(true)` when the tokens or the
+    /// table were replaced. The tokens go first: a broken configuration must not hold up
+    /// revoking a token.
     pub async fn check(&mut self, state: &AppState) -> Result<bool, String> {
-        let text = tokio::fs::read(&self.path)
-            .await
-            .map_err(|e| format!("cannot read {}: {e}", self.path.display()))?;
-        let digest = Sha256::digest(&text).to_vec();
-        if digest == self.digest {
-            return Ok(false);
+        let tokens = match &mut self.tokens {
+            Some(watch) => watch.check(state),
+            None => Ok(false),
+        };
+        let config = match &mut self.config {
+            Some(watch) => watch.check(state).await,
+            None => Ok(false),
+        };
+        match (tokens, config) {
+            (Ok(a), Ok(b)) => Ok(a || b),
+            (Err(e), Ok(_)) | (Ok(_), Err(e)) => Err(e),
+            (Err(a), Err(b)) => Err(format!("{a}; {b}")),
         }
-        let config = Config::load(&self.path).map_err(|e| e.to_string())?;
-        let mut next = BTreeMap::new();
-        for (key, (storage, settings)) in connect::storages(&config, &self.default_dir)? {
-            let engine = match self.opened.get(&key) {
-                Some(o) if o.storage == storage && o.settings == settings => o.engine.clone(),
-                _ => connect::open(&storage, settings.clone(), &self.conns)
-                    .await
-                    .map_err(|e| format!("database `{key}`: {e}"))?,
-            };
-            next.insert(
-                key,
-                Opened {
-                    storage,
-                    settings,
-                    engine,
-                },
-            );
-        }
-        state.replace_databases(next.iter().map(|(k, o)| (k.clone(), o.engine.clone())).collect());
-        let keys: Vec<&String> = next.keys().collect();
-        tracing::info!(?keys, "configuration reloaded");
-        self.opened = next;
-        self.digest = digest;
-        Ok(true)
     }
 
     /// Check every `interval` and on SIGHUP, until the process ends.
@@ -125,8 +137,61 @@ impl Reloader {
             #[cfg(not(unix))]
             tokio::time::sleep(interval).await;
             if let Err(e) = self.check(&state).await {
-                tracing::error!(error = %e, "configuration not reloaded; still serving the previous one");
+                tracing::error!(error = %e, "not reloaded; still serving the previous configuration and tokens");
             }
         }
+    }
+}
+
+impl ConfigWatch {
+    async fn check(&mut self, state: &AppState) -> Result<bool, String> {
+        let config = Config::load(&self.path).map_err(|e| e.to_string())?;
+        // Resolving reads the secrets the file names: a rotated one shows as a changed storage.
+        let resolved = connect::storages(&config, &self.default_dir)?;
+        let unchanged = resolved.len() == self.opened.len()
+            && resolved.iter().all(|(key, (storage, settings))| {
+                self.opened
+                    .get(key)
+                    .is_some_and(|o| o.storage == *storage && o.settings == *settings)
+            });
+        if unchanged {
+            return Ok(false);
+        }
+        let mut next = BTreeMap::new();
+        for (key, (storage, settings)) in resolved {
+            let engine = match self.opened.get(&key) {
+                Some(o) if o.storage == storage && o.settings == settings => o.engine.clone(),
+                _ => connect::open(&storage, settings.clone(), &self.conns)
+                    .await
+                    .map_err(|e| format!("database `{key}`: {e}"))?,
+            };
+            next.insert(
+                key,
+                Opened {
+                    storage,
+                    settings,
+                    engine,
+                },
+            );
+        }
+        state.replace_databases(next.iter().map(|(k, o)| (k.clone(), o.engine.clone())).collect());
+        let keys: Vec<&String> = next.keys().collect();
+        tracing::info!(?keys, "configuration reloaded");
+        self.opened = next;
+        Ok(true)
+    }
+}
+
+impl TokensWatch {
+    fn check(&mut self, state: &AppState) -> Result<bool, String> {
+        let tokens = Tokens::load(&self.path)?;
+        let fingerprint = tokens.fingerprint();
+        if fingerprint == self.fingerprint {
+            return Ok(false);
+        }
+        tracing::info!(tokens = tokens.len(), "tokens reloaded");
+        state.replace_tokens(tokens);
+        self.fingerprint = fingerprint;
+        Ok(true)
     }
 }

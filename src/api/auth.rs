@@ -112,6 +112,25 @@ impl Tokens {
         Ok(Tokens { entries })
     }
 
+    /// A digest of everything that decides who gets in (names, token digests, databases,
+    /// scopes): a reload swaps the tokens only when it changes.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        let mut h = Sha256::new();
+        for e in &self.entries {
+            h.update(format!("{}\0{:?}\0{:?}\0", e.name, e.databases, e.scopes));
+            h.update(e.digest);
+        }
+        h.finalize().into()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     fn authenticate(&self, presented: &str) -> Option<&Entry> {
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         // Compare against every entry, without stopping early, so timing says nothing.

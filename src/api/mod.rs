@@ -65,7 +65,9 @@ struct Inner {
     /// fails a request in flight.
     databases: std::sync::RwLock<Arc<BTreeMap<String, Arc<Engine>>>>,
     shutdown: tokio::sync::watch::Sender<bool>,
-    tokens: Option<Tokens>,
+    /// `None`: auth is off, for the life of the process. Some: swapped whole when the tokens
+    /// file (or a secret it names) changes, so a revoked token stops working without a restart.
+    tokens: Option<std::sync::RwLock<Arc<Tokens>>>,
     metrics: PrometheusHandle,
     openapi_json: OnceLock<String>,
 }
@@ -79,7 +81,7 @@ impl AppState {
         AppState(Arc::new(Inner {
             databases: std::sync::RwLock::new(Arc::new(databases)),
             shutdown: tokio::sync::watch::Sender::new(false),
-            tokens,
+            tokens: tokens.map(|t| std::sync::RwLock::new(Arc::new(t))),
             metrics: prometheus(),
             openapi_json: OnceLock::new(),
         }))
@@ -127,8 +129,17 @@ impl AppState {
         }
     }
 
-    fn tokens(&self) -> Option<&Tokens> {
-        self.0.tokens.as_ref()
+    fn tokens(&self) -> Option<Arc<Tokens>> {
+        let lock = self.0.tokens.as_ref()?;
+        Some(lock.read().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+
+    /// Check requests against these tokens from now on (a reload). Auth that is off stays off:
+    /// whether a server needs tokens is decided when it starts.
+    pub fn replace_tokens(&self, tokens: Tokens) {
+        if let Some(lock) = &self.0.tokens {
+            *lock.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(tokens);
+        }
     }
 
     fn render_metrics(&self) -> String {

@@ -571,3 +571,49 @@ async fn if_match_follows_rfc_9110() {
     assert_eq!(put("*").await.unwrap().status(), 200, "`*` on an existing item");
     assert_eq!(put("\"1\"").await.unwrap().status(), 200);
 }
+
+/// A revoked token stops working, and a rotated one starts, without a restart — also when the
+/// token lives in a `{file: …}` secret and the tokens file itself never changes (review L8).
+#[tokio::test]
+async fn revoked_and_rotated_tokens_take_effect_on_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("writer-token");
+    let tokens = dir.path().join("tokens.yaml");
+    std::fs::write(&secret, "first-secret-0123456789").unwrap();
+    std::fs::write(
+        &tokens,
+        format!(
+            "tokens:\n  - {{name: w, token: {{file: {}}}, databases: [t1], scopes: [read]}}\n  - {{name: gone, token: gone-token-0123456789, databases: [t1], scopes: [read]}}\n",
+            secret.display()
+        ),
+    )
+    .unwrap();
+    let loaded = Tokens::load(&tokens).unwrap();
+    let mut reloader = chronos::reload::Reloader::without_config().with_tokens(&tokens, &loaded);
+    let server = start(engines(), Some(loaded), 1 << 20).await;
+    let url = format!("{}/v1/t1/notes/items", server.url);
+    let status = |token: &'static str| {
+        let req = server.http.get(&url).bearer_auth(token);
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status("first-secret-0123456789").await, 200);
+    assert_eq!(status("gone-token-0123456789").await, 200);
+    assert!(!reloader.check(&server.state).await.unwrap(), "nothing changed");
+
+    // Rotate the secret file only.
+    std::fs::write(&secret, "second-secret-0123456789").unwrap();
+    assert!(reloader.check(&server.state).await.unwrap());
+    assert_eq!(status("first-secret-0123456789").await, 401, "the rotated-out token");
+    assert_eq!(status("second-secret-0123456789").await, 200);
+
+    // Revoke a token in the file.
+    let text = std::fs::read_to_string(&tokens).unwrap();
+    std::fs::write(&tokens, text.lines().take(2).collect::<Vec<_>>().join("\n")).unwrap();
+    assert!(reloader.check(&server.state).await.unwrap());
+    assert_eq!(status("gone-token-0123456789").await, 401, "the revoked token");
+
+    // A broken file keeps the tokens in force.
+    std::fs::write(&tokens, "tokens: [{name: x}]").unwrap();
+    assert!(reloader.check(&server.state).await.is_err());
+    assert_eq!(status("second-secret-0123456789").await, 200);
+}
