@@ -1184,9 +1184,7 @@ async fn run(args: Args) -> Result<(), String> {
     let addr = listener.local_addr().map_err(err("local address"))?;
     let app = api::router(
         AppState::new(BTreeMap::from([("default".to_owned(), engine.clone())]), None),
-        &ServiceSettings {
-            max_body_bytes: 16 << 20,
-        },
+        &ServiceSettings::new(16 << 20),
     );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(api::serve(listener, app, async {

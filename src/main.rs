@@ -162,7 +162,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let state = AppState::new(databases, tokens);
     let interval = std::time::Duration::from_secs(args.reload_interval_secs.max(1));
     tokio::spawn(reloader.run(state.clone(), interval));
-    let app = api::router(state.clone(), &ServiceSettings { max_body_bytes });
+    let app = api::router(state.clone(), &ServiceSettings::new(max_body_bytes));
 
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await

@@ -169,6 +169,18 @@ fn integral_floats_to_integers(value: &mut Value) {
 const LARGE_BODY_BYTES: u64 = 1 << 20;
 static LARGE_BODIES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
 
+/// Whether reading the body failed because the body deadline (`ServiceSettings`) passed.
+fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
 /// Any JSON body, with the API's rejections.
 async fn json_body<S: Send + Sync>(req: Request, state: &S) -> Result<Value, ApiError> {
     let large = req.headers().contains_key(header::TRANSFER_ENCODING)
@@ -198,7 +210,13 @@ async fn json_body<S: Send + Sync>(req: Request, state: &S) -> Result<Value, Api
         }
     }
     let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        if timed_out(&e) {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "the request body did not arrive in time",
+            )
+        } else if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",

@@ -58,6 +58,21 @@ impl utoipa::Modify for BearerAuth {
 pub struct ServiceSettings {
     /// Requests with larger bodies get 413 before they are read.
     pub max_body_bytes: usize,
+    /// A body not received within this time is answered 408: a slow client can't hold one of
+    /// the few large-body permits (extract.rs) for ever.
+    pub body_read_timeout: std::time::Duration,
+}
+
+impl ServiceSettings {
+    /// How long a client may take to send its body unless told otherwise.
+    pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+    pub fn new(max_body_bytes: usize) -> Self {
+        ServiceSettings {
+            max_body_bytes,
+            body_read_timeout: Self::BODY_READ_TIMEOUT,
+        }
+    }
 }
 
 struct Inner {
@@ -321,6 +336,9 @@ pub fn router(state: AppState, settings: &ServiceSettings) -> Router {
         })
         .layer(middleware::from_fn_with_state(state.clone(), auth::middleware))
         .layer(DefaultBodyLimit::max(settings.max_body_bytes))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            settings.body_read_timeout,
+        ))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::internal("internal error")
                 .with_details(serde_json::json!({"cause": "handler panicked"}))

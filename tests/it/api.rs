@@ -21,13 +21,16 @@ pub struct Server {
 }
 
 pub async fn start(databases: BTreeMap<String, Arc<Engine>>, tokens: Option<Tokens>, max_body: usize) -> Server {
+    start_with(databases, tokens, &ServiceSettings::new(max_body)).await
+}
+
+pub async fn start_with(
+    databases: BTreeMap<String, Arc<Engine>>,
+    tokens: Option<Tokens>,
+    settings: &ServiceSettings,
+) -> Server {
     let state = AppState::new(databases, tokens);
-    let app = api::router(
-        state.clone(),
-        &ServiceSettings {
-            max_body_bytes: max_body,
-        },
-    );
+    let app = api::router(state.clone(), settings);
     chronos::install_crypto_provider();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());

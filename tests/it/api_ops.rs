@@ -617,3 +617,45 @@ async fn revoked_and_rotated_tokens_take_effect_on_reload() {
     assert!(reloader.check(&server.state).await.is_err());
     assert_eq!(status("second-secret-0123456789").await, 200);
 }
+
+/// Four clients that announce large bodies and never send them held the four large-body permits
+/// for ever, so every other large write waited (review L7). A body deadline answers them 408 and
+/// frees the permits.
+#[tokio::test]
+async fn slow_bodies_cannot_block_large_writes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let settings = api::ServiceSettings {
+        body_read_timeout: std::time::Duration::from_millis(500),
+        ..api::ServiceSettings::new(8 << 20)
+    };
+    let server = crate::api::start_with(engines(), None, &settings).await;
+    let addr = server.url.trim_start_matches("http://").to_owned();
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(
+            b"POST /v1/t1/notes/items HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 2000000\r\n\r\n[",
+        )
+        .await
+        .unwrap();
+        stalled.push(s);
+    }
+    let big = serde_json::json!({"blob": "x".repeat(2 << 20)});
+    let resp = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        server
+            .http
+            .post(format!("{}/v1/t1/notes/items", server.url))
+            .json(&big)
+            .send(),
+    )
+    .await
+    .expect("a large write gets through while slow clients stall")
+    .unwrap();
+    assert_eq!(resp.status(), 201);
+    for mut s in stalled {
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer).await;
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    }
+}
