@@ -949,3 +949,40 @@ async fn only_one_replica_holds_the_lease_until_it_lets_go() {
         "expired lease taken"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_item_restore_reconciled_again_after_its_write_does_not_append_twice() {
+    let k = Cluster::new().await;
+    let (_, engine, _) = seeded(&k, 1).await;
+    let r: ChronosRestore = k
+        .create(json!({
+            "apiVersion": "chronos.dev/v1alpha1", "kind": "ChronosRestore", "metadata": {"name": "again"},
+            "spec": {"database": "data", "collection": "notes", "itemId": "item-00", "target": {"ov": 0}}
+        }))
+        .await;
+    let reconcile = || chronos::operator::restore::controller::reconcile(Arc::new(r.clone()), k.ctx.clone());
+    reconcile().await.unwrap();
+    let c: CollectionName = "notes".parse().unwrap();
+    let id: ItemId = "item-00".parse().unwrap();
+    let latest = || async { engine.get_latest(&c, &id, ReadOptions::default()).await.unwrap().ov };
+    assert_eq!(latest().await, 2, "created, updated, restored");
+    // The status write after the append is lost (the operator restarted, the API server failed):
+    // the next reconcile runs the restore again.
+    let restores = k.api::<ChronosRestore>();
+    restores
+        .patch_status(
+            "again",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Running", "completedAt": null, "applied": null}})),
+        )
+        .await
+        .unwrap();
+    reconcile().await.unwrap();
+    let s = restores.get("again").await.unwrap().status.unwrap();
+    assert_eq!(s.phase, Phase::Succeeded, "{:?}", s.message);
+    assert_eq!(
+        latest().await,
+        2,
+        "the second run replays the first write instead of appending"
+    );
+}
