@@ -48,6 +48,25 @@ fn not_found(what: &str) -> Value {
            "message": format!("{what} not found")})
 }
 
+/// Answer the requests of a database reconcile that ends before any engine: the namespace's
+/// databases listed (the shared engine is rendered again without this one; no engine marker is
+/// found, so nothing to delete), then the status write and its Event. Returns the four
+/// (method, path, body).
+async fn answer_unserved(handle: &mut Handle, db: &Value) -> [(String, String, Value); 4] {
+    let list = json!({"apiVersion": "chronos.dev/v1alpha1", "kind": "ChronosDatabaseList", "metadata": {},
+                      "items": [db]});
+    let list = expect(handle, StatusCode::OK, list).await;
+    let marker = expect(
+        handle,
+        StatusCode::NOT_FOUND,
+        not_found("secrets chronos-engine-config"),
+    )
+    .await;
+    let status = expect(handle, StatusCode::OK, db.clone()).await;
+    let event = expect(handle, StatusCode::CREATED, json!({})).await;
+    [list, marker, status, event]
+}
+
 #[tokio::test]
 async fn invalid_database_spec_is_reported_and_waits_for_a_change() {
     let (ctx, mut handle) = mock();
@@ -63,22 +82,9 @@ async fn invalid_database_spec_is_reported_and_waits_for_a_change() {
     }))
     .unwrap();
     let echo = serde_json::to_value(&db).unwrap();
-    let list = json!({"apiVersion": "chronos.dev/v1alpha1", "kind": "ChronosDatabaseList", "metadata": {},
-                      "items": [echo.clone()]});
-    let server = tokio::spawn(async move {
-        let list = expect(&mut handle, StatusCode::OK, list).await;
-        let marker = expect(
-            &mut handle,
-            StatusCode::NOT_FOUND,
-            not_found("secrets chronos-engine-config"),
-        )
-        .await;
-        let status = expect(&mut handle, StatusCode::OK, echo).await;
-        let event = expect(&mut handle, StatusCode::CREATED, json!({})).await;
-        (list, marker, status, event)
-    });
+    let server = tokio::spawn(async move { answer_unserved(&mut handle, &echo).await });
     let action = chronos::operator::database::controller::reconcile(Arc::new(db.clone()), ctx).await;
-    let (list, marker, (method, uri, body), event) = server.await.unwrap();
+    let [list, marker, (method, uri, body), event] = server.await.unwrap();
     assert_eq!(
         action.unwrap(),
         Action::await_change(),
@@ -225,26 +231,15 @@ async fn an_unlabelled_secret_is_not_used_and_the_condition_says_how_to_allow_it
     let (ctx, mut handle) = mock();
     let db = valid_database(json!({}));
     let echo = serde_json::to_value(&db).unwrap();
-    let list = json!({"apiVersion": "chronos.dev/v1alpha1", "kind": "ChronosDatabaseList", "metadata": {},
-                      "items": [echo.clone()]});
     // Another application's Secret: no chronos.dev/credentials label.
     let victim = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "victim", "namespace": "shop"},
                         "data": {"password": "aHVudGVyMg=="}});
     let server = tokio::spawn(async move {
         let secret = expect(&mut handle, StatusCode::OK, victim).await;
-        let next = expect(&mut handle, StatusCode::OK, list).await;
-        let marker = expect(
-            &mut handle,
-            StatusCode::NOT_FOUND,
-            not_found("secrets chronos-engine-config"),
-        )
-        .await;
-        let status = expect(&mut handle, StatusCode::OK, echo).await;
-        let _event = expect(&mut handle, StatusCode::CREATED, json!({})).await;
-        (secret, next, marker, status)
+        (secret, answer_unserved(&mut handle, &echo).await)
     });
     let action = chronos::operator::database::controller::reconcile(Arc::new(db), ctx).await;
-    let (secret, next, marker, (_, uri, body)) = server.await.unwrap();
+    let (secret, [next, marker, (_, uri, body), _]) = server.await.unwrap();
     assert_eq!(secret.1, "/api/v1/namespaces/shop/secrets/victim");
     assert_eq!(
         (next.0.as_str(), next.1.as_str()),
@@ -277,22 +272,9 @@ async fn an_image_outside_the_allow_list_is_refused_before_any_secret_is_read() 
     let (ctx, mut handle) = mock();
     let db = valid_database(json!({"engine": {"image": "attacker.example/img:1"}}));
     let echo = serde_json::to_value(&db).unwrap();
-    let list = json!({"apiVersion": "chronos.dev/v1alpha1", "kind": "ChronosDatabaseList", "metadata": {},
-                      "items": [echo.clone()]});
-    let server = tokio::spawn(async move {
-        let first = expect(&mut handle, StatusCode::OK, list).await;
-        let _marker = expect(
-            &mut handle,
-            StatusCode::NOT_FOUND,
-            not_found("secrets chronos-engine-config"),
-        )
-        .await;
-        let status = expect(&mut handle, StatusCode::OK, echo).await;
-        let _event = expect(&mut handle, StatusCode::CREATED, json!({})).await;
-        (first, status)
-    });
+    let server = tokio::spawn(async move { answer_unserved(&mut handle, &echo).await });
     let action = chronos::operator::database::controller::reconcile(Arc::new(db), ctx).await;
-    let ((method, uri, _), (_, _, body)) = server.await.unwrap();
+    let [(method, uri, _), _, (_, _, body), _] = server.await.unwrap();
     assert_eq!(
         (method.as_str(), uri.as_str()),
         ("GET", "/apis/chronos.dev/v1alpha1/namespaces/shop/chronosdatabases?"),
