@@ -137,10 +137,16 @@ pub async fn wait_for<K>(api: &Api<K>, name: &str, what: &str, cond: impl Fn(&K)
 where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
 {
-    let found = tokio::time::timeout(
-        WAIT,
-        await_condition(api.clone(), name, move |o: Option<&K>| o.is_some_and(&cond)),
-    )
+    let cond = &cond;
+    let found = tokio::time::timeout(WAIT, async {
+        loop {
+            match await_condition(api.clone(), name, move |o: Option<&K>| o.is_some_and(cond)).await {
+                // A watch can expire under load (410 Gone, "too old resource version"): start over.
+                Err(kube::runtime::wait::Error::ProbeFailed(_)) => continue,
+                other => return other,
+            }
+        }
+    })
     .await;
     match found {
         Ok(Ok(Some(obj))) => obj,
