@@ -15,13 +15,25 @@ use crate::config::Storage;
 use crate::engine::s3::{S3Connection, S3PayloadStore};
 use crate::engine::{Engine, EngineSettings};
 
-/// One key of a Secret in `namespace`, as text.
+/// The label a Secret must carry (value `"true"`) for the operator to use it: whoever may create
+/// a ChronosDatabase must not be able to point the operator (and an engine pod) at any Secret of
+/// the namespace, so its owner opts each one in.
+pub const CREDENTIALS_LABEL: &str = "chronos.dev/credentials";
+
+/// One key of a Secret in `namespace`, as text; only from a Secret labelled
+/// [`CREDENTIALS_LABEL`], checked before its data is looked at.
 async fn secret_value(client: &kube::Client, namespace: &str, name: &str, key: &str) -> Result<String> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let secret = api
         .get_opt(name)
         .await?
         .ok_or_else(|| Error::Missing(format!("Secret {namespace}/{name} not found")))?;
+    if secret.labels().get(CREDENTIALS_LABEL).map(String::as_str) != Some("true") {
+        return Err(Error::NotPermitted(format!(
+            "Secret {namespace}/{name} is not labelled {CREDENTIALS_LABEL}=true; label it to let Chronos use it \
+             (kubectl -n {namespace} label secret {name} {CREDENTIALS_LABEL}=true)"
+        )));
+    }
     let bytes = secret
         .data
         .and_then(|mut d| d.remove(key))
@@ -65,6 +77,13 @@ fn remote(storage: &Storage) -> Result<(&str, &str, &S3Connection, [&str; 3])> {
         } => Ok((mongo_uri, db_name, s3, [json_bucket, content_bucket, backups_bucket])),
         Storage::Embedded { .. } => Err(Error::Invalid("a ChronosDatabase needs MongoDB and S3".to_owned())),
     }
+}
+
+/// A digest of the MongoDB deployment the database's data is on
+/// ([`mongo_backend`](super::database::claims::mongo_backend)).
+pub fn mongo_backend(storage: &Storage) -> Result<String> {
+    let (uri, ..) = remote(storage)?;
+    Ok(super::database::claims::mongo_backend(uri))
 }
 
 /// Ping MongoDB (it must be a replica set: writes are transactions).

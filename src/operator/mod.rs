@@ -49,6 +49,9 @@ pub enum Error {
     /// Something the spec refers to is not there (yet): a Secret, a database.
     #[error("{0}")]
     Missing(String),
+    /// Something the spec refers to is there but not for Chronos to use (an unlabelled Secret).
+    #[error("{0}")]
+    NotPermitted(String),
     #[error("finalizer: {0}")]
     Finalizer(String),
     #[error("cannot encode: {0}")]
@@ -76,6 +79,10 @@ pub struct Context {
     /// The engine image a dedicated engine gets when its spec names none, and the image of
     /// every namespace's shared engine.
     pub engine_image: String,
+    /// The image repositories a dedicated engine's `spec.engine.image` may name (by default
+    /// [`engine_image`](Self::engine_image)'s): an engine pod mounts the database's Secrets, so
+    /// a ChronosDatabase author must not choose what runs there.
+    pub allowed_engine_images: Vec<String>,
     /// Replicas of each namespace's shared engine.
     pub shared_engine_replicas: i32,
     /// Items per page of a collection restore (status is written after each page).
@@ -101,11 +108,13 @@ impl Context {
             controller: FIELD_MANAGER.to_owned(),
             instance: identity,
         };
+        let engine_image: String = engine_image.into();
         Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             conns: Connections::default(),
-            engine_image: engine_image.into(),
+            allowed_engine_images: vec![database::build::image_repository(&engine_image).to_owned()],
+            engine_image,
             shared_engine_replicas: 1,
             restore_page: crate::engine::restore::RESTORE_PAGE,
             namespace_locks: std::sync::Mutex::default(),

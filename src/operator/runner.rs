@@ -22,6 +22,10 @@ pub struct OperatorArgs {
     /// ChronosDatabase names none.
     #[arg(long, env = "CHRONOS_ENGINE_IMAGE", default_value = concat!("ghcr.io/chronos-dev/chronos:", env!("CARGO_PKG_VERSION")))]
     pub engine_image: String,
+    /// Image repositories a ChronosDatabase's spec.engine.image may name, comma-separated
+    /// (default: the repository of --engine-image). Any other image is refused.
+    #[arg(long, env = "CHRONOS_ALLOWED_ENGINE_IMAGES", value_delimiter = ',')]
+    pub allowed_engine_images: Vec<String>,
     /// Replicas of each namespace's shared engine (the one serving databases without
     /// spec.engine).
     #[arg(long, env = "CHRONOS_SHARED_ENGINE_REPLICAS", default_value_t = 1)]
@@ -140,6 +144,9 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
     tracing::info!("leading: controllers start");
     let mut ctx = Context::with_identity(client.clone(), args.engine_image, Some(lease.identity.clone()));
     ctx.shared_engine_replicas = args.shared_engine_replicas;
+    if !args.allowed_engine_images.is_empty() {
+        ctx.allowed_engine_images = args.allowed_engine_images;
+    }
     let ctx = Arc::new(ctx);
     let scope = Scope {
         namespace: args.namespace,

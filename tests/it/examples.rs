@@ -265,6 +265,23 @@ async fn tenant_example_becomes_ready_with_its_indexes_and_retention_runs() {
         "the example's engine resources reach the pods"
     );
 
+    // Auth on, reachable from the namespace only: the tokens Secret the status names, the policy.
+    assert_eq!(
+        db.status.as_ref().and_then(|s| s.tokens_secret.as_deref()),
+        Some("acme-tokens")
+    );
+    let tokens = t.api::<Secret>().get("acme-tokens").await.unwrap();
+    assert_eq!(tokens.data.unwrap().len(), 3, "read, write and admin");
+    let policy = t
+        .api::<k8s_openapi::api::networking::v1::NetworkPolicy>()
+        .get("acme-engine")
+        .await
+        .unwrap();
+    assert_eq!(
+        serde_json::to_value(&policy.spec.unwrap().ingress.unwrap()[0].from).unwrap(),
+        json!([{"podSelector": {}}])
+    );
+
     // Pods become ready (nothing runs pods on the test API server, so a stand-in kubelet marks
     // them ready) → Ready. It follows every generation: the collections' indexed properties
     // reach the engine's configuration and roll the Deployment again after this point.

@@ -14,6 +14,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
 use kube::{Resource, ResourceExt};
@@ -57,6 +58,7 @@ impl Cluster {
             let secret = Secret {
                 metadata: kube::api::ObjectMeta {
                     name: Some(name.to_owned()),
+                    labels: Some([(backends::CREDENTIALS_LABEL.to_owned(), "true".to_owned())].into()),
                     ..Default::default()
                 },
                 data: Some(
@@ -135,10 +137,16 @@ pub async fn wait_for<K>(api: &Api<K>, name: &str, what: &str, cond: impl Fn(&K)
 where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
 {
-    let found = tokio::time::timeout(
-        WAIT,
-        await_condition(api.clone(), name, move |o: Option<&K>| o.is_some_and(&cond)),
-    )
+    let cond = &cond;
+    let found = tokio::time::timeout(WAIT, async {
+        loop {
+            match await_condition(api.clone(), name, move |o: Option<&K>| o.is_some_and(cond)).await {
+                // A watch can expire under load (410 Gone, "too old resource version"): start over.
+                Err(kube::runtime::wait::Error::ProbeFailed(_)) => continue,
+                other => return other,
+            }
+        }
+    })
     .await;
     match found {
         Ok(Ok(Some(obj))) => obj,
@@ -307,6 +315,27 @@ async fn database_gets_buckets_and_an_engine_and_delete_policy_drops_the_data() 
         "no secret values in the rendered config: {text}"
     );
 
+    // Auth is on: the database's tokens Secret (made once, owned by it) is where the status says,
+    // and the engine's tokens file reads it; a NetworkPolicy admits the namespace to the API port.
+    assert_eq!(status.tokens_secret.as_deref(), Some("orders-tokens"));
+    assert_eq!(
+        parsed.auth.as_ref().map(|a| a.tokens_file.clone()),
+        Some("/etc/chronos/tokens.json".into())
+    );
+    let tokens = k.api::<Secret>().get("orders-tokens").await.unwrap();
+    assert_eq!(tokens.owner_references()[0].uid, db.uid().unwrap());
+    let token_values = tokens.data.clone().unwrap();
+    assert_eq!(token_values.keys().collect::<Vec<_>>(), ["admin", "read", "write"]);
+    assert!(token_values.values().all(|v| v.0.len() == 43));
+    let policy = k.api::<NetworkPolicy>().get("orders-engine").await.unwrap();
+    let rule = &policy.spec.unwrap().ingress.unwrap()[0];
+    assert_eq!(
+        serde_json::to_value(rule).unwrap(),
+        json!({"from": [{"podSelector": {}}], "ports": [{"port": 8080, "protocol": "TCP"}]})
+    );
+    let created = wait_event(&k.client, &k.ns, "orders", "TokensCreated").await;
+    assert!(created.note.unwrap().contains("Secret orders-tokens"));
+
     // A pod becomes ready (nothing runs pods here: a stand-in kubelet marks them ready) → Ready.
     let generation = deployment.metadata.generation;
     let kubelet = tokio::spawn(fake_kubelet(k.api::<Deployment>()));
@@ -343,6 +372,8 @@ async fn database_gets_buckets_and_an_engine_and_delete_policy_drops_the_data() 
     })
     .await;
     assert!(rolled.metadata.generation > generation);
+    let tokens = k.api::<Secret>().get("orders-tokens").await.unwrap();
+    assert_eq!(tokens.data.unwrap(), token_values, "tokens are never regenerated");
 
     // Delete with deletionPolicy: Delete → the MongoDB database and the buckets are gone.
     let mongo_db = db.spec.mongodb.db_name.clone();
@@ -947,5 +978,106 @@ async fn only_one_replica_holds_the_lease_until_it_lets_go() {
         try_acquire(&k.client, &other).await.unwrap(),
         Attempt::Leading,
         "expired lease taken"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_item_restore_reconciled_again_after_its_write_does_not_append_twice() {
+    let k = Cluster::new().await;
+    let (_, engine, _) = seeded(&k, 1).await;
+    let r: ChronosRestore = k
+        .create(json!({
+            "apiVersion": "chronos.dev/v1alpha1", "kind": "ChronosRestore", "metadata": {"name": "again"},
+            "spec": {"database": "data", "collection": "notes", "itemId": "item-00", "target": {"ov": 0}}
+        }))
+        .await;
+    let reconcile = || chronos::operator::restore::controller::reconcile(Arc::new(r.clone()), k.ctx.clone());
+    reconcile().await.unwrap();
+    let c: CollectionName = "notes".parse().unwrap();
+    let id: ItemId = "item-00".parse().unwrap();
+    let latest = || async { engine.get_latest(&c, &id, ReadOptions::default()).await.unwrap().ov };
+    assert_eq!(latest().await, 2, "created, updated, restored");
+    // The status write after the append is lost (the operator restarted, the API server failed):
+    // the next reconcile runs the restore again.
+    let restores = k.api::<ChronosRestore>();
+    restores
+        .patch_status(
+            "again",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Running", "completedAt": null, "applied": null}})),
+        )
+        .await
+        .unwrap();
+    reconcile().await.unwrap();
+    let s = restores.get("again").await.unwrap().status.unwrap();
+    assert_eq!(s.phase, Phase::Succeeded, "{:?}", s.message);
+    assert_eq!(
+        latest().await,
+        2,
+        "the second run replays the first write instead of appending"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_claiming_another_ones_mongodb_database_or_dropped_buckets_is_refused() {
+    // Two tenants, two namespaces, one MongoDB and one S3.
+    let mut a = Cluster::new().await;
+    a.start();
+    let mut b = Cluster::new().await;
+    b.start();
+    let first = a.database_spec("first", json!({"deletionPolicy": "Delete"}));
+    a.create::<ChronosDatabase>(first.clone()).await;
+    wait_for(&a.api::<ChronosDatabase>(), "first", "backends reachable", |d| {
+        condition(d, "BackendsReachable").as_deref() == Some("True")
+    })
+    .await;
+    let reason = |d: &ChronosDatabase| {
+        let c = d
+            .status
+            .as_ref()?
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "BackendsReachable")?;
+        Some((c.reason.clone(), c.message.clone()))
+    };
+    let dbs = b.api::<ChronosDatabase>();
+    // Same MongoDB database, under another key in another namespace: refused.
+    let mut same_db = b.database_spec("second", json!({}));
+    same_db["spec"]["mongodb"]["dbName"] = first["spec"]["mongodb"]["dbName"].clone();
+    b.create::<ChronosDatabase>(same_db).await;
+    let second = wait_for(&dbs, "second", "a conflict", |d| {
+        reason(d).is_some_and(|(r, _)| r == "Conflict")
+    })
+    .await;
+    let (_, message) = reason(&second).unwrap();
+    assert!(message.contains(&format!("{}/first", a.ns)), "{message}");
+    assert_eq!(condition(&second, "Ready").as_deref(), Some("False"));
+    assert!(
+        b.api::<Deployment>().get_opt("chronos-engine").await.unwrap().is_none(),
+        "not served"
+    );
+    // The buckets of a database that drops its data on deletion: refused as well.
+    let mut same_buckets = b.database_spec("third", json!({}));
+    same_buckets["spec"]["s3"]["buckets"] = first["spec"]["s3"]["buckets"].clone();
+    b.create::<ChronosDatabase>(same_buckets).await;
+    let third = wait_for(&dbs, "third", "a conflict", |d| {
+        reason(d).is_some_and(|(r, _)| r == "Conflict")
+    })
+    .await;
+    assert!(reason(&third).unwrap().1.contains("bucket"), "{:?}", reason(&third));
+    // Deleting the refused one with deletionPolicy: Delete drops nothing of the first's.
+    dbs.patch(
+        "second",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"deletionPolicy": "Delete"}})),
+    )
+    .await
+    .unwrap();
+    dbs.delete("second", &DeleteParams::default()).await.unwrap();
+    wait_event(&b.client, &b.ns, "second", "DataRetained").await;
+    let first = a.api::<ChronosDatabase>().get("first").await.unwrap();
+    assert!(
+        bucket_exists(&first.spec.s3.buckets.json).await,
+        "the first database's buckets are still there"
     );
 }

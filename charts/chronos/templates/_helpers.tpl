@@ -40,19 +40,27 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 
 {{/* RBAC rules on the namespaced objects the operator manages (a ClusterRole's, or a Role's in watchNamespace). */}}
 {{- define "chronos.namespacedRules" }}
-  # Read the backend credentials a ChronosDatabase references; apply its engine's config Secret;
-  # delete it with the engine (the namespace's last shared database gone, or dedicated → shared).
+  # get: the MongoDB URI and S3 keys a ChronosDatabase references (used only when the Secret is
+  # labelled chronos.dev/credentials=true), and objects checked before a delete.
+  # create: each database's tokens Secret, once. patch: the engine's config Secret (server-side
+  # apply), a scope missing from a tokens Secret. delete: an engine's config Secret, only when it
+  # carries the operator's label and owner.
   - apiGroups: [""]
     resources: [secrets]
-    verbs: [get, patch, delete]
-  # Apply the engine's Service (server-side apply creates it when missing); delete it likewise.
+    verbs: [get, create, patch, delete]
+  # Apply the engine's Service (server-side apply creates it when missing); get + delete it with
+  # its engine, only when it is the operator's.
   - apiGroups: [""]
     resources: [services]
-    verbs: [patch, delete]
+    verbs: [get, patch, delete]
   # Apply the engine's Deployment, read and watch the ones it owns (readiness); delete likewise.
   - apiGroups: [apps]
     resources: [deployments]
     verbs: [get, list, watch, patch, delete]
+  # Each engine's NetworkPolicy: applied with it, deleted with it.
+  - apiGroups: [networking.k8s.io]
+    resources: [networkpolicies]
+    verbs: [get, patch, delete]
   # Kubernetes Events about what the controllers did.
   - apiGroups: [events.k8s.io]
     resources: [events]

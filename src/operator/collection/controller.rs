@@ -74,7 +74,7 @@ async fn ensure(c: &ChronosCollection, ctx: &Context) -> Result<Action> {
             write_status(c, ctx, Observed::ok(INDEXES_READY, "Created", message), indexes).await?;
             Ok(Action::requeue(requeue::DRIFT))
         }
-        Err(e @ (Error::Missing(_) | Error::Engine(_))) => {
+        Err(e @ (Error::Missing(_) | Error::NotPermitted(_) | Error::Engine(_))) => {
             write_status(
                 c,
                 ctx,

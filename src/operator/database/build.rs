@@ -15,14 +15,23 @@
 //! (`{file: /secrets/<Secret>/<key>}`) where the Deployment mounts the users' own Secrets, so
 //! rotating a password never means re-rendering, and the operator never copies credentials into
 //! objects it owns.
+//!
+//! Every engine runs with auth on: each database has its own tokens Secret ([`tokens_name`],
+//! made once by the controller) whose read, write and admin tokens are scoped to its key, and a
+//! NetworkPolicy admits only the peers the database allows (its namespace by default) to the
+//! API port.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, HTTPGetAction, KeyToPath, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, Secret,
-    SecretVolumeSource, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    Capabilities, Container, ContainerPort, HTTPGetAction, KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec,
+    Probe, ResourceRequirements, SeccompProfile, Secret, SecretVolumeSource, SecurityContext, Service, ServicePort,
+    ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -46,9 +55,15 @@ pub const CONFIG_HASH_ANNOTATION: &str = "chronos.dev/config-hash";
 pub const SHARED_ENGINE: &str = "chronos-engine";
 /// The database name whose dedicated engine would be the shared engine.
 pub const RESERVED_NAME: &str = "chronos";
-/// Where the configuration Secret is mounted, and its one key.
+/// Where the configuration Secret is mounted, and its keys: the configuration and the tokens
+/// file it names (which refers to the tokens Secrets' mounted files, never to their values).
 const CONFIG_DIR: &str = "/etc/chronos";
 const CONFIG_KEY: &str = "config.json";
+const TOKENS_KEY: &str = "tokens.json";
+/// The keys of a database's tokens Secret: one bearer token per scope.
+pub const TOKEN_SCOPES: [&str; 3] = ["read", "write", "admin"];
+/// The uid and gid engine pods run as (the image's `nonroot` user).
+const ENGINE_UID: i64 = 65532;
 /// Where the users' Secrets are mounted: `/secrets/<Secret>/<key>`.
 const SECRETS_DIR: &str = "/secrets";
 
@@ -58,6 +73,7 @@ pub struct EngineObjects {
     pub config: Secret,
     pub deployment: Deployment,
     pub service: Service,
+    pub network_policy: NetworkPolicy,
     pub config_hash: String,
 }
 
@@ -78,6 +94,79 @@ pub fn dedicated_name(db: &ChronosDatabase) -> String {
 /// The configuration Secret of the engine called `engine`.
 pub fn config_name(engine: &str) -> String {
     format!("{engine}-config")
+}
+
+/// The Secret with `db`'s bearer tokens (keys [`TOKEN_SCOPES`]); the controller creates it once.
+pub fn tokens_name(db: &ChronosDatabase) -> String {
+    format!("{}-tokens", db.name_any())
+}
+
+/// A new bearer token: 32 random bytes, base64url without padding.
+pub fn random_token() -> Result<String, rustls::crypto::GetRandomFailed> {
+    use base64::Engine as _;
+    let mut bytes = [0u8; 32];
+    rustls::crypto::ring::default_provider()
+        .secure_random
+        .fill(&mut bytes)?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// `db`'s tokens Secret holding `tokens` (scope → value), controlled by the database so it goes
+/// with it.
+pub fn tokens_secret(db: &ChronosDatabase, tokens: BTreeMap<String, String>) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(tokens_name(db)),
+            namespace: db.namespace(),
+            labels: Some(labels_of("chronos-tokens", &db.name_any())),
+            owner_references: Some(db.controller_owner_ref(&()).into_iter().collect()),
+            ..ObjectMeta::default()
+        },
+        data: Some(
+            tokens
+                .into_iter()
+                .map(|(k, v)| (k, ByteString(v.into_bytes())))
+                .collect(),
+        ),
+        type_: Some("Opaque".to_owned()),
+        ..Secret::default()
+    }
+}
+
+/// The tokens file of an engine serving `dbs`: each database's read, write and admin token,
+/// scoped to its key, read from its mounted tokens Secret.
+pub fn tokens_file(dbs: &[&ChronosDatabase]) -> Value {
+    let tokens: Vec<Value> = dbs
+        .iter()
+        .flat_map(|db| {
+            TOKEN_SCOPES.map(|scope| {
+                json!({
+                    "name": format!("{}-{scope}", db.name_any()),
+                    "token": {"file": secret_file(&tokens_name(db), scope)},
+                    "databases": [database_key(db)],
+                    "scopes": [scope],
+                })
+            })
+        })
+        .collect();
+    json!({ "tokens": tokens })
+}
+
+/// Whether `image` comes from one of the `allowed` repositories (`repo`, `repo:tag`,
+/// `repo@digest`; a repository is compared whole, so `chronos-evil` is not `chronos`).
+pub fn image_allowed(image: &str, allowed: &[String]) -> bool {
+    let repo = image_repository(image);
+    allowed.iter().any(|a| a == repo)
+}
+
+/// The repository of an image reference: without its digest and tag (a registry's `:port` is
+/// kept).
+pub fn image_repository(image: &str) -> &str {
+    let name = image.split('@').next().unwrap_or(image);
+    match name.rfind(':') {
+        Some(colon) if !name[colon..].contains('/') => &name[..colon],
+        _ => name,
+    }
 }
 
 /// The in-cluster URL of the engine called `engine` in namespace `ns`.
@@ -190,6 +279,7 @@ pub fn engine_config(dbs: &[&ChronosDatabase], collections: &[ChronosCollection]
     let mut config = json!({
         "mongoUris": mongo.iter().map(|(n, k)| json!({"file": secret_file(n, k)})).collect::<Vec<_>>(),
         "spacesConns": spaces,
+        "auth": {"tokensFile": format!("{CONFIG_DIR}/{TOKENS_KEY}")},
     });
     if !keyed.is_empty() {
         config["databases"] = keyed.into();
@@ -237,12 +327,29 @@ pub fn config_hash(config_text: &str) -> String {
     hex::encode(&Sha256::digest(config_text.as_bytes())[..8])
 }
 
+/// The label every object the operator makes carries (and that it checks before deleting one).
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "chronos-operator");
+
 fn labels(instance: &str) -> BTreeMap<String, String> {
+    labels_of("chronos-engine", instance)
+}
+
+fn labels_of(name: &str, instance: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
-        ("app.kubernetes.io/name".to_owned(), "chronos-engine".to_owned()),
+        ("app.kubernetes.io/name".to_owned(), name.to_owned()),
         ("app.kubernetes.io/instance".to_owned(), instance.to_owned()),
-        ("app.kubernetes.io/managed-by".to_owned(), "chronos-operator".to_owned()),
+        (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
     ])
+}
+
+/// Who may reach `db`'s engine: `spec.ingressFrom`, or by default every pod of its namespace.
+fn ingress_from(db: &ChronosDatabase) -> Vec<NetworkPolicyPeer> {
+    db.spec.ingress_from.clone().unwrap_or_else(|| {
+        vec![NetworkPolicyPeer {
+            pod_selector: Some(LabelSelector::default()),
+            ..NetworkPolicyPeer::default()
+        }]
+    })
 }
 
 /// What differs between a dedicated and the shared engine.
@@ -256,6 +363,8 @@ struct Shape {
     replicas: i32,
     image: String,
     resources: Option<ResourceRequirements>,
+    /// The peers the NetworkPolicy admits to the API port.
+    ingress_from: Vec<NetworkPolicyPeer>,
 }
 
 impl Shape {
@@ -270,7 +379,7 @@ impl Shape {
     }
 }
 
-/// The three objects of `db`'s dedicated engine. It is owned (as controller) by the database,
+/// The objects of `db`'s dedicated engine. It is owned (as controller) by the database,
 /// so it goes when the database goes.
 pub fn dedicated_objects(
     db: &ChronosDatabase,
@@ -286,6 +395,7 @@ pub fn dedicated_objects(
         replicas: engine.replicas,
         image: engine.image.clone().unwrap_or_else(|| default_image.to_owned()),
         resources: engine.resources.clone(),
+        ingress_from: ingress_from(db),
     };
     objects(&shape, &[db], collections)
 }
@@ -297,7 +407,7 @@ pub struct SharedEngine {
     pub replicas: i32,
 }
 
-/// The three objects of namespace `ns`'s shared engine, serving `members` (see [`membership`]).
+/// The objects of namespace `ns`'s shared engine, serving `members` (see [`membership`]).
 ///
 /// Owners: every member, none of them as controller. A shared object can't be owned by one
 /// database alone — deleting that one would take the engine from the others — and Kubernetes'
@@ -320,8 +430,21 @@ pub fn shared_objects(
         replicas: settings.replicas,
         image: settings.image.clone(),
         resources: None,
+        ingress_from: shared_ingress_from(members),
     };
     objects(&shape, members, collections)
+}
+
+/// Who may reach the shared engine: every member's peers (each member's clients must reach it;
+/// the tokens keep them to their own database).
+fn shared_ingress_from(members: &[&ChronosDatabase]) -> Vec<NetworkPolicyPeer> {
+    let mut out: Vec<NetworkPolicyPeer> = Vec::new();
+    for peer in members.iter().flat_map(|db| ingress_from(db)) {
+        if !out.contains(&peer) {
+            out.push(peer);
+        }
+    }
+    out
 }
 
 fn objects(
@@ -330,10 +453,15 @@ fn objects(
     collections: &[ChronosCollection],
 ) -> Result<EngineObjects, serde_json::Error> {
     let text = serde_json::to_string_pretty(&engine_config(dbs, collections))?;
-    let hash = config_hash(&text);
+    let tokens = serde_json::to_string_pretty(&tokens_file(dbs))?;
+    // The tokens file is loaded at start only: it is part of the hash, so a change rolls the pods.
+    let hash = config_hash(&format!("{text}\n{tokens}"));
     let config = Secret {
         metadata: shape.meta(config_name(&shape.name)),
-        data: Some(BTreeMap::from([(CONFIG_KEY.to_owned(), ByteString(text.into_bytes()))])),
+        data: Some(BTreeMap::from([
+            (CONFIG_KEY.to_owned(), ByteString(text.into_bytes())),
+            (TOKENS_KEY.to_owned(), ByteString(tokens.into_bytes())),
+        ])),
         type_: Some("Opaque".to_owned()),
         ..Secret::default()
     };
@@ -341,6 +469,7 @@ fn objects(
         config,
         deployment: deployment(shape, dbs, &hash),
         service: service(shape),
+        network_policy: network_policy(shape),
         config_hash: hash,
     })
 }
@@ -358,6 +487,13 @@ fn secret_mounts<'a>(dbs: &[&'a ChronosDatabase]) -> BTreeMap<&'a str, BTreeSet<
         keys.insert(&creds.secret_key_key);
     }
     out
+}
+
+/// Every database's tokens Secret (name → keys), mounted like the users' Secrets.
+fn tokens_mounts(dbs: &[&ChronosDatabase]) -> BTreeMap<String, BTreeSet<&'static str>> {
+    dbs.iter()
+        .map(|db| (tokens_name(db), TOKEN_SCOPES.into_iter().collect()))
+        .collect()
 }
 
 fn deployment(shape: &Shape, dbs: &[&ChronosDatabase], hash: &str) -> Deployment {
@@ -397,13 +533,19 @@ fn deployment(shape: &Shape, dbs: &[&ChronosDatabase], hash: &str) -> Deployment
     let mut volumes = vec![secret_volume(
         "config".to_owned(),
         &config_name(&shape.name),
-        vec![CONFIG_KEY],
+        vec![CONFIG_KEY, TOKENS_KEY],
     )];
     let mut mounts = vec![mount("config".to_owned(), CONFIG_DIR.to_owned())];
-    for (i, (secret, keys)) in secret_mounts(dbs).into_iter().enumerate() {
+    let tokens = tokens_mounts(dbs);
+    let users = secret_mounts(dbs);
+    let all = users
+        .iter()
+        .map(|(s, k)| (*s, k))
+        .chain(tokens.iter().map(|(s, k)| (s.as_str(), k)));
+    for (i, (secret, keys)) in all.enumerate() {
         // Volume names are DNS labels; Secret names may not be (dots), so number them.
         let name = format!("secret-{i}");
-        volumes.push(secret_volume(name.clone(), secret, keys.into_iter().collect()));
+        volumes.push(secret_volume(name.clone(), secret, keys.iter().copied().collect()));
         mounts.push(mount(name, format!("{SECRETS_DIR}/{secret}")));
     }
     Deployment {
@@ -444,9 +586,31 @@ fn deployment(shape: &Shape, dbs: &[&ChronosDatabase], hash: &str) -> Deployment
                         liveness_probe: Some(probe("/healthz")),
                         resources: shape.resources.clone(),
                         volume_mounts: Some(mounts),
+                        security_context: Some(SecurityContext {
+                            allow_privilege_escalation: Some(false),
+                            read_only_root_filesystem: Some(true),
+                            privileged: Some(false),
+                            capabilities: Some(Capabilities {
+                                drop: Some(vec!["ALL".to_owned()]),
+                                ..Capabilities::default()
+                            }),
+                            ..SecurityContext::default()
+                        }),
                         ..Container::default()
                     }],
                     volumes: Some(volumes),
+                    // The engine never calls the Kubernetes API: no token to steal.
+                    automount_service_account_token: Some(false),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(ENGINE_UID),
+                        run_as_group: Some(ENGINE_UID),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".to_owned(),
+                            ..SeccompProfile::default()
+                        }),
+                        ..PodSecurityContext::default()
+                    }),
                     ..PodSpec::default()
                 }),
             },
@@ -470,6 +634,29 @@ fn service(shape: &Shape) -> Service {
             ..ServiceSpec::default()
         }),
         status: None,
+    }
+}
+
+/// Ingress to the engine's pods: only the API port, only from the allowed peers.
+fn network_policy(shape: &Shape) -> NetworkPolicy {
+    NetworkPolicy {
+        metadata: shape.meta(shape.name.clone()),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(labels(&shape.instance)),
+                ..LabelSelector::default()
+            }),
+            policy_types: Some(vec!["Ingress".to_owned()]),
+            ingress: Some(vec![NetworkPolicyIngressRule {
+                from: Some(shape.ingress_from.clone()),
+                ports: Some(vec![NetworkPolicyPort {
+                    port: Some(IntOrString::Int(ENGINE_PORT)),
+                    protocol: Some("TCP".to_owned()),
+                    ..NetworkPolicyPort::default()
+                }]),
+            }]),
+            ..NetworkPolicySpec::default()
+        }),
     }
 }
 
@@ -774,7 +961,15 @@ mod tests {
             .flatten()
             .map(|m| m.mount_path.as_str())
             .collect();
-        assert_eq!(mounts, ["/etc/chronos", "/secrets/mongo", "/secrets/s3-creds"]);
+        assert_eq!(
+            mounts,
+            [
+                "/etc/chronos",
+                "/secrets/mongo",
+                "/secrets/s3-creds",
+                "/secrets/orders-tokens"
+            ]
+        );
         // Selector and Service both select the pod labels.
         let selector = spec.selector.match_labels.as_ref().unwrap();
         assert_eq!(objects.service.spec.as_ref().unwrap().selector.as_ref(), Some(selector));
@@ -967,5 +1162,206 @@ mod tests {
         db.spec.routing = None;
         db.spec.key = Some("no spaces".into());
         assert!(db.spec.problems()[0].starts_with("spec.key"));
+    }
+
+    #[test]
+    fn engine_pods_run_restricted_without_a_service_account_token() {
+        let db = database();
+        let dedicated = dedicated_objects(&db, db.spec.engine.as_ref().unwrap(), &[], "img").unwrap();
+        let settings = SharedEngine {
+            image: "img".into(),
+            replicas: 1,
+        };
+        let shared = shared_objects("shop", &[&db_in("a", json!({}))], &[], &settings).unwrap();
+        for objects in [dedicated, shared] {
+            let pod = objects.deployment.spec.unwrap().template.spec.unwrap();
+            assert_eq!(
+                pod.automount_service_account_token,
+                Some(false),
+                "engines never call the API"
+            );
+            let psc = pod.security_context.expect("a pod securityContext");
+            assert_eq!(psc.run_as_non_root, Some(true));
+            assert_eq!(psc.seccomp_profile.map(|s| s.type_).as_deref(), Some("RuntimeDefault"));
+            let sc = pod.containers[0]
+                .security_context
+                .clone()
+                .expect("a container securityContext");
+            assert_eq!(sc.allow_privilege_escalation, Some(false));
+            assert_eq!(sc.read_only_root_filesystem, Some(true));
+            assert_eq!(sc.privileged, Some(false));
+            assert_eq!(sc.capabilities.and_then(|c| c.drop), Some(vec!["ALL".to_owned()]));
+        }
+    }
+
+    #[test]
+    fn engines_run_with_auth_on_each_database_with_its_own_tokens_from_a_mounted_secret() {
+        let (a, b) = (db_in("a", json!({})), db_in("b", json!({"key": "bee"})));
+        let settings = SharedEngine {
+            image: "img".into(),
+            replicas: 1,
+        };
+        let objects = shared_objects("shop", &[&a, &b], &[], &settings).unwrap();
+        let data = objects.config.data.clone().unwrap();
+        let config: Value = serde_json::from_slice(&data["config.json"].0).unwrap();
+        assert_eq!(config["auth"]["tokensFile"], "/etc/chronos/tokens.json", "{config}");
+        let tokens: Value = serde_json::from_slice(&data["tokens.json"].0).expect("a tokens file");
+        let entries: Vec<(String, Value, Value, Value)> = tokens["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (
+                    t["name"].as_str().unwrap().to_owned(),
+                    t["token"].clone(),
+                    t["databases"].clone(),
+                    t["scopes"].clone(),
+                )
+            })
+            .collect();
+        assert_eq!(entries.len(), 6, "read, write and admin for each database");
+        assert_eq!(
+            entries[0],
+            (
+                "a-read".into(),
+                json!({"file": "/secrets/a-tokens/read"}),
+                json!(["a"]),
+                json!(["read"])
+            )
+        );
+        assert_eq!(
+            entries[5],
+            (
+                "b-admin".into(),
+                json!({"file": "/secrets/b-tokens/admin"}),
+                json!(["bee"]),
+                json!(["admin"])
+            ),
+            "scoped to the database's key"
+        );
+        // With the Secret's files in place the engine loads it.
+        let dir = tempfile::tempdir().unwrap();
+        for db in ["a", "b"] {
+            std::fs::create_dir_all(dir.path().join(format!("{db}-tokens"))).unwrap();
+            for scope in ["read", "write", "admin"] {
+                std::fs::write(
+                    dir.path().join(format!("{db}-tokens/{scope}")),
+                    format!("{db}-{scope}-0123456789abcdef"),
+                )
+                .unwrap();
+            }
+        }
+        let text = String::from_utf8(data["tokens.json"].0.clone())
+            .unwrap()
+            .replace("/secrets/", &format!("{}/", dir.path().display()));
+        crate::api::auth::Tokens::parse(&text).unwrap();
+        // The pod mounts both: the tokens file with the config, each database's tokens Secret.
+        let pod = objects.deployment.spec.unwrap().template.spec.unwrap();
+        let volumes = pod.volumes.unwrap();
+        let items = |v: &Volume| -> Vec<String> {
+            v.secret
+                .as_ref()
+                .unwrap()
+                .items
+                .iter()
+                .flatten()
+                .map(|i| i.key.clone())
+                .collect()
+        };
+        assert_eq!(items(&volumes[0]), ["config.json", "tokens.json"]);
+        let tokens_volume = volumes
+            .iter()
+            .find(|v| v.secret.as_ref().unwrap().secret_name.as_deref() == Some("b-tokens"))
+            .expect("b's tokens mounted");
+        assert_eq!(items(tokens_volume), ["admin", "read", "write"]);
+        let mounts: Vec<&str> = pod.containers[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| m.mount_path.as_str())
+            .collect();
+        assert!(
+            mounts.contains(&"/secrets/a-tokens") && mounts.contains(&"/secrets/b-tokens"),
+            "{mounts:?}"
+        );
+    }
+
+    #[test]
+    fn each_engine_admits_only_its_namespace_or_the_peers_asked_for_and_only_to_the_api_port() {
+        let db = database();
+        let objects = dedicated_objects(&db, db.spec.engine.as_ref().unwrap(), &[], "img").unwrap();
+        let policy = serde_json::to_value(&objects.network_policy).unwrap();
+        assert_eq!(policy["metadata"]["name"], "orders-engine");
+        assert_eq!(policy["metadata"]["ownerReferences"][0]["uid"], "uid-orders");
+        let selector = objects.deployment.spec.as_ref().unwrap().selector.match_labels.clone();
+        assert_eq!(policy["spec"]["podSelector"]["matchLabels"], json!(selector));
+        assert_eq!(policy["spec"]["policyTypes"], json!(["Ingress"]));
+        assert_eq!(
+            policy["spec"]["ingress"],
+            json!([{"from": [{"podSelector": {}}], "ports": [{"port": 8080, "protocol": "TCP"}]}]),
+            "by default: this namespace's pods, the API port"
+        );
+        let web = json!({"namespaceSelector": {"matchLabels": {"team": "web"}}});
+        let custom = db_in("b", json!({"ingressFrom": [web]}));
+        let a = db_in("a", json!({}));
+        let settings = SharedEngine {
+            image: "img".into(),
+            replicas: 1,
+        };
+        let shared = shared_objects("shop", &[&a, &custom, &a.clone()], &[], &settings).unwrap();
+        let policy = serde_json::to_value(&shared.network_policy).unwrap();
+        assert_eq!(policy["metadata"]["name"], "chronos-engine");
+        assert_eq!(
+            policy["spec"]["ingress"][0]["from"],
+            json!([{"podSelector": {}}, web]),
+            "the members' peers, each once"
+        );
+        assert!(db_in("c", json!({"ingressFrom": []})).problems()[0].starts_with("spec.ingressFrom"));
+    }
+
+    #[test]
+    fn engine_images_must_come_from_an_allowed_repository() {
+        let allowed = [
+            "ghcr.io/chronos-dev/chronos".to_owned(),
+            "localhost:5000/chronos".to_owned(),
+        ];
+        for ok in [
+            "ghcr.io/chronos-dev/chronos",
+            "ghcr.io/chronos-dev/chronos:0.1.0",
+            "ghcr.io/chronos-dev/chronos@sha256:0123",
+            "ghcr.io/chronos-dev/chronos:0.1.0@sha256:0123",
+            "localhost:5000/chronos:1",
+        ] {
+            assert!(image_allowed(ok, &allowed), "{ok}");
+        }
+        for refused in [
+            "attacker/img",
+            "ghcr.io/chronos-dev/chronos-evil:1",
+            "ghcr.io/chronos-dev/chronos/sub:1",
+            "evil.io/ghcr.io/chronos-dev/chronos",
+            "localhost:5000/other",
+        ] {
+            assert!(!image_allowed(refused, &allowed), "{refused}");
+        }
+    }
+
+    #[test]
+    fn a_tokens_secret_is_owned_by_its_database_and_tokens_are_random() {
+        let db = database();
+        let (one, two) = (random_token().unwrap(), random_token().unwrap());
+        assert_ne!(one, two);
+        assert_eq!(one.len(), 43, "32 bytes, base64url");
+        assert!(one.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+        let tokens = TOKEN_SCOPES
+            .iter()
+            .map(|s| (s.to_string(), format!("{s}-value")))
+            .collect();
+        let secret = tokens_secret(&db, tokens);
+        assert_eq!(secret.metadata.name.as_deref(), Some("orders-tokens"));
+        let owner = &secret.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!((owner.uid.as_str(), owner.controller), ("uid-orders", Some(true)));
+        assert_eq!(secret.metadata.labels.as_ref().unwrap()[MANAGED_BY.0], MANAGED_BY.1);
+        let keys: Vec<&String> = secret.data.as_ref().unwrap().keys().collect();
+        assert_eq!(keys, ["admin", "read", "write"]);
     }
 }

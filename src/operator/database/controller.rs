@@ -5,17 +5,21 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{self, Event as Finalizer};
 use kube::{Api, Resource, ResourceExt};
 
-use super::build;
 use super::crd::{ChronosDatabase, ChronosDatabaseStatus, DeletionPolicy};
+use super::{build, claims};
 use crate::operator::collection::ChronosCollection;
 use crate::operator::conditions::{self, Observed};
+use crate::operator::events::Notice;
 use crate::operator::{Context, Error, FIELD_MANAGER, Result, backends, events, requeue};
 
 /// The finalizer that stands between `kubectl delete` and the data.
@@ -50,32 +54,91 @@ pub async fn reconcile(db: Arc<ChronosDatabase>, ctx: Arc<Context>) -> Result<Ac
 enum Checked {
     /// The spec can't work: wait for the user to change it.
     Invalid(String),
-    /// A Secret or a backend is not there: these conditions, then look again after the delay.
+    /// A Secret or a backend is not there, or another database claims its data: these
+    /// conditions, then look again after the delay.
     Unavailable(Vec<Observed>, Duration),
-    /// Backends reachable, buckets in place.
+    /// Backends reachable, buckets and tokens in place.
     Usable(Vec<Observed>),
 }
 
-async fn check(db: &ChronosDatabase, ctx: &Context) -> Result<Checked> {
+/// [`Checked`], and the MongoDB deployment found (for the status) when the Secrets were read.
+struct Check {
+    checked: Checked,
+    mongo_backend: Option<String>,
+}
+
+impl From<Checked> for Check {
+    fn from(checked: Checked) -> Check {
+        Check {
+            checked,
+            mongo_backend: None,
+        }
+    }
+}
+
+async fn check(db: &ChronosDatabase, ctx: &Context) -> Result<Check> {
     let problems = db.problems();
     if !problems.is_empty() {
-        return Ok(Checked::Invalid(problems.join("; ")));
+        return Ok(Checked::Invalid(problems.join("; ")).into());
+    }
+    // Before any Secret is read: the engine pod would mount them.
+    if let Some(image) = db.spec.engine.as_ref().and_then(|e| e.image.as_deref())
+        && !build::image_allowed(image, &ctx.allowed_engine_images)
+    {
+        return Ok(Checked::Invalid(format!(
+            "spec.engine.image: `{image}` is not from an allowed repository ({}; the operator's \
+             --allowed-engine-images)",
+            ctx.allowed_engine_images.join(", ")
+        ))
+        .into());
     }
     let storage = match backends::storage(&ctx.client, db).await {
         Ok(s) => s,
-        Err(e @ (Error::Missing(_) | Error::Invalid(_))) => {
+        Err(e @ (Error::Missing(_) | Error::Invalid(_) | Error::NotPermitted(_))) => {
+            let reason = match e {
+                Error::NotPermitted(_) => "SecretNotLabelled",
+                _ => "SecretUnavailable",
+            };
             let message = e.to_string();
             let observed = vec![
-                Observed::failed(BACKENDS_REACHABLE, "SecretUnavailable", &message),
-                Observed::failed(READY, "SecretUnavailable", &message),
+                Observed::failed(BACKENDS_REACHABLE, reason, &message),
+                Observed::failed(READY, reason, &message),
             ];
-            return Ok(Checked::Unavailable(observed, requeue::MISSING));
+            return Ok(Checked::Unavailable(observed, requeue::MISSING).into());
         }
         Err(e) => return Err(e),
     };
+    let mongo_backend = backends::mongo_backend(&storage)?;
+    let checked = usable(db, ctx, &storage, &mongo_backend).await?;
+    Ok(Check {
+        checked,
+        mongo_backend: Some(mongo_backend),
+    })
+}
+
+/// The rest of [`check`], once the Secrets were read: no older database claims the data, the
+/// backends answer, the buckets and the tokens exist.
+async fn usable(
+    db: &ChronosDatabase,
+    ctx: &Context,
+    storage: &crate::config::Storage,
+    mongo_backend: &str,
+) -> Result<Checked> {
+    // Across namespaces: a MongoDB database or bucket is shared whoever the tenant is.
+    let all = Api::<ChronosDatabase>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items;
+    if let Some(why) = claims::conflict(db, mongo_backend, &all) {
+        let observed = vec![
+            Observed::failed(BACKENDS_REACHABLE, "Conflict", &why),
+            Observed::failed(READY, "Conflict", &why),
+        ];
+        return Ok(Checked::Unavailable(observed, requeue::MISSING));
+    }
     let reachable = async {
-        backends::ping_mongo(ctx, &storage).await?;
-        backends::ensure_buckets(ctx, &storage).await
+        backends::ping_mongo(ctx, storage).await?;
+        backends::ensure_buckets(ctx, storage).await
     };
     let created = match reachable.await {
         Ok(created) => created,
@@ -94,10 +157,92 @@ async fn check(db: &ChronosDatabase, ctx: &Context) -> Result<Checked> {
     } else {
         format!("created {}", created.join(", "))
     };
+    if let Err(why) = ensure_tokens(db, ctx).await? {
+        let observed = vec![
+            Observed::failed(ENGINE_READY, "TokensConflict", &why),
+            Observed::failed(READY, "TokensConflict", &why),
+        ];
+        return Ok(Checked::Unavailable(observed, requeue::MISSING));
+    }
     Ok(Checked::Usable(vec![
         Observed::ok(BACKENDS_REACHABLE, "Reachable", "MongoDB and S3 answer"),
         Observed::ok(BUCKETS_READY, "BucketsExist", buckets),
     ]))
+}
+
+/// Make `db`'s tokens Secret unless it is there; tokens are never regenerated (clients hold
+/// them), only a scope missing from the Secret is added. `Err` says why a Secret of that name
+/// can't be used: the operator did not make it for this database.
+async fn ensure_tokens(db: &ChronosDatabase, ctx: &Context) -> Result<Result<(), String>> {
+    let ns = db.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let name = build::tokens_name(db);
+    let fresh = |scopes: &[&str]| -> Result<std::collections::BTreeMap<String, String>> {
+        scopes
+            .iter()
+            .map(|s| {
+                let token =
+                    build::random_token().map_err(|_| Error::Io(std::io::Error::other("no secure randomness")))?;
+                Ok((s.to_string(), token))
+            })
+            .collect()
+    };
+    let Some(existing) = secrets.get_opt(&name).await? else {
+        let secret = build::tokens_secret(db, fresh(&build::TOKEN_SCOPES)?);
+        secrets.create(&PostParams::default(), &secret).await?;
+        let note = format!(
+            "bearer tokens for database `{}` (keys read, write, admin) are in Secret {name}",
+            build::database_key(db)
+        );
+        events::publish(&ctx.recorder, db, Notice::normal("TokensCreated", note, "Reconcile")).await;
+        return Ok(Ok(()));
+    };
+    if !controlled_by(existing.meta(), db) {
+        return Ok(Err(format!(
+            "Secret {name} exists but was not made by the operator for this database; delete or rename it \
+             (the operator keeps the database's bearer tokens there)"
+        )));
+    }
+    let have = existing.data.unwrap_or_default();
+    let missing: Vec<&str> = build::TOKEN_SCOPES
+        .into_iter()
+        .filter(|s| !have.contains_key(*s))
+        .collect();
+    if !missing.is_empty() {
+        let added = build::tokens_secret(db, fresh(&missing)?);
+        let patch = serde_json::json!({"data": added.data});
+        secrets
+            .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+            .await?;
+    }
+    Ok(Ok(()))
+}
+
+/// Whether an object carries the operator's label and `db` as its controlling owner.
+fn controlled_by(meta: &ObjectMeta, db: &ChronosDatabase) -> bool {
+    managed(meta)
+        && meta
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.controller == Some(true) && Some(&o.uid) == db.metadata.uid.as_ref())
+}
+
+/// Whether an object carries the operator's label.
+fn managed(meta: &ObjectMeta) -> bool {
+    let (key, value) = build::MANAGED_BY;
+    meta.labels.as_ref().and_then(|l| l.get(key)).map(String::as_str) == Some(value)
+}
+
+/// Whether an object is part of a namespace's shared engine as the operator makes it: its
+/// label, and owned by ChronosDatabases.
+fn shared_engine_part(meta: &ObjectMeta) -> bool {
+    managed(meta)
+        && meta
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.kind == "ChronosDatabase" && o.api_version.starts_with("chronos.dev/"))
 }
 
 /// How the database is served, for its status.
@@ -109,7 +254,11 @@ struct Served {
 
 async fn apply(db: &ChronosDatabase, ctx: &Context) -> Result<Action> {
     let ns = db.namespace().unwrap_or_default();
-    let checked = check(db, ctx).await?;
+    let Check { checked, mongo_backend } = check(db, ctx).await?;
+    let facts = Facts {
+        mongo_backend,
+        tokens_secret: matches!(checked, Checked::Usable(_)).then(|| build::tokens_name(db)),
+    };
     let lock = ctx.namespace_lock(&ns);
     let _rendering = lock.lock().await;
     // Every outcome re-renders the shared engine: a member that became invalid or unreachable,
@@ -118,11 +267,11 @@ async fn apply(db: &ChronosDatabase, ctx: &Context) -> Result<Action> {
     let shared = sync_shared(ctx, &ns, Some((&db.name_any(), usable))).await?;
     let mut observed = match checked {
         Checked::Invalid(message) => {
-            write_status(db, ctx, &[Observed::failed(READY, "InvalidSpec", message)], None).await?;
+            write_status(db, ctx, &[Observed::failed(READY, "InvalidSpec", message)], None, facts).await?;
             return Ok(Action::await_change());
         }
         Checked::Unavailable(observed, delay) => {
-            write_status(db, ctx, &observed, None).await?;
+            write_status(db, ctx, &observed, None, facts).await?;
             return Ok(Action::requeue(delay));
         }
         Checked::Usable(observed) => observed,
@@ -170,7 +319,7 @@ async fn apply(db: &ChronosDatabase, ctx: &Context) -> Result<Action> {
     } else {
         Observed::failed(READY, not_ready_reason, "waiting for the engine")
     });
-    write_status(db, ctx, &observed, served).await?;
+    write_status(db, ctx, &observed, served, facts).await?;
     // Not ready: the Deployment's status change wakes us (we own it). Ready: re-check now and then.
     // A conflict clears when the other database goes, which does not wake this one: look again.
     Ok(Action::requeue(if not_ready_reason == "Conflict" {
@@ -238,14 +387,15 @@ async fn sync_shared(ctx: &Context, ns: &str, fresh: Option<(&str, bool)>) -> Re
 /// Delete a namespace's shared engine once no database needs it. Removed rather than scaled to
 /// zero: nothing is left to clutter the namespace, and the next shared database renders it
 /// again in one reconcile. The configuration Secret is applied first and deleted last, so it
-/// marks an engine that may still have objects to delete.
+/// marks an engine that may still have objects to delete. Only objects that are the operator's
+/// shared engine go: a namespace's own `chronos-engine` (another app's) is left alone.
 async fn remove_shared(ctx: &Context, ns: &str) -> Result<()> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let config = build::config_name(build::SHARED_ENGINE);
     if secrets.get_opt(&config).await?.is_none() {
         return Ok(());
     }
-    delete_engine(ctx, ns, build::SHARED_ENGINE).await?;
+    delete_engine(ctx, ns, build::SHARED_ENGINE, &shared_engine_part).await?;
     tracing::info!(namespace = %ns, "removed the shared engine: no database needs it");
     Ok(())
 }
@@ -259,39 +409,64 @@ async fn remove_dedicated(ctx: &Context, db: &ChronosDatabase) -> Result<()> {
     let Some(deployment) = deployments.get_opt(&name).await? else {
         return Ok(());
     };
-    let ours = deployment
-        .owner_references()
-        .iter()
-        .any(|o| o.controller == Some(true) && Some(&o.uid) == db.metadata.uid.as_ref());
-    if ours {
-        delete_engine(ctx, &ns, &name).await?;
+    if controlled_by(deployment.meta(), db) {
+        delete_engine(ctx, &ns, &name, &|meta| controlled_by(meta, db)).await?;
         tracing::info!(database = %db.name_any(), "removed its dedicated engine: the shared engine serves it now");
     }
     Ok(())
 }
 
-/// Delete an engine's Deployment, Service and configuration Secret (in that order), each if
-/// present.
-async fn delete_engine(ctx: &Context, ns: &str, name: &str) -> Result<()> {
-    let dp = DeleteParams::default();
-    let gone = |r: std::result::Result<(), kube::Error>| match r {
-        Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
-        other => other,
-    };
-    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
-    gone(deployments.delete(name, &dp).await.map(drop))?;
-    let services: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
-    gone(services.delete(name, &dp).await.map(drop))?;
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    gone(secrets.delete(&build::config_name(name), &dp).await.map(drop))?;
-    Ok(())
+/// Delete an engine's Deployment, Service, NetworkPolicy and configuration Secret (in that
+/// order), each if present and `ours`.
+async fn delete_engine(ctx: &Context, ns: &str, name: &str, ours: &(dyn Fn(&ObjectMeta) -> bool + Sync)) -> Result<()> {
+    delete_if_ours::<Deployment>(ctx, ns, name, ours).await?;
+    delete_if_ours::<Service>(ctx, ns, name, ours).await?;
+    delete_if_ours::<NetworkPolicy>(ctx, ns, name, ours).await?;
+    delete_if_ours::<Secret>(ctx, ns, &build::config_name(name), ours).await
 }
 
-/// Apply an engine's Secret, Service and Deployment; returns the Deployment as stored.
+/// Delete object `name` if it is there and `ours`; the uid precondition makes sure the object
+/// deleted is the one checked, not one re-created under its name meanwhile.
+async fn delete_if_ours<K>(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    ours: &(dyn Fn(&ObjectMeta) -> bool + Sync),
+) -> Result<()>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    let Some(obj) = api.get_opt(name).await? else {
+        return Ok(());
+    };
+    if !ours(obj.meta()) {
+        tracing::warn!(namespace = %ns, kind = %K::kind(&()), %name, "not deleting: not made by the operator");
+        return Ok(());
+    }
+    let dp = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: obj.meta().uid.clone(),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(name, &dp).await {
+        Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
+        other => other.map(drop).map_err(Error::from),
+    }
+}
+
+/// Apply an engine's Secret, Service, NetworkPolicy and Deployment (the policy before the pods
+/// it guards); returns the Deployment as stored.
 async fn apply_objects(ctx: &Context, ns: &str, objects: &build::EngineObjects) -> Result<Deployment> {
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
+    let policies: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), ns);
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
     secrets
         .patch(&objects.config.name_any(), &pp, &Patch::Apply(typed(&objects.config)?))
@@ -301,6 +476,13 @@ async fn apply_objects(ctx: &Context, ns: &str, objects: &build::EngineObjects) 
             &objects.service.name_any(),
             &pp,
             &Patch::Apply(typed(&objects.service)?),
+        )
+        .await?;
+    policies
+        .patch(
+            &objects.network_policy.name_any(),
+            &pp,
+            &Patch::Apply(typed(&objects.network_policy)?),
         )
         .await?;
     Ok(deployments
@@ -320,20 +502,33 @@ fn typed<K: Resource<DynamicType = ()> + serde::Serialize>(obj: &K) -> Result<se
     Ok(value)
 }
 
+/// What the status records besides conditions and how the database is served.
+struct Facts {
+    /// The MongoDB deployment found this time; the recorded one is kept when the Secrets could
+    /// not be read (other databases' conflict checks rely on it).
+    mongo_backend: Option<String>,
+    /// Where the tokens are, once they exist.
+    tokens_secret: Option<String>,
+}
+
 /// Write the status, then publish an Event if readiness changed (or why it is not ready).
 async fn write_status(
     db: &ChronosDatabase,
     ctx: &Context,
     observed: &[Observed],
     served: Option<Served>,
+    facts: Facts,
 ) -> Result<()> {
     let existing = db.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
     let generation = db.metadata.generation;
+    let recorded = db.status.as_ref().and_then(|s| s.mongo_backend.clone());
     let status = ChronosDatabaseStatus {
         conditions: conditions::merge(existing, observed, generation, conditions::now()),
         engine_url: served.as_ref().map(|s| s.engine_url.clone()),
         database_url: served.as_ref().map(|s| s.database_url.clone()),
         config_hash: served.map(|s| s.config_hash),
+        tokens_secret: facts.tokens_secret,
+        mongo_backend: facts.mongo_backend.or(recorded),
         observed_generation: generation,
     };
     crate::operator::apply_status(
@@ -363,10 +558,21 @@ async fn cleanup(db: &ChronosDatabase, ctx: &Context) -> Result<Action> {
         sync_shared(ctx, &ns, None).await?;
     }
     if db.spec.deletion_policy == DeletionPolicy::Delete {
+        let storage = backends::storage(&ctx.client, db).await?;
+        let all = Api::<ChronosDatabase>::all(ctx.client.clone())
+            .list(&ListParams::default())
+            .await?
+            .items;
+        if let Some(why) = claims::conflict(db, &backends::mongo_backend(&storage)?, &all) {
+            // Irreversible, and the data was never this database's: keep it.
+            tracing::warn!(database = %db.name_any(), %why, "deletionPolicy: Delete not applied");
+            let note = format!("deletionPolicy: Delete not applied, the data is kept: {why}");
+            events::publish(&ctx.recorder, db, Notice::warning("DataRetained", note, "Delete")).await;
+            return Ok(Action::await_change());
+        }
         // No collection or restore reconcile may be writing (which would bring the MongoDB
         // database back) from here on.
         ctx.data_gates.close(&db.metadata.uid.clone().unwrap_or_default()).await;
-        let storage = backends::storage(&ctx.client, db).await?;
         backends::drop_data(ctx, &storage).await?;
         tracing::info!(database = %db.name_any(), "dropped the MongoDB database and the buckets (deletionPolicy: Delete)");
     }

@@ -1,6 +1,7 @@
 //! The `ChronosDatabase` resource.
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -48,6 +49,10 @@ pub struct ChronosDatabaseSpec {
     /// (`chronos-engine`) serves it together with the namespace's other such databases.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub engine: Option<EngineSpec>,
+    /// Who may reach the engine's API port (NetworkPolicy peers of its ingress rule). Default:
+    /// every pod of this namespace. On the shared engine, the members' lists are joined.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_from: Option<Vec<NetworkPolicyPeer>>,
     /// What happens to the data when this resource is deleted. `Retain` (default) keeps the
     /// MongoDB database and the buckets; `Delete` drops them.
     #[serde(default)]
@@ -160,6 +165,14 @@ pub struct ChronosDatabaseStatus {
     /// Hash of the engine configuration now deployed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_hash: Option<String>,
+    /// The Secret (in this namespace) with this database's bearer tokens: keys `read`, `write`
+    /// and `admin`, each scoped to this database's key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_secret: Option<String>,
+    /// A digest of the MongoDB deployment (its hosts) this database's data lives on, so two
+    /// databases on one MongoDB database can be told apart from two on different ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mongo_backend: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 }
@@ -227,6 +240,13 @@ impl ChronosDatabaseSpec {
             && e.replicas < 0
         {
             out.push("spec.engine.replicas: must be 0 or more".to_owned());
+        }
+        if self.ingress_from.as_ref().is_some_and(Vec::is_empty) {
+            out.push(
+                "spec.ingressFrom: give at least one peer (omit it for this namespace; \
+                 `- namespaceSelector: {}` admits every namespace)"
+                    .to_owned(),
+            );
         }
         out
     }

@@ -125,7 +125,14 @@ async fn item(
         VersionTarget::At(at) => engine.get_as_of(collection, id, at, opts).await?,
     };
     if !r.spec.dry_run {
-        engine.restore_object(collection, id, target, None, who).await?;
+        // One key per ChronosRestore: a reconcile that runs again after the write (a restart, a
+        // lost status write) replays the first outcome instead of appending a second version.
+        let key = format!("crst:{}", r.metadata.uid.as_deref().unwrap_or_default());
+        let who = Attribution {
+            request_key: Some(key.parse()?),
+            ..who.clone()
+        };
+        engine.restore_object(collection, id, target, None, &who).await?;
     }
     let counts = Counts {
         examined: 1,

@@ -39,7 +39,7 @@ async fn tick(r: &ChronosRetention, ctx: &Context) -> Result<Action> {
     let mut status = r.status.clone().unwrap_or_default();
     let generation = r.metadata.generation;
     status.observed_generation = generation;
-    let mut problems = r.spec.rules.problems();
+    let mut problems = r.spec.problems();
     let schedule = Schedule::parse(&r.spec.schedule).map_err(|e| problems.push(e)).ok();
     let (Some(schedule), true) = (schedule, problems.is_empty()) else {
         let failed = Observed::failed(SCHEDULED, "InvalidSpec", problems.join("; "));
@@ -116,20 +116,16 @@ async fn run(r: &ChronosRetention, ctx: &Context) -> Result<LastRun> {
         .collect::<Vec<_>>()
         .join(",");
     let lp = ListParams::default().labels(&labels);
-    let databases = if sel.namespaces.is_empty() {
-        Api::<ChronosDatabase>::all(ctx.client.clone()).list(&lp).await?.items
-    } else {
-        let mut all = Vec::new();
-        for ns in &sel.namespaces {
-            all.extend(
-                Api::<ChronosDatabase>::namespaced(ctx.client.clone(), ns)
-                    .list(&lp)
-                    .await?
-                    .items,
-            );
-        }
-        all
-    };
+    // Only the listed namespaces (the spec's problems refuse an empty list): never all.
+    let mut databases = Vec::new();
+    for ns in &sel.namespaces {
+        databases.extend(
+            Api::<ChronosDatabase>::namespaced(ctx.client.clone(), ns)
+                .list(&lp)
+                .await?
+                .items,
+        );
+    }
     for db in &databases {
         let ns = db.namespace().unwrap_or_default();
         let collections = Api::<ChronosCollection>::namespaced(ctx.client.clone(), &ns)

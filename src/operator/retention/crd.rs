@@ -29,7 +29,6 @@ use crate::operator::collection::crd::RetentionOverride;
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ChronosRetentionSpec {
-    #[serde(default)]
     pub selector: RetentionSelector,
     pub rules: RetentionRules,
     /// Cron: `min hour dom month dow`, or with a leading seconds field; `@daily` etc. (UTC).
@@ -42,19 +41,33 @@ pub struct ChronosRetentionSpec {
     pub dry_run: bool,
 }
 
-/// Which collections. Every list empty: everything.
+/// Which collections: in the databases of the listed namespaces (required: a retention never
+/// reaches every tenant by default), optionally narrowed by labels and collection names.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RetentionSelector {
-    /// Namespaces of the databases.
-    #[serde(default)]
+    /// Namespaces of the databases (at least one).
+    #[schemars(length(min = 1))]
     pub namespaces: Vec<String>,
     /// Labels a `ChronosDatabase` must carry.
     #[serde(default)]
     pub database_labels: BTreeMap<String, String>,
-    /// Collection names.
+    /// Collection names (empty: all of the selected databases').
     #[serde(default)]
     pub collections: Vec<String>,
+}
+
+impl ChronosRetentionSpec {
+    /// Every problem with the spec, each naming its field. Also checked here, not only by the
+    /// schema: a resource stored before the schema required namespaces must not prune everyone.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.selector.namespaces.is_empty() || self.selector.namespaces.iter().any(String::is_empty) {
+            out.push("spec.selector.namespaces: list the namespaces whose databases this retention prunes".to_owned());
+        }
+        out.extend(self.rules.problems());
+        out
+    }
 }
 
 /// The rules; a collection's own `spec.retention` overrides them field by field.
@@ -119,5 +132,41 @@ impl RetentionOverride {
             out.push("spec.rules.maxVersionAgeDays: must be a number of days, 0 or more".to_owned());
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+    use serde_json::json;
+
+    #[test]
+    fn a_retention_must_name_the_namespaces_it_prunes() {
+        // The server refuses one without them (nothing to default to "every tenant")…
+        let crd = serde_json::to_value(ChronosRetention::crd()).unwrap();
+        let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        assert!(
+            spec["required"].as_array().unwrap().contains(&json!("selector")),
+            "{spec:#}"
+        );
+        let selector = &spec["properties"]["selector"];
+        assert!(
+            selector["required"]
+                .as_array()
+                .is_some_and(|r| r.contains(&json!("namespaces"))),
+            "{selector:#}"
+        );
+        assert_eq!(selector["properties"]["namespaces"]["minItems"], 1);
+        // …and so does the controller, for one stored before the schema said so.
+        let stored: ChronosRetentionSpec = serde_json::from_value(
+            json!({"selector": {"namespaces": []}, "rules": {"ttlHours": 0}, "schedule": "@daily"}),
+        )
+        .unwrap();
+        assert!(
+            stored.problems()[0].starts_with("spec.selector.namespaces"),
+            "{:?}",
+            stored.problems()
+        );
     }
 }
