@@ -306,27 +306,6 @@ impl MetaStore for MemoryMetaStore {
         Ok(heads.into_iter().take(q.limit).cloned().collect())
     }
 
-    async fn list_as_of(&self, collection: &CollectionName, at: Timestamp, q: &ListQuery) -> Result<Vec<VersionEntry>> {
-        let all = self.lock();
-        let Some(c) = all.get(collection) else {
-            return Ok(vec![]);
-        };
-        let mut current: HashMap<&ItemId, &VersionEntry> = HashMap::new();
-        for ((id, _), v) in &c.versions {
-            if v.at <= at {
-                current.insert(id, v);
-            }
-        }
-        let mut found: Vec<&VersionEntry> = current
-            .into_values()
-            .filter(|v| q.include_deleted || !v.deleted)
-            .filter(|v| after(&v.id, q))
-            .filter(|v| q.filter.matches(&v.meta))
-            .collect();
-        sort_by_id(&mut found, |v| &v.id, q.descending);
-        Ok(found.into_iter().take(q.limit).cloned().collect())
-    }
-
     async fn versions_at(
         &self,
         collection: &CollectionName,

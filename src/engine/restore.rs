@@ -20,7 +20,9 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use super::error::{Error, Result};
-use super::model::{Attribution, CollectionName, Head, ItemId, Op, PayloadRef, VersionEntry, WriteOutcome, now};
+use super::model::{
+    Attribution, CollectionName, Head, ItemId, Op, PayloadRef, Timestamp, VersionEntry, WriteOutcome, now,
+};
 use super::query::Filter;
 use super::store::{HistoryPoint, ListQuery, RefWrite};
 use super::versioning::{Engine, VersionTarget};
@@ -35,7 +37,40 @@ const ITEM_ATTEMPTS: u32 = 20;
 const PAGE_ATTEMPTS: usize = 2;
 
 /// A page: its items' heads, each with its version at the restore point (`None`: created after it).
-type Work = Vec<(Head, Option<VersionEntry>)>;
+type Work = Vec<(Head, Option<Target>)>;
+
+/// An item's version at a point in history, and where it was found.
+#[derive(Debug, Clone)]
+pub(super) struct Target {
+    pub entry: VersionEntry,
+    pub origin: Origin,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Origin {
+    /// The version index.
+    Index,
+    /// A retention manifest (see [`super::retention::Pruned`]).
+    Manifest { payload_kept: bool },
+}
+
+impl Target {
+    fn indexed(entry: VersionEntry) -> Self {
+        Target {
+            entry,
+            origin: Origin::Index,
+        }
+    }
+
+    fn pruned(p: super::retention::Pruned) -> Self {
+        Target {
+            entry: p.entry,
+            origin: Origin::Manifest {
+                payload_kept: p.payload_kept,
+            },
+        }
+    }
+}
 
 /// Pages of [`Engine::restore_collection`] being written at once.
 const RESTORE_PAGES_IN_FLIGHT: usize = 3;
@@ -82,8 +117,8 @@ enum Action {
     Keep,
 }
 
-fn action(head: &Head, target: Option<&VersionEntry>) -> Action {
-    match target {
+fn action(head: &Head, target: Option<&Target>) -> Action {
+    match target.map(|t| &t.entry) {
         Some(t) if !t.deleted => {
             if head.deleted() || head.checksum != t.checksum {
                 Action::Restore
@@ -202,13 +237,7 @@ impl Engine {
         };
         let heads = self.meta().list_heads_without_data(collection, &query).await?;
         let ids: Vec<ItemId> = heads.iter().map(|h| h.id.clone()).collect();
-        let mut targets: HashMap<ItemId, VersionEntry> = self
-            .meta()
-            .versions_at(collection, &ids, point)
-            .await?
-            .into_iter()
-            .map(|v| (v.id.clone(), v))
-            .collect();
+        let mut targets = self.versions_at_point(collection, &ids, point).await?;
         let next_after_id = (heads.len() == limit).then(|| ids.last().cloned()).flatten();
         let work = heads
             .into_iter()
@@ -218,6 +247,85 @@ impl Engine {
             })
             .collect();
         Ok((work, next_after_id))
+    }
+
+    /// Each item's version at `point`: from the index or, for an item whose versions that early
+    /// were all pruned, from its retention manifests. Items created after the point are absent.
+    async fn versions_at_point(
+        &self,
+        collection: &CollectionName,
+        ids: &[ItemId],
+        point: HistoryPoint,
+    ) -> Result<HashMap<ItemId, Target>> {
+        let mut found: HashMap<ItemId, Target> = self
+            .meta()
+            .versions_at(collection, ids, point)
+            .await?
+            .into_iter()
+            .map(|v| (v.id.clone(), Target::indexed(v)))
+            .collect();
+        let missing: Vec<ItemId> = ids.iter().filter(|id| !found.contains_key(*id)).cloned().collect();
+        if missing.is_empty() {
+            return Ok(found);
+        }
+        // Retention removes a prefix of an item's versions: one whose oldest entry left is not its
+        // create had some pruned, and its version at the point may be among them. Otherwise it
+        // was created after the point.
+        let pruned: Vec<ItemId> = self
+            .meta()
+            .oldest_versions(collection, &missing)
+            .await?
+            .into_iter()
+            .filter(|v| v.ov > 0)
+            .map(|v| v.id)
+            .collect();
+        let from_manifests: Vec<Option<super::retention::Pruned>> = futures::stream::iter(pruned)
+            .map(|id| async move { self.pruned_at(collection, &id, point).await })
+            .buffer_unordered(8)
+            .try_collect()
+            .await?;
+        for p in from_manifests.into_iter().flatten() {
+            found.insert(p.entry.id.clone(), Target::pruned(p));
+        }
+        Ok(found)
+    }
+
+    /// For each item in the query's id order, its version current at `at` (from the index or the
+    /// retention manifests), if it matches the query: the filter applies to that version's
+    /// metadata, deleted versions only with `include_deleted`. Heads are walked in pages, so an
+    /// item whose versions at `at` were pruned is not missed.
+    pub(super) async fn list_as_of(
+        &self,
+        collection: &CollectionName,
+        at: Timestamp,
+        query: &ListQuery,
+    ) -> Result<Vec<VersionEntry>> {
+        let mut heads_query = ListQuery {
+            filter: Filter::default(),
+            after_id: query.after_id.clone(),
+            limit: query.limit.clamp(100, 1000),
+            descending: query.descending,
+            include_deleted: true,
+        };
+        let mut found = Vec::new();
+        loop {
+            let heads = self.meta().list_heads_without_data(collection, &heads_query).await?;
+            let ids: Vec<ItemId> = heads.into_iter().map(|h| h.id).collect();
+            let mut versions = self.versions_at_point(collection, &ids, HistoryPoint::At(at)).await?;
+            for id in &ids {
+                let Some(t) = versions.remove(id) else { continue };
+                if (query.include_deleted || !t.entry.deleted) && query.filter.matches(&t.entry.meta) {
+                    found.push(t.entry);
+                    if found.len() == query.limit {
+                        return Ok(found);
+                    }
+                }
+            }
+            if ids.len() < heads_query.limit {
+                return Ok(found);
+            }
+            heads_query.after_id = ids.last().cloned();
+        }
     }
 
     /// Restore (or plan) the whole collection, page by page; `progress(sums, total)` is called
@@ -276,10 +384,10 @@ impl Engine {
         &self,
         collection: &CollectionName,
         mut head: Head,
-        target: Option<VersionEntry>,
+        target: Option<Target>,
         point: HistoryPoint,
         who: &Attribution,
-    ) -> Result<(Head, Option<VersionEntry>)> {
+    ) -> Result<(Head, Option<Target>)> {
         for attempt in 0..ITEM_ATTEMPTS {
             if attempt > 0 {
                 backoff(attempt).await;
@@ -332,6 +440,27 @@ impl Engine {
         Ok(outcome)
     }
 
+    /// An item's version by ov or time: from the index or, once pruned, from its manifests.
+    async fn target_of(
+        &self,
+        collection: &CollectionName,
+        id: &ItemId,
+        target: VersionTarget,
+    ) -> Result<Option<Target>> {
+        let indexed = match target {
+            VersionTarget::Ov(ov) => self.meta().version(collection, id, ov).await?,
+            VersionTarget::At(at) => self.meta().version_as_of(collection, id, at).await?,
+        };
+        if let Some(entry) = indexed {
+            return Ok(Some(Target::indexed(entry)));
+        }
+        let fits = |v: &VersionEntry| match target {
+            VersionTarget::Ov(ov) => v.ov == ov,
+            VersionTarget::At(at) => v.at <= at,
+        };
+        Ok(self.pruned_where(collection, id, fits).await?.map(Target::pruned))
+    }
+
     async fn restore_once(
         &self,
         collection: &CollectionName,
@@ -341,11 +470,11 @@ impl Engine {
         who: &Attribution,
         stamp: Option<&super::model::RequestStamp>,
     ) -> Result<WriteOutcome> {
-        let entry = match target {
-            VersionTarget::Ov(ov) => self.meta().version(collection, id, ov).await?,
-            VersionTarget::At(at) => self.meta().version_as_of(collection, id, at).await?,
-        };
-        let entry = entry.ok_or_else(|| Error::NotFound(format!("{collection}/{id} at {target}")))?;
+        let target = self
+            .target_of(collection, id, target)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("{collection}/{id} at {target}")))?;
+        let entry = &target.entry;
         if entry.deleted {
             return Err(Error::validation(
                 "target",
@@ -374,7 +503,7 @@ impl Engine {
                     current: head.ov,
                 });
             }
-            let mut write = restore_write(&head, &entry, who);
+            let mut write = restore_write(&head, &target, who);
             write.version.request = stamp.cloned();
             let (ov, at) = (write.version.ov, write.version.at);
             if let Some(cv) = self.meta().append_by_reference(collection, vec![write]).await? {
@@ -401,7 +530,7 @@ async fn backoff(attempt: u32) {
 }
 
 /// The append that brings `head` to its target state, or `None` when it is already there.
-fn ref_write(head: &Head, target: Option<&VersionEntry>, who: &Attribution) -> Option<RefWrite> {
+fn ref_write(head: &Head, target: Option<&Target>, who: &Attribution) -> Option<RefWrite> {
     match (action(head, target), target) {
         (Action::Keep, _) => None,
         (Action::Restore, Some(t)) => Some(restore_write(head, t, who)),
@@ -438,7 +567,8 @@ fn ref_entry(head: &Head, op: Op, payload: (u64, &str), who: &Attribution) -> Ve
 }
 
 /// Bring back `target`'s data: the new version names the payload object that holds it.
-fn restore_write(head: &Head, target: &VersionEntry, who: &Attribution) -> RefWrite {
+fn restore_write(head: &Head, target: &Target, who: &Attribution) -> RefWrite {
+    let target = &target.entry;
     let mut v = ref_entry(head, Op::Restore, target.payload(), who);
     v.size = target.size;
     v.checksum = target.checksum.clone();

@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 use super::error::{Error, Result};
 use super::model::{CollectionName, Head, ItemId, Op, PayloadRef, Timestamp, VersionEntry, now, payload_key};
 use super::query::Filter;
-use super::store::ListQuery;
+use super::store::{HistoryPoint, ListQuery};
 use super::versioning::{Engine, VersionTarget};
 
 const PAGE: usize = 200;
@@ -291,17 +291,49 @@ impl Engine {
         id: &ItemId,
         target: VersionTarget,
     ) -> Result<Option<VersionEntry>> {
-        let mut best: Option<ManifestEntry> = None;
+        let fits = |v: &VersionEntry| match target {
+            VersionTarget::Ov(ov) => v.ov == ov,
+            VersionTarget::At(at) => v.at <= at,
+        };
+        Ok(self.pruned_where(collection, id, fits).await?.map(|p| p.entry))
+    }
+
+    /// The latest version of an item at `point` that is kept only in the manifests (for items
+    /// whose index has nothing that early).
+    pub(super) async fn pruned_at(
+        &self,
+        collection: &CollectionName,
+        id: &ItemId,
+        point: HistoryPoint,
+    ) -> Result<Option<Pruned>> {
+        self.pruned_where(collection, id, |v| point.includes(v)).await
+    }
+
+    /// The latest pruned version of an item that `fits`.
+    pub(super) async fn pruned_where(
+        &self,
+        collection: &CollectionName,
+        id: &ItemId,
+        fits: impl Fn(&VersionEntry) -> bool,
+    ) -> Result<Option<Pruned>> {
+        let mut best: Option<Pruned> = None;
         self.each_pruned(collection, id, |e| {
-            let fits = match target {
-                VersionTarget::Ov(ov) => e.ov == ov,
-                VersionTarget::At(at) => e.at <= at,
-            };
-            if fits && best.as_ref().is_none_or(|b| e.ov > b.ov) {
-                best = Some(e);
+            let payload_kept = true;
+            let entry = e.into_entry(id);
+            if fits(&entry) && best.as_ref().is_none_or(|b| entry.ov > b.entry.ov) {
+                best = Some(Pruned { entry, payload_kept });
             }
         })
         .await?;
-        Ok(best.map(|e| e.into_entry(id)))
+        Ok(best)
     }
+}
+
+/// A version kept only in a retention manifest.
+#[derive(Debug, Clone)]
+pub(super) struct Pruned {
+    pub entry: VersionEntry,
+    /// Whether its payload object is sure to stay: `false` when the run that pruned it deleted
+    /// payloads (`deletePayloads`), so the object may be gone.
+    pub payload_kept: bool,
 }

@@ -22,7 +22,6 @@ use tokio::sync::OwnedMutexGuard;
 
 use super::error::{Error, Result};
 use super::local::LocalPayloadStore;
-use super::memory::after;
 use super::memory::{HEAD_OVERHEAD, check_precondition, next_head, ref_head};
 use super::model::{CollectionName, Head, ItemId, Op, RequestKey, RequestStamp, Timestamp, VersionEntry};
 use super::query::Filter;
@@ -109,8 +108,6 @@ const HEAD_COLUMNS: &str = "ov, cv, write_id, inserted_at, updated_at, deleted_a
                             state, size, checksum, meta, inline_data, payload_ref";
 const VERSION_COLUMNS: &str =
     "ov, cv, op, at, actor, reason, write_id, size, checksum, meta, deleted, request_id, request_hash, payload_ref";
-/// How many columns `VERSION_COLUMNS` has: a column selected after them has this index.
-const VERSION_COLUMN_COUNT: usize = 14;
 
 /// Schema changes after version 1, in order; entry `i` takes a database from version `i + 1` to
 /// `i + 2`. Only additive changes, so a database is upgraded in place at open.
@@ -889,51 +886,6 @@ impl MetaStore for SqliteMetaStore {
                     let head = row.into_head(&id.parse()?)?;
                     if q.filter.matches(&head.meta) {
                         found.push(head);
-                        if found.len() == q.limit {
-                            return Ok(found);
-                        }
-                    }
-                }
-                if exhausted {
-                    return Ok(found);
-                }
-            }
-        })
-        .await
-    }
-
-    async fn list_as_of(&self, c: &CollectionName, at: Timestamp, q: &ListQuery) -> Result<Vec<VersionEntry>> {
-        let (c, q) = (c.clone(), q.clone());
-        self.with_conn(move |conn| {
-            let order = if q.descending { "DESC" } else { "ASC" };
-            let cmp = if q.descending { "<" } else { ">" };
-            // The newest version at or before `at` of each item, in pages of item ids.
-            let sql = format!(
-                "SELECT {VERSION_COLUMNS}, item_id FROM versions v WHERE collection = ?1 AND at <= ?2 \
-                 AND (?3 IS NULL OR item_id {cmp} ?3) \
-                 AND ov = (SELECT MAX(ov) FROM versions w WHERE w.collection = v.collection \
-                           AND w.item_id = v.item_id AND w.at <= ?2) \
-                 ORDER BY item_id {order} LIMIT ?4"
-            );
-            let mut found = Vec::new();
-            let mut cursor = q.after_id.as_ref().map(|i| i.as_str().to_owned());
-            let page = q.limit.max(256) as i64;
-            loop {
-                let rows = conn
-                    .prepare_cached(&sql)
-                    .and_then(|mut s| {
-                        s.query_map(params![c.as_str(), at.as_millisecond(), cursor, page], |r| {
-                            Ok((VersionRow::read(r)?, r.get::<_, String>(VERSION_COLUMN_COUNT)?))
-                        })?
-                        .collect::<rusqlite::Result<Vec<_>>>()
-                    })
-                    .map_err(map_sql)?;
-                let exhausted = (rows.len() as i64) < page;
-                for (row, id) in rows {
-                    cursor = Some(id.clone());
-                    let v = row.into_version(&id.parse()?)?;
-                    if (q.include_deleted || !v.deleted) && q.filter.matches(&v.meta) && after(&v.id, &q) {
-                        found.push(v);
                         if found.len() == q.limit {
                             return Ok(found);
                         }

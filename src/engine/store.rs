@@ -197,21 +197,23 @@ pub trait MetaStore: Send + Sync + 'static {
         }
         Ok(heads)
     }
-    /// For each item, the version current at `at`, if it matches the query (the filter applies
-    /// to that version's metadata; deleted versions only with `include_deleted`).
-    async fn list_as_of(
-        &self,
-        collection: &CollectionName,
-        at: Timestamp,
-        query: &ListQuery,
-    ) -> Result<Vec<VersionEntry>>;
-    /// For each of `ids`, its latest version at `point` (items created later are absent).
+    /// For each of `ids`, its latest version at `point` in the index (items created later, and
+    /// items whose versions that early were all pruned, are absent).
     async fn versions_at(
         &self,
         collection: &CollectionName,
         ids: &[ItemId],
         point: HistoryPoint,
     ) -> Result<Vec<VersionEntry>>;
+    /// For each of `ids`, its oldest version left in the index (retention removes a prefix of an
+    /// item's versions, so an oldest ov above 0 means some were pruned).
+    async fn oldest_versions(&self, collection: &CollectionName, ids: &[ItemId]) -> Result<Vec<VersionEntry>> {
+        let mut found = Vec::with_capacity(ids.len());
+        for id in ids {
+            found.extend(self.versions(collection, id, None, 1).await?);
+        }
+        Ok(found)
+    }
     /// Versions with cv above `after_cv` whose metadata matches `filter`, counted per op.
     async fn count_versions(
         &self,

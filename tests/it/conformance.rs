@@ -31,7 +31,8 @@ macro_rules! conformance_suite {
             queued_writes_land_exactly_once, queue_claims_are_exclusive,
             restore_by_reference_copies_no_payload, writes_after_a_restore_by_reference_work,
             restore_by_reference_never_serves_another_items_data, retention_keeps_payloads_restored_versions_use,
-            restore_during_concurrent_writes_overwrites_nothing);
+            restore_during_concurrent_writes_overwrites_nothing,
+            restore_after_retention_brings_back_pruned_versions);
     };
     (@tests $make:expr; $($name:ident),*) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -2114,4 +2115,110 @@ pub async fn restore_during_concurrent_writes_overwrites_nothing(h: &Harness) {
             "{id}: restored once"
         );
     }
+}
+
+/// Wait until the clock has passed `t`: versions carry millisecond times, and as-of reads need
+/// one answer per instant.
+async fn after_instant(t: chronos::engine::Timestamp) {
+    while chronos::engine::model::now() <= t {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Retention prunes an item's versions at a restore point: restores and `list ?at=` find them in
+/// the manifests instead of taking the item for one created later.
+pub async fn restore_after_retention_brings_back_pruned_versions(h: &Harness) {
+    use chronos::engine::{HistoryPoint, PrunePolicy, RestoreCounts};
+    let e = &h.engine;
+    let id = |s: &str| -> ItemId { s.parse().unwrap() };
+    // a: written 5 times; the point is after its second write. c: one version, before the point.
+    let (_, mut last) = e.create(&coll(), Some(id("a")), obj(json!({"v": 0})), &who()).await.unwrap();
+    e.create(&coll(), Some(id("c")), obj(json!({"v": "c"})), &who()).await.unwrap();
+    let mut point = None;
+    for v in 1..5 {
+        after_instant(last.at).await;
+        last = e.update(&coll(), &id("a"), obj(json!({"v": v})), None, &who()).await.unwrap();
+        if v == 1 {
+            point = Some(last);
+        }
+    }
+    let point = point.unwrap();
+    // b: created after the point.
+    e.create(&coll(), Some(id("b")), obj(json!({"v": "b"})), &who()).await.unwrap();
+    let keep1 = PrunePolicy {
+        keep_last: Some(1),
+        ..Default::default()
+    };
+    assert_eq!(e.prune_versions(&coll(), &keep1, false).await.unwrap().versions_pruned, 4);
+
+    // list ?at= the point: a (from its manifest) and c; b did not exist yet.
+    let listed = e
+        .list(
+            &coll(),
+            &ListOptions {
+                at: Some(point.at),
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let seen: Vec<(String, Value)> = listed
+        .records
+        .iter()
+        .map(|r| (r.id.to_string(), r.data["v"].clone()))
+        .collect();
+    assert_eq!(seen, [("a".to_owned(), json!(1)), ("c".to_owned(), json!("c"))]);
+    // Pages of one give the same, with cursors.
+    let mut paged = Vec::new();
+    let mut opts = ListOptions {
+        at: Some(point.at),
+        limit: 1,
+        ..Default::default()
+    };
+    loop {
+        let page = e.list(&coll(), &opts).await.unwrap();
+        paged.extend(page.records.iter().map(|r| r.id.to_string()));
+        match page.next_after_id {
+            Some(next) => opts.after_id = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(paged, ["a", "c"]);
+
+    // A collection restore to the point gives a its write 2 back instead of deleting it.
+    let expected = RestoreCounts {
+        examined: 3,
+        restored: 1,
+        deleted: 1,
+        unchanged: 1,
+    };
+    let cv_point = HistoryPoint::Cv(point.cv);
+    assert_eq!(e.restore_collection(&coll(), cv_point, true, &who(), |_, _| {}).await.unwrap(), expected);
+    assert_eq!(e.restore_collection(&coll(), cv_point, false, &who(), |_, _| {}).await.unwrap(), expected);
+    let a = e.get_latest(&coll(), &id("a"), LATEST).await.unwrap();
+    assert_eq!((a.ov, a.data), (5, obj(json!({"v": 1}))));
+    assert!(matches!(e.get_latest(&coll(), &id("b"), LATEST).await, Err(Error::NotFound(_))));
+    let unchanged = RestoreCounts {
+        examined: 3,
+        unchanged: 3,
+        ..Default::default()
+    };
+    assert_eq!(
+        e.restore_collection(&coll(), cv_point, false, &who(), |_, _| {}).await.unwrap(),
+        unchanged,
+        "rerunning changes nothing"
+    );
+    // By time, after pruning the restore's own versions too.
+    assert_eq!(e.prune_versions(&coll(), &keep1, false).await.unwrap().versions_pruned, 2);
+    assert_eq!(
+        e.restore_collection(&coll(), HistoryPoint::At(point.at), false, &who(), |_, _| {}).await.unwrap(),
+        unchanged
+    );
+
+    // One item: pruned versions are restore targets, by ov and by time.
+    e.restore_object(&coll(), &id("a"), VersionTarget::Ov(0), Some(5), &who()).await.unwrap();
+    assert_eq!(e.get_latest(&coll(), &id("a"), LATEST).await.unwrap().data, obj(json!({"v": 0})));
+    e.restore_object(&coll(), &id("a"), VersionTarget::At(point.at), Some(6), &who()).await.unwrap();
+    assert_eq!(e.get_latest(&coll(), &id("a"), LATEST).await.unwrap().data, obj(json!({"v": 1})));
 }

@@ -668,32 +668,6 @@ impl MetaStore for MongoMetaStore {
             .collect()
     }
 
-    async fn list_as_of(&self, c: &CollectionName, at: Timestamp, q: &ListQuery) -> Result<Vec<VersionEntry>> {
-        let mut first = doc! {"at": {"$lte": to_date(at)}};
-        if let Some(after) = &q.after_id {
-            first.insert(
-                "itemId",
-                doc! {if q.descending { "$lt" } else { "$gt" }: after.as_str()},
-            );
-        }
-        let mut then = filter_doc(&q.filter);
-        if !q.include_deleted {
-            then.insert("deleted", false);
-        }
-        let direction = if q.descending { -1 } else { 1 };
-        // Newest version at or before `at` per item, then the filter on that version's metadata.
-        let pipeline = vec![
-            doc! {"$match": first},
-            doc! {"$sort": {"itemId": direction, "ov": -1}},
-            doc! {"$group": {"_id": "$itemId", "v": {"$first": "$$ROOT"}}},
-            doc! {"$replaceRoot": {"newRoot": "$v"}},
-            doc! {"$match": then},
-            doc! {"$sort": {"itemId": direction}},
-            doc! {"$limit": q.limit as i64},
-        ];
-        versions_of(self.versions_coll(c).aggregate(pipeline).allow_disk_use(true).await).await
-    }
-
     async fn versions_at(&self, c: &CollectionName, ids: &[ItemId], point: HistoryPoint) -> Result<Vec<VersionEntry>> {
         let bound = match point {
             HistoryPoint::Cv(cv) => doc! {"cv": {"$lte": cv as i64}},
@@ -706,6 +680,17 @@ impl MetaStore for MongoMetaStore {
             // Backwards along the (itemId, ov) index: no in-memory sort (the order of the
             // result does not matter).
             doc! {"$sort": {"itemId": -1, "ov": -1}},
+            doc! {"$group": {"_id": "$itemId", "v": {"$first": "$$ROOT"}}},
+            doc! {"$replaceRoot": {"newRoot": "$v"}},
+        ];
+        versions_of(self.versions_coll(c).aggregate(pipeline).await).await
+    }
+
+    async fn oldest_versions(&self, c: &CollectionName, ids: &[ItemId]) -> Result<Vec<VersionEntry>> {
+        let pipeline = vec![
+            doc! {"$match": {"itemId": {"$in": ids.iter().map(ItemId::as_str).collect::<Vec<_>>()}}},
+            // Along the (itemId, ov) index, each item's first entry first.
+            doc! {"$sort": {"itemId": 1, "ov": 1}},
             doc! {"$group": {"_id": "$itemId", "v": {"$first": "$$ROOT"}}},
             doc! {"$replaceRoot": {"newRoot": "$v"}},
         ];
