@@ -237,6 +237,8 @@ impl MetaStore for MemoryMetaStore {
             coll.heads
                 .get(&w.version.id)
                 .is_some_and(|h| h.ov == w.expected_ov && w.version.ov == h.ov + 1)
+                && w.source
+                    .is_none_or(|ov| coll.versions.contains_key(&(w.version.id.clone(), ov)))
         });
         if !unchanged {
             return Ok(None);

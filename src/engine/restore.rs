@@ -21,10 +21,11 @@ use serde::Serialize;
 
 use super::error::{Error, Result};
 use super::model::{
-    Attribution, CollectionName, Head, ItemId, Op, PayloadRef, Timestamp, VersionEntry, WriteOutcome, now,
+    Attribution, CollectionName, Head, ItemId, Op, PayloadRef, Timestamp, VersionEntry, WriteOutcome, now, payload_key,
 };
 use super::query::Filter;
 use super::store::{HistoryPoint, ListQuery, RefWrite};
+use super::versioning::NewContent;
 use super::versioning::{Engine, VersionTarget};
 
 /// How many times an item written concurrently during the restore is re-examined (with a
@@ -55,6 +56,11 @@ pub(super) enum Origin {
 }
 
 impl Target {
+    /// Found in the manifest of a run that deleted payloads: its object may be gone.
+    fn payload_may_be_gone(&self) -> bool {
+        self.origin == Origin::Manifest { payload_kept: false }
+    }
+
     fn indexed(entry: VersionEntry) -> Self {
         Target {
             entry,
@@ -166,10 +172,24 @@ impl Engine {
         &self,
         collection: &CollectionName,
         point: HistoryPoint,
-        mut work: Work,
+        work: Work,
         dry_run: bool,
         who: &Attribution,
     ) -> Result<RestoreCounts> {
+        // Items whose target's payload may be gone are done one by one (copied when their data
+        // changes): rare, and never by reference.
+        let (alone, mut work): (Work, Work) = work
+            .into_iter()
+            .partition(|(_, t)| t.as_ref().is_some_and(Target::payload_may_be_gone));
+        let alone: Work = if dry_run {
+            alone
+        } else {
+            futures::stream::iter(alone)
+                .map(|(head, target)| self.restore_item(collection, head, target, point, who))
+                .buffer_unordered(16)
+                .try_collect()
+                .await?
+        };
         for attempt in 1..=PAGE_ATTEMPTS {
             if dry_run {
                 break;
@@ -205,6 +225,7 @@ impl Engine {
                     .ok_or_else(|| Error::Corrupt(format!("{collection}/{} lost its head", head.id)))?;
             }
         }
+        work.extend(alone);
         let mut counts = RestoreCounts {
             examined: work.len() as u64,
             ..Default::default()
@@ -388,22 +409,38 @@ impl Engine {
         point: HistoryPoint,
         who: &Attribution,
     ) -> Result<(Head, Option<Target>)> {
+        let mut target = target;
         for attempt in 0..ITEM_ATTEMPTS {
             if attempt > 0 {
                 backoff(attempt).await;
             }
-            let Some(write) = ref_write(&head, target.as_ref(), who) else {
-                return Ok((head, target));
-            };
-            if self
-                .meta()
-                .append_by_reference(collection, vec![write])
-                .await?
-                .is_some()
-            {
-                return Ok((head, target));
+            if let Some(t) = target.as_ref().filter(|t| copies(&head, t)) {
+                match self.restore_by_copy(collection, &head, &t.entry, who, None).await {
+                    Ok(_) => return Ok((head, target)),
+                    Err(Error::VersionConflict { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            } else {
+                let Some(write) = ref_write(&head, target.as_ref(), who) else {
+                    return Ok((head, target));
+                };
+                if self
+                    .meta()
+                    .append_by_reference(collection, vec![write])
+                    .await?
+                    .is_some()
+                {
+                    return Ok((head, target));
+                }
             }
-            // Its target state can't have changed, only its head.
+            // Its target state can't have changed, only its head, and where the target is kept
+            // (retention may have moved it from the index into a manifest).
+            if target.as_ref().is_some_and(|t| t.origin == Origin::Index) {
+                target = self
+                    .versions_at_point(collection, std::slice::from_ref(&head.id), point)
+                    .await?
+                    .remove(&head.id);
+            }
             head = self
                 .meta()
                 .head(collection, &head.id)
@@ -470,24 +507,25 @@ impl Engine {
         who: &Attribution,
         stamp: Option<&super::model::RequestStamp>,
     ) -> Result<WriteOutcome> {
-        let target = self
-            .target_of(collection, id, target)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("{collection}/{id} at {target}")))?;
-        let entry = &target.entry;
-        if entry.deleted {
-            return Err(Error::validation(
-                "target",
-                format!(
-                    "version {} of {collection}/{id} is a delete; restore a version before it",
-                    entry.ov
-                ),
-            ));
-        }
+        let wanted = target;
         self.prepare(collection).await?;
         for attempt in 0..ITEM_ATTEMPTS {
             if attempt > 0 {
                 backoff(attempt).await;
+            }
+            // Looked up on every round: retention may move it from the index into a manifest.
+            let target = self
+                .target_of(collection, id, wanted)
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("{collection}/{id} at {wanted}")))?;
+            if target.entry.deleted {
+                return Err(Error::validation(
+                    "target",
+                    format!(
+                        "version {} of {collection}/{id} is a delete; restore a version before it",
+                        target.entry.ov
+                    ),
+                ));
             }
             let head = self
                 .meta()
@@ -502,6 +540,12 @@ impl Engine {
                     expected,
                     current: head.ov,
                 });
+            }
+            if target.payload_may_be_gone() {
+                match self.restore_by_copy(collection, &head, &target.entry, who, stamp).await {
+                    Err(Error::VersionConflict { .. }) if expected_ov.is_none() => continue,
+                    other => return other,
+                }
             }
             let mut write = restore_write(&head, &target, who);
             write.version.request = stamp.cloned();
@@ -519,6 +563,46 @@ impl Engine {
         }
         Err(Error::Contended(format!("{collection}/{id}")))
     }
+
+    /// Append `target`'s data as a new version with a payload object of its own, for a version
+    /// whose object a retention run may have deleted: a reference to it could dangle, a copy
+    /// either has the data or fails cleanly.
+    async fn restore_by_copy(
+        &self,
+        collection: &CollectionName,
+        head: &Head,
+        target: &VersionEntry,
+        who: &Attribution,
+        stamp: Option<&super::model::RequestStamp>,
+    ) -> Result<WriteOutcome> {
+        let (ov, write_id) = target.payload();
+        let key = payload_key(collection, &head.id, ov, write_id);
+        let bytes = self.payload_store().get(&key).await?.ok_or_else(|| {
+            Error::NotFound(format!(
+                "the data of {collection}/{} v{} (retention pruned it with its payload)",
+                head.id, target.ov
+            ))
+        })?;
+        let decoded = super::envelope::decode(&bytes, collection, &head.id, ov, write_id, &target.checksum)?;
+        let data = self.new_data(collection, decoded.data)?;
+        self.write_once(
+            collection,
+            &head.id,
+            Op::Restore,
+            Some(head.ov),
+            NewContent::Data(data),
+            None,
+            who,
+            stamp,
+        )
+        .await
+    }
+}
+
+/// Whether bringing `head` to `target` takes a copy of the target's data (see
+/// [`Engine::restore_by_copy`]) rather than a reference.
+fn copies(head: &Head, target: &Target) -> bool {
+    target.payload_may_be_gone() && action(head, Some(target)) == Action::Restore
 }
 
 /// Jittered exponential pause, 1 ms … 64 ms: a holder's transaction is short (no payload upload
@@ -568,6 +652,7 @@ fn ref_entry(head: &Head, op: Op, payload: (u64, &str), who: &Attribution) -> Ve
 
 /// Bring back `target`'s data: the new version names the payload object that holds it.
 fn restore_write(head: &Head, target: &Target, who: &Attribution) -> RefWrite {
+    let source = (target.origin == Origin::Index).then_some(target.entry.ov);
     let target = &target.entry;
     let mut v = ref_entry(head, Op::Restore, target.payload(), who);
     v.size = target.size;
@@ -578,6 +663,7 @@ fn restore_write(head: &Head, target: &Target, who: &Attribution) -> RefWrite {
         // Restoring a deleted item to the data it still holds keeps its inline copy.
         keep_inline: head.checksum == target.checksum,
         version: v,
+        source,
     }
 }
 
@@ -592,5 +678,7 @@ fn delete_write(head: &Head, who: &Attribution) -> RefWrite {
         expected_ov: head.ov,
         keep_inline: true,
         version: v,
+        // The head's own data: its entry is the item's latest, which retention always keeps.
+        source: None,
     }
 }

@@ -602,6 +602,18 @@ fn append_refs(conn: &mut Connection, c: &CollectionName, writes: &[RefWrite]) -
         if previous.ov != w.expected_ov || v.ov != previous.ov + 1 {
             return Ok(None);
         }
+        // The entry whose data a restore takes must still be indexed (retention removes entries
+        // in a transaction too, so it can't slip in between).
+        if let Some(source) = w.source {
+            let source = to_i64(source, "ov")?;
+            let indexed = tx
+                .prepare_cached("SELECT 1 FROM versions WHERE collection = ?1 AND item_id = ?2 AND ov = ?3")
+                .and_then(|mut st| st.exists(params![c.as_str(), v.id.as_str(), source]))
+                .map_err(map_sql)?;
+            if !indexed {
+                return Ok(None);
+            }
+        }
         let cv = next_cv(&tx, c)?;
         first.get_or_insert(cv);
         let head = ref_head(&previous, w, cv);

@@ -111,6 +111,11 @@ pub struct RefWrite {
     /// in the referenced payload object), because reading the data to inline it would cost the
     /// very payload GET that restoring by reference avoids.
     pub keep_inline: bool,
+    /// The ov of the index entry whose data the version takes (a restore of an indexed version):
+    /// the append fails (`Ok(None)`) unless that entry is still in the index, and writes to it in
+    /// the same transaction, so retention can't remove the entry and then delete its payload
+    /// object without seeing this version (see `Engine::delete_pruned_payloads`).
+    pub source: Option<u64>,
 }
 
 /// Which items a listing returns, in item-id order.

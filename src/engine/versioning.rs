@@ -741,7 +741,7 @@ impl Engine {
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn write_once(
+    pub(super) async fn write_once(
         &self,
         collection: &CollectionName,
         id: &ItemId,

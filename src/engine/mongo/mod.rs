@@ -564,28 +564,23 @@ impl MetaStore for MongoMetaStore {
             .zip(&writes)
             .map(|(cv, w)| version_doc(&w.version, cv))
             .collect();
+        // The index entries whose data restored versions take: each must still be there, and
+        // is written to (`refs`), so retention's removal of it conflicts with this transaction.
+        let sources: Vec<Document> = writes
+            .iter()
+            .filter_map(|w| {
+                w.source.map(|ov| {
+                    doc! {"q": {"itemId": w.version.id.as_str(), "ov": ov as i64}, "u": {"$inc": {"refs": 1}}}
+                })
+            })
+            .collect();
+        let n_sources = sources.len() as u64;
         let mut session = self.start().await?;
         // One `update` command carrying a statement per item: every head moves, or (a
         // precondition failed, or another transaction holds an item) the batch is given up.
-        let reply = self
-            .db
-            .run_command(doc! {"update": format!("{c}_head"), "updates": updates, "ordered": true})
-            .session(&mut session)
-            .await;
-        let matched = match reply {
-            Ok(reply) if reply.get_array("writeErrors").is_err() => match reply.get("n") {
-                Some(Bson::Int32(n)) => *n as u64,
-                Some(Bson::Int64(n)) => *n as u64,
-                _ => 0,
-            },
-            Ok(_) => 0,
-            Err(e) if is_transient(&e) => 0,
-            Err(e) => {
-                let _ = session.abort_transaction().await;
-                return Err(map_err(e));
-            }
-        };
-        if matched != k {
+        if update_all(&self.db, &mut session, format!("{c}_head"), updates).await? != k
+            || (n_sources > 0 && update_all(&self.db, &mut session, format!("{c}_ver"), sources).await? != n_sources)
+        {
             let _ = session.abort_transaction().await;
             return Ok(None);
         }
@@ -1093,6 +1088,34 @@ fn version_doc(v: &VersionEntry, cv: u64) -> Document {
 }
 
 /// One statement of the batched head `update` of an append by reference.
+/// One `update` command with these statements, in the session's transaction: how many
+/// documents matched (0 when a statement failed or met a transient conflict). On any other
+/// error the transaction is aborted.
+async fn update_all(
+    db: &Database,
+    session: &mut ClientSession,
+    collection: String,
+    updates: Vec<Document>,
+) -> Result<u64> {
+    let reply = db
+        .run_command(doc! {"update": collection, "updates": updates, "ordered": true})
+        .session(&mut *session)
+        .await;
+    match reply {
+        Ok(reply) if reply.get_array("writeErrors").is_err() => Ok(match reply.get("n") {
+            Some(Bson::Int32(n)) => *n as u64,
+            Some(Bson::Int64(n)) => *n as u64,
+            _ => 0,
+        }),
+        Ok(_) => Ok(0),
+        Err(e) if is_transient(&e) => Ok(0),
+        Err(e) => {
+            let _ = session.abort_transaction().await;
+            Err(map_err(e))
+        }
+    }
+}
+
 fn ref_head_update(w: &RefWrite, cv: u64) -> Document {
     let v = &w.version;
     // `cv < ours` as in single writes; `ov` pins the head the engine examined.
