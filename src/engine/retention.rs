@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 use super::error::{Error, Result};
 use super::model::{CollectionName, Head, ItemId, Op, PayloadRef, Timestamp, VersionEntry, now, payload_key};
 use super::query::Filter;
-use super::store::{HistoryPoint, ListQuery};
+use super::store::{HistoryPoint, ListQuery, PrunedVersion};
 use super::versioning::{Engine, VersionTarget};
 
 const PAGE: usize = 200;
@@ -328,8 +328,17 @@ impl Engine {
             last.ov
         );
         self.manifest_store()?.put(&key, Bytes::from(body)).await?;
-        let ovs: Vec<u64> = doomed.iter().map(|v| v.ov).collect();
-        self.meta().delete_versions(collection, &plan.id, &ovs).await?;
+        let pruned = doomed
+            .iter()
+            .map(|v| {
+                Ok(PrunedVersion {
+                    ov: v.ov,
+                    cv: v.cv,
+                    counts: self.counter_names(collection, v)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.meta().delete_versions(collection, &plan.id, &pruned).await?;
         Ok(())
     }
 

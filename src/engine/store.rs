@@ -118,6 +118,15 @@ pub struct RefWrite {
     pub source: Option<u64>,
 }
 
+/// A version retention removes from the index, with the counters it counts toward.
+#[derive(Debug, Clone)]
+pub struct PrunedVersion {
+    pub ov: u64,
+    pub cv: u64,
+    /// Counter names (`counters.rs`), kept as pruned tallies when the version goes.
+    pub counts: Vec<String>,
+}
+
 /// Which items a listing returns, in item-id order.
 #[derive(Debug, Clone)]
 pub struct ListQuery {
@@ -244,7 +253,18 @@ pub trait MetaStore: Send + Sync + 'static {
         dry_run: bool,
     ) -> Result<TierBatch>;
     /// Remove these versions of an item from the index (retention); returns how many went.
-    async fn delete_versions(&self, collection: &CollectionName, id: &ItemId, ovs: &[u64]) -> Result<u64>;
+    /// Atomically with that, each version removed now whose cv is above the counters' mark is
+    /// added to the collection's pruned tallies under its counter names, so counters computed
+    /// from the index don't drop.
+    async fn delete_versions(
+        &self,
+        collection: &CollectionName,
+        id: &ItemId,
+        versions: &[PrunedVersion],
+    ) -> Result<u64>;
+    /// What retention removed from the index since the counters' mark, per counter name (see
+    /// [`MetaStore::delete_versions`]); a reset of the counters empties it.
+    async fn pruned_counts(&self, collection: &CollectionName) -> Result<std::collections::HashMap<String, u64>>;
     /// Append versions that reuse existing payload objects (see [`RefWrite`]), all or nothing:
     /// allocate consecutive cvs for them, move each head if it is still at its `expected_ov`,
     /// and insert the entries, atomically. `Ok(Some(cv))`: committed, the first write got `cv`,

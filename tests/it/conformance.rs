@@ -33,7 +33,7 @@ macro_rules! conformance_suite {
             restore_by_reference_never_serves_another_items_data, retention_keeps_payloads_restored_versions_use,
             restore_during_concurrent_writes_overwrites_nothing,
             restore_after_retention_brings_back_pruned_versions,
-            retention_never_deletes_a_payload_a_concurrent_restore_uses);
+            retention_never_deletes_a_payload_a_concurrent_restore_uses, counters_stay_true_after_retention);
     };
     (@tests $make:expr; $($name:ident),*) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -76,7 +76,7 @@ pub fn settings(check: &str) -> chronos::engine::EngineSettings {
             },
         );
     }
-    if check == "counters_count_every_write_exactly_once" {
+    if check == "counters_count_every_write_exactly_once" || check == "counters_stay_true_after_retention" {
         s.counter_rules.insert(
             "things".into(),
             vec![chronos::engine::CounterRule {
@@ -2369,4 +2369,68 @@ pub async fn retention_never_deletes_a_payload_a_concurrent_restore_uses(h: &Har
         "{gone:?}"
     );
     assert_eq!(e.get_latest(&coll(), &a, LATEST).await.unwrap().ov, 5);
+}
+
+/// Counters are computed from the version index: what retention prunes is kept per counter, so
+/// pruning changes no total (and a reset still starts them afresh).
+pub async fn counters_stay_true_after_retention(h: &Harness) {
+    use chronos::engine::PrunePolicy;
+    let e = &h.engine;
+    let mut last = None;
+    for i in 0..3u64 {
+        let (id, _) = e.create(&coll(), None, obj(json!({"n": i + 4})), &who()).await.unwrap();
+        e.update(&coll(), &id, obj(json!({"n": i + 5})), Some(0), &who())
+            .await
+            .unwrap();
+        e.delete(&coll(), &id, Some(1), &who()).await.unwrap();
+        e.restore_object(&coll(), &id, VersionTarget::Ov(1), Some(2), &who())
+            .await
+            .unwrap();
+        last = Some(id);
+    }
+    let id = last.unwrap();
+    let before = e.totals(&coll()).await.unwrap();
+    assert_eq!(
+        (
+            before.created,
+            before.updated,
+            before.deleted,
+            before.restored,
+            before.rules["big"]
+        ),
+        (3, 3, 3, 3, 5)
+    );
+    let keep1 = PrunePolicy {
+        keep_last: Some(1),
+        ..Default::default()
+    };
+    assert_eq!(
+        e.prune_versions(&coll(), &keep1, false).await.unwrap().versions_pruned,
+        9
+    );
+    assert_eq!(e.totals(&coll()).await.unwrap(), before, "pruning changes no counter");
+
+    // After a reset only versions written since count, pruned or not.
+    let mark = e.reset_totals(&coll()).await.unwrap();
+    for n in [9, 10] {
+        e.update(&coll(), &id, obj(json!({"n": n})), None, &who())
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        e.prune_versions(&coll(), &keep1, false).await.unwrap().versions_pruned,
+        2
+    );
+    let after = e.totals(&coll()).await.unwrap();
+    assert_eq!(
+        (
+            after.created,
+            after.updated,
+            after.deleted,
+            after.restored,
+            after.since_cv
+        ),
+        (0, 2, 0, 0, mark)
+    );
+    assert_eq!(after.rules["big"], 2);
 }

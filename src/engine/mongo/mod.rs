@@ -2,7 +2,8 @@
 //!
 //! Collections per Chronos collection `c`: `c_head` (one document per item: the latest version's
 //! coordinates, indexed metadata and, while hot, the data inline) and `c_ver` (the version index).
-//! `chronos_sequences` holds one collection-version counter per collection.
+//! `chronos_sequences` holds one collection-version counter per collection, and `c/pruned`
+//! with retention's counter tallies.
 //!
 //! A lone write costs four commands: the cv `$inc`, the head `findOneAndUpdate` (or `insert` for
 //! a create) that opens the transaction and holds the item, the version `insert`, and
@@ -25,7 +26,8 @@ use super::model::{
 };
 use super::query::{Cond, Filter};
 use super::store::{
-    CommitError, HeadChange, HistoryPoint, ListQuery, MetaStore, NewData, PendingWrite, RefWrite, TierBatch,
+    CommitError, HeadChange, HistoryPoint, ListQuery, MetaStore, NewData, PendingWrite, PrunedVersion, RefWrite,
+    TierBatch,
 };
 
 /// How often a write retries when another transaction holds its item, before giving up.
@@ -295,6 +297,65 @@ pub(crate) async fn start_transaction(client: &Client) -> Result<ClientSession> 
 }
 
 impl MongoMetaStore {
+    /// In the session's transaction: remove the versions still indexed and add them to the
+    /// collection's tallies.
+    async fn delete_and_tally(
+        &self,
+        session: &mut ClientSession,
+        c: &CollectionName,
+        id: &ItemId,
+        versions: &[PrunedVersion],
+    ) -> Result<u64, mongodb::error::Error> {
+        use futures::TryStreamExt;
+        let sequences = self.db.collection::<Document>("chronos_sequences");
+        let ovs: Vec<i64> = versions.iter().map(|p| p.ov as i64).collect();
+        let filter = doc! {"itemId": id.as_str(), "ov": {"$in": &ovs}};
+        let present: Vec<Document> = self
+            .versions_coll(c)
+            .find(filter.clone())
+            .projection(doc! {"ov": 1})
+            .session(&mut *session)
+            .await?
+            .stream(&mut *session)
+            .try_collect()
+            .await?;
+        let present: std::collections::HashSet<u64> = present.iter().filter_map(|d| get_u64(d, "ov").ok()).collect();
+        let deleted = self
+            .versions_coll(c)
+            .delete_many(filter)
+            .session(&mut *session)
+            .await?
+            .deleted_count;
+        let seq = sequences
+            .find_one(doc! {"_id": c.as_str()})
+            .session(&mut *session)
+            .await?;
+        let from = seq.and_then(|d| get_u64(&d, "countersFrom").ok()).unwrap_or(0);
+        let tally = sequences
+            .find_one(doc! {"_id": pruned_id(c)})
+            .session(&mut *session)
+            .await?;
+        let mut counts = tally.map(|t| tally_counts(&t, from)).unwrap_or_default();
+        for p in versions.iter().filter(|p| present.contains(&p.ov) && p.cv > from) {
+            for name in &p.counts {
+                *counts.entry(name.clone()).or_default() += 1;
+            }
+        }
+        let counts: Vec<Document> = counts
+            .into_iter()
+            .map(|(name, n)| doc! {"name": name, "n": n as i64})
+            .collect();
+        sequences
+            .replace_one(
+                doc! {"_id": pruned_id(c)},
+                doc! {"_id": pruned_id(c), "from": from as i64, "counts": counts},
+            )
+            .upsert(true)
+            .session(&mut *session)
+            .await?;
+        Ok(deleted)
+    }
+
     /// The heads a listing returns; without their inline data unless `with_data`.
     async fn find_heads(&self, c: &CollectionName, q: &ListQuery, with_data: bool) -> Result<Vec<Head>> {
         use futures::TryStreamExt;
@@ -822,14 +883,39 @@ impl MetaStore for MongoMetaStore {
         })
     }
 
-    async fn delete_versions(&self, c: &CollectionName, id: &ItemId, ovs: &[u64]) -> Result<u64> {
-        let ovs: Vec<i64> = ovs.iter().map(|&o| o as i64).collect();
-        let result = self
-            .versions_coll(c)
-            .delete_many(doc! {"itemId": id.as_str(), "ov": {"$in": ovs}})
+    async fn delete_versions(&self, c: &CollectionName, id: &ItemId, versions: &[PrunedVersion]) -> Result<u64> {
+        // One transaction per try; concurrent prunes of one collection meet on its tally
+        // document, and the loser tries again.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut session = self.start().await?;
+            let done = match self.delete_and_tally(&mut session, c, id, versions).await {
+                Ok(n) => commit(&mut session).await.map(|()| n),
+                Err(e) => {
+                    let _ = session.abort_transaction().await;
+                    Err(e)
+                }
+            };
+            match done {
+                Ok(n) => return Ok(n),
+                Err(e) if is_transient(&e) && attempt < PRUNE_ATTEMPTS => {
+                    tokio::time::sleep(Duration::from_millis(1 << attempt.min(6))).await;
+                }
+                Err(e) => return Err(map_err(e)),
+            }
+        }
+    }
+
+    async fn pruned_counts(&self, c: &CollectionName) -> Result<std::collections::HashMap<String, u64>> {
+        let from = self.counters_from(c).await?;
+        let tally = self
+            .db
+            .collection::<Document>("chronos_sequences")
+            .find_one(doc! {"_id": pruned_id(c)})
             .await
             .map_err(map_err)?;
-        Ok(result.deleted_count)
+        Ok(tally.map(|t| tally_counts(&t, from)).unwrap_or_default())
     }
 
     async fn version_by_request(&self, c: &CollectionName, key: &RequestKey) -> Result<Option<VersionEntry>> {
@@ -1114,6 +1200,33 @@ async fn update_all(
             Err(map_err(e))
         }
     }
+}
+
+/// How many times retention's delete of an item's versions is tried when it meets another's.
+const PRUNE_ATTEMPTS: u32 = 20;
+
+/// The `chronos_sequences` document with retention's tallies of a collection: `{from, counts:
+/// [{name, n}]}`, counting versions pruned with a cv above `from`. Apart from the cv sequence
+/// document, so it never holds up a writer's `$inc`; a counter reset moves `countersFrom` past
+/// `from`, which voids the tallies without touching them.
+fn pruned_id(c: &CollectionName) -> String {
+    // `/` is not allowed in collection names, so this can't be another collection's sequence.
+    format!("{c}/pruned")
+}
+
+/// The tallies of a tally document, if they count from the counters' mark `from`.
+fn tally_counts(tally: &Document, from: u64) -> std::collections::HashMap<String, u64> {
+    if get_u64(tally, "from").ok() != Some(from) {
+        return Default::default();
+    }
+    let counts = tally.get_array("counts").map(|a| a.as_slice()).unwrap_or_default();
+    counts
+        .iter()
+        .filter_map(|c| {
+            let c = c.as_document()?;
+            Some((c.get_str("name").ok()?.to_owned(), get_u64(c, "n").ok()?))
+        })
+        .collect()
 }
 
 fn ref_head_update(w: &RefWrite, cv: u64) -> Document {
