@@ -1243,10 +1243,7 @@ pub async fn retention_prunes_the_index_but_old_versions_stay_readable(h: &Harne
             .at;
     }
     let (b, _) = e.create(&coll(), None, obj(json!({"v": "b"})), &who()).await.unwrap();
-    let keep2 = PrunePolicy {
-        keep_last: Some(2),
-        ..Default::default()
-    };
+    let keep2 = keep_last(2);
 
     let plan = e.prune_versions(&coll(), &keep2, true).await.unwrap();
     assert_eq!((plan.items_examined, plan.versions_pruned), (2, 4));
@@ -1994,10 +1991,7 @@ pub async fn retention_keeps_payloads_restored_versions_use(h: &Harness) {
         .unwrap();
 
     // Index only: the pruned restore version of b is read through its manifest entry.
-    let keep1 = PrunePolicy {
-        keep_last: Some(1),
-        ..Default::default()
-    };
+    let keep1 = keep_last(1);
     assert_eq!(
         e.prune_versions(&coll(), &keep1, false).await.unwrap().versions_pruned,
         5
@@ -2118,6 +2112,14 @@ pub async fn restore_during_concurrent_writes_overwrites_nothing(h: &Harness) {
     }
 }
 
+/// A retention policy that keeps each item's last `n` versions.
+fn keep_last(n: u64) -> chronos::engine::PrunePolicy {
+    chronos::engine::PrunePolicy {
+        keep_last: Some(n),
+        ..Default::default()
+    }
+}
+
 /// Wait until the clock has passed `t`: versions carry millisecond times, and as-of reads need
 /// one answer per instant.
 async fn after_instant(t: chronos::engine::Timestamp) {
@@ -2129,7 +2131,7 @@ async fn after_instant(t: chronos::engine::Timestamp) {
 /// Retention prunes an item's versions at a restore point: restores and `list ?at=` find them in
 /// the manifests instead of taking the item for one created later.
 pub async fn restore_after_retention_brings_back_pruned_versions(h: &Harness) {
-    use chronos::engine::{HistoryPoint, PrunePolicy, RestoreCounts};
+    use chronos::engine::{HistoryPoint, RestoreCounts};
     let e = &h.engine;
     let id = |s: &str| -> ItemId { s.parse().unwrap() };
     // a: written 5 times; the point is after its second write. c: one version, before the point.
@@ -2156,10 +2158,7 @@ pub async fn restore_after_retention_brings_back_pruned_versions(h: &Harness) {
     e.create(&coll(), Some(id("b")), obj(json!({"v": "b"})), &who())
         .await
         .unwrap();
-    let keep1 = PrunePolicy {
-        keep_last: Some(1),
-        ..Default::default()
-    };
+    let keep1 = keep_last(1);
     assert_eq!(
         e.prune_versions(&coll(), &keep1, false).await.unwrap().versions_pruned,
         4
@@ -2374,7 +2373,6 @@ pub async fn retention_never_deletes_a_payload_a_concurrent_restore_uses(h: &Har
 /// Counters are computed from the version index: what retention prunes is kept per counter, so
 /// pruning changes no total (and a reset still starts them afresh).
 pub async fn counters_stay_true_after_retention(h: &Harness) {
-    use chronos::engine::PrunePolicy;
     let e = &h.engine;
     let mut last = None;
     for i in 0..3u64 {
@@ -2400,10 +2398,7 @@ pub async fn counters_stay_true_after_retention(h: &Harness) {
         ),
         (3, 3, 3, 3, 5)
     );
-    let keep1 = PrunePolicy {
-        keep_last: Some(1),
-        ..Default::default()
-    };
+    let keep1 = keep_last(1);
     assert_eq!(
         e.prune_versions(&coll(), &keep1, false).await.unwrap().versions_pruned,
         9
