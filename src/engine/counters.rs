@@ -2,7 +2,8 @@
 //!
 //! Every acknowledged write is exactly one version entry, committed in the write's transaction,
 //! so counting version entries counts every write exactly once — without a hot counter document
-//! that every writer of a collection would contend on. Totals are `created / updated / deleted /
+//! that every writer of a collection would contend on. Retention removes entries, so it keeps
+//! per-counter tallies of what it pruned, updated atomically with the removal. Totals are `created / updated / deleted /
 //! restored` plus named rules `{name, when: filter on indexed properties, on: [ops]}`, counted
 //! over versions after the last reset (a cv mark, so a reset never races a write).
 
@@ -12,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::error::Result;
-use super::model::{CollectionName, Op};
+use super::model::{CollectionName, Op, VersionEntry};
 use super::query::Filter;
 use super::versioning::Engine;
 
@@ -65,13 +66,60 @@ pub struct Totals {
     pub since_cv: u64,
 }
 
+/// How many times [`Engine::totals`] reads the index again when retention pruned meanwhile.
+const TOTALS_ATTEMPTS: usize = 3;
+
+/// The tally name of an operation's counter.
+fn op_counter(op: Op) -> String {
+    format!("op:{}", op.as_str())
+}
+
+/// The tally name of a rule's counter.
+fn rule_counter(rule: &CounterRule) -> String {
+    format!("rule:{}", rule.name)
+}
+
 impl Engine {
-    /// The collection's counters.
+    /// The collection's counters: what the version index counts, plus what retention pruned
+    /// from it (see [`Engine::counter_names`]).
     pub async fn totals(&self, collection: &CollectionName) -> Result<Totals> {
+        let meta = self.meta();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let pruned = meta.pruned_counts(collection).await?;
+            let totals = self.index_totals(collection, &pruned).await?;
+            // The index and the tallies are read apart: a prune in between would count its
+            // versions twice or not at all, and shows as changed tallies.
+            if attempt >= TOTALS_ATTEMPTS || meta.pruned_counts(collection).await? == pruned {
+                return Ok(totals);
+            }
+        }
+    }
+
+    /// The counter names a version counts toward (its operation's, and each matching rule's):
+    /// retention keeps them as tallies when it prunes the version. A rule added later does not
+    /// count versions pruned before.
+    pub(super) fn counter_names(&self, collection: &CollectionName, v: &VersionEntry) -> Result<Vec<String>> {
+        let mut names = vec![op_counter(v.op)];
+        let rules = self.settings().counter_rules.get(collection.as_str());
+        for rule in rules.into_iter().flatten().filter(|r| r.on.contains(&v.op)) {
+            if Filter::parse(&rule.when, &|p| self.is_indexed(collection, p))?.matches(&v.meta) {
+                names.push(rule_counter(rule));
+            }
+        }
+        Ok(names)
+    }
+
+    async fn index_totals(
+        &self,
+        collection: &CollectionName,
+        pruned: &std::collections::HashMap<String, u64>,
+    ) -> Result<Totals> {
         let meta = self.meta();
         let since_cv = meta.counters_from(collection).await?;
         let all = meta.count_versions(collection, since_cv, &Filter::default()).await?;
-        let n = |op| all.get(&op).copied().unwrap_or(0);
+        let n = |op| all.get(&op).copied().unwrap_or(0) + pruned.get(&op_counter(op)).copied().unwrap_or(0);
         let mut totals = Totals {
             created: n(Op::Create),
             updated: n(Op::Update),
@@ -88,7 +136,8 @@ impl Engine {
             } else {
                 meta.count_versions(collection, since_cv, &filter).await?
             };
-            let total = rule.on.iter().map(|op| counts.get(op).copied().unwrap_or(0)).sum();
+            let total: u64 = rule.on.iter().map(|op| counts.get(op).copied().unwrap_or(0)).sum();
+            let total = total + pruned.get(&rule_counter(rule)).copied().unwrap_or(0);
             totals.rules.insert(rule.name.clone(), total);
         }
         Ok(totals)

@@ -12,14 +12,16 @@ use super::error::{Error, Result};
 use super::model::{CollectionName, Head, ItemId, Op, RequestKey, State, Timestamp, VersionEntry};
 use super::query::Filter;
 use super::store::{
-    CommitError, HeadChange, HistoryPoint, ListQuery, MetaStore, NewData, PayloadStore, PendingWrite, RefWrite,
-    TierBatch,
+    CommitError, HeadChange, HistoryPoint, ListQuery, MetaStore, NewData, PayloadStore, PendingWrite, PrunedVersion,
+    RefWrite, TierBatch,
 };
 
 #[derive(Default)]
 struct Collection {
     cv: u64,
     counters_from: u64,
+    /// Retention's tallies since `counters_from`, per counter name.
+    pruned: HashMap<String, u64>,
     heads: HashMap<ItemId, Head>,
     versions: BTreeMap<(ItemId, u64), VersionEntry>,
     /// Idempotency keys → the version written under each.
@@ -237,6 +239,8 @@ impl MetaStore for MemoryMetaStore {
             coll.heads
                 .get(&w.version.id)
                 .is_some_and(|h| h.ov == w.expected_ov && w.version.ov == h.ov + 1)
+                && w.source
+                    .is_none_or(|ov| coll.versions.contains_key(&(w.version.id.clone(), ov)))
         });
         if !unchanged {
             return Ok(None);
@@ -306,27 +310,6 @@ impl MetaStore for MemoryMetaStore {
         Ok(heads.into_iter().take(q.limit).cloned().collect())
     }
 
-    async fn list_as_of(&self, collection: &CollectionName, at: Timestamp, q: &ListQuery) -> Result<Vec<VersionEntry>> {
-        let all = self.lock();
-        let Some(c) = all.get(collection) else {
-            return Ok(vec![]);
-        };
-        let mut current: HashMap<&ItemId, &VersionEntry> = HashMap::new();
-        for ((id, _), v) in &c.versions {
-            if v.at <= at {
-                current.insert(id, v);
-            }
-        }
-        let mut found: Vec<&VersionEntry> = current
-            .into_values()
-            .filter(|v| q.include_deleted || !v.deleted)
-            .filter(|v| after(&v.id, q))
-            .filter(|v| q.filter.matches(&v.meta))
-            .collect();
-        sort_by_id(&mut found, |v| &v.id, q.descending);
-        Ok(found.into_iter().take(q.limit).cloned().collect())
-    }
-
     async fn versions_at(
         &self,
         collection: &CollectionName,
@@ -374,6 +357,7 @@ impl MetaStore for MemoryMetaStore {
         let mut all = self.lock();
         let c = all.entry(collection.clone()).or_default();
         c.counters_from = c.cv;
+        c.pruned.clear();
         Ok(c.cv)
     }
 
@@ -415,19 +399,37 @@ impl MetaStore for MemoryMetaStore {
         Ok(batch)
     }
 
-    async fn delete_versions(&self, collection: &CollectionName, id: &ItemId, ovs: &[u64]) -> Result<u64> {
+    async fn delete_versions(
+        &self,
+        collection: &CollectionName,
+        id: &ItemId,
+        versions: &[PrunedVersion],
+    ) -> Result<u64> {
         let mut all = self.lock();
         let Some(c) = all.get_mut(collection) else { return Ok(0) };
         let mut removed = 0;
-        for ov in ovs {
-            if let Some(v) = c.versions.remove(&(id.clone(), *ov)) {
+        for p in versions {
+            if let Some(v) = c.versions.remove(&(id.clone(), p.ov)) {
                 removed += 1;
+                if v.cv > c.counters_from {
+                    for name in &p.counts {
+                        *c.pruned.entry(name.clone()).or_default() += 1;
+                    }
+                }
                 if let Some(r) = v.request {
                     c.requests.remove(&r.key);
                 }
             }
         }
         Ok(removed)
+    }
+
+    async fn pruned_counts(&self, collection: &CollectionName) -> Result<HashMap<String, u64>> {
+        Ok(self
+            .lock()
+            .get(collection)
+            .map(|c| c.pruned.clone())
+            .unwrap_or_default())
     }
 
     async fn version_by_request(&self, collection: &CollectionName, key: &RequestKey) -> Result<Option<VersionEntry>> {

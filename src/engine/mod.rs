@@ -37,7 +37,7 @@ pub use model::{
 };
 pub use queue::{Operation, OperationId, OperationStatus, QueueSettings, QueueStats, Submitted, WriteRequest};
 pub use restore::{RestoreCounts, RestorePage};
-pub use retention::{PrunePolicy, PruneReport};
+pub use retention::{ItemPrune, PrunePolicy, PruneReport};
 pub use scrub::{Orphan, ScrubOptions, ScrubReport};
 pub use store::{HistoryPoint, MetaStore, PayloadStore, RefWrite};
 pub use tiering::TieringReport;

@@ -20,9 +20,12 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use super::error::{Error, Result};
-use super::model::{Attribution, CollectionName, Head, ItemId, Op, PayloadRef, VersionEntry, WriteOutcome, now};
+use super::model::{
+    Attribution, CollectionName, Head, ItemId, Op, PayloadRef, Timestamp, VersionEntry, WriteOutcome, now, payload_key,
+};
 use super::query::Filter;
 use super::store::{HistoryPoint, ListQuery, RefWrite};
+use super::versioning::NewContent;
 use super::versioning::{Engine, VersionTarget};
 
 /// How many times an item written concurrently during the restore is re-examined (with a
@@ -35,7 +38,45 @@ const ITEM_ATTEMPTS: u32 = 20;
 const PAGE_ATTEMPTS: usize = 2;
 
 /// A page: its items' heads, each with its version at the restore point (`None`: created after it).
-type Work = Vec<(Head, Option<VersionEntry>)>;
+type Work = Vec<(Head, Option<Target>)>;
+
+/// An item's version at a point in history, and where it was found.
+#[derive(Debug, Clone)]
+pub(super) struct Target {
+    pub entry: VersionEntry,
+    pub origin: Origin,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Origin {
+    /// The version index.
+    Index,
+    /// A retention manifest (see [`super::retention::Pruned`]).
+    Manifest { payload_kept: bool },
+}
+
+impl Target {
+    /// Found in the manifest of a run that deleted payloads: its object may be gone.
+    fn payload_may_be_gone(&self) -> bool {
+        self.origin == Origin::Manifest { payload_kept: false }
+    }
+
+    fn indexed(entry: VersionEntry) -> Self {
+        Target {
+            entry,
+            origin: Origin::Index,
+        }
+    }
+
+    fn pruned(p: super::retention::Pruned) -> Self {
+        Target {
+            entry: p.entry,
+            origin: Origin::Manifest {
+                payload_kept: p.payload_kept,
+            },
+        }
+    }
+}
 
 /// Pages of [`Engine::restore_collection`] being written at once.
 const RESTORE_PAGES_IN_FLIGHT: usize = 3;
@@ -82,8 +123,8 @@ enum Action {
     Keep,
 }
 
-fn action(head: &Head, target: Option<&VersionEntry>) -> Action {
-    match target {
+fn action(head: &Head, target: Option<&Target>) -> Action {
+    match target.map(|t| &t.entry) {
         Some(t) if !t.deleted => {
             if head.deleted() || head.checksum != t.checksum {
                 Action::Restore
@@ -131,10 +172,24 @@ impl Engine {
         &self,
         collection: &CollectionName,
         point: HistoryPoint,
-        mut work: Work,
+        work: Work,
         dry_run: bool,
         who: &Attribution,
     ) -> Result<RestoreCounts> {
+        // Items whose target's payload may be gone are done one by one (copied when their data
+        // changes): rare, and never by reference.
+        let (alone, mut work): (Work, Work) = work
+            .into_iter()
+            .partition(|(_, t)| t.as_ref().is_some_and(Target::payload_may_be_gone));
+        let alone: Work = if dry_run {
+            alone
+        } else {
+            futures::stream::iter(alone)
+                .map(|(head, target)| self.restore_item(collection, head, target, point, who))
+                .buffer_unordered(16)
+                .try_collect()
+                .await?
+        };
         for attempt in 1..=PAGE_ATTEMPTS {
             if dry_run {
                 break;
@@ -170,6 +225,7 @@ impl Engine {
                     .ok_or_else(|| Error::Corrupt(format!("{collection}/{} lost its head", head.id)))?;
             }
         }
+        work.extend(alone);
         let mut counts = RestoreCounts {
             examined: work.len() as u64,
             ..Default::default()
@@ -202,13 +258,7 @@ impl Engine {
         };
         let heads = self.meta().list_heads_without_data(collection, &query).await?;
         let ids: Vec<ItemId> = heads.iter().map(|h| h.id.clone()).collect();
-        let mut targets: HashMap<ItemId, VersionEntry> = self
-            .meta()
-            .versions_at(collection, &ids, point)
-            .await?
-            .into_iter()
-            .map(|v| (v.id.clone(), v))
-            .collect();
+        let mut targets = self.versions_at_point(collection, &ids, point).await?;
         let next_after_id = (heads.len() == limit).then(|| ids.last().cloned()).flatten();
         let work = heads
             .into_iter()
@@ -218,6 +268,85 @@ impl Engine {
             })
             .collect();
         Ok((work, next_after_id))
+    }
+
+    /// Each item's version at `point`: from the index or, for an item whose versions that early
+    /// were all pruned, from its retention manifests. Items created after the point are absent.
+    async fn versions_at_point(
+        &self,
+        collection: &CollectionName,
+        ids: &[ItemId],
+        point: HistoryPoint,
+    ) -> Result<HashMap<ItemId, Target>> {
+        let mut found: HashMap<ItemId, Target> = self
+            .meta()
+            .versions_at(collection, ids, point)
+            .await?
+            .into_iter()
+            .map(|v| (v.id.clone(), Target::indexed(v)))
+            .collect();
+        let missing: Vec<ItemId> = ids.iter().filter(|id| !found.contains_key(*id)).cloned().collect();
+        if missing.is_empty() {
+            return Ok(found);
+        }
+        // Retention removes a prefix of an item's versions: one whose oldest entry left is not its
+        // create had some pruned, and its version at the point may be among them. Otherwise it
+        // was created after the point.
+        let pruned: Vec<ItemId> = self
+            .meta()
+            .oldest_versions(collection, &missing)
+            .await?
+            .into_iter()
+            .filter(|v| v.ov > 0)
+            .map(|v| v.id)
+            .collect();
+        let from_manifests: Vec<Option<super::retention::Pruned>> = futures::stream::iter(pruned)
+            .map(|id| async move { self.pruned_at(collection, &id, point).await })
+            .buffer_unordered(8)
+            .try_collect()
+            .await?;
+        for p in from_manifests.into_iter().flatten() {
+            found.insert(p.entry.id.clone(), Target::pruned(p));
+        }
+        Ok(found)
+    }
+
+    /// For each item in the query's id order, its version current at `at` (from the index or the
+    /// retention manifests), if it matches the query: the filter applies to that version's
+    /// metadata, deleted versions only with `include_deleted`. Heads are walked in pages, so an
+    /// item whose versions at `at` were pruned is not missed.
+    pub(super) async fn list_as_of(
+        &self,
+        collection: &CollectionName,
+        at: Timestamp,
+        query: &ListQuery,
+    ) -> Result<Vec<VersionEntry>> {
+        let mut heads_query = ListQuery {
+            filter: Filter::default(),
+            after_id: query.after_id.clone(),
+            limit: query.limit.clamp(100, 1000),
+            descending: query.descending,
+            include_deleted: true,
+        };
+        let mut found = Vec::new();
+        loop {
+            let heads = self.meta().list_heads_without_data(collection, &heads_query).await?;
+            let ids: Vec<ItemId> = heads.into_iter().map(|h| h.id).collect();
+            let mut versions = self.versions_at_point(collection, &ids, HistoryPoint::At(at)).await?;
+            for id in &ids {
+                let Some(t) = versions.remove(id) else { continue };
+                if (query.include_deleted || !t.entry.deleted) && query.filter.matches(&t.entry.meta) {
+                    found.push(t.entry);
+                    if found.len() == query.limit {
+                        return Ok(found);
+                    }
+                }
+            }
+            if ids.len() < heads_query.limit {
+                return Ok(found);
+            }
+            heads_query.after_id = ids.last().cloned();
+        }
     }
 
     /// Restore (or plan) the whole collection, page by page; `progress(sums, total)` is called
@@ -276,26 +405,42 @@ impl Engine {
         &self,
         collection: &CollectionName,
         mut head: Head,
-        target: Option<VersionEntry>,
+        target: Option<Target>,
         point: HistoryPoint,
         who: &Attribution,
-    ) -> Result<(Head, Option<VersionEntry>)> {
+    ) -> Result<(Head, Option<Target>)> {
+        let mut target = target;
         for attempt in 0..ITEM_ATTEMPTS {
             if attempt > 0 {
                 backoff(attempt).await;
             }
-            let Some(write) = ref_write(&head, target.as_ref(), who) else {
-                return Ok((head, target));
-            };
-            if self
-                .meta()
-                .append_by_reference(collection, vec![write])
-                .await?
-                .is_some()
-            {
-                return Ok((head, target));
+            if let Some(t) = target.as_ref().filter(|t| copies(&head, t)) {
+                match self.restore_by_copy(collection, &head, &t.entry, who, None).await {
+                    Ok(_) => return Ok((head, target)),
+                    Err(Error::VersionConflict { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            } else {
+                let Some(write) = ref_write(&head, target.as_ref(), who) else {
+                    return Ok((head, target));
+                };
+                if self
+                    .meta()
+                    .append_by_reference(collection, vec![write])
+                    .await?
+                    .is_some()
+                {
+                    return Ok((head, target));
+                }
             }
-            // Its target state can't have changed, only its head.
+            // Its target state can't have changed, only its head, and where the target is kept
+            // (retention may have moved it from the index into a manifest).
+            if target.as_ref().is_some_and(|t| t.origin == Origin::Index) {
+                target = self
+                    .versions_at_point(collection, std::slice::from_ref(&head.id), point)
+                    .await?
+                    .remove(&head.id);
+            }
             head = self
                 .meta()
                 .head(collection, &head.id)
@@ -332,6 +477,27 @@ impl Engine {
         Ok(outcome)
     }
 
+    /// An item's version by ov or time: from the index or, once pruned, from its manifests.
+    async fn target_of(
+        &self,
+        collection: &CollectionName,
+        id: &ItemId,
+        target: VersionTarget,
+    ) -> Result<Option<Target>> {
+        let indexed = match target {
+            VersionTarget::Ov(ov) => self.meta().version(collection, id, ov).await?,
+            VersionTarget::At(at) => self.meta().version_as_of(collection, id, at).await?,
+        };
+        if let Some(entry) = indexed {
+            return Ok(Some(Target::indexed(entry)));
+        }
+        let fits = |v: &VersionEntry| match target {
+            VersionTarget::Ov(ov) => v.ov == ov,
+            VersionTarget::At(at) => v.at <= at,
+        };
+        Ok(self.pruned_where(collection, id, fits).await?.map(Target::pruned))
+    }
+
     async fn restore_once(
         &self,
         collection: &CollectionName,
@@ -341,24 +507,25 @@ impl Engine {
         who: &Attribution,
         stamp: Option<&super::model::RequestStamp>,
     ) -> Result<WriteOutcome> {
-        let entry = match target {
-            VersionTarget::Ov(ov) => self.meta().version(collection, id, ov).await?,
-            VersionTarget::At(at) => self.meta().version_as_of(collection, id, at).await?,
-        };
-        let entry = entry.ok_or_else(|| Error::NotFound(format!("{collection}/{id} at {target}")))?;
-        if entry.deleted {
-            return Err(Error::validation(
-                "target",
-                format!(
-                    "version {} of {collection}/{id} is a delete; restore a version before it",
-                    entry.ov
-                ),
-            ));
-        }
+        let wanted = target;
         self.prepare(collection).await?;
         for attempt in 0..ITEM_ATTEMPTS {
             if attempt > 0 {
                 backoff(attempt).await;
+            }
+            // Looked up on every round: retention may move it from the index into a manifest.
+            let target = self
+                .target_of(collection, id, wanted)
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("{collection}/{id} at {wanted}")))?;
+            if target.entry.deleted {
+                return Err(Error::validation(
+                    "target",
+                    format!(
+                        "version {} of {collection}/{id} is a delete; restore a version before it",
+                        target.entry.ov
+                    ),
+                ));
             }
             let head = self
                 .meta()
@@ -374,7 +541,13 @@ impl Engine {
                     current: head.ov,
                 });
             }
-            let mut write = restore_write(&head, &entry, who);
+            if target.payload_may_be_gone() {
+                match self.restore_by_copy(collection, &head, &target.entry, who, stamp).await {
+                    Err(Error::VersionConflict { .. }) if expected_ov.is_none() => continue,
+                    other => return other,
+                }
+            }
+            let mut write = restore_write(&head, &target, who);
             write.version.request = stamp.cloned();
             let (ov, at) = (write.version.ov, write.version.at);
             if let Some(cv) = self.meta().append_by_reference(collection, vec![write]).await? {
@@ -390,6 +563,46 @@ impl Engine {
         }
         Err(Error::Contended(format!("{collection}/{id}")))
     }
+
+    /// Append `target`'s data as a new version with a payload object of its own, for a version
+    /// whose object a retention run may have deleted: a reference to it could dangle, a copy
+    /// either has the data or fails cleanly.
+    async fn restore_by_copy(
+        &self,
+        collection: &CollectionName,
+        head: &Head,
+        target: &VersionEntry,
+        who: &Attribution,
+        stamp: Option<&super::model::RequestStamp>,
+    ) -> Result<WriteOutcome> {
+        let (ov, write_id) = target.payload();
+        let key = payload_key(collection, &head.id, ov, write_id);
+        let bytes = self.payload_store().get(&key).await?.ok_or_else(|| {
+            Error::NotFound(format!(
+                "the data of {collection}/{} v{} (retention pruned it with its payload)",
+                head.id, target.ov
+            ))
+        })?;
+        let decoded = super::envelope::decode(&bytes, collection, &head.id, ov, write_id, &target.checksum)?;
+        let data = self.new_data(collection, decoded.data)?;
+        self.write_once(
+            collection,
+            &head.id,
+            Op::Restore,
+            Some(head.ov),
+            NewContent::Data(data),
+            None,
+            who,
+            stamp,
+        )
+        .await
+    }
+}
+
+/// Whether bringing `head` to `target` takes a copy of the target's data (see
+/// [`Engine::restore_by_copy`]) rather than a reference.
+fn copies(head: &Head, target: &Target) -> bool {
+    target.payload_may_be_gone() && action(head, Some(target)) == Action::Restore
 }
 
 /// Jittered exponential pause, 1 ms … 64 ms: a holder's transaction is short (no payload upload
@@ -401,7 +614,7 @@ async fn backoff(attempt: u32) {
 }
 
 /// The append that brings `head` to its target state, or `None` when it is already there.
-fn ref_write(head: &Head, target: Option<&VersionEntry>, who: &Attribution) -> Option<RefWrite> {
+fn ref_write(head: &Head, target: Option<&Target>, who: &Attribution) -> Option<RefWrite> {
     match (action(head, target), target) {
         (Action::Keep, _) => None,
         (Action::Restore, Some(t)) => Some(restore_write(head, t, who)),
@@ -438,7 +651,9 @@ fn ref_entry(head: &Head, op: Op, payload: (u64, &str), who: &Attribution) -> Ve
 }
 
 /// Bring back `target`'s data: the new version names the payload object that holds it.
-fn restore_write(head: &Head, target: &VersionEntry, who: &Attribution) -> RefWrite {
+fn restore_write(head: &Head, target: &Target, who: &Attribution) -> RefWrite {
+    let source = (target.origin == Origin::Index).then_some(target.entry.ov);
+    let target = &target.entry;
     let mut v = ref_entry(head, Op::Restore, target.payload(), who);
     v.size = target.size;
     v.checksum = target.checksum.clone();
@@ -448,6 +663,7 @@ fn restore_write(head: &Head, target: &VersionEntry, who: &Attribution) -> RefWr
         // Restoring a deleted item to the data it still holds keeps its inline copy.
         keep_inline: head.checksum == target.checksum,
         version: v,
+        source,
     }
 }
 
@@ -462,5 +678,7 @@ fn delete_write(head: &Head, who: &Attribution) -> RefWrite {
         expected_ov: head.ov,
         keep_inline: true,
         version: v,
+        // The head's own data: its entry is the item's latest, which retention always keeps.
+        source: None,
     }
 }

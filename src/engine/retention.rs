@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 use super::error::{Error, Result};
 use super::model::{CollectionName, Head, ItemId, Op, PayloadRef, Timestamp, VersionEntry, now, payload_key};
 use super::query::Filter;
-use super::store::ListQuery;
+use super::store::{HistoryPoint, ListQuery, PrunedVersion};
 use super::versioning::{Engine, VersionTarget};
 
 const PAGE: usize = 200;
@@ -60,6 +60,10 @@ struct ManifestEntry {
     /// A version appended by reference keeps naming the payload it uses after it is pruned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     payload_ref: Option<PayloadRef>,
+    /// The run that pruned this entry deleted the payload object it reads (unless a version
+    /// appended by reference still used it then): a restore must copy the data, not refer to it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    payload_deleted: bool,
 }
 
 impl ManifestEntry {
@@ -77,6 +81,7 @@ impl ManifestEntry {
             meta: v.meta.clone(),
             deleted: v.deleted,
             payload_ref: v.payload_ref.clone(),
+            payload_deleted: false,
         }
     }
 
@@ -132,6 +137,39 @@ impl PrunePolicy {
     }
 }
 
+impl PrunePolicy {
+    /// The time before which versions are too old to keep by age.
+    fn cutoff(&self) -> Result<Option<Timestamp>> {
+        let Some(days) = self.max_age_days else { return Ok(None) };
+        jiff::SignedDuration::try_from_secs_f64(days * 86_400.0)
+            .ok()
+            .and_then(|age| now().checked_sub(age).ok())
+            .map(Some)
+            .ok_or_else(|| Error::validation("maxAgeDays", "too large"))
+    }
+}
+
+/// One item's prune, planned from a scan of its index. A run carries it out with
+/// [`Engine::unindex_pruned`] then [`Engine::delete_pruned_payloads`]; the steps are public so
+/// tests can put other writes between them.
+#[derive(Debug, Clone)]
+pub struct ItemPrune {
+    collection: CollectionName,
+    id: ItemId,
+    /// The index entries to move into a manifest, oldest first.
+    doomed: Vec<VersionEntry>,
+    /// Payload objects the run deletes if nothing uses them any more (empty unless the policy
+    /// says `deletePayloads`).
+    candidates: std::collections::BTreeSet<String>,
+}
+
+impl ItemPrune {
+    /// How many versions the prune removes from the index.
+    pub fn versions(&self) -> u64 {
+        self.doomed.len() as u64
+    }
+}
+
 impl Engine {
     /// Prune the version index of a collection by `policy`, in pages of items.
     pub async fn prune_versions(
@@ -141,21 +179,8 @@ impl Engine {
         dry_run: bool,
     ) -> Result<PruneReport> {
         policy.validate()?;
-        let backups = self.backups().ok_or_else(|| {
-            Error::validation(
-                "retention",
-                "pruning needs a backups store for its manifests (spacesConns[].backupsBucket)",
-            )
-        })?;
-        let cutoff = match policy.max_age_days {
-            Some(days) => Some(
-                jiff::SignedDuration::try_from_secs_f64(days * 86_400.0)
-                    .ok()
-                    .and_then(|age| now().checked_sub(age).ok())
-                    .ok_or_else(|| Error::validation("maxAgeDays", "too large"))?,
-            ),
-            None => None,
-        };
+        self.manifest_store()?;
+        let cutoff = policy.cutoff()?;
         let mut report = PruneReport {
             dry_run,
             ..Default::default()
@@ -170,7 +195,7 @@ impl Engine {
         loop {
             let heads = self.meta().list_heads(collection, &query).await?;
             let pruned: Vec<u64> = futures::stream::iter(heads.iter().cloned())
-                .map(|h| self.prune_item(collection, h, policy, cutoff, dry_run, backups.clone()))
+                .map(|h| self.prune_item(collection, h, policy, cutoff, dry_run))
                 .buffer_unordered(8)
                 .try_collect()
                 .await?;
@@ -190,8 +215,51 @@ impl Engine {
         policy: &PrunePolicy,
         cutoff: Option<Timestamp>,
         dry_run: bool,
-        backups: std::sync::Arc<dyn super::store::PayloadStore>,
     ) -> Result<u64> {
+        let Some(plan) = self.plan_prune(collection, &head, policy, cutoff).await? else {
+            return Ok(0);
+        };
+        let n = plan.versions();
+        if !dry_run {
+            self.unindex_pruned(&plan).await?;
+            self.delete_pruned_payloads(plan).await?;
+        }
+        Ok(n)
+    }
+
+    /// Where manifests go: retention needs a backups store.
+    fn manifest_store(&self) -> Result<std::sync::Arc<dyn super::store::PayloadStore>> {
+        self.backups().ok_or_else(|| {
+            Error::validation(
+                "retention",
+                "pruning needs a backups store for its manifests (spacesConns[].backupsBucket)",
+            )
+        })
+    }
+
+    /// Plan the prune of one item by `policy` (`None`: nothing to prune).
+    pub async fn plan_item_prune(
+        &self,
+        collection: &CollectionName,
+        id: &ItemId,
+        policy: &PrunePolicy,
+    ) -> Result<Option<ItemPrune>> {
+        policy.validate()?;
+        let head = self
+            .meta()
+            .head(collection, id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("{collection}/{id}")))?;
+        self.plan_prune(collection, &head, policy, policy.cutoff()?).await
+    }
+
+    async fn plan_prune(
+        &self,
+        collection: &CollectionName,
+        head: &Head,
+        policy: &PrunePolicy,
+        cutoff: Option<Timestamp>,
+    ) -> Result<Option<ItemPrune>> {
         let mut doomed = Vec::new();
         // Payload objects that kept versions read: a version restored by reference may use the
         // payload of a version pruned here, so that payload must stay.
@@ -210,35 +278,96 @@ impl Engine {
                 }
             }
         }
-        if doomed.is_empty() || dry_run {
-            return Ok(doomed.len() as u64);
+        if doomed.is_empty() {
+            return Ok(None);
         }
+        // Only objects the doomed versions own: one a pruned reference reads belongs to an older
+        // version, whose own run decided whether it goes.
+        let candidates = if policy.delete_payloads {
+            doomed
+                .iter()
+                .filter(|v| v.payload() == (v.ov, v.write_id.as_str()))
+                .map(|v| payload_key(collection, &head.id, v.ov, &v.write_id))
+                .filter(|k| !kept_payloads.contains(k))
+                .collect()
+        } else {
+            Default::default()
+        };
+        Ok(Some(ItemPrune {
+            collection: collection.clone(),
+            id: head.id.clone(),
+            doomed,
+            candidates,
+        }))
+    }
+
+    /// Write the plan's manifest, then remove its entries from the index.
+    pub async fn unindex_pruned(&self, plan: &ItemPrune) -> Result<()> {
+        let (collection, doomed) = (&plan.collection, &plan.doomed);
+        let (Some(first), Some(last)) = (doomed.first(), doomed.last()) else {
+            return Ok(());
+        };
         // The manifest first: a crash after it leaves entries in both places, never in neither.
-        let entries: Vec<ManifestEntry> = doomed.iter().map(ManifestEntry::from_entry).collect();
+        let entries: Vec<ManifestEntry> = doomed
+            .iter()
+            .map(|v| {
+                let (ov, write_id) = v.payload();
+                ManifestEntry {
+                    payload_deleted: plan
+                        .candidates
+                        .contains(&payload_key(collection, &plan.id, ov, write_id)),
+                    ..ManifestEntry::from_entry(v)
+                }
+            })
+            .collect();
         let body = serde_json::to_vec(&entries).map_err(|e| Error::Corrupt(e.to_string()))?;
         let key = format!(
             "{}{:020}-{:020}.json",
-            manifest_prefix(collection, &head.id),
-            doomed[0].ov,
-            doomed[doomed.len() - 1].ov
+            manifest_prefix(collection, &plan.id),
+            first.ov,
+            last.ov
         );
-        backups.put(&key, Bytes::from(body)).await?;
-        let ovs: Vec<u64> = doomed.iter().map(|v| v.ov).collect();
-        self.meta().delete_versions(collection, &head.id, &ovs).await?;
-        if policy.delete_payloads {
-            let keys: std::collections::BTreeSet<String> = doomed
-                .iter()
-                .map(|v| {
-                    let (ov, write_id) = v.payload();
-                    payload_key(collection, &head.id, ov, write_id)
+        self.manifest_store()?.put(&key, Bytes::from(body)).await?;
+        let pruned = doomed
+            .iter()
+            .map(|v| {
+                Ok(PrunedVersion {
+                    ov: v.ov,
+                    cv: v.cv,
+                    counts: self.counter_names(collection, v)?,
                 })
-                .filter(|k| !kept_payloads.contains(k))
-                .collect();
-            for key in keys {
-                self.payload_store().delete(&key).await?;
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.meta().delete_versions(collection, &plan.id, &pruned).await?;
+        Ok(())
+    }
+
+    /// Delete the payload objects of the plan's versions that nothing uses (with `deletePayloads`).
+    ///
+    /// Run after [`Engine::unindex_pruned`]: the item's index is read again, so a version
+    /// appended by reference since the plan's scan keeps the object it uses. One appended later
+    /// can't use a deleted object: an append by reference to an index entry fails once the entry
+    /// is gone, and a restore of a version whose manifest entry says `payloadDeleted` copies the
+    /// data instead.
+    pub async fn delete_pruned_payloads(&self, plan: ItemPrune) -> Result<()> {
+        let mut doomed = plan.candidates;
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        let mut after = None;
+        loop {
+            let page = self.meta().versions(&plan.collection, &plan.id, after, 1000).await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.ov);
+            for v in &page {
+                let (ov, write_id) = v.payload();
+                doomed.remove(&payload_key(&plan.collection, &plan.id, ov, write_id));
             }
         }
-        Ok(doomed.len() as u64)
+        for key in doomed {
+            self.payload_store().delete(&key).await?;
+        }
+        Ok(())
     }
 
     /// Show `visit` every entry of an item's retention manifests.
@@ -291,17 +420,49 @@ impl Engine {
         id: &ItemId,
         target: VersionTarget,
     ) -> Result<Option<VersionEntry>> {
-        let mut best: Option<ManifestEntry> = None;
+        let fits = |v: &VersionEntry| match target {
+            VersionTarget::Ov(ov) => v.ov == ov,
+            VersionTarget::At(at) => v.at <= at,
+        };
+        Ok(self.pruned_where(collection, id, fits).await?.map(|p| p.entry))
+    }
+
+    /// The latest version of an item at `point` that is kept only in the manifests (for items
+    /// whose index has nothing that early).
+    pub(super) async fn pruned_at(
+        &self,
+        collection: &CollectionName,
+        id: &ItemId,
+        point: HistoryPoint,
+    ) -> Result<Option<Pruned>> {
+        self.pruned_where(collection, id, |v| point.includes(v)).await
+    }
+
+    /// The latest pruned version of an item that `fits`.
+    pub(super) async fn pruned_where(
+        &self,
+        collection: &CollectionName,
+        id: &ItemId,
+        fits: impl Fn(&VersionEntry) -> bool,
+    ) -> Result<Option<Pruned>> {
+        let mut best: Option<Pruned> = None;
         self.each_pruned(collection, id, |e| {
-            let fits = match target {
-                VersionTarget::Ov(ov) => e.ov == ov,
-                VersionTarget::At(at) => e.at <= at,
-            };
-            if fits && best.as_ref().is_none_or(|b| e.ov > b.ov) {
-                best = Some(e);
+            let payload_kept = !e.payload_deleted;
+            let entry = e.into_entry(id);
+            if fits(&entry) && best.as_ref().is_none_or(|b| entry.ov > b.entry.ov) {
+                best = Some(Pruned { entry, payload_kept });
             }
         })
         .await?;
-        Ok(best.map(|e| e.into_entry(id)))
+        Ok(best)
     }
+}
+
+/// A version kept only in a retention manifest.
+#[derive(Debug, Clone)]
+pub(super) struct Pruned {
+    pub entry: VersionEntry,
+    /// Whether its payload object is sure to stay: `false` when the run that pruned it deleted
+    /// payloads (`deletePayloads`), so the object may be gone.
+    pub payload_kept: bool,
 }

@@ -22,17 +22,17 @@ use tokio::sync::OwnedMutexGuard;
 
 use super::error::{Error, Result};
 use super::local::LocalPayloadStore;
-use super::memory::after;
 use super::memory::{HEAD_OVERHEAD, check_precondition, next_head, ref_head};
 use super::model::{CollectionName, Head, ItemId, Op, RequestKey, RequestStamp, Timestamp, VersionEntry};
 use super::query::Filter;
 use super::store::{
-    CommitError, HeadChange, HistoryPoint, ListQuery, MetaStore, NewData, PendingWrite, RefWrite, TierBatch,
+    CommitError, HeadChange, HistoryPoint, ListQuery, MetaStore, NewData, PendingWrite, PrunedVersion, RefWrite,
+    TierBatch,
 };
 use super::versioning::{Engine, EngineSettings};
 
 /// Bumped whenever the tables change; a database from a newer build is refused, not misread.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// How long a write waits for another write of the same item before reporting contention.
 const ITEM_WAIT: Duration = Duration::from_secs(30);
@@ -109,8 +109,6 @@ const HEAD_COLUMNS: &str = "ov, cv, write_id, inserted_at, updated_at, deleted_a
                             state, size, checksum, meta, inline_data, payload_ref";
 const VERSION_COLUMNS: &str =
     "ov, cv, op, at, actor, reason, write_id, size, checksum, meta, deleted, request_id, request_hash, payload_ref";
-/// How many columns `VERSION_COLUMNS` has: a column selected after them has this index.
-const VERSION_COLUMN_COUNT: usize = 14;
 
 /// Schema changes after version 1, in order; entry `i` takes a database from version `i + 1` to
 /// `i + 2`. Only additive changes, so a database is upgraded in place at open.
@@ -119,6 +117,8 @@ const MIGRATIONS: &[&str] = &[
     MIGRATE_2,
     // 3: restore by reference. A JSON `PayloadRef`; NULL = the version's own payload object.
     "ALTER TABLE heads ADD COLUMN payload_ref TEXT; ALTER TABLE versions ADD COLUMN payload_ref TEXT;",
+    // 4: retention's tallies per counter name since `counters_from` (JSON object; NULL = none).
+    "ALTER TABLE sequences ADD COLUMN pruned TEXT;",
 ];
 
 /// An engine on the embedded backends: `dir/chronos.db` and `dir/payloads/`, created if needed.
@@ -592,6 +592,24 @@ fn key_taken(id: &ItemId) -> Error {
     Error::AlreadyExists(format!("a write with the idempotency key of {id}"))
 }
 
+/// A collection's counter mark and retention's tallies since it.
+fn read_pruned(conn: &Connection, c: &CollectionName) -> Result<(u64, HashMap<String, u64>)> {
+    let row: Option<(i64, Option<String>)> = conn
+        .query_row(
+            "SELECT counters_from, pruned FROM sequences WHERE collection = ?1",
+            params![c.as_str()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(map_sql)?;
+    let (from, pruned) = row.unwrap_or((0, None));
+    let pruned = match pruned {
+        Some(json) => from_json(&json, "pruned")?,
+        None => HashMap::new(),
+    };
+    Ok((to_u64(from, "counters_from")?, pruned))
+}
+
 fn append_refs(conn: &mut Connection, c: &CollectionName, writes: &[RefWrite]) -> Result<Option<u64>> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -604,6 +622,18 @@ fn append_refs(conn: &mut Connection, c: &CollectionName, writes: &[RefWrite]) -
         };
         if previous.ov != w.expected_ov || v.ov != previous.ov + 1 {
             return Ok(None);
+        }
+        // The entry whose data a restore takes must still be indexed (retention removes entries
+        // in a transaction too, so it can't slip in between).
+        if let Some(source) = w.source {
+            let source = to_i64(source, "ov")?;
+            let indexed = tx
+                .prepare_cached("SELECT 1 FROM versions WHERE collection = ?1 AND item_id = ?2 AND ov = ?3")
+                .and_then(|mut st| st.exists(params![c.as_str(), v.id.as_str(), source]))
+                .map_err(map_sql)?;
+            if !indexed {
+                return Ok(None);
+            }
         }
         let cv = next_cv(&tx, c)?;
         first.get_or_insert(cv);
@@ -902,51 +932,6 @@ impl MetaStore for SqliteMetaStore {
         .await
     }
 
-    async fn list_as_of(&self, c: &CollectionName, at: Timestamp, q: &ListQuery) -> Result<Vec<VersionEntry>> {
-        let (c, q) = (c.clone(), q.clone());
-        self.with_conn(move |conn| {
-            let order = if q.descending { "DESC" } else { "ASC" };
-            let cmp = if q.descending { "<" } else { ">" };
-            // The newest version at or before `at` of each item, in pages of item ids.
-            let sql = format!(
-                "SELECT {VERSION_COLUMNS}, item_id FROM versions v WHERE collection = ?1 AND at <= ?2 \
-                 AND (?3 IS NULL OR item_id {cmp} ?3) \
-                 AND ov = (SELECT MAX(ov) FROM versions w WHERE w.collection = v.collection \
-                           AND w.item_id = v.item_id AND w.at <= ?2) \
-                 ORDER BY item_id {order} LIMIT ?4"
-            );
-            let mut found = Vec::new();
-            let mut cursor = q.after_id.as_ref().map(|i| i.as_str().to_owned());
-            let page = q.limit.max(256) as i64;
-            loop {
-                let rows = conn
-                    .prepare_cached(&sql)
-                    .and_then(|mut s| {
-                        s.query_map(params![c.as_str(), at.as_millisecond(), cursor, page], |r| {
-                            Ok((VersionRow::read(r)?, r.get::<_, String>(VERSION_COLUMN_COUNT)?))
-                        })?
-                        .collect::<rusqlite::Result<Vec<_>>>()
-                    })
-                    .map_err(map_sql)?;
-                let exhausted = (rows.len() as i64) < page;
-                for (row, id) in rows {
-                    cursor = Some(id.clone());
-                    let v = row.into_version(&id.parse()?)?;
-                    if (q.include_deleted || !v.deleted) && q.filter.matches(&v.meta) && after(&v.id, &q) {
-                        found.push(v);
-                        if found.len() == q.limit {
-                            return Ok(found);
-                        }
-                    }
-                }
-                if exhausted {
-                    return Ok(found);
-                }
-            }
-        })
-        .await
-    }
-
     async fn versions_at(&self, c: &CollectionName, ids: &[ItemId], point: HistoryPoint) -> Result<Vec<VersionEntry>> {
         let (c, ids) = (c.clone(), ids.to_vec());
         self.with_conn(move |conn| {
@@ -1014,7 +999,7 @@ impl MetaStore for SqliteMetaStore {
             let n: i64 = conn
                 .query_row(
                     "INSERT INTO sequences (collection, cv, counters_from) VALUES (?1, 0, 0) \
-                     ON CONFLICT (collection) DO UPDATE SET counters_from = cv RETURNING counters_from",
+                     ON CONFLICT (collection) DO UPDATE SET counters_from = cv, pruned = NULL RETURNING counters_from",
                     params![c.as_str()],
                     |r| r.get(0),
                 )
@@ -1076,23 +1061,40 @@ impl MetaStore for SqliteMetaStore {
         .await
     }
 
-    async fn delete_versions(&self, c: &CollectionName, id: &ItemId, ovs: &[u64]) -> Result<u64> {
-        let (c, id, ovs) = (c.clone(), id.clone(), ovs.to_vec());
+    async fn delete_versions(&self, c: &CollectionName, id: &ItemId, versions: &[PrunedVersion]) -> Result<u64> {
+        let (c, id, versions) = (c.clone(), id.clone(), versions.to_vec());
         self.with_conn(move |conn| {
             let tx = conn.transaction().map_err(map_sql)?;
+            let (from, mut pruned) = read_pruned(&tx, &c)?;
             let mut n = 0;
-            for ov in ovs {
-                n += tx
+            for p in versions {
+                let removed = tx
                     .execute(
                         "DELETE FROM versions WHERE collection = ?1 AND item_id = ?2 AND ov = ?3",
-                        params![c.as_str(), id.as_str(), to_i64(ov, "ov")?],
+                        params![c.as_str(), id.as_str(), to_i64(p.ov, "ov")?],
                     )
                     .map_err(map_sql)? as u64;
+                n += removed;
+                if removed > 0 && p.cv > from {
+                    for name in p.counts {
+                        *pruned.entry(name).or_default() += 1;
+                    }
+                }
             }
+            tx.execute(
+                "UPDATE sequences SET pruned = ?2 WHERE collection = ?1",
+                params![c.as_str(), to_json(&pruned)?],
+            )
+            .map_err(map_sql)?;
             tx.commit().map_err(map_sql)?;
             Ok(n)
         })
         .await
+    }
+
+    async fn pruned_counts(&self, c: &CollectionName) -> Result<HashMap<String, u64>> {
+        let c = c.clone();
+        self.with_conn(move |conn| Ok(read_pruned(conn, &c)?.1)).await
     }
 
     async fn version_by_request(&self, c: &CollectionName, key: &RequestKey) -> Result<Option<VersionEntry>> {

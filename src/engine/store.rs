@@ -111,6 +111,20 @@ pub struct RefWrite {
     /// in the referenced payload object), because reading the data to inline it would cost the
     /// very payload GET that restoring by reference avoids.
     pub keep_inline: bool,
+    /// The ov of the index entry whose data the version takes (a restore of an indexed version):
+    /// the append fails (`Ok(None)`) unless that entry is still in the index, and writes to it in
+    /// the same transaction, so retention can't remove the entry and then delete its payload
+    /// object without seeing this version (see `Engine::delete_pruned_payloads`).
+    pub source: Option<u64>,
+}
+
+/// A version retention removes from the index, with the counters it counts toward.
+#[derive(Debug, Clone)]
+pub struct PrunedVersion {
+    pub ov: u64,
+    pub cv: u64,
+    /// Counter names (`counters.rs`), kept as pruned tallies when the version goes.
+    pub counts: Vec<String>,
 }
 
 /// Which items a listing returns, in item-id order.
@@ -197,21 +211,23 @@ pub trait MetaStore: Send + Sync + 'static {
         }
         Ok(heads)
     }
-    /// For each item, the version current at `at`, if it matches the query (the filter applies
-    /// to that version's metadata; deleted versions only with `include_deleted`).
-    async fn list_as_of(
-        &self,
-        collection: &CollectionName,
-        at: Timestamp,
-        query: &ListQuery,
-    ) -> Result<Vec<VersionEntry>>;
-    /// For each of `ids`, its latest version at `point` (items created later are absent).
+    /// For each of `ids`, its latest version at `point` in the index (items created later, and
+    /// items whose versions that early were all pruned, are absent).
     async fn versions_at(
         &self,
         collection: &CollectionName,
         ids: &[ItemId],
         point: HistoryPoint,
     ) -> Result<Vec<VersionEntry>>;
+    /// For each of `ids`, its oldest version left in the index (retention removes a prefix of an
+    /// item's versions, so an oldest ov above 0 means some were pruned).
+    async fn oldest_versions(&self, collection: &CollectionName, ids: &[ItemId]) -> Result<Vec<VersionEntry>> {
+        let mut found = Vec::with_capacity(ids.len());
+        for id in ids {
+            found.extend(self.versions(collection, id, None, 1).await?);
+        }
+        Ok(found)
+    }
     /// Versions with cv above `after_cv` whose metadata matches `filter`, counted per op.
     async fn count_versions(
         &self,
@@ -237,7 +253,18 @@ pub trait MetaStore: Send + Sync + 'static {
         dry_run: bool,
     ) -> Result<TierBatch>;
     /// Remove these versions of an item from the index (retention); returns how many went.
-    async fn delete_versions(&self, collection: &CollectionName, id: &ItemId, ovs: &[u64]) -> Result<u64>;
+    /// Atomically with that, each version removed now whose cv is above the counters' mark is
+    /// added to the collection's pruned tallies under its counter names, so counters computed
+    /// from the index don't drop.
+    async fn delete_versions(
+        &self,
+        collection: &CollectionName,
+        id: &ItemId,
+        versions: &[PrunedVersion],
+    ) -> Result<u64>;
+    /// What retention removed from the index since the counters' mark, per counter name (see
+    /// [`MetaStore::delete_versions`]); a reset of the counters empties it.
+    async fn pruned_counts(&self, collection: &CollectionName) -> Result<std::collections::HashMap<String, u64>>;
     /// Append versions that reuse existing payload objects (see [`RefWrite`]), all or nothing:
     /// allocate consecutive cvs for them, move each head if it is still at its `expected_ov`,
     /// and insert the entries, atomically. `Ok(Some(cv))`: committed, the first write got `cv`,

@@ -454,7 +454,7 @@ impl Engine {
                     .await?
             }
             Some(at) => {
-                let versions = self.meta.list_as_of(collection, at, &query).await?;
+                let versions = self.list_as_of(collection, at, &query).await?;
                 futures::stream::iter(versions)
                     .map(|v| self.record_of(collection, v, read))
                     .buffered(16)
@@ -739,7 +739,7 @@ impl Engine {
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn write_once(
+    pub(super) async fn write_once(
         &self,
         collection: &CollectionName,
         id: &ItemId,

@@ -2,7 +2,8 @@
 //!
 //! Collections per Chronos collection `c`: `c_head` (one document per item: the latest version's
 //! coordinates, indexed metadata and, while hot, the data inline) and `c_ver` (the version index).
-//! `chronos_sequences` holds one collection-version counter per collection.
+//! `chronos_sequences` holds one collection-version counter per collection, and `c/pruned`
+//! with retention's counter tallies.
 //!
 //! A lone write costs four commands: the cv `$inc`, the head `findOneAndUpdate` (or `insert` for
 //! a create) that opens the transaction and holds the item, the version `insert`, and
@@ -25,7 +26,8 @@ use super::model::{
 };
 use super::query::{Cond, Filter};
 use super::store::{
-    CommitError, HeadChange, HistoryPoint, ListQuery, MetaStore, NewData, PendingWrite, RefWrite, TierBatch,
+    CommitError, HeadChange, HistoryPoint, ListQuery, MetaStore, NewData, PendingWrite, PrunedVersion, RefWrite,
+    TierBatch,
 };
 
 /// How often a write retries when another transaction holds its item, before giving up.
@@ -295,6 +297,65 @@ pub(crate) async fn start_transaction(client: &Client) -> Result<ClientSession> 
 }
 
 impl MongoMetaStore {
+    /// In the session's transaction: remove the versions still indexed and add them to the
+    /// collection's tallies.
+    async fn delete_and_tally(
+        &self,
+        session: &mut ClientSession,
+        c: &CollectionName,
+        id: &ItemId,
+        versions: &[PrunedVersion],
+    ) -> Result<u64, mongodb::error::Error> {
+        use futures::TryStreamExt;
+        let sequences = self.db.collection::<Document>("chronos_sequences");
+        let ovs: Vec<i64> = versions.iter().map(|p| p.ov as i64).collect();
+        let filter = doc! {"itemId": id.as_str(), "ov": {"$in": &ovs}};
+        let present: Vec<Document> = self
+            .versions_coll(c)
+            .find(filter.clone())
+            .projection(doc! {"ov": 1})
+            .session(&mut *session)
+            .await?
+            .stream(&mut *session)
+            .try_collect()
+            .await?;
+        let present: std::collections::HashSet<u64> = present.iter().filter_map(|d| get_u64(d, "ov").ok()).collect();
+        let deleted = self
+            .versions_coll(c)
+            .delete_many(filter)
+            .session(&mut *session)
+            .await?
+            .deleted_count;
+        let seq = sequences
+            .find_one(doc! {"_id": c.as_str()})
+            .session(&mut *session)
+            .await?;
+        let from = seq.and_then(|d| get_u64(&d, "countersFrom").ok()).unwrap_or(0);
+        let tally = sequences
+            .find_one(doc! {"_id": pruned_id(c)})
+            .session(&mut *session)
+            .await?;
+        let mut counts = tally.map(|t| tally_counts(&t, from)).unwrap_or_default();
+        for p in versions.iter().filter(|p| present.contains(&p.ov) && p.cv > from) {
+            for name in &p.counts {
+                *counts.entry(name.clone()).or_default() += 1;
+            }
+        }
+        let counts: Vec<Document> = counts
+            .into_iter()
+            .map(|(name, n)| doc! {"name": name, "n": n as i64})
+            .collect();
+        sequences
+            .replace_one(
+                doc! {"_id": pruned_id(c)},
+                doc! {"_id": pruned_id(c), "from": from as i64, "counts": counts},
+            )
+            .upsert(true)
+            .session(&mut *session)
+            .await?;
+        Ok(deleted)
+    }
+
     /// The heads a listing returns; without their inline data unless `with_data`.
     async fn find_heads(&self, c: &CollectionName, q: &ListQuery, with_data: bool) -> Result<Vec<Head>> {
         use futures::TryStreamExt;
@@ -564,28 +625,23 @@ impl MetaStore for MongoMetaStore {
             .zip(&writes)
             .map(|(cv, w)| version_doc(&w.version, cv))
             .collect();
+        // The index entries whose data restored versions take: each must still be there, and
+        // is written to (`refs`), so retention's removal of it conflicts with this transaction.
+        let sources: Vec<Document> = writes
+            .iter()
+            .filter_map(|w| {
+                w.source.map(|ov| {
+                    doc! {"q": {"itemId": w.version.id.as_str(), "ov": ov as i64}, "u": {"$inc": {"refs": 1}}}
+                })
+            })
+            .collect();
+        let n_sources = sources.len() as u64;
         let mut session = self.start().await?;
         // One `update` command carrying a statement per item: every head moves, or (a
         // precondition failed, or another transaction holds an item) the batch is given up.
-        let reply = self
-            .db
-            .run_command(doc! {"update": format!("{c}_head"), "updates": updates, "ordered": true})
-            .session(&mut session)
-            .await;
-        let matched = match reply {
-            Ok(reply) if reply.get_array("writeErrors").is_err() => match reply.get("n") {
-                Some(Bson::Int32(n)) => *n as u64,
-                Some(Bson::Int64(n)) => *n as u64,
-                _ => 0,
-            },
-            Ok(_) => 0,
-            Err(e) if is_transient(&e) => 0,
-            Err(e) => {
-                let _ = session.abort_transaction().await;
-                return Err(map_err(e));
-            }
-        };
-        if matched != k {
+        if update_all(&self.db, &mut session, format!("{c}_head"), updates).await? != k
+            || (n_sources > 0 && update_all(&self.db, &mut session, format!("{c}_ver"), sources).await? != n_sources)
+        {
             let _ = session.abort_transaction().await;
             return Ok(None);
         }
@@ -668,32 +724,6 @@ impl MetaStore for MongoMetaStore {
             .collect()
     }
 
-    async fn list_as_of(&self, c: &CollectionName, at: Timestamp, q: &ListQuery) -> Result<Vec<VersionEntry>> {
-        let mut first = doc! {"at": {"$lte": to_date(at)}};
-        if let Some(after) = &q.after_id {
-            first.insert(
-                "itemId",
-                doc! {if q.descending { "$lt" } else { "$gt" }: after.as_str()},
-            );
-        }
-        let mut then = filter_doc(&q.filter);
-        if !q.include_deleted {
-            then.insert("deleted", false);
-        }
-        let direction = if q.descending { -1 } else { 1 };
-        // Newest version at or before `at` per item, then the filter on that version's metadata.
-        let pipeline = vec![
-            doc! {"$match": first},
-            doc! {"$sort": {"itemId": direction, "ov": -1}},
-            doc! {"$group": {"_id": "$itemId", "v": {"$first": "$$ROOT"}}},
-            doc! {"$replaceRoot": {"newRoot": "$v"}},
-            doc! {"$match": then},
-            doc! {"$sort": {"itemId": direction}},
-            doc! {"$limit": q.limit as i64},
-        ];
-        versions_of(self.versions_coll(c).aggregate(pipeline).allow_disk_use(true).await).await
-    }
-
     async fn versions_at(&self, c: &CollectionName, ids: &[ItemId], point: HistoryPoint) -> Result<Vec<VersionEntry>> {
         let bound = match point {
             HistoryPoint::Cv(cv) => doc! {"cv": {"$lte": cv as i64}},
@@ -706,6 +736,17 @@ impl MetaStore for MongoMetaStore {
             // Backwards along the (itemId, ov) index: no in-memory sort (the order of the
             // result does not matter).
             doc! {"$sort": {"itemId": -1, "ov": -1}},
+            doc! {"$group": {"_id": "$itemId", "v": {"$first": "$$ROOT"}}},
+            doc! {"$replaceRoot": {"newRoot": "$v"}},
+        ];
+        versions_of(self.versions_coll(c).aggregate(pipeline).await).await
+    }
+
+    async fn oldest_versions(&self, c: &CollectionName, ids: &[ItemId]) -> Result<Vec<VersionEntry>> {
+        let pipeline = vec![
+            doc! {"$match": {"itemId": {"$in": ids.iter().map(ItemId::as_str).collect::<Vec<_>>()}}},
+            // Along the (itemId, ov) index, each item's first entry first.
+            doc! {"$sort": {"itemId": 1, "ov": 1}},
             doc! {"$group": {"_id": "$itemId", "v": {"$first": "$$ROOT"}}},
             doc! {"$replaceRoot": {"newRoot": "$v"}},
         ];
@@ -842,14 +883,39 @@ impl MetaStore for MongoMetaStore {
         })
     }
 
-    async fn delete_versions(&self, c: &CollectionName, id: &ItemId, ovs: &[u64]) -> Result<u64> {
-        let ovs: Vec<i64> = ovs.iter().map(|&o| o as i64).collect();
-        let result = self
-            .versions_coll(c)
-            .delete_many(doc! {"itemId": id.as_str(), "ov": {"$in": ovs}})
+    async fn delete_versions(&self, c: &CollectionName, id: &ItemId, versions: &[PrunedVersion]) -> Result<u64> {
+        // One transaction per try; concurrent prunes of one collection meet on its tally
+        // document, and the loser tries again.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut session = self.start().await?;
+            let done = match self.delete_and_tally(&mut session, c, id, versions).await {
+                Ok(n) => commit(&mut session).await.map(|()| n),
+                Err(e) => {
+                    let _ = session.abort_transaction().await;
+                    Err(e)
+                }
+            };
+            match done {
+                Ok(n) => return Ok(n),
+                Err(e) if is_transient(&e) && attempt < PRUNE_ATTEMPTS => {
+                    tokio::time::sleep(Duration::from_millis(1 << attempt.min(6))).await;
+                }
+                Err(e) => return Err(map_err(e)),
+            }
+        }
+    }
+
+    async fn pruned_counts(&self, c: &CollectionName) -> Result<std::collections::HashMap<String, u64>> {
+        let from = self.counters_from(c).await?;
+        let tally = self
+            .db
+            .collection::<Document>("chronos_sequences")
+            .find_one(doc! {"_id": pruned_id(c)})
             .await
             .map_err(map_err)?;
-        Ok(result.deleted_count)
+        Ok(tally.map(|t| tally_counts(&t, from)).unwrap_or_default())
     }
 
     async fn version_by_request(&self, c: &CollectionName, key: &RequestKey) -> Result<Option<VersionEntry>> {
@@ -1108,6 +1174,61 @@ fn version_doc(v: &VersionEntry, cv: u64) -> Document {
 }
 
 /// One statement of the batched head `update` of an append by reference.
+/// One `update` command with these statements, in the session's transaction: how many
+/// documents matched (0 when a statement failed or met a transient conflict). On any other
+/// error the transaction is aborted.
+async fn update_all(
+    db: &Database,
+    session: &mut ClientSession,
+    collection: String,
+    updates: Vec<Document>,
+) -> Result<u64> {
+    let reply = db
+        .run_command(doc! {"update": collection, "updates": updates, "ordered": true})
+        .session(&mut *session)
+        .await;
+    match reply {
+        Ok(reply) if reply.get_array("writeErrors").is_err() => Ok(match reply.get("n") {
+            Some(Bson::Int32(n)) => *n as u64,
+            Some(Bson::Int64(n)) => *n as u64,
+            _ => 0,
+        }),
+        Ok(_) => Ok(0),
+        Err(e) if is_transient(&e) => Ok(0),
+        Err(e) => {
+            let _ = session.abort_transaction().await;
+            Err(map_err(e))
+        }
+    }
+}
+
+/// How many times retention's delete of an item's versions is tried when it meets another's.
+const PRUNE_ATTEMPTS: u32 = 20;
+
+/// The `chronos_sequences` document with retention's tallies of a collection: `{from, counts:
+/// [{name, n}]}`, counting versions pruned with a cv above `from`. Apart from the cv sequence
+/// document, so it never holds up a writer's `$inc`; a counter reset moves `countersFrom` past
+/// `from`, which voids the tallies without touching them.
+fn pruned_id(c: &CollectionName) -> String {
+    // `/` is not allowed in collection names, so this can't be another collection's sequence.
+    format!("{c}/pruned")
+}
+
+/// The tallies of a tally document, if they count from the counters' mark `from`.
+fn tally_counts(tally: &Document, from: u64) -> std::collections::HashMap<String, u64> {
+    if get_u64(tally, "from").ok() != Some(from) {
+        return Default::default();
+    }
+    let counts = tally.get_array("counts").map(|a| a.as_slice()).unwrap_or_default();
+    counts
+        .iter()
+        .filter_map(|c| {
+            let c = c.as_document()?;
+            Some((c.get_str("name").ok()?.to_owned(), get_u64(c, "n").ok()?))
+        })
+        .collect()
+}
+
 fn ref_head_update(w: &RefWrite, cv: u64) -> Document {
     let v = &w.version;
     // `cv < ours` as in single writes; `ov` pins the head the engine examined.
