@@ -1174,7 +1174,8 @@ async fn run(args: Args) -> Result<(), String> {
     };
     let engine = Arc::new(Engine::new(Arc::new(meta), Arc::new(payloads), settings).with_backups(Arc::new(backups)));
     let dir = tempfile::tempdir().map_err(err("temporary directory"))?;
-    let embedded = chronos::engine::sqlite::embedded(dir.path(), EngineSettings::default());
+    let embedded =
+        chronos::engine::sqlite::embedded(dir.path(), chronos::engine::DEFAULT_DATABASE, EngineSettings::default());
     let embedded = Arc::new(embedded.map_err(err("embedded engine"))?);
 
     // The HTTP service, in-process: clients and server share this machine's cores.

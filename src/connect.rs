@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use crate::config::Storage;
 use crate::engine::mongo::MongoMetaStore;
 use crate::engine::s3::{S3Connection, S3PayloadStore};
-use crate::engine::{Engine, EngineSettings, Error, MetaStore, Result};
+use crate::engine::{DEFAULT_DATABASE, Engine, EngineSettings, Error, MetaStore, Result, Stores};
 
 #[derive(Default)]
 pub struct Connections {
@@ -64,10 +64,12 @@ fn redact(message: &str, uri: &str) -> String {
     message.replace(uri, "<mongo uri>")
 }
 
-/// Open the engine a storage description names, and check its backends answer.
-pub async fn open(storage: &Storage, settings: EngineSettings, conns: &Connections) -> Result<Arc<Engine>> {
+/// Open the engine of database `key` (as the API addresses it) where `storage` says, and check
+/// its backends answer. Its objects are kept under `<key>/` in each bucket
+/// ([`Engine::for_database`]), so databases may share buckets.
+pub async fn open(key: &str, storage: &Storage, settings: EngineSettings, conns: &Connections) -> Result<Arc<Engine>> {
     match storage {
-        Storage::Embedded { dir } => Ok(Arc::new(crate::engine::sqlite::embedded(dir, settings)?)),
+        Storage::Embedded { dir } => Ok(Arc::new(crate::engine::sqlite::embedded(dir, key, settings)?)),
         Storage::Remote {
             mongo_uri,
             db_name,
@@ -79,15 +81,16 @@ pub async fn open(storage: &Storage, settings: EngineSettings, conns: &Connectio
             let mongo = conns.mongo(mongo_uri).await?;
             let meta = MongoMetaStore::new(mongo.clone(), db_name);
             meta.ping().await?;
-            let queue = crate::engine::queue::mongo::MongoQueue::new(mongo, db_name);
             let client = conns.s3(s3);
-            let payloads = S3PayloadStore::new(client.clone(), json_bucket.clone());
-            let backups = S3PayloadStore::new(client.clone(), backups_bucket.clone());
-            let content = S3PayloadStore::new(client, content_bucket.clone());
-            let engine = Engine::new(Arc::new(meta), Arc::new(payloads), settings)
-                .with_backups(Arc::new(backups))
-                .with_content(Arc::new(content))
-                .with_queue(Arc::new(queue));
+            let bucket = |name: &String| Arc::new(S3PayloadStore::new(client.clone(), name.clone()));
+            let stores = Stores {
+                meta: Arc::new(meta),
+                payloads: bucket(json_bucket),
+                backups: bucket(backups_bucket),
+                content: bucket(content_bucket),
+                queue: Arc::new(crate::engine::queue::mongo::MongoQueue::new(mongo, db_name)),
+            };
+            let engine = Engine::for_database(key, stores, settings)?;
             engine.ping().await?;
             Ok(Arc::new(engine))
         }
@@ -107,7 +110,7 @@ pub fn storages(
             .map(|r| (r.key.clone(), (r.storage.clone(), r.settings.clone())))
             .collect()),
         None => Ok([(
-            "default".to_owned(),
+            DEFAULT_DATABASE.to_owned(),
             (config.storage(default_dir)?, config.engine_settings()),
         )]
         .into()),
@@ -123,7 +126,7 @@ pub async fn open_all(
 ) -> Result<std::collections::BTreeMap<String, Arc<Engine>>, String> {
     let mut out = std::collections::BTreeMap::new();
     for (key, (storage, settings)) in storages(config, default_dir)? {
-        let engine = open(&storage, settings, conns)
+        let engine = open(&key, &storage, settings, conns)
             .await
             .map_err(|e| format!("database `{key}` ({}): {e}", describe(&storage)))?;
         out.insert(key, engine);

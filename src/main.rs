@@ -126,9 +126,14 @@ async fn check_config(path: PathBuf, connect: bool) -> Result<(), String> {
     let storage = config.storage(&PathBuf::from("./data"))?;
     println!("{}: valid ({})", path.display(), connect::describe(&storage));
     if connect {
-        connect::open(&storage, config.engine_settings(), &Connections::default())
-            .await
-            .map_err(|e| e.to_string())?;
+        connect::open(
+            chronos::engine::DEFAULT_DATABASE,
+            &storage,
+            config.engine_settings(),
+            &Connections::default(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         println!("backends reachable");
     }
     Ok(())

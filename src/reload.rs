@@ -161,7 +161,7 @@ impl ConfigWatch {
         for (key, (storage, settings)) in resolved {
             let engine = match self.opened.get(&key) {
                 Some(o) if o.storage == storage && o.settings == settings => o.engine.clone(),
-                _ => connect::open(&storage, settings.clone(), &self.conns)
+                _ => connect::open(&key, &storage, settings.clone(), &self.conns)
                     .await
                     .map_err(|e| format!("database `{key}`: {e}"))?,
             };

@@ -6,9 +6,8 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use comfy_table::Table;
 
-use chronos::config::{Config, Storage};
+use chronos::config::Config;
 use chronos::connect::{self, Connections};
-use chronos::engine::scrub::scrub_shared;
 use chronos::engine::{CollectionName, ScrubOptions, ScrubReport};
 
 #[derive(Args)]
@@ -52,34 +51,15 @@ pub async fn run(args: ScrubArgs) -> Result<(), String> {
         None => Config::default(),
     };
     let storages = connect::storages(&config, &args.data_dir)?;
-    let (storage, _) = storages.get(&args.db).ok_or_else(|| {
+    let (storage, settings) = storages.get(&args.db).ok_or_else(|| {
         let known: Vec<&str> = storages.keys().map(String::as_str).collect();
         format!("no database `{}` (known: {})", args.db, known.join(", "))
     })?;
-    // Routed databases share their backend's buckets unless they override them: every database
-    // whose payloads live in the same bucket is consulted, or its payloads would look orphaned.
-    let mut sharing = vec![(args.db.clone(), storages[&args.db].clone())];
-    sharing.extend(
-        storages
-            .iter()
-            .filter(|(key, (s, _))| **key != args.db && same_payload_bucket(s, storage))
-            .map(|(key, s)| (key.clone(), s.clone())),
-    );
-    let conns = Connections::default();
-    let mut engines = Vec::new();
-    for (key, (storage, settings)) in &sharing {
-        let engine = connect::open(storage, settings.clone(), &conns)
-            .await
-            .map_err(|e| format!("database `{key}` ({}): {e}", connect::describe(storage)))?;
-        engines.push(engine);
-    }
-    if sharing.len() > 1 && args.output == Output::Table {
-        let others: Vec<&str> = sharing[1..].iter().map(|(k, _)| k.as_str()).collect();
-        println!(
-            "the payload bucket is shared with {}: their versions are not orphans",
-            others.join(", ")
-        );
-    }
+    // Each database's objects are under its own key prefix, so a scrub sees only its own payloads
+    // even in a bucket other databases share.
+    let engine = connect::open(&args.db, storage, settings.clone(), &Connections::default())
+        .await
+        .map_err(|e| format!("database `{}` ({}): {e}", args.db, connect::describe(storage)))?;
     let opts = ScrubOptions {
         collection: args
             .collection
@@ -92,32 +72,12 @@ pub async fn run(args: ScrubArgs) -> Result<(), String> {
         max_listed: args.max_listed,
         ..ScrubOptions::default()
     };
-    let refs: Vec<&chronos::engine::Engine> = engines.iter().map(|e| e.as_ref()).collect();
-    let report = scrub_shared(&refs, &opts).await.map_err(|e| e.to_string())?;
+    let report = engine.scrub(&opts).await.map_err(|e| e.to_string())?;
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?),
         Output::Table => print_table(&report, &opts),
     }
     Ok(())
-}
-
-fn same_payload_bucket(a: &Storage, b: &Storage) -> bool {
-    match (a, b) {
-        (
-            Storage::Remote {
-                s3: s1,
-                json_bucket: j1,
-                ..
-            },
-            Storage::Remote {
-                s3: s2,
-                json_bucket: j2,
-                ..
-            },
-        ) => s1.endpoint == s2.endpoint && j1 == j2,
-        (Storage::Embedded { dir: d1 }, Storage::Embedded { dir: d2 }) => d1 == d2,
-        _ => false,
-    }
 }
 
 fn print_table(r: &ScrubReport, opts: &ScrubOptions) {

@@ -1,8 +1,8 @@
 //! The JSON document stored in the payload store for every version.
 //!
-//! It is self-describing — collection, id, ov, cv, op, attribution and `_system` travel with the
-//! data — so a bucket alone is enough to audit or rebuild history, and so every read can check
-//! that the object it fetched really is the version it asked for.
+//! It is self-describing — database, collection, id, ov, cv, op, attribution and `_system` travel
+//! with the data — so a bucket alone is enough to audit or rebuild history, and so every read can
+//! check that the object it fetched really is the version it asked for, of its own database.
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -11,12 +11,15 @@ use serde_json::{Map, Value};
 use super::error::{Error, Result};
 use super::model::{CollectionName, ItemId, Op, SystemFields, Timestamp, VersionEntry, parse_data};
 
-const FORMAT: u32 = 1;
+/// 2: the header names the logical database.
+const FORMAT: u32 = 2;
 
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Header<'a> {
     format: u32,
+    #[serde(borrow)]
+    database: &'a str,
     #[serde(borrow)]
     collection: &'a str,
     #[serde(borrow)]
@@ -41,8 +44,10 @@ struct Envelope<'a> {
     data: &'a RawValue,
 }
 
-/// Serialize a version. `data_json` is embedded verbatim, so its checksum stays valid.
+/// Serialize a version of logical database `database`. `data_json` is embedded verbatim, so its
+/// checksum stays valid.
 pub fn encode(
+    database: &str,
     collection: &CollectionName,
     entry: &VersionEntry,
     system: &SystemFields,
@@ -53,6 +58,7 @@ pub fn encode(
     let envelope = Envelope {
         chronos: Header {
             format: FORMAT,
+            database,
             collection: collection.as_str(),
             id: entry.id.as_str(),
             ov: entry.ov,
@@ -78,21 +84,34 @@ pub struct Decoded {
     pub data_json: String,
 }
 
-/// Decode a payload and check it is exactly the version the caller expects: same collection, item,
-/// ov, write attempt and checksum. Anything else is reported as corruption, never returned.
-pub fn decode(
-    bytes: &[u8],
-    collection: &CollectionName,
-    id: &ItemId,
-    ov: u64,
-    write_id: &str,
-    checksum: &str,
-) -> Result<Decoded> {
+/// Which version a read expects a payload to be.
+pub struct Expected<'a> {
+    pub database: &'a str,
+    pub collection: &'a CollectionName,
+    pub id: &'a ItemId,
+    pub ov: u64,
+    pub write_id: &'a str,
+    pub checksum: &'a str,
+}
+
+/// Decode a payload and check it is exactly the version the caller expects: same database,
+/// collection, item, ov, write attempt and checksum. Anything else is reported as corruption,
+/// never returned.
+pub fn decode(bytes: &[u8], expected: &Expected<'_>) -> Result<Decoded> {
+    let Expected {
+        database,
+        collection,
+        id,
+        ov,
+        write_id,
+        checksum,
+    } = *expected;
     let what = format!("{collection}/{id} v{ov}");
     let envelope: Envelope<'_> = serde_json::from_slice(bytes)
         .map_err(|e| Error::Corrupt(format!("{what}: payload is not an envelope: {e}")))?;
     let h = &envelope.chronos;
     if h.format != FORMAT
+        || h.database != database
         || h.collection != collection.as_str()
         || h.id != id.as_str()
         || h.ov != ov
@@ -100,8 +119,8 @@ pub fn decode(
         || h.checksum != checksum
     {
         return Err(Error::Corrupt(format!(
-            "{what}: payload belongs to {}/{} v{} (write {})",
-            h.collection, h.id, h.ov, h.write_id
+            "{what}: payload belongs to {}/{}/{} v{} (write {})",
+            h.database, h.collection, h.id, h.ov, h.write_id
         )));
     }
     let data_json = envelope.data.get().to_owned();
@@ -153,27 +172,35 @@ mod tests {
         let c: CollectionName = "c".parse().unwrap();
         let content = Content::from_json(r#"{"b":1,"a":[true,null]}"#.into());
         let e = entry("i", 2, &content);
-        let bytes = encode(&c, &e, &system(), &content.json).unwrap();
-        let d = decode(&bytes, &c, &e.id, 2, "w", &content.checksum).unwrap();
+        let bytes = encode("db", &c, &e, &system(), &content.json).unwrap();
+        let expected = Expected {
+            database: "db",
+            collection: &c,
+            id: &e.id,
+            ov: 2,
+            write_id: "w",
+            checksum: &content.checksum,
+        };
+        let d = decode(&bytes, &expected).unwrap();
         assert_eq!(d.data_json, content.json);
         assert_eq!(d.data.keys().collect::<Vec<_>>(), ["b", "a"], "key order kept");
 
         let other: ItemId = "j".parse().unwrap();
-        assert!(matches!(
-            decode(&bytes, &c, &other, 2, "w", &content.checksum),
-            Err(Error::Corrupt(_))
-        ));
-        assert!(matches!(
-            decode(&bytes, &c, &e.id, 3, "w", &content.checksum),
-            Err(Error::Corrupt(_))
-        ));
-        assert!(matches!(
-            decode(&bytes, &c, &e.id, 2, "x", &content.checksum),
-            Err(Error::Corrupt(_))
-        ));
-        assert!(matches!(
-            decode(b"{}", &c, &e.id, 2, "w", &content.checksum),
-            Err(Error::Corrupt(_))
-        ));
+        let wrong = [
+            Expected {
+                database: "other",
+                ..expected
+            },
+            Expected { id: &other, ..expected },
+            Expected { ov: 3, ..expected },
+            Expected {
+                write_id: "x",
+                ..expected
+            },
+        ];
+        for w in &wrong {
+            assert!(matches!(decode(&bytes, w), Err(Error::Corrupt(_))));
+        }
+        assert!(matches!(decode(b"{}", &expected), Err(Error::Corrupt(_))));
     }
 }

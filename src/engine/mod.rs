@@ -16,6 +16,7 @@ pub mod memory;
 pub mod merge;
 pub mod model;
 pub mod mongo;
+pub mod namespace;
 pub mod query;
 pub mod queue;
 pub mod restore;
@@ -35,6 +36,7 @@ pub use model::{
     Attribution, CollectionName, ItemId, Op, PayloadRef, Record, RequestKey, State, SystemFields, Timestamp,
     VersionEntry, WriteOutcome,
 };
+pub use namespace::{DEFAULT_DATABASE, Stores};
 pub use queue::{Operation, OperationId, OperationStatus, QueueSettings, QueueStats, Submitted, WriteRequest};
 pub use restore::{RestoreCounts, RestorePage};
 pub use retention::{ItemPrune, PrunePolicy, PruneReport};

@@ -583,7 +583,15 @@ impl Engine {
                 head.id, target.ov
             ))
         })?;
-        let decoded = super::envelope::decode(&bytes, collection, &head.id, ov, write_id, &target.checksum)?;
+        let expected = super::envelope::Expected {
+            database: self.database(),
+            collection,
+            id: &head.id,
+            ov,
+            write_id,
+            checksum: &target.checksum,
+        };
+        let decoded = super::envelope::decode(&bytes, &expected)?;
         let data = self.new_data(collection, decoded.data)?;
         self.write_once(
             collection,

@@ -3,8 +3,8 @@
 //! A policy keeps the last `keepLast` versions of each item and/or those younger than
 //! `maxAgeDays` (a version is kept if either says so; the latest version is always kept). Older
 //! index entries are first written to a manifest in the backups store —
-//! `<collection>/<id>/manifests/<firstOv>-<lastOv>.json` — and then removed from the metadata
-//! store. Payloads stay in the payload store unless the policy says otherwise, so reads by ov or
+//! `<collection>/<id>/manifests/<firstOv>-<lastOv>.json` under the database's prefix, naming its
+//! database, collection and item — and then removed from the metadata store. Payloads stay in the payload store unless the policy says otherwise, so reads by ov or
 //! time of a pruned version still work: they find its entry in the manifests.
 
 use bytes::Bytes;
@@ -64,6 +64,17 @@ struct ManifestEntry {
     /// appended by reference still used it then): a restore must copy the data, not refer to it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     payload_deleted: bool,
+}
+
+/// A manifest: the pruned entries of one item, naming whose they are, so a manifest of another
+/// database (or item) is refused like another item's payload.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Manifest {
+    database: String,
+    collection: String,
+    id: String,
+    entries: Vec<ManifestEntry>,
 }
 
 impl ManifestEntry {
@@ -308,19 +319,24 @@ impl Engine {
             return Ok(());
         };
         // The manifest first: a crash after it leaves entries in both places, never in neither.
-        let entries: Vec<ManifestEntry> = doomed
-            .iter()
-            .map(|v| {
-                let (ov, write_id) = v.payload();
-                ManifestEntry {
-                    payload_deleted: plan
-                        .candidates
-                        .contains(&payload_key(collection, &plan.id, ov, write_id)),
-                    ..ManifestEntry::from_entry(v)
-                }
-            })
-            .collect();
-        let body = serde_json::to_vec(&entries).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let manifest = Manifest {
+            database: self.database().to_owned(),
+            collection: collection.to_string(),
+            id: plan.id.to_string(),
+            entries: doomed
+                .iter()
+                .map(|v| {
+                    let (ov, write_id) = v.payload();
+                    ManifestEntry {
+                        payload_deleted: plan
+                            .candidates
+                            .contains(&payload_key(collection, &plan.id, ov, write_id)),
+                        ..ManifestEntry::from_entry(v)
+                    }
+                })
+                .collect(),
+        };
+        let body = serde_json::to_vec(&manifest).map_err(|e| Error::Corrupt(e.to_string()))?;
         let key = format!(
             "{}{:020}-{:020}.json",
             manifest_prefix(collection, &plan.id),
@@ -388,9 +404,20 @@ impl Engine {
                 let Some(bytes) = backups.get(&key).await? else {
                     continue;
                 };
-                let entries: Vec<ManifestEntry> =
+                let manifest: Manifest =
                     serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt(format!("manifest {key}: {e}")))?;
-                entries.into_iter().for_each(&mut visit);
+                if (
+                    manifest.database.as_str(),
+                    manifest.collection.as_str(),
+                    manifest.id.as_str(),
+                ) != (self.database(), collection.as_str(), id.as_str())
+                {
+                    return Err(Error::Corrupt(format!(
+                        "manifest {key} belongs to {}/{}/{}",
+                        manifest.database, manifest.collection, manifest.id
+                    )));
+                }
+                manifest.entries.into_iter().for_each(&mut visit);
             }
             after = Some(last);
         }

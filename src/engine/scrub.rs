@@ -134,112 +134,95 @@ enum Class {
 
 impl Engine {
     /// Find the orphaned payloads of one collection or of the whole payload store (see the
-    /// module documentation); with `delete`, remove them. Only right when no other logical
-    /// database shares this payload store; else use [`scrub_shared`].
+    /// module documentation); with `delete`, remove them. The store is this database's own
+    /// (other databases sharing the bucket live under other key prefixes).
     pub async fn scrub(&self, opts: &ScrubOptions) -> Result<ScrubReport> {
-        scrub_shared(&[self], opts).await
-    }
-}
-
-/// Scrub the payload store of `engines[0]` when several logical databases share it (routed
-/// databases use their backend's buckets unless they override them, and their keys have the
-/// same layout): a key is committed if any of the engines' indexes or manifests has it.
-pub async fn scrub_shared(engines: &[&Engine], opts: &ScrubOptions) -> Result<ScrubReport> {
-    let Some(first) = engines.first() else {
-        return Ok(ScrubReport::default());
-    };
-    let store = first.payload_store();
-    let prefix = opts.collection.as_ref().map_or(String::new(), |c| format!("{c}/"));
-    let page_size = opts.page_size.clamp(1, 1000);
-    let mut report = ScrubReport::default();
-    // Keys of one item are contiguous in a listing, so one item's pruned entries are cached.
-    let mut pruned_cache: Option<(ItemKey, HashSet<(u64, String)>)> = None;
-    let mut after: Option<String> = None;
-    loop {
-        let keys = store.list(&prefix, after.as_deref(), page_size).await?;
-        let Some(last) = keys.last().cloned() else { break };
-        let now_ms = u64::try_from(super::model::now().as_millisecond()).unwrap_or(0);
-        let classes: Vec<(String, Result<Class>)> = futures::stream::iter(keys)
-            .map(|key| async move {
-                let class = classify(engines, &key).await;
-                (key, class)
-            })
-            .buffered(16)
-            .collect()
-            .await;
-        for (key, class) in classes {
-            report.scanned += 1;
-            let k = match class? {
-                Class::Committed => {
-                    report.committed += 1;
-                    continue;
-                }
-                Class::Unrecognized => {
-                    report.unrecognized_count += 1;
-                    if report.unrecognized.len() < opts.max_listed {
-                        report.unrecognized.push(key);
+        let store = self.payload_store();
+        let prefix = opts.collection.as_ref().map_or(String::new(), |c| format!("{c}/"));
+        let page_size = opts.page_size.clamp(1, 1000);
+        let mut report = ScrubReport::default();
+        // Keys of one item are contiguous in a listing, so one item's pruned entries are cached.
+        let mut pruned_cache: Option<(ItemKey, HashSet<(u64, String)>)> = None;
+        let mut after: Option<String> = None;
+        loop {
+            let keys = store.list(&prefix, after.as_deref(), page_size).await?;
+            let Some(last) = keys.last().cloned() else { break };
+            let now_ms = u64::try_from(super::model::now().as_millisecond()).unwrap_or(0);
+            let classes: Vec<(String, Result<Class>)> = futures::stream::iter(keys)
+                .map(|key| async move {
+                    let class = self.classify(&key).await;
+                    (key, class)
+                })
+                .buffered(16)
+                .collect()
+                .await;
+            for (key, class) in classes {
+                report.scanned += 1;
+                let k = match class? {
+                    Class::Committed => {
+                        report.committed += 1;
+                        continue;
                     }
+                    Class::Unrecognized => {
+                        report.unrecognized_count += 1;
+                        if report.unrecognized.len() < opts.max_listed {
+                            report.unrecognized.push(key);
+                        }
+                        continue;
+                    }
+                    Class::NotIndexed(k) => k,
+                };
+                let item = (k.collection.clone(), k.id.clone());
+                if pruned_cache.as_ref().is_none_or(|(cached, _)| *cached != item) {
+                    let pruned = self.pruned_write_ids(&k.collection, &k.id).await?;
+                    pruned_cache = Some((item, pruned));
+                }
+                if pruned_cache
+                    .as_ref()
+                    .is_some_and(|(_, set)| set.contains(&(k.ov, k.write_id.clone())))
+                {
+                    report.pruned += 1;
                     continue;
                 }
-                Class::NotIndexed(k) => k,
-            };
-            let item = (k.collection.clone(), k.id.clone());
-            if pruned_cache.as_ref().is_none_or(|(cached, _)| *cached != item) {
-                let mut pruned = HashSet::new();
-                for engine in engines {
-                    pruned.extend(engine.pruned_write_ids(&k.collection, &k.id).await?);
+                let age_ms = now_ms.saturating_sub(k.began_ms);
+                if u128::from(age_ms) < opts.grace.as_millis() {
+                    report.young += 1;
+                    continue;
                 }
-                pruned_cache = Some((item, pruned));
+                report.orphans += 1;
+                let deleted = if opts.delete {
+                    store.delete(&key).await?;
+                    report.deleted += 1;
+                    true
+                } else {
+                    false
+                };
+                if report.orphan_keys.len() < opts.max_listed {
+                    report.orphan_keys.push(Orphan {
+                        collection: k.collection.to_string(),
+                        id: k.id.to_string(),
+                        ov: k.ov,
+                        write_id: k.write_id,
+                        age_secs: age_ms / 1000,
+                        deleted,
+                        key,
+                    });
+                }
             }
-            if pruned_cache
-                .as_ref()
-                .is_some_and(|(_, set)| set.contains(&(k.ov, k.write_id.clone())))
-            {
-                report.pruned += 1;
-                continue;
-            }
-            let age_ms = now_ms.saturating_sub(k.began_ms);
-            if u128::from(age_ms) < opts.grace.as_millis() {
-                report.young += 1;
-                continue;
-            }
-            report.orphans += 1;
-            let deleted = if opts.delete {
-                store.delete(&key).await?;
-                report.deleted += 1;
-                true
-            } else {
-                false
-            };
-            if report.orphan_keys.len() < opts.max_listed {
-                report.orphan_keys.push(Orphan {
-                    collection: k.collection.to_string(),
-                    id: k.id.to_string(),
-                    ov: k.ov,
-                    write_id: k.write_id,
-                    age_secs: age_ms / 1000,
-                    deleted,
-                    key,
-                });
-            }
+            after = Some(last);
         }
-        after = Some(last);
+        Ok(report)
     }
-    Ok(report)
-}
 
-async fn classify(engines: &[&Engine], key: &str) -> Result<Class> {
-    let Some(k) = parse_key(key) else {
-        return Ok(Class::Unrecognized);
-    };
-    for engine in engines {
-        if let Some(entry) = engine.meta().version(&k.collection, &k.id, k.ov).await?
-            && entry.write_id == k.write_id
-        {
-            return Ok(Class::Committed);
+    async fn classify(&self, key: &str) -> Result<Class> {
+        let Some(k) = parse_key(key) else {
+            return Ok(Class::Unrecognized);
+        };
+        match self.meta().version(&k.collection, &k.id, k.ov).await? {
+            Some(entry) if entry.write_id == k.write_id => Ok(Class::Committed),
+            _ => Ok(Class::NotIndexed(k)),
         }
     }
-    Ok(Class::NotIndexed(k))
 }
 
 #[cfg(test)]

@@ -121,8 +121,9 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE sequences ADD COLUMN pruned TEXT;",
 ];
 
-/// An engine on the embedded backends: `dir/chronos.db` and `dir/payloads/`, created if needed.
-pub fn embedded(dir: &Path, settings: EngineSettings) -> Result<Engine> {
+/// The engine of database `database` on the embedded backends: `dir/chronos.db` and
+/// `dir/payloads/` (with `backups/` and `content/`), created if needed.
+pub fn embedded(dir: &Path, database: &str, settings: EngineSettings) -> Result<Engine> {
     std::fs::create_dir_all(dir)
         .map_err(|e| Error::metadata(format!("cannot create data directory {}: {e}", dir.display())))?;
     // The metadata store takes the directory's lock, so it opens first.
@@ -131,10 +132,14 @@ pub fn embedded(dir: &Path, settings: EngineSettings) -> Result<Engine> {
     let backups = LocalPayloadStore::open(&dir.join("backups"))?;
     let content = LocalPayloadStore::open(&dir.join("content"))?;
     let queue = crate::engine::queue::sqlite::SqliteQueue::new(meta.clone());
-    Ok(Engine::new(Arc::new(meta), Arc::new(payloads), settings)
-        .with_backups(Arc::new(backups))
-        .with_content(Arc::new(content))
-        .with_queue(Arc::new(queue)))
+    let stores = super::Stores {
+        meta: Arc::new(meta),
+        payloads: Arc::new(payloads),
+        backups: Arc::new(backups),
+        content: Arc::new(content),
+        queue: Arc::new(queue),
+    };
+    Engine::for_database(database, stores, settings)
 }
 
 #[derive(Clone)]

@@ -176,6 +176,9 @@ pub struct ListPage {
 
 /// One logical database: a metadata store and a payload store.
 pub struct Engine {
+    /// The logical database's key: its payload envelopes and manifests name it, and reads
+    /// refuse those of another database.
+    database: String,
     meta: Arc<dyn MetaStore>,
     payloads: Arc<dyn PayloadStore>,
     /// Manifests of pruned versions (the backups bucket); retention needs it.
@@ -192,6 +195,7 @@ pub struct Engine {
 impl Engine {
     pub fn new(meta: Arc<dyn MetaStore>, payloads: Arc<dyn PayloadStore>, settings: EngineSettings) -> Self {
         Engine {
+            database: super::namespace::DEFAULT_DATABASE.to_owned(),
             meta,
             payloads,
             backups: None,
@@ -200,6 +204,18 @@ impl Engine {
             settings,
             prepared: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Name the logical database (default `default`). Engines over shared buckets are built
+    /// with [`Engine::for_database`], which also keeps their keys apart.
+    pub fn with_database(mut self, database: &str) -> Self {
+        self.database = database.to_owned();
+        self
+    }
+
+    /// The logical database's key.
+    pub fn database(&self) -> &str {
+        &self.database
     }
 
     /// Attach the backups store (manifests of pruned versions).
@@ -483,7 +499,7 @@ impl Engine {
     ) -> Result<Record> {
         let entry = match self.meta.version(collection, id, ov).await? {
             Some(entry) => Some(entry),
-            None => self.pruned_version(collection, id, VersionTarget::Ov(ov)).await?,
+            None => self.pruned_version_here(collection, id, VersionTarget::Ov(ov)).await?,
         };
         let entry = entry.ok_or_else(|| Error::NotFound(format!("{collection}/{id} v{ov}")))?;
         self.record_of(collection, entry, opts).await
@@ -501,10 +517,24 @@ impl Engine {
         // only need asking when the index has nothing that early.
         let entry = match self.meta.version_as_of(collection, id, at).await? {
             Some(entry) => Some(entry),
-            None => self.pruned_version(collection, id, VersionTarget::At(at)).await?,
+            None => self.pruned_version_here(collection, id, VersionTarget::At(at)).await?,
         };
         let entry = entry.ok_or_else(|| Error::NotFound(format!("{collection}/{id} as of {at}")))?;
         self.record_of(collection, entry, opts).await
+    }
+
+    /// A pruned version of an item that exists in this database: manifests of an item without a
+    /// head here are never asked (they can only be another database's).
+    async fn pruned_version_here(
+        &self,
+        collection: &CollectionName,
+        id: &ItemId,
+        target: VersionTarget,
+    ) -> Result<Option<VersionEntry>> {
+        if self.meta.head(collection, id).await?.is_none() {
+            return Ok(None);
+        }
+        self.pruned_version(collection, id, target).await
     }
 
     /// The version index of an item, oldest first: up to `limit` entries after `after_ov`.
@@ -572,7 +602,15 @@ impl Engine {
         let bytes = self.payloads.get(&key).await?;
         // The index says this version exists: a missing payload is damage, not absence.
         let bytes = bytes.ok_or_else(|| Error::Corrupt(format!("payload {key} is missing")))?;
-        envelope::decode(&bytes, collection, id, ov, write_id, checksum)
+        let expected = envelope::Expected {
+            database: &self.database,
+            collection,
+            id,
+            ov,
+            write_id,
+            checksum,
+        };
+        envelope::decode(&bytes, &expected)
     }
 
     pub(super) fn map(&self, collection: &CollectionName) -> Option<&CollectionMap> {
@@ -904,7 +942,7 @@ impl Engine {
             request: stamp.cloned(),
             payload_ref: None,
         };
-        let body = envelope::encode(collection, &entry, &system, &content.json)?;
+        let body = envelope::encode(&self.database, collection, &entry, &system, &content.json)?;
         Ok((entry, body))
     }
 }

@@ -110,7 +110,8 @@ pub async fn ensure_buckets(ctx: &Context, storage: &Storage) -> Result<Vec<Stri
 /// An engine over the database's backends with `settings` (collection maps, counters).
 pub async fn engine(ctx: &Context, db: &ChronosDatabase, settings: EngineSettings) -> Result<Arc<Engine>> {
     let storage = storage(&ctx.client, db).await?;
-    Ok(crate::connect::open(&storage, settings, &ctx.conns).await?)
+    let key = super::database::build::database_key(db);
+    Ok(crate::connect::open(&key, &storage, settings, &ctx.conns).await?)
 }
 
 /// Drop the MongoDB database and empty and remove the three buckets. Irreversible: called only

@@ -480,7 +480,7 @@ async fn metrics_time_backend_calls() {
         content_bucket: buckets[1].clone(),
         backups_bucket: buckets[2].clone(),
     };
-    let engine = connect::open(&storage, EngineSettings::default(), &Connections::default())
+    let engine = connect::open("t1", &storage, EngineSettings::default(), &Connections::default())
         .await
         .unwrap();
     let server = start(BTreeMap::from([("t1".to_owned(), engine)]), None, 1 << 20).await;

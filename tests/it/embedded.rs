@@ -24,7 +24,7 @@ async fn data_survives_reopening() {
         ..EngineSettings::default()
     };
     let (hot, hot_out, cold, last) = {
-        let e = embedded(dir.path(), settings.clone()).unwrap();
+        let e = embedded(dir.path(), "default", settings.clone()).unwrap();
         let (hot, hot_out) = e.create(&c, None, data(0), &who).await.unwrap();
         let (cold, _) = e.create(&c, None, data(10), &who).await.unwrap();
         e.update(&c, &cold, data(11), Some(0), &who).await.unwrap();
@@ -32,7 +32,7 @@ async fn data_survives_reopening() {
         (hot, hot_out, cold, last)
     };
 
-    let e = embedded(dir.path(), settings).unwrap();
+    let e = embedded(dir.path(), "default", settings).unwrap();
     let r = e.get_latest(&c, &hot, ReadOptions::default()).await.unwrap();
     assert_eq!((r.ov, r.cv, r.data), (0, hot_out.cv, data(0)));
     assert_eq!(r.system.inserted_at, hot_out.at);
@@ -62,9 +62,9 @@ async fn data_survives_reopening() {
 #[tokio::test]
 async fn a_second_open_of_the_same_directory_fails() {
     let dir = tempfile::tempdir().unwrap();
-    let first = embedded(dir.path(), EngineSettings::default()).unwrap();
+    let first = embedded(dir.path(), "default", EngineSettings::default()).unwrap();
     first.ping().await.unwrap();
-    let Err(err) = embedded(dir.path(), EngineSettings::default()) else {
+    let Err(err) = embedded(dir.path(), "default", EngineSettings::default()) else {
         panic!("a second open of a directory in use succeeded");
     };
     assert!(
@@ -72,7 +72,7 @@ async fn a_second_open_of_the_same_directory_fails() {
         "{err}"
     );
     drop(first);
-    embedded(dir.path(), EngineSettings::default())
+    embedded(dir.path(), "default", EngineSettings::default())
         .expect("the directory is free again once the first engine is gone")
         .ping()
         .await

@@ -15,3 +15,4 @@ mod readme;
 mod routing;
 mod scrub;
 mod support;
+mod tenants;

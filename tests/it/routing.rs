@@ -107,8 +107,9 @@ async fn data_lands_where_routing_says_and_nowhere_else() {
             "database {i} holds {owner}'s data"
         );
         let store = S3PayloadStore::new(support::s3_connection().client(), bucket("json", i));
-        let keys = store.list("notes/", None, 10).await.unwrap();
+        let keys = store.list("", None, 10).await.unwrap();
         assert_eq!(keys.len(), 1, "bucket {i}: {keys:?}");
+        assert!(keys[0].starts_with(&format!("{owner}/notes/n1/v0/")), "{keys:?}");
         let payload = store.get(&keys[0]).await.unwrap().unwrap();
         let payload = String::from_utf8_lossy(&payload);
         assert!(

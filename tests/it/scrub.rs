@@ -136,7 +136,7 @@ fn scrub_command_reports_json() {
     };
     let empty = run(&[]);
     assert_eq!(empty["scanned"], 0);
-    let payloads = dir.path().join("payloads/notes/n1/v0");
+    let payloads = dir.path().join("payloads/default/notes/n1/v0");
     std::fs::create_dir_all(&payloads).unwrap();
     std::fs::write(payloads.join(format!("{}.json", write_id_aged(600))), "{}").unwrap();
     let found = run(&[]);
@@ -152,14 +152,15 @@ fn scrub_command_reports_json() {
 }
 
 /// Two logical databases on one payload bucket (routed databases share their backend's buckets
-/// by default): alone, each one's scrub would take the other's payloads for orphans; scrubbing
-/// with both indexes finds none.
+/// by default): each one's objects are under its own key prefix, so each scrub sees only its own
+/// payloads and takes none of the other's for orphans.
 #[tokio::test]
-async fn scrub_consults_every_database_sharing_the_bucket() {
+async fn databases_sharing_a_bucket_scrub_only_their_own() {
+    use chronos::engine::memory::MemoryPayloadStore;
     use chronos::engine::mongo::MongoMetaStore;
+    use chronos::engine::queue::mongo::MongoQueue;
     use chronos::engine::s3::S3PayloadStore;
-    use chronos::engine::scrub::scrub_shared;
-    use chronos::engine::{Engine, PayloadStore};
+    use chronos::engine::{Engine, PayloadStore, Stores};
     use std::sync::Arc;
 
     let bucket = support::unique("chronos-shared");
@@ -167,17 +168,18 @@ async fn scrub_consults_every_database_sharing_the_bucket() {
     store.ensure_bucket().await.unwrap();
     let payloads: Arc<dyn PayloadStore> = Arc::new(store);
     let client = support::mongo_client(Default::default()).await;
-    let engine = |db: String| {
-        Engine::new(
-            Arc::new(MongoMetaStore::new(client.clone(), &db)),
-            payloads.clone(),
-            EngineSettings::default(),
-        )
+    let engine = |key: &str| {
+        let db = support::unique(key).replace('-', "_");
+        let stores = Stores {
+            meta: Arc::new(MongoMetaStore::new(client.clone(), &db)),
+            payloads: payloads.clone(),
+            backups: Arc::new(MemoryPayloadStore::new()),
+            content: Arc::new(MemoryPayloadStore::new()),
+            queue: Arc::new(MongoQueue::new(client.clone(), &db)),
+        };
+        Engine::for_database(key, stores, EngineSettings::default()).unwrap()
     };
-    let (one, two) = (
-        engine(support::unique("s1").replace('-', "_")),
-        engine(support::unique("s2").replace('-', "_")),
-    );
+    let (one, two) = (engine("s1"), engine("s2"));
     let c: CollectionName = "shared".parse().unwrap();
     let who = Attribution::default();
     for (engine, id) in [(&one, "x"), (&two, "x"), (&two, "y")] {
@@ -186,9 +188,16 @@ async fn scrub_consults_every_database_sharing_the_bucket() {
     }
     let opts = ScrubOptions {
         grace: std::time::Duration::ZERO,
+        delete: true,
         ..ScrubOptions::default()
     };
-    assert_eq!(one.scrub(&opts).await.unwrap().orphans, 2);
-    let both = scrub_shared(&[&one, &two], &opts).await.unwrap();
-    assert_eq!((both.scanned, both.committed, both.orphans), (3, 3, 0));
+    let first = one.scrub(&opts).await.unwrap();
+    assert_eq!((first.scanned, first.committed, first.orphans), (1, 1, 0), "{first:?}");
+    let second = two.scrub(&opts).await.unwrap();
+    assert_eq!(
+        (second.scanned, second.committed, second.orphans),
+        (2, 2, 0),
+        "{second:?}"
+    );
+    assert_eq!(payloads.list("", None, 10).await.unwrap().len(), 3);
 }
