@@ -141,7 +141,8 @@ impl Engine {
         let prefix = opts.collection.as_ref().map_or(String::new(), |c| format!("{c}/"));
         let page_size = opts.page_size.clamp(1, 1000);
         let mut report = ScrubReport::default();
-        // Keys of one item are contiguous in a listing, so one item's pruned entries are cached.
+        // Keys of one item are contiguous in a listing, so one item's pruned entries are cached
+        // (and read again on a miss: see `is_pruned`).
         let mut pruned_cache: Option<(ItemKey, HashSet<(u64, String)>)> = None;
         let mut after: Option<String> = None;
         loop {
@@ -172,15 +173,7 @@ impl Engine {
                     }
                     Class::NotIndexed(k) => k,
                 };
-                let item = (k.collection.clone(), k.id.clone());
-                if pruned_cache.as_ref().is_none_or(|(cached, _)| *cached != item) {
-                    let pruned = self.pruned_write_ids(&k.collection, &k.id).await?;
-                    pruned_cache = Some((item, pruned));
-                }
-                if pruned_cache
-                    .as_ref()
-                    .is_some_and(|(_, set)| set.contains(&(k.ov, k.write_id.clone())))
-                {
+                if self.is_pruned(&k, &mut pruned_cache).await? {
                     report.pruned += 1;
                     continue;
                 }
@@ -212,6 +205,25 @@ impl Engine {
             after = Some(last);
         }
         Ok(report)
+    }
+
+    /// Whether a key without an index entry is a pruned version's, from the item's manifests.
+    /// The cache (one item's entries) is read again when it misses: retention may have pruned
+    /// the item since it was filled, and a manifest is written before its entries leave the
+    /// index, so a read after the key was classified sees them.
+    async fn is_pruned(&self, k: &PayloadKey, cache: &mut Option<(ItemKey, HashSet<(u64, String)>)>) -> Result<bool> {
+        let item = (k.collection.clone(), k.id.clone());
+        let wanted = (k.ov, k.write_id.clone());
+        if let Some((cached, set)) = cache.as_ref()
+            && *cached == item
+            && set.contains(&wanted)
+        {
+            return Ok(true);
+        }
+        let pruned = self.pruned_write_ids(&k.collection, &k.id).await?;
+        let found = pruned.contains(&wanted);
+        *cache = Some((item, pruned));
+        Ok(found)
     }
 
     async fn classify(&self, key: &str) -> Result<Class> {
