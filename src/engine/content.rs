@@ -2,8 +2,9 @@
 //!
 //! A collection map declares them (`contentProps: {photo: binary, body: text}`). On write, such a
 //! property's value — text, or base64 for binary — is stored under a content-addressed key,
-//! `<collection>/<itemId>/content/<sha256>.bin|txt`, and the JSON keeps a reference:
-//! `{"$content": {"kind", "key", "size", "sha256"}}`. Content addressing means an unchanged
+//! `<collection>/<itemId>/content/<sha256>.bin|txt` (under the database's prefix), and the JSON
+//! keeps a reference: `{"$content": {"kind", "key", "size", "sha256"}}`. A reference must be
+//! exactly that key of its own item, when written and again when resolved or presigned. Content addressing means an unchanged
 //! property is stored once across versions, and two racing writers of the same bytes write the
 //! same object, so no attempt ever needs to delete a content object another version may use.
 //! Reads resolve references back to values, or to presigned URLs.
@@ -59,8 +60,31 @@ fn reference_of(v: &Value) -> Option<Reference> {
     serde_json::from_value(obj.get(CONTENT_KEY)?.clone()).ok()
 }
 
-fn prefix(collection: &CollectionName, id: &ItemId) -> String {
-    format!("{collection}/{id}/content/")
+fn extension(kind: ContentKind) -> &'static str {
+    match kind {
+        ContentKind::Binary => "bin",
+        ContentKind::Text => "txt",
+    }
+}
+
+/// The content key of `sha256` (64 lowercase hex digits) of kind `kind` for an item.
+fn content_key(collection: &CollectionName, id: &ItemId, sha256: &str, kind: ContentKind) -> String {
+    format!("{collection}/{id}/content/{sha256}.{}", extension(kind))
+}
+
+impl Reference {
+    /// Whether this is exactly a reference to one of this item's content objects of `kind`:
+    /// `<collection>/<id>/content/<sha256>.txt|bin` with a 64-digit lowercase hex SHA-256 — no
+    /// other key (`..` segments, another item's, another bucket path) is ever read or presigned.
+    fn is_own(&self, collection: &CollectionName, id: &ItemId, kind: ContentKind) -> bool {
+        self.kind == kind
+            && self.sha256.len() == 64
+            && self
+                .sha256
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            && self.key == content_key(collection, id, &self.sha256, kind)
+    }
 }
 
 impl Engine {
@@ -94,7 +118,7 @@ impl Engine {
                 (v, _) => match reference_of(v) {
                     // A record read with references and written back: keep them, but only
                     // if they point at this item's own content.
-                    Some(r) if r.key.starts_with(&prefix(collection, id)) && r.kind == kind => continue,
+                    Some(r) if r.is_own(collection, id, kind) => continue,
                     Some(_) => {
                         return Err(Error::validation(
                             prop,
@@ -119,11 +143,7 @@ impl Engine {
                 )
             })?;
             let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
-            let ext = match kind {
-                ContentKind::Binary => "bin",
-                ContentKind::Text => "txt",
-            };
-            let key = format!("{}{sha256}.{ext}", prefix(collection, id));
+            let key = content_key(collection, id, &sha256, kind);
             let size = bytes.len() as u64;
             store.put(&key, bytes).await?;
             data.insert(prop, json!({CONTENT_KEY: Reference { kind, key, size, sha256 }}));
@@ -141,10 +161,18 @@ impl Engine {
         if mode == ContentMode::Reference {
             return Ok(());
         }
-        for (prop, _) in self.content_props(collection) {
+        for (prop, kind) in self.content_props(collection) {
             let Some(r) = record.data.get(&prop).and_then(reference_of) else {
                 continue;
             };
+            // Checked again at read: a value stored before the property became a content
+            // property was never checked, and must not reach another object of the bucket.
+            if !r.is_own(collection, &record.id, kind) {
+                return Err(Error::Corrupt(format!(
+                    "{collection}/{} v{}: `{prop}` is not a content reference of this item",
+                    record.id, record.ov
+                )));
+            }
             let store = self.content_store().ok_or_else(|| {
                 Error::Corrupt(format!("{prop} references content but no content store is configured"))
             })?;

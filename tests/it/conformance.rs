@@ -27,7 +27,7 @@ macro_rules! conformance_suite {
             restore_object_appends_the_old_version, restore_collection_plans_then_restores,
             counters_count_every_write_exactly_once, tiering_moves_cold_payloads_out_of_the_metadata_store,
             retention_prunes_the_index_but_old_versions_stay_readable, content_properties_live_in_the_content_store,
-            idempotent_writes_happen_once, concurrent_retries_with_one_key_write_once,
+            content_references_name_exactly_their_own_object, idempotent_writes_happen_once, concurrent_retries_with_one_key_write_once,
             queued_writes_land_exactly_once, queue_claims_are_exclusive,
             restore_by_reference_copies_no_payload, writes_after_a_restore_by_reference_work,
             restore_by_reference_never_serves_another_items_data, retention_keeps_payloads_restored_versions_use,
@@ -63,7 +63,9 @@ pub fn settings(check: &str) -> chronos::engine::EngineSettings {
             },
         );
     }
-    if check == "content_properties_live_in_the_content_store" {
+    if check == "content_properties_live_in_the_content_store"
+        || check == "content_references_name_exactly_their_own_object"
+    {
         s.collection_maps.insert(
             "things".into(),
             chronos::engine::CollectionMap {
@@ -1368,6 +1370,75 @@ pub async fn content_properties_live_in_the_content_store(h: &Harness) {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Validation { .. }), "{err:?}");
+}
+
+/// A content reference is exactly `<collection>/<id>/content/<sha256>.txt|bin` of its own item:
+/// checked when written, and again when read (a value stored before the property became a
+/// content property is never resolved or presigned unless it is one) — finding L5.
+pub async fn content_references_name_exactly_their_own_object(h: &Harness) {
+    use chronos::engine::ContentMode;
+    let e = &h.engine;
+    let body = "some text";
+    let sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(body.as_bytes()))
+    };
+    let reference = |key: String| json!({"$content": {"kind": "text", "key": key, "size": body.len(), "sha256": sha}});
+    let (other, _) = e
+        .create(&coll(), None, obj(json!({"body": body})), &who())
+        .await
+        .unwrap();
+    let own: ItemId = "own".parse().unwrap();
+    // Written through the content property: a reference must be this item's exact key.
+    for key in [
+        format!("things/own/content/../../x/y/content/{sha}.txt"),
+        format!("things/own/content/{sha}.txt.bak"),
+        format!("things/own/content/{}.txt", sha.to_uppercase()),
+        format!("things/own/content/{sha}.bin"),
+        format!("things/own/content/sub/{sha}.txt"),
+    ] {
+        let err = e
+            .create(
+                &coll(),
+                Some(own.clone()),
+                obj(json!({"body": reference(key.clone())})),
+                &who(),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Validation { .. }), "{key}: {err:?}");
+    }
+    // Values written before `body` became a content property are not checked then …
+    let before = h.replica_with(chronos::engine::EngineSettings::default());
+    let foreign = format!("things/{other}/content/{sha}.txt");
+    let dotted = format!("things/old/content/../../{other}/content/{sha}.txt");
+    for (id, key) in [("old", foreign.clone()), ("dotted", dotted.clone())] {
+        before
+            .create(
+                &coll(),
+                Some(id.parse().unwrap()),
+                obj(json!({"body": reference(key)})),
+                &who(),
+            )
+            .await
+            .unwrap();
+    }
+    // … but are refused at read, never resolved to another item's content or presigned.
+    for id in ["old", "dotted"] {
+        let id: ItemId = id.parse().unwrap();
+        for mode in [
+            ContentMode::Inline,
+            ContentMode::Presigned(std::time::Duration::from_secs(60)),
+        ] {
+            let mut r = e.get_latest(&coll(), &id, LATEST).await.unwrap();
+            let err = e.resolve_content(&coll(), &mut r, mode).await.unwrap_err();
+            assert!(matches!(err, Error::Corrupt(_)), "{id} {mode:?}: {err:?}");
+        }
+    }
+    // The item's own reference still resolves.
+    let mut r = e.get_latest(&coll(), &other, LATEST).await.unwrap();
+    e.resolve_content(&coll(), &mut r, ContentMode::Inline).await.unwrap();
+    assert_eq!(r.data["body"], body);
 }
 
 fn keyed(key: &str) -> Attribution {

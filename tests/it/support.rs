@@ -64,8 +64,13 @@ impl Harness {
 
     /// Another engine over the same stores: a second replica of the same database.
     pub fn replica(&self) -> Arc<Engine> {
+        self.replica_with(self.settings.clone())
+    }
+
+    /// A replica with other settings (say, before a collection map changed).
+    pub fn replica_with(&self, settings: EngineSettings) -> Arc<Engine> {
         Arc::new(
-            Engine::new(self.meta.clone(), self.payloads.clone(), self.settings.clone())
+            Engine::new(self.meta.clone(), self.payloads.clone(), settings)
                 .with_backups(self.aux.clone())
                 .with_content(self.aux.clone())
                 .with_queue(self.queue.clone()),
