@@ -202,75 +202,11 @@ async fn databases_sharing_a_bucket_scrub_only_their_own() {
     assert_eq!(payloads.list("", None, 10).await.unwrap().len(), 3);
 }
 
-/// A payload store whose second listing waits until the test lets it go: something can happen
-/// between two pages of a scrub.
-struct PausedListing {
-    inner: std::sync::Arc<dyn chronos::engine::PayloadStore>,
-    lists: std::sync::atomic::AtomicUsize,
-    reached: tokio::sync::Notify,
-    resume: tokio::sync::Semaphore,
-}
-
-#[async_trait::async_trait]
-impl chronos::engine::PayloadStore for PausedListing {
-    async fn put(&self, key: &str, body: Bytes) -> chronos::engine::Result<()> {
-        self.inner.put(key, body).await
-    }
-    async fn get(&self, key: &str) -> chronos::engine::Result<Option<Bytes>> {
-        self.inner.get(key).await
-    }
-    async fn delete(&self, key: &str) -> chronos::engine::Result<()> {
-        self.inner.delete(key).await
-    }
-    async fn list(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-        limit: usize,
-    ) -> chronos::engine::Result<Vec<String>> {
-        if self.lists.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1 {
-            self.reached.notify_one();
-            let _ = self.resume.acquire().await;
-        }
-        self.inner.list(prefix, start_after, limit).await
-    }
-    async fn presign_get(&self, key: &str, ttl: std::time::Duration) -> chronos::engine::Result<Option<String>> {
-        self.inner.presign_get(key, ttl).await
-    }
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-    async fn exists(&self) -> chronos::engine::Result<bool> {
-        self.inner.exists().await
-    }
-    async fn create(&self) -> chronos::engine::Result<()> {
-        self.inner.create().await
-    }
-}
-
 /// Retention prunes an item between two pages of a scrub that has already cached the item's
 /// (then empty) manifest entries: the newly pruned versions on the later page are not taken for
 /// orphans, and every version stays readable (finding L9).
-#[tokio::test]
-async fn a_prune_between_scrub_pages_deletes_nothing_readable() {
-    use chronos::engine::memory::{MemoryMetaStore, MemoryPayloadStore};
-    use chronos::engine::{Engine, PayloadStore};
-    use std::sync::Arc;
-
-    let payloads = Arc::new(PausedListing {
-        inner: Arc::new(MemoryPayloadStore::new()),
-        lists: Default::default(),
-        reached: tokio::sync::Notify::new(),
-        resume: tokio::sync::Semaphore::new(0),
-    });
-    let engine = Arc::new(
-        Engine::new(
-            Arc::new(MemoryMetaStore::new()),
-            payloads.clone(),
-            EngineSettings::default(),
-        )
-        .with_backups(Arc::new(MemoryPayloadStore::new())),
-    );
+async fn a_prune_between_scrub_pages_deletes_nothing_readable(h: Harness) {
+    let engine = h.engine.clone();
     let (c, id): (CollectionName, ItemId) = ("scrubbed".parse().unwrap(), "a".parse().unwrap());
     let who = Attribution::default();
     let data = |n: u64| json!({"n": n}).as_object().unwrap().clone();
@@ -280,8 +216,9 @@ async fn a_prune_between_scrub_pages_deletes_nothing_readable() {
     }
     // An old orphan of v0 sorts first, so the first page (3 keys) caches a's pruned entries.
     let orphan = format!("scrubbed/a/v0/{}.json", write_id_aged(3600));
-    payloads.put(&orphan, Bytes::from_static(b"{}")).await.unwrap();
+    h.payloads.put(&orphan, Bytes::from_static(b"{}")).await.unwrap();
 
+    h.faults.hold_listing.store(2, std::sync::atomic::Ordering::SeqCst);
     let scrubbing = tokio::spawn({
         let engine = engine.clone();
         async move {
@@ -296,7 +233,7 @@ async fn a_prune_between_scrub_pages_deletes_nothing_readable() {
                 .unwrap()
         }
     });
-    payloads.reached.notified().await;
+    h.faults.until_holding(1).await;
     let policy = PrunePolicy {
         keep_last: Some(1),
         ..Default::default()
@@ -305,7 +242,7 @@ async fn a_prune_between_scrub_pages_deletes_nothing_readable() {
         engine.prune_versions(&c, &policy, false).await.unwrap().versions_pruned,
         3
     );
-    payloads.resume.add_permits(1);
+    h.faults.release_one();
     let report = scrubbing.await.unwrap();
     assert_eq!((report.orphans, report.deleted), (1, 1), "{report:?}");
     assert_eq!(report.orphan_keys[0].key, orphan);
@@ -313,4 +250,19 @@ async fn a_prune_between_scrub_pages_deletes_nothing_readable() {
         let r = engine.get_version(&c, &id, ov, ReadOptions::default()).await;
         assert_eq!(r.map(|r| r.data["n"].clone()).ok(), Some(json!(ov)), "v{ov}");
     }
+}
+
+#[tokio::test]
+async fn a_prune_between_scrub_pages_on_mongo_s3() {
+    a_prune_between_scrub_pages_deletes_nothing_readable(support::mongo_s3(EngineSettings::default()).await).await;
+}
+
+#[tokio::test]
+async fn a_prune_between_scrub_pages_on_embedded() {
+    a_prune_between_scrub_pages_deletes_nothing_readable(support::embedded(EngineSettings::default())).await;
+}
+
+#[tokio::test]
+async fn a_prune_between_scrub_pages_in_memory() {
+    a_prune_between_scrub_pages_deletes_nothing_readable(support::memory(EngineSettings::default())).await;
 }

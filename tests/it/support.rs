@@ -93,6 +93,8 @@ pub struct Faults {
     pub holding: std::sync::atomic::AtomicUsize,
     /// Payload writes wait (like a stalled S3 PUT) until [`Faults::release_one`].
     pub hold_puts: AtomicBool,
+    /// The n-th payload listing from now (1: the next one) is held like a write; 0: none.
+    pub hold_listing: std::sync::atomic::AtomicUsize,
     /// Signalled when a held write arrives.
     pub held: tokio::sync::Notify,
     release: tokio::sync::Semaphore,
@@ -106,6 +108,7 @@ impl Default for Faults {
             hold_puts_containing: std::sync::Mutex::default(),
             holding: std::sync::atomic::AtomicUsize::new(0),
             hold_puts: AtomicBool::new(false),
+            hold_listing: std::sync::atomic::AtomicUsize::new(0),
             held: tokio::sync::Notify::new(),
             release: tokio::sync::Semaphore::new(0),
         }
@@ -118,7 +121,17 @@ impl Faults {
         self.release.add_permits(1);
     }
 
-    /// Wait until `n` payload writes are held.
+    /// Wait here until [`Faults::release_one`], counted in `holding`.
+    async fn hold(&self) {
+        self.holding.fetch_add(1, Ordering::SeqCst);
+        self.held.notify_one();
+        if let Ok(permit) = self.release.acquire().await {
+            permit.forget();
+        }
+        self.holding.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Wait until `n` payload writes (or listings) are held.
     pub async fn until_holding(&self, n: usize) {
         while self.holding.load(Ordering::SeqCst) < n {
             self.held.notified().await;
@@ -148,12 +161,7 @@ impl FaultyPayloads {
 impl PayloadStore for FaultyPayloads {
     async fn put(&self, key: &str, body: bytes::Bytes) -> chronos::engine::Result<()> {
         if names(&self.faults.hold_puts_containing, key) || self.faults.hold_puts.load(Ordering::SeqCst) {
-            self.faults.holding.fetch_add(1, Ordering::SeqCst);
-            self.faults.held.notify_one();
-            if let Ok(permit) = self.faults.release.acquire().await {
-                permit.forget();
-            }
-            self.faults.holding.fetch_sub(1, Ordering::SeqCst);
+            self.faults.hold().await;
         }
         if names(&self.faults.fail_puts_containing, key) || self.faults.fail_puts.load(Ordering::SeqCst) {
             return Err(chronos::engine::Error::payload("injected fault: connection refused"));
@@ -172,6 +180,13 @@ impl PayloadStore for FaultyPayloads {
         start_after: Option<&str>,
         limit: usize,
     ) -> chronos::engine::Result<Vec<String>> {
+        let countdown = self
+            .faults
+            .hold_listing
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if countdown == Ok(1) {
+            self.faults.hold().await;
+        }
         self.inner.list(prefix, start_after, limit).await
     }
     async fn presign_get(&self, key: &str, ttl: std::time::Duration) -> chronos::engine::Result<Option<String>> {

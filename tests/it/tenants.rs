@@ -72,16 +72,23 @@ async fn write_and_prune(engine: &Engine, owner: &str) {
     assert_eq!(report.versions_pruned, 3, "{owner}");
 }
 
+/// `o1` is not in `engine`'s database: not by ov, not by time.
+async fn finds_no_o1(engine: &Engine) {
+    let by_ov = engine.get_version(&coll(), &o1(), 0, ReadOptions::default()).await;
+    assert!(matches!(by_ov, Err(Error::NotFound(_))), "?ov=0 gave {by_ov:?}");
+    let by_at = engine
+        .get_as_of(&coll(), &o1(), far_future(), ReadOptions::default())
+        .await;
+    assert!(matches!(by_at, Err(Error::NotFound(_))), "?at= gave {by_at:?}");
+}
+
 /// The scenario of H1 on two engines of different logical databases that share their buckets.
 pub async fn databases_sharing_buckets_stay_apart(a: Arc<Engine>, b: Arc<Engine>) {
     write_and_prune(&a, "a").await;
     reads_own_history(&a, "a").await;
 
     // B has no o1: neither its pruned versions nor a time lookup may find A's.
-    let by_ov = b.get_version(&coll(), &o1(), 0, ReadOptions::default()).await;
-    assert!(matches!(by_ov, Err(Error::NotFound(_))), "B ?ov=0 gave {by_ov:?}");
-    let by_at = b.get_as_of(&coll(), &o1(), far_future(), ReadOptions::default()).await;
-    assert!(matches!(by_at, Err(Error::NotFound(_))), "B ?at= gave {by_at:?}");
+    finds_no_o1(&b).await;
 
     // B's own o1, pruned the same way, leaves A's manifest and A's reads alone.
     write_and_prune(&b, "b").await;
@@ -204,10 +211,7 @@ async fn pruned_versions_are_read_only_for_items_of_this_database() {
     let (a, b) = (engine(), engine());
     write_and_prune(&a, "a").await;
     reads_own_history(&a, "a").await;
-    let by_ov = b.get_version(&coll(), &o1(), 0, ReadOptions::default()).await;
-    assert!(matches!(by_ov, Err(Error::NotFound(_))), "?ov=0 gave {by_ov:?}");
-    let by_at = b.get_as_of(&coll(), &o1(), far_future(), ReadOptions::default()).await;
-    assert!(matches!(by_at, Err(Error::NotFound(_))), "?at= gave {by_at:?}");
+    finds_no_o1(&b).await;
 }
 
 /// A manifest names its database: where another database's manifest turns up under an item's
