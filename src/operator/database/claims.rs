@@ -6,7 +6,9 @@
 use kube::ResourceExt;
 use sha2::{Digest, Sha256};
 
+use super::controller::BACKENDS_REACHABLE;
 use super::crd::{ChronosDatabase, DeletionPolicy};
+use crate::operator::conditions;
 
 /// A digest of the MongoDB deployment a connection string points at: its scheme and hosts (with
 /// the default port made explicit), sorted, without credentials or options. Two URIs of one
@@ -82,15 +84,24 @@ fn shared(db: &ChronosDatabase, backend: &str, other: &ChronosDatabase) -> Optio
     None
 }
 
-/// Why `db` (on MongoDB deployment `backend`) must not use its backends: an older database
+/// Why `db` (on MongoDB deployment `backend`) must not use its backends: a database ahead of it
 /// among `all` (in any namespace) already claims its MongoDB database, or a bucket one of them
-/// would drop. The older claim wins, so a new resource never takes data from one that exists;
-/// and the same check keeps a refused database's `deletionPolicy: Delete` from dropping data
-/// that was never its own.
+/// would drop. One whose backends were already found reachable (it serves) is ahead of one whose
+/// were not, then the older one, then namespace/name: creation times have whole seconds, so two
+/// resources applied together tie, and a database that serves must never lose its data to one
+/// that sorts first by name. Every reconcile sees the same order, so exactly one of two claimants
+/// wins; and the same check keeps a refused database's `deletionPolicy: Delete` from dropping
+/// data that was never its own.
 pub fn conflict(db: &ChronosDatabase, backend: &str, all: &[ChronosDatabase]) -> Option<String> {
-    let age = |d: &ChronosDatabase| (d.metadata.creation_timestamp.as_ref().map(|t| t.0), id(d));
+    let rank = |d: &ChronosDatabase| {
+        let serving = d
+            .status
+            .as_ref()
+            .is_some_and(|s| conditions::is_true(&s.conditions, BACKENDS_REACHABLE));
+        (!serving, d.metadata.creation_timestamp.as_ref().map(|t| t.0), id(d))
+    };
     all.iter()
-        .filter(|o| o.metadata.uid != db.metadata.uid && age(o) < age(db))
+        .filter(|o| o.metadata.uid != db.metadata.uid && rank(o) < rank(db))
         .find_map(|o| shared(db, backend, o))
 }
 
@@ -125,6 +136,22 @@ mod tests {
             ..Default::default()
         });
         d
+    }
+
+    /// Applied in one second, the two tie on age; the one already serving keeps its database
+    /// whatever the names say (the flake this fixed: the newcomer's namespace sorted first).
+    #[test]
+    fn a_serving_database_keeps_its_claim_over_one_created_in_the_same_second() {
+        let backend = mongo_backend("mongodb://m:27017");
+        let mut serving = on(db("zz-tenant", "a", 5, json!({})), &backend);
+        if let Some(s) = serving.status.as_mut() {
+            let reachable = conditions::Observed::ok(BACKENDS_REACHABLE, "Reachable", "");
+            s.conditions = conditions::merge(&[], &[reachable], None, conditions::now());
+        }
+        let newcomer = db("aa-tenant", "b", 5, json!({}));
+        let all = [serving.clone(), newcomer.clone()];
+        assert!(conflict(&newcomer, &backend, &all).is_some(), "the newcomer is refused");
+        assert_eq!(conflict(&serving, &backend, &all), None, "the serving one keeps it");
     }
 
     #[test]
