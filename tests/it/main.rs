@@ -8,6 +8,7 @@ mod embedded;
 mod examples;
 mod locks;
 mod memory;
+mod mongo_proxy;
 mod mongo_s3;
 mod operator;
 mod operator_mock;
