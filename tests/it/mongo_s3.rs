@@ -182,6 +182,21 @@ async fn a_group_member_that_fails_takes_no_other_with_it() {
     }
 }
 
+/// Update every item of `ids` (at ov 0) to `{"v": 1}`, concurrently.
+fn concurrent_updates_from_ov_0(
+    h: &support::Harness,
+    c: &CollectionName,
+    ids: &[chronos::engine::ItemId],
+) -> Vec<tokio::task::JoinHandle<chronos::engine::Result<chronos::engine::WriteOutcome>>> {
+    ids.iter()
+        .map(|id| {
+            let (engine, c, id) = (h.engine.clone(), c.clone(), id.clone());
+            let data = json!({"v": 1}).as_object().unwrap().clone();
+            tokio::spawn(async move { engine.update(&c, &id, data, Some(0), &Attribution::default()).await })
+        })
+        .collect()
+}
+
 /// A group does not wait for ever for a member whose PUT is slow: it commits the others and
 /// leaves the straggler behind with its head put back. The straggler then holds its item on its
 /// own and commits — unless the item changed meanwhile, which it then reports like any write.
@@ -202,13 +217,7 @@ async fn a_straggler_is_left_behind_and_commits_on_its_own() {
         .lock()
         .unwrap()
         .extend(["/slow/".to_owned(), "/slow-changed/".to_owned()]);
-    let mut tasks: Vec<_> = ids
-        .iter()
-        .map(|id| {
-            let (engine, c, id, who) = (h.engine.clone(), c.clone(), id.clone(), who.clone());
-            tokio::spawn(async move { engine.update(&c, &id, data(1), Some(0), &who).await })
-        })
-        .collect();
+    let mut tasks = concurrent_updates_from_ov_0(&h, &c, &ids);
     let changed = tasks.pop().unwrap();
     let slow = tasks.pop().unwrap();
     h.faults.until_holding(2).await;
@@ -501,19 +510,36 @@ async fn replays_read_only_majority_committed_versions() {
     }
 }
 
+/// An engine whose MongoDB traffic goes through a [`ReplyDropper`], with one item (`{"v": 0}`)
+/// in collection `c`.
+///
+/// [`ReplyDropper`]: crate::mongo_proxy::ReplyDropper
+async fn behind_a_reply_dropper(
+    c: &str,
+) -> (
+    crate::mongo_proxy::ReplyDropper,
+    support::Harness,
+    CollectionName,
+    chronos::engine::ItemId,
+) {
+    let proxy = crate::mongo_proxy::ReplyDropper::start().await;
+    let h = support::mongo_s3_at(&proxy.uri(), EngineSettings::default()).await;
+    let c: CollectionName = c.parse().unwrap();
+    let data = json!({"v": 0}).as_object().unwrap().clone();
+    let (id, _) = h.engine.create(&c, None, data, &Attribution::default()).await.unwrap();
+    (proxy, h, c, id)
+}
+
 /// A restore whose commit outcome is unknown (the commit reached mongod, its reply was lost) is
 /// reported as `OutcomeUnknown`, never as an outage (review L1): an outage would be queued under
 /// a fresh key, and the worker would append the restore a second time.
 #[tokio::test]
 async fn a_restore_whose_commit_reply_is_lost_is_reported_as_unknown() {
     use chronos::engine::{Error, VersionTarget, WriteRequest};
-    let proxy = crate::mongo_proxy::ReplyDropper::start().await;
-    let h = support::mongo_s3_at(&proxy.uri(), EngineSettings::default()).await;
-    let c: CollectionName = "restore-unknown".parse().unwrap();
+    let (proxy, h, c, id) = behind_a_reply_dropper("restore-unknown").await;
     let who = Attribution::default();
-    let data = |v: usize| json!({"v": v}).as_object().unwrap().clone();
-    let (id, _) = h.engine.create(&c, None, data(0), &who).await.unwrap();
-    h.engine.update(&c, &id, data(1), Some(0), &who).await.unwrap();
+    let data = json!({"v": 1}).as_object().unwrap().clone();
+    h.engine.update(&c, &id, data, Some(0), &who).await.unwrap();
 
     proxy.drop_replies_to(b"commitTransaction\0".to_vec());
     let request = WriteRequest::Restore {
@@ -541,18 +567,14 @@ async fn a_restore_whose_commit_reply_is_lost_is_reported_as_unknown() {
 async fn a_write_whose_enqueue_reply_is_lost_is_reported_as_unknown() {
     use chronos::engine::{Error, OperationStatus, WriteRequest};
     use std::sync::atomic::Ordering;
-    let proxy = crate::mongo_proxy::ReplyDropper::start().await;
-    let h = support::mongo_s3_at(&proxy.uri(), EngineSettings::default()).await;
-    let c: CollectionName = "enqueue-unknown".parse().unwrap();
+    let (proxy, h, c, id) = behind_a_reply_dropper("enqueue-unknown").await;
     let who = Attribution::default();
-    let data = |v: usize| json!({"v": v}).as_object().unwrap().clone();
-    let (id, _) = h.engine.create(&c, None, data(0), &who).await.unwrap();
 
     h.faults.fail_puts.store(true, Ordering::SeqCst);
     proxy.drop_replies_to(crate::mongo_proxy::command_on("insert", "chronos_queue"));
     let request = WriteRequest::Update {
         id: id.clone(),
-        data: data(1),
+        data: json!({"v": 1}).as_object().unwrap().clone(),
         expected_ov: None,
     };
     let outcome = h.engine.submit(&c, request, &who).await;
@@ -593,13 +615,7 @@ async fn late_group_members_and_stragglers_are_not_committed() {
     let before = h.payloads.list("late-groups/", None, 100).await.unwrap();
     h.take_commands();
     h.faults.hold_puts_containing.lock().unwrap().push("/i0/".into());
-    let mut tasks: Vec<_> = ids
-        .iter()
-        .map(|id| {
-            let (engine, c, id, who) = (h.engine.clone(), c.clone(), id.clone(), who.clone());
-            tokio::spawn(async move { engine.update(&c, &id, data(1), Some(0), &who).await })
-        })
-        .collect();
+    let mut tasks = concurrent_updates_from_ov_0(&h, &c, &ids);
     let slow = tasks.remove(0);
     h.faults.until_holding(1).await;
     for t in tasks {
