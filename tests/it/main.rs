@@ -6,6 +6,7 @@ mod api_queue;
 mod conformance;
 mod embedded;
 mod examples;
+mod failover;
 mod locks;
 mod memory;
 mod mongo_proxy;
