@@ -451,7 +451,8 @@ impl PendingWrite for GroupMember {
 
 /// Wait until every member committed or gave up — or, for a straggler, until the rest have
 /// waited long enough — then make the group's writes visible at once: put back the heads of those
-/// that gave up or were left behind, insert the others' version entries, commit.
+/// that gave up, were left behind or are past their commit deadline, insert the others' version
+/// entries, commit.
 async fn settle(
     store: MongoMetaStore,
     c: CollectionName,
