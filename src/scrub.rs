@@ -25,8 +25,8 @@ pub struct ScrubArgs {
     #[arg(long)]
     collection: Option<String>,
     /// Payloads whose write began less than this many seconds ago are left alone (they may
-    /// belong to writes in flight); keep it at least MongoDB's transactionLifetimeLimitSeconds.
-    #[arg(long, default_value_t = 60)]
+    /// belong to writes in flight); at least the engines' orphan grace.
+    #[arg(long, default_value_t = chronos::engine::scrub::ORPHAN_GRACE.as_secs())]
     grace_secs: u64,
     /// Delete the orphans found.
     #[arg(long)]
@@ -55,6 +55,15 @@ pub async fn run(args: ScrubArgs) -> Result<(), String> {
         let known: Vec<&str> = storages.keys().map(String::as_str).collect();
         format!("no database `{}` (known: {})", args.db, known.join(", "))
     })?;
+    // Writes commit within their engine's grace of their write id, not within scrub's: a
+    // shorter grace is only safe while no engine writes (the fault campaign uses 0).
+    if Duration::from_secs(args.grace_secs) < settings.orphan_grace {
+        eprintln!(
+            "warning: --grace-secs {} is below the engines' orphan grace ({} s): payloads of writes in flight may be taken for orphans; use it only while no engine writes",
+            args.grace_secs,
+            settings.orphan_grace.as_secs()
+        );
+    }
     // Each database's objects are under its own key prefix, so a scrub sees only its own payloads
     // even in a bucket other databases share.
     let engine = connect::open(&args.db, storage, settings.clone(), &Connections::default())

@@ -72,6 +72,7 @@ impl PendingWrite for MemoryPending {
     }
 
     async fn commit(self: Box<Self>, version: VersionEntry) -> Result<(), CommitError> {
+        super::store::in_time(self.change.commit_by)?;
         let mut all = self.store.lock();
         let coll = all.entry(self.change.collection.clone()).or_default();
         if let Some(r) = &version.request {

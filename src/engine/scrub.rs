@@ -7,10 +7,10 @@
 //! never correctness: reads go through the index.
 //!
 //! A write's payload exists before its commit, so a key without an entry may belong to a write
-//! still in flight. The write id is a UUIDv7 taken before the write begins; a write can commit
-//! only within the metadata store's transaction lifetime after that, so a key whose write id is
-//! older than the grace period (60 s by default, MongoDB's `transactionLifetimeLimitSeconds`)
-//! can no longer become committed. Younger keys are counted, never reported.
+//! still in flight. The write id is a UUIDv7 taken before the write begins, and every store
+//! refuses to commit a write later than [`commit_window`] after it, so a key whose write id is
+//! older than the grace period ([`ORPHAN_GRACE`], shared with the engines' settings) can no
+//! longer become committed. Younger keys are counted, never reported.
 //!
 //! The bucket is listed in pages; memory stays bounded by the page size and by the number of
 //! orphans listed in the report (the rest are only counted).
@@ -22,8 +22,36 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use super::error::Result;
-use super::model::{CollectionName, ItemId};
+use super::model::{CollectionName, ItemId, Timestamp};
 use super::versioning::Engine;
+
+/// How long after its write id a payload without a version entry may still become committed:
+/// scrub leaves younger keys alone. Keep it at least MongoDB's `transactionLifetimeLimitSeconds`.
+pub const ORPHAN_GRACE: Duration = Duration::from_secs(60);
+
+/// How much of the grace a write may spend between its write id and its commit; what is left
+/// covers the commit command itself and clocks that differ between the engine and scrub hosts.
+pub fn commit_window(grace: Duration) -> Duration {
+    grace - grace / 4
+}
+
+/// When a write with this (UUIDv7) write id must have committed by, for scrub's `grace`.
+pub(crate) fn commit_deadline(write_id: &uuid::Uuid, grace: Duration) -> Timestamp {
+    let began = began_ms(write_id)
+        .and_then(|ms| i64::try_from(ms).ok())
+        .and_then(|ms| Timestamp::from_millisecond(ms).ok())
+        .unwrap_or_else(super::model::now);
+    jiff::SignedDuration::try_from(commit_window(grace))
+        .ok()
+        .and_then(|window| began.checked_add(window).ok())
+        .unwrap_or(Timestamp::MAX)
+}
+
+/// When a write began, in Unix milliseconds, from its UUIDv7 write id.
+fn began_ms(write_id: &uuid::Uuid) -> Option<u64> {
+    let (secs, nanos) = write_id.get_timestamp()?.to_unix();
+    Some(secs * 1000 + u64::from(nanos / 1_000_000))
+}
 
 /// How a scrub runs.
 #[derive(Debug, Clone)]
@@ -44,7 +72,7 @@ impl Default for ScrubOptions {
     fn default() -> Self {
         ScrubOptions {
             collection: None,
-            grace: Duration::from_secs(60),
+            grace: ORPHAN_GRACE,
             delete: false,
             page_size: 1000,
             max_listed: 1000,
@@ -111,14 +139,13 @@ fn parse_key(key: &str) -> Option<PayloadKey> {
     }
     let ov: u64 = v.strip_prefix('v')?.parse().ok()?;
     let write_id = file.strip_suffix(".json")?;
-    let uuid = uuid::Uuid::try_parse(write_id).ok()?;
-    let (secs, nanos) = uuid.get_timestamp()?.to_unix();
+    let began_ms = began_ms(&uuid::Uuid::try_parse(write_id).ok()?)?;
     Some(PayloadKey {
         collection: c.parse().ok()?,
         id: id.parse().ok()?,
         ov,
         write_id: write_id.to_owned(),
-        began_ms: secs * 1000 + u64::from(nanos / 1_000_000),
+        began_ms,
     })
 }
 

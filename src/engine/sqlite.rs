@@ -577,16 +577,31 @@ fn commit_write(
         Some(ErrorCode::ConstraintViolation) => not_committed(key_taken(&v.id)),
         _ => sql_not_committed(e),
     })?;
-    tx.commit().map_err(|e| {
-        if is_busy(&e) {
-            // COMMIT failed before writing anything; the dropped transaction rolls back.
-            sql_not_committed(e)
-        } else {
-            // An I/O error while committing may still leave the commit in the WAL, to be
-            // recovered at the next open.
-            CommitError::Unknown(map_sql(e))
+    tx.commit().map_err(commit_failed)
+}
+
+/// What a failed COMMIT means for the transaction.
+fn commit_failed(e: rusqlite::Error) -> CommitError {
+    if is_busy(&e) {
+        // COMMIT failed before writing anything; the dropped transaction rolls back.
+        CommitError::NotCommitted {
+            retry: true,
+            error: map_sql(e),
         }
-    })
+    } else {
+        // An I/O error while committing may still leave the commit in the WAL, to be
+        // recovered at the next open.
+        CommitError::Unknown(map_sql(e))
+    }
+}
+
+/// A failed COMMIT of appends by reference: an unknown outcome stays unknown (never an outage,
+/// which would be queued and appended again).
+fn refs_commit_failed(e: rusqlite::Error) -> Error {
+    match commit_failed(e) {
+        CommitError::Unknown(error) => Error::OutcomeUnknown(error.to_string()),
+        CommitError::NotCommitted { error, .. } => error,
+    }
 }
 
 /// Apply a batch of appends by reference in one transaction; `Ok(None)` (and nothing written)
@@ -700,7 +715,7 @@ fn append_refs(conn: &mut Connection, c: &CollectionName, writes: &[RefWrite]) -
             _ => map_sql(e),
         })?;
     }
-    tx.commit().map_err(map_sql)?;
+    tx.commit().map_err(refs_commit_failed)?;
     Ok(Some(first.unwrap_or(0)))
 }
 
@@ -779,6 +794,7 @@ impl PendingWrite for SqlitePending {
     }
 
     async fn commit(self: Box<Self>, version: VersionEntry) -> Result<(), CommitError> {
+        super::store::in_time(self.change.commit_by)?;
         let this = *self;
         let head = next_head(&this.change, this.previous.as_ref(), this.ov, this.cv, &version);
         let previous_ov = this.previous.as_ref().map(|p| p.ov);
@@ -1169,6 +1185,18 @@ mod tests {
     use crate::engine::model::{Content, Op, now};
     use crate::engine::store::NewData;
 
+    /// Review L1: a COMMIT of appends by reference that failed after writing may still have
+    /// happened, so it is `OutcomeUnknown` (never queued without the caller's key); a busy
+    /// COMMIT wrote nothing.
+    #[test]
+    fn a_failed_commit_of_appends_by_reference_keeps_its_outcome_unknown() {
+        let failure = |code| rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None);
+        let io = refs_commit_failed(failure(rusqlite::ffi::SQLITE_IOERR));
+        assert!(matches!(io, Error::OutcomeUnknown(_)), "{io:?}");
+        let busy = refs_commit_failed(failure(rusqlite::ffi::SQLITE_BUSY));
+        assert!(matches!(busy, Error::Unavailable { .. }), "{busy:?}");
+    }
+
     fn change(id: &str, op: Op, expected_ov: Option<u64>) -> HeadChange {
         HeadChange {
             collection: "c".parse().unwrap(),
@@ -1184,6 +1212,7 @@ mod tests {
             }),
             function_id: None,
             request_key: None,
+            commit_by: jiff::Timestamp::MAX,
         }
     }
 

@@ -51,6 +51,24 @@ pub struct HeadChange {
     /// The caller's idempotency key, if any (the version entry records it): a store that commits
     /// writes in groups keeps two writes with one key in different groups.
     pub request_key: Option<RequestKey>,
+    /// Commit before this time or not at all: after it, scrub may take the payload uploaded under
+    /// `write_id` for an orphan and delete it (see [`super::scrub::commit_window`]). Every store
+    /// checks it right before its commit, with [`in_time`].
+    pub commit_by: Timestamp,
+}
+
+/// Whether a write may still commit (see [`HeadChange::commit_by`]). A write that is too late
+/// is not committed; the engine removes its payload and redoes it with a fresh write id.
+pub fn in_time(commit_by: Timestamp) -> Result<(), CommitError> {
+    if super::model::now() < commit_by {
+        return Ok(());
+    }
+    Err(CommitError::NotCommitted {
+        error: super::Error::metadata(
+            "the write took too long to reach its commit (its payload could already be taken for an orphan); retry",
+        ),
+        retry: true,
+    })
 }
 
 /// Data a write puts into the head.

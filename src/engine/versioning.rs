@@ -91,6 +91,10 @@ pub struct EngineSettings {
     pub queue: QueueSettings,
     /// Items per page of a collection restore (one batch, one transaction each; 1 to 1000).
     pub restore_page: usize,
+    /// How long after its write id a payload without a version entry may still be committed;
+    /// scrub leaves such payloads alone this long, and a write that can't commit well within it
+    /// is redone (see [`super::scrub::commit_window`]).
+    pub orphan_grace: std::time::Duration,
 }
 
 impl Default for EngineSettings {
@@ -103,6 +107,7 @@ impl Default for EngineSettings {
             counter_rules: HashMap::new(),
             queue: QueueSettings::default(),
             restore_page: super::restore::RESTORE_PAGE,
+            orphan_grace: super::scrub::ORPHAN_GRACE,
         }
     }
 }
@@ -791,12 +796,14 @@ impl Engine {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            let write_id = uuid::Uuid::now_v7();
             let mut change = HeadChange {
                 collection: collection.clone(),
                 id: id.clone(),
                 op,
                 expected_ov,
-                write_id: uuid::Uuid::now_v7().simple().to_string(),
+                write_id: write_id.simple().to_string(),
+                commit_by: super::scrub::commit_deadline(&write_id, self.settings.orphan_grace),
                 at: now(),
                 data: match &content {
                     NewContent::Data(d) => Some(d.clone()),

@@ -33,7 +33,8 @@ macro_rules! conformance_suite {
             restore_by_reference_never_serves_another_items_data, retention_keeps_payloads_restored_versions_use,
             restore_during_concurrent_writes_overwrites_nothing,
             restore_after_retention_brings_back_pruned_versions,
-            retention_never_deletes_a_payload_a_concurrent_restore_uses, counters_stay_true_after_retention);
+            retention_never_deletes_a_payload_a_concurrent_restore_uses, counters_stay_true_after_retention,
+            a_write_too_late_for_the_orphan_grace_is_not_committed);
     };
     (@tests $make:expr; $($name:ident),*) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -99,6 +100,10 @@ pub fn settings(check: &str) -> chronos::engine::EngineSettings {
     if check == "restore_during_concurrent_writes_overwrites_nothing" {
         // Small pages, so the restore and the writers interleave over many pages.
         s.restore_page = 7;
+    }
+    if check == "a_write_too_late_for_the_orphan_grace_is_not_committed" {
+        // No time at all between a write id and its commit: every commit comes too late.
+        s.orphan_grace = std::time::Duration::ZERO;
     }
     if check == "oversized_payloads_are_refused" {
         s.max_payload_bytes = 1000;
@@ -2499,4 +2504,36 @@ pub async fn counters_stay_true_after_retention(h: &Harness) {
         (0, 2, 0, 0, mark)
     );
     assert_eq!(after.rules["big"], 2);
+}
+
+/// A write must commit within the orphan grace of its write id, or scrub may already have
+/// deleted its payload as an orphan and the commit would leave a head pointing at nothing
+/// (review M4). A write that is too late — here every write is, the grace being zero — is not
+/// committed, alone or in a group: it is redone with a fresh write id, then refused as
+/// retryable. Nothing of it stays, neither a version nor a payload.
+pub async fn a_write_too_late_for_the_orphan_grace_is_not_committed(h: &Harness) {
+    let e = &h.engine;
+    let writes: Vec<_> = (0..8)
+        .map(|i| {
+            let e = e.clone();
+            tokio::spawn(async move {
+                let id: ItemId = format!("late-{i}").parse().unwrap();
+                e.create(&coll(), Some(id), obj(json!({"n": i})), &who()).await
+            })
+        })
+        .collect();
+    for (i, w) in writes.into_iter().enumerate() {
+        let outcome = w.await.unwrap();
+        assert!(
+            matches!(outcome, Err(Error::Unavailable { .. })),
+            "write {i} is refused as retryable: {outcome:?}"
+        );
+        let id: ItemId = format!("late-{i}").parse().unwrap();
+        assert!(matches!(
+            e.get_latest(&coll(), &id, WITH_DELETED).await,
+            Err(Error::NotFound(_))
+        ));
+    }
+    let left = h.payloads.list("things/", None, 100).await.unwrap();
+    assert!(left.is_empty(), "every attempt removed its payload: {left:?}");
 }

@@ -182,6 +182,21 @@ async fn a_group_member_that_fails_takes_no_other_with_it() {
     }
 }
 
+/// Update every item of `ids` (at ov 0) to `{"v": 1}`, concurrently.
+fn concurrent_updates_from_ov_0(
+    h: &support::Harness,
+    c: &CollectionName,
+    ids: &[chronos::engine::ItemId],
+) -> Vec<tokio::task::JoinHandle<chronos::engine::Result<chronos::engine::WriteOutcome>>> {
+    ids.iter()
+        .map(|id| {
+            let (engine, c, id) = (h.engine.clone(), c.clone(), id.clone());
+            let data = json!({"v": 1}).as_object().unwrap().clone();
+            tokio::spawn(async move { engine.update(&c, &id, data, Some(0), &Attribution::default()).await })
+        })
+        .collect()
+}
+
 /// A group does not wait for ever for a member whose PUT is slow: it commits the others and
 /// leaves the straggler behind with its head put back. The straggler then holds its item on its
 /// own and commits — unless the item changed meanwhile, which it then reports like any write.
@@ -202,13 +217,7 @@ async fn a_straggler_is_left_behind_and_commits_on_its_own() {
         .lock()
         .unwrap()
         .extend(["/slow/".to_owned(), "/slow-changed/".to_owned()]);
-    let mut tasks: Vec<_> = ids
-        .iter()
-        .map(|id| {
-            let (engine, c, id, who) = (h.engine.clone(), c.clone(), id.clone(), who.clone());
-            tokio::spawn(async move { engine.update(&c, &id, data(1), Some(0), &who).await })
-        })
-        .collect();
+    let mut tasks = concurrent_updates_from_ov_0(&h, &c, &ids);
     let changed = tasks.pop().unwrap();
     let slow = tasks.pop().unwrap();
     h.faults.until_holding(2).await;
@@ -394,4 +403,253 @@ async fn a_nul_in_a_key_is_data_not_an_outage() {
     let record = h.engine.get_latest(&c, &id, ReadOptions::default()).await.unwrap();
     assert_eq!(record.data["a\u{0}b"], "x");
     assert_eq!(record.data["plain"], 1);
+}
+
+/// Whether a command's body asks for write concern majority.
+fn majority_write(body: &mongodb::bson::Document) -> bool {
+    body.get_document("writeConcern")
+        .is_ok_and(|w| w.get_str("w").ok() == Some("majority"))
+}
+
+/// Every cv allocation — lone writes, a group's one `$inc`, a restore by reference — waits for a
+/// majority (review M2): a `$inc` acknowledged by the primary alone can be lost in a failover,
+/// and the new primary would hand the same cv out again while the old one's writer still uses it.
+#[tokio::test]
+async fn every_cv_allocation_waits_for_a_majority() {
+    use chronos::engine::VersionTarget;
+    let h = support::mongo_s3(EngineSettings::default()).await;
+    let c: CollectionName = "cv-majority".parse().unwrap();
+    let who = Attribution::default();
+    let data = |v: usize| json!({"v": v}).as_object().unwrap().clone();
+    let (id, _) = h.engine.create(&c, None, data(0), &who).await.unwrap();
+    h.engine.update(&c, &id, data(1), Some(0), &who).await.unwrap();
+    let writes: Vec<_> = (0..32)
+        .map(|i| {
+            let (engine, c, who) = (h.engine.clone(), c.clone(), who.clone());
+            tokio::spawn(async move { engine.create(&c, None, data(i), &who).await })
+        })
+        .collect();
+    for w in writes {
+        w.await.unwrap().unwrap();
+    }
+    h.engine
+        .restore_object(&c, &id, VersionTarget::Ov(0), None, &who)
+        .await
+        .unwrap();
+
+    let allocations: Vec<_> = h
+        .take_command_bodies()
+        .into_iter()
+        .filter(|(name, body)| {
+            ["findAndModify", "update"].contains(&name.as_str()) && body.get_str(name).ok() == Some("chronos_sequences")
+        })
+        .collect();
+    let taken = |body: &mongodb::bson::Document| {
+        body.get_document("update")
+            .and_then(|u| u.get_document("$inc"))
+            .map(|inc| inc.get_i64("cv").unwrap_or(0))
+            .unwrap_or(0)
+    };
+    assert!(
+        allocations.iter().any(|(_, b)| taken(b) > 1),
+        "a group took several cvs at once: {allocations:?}"
+    );
+    assert!(allocations.len() >= 4, "{allocations:?}");
+    for (name, body) in &allocations {
+        assert!(majority_write(body), "{name} without write concern majority: {body}");
+    }
+}
+
+/// An idempotent replay — of a caller's retry, or of a queued job run again — reads the key's
+/// version with read concern majority (review M3): a version only the primary has seen may still
+/// be rolled back, and acknowledging it as the write's outcome would lose the write.
+#[tokio::test]
+async fn replays_read_only_majority_committed_versions() {
+    use chronos::engine::{Submitted, WriteRequest};
+    use std::sync::atomic::Ordering;
+    let h = support::mongo_s3(EngineSettings::default()).await;
+    let c: CollectionName = "replay-majority".parse().unwrap();
+    let keyed = Attribution {
+        request_key: Some("replay-1".parse().unwrap()),
+        ..Attribution::default()
+    };
+    let data = || json!({"v": 1}).as_object().unwrap().clone();
+    let id: chronos::engine::ItemId = "r1".parse().unwrap();
+    let (_, first) = h.engine.create(&c, Some(id.clone()), data(), &keyed).await.unwrap();
+    let (_, again) = h.engine.create(&c, Some(id.clone()), data(), &keyed).await.unwrap();
+    assert!(again.replayed && again.ov == first.ov);
+    let replay_reads = |bodies: Vec<(String, mongodb::bson::Document)>, key: &str| -> Vec<mongodb::bson::Document> {
+        bodies
+            .into_iter()
+            .filter(|(name, body)| {
+                name == "find"
+                    && body
+                        .get_document("filter")
+                        .is_ok_and(|f| f.get_str("requestId").ok() == Some(key))
+            })
+            .map(|(_, body)| body)
+            .collect()
+    };
+    let majority = |body: &mongodb::bson::Document| {
+        body.get_document("readConcern")
+            .is_ok_and(|r| r.get_str("level").ok() == Some("majority"))
+    };
+    let reads = replay_reads(h.take_command_bodies(), "replay-1");
+    assert!(reads.len() >= 2, "{reads:?}");
+    for body in &reads {
+        assert!(majority(body), "a replay read without read concern majority: {body}");
+    }
+
+    // The queue's worker replays under the job's key the same way.
+    h.faults.fail_puts.store(true, Ordering::SeqCst);
+    let request = WriteRequest::Update {
+        id: id.clone(),
+        data: data(),
+        expected_ov: None,
+    };
+    let op = match h.engine.submit(&c, request, &Attribution::default()).await.unwrap() {
+        Submitted::Queued(op) => op,
+        other => panic!("expected the write to be queued, got {other:?}"),
+    };
+    h.faults.fail_puts.store(false, Ordering::SeqCst);
+    h.take_commands();
+    while !h.engine.run_queued_once().await.unwrap() {
+        tokio::task::yield_now().await;
+    }
+    let reads = replay_reads(h.take_command_bodies(), op.job.request_key.as_str());
+    assert!(!reads.is_empty(), "the job looked its key up");
+    for body in &reads {
+        assert!(
+            majority(body),
+            "a queued replay read without read concern majority: {body}"
+        );
+    }
+}
+
+/// An engine whose MongoDB traffic goes through a [`ReplyDropper`], with one item (`{"v": 0}`)
+/// in collection `c`.
+///
+/// [`ReplyDropper`]: crate::mongo_proxy::ReplyDropper
+async fn behind_a_reply_dropper(
+    c: &str,
+) -> (
+    crate::mongo_proxy::ReplyDropper,
+    support::Harness,
+    CollectionName,
+    chronos::engine::ItemId,
+) {
+    let proxy = crate::mongo_proxy::ReplyDropper::start().await;
+    let h = support::mongo_s3_at(&proxy.uri(), EngineSettings::default()).await;
+    let c: CollectionName = c.parse().unwrap();
+    let data = json!({"v": 0}).as_object().unwrap().clone();
+    let (id, _) = h.engine.create(&c, None, data, &Attribution::default()).await.unwrap();
+    (proxy, h, c, id)
+}
+
+/// A restore whose commit outcome is unknown (the commit reached mongod, its reply was lost) is
+/// reported as `OutcomeUnknown`, never as an outage (review L1): an outage would be queued under
+/// a fresh key, and the worker would append the restore a second time.
+#[tokio::test]
+async fn a_restore_whose_commit_reply_is_lost_is_reported_as_unknown() {
+    use chronos::engine::{Error, VersionTarget, WriteRequest};
+    let (proxy, h, c, id) = behind_a_reply_dropper("restore-unknown").await;
+    let who = Attribution::default();
+    let data = json!({"v": 1}).as_object().unwrap().clone();
+    h.engine.update(&c, &id, data, Some(0), &who).await.unwrap();
+
+    proxy.drop_replies_to(b"commitTransaction\0".to_vec());
+    let request = WriteRequest::Restore {
+        id: id.clone(),
+        target: VersionTarget::Ov(0),
+        expected_ov: None,
+    };
+    let outcome = h.engine.submit(&c, request, &who).await;
+    proxy.disarm();
+    assert!(proxy.dropped() > 0, "the commit's reply was lost");
+    assert!(
+        matches!(outcome, Err(Error::OutcomeUnknown(_))),
+        "without a key the caller learns the outcome is unknown: {outcome:?}"
+    );
+    // It did happen, once, and nothing is queued to make it again.
+    let latest = h.engine.get_latest(&c, &id, ReadOptions::default()).await.unwrap();
+    assert_eq!((latest.ov, latest.data["v"].clone()), (2, json!(0)));
+    assert!(!h.engine.run_queued_once().await.unwrap(), "nothing was queued");
+}
+
+/// A write that fails and whose enqueue's outcome is unknown (the insert reached mongod, its
+/// reply was lost) answers `OutcomeUnknown`, not "nothing acknowledged" (review L4): the job is
+/// in fact queued and will run, so a blind retry would write twice.
+#[tokio::test]
+async fn a_write_whose_enqueue_reply_is_lost_is_reported_as_unknown() {
+    use chronos::engine::{Error, OperationStatus, WriteRequest};
+    use std::sync::atomic::Ordering;
+    let (proxy, h, c, id) = behind_a_reply_dropper("enqueue-unknown").await;
+    let who = Attribution::default();
+
+    h.faults.fail_puts.store(true, Ordering::SeqCst);
+    proxy.drop_replies_to(crate::mongo_proxy::command_on("insert", "chronos_queue"));
+    let request = WriteRequest::Update {
+        id: id.clone(),
+        data: json!({"v": 1}).as_object().unwrap().clone(),
+        expected_ov: None,
+    };
+    let outcome = h.engine.submit(&c, request, &who).await;
+    proxy.disarm();
+    h.faults.fail_puts.store(false, Ordering::SeqCst);
+    assert!(proxy.dropped() > 0, "the insert's reply was lost");
+    assert!(
+        matches!(outcome, Err(Error::OutcomeUnknown(_))),
+        "the caller learns the outcome is unknown: {outcome:?}"
+    );
+    let queued = h
+        .engine
+        .list_operations(OperationStatus::Pending, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(queued.len(), 1, "the job was stored after all");
+}
+
+/// The orphan-grace fence holds on every MongoDB commit path (review M4): a group's members and
+/// a straggler that commits on its own are refused like a lone write when they are too late
+/// (the grace here is zero), and every item stays as it was.
+#[tokio::test]
+async fn late_group_members_and_stragglers_are_not_committed() {
+    use chronos::engine::{Engine, Error, ItemId};
+    let late = EngineSettings {
+        orphan_grace: std::time::Duration::ZERO,
+        ..EngineSettings::default()
+    };
+    let h = support::mongo_s3(late).await;
+    let on_time = Engine::new(h.meta.clone(), h.payloads.clone(), EngineSettings::default());
+    let c: CollectionName = "late-groups".parse().unwrap();
+    let who = Attribution::default();
+    let data = |v: usize| json!({"v": v}).as_object().unwrap().clone();
+    let ids: Vec<ItemId> = (0..12).map(|i| format!("i{i}").parse().unwrap()).collect();
+    for id in &ids {
+        on_time.create(&c, Some(id.clone()), data(0), &who).await.unwrap();
+    }
+    let before = h.payloads.list("late-groups/", None, 100).await.unwrap();
+    h.take_commands();
+    h.faults.hold_puts_containing.lock().unwrap().push("/i0/".into());
+    let mut tasks = concurrent_updates_from_ov_0(&h, &c, &ids);
+    let slow = tasks.remove(0);
+    h.faults.until_holding(1).await;
+    for t in tasks {
+        let outcome = t.await.unwrap();
+        assert!(matches!(outcome, Err(Error::Unavailable { .. })), "{outcome:?}");
+    }
+    assert!(
+        h.take_commands().iter().any(|c| c == "update"),
+        "the writes were held as groups"
+    );
+    h.faults.hold_puts_containing.lock().unwrap().clear();
+    h.faults.release_one();
+    let outcome = slow.await.unwrap();
+    assert!(matches!(outcome, Err(Error::Unavailable { .. })), "{outcome:?}");
+    for id in &ids {
+        let latest = h.engine.get_latest(&c, id, ReadOptions::default()).await.unwrap();
+        assert_eq!((latest.ov, latest.data["v"].clone()), (0, json!(0)), "{id}");
+    }
+    let after = h.payloads.list("late-groups/", None, 100).await.unwrap();
+    assert_eq!(after, before, "no payload of a late attempt stays");
 }

@@ -28,8 +28,8 @@ pub struct Harness {
     pub faults: Arc<Faults>,
     aux: Arc<dyn PayloadStore>,
     settings: EngineSettings,
-    /// Names of the MongoDB commands sent so far (empty for other backends).
-    pub commands: Arc<Mutex<Vec<String>>>,
+    /// The MongoDB commands sent so far, name and body (empty for other backends).
+    pub commands: Commands,
     /// Keeps an embedded backend's data directory alive as long as the engine.
     pub _dir: Option<tempfile::TempDir>,
 }
@@ -78,6 +78,11 @@ impl Harness {
     }
 
     pub fn take_commands(&self) -> Vec<String> {
+        self.take_command_bodies().into_iter().map(|(name, _)| name).collect()
+    }
+
+    /// The commands sent since the last take, with their bodies (write and read concerns…).
+    pub fn take_command_bodies(&self) -> Vec<(String, mongodb::bson::Document)> {
         std::mem::take(&mut *self.commands.lock().unwrap())
     }
 }
@@ -234,13 +239,21 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", &uuid::Uuid::now_v7().simple().to_string()[20..])
 }
 
-pub async fn mongo_client(commands: Arc<Mutex<Vec<String>>>) -> mongodb::Client {
-    let mut options = mongodb::options::ClientOptions::parse(env("CHRONOS_TEST_MONGO_URI"))
+/// MongoDB commands as the driver's command monitoring saw them start: name and body.
+pub type Commands = Arc<Mutex<Vec<(String, mongodb::bson::Document)>>>;
+
+pub async fn mongo_client(commands: Commands) -> mongodb::Client {
+    mongo_client_at(&env("CHRONOS_TEST_MONGO_URI"), commands).await
+}
+
+/// A client of the MongoDB server at `uri` that records the commands it sends.
+pub async fn mongo_client_at(uri: &str, commands: Commands) -> mongodb::Client {
+    let mut options = mongodb::options::ClientOptions::parse(uri)
         .await
-        .expect("CHRONOS_TEST_MONGO_URI is not a valid MongoDB URI");
+        .expect("a valid MongoDB URI");
     options.command_event_handler = Some(EventHandler::callback(move |e: CommandEvent| {
         if let CommandEvent::Started(s) = e {
-            commands.lock().unwrap().push(s.command_name);
+            commands.lock().unwrap().push((s.command_name, s.command));
         }
     }));
     mongodb::Client::with_options(options).expect("MongoDB client")
@@ -248,8 +261,13 @@ pub async fn mongo_client(commands: Arc<Mutex<Vec<String>>>) -> mongodb::Client 
 
 /// An engine on the real mongod + S3 server, in a fresh database and a fresh bucket.
 pub async fn mongo_s3(settings: EngineSettings) -> Harness {
-    let commands: Arc<Mutex<Vec<String>>> = Default::default();
-    let client = mongo_client(commands.clone()).await;
+    mongo_s3_at(&env("CHRONOS_TEST_MONGO_URI"), settings).await
+}
+
+/// [`mongo_s3`] with MongoDB reached at `uri` (e.g. through a fault-injecting proxy).
+pub async fn mongo_s3_at(uri: &str, settings: EngineSettings) -> Harness {
+    let commands: Commands = Default::default();
+    let client = mongo_client_at(uri, commands.clone()).await;
     let db_name = unique("t").replace('-', "_");
     let meta = MongoMetaStore::new(client.clone(), &db_name);
     meta.ping().await.expect("mongod reachable and a replica set");

@@ -34,8 +34,8 @@ use tokio::sync::{Notify, oneshot, watch};
 
 use super::{MongoMetaStore, code, head_from_doc, head_update, is_transient, map_err, version_doc};
 use crate::engine::error::{Error, Result};
-use crate::engine::model::{CollectionName, Head, Op, VersionEntry};
-use crate::engine::store::{CommitError, HeadChange, NewData, PendingWrite};
+use crate::engine::model::{CollectionName, Head, Op, Timestamp, VersionEntry};
+use crate::engine::store::{CommitError, HeadChange, NewData, PendingWrite, in_time};
 
 /// At most this many writes share one transaction.
 const MAX_GROUP: usize = 64;
@@ -254,7 +254,7 @@ impl MongoMetaStore {
         let mut reverts = Vec::new();
         let mut pending = Vec::new();
         for (slot, m) in members.into_iter().enumerate() {
-            reverts.push((m.revert, m.change.id.clone()));
+            reverts.push((m.revert, m.change.id.clone(), m.change.commit_by));
             pending.push(Box::new(GroupMember {
                 previous: m.previous,
                 ov: m.ov,
@@ -451,13 +451,14 @@ impl PendingWrite for GroupMember {
 
 /// Wait until every member committed or gave up — or, for a straggler, until the rest have
 /// waited long enough — then make the group's writes visible at once: put back the heads of those
-/// that gave up or were left behind, insert the others' version entries, commit.
+/// that gave up, were left behind or are past their commit deadline, insert the others' version
+/// entries, commit.
 async fn settle(
     store: MongoMetaStore,
     c: CollectionName,
     mut session: mongodb::ClientSession,
     group: Arc<Group>,
-    reverts: Vec<(Revert, crate::engine::model::ItemId)>,
+    reverts: Vec<(Revert, crate::engine::model::ItemId, Timestamp)>,
 ) {
     let _ended = Ended(group.clone());
     let opened = Instant::now();
@@ -490,13 +491,20 @@ async fn settle(
     let mut entries = Vec::new();
     let mut replies = Vec::new();
     let mut undo = Vec::new();
-    for (slot, revert) in slots.into_iter().zip(reverts) {
+    for (slot, (revert, id, commit_by)) in slots.into_iter().zip(reverts) {
         match slot {
-            Slot::Commit(v, reply) => {
-                entries.push(version_doc(&v, v.cv));
-                replies.push(reply);
-            }
-            Slot::Waiting | Slot::GaveUp | Slot::Left => undo.push(revert),
+            // A member too late for its commit is put back like one that gave up.
+            Slot::Commit(v, reply) => match in_time(commit_by) {
+                Ok(()) => {
+                    entries.push(version_doc(&v, v.cv));
+                    replies.push(reply);
+                }
+                Err(late) => {
+                    let _ = reply.send(Err(late));
+                    undo.push((revert, id));
+                }
+            },
+            Slot::Waiting | Slot::GaveUp | Slot::Left => undo.push((revert, id)),
         }
     }
     if replies.is_empty() {

@@ -15,8 +15,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bson::{Bson, Document, doc, oid::ObjectId};
-use mongodb::error::{ErrorKind, TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT, WriteFailure};
-use mongodb::options::{CollectionOptions, IndexOptions, ReadConcern, ReturnDocument, WriteConcern};
+use mongodb::error::{
+    ErrorKind, NO_WRITES_PERFORMED, RETRYABLE_WRITE_ERROR, TRANSIENT_TRANSACTION_ERROR,
+    UNKNOWN_TRANSACTION_COMMIT_RESULT, WriteFailure,
+};
+use mongodb::options::{IndexOptions, ReadConcern, ReturnDocument, WriteConcern};
 use mongodb::{Client, ClientSession, Collection, Database, IndexModel};
 use serde_json::{Map, Value};
 
@@ -66,19 +69,13 @@ impl MongoMetaStore {
 
     /// Take `k` consecutive cvs; returns the last (the others are the `k - 1` before it).
     ///
-    /// Acknowledged by the primary alone (`w: 1`), so it costs no journal wait: a cv only
-    /// matters once a transaction that uses it commits, and that commit (majority, journaled)
-    /// comes after this `$inc` in the oplog, so it makes the `$inc` durable too. A `$inc` lost in
-    /// a failover belonged to writes whose commits were lost with it.
+    /// Acknowledged by a majority, like every write here: the transaction that uses the cv may
+    /// run on another primary after a failover, and a `$inc` the old primary acknowledged alone
+    /// could be lost there, so the new primary would hand the same cv out again.
     async fn take_cvs(&self, c: &CollectionName, k: u64) -> Result<u64> {
         let seq = self
             .db
-            .collection_with_options::<Document>(
-                "chronos_sequences",
-                CollectionOptions::builder()
-                    .write_concern(WriteConcern::nodes(1))
-                    .build(),
-            )
+            .collection::<Document>("chronos_sequences")
             .find_one_and_update(doc! {"_id": c.as_str()}, doc! {"$inc": {"cv": k as i64}})
             .upsert(true)
             .return_document(ReturnDocument::After)
@@ -144,6 +141,7 @@ impl MongoMetaStore {
             previous: None,
             ov: 0,
             cv,
+            commit_by: change.commit_by,
         })))
     }
 
@@ -185,6 +183,7 @@ impl MongoMetaStore {
                     previous: Some(previous),
                     ov,
                     cv,
+                    commit_by: change.commit_by,
                 })))
             }
             Ok(None) => {
@@ -273,8 +272,7 @@ fn commit_error(e: &mongodb::error::Error) -> CommitError {
 }
 
 /// A database handle whose writes are acknowledged only when durable: majority + journal, on
-/// every write (the retry queue included; the cv's `$inc` alone is made durable by the commit that
-/// uses it, see `take_cvs`).
+/// every write (the cv's `$inc` and the retry queue included).
 pub(crate) fn durable_database(client: &Client, db_name: &str) -> Database {
     client.database_with_options(
         db_name,
@@ -455,6 +453,7 @@ struct MongoPending {
     previous: Option<Head>,
     ov: u64,
     cv: u64,
+    commit_by: Timestamp,
 }
 
 #[async_trait]
@@ -501,6 +500,10 @@ impl PendingWrite for MongoPending {
                 _ => map_err(e),
             };
             return Err(CommitError::NotCommitted { error, retry });
+        }
+        if let Err(late) = super::store::in_time(self.commit_by) {
+            let _ = self.session.abort_transaction().await;
+            return Err(late);
         }
         commit(&mut self.session).await.map_err(|e| commit_error(&e))
     }
@@ -659,12 +662,15 @@ impl MetaStore for MongoMetaStore {
                 };
             }
         }
-        // If the outcome stays unknown, the caller's rerun finds the items either restored
-        // (unchanged) or not, since no payload is involved.
+        // An unknown outcome is reported as such, never as an outage: the batch may have
+        // committed, and only the caller's idempotency key makes another attempt safe.
         match commit(&mut session).await {
             Ok(()) => Ok(Some(first)),
-            Err(e) if is_transient(&e) => Ok(None),
-            Err(e) => Err(map_err(e)),
+            Err(e) => match commit_error(&e) {
+                CommitError::Unknown(error) => Err(Error::OutcomeUnknown(error.to_string())),
+                CommitError::NotCommitted { retry: true, .. } => Ok(None),
+                CommitError::NotCommitted { error, .. } => Err(error),
+            },
         }
     }
 
@@ -919,9 +925,12 @@ impl MetaStore for MongoMetaStore {
     }
 
     async fn version_by_request(&self, c: &CollectionName, key: &RequestKey) -> Result<Option<VersionEntry>> {
+        // Only a majority-committed version may answer for the key: one the primary alone has
+        // can still be rolled back in a failover, and acknowledging it would lose the write.
         let found = self
             .versions_coll(c)
             .find_one(doc! {"requestId": key.as_str()})
+            .read_concern(ReadConcern::majority())
             .await
             .map_err(map_err)?;
         found
@@ -999,6 +1008,26 @@ pub(crate) fn code(e: &mongodb::error::Error) -> Option<i32> {
         // An ordered `insertMany` stops at its first failed document.
         ErrorKind::InsertMany(m) => m.write_errors.as_ref().and_then(|w| w.first()).map(|w| w.code),
         _ => None,
+    }
+}
+
+/// Whether a failed write may have been applied anyway: its reply was lost (a network error),
+/// it was applied but not confirmed durable (a write concern error), or the driver's retry failed
+/// after such an attempt. A write the server refused outright, or that the driver says wrote
+/// nothing, did not happen.
+pub(crate) fn may_have_written(e: &mongodb::error::Error) -> bool {
+    if e.contains_label(NO_WRITES_PERFORMED) {
+        return false;
+    }
+    match e.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(_))
+        | ErrorKind::InsertMany(_)
+        | ErrorKind::ServerSelection { .. }
+        | ErrorKind::InvalidArgument { .. }
+        | ErrorKind::BsonSerialization(_)
+        | ErrorKind::Authentication { .. } => false,
+        ErrorKind::Command(_) => e.contains_label(RETRYABLE_WRITE_ERROR),
+        _ => true,
     }
 }
 

@@ -17,7 +17,7 @@
 //! `chronos_queue` and `chronos_dead_letters`; tables in the embedded store). When MongoDB itself
 //! is the failing backend the operation can't be kept durably, so the write is refused with 503
 //! (`backend_unavailable`) and nothing is acknowledged; the caller retries with its idempotency
-//! key.
+//! key. When the enqueue may have landed anyway, the answer is `outcome_unknown`.
 
 pub mod memory;
 pub mod mongo;
@@ -295,6 +295,7 @@ pub struct QueueStats {
 /// Durable storage of operations and dead letters. Every method is atomic on its own.
 #[async_trait]
 pub trait QueueStore: Send + Sync + 'static {
+    /// Store a new operation. `OutcomeUnknown` when it failed but may have been stored anyway.
     async fn enqueue(&self, op: &Operation) -> Result<()>;
     /// Take the operation due first (pending and due, or running with an expired lease), mark
     /// it running for `lease`, count the attempt, and return it with a fresh claim token.
@@ -375,6 +376,16 @@ impl Engine {
                 tracing::warn!(operation = %op.job.id, %collection, item = %op.job.request.id(), %error,
                     "write queued for retry");
                 Ok(Submitted::Queued(Box::new(op)))
+            }
+            Err(e @ Error::OutcomeUnknown(_)) => {
+                // The job may be stored and run later: "nothing happened" would invite a blind
+                // retry that writes twice.
+                tracing::warn!(operation = %op.job.id, %collection, %error, queue_error = %e,
+                    "write failed and may or may not have been queued");
+                Err(Error::OutcomeUnknown(format!(
+                    "{error}; it may have been queued as operation {}",
+                    op.job.id
+                )))
             }
             Err(e) => {
                 // Not kept anywhere: refuse the write (nothing was acknowledged).

@@ -16,7 +16,7 @@ use crate::engine::error::{Error, Result};
 use crate::engine::model::Timestamp;
 use crate::engine::mongo::{
     durable_database, from_date, get_date, get_opt_string, get_string, get_u64, is_transient, map_err,
-    start_transaction, to_date,
+    may_have_written, start_transaction, to_date,
 };
 
 /// Finished operations stay readable (their outcome) this long.
@@ -182,7 +182,13 @@ fn dead_doc(mut d: Document, error: Option<&str>, now: Timestamp) -> Document {
 impl QueueStore for MongoQueue {
     async fn enqueue(&self, op: &Operation) -> Result<()> {
         self.prepare().await?;
-        self.queue().insert_one(queue_doc(op)?).await.map_err(map_err)?;
+        self.queue().insert_one(queue_doc(op)?).await.map_err(|e| {
+            if may_have_written(&e) {
+                Error::OutcomeUnknown(map_err(e).to_string())
+            } else {
+                map_err(e)
+            }
+        })?;
         Ok(())
     }
 
