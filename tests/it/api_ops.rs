@@ -171,32 +171,33 @@ async fn auth_matrix_covers_every_route() {
         }
     }
     assert!(checked > 100, "checked {checked} (route, token) pairs");
-    // A database-scoped admin may not stop the engine that serves every tenant.
-    let (s, _) = status_of(
-        http,
-        &Method::POST,
-        &format!("{}/v1/admin/shutdown", server.url),
-        Some("admin-t1-00123456789"),
-    )
-    .await;
-    assert_eq!(s, 403);
-    // The metrics token reads /metrics and nothing else.
-    let (s, _) = status_of(
-        http,
-        &Method::GET,
-        &format!("{}/metrics", server.url),
-        Some("metrics-0-0123456789"),
-    )
-    .await;
-    assert_eq!(s, 200);
-    let (s, _) = status_of(
-        http,
-        &Method::GET,
-        &format!("{}/metrics", server.url),
-        Some("writer-t1-0123456789"),
-    )
-    .await;
-    assert_eq!(s, 403, "a tenant's token does not see every tenant's metrics");
+    let at = |path: &str| format!("{}{path}", server.url);
+    for (method, path, token, expected, why) in [
+        (
+            Method::POST,
+            "/v1/admin/shutdown",
+            "admin-t1-00123456789",
+            403,
+            "a database's admin may not stop every tenant's engine",
+        ),
+        (
+            Method::GET,
+            "/metrics",
+            "metrics-0-0123456789",
+            200,
+            "the metrics token reads /metrics",
+        ),
+        (
+            Method::GET,
+            "/metrics",
+            "writer-t1-0123456789",
+            403,
+            "a tenant's token does not see every tenant's metrics",
+        ),
+    ] {
+        let (s, _) = status_of(http, &method, &at(path), Some(token)).await;
+        assert_eq!(s, expected, "{why}");
+    }
 }
 
 #[tokio::test]
