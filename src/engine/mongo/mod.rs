@@ -1100,14 +1100,19 @@ fn head_from_doc(id: &ItemId, d: Document) -> Result<Head> {
         Some(Bson::Array(a)) => a.iter().filter_map(|b| b.as_str().map(str::to_owned)).collect(),
         _ => vec![],
     };
+    let updated_at = get_date(&d, "updatedAt")?;
     Ok(Head {
         id: id.clone(),
         ov: get_u64(&d, "ov")?,
         cv: get_u64(&d, "cv")?,
         write_id: get_string(&d, "writeId")?,
         inserted_at: get_date(&d, "insertedAt")?,
-        updated_at: get_date(&d, "updatedAt")?,
-        deleted_at: get_opt_date(&d, "deletedAt")?,
+        updated_at,
+        // A deleted head's latest version is its delete, whose time is the head's `updatedAt`
+        // (clamped so time never runs backwards per item). The stored `deletedAt` is written
+        // before that clamp is known — it serves as the "is deleted" flag — so its time is the
+        // version's, as the other stores report it.
+        deleted_at: get_opt_date(&d, "deletedAt")?.map(|_| updated_at),
         function_ids,
         state: get_string(&d, "state")?.parse()?,
         size: get_u64(&d, "size")?,
@@ -1302,4 +1307,24 @@ fn to_bson(v: &Value) -> Bson {
 
 fn to_bson_doc(m: &Map<String, Value>) -> Document {
     m.iter().map(|(k, v)| (k.clone(), to_bson(v))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With clocks that disagree, a delete's own time was stored (`deletedAt` earlier than the
+    /// clamped `updatedAt`), so the head said it was deleted before its last update (review L10).
+    #[test]
+    fn a_deleted_head_is_deleted_at_its_delete_versions_time() {
+        let later = bson::DateTime::from_millis(2_000);
+        let doc = doc! {
+            "ov": 3_i64, "cv": 9_i64, "writeId": "w", "insertedAt": bson::DateTime::from_millis(0),
+            "updatedAt": later, "deletedAt": bson::DateTime::from_millis(1_000),
+            "state": "new", "size": 0_i64, "checksum": "c",
+        };
+        let head = head_from_doc(&"x".parse().unwrap(), doc).unwrap();
+        assert_eq!(head.deleted_at, Some(head.updated_at));
+        assert_eq!(head.updated_at.as_millisecond(), 2_000);
+    }
 }
