@@ -114,9 +114,10 @@ pub async fn engine(ctx: &Context, db: &ChronosDatabase, settings: EngineSetting
     Ok(crate::connect::open(&key, &storage, settings, &ctx.conns).await?)
 }
 
-/// Drop the MongoDB database and empty and remove the three buckets. Irreversible: called only
-/// for `deletionPolicy: Delete`.
-pub async fn drop_data(ctx: &Context, storage: &Storage) -> Result<()> {
+/// Drop the MongoDB database, delete the database's objects (under its key) from the three
+/// buckets and remove the buckets left empty. Irreversible: called only for
+/// `deletionPolicy: Delete`.
+pub async fn drop_data(ctx: &Context, storage: &Storage, key: &str) -> Result<()> {
     let (uri, db_name, s3, buckets) = remote(storage)?;
     let mongo = ctx.conns.mongo(uri).await?;
     mongo
@@ -125,9 +126,20 @@ pub async fn drop_data(ctx: &Context, storage: &Storage) -> Result<()> {
         .await
         .map_err(crate::engine::Error::metadata)?;
     let client = ctx.conns.s3(s3);
+    // Every object of this database is under `<key>/` (engine::namespace): delete those, and the
+    // bucket only if nothing else is left in it — what another application or database keeps
+    // there is not ours to empty.
+    let prefix = format!("{key}/");
     for bucket in buckets {
         loop {
-            let listed = match client.list_objects_v2().bucket(bucket).max_keys(1000).send().await {
+            let listed = match client
+                .list_objects_v2()
+                .bucket(bucket)
+                .prefix(&prefix)
+                .max_keys(1000)
+                .send()
+                .await
+            {
                 Ok(l) => l,
                 Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_bucket()) => break,
                 Err(e) => return Err(s3_error("list", bucket, e)),
@@ -139,16 +151,7 @@ pub async fn drop_data(ctx: &Context, storage: &Storage) -> Result<()> {
                 .filter_map(|k| ObjectIdentifier::builder().key(k).build().ok())
                 .collect();
             if ids.is_empty() {
-                match client.delete_bucket().bucket(bucket).send().await {
-                    Ok(_) => break,
-                    Err(e)
-                        if e.as_service_error()
-                            .is_some_and(|s| s.meta().code() == Some("NoSuchBucket")) =>
-                    {
-                        break;
-                    }
-                    Err(e) => return Err(s3_error("delete bucket", bucket, e)),
-                }
+                break;
             }
             let delete = Delete::builder()
                 .set_objects(Some(ids))
@@ -162,6 +165,22 @@ pub async fn drop_data(ctx: &Context, storage: &Storage) -> Result<()> {
                 .send()
                 .await
                 .map_err(|e| s3_error("delete objects", bucket, e))?;
+        }
+        let others = match client.list_objects_v2().bucket(bucket).max_keys(1).send().await {
+            Ok(l) => l.key_count().unwrap_or_default() > 0 || !l.contents().is_empty(),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_bucket()) => continue,
+            Err(e) => return Err(s3_error("list", bucket, e)),
+        };
+        if others {
+            tracing::info!(%bucket, "bucket kept: it holds objects of others");
+            continue;
+        }
+        match client.delete_bucket().bucket(bucket).send().await {
+            Ok(_) => {}
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| matches!(s.meta().code(), Some("NoSuchBucket" | "BucketNotEmpty"))) => {}
+            Err(e) => return Err(s3_error("delete bucket", bucket, e)),
         }
     }
     Ok(())

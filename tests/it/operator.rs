@@ -387,11 +387,33 @@ async fn database_gets_buckets_and_an_engine_and_delete_policy_drops_the_data() 
         mongo_databases().await.contains(&mongo_db),
         "the collection's indexes created the database"
     );
+    // The database's own objects live under its key; another application's object in the JSON
+    // bucket is not the database's to delete, and keeps that bucket.
+    let s3 = s3_connection().client();
+    for (bucket, key) in [
+        (&buckets.json, "orders/things/x/v0/w.json"),
+        (&buckets.json, "other-app/keep.txt"),
+    ] {
+        s3.put_object()
+            .bucket(bucket.as_str())
+            .key(key)
+            .body(b"x".to_vec().into())
+            .send()
+            .await
+            .unwrap();
+    }
     dbs.delete("orders", &DeleteParams::default()).await.unwrap();
     wait_gone(&dbs, "orders").await;
-    for b in [&buckets.json, &buckets.content, &buckets.backups] {
+    for b in [&buckets.content, &buckets.backups] {
         assert!(!bucket_exists(b).await, "bucket {b} deleted");
     }
+    let left = s3.list_objects_v2().bucket(buckets.json.as_str()).send().await.unwrap();
+    let left: Vec<&str> = left.contents().iter().filter_map(|o| o.key()).collect();
+    assert_eq!(
+        left,
+        ["other-app/keep.txt"],
+        "only the database's own objects were deleted"
+    );
     assert!(!mongo_databases().await.contains(&mongo_db), "MongoDB database dropped");
     kubelet.abort();
 }
@@ -1080,4 +1102,29 @@ async fn a_database_claiming_another_ones_mongodb_database_or_dropped_buckets_is
         bucket_exists(&first.spec.s3.buckets.json).await,
         "the first database's buckets are still there"
     );
+}
+
+/// Deleting a namespace (or `kubectl delete -k`) can remove the backend Secrets before the
+/// ChronosDatabase. Its `deletionPolicy: Delete` can then reach nothing: the data is kept (an
+/// Event says so) and the resource goes, instead of waiting for Secrets that will not come back
+/// and holding the namespace in Terminating (review M8).
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_a_database_whose_secrets_are_gone_keeps_its_data_and_does_not_hang() {
+    let mut k = Cluster::new().await;
+    k.start();
+    let dbs = k.api::<ChronosDatabase>();
+    k.create::<ChronosDatabase>(k.database_spec("gone", json!({"deletionPolicy": "Delete"})))
+        .await;
+    let db = wait_for(&dbs, "gone", "buckets ready", |d| {
+        condition(d, "BucketsReady").as_deref() == Some("True")
+    })
+    .await;
+    for name in ["mongo", "s3"] {
+        k.api::<Secret>().delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    dbs.delete("gone", &DeleteParams::default()).await.unwrap();
+    wait_gone(&dbs, "gone").await;
+    let retained = wait_event(&k.client, &k.ns, "gone", "DataRetained").await;
+    assert!(retained.note.unwrap().contains("not found"));
+    assert!(bucket_exists(&db.spec.s3.buckets.json).await, "the data is kept");
 }

@@ -558,7 +558,19 @@ async fn cleanup(db: &ChronosDatabase, ctx: &Context) -> Result<Action> {
         sync_shared(ctx, &ns, None).await?;
     }
     if db.spec.deletion_policy == DeletionPolicy::Delete {
-        let storage = backends::storage(&ctx.client, db).await?;
+        let storage = match backends::storage(&ctx.client, db).await {
+            Ok(storage) => storage,
+            // The credentials went first (a namespace being deleted, `kubectl delete -k`): the
+            // data can't be reached, so it is kept — waiting for Secrets that will not come back
+            // would hold the namespace in Terminating for ever.
+            Err(Error::Missing(why) | Error::NotPermitted(why)) => {
+                let note = format!("deletionPolicy: Delete not applied, the data is kept: {why}");
+                tracing::warn!(database = %db.name_any(), %why, "deletionPolicy: Delete not applied");
+                events::publish(&ctx.recorder, db, Notice::warning("DataRetained", note, "Delete")).await;
+                return Ok(Action::await_change());
+            }
+            Err(e) => return Err(e),
+        };
         let all = Api::<ChronosDatabase>::all(ctx.client.clone())
             .list(&ListParams::default())
             .await?
@@ -573,7 +585,7 @@ async fn cleanup(db: &ChronosDatabase, ctx: &Context) -> Result<Action> {
         // No collection or restore reconcile may be writing (which would bring the MongoDB
         // database back) from here on.
         ctx.data_gates.close(&db.metadata.uid.clone().unwrap_or_default()).await;
-        backends::drop_data(ctx, &storage).await?;
+        backends::drop_data(ctx, &storage, &build::database_key(db)).await?;
         tracing::info!(database = %db.name_any(), "dropped the MongoDB database and the buckets (deletionPolicy: Delete)");
     }
     Ok(Action::await_change())
