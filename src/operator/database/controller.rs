@@ -463,35 +463,24 @@ where
 /// Apply an engine's Secret, Service, NetworkPolicy and Deployment (the policy before the pods
 /// it guards); returns the Deployment as stored.
 async fn apply_objects(ctx: &Context, ns: &str, objects: &build::EngineObjects) -> Result<Deployment> {
+    apply_one(ctx, ns, &objects.config).await?;
+    apply_one(ctx, ns, &objects.service).await?;
+    apply_one(ctx, ns, &objects.network_policy).await?;
+    apply_one(ctx, ns, &objects.deployment).await
+}
+
+/// Server-side apply of one object under the operator's field manager.
+async fn apply_one<K>(ctx: &Context, ns: &str, obj: &K) -> Result<K>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
     let pp = PatchParams::apply(FIELD_MANAGER).force();
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let services: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
-    let policies: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), ns);
-    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
-    secrets
-        .patch(&objects.config.name_any(), &pp, &Patch::Apply(typed(&objects.config)?))
-        .await?;
-    services
-        .patch(
-            &objects.service.name_any(),
-            &pp,
-            &Patch::Apply(typed(&objects.service)?),
-        )
-        .await?;
-    policies
-        .patch(
-            &objects.network_policy.name_any(),
-            &pp,
-            &Patch::Apply(typed(&objects.network_policy)?),
-        )
-        .await?;
-    Ok(deployments
-        .patch(
-            &objects.deployment.name_any(),
-            &pp,
-            &Patch::Apply(typed(&objects.deployment)?),
-        )
-        .await?)
+    Ok(api.patch(&obj.name_any(), &pp, &Patch::Apply(typed(obj)?)).await?)
 }
 
 /// An object with its apiVersion and kind, as server-side apply needs them.
