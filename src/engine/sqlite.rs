@@ -150,6 +150,9 @@ pub struct SqliteMetaStore {
 struct Inner {
     /// One connection: SQLite serialises writers anyway, and this keeps the store simple.
     conn: Mutex<Connection>,
+    /// How often the connection was taken: tests check that long work gives it up between steps.
+    #[cfg(test)]
+    taken: std::sync::atomic::AtomicUsize,
     items: ItemLocks,
     /// Declared last so it is released only after the connection has closed.
     _lock: File,
@@ -203,6 +206,8 @@ impl SqliteMetaStore {
         Ok(SqliteMetaStore {
             inner: Arc::new(Inner {
                 conn: Mutex::new(conn),
+                #[cfg(test)]
+                taken: Default::default(),
                 items: ItemLocks::default(),
                 _lock: lock,
             }),
@@ -214,6 +219,8 @@ impl SqliteMetaStore {
         f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let inner = self.inner.clone();
+        #[cfg(test)]
+        inner.taken.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tokio::task::spawn_blocking(move || f(&mut lock_std(&inner.conn)))
             .await
             .map_err(Error::metadata)?
@@ -911,46 +918,48 @@ impl MetaStore for SqliteMetaStore {
     }
 
     async fn list_heads(&self, c: &CollectionName, q: &ListQuery) -> Result<Vec<Head>> {
-        let (c, q) = (c.clone(), q.clone());
-        self.with_conn(move |conn| {
-            let order = if q.descending { "DESC" } else { "ASC" };
-            let cmp = if q.descending { "<" } else { ">" };
-            let sql = format!(
-                "SELECT {HEAD_COLUMNS}, item_id FROM heads WHERE collection = ?1 AND (?2 IS NULL OR item_id {cmp} ?2) \
-                 AND (?3 OR deleted_at IS NULL) ORDER BY item_id {order} LIMIT ?4"
-            );
-            // The filter runs in process over pages in id order: the embedded store serves
-            // small collections, and this keeps one evaluator for every in-process store.
-            let mut found = Vec::new();
-            let mut cursor = q.after_id.as_ref().map(|i| i.as_str().to_owned());
-            let page = q.limit.max(256) as i64;
-            loop {
-                let rows = conn
-                    .prepare_cached(&sql)
-                    .and_then(|mut s| {
-                        s.query_map(params![c.as_str(), cursor, q.include_deleted, page], |r| {
-                            Ok((HeadRow::read(r)?, r.get::<_, String>(13)?))
-                        })?
-                        .collect::<rusqlite::Result<Vec<_>>>()
-                    })
-                    .map_err(map_sql)?;
-                let exhausted = (rows.len() as i64) < page;
-                for (row, id) in rows {
-                    cursor = Some(id.clone());
-                    let head = row.into_head(&id.parse()?)?;
-                    if q.filter.matches(&head.meta) {
-                        found.push(head);
-                        if found.len() == q.limit {
-                            return Ok(found);
-                        }
+        let order = if q.descending { "DESC" } else { "ASC" };
+        let cmp = if q.descending { "<" } else { ">" };
+        let sql = Arc::new(format!(
+            "SELECT {HEAD_COLUMNS}, item_id FROM heads WHERE collection = ?1 AND (?2 IS NULL OR item_id {cmp} ?2) \
+             AND (?3 OR deleted_at IS NULL) ORDER BY item_id {order} LIMIT ?4"
+        ));
+        // The filter runs in process over pages in id order: the embedded store serves small
+        // collections, and this keeps one evaluator for every in-process store. Each page takes
+        // the one connection on its own, so a selective filter over a large collection holds
+        // other requests (writes included) out for one page at a time, not for the whole scan.
+        let mut found = Vec::new();
+        let mut cursor = q.after_id.as_ref().map(|i| i.as_str().to_owned());
+        let page = q.limit.max(256) as i64;
+        loop {
+            let (c, sql, after, include_deleted) = (c.clone(), sql.clone(), cursor.clone(), q.include_deleted);
+            let rows = self
+                .with_conn(move |conn| {
+                    conn.prepare_cached(&sql)
+                        .and_then(|mut s| {
+                            s.query_map(params![c.as_str(), after, include_deleted, page], |r| {
+                                Ok((HeadRow::read(r)?, r.get::<_, String>(13)?))
+                            })?
+                            .collect::<rusqlite::Result<Vec<_>>>()
+                        })
+                        .map_err(map_sql)
+                })
+                .await?;
+            let exhausted = (rows.len() as i64) < page;
+            for (row, id) in rows {
+                cursor = Some(id.clone());
+                let head = row.into_head(&id.parse()?)?;
+                if q.filter.matches(&head.meta) {
+                    found.push(head);
+                    if found.len() == q.limit {
+                        return Ok(found);
                     }
                 }
-                if exhausted {
-                    return Ok(found);
-                }
             }
-        })
-        .await
+            if exhausted {
+                return Ok(found);
+            }
+        }
     }
 
     async fn versions_at(&self, c: &CollectionName, ids: &[ItemId], point: HistoryPoint) -> Result<Vec<VersionEntry>> {
@@ -1237,6 +1246,35 @@ mod tests {
 
     fn busy_items(s: &SqliteMetaStore) -> usize {
         lock_std(&s.inner.items.0).len()
+    }
+
+    /// A filter that matches nothing made the listing scan the whole collection while holding
+    /// the one connection, so every other request, writes included, waited for it (review L7).
+    #[tokio::test]
+    async fn a_long_listing_gives_the_connection_up_between_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteMetaStore::open(&dir.path().join("db")).unwrap();
+        for i in 0..600 {
+            let c = change(&format!("i{i:04}"), Op::Create, None);
+            let p = s.begin_write(c.clone()).await.unwrap();
+            let v = entry(p.as_ref(), &c);
+            p.commit(v).await.unwrap();
+        }
+        let none = crate::engine::query::Filter::parse(&serde_json::json!({"k": "no such value"}), &|_| true).unwrap();
+        let q = ListQuery {
+            filter: none,
+            after_id: None,
+            limit: 10,
+            descending: false,
+            include_deleted: false,
+        };
+        let before = s.inner.taken.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(s.list_heads(&"c".parse().unwrap(), &q).await.unwrap().is_empty());
+        let taken = s.inner.taken.load(std::sync::atomic::Ordering::Relaxed) - before;
+        assert!(
+            taken >= 3,
+            "600 heads in pages of 256: the connection was taken {taken} time(s)"
+        );
     }
 
     #[tokio::test]
