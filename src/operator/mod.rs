@@ -54,6 +54,9 @@ pub enum Error {
     NotPermitted(String),
     #[error("finalizer: {0}")]
     Finalizer(String),
+    /// A step must wait for the cluster to catch up (pods to stop); retried, not a failure.
+    #[error("waiting for {0}")]
+    Waiting(String),
     #[error("cannot encode: {0}")]
     Encode(#[from] serde_json::Error),
     #[error("leader election: {0}")]
@@ -138,6 +141,8 @@ pub mod requeue {
 
     /// A backend or the API server failed: try again soon.
     pub const TRANSIENT: Duration = Duration::from_secs(15);
+    /// Waiting for the cluster (pods to stop); the watched objects' changes usually come first.
+    pub const WAITING: Duration = Duration::from_secs(5);
     /// Something referenced is missing; it may be created any moment.
     pub const MISSING: Duration = Duration::from_secs(30);
     /// All is well: look again now and then (an index dropped by hand, a backend gone).
@@ -164,7 +169,10 @@ where
 /// The error policy of every controller: transient trouble is retried soon; an invalid spec
 /// waits for the user (its condition already says what is wrong).
 pub fn error_policy<K>(_obj: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Action {
-    if error.is_transient() {
+    if let Error::Waiting(_) = error {
+        tracing::info!(%error, "not done yet");
+        Action::requeue(requeue::WAITING)
+    } else if error.is_transient() {
         tracing::warn!(%error, "reconcile failed; retrying");
         Action::requeue(requeue::TRANSIENT)
     } else {

@@ -402,7 +402,20 @@ async fn database_gets_buckets_and_an_engine_and_delete_policy_drops_the_data() 
             .await
             .unwrap();
     }
+    // The engine's pods stop before the data goes: with no kubelet to stop them, the database
+    // waits, scaled to zero, with its data intact.
+    kubelet.abort();
     dbs.delete("orders", &DeleteParams::default()).await.unwrap();
+    wait_for(&k.api::<Deployment>(), "orders-engine", "scaled to zero", |d| {
+        d.spec.as_ref().and_then(|s| s.replicas) == Some(0)
+    })
+    .await;
+    assert!(
+        dbs.get_opt("orders").await.unwrap().is_some(),
+        "still there while pods run"
+    );
+    assert!(bucket_exists(&buckets.backups).await && mongo_databases().await.contains(&mongo_db));
+    let kubelet = tokio::spawn(fake_kubelet(k.api::<Deployment>()));
     wait_gone(&dbs, "orders").await;
     for b in [&buckets.content, &buckets.backups] {
         assert!(!bucket_exists(b).await, "bucket {b} deleted");

@@ -541,11 +541,11 @@ async fn write_status(
 /// with their owner (garbage collection by owner reference).
 async fn cleanup(db: &ChronosDatabase, ctx: &Context) -> Result<Action> {
     let ns = db.namespace().unwrap_or_default();
-    {
+    let shared = {
         let lock = ctx.namespace_lock(&ns);
         let _rendering = lock.lock().await;
-        sync_shared(ctx, &ns, None).await?;
-    }
+        sync_shared(ctx, &ns, None).await?
+    };
     if db.spec.deletion_policy == DeletionPolicy::Delete {
         let storage = match backends::storage(&ctx.client, db).await {
             Ok(storage) => storage,
@@ -571,6 +571,9 @@ async fn cleanup(db: &ChronosDatabase, ctx: &Context) -> Result<Action> {
             events::publish(&ctx.recorder, db, Notice::warning("DataRetained", note, "Delete")).await;
             return Ok(Action::await_change());
         }
+        // No engine may still be serving the database: a write it acknowledged during the drop
+        // would be lost, and its upserts would bring the MongoDB database back half-empty.
+        stop_serving(db, ctx, &ns, shared.applied.as_ref().map(|(d, _)| d)).await?;
         // No collection or restore reconcile may be writing (which would bring the MongoDB
         // database back) from here on.
         ctx.data_gates.close(&db.metadata.uid.clone().unwrap_or_default()).await;
@@ -578,6 +581,47 @@ async fn cleanup(db: &ChronosDatabase, ctx: &Context) -> Result<Action> {
         tracing::info!(database = %db.name_any(), "dropped the MongoDB database and the buckets (deletionPolicy: Delete)");
     }
     Ok(Action::await_change())
+}
+
+/// Make sure no engine serves `db` any more before its data is dropped: its dedicated engine is
+/// scaled to zero and must have no pods left; on the shared engine, the rollout of the
+/// configuration without it (`shared`, just applied) must be complete. Until then a transient
+/// error: the finalizer stays, and the Deployment's next status change reconciles again.
+async fn stop_serving(db: &ChronosDatabase, ctx: &Context, ns: &str, shared: Option<&Deployment>) -> Result<()> {
+    if db.spec.engine.is_none() {
+        return match shared {
+            Some(d) if !build::deployment_ready(d).0 => Err(Error::Waiting(format!(
+                "the shared engine to roll out without database `{}` before its data is dropped \
+                 (deletionPolicy: Retain deletes it without dropping anything)",
+                db.name_any()
+            ))),
+            _ => Ok(()),
+        };
+    }
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+    let name = build::engine_name(db);
+    let Some(deployment) = deployments.get_opt(&name).await? else {
+        return Ok(());
+    };
+    let wanted = deployment.spec.as_ref().and_then(|s| s.replicas);
+    if wanted != Some(0) {
+        let zero = serde_json::json!({"spec": {"replicas": 0}});
+        deployments
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&zero))
+            .await?;
+        return Err(Error::Waiting(format!(
+            "engine {name} to scale to zero before the data is dropped"
+        )));
+    }
+    let status = deployment.status.unwrap_or_default();
+    let observed = status.observed_generation >= deployment.metadata.generation;
+    if !observed || status.replicas.unwrap_or(0) > 0 {
+        return Err(Error::Waiting(format!(
+            "engine {name} to have no pods before the data is dropped (deletionPolicy: Retain deletes it \
+             without dropping anything)"
+        )));
+    }
+    Ok(())
 }
 
 /// The controller: watches databases, the Deployments they own (readiness), and collections
