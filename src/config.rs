@@ -260,6 +260,11 @@ pub struct EngineConfig {
     /// How queued writes are retried.
     #[serde(default)]
     pub retry_queue: RetryQueueConfig,
+    /// How old an uncommitted payload must be before scrub may call it an orphan; a write that
+    /// has not committed within ¾ of it is redone instead (docs/design.md, "Orphaned payloads").
+    /// Every engine and every scrub of a database must use the same value.
+    #[serde(default = "EngineConfig::default_orphan_grace_secs")]
+    pub orphan_grace_secs: u64,
 }
 
 /// `engine.retryQueue`: writes that met a transient backend failure are retried with
@@ -314,6 +319,9 @@ impl Default for RetryQueueConfig {
 }
 
 impl EngineConfig {
+    fn default_orphan_grace_secs() -> u64 {
+        EngineSettings::default().orphan_grace.as_secs()
+    }
     fn default_inline_max_bytes() -> usize {
         EngineSettings::default().inline_max_bytes
     }
@@ -326,6 +334,7 @@ impl EngineConfig {
             inline_max_bytes: self.inline_max_bytes,
             max_payload_bytes: self.max_payload_bytes,
             queue: self.retry_queue.settings(),
+            orphan_grace: Duration::from_secs(self.orphan_grace_secs),
             ..EngineSettings::default()
         }
     }
@@ -337,6 +346,7 @@ impl Default for EngineConfig {
             inline_max_bytes: Self::default_inline_max_bytes(),
             max_payload_bytes: Self::default_max_payload_bytes(),
             retry_queue: RetryQueueConfig::default(),
+            orphan_grace_secs: Self::default_orphan_grace_secs(),
         }
     }
 }
@@ -439,6 +449,10 @@ fn settings_issues(
     }
     if q.lease_ms < 1000 {
         issue("engine.retryQueue.leaseMs".to_owned(), "must be at least 1000");
+    }
+    if engine.orphan_grace_secs < 10 {
+        // Below that, ¾ of it leaves a write too little time for its PUT and its commit.
+        issue("engine.orphanGraceSecs".to_owned(), "must be at least 10");
     }
     if engine.max_payload_bytes == 0 {
         issue("engine.maxPayloadBytes".to_owned(), "must be greater than 0");
@@ -712,6 +726,24 @@ engine:
         assert!(
             Config::parse("").is_ok_and(|c| c.validate().is_empty()),
             "empty means embedded"
+        );
+    }
+
+    /// The engines' commit deadline and scrub's orphan age come from one setting (review M4).
+    #[test]
+    fn the_orphan_grace_is_read_and_checked() {
+        let c = Config::parse("engine:\n  orphanGraceSecs: 20\n").unwrap();
+        assert!(c.validate().is_empty(), "{:?}", c.validate());
+        assert_eq!(c.engine_settings().orphan_grace, Duration::from_secs(20));
+        assert_eq!(
+            Config::default().engine_settings().orphan_grace,
+            crate::engine::scrub::ORPHAN_GRACE
+        );
+        let too_short = Config::parse("engine:\n  orphanGraceSecs: 2\n").unwrap();
+        assert!(
+            too_short.validate().iter().any(|i| i.field == "engine.orphanGraceSecs"),
+            "{:?}",
+            too_short.validate()
         );
     }
 
