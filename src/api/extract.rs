@@ -165,7 +165,10 @@ fn integral_floats_to_integers(value: &mut Value) {
 
 /// Bodies larger than this are read and parsed a few at a time: a parsed JSON value can take
 /// twenty times the memory of its text (an array of small numbers), so many large bodies at
-/// once would make memory grow with the number of clients.
+/// once would make memory grow with the number of clients. Every body is either announced by
+/// `Content-Length` or chunked (gated as large): the service speaks HTTP/1 only (axum's `http1`
+/// feature), so no HTTP/2 body arrives without either. A body must arrive within the service's
+/// body deadline, so a slow client holds a permit for a bounded time.
 const LARGE_BODY_BYTES: u64 = 1 << 20;
 static LARGE_BODIES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
 
