@@ -28,7 +28,7 @@ pub struct Prefixed {
 }
 
 impl Prefixed {
-    /// `database` must be a database key (checked by [`database_prefix`]).
+    /// `prefix` comes from [`database_prefix`].
     fn new(inner: Arc<dyn PayloadStore>, prefix: &str) -> Self {
         Prefixed {
             inner,
@@ -42,8 +42,8 @@ impl Prefixed {
 }
 
 /// `<database>/`, for a database key: no `/`, and not `.` or `..`, so one database's prefix can
-/// never contain another's keys.
-fn database_prefix(database: &str) -> Result<String> {
+/// never contain another's keys. Whatever removes a database's objects uses it too.
+pub fn database_prefix(database: &str) -> Result<String> {
     // Database keys follow the item-id rules (routing checks them the same way).
     database
         .parse::<ItemId>()

@@ -491,11 +491,8 @@ impl Engine {
         if let Some(entry) = indexed {
             return Ok(Some(Target::indexed(entry)));
         }
-        let fits = |v: &VersionEntry| match target {
-            VersionTarget::Ov(ov) => v.ov == ov,
-            VersionTarget::At(at) => v.at <= at,
-        };
-        Ok(self.pruned_where(collection, id, fits).await?.map(Target::pruned))
+        let found = self.pruned_where(collection, id, |v| target.admits(v)).await?;
+        Ok(found.map(Target::pruned))
     }
 
     async fn restore_once(

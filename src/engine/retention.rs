@@ -146,9 +146,7 @@ impl PrunePolicy {
         let by_age = cutoff.is_some_and(|c| v.at >= c);
         v.ov == latest || by_count || by_age
     }
-}
 
-impl PrunePolicy {
     /// The time before which versions are too old to keep by age.
     fn cutoff(&self) -> Result<Option<Timestamp>> {
         let Some(days) = self.max_age_days else { return Ok(None) };
@@ -447,11 +445,8 @@ impl Engine {
         id: &ItemId,
         target: VersionTarget,
     ) -> Result<Option<VersionEntry>> {
-        let fits = |v: &VersionEntry| match target {
-            VersionTarget::Ov(ov) => v.ov == ov,
-            VersionTarget::At(at) => v.at <= at,
-        };
-        Ok(self.pruned_where(collection, id, fits).await?.map(|p| p.entry))
+        let found = self.pruned_where(collection, id, |v| target.admits(v)).await?;
+        Ok(found.map(|p| p.entry))
     }
 
     /// The latest version of an item at `point` that is kept only in the manifests (for items

@@ -145,6 +145,17 @@ pub enum VersionTarget {
     At(Timestamp),
 }
 
+impl VersionTarget {
+    /// Whether `v` can be the version this names: the one with that ov, or any written at or
+    /// before that time (the latest of those is the one current then).
+    pub fn admits(&self, v: &VersionEntry) -> bool {
+        match *self {
+            VersionTarget::Ov(ov) => v.ov == ov,
+            VersionTarget::At(at) => v.at <= at,
+        }
+    }
+}
+
 impl std::fmt::Display for VersionTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -129,7 +129,7 @@ pub async fn drop_data(ctx: &Context, storage: &Storage, key: &str) -> Result<()
     // Every object of this database is under `<key>/` (engine::namespace): delete those, and the
     // bucket only if nothing else is left in it — what another application or database keeps
     // there is not ours to empty.
-    let prefix = format!("{key}/");
+    let prefix = crate::engine::namespace::database_prefix(key)?;
     for bucket in buckets {
         loop {
             let listed = match client
