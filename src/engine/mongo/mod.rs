@@ -67,6 +67,12 @@ impl MongoMetaStore {
         self.db.collection(&format!("{c}_ver"))
     }
 
+    /// Per collection its cv counter and counter mark (`_id` = name) and retention's tallies
+    /// (`_id` = name/pruned).
+    fn sequences(&self) -> Collection<Document> {
+        self.db.collection("chronos_sequences")
+    }
+
     /// Take `k` consecutive cvs; returns the last (the others are the `k - 1` before it).
     ///
     /// Acknowledged by a majority, like every write here: the transaction that uses the cv may
@@ -74,8 +80,7 @@ impl MongoMetaStore {
     /// could be lost there, so the new primary would hand the same cv out again.
     async fn take_cvs(&self, c: &CollectionName, k: u64) -> Result<u64> {
         let seq = self
-            .db
-            .collection::<Document>("chronos_sequences")
+            .sequences()
             .find_one_and_update(doc! {"_id": c.as_str()}, doc! {"$inc": {"cv": k as i64}})
             .upsert(true)
             .return_document(ReturnDocument::After)
@@ -305,7 +310,7 @@ impl MongoMetaStore {
         versions: &[PrunedVersion],
     ) -> Result<u64, mongodb::error::Error> {
         use futures::TryStreamExt;
-        let sequences = self.db.collection::<Document>("chronos_sequences");
+        let sequences = self.sequences();
         let ovs: Vec<i64> = versions.iter().map(|p| p.ov as i64).collect();
         let filter = doc! {"itemId": id.as_str(), "ov": {"$in": &ovs}};
         let present: Vec<Document> = self
@@ -787,8 +792,7 @@ impl MetaStore for MongoMetaStore {
 
     async fn counters_from(&self, c: &CollectionName) -> Result<u64> {
         let seq = self
-            .db
-            .collection::<Document>("chronos_sequences")
+            .sequences()
             .find_one(doc! {"_id": c.as_str()})
             .await
             .map_err(map_err)?;
@@ -798,8 +802,7 @@ impl MetaStore for MongoMetaStore {
     async fn reset_counters(&self, c: &CollectionName) -> Result<u64> {
         // A pipeline update copies the current cv in one atomic step.
         let seq = self
-            .db
-            .collection::<Document>("chronos_sequences")
+            .sequences()
             .find_one_and_update(
                 doc! {"_id": c.as_str()},
                 vec![doc! {"$set": {"cv": {"$ifNull": ["$cv", 0_i64]}, "countersFrom": {"$ifNull": ["$cv", 0_i64]}}}],
@@ -916,8 +919,7 @@ impl MetaStore for MongoMetaStore {
     async fn pruned_counts(&self, c: &CollectionName) -> Result<std::collections::HashMap<String, u64>> {
         let from = self.counters_from(c).await?;
         let tally = self
-            .db
-            .collection::<Document>("chronos_sequences")
+            .sequences()
             .find_one(doc! {"_id": pruned_id(c)})
             .await
             .map_err(map_err)?;
