@@ -124,12 +124,7 @@ async fn usable(
     storage: &crate::config::Storage,
     mongo_backend: &str,
 ) -> Result<Checked> {
-    // Across namespaces: a MongoDB database or bucket is shared whoever the tenant is.
-    let all = Api::<ChronosDatabase>::all(ctx.client.clone())
-        .list(&ListParams::default())
-        .await?
-        .items;
-    if let Some(why) = claims::conflict(db, mongo_backend, &all) {
+    if let Some(why) = claim_conflict(db, ctx, mongo_backend).await? {
         let observed = vec![
             Observed::failed(BACKENDS_REACHABLE, "Conflict", &why),
             Observed::failed(READY, "Conflict", &why),
@@ -168,6 +163,17 @@ async fn usable(
         Observed::ok(BACKENDS_REACHABLE, "Reachable", "MongoDB and S3 answer"),
         Observed::ok(BUCKETS_READY, "BucketsExist", buckets),
     ]))
+}
+
+/// Why `db` (on MongoDB deployment `backend`) may not use its data, if another ChronosDatabase
+/// claims it — looked for in every namespace: a MongoDB database or bucket is shared whoever
+/// the tenant is.
+async fn claim_conflict(db: &ChronosDatabase, ctx: &Context, backend: &str) -> Result<Option<String>> {
+    let all = Api::<ChronosDatabase>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items;
+    Ok(claims::conflict(db, backend, &all))
 }
 
 /// Make `db`'s tokens Secret unless it is there; tokens are never regenerated (clients hold
@@ -560,11 +566,7 @@ async fn cleanup(db: &ChronosDatabase, ctx: &Context) -> Result<Action> {
             }
             Err(e) => return Err(e),
         };
-        let all = Api::<ChronosDatabase>::all(ctx.client.clone())
-            .list(&ListParams::default())
-            .await?
-            .items;
-        if let Some(why) = claims::conflict(db, &backends::mongo_backend(&storage)?, &all) {
+        if let Some(why) = claim_conflict(db, ctx, &backends::mongo_backend(&storage)?).await? {
             // Irreversible, and the data was never this database's: keep it.
             tracing::warn!(database = %db.name_any(), %why, "deletionPolicy: Delete not applied");
             let note = format!("deletionPolicy: Delete not applied, the data is kept: {why}");
