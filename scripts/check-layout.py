@@ -41,6 +41,8 @@ LAYER_RULES = [
 USE_RE = re.compile(r"(?:^|[;{}\s])(pub(?:\([^)]*\))?\s+)?use\s+([^;]+);", re.S)
 PATH_RE = re.compile(r"\b(crate|super|self|chronos)((?:::[A-Za-z_][A-Za-z0-9_]*)+)")
 INLINE_MOD_RE = re.compile(r"\bmod\s+([A-Za-z_][A-Za-z0-9_]*)\s*\{")
+RAW_STRING_RE = re.compile(r'b?r(#*)"')
+CHAR_RE = re.compile(r"'(?:\\.[^']*|[^\\'])'")
 MOD_RE = re.compile(r"^\s*(?:pub(?:\([^)]*\))?\s+)?mod\s+([A-Za-z_][A-Za-z0-9_]*)\s*;", re.M)
 
 
@@ -61,9 +63,9 @@ def strip_comments_and_strings(text: str) -> str:
                 else:
                     i += 1
             out.append(" ")
-        elif (m := re.match(r'b?r(#*)"', text[i:])) and (i == 0 or not (text[i - 1].isalnum() or text[i - 1] == "_")):
+        elif (m := RAW_STRING_RE.match(text, i)) and (i == 0 or not (text[i - 1].isalnum() or text[i - 1] == "_")):
             close = '"' + m.group(1)
-            j = text.find(close, i + m.end())
+            j = text.find(close, m.end())
             i = n if j == -1 else j + len(close)
             out.append('""')
         elif c == '"':
@@ -72,8 +74,8 @@ def strip_comments_and_strings(text: str) -> str:
                 i += 2 if text[i] == "\\" else 1
             i += 1
             out.append('""')
-        elif c == "'" and (m := re.match(r"'(?:\\.[^']*|[^\\'])'", text[i:])):
-            i += m.end()
+        elif c == "'" and (m := CHAR_RE.match(text, i)):
+            i = m.end()
             out.append("' '")
         else:
             out.append(c)
