@@ -87,6 +87,9 @@ pub struct Context {
     /// [`engine_image`](Self::engine_image)'s): an engine pod mounts the database's Secrets, so
     /// a ChronosDatabase author must not choose what runs there.
     pub allowed_engine_images: Vec<String>,
+    /// The hosts a ChronosDatabase's backends may be on (`--allowed-backend-hosts`): the
+    /// operator connects there from its own namespace, so their author must not choose freely.
+    pub backend_hosts: backend_hosts::BackendHosts,
     /// Replicas of each namespace's shared engine.
     pub shared_engine_replicas: i32,
     /// Items per page of a collection restore (status is written after each page).
@@ -118,6 +121,7 @@ impl Context {
             client,
             conns: Connections::default(),
             allowed_engine_images: vec![database::build::image_repository(&engine_image).to_owned()],
+            backend_hosts: backend_hosts::BackendHosts::default(),
             engine_image,
             shared_engine_replicas: 1,
             restore_page: crate::engine::restore::RESTORE_PAGE,

@@ -26,6 +26,11 @@ pub struct OperatorArgs {
     /// (default: the repository of --engine-image). Any other image is refused.
     #[arg(long, env = "CHRONOS_ALLOWED_ENGINE_IMAGES", value_delimiter = ',')]
     pub allowed_engine_images: Vec<String>,
+    /// Hosts a ChronosDatabase's S3 endpoint and MongoDB URI may name, comma-separated:
+    /// `host[:port]` or `*.domain[:port]` (default: any host but link-local and cloud metadata
+    /// addresses). The operator connects to them from its own namespace.
+    #[arg(long, env = "CHRONOS_ALLOWED_BACKEND_HOSTS", value_delimiter = ',')]
+    pub allowed_backend_hosts: Vec<String>,
     /// Replicas of each namespace's shared engine (the one serving databases without
     /// spec.engine).
     #[arg(long, env = "CHRONOS_SHARED_ENGINE_REPLICAS", default_value_t = 1)]
@@ -125,6 +130,15 @@ pub async fn run_controllers(ctx: Arc<Context>, scope: Scope) {
 /// until the lease is lost or the process is asked to stop.
 pub async fn run(args: OperatorArgs) -> Result<()> {
     crate::install_crypto_provider();
+    // A bad list stops the operator before it leads, not at its first reconcile.
+    let backend_hosts = super::backend_hosts::BackendHosts::parse(&args.allowed_backend_hosts)
+        .map_err(|e| Error::Invalid(format!("--allowed-backend-hosts: {e}")))?;
+    if !backend_hosts.is_restricted() {
+        tracing::warn!(
+            "no --allowed-backend-hosts: ChronosDatabase authors may point the operator at any host but \
+             link-local and cloud metadata addresses"
+        );
+    }
     let client = kube::Client::try_default().await?;
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     tracing::info!(listen = %args.listen, "operator health and metrics");
@@ -144,6 +158,7 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
     tracing::info!("leading: controllers start");
     let mut ctx = Context::with_identity(client.clone(), args.engine_image, Some(lease.identity.clone()));
     ctx.shared_engine_replicas = args.shared_engine_replicas;
+    ctx.backend_hosts = backend_hosts;
     if !args.allowed_engine_images.is_empty() {
         ctx.allowed_engine_images = args.allowed_engine_images;
     }

@@ -1141,3 +1141,72 @@ async fn deleting_a_database_whose_secrets_are_gone_keeps_its_data_and_does_not_
     assert!(retained.note.unwrap().contains("not found"));
     assert!(bucket_exists(&db.spec.s3.buckets.json).await, "the data is kept");
 }
+
+/// The `BackendsReachable` condition of `name`, once the operator wrote one.
+async fn backends_condition(
+    dbs: &Api<ChronosDatabase>,
+    name: &str,
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    let db = wait_for(dbs, name, "BackendsReachable", |d| {
+        condition(d, "BackendsReachable").is_some()
+    })
+    .await;
+    db.status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "BackendsReachable")
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backends_outside_the_allowed_hosts_are_never_contacted() {
+    // No list: any host but link-local and cloud metadata addresses (M7).
+    let mut open = Cluster::new().await;
+    open.start();
+    let mut spec = open.database_spec("metadata", json!({}));
+    spec["spec"]["s3"]["endpoint"] = "http://169.254.169.254".into();
+    open.create::<ChronosDatabase>(spec).await;
+    let c = backends_condition(&open.api(), "metadata").await;
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "BackendNotAllowed"),
+        "{}",
+        c.message
+    );
+    assert!(
+        c.message.contains("169.254.169.254:80") && c.message.contains("link-local"),
+        "{}",
+        c.message
+    );
+
+    // A list naming only the S3 server: another endpoint, and a MongoDB URI elsewhere, are refused
+    // before any bucket is made.
+    let mut closed = Cluster::new().await;
+    let s3 = url::Url::parse(&env("CHRONOS_TEST_S3_ENDPOINT")).unwrap();
+    let s3_host = format!("{}:{}", s3.host_str().unwrap(), s3.port_or_known_default().unwrap());
+    Arc::get_mut(&mut closed.ctx).unwrap().backend_hosts =
+        chronos::operator::backend_hosts::BackendHosts::parse(&[s3_host]).unwrap();
+    closed.start();
+    let dbs = closed.api::<ChronosDatabase>();
+    let mut spec = closed.database_spec("elsewhere", json!({}));
+    spec["spec"]["s3"]["endpoint"] = "http://attacker.example".into();
+    closed.create::<ChronosDatabase>(spec).await;
+    let c = backends_condition(&dbs, "elsewhere").await;
+    assert_eq!(c.reason, "BackendNotAllowed", "{}", c.message);
+    assert!(
+        c.message.contains("attacker.example:80") && c.message.contains("--allowed-backend-hosts"),
+        "{}",
+        c.message
+    );
+
+    let db: ChronosDatabase = closed.create(closed.database_spec("mongo-elsewhere", json!({}))).await;
+    let c = backends_condition(&dbs, "mongo-elsewhere").await;
+    assert_eq!(c.reason, "BackendNotAllowed", "{}", c.message);
+    assert!(c.message.contains("MongoDB URI in Secret mongo/uri"), "{}", c.message);
+    assert!(
+        !c.message.contains(&env("CHRONOS_TEST_MONGO_URI")),
+        "the URI is never shown"
+    );
+    assert!(!bucket_exists(&db.spec.s3.buckets.json).await, "nothing was made");
+}

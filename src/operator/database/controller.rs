@@ -92,6 +92,11 @@ async fn check(db: &ChronosDatabase, ctx: &Context) -> Result<Check> {
         ))
         .into());
     }
+    // Before any Secret is read or any connection made: the endpoint is the author's to choose,
+    // the hosts the operator may reach are the cluster admin's (M7).
+    if let Err(why) = ctx.backend_hosts.check_url(&db.spec.s3.endpoint) {
+        return Ok(not_allowed(format!("spec.s3.endpoint: {why}")).into());
+    }
     let storage = match backends::storage(&ctx.client, db).await {
         Ok(s) => s,
         Err(e @ (Error::Missing(_) | Error::Invalid(_) | Error::NotPermitted(_))) => {
@@ -108,12 +113,32 @@ async fn check(db: &ChronosDatabase, ctx: &Context) -> Result<Check> {
         }
         Err(e) => return Err(e),
     };
+    if let crate::config::Storage::Remote { mongo_uri, .. } = &storage
+        && let Err(why) = ctx.backend_hosts.check_mongo_uri(mongo_uri)
+    {
+        let secret = &db.spec.mongodb.uri_secret_ref;
+        return Ok(not_allowed(format!(
+            "the MongoDB URI in Secret {}/{}: {why}",
+            secret.name, secret.key
+        ))
+        .into());
+    }
     let mongo_backend = backends::mongo_backend(&storage)?;
     let checked = usable(db, ctx, &storage, &mongo_backend).await?;
     Ok(Check {
         checked,
         mongo_backend: Some(mongo_backend),
     })
+}
+
+/// A backend host outside the operator's allow-list: nothing is connected to; looked at again
+/// later (the list changes with the operator's arguments, which restart it anyway).
+fn not_allowed(message: String) -> Checked {
+    let observed = vec![
+        Observed::failed(BACKENDS_REACHABLE, "BackendNotAllowed", &message),
+        Observed::failed(READY, "BackendNotAllowed", &message),
+    ];
+    Checked::Unavailable(observed, requeue::MISSING)
 }
 
 /// The rest of [`check`], once the Secrets were read: no older database claims the data, the
