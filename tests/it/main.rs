@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod api;
+mod api_auth;
 mod api_ops;
 mod api_queue;
 mod conformance;
@@ -13,6 +14,7 @@ mod examples;
 mod failover;
 mod locks;
 mod memory;
+mod mongo_group;
 mod mongo_proxy;
 mod mongo_s3;
 mod operator;
