@@ -8,8 +8,8 @@
 //! on a shared machine only numbers taken side by side are comparable.
 //!
 //! Mongo commands are counted with the driver's command monitoring (as `tests/it/support.rs`
-//! does), S3 requests with a counting `PayloadStore` decorator, and each workload's peak RSS is
-//! read from `/proc/self/status` after resetting the high-water mark.
+//! does), S3 requests with the `engine::decorators::Counting` decorator, and each workload's peak
+//! RSS is read from `/proc/self/status` after resetting the high-water mark.
 
 use std::collections::BTreeMap;
 use std::fmt::Display;
@@ -19,18 +19,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
 use chronos::api::{self, AppState, ServiceSettings};
 use chronos::client::{self, Client as HttpClient};
+use chronos::engine::decorators::{Counting, RequestCounter};
 use chronos::engine::mongo::MongoMetaStore;
 use chronos::engine::restore::RESTORE_PAGE;
 use chronos::engine::s3::{S3Connection, S3PayloadStore};
 use chronos::engine::{
     Attribution, CollectionMap, CollectionName, Engine, EngineSettings, Enrichment, HistoryPoint, ItemId, ListOptions,
-    MetaStore, PayloadStore, ReadOptions,
+    MetaStore, ReadOptions,
 };
 use clap::Parser;
 use futures::{StreamExt, TryStreamExt};
@@ -178,76 +178,6 @@ impl Monitor {
             commands,
             Duration::from_nanos(self.pool_wait_nanos.load(Ordering::Relaxed)),
         )
-    }
-}
-
-/// S3 requests made by the engine (through [`CountingStore`]) and by the floor, with their time.
-#[derive(Default)]
-struct S3Counter {
-    requests: AtomicU64,
-    nanos: AtomicU64,
-}
-
-impl S3Counter {
-    fn record(&self, took: Duration) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        self.nanos.fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
-    }
-
-    fn snapshot(&self) -> (u64, Duration) {
-        (
-            self.requests.load(Ordering::Relaxed),
-            Duration::from_nanos(self.nanos.load(Ordering::Relaxed)),
-        )
-    }
-}
-
-/// A `PayloadStore` decorator that counts and times every request to the store it wraps.
-struct CountingStore {
-    inner: S3PayloadStore,
-    counter: Arc<S3Counter>,
-}
-
-impl CountingStore {
-    async fn timed<T>(&self, request: impl Future<Output = T>) -> T {
-        let started = Instant::now();
-        let out = request.await;
-        self.counter.record(started.elapsed());
-        out
-    }
-}
-
-#[async_trait]
-impl PayloadStore for CountingStore {
-    async fn put(&self, key: &str, body: Bytes) -> chronos::engine::Result<()> {
-        self.timed(self.inner.put(key, body)).await
-    }
-    async fn get(&self, key: &str) -> chronos::engine::Result<Option<Bytes>> {
-        self.timed(self.inner.get(key)).await
-    }
-    async fn delete(&self, key: &str) -> chronos::engine::Result<()> {
-        self.timed(self.inner.delete(key)).await
-    }
-    async fn list(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-        limit: usize,
-    ) -> chronos::engine::Result<Vec<String>> {
-        self.timed(self.inner.list(prefix, start_after, limit)).await
-    }
-    async fn presign_get(&self, key: &str, ttl: Duration) -> chronos::engine::Result<Option<String>> {
-        // Presigning is local signing, not a request: nothing to count.
-        self.inner.presign_get(key, ttl).await
-    }
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-    async fn exists(&self) -> chronos::engine::Result<bool> {
-        self.timed(self.inner.exists()).await
-    }
-    async fn create(&self) -> chronos::engine::Result<()> {
-        self.timed(self.inner.create()).await
     }
 }
 
@@ -927,7 +857,7 @@ struct Bench {
     budget: Budget,
     smoke: bool,
     monitor: Arc<Monitor>,
-    s3_counter: Arc<S3Counter>,
+    s3_counter: Arc<RequestCounter>,
     rows: Vec<Row>,
     peak_rss_kib: u64,
     errors: Vec<String>,
@@ -1147,7 +1077,7 @@ async fn run(args: Args) -> Result<(), String> {
         .unwrap_or_else(|| "?".into());
 
     let s3 = s3_conn.client();
-    let s3_counter = Arc::new(S3Counter::default());
+    let s3_counter = Arc::new(RequestCounter::default());
     let json_store = S3PayloadStore::new(s3.clone(), format!("bench-json-{suffix}"));
     let backups = S3PayloadStore::new(s3.clone(), format!("bench-backups-{suffix}"));
     let floor_bucket = format!("bench-floor-{suffix}");
@@ -1168,10 +1098,7 @@ async fn run(args: Args) -> Result<(), String> {
             ..Default::default()
         },
     );
-    let payloads = CountingStore {
-        inner: json_store,
-        counter: s3_counter.clone(),
-    };
+    let payloads = Counting::new(Arc::new(json_store), s3_counter.clone());
     let engine = Arc::new(Engine::new(Arc::new(meta), Arc::new(payloads), settings).with_backups(Arc::new(backups)));
     let dir = tempfile::tempdir().map_err(err("temporary directory"))?;
     let embedded =
@@ -1829,7 +1756,7 @@ struct Floor {
     db: mongodb::Database,
     s3: aws_sdk_s3::Client,
     bucket: String,
-    counter: Arc<S3Counter>,
+    counter: Arc<RequestCounter>,
 }
 
 impl Floor {
