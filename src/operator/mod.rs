@@ -11,6 +11,7 @@
 //! [`conditions`], publishing [`events`] for what changed. [`leader`] makes sure only one
 //! replica acts; [`run`] wires it all together.
 
+pub mod backend_hosts;
 pub mod backends;
 pub mod collection;
 pub mod conditions;
