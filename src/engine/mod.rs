@@ -9,6 +9,8 @@
 pub mod admin;
 pub mod content;
 pub mod counters;
+#[cfg(feature = "testing")]
+pub mod decorators;
 pub mod envelope;
 pub mod error;
 pub mod local;

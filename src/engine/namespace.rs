@@ -29,7 +29,7 @@ pub struct Prefixed {
 
 impl Prefixed {
     /// `prefix` comes from [`database_prefix`].
-    fn new(inner: Arc<dyn PayloadStore>, prefix: &str) -> Self {
+    pub fn new(inner: Arc<dyn PayloadStore>, prefix: &str) -> Self {
         Prefixed {
             inner,
             prefix: prefix.to_owned(),

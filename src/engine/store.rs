@@ -1,7 +1,7 @@
 //! The two narrow store traits every backend implements.
 //!
 //! A backend pair (metadata store + payload store) is exercised by one shared conformance suite
-//! (`tests/it/conformance.rs`), the way `object_store` runs one `integration.rs` for every backend.
+//! (`tests/it/conformance/`), the way `object_store` runs one `integration.rs` for every backend.
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -20,7 +20,10 @@ pub trait PayloadStore: Send + Sync + 'static {
     async fn get(&self, key: &str) -> Result<Option<Bytes>>;
     /// Deleting a missing key is not an error.
     async fn delete(&self, key: &str) -> Result<()>;
-    /// Keys under `prefix`, in lexical order, starting after `start_after`; at most `limit`.
+    /// Keys under `prefix` after `start_after`, at most `limit`, in the store's listing order:
+    /// byte order on AWS S3, memory and local files, but not on every S3-compatible server
+    /// (SeaweedFS lists a "directory"'s keys first). Paging by the last key seen visits every key
+    /// once; callers must not depend on the order beyond that.
     async fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<String>>;
     /// A URL that GETs `key` without credentials until `ttl` passes; `None` when this kind of
     /// store can't presign.

@@ -6,6 +6,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
+use chronos::engine::decorators::{Faults, Faulty};
 use chronos::engine::mongo::MongoMetaStore;
 use chronos::engine::s3::S3PayloadStore;
 use chronos::engine::{
@@ -16,7 +17,7 @@ use mongodb::event::EventHandler;
 use mongodb::event::command::CommandEvent;
 use serde_json::{Map, Value, json};
 
-use crate::support::{self, Faults, FaultyPayloads};
+use crate::support;
 
 struct Replicas {
     /// Two engines (two replicas) over one database and bucket; payload writes can be held.
@@ -50,7 +51,7 @@ async fn replicas() -> Replicas {
     bucket.ensure_bucket().await.unwrap();
     let bucket: Arc<dyn PayloadStore> = Arc::new(bucket);
     let faults = Arc::new(Faults::default());
-    let held: Arc<dyn PayloadStore> = Arc::new(FaultyPayloads::new(bucket.clone(), faults.clone()));
+    let held: Arc<dyn PayloadStore> = Arc::new(Faulty::new(bucket.clone(), faults.clone()));
     let meta_a = MongoMetaStore::new(client_a, &db);
     meta_a.ping().await.unwrap();
     let a = Arc::new(Engine::new(Arc::new(meta_a), held, EngineSettings::default()));

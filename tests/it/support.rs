@@ -1,9 +1,9 @@
 //! Test harness: builds engines over each backend pair. Real services come from
 //! `scripts/services.sh start`; a test that needs one fails loudly when it is missing.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use chronos::engine::decorators::{Faults, Faulty};
 use chronos::engine::local::LocalPayloadStore;
 use chronos::engine::memory::{MemoryMetaStore, MemoryPayloadStore};
 use chronos::engine::mongo::MongoMetaStore;
@@ -43,10 +43,7 @@ impl Harness {
         settings: EngineSettings,
     ) -> Harness {
         let faults = Arc::new(Faults::default());
-        let payloads: Arc<dyn PayloadStore> = Arc::new(FaultyPayloads {
-            inner: payloads,
-            faults: faults.clone(),
-        });
+        let payloads: Arc<dyn PayloadStore> = Arc::new(Faulty::new(payloads, faults.clone()));
         let mut h = Harness {
             engine: Arc::new(Engine::new(meta.clone(), payloads.clone(), EngineSettings::default())),
             payloads,
@@ -84,127 +81,6 @@ impl Harness {
     /// The commands sent since the last take, with their bodies (write and read concerns…).
     pub fn take_command_bodies(&self) -> Vec<(String, mongodb::bson::Document)> {
         std::mem::take(&mut *self.commands.lock().unwrap())
-    }
-}
-
-/// Fault switches for [`FaultyPayloads`].
-pub struct Faults {
-    pub fail_puts: AtomicBool,
-    /// Payload writes whose key contains one of these fail (one item's S3 PUTs).
-    pub fail_puts_containing: std::sync::Mutex<Vec<String>>,
-    /// Payload writes whose key contains one of these are held like `hold_puts` (one slow item).
-    pub hold_puts_containing: std::sync::Mutex<Vec<String>>,
-    /// How many payload writes are being held now.
-    pub holding: std::sync::atomic::AtomicUsize,
-    /// Payload writes wait (like a stalled S3 PUT) until [`Faults::release_one`].
-    pub hold_puts: AtomicBool,
-    /// The n-th payload listing from now (1: the next one) is held like a write; 0: none.
-    pub hold_listing: std::sync::atomic::AtomicUsize,
-    /// Signalled when a held write arrives.
-    pub held: tokio::sync::Notify,
-    release: tokio::sync::Semaphore,
-}
-
-impl Default for Faults {
-    fn default() -> Self {
-        Faults {
-            fail_puts: AtomicBool::new(false),
-            fail_puts_containing: std::sync::Mutex::default(),
-            hold_puts_containing: std::sync::Mutex::default(),
-            holding: std::sync::atomic::AtomicUsize::new(0),
-            hold_puts: AtomicBool::new(false),
-            hold_listing: std::sync::atomic::AtomicUsize::new(0),
-            held: tokio::sync::Notify::new(),
-            release: tokio::sync::Semaphore::new(0),
-        }
-    }
-}
-
-impl Faults {
-    /// Let one held payload write go on.
-    pub fn release_one(&self) {
-        self.release.add_permits(1);
-    }
-
-    /// Wait here until [`Faults::release_one`], counted in `holding`.
-    async fn hold(&self) {
-        self.holding.fetch_add(1, Ordering::SeqCst);
-        self.held.notify_one();
-        if let Ok(permit) = self.release.acquire().await {
-            permit.forget();
-        }
-        self.holding.fetch_sub(1, Ordering::SeqCst);
-    }
-
-    /// Wait until `n` payload writes (or listings) are held.
-    pub async fn until_holding(&self, n: usize) {
-        while self.holding.load(Ordering::SeqCst) < n {
-            self.held.notified().await;
-        }
-    }
-}
-
-/// Whether `key` contains one of the strings in `list`.
-fn names(list: &std::sync::Mutex<Vec<String>>, key: &str) -> bool {
-    list.lock().unwrap().iter().any(|s| key.contains(s.as_str()))
-}
-
-/// A payload store that fails writes on demand the way an unreachable S3 server does
-/// (`Unavailable`), passing everything else through.
-pub struct FaultyPayloads {
-    inner: Arc<dyn PayloadStore>,
-    faults: Arc<Faults>,
-}
-
-impl FaultyPayloads {
-    pub fn new(inner: Arc<dyn PayloadStore>, faults: Arc<Faults>) -> Self {
-        FaultyPayloads { inner, faults }
-    }
-}
-
-#[async_trait::async_trait]
-impl PayloadStore for FaultyPayloads {
-    async fn put(&self, key: &str, body: bytes::Bytes) -> chronos::engine::Result<()> {
-        if names(&self.faults.hold_puts_containing, key) || self.faults.hold_puts.load(Ordering::SeqCst) {
-            self.faults.hold().await;
-        }
-        if names(&self.faults.fail_puts_containing, key) || self.faults.fail_puts.load(Ordering::SeqCst) {
-            return Err(chronos::engine::Error::payload("injected fault: connection refused"));
-        }
-        self.inner.put(key, body).await
-    }
-    async fn get(&self, key: &str) -> chronos::engine::Result<Option<bytes::Bytes>> {
-        self.inner.get(key).await
-    }
-    async fn delete(&self, key: &str) -> chronos::engine::Result<()> {
-        self.inner.delete(key).await
-    }
-    async fn list(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-        limit: usize,
-    ) -> chronos::engine::Result<Vec<String>> {
-        let countdown = self
-            .faults
-            .hold_listing
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
-        if countdown == Ok(1) {
-            self.faults.hold().await;
-        }
-        self.inner.list(prefix, start_after, limit).await
-    }
-    async fn presign_get(&self, key: &str, ttl: std::time::Duration) -> chronos::engine::Result<Option<String>> {
-        self.inner.presign_get(key, ttl).await
-    }
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-    async fn exists(&self) -> chronos::engine::Result<bool> {
-        self.inner.exists().await
-    }
-    async fn create(&self) -> chronos::engine::Result<()> {
-        self.inner.create().await
     }
 }
 

@@ -1,0 +1,367 @@
+//! The workloads (create, update, get, list, enrich, …) and the paths they run along (floor,
+//! engine, HTTP, embedded): `Ctx::op` is one operation of a workload on one path.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use chronos::client::{self, Client as HttpClient};
+use chronos::engine::{Attribution, CollectionName, Engine, Enrichment, ItemId, ListOptions, ReadOptions};
+use serde_json::json;
+
+use crate::errors::{name, text};
+use crate::floor::Floor;
+use crate::records::{LIST_LIMIT, STATUSES, patch, pool_id, record};
+
+/// Items each client owns in the update / read pools (no two clients write the same item, so the
+/// figures measure the write path, not contention).
+pub const POOL_PER_CLIENT: usize = 8;
+
+/// Every drive gets its own number, so ids created in one run never collide with another's.
+pub static RUNS: AtomicU64 = AtomicU64::new(0);
+
+/// One operation's place in a drive: which client, its own iteration, a drive-wide ticket, and
+/// the drive's number.
+#[derive(Debug, Clone, Copy)]
+pub struct Tick {
+    pub client: usize,
+    pub i: u64,
+    pub n: u64,
+    pub run: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Floor,
+    Engine,
+    Http,
+    Embedded,
+    /// The real `chronos serve` binary as a child process on Mongo+S3 (its memory alone).
+    Served,
+    /// The same on its embedded default (SQLite + files).
+    ServedEmbedded,
+}
+
+impl Via {
+    pub fn label(self) -> &'static str {
+        match self {
+            Via::Floor => "raw floor",
+            Via::Engine => "engine (Mongo+S3)",
+            Via::Http => "HTTP (Mongo+S3)",
+            Via::Embedded => "engine (embedded)",
+            Via::Served => "`chronos serve` (Mongo+S3)",
+            Via::ServedEmbedded => "`chronos serve` (embedded)",
+        }
+    }
+
+    /// Whether this process's counters see the path's Mongo and S3 requests.
+    pub fn counted(self) -> bool {
+        matches!(self, Via::Floor | Via::Engine | Via::Http)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    Create,
+    Update,
+    PutOnly,
+    GetLatest,
+    GetVersion,
+    List,
+    Enrich,
+    Restore,
+    /// The floor of a restore that batches each page's Mongo writes into one transaction.
+    RestoreBatched,
+    /// The floor of a restore by reference: batched pages and no payload requests.
+    RestoreByRef,
+    /// getLatest over many concurrent keep-alive connections to a `chronos serve` child.
+    Connections,
+}
+
+impl Workload {
+    pub fn label(self) -> &'static str {
+        match self {
+            Workload::Create => "create",
+            Workload::Update => "update",
+            Workload::PutOnly => "S3 PUT alone",
+            Workload::GetLatest => "getLatest",
+            Workload::GetVersion => "getVersion",
+            Workload::List => "list",
+            Workload::Enrich => "enrich",
+            Workload::Restore => "restoreCollection",
+            Workload::RestoreBatched => "restoreCollection, batched copy",
+            Workload::RestoreByRef => "restoreCollection, by reference",
+            Workload::Connections => "getLatest over N keep-alive connections",
+        }
+    }
+
+    /// The floor a Chronos figure is a ratio to. A merge needs no more calls than a write (the
+    /// head's previous data can come back from the same update), so enrich goes against update.
+    pub fn floor(self) -> Workload {
+        match self {
+            Workload::Enrich => Workload::Update,
+            Workload::Restore => Workload::RestoreByRef,
+            w => w,
+        }
+    }
+
+    pub fn what(self, via: Via) -> &'static str {
+        use {Via::*, Workload::*};
+        match (self, via) {
+            (Create, Floor) => "S3 PUT + txn{insert version, upsert head}",
+            (Update, Floor) => "S3 PUT + txn{insert version, update head at ov}",
+            (PutOnly, _) => "one PutObject of the record",
+            (GetLatest, Floor) => "findOne head by _id",
+            (GetVersion, Floor) => "findOne version + S3 GET",
+            (List, Floor) => "find by status, sort _id, limit 20",
+            (Restore, Floor) => "per item: S3 GET + S3 PUT + txn, 16 in flight (copying)",
+            (RestoreBatched, _) => "per 500-item page: S3 GET + PUT each (64 in flight), one txn of 3 commands",
+            (RestoreByRef, _) => {
+                "per 500-item page: find heads, find targets, one txn{insert versions, update heads}; no S3"
+            }
+            (Connections, _) => "GET …/items/{id} on each of N keep-alive connections, one request at a time",
+            (Create, Http) => "POST …/items?id=",
+            (Update, Http) => "PUT …/items/{id} with If-Match",
+            (GetLatest, Http) => "GET …/items/{id}",
+            (GetVersion, Http) => "GET …/items/{id}?ov=0",
+            (List, Http) => "GET …/items?filter={status}&limit=20",
+            (Enrich, Http) => "PATCH …/items/{id}",
+            (Restore, Http) => "POST …/restore page by page (forward again)",
+            (Create, _) => "Engine::create",
+            (Update, _) => "Engine::update with expected ov",
+            (GetLatest, _) => "Engine::get_latest (data inline)",
+            (GetVersion, _) => "Engine::get_version(ov 0)",
+            (List, _) => "Engine::list {status}, limit 20",
+            (Enrich, _) => "Engine::enrich, one patch",
+            (Restore, _) => "Engine::restore_collection to before the updates (by reference)",
+        }
+    }
+}
+
+/// The pool item a client writes on its i-th operation (each client owns its own items).
+pub fn own_item(t: Tick) -> usize {
+    t.client * POOL_PER_CLIENT + (t.i as usize % POOL_PER_CLIENT)
+}
+
+/// A pseudo-random pool item to read (spreads reads over the pool without an RNG).
+pub fn any_item(t: Tick, pool: usize) -> usize {
+    (t.n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 17) as usize % pool
+}
+
+/// What the workloads share.
+pub struct Ctx {
+    pub engine: Arc<Engine>,
+    pub embedded: Arc<Engine>,
+    pub http: HttpClient,
+    pub floor: Floor,
+    pub who: Attribution,
+    pub pool: usize,
+    pub list_pool: u64,
+    pub items: CollectionName,
+    pub created: CollectionName,
+    pub listed: CollectionName,
+    /// The ov of each pool item: engine and HTTP share a pool; the floor and the embedded
+    /// engine have their own. Only the owning client writes an item, so plain loads and stores do.
+    pub ovs: [Vec<AtomicU64>; 3],
+}
+
+impl Ctx {
+    pub fn engine(&self, via: Via) -> &Engine {
+        if via == Via::Embedded {
+            &self.embedded
+        } else {
+            &self.engine
+        }
+    }
+
+    pub fn ovs(&self, via: Via) -> &[AtomicU64] {
+        match via {
+            Via::Engine | Via::Http | Via::Served => &self.ovs[0],
+            Via::Floor => &self.ovs[1],
+            Via::Embedded | Via::ServedEmbedded => &self.ovs[2],
+        }
+    }
+
+    /// Create pool item `n` (setup).
+    pub async fn seed(&self, via: Via, collection: &CollectionName, id: String, n: u64) -> Result<(), String> {
+        match via {
+            Via::Floor => self.floor.write("fp", &id, 0, n, 0).await,
+            _ => {
+                let id = name(&id)?;
+                let engine = self.engine(via);
+                engine
+                    .create(collection, Some(id), record(n, 0), &self.who)
+                    .await
+                    .map(drop)
+                    .map_err(text)
+            }
+        }
+    }
+
+    /// One operation of a workload along one path.
+    pub async fn op(&self, w: Workload, via: Via, t: Tick) -> Result<(), String> {
+        use {Via::*, Workload::*};
+        let engine = self.engine(via);
+        let any = pool_id(any_item(t, self.pool));
+        match (w, via) {
+            (Create, Floor) => {
+                let id = format!("c{}-{}-{}", t.run, t.client, t.i);
+                self.floor.write("fc", &id, 0, t.n, t.client).await
+            }
+            (Create, Http) => {
+                let id = format!("h{}-{}-{}", t.run, t.client, t.i);
+                let data = record(t.n, t.client);
+                let opts = Default::default();
+                self.http
+                    .create("default", self.created.as_str(), Some(&id), &data, &opts)
+                    .await
+                    .map(drop)
+                    .map_err(text)
+            }
+            (Create, _) => {
+                let id = name(&format!("e{}-{}-{}", t.run, t.client, t.i))?;
+                let data = record(t.n, t.client);
+                engine
+                    .create(&self.created, Some(id), data, &self.who)
+                    .await
+                    .map(drop)
+                    .map_err(text)
+            }
+            (Update | Enrich, _) => {
+                let k = own_item(t);
+                let ovs = self.ovs(via);
+                let expected = ovs[k].load(Ordering::Relaxed);
+                let id = pool_id(k);
+                let opts = client::WriteOptions {
+                    expected_ov: Some(expected),
+                    ..Default::default()
+                };
+                let ov = match (w, via) {
+                    (Update, Floor) => self
+                        .floor
+                        .write("fp", &id, expected + 1, t.n, t.client)
+                        .await
+                        .map(|_| expected + 1),
+                    (Update, Http) => {
+                        let data = record(t.n, t.client);
+                        self.http
+                            .update("default", self.items.as_str(), &id, &data, &opts)
+                            .await
+                            .map(|o| o.ov)
+                            .map_err(text)
+                    }
+                    (Update, _) => {
+                        let data = record(t.n, t.client);
+                        let id = name(&id)?;
+                        engine
+                            .update(&self.items, &id, data, Some(expected), &self.who)
+                            .await
+                            .map(|o| o.ov)
+                            .map_err(text)
+                    }
+                    (_, Http) => {
+                        let patches = [patch(t.n)];
+                        let fid = Some("bench");
+                        self.http
+                            .enrich("default", self.items.as_str(), &id, &patches, fid, &opts)
+                            .await
+                            .map(|o| o.ov)
+                            .map_err(text)
+                    }
+                    _ => {
+                        let how = Enrichment {
+                            function_id: Some("bench".into()),
+                            expected_ov: Some(expected),
+                        };
+                        let id = name(&id)?;
+                        engine
+                            .enrich(&self.items, &id, &[patch(t.n)], &how, &self.who)
+                            .await
+                            .map(|o| o.ov)
+                            .map_err(text)
+                    }
+                }?;
+                ovs[k].store(ov, Ordering::Relaxed);
+                Ok(())
+            }
+            (PutOnly, _) => {
+                let body = serde_json::to_vec(&record(t.n, t.client)).map_err(text)?;
+                self.floor
+                    .put(&format!("put/{}/{}/{}", t.run, t.client, t.i), Bytes::from(body))
+                    .await
+            }
+            (GetLatest, Floor) => self.floor.find_head("fp", &any).await,
+            (GetLatest, Http) => {
+                let latest = client::Version::Latest;
+                self.http
+                    .get("default", self.items.as_str(), &any, &latest, false)
+                    .await
+                    .map(drop)
+                    .map_err(text)
+            }
+            (GetLatest, _) => {
+                let id: ItemId = name(&any)?;
+                engine
+                    .get_latest(&self.items, &id, ReadOptions::default())
+                    .await
+                    .map(drop)
+                    .map_err(text)
+            }
+            (GetVersion, Floor) => self.floor.get_version("fp", &any, 0).await,
+            (GetVersion, Http) => {
+                let v0 = client::Version::Ov(0);
+                self.http
+                    .get("default", self.items.as_str(), &any, &v0, false)
+                    .await
+                    .map(drop)
+                    .map_err(text)
+            }
+            (GetVersion, _) => {
+                let id: ItemId = name(&any)?;
+                engine
+                    .get_version(&self.items, &id, 0, ReadOptions::default())
+                    .await
+                    .map(drop)
+                    .map_err(text)
+            }
+            (List, _) => {
+                let status = format!("s{}", t.n % STATUSES);
+                let len = match via {
+                    Floor => self.floor.list(&status).await?,
+                    Http => {
+                        let p = client::ListParams {
+                            filter: Some(json!({"status": status})),
+                            limit: Some(LIST_LIMIT),
+                            ..Default::default()
+                        };
+                        self.http
+                            .list("default", self.listed.as_str(), &p)
+                            .await
+                            .map_err(text)?
+                            .items
+                            .len()
+                    }
+                    _ => {
+                        let opts = ListOptions {
+                            filter: json!({"status": status}),
+                            limit: LIST_LIMIT,
+                            ..Default::default()
+                        };
+                        engine.list(&self.listed, &opts).await.map_err(text)?.records.len()
+                    }
+                };
+                // A short page would be a cheap, wrong measurement.
+                let want = LIST_LIMIT.min((self.list_pool / STATUSES) as usize);
+                if len == want {
+                    Ok(())
+                } else {
+                    Err(format!("list page had {len} records, expected {want}"))
+                }
+            }
+            (Restore | RestoreBatched | RestoreByRef, _) => {
+                Err("a restore is measured as a whole, not per operation".into())
+            }
+            (Connections, _) => Err("the memory workload drives its own connections".into()),
+        }
+    }
+}

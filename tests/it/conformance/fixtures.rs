@@ -1,0 +1,42 @@
+//! What every check of the suite shares: its collection, attribution and read options, and the
+//! few builders more than one subject uses.
+
+use chronos::engine::{Attribution, CollectionName, Enrichment, ItemId, ReadOptions};
+use serde_json::{Map, Value};
+
+use crate::support::Harness;
+
+pub fn coll() -> CollectionName {
+    "things".parse().unwrap()
+}
+
+pub fn obj(v: Value) -> Map<String, Value> {
+    v.as_object().expect("object").clone()
+}
+
+pub fn who() -> Attribution {
+    Attribution::new("tester", "conformance")
+}
+
+pub const LATEST: ReadOptions = ReadOptions { include_deleted: false };
+pub const WITH_DELETED: ReadOptions = ReadOptions { include_deleted: true };
+
+pub fn enrichment(function_id: &str) -> Enrichment {
+    Enrichment {
+        function_id: Some(function_id.into()),
+        expected_ov: None,
+    }
+}
+
+/// Every payload object key of an item.
+pub async fn payload_keys(h: &Harness, id: &ItemId) -> Vec<String> {
+    h.payloads.list(&format!("things/{id}/v"), None, 1000).await.unwrap()
+}
+
+/// A retention policy that keeps each item's last `n` versions.
+pub fn keep_last(n: u64) -> chronos::engine::PrunePolicy {
+    chronos::engine::PrunePolicy {
+        keep_last: Some(n),
+        ..Default::default()
+    }
+}
