@@ -10,7 +10,6 @@ pub mod connect;
 pub mod engine;
 pub mod operator;
 pub mod reload;
-pub mod routing;
 
 /// Make ring the crypto provider of every rustls client in the process, so no C crypto library
 /// is needed. Idempotent; call before building any TLS client.

@@ -11,6 +11,7 @@ pub mod error;
 pub mod extract;
 pub mod items;
 mod openapi;
+pub mod present;
 pub mod probes;
 pub mod queue;
 mod state;
@@ -137,3 +138,4 @@ pub async fn serve(
     let app = app.with_state(()).into_make_service();
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
+
