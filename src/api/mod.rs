@@ -138,4 +138,3 @@ pub async fn serve(
     let app = app.with_state(()).into_make_service();
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
-

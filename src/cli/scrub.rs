@@ -3,9 +3,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 use comfy_table::Table;
 
+use super::print::Output;
 use chronos::config::Config;
 use chronos::connect::{self, Connections};
 use chronos::engine::{CollectionName, ScrubOptions, ScrubReport};
@@ -37,12 +38,6 @@ pub struct ScrubArgs {
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
     output: Output,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Output {
-    Table,
-    Json,
 }
 
 pub async fn run(args: ScrubArgs) -> Result<(), String> {
