@@ -122,15 +122,18 @@ pub async fn open(key: &str, storage: &Storage, settings: EngineSettings, conns:
 pub fn storages(
     config: &crate::config::Config,
     default_dir: &Path,
-) -> Result<std::collections::BTreeMap<String, (Storage, EngineSettings)>, String> {
-    match crate::config::routing::Routes::from_config(config).map_err(|e| e.to_string())? {
+) -> crate::error::Result<std::collections::BTreeMap<String, (Storage, EngineSettings)>> {
+    match crate::config::routing::Routes::from_config(config)? {
         Some(routes) => Ok(routes
             .all()
             .map(|r| (r.key.clone(), (r.storage.clone(), r.settings.clone())))
             .collect()),
         None => Ok([(
             DEFAULT_DATABASE.to_owned(),
-            (config.storage(default_dir)?, config.engine_settings()),
+            (
+                config.storage(default_dir).map_err(crate::error::Error::Secret)?,
+                config.engine_settings(),
+            ),
         )]
         .into()),
     }
@@ -142,12 +145,16 @@ pub async fn open_all(
     config: &crate::config::Config,
     default_dir: &Path,
     conns: &Connections,
-) -> Result<std::collections::BTreeMap<String, Arc<Engine>>, String> {
+) -> crate::error::Result<std::collections::BTreeMap<String, Arc<Engine>>> {
     let mut out = std::collections::BTreeMap::new();
     for (key, (storage, settings)) in storages(config, default_dir)? {
         let engine = open(&key, &storage, settings, conns)
             .await
-            .map_err(|e| format!("database `{key}` ({}): {e}", describe(&storage)))?;
+            .map_err(|source| crate::error::Error::Open {
+                key: key.clone(),
+                place: Some(describe(&storage)),
+                source,
+            })?;
         out.insert(key, engine);
     }
     Ok(out)

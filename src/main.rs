@@ -22,10 +22,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => cli::serve::serve(args).await,
             Command::CheckConfig { path, connect } => cli::serve::check_config(path, connect).await,
-            Command::Operator(args) => chronos::operator::run(args).await.map_err(|e| e.to_string()),
-            Command::Crds => chronos::operator::crds_yaml()
-                .map(|yaml| print!("{yaml}"))
-                .map_err(|e| e.to_string()),
+            Command::Operator(args) => Ok(chronos::operator::run(args).await?),
+            Command::Crds => Ok(chronos::operator::crds_yaml().map(|yaml| print!("{yaml}"))?),
             Command::Scrub(args) => cli::scrub::run(args).await,
             Command::Client(cmd) => cli::client::run(cmd).await,
         }

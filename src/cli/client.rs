@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 
 use super::print::{self, Output};
 use chronos::client::{Client, RestoreCounts, RestorePoint, Version, WriteOptions};
+use chronos::error::{Error, Result};
 
 #[derive(Args)]
 pub struct Server {
@@ -23,8 +24,8 @@ pub struct Server {
 }
 
 impl Server {
-    fn client(&self) -> Result<Client, String> {
-        Client::new(&self.server, self.token.clone()).map_err(|e| e.to_string())
+    fn client(&self) -> Result<Client> {
+        Ok(Client::new(&self.server, self.token.clone())?)
     }
 }
 
@@ -232,7 +233,7 @@ pub enum QueueAction {
 }
 
 /// Run one client subcommand.
-pub async fn run(command: ClientCommand) -> Result<(), String> {
+pub async fn run(command: ClientCommand) -> Result<()> {
     match command {
         ClientCommand::Put(args) => put(args).await,
         ClientCommand::Get(args) => get(args).await,
@@ -245,7 +246,7 @@ pub async fn run(command: ClientCommand) -> Result<(), String> {
     }
 }
 
-async fn put(args: PutArgs) -> Result<(), String> {
+async fn put(args: PutArgs) -> Result<()> {
     let PutArgs {
         target,
         id,
@@ -265,11 +266,11 @@ async fn put(args: PutArgs) -> Result<(), String> {
                 .await
         }
     };
-    print::write_result(server.output, &result.map_err(|e| e.to_string())?);
+    print::write_result(server.output, &result?);
     Ok(())
 }
 
-async fn get(args: GetArgs) -> Result<(), String> {
+async fn get(args: GetArgs) -> Result<()> {
     let GetArgs {
         target,
         id,
@@ -286,13 +287,12 @@ async fn get(args: GetArgs) -> Result<(), String> {
     let record = server
         .client()?
         .get(&target.db, &target.collection, &id, &version, include_deleted)
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     print::record(server.output, record);
     Ok(())
 }
 
-async fn delete(args: DeleteArgs) -> Result<(), String> {
+async fn delete(args: DeleteArgs) -> Result<()> {
     let DeleteArgs {
         target,
         id,
@@ -302,13 +302,12 @@ async fn delete(args: DeleteArgs) -> Result<(), String> {
     let result = server
         .client()?
         .delete(&target.db, &target.collection, &id, &write.into())
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     print::write_result(server.output, &result);
     Ok(())
 }
 
-async fn list(args: ListArgs) -> Result<(), String> {
+async fn list(args: ListArgs) -> Result<()> {
     let ListArgs {
         target,
         filter,
@@ -320,7 +319,7 @@ async fn list(args: ListArgs) -> Result<(), String> {
     let filter = filter
         .map(|f| serde_json::from_str::<Value>(&f))
         .transpose()
-        .map_err(|e| format!("--filter is not valid JSON: {e}"))?;
+        .map_err(|e| Error::Usage(format!("--filter is not valid JSON: {e}")))?;
     let client = server.client()?;
     let mut params = chronos::client::ListParams {
         filter,
@@ -332,10 +331,7 @@ async fn list(args: ListArgs) -> Result<(), String> {
     loop {
         let want = limit.map_or(1000, |l| (l - items.len()).min(1000));
         params.limit = Some(want);
-        let page = client
-            .list(&target.db, &target.collection, &params)
-            .await
-            .map_err(|e| e.to_string())?;
+        let page = client.list(&target.db, &target.collection, &params).await?;
         items.extend(page.items);
         match page.next_after_id {
             Some(next) if limit.is_none_or(|l| items.len() < l) => params.after_id = Some(next),
@@ -346,7 +342,7 @@ async fn list(args: ListArgs) -> Result<(), String> {
     Ok(())
 }
 
-async fn enrich(args: EnrichArgs) -> Result<(), String> {
+async fn enrich(args: EnrichArgs) -> Result<()> {
     let EnrichArgs {
         target,
         id,
@@ -362,10 +358,14 @@ async fn enrich(args: EnrichArgs) -> Result<(), String> {
             .into_iter()
             .map(|v| match v {
                 Value::Object(m) => Ok(m),
-                _ => Err("every patch must be a JSON object".to_owned()),
+                _ => Err(Error::Usage("every patch must be a JSON object".to_owned())),
             })
             .collect::<Result<_, _>>()?,
-        _ => return Err("the patch must be a JSON object or an array of objects".into()),
+        _ => {
+            return Err(Error::Usage(
+                "the patch must be a JSON object or an array of objects".into(),
+            ));
+        }
     };
     let opts = WriteOptions {
         expected_ov,
@@ -382,13 +382,12 @@ async fn enrich(args: EnrichArgs) -> Result<(), String> {
             function_id.as_deref(),
             &opts,
         )
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     print::write_result(server.output, &result);
     Ok(())
 }
 
-async fn restore(args: RestoreArgs) -> Result<(), String> {
+async fn restore(args: RestoreArgs) -> Result<()> {
     let RestoreArgs {
         target,
         id,
@@ -407,37 +406,35 @@ async fn restore(args: RestoreArgs) -> Result<(), String> {
     };
     if let Some(id) = id {
         if dry_run {
-            return Err("--dry-run applies to collection restores".into());
+            return Err(Error::Usage("--dry-run applies to collection restores".into()));
         }
         let version = match (ov, at) {
             (Some(ov), None) => Version::Ov(ov),
             (None, Some(at)) => Version::At(at),
-            _ => return Err("restoring an item needs --ov or --at".into()),
+            _ => return Err(Error::Usage("restoring an item needs --ov or --at".into())),
         };
         let result = client
             .restore_item(&target.db, &target.collection, &id, &version, &opts)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         print::write_result(server.output, &result);
         return Ok(());
     }
     let point = match (cv, at) {
         (Some(cv), None) => RestorePoint::Cv(cv),
         (None, Some(at)) => RestorePoint::At(at),
-        _ => return Err("restoring a collection needs --cv or --at".into()),
+        _ => return Err(Error::Usage("restoring a collection needs --cv or --at".into())),
     };
     let counts = restore_collection(&client, &target, &point, dry_run, resume_after, &opts).await?;
     print::counts(server.output, &counts, dry_run);
     Ok(())
 }
 
-async fn queue(args: QueueArgs) -> Result<(), String> {
+async fn queue(args: QueueArgs) -> Result<()> {
     let QueueArgs { db, action, server } = args;
     let client = server.client()?;
-    let err = |e: chronos::client::Error| e.to_string();
     match action {
         QueueAction::Stats => {
-            let st = client.queue_stats(&db).await.map_err(err)?;
+            let st = client.queue_stats(&db).await?;
             print::queue_stats(server.output, &st);
         }
         QueueAction::List { status, limit } => {
@@ -446,8 +443,7 @@ async fn queue(args: QueueArgs) -> Result<(), String> {
             while ops.len() < limit {
                 let page = client
                     .list_operations(&db, &status, after.as_deref(), (limit - ops.len()).min(1000))
-                    .await
-                    .map_err(err)?;
+                    .await?;
                 ops.extend(page.operations);
                 match page.next_after_id {
                     Some(next) => after = Some(next),
@@ -457,22 +453,22 @@ async fn queue(args: QueueArgs) -> Result<(), String> {
             print::operations(server.output, &ops);
         }
         QueueAction::Show { operation_id } => {
-            let op = client.operation(&db, &operation_id).await.map_err(err)?;
+            let op = client.operation(&db, &operation_id).await?;
             print::operations(server.output, &[op]);
         }
         QueueAction::Retry { operation_id } => {
-            let op = client.retry_operation(&db, &operation_id).await.map_err(err)?;
+            let op = client.retry_operation(&db, &operation_id).await?;
             print::operations(server.output, &[op]);
         }
         QueueAction::Cancel { operation_id } => {
-            let op = client.cancel_operation(&db, &operation_id).await.map_err(err)?;
+            let op = client.cancel_operation(&db, &operation_id).await?;
             print::operations(server.output, &[op]);
         }
     }
     Ok(())
 }
 
-async fn history(args: HistoryArgs) -> Result<(), String> {
+async fn history(args: HistoryArgs) -> Result<()> {
     let HistoryArgs { target, id, server } = args;
     let client = server.client()?;
     let mut versions = Vec::new();
@@ -480,8 +476,7 @@ async fn history(args: HistoryArgs) -> Result<(), String> {
     loop {
         let page = client
             .history(&target.db, &target.collection, &id, after, Some(1000))
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         versions.extend(page.versions);
         match page.next_after_ov {
             Some(next) => after = Some(next),
@@ -501,7 +496,7 @@ async fn restore_collection(
     dry_run: bool,
     mut after: Option<String>,
     opts: &WriteOptions,
-) -> Result<RestoreCounts, String> {
+) -> Result<RestoreCounts> {
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{spinner} {msg} [{bar:40}] {pos}/{len} items ({per_sec}, eta {eta})")
@@ -513,9 +508,12 @@ async fn restore_collection(
         let page = client
             .restore_collection_page(&target.db, &target.collection, point, dry_run, after.as_deref(), opts)
             .await
-            .map_err(|e| match &after {
-                Some(a) => format!("{e}\n(continue with --resume-after {a})"),
-                None => e.to_string(),
+            .map_err(|source| match &after {
+                Some(a) => Error::Resume {
+                    after: a.clone(),
+                    source: Box::new(source),
+                },
+                None => Error::from(source),
             })?;
         sums.examined += page.counts.examined;
         sums.restored += page.counts.restored;
@@ -532,18 +530,21 @@ async fn restore_collection(
     Ok(sums)
 }
 
-fn read_json(arg: &str) -> Result<Value, String> {
+fn read_json(arg: &str) -> Result<Value> {
     let text = match arg.strip_prefix('@') {
-        Some("-") => std::io::read_to_string(std::io::stdin()).map_err(|e| format!("cannot read stdin: {e}"))?,
-        Some(path) => std::fs::read_to_string(PathBuf::from(path)).map_err(|e| format!("cannot read {path}: {e}"))?,
+        Some("-") => {
+            std::io::read_to_string(std::io::stdin()).map_err(|e| Error::Usage(format!("cannot read stdin: {e}")))?
+        }
+        Some(path) => std::fs::read_to_string(PathBuf::from(path))
+            .map_err(|e| Error::Usage(format!("cannot read {path}: {e}")))?,
         None => arg.to_owned(),
     };
-    serde_json::from_str(&text).map_err(|e| format!("not valid JSON: {e}"))
+    serde_json::from_str(&text).map_err(|e| Error::Usage(format!("not valid JSON: {e}")))
 }
 
-fn read_data(arg: &str) -> Result<Map<String, Value>, String> {
+fn read_data(arg: &str) -> Result<Map<String, Value>> {
     match read_json(arg)? {
         Value::Object(map) => Ok(map),
-        _ => Err("the data must be a JSON object".to_owned()),
+        _ => Err(Error::Usage("the data must be a JSON object".to_owned())),
     }
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use chronos::api::{self, AppState, ServiceSettings, auth::Tokens};
 use chronos::config::Config;
 use chronos::connect::{self, Connections};
+use chronos::error::{Error, Result};
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
@@ -28,11 +29,11 @@ pub struct ServeArgs {
 }
 
 /// Check a configuration file; with `connect` also reach its backends.
-pub async fn check_config(path: PathBuf, connect: bool) -> Result<(), String> {
-    let config = Config::load(&path).map_err(|e| e.to_string())?;
+pub async fn check_config(path: PathBuf, connect: bool) -> Result<()> {
+    let config = Config::load(&path)?;
     // Resolving the routes finds what no single field shows (two keys in one MongoDB database).
     connect::storages(&config, &PathBuf::from("./data"))?;
-    let storage = config.storage(&PathBuf::from("./data"))?;
+    let storage = config.storage(&PathBuf::from("./data")).map_err(Error::Secret)?;
     println!("{}: valid ({})", path.display(), connect::describe(&storage));
     if connect {
         connect::open(
@@ -41,8 +42,7 @@ pub async fn check_config(path: PathBuf, connect: bool) -> Result<(), String> {
             config.engine_settings(),
             &Connections::default(),
         )
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
         println!("backends reachable");
     }
     Ok(())
@@ -51,16 +51,20 @@ pub async fn check_config(path: PathBuf, connect: bool) -> Result<(), String> {
 /// Queued writes run at most this many at a time per database.
 const QUEUE_CONCURRENCY: usize = 8;
 
-pub async fn serve(args: ServeArgs) -> Result<(), String> {
+pub async fn serve(args: ServeArgs) -> Result<()> {
     let config = match &args.config {
-        Some(path) => Config::load(path).map_err(|e| e.to_string())?,
+        Some(path) => Config::load(path)?,
         None => Config::default(),
     };
     let tokens_file = args
         .tokens
         .clone()
         .or_else(|| config.auth.as_ref().map(|a| a.tokens_file.clone()));
-    let tokens = tokens_file.as_deref().map(Tokens::load).transpose()?;
+    let tokens = tokens_file
+        .as_deref()
+        .map(Tokens::load)
+        .transpose()
+        .map_err(Error::Tokens)?;
     let max_body_bytes = config.max_payload_bytes() + 64 * 1024;
     let conns = std::sync::Arc::new(Connections::default());
     let databases = connect::open_all(&config, &args.data_dir, &conns).await?;
@@ -80,14 +84,17 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
 
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        .map_err(|source| Error::Listen {
+            addr: args.listen.clone(),
+            source,
+        })?;
+    let addr = listener.local_addr()?;
     eprintln!("Chronos {} serving http://{addr}", env!("CARGO_PKG_VERSION"));
     match config.routed() {
         true => eprintln!("  data: {} routed databases: {}", keys.len(), keys.join(", ")),
         false => eprintln!(
             "  data: {} (database key `default`)",
-            connect::describe(&config.storage(&args.data_dir)?)
+            connect::describe(&config.storage(&args.data_dir).map_err(Error::Secret)?)
         ),
     }
     eprintln!(
@@ -125,9 +132,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
             () = requested => tracing::info!("shutdown requested through the admin API; draining"),
         }
     };
-    api::serve(listener, app, stop)
-        .await
-        .map_err(|e| format!("server error: {e}"))?;
+    api::serve(listener, app, stop).await.map_err(Error::Serve)?;
     let _ = stop_queue.send(());
     let _ = queue_worker.await;
     eprintln!("Chronos stopped: in-flight requests drained");
