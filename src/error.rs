@@ -2,7 +2,7 @@
 //! commands. Each variant keeps the error it wraps, so a caller can tell a configuration problem
 //! from a backend that does not answer; the messages are the ones the commands always printed.
 
-use crate::{client, config, engine, operator};
+use crate::{client, config, engine};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -33,8 +33,10 @@ pub enum Error {
     /// A collection restore page failed; it continues after `after`.
     #[error("{source}\n(continue with --resume-after {after})")]
     Resume { after: String, source: Box<client::Error> },
+    /// A command's own failure (the operator's), shown as it is; not a variant of its own so
+    /// that the wiring does not depend on the operator, which depends on the wiring.
     #[error(transparent)]
-    Operator(#[from] operator::Error),
+    Command(Box<dyn std::error::Error + Send + Sync>),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: String, source: std::io::Error },
     #[error("server error: {0}")]

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+use chronos::error::Error;
 use cli::{Cli, Command};
 
 mod cli;
@@ -22,8 +23,10 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => cli::serve::serve(args).await,
             Command::CheckConfig { path, connect } => cli::serve::check_config(path, connect).await,
-            Command::Operator(args) => Ok(chronos::operator::run(args).await?),
-            Command::Crds => Ok(chronos::operator::crds_yaml().map(|yaml| print!("{yaml}"))?),
+            Command::Operator(args) => chronos::operator::run(args).await.map_err(operator_error),
+            Command::Crds => chronos::operator::crds_yaml()
+                .map(|yaml| print!("{yaml}"))
+                .map_err(operator_error),
             Command::Scrub(args) => cli::scrub::run(args).await,
             Command::Client(cmd) => cli::client::run(cmd).await,
         }
@@ -35,4 +38,8 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn operator_error(e: chronos::operator::Error) -> Error {
+    Error::Command(Box::new(e))
 }
