@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use crate::config::Storage;
+use crate::config::{RemoteStorage, S3Access, Storage};
 use crate::engine::mongo::MongoMetaStore;
 use crate::engine::s3::{S3Connection, S3PayloadStore};
 use crate::engine::{DEFAULT_DATABASE, Engine, EngineSettings, Error, MetaStore, Result, Stores};
@@ -32,14 +32,33 @@ impl Connections {
         Ok(self.lock_mongo().entry(uri.to_owned()).or_insert(client).clone())
     }
 
-    pub fn s3(&self, conn: &S3Connection) -> aws_sdk_s3::Client {
-        let key = (conn.endpoint.clone(), conn.access_key.clone());
+    pub fn s3(&self, access: &S3Access) -> aws_sdk_s3::Client {
+        let key = (access.endpoint.clone(), access.access_key.clone());
         let mut map = self.s3.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(key).or_insert_with(|| conn.client()).clone()
+        map.entry(key).or_insert_with(|| s3_connection(access).client()).clone()
     }
 
     fn lock_mongo(&self) -> std::sync::MutexGuard<'_, HashMap<String, mongodb::Client>> {
         self.mongo.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The S3 store's connection for an endpoint the configuration names (configuration knows no
+/// backend type; this is where the two meet).
+pub fn s3_connection(access: &S3Access) -> S3Connection {
+    let S3Access {
+        endpoint,
+        region,
+        access_key,
+        secret_key,
+        force_path_style,
+    } = access.clone();
+    S3Connection {
+        endpoint,
+        region,
+        access_key,
+        secret_key,
+        force_path_style,
     }
 }
 
@@ -70,14 +89,14 @@ fn redact(message: &str, uri: &str) -> String {
 pub async fn open(key: &str, storage: &Storage, settings: EngineSettings, conns: &Connections) -> Result<Arc<Engine>> {
     match storage {
         Storage::Embedded { dir } => Ok(Arc::new(crate::engine::sqlite::embedded(dir, key, settings)?)),
-        Storage::Remote {
+        Storage::Remote(RemoteStorage {
             mongo_uri,
             db_name,
             s3,
             json_bucket,
             content_bucket,
             backups_bucket,
-        } => {
+        }) => {
             let mongo = conns.mongo(mongo_uri).await?;
             let meta = MongoMetaStore::new(mongo.clone(), db_name);
             meta.ping().await?;
@@ -103,15 +122,18 @@ pub async fn open(key: &str, storage: &Storage, settings: EngineSettings, conns:
 pub fn storages(
     config: &crate::config::Config,
     default_dir: &Path,
-) -> Result<std::collections::BTreeMap<String, (Storage, EngineSettings)>, String> {
-    match crate::routing::Routes::from_config(config).map_err(|e| e.to_string())? {
+) -> crate::error::Result<std::collections::BTreeMap<String, (Storage, EngineSettings)>> {
+    match crate::config::routing::Routes::from_config(config)? {
         Some(routes) => Ok(routes
             .all()
             .map(|r| (r.key.clone(), (r.storage.clone(), r.settings.clone())))
             .collect()),
         None => Ok([(
             DEFAULT_DATABASE.to_owned(),
-            (config.storage(default_dir)?, config.engine_settings()),
+            (
+                config.storage(default_dir).map_err(crate::error::Error::Secret)?,
+                config.engine_settings(),
+            ),
         )]
         .into()),
     }
@@ -123,12 +145,16 @@ pub async fn open_all(
     config: &crate::config::Config,
     default_dir: &Path,
     conns: &Connections,
-) -> Result<std::collections::BTreeMap<String, Arc<Engine>>, String> {
+) -> crate::error::Result<std::collections::BTreeMap<String, Arc<Engine>>> {
     let mut out = std::collections::BTreeMap::new();
     for (key, (storage, settings)) in storages(config, default_dir)? {
         let engine = open(&key, &storage, settings, conns)
             .await
-            .map_err(|e| format!("database `{key}` ({}): {e}", describe(&storage)))?;
+            .map_err(|source| crate::error::Error::Open {
+                key: key.clone(),
+                place: Some(describe(&storage)),
+                source,
+            })?;
         out.insert(key, engine);
     }
     Ok(out)
@@ -138,12 +164,12 @@ pub async fn open_all(
 pub fn describe(storage: &Storage) -> String {
     match storage {
         Storage::Embedded { dir } => format!("embedded: SQLite + files in {}", display_dir(dir)),
-        Storage::Remote {
+        Storage::Remote(RemoteStorage {
             db_name,
             s3,
             json_bucket,
             ..
-        } => format!(
+        }) => format!(
             "MongoDB database `{db_name}`, S3 bucket `{json_bucket}` at {}",
             s3.endpoint
         ),

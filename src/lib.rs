@@ -2,15 +2,17 @@
 //!
 //! - [`engine`]: the versioning core, its store traits and backends.
 //! - [`config`]: the configuration file, parsed and validated.
+//! - [`connect`]: configuration turned into engines; [`error`]: the one error of that wiring
+//!   and of the binary's commands.
 
 pub mod api;
 pub mod client;
 pub mod config;
 pub mod connect;
 pub mod engine;
+pub mod error;
 pub mod operator;
 pub mod reload;
-pub mod routing;
 
 /// Make ring the crypto provider of every rustls client in the process, so no C crypto library
 /// is needed. Idempotent; call before building any TLS client.

@@ -20,6 +20,7 @@ use crate::api::auth::Tokens;
 use crate::config::{Config, Storage};
 use crate::connect::{self, Connections};
 use crate::engine::{Engine, EngineSettings};
+use crate::error::{Error, Result};
 
 pub struct Reloader {
     config: Option<ConfigWatch>,
@@ -52,7 +53,7 @@ impl Reloader {
         conns: Arc<Connections>,
         config: &Config,
         databases: &BTreeMap<String, Arc<Engine>>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self> {
         let opened = connect::storages(config, default_dir)?
             .into_iter()
             .filter_map(|(key, (storage, settings))| {
@@ -98,7 +99,7 @@ impl Reloader {
     /// Re-read the files; swap in what changed and is valid. `Ok(true)` when the tokens or the
     /// table were replaced. The tokens go first: a broken configuration must not hold up
     /// revoking a token.
-    pub async fn check(&mut self, state: &AppState) -> Result<bool, String> {
+    pub async fn check(&mut self, state: &AppState) -> Result<bool> {
         let tokens = match &mut self.tokens {
             Some(watch) => watch.check(state),
             None => Ok(false),
@@ -110,7 +111,7 @@ impl Reloader {
         match (tokens, config) {
             (Ok(a), Ok(b)) => Ok(a || b),
             (Err(e), Ok(_)) | (Ok(_), Err(e)) => Err(e),
-            (Err(a), Err(b)) => Err(format!("{a}; {b}")),
+            (Err(a), Err(b)) => Err(Error::Both(Box::new(a), Box::new(b))),
         }
     }
 
@@ -144,8 +145,8 @@ impl Reloader {
 }
 
 impl ConfigWatch {
-    async fn check(&mut self, state: &AppState) -> Result<bool, String> {
-        let config = Config::load(&self.path).map_err(|e| e.to_string())?;
+    async fn check(&mut self, state: &AppState) -> Result<bool> {
+        let config = Config::load(&self.path)?;
         // Resolving reads the secrets the file names: a rotated one shows as a changed storage.
         let resolved = connect::storages(&config, &self.default_dir)?;
         let unchanged = resolved.len() == self.opened.len()
@@ -163,7 +164,11 @@ impl ConfigWatch {
                 Some(o) if o.storage == storage && o.settings == settings => o.engine.clone(),
                 _ => connect::open(&key, &storage, settings.clone(), &self.conns)
                     .await
-                    .map_err(|e| format!("database `{key}`: {e}"))?,
+                    .map_err(|source| Error::Open {
+                        key: key.clone(),
+                        place: None,
+                        source,
+                    })?,
             };
             next.insert(
                 key,
@@ -183,8 +188,8 @@ impl ConfigWatch {
 }
 
 impl TokensWatch {
-    fn check(&mut self, state: &AppState) -> Result<bool, String> {
-        let tokens = Tokens::load(&self.path)?;
+    fn check(&mut self, state: &AppState) -> Result<bool> {
+        let tokens = Tokens::load(&self.path).map_err(Error::Tokens)?;
         let fingerprint = tokens.fingerprint();
         if fingerprint == self.fingerprint {
             return Ok(false);

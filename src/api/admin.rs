@@ -8,11 +8,23 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::AppState;
 use super::error::{ErrorBody, Result};
-use super::extract::Body;
+use super::extract::ApiJson;
+use super::state::AppState;
 use crate::engine::{Check, StoreStatus};
+
+/// The admin routes, with their part of the OpenAPI document.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(validate))
+        .routes(routes!(ensure_buckets))
+        .routes(routes!(s3_test))
+        .routes(routes!(health))
+        .routes(routes!(shutdown))
+}
 
 /// The findings of a validation.
 #[derive(Debug, Serialize, ToSchema)]
@@ -56,7 +68,7 @@ pub struct EnsureBuckets {
 pub async fn ensure_buckets(
     State(state): State<AppState>,
     Path(db): Path<String>,
-    Body(req): Body<EnsureBuckets>,
+    ApiJson(req): ApiJson<EnsureBuckets>,
 ) -> Result<Json<Vec<StoreStatus>>> {
     let engine = state.engine(&db)?;
     Ok(Json(engine.ensure_stores(req.create_if_missing, req.dry_run).await?))

@@ -1,5 +1,5 @@
 //! Request extractors whose failures use the API's error shape (axum's defaults answer in plain
-//! text), and the parsing of names, preconditions and bodies.
+//! text), and the parsing of names, preconditions, attribution and bodies.
 
 use std::collections::HashMap;
 
@@ -11,8 +11,9 @@ use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
+use super::auth::Caller;
 use super::error::ApiError;
-use crate::engine::{CollectionName, ItemId};
+use crate::engine::{Attribution, CollectionName, ItemId, RequestKey};
 
 /// `/v1/{db}/{collection}/…`
 pub struct CollectionPath {
@@ -83,14 +84,14 @@ pub fn int64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
 }
 
 /// Query parameters, rejected with a 400 in the API's error shape.
-pub struct Q<T>(pub T);
+pub struct ApiQuery<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Q<T> {
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         Query::<T>::from_request_parts(parts, state)
             .await
-            .map(|Query(q)| Q(q))
+            .map(|Query(q)| ApiQuery(q))
             .map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))
     }
 }
@@ -115,9 +116,9 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
 }
 
 /// A JSON body of a known shape; a body of the wrong shape is a 422 naming the field.
-pub struct Body<T>(pub T);
+pub struct ApiJson<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let mut value = json_body(req, state).await?;
@@ -131,7 +132,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
             .with_details(serde_json::json!({"field": "body"})));
         }
         integral_floats_to_integers(&mut value);
-        serde_path_to_error::deserialize(value).map(Body).map_err(|e| {
+        serde_path_to_error::deserialize(value).map(ApiJson).map_err(|e| {
             let field = e.path().to_string();
             ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -280,6 +281,51 @@ fn kind(v: &Value) -> &'static str {
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
     }
+}
+
+/// The `Idempotency-Key` header: a retried write with the same key returns the first outcome.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// Who makes a write and why, with its idempotency key: `?actor=` and `?reason=` checked, and
+/// under auth the token's name in front of the actor.
+pub fn attribution(
+    caller: &Caller,
+    headers: &HeaderMap,
+    actor: Option<String>,
+    reason: Option<String>,
+) -> Result<Attribution, ApiError> {
+    let request_key = match headers.get(IDEMPOTENCY_KEY) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.parse::<RequestKey>().ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request("Idempotency-Key must be 1 to 255 visible ASCII characters (no spaces)")
+                })?,
+        ),
+    };
+    for (name, value, max) in [("actor", &actor, 256), ("reason", &reason, 1024)] {
+        if let Some(v) = value
+            && (v.len() > max || v.chars().any(char::is_control))
+        {
+            return Err(ApiError::bad_request(format!(
+                "`{name}` must be at most {max} bytes without control characters"
+            )));
+        }
+    }
+    // With auth on, the audit trail names the token that wrote; `?actor=` may only add whom it
+    // acts for (`token/actor`), never stand in for another token's name.
+    let actor = match (caller.name(), actor) {
+        (Some(token), Some(on_behalf)) => Some(format!("{token}/{on_behalf}")),
+        (Some(token), None) => Some(token.to_owned()),
+        (None, actor) => actor,
+    };
+    Ok(Attribution {
+        actor,
+        reason,
+        request_key,
+    })
 }
 
 /// Where an optimistic-lock precondition came from: it decides 409 versus 412 on conflict.

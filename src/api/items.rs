@@ -1,37 +1,35 @@
-//! Item routes: create, read (latest, `?ov=`, `?at=`), update, delete, history.
-
-use std::time::Duration;
+//! Item routes: create, read (latest, `?ov=`, `?at=`), update, delete, enrich, history, restore
+//! of one item and tiering of one item; and how a write's outcome and a record are shown.
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::AppState;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody, Result};
-use super::extract::{Body, CollectionPath, ItemPath, JsonObject, JsonObjects, Precondition, Q, int64};
+use super::extract::{
+    ApiJson, ApiQuery, CollectionPath, ItemPath, JsonObject, JsonObjects, Precondition, attribution, int64,
+};
+use super::present::{Presentation, Queued, WriteResult, etag, submitted_response};
+use super::state::AppState;
 use crate::engine::{
-    Attribution, CollectionName, ContentMode, Engine, HistoryPoint, ItemId, ListOptions, PrunePolicy, PruneReport,
-    ReadOptions, Record, RequestKey, RestoreCounts, Submitted, TieringReport, Timestamp, Totals, VersionEntry,
-    VersionTarget, WriteOutcome, WriteRequest,
+    ItemId, ListOptions, ReadOptions, Submitted, Timestamp, VersionEntry, VersionTarget, WriteRequest,
 };
 
-/// The result of a write.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct WriteResult {
-    pub id: String,
-    /// The object version this write produced (0 for a create).
-    pub ov: u64,
-    /// The collection version: orders all writes of the collection.
-    pub cv: u64,
-    /// When the version was written (RFC 3339).
-    #[schema(value_type = String, format = DateTime)]
-    pub at: Timestamp,
+/// The item routes, with their part of the OpenAPI document.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(get, update, delete, enrich))
+        .routes(routes!(history))
+        .routes(routes!(restore_item))
+        .routes(routes!(process_item))
 }
 
 /// A page of an item's version index.
@@ -102,17 +100,6 @@ pub struct WriteQuery {
     #[param(minimum = 0)]
     #[serde(default, deserialize_with = "int64")]
     expected_ov: Option<u64>,
-    #[param(max_length = 256, pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*$")]
-    actor: Option<String>,
-    #[param(max_length = 1024, pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*$")]
-    reason: Option<String>,
-}
-
-/// Who writes and why, for writes without an optimistic lock.
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct AttributionQuery {
     #[param(max_length = 256, pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*$")]
     actor: Option<String>,
     #[param(max_length = 1024, pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*$")]
@@ -204,180 +191,6 @@ pub struct ListResponse {
     pub next_after_id: Option<String>,
 }
 
-/// The `Idempotency-Key` header: a retried write with the same key returns the first outcome.
-pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
-
-fn attribution(
-    caller: &Caller,
-    headers: &HeaderMap,
-    actor: Option<String>,
-    reason: Option<String>,
-) -> Result<Attribution> {
-    let request_key = match headers.get(IDEMPOTENCY_KEY) {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|s| s.parse::<RequestKey>().ok())
-                .ok_or_else(|| {
-                    ApiError::bad_request("Idempotency-Key must be 1 to 255 visible ASCII characters (no spaces)")
-                })?,
-        ),
-    };
-    for (name, value, max) in [("actor", &actor, 256), ("reason", &reason, 1024)] {
-        if let Some(v) = value
-            && (v.len() > max || v.chars().any(char::is_control))
-        {
-            return Err(ApiError::bad_request(format!(
-                "`{name}` must be at most {max} bytes without control characters"
-            )));
-        }
-    }
-    // With auth on, the audit trail names the token that wrote; `?actor=` may only add whom it
-    // acts for (`token/actor`), never stand in for another token's name.
-    let actor = match (caller.name(), actor) {
-        (Some(token), Some(on_behalf)) => Some(format!("{token}/{on_behalf}")),
-        (Some(token), None) => Some(token.to_owned()),
-        (None, actor) => actor,
-    };
-    Ok(Attribution {
-        actor,
-        reason,
-        request_key,
-    })
-}
-
-fn etag(ov: u64) -> HeaderValue {
-    HeaderValue::from_str(&format!("\"{ov}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
-}
-
-/// A write accepted for later: it met a transient backend failure and waits in the retry queue.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Queued {
-    /// Poll `GET /v1/{db}/_operations/{operationId}` for the outcome.
-    pub operation_id: String,
-    /// Always `queued`.
-    pub status: String,
-    /// The item the write is for.
-    pub id: String,
-    /// Why the write could not be made now.
-    pub reason: Option<String>,
-}
-
-/// The response to a submitted write: 201/200 when made now (with `Idempotency-Replayed: true`
-/// when an earlier request with the same key made it), 202 when queued.
-fn submitted_response(db: &str, status: StatusCode, submitted: Submitted, location: Option<String>) -> Response {
-    match submitted {
-        Submitted::Done { id, outcome } => {
-            let mut response = write_response(status, &id, outcome, location);
-            if outcome.replayed {
-                response
-                    .headers_mut()
-                    .insert("idempotency-replayed", HeaderValue::from_static("true"));
-            }
-            response
-        }
-        Submitted::Queued(op) => {
-            let location = format!("/v1/{db}/_operations/{}", op.job.id);
-            let body = Queued {
-                operation_id: op.job.id.to_string(),
-                status: "queued".to_owned(),
-                id: op.job.request.id().to_string(),
-                reason: op.last_error,
-            };
-            let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
-            if let Ok(loc) = HeaderValue::from_str(&location) {
-                response.headers_mut().insert(header::LOCATION, loc);
-            }
-            response
-        }
-    }
-}
-
-fn write_response(status: StatusCode, id: &ItemId, o: WriteOutcome, location: Option<String>) -> Response {
-    let mut response = (
-        status,
-        Json(WriteResult {
-            id: id.to_string(),
-            ov: o.ov,
-            cv: o.cv,
-            at: o.at,
-        }),
-    )
-        .into_response();
-    response.headers_mut().insert(header::ETAG, etag(o.ov));
-    if let Some(loc) = location.and_then(|l| HeaderValue::from_str(&l).ok()) {
-        response.headers_mut().insert(header::LOCATION, loc);
-    }
-    response
-}
-
-/// A record as the API shows it: the data with a `_system` block.
-/// How a read shows content properties and whether it presigns URLs.
-struct Presentation {
-    mode: ContentMode,
-    presign: Option<Duration>,
-}
-
-impl Presentation {
-    fn from_query(content: Option<&str>, presign: bool, ttl_seconds: Option<u64>) -> Result<Self> {
-        let ttl = Duration::from_secs(ttl_seconds.unwrap_or(900));
-        if ttl.is_zero() || ttl > Duration::from_secs(604_800) {
-            return Err(ApiError::bad_request(
-                "`ttlSeconds` must be between 1 and 604800 (7 days)",
-            ));
-        }
-        let mode = match (content, presign) {
-            (_, true) => ContentMode::Presigned(ttl),
-            (None | Some("inline"), false) => ContentMode::Inline,
-            (Some("ref"), false) => ContentMode::Reference,
-            (Some(other), false) => {
-                return Err(ApiError::bad_request(format!(
-                    "`content` must be `inline` or `ref`, not `{other}`"
-                )));
-            }
-        };
-        Ok(Presentation {
-            mode,
-            presign: presign.then_some(ttl),
-        })
-    }
-
-    async fn show(&self, engine: &Engine, collection: &CollectionName, mut record: Record) -> Result<Value> {
-        engine.resolve_content(collection, &mut record, self.mode).await?;
-        let url = match self.presign {
-            Some(ttl) => Some(engine.presign_payload(collection, &record, ttl).await?),
-            None => None,
-        };
-        let mut out = record_json(collection, record);
-        if let Some(url) = url {
-            out[crate::engine::versioning::SYSTEM_KEY]["payloadUrl"] = Value::String(url);
-        }
-        Ok(out)
-    }
-}
-
-pub fn record_json(collection: &CollectionName, r: Record) -> Value {
-    let mut out = r.data;
-    out.insert(
-        crate::engine::versioning::SYSTEM_KEY.to_owned(),
-        json!({
-            "id": r.id,
-            "collection": collection,
-            "ov": r.ov,
-            "cv": r.cv,
-            "insertedAt": r.system.inserted_at,
-            "updatedAt": r.system.updated_at,
-            "deletedAt": r.system.deleted_at,
-            "deleted": r.system.deleted,
-            "functionIds": r.system.function_ids,
-            "state": r.system.state,
-        }),
-    );
-    Value::Object(out)
-}
-
 /// Create an item (ov 0).
 #[utoipa::path(post, path = "/v1/{db}/{collection}/items", tag = "items",
     params(("Idempotency-Key" = Option<String>, Header, nullable = false, description = "Retrying with the same key returns the first outcome and never writes twice", pattern = "^[!-~]{1,255}$"), ("db" = String, Path, description = "Database (tenant) key"), ("collection" = String, Path), CreateQuery),
@@ -394,7 +207,7 @@ pub async fn create(
     caller: Caller,
     path: CollectionPath,
     headers: HeaderMap,
-    Q(q): Q<CreateQuery>,
+    ApiQuery(q): ApiQuery<CreateQuery>,
     JsonObject(data): JsonObject,
 ) -> Result<Response> {
     let engine = state.engine(&path.db)?;
@@ -428,7 +241,7 @@ pub async fn create(
 pub async fn list(
     State(state): State<AppState>,
     path: CollectionPath,
-    Q(q): Q<ListQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<ListResponse>> {
     let engine = state.engine(&path.db)?;
     let filter = match q.filter.as_deref() {
@@ -496,7 +309,7 @@ pub async fn list(
         (status = 404, body = ErrorBody),
         (status = 422, description = "`presign` on a database without S3", body = ErrorBody),
         (status = 503, body = ErrorBody)))]
-pub async fn get(State(state): State<AppState>, path: ItemPath, Q(q): Q<GetQuery>) -> Result<Response> {
+pub async fn get(State(state): State<AppState>, path: ItemPath, ApiQuery(q): ApiQuery<GetQuery>) -> Result<Response> {
     let engine = state.engine(&path.db)?;
     let opts = ReadOptions {
         include_deleted: q.include_deleted,
@@ -536,7 +349,7 @@ pub async fn update(
     caller: Caller,
     path: ItemPath,
     headers: HeaderMap,
-    Q(q): Q<WriteQuery>,
+    ApiQuery(q): ApiQuery<WriteQuery>,
     JsonObject(data): JsonObject,
 ) -> Result<Response> {
     let engine = state.engine(&path.db)?;
@@ -569,7 +382,7 @@ pub async fn delete(
     caller: Caller,
     path: ItemPath,
     headers: HeaderMap,
-    Q(q): Q<WriteQuery>,
+    ApiQuery(q): ApiQuery<WriteQuery>,
 ) -> Result<Response> {
     let engine = state.engine(&path.db)?;
     let pre = Precondition::from_request(&headers, q.expected_ov)?;
@@ -595,7 +408,7 @@ pub async fn delete(
 pub async fn history(
     State(state): State<AppState>,
     path: ItemPath,
-    Q(q): Q<HistoryQuery>,
+    ApiQuery(q): ApiQuery<HistoryQuery>,
 ) -> Result<Json<HistoryPage>> {
     let engine = state.engine(&path.db)?;
     let limit = q.limit.unwrap_or(100);
@@ -652,7 +465,7 @@ pub async fn enrich(
     caller: Caller,
     path: ItemPath,
     headers: HeaderMap,
-    Q(q): Q<EnrichQuery>,
+    ApiQuery(q): ApiQuery<EnrichQuery>,
     JsonObjects(patches): JsonObjects,
 ) -> Result<Response> {
     let engine = state.engine(&path.db)?;
@@ -699,8 +512,8 @@ pub async fn restore_item(
     caller: Caller,
     path: ItemPath,
     headers: HeaderMap,
-    Q(q): Q<WriteQuery>,
-    Body(req): Body<RestoreItemRequest>,
+    ApiQuery(q): ApiQuery<WriteQuery>,
+    ApiJson(req): ApiJson<RestoreItemRequest>,
 ) -> Result<Response> {
     let engine = state.engine(&path.db)?;
     let target = match (req.ov, req.at) {
@@ -722,157 +535,6 @@ pub async fn restore_item(
     Ok(submitted_response(&path.db, StatusCode::OK, submitted, None))
 }
 
-/// One page of a collection restore.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct RestoreCollectionRequest {
-    /// Restore to the state after the write with this cv…
-    #[schema(minimum = 0)]
-    #[serde(default, deserialize_with = "int64")]
-    pub cv: Option<u64>,
-    /// …or to the state at this time (RFC 3339). Exactly one of the two.
-    #[schema(value_type = Option<String>, format = DateTime)]
-    pub at: Option<Timestamp>,
-    /// Only count what would be done.
-    #[serde(default)]
-    pub dry_run: bool,
-    /// Continue after this item id (the previous page's `nextAfterId`).
-    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")]
-    pub after_id: Option<String>,
-    /// Items in this page, 1-1000 (default 500).
-    #[schema(minimum = 1, maximum = 1000)]
-    pub limit: Option<usize>,
-}
-
-/// The result of one page of a collection restore.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct RestoreCollectionResponse {
-    pub counts: RestoreCounts,
-    /// Pass as `afterId` to continue; absent when the collection is done.
-    pub next_after_id: Option<String>,
-    /// Items in the collection (for progress).
-    pub total: u64,
-}
-
-/// Restore a collection to a cv or a time, one page of items per call: items whose state differs
-/// get a version equal to their state then; items created later are logically deleted. Pages are
-/// idempotent, so an interrupted restore continues from `nextAfterId` (or simply starts over).
-#[utoipa::path(post, path = "/v1/{db}/{collection}/restore", tag = "collections",
-    params(("db" = String, Path), ("collection" = String, Path), AttributionQuery),
-    request_body = RestoreCollectionRequest,
-    responses(
-        (status = 200, body = RestoreCollectionResponse),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 415, body = ErrorBody),
-        (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
-pub async fn restore_collection(
-    State(state): State<AppState>,
-    caller: Caller,
-    path: CollectionPath,
-    Q(q): Q<AttributionQuery>,
-    Body(req): Body<RestoreCollectionRequest>,
-) -> Result<Json<RestoreCollectionResponse>> {
-    let engine = state.engine(&path.db)?;
-    let point = match (req.cv, req.at) {
-        (Some(cv), None) => HistoryPoint::Cv(cv),
-        (None, Some(at)) => HistoryPoint::At(at),
-        _ => return Err(ApiError::bad_request("give exactly one of `cv` and `at`")),
-    };
-    let after_id = req
-        .after_id
-        .map(|a| a.parse::<ItemId>())
-        .transpose()
-        .map_err(|e| ApiError::bad_request(format!("`afterId`: {e}")))?;
-    let limit = req.limit.unwrap_or(crate::engine::restore::RESTORE_PAGE);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::bad_request("`limit` must be between 1 and 1000"));
-    }
-    // A page restore is idempotent by itself (it compares states), so it takes no key.
-    let who = attribution(&caller, &HeaderMap::new(), q.actor, q.reason)?;
-    let total = engine.count_items(&path.collection).await?;
-    let page = engine
-        .restore_collection_page(&path.collection, point, after_id, limit, req.dry_run, &who)
-        .await?;
-    Ok(Json(RestoreCollectionResponse {
-        counts: page.counts,
-        next_after_id: page.next_after_id.map(|i| i.to_string()),
-        total,
-    }))
-}
-
-/// The collection's counters: totals per operation and the configured conditional rules, counted
-/// from the version index (every acknowledged write exactly once).
-#[utoipa::path(get, path = "/v1/{db}/{collection}/counters", tag = "collections",
-    params(("db" = String, Path), ("collection" = String, Path)),
-    responses(
-        (status = 200, body = Totals),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
-pub async fn counters(State(state): State<AppState>, path: CollectionPath) -> Result<Json<Totals>> {
-    let engine = state.engine(&path.db)?;
-    Ok(Json(engine.totals(&path.collection).await?))
-}
-
-/// Reset the collection's counters: counting starts after the current cv.
-#[utoipa::path(post, path = "/v1/{db}/{collection}/counters/reset", tag = "collections",
-    params(("db" = String, Path), ("collection" = String, Path)),
-    responses(
-        (status = 200, body = Totals),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
-pub async fn reset_counters(State(state): State<AppState>, path: CollectionPath) -> Result<Json<Totals>> {
-    let engine = state.engine(&path.db)?;
-    engine.reset_totals(&path.collection).await?;
-    Ok(Json(engine.totals(&path.collection).await?))
-}
-
-/// Which items a tiering run moves.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ProcessRequest {
-    /// Items not written for this many hours become `processed` (at most 10,000 years).
-    #[schema(minimum = 0, maximum = 87_600_000)]
-    pub ttl_hours: f64,
-    #[serde(default)]
-    pub dry_run: bool,
-}
-
-/// Cost tiering: items not written for `ttlHours` become `processed` (their payload then lives
-/// only in S3; reads fetch it transparently). Reports head bytes per item before and after.
-#[utoipa::path(post, path = "/v1/{db}/{collection}/process", tag = "collections",
-    params(("db" = String, Path), ("collection" = String, Path)),
-    request_body = ProcessRequest,
-    responses(
-        (status = 200, body = TieringReport),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
-        (status = 503, body = ErrorBody)))]
-pub async fn process_collection(
-    State(state): State<AppState>,
-    path: CollectionPath,
-    Body(req): Body<ProcessRequest>,
-) -> Result<Json<TieringReport>> {
-    let engine = state.engine(&path.db)?;
-    at_most("ttlHours", req.ttl_hours, 87_600_000.0)?;
-    Ok(Json(
-        engine
-            .mark_processed_by_ttl(&path.collection, req.ttl_hours, req.dry_run, |_| {})
-            .await?,
-    ))
-}
-
-/// The documented `maximum` of an age (the engine checks the rest: finite, not negative).
-fn at_most(field: &str, value: f64, max: f64) -> Result<()> {
-    if value > max {
-        return Err(ApiError::from(crate::engine::Error::validation(
-            field,
-            format!("must be at most {max} (10,000 years)"),
-        )));
-    }
-    Ok(())
-}
-
 /// Whether an item changed state.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Processed {
@@ -891,51 +553,4 @@ pub async fn process_item(State(state): State<AppState>, path: ItemPath) -> Resu
     let engine = state.engine(&path.db)?;
     let changed = engine.mark_item_processed(&path.collection, &path.id).await?;
     Ok(Json(Processed { changed }))
-}
-
-/// A retention run over a collection's version index.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct PruneRequest {
-    /// Keep each item's last N versions (at least 1).
-    #[schema(minimum = 1)]
-    #[serde(default, deserialize_with = "int64")]
-    pub keep_last: Option<u64>,
-    /// Keep versions younger than this many days (at most 10,000 years).
-    #[schema(minimum = 0, maximum = 3_650_000)]
-    pub max_age_days: Option<f64>,
-    /// Also delete pruned versions' payloads (they then can no longer be read).
-    #[serde(default)]
-    pub delete_payloads: bool,
-    #[serde(default)]
-    pub dry_run: bool,
-}
-
-/// Version retention: prune old entries from the version index (kept as manifests in the
-/// backups bucket, so pruned versions stay readable while their payloads exist).
-#[utoipa::path(post, path = "/v1/{db}/{collection}/prune", tag = "collections",
-    params(("db" = String, Path), ("collection" = String, Path)),
-    request_body = PruneRequest,
-    responses(
-        (status = 200, body = PruneReport),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
-        (status = 503, body = ErrorBody)))]
-pub async fn prune(
-    State(state): State<AppState>,
-    path: CollectionPath,
-    Body(req): Body<PruneRequest>,
-) -> Result<Json<PruneReport>> {
-    let engine = state.engine(&path.db)?;
-    if let Some(days) = req.max_age_days {
-        at_most("maxAgeDays", days, 3_650_000.0)?;
-    }
-    let policy = PrunePolicy {
-        keep_last: req.keep_last,
-        max_age_days: req.max_age_days,
-        delete_payloads: req.delete_payloads,
-    };
-    Ok(Json(
-        engine.prune_versions(&path.collection, &policy, req.dry_run).await?,
-    ))
 }

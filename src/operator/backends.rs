@@ -11,8 +11,8 @@ use kube::{Api, ResourceExt};
 use super::collection::ChronosCollection;
 use super::database::ChronosDatabase;
 use super::{Context, Error, Result};
-use crate::config::Storage;
-use crate::engine::s3::{S3Connection, S3PayloadStore};
+use crate::config::{RemoteStorage, S3Access, Storage};
+use crate::engine::s3::S3PayloadStore;
 use crate::engine::{Engine, EngineSettings};
 
 /// The label a Secret must carry (value `"true"`) for the operator to use it: whoever may create
@@ -49,10 +49,10 @@ pub async fn storage(client: &kube::Client, db: &ChronosDatabase) -> Result<Stor
     let spec = &db.spec;
     let uri_ref = &spec.mongodb.uri_secret_ref;
     let creds = &spec.s3.credentials_secret_ref;
-    Ok(Storage::Remote {
+    Ok(Storage::Remote(RemoteStorage {
         mongo_uri: secret_value(client, &ns, &uri_ref.name, &uri_ref.key).await?,
         db_name: spec.mongodb.db_name.clone(),
-        s3: S3Connection {
+        s3: S3Access {
             endpoint: spec.s3.endpoint.clone(),
             region: spec.s3.region.clone(),
             access_key: secret_value(client, &ns, &creds.name, &creds.access_key_key).await?,
@@ -62,19 +62,19 @@ pub async fn storage(client: &kube::Client, db: &ChronosDatabase) -> Result<Stor
         json_bucket: spec.s3.buckets.json.clone(),
         content_bucket: spec.s3.buckets.content.clone(),
         backups_bucket: spec.s3.buckets.backups.clone(),
-    })
+    }))
 }
 
-fn remote(storage: &Storage) -> Result<(&str, &str, &S3Connection, [&str; 3])> {
+fn remote(storage: &Storage) -> Result<(&str, &str, &S3Access, [&str; 3])> {
     match storage {
-        Storage::Remote {
+        Storage::Remote(RemoteStorage {
             mongo_uri,
             db_name,
             s3,
             json_bucket,
             content_bucket,
             backups_bucket,
-        } => Ok((mongo_uri, db_name, s3, [json_bucket, content_bucket, backups_bucket])),
+        }) => Ok((mongo_uri, db_name, s3, [json_bucket, content_bucket, backups_bucket])),
         Storage::Embedded { .. } => Err(Error::Invalid("a ChronosDatabase needs MongoDB and S3".to_owned())),
     }
 }

@@ -332,7 +332,7 @@ async fn admin_validates_creates_buckets_and_shuts_down() {
 /// monitoring (as `chronos serve` wires it), S3 calls in the store.
 #[tokio::test]
 async fn metrics_time_backend_calls() {
-    use chronos::config::Storage;
+    use chronos::config::{RemoteStorage, S3Access, Storage};
     use chronos::connect::{self, Connections};
     let buckets: Vec<String> = (0..3).map(|_| support::unique("chronos-metrics")).collect();
     for b in &buckets {
@@ -341,14 +341,21 @@ async fn metrics_time_backend_calls() {
             .await
             .unwrap();
     }
-    let storage = Storage::Remote {
+    let s3 = support::s3_connection();
+    let storage = Storage::Remote(RemoteStorage {
         mongo_uri: support::env("CHRONOS_TEST_MONGO_URI"),
         db_name: support::unique("m").replace('-', "_"),
-        s3: support::s3_connection(),
+        s3: S3Access {
+            endpoint: s3.endpoint,
+            region: s3.region,
+            access_key: s3.access_key,
+            secret_key: s3.secret_key,
+            force_path_style: s3.force_path_style,
+        },
         json_bucket: buckets[0].clone(),
         content_bucket: buckets[1].clone(),
         backups_bucket: buckets[2].clone(),
-    };
+    });
     let engine = connect::open("t1", &storage, EngineSettings::default(), &Connections::default())
         .await
         .unwrap();

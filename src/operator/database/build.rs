@@ -41,9 +41,9 @@ use sha2::{Digest, Sha256};
 
 use super::controller::BACKENDS_REACHABLE;
 use super::crd::{ChronosDatabase, EngineSpec};
+use crate::config::Tier;
 use crate::operator::collection::ChronosCollection;
 use crate::operator::conditions;
-use crate::routing::Tier;
 
 /// The engine's HTTP port (in the container and on the Service).
 pub const ENGINE_PORT: i32 = 8080;

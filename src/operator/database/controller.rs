@@ -113,8 +113,8 @@ async fn check(db: &ChronosDatabase, ctx: &Context) -> Result<Check> {
         }
         Err(e) => return Err(e),
     };
-    if let crate::config::Storage::Remote { mongo_uri, .. } = &storage
-        && let Err(why) = ctx.backend_hosts.check_mongo_uri(mongo_uri)
+    if let crate::config::Storage::Remote(remote) = &storage
+        && let Err(why) = ctx.backend_hosts.check_mongo_uri(&remote.mongo_uri)
     {
         let secret = &db.spec.mongodb.uri_secret_ref;
         return Ok(not_allowed(format!(

@@ -7,7 +7,8 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-pub use crate::routing::{DatabaseType, Tier};
+use crate::config::valid_bucket;
+pub use crate::config::{DatabaseType, Tier};
 
 /// A logical Chronos database: where its data lives and how it is served.
 // clippy mistakes the repeated keys of kube's `printcolumn(...)` for duplicated attributes.
@@ -267,13 +268,4 @@ impl ChronosDatabase {
         }
         out
     }
-}
-
-fn valid_bucket(name: &str) -> bool {
-    (3..=63).contains(&name.len())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
 }

@@ -2,7 +2,7 @@
 //! `/metrics` are public (no bearer token), which their `security(())` says in the document, so
 //! they say nothing about tenants once tokens exist: `/readyz` then names no database and no
 //! backend error (those go to the log). `/metrics` labels series by database, so with tokens it
-//! needs a `metrics` (or cluster-wide `admin`) token — see auth.rs.
+//! needs a `metrics` (or cluster-wide `admin`) token — see auth/mod.rs.
 
 use std::time::Duration;
 
@@ -12,9 +12,20 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::AppState;
 use super::error::{ApiError, ErrorBody};
+use super::state::AppState;
+
+/// The probe routes, with their part of the OpenAPI document.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi))
+}
 
 #[derive(Serialize, ToSchema)]
 pub struct Health {

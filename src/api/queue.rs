@@ -5,12 +5,23 @@ use axum::Json;
 use axum::extract::{Path, State};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::AppState;
 use super::error::{ApiError, ErrorBody, Result};
-use super::extract::Q;
+use super::extract::ApiQuery;
+use super::state::AppState;
 use crate::engine::queue::OperationResult;
 use crate::engine::{Operation, OperationId, OperationStatus, QueueStats, Timestamp};
+
+/// The queue routes, with their part of the OpenAPI document.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(get, cancel))
+        .routes(routes!(retry))
+        .routes(routes!(stats))
+        .routes(routes!(list))
+}
 
 /// A queued write and how far it got.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -147,7 +158,7 @@ pub struct OperationPage {
 pub async fn list(
     State(state): State<AppState>,
     Path(db): Path<String>,
-    Q(q): Q<ListQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<OperationPage>> {
     let status = match q.status.as_deref().unwrap_or("pending") {
         "pending" => OperationStatus::Pending,

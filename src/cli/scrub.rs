@@ -3,12 +3,14 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 use comfy_table::Table;
 
+use super::print::Output;
 use chronos::config::Config;
 use chronos::connect::{self, Connections};
 use chronos::engine::{CollectionName, ScrubOptions, ScrubReport};
+use chronos::error::{Error, Result};
 
 #[derive(Args)]
 pub struct ScrubArgs {
@@ -39,21 +41,15 @@ pub struct ScrubArgs {
     output: Output,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Output {
-    Table,
-    Json,
-}
-
-pub async fn run(args: ScrubArgs) -> Result<(), String> {
+pub async fn run(args: ScrubArgs) -> Result<()> {
     let config = match &args.config {
-        Some(path) => Config::load(path).map_err(|e| e.to_string())?,
+        Some(path) => Config::load(path)?,
         None => Config::default(),
     };
     let storages = connect::storages(&config, &args.data_dir)?;
     let (storage, settings) = storages.get(&args.db).ok_or_else(|| {
         let known: Vec<&str> = storages.keys().map(String::as_str).collect();
-        format!("no database `{}` (known: {})", args.db, known.join(", "))
+        Error::Usage(format!("no database `{}` (known: {})", args.db, known.join(", ")))
     })?;
     // Writes commit within their engine's grace of their write id, not within scrub's: a
     // shorter grace is only safe while no engine writes (the fault campaign uses 0).
@@ -68,22 +64,25 @@ pub async fn run(args: ScrubArgs) -> Result<(), String> {
     // even in a bucket other databases share.
     let engine = connect::open(&args.db, storage, settings.clone(), &Connections::default())
         .await
-        .map_err(|e| format!("database `{}` ({}): {e}", args.db, connect::describe(storage)))?;
+        .map_err(|source| Error::Open {
+            key: args.db.clone(),
+            place: Some(connect::describe(storage)),
+            source,
+        })?;
     let opts = ScrubOptions {
         collection: args
             .collection
             .as_deref()
             .map(str::parse::<CollectionName>)
-            .transpose()
-            .map_err(|e| e.to_string())?,
+            .transpose()?,
         grace: Duration::from_secs(args.grace_secs),
         delete: args.delete,
         max_listed: args.max_listed,
         ..ScrubOptions::default()
     };
-    let report = engine.scrub(&opts).await.map_err(|e| e.to_string())?;
+    let report = engine.scrub(&opts).await?;
     match args.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?),
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         Output::Table => print_table(&report, &opts),
     }
     Ok(())

@@ -1,90 +1,31 @@
 //! Multi-tenant routing: which MongoDB database and S3 buckets serve a logical database.
 //!
-//! A logical database is found by its `key`, by its identity (database type × tier ×
-//! external identifier), or — for tenants not listed in the configuration — by
-//! (dbName, collection, tenantId) through rendezvous (highest-random-weight) hashing over the
-//! configured backends. Rendezvous hashing is stable (the same key always lands on the same
-//! backend) and adding a backend moves only the keys the new backend now wins, about 1/n.
-//! Backends are identified by a digest of their address, never by list position, so reordering
-//! the configuration moves nothing.
+//! Each logical database (a `databaseTypes` entry or a `databases` entry, addressed by its `key`)
+//! is on the backends its entry names, or else on those rendezvous (highest-random-weight)
+//! hashing of its key picks among the configured ones. Rendezvous hashing is stable (the same key
+//! always lands on the same backend) and adding a backend moves only the keys the new backend now
+//! wins, about 1/n. Backends are identified by a digest of their address, never by list
+//! position, so reordering the configuration moves nothing.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
 
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::config::{Config, Issue, RouteEntry, Storage};
-use crate::engine::s3::S3Connection;
-use crate::engine::{EngineSettings, ItemId};
-
-// One definition for the configuration file's `databaseTypes` and the operator's
-// `ChronosDatabase.spec.routing` (hence the schema; its doc comment is the CRD's description).
-/// The kind of data the database holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum DatabaseType {
-    Metadata,
-    Knowledge,
-    Runtime,
-}
-
-// Serialized singular (`domain`, `tenant`) as in the operator's spec; `Display` gives the
-// configuration file's plural tier keys (`domains`, `tenants`).
-/// Who the database serves: everyone (`generic`), one domain or one tenant (both need an
-/// `extIdentifier`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Tier {
-    Generic,
-    Domain,
-    Tenant,
-}
-
-impl fmt::Display for DatabaseType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            DatabaseType::Metadata => "metadata",
-            DatabaseType::Knowledge => "knowledge",
-            DatabaseType::Runtime => "runtime",
-        })
-    }
-}
-
-impl fmt::Display for Tier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Tier::Generic => "generic",
-            Tier::Domain => "domains",
-            Tier::Tenant => "tenants",
-        })
-    }
-}
+use super::file::{Config, DatabaseType, RouteEntry, SpacesConn, Tier, entries};
+use super::storage::{RemoteStorage, S3Access, Storage};
+use crate::engine::EngineSettings;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
-    #[error("no database with key `{0}`")]
-    UnknownKey(String),
-    #[error("no {0} database in tier {1}{ext}", ext = identifier(.2))]
-    UnknownIdentity(DatabaseType, Tier, Option<String>),
     #[error("routing has no backends (mongoUris and spacesConns)")]
     NoBackends,
     #[error("cannot read a secret of the routing configuration: {0}")]
     Secret(String),
     #[error("databases `{0}` and `{1}` would share MongoDB database `{2}` on one backend; give one a different dbName")]
     SharedDatabase(String, String, String),
-    #[error("MongoDB database name `{0}…` would be longer than {MONGO_DB_NAME_MAX} bytes")]
-    NameTooLong(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-fn identifier(ext: &Option<String>) -> String {
-    ext.as_ref()
-        .map(|e| format!(" with identifier `{e}`"))
-        .unwrap_or_default()
-}
 
 /// A resolved logical database.
 #[derive(Debug, Clone)]
@@ -102,15 +43,13 @@ pub struct Route {
 #[derive(Debug, Clone, Default)]
 struct Backends {
     mongo: Vec<(String, String)>,
-    spaces: Vec<(String, crate::config::SpacesConn)>,
+    spaces: Vec<(String, SpacesConn)>,
 }
 
 /// The routing table.
 #[derive(Debug, Clone, Default)]
 pub struct Routes {
     routes: BTreeMap<String, Route>,
-    identities: HashMap<(DatabaseType, Tier, Option<String>), String>,
-    backends: Backends,
 }
 
 /// MongoDB refuses database names of 64 bytes or more.
@@ -169,98 +108,7 @@ pub fn rendezvous<S: AsRef<str>>(key: &str, backend_ids: &[S]) -> Option<usize> 
         .map(|(i, _)| i)
 }
 
-/// One routed database of a configuration.
-pub(crate) struct Entry<'a> {
-    /// `None` for the `databases` list.
-    pub identity: Option<(DatabaseType, Tier)>,
-    pub entry: &'a RouteEntry,
-}
-
-impl Entry<'_> {
-    /// Where it is in the configuration, for messages.
-    pub fn field(&self) -> String {
-        match self.identity {
-            Some((t, tier)) => format!("databaseTypes.{t}.{tier}[key={}]", self.entry.key),
-            None => format!("databases[key={}]", self.entry.key),
-        }
-    }
-}
-
-/// Every routed database: `databaseTypes` entries, then the `databases` list.
-pub(crate) fn entries(config: &Config) -> Vec<Entry<'_>> {
-    let mut out = Vec::new();
-    if let Some(types) = &config.database_types {
-        for (t, tiers) in [
-            (DatabaseType::Metadata, &types.metadata),
-            (DatabaseType::Knowledge, &types.knowledge),
-            (DatabaseType::Runtime, &types.runtime),
-        ] {
-            let Some(tiers) = tiers else { continue };
-            let of = |tier: Tier| {
-                move |entry| Entry {
-                    identity: Some((t, tier)),
-                    entry,
-                }
-            };
-            out.extend(tiers.generic.iter().map(of(Tier::Generic)));
-            out.extend(tiers.domains.iter().map(of(Tier::Domain)));
-            out.extend(tiers.tenants.iter().map(of(Tier::Tenant)));
-        }
-    }
-    out.extend(config.databases.iter().map(|entry| Entry { identity: None, entry }));
-    out
-}
-
 impl Routes {
-    /// Problems with the routing part of a configuration, each naming its field.
-    pub fn issues(config: &Config) -> Vec<Issue> {
-        let mut issues = Vec::new();
-        let mut keys = HashMap::new();
-        let mut identities = HashMap::new();
-        for x in entries(config) {
-            let e = x.entry;
-            let field = |f: &str| format!("{}.{f}", x.field());
-            let mut issue = |f: &str, p: &str| {
-                issues.push(Issue {
-                    field: field(f),
-                    problem: p.to_owned(),
-                })
-            };
-            if e.key.parse::<ItemId>().is_err() || e.key == "admin" {
-                issue("key", "expected 1-128 letters, digits, `_ - . :` (and not `admin`)");
-            }
-            if keys.insert(e.key.clone(), ()).is_some() {
-                issue("key", "is used twice");
-            }
-            match (x.identity, &e.ext_identifier) {
-                (Some((_, Tier::Generic)), Some(_)) => issue("extIdentifier", "the generic tier has no identifier"),
-                (Some((_, Tier::Domain | Tier::Tenant)), None) => {
-                    issue("extIdentifier", "is required for domains and tenants")
-                }
-                (None, Some(_)) => issue("extIdentifier", "only databaseTypes entries have an identifier"),
-                _ => {}
-            }
-            if let Some((t, tier)) = x.identity
-                && identities.insert((t, tier, e.ext_identifier.clone()), ()).is_some()
-            {
-                issue("extIdentifier", "is used twice in this type and tier");
-            }
-            if e.mongo.is_some_and(|i| i >= config.mongo_uris.len()) {
-                issue("mongo", "is not an index into mongoUris");
-            }
-            if e.spaces.is_some_and(|i| i >= config.spaces_conns.len()) {
-                issue("spaces", "is not an index into spacesConns");
-            }
-            if e.db_name.as_deref().is_some_and(|n| !valid_db_name(n)) {
-                issue(
-                    "dbName",
-                    "expected 1-63 characters of ASCII letters, digits, '_' and '-'",
-                );
-            }
-        }
-        issues
-    }
-
     /// Build the routing table; `None` when the configuration routes nothing (no
     /// `databaseTypes`, no `databases`).
     pub fn from_config(config: &Config) -> Result<Option<Routes>> {
@@ -283,28 +131,20 @@ impl Routes {
         if backends.mongo.is_empty() || backends.spaces.is_empty() {
             return Err(Error::NoBackends);
         }
-        let mut routes = Routes {
-            backends,
-            ..Default::default()
-        };
+        let mut routes = Routes::default();
         // (MongoDB URI, database) → the key that took it: two keys there would read and write
         // each other's items and queue.
         let mut taken: HashMap<(String, String), String> = HashMap::new();
         for x in entries(config) {
             let e = x.entry;
             let db_name = e.db_name.clone().unwrap_or_else(|| db_name_for("chronos", &e.key));
-            let storage = routes.storage_for(&e.key, e.mongo, e.spaces, db_name, e)?;
-            if let Storage::Remote { mongo_uri, db_name, .. } = &storage {
+            let storage = backends.storage_for(&e.key, e.mongo, e.spaces, db_name, e)?;
+            if let Storage::Remote(RemoteStorage { mongo_uri, db_name, .. }) = &storage {
                 // MongoDB compares database names without case.
                 let place = (mongo_uri.clone(), db_name.to_ascii_lowercase());
                 if let Some(first) = taken.insert(place, e.key.clone()) {
                     return Err(Error::SharedDatabase(first, e.key.clone(), db_name.clone()));
                 }
-            }
-            if let Some((t, tier)) = x.identity {
-                routes
-                    .identities
-                    .insert((t, tier, e.ext_identifier.clone()), e.key.clone());
             }
             routes.routes.insert(
                 e.key.clone(),
@@ -320,6 +160,15 @@ impl Routes {
         Ok(Some(routes))
     }
 
+    /// Every configured logical database.
+    pub fn all(&self) -> impl Iterator<Item = &Route> {
+        self.routes.values()
+    }
+}
+
+impl Backends {
+    /// Where a database lives: on the backends its entry names, or else those rendezvous hashing
+    /// of `hash_key` picks.
     fn storage_for(
         &self,
         hash_key: &str,
@@ -328,19 +177,19 @@ impl Routes {
         db_name: String,
         overrides: &RouteEntry,
     ) -> Result<Storage> {
-        let mongo_ids: Vec<&str> = self.backends.mongo.iter().map(|(id, _)| id.as_str()).collect();
-        let spaces_ids: Vec<&str> = self.backends.spaces.iter().map(|(id, _)| id.as_str()).collect();
+        let mongo_ids: Vec<&str> = self.mongo.iter().map(|(id, _)| id.as_str()).collect();
+        let spaces_ids: Vec<&str> = self.spaces.iter().map(|(id, _)| id.as_str()).collect();
         let m = mongo
             .or_else(|| rendezvous(hash_key, &mongo_ids))
             .ok_or(Error::NoBackends)?;
         let s = spaces
             .or_else(|| rendezvous(hash_key, &spaces_ids))
             .ok_or(Error::NoBackends)?;
-        let conn = &self.backends.spaces[s].1;
-        Ok(Storage::Remote {
-            mongo_uri: self.backends.mongo[m].1.clone(),
+        let conn = &self.spaces[s].1;
+        Ok(Storage::Remote(RemoteStorage {
+            mongo_uri: self.mongo[m].1.clone(),
             db_name,
-            s3: S3Connection {
+            s3: S3Access {
                 endpoint: conn.endpoint.clone(),
                 region: conn.region.clone(),
                 access_key: conn.access_key.reveal().map_err(Error::Secret)?,
@@ -359,40 +208,7 @@ impl Routes {
                 .backups_bucket
                 .clone()
                 .unwrap_or_else(|| conn.backups_bucket.clone()),
-        })
-    }
-
-    /// Every configured logical database.
-    pub fn all(&self) -> impl Iterator<Item = &Route> {
-        self.routes.values()
-    }
-
-    pub fn by_key(&self, key: &str) -> Result<&Route> {
-        self.routes.get(key).ok_or_else(|| Error::UnknownKey(key.to_owned()))
-    }
-
-    pub fn by_identity(&self, t: DatabaseType, tier: Tier, ext_identifier: Option<&str>) -> Result<&Route> {
-        let id = (t, tier, ext_identifier.map(str::to_owned));
-        self.identities
-            .get(&id)
-            .and_then(|k| self.routes.get(k))
-            .ok_or(Error::UnknownIdentity(t, tier, id.2))
-    }
-
-    /// Where a tenant that is not listed lives: its own MongoDB database (`<dbName>_<tenantId>`,
-    /// see [`db_name_for`]) on the backends rendezvous hashing picks for (dbName, collection,
-    /// tenantId).
-    pub fn for_tenant(&self, db_name: &str, collection: &str, tenant_id: &str) -> Result<Storage> {
-        if db_name.len() + 2 + NAME_DIGEST_HEX > MONGO_DB_NAME_MAX {
-            return Err(Error::NameTooLong(db_name.to_owned()));
-        }
-        let key = format!("{db_name}\u{0}{collection}\u{0}{tenant_id}");
-        let entry = RouteEntry {
-            key: tenant_id.to_owned(),
-            ext_identifier: Some(tenant_id.to_owned()),
-            ..RouteEntry::default()
-        };
-        self.storage_for(&key, None, None, db_name_for(db_name, tenant_id), &entry)
+        }))
     }
 }
 
@@ -488,59 +304,43 @@ databaseTypes:
         );
     }
 
+    /// The route of `key` (the service looks databases up by key in its own table).
+    fn route<'a>(routes: &'a Routes, key: &str) -> &'a Route {
+        routes.all().find(|r| r.key == key).unwrap()
+    }
+
+    fn remote(route: &Route) -> &RemoteStorage {
+        match &route.storage {
+            Storage::Remote(remote) => remote,
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
-    fn resolves_by_key_identity_and_hash() {
+    fn resolves_by_key_and_hash() {
         let config = Config::parse(CONFIG).unwrap();
         assert!(config.validate().is_empty(), "{:?}", config.validate());
         let routes = Routes::from_config(&config).unwrap().unwrap();
-        let acme = routes.by_key("acme-meta").unwrap();
-        match &acme.storage {
-            Storage::Remote {
-                mongo_uri,
-                db_name,
-                json_bucket,
-                ..
-            } => {
-                assert_eq!(
-                    (mongo_uri.as_str(), db_name.as_str(), json_bucket.as_str()),
-                    ("mongodb://m1/?replicaSet=rs0", "acme", "json1")
-                );
-            }
-            other => panic!("{other:?}"),
-        }
-        let same = routes
-            .by_identity(DatabaseType::Metadata, Tier::Tenant, Some("acme"))
-            .unwrap();
-        assert_eq!(same.key, "acme-meta");
+        let acme = route(&routes, "acme-meta");
+        let RemoteStorage {
+            mongo_uri,
+            db_name,
+            json_bucket,
+            ..
+        } = remote(acme);
         assert_eq!(
-            routes
-                .by_identity(DatabaseType::Metadata, Tier::Generic, None)
-                .unwrap()
-                .key,
-            "meta"
+            (mongo_uri.as_str(), db_name.as_str(), json_bucket.as_str()),
+            ("mongodb://m1/?replicaSet=rs0", "acme", "json1")
         );
+        assert_eq!(acme.identity, Some((DatabaseType::Metadata, Tier::Tenant)));
         assert_eq!(
-            routes
-                .by_identity(DatabaseType::Runtime, Tier::Tenant, Some("acme"))
-                .unwrap_err(),
-            Error::UnknownIdentity(DatabaseType::Runtime, Tier::Tenant, Some("acme".into()))
+            route(&routes, "meta").identity,
+            Some((DatabaseType::Metadata, Tier::Generic))
         );
-        assert_eq!(routes.by_key("nope").unwrap_err(), Error::UnknownKey("nope".into()));
-        let Storage::Remote { db_name, .. } = &routes.by_key("sales-rt").unwrap().storage else {
-            panic!()
-        };
+        assert_eq!(routes.all().count(), 3);
+        let db_name = &remote(route(&routes, "sales-rt")).db_name;
         assert_eq!(db_name, &db_name_for("chronos", "sales-rt"));
         assert!(db_name.starts_with("chronos_sales_rt_"), "{db_name}");
-        let t1 = routes.for_tenant("shop", "orders", "t-1").unwrap();
-        let t1_again = routes.for_tenant("shop", "orders", "t-1").unwrap();
-        assert_eq!(format!("{t1:?}"), format!("{t1_again:?}"));
-        let Storage::Remote { db_name, .. } = t1 else { panic!() };
-        assert!(db_name.starts_with("shop_t_1_"), "{db_name}");
-        let t1_underscore = routes.for_tenant("shop", "orders", "t_1").unwrap();
-        let Storage::Remote { db_name: other, .. } = t1_underscore else {
-            panic!()
-        };
-        assert_ne!(db_name, other, "t-1 and t_1 are different tenants");
     }
 
     #[test]
@@ -599,14 +399,11 @@ databases:
             "the body limit lets every database's payload in"
         );
         let routes = Routes::from_config(&config).unwrap().unwrap();
-        let shop = routes.by_key("shop").unwrap();
+        let shop = route(&routes, "shop");
         assert_eq!(shop.identity, None);
-        let Storage::Remote {
+        let RemoteStorage {
             db_name, json_bucket, ..
-        } = &shop.storage
-        else {
-            panic!()
-        };
+        } = remote(shop);
         assert_eq!((db_name.as_str(), json_bucket.as_str()), ("shop", "json1"));
         let map = &shop.settings.collection_maps["orders"];
         assert_eq!(map.indexed_props.as_deref(), Some(&["customer".to_owned()][..]));
@@ -619,7 +416,7 @@ databases:
             (10, 1)
         );
         // Without its own settings, a database takes the top-level ones.
-        let plain = &routes.by_key("plain").unwrap().settings;
+        let plain = &route(&routes, "plain").settings;
         assert_eq!(
             plain.collection_maps["orders"].indexed_props.as_deref(),
             Some(&["status".to_owned()][..])

@@ -1,0 +1,151 @@
+//! The tokens file and the check of a presented token: who a token is, which databases it reaches
+//! and with which scopes. Kept apart from the middleware so the service state can hold the
+//! tokens without depending on the request path.
+
+use std::path::Path;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::config::Secret;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    Read,
+    Write,
+    Admin,
+    /// Only `/metrics`, for a scraper.
+    Metrics,
+}
+
+/// Which databases a request acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Reach<'a> {
+    Database(&'a str),
+    /// Every database at once: only tokens for `"*"` reach it.
+    All,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TokensFile {
+    tokens: Vec<TokenSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TokenSpec {
+    name: String,
+    token: Secret,
+    /// Database keys, or `"*"` for all.
+    databases: Vec<String>,
+    scopes: Vec<Scope>,
+}
+
+pub(super) struct Entry {
+    pub(super) name: String,
+    digest: [u8; 32],
+    databases: Vec<String>,
+    scopes: Vec<Scope>,
+}
+
+impl Entry {
+    pub(super) fn allows(&self, reach: Reach<'_>, scope: Scope) -> bool {
+        let scope_ok = self.scopes.contains(&scope) || self.scopes.contains(&Scope::Admin);
+        let reach_ok = match reach {
+            Reach::All => self.databases.iter().any(|d| d == "*"),
+            Reach::Database(db) => self.databases.iter().any(|d| d == "*" || d == db),
+        };
+        scope_ok && reach_ok
+    }
+}
+
+pub struct Tokens {
+    entries: Vec<Entry>,
+}
+
+impl Tokens {
+    /// Load a tokens file (YAML or JSON): `tokens: [{name, token, databases, scopes}]`.
+    pub fn load(path: &Path) -> Result<Tokens, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Tokens, String> {
+        let value: serde_json::Value = serde_saphyr::from_str(text).map_err(|e| format!("not valid YAML: {e}"))?;
+        let file: TokensFile =
+            serde_path_to_error::deserialize(value).map_err(|e| format!("{}: {}", e.path(), e.inner()))?;
+        let mut entries = Vec::new();
+        for (i, spec) in file.tokens.into_iter().enumerate() {
+            let token = spec.token.reveal().map_err(|e| format!("tokens[{i}].token: {e}"))?;
+            if token.len() < 16 {
+                return Err(format!("tokens[{i}].token: must be at least 16 characters"));
+            }
+            if spec.databases.is_empty() || spec.scopes.is_empty() {
+                return Err(format!("tokens[{i}]: `databases` and `scopes` must not be empty"));
+            }
+            entries.push(Entry {
+                name: spec.name,
+                digest: Sha256::digest(token.as_bytes()).into(),
+                databases: spec.databases,
+                scopes: spec.scopes,
+            });
+        }
+        Ok(Tokens { entries })
+    }
+
+    /// A digest of everything that decides who gets in (names, token digests, databases,
+    /// scopes): a reload swaps the tokens only when it changes.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        let mut h = Sha256::new();
+        for e in &self.entries {
+            h.update(format!("{}\0{:?}\0{:?}\0", e.name, e.databases, e.scopes));
+            h.update(e.digest);
+        }
+        h.finalize().into()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub(super) fn authenticate(&self, presented: &str) -> Option<&Entry> {
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        // Compare against every entry, without stopping early, so timing says nothing.
+        let mut found = None;
+        for e in &self.entries {
+            if bool::from(e.digest.ct_eq(&digest)) {
+                found = Some(e);
+            }
+        }
+        found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_scope_databases_and_verbs() {
+        let t = Tokens::parse(
+            "tokens:\n  - {name: a, token: aaaaaaaaaaaaaaaa, databases: [t1], scopes: [read]}\n  - {name: b, token: bbbbbbbbbbbbbbbb, databases: ['*'], scopes: [admin]}\n",
+        )
+        .unwrap();
+        let a = t.authenticate("aaaaaaaaaaaaaaaa").unwrap();
+        assert!(a.allows(Reach::Database("t1"), Scope::Read));
+        assert!(!a.allows(Reach::Database("t1"), Scope::Write));
+        assert!(!a.allows(Reach::Database("t2"), Scope::Read));
+        assert!(!a.allows(Reach::All, Scope::Read));
+        let b = t.authenticate("bbbbbbbbbbbbbbbb").unwrap();
+        assert!(b.allows(Reach::Database("any"), Scope::Write) && b.allows(Reach::All, Scope::Admin));
+        assert!(t.authenticate("aaaaaaaaaaaaaaab").is_none());
+        assert!(Tokens::parse("tokens: [{name: x, token: short, databases: ['*'], scopes: [read]}]").is_err());
+    }
+}

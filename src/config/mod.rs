@@ -1,0 +1,283 @@
+//! The configuration file (`--config`, JSON or YAML), parsed into typed structs and validated.
+//!
+//! Keys follow the original system where they exist (`mongoUris`, `spacesConns`, …). Every error
+//! names the field and what was expected. Secrets may be given inline, as `{file: PATH}` (how
+//! Kubernetes mounts Secrets) or as `{env: NAME}`; they are never printed.
+//!
+//! The shape is in `file.rs`, the checks in `validate.rs`, where each database lives in
+//! `storage.rs` and `routing.rs`; this file reads a file through them.
+
+mod file;
+pub mod routing;
+mod storage;
+mod validate;
+
+use std::path::{Path, PathBuf};
+
+pub use file::{
+    AuthConfig, CollectionMapConfig, Config, DatabaseType, DatabaseTypes, EngineConfig, LocalStorage, RetryQueueConfig,
+    RouteEntry, Secret, SpacesConn, Tier, Tiers, ValidationConfig,
+};
+pub use storage::{RemoteStorage, S3Access, Storage};
+pub use validate::{Issue, valid_bucket};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: invalid configuration:\n{}", .issues.iter().map(|i| format!("  - {i}")).collect::<Vec<_>>().join("\n"))]
+    Invalid { path: PathBuf, issues: Vec<Issue> },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Config {
+    /// Read, parse and validate a file; `.json` files are JSON, everything else YAML.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config = Self::parse(&text).map_err(|message| Error::Parse {
+            path: path.to_owned(),
+            message,
+        })?;
+        let issues = config.validate();
+        if issues.is_empty() {
+            Ok(config)
+        } else {
+            Err(Error::Invalid {
+                path: path.to_owned(),
+                issues,
+            })
+        }
+    }
+
+    /// Parse JSON or YAML (JSON is YAML); the message names the offending field.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let mut value: serde_json::Value = if text.trim_start().starts_with('{') {
+            serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?
+        } else {
+            serde_saphyr::from_str(text).map_err(|e| format!("not valid YAML: {e}"))?
+        };
+        if value.is_null() {
+            // An empty file: every default (embedded mode).
+            value = serde_json::Value::Object(Default::default());
+        }
+        serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            if path == "." {
+                e.inner().to_string()
+            } else {
+                format!("{path}: {}", e.inner())
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::engine::QueueSettings;
+
+    const FULL: &str = r#"
+mongoUris: ["mongodb://127.0.0.1:27017/?replicaSet=rs0"]
+spacesConns:
+  - endpoint: http://127.0.0.1:8333
+    accessKey: AK
+    secretKey: {env: CHRONOS_CONFIG_TEST_SECRET}
+    jsonBucket: chronos-json
+    contentBucket: chronos-content
+    backupsBucket: chronos-backups
+dbName: tenant_a
+engine:
+  inlineMaxBytes: 1024
+"#;
+
+    #[test]
+    fn storage_debug_hides_the_mongo_uri() {
+        let storage = Storage::Remote(RemoteStorage {
+            mongo_uri: "mongodb://admin:hunter2@db:27017/?replicaSet=rs0".into(),
+            db_name: "d".into(),
+            s3: S3Access {
+                endpoint: "http://s3".into(),
+                region: "r".into(),
+                access_key: "AKIA-SECRET-ID".into(),
+                secret_key: "s3cr3t".into(),
+                force_path_style: true,
+            },
+            json_bucket: "j".into(),
+            content_bucket: "c".into(),
+            backups_bucket: "b".into(),
+        });
+        let shown = format!("{storage:?}");
+        for secret in ["hunter2", "admin:", "AKIA-SECRET-ID", "s3cr3t"] {
+            assert!(!shown.contains(secret), "{secret} shown in {shown}");
+        }
+        assert!(shown.contains("\"d\"") && shown.contains("\"j\""), "{shown}");
+    }
+
+    #[test]
+    fn parses_yaml_and_json_alike() {
+        let yaml = Config::parse(FULL).unwrap();
+        assert_eq!(yaml.spaces_conns[0].region, "us-east-1");
+        assert!(yaml.spaces_conns[0].force_path_style);
+        assert_eq!(yaml.engine.inline_max_bytes, 1024);
+        let json = Config::parse(r#"{"mongoUris": [], "dbName": "x"}"#).unwrap();
+        assert_eq!(json.db_name, "x");
+        assert!(
+            Config::parse("").is_ok_and(|c| c.validate().is_empty()),
+            "empty means embedded"
+        );
+    }
+
+    /// The engines' commit deadline and scrub's orphan age come from one setting (review M4).
+    #[test]
+    fn the_orphan_grace_is_read_and_checked() {
+        let c = Config::parse("engine:\n  orphanGraceSecs: 20\n").unwrap();
+        assert!(c.validate().is_empty(), "{:?}", c.validate());
+        assert_eq!(c.engine_settings().orphan_grace, Duration::from_secs(20));
+        assert_eq!(
+            Config::default().engine_settings().orphan_grace,
+            crate::engine::scrub::ORPHAN_GRACE
+        );
+        let too_short = Config::parse("engine:\n  orphanGraceSecs: 2\n").unwrap();
+        assert!(
+            too_short.validate().iter().any(|i| i.field == "engine.orphanGraceSecs"),
+            "{:?}",
+            too_short.validate()
+        );
+    }
+
+    #[test]
+    fn retry_queue_settings_are_read_and_checked() {
+        let c = Config::parse("engine:\n  retryQueue: {maxAttempts: 3, baseDelayMs: 10, maxDelayMs: 100}\n").unwrap();
+        assert!(c.validate().is_empty(), "{:?}", c.validate());
+        let q = c.engine_settings().queue;
+        assert_eq!(
+            (q.max_attempts, q.base_delay.as_millis(), q.max_delay.as_millis()),
+            (3, 10, 100)
+        );
+        assert_eq!(
+            q.lease,
+            QueueSettings::default().lease,
+            "unset fields keep their defaults"
+        );
+        let bad =
+            Config::parse("engine:\n  retryQueue: {maxAttempts: 0, baseDelayMs: 500, maxDelayMs: 10, leaseMs: 5}\n")
+                .unwrap();
+        let fields: Vec<String> = bad.validate().into_iter().map(|i| i.field).collect();
+        assert_eq!(
+            fields,
+            [
+                "engine.retryQueue.maxAttempts",
+                "engine.retryQueue.baseDelayMs",
+                "engine.retryQueue.leaseMs"
+            ]
+        );
+    }
+
+    #[test]
+    fn parse_errors_name_the_field() {
+        let err = Config::parse("spacesConns:\n  - endpoint: 5\n").unwrap_err();
+        assert!(err.starts_with("spacesConns[0].endpoint:"), "{err}");
+        let err = Config::parse("mongoUri: x\n").unwrap_err();
+        assert!(
+            err.contains("unknown field `mongoUri`") && err.contains("mongoUris"),
+            "{err}"
+        );
+        let err = Config::parse(r#"{"engine": {"inlineMaxBytes": "big"}}"#).unwrap_err();
+        assert!(err.starts_with("engine.inlineMaxBytes:"), "{err}");
+        let err = Config::parse("spacesConns:\n  - endpoint: http://x\n    accessKey: [1]\n").unwrap_err();
+        assert!(err.contains("accessKey") && err.contains("{file: PATH}"), "{err}");
+    }
+
+    #[test]
+    fn validation_lists_every_problem_by_field() {
+        let mut c = Config::parse(FULL).unwrap();
+        c.spaces_conns[0].endpoint = "ftp://x".into();
+        c.spaces_conns[0].json_bucket = "Bad_Bucket".into();
+        c.db_name = "a/b".into();
+        let fields: Vec<String> = c.validate().into_iter().map(|i| i.field).collect();
+        assert_eq!(
+            fields,
+            [
+                "spacesConns[0].endpoint",
+                "spacesConns[0].secretKey",
+                "spacesConns[0].jsonBucket",
+                "dbName"
+            ]
+        );
+        let only_mongo = Config::parse("mongoUris: [\"mongodb://x\"]").unwrap();
+        assert_eq!(only_mongo.validate()[0].field, "spacesConns", "names what is missing");
+    }
+
+    #[test]
+    fn secrets_come_from_files_and_never_print() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "s3cr3t\n").unwrap();
+        let yaml = FULL.replace(
+            "{env: CHRONOS_CONFIG_TEST_SECRET}",
+            &format!("{{file: {}}}", file.display()),
+        );
+        let c = Config::parse(&yaml).unwrap();
+        assert!(c.validate().is_empty(), "{:?}", c.validate());
+        assert_eq!(c.spaces_conns[0].secret_key.reveal().unwrap(), "s3cr3t");
+        let printed = format!("{c:?} {:?}", c.storage(Path::new("d")).unwrap());
+        assert!(!printed.contains("s3cr3t") && !printed.contains("AK\""), "{printed}");
+        let missing = Secret::File {
+            file: dir.path().join("nope"),
+        };
+        assert!(missing.reveal().unwrap_err().contains("nope"));
+    }
+
+    #[test]
+    fn collection_maps_become_engine_settings() {
+        let c = Config::parse(
+            "collectionMaps:\n  orders:\n    indexedProps: [status, customer]\n    validation: {requiredIndexed: [status]}\n",
+        )
+        .unwrap();
+        assert!(c.validate().is_empty());
+        let map = &c.engine_settings().collection_maps["orders"];
+        assert_eq!(
+            map.indexed_props.as_deref(),
+            Some(&["status".to_owned(), "customer".to_owned()][..])
+        );
+        assert_eq!(map.required_indexed, ["status"]);
+        let bad = Config::parse(
+            "collectionMaps:\n  orders:\n    indexedProps: [a]\n    validation: {requiredIndexed: [b]}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            bad.validate()[0].field,
+            "collectionMaps.orders.validation.requiredIndexed"
+        );
+        let bad = Config::parse("collectionMaps:\n  ../x: {}\n").unwrap();
+        assert_eq!(bad.validate()[0].field, "collectionMaps.../x");
+    }
+
+    #[test]
+    fn counter_rules_are_checked() {
+        let c = Config::parse(
+            "counters:\n  orders:\n    - {name: big, when: {amount: {$gte: 100}}, on: [CREATE, UPDATE]}\n",
+        )
+        .unwrap();
+        assert!(c.validate().is_empty());
+        assert_eq!(c.engine_settings().counter_rules["orders"][0].on.len(), 2);
+        let bad = Config::parse("counters:\n  orders:\n    - {name: x, when: {a: {$where: 1}}, on: []}\n").unwrap();
+        let fields: Vec<String> = bad.validate().into_iter().map(|i| i.field).collect();
+        assert_eq!(fields, ["counters.orders[0].on", "counters.orders[0].when"]);
+        assert!(Config::parse("counters:\n  orders:\n    - {name: x, on: [MERGE]}\n").is_err());
+    }
+
+    #[test]
+    fn storage_defaults_to_embedded() {
+        let c = Config::default();
+        assert!(matches!(c.storage(Path::new("./data")), Ok(Storage::Embedded { dir }) if dir == Path::new("./data")));
+    }
+}
