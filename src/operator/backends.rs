@@ -8,9 +8,11 @@ use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
 
-use super::collection::ChronosCollection;
-use super::database::ChronosDatabase;
-use super::{Context, Error, Result};
+use super::context::Context;
+use super::controllers::database::claims;
+use super::crd::collection::ChronosCollection;
+use super::crd::database::{ChronosDatabase, database_key};
+use super::error::{Error, Result};
 use crate::config::Storage;
 use crate::engine::s3::{S3Connection, S3PayloadStore};
 use crate::engine::{Engine, EngineSettings};
@@ -80,10 +82,10 @@ fn remote(storage: &Storage) -> Result<(&str, &str, &S3Connection, [&str; 3])> {
 }
 
 /// A digest of the MongoDB deployment the database's data is on
-/// ([`mongo_backend`](super::database::claims::mongo_backend)).
+/// ([`claims::mongo_backend`]).
 pub fn mongo_backend(storage: &Storage) -> Result<String> {
     let (uri, ..) = remote(storage)?;
-    Ok(super::database::claims::mongo_backend(uri))
+    Ok(claims::mongo_backend(uri))
 }
 
 /// Ping MongoDB (it must be a replica set: writes are transactions).
@@ -110,7 +112,7 @@ pub async fn ensure_buckets(ctx: &Context, storage: &Storage) -> Result<Vec<Stri
 /// An engine over the database's backends with `settings` (collection maps, counters).
 pub async fn engine(ctx: &Context, db: &ChronosDatabase, settings: EngineSettings) -> Result<Arc<Engine>> {
     let storage = storage(&ctx.client, db).await?;
-    let key = super::database::build::database_key(db);
+    let key = database_key(db);
     Ok(crate::connect::open(&key, &storage, settings, &ctx.conns).await?)
 }
 

@@ -9,6 +9,9 @@ use std::collections::BTreeMap;
 
 use crate::engine::{CollectionMap, CollectionName, ContentKind, CounterRule, Op};
 
+/// The condition type of a `ChronosCollection`'s status: its MongoDB indexes are in place.
+pub const INDEXES_READY: &str = "IndexesReady";
+
 /// A collection of a Chronos database.
 // clippy mistakes the repeated keys of kube's `printcolumn(...)` for duplicated attributes.
 #[allow(clippy::duplicated_attributes)]

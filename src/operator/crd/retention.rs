@@ -7,7 +7,10 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::operator::collection::crd::RetentionOverride;
+use super::collection::RetentionOverride;
+
+/// The condition type of a `ChronosRetention`'s status: a next run is scheduled.
+pub const SCHEDULED: &str = "Scheduled";
 
 /// Scheduled retention across databases and collections.
 // clippy mistakes the repeated keys of kube's `printcolumn(...)` for duplicated attributes.
