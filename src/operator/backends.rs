@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
 
@@ -133,64 +132,11 @@ pub async fn drop_data(ctx: &Context, storage: &Storage, key: &str) -> Result<()
     // there is not ours to empty.
     let prefix = crate::engine::namespace::database_prefix(key)?;
     for bucket in buckets {
-        loop {
-            let listed = match client
-                .list_objects_v2()
-                .bucket(bucket)
-                .prefix(&prefix)
-                .max_keys(1000)
-                .send()
-                .await
-            {
-                Ok(l) => l,
-                Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_bucket()) => break,
-                Err(e) => return Err(s3_error("list", bucket, e)),
-            };
-            let ids: Vec<ObjectIdentifier> = listed
-                .contents()
-                .iter()
-                .filter_map(|o| o.key())
-                .filter_map(|k| ObjectIdentifier::builder().key(k).build().ok())
-                .collect();
-            if ids.is_empty() {
-                break;
-            }
-            let delete = Delete::builder()
-                .set_objects(Some(ids))
-                .quiet(true)
-                .build()
-                .map_err(|e| s3_error("delete objects", bucket, e))?;
-            client
-                .delete_objects()
-                .bucket(bucket)
-                .delete(delete)
-                .send()
-                .await
-                .map_err(|e| s3_error("delete objects", bucket, e))?;
-        }
-        let others = match client.list_objects_v2().bucket(bucket).max_keys(1).send().await {
-            Ok(l) => l.key_count().unwrap_or_default() > 0 || !l.contents().is_empty(),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_bucket()) => continue,
-            Err(e) => return Err(s3_error("list", bucket, e)),
-        };
-        if others {
+        if S3PayloadStore::new(client.clone(), bucket).drop_prefix(&prefix).await? {
             tracing::info!(%bucket, "bucket kept: it holds objects of others");
-            continue;
-        }
-        match client.delete_bucket().bucket(bucket).send().await {
-            Ok(_) => {}
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| matches!(s.meta().code(), Some("NoSuchBucket" | "BucketNotEmpty"))) => {}
-            Err(e) => return Err(s3_error("delete bucket", bucket, e)),
         }
     }
     Ok(())
-}
-
-fn s3_error(op: &str, bucket: &str, e: impl std::error::Error) -> Error {
-    let detail = aws_smithy_types::error::display::DisplayErrorContext(e).to_string();
-    Error::Engine(crate::engine::Error::payload(format!("{op} {bucket}: {detail}")))
 }
 
 /// The engine settings of a database: its defaults plus the map and counters of each of its valid
