@@ -152,11 +152,9 @@ pub async fn settings(ctx: &Context, db: &ChronosDatabase) -> Result<EngineSetti
 /// [`settings`] without the client.
 pub fn settings_of(db: &ChronosDatabase, collections: &[ChronosCollection]) -> EngineSettings {
     let mut settings = EngineSettings::default();
-    if let Some(v) = db.spec.defaults.inline_max_bytes {
-        settings.inline_max_bytes = usize::try_from(v).unwrap_or(usize::MAX);
-    }
-    if let Some(v) = db.spec.defaults.max_payload_bytes {
-        settings.max_payload_bytes = usize::try_from(v).unwrap_or(usize::MAX);
+    if let Some(engine) = db.spec.defaults.engine_config() {
+        settings.inline_max_bytes = engine.inline_max_bytes;
+        settings.max_payload_bytes = engine.max_payload_bytes;
     }
     for c in collections.iter().filter(|c| c.spec.database == db.name_any()) {
         if let Ok((name, map)) = c.spec.map() {

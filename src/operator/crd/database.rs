@@ -208,6 +208,24 @@ fn default_secret_key_key() -> String {
     "secretKey".to_owned()
 }
 
+impl CollectionDefaults {
+    /// These tunables as an entry of the engine's configuration, or `None` when none is set
+    /// (the engine's own defaults apply).
+    pub fn engine_config(&self) -> Option<crate::config::EngineConfig> {
+        if self.inline_max_bytes.is_none() && self.max_payload_bytes.is_none() {
+            return None;
+        }
+        let mut engine = crate::config::EngineConfig::default();
+        if let Some(v) = self.inline_max_bytes {
+            engine.inline_max_bytes = usize::try_from(v).unwrap_or(usize::MAX);
+        }
+        if let Some(v) = self.max_payload_bytes {
+            engine.max_payload_bytes = usize::try_from(v).unwrap_or(usize::MAX);
+        }
+        Some(engine)
+    }
+}
+
 impl ChronosDatabaseSpec {
     /// Every problem with the spec, each naming its field. Empty when the spec can work.
     pub fn problems(&self) -> Vec<String> {

@@ -76,7 +76,8 @@ pub fn database_url(db: &ChronosDatabase) -> String {
     )
 }
 
-pub(super) fn secret_file(name: &str, key: &str) -> String {
+/// Where an engine pod finds key `key` of Secret `name` (see the Deployment's mounts).
+pub(super) fn secret_path(name: &str, key: &str) -> String {
     format!("{SECRETS_DIR}/{name}/{key}")
 }
 

@@ -16,13 +16,17 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::names::{CONFIG_DIR, TOKEN_SCOPES, TOKENS_KEY, labels_of, secret_file, tokens_name};
+use super::names::{CONFIG_DIR, TOKEN_SCOPES, TOKENS_KEY, labels_of, secret_path, tokens_name};
+use crate::config::{
+    self, AuthConfig, CollectionMapConfig, Config, DatabaseTypes, RouteEntry, SpacesConn, ValidationConfig,
+};
+use crate::engine::CounterRule;
 use crate::operator::crd::collection::ChronosCollection;
 use crate::operator::crd::database::{ChronosDatabase, database_key};
-use crate::routing::Tier;
+use crate::routing::{DatabaseType, Tier};
 
 /// A new bearer token: 32 random bytes, base64url without padding.
 pub fn random_token() -> Result<String, rustls::crypto::GetRandomFailed> {
@@ -65,7 +69,7 @@ pub fn tokens_file(dbs: &[&ChronosDatabase]) -> Value {
             TOKEN_SCOPES.map(|scope| {
                 json!({
                     "name": format!("{}-{scope}", db.name_any()),
-                    "token": {"file": secret_file(&tokens_name(db), scope)},
+                    "token": {"file": secret_path(&tokens_name(db), scope)},
                     "databases": [database_key(db)],
                     "scopes": [scope],
                 })
@@ -77,8 +81,10 @@ pub fn tokens_file(dbs: &[&ChronosDatabase]) -> Value {
 
 /// The engine configuration (the `chronos serve --config` format) serving `dbs`, each with its
 /// `ChronosCollection`s from `collections`. Collections that do not validate are left out (their
-/// own status says why).
-pub fn engine_config(dbs: &[&ChronosDatabase], collections: &[ChronosCollection]) -> Value {
+/// own status says why). Built from the loader's own types, so the rendering and the loader
+/// can't disagree on a key; what the resources leave unset is left out and takes the engine's
+/// default.
+pub fn engine_config(dbs: &[&ChronosDatabase], collections: &[ChronosCollection]) -> Config {
     // One mongoUris entry per distinct Secret key (databases usually share a MongoDB); one
     // spacesConn per database (each has its own buckets).
     let mongo: BTreeSet<(&str, &str)> = dbs
@@ -91,94 +97,86 @@ pub fn engine_config(dbs: &[&ChronosDatabase], collections: &[ChronosCollection]
         })
         .collect();
     let mongo: Vec<(&str, &str)> = mongo.into_iter().collect();
-    let mut spaces = Vec::new();
+    let mut spaces_conns = Vec::new();
     let mut keyed = Vec::new();
-    let mut types: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+    let mut types: Option<DatabaseTypes> = None;
     for (i, db) in dbs.iter().enumerate() {
         let spec = &db.spec;
         let creds = &spec.s3.credentials_secret_ref;
-        spaces.push(json!({
-            "endpoint": spec.s3.endpoint,
-            "region": spec.s3.region,
-            "accessKey": {"file": secret_file(&creds.name, &creds.access_key_key)},
-            "secretKey": {"file": secret_file(&creds.name, &creds.secret_key_key)},
-            "jsonBucket": spec.s3.buckets.json,
-            "contentBucket": spec.s3.buckets.content,
-            "backupsBucket": spec.s3.buckets.backups,
-            "forcePathStyle": spec.s3.force_path_style,
-        }));
+        spaces_conns.push(SpacesConn {
+            endpoint: spec.s3.endpoint.clone(),
+            region: spec.s3.region.clone(),
+            access_key: secret_file(&creds.name, &creds.access_key_key),
+            secret_key: secret_file(&creds.name, &creds.secret_key_key),
+            json_bucket: spec.s3.buckets.json.clone(),
+            content_bucket: spec.s3.buckets.content.clone(),
+            backups_bucket: spec.s3.buckets.backups.clone(),
+            force_path_style: spec.s3.force_path_style,
+        });
         let uri = &spec.mongodb.uri_secret_ref;
         let mongo_index = mongo
             .iter()
             .position(|&(n, k)| n == uri.name && k == uri.key)
             .unwrap_or_default();
-        let mut entry = json!({
-            "key": database_key(db),
-            "mongo": mongo_index,
-            "spaces": i,
-            "dbName": spec.mongodb.db_name,
-        });
-        let mut engine = Map::new();
-        if let Some(v) = spec.defaults.inline_max_bytes {
-            engine.insert("inlineMaxBytes".into(), v.into());
-        }
-        if let Some(v) = spec.defaults.max_payload_bytes {
-            engine.insert("maxPayloadBytes".into(), v.into());
-        }
-        if !engine.is_empty() {
-            entry["engine"] = Value::Object(engine);
-        }
         let (maps, counters) = collection_settings(db, collections);
-        if !maps.is_empty() {
-            entry["collectionMaps"] = Value::Object(maps);
+        let mut entry = RouteEntry {
+            key: database_key(db),
+            mongo: Some(mongo_index),
+            spaces: Some(i),
+            db_name: Some(spec.mongodb.db_name.clone()),
+            engine: spec.defaults.engine_config(),
+            collection_maps: Some(maps).filter(|m| !m.is_empty()),
+            counters: Some(counters).filter(|c| !c.is_empty()),
+            ..RouteEntry::default()
+        };
+        let Some(r) = &spec.routing else {
+            keyed.push(entry);
+            continue;
+        };
+        let types = types.get_or_insert_default();
+        let tiers = match r.database_type {
+            DatabaseType::Metadata => &mut types.metadata,
+            DatabaseType::Knowledge => &mut types.knowledge,
+            DatabaseType::Runtime => &mut types.runtime,
         }
-        if !counters.is_empty() {
-            entry["counters"] = Value::Object(counters);
+        .get_or_insert_default();
+        if r.tier != Tier::Generic {
+            entry.ext_identifier = r.ext_identifier.clone();
         }
-        match &spec.routing {
-            None => keyed.push(entry),
-            Some(r) => {
-                let tiers = types.entry(r.database_type.to_string()).or_default();
-                if let Some(ext) = &r.ext_identifier
-                    && r.tier != Tier::Generic
-                {
-                    entry["extIdentifier"] = ext.clone().into();
-                }
-                match r.tier {
-                    Tier::Generic => {
-                        tiers.insert("generic".into(), entry);
-                    }
-                    tier => {
-                        let list = tiers.entry(tier.to_string()).or_insert_with(|| json!([]));
-                        if let Value::Array(list) = list {
-                            list.push(entry);
-                        }
-                    }
-                }
-            }
+        match r.tier {
+            Tier::Generic => tiers.generic = Some(entry),
+            Tier::Domain => tiers.domains.push(entry),
+            Tier::Tenant => tiers.tenants.push(entry),
         }
     }
-    let mut config = json!({
-        "mongoUris": mongo.iter().map(|(n, k)| json!({"file": secret_file(n, k)})).collect::<Vec<_>>(),
-        "spacesConns": spaces,
-        "auth": {"tokensFile": format!("{CONFIG_DIR}/{TOKENS_KEY}")},
-    });
-    if !keyed.is_empty() {
-        config["databases"] = keyed.into();
+    Config {
+        mongo_uris: mongo.iter().map(|(n, k)| secret_file(n, k)).collect(),
+        spaces_conns,
+        auth: Some(AuthConfig {
+            tokens_file: format!("{CONFIG_DIR}/{TOKENS_KEY}").into(),
+        }),
+        databases: keyed,
+        database_types: types,
+        ..Config::default()
     }
-    if !types.is_empty() {
-        config["databaseTypes"] = json!(types);
-    }
-    config
 }
 
-/// The collection maps and counters of `db`'s valid collections, as configuration values.
-fn collection_settings(
-    db: &ChronosDatabase,
-    collections: &[ChronosCollection],
-) -> (Map<String, Value>, Map<String, Value>) {
-    let mut maps = Map::new();
-    let mut counters = Map::new();
+/// A secret the engine reads from the file where the pod mounts `key` of Secret `name`.
+fn secret_file(name: &str, key: &str) -> config::Secret {
+    config::Secret::File {
+        file: secret_path(name, key).into(),
+    }
+}
+
+type CollectionSettings = (
+    BTreeMap<String, CollectionMapConfig>,
+    BTreeMap<String, Vec<CounterRule>>,
+);
+
+/// The collection maps and counters of `db`'s valid collections, as the configuration holds them.
+fn collection_settings(db: &ChronosDatabase, collections: &[ChronosCollection]) -> CollectionSettings {
+    let mut maps = BTreeMap::new();
+    let mut counters = BTreeMap::new();
     let mut mine: Vec<&ChronosCollection> = collections
         .iter()
         .filter(|c| c.spec.database == db.name_any() && c.spec.map().is_ok())
@@ -186,18 +184,16 @@ fn collection_settings(
     mine.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
     for c in mine {
         let s = &c.spec;
-        let mut map = json!({"indexedProps": s.indexed_props, "validation": {"requiredIndexed": s.required_indexed}});
-        if !s.content_props.is_empty() {
-            map["contentProps"] = json!(s.content_props);
-        }
+        let map = CollectionMapConfig {
+            indexed_props: s.indexed_props.clone(),
+            validation: ValidationConfig {
+                required_indexed: s.required_indexed.clone(),
+            },
+            content_props: s.content_props.clone(),
+        };
         maps.insert(s.name.clone(), map);
         if !s.counters.is_empty() {
-            let rules: Vec<Value> = s
-                .counters
-                .iter()
-                .map(|r| json!({"name": r.name, "when": r.when, "on": r.on}))
-                .collect();
-            counters.insert(s.name.clone(), rules.into());
+            counters.insert(s.name.clone(), s.counter_rules());
         }
     }
     (maps, counters)
@@ -244,12 +240,30 @@ mod tests {
                 .content("photo", ContentKind::Binary),
             ChronosCollection::test("other", "elsewhere"),
         ];
-        let config = engine_config(&[&db], &collections);
+        let config = serde_json::to_value(engine_config(&[&db], &collections)).unwrap();
         let parsed = parse(&config);
         let fields: Vec<String> = parsed.validate().into_iter().map(|i| i.field).collect();
         assert_eq!(
             fields,
             ["mongoUris[0]", "spacesConns[0].accessKey", "spacesConns[0].secretKey"]
+        );
+        let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+        assert_eq!(
+            keys(&config),
+            ["mongoUris", "spacesConns", "databases", "auth"],
+            "only what the resources set: the engine's defaults apply to the rest"
+        );
+        assert_eq!(
+            keys(&config["databases"][0]),
+            [
+                "key",
+                "mongo",
+                "spaces",
+                "dbName",
+                "engine",
+                "collectionMaps",
+                "counters"
+            ]
         );
         assert_eq!(config["mongoUris"][0]["file"], "/secrets/mongo/uri");
         assert_eq!(
@@ -302,7 +316,7 @@ mod tests {
                 .indexed(&["customer"])
                 .counting_big_amounts(),
         ];
-        let config = engine_config(&[&a, &tenant, &b, &meta], &collections);
+        let config = serde_json::to_value(engine_config(&[&a, &tenant, &b, &meta], &collections)).unwrap();
         let parsed = parse(&config);
         assert_eq!(
             config["mongoUris"],
