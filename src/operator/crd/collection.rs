@@ -1,4 +1,7 @@
-//! The `ChronosCollection` resource.
+//! The `ChronosCollection` resource: one collection of a `ChronosDatabase` — its indexed
+//! properties, required properties, counters and retention override. Its controller ensures the
+//! MongoDB indexes; the database controller renders its map and counters into the engine's
+//! configuration.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;

@@ -1,4 +1,7 @@
-//! The `ChronosRetention` resource.
+//! The `ChronosRetention` resource (cluster-scoped): on a cron schedule, apply retention rules
+//! to the selected collections of the selected databases — `ttlHours` makes cold items
+//! `processed` (their inline copy dropped), `keepVersions` / `maxVersionAgeDays` prune the
+//! version index into manifests.
 
 use std::collections::BTreeMap;
 

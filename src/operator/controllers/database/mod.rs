@@ -2,9 +2,10 @@
 //! the engine → status. Deletion goes through a finalizer so `deletionPolicy` is always honoured.
 //!
 //! - [`check`]: whether the database can be served (spec, Secrets, claims, backends, tokens).
-//! - [`names`], [`render`], [`pod`], [`objects`], [`membership`]: the engines as pure functions
-//!   of the resources — names, configuration, Deployment, the other objects, and which
-//!   databases the namespace's shared engine serves.
+//! - [`names`], [`render`], [`shape`], [`pod`], [`objects`], [`membership`]: the engines as pure
+//!   functions of the resources — names, configuration, what differs between a dedicated and
+//!   the shared engine, Deployment, the other objects, and which databases the namespace's
+//!   shared engine serves.
 //! - [`claims`]: which databases would share a MongoDB database or a bucket they must not.
 //! - [`engines`]: applying and removing engines in the cluster.
 
@@ -47,20 +48,17 @@ pub const FINALIZER: &str = "chronos.dev/data";
 pub async fn reconcile(db: Arc<ChronosDatabase>, ctx: Arc<Context>) -> Result<Action> {
     let ns = db.namespace().unwrap_or_default();
     let api: Api<ChronosDatabase> = Api::namespaced(ctx.client.clone(), &ns);
-    let reconciled = async {
-        finalizer::finalizer(&api, FINALIZER, db, |event| async {
-            match event {
-                Finalizer::Apply(db) => apply(&db, &ctx).await,
-                Finalizer::Cleanup(db) => cleanup(&db, &ctx).await,
-            }
-        })
-        .await
-        .map_err(|e| match e {
-            finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
-            other => Error::Finalizer(other.to_string()),
-        })
-    };
-    reconciled.await
+    finalizer::finalizer(&api, FINALIZER, db, |event| async {
+        match event {
+            Finalizer::Apply(db) => apply(&db, &ctx).await,
+            Finalizer::Cleanup(db) => cleanup(&db, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(other.to_string()),
+    })
 }
 
 /// How the database is served, for its status.

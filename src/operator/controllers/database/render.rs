@@ -1,6 +1,6 @@
 //! The engine's configuration (the `chronos serve --config` format) and its tokens file, rendered
 //! from the resources — and the tokens Secret those files refer to. Pure: no client here; the
-//! controller applies what [`objects`](super::objects) wraps around these.
+//! controller applies the objects (`objects.rs`) that wrap these.
 //!
 //! Both kinds of engine render the same configuration: each database is a routed entry under
 //! its key (`databases`, or `databaseTypes` when it has a routing identity) with its own
