@@ -14,7 +14,7 @@ use super::storage::{RemoteStorage, S3Access, Storage};
 use crate::engine::{CollectionMap, ContentKind, CounterRule, EngineSettings, QueueSettings};
 
 /// A secret value: inline, from a file, or from an environment variable.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(untagged, expecting = "a string, {file: PATH} or {env: NAME}")]
 pub enum Secret {
     Inline(String),
@@ -46,7 +46,7 @@ impl Secret {
 }
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Config {
     /// MongoDB connection strings (they may hold passwords, so they are secrets).
@@ -57,93 +57,117 @@ pub struct Config {
     pub spaces_conns: Vec<SpacesConn>,
     /// The MongoDB database of the default logical database.
     #[serde(default = "default_db_name")]
+    #[serde(skip_serializing_if = "is_default")]
     pub db_name: String,
     /// Embedded mode: SQLite + local files under `basePath` (no MongoDB/S3 needed).
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub local_storage: Option<LocalStorage>,
     #[serde(default)]
+    #[serde(skip_serializing_if = "is_default")]
     pub engine: EngineConfig,
     /// Per collection: which properties are indexed metadata and which are required.
     #[serde(default)]
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub collection_maps: BTreeMap<String, CollectionMapConfig>,
     /// Per collection: named conditional counters `{name, when, on}`.
     #[serde(default)]
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub counters: BTreeMap<String, Vec<CounterRule>>,
     /// Multi-tenant routing: logical databases by type (metadata, knowledge, runtime) and tier
     /// (generic, domains, tenants), each on one of the `mongoUris` × `spacesConns` backends.
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub database_types: Option<DatabaseTypes>,
     /// Logical databases addressed by key alone, outside the type × tier scheme (how the
     /// operator's shared engine serves a `ChronosDatabase` with `spec.key`). Routed like
     /// `databaseTypes` entries, and either one turns routing on.
     #[serde(default)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub databases: Vec<RouteEntry>,
     /// Bearer tokens for the HTTP API; without it the API is open (fine on a laptop only).
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthConfig>,
 }
 
 /// The three database types, each with its tiers.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DatabaseTypes {
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Tiers>,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub knowledge: Option<Tiers>,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub runtime: Option<Tiers>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Tiers {
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub generic: Option<RouteEntry>,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub domains: Vec<RouteEntry>,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tenants: Vec<RouteEntry>,
 }
 
 /// One logical database. Without `mongo` / `spaces`, its backends are chosen by rendezvous
 /// hashing of its key over all of them (stable, and adding a backend moves about 1/n of keys).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RouteEntry {
     /// How the API addresses it: `/v1/{key}/…`.
     pub key: String,
     /// The domain's or tenant's external identifier (not for the generic tier).
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ext_identifier: Option<String>,
     /// Index into `mongoUris`.
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mongo: Option<usize>,
     /// Index into `spacesConns`.
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub spaces: Option<usize>,
     /// MongoDB database; defaults to `chronos_<key>` (with `-` as `_`).
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub db_name: Option<String>,
     /// Bucket overrides; default to the spacesConn's.
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub json_bucket: Option<String>,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub content_bucket: Option<String>,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub backups_bucket: Option<String>,
     /// This database's own tunables, collection maps and counters; each one given replaces the
     /// top-level one for this database only (several databases in one process, each with its
     /// own collections, as the operator's shared engine serves them).
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub engine: Option<EngineConfig>,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub collection_maps: Option<BTreeMap<String, CollectionMapConfig>>,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub counters: Option<BTreeMap<String, Vec<CounterRule>>>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CollectionMapConfig {
     /// Only these top-level properties are indexed (and get MongoDB indexes). Empty: every
@@ -154,6 +178,7 @@ pub struct CollectionMapConfig {
     pub validation: ValidationConfig,
     /// Properties kept in the content bucket: `{photo: binary, body: text}`.
     #[serde(default)]
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub content_props: BTreeMap<String, ContentKind>,
 }
 
@@ -168,7 +193,7 @@ impl CollectionMapConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ValidationConfig {
     /// Writes missing any of these properties are refused (422).
@@ -176,7 +201,7 @@ pub struct ValidationConfig {
     pub required_indexed: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AuthConfig {
     /// A YAML/JSON file `tokens: [{name, token, databases, scopes}]` (e.g. a mounted Secret).
@@ -188,7 +213,7 @@ fn default_db_name() -> String {
 }
 
 /// One S3-compatible endpoint (the original called them "spaces").
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SpacesConn {
     pub endpoint: String,
@@ -215,7 +240,13 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// Whether a value is its type's default, so serializing leaves it out and the loader's
+/// default applies (how the operator renders a configuration that states only what it sets).
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LocalStorage {
     #[serde(default = "yes")]
@@ -224,7 +255,7 @@ pub struct LocalStorage {
 }
 
 /// Tunables of the versioning core.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EngineConfig {
     #[serde(default = "EngineConfig::default_inline_max_bytes")]
@@ -243,7 +274,7 @@ pub struct EngineConfig {
 
 /// `engine.retryQueue`: writes that met a transient backend failure are retried with
 /// exponential backoff and jitter, then become dead letters.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RetryQueueConfig {
     #[serde(default = "RetryQueueConfig::default_max_attempts")]

@@ -18,7 +18,7 @@ use super::query::Filter;
 use super::versioning::Engine;
 
 /// A named, conditional counter.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CounterRule {
     pub name: String,

@@ -110,6 +110,69 @@ impl S3PayloadStore {
             Err(e) => Err(s3_err("create bucket", &self.bucket, e)),
         }
     }
+
+    /// Delete every object under `prefix`, then the bucket itself if nothing else is left in it
+    /// (what others keep there is not the caller's to empty). A bucket that is not there counts
+    /// as dropped. Returns whether the bucket was kept because it holds objects outside `prefix`.
+    /// Irreversible: for a database's `deletionPolicy: Delete`.
+    pub async fn drop_prefix(&self, prefix: &str) -> Result<bool> {
+        use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+        let bucket = &self.bucket;
+        loop {
+            let listed = match self
+                .client
+                .list_objects_v2()
+                .bucket(bucket)
+                .prefix(prefix)
+                .max_keys(1000)
+                .send()
+                .await
+            {
+                Ok(l) => l,
+                Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_bucket()) => return Ok(false),
+                Err(e) => return Err(s3_err("list", bucket, e)),
+            };
+            let ids: Vec<ObjectIdentifier> = listed
+                .contents()
+                .iter()
+                .filter_map(|o| o.key())
+                .filter_map(|k| ObjectIdentifier::builder().key(k).build().ok())
+                .collect();
+            if ids.is_empty() {
+                break;
+            }
+            let delete = Delete::builder()
+                .set_objects(Some(ids))
+                .quiet(true)
+                .build()
+                .map_err(|e| Error::payload(format!("delete objects {bucket}: {e}")))?;
+            self.client
+                .delete_objects()
+                .bucket(bucket)
+                .delete(delete)
+                .send()
+                .await
+                .map_err(|e| s3_err("delete objects", bucket, e))?;
+        }
+        let others = match self.client.list_objects_v2().bucket(bucket).max_keys(1).send().await {
+            Ok(l) => l.key_count().unwrap_or_default() > 0 || !l.contents().is_empty(),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_bucket()) => return Ok(false),
+            Err(e) => return Err(s3_err("list", bucket, e)),
+        };
+        if others {
+            return Ok(true);
+        }
+        match self.client.delete_bucket().bucket(bucket).send().await {
+            Ok(_) => Ok(false),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| matches!(s.meta().code(), Some("NoSuchBucket" | "BucketNotEmpty"))) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(s3_err("delete bucket", bucket, e)),
+        }
+    }
 }
 
 /// Backend call latency for /metrics.

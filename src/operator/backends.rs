@@ -4,13 +4,14 @@
 
 use std::sync::Arc;
 
-use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
 
-use super::collection::ChronosCollection;
-use super::database::ChronosDatabase;
-use super::{Context, Error, Result};
+use super::context::Context;
+use super::controllers::database::claims;
+use super::crd::collection::ChronosCollection;
+use super::crd::database::{ChronosDatabase, database_key};
+use super::error::{Error, Result};
 use crate::config::{RemoteStorage, S3Access, Storage};
 use crate::engine::s3::S3PayloadStore;
 use crate::engine::{Engine, EngineSettings};
@@ -80,10 +81,10 @@ fn remote(storage: &Storage) -> Result<(&str, &str, &S3Access, [&str; 3])> {
 }
 
 /// A digest of the MongoDB deployment the database's data is on
-/// ([`mongo_backend`](super::database::claims::mongo_backend)).
+/// ([`claims::mongo_backend`]).
 pub fn mongo_backend(storage: &Storage) -> Result<String> {
     let (uri, ..) = remote(storage)?;
-    Ok(super::database::claims::mongo_backend(uri))
+    Ok(claims::mongo_backend(uri))
 }
 
 /// Ping MongoDB (it must be a replica set: writes are transactions).
@@ -110,7 +111,7 @@ pub async fn ensure_buckets(ctx: &Context, storage: &Storage) -> Result<Vec<Stri
 /// An engine over the database's backends with `settings` (collection maps, counters).
 pub async fn engine(ctx: &Context, db: &ChronosDatabase, settings: EngineSettings) -> Result<Arc<Engine>> {
     let storage = storage(&ctx.client, db).await?;
-    let key = super::database::build::database_key(db);
+    let key = database_key(db);
     Ok(crate::connect::open(&key, &storage, settings, &ctx.conns).await?)
 }
 
@@ -131,64 +132,11 @@ pub async fn drop_data(ctx: &Context, storage: &Storage, key: &str) -> Result<()
     // there is not ours to empty.
     let prefix = crate::engine::namespace::database_prefix(key)?;
     for bucket in buckets {
-        loop {
-            let listed = match client
-                .list_objects_v2()
-                .bucket(bucket)
-                .prefix(&prefix)
-                .max_keys(1000)
-                .send()
-                .await
-            {
-                Ok(l) => l,
-                Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_bucket()) => break,
-                Err(e) => return Err(s3_error("list", bucket, e)),
-            };
-            let ids: Vec<ObjectIdentifier> = listed
-                .contents()
-                .iter()
-                .filter_map(|o| o.key())
-                .filter_map(|k| ObjectIdentifier::builder().key(k).build().ok())
-                .collect();
-            if ids.is_empty() {
-                break;
-            }
-            let delete = Delete::builder()
-                .set_objects(Some(ids))
-                .quiet(true)
-                .build()
-                .map_err(|e| s3_error("delete objects", bucket, e))?;
-            client
-                .delete_objects()
-                .bucket(bucket)
-                .delete(delete)
-                .send()
-                .await
-                .map_err(|e| s3_error("delete objects", bucket, e))?;
-        }
-        let others = match client.list_objects_v2().bucket(bucket).max_keys(1).send().await {
-            Ok(l) => l.key_count().unwrap_or_default() > 0 || !l.contents().is_empty(),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_bucket()) => continue,
-            Err(e) => return Err(s3_error("list", bucket, e)),
-        };
-        if others {
+        if S3PayloadStore::new(client.clone(), bucket).drop_prefix(&prefix).await? {
             tracing::info!(%bucket, "bucket kept: it holds objects of others");
-            continue;
-        }
-        match client.delete_bucket().bucket(bucket).send().await {
-            Ok(_) => {}
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| matches!(s.meta().code(), Some("NoSuchBucket" | "BucketNotEmpty"))) => {}
-            Err(e) => return Err(s3_error("delete bucket", bucket, e)),
         }
     }
     Ok(())
-}
-
-fn s3_error(op: &str, bucket: &str, e: impl std::error::Error) -> Error {
-    let detail = aws_smithy_types::error::display::DisplayErrorContext(e).to_string();
-    Error::Engine(crate::engine::Error::payload(format!("{op} {bucket}: {detail}")))
 }
 
 /// The engine settings of a database: its defaults plus the map and counters of each of its valid
@@ -204,11 +152,9 @@ pub async fn settings(ctx: &Context, db: &ChronosDatabase) -> Result<EngineSetti
 /// [`settings`] without the client.
 pub fn settings_of(db: &ChronosDatabase, collections: &[ChronosCollection]) -> EngineSettings {
     let mut settings = EngineSettings::default();
-    if let Some(v) = db.spec.defaults.inline_max_bytes {
-        settings.inline_max_bytes = usize::try_from(v).unwrap_or(usize::MAX);
-    }
-    if let Some(v) = db.spec.defaults.max_payload_bytes {
-        settings.max_payload_bytes = usize::try_from(v).unwrap_or(usize::MAX);
+    if let Some(engine) = db.spec.defaults.engine_config() {
+        settings.inline_max_bytes = engine.inline_max_bytes;
+        settings.max_payload_bytes = engine.max_payload_bytes;
     }
     for c in collections.iter().filter(|c| c.spec.database == db.name_any()) {
         if let Ok((name, map)) = c.spec.map() {

@@ -1,6 +1,6 @@
 //! The operator's own HTTP endpoints: `/healthz` (alive), `/readyz` (holds the lease, so it is
 //! the replica acting) and `/metrics` (Prometheus: reconciles, failures and durations by
-//! controller).
+//! controller, failures also by kind).
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
@@ -13,6 +13,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
+use super::error::Result;
+
 /// Whether this replica leads (and so runs the controllers).
 static LEADING: AtomicBool = AtomicBool::new(false);
 
@@ -20,13 +22,15 @@ pub fn set_leading(leading: bool) {
     LEADING.store(leading, Ordering::SeqCst);
 }
 
-/// Run one reconcile of `controller`, counting it, its errors and its duration.
-pub async fn measured<T, E>(controller: &'static str, reconcile: impl Future<Output = Result<T, E>>) -> Result<T, E> {
+/// Run one reconcile of `controller`, counting it, its errors by kind
+/// ([`Error::metric_label`]) and its duration.
+pub async fn measured<T>(controller: &'static str, reconcile: impl Future<Output = Result<T>>) -> Result<T> {
     let started = Instant::now();
     let result = reconcile.await;
     metrics::counter!("chronos_operator_reconciles_total", "controller" => controller).increment(1);
-    if result.is_err() {
-        metrics::counter!("chronos_operator_reconcile_errors_total", "controller" => controller).increment(1);
+    if let Err(e) = &result {
+        metrics::counter!("chronos_operator_reconcile_errors_total", "controller" => controller, "error" => e.metric_label())
+            .increment(1);
     }
     metrics::histogram!("chronos_operator_reconcile_duration_seconds", "controller" => controller)
         .record(started.elapsed().as_secs_f64());

@@ -14,10 +14,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use chronos::engine::{Attribution, CollectionName, Engine, ItemId, ReadOptions};
-use chronos::operator::collection::ChronosCollection;
-use chronos::operator::database::ChronosDatabase;
-use chronos::operator::restore::{ChronosRestore, Phase};
-use chronos::operator::retention::ChronosRetention;
+use chronos::operator::crd::ChronosCollection;
+use chronos::operator::crd::ChronosDatabase;
+use chronos::operator::crd::ChronosRetention;
+use chronos::operator::crd::{ChronosRestore, Phase};
 use chronos::operator::{Context, Scope, backends, conditions};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Secret};

@@ -19,6 +19,7 @@ mod mongo_proxy;
 mod mongo_s3;
 mod operator;
 mod operator_mock;
+mod operator_render;
 mod payload_contract;
 mod readme;
 mod routing;

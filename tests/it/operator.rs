@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chronos::engine::{CollectionName, ItemId, ReadOptions, State};
-use chronos::operator::collection::ChronosCollection;
-use chronos::operator::database::ChronosDatabase;
-use chronos::operator::restore::{ChronosRestore, Phase};
-use chronos::operator::retention::ChronosRetention;
+use chronos::operator::crd::ChronosCollection;
+use chronos::operator::crd::ChronosDatabase;
+use chronos::operator::crd::ChronosRetention;
+use chronos::operator::crd::{ChronosRestore, Phase};
 use chronos::operator::{Context, Scope, backends, conditions};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -1026,7 +1026,7 @@ async fn an_item_restore_reconciled_again_after_its_write_does_not_append_twice(
             "spec": {"database": "data", "collection": "notes", "itemId": "item-00", "target": {"ov": 0}}
         }))
         .await;
-    let reconcile = || chronos::operator::restore::controller::reconcile(Arc::new(r.clone()), k.ctx.clone());
+    let reconcile = || chronos::operator::controllers::restore::reconcile(Arc::new(r.clone()), k.ctx.clone());
     reconcile().await.unwrap();
     let c: CollectionName = "notes".parse().unwrap();
     let id: ItemId = "item-00".parse().unwrap();

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use chronos::operator::collection::ChronosCollection;
-use chronos::operator::database::ChronosDatabase;
+use chronos::operator::crd::ChronosCollection;
+use chronos::operator::crd::ChronosDatabase;
 use chronos::operator::{Context, requeue};
 use http::{Request, Response, StatusCode};
 use kube::client::Body;
@@ -83,7 +83,7 @@ async fn invalid_database_spec_is_reported_and_waits_for_a_change() {
     .unwrap();
     let echo = serde_json::to_value(&db).unwrap();
     let server = tokio::spawn(async move { answer_unserved(&mut handle, &echo).await });
-    let action = chronos::operator::database::controller::reconcile(Arc::new(db.clone()), ctx).await;
+    let action = chronos::operator::controllers::database::reconcile(Arc::new(db.clone()), ctx).await;
     let [list, marker, (method, uri, body), event] = server.await.unwrap();
     assert_eq!(
         action.unwrap(),
@@ -159,7 +159,7 @@ async fn collection_of_a_missing_database_says_so_and_retries() {
         let patch = expect(&mut handle, StatusCode::OK, echo).await;
         (get, patch)
     });
-    let action = chronos::operator::collection::controller::reconcile(Arc::new(c), ctx).await;
+    let action = chronos::operator::controllers::collection::reconcile(Arc::new(c), ctx).await;
     let ((get_method, get_uri, _), (patch_method, patch_uri, body)) = server.await.unwrap();
     assert_eq!(action.unwrap(), Action::requeue(requeue::MISSING));
     assert_eq!(
@@ -195,7 +195,7 @@ async fn api_server_errors_are_transient_and_retried() {
         expect(&mut handle, StatusCode::INTERNAL_SERVER_ERROR, failure).await
     });
     let c = Arc::new(c);
-    let err = chronos::operator::collection::controller::reconcile(c.clone(), ctx.clone())
+    let err = chronos::operator::controllers::collection::reconcile(c.clone(), ctx.clone())
         .await
         .unwrap_err();
     server.await.unwrap();
@@ -238,7 +238,7 @@ async fn an_unlabelled_secret_is_not_used_and_the_condition_says_how_to_allow_it
         let secret = expect(&mut handle, StatusCode::OK, victim).await;
         (secret, answer_unserved(&mut handle, &echo).await)
     });
-    let action = chronos::operator::database::controller::reconcile(Arc::new(db), ctx).await;
+    let action = chronos::operator::controllers::database::reconcile(Arc::new(db), ctx).await;
     let (secret, [next, marker, (_, uri, body), _]) = server.await.unwrap();
     assert_eq!(secret.1, "/api/v1/namespaces/shop/secrets/victim");
     assert_eq!(
@@ -273,7 +273,7 @@ async fn an_image_outside_the_allow_list_is_refused_before_any_secret_is_read() 
     let db = valid_database(json!({"engine": {"image": "attacker.example/img:1"}}));
     let echo = serde_json::to_value(&db).unwrap();
     let server = tokio::spawn(async move { answer_unserved(&mut handle, &echo).await });
-    let action = chronos::operator::database::controller::reconcile(Arc::new(db), ctx).await;
+    let action = chronos::operator::controllers::database::reconcile(Arc::new(db), ctx).await;
     let [(method, uri, _), _, (_, _, body), _] = server.await.unwrap();
     assert_eq!(
         (method.as_str(), uri.as_str()),
@@ -333,7 +333,7 @@ async fn a_chronos_engine_the_operator_did_not_make_is_not_deleted() {
         let _event = expect(&mut handle, StatusCode::CREATED, json!({})).await;
         seen
     });
-    chronos::operator::database::controller::reconcile(Arc::new(db), ctx)
+    chronos::operator::controllers::database::reconcile(Arc::new(db), ctx)
         .await
         .unwrap();
     let seen = server.await.unwrap();

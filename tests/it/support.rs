@@ -213,7 +213,7 @@ async fn apply_crds(client: kube::Client) {
         .expect("watching the CRD");
     }
     // Right after a CRD is established its first LIST can still fail briefly: wait for one.
-    let databases: Api<chronos::operator::database::ChronosDatabase> = Api::all(client);
+    let databases: Api<chronos::operator::crd::ChronosDatabase> = Api::all(client);
     for attempt in 0.. {
         match databases.list(&ListParams::default().limit(1)).await {
             Ok(_) => break,

@@ -6,17 +6,17 @@ use std::sync::Arc;
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 
-use super::crd::{ChronosCollection, ChronosCollectionStatus};
 use crate::engine::EngineSettings;
 use crate::operator::conditions::{self, Observed};
-use crate::operator::database::ChronosDatabase;
-use crate::operator::{Context, Error, Result, backends, events, requeue};
+use crate::operator::context::{Context, apply_status, requeue};
+use crate::operator::crd::collection::{ChronosCollection, ChronosCollectionStatus, INDEXES_READY};
+use crate::operator::crd::database::ChronosDatabase;
+use crate::operator::error::{Error, Result};
+use crate::operator::{backends, events};
 
-pub const INDEXES_READY: &str = "IndexesReady";
-const NAME: &str = "collection";
-
+#[tracing::instrument(skip_all, fields(name = %c.name_any(), namespace = c.namespace().unwrap_or_default()))]
 pub async fn reconcile(c: Arc<ChronosCollection>, ctx: Arc<Context>) -> Result<Action> {
-    crate::operator::health::measured(NAME, ensure(&c, &ctx)).await
+    ensure(&c, &ctx).await
 }
 
 async fn ensure(c: &ChronosCollection, ctx: &Context) -> Result<Action> {
@@ -99,7 +99,7 @@ async fn write_status(c: &ChronosCollection, ctx: &Context, observed: Observed, 
         indexes,
         observed_generation: generation,
     };
-    crate::operator::apply_status(
+    apply_status(
         &Api::<ChronosCollection>::namespaced(ctx.client.clone(), &c.namespace().unwrap_or_default()),
         &c.name_any(),
         &status,
@@ -109,19 +109,4 @@ async fn write_status(c: &ChronosCollection, ctx: &Context, observed: Observed, 
         events::publish(&ctx.recorder, c, notice).await;
     }
     Ok(())
-}
-
-pub fn controller(
-    ctx: Arc<Context>,
-    api: Api<ChronosCollection>,
-    config: kube::runtime::watcher::Config,
-) -> impl futures::Stream<Item = ()> + Send {
-    use futures::StreamExt;
-    kube::runtime::Controller::new(api, config)
-        .run(reconcile, crate::operator::error_policy, ctx)
-        .map(|result| {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "collection reconcile");
-            }
-        })
 }

@@ -1,4 +1,6 @@
-//! The `ChronosDatabase` resource.
+//! The `ChronosDatabase` resource, and the names the database controller, the shared engine's
+//! membership and the claims between databases all read: its condition types and the shared
+//! engine's reserved name.
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
@@ -9,6 +11,19 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::valid_bucket;
 pub use crate::config::{DatabaseType, Tier};
+
+/// Condition types of a `ChronosDatabase`'s status.
+pub const BACKENDS_REACHABLE: &str = "BackendsReachable";
+pub const BUCKETS_READY: &str = "BucketsReady";
+pub const ENGINE_READY: &str = "EngineReady";
+pub const READY: &str = "Ready";
+
+/// The namespace's shared engine: its Deployment and Service (its configuration Secret is
+/// `chronos-engine-config`). It is named as the dedicated engine of a database called
+/// [`RESERVED_NAME`] would be, which is why such a database can't have a dedicated engine.
+pub const SHARED_ENGINE: &str = "chronos-engine";
+/// The database name whose dedicated engine would be the shared engine.
+pub const RESERVED_NAME: &str = "chronos";
 
 /// A logical Chronos database: where its data lives and how it is served.
 // clippy mistakes the repeated keys of kube's `printcolumn(...)` for duplicated attributes.
@@ -194,6 +209,24 @@ fn default_secret_key_key() -> String {
     "secretKey".to_owned()
 }
 
+impl CollectionDefaults {
+    /// These tunables as an entry of the engine's configuration, or `None` when none is set
+    /// (the engine's own defaults apply).
+    pub fn engine_config(&self) -> Option<crate::config::EngineConfig> {
+        if self.inline_max_bytes.is_none() && self.max_payload_bytes.is_none() {
+            return None;
+        }
+        let mut engine = crate::config::EngineConfig::default();
+        if let Some(v) = self.inline_max_bytes {
+            engine.inline_max_bytes = usize::try_from(v).unwrap_or(usize::MAX);
+        }
+        if let Some(v) = self.max_payload_bytes {
+            engine.max_payload_bytes = usize::try_from(v).unwrap_or(usize::MAX);
+        }
+        Some(engine)
+    }
+}
+
 impl ChronosDatabaseSpec {
     /// Every problem with the spec, each naming its field. Empty when the spec can work.
     pub fn problems(&self) -> Vec<String> {
@@ -258,14 +291,54 @@ impl ChronosDatabase {
     /// be the namespace's shared engine's.
     pub fn problems(&self) -> Vec<String> {
         let mut out = self.spec.problems();
-        if self.spec.engine.is_some() && self.metadata.name.as_deref() == Some(super::build::RESERVED_NAME) {
+        if self.spec.engine.is_some() && self.metadata.name.as_deref() == Some(RESERVED_NAME) {
             out.push(format!(
                 "metadata.name: a database called `{}` can't have spec.engine (its engine would be the \
                  namespace's shared engine, {}); rename it or drop spec.engine",
-                super::build::RESERVED_NAME,
-                super::build::SHARED_ENGINE
+                RESERVED_NAME, SHARED_ENGINE
             ));
         }
         out
+    }
+}
+
+/// The key the engine serves `db` under (`/v1/{key}/…`): `spec.key`, or for a database with a
+/// routing identity, its resource name.
+pub fn database_key(db: &ChronosDatabase) -> String {
+    use kube::ResourceExt;
+    db.spec.key.clone().unwrap_or_else(|| db.name_any())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_problems_name_their_fields() {
+        let mut db = ChronosDatabase::orders();
+        assert!(db.spec.problems().is_empty());
+        db.spec.routing = Some(Routing {
+            database_type: DatabaseType::Runtime,
+            tier: Tier::Tenant,
+            ext_identifier: None,
+        });
+        db.spec.s3.buckets.json = "Bad_Bucket".into();
+        let problems = db.spec.problems();
+        assert!(
+            problems[0].contains("exactly one of spec.routing and spec.key"),
+            "{problems:?}"
+        );
+        assert!(problems[1].starts_with("spec.s3.buckets.json"), "{problems:?}");
+        db.spec.key = None;
+        assert!(db.spec.problems()[0].starts_with("spec.routing.extIdentifier"));
+        db.spec.routing = Some(Routing {
+            database_type: DatabaseType::Runtime,
+            tier: Tier::Generic,
+            ext_identifier: Some("x".into()),
+        });
+        assert!(db.spec.problems()[0].contains("the generic tier has no identifier"));
+        db.spec.routing = None;
+        db.spec.key = Some("no spaces".into());
+        assert!(db.spec.problems()[0].starts_with("spec.key"));
     }
 }

@@ -13,20 +13,22 @@ use kube::api::ListParams;
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 
-use super::crd::{ChronosRetention, ChronosRetentionStatus, LastRun};
-use super::schedule::Schedule;
+pub mod schedule;
+
 use crate::engine::PrunePolicy;
-use crate::operator::collection::ChronosCollection;
+use crate::operator::backends;
 use crate::operator::conditions::{self, Observed};
-use crate::operator::database::ChronosDatabase;
+use crate::operator::context::{Context, apply_status};
+use crate::operator::crd::collection::ChronosCollection;
+use crate::operator::crd::database::ChronosDatabase;
+use crate::operator::crd::retention::{ChronosRetention, ChronosRetentionStatus, LastRun, SCHEDULED};
+use crate::operator::error::Result;
 use crate::operator::events::{self, Notice};
-use crate::operator::{Context, Result, backends};
+use schedule::Schedule;
 
-pub const SCHEDULED: &str = "Scheduled";
-const NAME: &str = "retention";
-
+#[tracing::instrument(skip_all, fields(name = %r.name_any()))]
 pub async fn reconcile(r: Arc<ChronosRetention>, ctx: Arc<Context>) -> Result<Action> {
-    crate::operator::health::measured(NAME, tick(&r, &ctx)).await
+    tick(&r, &ctx).await
 }
 
 async fn tick(r: &ChronosRetention, ctx: &Context) -> Result<Action> {
@@ -212,20 +214,5 @@ fn run_notice(last: &LastRun) -> Notice {
 }
 
 async fn write(ctx: &Context, r: &ChronosRetention, status: &ChronosRetentionStatus) -> Result<()> {
-    crate::operator::apply_status(&Api::<ChronosRetention>::all(ctx.client.clone()), &r.name_any(), status).await
-}
-
-pub fn controller(
-    ctx: Arc<Context>,
-    api: Api<ChronosRetention>,
-    config: kube::runtime::watcher::Config,
-) -> impl futures::Stream<Item = ()> + Send {
-    use futures::StreamExt;
-    kube::runtime::Controller::new(api, config)
-        .run(reconcile, crate::operator::error_policy, ctx)
-        .map(|result| {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "retention reconcile");
-            }
-        })
+    apply_status(&Api::<ChronosRetention>::all(ctx.client.clone()), &r.name_any(), status).await
 }

@@ -6,9 +6,8 @@
 use kube::ResourceExt;
 use sha2::{Digest, Sha256};
 
-use super::controller::BACKENDS_REACHABLE;
-use super::crd::{ChronosDatabase, DeletionPolicy};
 use crate::operator::conditions;
+use crate::operator::crd::database::{BACKENDS_REACHABLE, ChronosDatabase, DeletionPolicy};
 
 /// A digest of the MongoDB deployment a connection string points at: its scheme and hosts (with
 /// the default port made explicit), sorted, without credentials or options. Two URIs of one
@@ -108,34 +107,13 @@ pub fn conflict(db: &ChronosDatabase, backend: &str, all: &[ChronosDatabase]) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::operator::database::ChronosDatabaseStatus;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-    use serde_json::json;
 
-    fn db(ns: &str, name: &str, created: i64, spec: serde_json::Value) -> ChronosDatabase {
-        let mut full = json!({
-            "key": name,
-            "mongodb": {"uriSecretRef": {"name": "mongo", "key": "uri"}, "dbName": "orders"},
-            "s3": {"endpoint": "http://s3:8333", "buckets": {"json": format!("{name}-json"),
-                   "content": format!("{name}-content"), "backups": format!("{name}-backups")},
-                   "credentialsSecretRef": {"name": "s3"}}
-        });
-        if let (Some(full), Some(extra)) = (full.as_object_mut(), spec.as_object()) {
-            full.extend(extra.clone());
-        }
-        let mut d = ChronosDatabase::new(name, serde_json::from_value(full).unwrap());
-        d.metadata.namespace = Some(ns.into());
-        d.metadata.uid = Some(format!("{ns}-{name}"));
-        d.metadata.creation_timestamp = Some(Time(jiff::Timestamp::from_second(created).unwrap()));
-        d
-    }
-
-    fn on(mut d: ChronosDatabase, backend: &str) -> ChronosDatabase {
-        d.status = Some(ChronosDatabaseStatus {
-            mongo_backend: Some(backend.into()),
-            ..Default::default()
-        });
-        d
+    /// Database `name` of namespace `ns`, created at `created`, on MongoDB database `orders`.
+    fn db(ns: &str, name: &str, created: i64) -> ChronosDatabase {
+        ChronosDatabase::test(name)
+            .in_namespace(ns)
+            .created(created)
+            .mongo_database("mongo", "orders")
     }
 
     /// Applied in one second, the two tie on age; the one already serving keeps its database
@@ -143,12 +121,8 @@ mod tests {
     #[test]
     fn a_serving_database_keeps_its_claim_over_one_created_in_the_same_second() {
         let backend = mongo_backend("mongodb://m:27017");
-        let mut serving = on(db("zz-tenant", "a", 5, json!({})), &backend);
-        if let Some(s) = serving.status.as_mut() {
-            let reachable = conditions::Observed::ok(BACKENDS_REACHABLE, "Reachable", "");
-            s.conditions = conditions::merge(&[], &[reachable], None, conditions::now());
-        }
-        let newcomer = db("aa-tenant", "b", 5, json!({}));
+        let serving = db("zz-tenant", "a", 5).on_mongo(&backend).reachable();
+        let newcomer = db("aa-tenant", "b", 5);
         let all = [serving.clone(), newcomer.clone()];
         assert!(conflict(&newcomer, &backend, &all).is_some(), "the newcomer is refused");
         assert_eq!(conflict(&serving, &backend, &all), None, "the serving one keeps it");
@@ -166,8 +140,8 @@ mod tests {
     #[test]
     fn an_older_database_keeps_its_mongodb_database_across_namespaces() {
         let backend = mongo_backend("mongodb://m:27017");
-        let owner = on(db("tenant-a", "a", 1, json!({})), &backend);
-        let thief = db("tenant-b", "b", 2, json!({}));
+        let owner = db("tenant-a", "a", 1).on_mongo(&backend);
+        let thief = db("tenant-b", "b", 2);
         let all = [owner.clone(), thief.clone()];
         let why = conflict(&thief, &backend, &all).expect("the younger one conflicts");
         assert!(why.contains("`orders`") && why.contains("tenant-a/a"), "{why}");
@@ -183,21 +157,8 @@ mod tests {
     fn shared_buckets_conflict_only_when_one_side_drops_its_data() {
         let backend = mongo_backend("mongodb://m:27017");
         let bucket = |d: &mut ChronosDatabase| d.spec.s3.buckets.content = "common".into();
-        let mut a = on(
-            db(
-                "x",
-                "a",
-                1,
-                json!({"mongodb": {"uriSecretRef": {"name": "m", "key": "u"}, "dbName": "a"}}),
-            ),
-            &backend,
-        );
-        let mut b = db(
-            "y",
-            "b",
-            2,
-            json!({"mongodb": {"uriSecretRef": {"name": "m", "key": "u"}, "dbName": "b"}}),
-        );
+        let mut a = db("x", "a", 1).mongo_database("m", "a").on_mongo(&backend);
+        let mut b = db("y", "b", 2).mongo_database("m", "b");
         bucket(&mut a);
         bucket(&mut b);
         assert_eq!(conflict(&b, &backend, &[a.clone()]), None, "both Retain");
@@ -211,12 +172,12 @@ mod tests {
     #[test]
     fn a_claim_whose_mongodb_is_not_known_yet_is_respected() {
         let backend = mongo_backend("mongodb://m:27017");
-        let unchecked = db("x", "a", 1, json!({}));
-        let younger = db("y", "b", 2, json!({"deletionPolicy": "Delete"}));
+        let unchecked = db("x", "a", 1);
+        let younger = db("y", "b", 2).drops_data();
         let why = conflict(&younger, &backend, std::slice::from_ref(&unchecked)).unwrap();
         assert!(why.contains("x/a") && why.contains("not known yet"), "{why}");
         // The older one, being deleted with Delete, may drop its data: the younger never used it.
-        let leaving = on(db("x", "a", 1, json!({"deletionPolicy": "Delete"})), &backend);
+        let leaving = db("x", "a", 1).drops_data().on_mongo(&backend);
         assert_eq!(conflict(&leaving, &backend, &[younger]), None);
     }
 }

@@ -1,4 +1,6 @@
-//! The `ChronosRestore` resource.
+//! The `ChronosRestore` resource: a one-shot restore of one item (to an ov or a time) or of a
+//! whole collection (to a cv or a time). The spec is immutable; the status is the job's record:
+//! phase, plan, progress and the page cursor that lets a restarted operator continue.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{CustomResource, KubeSchema};

@@ -9,17 +9,18 @@ use std::sync::Arc;
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 
-use super::crd::{ChronosRestore, ChronosRestoreStatus, Counts, Job, Phase, Progress};
 use crate::engine::{Attribution, Engine, ItemId, ReadOptions, VersionTarget};
+use crate::operator::backends;
 use crate::operator::conditions;
-use crate::operator::database::ChronosDatabase;
+use crate::operator::context::{Context, apply_status, requeue};
+use crate::operator::crd::database::ChronosDatabase;
+use crate::operator::crd::restore::{ChronosRestore, ChronosRestoreStatus, Counts, Job, Phase, Progress};
+use crate::operator::error::{Error, Result};
 use crate::operator::events::{self, Notice};
-use crate::operator::{Context, Error, Result, backends, requeue};
 
-const NAME: &str = "restore";
-
+#[tracing::instrument(skip_all, fields(name = %r.name_any(), namespace = r.namespace().unwrap_or_default()))]
 pub async fn reconcile(r: Arc<ChronosRestore>, ctx: Arc<Context>) -> Result<Action> {
-    crate::operator::health::measured(NAME, run(&r, &ctx)).await
+    run(&r, &ctx).await
 }
 
 async fn run(r: &ChronosRestore, ctx: &Context) -> Result<Action> {
@@ -213,25 +214,10 @@ async fn finish(
 }
 
 async fn write(ctx: &Context, r: &ChronosRestore, status: &ChronosRestoreStatus) -> Result<()> {
-    crate::operator::apply_status(
+    apply_status(
         &Api::<ChronosRestore>::namespaced(ctx.client.clone(), &r.namespace().unwrap_or_default()),
         &r.name_any(),
         status,
     )
     .await
-}
-
-pub fn controller(
-    ctx: Arc<Context>,
-    api: Api<ChronosRestore>,
-    config: kube::runtime::watcher::Config,
-) -> impl futures::Stream<Item = ()> + Send {
-    use futures::StreamExt;
-    kube::runtime::Controller::new(api, config)
-        .run(reconcile, crate::operator::error_policy, ctx)
-        .map(|result| {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "restore reconcile");
-            }
-        })
 }

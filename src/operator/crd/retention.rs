@@ -1,4 +1,7 @@
-//! The `ChronosRetention` resource.
+//! The `ChronosRetention` resource (cluster-scoped): on a cron schedule, apply retention rules
+//! to the selected collections of the selected databases — `ttlHours` makes cold items
+//! `processed` (their inline copy dropped), `keepVersions` / `maxVersionAgeDays` prune the
+//! version index into manifests.
 
 use std::collections::BTreeMap;
 
@@ -7,7 +10,10 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::operator::collection::crd::RetentionOverride;
+use super::collection::RetentionOverride;
+
+/// The condition type of a `ChronosRetention`'s status: a next run is scheduled.
+pub const SCHEDULED: &str = "Scheduled";
 
 /// Scheduled retention across databases and collections.
 // clippy mistakes the repeated keys of kube's `printcolumn(...)` for duplicated attributes.

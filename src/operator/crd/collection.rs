@@ -1,4 +1,7 @@
-//! The `ChronosCollection` resource.
+//! The `ChronosCollection` resource: one collection of a `ChronosDatabase` — its indexed
+//! properties, required properties, counters and retention override. Its controller ensures the
+//! MongoDB indexes; the database controller renders its map and counters into the engine's
+//! configuration.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
@@ -8,6 +11,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 use crate::engine::{CollectionMap, CollectionName, ContentKind, CounterRule, Op};
+
+/// The condition type of a `ChronosCollection`'s status: its MongoDB indexes are in place.
+pub const INDEXES_READY: &str = "IndexesReady";
 
 /// A collection of a Chronos database.
 // clippy mistakes the repeated keys of kube's `printcolumn(...)` for duplicated attributes.

@@ -1,0 +1,8 @@
+//! One reconciler per resource. Each reads its resource (from [`crate::operator::crd`]), acts on
+//! the cluster and the backends, and writes status; the database controller keeps its pure
+//! rendering (engine configuration, Kubernetes objects) in files of its own.
+
+pub mod collection;
+pub mod database;
+pub mod restore;
+pub mod retention;
