@@ -26,8 +26,8 @@ use bytes::Bytes;
 use chronos::api::{self, AppState, ServiceSettings};
 use chronos::client::{self, Client as HttpClient};
 use chronos::engine::mongo::MongoMetaStore;
-use chronos::engine::restore::RESTORE_PAGE;
 use chronos::engine::s3::{S3Connection, S3PayloadStore};
+use chronos::engine::settings::RESTORE_PAGE;
 use chronos::engine::{
     Attribution, CollectionMap, CollectionName, Engine, EngineSettings, Enrichment, HistoryPoint, ItemId, ListOptions,
     MetaStore, PayloadStore, ReadOptions,
@@ -1174,8 +1174,7 @@ async fn run(args: Args) -> Result<(), String> {
     };
     let engine = Arc::new(Engine::new(Arc::new(meta), Arc::new(payloads), settings).with_backups(Arc::new(backups)));
     let dir = tempfile::tempdir().map_err(err("temporary directory"))?;
-    let embedded =
-        chronos::engine::sqlite::embedded(dir.path(), chronos::engine::DEFAULT_DATABASE, EngineSettings::default());
+    let embedded = chronos::connect::embedded(dir.path(), chronos::engine::DEFAULT_DATABASE, EngineSettings::default());
     let embedded = Arc::new(embedded.map_err(err("embedded engine"))?);
 
     // The HTTP service, in-process: clients and server share this machine's cores.

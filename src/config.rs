@@ -433,7 +433,7 @@ fn settings_issues(
         if let Err(e) = name.parse::<CollectionName>() {
             issue(format!("counters.{name}"), &e.to_string());
         }
-        for (i, field, problem) in crate::engine::counters::rule_problems(rules) {
+        for (i, field, problem) in crate::engine::settings::rule_problems(rules) {
             issue(format!("counters.{name}[{i}].{field}"), &problem);
         }
     }
@@ -737,7 +737,7 @@ engine:
         assert_eq!(c.engine_settings().orphan_grace, Duration::from_secs(20));
         assert_eq!(
             Config::default().engine_settings().orphan_grace,
-            crate::engine::scrub::ORPHAN_GRACE
+            crate::engine::settings::ORPHAN_GRACE
         );
         let too_short = Config::parse("engine:\n  orphanGraceSecs: 2\n").unwrap();
         assert!(

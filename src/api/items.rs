@@ -352,7 +352,7 @@ impl Presentation {
         };
         let mut out = record_json(collection, record);
         if let Some(url) = url {
-            out[crate::engine::versioning::SYSTEM_KEY]["payloadUrl"] = Value::String(url);
+            out[crate::engine::model::SYSTEM_KEY]["payloadUrl"] = Value::String(url);
         }
         Ok(out)
     }
@@ -361,7 +361,7 @@ impl Presentation {
 pub fn record_json(collection: &CollectionName, r: Record) -> Value {
     let mut out = r.data;
     out.insert(
-        crate::engine::versioning::SYSTEM_KEY.to_owned(),
+        crate::engine::model::SYSTEM_KEY.to_owned(),
         json!({
             "id": r.id,
             "collection": collection,
@@ -784,7 +784,7 @@ pub async fn restore_collection(
         .map(|a| a.parse::<ItemId>())
         .transpose()
         .map_err(|e| ApiError::bad_request(format!("`afterId`: {e}")))?;
-    let limit = req.limit.unwrap_or(crate::engine::restore::RESTORE_PAGE);
+    let limit = req.limit.unwrap_or(crate::engine::settings::RESTORE_PAGE);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request("`limit` must be between 1 and 1000"));
     }

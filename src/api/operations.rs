@@ -9,7 +9,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::AppState;
 use super::error::{ApiError, ErrorBody, Result};
 use super::extract::Q;
-use crate::engine::queue::OperationResult;
+use crate::engine::store::queue::OperationResult;
 use crate::engine::{Operation, OperationId, OperationStatus, QueueStats, Timestamp};
 
 /// A queued write and how far it got.

@@ -11,6 +11,7 @@ use tokio::sync::OwnedMutexGuard;
 use super::error::{Error, Result};
 use super::model::{CollectionName, Head, ItemId, Op, RequestKey, State, Timestamp, VersionEntry};
 use super::query::Filter;
+use super::store::rules::{HEAD_OVERHEAD, after, check_precondition, next_head, ref_head};
 use super::store::{
     CommitError, HeadChange, HistoryPoint, ListQuery, MetaStore, NewData, PayloadStore, PendingWrite, PrunedVersion,
     RefWrite, TierBatch,
@@ -91,87 +92,6 @@ impl PendingWrite for MemoryPending {
     }
 
     async fn abort(self: Box<Self>) {}
-}
-
-/// The head a change produces; shared by the stores that build heads in process.
-pub(crate) fn next_head(change: &HeadChange, previous: Option<&Head>, ov: u64, cv: u64, v: &VersionEntry) -> Head {
-    let mut function_ids = previous.map(|p| p.function_ids.clone()).unwrap_or_default();
-    if let Some(f) = &change.function_id
-        && !function_ids.contains(f)
-    {
-        function_ids.push(f.clone());
-    }
-    let (inline, meta) = match (&change.data, previous) {
-        (Some(d), _) => (d.inline.then(|| d.content.json.clone()), d.meta.clone()),
-        (None, Some(p)) => (p.inline.clone(), p.meta.clone()),
-        (None, None) => (None, Default::default()),
-    };
-    Head {
-        id: change.id.clone(),
-        ov,
-        cv,
-        write_id: change.write_id.clone(),
-        inserted_at: previous.map_or(v.at, |p| p.inserted_at),
-        updated_at: v.at,
-        deleted_at: match change.op {
-            Op::Delete => Some(v.at),
-            _ => None,
-        },
-        function_ids,
-        state: State::New,
-        size: v.size,
-        checksum: v.checksum.clone(),
-        meta,
-        inline,
-        payload_ref: None,
-    }
-}
-
-/// The head an append by reference produces from the head it was examined at; shared by the
-/// stores that build heads in process.
-pub(crate) fn ref_head(previous: &Head, w: &RefWrite, cv: u64) -> Head {
-    let v = &w.version;
-    let at = previous.updated_at.max(v.at);
-    let keep = w.keep_inline && previous.checksum == v.checksum;
-    Head {
-        id: previous.id.clone(),
-        ov: v.ov,
-        cv,
-        write_id: v.write_id.clone(),
-        inserted_at: previous.inserted_at,
-        updated_at: at,
-        deleted_at: v.deleted.then_some(at),
-        function_ids: previous.function_ids.clone(),
-        state: if keep { previous.state } else { State::Processed },
-        size: v.size,
-        checksum: v.checksum.clone(),
-        meta: v.meta.clone(),
-        inline: if keep { previous.inline.clone() } else { None },
-        payload_ref: v.payload_ref.clone(),
-    }
-}
-
-/// Check a change against the current head; `Ok(previous)` when it may proceed.
-pub(crate) fn check_precondition(change: &HeadChange, current: Option<&Head>) -> Result<()> {
-    let item = || format!("{}/{}", change.collection, change.id);
-    match (change.op, current) {
-        (Op::Create, Some(_)) => Err(Error::AlreadyExists(item())),
-        (Op::Create, None) => Ok(()),
-        (_, None) => Err(Error::NotFound(item())),
-        (op, Some(h)) => {
-            if h.deleted() && op != Op::Restore {
-                return Err(Error::NotFound(format!("{} (deleted)", item())));
-            }
-            match change.expected_ov {
-                Some(expected) if expected != h.ov => Err(Error::VersionConflict {
-                    item: item(),
-                    expected,
-                    current: h.ov,
-                }),
-                _ => Ok(()),
-            }
-        }
-    }
 }
 
 #[async_trait]
@@ -464,19 +384,6 @@ impl MetaStore for MemoryMetaStore {
             .take(limit)
             .map(|(_, v)| v.clone())
             .collect())
-    }
-}
-
-/// What an in-process store counts for a head besides its inline data (a rough figure, so that
-/// tiering reports are comparable across stores).
-pub(crate) const HEAD_OVERHEAD: u64 = 256;
-
-/// Whether `id` comes after the query's cursor in its direction.
-pub(crate) fn after(id: &ItemId, q: &ListQuery) -> bool {
-    match &q.after_id {
-        None => true,
-        Some(a) if q.descending => id < a,
-        Some(a) => id > a,
     }
 }
 

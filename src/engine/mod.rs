@@ -23,26 +23,26 @@ pub mod restore;
 pub mod retention;
 pub mod s3;
 pub mod scrub;
+pub mod settings;
 pub mod sqlite;
 pub mod store;
 pub mod tiering;
 pub mod versioning;
 
 pub use admin::{Check, StoreStatus};
-pub use content::{ContentKind, ContentMode};
-pub use counters::{CounterRule, Totals};
+pub use counters::Totals;
 pub use error::{Backend, Error, Result};
 pub use model::{
-    Attribution, CollectionName, ItemId, Op, PayloadRef, Record, RequestKey, State, SystemFields, Timestamp,
-    VersionEntry, WriteOutcome,
+    Attribution, CollectionName, DEFAULT_DATABASE, Enrichment, ItemId, Op, PayloadRef, Record, RequestKey, State,
+    SystemFields, Timestamp, VersionEntry, VersionTarget, WriteOutcome,
 };
-pub use namespace::{DEFAULT_DATABASE, Stores};
-pub use queue::{Operation, OperationId, OperationStatus, QueueSettings, QueueStats, Submitted, WriteRequest};
+pub use namespace::Stores;
+pub use queue::Submitted;
 pub use restore::{RestoreCounts, RestorePage};
 pub use retention::{ItemPrune, PrunePolicy, PruneReport};
 pub use scrub::{Orphan, ScrubOptions, ScrubReport};
+pub use settings::{CollectionMap, ContentKind, ContentMode, CounterRule, EngineSettings, QueueSettings};
+pub use store::queue::{Operation, OperationId, OperationStatus, QueueStats, WriteRequest};
 pub use store::{HistoryPoint, MetaStore, PayloadStore, RefWrite};
 pub use tiering::TieringReport;
-pub use versioning::{
-    CollectionMap, Engine, EngineSettings, Enrichment, ListOptions, ListPage, ReadOptions, VersionTarget,
-};
+pub use versioning::{Engine, ListOptions, ListPage, ReadOptions};

@@ -20,13 +20,14 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use super::error::{Error, Result};
+use super::model::VersionTarget;
 use super::model::{
     Attribution, CollectionName, Head, ItemId, Op, PayloadRef, Timestamp, VersionEntry, WriteOutcome, now, payload_key,
 };
 use super::query::Filter;
 use super::store::{HistoryPoint, ListQuery, RefWrite};
+use super::versioning::Engine;
 use super::versioning::NewContent;
-use super::versioning::{Engine, VersionTarget};
 
 /// How many times an item written concurrently during the restore is re-examined (with a
 /// growing pause: a conflict may be another transaction still holding the item, as in
@@ -80,9 +81,6 @@ impl Target {
 
 /// Pages of [`Engine::restore_collection`] being written at once.
 const RESTORE_PAGES_IN_FLIGHT: usize = 3;
-
-/// Items per page of [`Engine::restore_collection`].
-pub const RESTORE_PAGE: usize = 500;
 
 /// What the restore would do (dry run) or did, for one page or summed over pages.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]

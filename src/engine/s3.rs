@@ -63,7 +63,7 @@ impl S3Connection {
                 TimeoutConfig::builder()
                     .connect_timeout(Duration::from_secs(5))
                     .operation_attempt_timeout(Duration::from_secs(20))
-                    // Below the 45 s a write may take to its commit (`scrub::commit_window`): a
+                    // Below the 45 s a write may take to its commit (`store::rules::commit_window`): a
                     // PUT that slow fails as itself instead of making its write miss the window.
                     .operation_timeout(Duration::from_secs(30))
                     .build(),

@@ -21,15 +21,13 @@ use serde_json::{Map, Value};
 use tokio::sync::OwnedMutexGuard;
 
 use super::error::{Error, Result};
-use super::local::LocalPayloadStore;
-use super::memory::{HEAD_OVERHEAD, check_precondition, next_head, ref_head};
 use super::model::{CollectionName, Head, ItemId, Op, RequestKey, RequestStamp, Timestamp, VersionEntry};
 use super::query::Filter;
+use super::store::rules::{HEAD_OVERHEAD, check_precondition, next_head, ref_head};
 use super::store::{
     CommitError, HeadChange, HistoryPoint, ListQuery, MetaStore, NewData, PendingWrite, PrunedVersion, RefWrite,
     TierBatch,
 };
-use super::versioning::{Engine, EngineSettings};
 
 /// Bumped whenever the tables change; a database from a newer build is refused, not misread.
 const SCHEMA_VERSION: i64 = 4;
@@ -120,27 +118,6 @@ const MIGRATIONS: &[&str] = &[
     // 4: retention's tallies per counter name since `counters_from` (JSON object; NULL = none).
     "ALTER TABLE sequences ADD COLUMN pruned TEXT;",
 ];
-
-/// The engine of database `database` on the embedded backends: `dir/chronos.db` and
-/// `dir/payloads/` (with `backups/` and `content/`), created if needed.
-pub fn embedded(dir: &Path, database: &str, settings: EngineSettings) -> Result<Engine> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| Error::metadata(format!("cannot create data directory {}: {e}", dir.display())))?;
-    // The metadata store takes the directory's lock, so it opens first.
-    let meta = SqliteMetaStore::open(&dir.join("chronos.db"))?;
-    let payloads = LocalPayloadStore::open(&dir.join("payloads"))?;
-    let backups = LocalPayloadStore::open(&dir.join("backups"))?;
-    let content = LocalPayloadStore::open(&dir.join("content"))?;
-    let queue = crate::engine::queue::sqlite::SqliteQueue::new(meta.clone());
-    let stores = super::Stores {
-        meta: Arc::new(meta),
-        payloads: Arc::new(payloads),
-        backups: Arc::new(backups),
-        content: Arc::new(content),
-        queue: Arc::new(queue),
-    };
-    Engine::for_database(database, stores, settings)
-}
 
 #[derive(Clone)]
 pub struct SqliteMetaStore {

@@ -11,106 +11,16 @@ use tokio::sync::OnceCell;
 use super::envelope::{self, Decoded};
 use super::error::{Error, Result};
 use super::model::{
-    Attribution, CollectionName, Content, Head, ItemId, Op, Record, RequestStamp, State, SystemFields, Timestamp,
-    VersionEntry, WriteOutcome, now, parse_data, payload_key,
+    Attribution, CollectionName, Content, Enrichment, Head, ItemId, Op, Record, RequestStamp, SYSTEM_KEY, State,
+    SystemFields, Timestamp, VersionEntry, VersionTarget, WriteOutcome, metadata_name, now, parse_data, payload_key,
 };
 use super::query::Filter;
-use super::queue::{QueueSettings, QueueStore};
+use super::settings::{CollectionMap, EngineSettings, QueueSettings};
+use super::store::queue::QueueStore;
 use super::store::{CommitError, HeadChange, ListQuery, MetaStore, NewData, PayloadStore};
-
-/// The key under which records carry their system fields; never part of stored data.
-pub const SYSTEM_KEY: &str = "_system";
 
 /// How many times a write whose commit failed transiently is redone from the start.
 const COMMIT_ATTEMPTS: usize = 5;
-
-/// What a collection indexes and requires (the original's "collection maps").
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct CollectionMap {
-    /// Only these top-level properties become indexed metadata, each with a MongoDB index.
-    /// `None` or empty: every top-level scalar property is indexed metadata (without indexes).
-    pub indexed_props: Option<Vec<String>>,
-    /// Writes without these indexed properties are refused (422, listing what is missing).
-    pub required_indexed: Vec<String>,
-    /// Properties stored in the content bucket (large text, or base64 binary) and referenced
-    /// from the JSON.
-    pub content_props: std::collections::BTreeMap<String, super::content::ContentKind>,
-}
-
-impl CollectionMap {
-    /// What is wrong with this map, as (field, problem); the field is `indexedProps`,
-    /// `requiredIndexed` or `contentProps`. Shared by the configuration file and the operator.
-    pub fn problems(&self) -> Vec<(&'static str, String)> {
-        let mut out = Vec::new();
-        let indexed = self.indexed_props.as_deref().unwrap_or_default();
-        let named = indexed
-            .iter()
-            .map(|p| ("indexedProps", p))
-            .chain(self.required_indexed.iter().map(|p| ("requiredIndexed", p)));
-        for (field, p) in named {
-            if !metadata_name(p) {
-                out.push((
-                    field,
-                    format!("`{p}`: expected a top-level property name without `$`, `.` or NUL"),
-                ));
-            }
-        }
-        for p in self.content_props.keys() {
-            if indexed.contains(p) {
-                out.push(("contentProps", format!("`{p}` can't be both indexed and content")));
-            }
-        }
-        for r in &self.required_indexed {
-            if !indexed.is_empty() && !indexed.contains(r) {
-                out.push(("requiredIndexed", format!("`{r}` is not listed in indexedProps")));
-            }
-        }
-        out
-    }
-
-    fn explicit(&self) -> Option<&[String]> {
-        self.indexed_props.as_deref().filter(|p| !p.is_empty())
-    }
-}
-
-/// Tunables of the versioning core.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EngineSettings {
-    /// Data up to this size is also kept inline in the head while the item is hot, so a latest
-    /// read costs one metadata command and no payload fetch.
-    pub inline_max_bytes: usize,
-    /// Larger data is refused.
-    pub max_payload_bytes: usize,
-    /// Default indexed metadata takes top-level strings up to this length.
-    pub meta_max_string_bytes: usize,
-    /// Per collection name.
-    pub collection_maps: HashMap<String, CollectionMap>,
-    /// Conditional counters per collection name.
-    pub counter_rules: HashMap<String, Vec<super::counters::CounterRule>>,
-    /// How the retry queue retries.
-    pub queue: QueueSettings,
-    /// Items per page of a collection restore (one batch, one transaction each; 1 to 1000).
-    pub restore_page: usize,
-    /// How long after its write id a payload without a version entry may still be committed;
-    /// scrub leaves such payloads alone this long, and a write that can't commit well within it
-    /// is redone (see [`super::scrub::commit_window`]).
-    pub orphan_grace: std::time::Duration,
-}
-
-impl Default for EngineSettings {
-    fn default() -> Self {
-        EngineSettings {
-            inline_max_bytes: 64 * 1024,
-            max_payload_bytes: 8 * 1024 * 1024,
-            meta_max_string_bytes: 1024,
-            collection_maps: HashMap::new(),
-            counter_rules: HashMap::new(),
-            queue: QueueSettings::default(),
-            restore_page: super::restore::RESTORE_PAGE,
-            orphan_grace: super::scrub::ORPHAN_GRACE,
-        }
-    }
-}
 
 /// Read options shared by the point reads.
 #[derive(Debug, Clone, Copy, Default)]
@@ -126,43 +36,6 @@ pub(super) enum NewContent<'a> {
     KeepPrevious,
     /// The previous version's data with these patches merged in (enrichment).
     Merge(&'a [Map<String, Value>]),
-}
-
-/// How [`Engine::enrich`] writes.
-#[derive(Debug, Clone, Default)]
-pub struct Enrichment {
-    /// Recorded in `_system.functionIds` (provenance).
-    pub function_id: Option<String>,
-    /// Optimistic lock; without it, concurrent writes are merged over.
-    pub expected_ov: Option<u64>,
-}
-
-/// Which earlier version a restore brings back.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum VersionTarget {
-    Ov(u64),
-    At(Timestamp),
-}
-
-impl VersionTarget {
-    /// Whether `v` can be the version this names: the one with that ov, or any written at or
-    /// before that time (the latest of those is the one current then).
-    pub fn admits(&self, v: &VersionEntry) -> bool {
-        match *self {
-            VersionTarget::Ov(ov) => v.ov == ov,
-            VersionTarget::At(at) => v.at <= at,
-        }
-    }
-}
-
-impl std::fmt::Display for VersionTarget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            VersionTarget::Ov(ov) => write!(f, "ov {ov}"),
-            VersionTarget::At(at) => write!(f, "{at}"),
-        }
-    }
 }
 
 /// What [`Engine::list`] returns.
@@ -211,7 +84,7 @@ pub struct Engine {
 impl Engine {
     pub fn new(meta: Arc<dyn MetaStore>, payloads: Arc<dyn PayloadStore>, settings: EngineSettings) -> Self {
         Engine {
-            database: super::namespace::DEFAULT_DATABASE.to_owned(),
+            database: super::model::DEFAULT_DATABASE.to_owned(),
             meta,
             payloads,
             backups: None,
@@ -814,7 +687,7 @@ impl Engine {
                 op,
                 expected_ov,
                 write_id: write_id.simple().to_string(),
-                commit_by: super::scrub::commit_deadline(&write_id, self.settings.orphan_grace),
+                commit_by: super::store::rules::commit_deadline(&write_id, self.settings.orphan_grace),
                 at: now(),
                 data: match &content {
                     NewContent::Data(d) => Some(d.clone()),
@@ -994,12 +867,6 @@ pub(super) fn stamp(
 
 fn not_found(collection: &CollectionName, id: &ItemId) -> Error {
     Error::NotFound(format!("{collection}/{id}"))
-}
-
-/// Whether a top-level property name can be indexed metadata: a MongoDB field name (no leading
-/// `$`, no `.`, and no NUL — BSON names are C strings) that is not ours.
-pub(crate) fn metadata_name(p: &str) -> bool {
-    !p.is_empty() && !p.starts_with('$') && !p.contains(['.', '\0']) && p != SYSTEM_KEY
 }
 
 /// With no collection map, every top-level property whose value is a scalar (or an array of

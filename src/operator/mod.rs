@@ -119,7 +119,7 @@ impl Context {
             allowed_engine_images: vec![database::build::image_repository(&engine_image).to_owned()],
             engine_image,
             shared_engine_replicas: 1,
-            restore_page: crate::engine::restore::RESTORE_PAGE,
+            restore_page: crate::engine::settings::RESTORE_PAGE,
             namespace_locks: std::sync::Mutex::default(),
             data_gates: data_gate::DataGates::default(),
         }

@@ -216,7 +216,7 @@ impl MongoMetaStore {
                     // Exactly the lone protocol's filter: the snapshot says it matches, so the
                     // statement either matches or meets a `WriteConflict`.
                     Some((h, d))
-                        if crate::engine::memory::check_precondition(&change, Some(&h)).is_ok() && h.cv < cv =>
+                        if crate::engine::store::rules::check_precondition(&change, Some(&h)).is_ok() && h.cv < cv =>
                     {
                         let (q, u) = head_update(&change, cv);
                         statements.push(doc! {"q": q, "u": u});

@@ -195,7 +195,7 @@ impl MongoMetaStore {
                 let _ = session.abort_transaction().await;
                 // Find out why nothing matched: missing, deleted, stale ov, or a newer cv.
                 let current = self.head(&change.collection, &change.id).await?;
-                super::memory::check_precondition(change, current.as_ref())?;
+                super::store::rules::check_precondition(change, current.as_ref())?;
                 if current.is_some_and(|h| h.cv >= cv) {
                     Ok(Attempt::StaleCv)
                 } else {

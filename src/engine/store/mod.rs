@@ -3,10 +3,13 @@
 //! A backend pair (metadata store + payload store) is exercised by one shared conformance suite
 //! (`tests/it/conformance.rs`), the way `object_store` runs one `integration.rs` for every backend.
 
+pub mod queue;
+pub mod rules;
+
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::error::Result;
+use super::error::{Error, Result};
 use super::model::{CollectionName, Content, Head, ItemId, Op, RequestKey, Timestamp, VersionEntry};
 use super::query::Filter;
 use serde_json::{Map, Value};
@@ -52,7 +55,7 @@ pub struct HeadChange {
     /// writes in groups keeps two writes with one key in different groups.
     pub request_key: Option<RequestKey>,
     /// Commit before this time or not at all: after it, scrub may take the payload uploaded under
-    /// `write_id` for an orphan and delete it (see [`super::scrub::commit_window`]). Every store
+    /// `write_id` for an orphan and delete it (see [`rules::commit_window`]). Every store
     /// checks it right before its commit, with [`in_time`].
     pub commit_by: Timestamp,
 }
@@ -64,7 +67,7 @@ pub fn in_time(commit_by: Timestamp) -> Result<(), CommitError> {
         return Ok(());
     }
     Err(CommitError::NotCommitted {
-        error: super::Error::metadata(
+        error: Error::metadata(
             "the write took too long to reach its commit (its payload could already be taken for an orphan); retry",
         ),
         retry: true,
@@ -107,9 +110,9 @@ pub trait PendingWrite: Send {
 pub enum CommitError {
     /// Definitely not committed: the payload may be removed, and `retry` says whether another
     /// attempt may succeed.
-    NotCommitted { error: super::Error, retry: bool },
+    NotCommitted { error: Error, retry: bool },
     /// The store could not confirm the outcome; the write may be visible. Its payload must stay.
-    Unknown(super::Error),
+    Unknown(Error),
 }
 
 /// One version appended by reference (collection restore): see
