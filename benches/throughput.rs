@@ -25,12 +25,12 @@ use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
 use chronos::api::{self, AppState, ServiceSettings};
 use chronos::client::{self, Client as HttpClient};
-use chronos::engine::mongo::MongoMetaStore;
-use chronos::engine::s3::{S3Connection, S3PayloadStore};
+use chronos::engine::backends::MongoMetaStore;
+use chronos::engine::backends::{S3Connection, S3PayloadStore};
 use chronos::engine::settings::RESTORE_PAGE;
 use chronos::engine::{
     Attribution, CollectionMap, CollectionName, Engine, EngineSettings, Enrichment, HistoryPoint, ItemId, ListOptions,
-    MetaStore, PayloadStore, ReadOptions,
+    MetaWrite, PayloadStore, ReadOptions,
 };
 use clap::Parser;
 use futures::{StreamExt, TryStreamExt};

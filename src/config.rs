@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::engine::s3::S3Connection;
+use crate::engine::backends::S3Connection;
 use crate::engine::{CollectionMap, CollectionName, ContentKind, CounterRule, EngineSettings, QueueSettings};
 
 #[derive(Debug, thiserror::Error)]

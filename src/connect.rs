@@ -6,13 +6,13 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use crate::config::Storage;
-use crate::engine::local::LocalPayloadStore;
-use crate::engine::mongo::MongoMetaStore;
-use crate::engine::queue::mongo::MongoQueue;
-use crate::engine::queue::sqlite::SqliteQueue;
-use crate::engine::s3::{S3Connection, S3PayloadStore};
-use crate::engine::sqlite::SqliteMetaStore;
-use crate::engine::{DEFAULT_DATABASE, Engine, EngineSettings, Error, MetaStore, Result, Stores};
+use crate::engine::backends::LocalPayloadStore;
+use crate::engine::backends::MongoMetaStore;
+use crate::engine::backends::MongoQueue;
+use crate::engine::backends::SqliteMetaStore;
+use crate::engine::backends::SqliteQueue;
+use crate::engine::backends::{S3Connection, S3PayloadStore};
+use crate::engine::{DEFAULT_DATABASE, Engine, EngineSettings, Error, MetaWrite, Result, Stores};
 
 #[derive(Default)]
 pub struct Connections {

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::{Config, Issue, RouteEntry, Storage};
-use crate::engine::s3::S3Connection;
+use crate::engine::backends::S3Connection;
 use crate::engine::{EngineSettings, ItemId};
 
 // One definition for the configuration file's `databaseTypes` and the operator's

@@ -4,27 +4,23 @@
 //! - [`store`]: the two narrow traits a backend implements ([`MetaStore`], [`PayloadStore`]).
 //! - [`versioning`]: the write protocol and the reads, on top of any pair of stores.
 //! - [`envelope`]: the self-describing JSON stored for every version.
-//! - backends: [`mongo`], [`s3`], and the in-memory fakes in [`memory`].
+//! - [`backends`]: MongoDB, S3, SQLite, local files, and the in-memory fakes.
 
 pub mod admin;
+pub mod backends;
 pub mod content;
 pub mod counters;
 pub mod envelope;
 pub mod error;
-pub mod local;
-pub mod memory;
 pub mod merge;
 pub mod model;
-pub mod mongo;
 pub mod namespace;
 pub mod query;
 pub mod queue;
 pub mod restore;
 pub mod retention;
-pub mod s3;
 pub mod scrub;
 pub mod settings;
-pub mod sqlite;
 pub mod store;
 pub mod tiering;
 pub mod versioning;
@@ -43,6 +39,6 @@ pub use retention::{ItemPrune, PrunePolicy, PruneReport};
 pub use scrub::{Orphan, ScrubOptions, ScrubReport};
 pub use settings::{CollectionMap, ContentKind, ContentMode, CounterRule, EngineSettings, QueueSettings};
 pub use store::queue::{Operation, OperationId, OperationStatus, QueueStats, WriteRequest};
-pub use store::{HistoryPoint, MetaStore, PayloadStore, RefWrite};
+pub use store::{HistoryPoint, MetaRead, MetaRestore, MetaStore, MetaUpkeep, MetaWrite, PayloadStore, RefWrite};
 pub use tiering::TieringReport;
 pub use versioning::{Engine, ListOptions, ListPage, ReadOptions};

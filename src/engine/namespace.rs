@@ -123,7 +123,7 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::memory::MemoryPayloadStore;
+    use crate::engine::backends::MemoryPayloadStore;
 
     #[tokio::test]
     async fn keys_listings_and_prefixes_stay_inside_the_database() {

@@ -12,7 +12,7 @@ use super::collection::ChronosCollection;
 use super::database::ChronosDatabase;
 use super::{Context, Error, Result};
 use crate::config::Storage;
-use crate::engine::s3::{S3Connection, S3PayloadStore};
+use crate::engine::backends::{S3Connection, S3PayloadStore};
 use crate::engine::{Engine, EngineSettings};
 
 /// The label a Secret must carry (value `"true"`) for the operator to use it: whoever may create
@@ -89,8 +89,8 @@ pub fn mongo_backend(storage: &Storage) -> Result<String> {
 /// Ping MongoDB (it must be a replica set: writes are transactions).
 pub async fn ping_mongo(ctx: &Context, storage: &Storage) -> Result<()> {
     let (uri, db_name, ..) = remote(storage)?;
-    let meta = crate::engine::mongo::MongoMetaStore::new(ctx.conns.mongo(uri).await?, db_name);
-    crate::engine::MetaStore::ping(&meta).await?;
+    let meta = crate::engine::backends::MongoMetaStore::new(ctx.conns.mongo(uri).await?, db_name);
+    crate::engine::MetaWrite::ping(&meta).await?;
     Ok(())
 }
 

@@ -19,10 +19,6 @@
 //! (`backend_unavailable`) and nothing is acknowledged; the caller retries with its idempotency
 //! key. When the enqueue may have landed anyway, the answer is `outcome_unknown`.
 
-pub mod memory;
-pub mod mongo;
-pub mod sqlite;
-
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -10,12 +10,10 @@ use mongodb::options::{IndexOptions, ReturnDocument};
 use mongodb::{Client, ClientSession, Collection, Database, IndexModel};
 use tokio::sync::OnceCell;
 
+use super::docs::{from_date, get_date, get_opt_string, get_string, get_u64, to_date};
+use super::{durable_database, is_transient, map_err, may_have_written, start_transaction};
 use crate::engine::error::{Error, Result};
 use crate::engine::model::Timestamp;
-use crate::engine::mongo::{
-    durable_database, from_date, get_date, get_opt_string, get_string, get_u64, is_transient, map_err,
-    may_have_written, start_transaction, to_date,
-};
 use crate::engine::store::queue::{Job, Operation, OperationId, OperationStatus, QueueStats, QueueStore, Settlement};
 use crate::engine::store::rules::lease_end;
 

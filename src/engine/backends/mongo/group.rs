@@ -32,7 +32,8 @@ use bson::{Bson, Document, doc};
 use futures::TryStreamExt;
 use tokio::sync::{Notify, oneshot, watch};
 
-use super::{MongoMetaStore, code, head_from_doc, head_update, is_transient, map_err, version_doc};
+use super::docs::{head_from_doc, head_update, version_doc};
+use super::{MongoMetaStore, code, is_transient, map_err};
 use crate::engine::error::{Error, Result};
 use crate::engine::model::{CollectionName, Head, Op, Timestamp, VersionEntry};
 use crate::engine::store::{CommitError, HeadChange, NewData, PendingWrite, in_time};
@@ -174,7 +175,7 @@ impl MongoMetaStore {
         if changes[0].op == Op::Create {
             let mut docs = Vec::new();
             for (cv, change) in (first..).zip(&changes) {
-                match super::create_head(change, cv) {
+                match super::docs::create_head(change, cv) {
                     Ok(d) => docs.push(d),
                     Err(_) => {
                         let _ = session.abort_transaction().await;

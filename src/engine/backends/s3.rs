@@ -9,8 +9,8 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
 
-use super::error::{Error, Result};
-use super::store::PayloadStore;
+use crate::engine::error::{Error, Result};
+use crate::engine::store::PayloadStore;
 
 /// What is needed to reach an S3 endpoint. Secrets never appear in `Debug` output.
 #[derive(Clone, PartialEq, Eq)]

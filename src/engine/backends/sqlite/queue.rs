@@ -6,9 +6,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
+use super::SqliteMetaStore;
+use super::rows::map_sql;
 use crate::engine::error::{Error, Result};
 use crate::engine::model::Timestamp;
-use crate::engine::sqlite::{SqliteMetaStore, map_sql};
 use crate::engine::store::queue::{Job, Operation, OperationId, OperationStatus, QueueStats, QueueStore, Settlement};
 use crate::engine::store::rules::lease_end;
 

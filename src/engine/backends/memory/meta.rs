@@ -1,20 +1,19 @@
-//! In-memory stores: fast fakes for unit tests and the reference the conformance suite is
-//! checked against. Not durable; not for production.
+//! The in-memory metadata store: the reference the conformance suite checks the other stores
+//! against. Not durable; not for production.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use tokio::sync::OwnedMutexGuard;
 
-use super::error::{Error, Result};
-use super::model::{CollectionName, Head, ItemId, Op, RequestKey, State, Timestamp, VersionEntry};
-use super::query::Filter;
-use super::store::rules::{HEAD_OVERHEAD, after, check_precondition, next_head, ref_head};
-use super::store::{
-    CommitError, HeadChange, HistoryPoint, ListQuery, MetaStore, NewData, PayloadStore, PendingWrite, PrunedVersion,
-    RefWrite, TierBatch,
+use crate::engine::error::{Error, Result};
+use crate::engine::model::{CollectionName, Head, ItemId, Op, RequestKey, State, Timestamp, VersionEntry};
+use crate::engine::query::Filter;
+use crate::engine::store::rules::{HEAD_OVERHEAD, after, check_precondition, next_head, ref_head};
+use crate::engine::store::{
+    CommitError, HeadChange, HistoryPoint, ListQuery, MetaRead, MetaRestore, MetaUpkeep, MetaWrite, NewData,
+    PendingWrite, PrunedVersion, RefWrite, TierBatch,
 };
 
 #[derive(Default)]
@@ -73,7 +72,7 @@ impl PendingWrite for MemoryPending {
     }
 
     async fn commit(self: Box<Self>, version: VersionEntry) -> Result<(), CommitError> {
-        super::store::in_time(self.change.commit_by)?;
+        crate::engine::store::in_time(self.change.commit_by)?;
         let mut all = self.store.lock();
         let coll = all.entry(self.change.collection.clone()).or_default();
         if let Some(r) = &version.request {
@@ -95,7 +94,7 @@ impl PendingWrite for MemoryPending {
 }
 
 #[async_trait]
-impl MetaStore for MemoryMetaStore {
+impl MetaWrite for MemoryMetaStore {
     async fn ping(&self) -> Result<()> {
         Ok(())
     }
@@ -130,8 +129,107 @@ impl MetaStore for MemoryMetaStore {
         }))
     }
 
+    async fn version_by_request(&self, collection: &CollectionName, key: &RequestKey) -> Result<Option<VersionEntry>> {
+        let all = self.lock();
+        Ok(all.get(collection).and_then(|c| {
+            c.requests
+                .get(key)
+                .and_then(|(id, ov)| c.versions.get(&(id.clone(), *ov)))
+                .cloned()
+        }))
+    }
+}
+
+#[async_trait]
+impl MetaRead for MemoryMetaStore {
     async fn head(&self, collection: &CollectionName, id: &ItemId) -> Result<Option<Head>> {
         Ok(self.lock().get(collection).and_then(|c| c.heads.get(id).cloned()))
+    }
+
+    async fn version(&self, collection: &CollectionName, id: &ItemId, ov: u64) -> Result<Option<VersionEntry>> {
+        Ok(self
+            .lock()
+            .get(collection)
+            .and_then(|c| c.versions.get(&(id.clone(), ov)).cloned()))
+    }
+
+    async fn version_as_of(
+        &self,
+        collection: &CollectionName,
+        id: &ItemId,
+        at: Timestamp,
+    ) -> Result<Option<VersionEntry>> {
+        let all = self.lock();
+        let Some(c) = all.get(collection) else {
+            return Ok(None);
+        };
+        Ok(c.versions
+            .range((id.clone(), 0)..=(id.clone(), u64::MAX))
+            .rev()
+            .map(|(_, v)| v)
+            .find(|v| v.at <= at)
+            .cloned())
+    }
+
+    async fn versions(
+        &self,
+        collection: &CollectionName,
+        id: &ItemId,
+        after_ov: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<VersionEntry>> {
+        let all = self.lock();
+        let Some(c) = all.get(collection) else {
+            return Ok(vec![]);
+        };
+        let start = after_ov.map_or(0, |o| o.saturating_add(1));
+        Ok(c.versions
+            .range((id.clone(), start)..=(id.clone(), u64::MAX))
+            .take(limit)
+            .map(|(_, v)| v.clone())
+            .collect())
+    }
+
+    async fn list_heads(&self, collection: &CollectionName, q: &ListQuery) -> Result<Vec<Head>> {
+        let all = self.lock();
+        let Some(c) = all.get(collection) else {
+            return Ok(vec![]);
+        };
+        let mut heads: Vec<&Head> = c
+            .heads
+            .values()
+            .filter(|h| q.include_deleted || !h.deleted())
+            .filter(|h| after(&h.id, q))
+            .filter(|h| q.filter.matches(&h.meta))
+            .collect();
+        sort_by_id(&mut heads, |h| &h.id, q.descending);
+        Ok(heads.into_iter().take(q.limit).cloned().collect())
+    }
+}
+
+#[async_trait]
+impl MetaRestore for MemoryMetaStore {
+    async fn versions_at(
+        &self,
+        collection: &CollectionName,
+        ids: &[ItemId],
+        point: HistoryPoint,
+    ) -> Result<Vec<VersionEntry>> {
+        let all = self.lock();
+        let Some(c) = all.get(collection) else {
+            return Ok(vec![]);
+        };
+        Ok(ids
+            .iter()
+            .filter_map(|id| {
+                c.versions
+                    .range((id.clone(), 0)..=(id.clone(), u64::MAX))
+                    .rev()
+                    .map(|(_, v)| v)
+                    .find(|v| point.includes(v))
+                    .cloned()
+            })
+            .collect())
     }
 
     async fn append_by_reference(&self, collection: &CollectionName, writes: Vec<RefWrite>) -> Result<Option<u64>> {
@@ -190,70 +288,13 @@ impl MetaStore for MemoryMetaStore {
         Ok(Some(first))
     }
 
-    async fn version(&self, collection: &CollectionName, id: &ItemId, ov: u64) -> Result<Option<VersionEntry>> {
-        Ok(self
-            .lock()
-            .get(collection)
-            .and_then(|c| c.versions.get(&(id.clone(), ov)).cloned()))
+    async fn count_items(&self, collection: &CollectionName) -> Result<u64> {
+        Ok(self.lock().get(collection).map_or(0, |c| c.heads.len() as u64))
     }
+}
 
-    async fn version_as_of(
-        &self,
-        collection: &CollectionName,
-        id: &ItemId,
-        at: Timestamp,
-    ) -> Result<Option<VersionEntry>> {
-        let all = self.lock();
-        let Some(c) = all.get(collection) else {
-            return Ok(None);
-        };
-        Ok(c.versions
-            .range((id.clone(), 0)..=(id.clone(), u64::MAX))
-            .rev()
-            .map(|(_, v)| v)
-            .find(|v| v.at <= at)
-            .cloned())
-    }
-
-    async fn list_heads(&self, collection: &CollectionName, q: &ListQuery) -> Result<Vec<Head>> {
-        let all = self.lock();
-        let Some(c) = all.get(collection) else {
-            return Ok(vec![]);
-        };
-        let mut heads: Vec<&Head> = c
-            .heads
-            .values()
-            .filter(|h| q.include_deleted || !h.deleted())
-            .filter(|h| after(&h.id, q))
-            .filter(|h| q.filter.matches(&h.meta))
-            .collect();
-        sort_by_id(&mut heads, |h| &h.id, q.descending);
-        Ok(heads.into_iter().take(q.limit).cloned().collect())
-    }
-
-    async fn versions_at(
-        &self,
-        collection: &CollectionName,
-        ids: &[ItemId],
-        point: HistoryPoint,
-    ) -> Result<Vec<VersionEntry>> {
-        let all = self.lock();
-        let Some(c) = all.get(collection) else {
-            return Ok(vec![]);
-        };
-        Ok(ids
-            .iter()
-            .filter_map(|id| {
-                c.versions
-                    .range((id.clone(), 0)..=(id.clone(), u64::MAX))
-                    .rev()
-                    .map(|(_, v)| v)
-                    .find(|v| point.includes(v))
-                    .cloned()
-            })
-            .collect())
-    }
-
+#[async_trait]
+impl MetaUpkeep for MemoryMetaStore {
     async fn count_versions(
         &self,
         collection: &CollectionName,
@@ -280,6 +321,14 @@ impl MetaStore for MemoryMetaStore {
         c.counters_from = c.cv;
         c.pruned.clear();
         Ok(c.cv)
+    }
+
+    async fn pruned_counts(&self, collection: &CollectionName) -> Result<HashMap<String, u64>> {
+        Ok(self
+            .lock()
+            .get(collection)
+            .map(|c| c.pruned.clone())
+            .unwrap_or_default())
     }
 
     async fn mark_processed(
@@ -344,47 +393,6 @@ impl MetaStore for MemoryMetaStore {
         }
         Ok(removed)
     }
-
-    async fn pruned_counts(&self, collection: &CollectionName) -> Result<HashMap<String, u64>> {
-        Ok(self
-            .lock()
-            .get(collection)
-            .map(|c| c.pruned.clone())
-            .unwrap_or_default())
-    }
-
-    async fn version_by_request(&self, collection: &CollectionName, key: &RequestKey) -> Result<Option<VersionEntry>> {
-        let all = self.lock();
-        Ok(all.get(collection).and_then(|c| {
-            c.requests
-                .get(key)
-                .and_then(|(id, ov)| c.versions.get(&(id.clone(), *ov)))
-                .cloned()
-        }))
-    }
-
-    async fn count_items(&self, collection: &CollectionName) -> Result<u64> {
-        Ok(self.lock().get(collection).map_or(0, |c| c.heads.len() as u64))
-    }
-
-    async fn versions(
-        &self,
-        collection: &CollectionName,
-        id: &ItemId,
-        after_ov: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<VersionEntry>> {
-        let all = self.lock();
-        let Some(c) = all.get(collection) else {
-            return Ok(vec![]);
-        };
-        let start = after_ov.map_or(0, |o| o.saturating_add(1));
-        Ok(c.versions
-            .range((id.clone(), start)..=(id.clone(), u64::MAX))
-            .take(limit)
-            .map(|(_, v)| v.clone())
-            .collect())
-    }
 }
 
 fn sort_by_id<T>(items: &mut [&T], id: impl Fn(&T) -> &ItemId, descending: bool) {
@@ -392,66 +400,4 @@ fn sort_by_id<T>(items: &mut [&T], id: impl Fn(&T) -> &ItemId, descending: bool)
         let o = id(a).cmp(id(b));
         if descending { o.reverse() } else { o }
     });
-}
-
-#[derive(Default, Clone)]
-pub struct MemoryPayloadStore {
-    objects: Arc<Mutex<BTreeMap<String, Bytes>>>,
-}
-
-impl MemoryPayloadStore {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Bytes>> {
-        self.objects.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-#[async_trait]
-impl PayloadStore for MemoryPayloadStore {
-    async fn put(&self, key: &str, body: Bytes) -> Result<()> {
-        // Suspend like real I/O would, so concurrent writers really interleave in tests.
-        tokio::task::yield_now().await;
-        self.lock().insert(key.to_owned(), body);
-        Ok(())
-    }
-
-    async fn get(&self, key: &str) -> Result<Option<Bytes>> {
-        Ok(self.lock().get(key).cloned())
-    }
-
-    async fn delete(&self, key: &str) -> Result<()> {
-        self.lock().remove(key);
-        Ok(())
-    }
-
-    async fn presign_get(&self, _key: &str, _ttl: std::time::Duration) -> Result<Option<String>> {
-        Ok(None)
-    }
-
-    fn location(&self) -> String {
-        "memory".to_owned()
-    }
-
-    async fn exists(&self) -> Result<bool> {
-        Ok(true)
-    }
-
-    async fn create(&self) -> Result<()> {
-        Ok(())
-    }
-
-    async fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<String>> {
-        Ok(self
-            .lock()
-            .range(prefix.to_owned()..)
-            .map(|(k, _)| k)
-            .take_while(|k| k.starts_with(prefix))
-            .filter(|k| start_after.is_none_or(|s| k.as_str() > s))
-            .take(limit)
-            .cloned()
-            .collect())
-    }
 }
