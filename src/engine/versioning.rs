@@ -17,7 +17,7 @@ use super::model::{
 use super::query::Filter;
 use super::settings::{CollectionMap, EngineSettings, QueueSettings};
 use super::store::queue::QueueStore;
-use super::store::{CommitError, HeadChange, ListQuery, MetaStore, NewData, PayloadStore};
+use super::store::{CommitError, HeadChange, Held, ListQuery, MetaStore, NewData, PayloadStore};
 
 /// How many times a write whose commit failed transiently is redone from the start.
 const COMMIT_ATTEMPTS: usize = 5;
@@ -696,9 +696,12 @@ impl Engine {
                 function_id: function_id.clone(),
                 request_key: stamp.map(|s| s.key.clone()),
             };
-            let mut pending = self.meta.begin_write(change.clone()).await?;
-            let (ov, cv) = (pending.ov(), pending.cv());
-            let previous = pending.previous().cloned();
+            let Held {
+                previous,
+                ov,
+                cv,
+                write: mut pending,
+            } = self.meta.begin_write(change.clone()).await?;
             if let NewContent::Merge(patches) = &content {
                 // The item is held: merging over its current data can't lose a concurrent write.
                 let merged = match self.merged(collection, previous.as_ref(), patches).await {

@@ -89,12 +89,6 @@ pub struct NewData {
 /// abandons the write.
 #[async_trait]
 pub trait PendingWrite: Send {
-    /// The head before this write; `None` for a create.
-    fn previous(&self) -> Option<&Head>;
-    /// The object version this write will produce.
-    fn ov(&self) -> u64;
-    /// The collection version this write was given.
-    fn cv(&self) -> u64;
     /// Set the data the new head carries, for writes whose data depends on the previous
     /// version (enrichment): they begin without data and fill it in while holding the item.
     async fn set_data(&mut self, data: NewData) -> Result<()>;
@@ -103,6 +97,18 @@ pub trait PendingWrite: Send {
     async fn commit(self: Box<Self>, version: VersionEntry) -> Result<(), CommitError>;
     /// Give the item back without changing anything.
     async fn abort(self: Box<Self>);
+}
+
+/// A write that holds its item (see [`MetaWrite::begin_write`]): where it starts from, and the
+/// [`PendingWrite`] that finishes it.
+pub struct Held {
+    /// The head before this write; `None` for a create.
+    pub previous: Option<Head>,
+    /// The object version this write will produce.
+    pub ov: u64,
+    /// The collection version this write was given.
+    pub cv: u64,
+    pub write: Box<dyn PendingWrite>,
 }
 
 /// Why a commit failed, and whether the write might have happened anyway.
@@ -204,11 +210,11 @@ pub trait MetaWrite: Send + Sync + 'static {
     /// collection per process, never per write.
     async fn prepare_collection(&self, collection: &CollectionName, indexed: &[String]) -> Result<()>;
     /// Start a write: allocate the next cv, check the precondition and hold the item until the
-    /// returned [`PendingWrite`] commits or is dropped.
+    /// returned write ([`Held::write`]) commits or is dropped.
     ///
     /// Errors: `NotFound` (update/delete of a missing or deleted item), `AlreadyExists` (create of
     /// a taken id), `VersionConflict`, `Contended`.
-    async fn begin_write(&self, change: HeadChange) -> Result<Box<dyn PendingWrite>>;
+    async fn begin_write(&self, change: HeadChange) -> Result<Held>;
     /// The version written under this idempotency key, if any (keys are unique per collection
     /// and remembered as long as their version is in the index).
     async fn version_by_request(&self, collection: &CollectionName, key: &RequestKey) -> Result<Option<VersionEntry>>;

@@ -12,7 +12,7 @@ use crate::engine::model::{CollectionName, Head, ItemId, Op, RequestKey, State, 
 use crate::engine::query::Filter;
 use crate::engine::store::rules::{HEAD_OVERHEAD, after, check_precondition, next_head, ref_head};
 use crate::engine::store::{
-    CommitError, HeadChange, HistoryPoint, ListQuery, MetaRead, MetaRestore, MetaUpkeep, MetaWrite, NewData,
+    CommitError, HeadChange, Held, HistoryPoint, ListQuery, MetaRead, MetaRestore, MetaUpkeep, MetaWrite, NewData,
     PendingWrite, PrunedVersion, RefWrite, TierBatch,
 };
 
@@ -56,16 +56,6 @@ struct MemoryPending {
 
 #[async_trait]
 impl PendingWrite for MemoryPending {
-    fn previous(&self) -> Option<&Head> {
-        self.previous.as_ref()
-    }
-    fn ov(&self) -> u64 {
-        self.ov
-    }
-    fn cv(&self) -> u64 {
-        self.cv
-    }
-
     async fn set_data(&mut self, data: NewData) -> Result<()> {
         self.change.data = Some(data);
         Ok(())
@@ -104,7 +94,7 @@ impl MetaWrite for MemoryMetaStore {
         Ok(())
     }
 
-    async fn begin_write(&self, change: HeadChange) -> Result<Box<dyn PendingWrite>> {
+    async fn begin_write(&self, change: HeadChange) -> Result<Held> {
         let item_lock = {
             let mut all = self.lock();
             let coll = all.entry(change.collection.clone()).or_default();
@@ -119,14 +109,20 @@ impl MetaWrite for MemoryMetaStore {
         let cv = coll.cv;
         let ov = previous.as_ref().map_or(0, |p| p.ov + 1);
         drop(all);
-        Ok(Box::new(MemoryPending {
+        let write = Box::new(MemoryPending {
             store: self.clone(),
             change,
-            previous,
+            previous: previous.clone(),
             ov,
             cv,
             _item: guard,
-        }))
+        });
+        Ok(Held {
+            previous,
+            ov,
+            cv,
+            write,
+        })
     }
 
     async fn version_by_request(&self, collection: &CollectionName, key: &RequestKey) -> Result<Option<VersionEntry>> {

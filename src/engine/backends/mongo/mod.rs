@@ -35,7 +35,7 @@ use mongodb::{Client, ClientSession, Collection, Database};
 
 use crate::engine::error::{Error, Result};
 use crate::engine::model::CollectionName;
-use crate::engine::store::{CommitError, PendingWrite};
+use crate::engine::store::{CommitError, Held};
 use docs::get_u64;
 
 /// MongoDB error codes the store tells apart.
@@ -170,7 +170,7 @@ pub(crate) fn map_err(e: mongodb::error::Error) -> Error {
 
 /// How one attempt to hold an existing item went.
 enum Attempt {
-    Held(Box<dyn PendingWrite>),
+    Held(Box<Held>),
     /// The head has a cv at least ours: take a new one.
     StaleCv,
     /// Another transaction holds the item: back off and try again.

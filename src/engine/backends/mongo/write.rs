@@ -14,8 +14,8 @@ use super::{
     Attempt, DUPLICATE_KEY, MongoMetaStore, NAMESPACE_NOT_FOUND, code, commit, commit_error, is_transient, map_err,
 };
 use crate::engine::error::{Error, Result};
-use crate::engine::model::{CollectionName, Head, ItemId, Op, RequestKey, Timestamp, VersionEntry};
-use crate::engine::store::{CommitError, HeadChange, MetaRead, MetaWrite, NewData, PendingWrite};
+use crate::engine::model::{CollectionName, ItemId, Op, RequestKey, Timestamp, VersionEntry};
+use crate::engine::store::{CommitError, HeadChange, Held, MetaRead, MetaWrite, NewData, PendingWrite};
 
 /// How often a write retries when another transaction holds its item, before giving up.
 pub(super) const CONTENTION_ATTEMPTS: u32 = 40;
@@ -23,11 +23,11 @@ pub(super) const CONTENTION_ATTEMPTS: u32 = 40;
 impl MongoMetaStore {
     /// A write on its own: the protocol of `docs/design.md`. A writer that finds its item held
     /// by another transaction backs off and tries again.
-    async fn begin_alone(&self, change: HeadChange) -> Result<Box<dyn PendingWrite>> {
+    async fn begin_alone(&self, change: HeadChange) -> Result<Held> {
         let mut cv = self.next_cv(&change.collection).await?;
         for attempt in 0..CONTENTION_ATTEMPTS {
             match self.try_hold(&change, cv).await? {
-                Attempt::Held(pending) => return Ok(pending),
+                Attempt::Held(pending) => return Ok(*pending),
                 Attempt::StaleCv => cv = self.next_cv(&change.collection).await?,
                 Attempt::Busy => backoff(attempt).await,
             }
@@ -61,15 +61,17 @@ impl MongoMetaStore {
                 _ => Err(map_err(e)),
             };
         }
-        Ok(Attempt::Held(Box::new(MongoPending {
-            heads: self.heads(&change.collection),
-            id: change.id.clone(),
-            store_versions: self.versions_coll(&change.collection),
-            session,
+        Ok(Attempt::Held(Box::new(Held {
             previous: None,
             ov: 0,
             cv,
-            commit_by: change.commit_by,
+            write: Box::new(MongoPending {
+                heads: self.heads(&change.collection),
+                id: change.id.clone(),
+                store_versions: self.versions_coll(&change.collection),
+                session,
+                commit_by: change.commit_by,
+            }),
         })))
     }
 
@@ -103,15 +105,17 @@ impl MongoMetaStore {
             Ok(Some(before)) => {
                 let previous = head_from_doc(&change.id, before)?;
                 let ov = previous.ov + 1;
-                Ok(Attempt::Held(Box::new(MongoPending {
-                    heads: heads.clone(),
-                    id: change.id.clone(),
-                    store_versions: self.versions_coll(&change.collection),
-                    session,
+                Ok(Attempt::Held(Box::new(Held {
                     previous: Some(previous),
                     ov,
                     cv,
-                    commit_by: change.commit_by,
+                    write: Box::new(MongoPending {
+                        heads: heads.clone(),
+                        id: change.id.clone(),
+                        store_versions: self.versions_coll(&change.collection),
+                        session,
+                        commit_by: change.commit_by,
+                    }),
                 })))
             }
             Ok(None) => {
@@ -151,24 +155,11 @@ pub(super) struct MongoPending {
     id: ItemId,
     store_versions: Collection<Document>,
     session: ClientSession,
-    previous: Option<Head>,
-    ov: u64,
-    cv: u64,
     commit_by: Timestamp,
 }
 
 #[async_trait]
 impl PendingWrite for MongoPending {
-    fn previous(&self) -> Option<&Head> {
-        self.previous.as_ref()
-    }
-    fn ov(&self) -> u64 {
-        self.ov
-    }
-    fn cv(&self) -> u64 {
-        self.cv
-    }
-
     async fn set_data(&mut self, data: NewData) -> Result<()> {
         let mut set = doc! {
             "size": data.content.size() as i64,
@@ -307,12 +298,12 @@ impl MetaWrite for MongoMetaStore {
         Ok(())
     }
 
-    async fn begin_write(&self, change: HeadChange) -> Result<Box<dyn PendingWrite>> {
+    async fn begin_write(&self, change: HeadChange) -> Result<Held> {
         if !super::group::groupable(&change) {
             return self.begin_alone(change).await;
         }
         match self.lanes.join(self, &change).await {
-            super::group::Answer::Held(pending) => pending,
+            super::group::Answer::Held(pending) => pending.map(|held| *held),
             super::group::Answer::Alone => self.begin_alone(change).await,
         }
     }

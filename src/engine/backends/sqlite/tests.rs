@@ -7,7 +7,7 @@ use super::schema::{SCHEMA, SCHEMA_VERSION};
 use super::write::refs_commit_failed;
 use super::*;
 use crate::engine::model::{Content, Op, RequestKey, VersionEntry, now};
-use crate::engine::store::{HeadChange, ListQuery, MetaRead, MetaWrite, NewData, PendingWrite};
+use crate::engine::store::{HeadChange, Held, ListQuery, MetaRead, MetaWrite, NewData};
 
 /// Review L1: a COMMIT of appends by reference that failed after writing may still have
 /// happened, so it is `OutcomeUnknown` (never queued without the caller's key); a busy
@@ -40,11 +40,11 @@ fn change(id: &str, op: Op, expected_ov: Option<u64>) -> HeadChange {
     }
 }
 
-fn entry(p: &dyn PendingWrite, c: &HeadChange) -> VersionEntry {
+fn entry(p: &Held, c: &HeadChange) -> VersionEntry {
     VersionEntry {
         id: c.id.clone(),
-        ov: p.ov(),
-        cv: p.cv(),
+        ov: p.ov,
+        cv: p.cv,
         op: c.op,
         at: c.at,
         actor: None,
@@ -72,8 +72,8 @@ async fn a_long_listing_gives_the_connection_up_between_pages() {
     for i in 0..600 {
         let c = change(&format!("i{i:04}"), Op::Create, None);
         let p = s.begin_write(c.clone()).await.unwrap();
-        let v = entry(p.as_ref(), &c);
-        p.commit(v).await.unwrap();
+        let v = entry(&p, &c);
+        p.write.commit(v).await.unwrap();
     }
     let none = crate::engine::query::Filter::parse(&serde_json::json!({"k": "no such value"}), &|_| true).unwrap();
     let q = ListQuery {
@@ -103,12 +103,12 @@ async fn item_locks_are_held_until_commit_or_drop_and_then_forgotten() {
     let update = change("a", Op::Update, Some(0));
     let waiting = tokio::spawn({
         let s = SqliteMetaStore { inner: s.inner.clone() };
-        async move { s.begin_write(update).await.map(|p| p.ov()) }
+        async move { s.begin_write(update).await.map(|p| p.ov) }
     });
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(!waiting.is_finished());
-    let v = entry(p.as_ref(), &create);
-    p.commit(v).await.unwrap();
+    let v = entry(&p, &create);
+    p.write.commit(v).await.unwrap();
     assert_eq!(waiting.await.unwrap().unwrap(), 1);
     assert_eq!(busy_items(&s), 0, "released locks are removed");
 

@@ -12,7 +12,7 @@ use super::{Inner, ItemGuard, SqliteMetaStore, lock_std};
 use crate::engine::error::{Error, Result};
 use crate::engine::model::{CollectionName, Head, ItemId, RequestKey, VersionEntry};
 use crate::engine::store::rules::{check_precondition, next_head, ref_head};
-use crate::engine::store::{CommitError, HeadChange, MetaWrite, NewData, PendingWrite, RefWrite};
+use crate::engine::store::{CommitError, HeadChange, Held, MetaWrite, NewData, PendingWrite, RefWrite};
 
 /// Write the new head and its version entry in one transaction.
 pub(super) fn commit_write(
@@ -251,16 +251,6 @@ pub(super) struct SqlitePending {
 
 #[async_trait]
 impl PendingWrite for SqlitePending {
-    fn previous(&self) -> Option<&Head> {
-        self.previous.as_ref()
-    }
-    fn ov(&self) -> u64 {
-        self.ov
-    }
-    fn cv(&self) -> u64 {
-        self.cv
-    }
-
     async fn set_data(&mut self, data: NewData) -> Result<()> {
         self.change.data = Some(data);
         Ok(())
@@ -304,7 +294,7 @@ impl MetaWrite for SqliteMetaStore {
         Ok(())
     }
 
-    async fn begin_write(&self, change: HeadChange) -> Result<Box<dyn PendingWrite>> {
+    async fn begin_write(&self, change: HeadChange) -> Result<Held> {
         let item = self
             .inner
             .items
@@ -321,14 +311,20 @@ impl MetaWrite for SqliteMetaStore {
             })
             .await?;
         let ov = previous.as_ref().map_or(0, |p| p.ov + 1);
-        Ok(Box::new(SqlitePending {
+        let write = Box::new(SqlitePending {
             store: self.inner.clone(),
             change,
-            previous,
+            previous: previous.clone(),
             ov,
             cv,
             item,
-        }))
+        });
+        Ok(Held {
+            previous,
+            ov,
+            cv,
+            write,
+        })
     }
 
     async fn version_by_request(&self, c: &CollectionName, key: &RequestKey) -> Result<Option<VersionEntry>> {
