@@ -83,7 +83,7 @@ impl Engine {
             VersionTarget::Ov(ov) => serde_json::json!({"ov": ov}),
             VersionTarget::At(at) => serde_json::json!({"at": at}),
         };
-        let stamp = crate::engine::versioning::stamp(who, collection, "restore", Some(id), expected_ov, &body)?;
+        let stamp = crate::engine::versioning::stamp::stamp(who, collection, "restore", Some(id), expected_ov, &body)?;
         let (_, outcome) = self
             .once_per_key(collection, stamp.as_ref(), || async {
                 let outcome = self
