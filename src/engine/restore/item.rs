@@ -8,7 +8,7 @@ use crate::engine::model::VersionTarget;
 use crate::engine::model::{Attribution, CollectionName, Head, ItemId, Op, VersionEntry, WriteOutcome, payload_key};
 use crate::engine::store::HistoryPoint;
 use crate::engine::versioning::Engine;
-use crate::engine::versioning::NewContent;
+use crate::engine::versioning::{NewContent, WriteIntent};
 
 /// How many times an item written concurrently during the restore is re-examined (with a
 /// growing pause: a conflict may be another transaction still holding the item, as in
@@ -208,17 +208,14 @@ impl Engine {
         };
         let decoded = crate::engine::envelope::decode(&bytes, &expected)?;
         let data = self.new_data(collection, decoded.data)?;
-        self.write_once(
-            collection,
-            &head.id,
-            Op::Restore,
-            Some(head.ov),
-            NewContent::Data(data),
-            None,
-            who,
-            stamp,
-        )
-        .await
+        let intent = WriteIntent {
+            op: Op::Restore,
+            expected_ov: Some(head.ov),
+            content: NewContent::Data(data),
+            function_id: None,
+            stamp: stamp.cloned(),
+        };
+        self.write_once(collection, &head.id, who, intent).await
     }
 }
 

@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 use tokio::sync::OnceCell;
 
 use crate::engine::error::Result;
-use crate::engine::model::{CollectionName, ItemId, Record, Timestamp, metadata_name};
+use crate::engine::model::{CollectionName, ItemId, Op, Record, RequestStamp, Timestamp, metadata_name};
 use crate::engine::settings::{CollectionMap, EngineSettings, QueueSettings};
 use crate::engine::store::queue::QueueStore;
 use crate::engine::store::{MetaStore, NewData, PayloadStore};
@@ -25,6 +25,17 @@ use crate::engine::store::{MetaStore, NewData, PayloadStore};
 pub struct ReadOptions {
     /// Return deleted items (and delete versions) instead of `NotFound`.
     pub include_deleted: bool,
+}
+
+/// What one write does to its item: the operation, its precondition, where its data comes from,
+/// and what it records (the enrichment's function id, the caller's idempotency stamp).
+pub(crate) struct WriteIntent<'a> {
+    pub op: Op,
+    /// Optimistic lock: the write applies only if the head is at this ov. `None` = last writer wins.
+    pub expected_ov: Option<u64>,
+    pub content: NewContent<'a>,
+    pub function_id: Option<String>,
+    pub stamp: Option<RequestStamp>,
 }
 
 /// Where a write's data comes from.

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use super::stamp::stamp;
-use super::{Engine, NewContent};
+use super::{Engine, NewContent, WriteIntent};
 use crate::engine::envelope::{self};
 use crate::engine::error::{Error, Result};
 use crate::engine::model::{
@@ -51,12 +51,14 @@ impl Engine {
         self.write(
             collection,
             &id,
-            Op::Create,
-            None,
-            NewContent::Data(data),
-            None,
             who,
-            stamp,
+            WriteIntent {
+                op: Op::Create,
+                expected_ov: None,
+                content: NewContent::Data(data),
+                function_id: None,
+                stamp,
+            },
         )
         .await
     }
@@ -78,12 +80,14 @@ impl Engine {
             .write(
                 collection,
                 id,
-                Op::Update,
-                expected_ov,
-                NewContent::Data(data),
-                None,
                 who,
-                stamp,
+                WriteIntent {
+                    op: Op::Update,
+                    expected_ov,
+                    content: NewContent::Data(data),
+                    function_id: None,
+                    stamp,
+                },
             )
             .await?;
         Ok(outcome)
@@ -102,12 +106,14 @@ impl Engine {
             .write(
                 collection,
                 id,
-                Op::Delete,
-                expected_ov,
-                NewContent::KeepPrevious,
-                None,
                 who,
-                stamp,
+                WriteIntent {
+                    op: Op::Delete,
+                    expected_ov,
+                    content: NewContent::KeepPrevious,
+                    function_id: None,
+                    stamp,
+                },
             )
             .await?;
         Ok(outcome)
@@ -142,12 +148,14 @@ impl Engine {
             .write(
                 collection,
                 id,
-                Op::Update,
-                enrichment.expected_ov,
-                content,
-                function_id,
                 who,
-                stamp,
+                WriteIntent {
+                    op: Op::Update,
+                    expected_ov: enrichment.expected_ov,
+                    content,
+                    function_id,
+                    stamp,
+                },
             )
             .await?;
         Ok(outcome)
@@ -192,49 +200,37 @@ impl Engine {
     /// With an idempotency stamp, a write already made under its key is not made again: its
     /// first outcome is returned (`replayed`), also when a concurrent attempt with the same key
     /// wins the race — the store refuses a second version with the key.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn write(
         &self,
         collection: &CollectionName,
         id: &ItemId,
-        op: Op,
-        expected_ov: Option<u64>,
-        content: NewContent<'_>,
-        function_id: Option<String>,
         who: &Attribution,
-        stamp: Option<RequestStamp>,
+        intent: WriteIntent<'_>,
     ) -> Result<(ItemId, WriteOutcome)> {
         self.prepare(collection).await?;
+        let stamp = intent.stamp.clone();
         self.once_per_key(collection, stamp.as_ref(), || async {
-            let outcome = self
-                .write_once(
-                    collection,
-                    id,
-                    op,
-                    expected_ov,
-                    content,
-                    function_id,
-                    who,
-                    stamp.as_ref(),
-                )
-                .await?;
+            let outcome = self.write_once(collection, id, who, intent).await?;
             Ok((id.clone(), outcome))
         })
         .await
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn write_once(
         &self,
         collection: &CollectionName,
         id: &ItemId,
-        op: Op,
-        expected_ov: Option<u64>,
-        content: NewContent<'_>,
-        function_id: Option<String>,
         who: &Attribution,
-        stamp: Option<&RequestStamp>,
+        intent: WriteIntent<'_>,
     ) -> Result<WriteOutcome> {
+        let WriteIntent {
+            op,
+            expected_ov,
+            content,
+            function_id,
+            stamp,
+        } = intent;
+        let stamp = stamp.as_ref();
         let mut attempt = 0;
         loop {
             attempt += 1;
