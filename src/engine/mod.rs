@@ -16,9 +16,9 @@ pub mod merge;
 pub mod model;
 pub mod namespace;
 pub mod query;
-pub mod queue;
 pub mod restore;
 pub mod retention;
+pub mod retry;
 pub mod scrub;
 pub mod settings;
 pub mod store;
@@ -33,9 +33,9 @@ pub use model::{
     SystemFields, Timestamp, VersionEntry, VersionTarget, WriteOutcome,
 };
 pub use namespace::Stores;
-pub use queue::Submitted;
 pub use restore::{RestoreCounts, RestorePage};
 pub use retention::{ItemPrune, PrunePolicy, PruneReport};
+pub use retry::Submitted;
 pub use scrub::{Orphan, ScrubOptions, ScrubReport};
 pub use settings::{CollectionMap, ContentKind, ContentMode, CounterRule, EngineSettings, QueueSettings};
 pub use store::queue::{Operation, OperationId, OperationStatus, QueueStats, WriteRequest};

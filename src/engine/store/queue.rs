@@ -1,6 +1,6 @@
 //! The retry queue's contract: an operation (a write kept as data, with its progress) and the
 //! [`QueueStore`] that keeps operations durably in a database's metadata store. Every backend
-//! implements it beside its metadata store; the engine's retry logic (`engine::queue`) drives it.
+//! implements it beside its metadata store; the engine's retry logic (`engine::retry`) drives it.
 
 use std::str::FromStr;
 use std::time::Duration;

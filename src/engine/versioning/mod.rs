@@ -128,7 +128,7 @@ impl Engine {
         self
     }
 
-    /// Attach the retry queue (see [`super::queue`]).
+    /// Attach the retry queue (see [`crate::engine::retry`]).
     pub fn with_queue(mut self, queue: Arc<dyn QueueStore>) -> Self {
         self.queue = Some(queue);
         self
