@@ -1,10 +1,16 @@
-//! The versioning engine: the core ([`Engine`]), the store traits and their backends.
+//! The versioning engine: the core ([`Engine`]), the store contracts and their backends.
 //!
-//! - [`model`]: names, versions, heads, records.
-//! - [`store`]: the two narrow traits a backend implements ([`MetaStore`], [`PayloadStore`]).
-//! - [`versioning`]: the write protocol and the reads, on top of any pair of stores.
-//! - [`envelope`]: the self-describing JSON stored for every version.
+//! Bottom up:
+//! - [`model`], [`error`], [`query`], [`settings`]: names and records, errors, the filter
+//!   subset, and the settings (shared with the configuration and the operator).
+//! - [`store`]: the contracts a backend implements ([`PayloadStore`]; [`MetaStore`] as
+//!   [`MetaWrite`], [`MetaRead`], [`MetaRestore`], [`MetaUpkeep`]; the retry queue's store) and
+//!   the rules every store follows alike.
 //! - [`backends`]: MongoDB, S3, SQLite, local files, and the in-memory fakes.
+//! - [`versioning`]: the [`Engine`]: the write protocol and the reads, on any set of stores.
+//! - Features that call down into it: [`restore`], [`retention`], [`tiering`], [`counters`],
+//!   [`content`], [`scrub`], [`admin`], [`retry`] (the retry queue), [`namespace`] (a database's
+//!   key prefix in shared buckets).
 
 pub mod admin;
 pub mod backends;

@@ -456,7 +456,7 @@ pub(crate) fn metadata_name(p: &str) -> bool {
     !p.is_empty() && !p.starts_with('$') && !p.contains(['.', '\0']) && p != SYSTEM_KEY
 }
 
-/// How [`Engine::enrich`] writes.
+/// How [`Engine::enrich`](crate::engine::Engine::enrich) writes.
 #[derive(Debug, Clone, Default)]
 pub struct Enrichment {
     /// Recorded in `_system.functionIds` (provenance).

@@ -50,7 +50,7 @@ pub(crate) enum NewContent<'a> {
 /// What [`Engine::list`] returns.
 #[derive(Debug, Clone, Default)]
 pub struct ListOptions {
-    /// A filter in the safe subset (see [`Filter`]); `Value::Null` for none.
+    /// A filter in the safe subset (see [`Filter`](crate::engine::query::Filter)); `Value::Null` for none.
     pub filter: Value,
     /// Continue after this id (from [`ListPage::next_after_id`]).
     pub after_id: Option<ItemId>,
