@@ -6,9 +6,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use crate::config::{RemoteStorage, S3Access, Storage};
-use crate::engine::mongo::MongoMetaStore;
-use crate::engine::s3::{S3Connection, S3PayloadStore};
-use crate::engine::{DEFAULT_DATABASE, Engine, EngineSettings, Error, MetaStore, Result, Stores};
+use crate::engine::backends::{
+    LocalPayloadStore, MongoMetaStore, MongoQueue, S3Connection, S3PayloadStore, SqliteMetaStore, SqliteQueue,
+};
+use crate::engine::{DEFAULT_DATABASE, Engine, EngineSettings, Error, MetaWrite, Result, Stores};
 
 #[derive(Default)]
 pub struct Connections {
@@ -88,7 +89,7 @@ fn redact(message: &str, uri: &str) -> String {
 /// ([`Engine::for_database`]), so databases may share buckets.
 pub async fn open(key: &str, storage: &Storage, settings: EngineSettings, conns: &Connections) -> Result<Arc<Engine>> {
     match storage {
-        Storage::Embedded { dir } => Ok(Arc::new(crate::engine::sqlite::embedded(dir, key, settings)?)),
+        Storage::Embedded { dir } => Ok(Arc::new(embedded(dir, key, settings)?)),
         Storage::Remote(RemoteStorage {
             mongo_uri,
             db_name,
@@ -107,13 +108,34 @@ pub async fn open(key: &str, storage: &Storage, settings: EngineSettings, conns:
                 payloads: bucket(json_bucket),
                 backups: bucket(backups_bucket),
                 content: bucket(content_bucket),
-                queue: Arc::new(crate::engine::queue::mongo::MongoQueue::new(mongo, db_name)),
+                queue: Arc::new(MongoQueue::new(mongo, db_name)),
             };
             let engine = Engine::for_database(key, stores, settings)?;
             engine.ping().await?;
             Ok(Arc::new(engine))
         }
     }
+}
+
+/// The engine of database `database` on the embedded backends: `dir/chronos.db` and
+/// `dir/payloads/` (with `backups/` and `content/`), created if needed.
+pub fn embedded(dir: &Path, database: &str, settings: EngineSettings) -> Result<Engine> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::metadata(format!("cannot create data directory {}: {e}", dir.display())))?;
+    // The metadata store takes the directory's lock, so it opens first.
+    let meta = SqliteMetaStore::open(&dir.join("chronos.db"))?;
+    let payloads = LocalPayloadStore::open(&dir.join("payloads"))?;
+    let backups = LocalPayloadStore::open(&dir.join("backups"))?;
+    let content = LocalPayloadStore::open(&dir.join("content"))?;
+    let queue = SqliteQueue::new(meta.clone());
+    let stores = Stores {
+        meta: Arc::new(meta),
+        payloads: Arc::new(payloads),
+        backups: Arc::new(backups),
+        content: Arc::new(content),
+        queue: Arc::new(queue),
+    };
+    Engine::for_database(database, stores, settings)
 }
 
 /// Where every logical database a configuration names lives, and with which settings, keyed as

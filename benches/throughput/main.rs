@@ -8,7 +8,7 @@
 //! on a shared machine only numbers taken side by side are comparable.
 //!
 //! Mongo commands are counted with the driver's command monitoring (as `tests/it/support.rs`
-//! does), S3 requests with the `engine::decorators::Counting` decorator, and each workload's peak
+//! does), S3 requests with the `engine::store::decorators::Counting` decorator, and each workload's peak
 //! RSS is read from `/proc/self/status` after resetting the high-water mark.
 
 mod args;
@@ -29,10 +29,10 @@ use std::time::{Duration, Instant};
 
 use chronos::api::{self, AppState, ServiceSettings};
 use chronos::client::Client as HttpClient;
-use chronos::engine::decorators::{Counting, RequestCounter};
-use chronos::engine::mongo::MongoMetaStore;
-use chronos::engine::s3::{S3Connection, S3PayloadStore};
-use chronos::engine::{Attribution, CollectionMap, Engine, EngineSettings, ItemId, MetaStore};
+use chronos::engine::backends::MongoMetaStore;
+use chronos::engine::backends::{S3Connection, S3PayloadStore};
+use chronos::engine::store::decorators::{Counting, RequestCounter};
+use chronos::engine::{Attribution, CollectionMap, Engine, EngineSettings, ItemId, MetaWrite};
 use clap::Parser;
 use mongodb::bson::doc;
 use mongodb::event::EventHandler;
@@ -153,8 +153,7 @@ pub async fn run(args: Args) -> Result<(), String> {
     let payloads = Counting::new(Arc::new(json_store), s3_counter.clone());
     let engine = Arc::new(Engine::new(Arc::new(meta), Arc::new(payloads), settings).with_backups(Arc::new(backups)));
     let dir = tempfile::tempdir().map_err(err("temporary directory"))?;
-    let embedded =
-        chronos::engine::sqlite::embedded(dir.path(), chronos::engine::DEFAULT_DATABASE, EngineSettings::default());
+    let embedded = chronos::connect::embedded(dir.path(), chronos::engine::DEFAULT_DATABASE, EngineSettings::default());
     let embedded = Arc::new(embedded.map_err(err("embedded engine"))?);
 
     // The HTTP service, in-process: clients and server share this machine's cores.

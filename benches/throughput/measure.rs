@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use chronos::engine::decorators::RequestCounter;
+use chronos::engine::store::decorators::RequestCounter;
 
 use crate::args::Budget;
 use crate::probes::{Counts, Cpu, Monitor, peak_rss_kib, reset_peak_rss};

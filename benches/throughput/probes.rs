@@ -1,6 +1,6 @@
 //! What the bench reads besides its own clock: Mongo commands and pool waits (driver
 //! monitoring), CPU time of mongod, the S3 server and this process (`/proc/<pid>/stat`), and
-//! peak RSS (`/proc/self/status`). S3 requests are counted by `engine::decorators::Counting`.
+//! peak RSS (`/proc/self/status`). S3 requests are counted by `engine::store::decorators::Counting`.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use chronos::engine::restore::RESTORE_PAGE;
+use chronos::engine::settings::RESTORE_PAGE;
 
 use crate::args::Budget;
 use crate::errors::err;

@@ -98,7 +98,7 @@ pub async fn restore_collection(
         .map(|a| a.parse::<ItemId>())
         .transpose()
         .map_err(|e| ApiError::bad_request(format!("`afterId`: {e}")))?;
-    let limit = req.limit.unwrap_or(crate::engine::restore::RESTORE_PAGE);
+    let limit = req.limit.unwrap_or(crate::engine::settings::RESTORE_PAGE);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request("`limit` must be between 1 and 1000"));
     }

@@ -132,7 +132,7 @@ impl Presentation {
         };
         let mut out = record_json(collection, record);
         if let Some(url) = url {
-            out[crate::engine::versioning::SYSTEM_KEY]["payloadUrl"] = Value::String(url);
+            out[crate::engine::model::SYSTEM_KEY]["payloadUrl"] = Value::String(url);
         }
         Ok(out)
     }
@@ -142,7 +142,7 @@ impl Presentation {
 pub fn record_json(collection: &CollectionName, r: Record) -> Value {
     let mut out = r.data;
     out.insert(
-        crate::engine::versioning::SYSTEM_KEY.to_owned(),
+        crate::engine::model::SYSTEM_KEY.to_owned(),
         json!({
             "id": r.id,
             "collection": collection,

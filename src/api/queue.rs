@@ -11,7 +11,7 @@ use utoipa_axum::routes;
 use super::error::{ApiError, ErrorBody, Result};
 use super::extract::ApiQuery;
 use super::state::AppState;
-use crate::engine::queue::OperationResult;
+use crate::engine::store::queue::OperationResult;
 use crate::engine::{Operation, OperationId, OperationStatus, QueueStats, Timestamp};
 
 /// The queue routes, with their part of the OpenAPI document.

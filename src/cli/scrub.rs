@@ -28,7 +28,7 @@ pub struct ScrubArgs {
     collection: Option<String>,
     /// Payloads whose write began less than this many seconds ago are left alone (they may
     /// belong to writes in flight); at least the engines' orphan grace.
-    #[arg(long, default_value_t = chronos::engine::scrub::ORPHAN_GRACE.as_secs())]
+    #[arg(long, default_value_t = chronos::engine::settings::ORPHAN_GRACE.as_secs())]
     grace_secs: u64,
     /// Delete the orphans found.
     #[arg(long)]

@@ -143,7 +143,7 @@ engine:
         assert_eq!(c.engine_settings().orphan_grace, Duration::from_secs(20));
         assert_eq!(
             Config::default().engine_settings().orphan_grace,
-            crate::engine::scrub::ORPHAN_GRACE
+            crate::engine::settings::ORPHAN_GRACE
         );
         let too_short = Config::parse("engine:\n  orphanGraceSecs: 2\n").unwrap();
         assert!(

@@ -51,7 +51,7 @@ fn settings_issues(
         if let Err(e) = name.parse::<CollectionName>() {
             issue(format!("counters.{name}"), &e.to_string());
         }
-        for (i, field, problem) in crate::engine::counters::rule_problems(rules) {
+        for (i, field, problem) in crate::engine::settings::rule_problems(rules) {
             issue(format!("counters.{name}[{i}].{field}"), &problem);
         }
     }

@@ -19,30 +19,11 @@ use sha2::Digest;
 
 use super::error::{Error, Result};
 use super::model::{CollectionName, ItemId, Record, payload_key};
+use super::settings::{ContentKind, ContentMode};
 use super::versioning::Engine;
 
 /// The reference key in the JSON.
 pub const CONTENT_KEY: &str = "$content";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ContentKind {
-    /// Base64 in the JSON, raw bytes in the bucket.
-    Binary,
-    /// UTF-8 text.
-    Text,
-}
-
-/// How reads show content properties.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ContentMode {
-    /// The value itself (base64 for binary).
-    Inline,
-    /// The `$content` reference as stored.
-    Reference,
-    /// The reference plus a presigned `url`, valid for the duration.
-    Presigned(Duration),
-}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Reference {

@@ -9,48 +9,13 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde::Serialize;
 
 use super::error::Result;
 use super::model::{CollectionName, Op, VersionEntry};
 use super::query::Filter;
+use super::settings::CounterRule;
 use super::versioning::Engine;
-
-/// A named, conditional counter.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct CounterRule {
-    pub name: String,
-    /// A filter on the version's indexed properties (the query subset); `null` for all.
-    #[serde(default)]
-    pub when: Value,
-    /// Which operations count.
-    pub on: Vec<Op>,
-}
-
-/// What is wrong with a collection's counter rules, as (rule index, field, problem); the field
-/// is `name`, `on` or `when`. Shared by the configuration file and the operator.
-pub fn rule_problems(rules: &[CounterRule]) -> Vec<(usize, &'static str, String)> {
-    let mut out = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for (i, rule) in rules.iter().enumerate() {
-        if rule.name.is_empty() || !seen.insert(rule.name.as_str()) {
-            out.push((i, "name", "expected a unique, non-empty name".to_owned()));
-        }
-        if rule.on.is_empty() {
-            out.push((
-                i,
-                "on",
-                "expected at least one of CREATE, UPDATE, DELETE, RESTORE".to_owned(),
-            ));
-        }
-        if let Err(e) = Filter::parse(&rule.when, &|_| true) {
-            out.push((i, "when", e.to_string()));
-        }
-    }
-    out
-}
 
 /// A collection's counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]

@@ -1,50 +1,50 @@
-//! The versioning engine: the core ([`Engine`]), the store traits and their backends.
+//! The versioning engine: the core ([`Engine`]), the store contracts and their backends.
 //!
-//! - [`model`]: names, versions, heads, records.
-//! - [`store`]: the two narrow traits a backend implements ([`MetaStore`], [`PayloadStore`]).
-//! - [`versioning`]: the write protocol and the reads, on top of any pair of stores.
-//! - [`envelope`]: the self-describing JSON stored for every version.
-//! - backends: [`mongo`], [`s3`], and the in-memory fakes in [`memory`].
+//! Bottom up:
+//! - [`model`], [`error`], [`query`], [`settings`]: names and records, errors, the filter
+//!   subset, and the settings (shared with the configuration and the operator).
+//! - [`store`]: the contracts a backend implements ([`PayloadStore`]; [`MetaStore`] as
+//!   [`MetaWrite`], [`MetaRead`], [`MetaRestore`], [`MetaUpkeep`]; the retry queue's store) and
+//!   the rules every store follows alike.
+//! - [`backends`]: MongoDB, S3, SQLite, local files, and the in-memory fakes.
+//! - [`versioning`]: the [`Engine`]: the write protocol and the reads, on any set of stores.
+//! - Features that call down into it: [`restore`], [`retention`], [`tiering`], [`counters`],
+//!   [`content`], [`scrub`], [`admin`], [`retry`] (the retry queue), [`namespace`] (a database's
+//!   key prefix in shared buckets).
 
 pub mod admin;
+pub mod backends;
 pub mod content;
 pub mod counters;
-#[cfg(feature = "testing")]
-pub mod decorators;
 pub mod envelope;
 pub mod error;
-pub mod local;
-pub mod memory;
 pub mod merge;
 pub mod model;
-pub mod mongo;
 pub mod namespace;
 pub mod query;
-pub mod queue;
 pub mod restore;
 pub mod retention;
-pub mod s3;
+pub mod retry;
 pub mod scrub;
-pub mod sqlite;
+pub mod settings;
 pub mod store;
 pub mod tiering;
 pub mod versioning;
 
 pub use admin::{Check, StoreStatus};
-pub use content::{ContentKind, ContentMode};
-pub use counters::{CounterRule, Totals};
+pub use counters::Totals;
 pub use error::{Backend, Error, Result};
 pub use model::{
-    Attribution, CollectionName, ItemId, Op, PayloadRef, Record, RequestKey, State, SystemFields, Timestamp,
-    VersionEntry, WriteOutcome,
+    Attribution, CollectionName, DEFAULT_DATABASE, Enrichment, ItemId, Op, PayloadRef, Record, RequestKey, State,
+    SystemFields, Timestamp, VersionEntry, VersionTarget, WriteOutcome,
 };
-pub use namespace::{DEFAULT_DATABASE, Stores};
-pub use queue::{Operation, OperationId, OperationStatus, QueueSettings, QueueStats, Submitted, WriteRequest};
+pub use namespace::Stores;
 pub use restore::{RestoreCounts, RestorePage};
 pub use retention::{ItemPrune, PrunePolicy, PruneReport};
+pub use retry::Submitted;
 pub use scrub::{Orphan, ScrubOptions, ScrubReport};
-pub use store::{HistoryPoint, MetaStore, PayloadStore, RefWrite};
+pub use settings::{CollectionMap, ContentKind, ContentMode, CounterRule, EngineSettings, QueueSettings};
+pub use store::queue::{Operation, OperationId, OperationStatus, QueueStats, WriteRequest};
+pub use store::{HistoryPoint, MetaRead, MetaRestore, MetaStore, MetaUpkeep, MetaWrite, PayloadStore, RefWrite};
 pub use tiering::TieringReport;
-pub use versioning::{
-    CollectionMap, Engine, EngineSettings, Enrichment, ListOptions, ListPage, ReadOptions, VersionTarget,
-};
+pub use versioning::{Engine, ListOptions, ListPage, ReadOptions};

@@ -444,6 +444,55 @@ impl Attribution {
     }
 }
 
+/// The database key of the single-database configuration (`/v1/default/…`).
+pub const DEFAULT_DATABASE: &str = "default";
+
+/// The key under which records carry their system fields; never part of stored data.
+pub const SYSTEM_KEY: &str = "_system";
+
+/// Whether a top-level property name can be indexed metadata: a MongoDB field name (no leading
+/// `$`, no `.`, and no NUL — BSON names are C strings) that is not ours.
+pub(crate) fn metadata_name(p: &str) -> bool {
+    !p.is_empty() && !p.starts_with('$') && !p.contains(['.', '\0']) && p != SYSTEM_KEY
+}
+
+/// How [`Engine::enrich`](crate::engine::Engine::enrich) writes.
+#[derive(Debug, Clone, Default)]
+pub struct Enrichment {
+    /// Recorded in `_system.functionIds` (provenance).
+    pub function_id: Option<String>,
+    /// Optimistic lock; without it, concurrent writes are merged over.
+    pub expected_ov: Option<u64>,
+}
+
+/// Which earlier version a restore brings back.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum VersionTarget {
+    Ov(u64),
+    At(Timestamp),
+}
+
+impl VersionTarget {
+    /// Whether `v` can be the version this names: the one with that ov, or any written at or
+    /// before that time (the latest of those is the one current then).
+    pub fn admits(&self, v: &VersionEntry) -> bool {
+        match *self {
+            VersionTarget::Ov(ov) => v.ov == ov,
+            VersionTarget::At(at) => v.at <= at,
+        }
+    }
+}
+
+impl std::fmt::Display for VersionTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VersionTarget::Ov(ov) => write!(f, "ov {ov}"),
+            VersionTarget::At(at) => write!(f, "{at}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

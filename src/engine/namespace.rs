@@ -13,12 +13,10 @@ use bytes::Bytes;
 
 use super::error::{Error, Result};
 use super::model::ItemId;
-use super::queue::QueueStore;
+use super::settings::EngineSettings;
+use super::store::queue::QueueStore;
 use super::store::{MetaStore, PayloadStore};
-use super::versioning::{Engine, EngineSettings};
-
-/// The database key of the single-database configuration (`/v1/default/…`).
-pub const DEFAULT_DATABASE: &str = "default";
+use super::versioning::Engine;
 
 /// A payload store seen through one database's prefix: keys given are relative to
 /// `<database>/`, and listings return relative keys of that prefix only.
@@ -125,7 +123,7 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::memory::MemoryPayloadStore;
+    use crate::engine::backends::MemoryPayloadStore;
 
     #[tokio::test]
     async fn keys_listings_and_prefixes_stay_inside_the_database() {

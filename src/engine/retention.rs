@@ -13,10 +13,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::error::{Error, Result};
+use super::model::VersionTarget;
 use super::model::{CollectionName, Head, ItemId, Op, PayloadRef, Timestamp, VersionEntry, now, payload_key};
 use super::query::Filter;
 use super::store::{HistoryPoint, ListQuery, PrunedVersion};
-use super::versioning::{Engine, VersionTarget};
+use super::versioning::Engine;
 
 const PAGE: usize = 200;
 

@@ -8,7 +8,7 @@
 //!
 //! A write's payload exists before its commit, so a key without an entry may belong to a write
 //! still in flight. The write id is a UUIDv7 taken before the write begins, and every store
-//! refuses to commit a write later than [`commit_window`] after it, so a key whose write id is
+//! refuses to commit a write later than `store::rules::commit_window` after it, so a key whose write id is
 //! older than the grace period ([`ORPHAN_GRACE`], shared with the engines' settings) can no
 //! longer become committed. Younger keys are counted, never reported.
 //!
@@ -22,36 +22,10 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use super::error::Result;
-use super::model::{CollectionName, ItemId, Timestamp};
+use super::model::{CollectionName, ItemId};
+use super::settings::ORPHAN_GRACE;
+use super::store::rules::began_ms;
 use super::versioning::Engine;
-
-/// How long after its write id a payload without a version entry may still become committed:
-/// scrub leaves younger keys alone. Keep it at least MongoDB's `transactionLifetimeLimitSeconds`.
-pub const ORPHAN_GRACE: Duration = Duration::from_secs(60);
-
-/// How much of the grace a write may spend between its write id and its commit; what is left
-/// covers the commit command itself and clocks that differ between the engine and scrub hosts.
-pub fn commit_window(grace: Duration) -> Duration {
-    grace - grace / 4
-}
-
-/// When a write with this (UUIDv7) write id must have committed by, for scrub's `grace`.
-pub(crate) fn commit_deadline(write_id: &uuid::Uuid, grace: Duration) -> Timestamp {
-    let began = began_ms(write_id)
-        .and_then(|ms| i64::try_from(ms).ok())
-        .and_then(|ms| Timestamp::from_millisecond(ms).ok())
-        .unwrap_or_else(super::model::now);
-    jiff::SignedDuration::try_from(commit_window(grace))
-        .ok()
-        .and_then(|window| began.checked_add(window).ok())
-        .unwrap_or(Timestamp::MAX)
-}
-
-/// When a write began, in Unix milliseconds, from its UUIDv7 write id.
-fn began_ms(write_id: &uuid::Uuid) -> Option<u64> {
-    let (secs, nanos) = write_id.get_timestamp()?.to_unix();
-    Some(secs * 1000 + u64::from(nanos / 1_000_000))
-}
 
 /// How a scrub runs.
 #[derive(Debug, Clone)]

@@ -13,7 +13,7 @@ use super::crd::collection::ChronosCollection;
 use super::crd::database::{ChronosDatabase, database_key};
 use super::error::{Error, Result};
 use crate::config::{RemoteStorage, S3Access, Storage};
-use crate::engine::s3::S3PayloadStore;
+use crate::engine::backends::S3PayloadStore;
 use crate::engine::{Engine, EngineSettings};
 
 /// The label a Secret must carry (value `"true"`) for the operator to use it: whoever may create
@@ -90,8 +90,8 @@ pub fn mongo_backend(storage: &Storage) -> Result<String> {
 /// Ping MongoDB (it must be a replica set: writes are transactions).
 pub async fn ping_mongo(ctx: &Context, storage: &Storage) -> Result<()> {
     let (uri, db_name, ..) = remote(storage)?;
-    let meta = crate::engine::mongo::MongoMetaStore::new(ctx.conns.mongo(uri).await?, db_name);
-    crate::engine::MetaStore::ping(&meta).await?;
+    let meta = crate::engine::backends::MongoMetaStore::new(ctx.conns.mongo(uri).await?, db_name);
+    crate::engine::MetaWrite::ping(&meta).await?;
     Ok(())
 }
 

@@ -62,7 +62,7 @@ impl Context {
             backend_hosts: backend_hosts::BackendHosts::default(),
             engine_image,
             shared_engine_replicas: 1,
-            restore_page: crate::engine::restore::RESTORE_PAGE,
+            restore_page: crate::engine::settings::RESTORE_PAGE,
             namespace_locks: std::sync::Mutex::default(),
             data_gates: data_gate::DataGates::default(),
         }

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chronos::api::{self, auth::Tokens};
-use chronos::engine::memory::MemoryMetaStore;
-use chronos::engine::s3::{S3Connection, S3PayloadStore};
+use chronos::engine::backends::MemoryMetaStore;
+use chronos::engine::backends::{S3Connection, S3PayloadStore};
 use chronos::engine::{Engine, EngineSettings};
 use reqwest::Method;
 use serde_json::Value;

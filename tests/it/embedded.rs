@@ -1,7 +1,7 @@
 //! The embedded default backends (SQLite + a local directory): the conformance suite, plus what
 //! only a local store has to get right — surviving a restart and refusing a second process.
 
-use chronos::engine::sqlite::embedded;
+use chronos::connect::embedded;
 use chronos::engine::{Attribution, CollectionName, EngineSettings, Error, Op, ReadOptions};
 use serde_json::json;
 

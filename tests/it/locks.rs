@@ -6,11 +6,11 @@
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use chronos::engine::decorators::{Faults, Faulty};
-use chronos::engine::mongo::MongoMetaStore;
-use chronos::engine::s3::S3PayloadStore;
+use chronos::engine::backends::MongoMetaStore;
+use chronos::engine::backends::S3PayloadStore;
+use chronos::engine::store::decorators::{Faults, Faulty};
 use chronos::engine::{
-    Attribution, CollectionName, Engine, EngineSettings, Error, MetaStore, PayloadStore, ReadOptions,
+    Attribution, CollectionName, Engine, EngineSettings, Error, MetaWrite, PayloadStore, ReadOptions,
 };
 use mongodb::bson::{Document, doc};
 use mongodb::event::EventHandler;

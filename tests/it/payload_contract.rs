@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chronos::engine::PayloadStore;
-use chronos::engine::local::LocalPayloadStore;
-use chronos::engine::memory::MemoryPayloadStore;
+use chronos::engine::backends::LocalPayloadStore;
+use chronos::engine::backends::MemoryPayloadStore;
+use chronos::engine::backends::S3PayloadStore;
 use chronos::engine::namespace::{Prefixed, database_prefix};
-use chronos::engine::s3::S3PayloadStore;
 
 use crate::support;
 

@@ -5,7 +5,7 @@
 use chronos::config::Config;
 use chronos::connect::{self, Connections};
 use chronos::engine::PayloadStore;
-use chronos::engine::s3::S3PayloadStore;
+use chronos::engine::backends::S3PayloadStore;
 use serde_json::{Value, json};
 
 use crate::api::start;

@@ -156,10 +156,10 @@ fn scrub_command_reports_json() {
 /// payloads and takes none of the other's for orphans.
 #[tokio::test]
 async fn databases_sharing_a_bucket_scrub_only_their_own() {
-    use chronos::engine::memory::MemoryPayloadStore;
-    use chronos::engine::mongo::MongoMetaStore;
-    use chronos::engine::queue::mongo::MongoQueue;
-    use chronos::engine::s3::S3PayloadStore;
+    use chronos::engine::backends::MemoryPayloadStore;
+    use chronos::engine::backends::MongoMetaStore;
+    use chronos::engine::backends::MongoQueue;
+    use chronos::engine::backends::S3PayloadStore;
     use chronos::engine::{Engine, PayloadStore, Stores};
     use std::sync::Arc;
 

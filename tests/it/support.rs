@@ -3,17 +3,17 @@
 
 use std::sync::{Arc, Mutex};
 
-use chronos::engine::decorators::{Faults, Faulty};
-use chronos::engine::local::LocalPayloadStore;
-use chronos::engine::memory::{MemoryMetaStore, MemoryPayloadStore};
-use chronos::engine::mongo::MongoMetaStore;
-use chronos::engine::queue::QueueStore;
-use chronos::engine::queue::memory::MemoryQueue;
-use chronos::engine::queue::mongo::MongoQueue;
-use chronos::engine::queue::sqlite::SqliteQueue;
-use chronos::engine::s3::{S3Connection, S3PayloadStore};
-use chronos::engine::sqlite::SqliteMetaStore;
-use chronos::engine::{Engine, EngineSettings, MetaStore, PayloadStore};
+use chronos::engine::backends::LocalPayloadStore;
+use chronos::engine::backends::MemoryQueue;
+use chronos::engine::backends::MongoMetaStore;
+use chronos::engine::backends::MongoQueue;
+use chronos::engine::backends::SqliteMetaStore;
+use chronos::engine::backends::SqliteQueue;
+use chronos::engine::backends::{MemoryMetaStore, MemoryPayloadStore};
+use chronos::engine::backends::{S3Connection, S3PayloadStore};
+use chronos::engine::store::decorators::{Faults, Faulty};
+use chronos::engine::store::queue::QueueStore;
+use chronos::engine::{Engine, EngineSettings, MetaStore, MetaWrite, PayloadStore};
 use mongodb::event::EventHandler;
 use mongodb::event::command::CommandEvent;
 

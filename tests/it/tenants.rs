@@ -6,13 +6,13 @@ use std::sync::Arc;
 
 use chronos::config::Config;
 use chronos::connect::{self, Connections};
-use chronos::engine::local::LocalPayloadStore;
-use chronos::engine::memory::{MemoryMetaStore, MemoryPayloadStore};
-use chronos::engine::queue::QueueStore;
-use chronos::engine::queue::memory::MemoryQueue;
-use chronos::engine::queue::sqlite::SqliteQueue;
-use chronos::engine::s3::S3PayloadStore;
-use chronos::engine::sqlite::SqliteMetaStore;
+use chronos::engine::backends::LocalPayloadStore;
+use chronos::engine::backends::MemoryQueue;
+use chronos::engine::backends::S3PayloadStore;
+use chronos::engine::backends::SqliteMetaStore;
+use chronos::engine::backends::SqliteQueue;
+use chronos::engine::backends::{MemoryMetaStore, MemoryPayloadStore};
+use chronos::engine::store::queue::QueueStore;
 use chronos::engine::{
     Attribution, CollectionName, Engine, EngineSettings, Error, ItemId, MetaStore, PayloadStore, PrunePolicy,
     ReadOptions, ScrubOptions, Stores, Timestamp,

@@ -149,7 +149,7 @@ impl ChronosCollectionSpec {
         for (field, problem) in map.problems() {
             out.push(format!("spec.{field}: {problem}"));
         }
-        for (i, field, problem) in crate::engine::counters::rule_problems(&self.counter_rules()) {
+        for (i, field, problem) in crate::engine::settings::rule_problems(&self.counter_rules()) {
             out.push(format!("spec.counters[{i}].{field}: {problem}"));
         }
         match name {

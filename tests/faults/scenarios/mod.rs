@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use chronos::engine::PayloadStore;
-use chronos::engine::s3::{S3Connection, S3PayloadStore};
+use chronos::engine::backends::{S3Connection, S3PayloadStore};
 use serde_json::Value;
 
 use crate::bad::{self, Raw};

@@ -120,7 +120,7 @@ pub async fn queued_writes_land_exactly_once(h: &Harness) {
             .settle(
                 &op.job.id,
                 &stale_token,
-                chronos::engine::queue::Settlement::Dead { error: "late".into() },
+                chronos::engine::store::queue::Settlement::Dead { error: "late".into() },
                 chronos::engine::model::now()
             )
             .await
@@ -183,7 +183,7 @@ pub async fn queued_writes_land_exactly_once(h: &Harness) {
 }
 
 pub async fn queue_claims_are_exclusive(h: &Harness) {
-    use chronos::engine::queue::{Job, Operation, OperationResult, Settlement};
+    use chronos::engine::store::queue::{Job, Operation, OperationResult, Settlement};
     use chronos::engine::{OperationId, OperationStatus, WriteRequest};
     let now = chronos::engine::model::now();
     let mut ids = std::collections::BTreeSet::new();

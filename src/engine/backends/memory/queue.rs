@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Operation, OperationId, OperationStatus, QueueStats, QueueStore, Settlement};
 use crate::engine::error::Result;
 use crate::engine::model::Timestamp;
+use crate::engine::store::queue::{Operation, OperationId, OperationStatus, QueueStats, QueueStore, Settlement};
+use crate::engine::store::rules::lease_end;
 
 #[derive(Default)]
 struct State {
@@ -39,10 +40,6 @@ fn claimable(op: &Operation, lease: &Option<(String, Timestamp)>, now: Timestamp
         OperationStatus::Running => lease.as_ref().is_some_and(|(_, until)| *until < now),
         _ => false,
     }
-}
-
-pub(crate) fn lease_end(now: Timestamp, lease: Duration) -> Timestamp {
-    now + jiff::SignedDuration::try_from(lease).unwrap_or(jiff::SignedDuration::from_secs(30))
 }
 
 #[async_trait]

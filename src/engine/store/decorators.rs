@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::error::{Error, Result};
-use super::store::PayloadStore;
+use super::PayloadStore;
+use crate::engine::error::{Error, Result};
 
 /// Requests counted by [`Counting`] (or recorded by hand, for requests made around the engine),
 /// with their total time.

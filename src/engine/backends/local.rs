@@ -12,8 +12,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::error::{Error, Result};
-use super::store::PayloadStore;
+use crate::engine::error::{Error, Result};
+use crate::engine::store::PayloadStore;
 
 /// Temporary files of in-flight puts start with this; no key may use it, so `list` can skip them.
 const TMP_PREFIX: &str = ".chronos-tmp-";

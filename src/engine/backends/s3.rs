@@ -9,8 +9,8 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
 
-use super::error::{Error, Result};
-use super::store::PayloadStore;
+use crate::engine::error::{Error, Result};
+use crate::engine::store::PayloadStore;
 
 /// What is needed to reach an S3 endpoint. Secrets never appear in `Debug` output.
 #[derive(Clone, PartialEq, Eq)]
@@ -63,7 +63,7 @@ impl S3Connection {
                 TimeoutConfig::builder()
                     .connect_timeout(Duration::from_secs(5))
                     .operation_attempt_timeout(Duration::from_secs(20))
-                    // Below the 45 s a write may take to its commit (`scrub::commit_window`): a
+                    // Below the 45 s a write may take to its commit (`store::rules::commit_window`): a
                     // PUT that slow fails as itself instead of making its write miss the window.
                     .operation_timeout(Duration::from_secs(30))
                     .build(),

@@ -10,14 +10,12 @@ use mongodb::options::{IndexOptions, ReturnDocument};
 use mongodb::{Client, ClientSession, Collection, Database, IndexModel};
 use tokio::sync::OnceCell;
 
-use super::memory::lease_end;
-use super::{Job, Operation, OperationId, OperationStatus, QueueStats, QueueStore, Settlement};
+use super::docs::{from_date, get_date, get_opt_string, get_string, get_u64, to_date};
+use super::{durable_database, is_transient, map_err, may_have_written, start_transaction};
 use crate::engine::error::{Error, Result};
 use crate::engine::model::Timestamp;
-use crate::engine::mongo::{
-    durable_database, from_date, get_date, get_opt_string, get_string, get_u64, is_transient, map_err,
-    may_have_written, start_transaction, to_date,
-};
+use crate::engine::store::queue::{Job, Operation, OperationId, OperationStatus, QueueStats, QueueStore, Settlement};
+use crate::engine::store::rules::lease_end;
 
 /// Finished operations stay readable (their outcome) this long.
 const KEEP_FINISHED: jiff::SignedDuration = jiff::SignedDuration::from_hours(7 * 24);

@@ -32,10 +32,11 @@ use bson::{Bson, Document, doc};
 use futures::TryStreamExt;
 use tokio::sync::{Notify, oneshot, watch};
 
-use super::{MongoMetaStore, code, head_from_doc, head_update, is_transient, map_err, version_doc};
+use super::docs::{head_from_doc, head_update, version_doc};
+use super::{MongoMetaStore, code, is_transient, map_err};
 use crate::engine::error::{Error, Result};
 use crate::engine::model::{CollectionName, Head, Op, Timestamp, VersionEntry};
-use crate::engine::store::{CommitError, HeadChange, NewData, PendingWrite, in_time};
+use crate::engine::store::{CommitError, HeadChange, Held, NewData, PendingWrite, in_time};
 
 /// At most this many writes share one transaction.
 const MAX_GROUP: usize = 64;
@@ -53,7 +54,7 @@ pub(super) fn groupable(change: &HeadChange) -> bool {
 /// What a lane answers a write that joined it.
 pub(super) enum Answer {
     /// The write holds its item, or failed for good.
-    Held(Result<Box<dyn PendingWrite>>),
+    Held(Result<Box<Held>>),
     /// Run the lone-write protocol from the start: something needs its retries or its diagnosis.
     Alone,
 }
@@ -174,7 +175,7 @@ impl MongoMetaStore {
         if changes[0].op == Op::Create {
             let mut docs = Vec::new();
             for (cv, change) in (first..).zip(&changes) {
-                match super::create_head(change, cv) {
+                match super::docs::create_head(change, cv) {
                     Ok(d) => docs.push(d),
                     Err(_) => {
                         let _ = session.abort_transaction().await;
@@ -216,7 +217,7 @@ impl MongoMetaStore {
                     // Exactly the lone protocol's filter: the snapshot says it matches, so the
                     // statement either matches or meets a `WriteConflict`.
                     Some((h, d))
-                        if crate::engine::memory::check_precondition(&change, Some(&h)).is_ok() && h.cv < cv =>
+                        if crate::engine::store::rules::check_precondition(&change, Some(&h)).is_ok() && h.cv < cv =>
                     {
                         let (q, u) = head_update(&change, cv);
                         statements.push(doc! {"q": q, "u": u});
@@ -255,15 +256,20 @@ impl MongoMetaStore {
         let mut pending = Vec::new();
         for (slot, m) in members.into_iter().enumerate() {
             reverts.push((m.revert, m.change.id.clone(), m.change.commit_by));
-            pending.push(Box::new(GroupMember {
-                previous: m.previous,
+            pending.push(Held {
+                previous: m.previous.clone(),
                 ov: m.ov,
                 cv: m.cv,
-                group: group.clone(),
-                slot,
-                store: self.clone(),
-                change: m.change,
-            }) as Box<dyn PendingWrite>);
+                write: Box::new(GroupMember {
+                    previous: m.previous,
+                    ov: m.ov,
+                    cv: m.cv,
+                    group: group.clone(),
+                    slot,
+                    store: self.clone(),
+                    change: m.change,
+                }),
+            });
         }
         tokio::spawn(settle(self.clone(), c, session, group, reverts));
         // Members were taken in order, so each placeholder gets its own member.
@@ -271,7 +277,7 @@ impl MongoMetaStore {
         Some(
             answers
                 .into_iter()
-                .map(|a| a.unwrap_or_else(|| Answer::Held(pending.next().ok_or_else(group_broken))))
+                .map(|a| a.unwrap_or_else(|| Answer::Held(pending.next().map(Box::new).ok_or_else(group_broken))))
                 .collect(),
         )
     }
@@ -387,11 +393,11 @@ impl GroupMember {
             Err(error) => return Err(CommitError::NotCommitted { error, retry: false }),
         };
         let same = |a: Option<&Head>, b: Option<&Head>| a.map(|h| &h.write_id) == b.map(|h| &h.write_id);
-        if pending.ov() != self.ov || !same(pending.previous(), self.previous.as_ref()) {
-            pending.abort().await;
+        if pending.ov != self.ov || !same(pending.previous.as_ref(), self.previous.as_ref()) {
+            pending.write.abort().await;
             return Err(again);
         }
-        pending.commit(version).await
+        pending.write.commit(version).await
     }
 }
 
@@ -404,16 +410,6 @@ impl Drop for GroupMember {
 
 #[async_trait]
 impl PendingWrite for GroupMember {
-    fn previous(&self) -> Option<&Head> {
-        self.previous.as_ref()
-    }
-    fn ov(&self) -> u64 {
-        self.ov
-    }
-    fn cv(&self) -> u64 {
-        self.cv
-    }
-
     async fn set_data(&mut self, _data: NewData) -> Result<()> {
         // Enrichments never join a group (see `groupable`).
         Err(Error::metadata("a grouped write can't change its data"))

@@ -6,11 +6,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::memory::lease_end;
-use super::{Job, Operation, OperationId, OperationStatus, QueueStats, QueueStore, Settlement};
+use super::SqliteMetaStore;
+use super::rows::map_sql;
 use crate::engine::error::{Error, Result};
 use crate::engine::model::Timestamp;
-use crate::engine::sqlite::{SqliteMetaStore, map_sql};
+use crate::engine::store::queue::{Job, Operation, OperationId, OperationStatus, QueueStats, QueueStore, Settlement};
+use crate::engine::store::rules::lease_end;
 
 /// Finished operations stay readable this long, then go at the next claim that finds nothing.
 const KEEP_FINISHED_MS: i64 = 7 * 24 * 3600 * 1000;

@@ -3,13 +3,18 @@
 //! A backend pair (metadata store + payload store) is exercised by one shared conformance suite
 //! (`tests/it/conformance/`), the way `object_store` runs one `integration.rs` for every backend.
 
+#[cfg(feature = "testing")]
+pub mod decorators;
+pub mod queue;
+pub mod rules;
+
 use async_trait::async_trait;
 use bytes::Bytes;
+use serde_json::{Map, Value};
 
-use super::error::Result;
+use super::error::{Error, Result};
 use super::model::{CollectionName, Content, Head, ItemId, Op, RequestKey, Timestamp, VersionEntry};
 use super::query::Filter;
-use serde_json::{Map, Value};
 
 /// Object storage for payloads: one bucket (or directory) per store instance.
 #[async_trait]
@@ -55,7 +60,7 @@ pub struct HeadChange {
     /// writes in groups keeps two writes with one key in different groups.
     pub request_key: Option<RequestKey>,
     /// Commit before this time or not at all: after it, scrub may take the payload uploaded under
-    /// `write_id` for an orphan and delete it (see [`super::scrub::commit_window`]). Every store
+    /// `write_id` for an orphan and delete it (see [`rules::commit_window`]). Every store
     /// checks it right before its commit, with [`in_time`].
     pub commit_by: Timestamp,
 }
@@ -67,7 +72,7 @@ pub fn in_time(commit_by: Timestamp) -> Result<(), CommitError> {
         return Ok(());
     }
     Err(CommitError::NotCommitted {
-        error: super::Error::metadata(
+        error: Error::metadata(
             "the write took too long to reach its commit (its payload could already be taken for an orphan); retry",
         ),
         retry: true,
@@ -89,12 +94,6 @@ pub struct NewData {
 /// abandons the write.
 #[async_trait]
 pub trait PendingWrite: Send {
-    /// The head before this write; `None` for a create.
-    fn previous(&self) -> Option<&Head>;
-    /// The object version this write will produce.
-    fn ov(&self) -> u64;
-    /// The collection version this write was given.
-    fn cv(&self) -> u64;
     /// Set the data the new head carries, for writes whose data depends on the previous
     /// version (enrichment): they begin without data and fill it in while holding the item.
     async fn set_data(&mut self, data: NewData) -> Result<()>;
@@ -105,18 +104,30 @@ pub trait PendingWrite: Send {
     async fn abort(self: Box<Self>);
 }
 
+/// A write that holds its item (see [`MetaWrite::begin_write`]): where it starts from, and the
+/// [`PendingWrite`] that finishes it.
+pub struct Held {
+    /// The head before this write; `None` for a create.
+    pub previous: Option<Head>,
+    /// The object version this write will produce.
+    pub ov: u64,
+    /// The collection version this write was given.
+    pub cv: u64,
+    pub write: Box<dyn PendingWrite>,
+}
+
 /// Why a commit failed, and whether the write might have happened anyway.
 #[derive(Debug)]
 pub enum CommitError {
     /// Definitely not committed: the payload may be removed, and `retry` says whether another
     /// attempt may succeed.
-    NotCommitted { error: super::Error, retry: bool },
+    NotCommitted { error: Error, retry: bool },
     /// The store could not confirm the outcome; the write may be visible. Its payload must stay.
-    Unknown(super::Error),
+    Unknown(Error),
 }
 
 /// One version appended by reference (collection restore): see
-/// [`MetaStore::append_by_reference`].
+/// [`MetaRestore::append_by_reference`].
 #[derive(Debug, Clone)]
 pub struct RefWrite {
     /// Precondition: the head is still at this ov, i.e. nothing was written to the item since the
@@ -185,9 +196,18 @@ pub struct TierBatch {
     pub bytes_after: u64,
 }
 
-/// Heads, the version index and the collection-version sequence.
+/// Heads, the version index and the collection-version sequence: everything a backend's metadata
+/// store does, as the four parts its callers use ([`MetaWrite`], [`MetaRead`], [`MetaRestore`],
+/// [`MetaUpkeep`]). Implemented for every type that implements the four, so `Arc<dyn MetaStore>`
+/// is what the engine holds.
+pub trait MetaStore: MetaWrite + MetaRead + MetaRestore + MetaUpkeep {}
+
+impl<T: MetaWrite + MetaRead + MetaRestore + MetaUpkeep> MetaStore for T {}
+
+/// What the write path needs: reach the store, prepare a collection, hold and commit a write, and
+/// find the version an idempotency key already wrote.
 #[async_trait]
-pub trait MetaStore: Send + Sync + 'static {
+pub trait MetaWrite: Send + Sync + 'static {
     /// Verify the backend is reachable and can give the guarantees the engine needs.
     async fn ping(&self) -> Result<()>;
     /// Create what a collection needs: its indexes, including one per indexed property (and
@@ -195,12 +215,44 @@ pub trait MetaStore: Send + Sync + 'static {
     /// collection per process, never per write.
     async fn prepare_collection(&self, collection: &CollectionName, indexed: &[String]) -> Result<()>;
     /// Start a write: allocate the next cv, check the precondition and hold the item until the
-    /// returned [`PendingWrite`] commits or is dropped.
+    /// returned write ([`Held::write`]) commits or is dropped.
     ///
     /// Errors: `NotFound` (update/delete of a missing or deleted item), `AlreadyExists` (create of
     /// a taken id), `VersionConflict`, `Contended`.
-    async fn begin_write(&self, change: HeadChange) -> Result<Box<dyn PendingWrite>>;
+    async fn begin_write(&self, change: HeadChange) -> Result<Held>;
+    /// The version written under this idempotency key, if any (keys are unique per collection
+    /// and remembered as long as their version is in the index).
+    async fn version_by_request(&self, collection: &CollectionName, key: &RequestKey) -> Result<Option<VersionEntry>>;
+}
+
+/// What the reads need: heads, one item's versions, and listings of heads.
+#[async_trait]
+pub trait MetaRead: Send + Sync + 'static {
     async fn head(&self, collection: &CollectionName, id: &ItemId) -> Result<Option<Head>>;
+    async fn version(&self, collection: &CollectionName, id: &ItemId, ov: u64) -> Result<Option<VersionEntry>>;
+    /// The latest version written at or before `at`.
+    async fn version_as_of(
+        &self,
+        collection: &CollectionName,
+        id: &ItemId,
+        at: Timestamp,
+    ) -> Result<Option<VersionEntry>>;
+    /// Versions in ov order, starting after `after_ov`; at most `limit`.
+    async fn versions(
+        &self,
+        collection: &CollectionName,
+        id: &ItemId,
+        after_ov: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<VersionEntry>>;
+    /// Heads matching the query (the filter applies to their indexed metadata).
+    async fn list_heads(&self, collection: &CollectionName, query: &ListQuery) -> Result<Vec<Head>>;
+}
+
+/// What a collection restore needs beyond the reads: heads without their data, versions at a point
+/// in history, and appends that reuse existing payload objects.
+#[async_trait]
+pub trait MetaRestore: MetaRead + Send + Sync + 'static {
     /// The heads of these items (those that exist, in any order), without inline data: a
     /// restore's second look at a page.
     async fn heads_without_data(&self, collection: &CollectionName, ids: &[ItemId]) -> Result<Vec<Head>> {
@@ -213,17 +265,7 @@ pub trait MetaStore: Send + Sync + 'static {
         }
         Ok(heads)
     }
-    async fn version(&self, collection: &CollectionName, id: &ItemId, ov: u64) -> Result<Option<VersionEntry>>;
-    /// The latest version written at or before `at`.
-    async fn version_as_of(
-        &self,
-        collection: &CollectionName,
-        id: &ItemId,
-        at: Timestamp,
-    ) -> Result<Option<VersionEntry>>;
-    /// Heads matching the query (the filter applies to their indexed metadata).
-    async fn list_heads(&self, collection: &CollectionName, query: &ListQuery) -> Result<Vec<Head>>;
-    /// [`MetaStore::list_heads`] without the inline data (`inline` is `None`), for work that needs
+    /// [`MetaRead::list_heads`] without the inline data (`inline` is `None`), for work that needs
     /// only the heads' coordinates and checksums (a restore): a page of hot heads is mostly data.
     async fn list_heads_without_data(&self, collection: &CollectionName, query: &ListQuery) -> Result<Vec<Head>> {
         let mut heads = self.list_heads(collection, query).await?;
@@ -249,6 +291,20 @@ pub trait MetaStore: Send + Sync + 'static {
         }
         Ok(found)
     }
+    /// Append versions that reuse existing payload objects (see [`RefWrite`]), all or nothing:
+    /// allocate consecutive cvs for them, move each head if it is still at its `expected_ov`,
+    /// and insert the entries, atomically. `Ok(Some(cv))`: committed, the first write got `cv`,
+    /// the next `cv + 1` and so on. `Ok(None)`: nothing was written because some item changed (or
+    /// is being written) meanwhile; the caller re-examines and tries again.
+    async fn append_by_reference(&self, collection: &CollectionName, writes: Vec<RefWrite>) -> Result<Option<u64>>;
+    /// How many items the collection has (deleted ones included).
+    async fn count_items(&self, collection: &CollectionName) -> Result<u64>;
+}
+
+/// What counters, tiering and retention need: counts over the index, moving data out of heads, and
+/// removing versions from the index.
+#[async_trait]
+pub trait MetaUpkeep: Send + Sync + 'static {
     /// Versions with cv above `after_cv` whose metadata matches `filter`, counted per op.
     async fn count_versions(
         &self,
@@ -260,6 +316,9 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn counters_from(&self, collection: &CollectionName) -> Result<u64>;
     /// Make counters start after the collection's current cv; returns that cv.
     async fn reset_counters(&self, collection: &CollectionName) -> Result<u64>;
+    /// What retention removed from the index since the counters' mark, per counter name (see
+    /// [`MetaUpkeep::delete_versions`]); a reset of the counters empties it.
+    async fn pruned_counts(&self, collection: &CollectionName) -> Result<std::collections::HashMap<String, u64>>;
     /// Drop the inline data of up to `limit` items (after `after_id`, in id order) that are `new`
     /// and were last written before `older_than` — or of exactly `only`, if given — and mark them
     /// `processed`. With `dry_run`, only report. A write racing with this is never affected: the
@@ -283,26 +342,4 @@ pub trait MetaStore: Send + Sync + 'static {
         id: &ItemId,
         versions: &[PrunedVersion],
     ) -> Result<u64>;
-    /// What retention removed from the index since the counters' mark, per counter name (see
-    /// [`MetaStore::delete_versions`]); a reset of the counters empties it.
-    async fn pruned_counts(&self, collection: &CollectionName) -> Result<std::collections::HashMap<String, u64>>;
-    /// Append versions that reuse existing payload objects (see [`RefWrite`]), all or nothing:
-    /// allocate consecutive cvs for them, move each head if it is still at its `expected_ov`,
-    /// and insert the entries, atomically. `Ok(Some(cv))`: committed, the first write got `cv`,
-    /// the next `cv + 1` and so on. `Ok(None)`: nothing was written because some item changed (or
-    /// is being written) meanwhile; the caller re-examines and tries again.
-    async fn append_by_reference(&self, collection: &CollectionName, writes: Vec<RefWrite>) -> Result<Option<u64>>;
-    /// How many items the collection has (deleted ones included).
-    async fn count_items(&self, collection: &CollectionName) -> Result<u64>;
-    /// The version written under this idempotency key, if any (keys are unique per collection
-    /// and remembered as long as their version is in the index).
-    async fn version_by_request(&self, collection: &CollectionName, key: &RequestKey) -> Result<Option<VersionEntry>>;
-    /// Versions in ov order, starting after `after_ov`; at most `limit`.
-    async fn versions(
-        &self,
-        collection: &CollectionName,
-        id: &ItemId,
-        after_ov: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<VersionEntry>>;
 }

@@ -1,0 +1,399 @@
+//! The in-memory metadata store: the reference the conformance suite checks the other stores
+//! against. Not durable; not for production.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use tokio::sync::OwnedMutexGuard;
+
+use crate::engine::error::{Error, Result};
+use crate::engine::model::{CollectionName, Head, ItemId, Op, RequestKey, State, Timestamp, VersionEntry};
+use crate::engine::query::Filter;
+use crate::engine::store::rules::{HEAD_OVERHEAD, after, check_precondition, next_head, ref_head};
+use crate::engine::store::{
+    CommitError, HeadChange, Held, HistoryPoint, ListQuery, MetaRead, MetaRestore, MetaUpkeep, MetaWrite, NewData,
+    PendingWrite, PrunedVersion, RefWrite, TierBatch,
+};
+
+#[derive(Default)]
+struct Collection {
+    cv: u64,
+    counters_from: u64,
+    /// Retention's tallies since `counters_from`, per counter name.
+    pruned: HashMap<String, u64>,
+    heads: HashMap<ItemId, Head>,
+    versions: BTreeMap<(ItemId, u64), VersionEntry>,
+    /// Idempotency keys → the version written under each.
+    requests: HashMap<RequestKey, (ItemId, u64)>,
+    /// One async lock per item: held by a pending write, like a row lock.
+    locks: HashMap<ItemId, Arc<tokio::sync::Mutex<()>>>,
+}
+
+#[derive(Default, Clone)]
+pub struct MemoryMetaStore {
+    collections: Arc<Mutex<HashMap<CollectionName, Collection>>>,
+}
+
+impl MemoryMetaStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<CollectionName, Collection>> {
+        self.collections.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+struct MemoryPending {
+    store: MemoryMetaStore,
+    change: HeadChange,
+    previous: Option<Head>,
+    ov: u64,
+    cv: u64,
+    _item: OwnedMutexGuard<()>,
+}
+
+#[async_trait]
+impl PendingWrite for MemoryPending {
+    async fn set_data(&mut self, data: NewData) -> Result<()> {
+        self.change.data = Some(data);
+        Ok(())
+    }
+
+    async fn commit(self: Box<Self>, version: VersionEntry) -> Result<(), CommitError> {
+        crate::engine::store::in_time(self.change.commit_by)?;
+        let mut all = self.store.lock();
+        let coll = all.entry(self.change.collection.clone()).or_default();
+        if let Some(r) = &version.request {
+            if coll.requests.contains_key(&r.key) {
+                return Err(CommitError::NotCommitted {
+                    error: Error::AlreadyExists(format!("a write with idempotency key {}", r.key)),
+                    retry: false,
+                });
+            }
+            coll.requests.insert(r.key.clone(), (self.change.id.clone(), self.ov));
+        }
+        let head = next_head(&self.change, self.previous.as_ref(), self.ov, self.cv, &version);
+        coll.versions.insert((self.change.id.clone(), self.ov), version);
+        coll.heads.insert(self.change.id.clone(), head);
+        Ok(())
+    }
+
+    async fn abort(self: Box<Self>) {}
+}
+
+#[async_trait]
+impl MetaWrite for MemoryMetaStore {
+    async fn ping(&self) -> Result<()> {
+        Ok(())
+    }
+
+    async fn prepare_collection(&self, collection: &CollectionName, _indexed: &[String]) -> Result<()> {
+        self.lock().entry(collection.clone()).or_default();
+        Ok(())
+    }
+
+    async fn begin_write(&self, change: HeadChange) -> Result<Held> {
+        let item_lock = {
+            let mut all = self.lock();
+            let coll = all.entry(change.collection.clone()).or_default();
+            coll.locks.entry(change.id.clone()).or_default().clone()
+        };
+        let guard = item_lock.lock_owned().await;
+        let mut all = self.lock();
+        let coll = all.entry(change.collection.clone()).or_default();
+        let previous = coll.heads.get(&change.id).cloned();
+        check_precondition(&change, previous.as_ref())?;
+        coll.cv += 1;
+        let cv = coll.cv;
+        let ov = previous.as_ref().map_or(0, |p| p.ov + 1);
+        drop(all);
+        let write = Box::new(MemoryPending {
+            store: self.clone(),
+            change,
+            previous: previous.clone(),
+            ov,
+            cv,
+            _item: guard,
+        });
+        Ok(Held {
+            previous,
+            ov,
+            cv,
+            write,
+        })
+    }
+
+    async fn version_by_request(&self, collection: &CollectionName, key: &RequestKey) -> Result<Option<VersionEntry>> {
+        let all = self.lock();
+        Ok(all.get(collection).and_then(|c| {
+            c.requests
+                .get(key)
+                .and_then(|(id, ov)| c.versions.get(&(id.clone(), *ov)))
+                .cloned()
+        }))
+    }
+}
+
+#[async_trait]
+impl MetaRead for MemoryMetaStore {
+    async fn head(&self, collection: &CollectionName, id: &ItemId) -> Result<Option<Head>> {
+        Ok(self.lock().get(collection).and_then(|c| c.heads.get(id).cloned()))
+    }
+
+    async fn version(&self, collection: &CollectionName, id: &ItemId, ov: u64) -> Result<Option<VersionEntry>> {
+        Ok(self
+            .lock()
+            .get(collection)
+            .and_then(|c| c.versions.get(&(id.clone(), ov)).cloned()))
+    }
+
+    async fn version_as_of(
+        &self,
+        collection: &CollectionName,
+        id: &ItemId,
+        at: Timestamp,
+    ) -> Result<Option<VersionEntry>> {
+        let all = self.lock();
+        let Some(c) = all.get(collection) else {
+            return Ok(None);
+        };
+        Ok(c.versions
+            .range((id.clone(), 0)..=(id.clone(), u64::MAX))
+            .rev()
+            .map(|(_, v)| v)
+            .find(|v| v.at <= at)
+            .cloned())
+    }
+
+    async fn versions(
+        &self,
+        collection: &CollectionName,
+        id: &ItemId,
+        after_ov: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<VersionEntry>> {
+        let all = self.lock();
+        let Some(c) = all.get(collection) else {
+            return Ok(vec![]);
+        };
+        let start = after_ov.map_or(0, |o| o.saturating_add(1));
+        Ok(c.versions
+            .range((id.clone(), start)..=(id.clone(), u64::MAX))
+            .take(limit)
+            .map(|(_, v)| v.clone())
+            .collect())
+    }
+
+    async fn list_heads(&self, collection: &CollectionName, q: &ListQuery) -> Result<Vec<Head>> {
+        let all = self.lock();
+        let Some(c) = all.get(collection) else {
+            return Ok(vec![]);
+        };
+        let mut heads: Vec<&Head> = c
+            .heads
+            .values()
+            .filter(|h| q.include_deleted || !h.deleted())
+            .filter(|h| after(&h.id, q))
+            .filter(|h| q.filter.matches(&h.meta))
+            .collect();
+        sort_by_id(&mut heads, |h| &h.id, q.descending);
+        Ok(heads.into_iter().take(q.limit).cloned().collect())
+    }
+}
+
+#[async_trait]
+impl MetaRestore for MemoryMetaStore {
+    async fn versions_at(
+        &self,
+        collection: &CollectionName,
+        ids: &[ItemId],
+        point: HistoryPoint,
+    ) -> Result<Vec<VersionEntry>> {
+        let all = self.lock();
+        let Some(c) = all.get(collection) else {
+            return Ok(vec![]);
+        };
+        Ok(ids
+            .iter()
+            .filter_map(|id| {
+                c.versions
+                    .range((id.clone(), 0)..=(id.clone(), u64::MAX))
+                    .rev()
+                    .map(|(_, v)| v)
+                    .find(|v| point.includes(v))
+                    .cloned()
+            })
+            .collect())
+    }
+
+    async fn append_by_reference(&self, collection: &CollectionName, writes: Vec<RefWrite>) -> Result<Option<u64>> {
+        // Hold every item like a pending write would, in id order so two restores can't deadlock
+        // (single writes hold one item at a time).
+        let mut ids: Vec<ItemId> = writes.iter().map(|w| w.version.id.clone()).collect();
+        ids.sort();
+        ids.dedup();
+        if ids.len() != writes.len() {
+            return Err(Error::validation("writes", "one write per item"));
+        }
+        let locks: Vec<_> = {
+            let mut all = self.lock();
+            let coll = all.entry(collection.clone()).or_default();
+            ids.iter()
+                .map(|id| coll.locks.entry(id.clone()).or_default().clone())
+                .collect()
+        };
+        let mut _held = Vec::with_capacity(locks.len());
+        for l in locks {
+            _held.push(l.lock_owned().await);
+        }
+        let mut all = self.lock();
+        let coll = all.entry(collection.clone()).or_default();
+        let unchanged = writes.iter().all(|w| {
+            coll.heads
+                .get(&w.version.id)
+                .is_some_and(|h| h.ov == w.expected_ov && w.version.ov == h.ov + 1)
+                && w.source
+                    .is_none_or(|ov| coll.versions.contains_key(&(w.version.id.clone(), ov)))
+        });
+        if !unchanged {
+            return Ok(None);
+        }
+        if let Some(r) = writes.iter().find_map(|w| w.version.request.as_ref())
+            && coll.requests.contains_key(&r.key)
+        {
+            return Err(Error::AlreadyExists(format!("a write with idempotency key {}", r.key)));
+        }
+        let first = coll.cv + 1;
+        for w in writes {
+            coll.cv += 1;
+            let cv = coll.cv;
+            let Some(previous) = coll.heads.get(&w.version.id) else {
+                return Err(Error::Corrupt("a head vanished under its lock".into()));
+            };
+            let head = ref_head(previous, &w, cv);
+            let mut v = w.version;
+            v.cv = cv;
+            if let Some(r) = &v.request {
+                coll.requests.insert(r.key.clone(), (v.id.clone(), v.ov));
+            }
+            coll.versions.insert((v.id.clone(), v.ov), v);
+            coll.heads.insert(head.id.clone(), head);
+        }
+        Ok(Some(first))
+    }
+
+    async fn count_items(&self, collection: &CollectionName) -> Result<u64> {
+        Ok(self.lock().get(collection).map_or(0, |c| c.heads.len() as u64))
+    }
+}
+
+#[async_trait]
+impl MetaUpkeep for MemoryMetaStore {
+    async fn count_versions(
+        &self,
+        collection: &CollectionName,
+        after_cv: u64,
+        filter: &Filter,
+    ) -> Result<HashMap<Op, u64>> {
+        let all = self.lock();
+        let mut counts = HashMap::new();
+        for v in all.get(collection).into_iter().flat_map(|c| c.versions.values()) {
+            if v.cv > after_cv && filter.matches(&v.meta) {
+                *counts.entry(v.op).or_default() += 1;
+            }
+        }
+        Ok(counts)
+    }
+
+    async fn counters_from(&self, collection: &CollectionName) -> Result<u64> {
+        Ok(self.lock().get(collection).map_or(0, |c| c.counters_from))
+    }
+
+    async fn reset_counters(&self, collection: &CollectionName) -> Result<u64> {
+        let mut all = self.lock();
+        let c = all.entry(collection.clone()).or_default();
+        c.counters_from = c.cv;
+        c.pruned.clear();
+        Ok(c.cv)
+    }
+
+    async fn pruned_counts(&self, collection: &CollectionName) -> Result<HashMap<String, u64>> {
+        Ok(self
+            .lock()
+            .get(collection)
+            .map(|c| c.pruned.clone())
+            .unwrap_or_default())
+    }
+
+    async fn mark_processed(
+        &self,
+        collection: &CollectionName,
+        older_than: Timestamp,
+        only: Option<&ItemId>,
+        after_id: Option<&ItemId>,
+        limit: usize,
+        dry_run: bool,
+    ) -> Result<TierBatch> {
+        let mut all = self.lock();
+        let Some(c) = all.get_mut(collection) else {
+            return Ok(TierBatch::default());
+        };
+        let mut ids: Vec<ItemId> = c
+            .heads
+            .values()
+            .filter(|h| h.state == State::New && h.updated_at < older_than)
+            .filter(|h| only.is_none_or(|o| &h.id == o) && after_id.is_none_or(|a| &h.id > a))
+            .map(|h| h.id.clone())
+            .collect();
+        ids.sort();
+        ids.truncate(limit);
+        let mut batch = TierBatch::default();
+        for id in &ids {
+            if let Some(h) = c.heads.get_mut(id) {
+                let inline = h.inline.as_ref().map_or(0, |d| d.len() as u64);
+                batch.bytes_before += HEAD_OVERHEAD + inline;
+                batch.bytes_after += HEAD_OVERHEAD + if dry_run { inline } else { 0 };
+                if !dry_run {
+                    h.inline = None;
+                    h.state = State::Processed;
+                }
+            }
+        }
+        batch.ids = ids;
+        Ok(batch)
+    }
+
+    async fn delete_versions(
+        &self,
+        collection: &CollectionName,
+        id: &ItemId,
+        versions: &[PrunedVersion],
+    ) -> Result<u64> {
+        let mut all = self.lock();
+        let Some(c) = all.get_mut(collection) else { return Ok(0) };
+        let mut removed = 0;
+        for p in versions {
+            if let Some(v) = c.versions.remove(&(id.clone(), p.ov)) {
+                removed += 1;
+                if v.cv > c.counters_from {
+                    for name in &p.counts {
+                        *c.pruned.entry(name.clone()).or_default() += 1;
+                    }
+                }
+                if let Some(r) = v.request {
+                    c.requests.remove(&r.key);
+                }
+            }
+        }
+        Ok(removed)
+    }
+}
+
+fn sort_by_id<T>(items: &mut [&T], id: impl Fn(&T) -> &ItemId, descending: bool) {
+    items.sort_by(|a, b| {
+        let o = id(a).cmp(id(b));
+        if descending { o.reverse() } else { o }
+    });
+}

@@ -1,0 +1,214 @@
+//! The versioning core: every write makes an immutable version; reads only ever return the data
+//! of the item (and version) they name. See `docs/design.md` for the write protocol.
+//!
+//! This file holds the [`Engine`], how it is built, and what its parts share; the parts: `write`
+//! (the write protocol), `read` (the reads), `stamp` (idempotency keys).
+
+mod read;
+pub(crate) mod stamp;
+mod write;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Map, Value};
+use tokio::sync::OnceCell;
+
+use crate::engine::error::Result;
+use crate::engine::model::{CollectionName, ItemId, Op, Record, RequestStamp, Timestamp, metadata_name};
+use crate::engine::settings::{CollectionMap, EngineSettings, QueueSettings};
+use crate::engine::store::queue::QueueStore;
+use crate::engine::store::{MetaStore, NewData, PayloadStore};
+
+/// Read options shared by the point reads.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReadOptions {
+    /// Return deleted items (and delete versions) instead of `NotFound`.
+    pub include_deleted: bool,
+}
+
+/// What one write does to its item: the operation, its precondition, where its data comes from,
+/// and what it records (the enrichment's function id, the caller's idempotency stamp).
+pub(crate) struct WriteIntent<'a> {
+    pub op: Op,
+    /// Optimistic lock: the write applies only if the head is at this ov. `None` = last writer wins.
+    pub expected_ov: Option<u64>,
+    pub content: NewContent<'a>,
+    pub function_id: Option<String>,
+    pub stamp: Option<RequestStamp>,
+}
+
+/// Where a write's data comes from.
+pub(crate) enum NewContent<'a> {
+    Data(NewData),
+    /// The previous version's data (a logical delete).
+    KeepPrevious,
+    /// The previous version's data with these patches merged in (enrichment).
+    Merge(&'a [Map<String, Value>]),
+}
+
+/// What [`Engine::list`] returns.
+#[derive(Debug, Clone, Default)]
+pub struct ListOptions {
+    /// A filter in the safe subset (see [`Filter`](crate::engine::query::Filter)); `Value::Null` for none.
+    pub filter: Value,
+    /// Continue after this id (from [`ListPage::next_after_id`]).
+    pub after_id: Option<ItemId>,
+    /// 1 to 1000.
+    pub limit: usize,
+    pub descending: bool,
+    pub include_deleted: bool,
+    /// List the collection as it was at this time.
+    pub at: Option<Timestamp>,
+    /// Keep only these top-level properties of the data.
+    pub fields: Option<Vec<String>>,
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone)]
+pub struct ListPage {
+    pub records: Vec<Record>,
+    /// Pass as `after_id` for the next page; `None` on the last page.
+    pub next_after_id: Option<ItemId>,
+}
+
+/// One logical database: a metadata store and a payload store.
+pub struct Engine {
+    /// The logical database's key: its payload envelopes and manifests name it, and reads
+    /// refuse those of another database.
+    database: String,
+    meta: Arc<dyn MetaStore>,
+    payloads: Arc<dyn PayloadStore>,
+    /// Manifests of pruned versions (the backups bucket); retention needs it.
+    backups: Option<Arc<dyn PayloadStore>>,
+    /// Content properties (the content bucket).
+    content: Option<Arc<dyn PayloadStore>>,
+    /// Writes that met a transient failure, kept for retry (the metadata store's queue).
+    queue: Option<Arc<dyn QueueStore>>,
+    settings: EngineSettings,
+    /// Collections whose indexes this process has ensured (once each, never per write).
+    prepared: Mutex<HashMap<CollectionName, Arc<OnceCell<()>>>>,
+}
+
+impl Engine {
+    pub fn new(meta: Arc<dyn MetaStore>, payloads: Arc<dyn PayloadStore>, settings: EngineSettings) -> Self {
+        Engine {
+            database: super::model::DEFAULT_DATABASE.to_owned(),
+            meta,
+            payloads,
+            backups: None,
+            content: None,
+            queue: None,
+            settings,
+            prepared: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Name the logical database (default `default`). Engines over shared buckets are built
+    /// with [`Engine::for_database`], which also keeps their keys apart.
+    pub fn with_database(mut self, database: &str) -> Self {
+        self.database = database.to_owned();
+        self
+    }
+
+    /// The logical database's key.
+    pub fn database(&self) -> &str {
+        &self.database
+    }
+
+    /// Attach the backups store (manifests of pruned versions).
+    pub fn with_backups(mut self, backups: Arc<dyn PayloadStore>) -> Self {
+        self.backups = Some(backups);
+        self
+    }
+
+    /// Attach the content store (the content bucket).
+    pub fn with_content(mut self, content: Arc<dyn PayloadStore>) -> Self {
+        self.content = Some(content);
+        self
+    }
+
+    /// Attach the retry queue (see [`crate::engine::retry`]).
+    pub fn with_queue(mut self, queue: Arc<dyn QueueStore>) -> Self {
+        self.queue = Some(queue);
+        self
+    }
+
+    pub(super) fn queue(&self) -> Option<&Arc<dyn QueueStore>> {
+        self.queue.as_ref()
+    }
+
+    pub(super) fn queue_settings(&self) -> &QueueSettings {
+        &self.settings.queue
+    }
+
+    pub(super) fn content_store(&self) -> Option<&dyn PayloadStore> {
+        self.content.as_deref()
+    }
+
+    pub(super) fn backups(&self) -> Option<Arc<dyn PayloadStore>> {
+        self.backups.clone()
+    }
+
+    pub(super) fn backups_ref(&self) -> Option<&dyn PayloadStore> {
+        self.backups.as_deref()
+    }
+
+    pub(super) fn payload_store(&self) -> &dyn PayloadStore {
+        self.payloads.as_ref()
+    }
+
+    pub(super) fn meta(&self) -> &dyn MetaStore {
+        self.meta.as_ref()
+    }
+
+    pub fn settings(&self) -> &EngineSettings {
+        &self.settings
+    }
+
+    /// Check that the backends are reachable and fit for use.
+    pub async fn ping(&self) -> Result<()> {
+        self.meta.ping().await?;
+        self.payloads.list("", None, 1).await?;
+        Ok(())
+    }
+
+    pub(super) fn map(&self, collection: &CollectionName) -> Option<&CollectionMap> {
+        self.settings.collection_maps.get(collection.as_str())
+    }
+
+    /// Whether queries may filter on `property` in this collection.
+    pub fn is_indexed(&self, collection: &CollectionName, property: &str) -> bool {
+        match self.map(collection).and_then(CollectionMap::explicit) {
+            Some(props) => props.iter().any(|p| p == property),
+            None => metadata_name(property),
+        }
+    }
+
+    /// Create or update a collection's indexes from its current collection map, now (the
+    /// operator calls this when a ChronosCollection changes; writes do it once by themselves).
+    pub async fn ensure_indexes(&self, collection: &CollectionName) -> Result<Vec<String>> {
+        let indexed = self
+            .map(collection)
+            .and_then(CollectionMap::explicit)
+            .map(<[String]>::to_vec)
+            .unwrap_or_default();
+        self.meta.prepare_collection(collection, &indexed).await?;
+        Ok(indexed.iter().map(|p| format!("meta_{p}")).collect())
+    }
+
+    pub(super) async fn prepare(&self, collection: &CollectionName) -> Result<()> {
+        let cell = {
+            let mut prepared = self.prepared.lock().unwrap_or_else(|p| p.into_inner());
+            prepared.entry(collection.clone()).or_default().clone()
+        };
+        let indexed = self
+            .map(collection)
+            .and_then(CollectionMap::explicit)
+            .map(<[String]>::to_vec)
+            .unwrap_or_default();
+        cell.get_or_try_init(|| self.meta.prepare_collection(collection, &indexed))
+            .await
+            .map(|_| ())
+    }
+}

@@ -1,0 +1,223 @@
+//! Reads: the latest record, a version by ov or by time (from the index, or from a retention
+//! manifest once pruned), history and listings, each returning only the data of the item and
+//! version it names.
+
+use super::{Engine, ListOptions, ListPage, ReadOptions};
+use crate::engine::envelope::{self, Decoded};
+use crate::engine::error::{Error, Result};
+use crate::engine::model::{
+    CollectionName, Head, ItemId, Record, Timestamp, VersionEntry, VersionTarget, parse_data, payload_key,
+};
+use crate::engine::query::Filter;
+use crate::engine::store::ListQuery;
+
+impl Engine {
+    /// The latest version of an item.
+    pub async fn get_latest(&self, collection: &CollectionName, id: &ItemId, opts: ReadOptions) -> Result<Record> {
+        let head = self.meta.head(collection, id).await?;
+        let head = head.ok_or_else(|| not_found(collection, id))?;
+        if head.deleted() && !opts.include_deleted {
+            return Err(not_found(collection, id));
+        }
+        self.record_of_head(collection, head).await
+    }
+
+    pub(super) async fn record_of_head(&self, collection: &CollectionName, head: Head) -> Result<Record> {
+        let data = match &head.inline {
+            Some(json) => parse_data(
+                json,
+                &head.checksum,
+                &format_args!("{collection}/{} v{}", head.id, head.ov),
+            )?,
+            None => {
+                self.load(collection, &head.id, head.payload(), &head.checksum)
+                    .await?
+                    .data
+            }
+        };
+        Ok(Record {
+            system: head.system(),
+            id: head.id,
+            ov: head.ov,
+            cv: head.cv,
+            write_id: head.write_id,
+            data,
+            payload_ref: head.payload_ref,
+        })
+    }
+
+    /// List items by indexed metadata (the safe subset of [`Filter`]), in id order, paged.
+    pub async fn list(&self, collection: &CollectionName, opts: &ListOptions) -> Result<ListPage> {
+        use futures::{StreamExt, TryStreamExt};
+        if opts.limit == 0 || opts.limit > 1000 {
+            return Err(Error::validation("limit", "must be between 1 and 1000"));
+        }
+        let filter = Filter::parse(&opts.filter, &|p| self.is_indexed(collection, p))?;
+        let query = ListQuery {
+            filter,
+            after_id: opts.after_id.clone(),
+            limit: opts.limit,
+            descending: opts.descending,
+            include_deleted: opts.include_deleted,
+        };
+        let read = ReadOptions {
+            include_deleted: opts.include_deleted,
+        };
+        // Payloads not inline are fetched concurrently, keeping the listing's order.
+        let mut records: Vec<Record> = match opts.at {
+            None => {
+                let heads = self.meta.list_heads(collection, &query).await?;
+                futures::stream::iter(heads)
+                    .map(|h| self.record_of_head(collection, h))
+                    .buffered(16)
+                    .try_collect()
+                    .await?
+            }
+            Some(at) => {
+                let versions = self.list_as_of(collection, at, &query).await?;
+                futures::stream::iter(versions)
+                    .map(|v| self.record_of(collection, v, read))
+                    .buffered(16)
+                    .try_collect()
+                    .await?
+            }
+        };
+        if let Some(fields) = &opts.fields {
+            for r in &mut records {
+                r.data.retain(|k, _| fields.iter().any(|f| f == k));
+            }
+        }
+        let next_after_id = (records.len() == opts.limit)
+            .then(|| records.last().map(|r| r.id.clone()))
+            .flatten();
+        Ok(ListPage { records, next_after_id })
+    }
+
+    /// Version `ov` of an item.
+    pub async fn get_version(
+        &self,
+        collection: &CollectionName,
+        id: &ItemId,
+        ov: u64,
+        opts: ReadOptions,
+    ) -> Result<Record> {
+        let entry = match self.meta.version(collection, id, ov).await? {
+            Some(entry) => Some(entry),
+            None => self.pruned_version_here(collection, id, VersionTarget::Ov(ov)).await?,
+        };
+        let entry = entry.ok_or_else(|| Error::NotFound(format!("{collection}/{id} v{ov}")))?;
+        self.record_of(collection, entry, opts).await
+    }
+
+    /// The version of an item that was current at `at`.
+    pub async fn get_as_of(
+        &self,
+        collection: &CollectionName,
+        id: &ItemId,
+        at: Timestamp,
+        opts: ReadOptions,
+    ) -> Result<Record> {
+        // Pruned versions are always older than the ones left in the index, so the manifests
+        // only need asking when the index has nothing that early.
+        let entry = match self.meta.version_as_of(collection, id, at).await? {
+            Some(entry) => Some(entry),
+            None => self.pruned_version_here(collection, id, VersionTarget::At(at)).await?,
+        };
+        let entry = entry.ok_or_else(|| Error::NotFound(format!("{collection}/{id} as of {at}")))?;
+        self.record_of(collection, entry, opts).await
+    }
+
+    /// A pruned version of an item that exists in this database: manifests of an item without a
+    /// head here are never asked (they can only be another database's).
+    async fn pruned_version_here(
+        &self,
+        collection: &CollectionName,
+        id: &ItemId,
+        target: VersionTarget,
+    ) -> Result<Option<VersionEntry>> {
+        if self.meta.head(collection, id).await?.is_none() {
+            return Ok(None);
+        }
+        self.pruned_version(collection, id, target).await
+    }
+
+    /// The version index of an item, oldest first: up to `limit` entries after `after_ov`.
+    pub async fn history(
+        &self,
+        collection: &CollectionName,
+        id: &ItemId,
+        after_ov: Option<u64>,
+        limit: usize,
+        opts: ReadOptions,
+    ) -> Result<Vec<VersionEntry>> {
+        if limit == 0 || limit > 1000 {
+            return Err(Error::validation("limit", "must be between 1 and 1000"));
+        }
+        let head = self.meta.head(collection, id).await?;
+        match head {
+            Some(h) if !h.deleted() || opts.include_deleted => {}
+            _ => return Err(not_found(collection, id)),
+        }
+        self.meta.versions(collection, id, after_ov, limit).await
+    }
+
+    async fn record_of(&self, collection: &CollectionName, entry: VersionEntry, opts: ReadOptions) -> Result<Record> {
+        if entry.deleted && !opts.include_deleted {
+            return Err(Error::NotFound(format!(
+                "{collection}/{} v{} (deleted)",
+                entry.id, entry.ov
+            )));
+        }
+        let decoded = self
+            .load(collection, &entry.id, entry.payload(), &entry.checksum)
+            .await?;
+        let mut system = decoded.system;
+        if let Some(r) = &entry.payload_ref {
+            // The envelope's `_system` is the referenced version's; insertedAt is the item's and
+            // the same in both, the rest is this version's own.
+            system.updated_at = entry.at;
+            system.deleted = entry.deleted;
+            system.deleted_at = entry.deleted.then_some(entry.at);
+            system.function_ids = r.function_ids.clone();
+        }
+        Ok(Record {
+            id: entry.id,
+            ov: entry.ov,
+            cv: entry.cv,
+            write_id: entry.write_id,
+            system,
+            data: decoded.data,
+            payload_ref: entry.payload_ref,
+        })
+    }
+
+    /// The payload object `payload` = (ov, write id) of an item, checked to be exactly that
+    /// version's envelope with this data checksum. A version appended by reference passes the
+    /// (ov, write id) it refers to (`Head::payload`, `VersionEntry::payload`).
+    pub(crate) async fn load(
+        &self,
+        collection: &CollectionName,
+        id: &ItemId,
+        payload: (u64, &str),
+        checksum: &str,
+    ) -> Result<Decoded> {
+        let (ov, write_id) = payload;
+        let key = payload_key(collection, id, ov, write_id);
+        let bytes = self.payloads.get(&key).await?;
+        // The index says this version exists: a missing payload is damage, not absence.
+        let bytes = bytes.ok_or_else(|| Error::Corrupt(format!("payload {key} is missing")))?;
+        let expected = envelope::Expected {
+            database: &self.database,
+            collection,
+            id,
+            ov,
+            write_id,
+            checksum,
+        };
+        envelope::decode(&bytes, &expected)
+    }
+}
+
+fn not_found(collection: &CollectionName, id: &ItemId) -> Error {
+    Error::NotFound(format!("{collection}/{id}"))
+}
