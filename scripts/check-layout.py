@@ -278,8 +278,7 @@ def cycles(graph: dict[Path, set[Path]]) -> list[list[Path]]:
     return found
 
 
-def main() -> int:
-    root = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent).resolve()
+def problems_of(root: Path) -> tuple[list[str], int, int]:
     src = root / "src"
     lib = Crate("lib", src / "lib.rs", src)
     binary = Crate("bin", src / "main.rs", src) if (src / "main.rs").exists() else None
@@ -302,14 +301,55 @@ def main() -> int:
                 if any(fnmatch.fnmatch(rel(t), f) for f in forbidden):
                     problems.append(f"layering: {rel(here)} uses {rel(t)} ({why})")
     for folder in ("src", "tests", "benches"):
+        if not (root / folder).exists():
+            continue
         for file in sorted((root / folder).rglob("*.rs")):
             lines = sum(1 for _ in file.open())
             if lines > MAX_LINES and rel(file) not in LONG_FILE_EXCEPTIONS:
                 problems.append(f"long file: {rel(file)} has {lines} lines (budget {MAX_LINES})")
+    return problems, len(graph), sum(len(t) for t in graph.values())
+
+
+def self_test() -> None:
+    """The checker on a made-up crate that breaks each rule once (and has look-alikes that don't),
+    so a checker that stopped seeing a rule fails CI instead of passing everything."""
+    import tempfile
+
+    files = {
+        "src/lib.rs": "pub mod a;\npub mod b;\npub mod c;\npub mod config;\npub mod engine;\n",
+        # a ↔ b through a path in code; c only through a string and a comment (no edge).
+        "src/a.rs": "use crate::b::B;\npub struct A;\n",
+        "src/b.rs": "pub struct B;\nfn f() -> crate::a::A { crate::a::A }\n",
+        "src/c.rs": "// use crate::a::A;\nconst S: &str = \"crate::b::B\";\n",
+        # A re-export: using engine::Thing depends on engine/thing.rs, not on engine/mod.rs.
+        "src/engine/mod.rs": "pub mod backends;\npub mod thing;\npub use thing::Thing;\n",
+        "src/engine/thing.rs": "pub struct Thing;\n#[cfg(test)]\nmod tests {\n    use super::*;\n}\n",
+        "src/engine/backends/mod.rs": "pub struct Backend;\n",
+        "src/config.rs": "use crate::engine::backends::Backend;\nuse crate::engine::Thing;\n",
+        "tests/long.rs": "//\n" * (MAX_LINES + 1),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for name, text in files.items():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).write_text(text)
+        found, _, _ = problems_of(root)
+    expected = [
+        "import cycle: src/a.rs ↔ src/b.rs",
+        "layering: src/config.rs uses src/engine/backends/mod.rs (configuration is parsed and validated without knowing any backend)",
+        f"long file: tests/long.rs has {MAX_LINES + 1} lines (budget {MAX_LINES})",
+    ]
+    if found != expected:
+        sys.exit("check-layout self-test failed:\n  found:    " + "\n            ".join(found)
+                 + "\n  expected: " + "\n            ".join(expected))
+
+
+def main() -> int:
+    self_test()
+    root = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent).resolve()
+    problems, files, edges = problems_of(root)
     for p in problems:
         print(p)
-    files = len(graph)
-    edges = sum(len(t) for t in graph.values())
     print(f"check-layout: {files} files, {edges} imports between them, {len(problems)} problems")
     return 1 if problems else 0
 
