@@ -78,7 +78,7 @@ impl From<engine::Error> for ApiError {
                 Self::new(StatusCode::CONFLICT, "version_conflict", message)
                     .with_details(json!({"expectedOv": expected, "currentOv": current}))
             }
-            E::AlreadyExists(_) => Self::new(StatusCode::CONFLICT, "already_exists", message),
+            E::AlreadyExists(_) | E::RequestKeyTaken(_) => Self::new(StatusCode::CONFLICT, "already_exists", message),
             // The item stayed held by other writers for longer than a write waits.
             E::Contended(_) => Self::new(StatusCode::CONFLICT, "locked", message),
             // The draft standard suggests 422; 409 says the same here (the request conflicts with

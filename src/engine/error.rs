@@ -34,6 +34,13 @@ pub enum Error {
     #[error("{0} already exists")]
     AlreadyExists(String),
 
+    /// The write's idempotency key is already recorded, by an earlier attempt of (usually) the
+    /// same request whose outcome this attempt could not read: a majority had not acknowledged it
+    /// yet. The engine waits for it to become readable and answers with it (M3); shown to a
+    /// client only as [`Error::OutcomeUnknown`] or, from the queue, like `AlreadyExists`.
+    #[error("{0} already exists")]
+    RequestKeyTaken(String),
+
     /// Other writers kept the item busy for longer than the engine is willing to wait.
     #[error("{0} is being written by another writer; retry later")]
     Contended(String),

@@ -2,9 +2,15 @@
 //! was asked), and the one-write-per-key rule that replays the recorded outcome instead of writing
 //! twice.
 
+use std::time::Duration;
+
 use super::Engine;
 use crate::engine::error::{Error, Result};
 use crate::engine::model::{Attribution, CollectionName, ItemId, RequestStamp, WriteOutcome};
+
+/// Replays tried while a recorded key is not yet readable: 5 ms doubling to 250 ms, about 2 s in
+/// all, well past a healthy replica set's replication lag.
+const KEY_ACK_TRIES: u32 = 12;
 
 impl Engine {
     /// Make a write under an idempotency stamp at most once: a write already made under its key
@@ -33,8 +39,37 @@ impl Engine {
                     None => Err(e),
                 }
             }
+            // The key is recorded but the replay can't read it: the first attempt is committed on
+            // the primary and not yet acknowledged by a majority, which is all replays read (M3).
+            Err(Error::RequestKeyTaken(_)) => self.replay_once_acknowledged(collection, stamp).await,
             other => other,
         }
+    }
+
+    /// Wait, a bounded time, for the write already recorded under this stamp's key to become
+    /// readable: replication normally takes milliseconds. Past the bound (a lagging secondary, or a
+    /// failover that may roll the first attempt back) the outcome is honestly unknown — and a retry
+    /// with the same key is safe — rather than "already exists", which would tell the client its
+    /// own write failed.
+    async fn replay_once_acknowledged(
+        &self,
+        collection: &CollectionName,
+        stamp: &RequestStamp,
+    ) -> Result<(ItemId, WriteOutcome)> {
+        let mut delay = Duration::from_millis(5);
+        for tried in 1..=KEY_ACK_TRIES {
+            if let Some(first) = self.replay(collection, stamp).await? {
+                return Ok(first);
+            }
+            if tried < KEY_ACK_TRIES {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(250));
+            }
+        }
+        Err(Error::OutcomeUnknown(format!(
+            "a write with the idempotency key `{}` is recorded but not yet acknowledged by a majority",
+            stamp.key
+        )))
     }
 
     /// The first outcome of the write made under this stamp's key, if there was one.

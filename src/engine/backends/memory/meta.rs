@@ -2,6 +2,7 @@
 //! against. Not durable; not for production.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -33,11 +34,20 @@ struct Collection {
 #[derive(Default, Clone)]
 pub struct MemoryMetaStore {
     collections: Arc<Mutex<HashMap<CollectionName, Collection>>>,
+    /// Idempotency-key lookups still to answer "not recorded" (see [`Self::lag_key_lookups`]).
+    key_lookup_lag: Arc<AtomicUsize>,
 }
 
 impl MemoryMetaStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Make the next `n` idempotency-key lookups answer "not recorded", as MongoDB's majority
+    /// reads do for a write committed on the primary but not yet replicated: how the engine's
+    /// wait for such a write is tested without a replica set held back.
+    pub fn lag_key_lookups(&self, n: usize) {
+        self.key_lookup_lag.store(n, Ordering::SeqCst);
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<CollectionName, Collection>> {
@@ -68,7 +78,7 @@ impl PendingWrite for MemoryPending {
         if let Some(r) = &version.request {
             if coll.requests.contains_key(&r.key) {
                 return Err(CommitError::NotCommitted {
-                    error: Error::AlreadyExists(format!("a write with idempotency key {}", r.key)),
+                    error: Error::RequestKeyTaken(format!("a write with idempotency key {}", r.key)),
                     retry: false,
                 });
             }
@@ -126,6 +136,13 @@ impl MetaWrite for MemoryMetaStore {
     }
 
     async fn version_by_request(&self, collection: &CollectionName, key: &RequestKey) -> Result<Option<VersionEntry>> {
+        let lagging = self
+            .key_lookup_lag
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if lagging {
+            return Ok(None);
+        }
         let all = self.lock();
         Ok(all.get(collection).and_then(|c| {
             c.requests
@@ -263,7 +280,10 @@ impl MetaRestore for MemoryMetaStore {
         if let Some(r) = writes.iter().find_map(|w| w.version.request.as_ref())
             && coll.requests.contains_key(&r.key)
         {
-            return Err(Error::AlreadyExists(format!("a write with idempotency key {}", r.key)));
+            return Err(Error::RequestKeyTaken(format!(
+                "a write with idempotency key {}",
+                r.key
+            )));
         }
         let first = coll.cv + 1;
         for w in writes {

@@ -539,7 +539,7 @@ async fn settle(
         return answer_all(replies, |i| {
             Err(if Some(i) == clashed {
                 CommitError::NotCommitted {
-                    error: Error::AlreadyExists("a write with this idempotency key".into()),
+                    error: Error::RequestKeyTaken("a write with this idempotency key".into()),
                     retry: false,
                 }
             } else if clashed.is_some() {

@@ -195,9 +195,9 @@ impl MetaRestore for MongoMetaStore {
                 let _ = session.abort_transaction().await;
                 return match code(&e) {
                     // The heads matched, so (itemId, ov) can't clash: an idempotency key did.
-                    Some(DUPLICATE_KEY) => {
-                        Err(Error::AlreadyExists(format!("a write with the idempotency key of {c}")))
-                    }
+                    Some(DUPLICATE_KEY) => Err(Error::RequestKeyTaken(format!(
+                        "a write with the idempotency key of {c}"
+                    ))),
                     _ if is_transient(&e) => Ok(None),
                     _ => Err(map_err(e)),
                 };

@@ -188,7 +188,7 @@ impl PendingWrite for MongoPending {
             let retry = is_transient(&e);
             let error = match code(&e) {
                 // The head is held, so the (itemId, ov) index can't clash: the idempotency key did.
-                Some(DUPLICATE_KEY) => Error::AlreadyExists(format!("a write with the idempotency key of {}", v.id)),
+                Some(DUPLICATE_KEY) => Error::RequestKeyTaken(format!("a write with the idempotency key of {}", v.id)),
                 _ => map_err(e),
             };
             return Err(CommitError::NotCommitted { error, retry });

@@ -148,7 +148,7 @@ pub(super) fn refs_commit_failed(e: rusqlite::Error) -> Error {
 /// A version insert that broke a constraint: the item is held (or its head matched), so
 /// (item, ov) can't clash — the idempotency key's uniqueness did.
 pub(super) fn key_taken(id: &ItemId) -> Error {
-    Error::AlreadyExists(format!("a write with the idempotency key of {id}"))
+    Error::RequestKeyTaken(format!("a write with the idempotency key of {id}"))
 }
 
 pub(super) fn append_refs(conn: &mut Connection, c: &CollectionName, writes: &[RefWrite]) -> Result<Option<u64>> {
