@@ -155,6 +155,7 @@ mod tests {
                 "version_conflict",
             ),
             (engine::Error::AlreadyExists("x".into()), 409, "already_exists"),
+            (engine::Error::RequestKeyTaken("x".into()), 409, "already_exists"),
             (engine::Error::validation("f", "r"), 422, "validation_failed"),
             (
                 engine::Error::TooLarge { actual: 2, limit: 1 },
