@@ -28,6 +28,9 @@ pub struct Context {
     /// The hosts a ChronosDatabase's backends may be on (`--allowed-backend-hosts`): the
     /// operator connects there from its own namespace, so their author must not choose freely.
     pub backend_hosts: backend_hosts::BackendHosts,
+    /// The namespaces the operator watches (`--namespace`); empty: all. A cluster-scoped
+    /// ChronosRetention acts only within them, where the operator's Roles give it rights.
+    pub watched_namespaces: Vec<String>,
     /// Replicas of each namespace's shared engine.
     pub shared_engine_replicas: i32,
     /// Items per page of a collection restore (status is written after each page).
@@ -43,6 +46,11 @@ pub struct Context {
 }
 
 impl Context {
+    /// Whether the operator watches (and may act in) `namespace`.
+    pub fn watches(&self, namespace: &str) -> bool {
+        self.watched_namespaces.is_empty() || self.watched_namespaces.iter().any(|ns| ns == namespace)
+    }
+
     pub fn new(client: kube::Client, engine_image: impl Into<String>) -> Arc<Context> {
         Arc::new(Context::with_identity(client, engine_image, None))
     }
@@ -60,6 +68,7 @@ impl Context {
             conns: Connections::default(),
             allowed_engine_images: vec![image_repository(&engine_image).to_owned()],
             backend_hosts: backend_hosts::BackendHosts::default(),
+            watched_namespaces: Vec::new(),
             engine_image,
             shared_engine_replicas: 1,
             restore_page: crate::engine::settings::RESTORE_PAGE,

@@ -48,25 +48,29 @@ pub struct OperatorArgs {
     /// This replica's identity in the Lease.
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
-    /// Watch only this namespace (default: all).
-    #[arg(long, env = "CHRONOS_WATCH_NAMESPACE")]
-    pub namespace: Option<String>,
+    /// Watch only these namespaces, comma-separated or repeated (default: all). With a list,
+    /// the operator needs rights on Secrets, Deployments and Services in those namespaces only
+    /// (the chart's `watchNamespaces` makes a Role in each).
+    #[arg(long = "namespace", env = "CHRONOS_WATCH_NAMESPACE", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
 }
 
-/// What the controllers watch: one namespace or all, and optionally only the (cluster-scoped)
-/// retentions with these labels. Tests use both to run side by side on one API server.
+/// What the controllers watch: some namespaces or (empty) all, and optionally only the
+/// (cluster-scoped) retentions with these labels. Tests use both to run side by side on one API
+/// server.
 #[derive(Debug, Clone, Default)]
 pub struct Scope {
-    pub namespace: Option<String>,
+    pub namespaces: Vec<String>,
     pub retention_labels: Option<String>,
 }
 
 impl Scope {
-    fn api<K>(&self, client: &kube::Client) -> Api<K>
+    /// One namespace's API, or every namespace's.
+    fn api<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
     where
         K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
     {
-        match &self.namespace {
+        match namespace {
             Some(ns) => Api::namespaced(client.clone(), ns),
             None => Api::all(client.clone()),
         }
@@ -84,32 +88,51 @@ impl Scope {
     }
 }
 
-/// Run the four controllers until they stop (they run until the process ends).
+/// Run the four controllers until they stop (they run until the process ends): the three
+/// namespaced ones once per watched namespace (or once for all), the retention one once.
 pub async fn run_controllers(ctx: Arc<Context>, scope: Scope) {
+    let namespaces: Vec<Option<&str>> = match scope.namespaces.as_slice() {
+        [] => vec![None],
+        some => some.iter().map(|ns| Some(ns.as_str())).collect(),
+    };
+    let retentions = Controller::new(
+        Api::<ChronosRetention>::all(ctx.client.clone()),
+        scope.retention_config(),
+    );
+    futures::join!(
+        futures::future::join_all(
+            namespaces
+                .into_iter()
+                .map(|ns| namespaced_controllers(&ctx, &scope, ns))
+        ),
+        run_controller("retention", retentions, ctx.clone(), retention::reconcile),
+    );
+}
+
+/// The database, collection and restore controllers of one namespace (or of all).
+async fn namespaced_controllers(ctx: &Arc<Context>, scope: &Scope, namespace: Option<&str>) {
     let client = ctx.client.clone();
     let owned = watcher::Config::default()
         .any_semantic()
         .labels("app.kubernetes.io/managed-by=chronos-operator");
     // A database watches the Deployments it owns (readiness) and its collections (whose maps go
     // into the engine's configuration).
-    let databases = Controller::new(scope.api::<ChronosDatabase>(&client), scope.config())
-        .owns(scope.api::<Deployment>(&client), owned)
+    let databases = Controller::new(Scope::api::<ChronosDatabase>(&client, namespace), scope.config())
+        .owns(Scope::api::<Deployment>(&client, namespace), owned)
         .watches(
-            scope.api::<ChronosCollection>(&client),
+            Scope::api::<ChronosCollection>(&client, namespace),
             watcher::Config::default().any_semantic(),
             |c| {
                 c.namespace()
                     .map(|ns| ObjectRef::<ChronosDatabase>::new(&c.spec.database).within(&ns))
             },
         );
-    let collections = Controller::new(scope.api(&client), scope.config());
-    let restores = Controller::new(scope.api(&client), scope.config());
-    let retentions = Controller::new(Api::<ChronosRetention>::all(client), scope.retention_config());
+    let collections = Controller::new(Scope::api(&client, namespace), scope.config());
+    let restores = Controller::new(Scope::api(&client, namespace), scope.config());
     futures::join!(
         run_controller("database", databases, ctx.clone(), database::reconcile),
         run_controller("collection", collections, ctx.clone(), collection::reconcile),
         run_controller("restore", restores, ctx.clone(), restore::reconcile),
-        run_controller("retention", retentions, ctx, retention::reconcile),
     );
 }
 
@@ -185,12 +208,13 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
     let mut ctx = Context::with_identity(client.clone(), args.engine_image, Some(lease.identity.clone()));
     ctx.shared_engine_replicas = args.shared_engine_replicas;
     ctx.backend_hosts = backend_hosts;
+    ctx.watched_namespaces = args.namespaces.clone();
     if !args.allowed_engine_images.is_empty() {
         ctx.allowed_engine_images = args.allowed_engine_images;
     }
     let ctx = Arc::new(ctx);
     let scope = Scope {
-        namespace: args.namespace,
+        namespaces: args.namespaces,
         retention_labels: None,
     };
     let outcome = tokio::select! {

@@ -76,7 +76,7 @@ impl Tenant {
         let ns = unique("ex");
         let ctx = Context::new(client.clone(), "chronos:test");
         let scope = Scope {
-            namespace: Some(ns.clone()),
+            namespaces: vec![ns.clone()],
             retention_labels: Some(format!("chronos.dev/test={ns}")),
         };
         let controllers = tokio::spawn(chronos::operator::run_controllers(ctx.clone(), scope));

@@ -38,7 +38,14 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- printf "%s:%s" (default .Values.image.repository $e.repository) (default (default .Chart.AppVersion .Values.image.tag) $e.tag) -}}
 {{- end -}}
 
-{{/* RBAC rules on the namespaced objects the operator manages (a ClusterRole's, or a Role's in watchNamespace). */}}
+{{/* The watched namespaces: watchNamespaces, plus watchNamespace (the older single value), without repeats; empty = every namespace. */}}
+{{- define "chronos.watchedNamespaces" -}}
+{{- $all := .Values.watchNamespaces | default list -}}
+{{- if .Values.watchNamespace }}{{ $all = append $all .Values.watchNamespace }}{{ end -}}
+{{- $all | uniq | join "," -}}
+{{- end -}}
+
+{{/* RBAC rules on the namespaced objects the operator manages (a ClusterRole's, or a Role's in each watched namespace). */}}
 {{- define "chronos.namespacedRules" }}
   # get: the MongoDB URI and S3 keys a ChronosDatabase references (used only when the Secret is
   # labelled chronos.dev/credentials=true), and objects checked before a delete.

@@ -86,7 +86,7 @@ impl Cluster {
 
     fn start(&mut self) {
         let scope = Scope {
-            namespace: Some(self.ns.clone()),
+            namespaces: vec![self.ns.clone()],
             retention_labels: Some(format!("chronos.dev/test={}", self.ns)),
         };
         self.controllers = tokio::spawn(chronos::operator::run_controllers(self.ctx.clone(), scope));

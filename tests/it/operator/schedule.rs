@@ -88,3 +88,63 @@ async fn only_one_replica_holds_the_lease_until_it_lets_go() {
         "expired lease taken"
     );
 }
+
+/// An operator watching two namespaces reconciles databases in both and leaves a third alone; a
+/// cluster-wide retention that names the third reports it instead of acting there — where a
+/// per-namespace Role gives the operator no rights (review M7).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_watching_some_namespaces_acts_only_in_them() {
+    let outside = Cluster::new().await;
+    let mut a = Cluster::new().await;
+    let b = Cluster::new().await;
+    Arc::get_mut(&mut a.ctx).unwrap().watched_namespaces = vec![a.ns.clone(), b.ns.clone()];
+    let invalid = |k: &Cluster| {
+        let mut spec = k.database_spec("bad", json!({}));
+        spec["spec"]["s3"]["buckets"]["json"] = "Not_A_Bucket".into();
+        spec
+    };
+    // The unwatched namespace's database first: a watch over it would see it first, too.
+    outside.create::<ChronosDatabase>(invalid(&outside)).await;
+    a.create::<ChronosDatabase>(invalid(&a)).await;
+    b.create::<ChronosDatabase>(invalid(&b)).await;
+    let scope = Scope {
+        namespaces: vec![a.ns.clone(), b.ns.clone()],
+        retention_labels: Some(format!("chronos.dev/test={}", a.ns)),
+    };
+    a.controllers = tokio::spawn(chronos::operator::run_controllers(a.ctx.clone(), scope));
+    for k in [&a, &b] {
+        let db = wait_for(&k.api::<ChronosDatabase>(), "bad", "a Ready condition", |d| {
+            condition(d, "Ready").is_some()
+        })
+        .await;
+        assert_eq!(condition(&db, "Ready").as_deref(), Some("False"));
+    }
+    let untouched = outside.api::<ChronosDatabase>().get("bad").await.unwrap();
+    assert!(untouched.status.is_none(), "{:?}", untouched.status);
+    assert!(
+        untouched.finalizers().is_empty(),
+        "no finalizer outside the watched namespaces"
+    );
+
+    let retentions: Api<ChronosRetention> = Api::all(a.client.clone());
+    let name = a.ns.clone();
+    let r: ChronosRetention = serde_json::from_value(json!({
+        "apiVersion": "chronos.dev/v1alpha1", "kind": "ChronosRetention",
+        "metadata": {"name": name, "labels": {"chronos.dev/test": a.ns}},
+        "spec": {"selector": {"namespaces": [outside.ns]}, "rules": {"ttlHours": 0}, "schedule": "* * * * * *"}
+    }))
+    .unwrap();
+    retentions.create(&PostParams::default(), &r).await.unwrap();
+    let r = wait_for(&retentions, &name, "a run", |r| {
+        r.status.as_ref().is_some_and(|s| s.last_run.is_some())
+    })
+    .await;
+    let last = r.status.unwrap().last_run.unwrap();
+    assert_eq!(last.failures.len(), 1, "{:?}", last.failures);
+    assert!(
+        last.failures[0].contains(&outside.ns) && last.failures[0].contains("not watched"),
+        "{:?}",
+        last.failures
+    );
+    retentions.delete(&name, &DeleteParams::default()).await.unwrap();
+}

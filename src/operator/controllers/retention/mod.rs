@@ -121,6 +121,13 @@ async fn run(r: &ChronosRetention, ctx: &Context) -> Result<LastRun> {
     // Only the listed namespaces (the spec's problems refuse an empty list): never all.
     let mut databases = Vec::new();
     for ns in &sel.namespaces {
+        // Outside the watched namespaces the operator has no rights (a Role per namespace).
+        if !ctx.watches(ns) {
+            last.failures.push(format!(
+                "namespace {ns} is not watched by the operator (its --namespace list; chart value watchNamespaces)"
+            ));
+            continue;
+        }
         databases.extend(
             Api::<ChronosDatabase>::namespaced(ctx.client.clone(), ns)
                 .list(&lp)
