@@ -9,7 +9,7 @@ use crate::config::{RemoteStorage, S3Access, Storage};
 use crate::engine::backends::{
     LocalPayloadStore, MongoMetaStore, MongoQueue, S3Connection, S3PayloadStore, SqliteMetaStore, SqliteQueue,
 };
-use crate::engine::{DEFAULT_DATABASE, Engine, EngineSettings, Error, MetaWrite, Result, Stores};
+use crate::engine::{DEFAULT_DATABASE, Engine, EngineSettings, Error, Failure, MetaWrite, Result, Stores};
 
 #[derive(Default)]
 pub struct Connections {
@@ -120,8 +120,12 @@ pub async fn open(key: &str, storage: &Storage, settings: EngineSettings, conns:
 /// The engine of database `database` on the embedded backends: `dir/chronos.db` and
 /// `dir/payloads/` (with `backups/` and `content/`), created if needed.
 pub fn embedded(dir: &Path, database: &str, settings: EngineSettings) -> Result<Engine> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| Error::metadata(format!("cannot create data directory {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(dir).map_err(|e| {
+        Error::metadata(Failure::new(
+            format!("cannot create data directory {}: {e}", dir.display()),
+            e,
+        ))
+    })?;
     // The metadata store takes the directory's lock, so it opens first.
     let meta = SqliteMetaStore::open(&dir.join("chronos.db"))?;
     let payloads = LocalPayloadStore::open(&dir.join("payloads"))?;

@@ -2,6 +2,7 @@
 //! commands. Each variant keeps the error it wraps, so a caller can tell a configuration problem
 //! from a backend that does not answer; the messages are the ones the commands always printed.
 
+use crate::api::auth::TokensError;
 use crate::{client, config, engine};
 
 #[derive(Debug, thiserror::Error)]
@@ -14,10 +15,10 @@ pub enum Error {
     Routing(#[from] config::routing::Error),
     /// A secret the configuration names could not be read.
     #[error("{0}")]
-    Secret(String),
+    Secret(#[source] config::Error),
     /// A tokens file: unreadable, malformed or invalid.
     #[error("{0}")]
-    Tokens(String),
+    Tokens(#[source] TokensError),
     /// A database's engine could not be opened; `place` says where its data lives.
     #[error("database `{key}`{}: {source}", place.as_ref().map(|p| format!(" ({p})")).unwrap_or_default())]
     Open {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::error::{Error, Result};
 use super::storage::{RemoteStorage, S3Access, Storage};
 use crate::engine::{CollectionMap, ContentKind, CounterRule, EngineSettings, QueueSettings};
 
@@ -34,13 +35,19 @@ impl fmt::Debug for Secret {
 
 impl Secret {
     /// The secret's value. Files are read when called, so a rotated Secret is picked up.
-    pub fn reveal(&self) -> Result<String, String> {
+    pub fn reveal(&self) -> Result<String> {
         match self {
             Secret::Inline(v) => Ok(v.clone()),
             Secret::File { file } => std::fs::read_to_string(file)
                 .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
-                .map_err(|e| format!("cannot read secret file {}: {e}", file.display())),
-            Secret::Env { env } => std::env::var(env).map_err(|_| format!("environment variable {env} is not set")),
+                .map_err(|source| Error::SecretFile {
+                    file: file.clone(),
+                    source,
+                }),
+            Secret::Env { env } => std::env::var(env).map_err(|source| Error::SecretEnv {
+                env: env.clone(),
+                source,
+            }),
         }
     }
 }
@@ -442,7 +449,7 @@ impl Config {
 
     /// Where the default database lives: MongoDB + S3 when configured, else embedded.
     /// `default_dir` is used in embedded mode when `localStorage` names no directory.
-    pub fn storage(&self, default_dir: &Path) -> Result<Storage, String> {
+    pub fn storage(&self, default_dir: &Path) -> Result<Storage> {
         match (self.mongo_uris.first(), self.spaces_conns.first()) {
             (Some(uri), Some(s)) => Ok(Storage::Remote(RemoteStorage {
                 mongo_uri: uri.reveal()?,

@@ -7,31 +7,21 @@
 //! The shape is in `file.rs`, the checks in `validate.rs`, where each database lives in
 //! `storage.rs` and `routing.rs`; this file reads a file through them.
 
+mod error;
 mod file;
 pub mod routing;
 mod storage;
 mod validate;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+pub use error::{Error, Issue, Result};
 pub use file::{
     AuthConfig, CollectionMapConfig, Config, DatabaseType, DatabaseTypes, EngineConfig, LocalStorage, RetryQueueConfig,
     RouteEntry, Secret, SpacesConn, Tier, Tiers, ValidationConfig,
 };
 pub use storage::{RemoteStorage, S3Access, Storage};
-pub use validate::{Issue, valid_bucket};
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("{path}: invalid configuration:\n{}", .issues.iter().map(|i| format!("  - {i}")).collect::<Vec<_>>().join("\n"))]
-    Invalid { path: PathBuf, issues: Vec<Issue> },
-}
-
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub use validate::valid_bucket;
 
 impl Config {
     /// Read, parse and validate a file; `.json` files are JSON, everything else YAML.
@@ -40,9 +30,9 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        let config = Self::parse(&text).map_err(|message| Error::Parse {
+        let config = Self::parse(&text).map_err(|source| Error::Parse {
             path: path.to_owned(),
-            message,
+            source: Box::new(source),
         })?;
         let issues = config.validate();
         if issues.is_empty() {
@@ -56,24 +46,17 @@ impl Config {
     }
 
     /// Parse JSON or YAML (JSON is YAML); the message names the offending field.
-    pub fn parse(text: &str) -> Result<Config, String> {
+    pub fn parse(text: &str) -> Result<Config> {
         let mut value: serde_json::Value = if text.trim_start().starts_with('{') {
-            serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?
+            serde_json::from_str(text).map_err(Error::Json)?
         } else {
-            serde_saphyr::from_str(text).map_err(|e| format!("not valid YAML: {e}"))?
+            serde_saphyr::from_str(text).map_err(Error::yaml)?
         };
         if value.is_null() {
             // An empty file: every default (embedded mode).
             value = serde_json::Value::Object(Default::default());
         }
-        serde_path_to_error::deserialize(value).map_err(|e| {
-            let path = e.path().to_string();
-            if path == "." {
-                e.inner().to_string()
-            } else {
-                format!("{path}: {}", e.inner())
-            }
-        })
+        serde_path_to_error::deserialize(value).map_err(Error::field)
     }
 }
 
@@ -184,15 +167,21 @@ engine:
     #[test]
     fn parse_errors_name_the_field() {
         let err = Config::parse("spacesConns:\n  - endpoint: 5\n").unwrap_err();
+        assert!(matches!(&err, Error::Field { field: Some(f), .. } if f == "spacesConns[0].endpoint"));
+        let err = err.to_string();
         assert!(err.starts_with("spacesConns[0].endpoint:"), "{err}");
-        let err = Config::parse("mongoUri: x\n").unwrap_err();
+        let err = Config::parse("mongoUri: x\n").unwrap_err().to_string();
         assert!(
             err.contains("unknown field `mongoUri`") && err.contains("mongoUris"),
             "{err}"
         );
-        let err = Config::parse(r#"{"engine": {"inlineMaxBytes": "big"}}"#).unwrap_err();
+        let err = Config::parse(r#"{"engine": {"inlineMaxBytes": "big"}}"#)
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("engine.inlineMaxBytes:"), "{err}");
-        let err = Config::parse("spacesConns:\n  - endpoint: http://x\n    accessKey: [1]\n").unwrap_err();
+        let err = Config::parse("spacesConns:\n  - endpoint: http://x\n    accessKey: [1]\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("accessKey") && err.contains("{file: PATH}"), "{err}");
     }
 
@@ -233,7 +222,14 @@ engine:
         let missing = Secret::File {
             file: dir.path().join("nope"),
         };
-        assert!(missing.reveal().unwrap_err().contains("nope"));
+        let err = missing.reveal().unwrap_err();
+        assert!(err.to_string().starts_with("cannot read secret file ") && err.to_string().contains("nope"));
+        let io = std::error::Error::source(&err).and_then(|s| s.downcast_ref::<std::io::Error>());
+        assert_eq!(
+            io.map(std::io::Error::kind),
+            Some(std::io::ErrorKind::NotFound),
+            "the io error is kept"
+        );
     }
 
     #[test]

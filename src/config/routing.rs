@@ -15,12 +15,12 @@ use super::file::{Config, DatabaseType, RouteEntry, SpacesConn, Tier, entries};
 use super::storage::{RemoteStorage, S3Access, Storage};
 use crate::engine::EngineSettings;
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("routing has no backends (mongoUris and spacesConns)")]
     NoBackends,
     #[error("cannot read a secret of the routing configuration: {0}")]
-    Secret(String),
+    Secret(#[source] super::error::Error),
     #[error("databases `{0}` and `{1}` would share MongoDB database `{2}` on one backend; give one a different dbName")]
     SharedDatabase(String, String, String),
 }

@@ -2,24 +2,11 @@
 //! field, so an operator fixes a file in one pass. Parsing (mod.rs) has already checked shapes.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
 
+use super::error::Issue;
 use super::file::{CollectionMapConfig, Config, EngineConfig, Tier, entries};
 use super::routing::valid_db_name;
 use crate::engine::{CollectionName, CounterRule, ItemId};
-
-/// One problem found in a configuration: where, and what was expected.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Issue {
-    pub field: String,
-    pub problem: String,
-}
-
-impl fmt::Display for Issue {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.problem)
-    }
-}
 
 /// Problems with tunables, collection maps and counters, with fields under `prefix`.
 fn settings_issues(
@@ -98,7 +85,7 @@ impl Config {
             match uri.reveal() {
                 Ok(u) if u.starts_with("mongodb://") || u.starts_with("mongodb+srv://") => {}
                 Ok(_) => issue(format!("mongoUris[{i}]"), "expected a mongodb:// or mongodb+srv:// URI"),
-                Err(e) => issue(format!("mongoUris[{i}]"), &e),
+                Err(e) => issue(format!("mongoUris[{i}]"), &e.to_string()),
             }
         }
         for (i, s) in self.spaces_conns.iter().enumerate() {
@@ -113,7 +100,7 @@ impl Config {
                 match secret.reveal() {
                     Ok(v) if v.is_empty() => issue(field(name), "must not be empty"),
                     Ok(_) => {}
-                    Err(e) => issue(field(name), &e),
+                    Err(e) => issue(field(name), &e.to_string()),
                 }
             }
             for (name, bucket) in [

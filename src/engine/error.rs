@@ -54,8 +54,10 @@ pub enum Error {
     TooLarge { actual: usize, limit: usize },
 
     /// A backend could not be reached or refused to work. Transient by nature: retrying may help.
-    #[error("{backend} unavailable: {message}")]
-    Unavailable { backend: Backend, message: String },
+    /// `source` is the driver's own error (or a [`Failure`] that says what was being done), kept
+    /// so callers can walk `std::error::Error::source()` to the cause; the message is its `Display`.
+    #[error("{backend} unavailable: {source}")]
+    Unavailable { backend: Backend, source: BoxError },
 
     /// An idempotency key came back with a different request than the one it was first used
     /// for: answering with the first outcome would be wrong, and writing would break the key.
@@ -79,6 +81,40 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Any error a backend driver can produce, as [`Error::Unavailable`] keeps it.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A driver error together with what was being done when it happened ("put {key}: …"). Its
+/// `Display` is the whole sentence a person reads, as the engine has always worded it, and its
+/// `source()` is the driver error, so the cause is not lost to a string.
+#[derive(Debug)]
+pub struct Failure {
+    message: String,
+    source: BoxError,
+}
+
+impl Failure {
+    /// `message` is the complete text to show (it usually already quotes `source`).
+    pub fn new(message: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Failure {
+            message: message.into(),
+            source: source.into(),
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Failure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
+    }
+}
+
 impl Error {
     pub fn validation(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::Validation {
@@ -87,17 +123,55 @@ impl Error {
         }
     }
 
-    pub fn metadata(err: impl fmt::Display) -> Self {
+    /// The metadata store failed: pass the driver's error itself (it becomes the source), a
+    /// [`Failure`] to say what was being done, or a plain message when there is no cause to keep.
+    pub fn metadata(cause: impl Into<BoxError>) -> Self {
         Error::Unavailable {
             backend: Backend::Metadata,
-            message: err.to_string(),
+            source: cause.into(),
         }
     }
 
-    pub fn payload(err: impl fmt::Display) -> Self {
+    /// The payload store failed; takes the same causes as [`Error::metadata`].
+    pub fn payload(cause: impl Into<BoxError>) -> Self {
         Error::Unavailable {
             backend: Backend::Payload,
-            message: err.to_string(),
+            source: cause.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+    use std::io;
+
+    #[test]
+    fn unavailable_keeps_the_driver_error_as_its_source_and_reads_as_before() {
+        let e = Error::payload(io::Error::new(io::ErrorKind::ConnectionRefused, "connection refused"));
+        assert_eq!(e.to_string(), "payload store unavailable: connection refused");
+        let source = e.source().expect("the io error is kept");
+        let io = source.downcast_ref::<io::Error>().expect("as itself");
+        assert_eq!(io.kind(), io::ErrorKind::ConnectionRefused);
+    }
+
+    #[test]
+    fn a_failure_reads_as_its_message_and_keeps_its_cause_below() {
+        let cause = io::Error::new(io::ErrorKind::NotFound, "no such file");
+        let e = Error::metadata(Failure::new(format!("cannot open /x: {cause}"), cause));
+        assert_eq!(
+            e.to_string(),
+            "metadata store unavailable: cannot open /x: no such file"
+        );
+        let failure = e.source().expect("the failure");
+        assert_eq!(failure.to_string(), "cannot open /x: no such file");
+        let io = failure.source().and_then(|s| s.downcast_ref::<io::Error>());
+        assert_eq!(io.map(io::Error::kind), Some(io::ErrorKind::NotFound));
+    }
+
+    #[test]
+    fn a_plain_message_still_works() {
+        assert_eq!(Error::metadata("down").to_string(), "metadata store unavailable: down");
     }
 }

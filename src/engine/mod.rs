@@ -33,7 +33,7 @@ pub mod versioning;
 
 pub use admin::{Check, StoreStatus};
 pub use counters::Totals;
-pub use error::{Backend, Error, Result};
+pub use error::{Backend, BoxError, Error, Failure, Result};
 pub use model::{
     Attribution, CollectionName, DEFAULT_DATABASE, Enrichment, ItemId, Op, PayloadRef, Record, RequestKey, State,
     SystemFields, Timestamp, VersionEntry, VersionTarget, WriteOutcome,

@@ -17,8 +17,9 @@ pub enum Error {
     /// Something the spec refers to is there but not for Chronos to use (an unlabelled Secret).
     #[error("{0}")]
     NotPermitted(String),
+    /// The finalizer could not be added or removed (kube's own error, kept as the source).
     #[error("finalizer: {0}")]
-    Finalizer(String),
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     /// A step must wait for the cluster to catch up (pods to stop); retried, not a failure.
     #[error("waiting for {0}")]
     Waiting(String),

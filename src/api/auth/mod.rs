@@ -23,7 +23,7 @@ use tokens::Reach;
 
 pub(super) mod tokens;
 
-pub use tokens::{Scope, Tokens};
+pub use tokens::{Scope, Tokens, TokensError};
 
 /// Who is calling: set by the auth middleware.
 #[derive(Debug, Clone)]

@@ -2,13 +2,13 @@
 //! and with which scopes. Kept apart from the middleware so the service state can hold the
 //! tokens without depending on the request path.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::Secret;
+use crate::config::{self, Secret};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -66,25 +66,59 @@ pub struct Tokens {
     entries: Vec<Entry>,
 }
 
+/// Why a tokens file cannot be used. Each variant keeps the error it wraps; the messages are
+/// the ones the server has always printed.
+#[derive(Debug, thiserror::Error)]
+pub enum TokensError {
+    #[error("cannot read {}: {source}", .path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    /// The file at `path` is not a usable tokens file; `source` says why.
+    #[error("{}: {source}", .path.display())]
+    InFile { path: PathBuf, source: Box<TokensError> },
+    /// Boxed: the YAML parser's error is large.
+    #[error("not valid YAML: {0}")]
+    Yaml(#[source] Box<serde_saphyr::Error>),
+    /// A value of the wrong shape at `field`.
+    #[error("{field}: {source}")]
+    Field { field: String, source: serde_json::Error },
+    #[error("tokens[{index}].token: {source}")]
+    Secret { index: usize, source: config::Error },
+    #[error("tokens[{0}].token: must be at least 16 characters")]
+    TooShort(usize),
+    #[error("tokens[{0}]: `databases` and `scopes` must not be empty")]
+    Unscoped(usize),
+}
+
 impl Tokens {
     /// Load a tokens file (YAML or JSON): `tokens: [{name, token, databases, scopes}]`.
-    pub fn load(path: &Path) -> Result<Tokens, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    pub fn load(path: &Path) -> Result<Tokens, TokensError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TokensError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|source| TokensError::InFile {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
     }
 
-    pub fn parse(text: &str) -> Result<Tokens, String> {
-        let value: serde_json::Value = serde_saphyr::from_str(text).map_err(|e| format!("not valid YAML: {e}"))?;
-        let file: TokensFile =
-            serde_path_to_error::deserialize(value).map_err(|e| format!("{}: {}", e.path(), e.inner()))?;
+    pub fn parse(text: &str) -> Result<Tokens, TokensError> {
+        let value: serde_json::Value = serde_saphyr::from_str(text).map_err(|e| TokensError::Yaml(Box::new(e)))?;
+        let file: TokensFile = serde_path_to_error::deserialize(value).map_err(|e| TokensError::Field {
+            field: e.path().to_string(),
+            source: e.into_inner(),
+        })?;
         let mut entries = Vec::new();
         for (i, spec) in file.tokens.into_iter().enumerate() {
-            let token = spec.token.reveal().map_err(|e| format!("tokens[{i}].token: {e}"))?;
+            let token = spec
+                .token
+                .reveal()
+                .map_err(|source| TokensError::Secret { index: i, source })?;
             if token.len() < 16 {
-                return Err(format!("tokens[{i}].token: must be at least 16 characters"));
+                return Err(TokensError::TooShort(i));
             }
             if spec.databases.is_empty() || spec.scopes.is_empty() {
-                return Err(format!("tokens[{i}]: `databases` and `scopes` must not be empty"));
+                return Err(TokensError::Unscoped(i));
             }
             entries.push(Entry {
                 name: spec.name,
@@ -147,5 +181,28 @@ mod tests {
         assert!(b.allows(Reach::Database("any"), Scope::Write) && b.allows(Reach::All, Scope::Admin));
         assert!(t.authenticate("aaaaaaaaaaaaaaab").is_none());
         assert!(Tokens::parse("tokens: [{name: x, token: short, databases: ['*'], scopes: [read]}]").is_err());
+    }
+
+    #[test]
+    fn errors_read_as_before_and_keep_their_cause() {
+        let short = Tokens::parse("tokens: [{name: x, token: short, databases: ['*'], scopes: [read]}]");
+        let short = short.err().map(|e| e.to_string());
+        assert_eq!(
+            short.as_deref(),
+            Some("tokens[0].token: must be at least 16 characters")
+        );
+        let env = "tokens: [{name: x, token: {env: CHRONOS_TOKENS_TEST_UNSET}, databases: ['*'], scopes: [read]}]";
+        let env = Tokens::parse(env).err().map(|e| e.to_string());
+        assert_eq!(
+            env.as_deref(),
+            Some("tokens[0].token: environment variable CHRONOS_TOKENS_TEST_UNSET is not set")
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let Err(missing) = Tokens::load(&dir.path().join("nope")) else {
+            panic!("a missing file loads")
+        };
+        assert!(missing.to_string().starts_with("cannot read ") && missing.to_string().contains("nope"));
+        let io = std::error::Error::source(&missing).and_then(|s| s.downcast_ref::<std::io::Error>());
+        assert_eq!(io.map(std::io::Error::kind), Some(std::io::ErrorKind::NotFound));
     }
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::engine::error::{Error, Result};
+use crate::engine::error::{Error, Failure, Result};
 use crate::engine::store::PayloadStore;
 
 /// Temporary files of in-flight puts start with this; no key may use it, so `list` can skip them.
@@ -25,7 +25,8 @@ pub struct LocalPayloadStore {
 impl LocalPayloadStore {
     /// Use `root` as the store, creating it if needed.
     pub fn open(root: &Path) -> Result<Self> {
-        fs::create_dir_all(root).map_err(|e| Error::payload(format!("cannot create {}: {e}", root.display())))?;
+        fs::create_dir_all(root)
+            .map_err(|e| Error::payload(Failure::new(format!("cannot create {}: {e}", root.display()), e)))?;
         Ok(LocalPayloadStore {
             root: Arc::new(root.to_path_buf()),
         })
@@ -71,7 +72,7 @@ fn check_key(key: &str) -> Result<()> {
 }
 
 fn io_err(op: &str, key: &str, e: io::Error) -> Error {
-    Error::payload(format!("{op} {key}: {e}"))
+    Error::payload(Failure::new(format!("{op} {key}: {e}"), e))
 }
 
 /// Errors that mean "there is no object under this key": S3 has no directories, so a key that
@@ -231,7 +232,7 @@ impl PayloadStore for LocalPayloadStore {
     async fn create(&self) -> Result<()> {
         tokio::fs::create_dir_all(self.root.as_path())
             .await
-            .map_err(|e| Error::payload(format!("cannot create {}: {e}", self.root.display())))
+            .map_err(|e| Error::payload(Failure::new(format!("cannot create {}: {e}", self.root.display()), e)))
     }
 
     async fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<String>> {

@@ -9,7 +9,7 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
 
-use crate::engine::error::{Error, Result};
+use crate::engine::error::{Error, Failure, Result};
 use crate::engine::store::PayloadStore;
 
 /// What is needed to reach an S3 endpoint. Secrets never appear in `Debug` output.
@@ -145,7 +145,7 @@ impl S3PayloadStore {
                 .set_objects(Some(ids))
                 .quiet(true)
                 .build()
-                .map_err(|e| Error::payload(format!("delete objects {bucket}: {e}")))?;
+                .map_err(|e| Error::payload(Failure::new(format!("delete objects {bucket}: {e}"), e)))?;
             self.client
                 .delete_objects()
                 .bucket(bucket)
@@ -185,11 +185,11 @@ fn observe<T>(call: &'static str, started: std::time::Instant, result: &Result<T
     .record(started.elapsed().as_secs_f64());
 }
 
-fn s3_err<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
-    op: &str,
-    key: &str,
-    e: SdkError<E, R>,
-) -> Error {
+fn s3_err<E, R>(op: &str, key: &str, e: SdkError<E, R>) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
     let detail = match &e {
         SdkError::ServiceError(s) => format!(
             "{}: {}",
@@ -198,7 +198,7 @@ fn s3_err<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::De
         ),
         other => aws_smithy_types::error::display::DisplayErrorContext(other).to_string(),
     };
-    Error::payload(format!("{op} {key}: {detail}"))
+    Error::payload(Failure::new(format!("{op} {key}: {detail}"), e))
 }
 
 #[async_trait]
@@ -232,7 +232,7 @@ impl PayloadStore for S3PayloadStore {
                 .body
                 .collect()
                 .await
-                .map_err(|e| Error::payload(format!("get {key}: {e}")))?;
+                .map_err(|e| Error::payload(Failure::new(format!("get {key}: {e}"), e)))?;
             Ok(Some(body.into_bytes()))
         }
         .await;

@@ -31,7 +31,7 @@ use std::time::Duration;
 use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::OwnedMutexGuard;
 
-use crate::engine::error::{Error, Result};
+use crate::engine::error::{Error, Failure, Result};
 use crate::engine::model::{CollectionName, ItemId};
 use rows::map_sql;
 use schema::create_schema;
@@ -70,7 +70,12 @@ impl SqliteMetaStore {
             .truncate(false)
             .write(true)
             .open(&lock_path)
-            .map_err(|e| Error::metadata(format!("cannot open lock file {}: {e}", lock_path.display())))?;
+            .map_err(|e| {
+                Error::metadata(Failure::new(
+                    format!("cannot open lock file {}: {e}", lock_path.display()),
+                    e,
+                ))
+            })?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
@@ -82,7 +87,10 @@ impl SqliteMetaStore {
                 )));
             }
             Err(TryLockError::Error(e)) => {
-                return Err(Error::metadata(format!("cannot lock {}: {e}", lock_path.display())));
+                return Err(Error::metadata(Failure::new(
+                    format!("cannot lock {}: {e}", lock_path.display()),
+                    e,
+                )));
             }
         }
 

@@ -57,7 +57,7 @@ pub async fn reconcile(db: Arc<ChronosDatabase>, ctx: Arc<Context>) -> Result<Ac
     .await
     .map_err(|e| match e {
         finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
-        other => Error::Finalizer(other.to_string()),
+        other => Error::Finalizer(Box::new(other)),
     })
 }
 
