@@ -13,7 +13,7 @@ use crate::engine::query::Filter;
 use crate::engine::store::rules::{HEAD_OVERHEAD, after, check_precondition, next_head, ref_head};
 use crate::engine::store::{
     CommitError, HeadChange, Held, HistoryPoint, ListQuery, MetaRead, MetaRestore, MetaUpkeep, MetaWrite, NewData,
-    PendingWrite, PrunedVersion, RefWrite, TierBatch,
+    PendingWrite, PrunedVersion, RefWrite, TierBatch, TierQuery,
 };
 
 #[derive(Default)]
@@ -327,15 +327,14 @@ impl MetaUpkeep for MemoryMetaStore {
             .unwrap_or_default())
     }
 
-    async fn mark_processed(
-        &self,
-        collection: &CollectionName,
-        older_than: Timestamp,
-        only: Option<&ItemId>,
-        after_id: Option<&ItemId>,
-        limit: usize,
-        dry_run: bool,
-    ) -> Result<TierBatch> {
+    async fn mark_processed(&self, collection: &CollectionName, query: &TierQuery) -> Result<TierBatch> {
+        let TierQuery {
+            older_than,
+            ref only,
+            ref after_id,
+            limit,
+            dry_run,
+        } = *query;
         let mut all = self.lock();
         let Some(c) = all.get_mut(collection) else {
             return Ok(TierBatch::default());
@@ -344,7 +343,7 @@ impl MetaUpkeep for MemoryMetaStore {
             .heads
             .values()
             .filter(|h| h.state == State::New && h.updated_at < older_than)
-            .filter(|h| only.is_none_or(|o| &h.id == o) && after_id.is_none_or(|a| &h.id > a))
+            .filter(|h| only.as_ref().is_none_or(|o| &h.id == o) && after_id.as_ref().is_none_or(|a| &h.id > a))
             .map(|h| h.id.clone())
             .collect();
         ids.sort();

@@ -11,9 +11,9 @@ use mongodb::options::ReturnDocument;
 use super::docs::{filter_doc, get_string, get_u64, pruned_id, tally_counts, to_date};
 use super::{MongoMetaStore, commit, is_transient, map_err};
 use crate::engine::error::{Error, Result};
-use crate::engine::model::{CollectionName, ItemId, Op, State, Timestamp};
+use crate::engine::model::{CollectionName, ItemId, Op, State};
 use crate::engine::query::Filter;
-use crate::engine::store::{MetaUpkeep, PrunedVersion, TierBatch};
+use crate::engine::store::{MetaUpkeep, PrunedVersion, TierBatch, TierQuery};
 
 impl MongoMetaStore {
     /// In the session's transaction: remove the versions still indexed and add them to the
@@ -139,18 +139,17 @@ impl MetaUpkeep for MongoMetaStore {
         Ok(tally.map(|t| tally_counts(&t, from)).unwrap_or_default())
     }
 
-    async fn mark_processed(
-        &self,
-        c: &CollectionName,
-        older_than: Timestamp,
-        only: Option<&ItemId>,
-        after_id: Option<&ItemId>,
-        limit: usize,
-        dry_run: bool,
-    ) -> Result<TierBatch> {
+    async fn mark_processed(&self, c: &CollectionName, query: &TierQuery) -> Result<TierBatch> {
         use futures::TryStreamExt;
+        let TierQuery {
+            older_than,
+            ref only,
+            ref after_id,
+            limit,
+            dry_run,
+        } = *query;
         let mut filter = doc! {"state": State::New.as_str(), "updatedAt": {"$lt": to_date(older_than)}};
-        match (only, after_id) {
+        match (only.as_ref(), after_id.as_ref()) {
             (Some(id), _) => {
                 filter.insert("_id", id.as_str());
             }
