@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::{Map, Value};
 use tokio::sync::OnceCell;
 
+use crate::engine::content::Contents;
 use crate::engine::error::Result;
 use crate::engine::model::{CollectionName, ItemId, Op, Record, RequestStamp, Timestamp, metadata_name};
 use crate::engine::settings::{CollectionMap, EngineSettings, QueueSettings};
@@ -81,8 +82,8 @@ pub struct Engine {
     payloads: Arc<dyn PayloadStore>,
     /// Manifests of pruned versions (the backups bucket); retention needs it.
     backups: Option<Arc<dyn PayloadStore>>,
-    /// Content properties (the content bucket).
-    content: Option<Arc<dyn PayloadStore>>,
+    /// Content properties, offloaded to and resolved from the content bucket.
+    contents: Contents,
     /// Writes that met a transient failure, kept for retry (the metadata store's queue).
     queue: Option<Arc<dyn QueueStore>>,
     settings: EngineSettings,
@@ -97,7 +98,7 @@ impl Engine {
             meta,
             payloads,
             backups: None,
-            content: None,
+            contents: Contents::default(),
             queue: None,
             settings,
             prepared: Mutex::new(HashMap::new()),
@@ -124,7 +125,7 @@ impl Engine {
 
     /// Attach the content store (the content bucket).
     pub fn with_content(mut self, content: Arc<dyn PayloadStore>) -> Self {
-        self.content = Some(content);
+        self.contents = Contents::new(content);
         self
     }
 
@@ -140,10 +141,6 @@ impl Engine {
 
     pub(super) fn queue_settings(&self) -> &QueueSettings {
         &self.settings.queue
-    }
-
-    pub(super) fn content_store(&self) -> Option<&dyn PayloadStore> {
-        self.content.as_deref()
     }
 
     pub(super) fn backups(&self) -> Option<Arc<dyn PayloadStore>> {

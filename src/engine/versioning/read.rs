@@ -2,13 +2,17 @@
 //! manifest once pruned), history and listings, each returning only the data of the item and
 //! version it names.
 
+use std::time::Duration;
+
 use super::{Engine, ListOptions, ListPage, ReadOptions};
+use crate::engine::content::no_presign;
 use crate::engine::envelope::{self, Decoded};
 use crate::engine::error::{Error, Result};
 use crate::engine::model::{
     CollectionName, Head, ItemId, Record, VersionEntry, VersionTarget, parse_data, payload_key,
 };
 use crate::engine::query::Filter;
+use crate::engine::settings::ContentMode;
 use crate::engine::store::ListQuery;
 
 impl Engine {
@@ -192,6 +196,28 @@ impl Engine {
             data: decoded.data,
             payload_ref: entry.payload_ref,
         })
+    }
+
+    /// Show a record's content properties as `mode` says.
+    pub async fn resolve_content(
+        &self,
+        collection: &CollectionName,
+        record: &mut Record,
+        mode: ContentMode,
+    ) -> Result<()> {
+        self.contents
+            .resolve(self.map(collection), collection, record, mode)
+            .await
+    }
+
+    /// A presigned URL for the record's whole version payload (the envelope JSON).
+    pub async fn presign_payload(&self, collection: &CollectionName, record: &Record, ttl: Duration) -> Result<String> {
+        let (ov, write_id) = record.payload();
+        let key = payload_key(collection, &record.id, ov, write_id);
+        self.payload_store()
+            .presign_get(&key, ttl)
+            .await?
+            .ok_or_else(no_presign)
     }
 
     /// The payload object `payload` = (ov, write id) of an item, checked to be exactly that
