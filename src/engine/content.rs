@@ -77,7 +77,7 @@ fn content_props(map: Option<&CollectionMap>) -> Vec<(String, ContentKind)> {
 /// The content store and the moves of content properties in and out of it: the engine holds one,
 /// offloads through it on every write and resolves through it on reads that ask for content.
 /// It knows nothing of the engine — the caller passes the collection's map.
-#[derive(Clone, Default)]
+#[derive(Default)]
 pub(crate) struct Contents {
     /// The content bucket; `None` when the database has none (content properties are refused).
     store: Option<Arc<dyn PayloadStore>>,

@@ -105,7 +105,7 @@ impl Engine {
         if let Some(entry) = self.indexed_version(collection, id, target).await? {
             return Ok(Some(Target::indexed(entry)));
         }
-        let found = self.pruned_where(collection, id, |v| target.admits(v)).await?;
+        let found = self.manifests().find(collection, id, |v| target.admits(v)).await?;
         Ok(found.map(Target::pruned))
     }
 

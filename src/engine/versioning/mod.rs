@@ -17,6 +17,7 @@ use tokio::sync::OnceCell;
 use crate::engine::content::Contents;
 use crate::engine::error::Result;
 use crate::engine::model::{CollectionName, ItemId, Op, Record, RequestStamp, Timestamp, metadata_name};
+use crate::engine::retention::manifests::Manifests;
 use crate::engine::settings::{CollectionMap, EngineSettings, QueueSettings};
 use crate::engine::store::queue::QueueStore;
 use crate::engine::store::{MetaStore, NewData, PayloadStore};
@@ -80,8 +81,9 @@ pub struct Engine {
     database: String,
     meta: Arc<dyn MetaStore>,
     payloads: Arc<dyn PayloadStore>,
-    /// Manifests of pruned versions (the backups bucket); retention needs it.
-    backups: Option<Arc<dyn PayloadStore>>,
+    /// Manifests of pruned versions (in the backups bucket; they name `database`, so the
+    /// builder keeps the two in step); retention needs them.
+    manifests: Manifests,
     /// Content properties, offloaded to and resolved from the content bucket.
     contents: Contents,
     /// Writes that met a transient failure, kept for retry (the metadata store's queue).
@@ -97,7 +99,7 @@ impl Engine {
             database: super::model::DEFAULT_DATABASE.to_owned(),
             meta,
             payloads,
-            backups: None,
+            manifests: Manifests::new(super::model::DEFAULT_DATABASE, None),
             contents: Contents::default(),
             queue: None,
             settings,
@@ -109,6 +111,7 @@ impl Engine {
     /// with [`Engine::for_database`], which also keeps their keys apart.
     pub fn with_database(mut self, database: &str) -> Self {
         self.database = database.to_owned();
+        self.manifests = Manifests::new(database, self.manifests.backups().cloned());
         self
     }
 
@@ -119,7 +122,7 @@ impl Engine {
 
     /// Attach the backups store (manifests of pruned versions).
     pub fn with_backups(mut self, backups: Arc<dyn PayloadStore>) -> Self {
-        self.backups = Some(backups);
+        self.manifests = Manifests::new(&self.database, Some(backups));
         self
     }
 
@@ -143,12 +146,8 @@ impl Engine {
         &self.settings.queue
     }
 
-    pub(super) fn backups(&self) -> Option<Arc<dyn PayloadStore>> {
-        self.backups.clone()
-    }
-
-    pub(super) fn backups_ref(&self) -> Option<&dyn PayloadStore> {
-        self.backups.as_deref()
+    pub(super) fn manifests(&self) -> &Manifests {
+        &self.manifests
     }
 
     pub(super) fn payload_store(&self) -> &dyn PayloadStore {

@@ -145,7 +145,7 @@ impl Engine {
         if self.meta.head(collection, id).await?.is_none() {
             return Ok(None);
         }
-        self.pruned_version(collection, id, target).await
+        self.manifests.version(collection, id, target).await
     }
 
     /// The version index of an item, oldest first: up to `limit` entries after `after_ov`.
