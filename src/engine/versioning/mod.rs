@@ -2,10 +2,12 @@
 //! of the item (and version) they name. See `docs/design.md` for the write protocol.
 //!
 //! This file holds the [`Engine`], how it is built, and what its parts share; the parts: `write`
-//! (the write protocol), `read` (the reads), `stamp` (idempotency keys).
+//! (the write protocol), `read` (the reads), `submit` (the front door: a write now, or kept by the
+//! retry queue, and the queue's worker), `stamp` (idempotency keys).
 
 mod read;
 pub(crate) mod stamp;
+pub mod submit;
 mod write;
 
 use std::collections::HashMap;
@@ -18,7 +20,8 @@ use crate::engine::content::Contents;
 use crate::engine::error::Result;
 use crate::engine::model::{CollectionName, ItemId, Op, Record, RequestStamp, Timestamp, metadata_name};
 use crate::engine::retention::manifests::Manifests;
-use crate::engine::settings::{CollectionMap, EngineSettings, QueueSettings};
+use crate::engine::retry::Retry;
+use crate::engine::settings::{CollectionMap, EngineSettings};
 use crate::engine::store::queue::QueueStore;
 use crate::engine::store::{MetaStore, NewData, PayloadStore};
 
@@ -87,7 +90,7 @@ pub struct Engine {
     /// Content properties, offloaded to and resolved from the content bucket.
     contents: Contents,
     /// Writes that met a transient failure, kept for retry (the metadata store's queue).
-    queue: Option<Arc<dyn QueueStore>>,
+    retry: Retry,
     settings: EngineSettings,
     /// Collections whose indexes this process has ensured (once each, never per write).
     prepared: Mutex<HashMap<CollectionName, Arc<OnceCell<()>>>>,
@@ -101,7 +104,7 @@ impl Engine {
             payloads,
             manifests: Manifests::new(super::model::DEFAULT_DATABASE, None),
             contents: Contents::default(),
-            queue: None,
+            retry: Retry::new(None, settings.queue.clone()),
             settings,
             prepared: Mutex::new(HashMap::new()),
         }
@@ -134,16 +137,8 @@ impl Engine {
 
     /// Attach the retry queue (see [`crate::engine::retry`]).
     pub fn with_queue(mut self, queue: Arc<dyn QueueStore>) -> Self {
-        self.queue = Some(queue);
+        self.retry = Retry::new(Some(queue), self.settings.queue.clone());
         self
-    }
-
-    pub(super) fn queue(&self) -> Option<&Arc<dyn QueueStore>> {
-        self.queue.as_ref()
-    }
-
-    pub(super) fn queue_settings(&self) -> &QueueSettings {
-        &self.settings.queue
     }
 
     pub(super) fn manifests(&self) -> &Manifests {
