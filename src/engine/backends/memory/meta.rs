@@ -328,13 +328,7 @@ impl MetaUpkeep for MemoryMetaStore {
     }
 
     async fn mark_processed(&self, collection: &CollectionName, query: &TierQuery) -> Result<TierBatch> {
-        let TierQuery {
-            older_than,
-            ref only,
-            ref after_id,
-            limit,
-            dry_run,
-        } = *query;
+        let dry_run = query.dry_run;
         let mut all = self.lock();
         let Some(c) = all.get_mut(collection) else {
             return Ok(TierBatch::default());
@@ -342,12 +336,14 @@ impl MetaUpkeep for MemoryMetaStore {
         let mut ids: Vec<ItemId> = c
             .heads
             .values()
-            .filter(|h| h.state == State::New && h.updated_at < older_than)
-            .filter(|h| only.as_ref().is_none_or(|o| &h.id == o) && after_id.as_ref().is_none_or(|a| &h.id > a))
+            .filter(|h| h.state == State::New && h.updated_at < query.older_than)
+            .filter(|h| {
+                query.only.as_ref().is_none_or(|o| &h.id == o) && query.after_id.as_ref().is_none_or(|a| &h.id > a)
+            })
             .map(|h| h.id.clone())
             .collect();
         ids.sort();
-        ids.truncate(limit);
+        ids.truncate(query.limit);
         let mut batch = TierBatch::default();
         for id in &ids {
             if let Some(h) = c.heads.get_mut(id) {

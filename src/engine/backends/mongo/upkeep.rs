@@ -141,15 +141,8 @@ impl MetaUpkeep for MongoMetaStore {
 
     async fn mark_processed(&self, c: &CollectionName, query: &TierQuery) -> Result<TierBatch> {
         use futures::TryStreamExt;
-        let TierQuery {
-            older_than,
-            ref only,
-            ref after_id,
-            limit,
-            dry_run,
-        } = *query;
-        let mut filter = doc! {"state": State::New.as_str(), "updatedAt": {"$lt": to_date(older_than)}};
-        match (only.as_ref(), after_id.as_ref()) {
+        let mut filter = doc! {"state": State::New.as_str(), "updatedAt": {"$lt": to_date(query.older_than)}};
+        match (query.only.as_ref(), query.after_id.as_ref()) {
             (Some(id), _) => {
                 filter.insert("_id", id.as_str());
             }
@@ -179,7 +172,7 @@ impl MetaUpkeep for MongoMetaStore {
             .find(filter.clone())
             .projection(doc! {"_id": 1, "s": {"$bsonSize": "$$ROOT"}})
             .sort(doc! {"_id": 1})
-            .limit(limit as i64)
+            .limit(query.limit as i64)
             .await
             .map_err(map_err)?
             .try_collect()
@@ -190,7 +183,7 @@ impl MetaUpkeep for MongoMetaStore {
             .map(|d| get_string(d, "_id")?.parse())
             .collect::<Result<_>>()?;
         let bytes_before: u64 = candidates.iter().filter_map(|d| get_u64(d, "s").ok()).sum();
-        if dry_run || ids.is_empty() {
+        if query.dry_run || ids.is_empty() {
             return Ok(TierBatch {
                 ids,
                 bytes_before,
