@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use chronos::client::{self, Client as HttpClient};
-use chronos::engine::{Attribution, CollectionName, Engine, Enrichment, ItemId, ListOptions, ReadOptions};
+use chronos::engine::{
+    Attribution, CollectionName, Engine, Enrichment, ItemId, ListOptions, ReadOptions, VersionTarget,
+};
 use serde_json::json;
 
 use crate::errors::{name, text};
@@ -130,7 +132,7 @@ impl Workload {
             (Create, _) => "Engine::create",
             (Update, _) => "Engine::update with expected ov",
             (GetLatest, _) => "Engine::get_latest (data inline)",
-            (GetVersion, _) => "Engine::get_version(ov 0)",
+            (GetVersion, _) => "Engine::get_at(ov 0)",
             (List, _) => "Engine::list {status}, limit 20",
             (Enrich, _) => "Engine::enrich, one patch",
             (Restore, _) => "Engine::restore_collection to before the updates (by reference)",
@@ -319,7 +321,7 @@ impl Ctx {
             (GetVersion, _) => {
                 let id: ItemId = name(&any)?;
                 engine
-                    .get_version(&self.items, &id, 0, ReadOptions::default())
+                    .get_at(&self.items, &id, VersionTarget::Ov(0), ReadOptions::default())
                     .await
                     .map(drop)
                     .map_err(text)

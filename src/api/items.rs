@@ -316,12 +316,18 @@ pub async fn get(State(state): State<AppState>, path: ItemPath, ApiQuery(q): Api
     };
     let record = match (q.ov, q.at) {
         (Some(_), Some(_)) => return Err(ApiError::bad_request("give `ov` or `at`, not both")),
-        (Some(ov), None) => engine.get_version(&path.collection, &path.id, ov, opts).await?,
+        (Some(ov), None) => {
+            engine
+                .get_at(&path.collection, &path.id, VersionTarget::Ov(ov), opts)
+                .await?
+        }
         (None, Some(at)) => {
             let at: Timestamp = at
                 .parse()
                 .map_err(|e| ApiError::bad_request(format!("`at` must be an RFC 3339 time: {e}")))?;
-            engine.get_as_of(&path.collection, &path.id, at, opts).await?
+            engine
+                .get_at(&path.collection, &path.id, VersionTarget::At(at), opts)
+                .await?
         }
         (None, None) => engine.get_latest(&path.collection, &path.id, opts).await?,
     };

@@ -116,7 +116,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             let stopped = async {
                 let _ = queue_stopped.await;
             };
-            chronos::engine::retry::work(
+            chronos::engine::versioning::submit::work(
                 move || state.databases(),
                 QUEUE_CONCURRENCY,
                 std::time::Duration::from_secs(1),

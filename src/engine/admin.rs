@@ -36,8 +36,8 @@ pub struct StoreStatus {
 impl Engine {
     fn stores(&self) -> Vec<(&'static str, &dyn PayloadStore)> {
         let mut stores: Vec<(&'static str, &dyn PayloadStore)> = vec![("payloads", self.payload_store())];
-        if let Some(b) = self.backups_ref() {
-            stores.push(("backups", b));
+        if let Some(b) = self.manifests().backups() {
+            stores.push(("backups", b.as_ref()));
         }
         stores
     }

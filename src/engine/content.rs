@@ -9,7 +9,7 @@
 //! same object, so no attempt ever needs to delete a content object another version may use.
 //! Reads resolve references back to values, or to presigned URLs.
 
-use std::time::Duration;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -18,9 +18,9 @@ use serde_json::{Map, Value, json};
 use sha2::Digest;
 
 use super::error::{Error, Result};
-use super::model::{CollectionName, ItemId, Record, payload_key};
-use super::settings::{ContentKind, ContentMode};
-use super::versioning::Engine;
+use super::model::{CollectionName, ItemId, Record};
+use super::settings::{CollectionMap, ContentKind, ContentMode};
+use super::store::PayloadStore;
 
 /// The reference key in the JSON.
 pub const CONTENT_KEY: &str = "$content";
@@ -68,21 +68,40 @@ impl Reference {
     }
 }
 
-impl Engine {
-    fn content_props(&self, collection: &CollectionName) -> Vec<(String, ContentKind)> {
-        self.map(collection)
-            .map(|m| m.content_props.iter().map(|(k, v)| (k.clone(), *v)).collect())
-            .unwrap_or_default()
+/// The content properties a collection map declares.
+fn content_props(map: Option<&CollectionMap>) -> Vec<(String, ContentKind)> {
+    map.map(|m| m.content_props.iter().map(|(k, v)| (k.clone(), *v)).collect())
+        .unwrap_or_default()
+}
+
+/// The content store and the moves of content properties in and out of it: the engine holds one,
+/// offloads through it on every write and resolves through it on reads that ask for content.
+/// It knows nothing of the engine — the caller passes the collection's map.
+#[derive(Default)]
+pub(crate) struct Contents {
+    /// The content bucket; `None` when the database has none (content properties are refused).
+    store: Option<Arc<dyn PayloadStore>>,
+}
+
+impl Contents {
+    pub(crate) fn new(store: Arc<dyn PayloadStore>) -> Self {
+        Contents { store: Some(store) }
     }
 
-    /// Move the declared content properties of `data` to the content store, leaving references.
-    pub(super) async fn offload_content(
+    fn store(&self) -> Option<&dyn PayloadStore> {
+        self.store.as_deref()
+    }
+
+    /// Move the content properties `map` declares from `data` to the content store, leaving
+    /// references.
+    pub(crate) async fn offload(
         &self,
+        map: Option<&CollectionMap>,
         collection: &CollectionName,
         id: &ItemId,
         data: &mut Map<String, Value>,
     ) -> Result<()> {
-        let props = self.content_props(collection);
+        let props = content_props(map);
         if props.is_empty() {
             return Ok(());
         }
@@ -117,7 +136,7 @@ impl Engine {
                     }
                 },
             };
-            let store = self.content_store().ok_or_else(|| {
+            let store = self.store().ok_or_else(|| {
                 Error::validation(
                     prop.clone(),
                     "content properties need a content store (spacesConns[].contentBucket)",
@@ -132,9 +151,10 @@ impl Engine {
         Ok(())
     }
 
-    /// Show a record's content properties as `mode` says.
-    pub async fn resolve_content(
+    /// Show a record's content properties (those `map` declares) as `mode` says.
+    pub(crate) async fn resolve(
         &self,
+        map: Option<&CollectionMap>,
         collection: &CollectionName,
         record: &mut Record,
         mode: ContentMode,
@@ -142,7 +162,7 @@ impl Engine {
         if mode == ContentMode::Reference {
             return Ok(());
         }
-        for (prop, kind) in self.content_props(collection) {
+        for (prop, kind) in content_props(map) {
             let Some(r) = record.data.get(&prop).and_then(reference_of) else {
                 continue;
             };
@@ -154,7 +174,7 @@ impl Engine {
                     record.id, record.ov
                 )));
             }
-            let store = self.content_store().ok_or_else(|| {
+            let store = self.store().ok_or_else(|| {
                 Error::Corrupt(format!("{prop} references content but no content store is configured"))
             })?;
             let value = match mode {
@@ -184,19 +204,10 @@ impl Engine {
         }
         Ok(())
     }
-
-    /// A presigned URL for the record's whole version payload (the envelope JSON).
-    pub async fn presign_payload(&self, collection: &CollectionName, record: &Record, ttl: Duration) -> Result<String> {
-        let (ov, write_id) = record.payload();
-        let key = payload_key(collection, &record.id, ov, write_id);
-        self.payload_store()
-            .presign_get(&key, ttl)
-            .await?
-            .ok_or_else(no_presign)
-    }
 }
 
-fn no_presign() -> Error {
+/// The refusal of a presigned URL by a store that cannot make one.
+pub(crate) fn no_presign() -> Error {
     Error::validation(
         "presign",
         "this database's payload store cannot presign URLs (it needs an S3 store)",

@@ -20,16 +20,15 @@
 //! key. When the enqueue may have landed anyway, the answer is `outcome_unknown`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use super::error::{Error, Result};
-use super::model::{Attribution, CollectionName, Enrichment, ItemId, WriteOutcome, now};
-use super::store::queue::{
+use crate::engine::error::{Error, Result};
+use crate::engine::model::{Attribution, CollectionName, ItemId, WriteOutcome, now};
+use crate::engine::settings::QueueSettings;
+use crate::engine::store::queue::{
     Job, Operation, OperationId, OperationResult, OperationStatus, QueueStats, QueueStore, Settlement, WriteRequest,
 };
-use super::versioning::Engine;
 
-/// What [`Engine::submit`] did.
+/// What [`Engine::submit`](crate::engine::Engine::submit) did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Submitted {
     Done { id: ItemId, outcome: WriteOutcome },
@@ -44,20 +43,37 @@ fn transient(e: &Error) -> bool {
     )
 }
 
-impl Engine {
-    /// Make a write now; when a backend fails transiently and this database has a queue, keep
-    /// it as an operation for the worker instead (see the module docs for when that is safe).
-    pub async fn submit(
+/// The retry queue of one database, as the engine uses it: it keeps writes that failed
+/// transiently, hands due ones out to be run again and records how they ended. The engine holds
+/// one and makes the writes itself (`versioning/submit.rs`); this knows nothing of the engine.
+pub(crate) struct Retry {
+    /// The metadata store's queue; `None` when the database has none (nothing is kept).
+    queue: Option<Arc<dyn QueueStore>>,
+    settings: QueueSettings,
+}
+
+/// A claimed operation: what to write, for whom, and the token that settles it.
+pub(crate) struct Claimed {
+    pub op: Operation,
+    token: String,
+    pub who: Attribution,
+}
+
+impl Retry {
+    pub(crate) fn new(queue: Option<Arc<dyn QueueStore>>, settings: QueueSettings) -> Self {
+        Retry { queue, settings }
+    }
+
+    /// Keep a write that failed with `error` as an operation for the worker, when this database
+    /// has a queue and keeping it is safe (see the module docs); otherwise hand the error back.
+    pub(crate) async fn keep(
         &self,
         collection: &CollectionName,
         request: WriteRequest,
         who: &Attribution,
+        error: Error,
     ) -> Result<Submitted> {
-        let error = match self.apply(collection, &request, who).await {
-            Ok((id, outcome)) => return Ok(Submitted::Done { id, outcome }),
-            Err(e) => e,
-        };
-        let Some(queue) = self.queue() else { return Err(error) };
+        let Some(queue) = &self.queue else { return Err(error) };
         let queueable = match &error {
             Error::Unavailable { .. } => true,
             // The write may have happened: only the caller's key can keep a retry from making it twice.
@@ -82,7 +98,7 @@ impl Engine {
             request_key,
             created_at,
         };
-        let due = self.queue_settings().retry_at(1, created_at);
+        let due = self.settings.retry_at(1, created_at);
         let op = Operation::new(job, &error, due);
         match queue.enqueue(&op).await {
             Ok(()) => {
@@ -108,63 +124,28 @@ impl Engine {
         }
     }
 
-    /// Make a write now (no queueing).
-    pub async fn apply(
-        &self,
-        collection: &CollectionName,
-        request: &WriteRequest,
-        who: &Attribution,
-    ) -> Result<(ItemId, WriteOutcome)> {
-        match request {
-            WriteRequest::Create { id, id_generated, data } => {
-                self.create_as(collection, id.clone(), *id_generated, data.clone(), who)
-                    .await
-            }
-            WriteRequest::Update { id, data, expected_ov } => {
-                let o = self.update(collection, id, data.clone(), *expected_ov, who).await?;
-                Ok((id.clone(), o))
-            }
-            WriteRequest::Delete { id, expected_ov } => {
-                let o = self.delete(collection, id, *expected_ov, who).await?;
-                Ok((id.clone(), o))
-            }
-            WriteRequest::Enrich {
-                id,
-                patches,
-                function_id,
-                expected_ov,
-            } => {
-                let enrichment = Enrichment {
-                    function_id: function_id.clone(),
-                    expected_ov: *expected_ov,
-                };
-                let o = self.enrich(collection, id, patches, &enrichment, who).await?;
-                Ok((id.clone(), o))
-            }
-            WriteRequest::Restore {
-                id,
-                target,
-                expected_ov,
-            } => {
-                let o = self.restore_object(collection, id, *target, *expected_ov, who).await?;
-                Ok((id.clone(), o))
-            }
-        }
-    }
-
-    /// Claim one due operation and run it; `false` when none was due.
-    pub async fn run_queued_once(&self) -> Result<bool> {
-        let Some(queue) = self.queue() else { return Ok(false) };
-        let settings = self.queue_settings();
+    /// Claim one due operation: it, its claim token, and who the write is made for (with the
+    /// operation's idempotency key). `None` when none is due or there is no queue.
+    pub(crate) async fn claim(&self) -> Result<Option<Claimed>> {
+        let Some(queue) = &self.queue else { return Ok(None) };
+        let settings = &self.settings;
         let Some((op, token)) = queue.claim(now(), settings.lease).await? else {
-            return Ok(false);
+            return Ok(None);
         };
         let who = Attribution {
             actor: op.job.actor.clone(),
             reason: op.job.reason.clone(),
             request_key: Some(op.job.request_key.clone()),
         };
-        let settlement = match self.apply(&op.job.collection, &op.job.request, &who).await {
+        Ok(Some(Claimed { op, token, who }))
+    }
+
+    /// Record how a claimed operation's write ended (`outcome`): landed, to be retried, or dead.
+    pub(crate) async fn settle(&self, claimed: Claimed, outcome: Result<(ItemId, WriteOutcome)>) -> Result<()> {
+        let Some(queue) = &self.queue else { return Ok(()) };
+        let settings = &self.settings;
+        let Claimed { op, token, .. } = claimed;
+        let settlement = match outcome {
             Ok((id, o)) => Settlement::Succeeded(OperationResult {
                 id,
                 ov: o.ov,
@@ -191,43 +172,27 @@ impl Engine {
         if !queue.settle(&op.job.id, &token, settlement, now()).await? {
             tracing::warn!(operation = %op.job.id, "lease lost before the outcome was recorded; the next run replays it");
         }
-        Ok(true)
-    }
-
-    /// Run due operations with `concurrency` workers until none is due; returns how many ran.
-    pub async fn drain_queue(&self, concurrency: usize) -> Result<u64> {
-        // One claim first, so an idle queue costs one command per poll, not one per lane.
-        if !self.run_queued_once().await? {
-            return Ok(0);
-        }
-        let lane = || async {
-            let mut ran = 0u64;
-            while self.run_queued_once().await? {
-                ran += 1;
-            }
-            Ok::<_, Error>(ran)
-        };
-        let lanes = futures::future::try_join_all((0..concurrency.max(1)).map(|_| lane())).await?;
-        Ok(1 + lanes.into_iter().sum::<u64>())
+        Ok(())
     }
 
     fn queue_required(&self) -> Result<&Arc<dyn QueueStore>> {
-        self.queue()
+        self.queue
+            .as_ref()
             .ok_or_else(|| Error::validation("queue", "this database has no retry queue"))
     }
 
-    pub async fn operation(&self, id: &OperationId) -> Result<Operation> {
+    pub(crate) async fn operation(&self, id: &OperationId) -> Result<Operation> {
         self.queue_required()?
             .operation(id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("operation {id}")))
     }
 
-    pub async fn queue_stats(&self) -> Result<QueueStats> {
+    pub(crate) async fn stats(&self) -> Result<QueueStats> {
         self.queue_required()?.stats().await
     }
 
-    pub async fn list_operations(
+    pub(crate) async fn list(
         &self,
         status: OperationStatus,
         after: Option<&OperationId>,
@@ -240,7 +205,7 @@ impl Engine {
     }
 
     /// Put a dead letter back in the queue (due now, attempts reset).
-    pub async fn retry_dead_letter(&self, id: &OperationId) -> Result<Operation> {
+    pub(crate) async fn revive(&self, id: &OperationId) -> Result<Operation> {
         let queue = self.queue_required()?;
         if !queue.revive(id, now()).await? {
             let current = queue.operation(id).await?;
@@ -256,7 +221,7 @@ impl Engine {
     }
 
     /// Cancel a pending operation or a dead letter.
-    pub async fn cancel_operation(&self, id: &OperationId) -> Result<Operation> {
+    pub(crate) async fn cancel(&self, id: &OperationId) -> Result<Operation> {
         let queue = self.queue_required()?;
         match queue.cancel(id, now()).await? {
             None => Err(Error::NotFound(format!("operation {id}"))),
@@ -265,44 +230,6 @@ impl Engine {
                 "operationId",
                 format!("operation {id} is {} and can't be cancelled", other.as_str()),
             )),
-        }
-    }
-}
-
-/// Run the queues of the databases `engines` returns until `stop` resolves: every `poll`, each
-/// database's due operations are run (`concurrency` at a time per database). Every engine
-/// replica may run this: claims are exclusive.
-pub async fn work<F>(engines: F, concurrency: usize, poll: Duration, stop: impl std::future::Future<Output = ()>)
-where
-    F: Fn() -> Vec<(String, Arc<Engine>)>,
-{
-    tokio::pin!(stop);
-    let mut last_stats = std::time::Instant::now() - Duration::from_secs(60);
-    loop {
-        let dbs = engines();
-        let runs = dbs.iter().map(|(key, engine)| async move {
-            if let Err(e) = engine.drain_queue(concurrency).await {
-                tracing::warn!(db = %key, error = %e, "retry queue: could not run operations");
-            }
-        });
-        futures::future::join_all(runs).await;
-        // Queue depth for /metrics, every few seconds (three counts per database).
-        if last_stats.elapsed() >= Duration::from_secs(5) {
-            last_stats = std::time::Instant::now();
-            for (key, engine) in &dbs {
-                if let Some(queue) = engine.queue()
-                    && let Ok(s) = queue.stats().await
-                {
-                    for (status, n) in [("pending", s.pending), ("running", s.running), ("dead", s.dead)] {
-                        metrics::gauge!("chronos_queue_operations", "db" => key.clone(), "status" => status)
-                            .set(n as f64);
-                    }
-                }
-            }
-        }
-        tokio::select! {
-            () = &mut stop => return,
-            () = tokio::time::sleep(poll) => {}
         }
     }
 }

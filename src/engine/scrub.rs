@@ -221,7 +221,7 @@ impl Engine {
         {
             return Ok(true);
         }
-        let pruned = self.pruned_write_ids(&k.collection, &k.id).await?;
+        let pruned = self.manifests().write_ids(&k.collection, &k.id).await?;
         let found = pruned.contains(&wanted);
         *cache = Some((item, pruned));
         Ok(found)

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::error::{Error, Result};
 use super::model::{CollectionName, ItemId, now};
+use super::store::TierQuery;
 use super::versioning::Engine;
 
 const BATCH: usize = 500;
@@ -53,10 +54,14 @@ impl Engine {
         };
         let mut after: Option<ItemId> = None;
         loop {
-            let batch = self
-                .meta()
-                .mark_processed(collection, cutoff, None, after.as_ref(), BATCH, dry_run)
-                .await?;
+            let query = TierQuery {
+                older_than: cutoff,
+                only: None,
+                after_id: after.take(),
+                limit: BATCH,
+                dry_run,
+            };
+            let batch = self.meta().mark_processed(collection, &query).await?;
             report.processed += batch.ids.len() as u64;
             report.bytes_before += batch.bytes_before;
             report.bytes_after += batch.bytes_after;
@@ -78,11 +83,14 @@ impl Engine {
             return Err(Error::NotFound(format!("{collection}/{id}")));
         }
         // "Not written after the far future": any `new` item qualifies.
-        let far = jiff::Timestamp::MAX;
-        let batch = self
-            .meta()
-            .mark_processed(collection, far, Some(id), None, 1, false)
-            .await?;
+        let query = TierQuery {
+            older_than: jiff::Timestamp::MAX,
+            only: Some(id.clone()),
+            after_id: None,
+            limit: 1,
+            dry_run: false,
+        };
+        let batch = self.meta().mark_processed(collection, &query).await?;
         Ok(!batch.ids.is_empty())
     }
 }

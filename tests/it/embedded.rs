@@ -2,7 +2,7 @@
 //! only a local store has to get right — surviving a restart and refusing a second process.
 
 use chronos::connect::embedded;
-use chronos::engine::{Attribution, CollectionName, EngineSettings, Error, Op, ReadOptions};
+use chronos::engine::{Attribution, CollectionName, EngineSettings, Error, Op, ReadOptions, VersionTarget};
 use serde_json::json;
 
 use crate::support;
@@ -49,7 +49,10 @@ async fn data_survives_reopening() {
     );
     assert_eq!(history[2].actor.as_deref(), Some("tester"));
     assert_eq!(
-        e.get_version(&c, &cold, 0, ReadOptions::default()).await.unwrap().data,
+        e.get_at(&c, &cold, VersionTarget::Ov(0), ReadOptions::default())
+            .await
+            .unwrap()
+            .data,
         data(10)
     );
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use chronos::engine::{Attribution, CollectionName, EngineSettings, ItemId, ReadOptions};
+use chronos::engine::{Attribution, CollectionName, EngineSettings, ItemId, ReadOptions, VersionTarget};
 use mongodb::bson::doc;
 use serde_json::json;
 
@@ -187,7 +187,7 @@ async fn a_failover_under_concurrent_writes_loses_no_acknowledged_write() {
         for (ov, cv, n) in acknowledged {
             let v = h
                 .engine
-                .get_version(&c, &id, ov, ReadOptions::default())
+                .get_at(&c, &id, VersionTarget::Ov(ov), ReadOptions::default())
                 .await
                 .unwrap_or_else(|e| {
                     panic!("acknowledged {id} ov {ov} is lost: {e}");

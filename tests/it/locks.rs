@@ -10,7 +10,7 @@ use chronos::engine::backends::MongoMetaStore;
 use chronos::engine::backends::S3PayloadStore;
 use chronos::engine::store::decorators::{Faults, Faulty};
 use chronos::engine::{
-    Attribution, CollectionName, Engine, EngineSettings, Error, MetaWrite, PayloadStore, ReadOptions,
+    Attribution, CollectionName, Engine, EngineSettings, Error, MetaWrite, PayloadStore, ReadOptions, VersionTarget,
 };
 use mongodb::bson::{Document, doc};
 use mongodb::event::EventHandler;
@@ -148,7 +148,10 @@ async fn a_writer_whose_lock_expired_cannot_commit() {
             .await
             .unwrap();
     assert_eq!(history.iter().map(|v| v.ov).collect::<Vec<_>>(), [0, 1, 2]);
-    let v1 = r.b.get_version(&coll(), &id, 1, ReadOptions::default()).await.unwrap();
+    let v1 =
+        r.b.get_at(&coll(), &id, VersionTarget::Ov(1), ReadOptions::default())
+            .await
+            .unwrap();
     assert_eq!(v1.data, data(json!({"n": "b"})), "B's version is intact");
     // The refused attempt's payload is gone (it had a key of its own); only committed ones remain.
     let keys = r.payloads.list(&format!("locked/{id}/"), None, 100).await.unwrap();

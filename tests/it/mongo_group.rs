@@ -1,7 +1,7 @@
 //! Group commit on a real MongoDB replica set: concurrent writes share their round trips, a
 //! failing member takes no other with it, stragglers and late members are handled alone.
 
-use chronos::engine::{Attribution, CollectionName, EngineSettings, ReadOptions};
+use chronos::engine::{Attribution, CollectionName, EngineSettings, ReadOptions, VersionTarget};
 use serde_json::json;
 
 use crate::support;
@@ -58,7 +58,11 @@ async fn concurrent_writes_share_their_round_trips() {
         assert_eq!(latest.data["n"], i);
         assert_eq!(latest.data["v"], 1);
         assert_eq!(latest.cv, u.cv);
-        let first = h.engine.get_version(&c, id, 0, ReadOptions::default()).await.unwrap();
+        let first = h
+            .engine
+            .get_at(&c, id, VersionTarget::Ov(0), ReadOptions::default())
+            .await
+            .unwrap();
         assert_eq!((first.data["n"].clone(), first.data["v"].clone()), (json!(i), json!(0)));
     }
 }

@@ -1,6 +1,6 @@
 //! The engine on a real MongoDB replica set and a real S3 server.
 
-use chronos::engine::{Attribution, CollectionName, EngineSettings, ReadOptions};
+use chronos::engine::{Attribution, CollectionName, EngineSettings, ReadOptions, VersionTarget};
 use serde_json::json;
 
 use crate::support;
@@ -34,7 +34,7 @@ async fn mongo_commands_per_operation() {
     h.engine.get_latest(&c, &warm, ReadOptions::default()).await.unwrap();
     let latest = h.take_commands();
     h.engine
-        .get_version(&c, &warm, 0, ReadOptions::default())
+        .get_at(&c, &warm, VersionTarget::Ov(0), ReadOptions::default())
         .await
         .unwrap();
     let version = h.take_commands();
@@ -145,7 +145,6 @@ fn majority_write(body: &mongodb::bson::Document) -> bool {
 /// and the new primary would hand the same cv out again while the old one's writer still uses it.
 #[tokio::test]
 async fn every_cv_allocation_waits_for_a_majority() {
-    use chronos::engine::VersionTarget;
     let h = support::mongo_s3(EngineSettings::default()).await;
     let c: CollectionName = "cv-majority".parse().unwrap();
     let who = Attribution::default();

@@ -4,6 +4,7 @@
 use bytes::Bytes;
 use chronos::engine::{
     Attribution, CollectionName, EngineSettings, ItemId, PrunePolicy, ReadOptions, ScrubOptions, ScrubReport,
+    VersionTarget,
 };
 use serde_json::json;
 
@@ -86,7 +87,11 @@ async fn orphans_are_found_and_only_orphans(h: Harness) {
     for item in ["a", "b"] {
         let id: ItemId = item.parse().unwrap();
         for ov in 0..=3 {
-            let r = h.engine.get_version(&c, &id, ov, ReadOptions::default()).await.unwrap();
+            let r = h
+                .engine
+                .get_at(&c, &id, VersionTarget::Ov(ov), ReadOptions::default())
+                .await
+                .unwrap();
             assert_eq!(r.data["n"], json!(ov));
         }
     }
@@ -247,7 +252,9 @@ async fn a_prune_between_scrub_pages_deletes_nothing_readable(h: Harness) {
     assert_eq!((report.orphans, report.deleted), (1, 1), "{report:?}");
     assert_eq!(report.orphan_keys[0].key, orphan);
     for ov in 0..=3 {
-        let r = engine.get_version(&c, &id, ov, ReadOptions::default()).await;
+        let r = engine
+            .get_at(&c, &id, VersionTarget::Ov(ov), ReadOptions::default())
+            .await;
         assert_eq!(r.map(|r| r.data["n"].clone()).ok(), Some(json!(ov)), "v{ov}");
     }
 }

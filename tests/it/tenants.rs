@@ -15,7 +15,7 @@ use chronos::engine::backends::{MemoryMetaStore, MemoryPayloadStore};
 use chronos::engine::store::queue::QueueStore;
 use chronos::engine::{
     Attribution, CollectionName, Engine, EngineSettings, Error, ItemId, MetaStore, PayloadStore, PrunePolicy,
-    ReadOptions, ScrubOptions, Stores, Timestamp,
+    ReadOptions, ScrubOptions, Stores, Timestamp, VersionTarget,
 };
 use serde_json::json;
 
@@ -34,7 +34,7 @@ async fn reads_own_history(engine: &Engine, owner: &str) {
     let (c, id) = (coll(), o1());
     for ov in 0..=3 {
         let r = engine
-            .get_version(&c, &id, ov, ReadOptions::default())
+            .get_at(&c, &id, VersionTarget::Ov(ov), ReadOptions::default())
             .await
             .unwrap_or_else(|e| panic!("{owner} v{ov}: {e}"));
         assert_eq!(
@@ -43,7 +43,7 @@ async fn reads_own_history(engine: &Engine, owner: &str) {
         );
     }
     let latest = engine
-        .get_as_of(&c, &id, far_future(), ReadOptions::default())
+        .get_at(&c, &id, VersionTarget::At(far_future()), ReadOptions::default())
         .await
         .unwrap();
     assert_eq!(latest.data["owner"], owner);
@@ -74,10 +74,12 @@ async fn write_and_prune(engine: &Engine, owner: &str) {
 
 /// `o1` is not in `engine`'s database: not by ov, not by time.
 async fn finds_no_o1(engine: &Engine) {
-    let by_ov = engine.get_version(&coll(), &o1(), 0, ReadOptions::default()).await;
+    let by_ov = engine
+        .get_at(&coll(), &o1(), VersionTarget::Ov(0), ReadOptions::default())
+        .await;
     assert!(matches!(by_ov, Err(Error::NotFound(_))), "?ov=0 gave {by_ov:?}");
     let by_at = engine
-        .get_as_of(&coll(), &o1(), far_future(), ReadOptions::default())
+        .get_at(&coll(), &o1(), VersionTarget::At(far_future()), ReadOptions::default())
         .await;
     assert!(matches!(by_at, Err(Error::NotFound(_))), "?at= gave {by_at:?}");
 }
@@ -233,7 +235,7 @@ async fn a_manifest_of_another_database_is_refused() {
     let who = Attribution::default();
     b.create(&coll(), Some(o1()), data("b", 0), &who).await.unwrap();
     let err = b
-        .get_version(&coll(), &o1(), 2, ReadOptions::default())
+        .get_at(&coll(), &o1(), VersionTarget::Ov(2), ReadOptions::default())
         .await
         .unwrap_err();
     assert!(

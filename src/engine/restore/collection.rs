@@ -22,6 +22,7 @@ use super::plan::{Action, RestoreCounts, RestorePage, Target, action, ref_write}
 use crate::engine::error::{Error, Result};
 use crate::engine::model::{Attribution, CollectionName, Head, ItemId, Timestamp, VersionEntry};
 use crate::engine::query::Filter;
+use crate::engine::retention::manifests::Pruned;
 use crate::engine::store::{HistoryPoint, ListQuery, RefWrite};
 use crate::engine::versioning::Engine;
 
@@ -197,8 +198,8 @@ impl Engine {
             .filter(|v| v.ov > 0)
             .map(|v| v.id)
             .collect();
-        let from_manifests: Vec<Option<crate::engine::retention::Pruned>> = futures::stream::iter(pruned)
-            .map(|id| async move { self.pruned_at(collection, &id, point).await })
+        let from_manifests: Vec<Option<Pruned>> = futures::stream::iter(pruned)
+            .map(|id| async move { self.manifests().at(collection, &id, point).await })
             .buffer_unordered(8)
             .try_collect()
             .await?;

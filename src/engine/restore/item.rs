@@ -102,14 +102,10 @@ impl Engine {
         id: &ItemId,
         target: VersionTarget,
     ) -> Result<Option<Target>> {
-        let indexed = match target {
-            VersionTarget::Ov(ov) => self.meta().version(collection, id, ov).await?,
-            VersionTarget::At(at) => self.meta().version_as_of(collection, id, at).await?,
-        };
-        if let Some(entry) = indexed {
+        if let Some(entry) = self.indexed_version(collection, id, target).await? {
             return Ok(Some(Target::indexed(entry)));
         }
-        let found = self.pruned_where(collection, id, |v| target.admits(v)).await?;
+        let found = self.manifests().find(collection, id, |v| target.admits(v)).await?;
         Ok(found.map(Target::pruned))
     }
 

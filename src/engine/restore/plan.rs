@@ -18,7 +18,7 @@ pub(super) struct Target {
 pub(super) enum Origin {
     /// The version index.
     Index,
-    /// A retention manifest (see [`crate::engine::retention::Pruned`]).
+    /// A retention manifest (see [`crate::engine::retention::manifests::Pruned`]).
     Manifest { payload_kept: bool },
 }
 
@@ -35,7 +35,7 @@ impl Target {
         }
     }
 
-    pub(super) fn pruned(p: crate::engine::retention::Pruned) -> Self {
+    pub(super) fn pruned(p: crate::engine::retention::manifests::Pruned) -> Self {
         Target {
             entry: p.entry,
             origin: Origin::Manifest {

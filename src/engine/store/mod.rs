@@ -187,6 +187,18 @@ impl HistoryPoint {
     }
 }
 
+/// Which `new` items one batch of cost tiering takes: those last written before `older_than` — or
+/// exactly `only`, if given — up to `limit` of them after `after_id`, in id order. With `dry_run`,
+/// nothing changes and the batch only reports.
+#[derive(Debug, Clone)]
+pub struct TierQuery {
+    pub older_than: Timestamp,
+    pub only: Option<ItemId>,
+    pub after_id: Option<ItemId>,
+    pub limit: usize,
+    pub dry_run: bool,
+}
+
 /// One batch of cost tiering: which items were (or would be) made `processed`, and the size of
 /// their head documents before and after.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -319,19 +331,10 @@ pub trait MetaUpkeep: Send + Sync + 'static {
     /// What retention removed from the index since the counters' mark, per counter name (see
     /// [`MetaUpkeep::delete_versions`]); a reset of the counters empties it.
     async fn pruned_counts(&self, collection: &CollectionName) -> Result<std::collections::HashMap<String, u64>>;
-    /// Drop the inline data of up to `limit` items (after `after_id`, in id order) that are `new`
-    /// and were last written before `older_than` — or of exactly `only`, if given — and mark them
-    /// `processed`. With `dry_run`, only report. A write racing with this is never affected: the
-    /// conditions are re-checked atomically per item.
-    async fn mark_processed(
-        &self,
-        collection: &CollectionName,
-        older_than: Timestamp,
-        only: Option<&ItemId>,
-        after_id: Option<&ItemId>,
-        limit: usize,
-        dry_run: bool,
-    ) -> Result<TierBatch>;
+    /// Drop the inline data of the items `query` selects and mark them `processed` (with
+    /// `dry_run`, only report). A write racing with this is never affected: the conditions are
+    /// re-checked atomically per item.
+    async fn mark_processed(&self, collection: &CollectionName, query: &TierQuery) -> Result<TierBatch>;
     /// Remove these versions of an item from the index (retention); returns how many went.
     /// Atomically with that, each version removed now whose cv is above the counters' mark is
     /// added to the collection's pruned tallies under its counter names, so counters computed

@@ -2,10 +2,12 @@
 //! of the item (and version) they name. See `docs/design.md` for the write protocol.
 //!
 //! This file holds the [`Engine`], how it is built, and what its parts share; the parts: `write`
-//! (the write protocol), `read` (the reads), `stamp` (idempotency keys).
+//! (the write protocol), `read` (the reads), `submit` (the front door: a write now, or kept by the
+//! retry queue, and the queue's worker), `stamp` (idempotency keys).
 
 mod read;
 pub(crate) mod stamp;
+pub mod submit;
 mod write;
 
 use std::collections::HashMap;
@@ -14,9 +16,12 @@ use std::sync::{Arc, Mutex};
 use serde_json::{Map, Value};
 use tokio::sync::OnceCell;
 
+use crate::engine::content::Contents;
 use crate::engine::error::Result;
 use crate::engine::model::{CollectionName, ItemId, Op, Record, RequestStamp, Timestamp, metadata_name};
-use crate::engine::settings::{CollectionMap, EngineSettings, QueueSettings};
+use crate::engine::retention::manifests::Manifests;
+use crate::engine::retry::Retry;
+use crate::engine::settings::{CollectionMap, EngineSettings};
 use crate::engine::store::queue::QueueStore;
 use crate::engine::store::{MetaStore, NewData, PayloadStore};
 
@@ -79,12 +84,13 @@ pub struct Engine {
     database: String,
     meta: Arc<dyn MetaStore>,
     payloads: Arc<dyn PayloadStore>,
-    /// Manifests of pruned versions (the backups bucket); retention needs it.
-    backups: Option<Arc<dyn PayloadStore>>,
-    /// Content properties (the content bucket).
-    content: Option<Arc<dyn PayloadStore>>,
+    /// Manifests of pruned versions (in the backups bucket; they name `database`, so the
+    /// builder keeps the two in step); retention needs them.
+    manifests: Manifests,
+    /// Content properties, offloaded to and resolved from the content bucket.
+    contents: Contents,
     /// Writes that met a transient failure, kept for retry (the metadata store's queue).
-    queue: Option<Arc<dyn QueueStore>>,
+    retry: Retry,
     settings: EngineSettings,
     /// Collections whose indexes this process has ensured (once each, never per write).
     prepared: Mutex<HashMap<CollectionName, Arc<OnceCell<()>>>>,
@@ -96,9 +102,9 @@ impl Engine {
             database: super::model::DEFAULT_DATABASE.to_owned(),
             meta,
             payloads,
-            backups: None,
-            content: None,
-            queue: None,
+            manifests: Manifests::new(super::model::DEFAULT_DATABASE, None),
+            contents: Contents::default(),
+            retry: Retry::new(None, settings.queue.clone()),
             settings,
             prepared: Mutex::new(HashMap::new()),
         }
@@ -108,6 +114,7 @@ impl Engine {
     /// with [`Engine::for_database`], which also keeps their keys apart.
     pub fn with_database(mut self, database: &str) -> Self {
         self.database = database.to_owned();
+        self.manifests = Manifests::new(database, self.manifests.backups().cloned());
         self
     }
 
@@ -118,40 +125,24 @@ impl Engine {
 
     /// Attach the backups store (manifests of pruned versions).
     pub fn with_backups(mut self, backups: Arc<dyn PayloadStore>) -> Self {
-        self.backups = Some(backups);
+        self.manifests = Manifests::new(&self.database, Some(backups));
         self
     }
 
     /// Attach the content store (the content bucket).
     pub fn with_content(mut self, content: Arc<dyn PayloadStore>) -> Self {
-        self.content = Some(content);
+        self.contents = Contents::new(content);
         self
     }
 
     /// Attach the retry queue (see [`crate::engine::retry`]).
     pub fn with_queue(mut self, queue: Arc<dyn QueueStore>) -> Self {
-        self.queue = Some(queue);
+        self.retry = Retry::new(Some(queue), self.settings.queue.clone());
         self
     }
 
-    pub(super) fn queue(&self) -> Option<&Arc<dyn QueueStore>> {
-        self.queue.as_ref()
-    }
-
-    pub(super) fn queue_settings(&self) -> &QueueSettings {
-        &self.settings.queue
-    }
-
-    pub(super) fn content_store(&self) -> Option<&dyn PayloadStore> {
-        self.content.as_deref()
-    }
-
-    pub(super) fn backups(&self) -> Option<Arc<dyn PayloadStore>> {
-        self.backups.clone()
-    }
-
-    pub(super) fn backups_ref(&self) -> Option<&dyn PayloadStore> {
-        self.backups.as_deref()
+    pub(super) fn manifests(&self) -> &Manifests {
+        &self.manifests
     }
 
     pub(super) fn payload_store(&self) -> &dyn PayloadStore {

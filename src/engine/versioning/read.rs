@@ -2,13 +2,17 @@
 //! manifest once pruned), history and listings, each returning only the data of the item and
 //! version it names.
 
+use std::time::Duration;
+
 use super::{Engine, ListOptions, ListPage, ReadOptions};
+use crate::engine::content::no_presign;
 use crate::engine::envelope::{self, Decoded};
 use crate::engine::error::{Error, Result};
 use crate::engine::model::{
-    CollectionName, Head, ItemId, Record, Timestamp, VersionEntry, VersionTarget, parse_data, payload_key,
+    CollectionName, Head, ItemId, Record, VersionEntry, VersionTarget, parse_data, payload_key,
 };
 use crate::engine::query::Filter;
+use crate::engine::settings::ContentMode;
 use crate::engine::store::ListQuery;
 
 impl Engine {
@@ -93,38 +97,41 @@ impl Engine {
         Ok(ListPage { records, next_after_id })
     }
 
-    /// Version `ov` of an item.
-    pub async fn get_version(
+    /// The version of an item that `target` names: the one with that ov, or the one current at
+    /// that time.
+    pub async fn get_at(
         &self,
         collection: &CollectionName,
         id: &ItemId,
-        ov: u64,
-        opts: ReadOptions,
-    ) -> Result<Record> {
-        let entry = match self.meta.version(collection, id, ov).await? {
-            Some(entry) => Some(entry),
-            None => self.pruned_version_here(collection, id, VersionTarget::Ov(ov)).await?,
-        };
-        let entry = entry.ok_or_else(|| Error::NotFound(format!("{collection}/{id} v{ov}")))?;
-        self.record_of(collection, entry, opts).await
-    }
-
-    /// The version of an item that was current at `at`.
-    pub async fn get_as_of(
-        &self,
-        collection: &CollectionName,
-        id: &ItemId,
-        at: Timestamp,
+        target: VersionTarget,
         opts: ReadOptions,
     ) -> Result<Record> {
         // Pruned versions are always older than the ones left in the index, so the manifests
         // only need asking when the index has nothing that early.
-        let entry = match self.meta.version_as_of(collection, id, at).await? {
+        let entry = match self.indexed_version(collection, id, target).await? {
             Some(entry) => Some(entry),
-            None => self.pruned_version_here(collection, id, VersionTarget::At(at)).await?,
+            None => self.pruned_version_here(collection, id, target).await?,
         };
-        let entry = entry.ok_or_else(|| Error::NotFound(format!("{collection}/{id} as of {at}")))?;
+        let entry = entry.ok_or_else(|| {
+            Error::NotFound(match target {
+                VersionTarget::Ov(ov) => format!("{collection}/{id} v{ov}"),
+                VersionTarget::At(at) => format!("{collection}/{id} as of {at}"),
+            })
+        })?;
         self.record_of(collection, entry, opts).await
+    }
+
+    /// The version `target` names as the index has it (`None` once pruned, or never written).
+    pub(crate) async fn indexed_version(
+        &self,
+        collection: &CollectionName,
+        id: &ItemId,
+        target: VersionTarget,
+    ) -> Result<Option<VersionEntry>> {
+        match target {
+            VersionTarget::Ov(ov) => self.meta.version(collection, id, ov).await,
+            VersionTarget::At(at) => self.meta.version_as_of(collection, id, at).await,
+        }
     }
 
     /// A pruned version of an item that exists in this database: manifests of an item without a
@@ -138,7 +145,7 @@ impl Engine {
         if self.meta.head(collection, id).await?.is_none() {
             return Ok(None);
         }
-        self.pruned_version(collection, id, target).await
+        self.manifests.version(collection, id, target).await
     }
 
     /// The version index of an item, oldest first: up to `limit` entries after `after_ov`.
@@ -189,6 +196,28 @@ impl Engine {
             data: decoded.data,
             payload_ref: entry.payload_ref,
         })
+    }
+
+    /// Show a record's content properties as `mode` says.
+    pub async fn resolve_content(
+        &self,
+        collection: &CollectionName,
+        record: &mut Record,
+        mode: ContentMode,
+    ) -> Result<()> {
+        self.contents
+            .resolve(self.map(collection), collection, record, mode)
+            .await
+    }
+
+    /// A presigned URL for the record's whole version payload (the envelope JSON).
+    pub async fn presign_payload(&self, collection: &CollectionName, record: &Record, ttl: Duration) -> Result<String> {
+        let (ov, write_id) = record.payload();
+        let key = payload_key(collection, &record.id, ov, write_id);
+        self.payload_store()
+            .presign_get(&key, ttl)
+            .await?
+            .ok_or_else(no_presign)
     }
 
     /// The payload object `payload` = (ov, write id) of an item, checked to be exactly that

@@ -46,7 +46,9 @@ impl Engine {
         let named = (!generated).then_some(&id);
         let stamp = stamp(who, collection, "create", named, None, &data)?;
         let mut data = data;
-        self.offload_content(collection, &id, &mut data).await?;
+        self.contents
+            .offload(self.map(collection), collection, &id, &mut data)
+            .await?;
         let data = self.new_data(collection, data)?;
         self.write(
             collection,
@@ -74,7 +76,9 @@ impl Engine {
     ) -> Result<WriteOutcome> {
         let stamp = stamp(who, collection, "update", Some(id), expected_ov, &data)?;
         let mut data = data;
-        self.offload_content(collection, id, &mut data).await?;
+        self.contents
+            .offload(self.map(collection), collection, id, &mut data)
+            .await?;
         let data = self.new_data(collection, data)?;
         let (_, outcome) = self
             .write(
@@ -329,7 +333,9 @@ impl Engine {
         })
         .await
         .map_err(|e| Error::Corrupt(format!("the merge did not finish: {e}")))?;
-        self.offload_content(collection, &previous.id, &mut data).await?;
+        self.contents
+            .offload(self.map(collection), collection, &previous.id, &mut data)
+            .await?;
         self.new_data(collection, data)
     }
 

@@ -121,10 +121,7 @@ async fn item(
     who: &Attribution,
 ) -> Result<Option<(Counts, u64)>> {
     let opts = ReadOptions { include_deleted: true };
-    match target {
-        VersionTarget::Ov(ov) => engine.get_version(collection, id, ov, opts).await?,
-        VersionTarget::At(at) => engine.get_as_of(collection, id, at, opts).await?,
-    };
+    engine.get_at(collection, id, target, opts).await?;
     if !r.spec.dry_run {
         // One key per ChronosRestore: a reconcile that runs again after the write (a restart, a
         // lost status write) replays the first outcome instead of appending a second version.

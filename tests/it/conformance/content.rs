@@ -1,6 +1,6 @@
 //! Content properties: stored in the content store under a key naming exactly their own item.
 
-use chronos::engine::{Error, ItemId};
+use chronos::engine::{Error, ItemId, VersionTarget};
 use serde_json::json;
 
 use super::fixtures::{LATEST, coll, obj, who};
@@ -53,7 +53,7 @@ pub async fn content_properties_live_in_the_content_store(h: &Harness) {
     // … and a record read with references can be written back as it is.
     let as_read = e.get_latest(&coll(), &id, LATEST).await.unwrap().data;
     e.update(&coll(), &id, as_read, None, &who()).await.unwrap();
-    let mut old = e.get_version(&coll(), &id, 0, LATEST).await.unwrap();
+    let mut old = e.get_at(&coll(), &id, VersionTarget::Ov(0), LATEST).await.unwrap();
     e.resolve_content(&coll(), &mut old, ContentMode::Inline).await.unwrap();
     assert_eq!(old.data["body"], body.as_str());
 

@@ -1,6 +1,6 @@
 //! Enrichments: merged writes that record their provenance and, racing, lose nothing.
 
-use chronos::engine::{Enrichment, Error};
+use chronos::engine::{Enrichment, Error, VersionTarget};
 use serde_json::json;
 
 use super::fixtures::{LATEST, coll, enrichment, obj, who};
@@ -41,7 +41,7 @@ pub async fn enrichment_merges_and_records_provenance(h: &Harness) {
     let r = e.get_latest(&coll(), &id, LATEST).await.unwrap();
     assert_eq!(r.ov, 3);
     assert_eq!(r.system.function_ids, ["geo", "ner"]);
-    let v2 = e.get_version(&coll(), &id, 2, LATEST).await.unwrap();
+    let v2 = e.get_at(&coll(), &id, VersionTarget::Ov(2), LATEST).await.unwrap();
     assert_eq!(v2.system.function_ids, ["geo"], "each version records its provenance");
     // A plain update keeps the provenance.
     e.update(&coll(), &id, obj(json!({"replaced": true})), None, &who())

@@ -1,7 +1,7 @@
 //! Reads: a version by number or by time never crosses items, history pages in order, and
 //! payloads come from the payload store only when they are the item's own.
 
-use chronos::engine::{Attribution, CollectionName, Error, Op};
+use chronos::engine::{Attribution, CollectionName, Error, Op, VersionTarget};
 use serde_json::json;
 
 use super::fixtures::{LATEST, WITH_DELETED, coll, obj, who};
@@ -27,20 +27,20 @@ pub async fn version_reads_never_cross_items(h: &Harness) {
             .unwrap();
     }
     for ov in 0..=3u64 {
-        let ra = e.get_version(&coll(), &a, ov, LATEST).await.unwrap();
-        let rb = e.get_version(&coll(), &b, ov, LATEST).await.unwrap();
+        let ra = e.get_at(&coll(), &a, VersionTarget::Ov(ov), LATEST).await.unwrap();
+        let rb = e.get_at(&coll(), &b, VersionTarget::Ov(ov), LATEST).await.unwrap();
         assert_eq!((ra.id.clone(), ra.ov), (a.clone(), ov));
         assert_eq!(ra.data, obj(json!({"item": "a", "n": ov})));
         assert_eq!(rb.data, obj(json!({"item": "b", "n": ov})));
     }
     assert!(matches!(
-        e.get_version(&coll(), &a, 4, LATEST).await,
+        e.get_at(&coll(), &a, VersionTarget::Ov(4), LATEST).await,
         Err(Error::NotFound(_))
     ));
     // Another collection with the same ids is another world.
     let other: CollectionName = "others".parse().unwrap();
     assert!(matches!(
-        e.get_version(&other, &a, 0, LATEST).await,
+        e.get_at(&other, &a, VersionTarget::Ov(0), LATEST).await,
         Err(Error::NotFound(_))
     ));
 }
@@ -59,14 +59,14 @@ pub async fn as_of_reads_follow_time(h: &Harness) {
     for o in &outcomes {
         // The latest version at or before that instant (several writes may share a millisecond).
         let expected = outcomes.iter().filter(|x| x.at <= o.at).map(|x| x.ov).max().unwrap();
-        let r = e.get_as_of(&coll(), &a, o.at, LATEST).await.unwrap();
+        let r = e.get_at(&coll(), &a, VersionTarget::At(o.at), LATEST).await.unwrap();
         assert_eq!(r.id, a);
         assert_eq!(r.ov, expected);
         assert_eq!(r.data, obj(json!({"n": expected})));
     }
     let before = c.at.checked_sub(jiff::SignedDuration::from_millis(1)).unwrap();
     assert!(matches!(
-        e.get_as_of(&coll(), &a, before, LATEST).await,
+        e.get_at(&coll(), &a, VersionTarget::At(before), LATEST).await,
         Err(Error::NotFound(_))
     ));
 }
@@ -156,7 +156,7 @@ pub async fn a_payload_of_another_item_is_never_served(h: &Harness) {
     h.payloads.put(&key_a, body_b).await.unwrap();
     let err = e.get_latest(&coll(), &a, LATEST).await.unwrap_err();
     assert!(matches!(err, Error::Corrupt(_)), "served instead of refused: {err:?}");
-    let err = e.get_version(&coll(), &a, 0, LATEST).await.unwrap_err();
+    let err = e.get_at(&coll(), &a, VersionTarget::Ov(0), LATEST).await.unwrap_err();
     assert!(matches!(err, Error::Corrupt(_)), "{err:?}");
     h.payloads.delete(&key_a).await.unwrap();
     assert!(matches!(

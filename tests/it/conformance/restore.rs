@@ -39,7 +39,7 @@ pub async fn restore_object_appends_the_old_version(h: &Harness) {
         [Op::Create, Op::Update, Op::Restore]
     );
     assert_eq!(
-        e.get_version(&coll(), &id, 1, LATEST).await.unwrap().data,
+        e.get_at(&coll(), &id, VersionTarget::Ov(1), LATEST).await.unwrap().data,
         obj(json!({"v": "changed"})),
         "history untouched"
     );
@@ -211,8 +211,8 @@ pub async fn restore_by_reference_copies_no_payload(h: &Harness) {
             before[n],
             "no payload object written for {id}"
         );
-        let target = e.get_version(&coll(), id, 0, LATEST).await.unwrap();
-        let restored = e.get_version(&coll(), id, 2, LATEST).await.unwrap();
+        let target = e.get_at(&coll(), id, VersionTarget::Ov(0), LATEST).await.unwrap();
+        let restored = e.get_at(&coll(), id, VersionTarget::Ov(2), LATEST).await.unwrap();
         assert_eq!(restored.data, target.data, "the restored version equals its target");
         assert_eq!(restored.data, obj(json!({"n": n, "v": "old"})));
         let latest = e.get_latest(&coll(), id, LATEST).await.unwrap();
@@ -245,7 +245,10 @@ pub async fn restore_by_reference_copies_no_payload(h: &Harness) {
     let gone = e.get_latest(&coll(), &late, WITH_DELETED).await.unwrap();
     assert!(gone.system.deleted);
     assert_eq!(gone.data, obj(json!({"late": true})));
-    let del = e.get_version(&coll(), &late, 1, WITH_DELETED).await.unwrap();
+    let del = e
+        .get_at(&coll(), &late, VersionTarget::Ov(1), WITH_DELETED)
+        .await
+        .unwrap();
     assert_eq!((del.system.deleted, &del.data), (true, &gone.data));
     assert_eq!(del.system.deleted_at, Some(del.system.updated_at));
 
@@ -273,7 +276,10 @@ pub async fn restore_by_reference_copies_no_payload(h: &Harness) {
         .await
         .unwrap();
     assert_eq!(
-        e.get_version(&coll(), &ids[0], r.ov, LATEST).await.unwrap().data,
+        e.get_at(&coll(), &ids[0], VersionTarget::Ov(r.ov), LATEST)
+            .await
+            .unwrap()
+            .data,
         obj(json!({"n": 0, "v": "old"}))
     );
 }
@@ -301,7 +307,7 @@ pub async fn writes_after_a_restore_by_reference_work(h: &Harness) {
     e.restore_object(&coll(), &id, VersionTarget::Ov(1), Some(3), &who())
         .await
         .unwrap();
-    let restored = e.get_version(&coll(), &id, 4, LATEST).await.unwrap();
+    let restored = e.get_at(&coll(), &id, VersionTarget::Ov(4), LATEST).await.unwrap();
     assert_eq!(
         restored.system.function_ids,
         ["f1"],
@@ -332,10 +338,13 @@ pub async fn writes_after_a_restore_by_reference_work(h: &Harness) {
         json!({"v": 7}),
     ];
     for (ov, want) in expect.iter().enumerate() {
-        let r = e.get_version(&coll(), &id, ov as u64, WITH_DELETED).await.unwrap();
+        let r = e
+            .get_at(&coll(), &id, VersionTarget::Ov(ov as u64), WITH_DELETED)
+            .await
+            .unwrap();
         assert_eq!(r.data, obj(want.clone()), "v{ov}");
         let at = e
-            .get_as_of(&coll(), &id, r.system.updated_at, WITH_DELETED)
+            .get_at(&coll(), &id, VersionTarget::At(r.system.updated_at), WITH_DELETED)
             .await
             .unwrap();
         assert!(at.ov >= ov as u64);
@@ -376,7 +385,7 @@ pub async fn restore_by_reference_never_serves_another_items_data(h: &Harness) {
     e.restore_collection(&coll(), HistoryPoint::Cv(out.cv), false, &who(), |_, _| {})
         .await
         .unwrap();
-    let ok = e.get_version(&coll(), &a, 2, LATEST).await.unwrap();
+    let ok = e.get_at(&coll(), &a, VersionTarget::Ov(2), LATEST).await.unwrap();
     assert_eq!(ok.data, obj(json!({"secret": "a"})));
     let key_a0 = payload_keys(h, &a).await.remove(0);
     assert!(key_a0.starts_with(&format!("things/{a}/v0/")), "{key_a0}");
@@ -384,7 +393,7 @@ pub async fn restore_by_reference_never_serves_another_items_data(h: &Harness) {
     let body_b = h.payloads.get(&key_b).await.unwrap().unwrap();
     h.payloads.put(&key_a0, body_b).await.unwrap();
     for r in [
-        e.get_version(&coll(), &a, 2, LATEST).await,
+        e.get_at(&coll(), &a, VersionTarget::Ov(2), LATEST).await,
         e.get_latest(&coll(), &a, LATEST).await,
     ] {
         assert!(matches!(r, Err(Error::Corrupt(_))), "served instead of refused: {r:?}");
@@ -393,7 +402,7 @@ pub async fn restore_by_reference_never_serves_another_items_data(h: &Harness) {
     let key_a1 = payload_keys(h, &a).await.remove(1);
     let body_a1 = h.payloads.get(&key_a1).await.unwrap().unwrap();
     h.payloads.put(&key_a0, body_a1).await.unwrap();
-    let r = e.get_version(&coll(), &a, 2, LATEST).await;
+    let r = e.get_at(&coll(), &a, VersionTarget::Ov(2), LATEST).await;
     assert!(matches!(r, Err(Error::Corrupt(_))), "{r:?}");
 }
 
@@ -445,7 +454,7 @@ pub async fn restore_during_concurrent_writes_overwrites_nothing(h: &Harness) {
     }
     assert_eq!(acked.len(), ITEMS * 3);
     for (id, ov, data) in &acked {
-        let r = e.get_version(&coll(), id, *ov, LATEST).await.unwrap();
+        let r = e.get_at(&coll(), id, VersionTarget::Ov(*ov), LATEST).await.unwrap();
         assert_eq!(&r.data, data, "{id} v{ov}: an acknowledged write was overwritten");
     }
     for id in &ids {
@@ -454,7 +463,7 @@ pub async fn restore_during_concurrent_writes_overwrites_nothing(h: &Harness) {
         assert_eq!(ovs, (0..hist.len() as u64).collect::<Vec<_>>(), "{id}: gapless");
         assert!(hist.windows(2).all(|w| w[0].cv < w[1].cv), "{id}: cv increases");
         for v in hist.iter().filter(|v| v.op == Op::Restore) {
-            let r = e.get_version(&coll(), id, v.ov, LATEST).await.unwrap();
+            let r = e.get_at(&coll(), id, VersionTarget::Ov(v.ov), LATEST).await.unwrap();
             assert_eq!(r.data, obj(json!({"v": "target"})), "{id} v{}", v.ov);
         }
         assert!(

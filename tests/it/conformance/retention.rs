@@ -50,14 +50,17 @@ pub async fn retention_prunes_the_index_but_old_versions_stay_readable(h: &Harne
         "a single version stays"
     );
     for ov in 0..=5u64 {
-        let r = e.get_version(&coll(), &a, ov, LATEST).await.unwrap();
+        let r = e.get_at(&coll(), &a, VersionTarget::Ov(ov), LATEST).await.unwrap();
         assert_eq!(
             (r.ov, r.data["v"].as_u64()),
             (ov, Some(ov)),
             "pruned versions stay readable"
         );
     }
-    let r = e.get_as_of(&coll(), &a, first.at, LATEST).await.unwrap();
+    let r = e
+        .get_at(&coll(), &a, VersionTarget::At(first.at), LATEST)
+        .await
+        .unwrap();
     assert_eq!(r.ov, 0, "as-of reads reach pruned versions too");
     assert_eq!(
         e.prune_versions(&coll(), &keep2, false).await.unwrap().versions_pruned,
@@ -74,7 +77,10 @@ pub async fn retention_prunes_the_index_but_old_versions_stay_readable(h: &Harne
         e.prune_versions(&coll(), &by_age, false).await.unwrap().versions_pruned,
         1
     );
-    assert_eq!(e.get_version(&coll(), &a, 4, LATEST).await.unwrap().data["v"], 4);
+    assert_eq!(
+        e.get_at(&coll(), &a, VersionTarget::Ov(4), LATEST).await.unwrap().data["v"],
+        4
+    );
     assert!(matches!(
         e.prune_versions(&coll(), &PrunePolicy::default(), false).await,
         Err(Error::Validation { .. })
@@ -112,14 +118,14 @@ pub async fn retention_keeps_payloads_restored_versions_use(h: &Harness) {
         e.prune_versions(&coll(), &keep1, false).await.unwrap().versions_pruned,
         5
     );
-    let r = e.get_version(&coll(), &b, 2, LATEST).await.unwrap();
+    let r = e.get_at(&coll(), &b, VersionTarget::Ov(2), LATEST).await.unwrap();
     assert_eq!(
         r.data,
         obj(json!({"v": "b0"})),
         "a pruned restored version stays readable"
     );
     assert_eq!(
-        e.get_version(&coll(), &a, 2, LATEST).await.unwrap().data,
+        e.get_at(&coll(), &a, VersionTarget::Ov(2), LATEST).await.unwrap().data,
         obj(json!({"v": "a0"}))
     );
 
@@ -151,7 +157,7 @@ pub async fn retention_keeps_payloads_restored_versions_use(h: &Harness) {
         obj(json!({"v": "c0"}))
     );
     assert_eq!(
-        e.get_version(&coll(), &c, 2, LATEST).await.unwrap().data,
+        e.get_at(&coll(), &c, VersionTarget::Ov(2), LATEST).await.unwrap().data,
         obj(json!({"v": "c0"}))
     );
     assert!(e.mark_item_processed(&coll(), &c).await.is_ok());
@@ -379,7 +385,7 @@ pub async fn retention_never_deletes_a_payload_a_concurrent_restore_uses(h: &Har
     assert_eq!((latest.ov, latest.data), (4, obj(json!({"v": 0}))));
     for (ov, v) in [(2, 2), (3, 1), (4, 0)] {
         assert_eq!(
-            e.get_version(&coll(), &a, ov, LATEST).await.unwrap().data,
+            e.get_at(&coll(), &a, VersionTarget::Ov(ov), LATEST).await.unwrap().data,
             obj(json!({"v": v})),
             "v{ov} reads back"
         );

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use chronos::engine::{Attribution, Error, ItemId, Op, State};
+use chronos::engine::{Attribution, Error, ItemId, Op, State, VersionTarget};
 use serde_json::{Map, Value, json};
 
 use super::fixtures::{LATEST, WITH_DELETED, coll, obj, who};
@@ -117,7 +117,7 @@ pub async fn writes_to_missing_items_fail(h: &Harness) {
         Err(Error::NotFound(_))
     ));
     assert!(matches!(
-        e.get_version(&coll(), &ghost, 0, WITH_DELETED).await,
+        e.get_at(&coll(), &ghost, VersionTarget::Ov(0), WITH_DELETED).await,
         Err(Error::NotFound(_))
     ));
     assert!(matches!(
@@ -153,22 +153,22 @@ pub async fn delete_is_logical_and_hidden(h: &Harness) {
 
     // The delete version is hidden unless asked for; the earlier version stays readable.
     assert!(matches!(
-        e.get_version(&coll(), &id, 1, LATEST).await,
+        e.get_at(&coll(), &id, VersionTarget::Ov(1), LATEST).await,
         Err(Error::NotFound(_))
     ));
     assert!(
-        e.get_version(&coll(), &id, 1, WITH_DELETED)
+        e.get_at(&coll(), &id, VersionTarget::Ov(1), WITH_DELETED)
             .await
             .unwrap()
             .system
             .deleted
     );
     assert_eq!(
-        e.get_version(&coll(), &id, 0, LATEST).await.unwrap().data,
+        e.get_at(&coll(), &id, VersionTarget::Ov(0), LATEST).await.unwrap().data,
         obj(json!({"keep": "me"}))
     );
     assert!(matches!(
-        e.get_as_of(&coll(), &id, d.at, LATEST).await,
+        e.get_at(&coll(), &id, VersionTarget::At(d.at), LATEST).await,
         Err(Error::NotFound(_))
     ));
 
@@ -321,7 +321,11 @@ pub async fn racing_writers_lose_cleanly(h: &Harness) {
         "gapless"
     );
     for (ov, data) in &by_ov {
-        let r = h.engine.get_version(&coll(), &id, *ov, LATEST).await.unwrap();
+        let r = h
+            .engine
+            .get_at(&coll(), &id, VersionTarget::Ov(*ov), LATEST)
+            .await
+            .unwrap();
         assert_eq!(&r.data, data, "version {ov} holds what its writer sent");
     }
     // Losers left nothing behind: exactly one payload per version.

@@ -14,7 +14,7 @@ use crate::engine::query::Filter;
 use crate::engine::store::rules::{HEAD_OVERHEAD, after, check_precondition, next_head, ref_head};
 use crate::engine::store::{
     CommitError, HeadChange, Held, HistoryPoint, ListQuery, MetaRead, MetaRestore, MetaUpkeep, MetaWrite, NewData,
-    PendingWrite, PrunedVersion, RefWrite, TierBatch,
+    PendingWrite, PrunedVersion, RefWrite, TierBatch, TierQuery,
 };
 
 #[derive(Default)]
@@ -347,15 +347,8 @@ impl MetaUpkeep for MemoryMetaStore {
             .unwrap_or_default())
     }
 
-    async fn mark_processed(
-        &self,
-        collection: &CollectionName,
-        older_than: Timestamp,
-        only: Option<&ItemId>,
-        after_id: Option<&ItemId>,
-        limit: usize,
-        dry_run: bool,
-    ) -> Result<TierBatch> {
+    async fn mark_processed(&self, collection: &CollectionName, query: &TierQuery) -> Result<TierBatch> {
+        let dry_run = query.dry_run;
         let mut all = self.lock();
         let Some(c) = all.get_mut(collection) else {
             return Ok(TierBatch::default());
@@ -363,12 +356,14 @@ impl MetaUpkeep for MemoryMetaStore {
         let mut ids: Vec<ItemId> = c
             .heads
             .values()
-            .filter(|h| h.state == State::New && h.updated_at < older_than)
-            .filter(|h| only.is_none_or(|o| &h.id == o) && after_id.is_none_or(|a| &h.id > a))
+            .filter(|h| h.state == State::New && h.updated_at < query.older_than)
+            .filter(|h| {
+                query.only.as_ref().is_none_or(|o| &h.id == o) && query.after_id.as_ref().is_none_or(|a| &h.id > a)
+            })
             .map(|h| h.id.clone())
             .collect();
         ids.sort();
-        ids.truncate(limit);
+        ids.truncate(query.limit);
         let mut batch = TierBatch::default();
         for id in &ids {
             if let Some(h) = c.heads.get_mut(id) {

@@ -11,9 +11,9 @@ use mongodb::options::ReturnDocument;
 use super::docs::{filter_doc, get_string, get_u64, pruned_id, tally_counts, to_date};
 use super::{MongoMetaStore, commit, is_transient, map_err};
 use crate::engine::error::{Error, Result};
-use crate::engine::model::{CollectionName, ItemId, Op, State, Timestamp};
+use crate::engine::model::{CollectionName, ItemId, Op, State};
 use crate::engine::query::Filter;
-use crate::engine::store::{MetaUpkeep, PrunedVersion, TierBatch};
+use crate::engine::store::{MetaUpkeep, PrunedVersion, TierBatch, TierQuery};
 
 impl MongoMetaStore {
     /// In the session's transaction: remove the versions still indexed and add them to the
@@ -139,18 +139,10 @@ impl MetaUpkeep for MongoMetaStore {
         Ok(tally.map(|t| tally_counts(&t, from)).unwrap_or_default())
     }
 
-    async fn mark_processed(
-        &self,
-        c: &CollectionName,
-        older_than: Timestamp,
-        only: Option<&ItemId>,
-        after_id: Option<&ItemId>,
-        limit: usize,
-        dry_run: bool,
-    ) -> Result<TierBatch> {
+    async fn mark_processed(&self, c: &CollectionName, query: &TierQuery) -> Result<TierBatch> {
         use futures::TryStreamExt;
-        let mut filter = doc! {"state": State::New.as_str(), "updatedAt": {"$lt": to_date(older_than)}};
-        match (only, after_id) {
+        let mut filter = doc! {"state": State::New.as_str(), "updatedAt": {"$lt": to_date(query.older_than)}};
+        match (query.only.as_ref(), query.after_id.as_ref()) {
             (Some(id), _) => {
                 filter.insert("_id", id.as_str());
             }
@@ -180,7 +172,7 @@ impl MetaUpkeep for MongoMetaStore {
             .find(filter.clone())
             .projection(doc! {"_id": 1, "s": {"$bsonSize": "$$ROOT"}})
             .sort(doc! {"_id": 1})
-            .limit(limit as i64)
+            .limit(query.limit as i64)
             .await
             .map_err(map_err)?
             .try_collect()
@@ -191,7 +183,7 @@ impl MetaUpkeep for MongoMetaStore {
             .map(|d| get_string(d, "_id")?.parse())
             .collect::<Result<_>>()?;
         let bytes_before: u64 = candidates.iter().filter_map(|d| get_u64(d, "s").ok()).sum();
-        if dry_run || ids.is_empty() {
+        if query.dry_run || ids.is_empty() {
             return Ok(TierBatch {
                 ids,
                 bytes_before,

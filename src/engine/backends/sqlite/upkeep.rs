@@ -9,10 +9,10 @@ use rusqlite::{OptionalExtension, params};
 use super::SqliteMetaStore;
 use super::rows::{from_json, map_sql, read_pruned, to_i64, to_json, to_u64};
 use crate::engine::error::Result;
-use crate::engine::model::{CollectionName, ItemId, Op, Timestamp};
+use crate::engine::model::{CollectionName, ItemId, Op};
 use crate::engine::query::Filter;
 use crate::engine::store::rules::HEAD_OVERHEAD;
-use crate::engine::store::{MetaUpkeep, PrunedVersion, TierBatch};
+use crate::engine::store::{MetaUpkeep, PrunedVersion, TierBatch, TierQuery};
 
 #[async_trait]
 impl MetaUpkeep for SqliteMetaStore {
@@ -76,16 +76,15 @@ impl MetaUpkeep for SqliteMetaStore {
         self.with_conn(move |conn| Ok(read_pruned(conn, &c)?.1)).await
     }
 
-    async fn mark_processed(
-        &self,
-        c: &CollectionName,
-        older_than: Timestamp,
-        only: Option<&ItemId>,
-        after_id: Option<&ItemId>,
-        limit: usize,
-        dry_run: bool,
-    ) -> Result<TierBatch> {
-        let (c, only, after) = (c.clone(), only.cloned(), after_id.cloned());
+    async fn mark_processed(&self, c: &CollectionName, query: &TierQuery) -> Result<TierBatch> {
+        let c = c.clone();
+        let TierQuery {
+            older_than,
+            only,
+            after_id: after,
+            limit,
+            dry_run,
+        } = query.clone();
         self.in_transaction(move |tx| {
             let rows: Vec<(String, i64)> = tx
                 .prepare_cached(

@@ -6,18 +6,20 @@
 //! `<collection>/<id>/manifests/<firstOv>-<lastOv>.json` under the database's prefix, naming its
 //! database, collection and item — and then removed from the metadata store. Payloads stay in the payload store unless the policy says otherwise, so reads by ov or
 //! time of a pruned version still work: they find its entry in the manifests.
+//!
+//! This file is the policy and the prune run; `manifests` reads and writes the manifests, and is
+//! what the engine asks for pruned versions.
 
-use bytes::Bytes;
+pub(crate) mod manifests;
+
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 
-use super::error::{Error, Result};
-use super::model::VersionTarget;
-use super::model::{CollectionName, Head, ItemId, Op, PayloadRef, Timestamp, VersionEntry, now, payload_key};
-use super::query::Filter;
-use super::store::{HistoryPoint, ListQuery, PrunedVersion};
-use super::versioning::Engine;
+use crate::engine::error::{Error, Result};
+use crate::engine::model::{CollectionName, Head, ItemId, Timestamp, VersionEntry, now, payload_key};
+use crate::engine::query::Filter;
+use crate::engine::store::{ListQuery, PrunedVersion};
+use crate::engine::versioning::Engine;
 
 const PAGE: usize = 200;
 
@@ -41,85 +43,6 @@ pub struct PruneReport {
     pub dry_run: bool,
     pub items_examined: u64,
     pub versions_pruned: u64,
-}
-
-/// A pruned index entry, as kept in a manifest.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ManifestEntry {
-    ov: u64,
-    cv: u64,
-    op: Op,
-    at: Timestamp,
-    actor: Option<String>,
-    reason: Option<String>,
-    write_id: String,
-    size: u64,
-    checksum: String,
-    meta: Map<String, Value>,
-    deleted: bool,
-    /// A version appended by reference keeps naming the payload it uses after it is pruned.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    payload_ref: Option<PayloadRef>,
-    /// The run that pruned this entry deleted the payload object it reads (unless a version
-    /// appended by reference still used it then): a restore must copy the data, not refer to it.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    payload_deleted: bool,
-}
-
-/// A manifest: the pruned entries of one item, naming whose they are, so a manifest of another
-/// database (or item) is refused like another item's payload.
-#[derive(Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Manifest {
-    database: String,
-    collection: String,
-    id: String,
-    entries: Vec<ManifestEntry>,
-}
-
-impl ManifestEntry {
-    fn from_entry(v: &VersionEntry) -> Self {
-        ManifestEntry {
-            ov: v.ov,
-            cv: v.cv,
-            op: v.op,
-            at: v.at,
-            actor: v.actor.clone(),
-            reason: v.reason.clone(),
-            write_id: v.write_id.clone(),
-            size: v.size,
-            checksum: v.checksum.clone(),
-            meta: v.meta.clone(),
-            deleted: v.deleted,
-            payload_ref: v.payload_ref.clone(),
-            payload_deleted: false,
-        }
-    }
-
-    fn into_entry(self, id: &ItemId) -> VersionEntry {
-        VersionEntry {
-            id: id.clone(),
-            ov: self.ov,
-            cv: self.cv,
-            op: self.op,
-            at: self.at,
-            actor: self.actor,
-            reason: self.reason,
-            write_id: self.write_id,
-            size: self.size,
-            checksum: self.checksum,
-            meta: self.meta,
-            deleted: self.deleted,
-            payload_ref: self.payload_ref,
-            // A pruned version's idempotency key is forgotten with it (see `version_by_request`).
-            request: None,
-        }
-    }
-}
-
-fn manifest_prefix(collection: &CollectionName, id: &ItemId) -> String {
-    format!("{collection}/{id}/manifests/")
 }
 
 impl PrunePolicy {
@@ -189,7 +112,7 @@ impl Engine {
         dry_run: bool,
     ) -> Result<PruneReport> {
         policy.validate()?;
-        self.manifest_store()?;
+        self.manifests().backups_for_pruning()?;
         let cutoff = policy.cutoff()?;
         let mut report = PruneReport {
             dry_run,
@@ -235,16 +158,6 @@ impl Engine {
             self.delete_pruned_payloads(plan).await?;
         }
         Ok(n)
-    }
-
-    /// Where manifests go: retention needs a backups store.
-    fn manifest_store(&self) -> Result<std::sync::Arc<dyn super::store::PayloadStore>> {
-        self.backups().ok_or_else(|| {
-            Error::validation(
-                "retention",
-                "pruning needs a backups store for its manifests (spacesConns[].backupsBucket)",
-            )
-        })
     }
 
     /// Plan the prune of one item by `policy` (`None`: nothing to prune).
@@ -314,35 +227,18 @@ impl Engine {
     /// Write the plan's manifest, then remove its entries from the index.
     pub async fn unindex_pruned(&self, plan: &ItemPrune) -> Result<()> {
         let (collection, doomed) = (&plan.collection, &plan.doomed);
-        let (Some(first), Some(last)) = (doomed.first(), doomed.last()) else {
+        if doomed.is_empty() {
             return Ok(());
-        };
+        }
         // The manifest first: a crash after it leaves entries in both places, never in neither.
-        let manifest = Manifest {
-            database: self.database().to_owned(),
-            collection: collection.to_string(),
-            id: plan.id.to_string(),
-            entries: doomed
-                .iter()
-                .map(|v| {
-                    let (ov, write_id) = v.payload();
-                    ManifestEntry {
-                        payload_deleted: plan
-                            .candidates
-                            .contains(&payload_key(collection, &plan.id, ov, write_id)),
-                        ..ManifestEntry::from_entry(v)
-                    }
-                })
-                .collect(),
+        let payload_deleted = |v: &VersionEntry| {
+            let (ov, write_id) = v.payload();
+            plan.candidates
+                .contains(&payload_key(collection, &plan.id, ov, write_id))
         };
-        let body = serde_json::to_vec(&manifest).map_err(|e| Error::Corrupt(e.to_string()))?;
-        let key = format!(
-            "{}{:020}-{:020}.json",
-            manifest_prefix(collection, &plan.id),
-            first.ov,
-            last.ov
-        );
-        self.manifest_store()?.put(&key, Bytes::from(body)).await?;
+        self.manifests()
+            .write(collection, &plan.id, doomed, payload_deleted)
+            .await?;
         let pruned = doomed
             .iter()
             .map(|v| {
@@ -384,108 +280,4 @@ impl Engine {
         }
         Ok(())
     }
-
-    /// Show `visit` every entry of an item's retention manifests.
-    async fn each_pruned(
-        &self,
-        collection: &CollectionName,
-        id: &ItemId,
-        mut visit: impl FnMut(ManifestEntry),
-    ) -> Result<()> {
-        let Some(backups) = self.backups() else { return Ok(()) };
-        let mut after: Option<String> = None;
-        loop {
-            let keys = backups
-                .list(&manifest_prefix(collection, id), after.as_deref(), 1000)
-                .await?;
-            let Some(last) = keys.last().cloned() else { break };
-            for key in keys {
-                let Some(bytes) = backups.get(&key).await? else {
-                    continue;
-                };
-                let manifest: Manifest =
-                    serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt(format!("manifest {key}: {e}")))?;
-                if (
-                    manifest.database.as_str(),
-                    manifest.collection.as_str(),
-                    manifest.id.as_str(),
-                ) != (self.database(), collection.as_str(), id.as_str())
-                {
-                    return Err(Error::Corrupt(format!(
-                        "manifest {key} belongs to {}/{}/{}",
-                        manifest.database, manifest.collection, manifest.id
-                    )));
-                }
-                manifest.entries.into_iter().for_each(&mut visit);
-            }
-            after = Some(last);
-        }
-        Ok(())
-    }
-
-    /// `(ov, writeId)` of every version of an item kept only in retention manifests (scrub
-    /// must not take their payloads for orphans).
-    pub(super) async fn pruned_write_ids(
-        &self,
-        collection: &CollectionName,
-        id: &ItemId,
-    ) -> Result<std::collections::HashSet<(u64, String)>> {
-        let mut out = std::collections::HashSet::new();
-        self.each_pruned(collection, id, |e| {
-            out.insert((e.ov, e.write_id));
-        })
-        .await?;
-        Ok(out)
-    }
-
-    /// The index entry of a pruned version (by ov, or the one current at a time), from the
-    /// manifests.
-    pub(super) async fn pruned_version(
-        &self,
-        collection: &CollectionName,
-        id: &ItemId,
-        target: VersionTarget,
-    ) -> Result<Option<VersionEntry>> {
-        let found = self.pruned_where(collection, id, |v| target.admits(v)).await?;
-        Ok(found.map(|p| p.entry))
-    }
-
-    /// The latest version of an item at `point` that is kept only in the manifests (for items
-    /// whose index has nothing that early).
-    pub(super) async fn pruned_at(
-        &self,
-        collection: &CollectionName,
-        id: &ItemId,
-        point: HistoryPoint,
-    ) -> Result<Option<Pruned>> {
-        self.pruned_where(collection, id, |v| point.includes(v)).await
-    }
-
-    /// The latest pruned version of an item that `fits`.
-    pub(super) async fn pruned_where(
-        &self,
-        collection: &CollectionName,
-        id: &ItemId,
-        fits: impl Fn(&VersionEntry) -> bool,
-    ) -> Result<Option<Pruned>> {
-        let mut best: Option<Pruned> = None;
-        self.each_pruned(collection, id, |e| {
-            let payload_kept = !e.payload_deleted;
-            let entry = e.into_entry(id);
-            if fits(&entry) && best.as_ref().is_none_or(|b| entry.ov > b.entry.ov) {
-                best = Some(Pruned { entry, payload_kept });
-            }
-        })
-        .await?;
-        Ok(best)
-    }
-}
-
-/// A version kept only in a retention manifest.
-#[derive(Debug, Clone)]
-pub(super) struct Pruned {
-    pub entry: VersionEntry,
-    /// Whether its payload object is sure to stay: `false` when the run that pruned it deleted
-    /// payloads (`deletePayloads`), so the object may be gone.
-    pub payload_kept: bool,
 }
