@@ -11,6 +11,7 @@ mod error;
 mod file;
 pub mod routing;
 mod storage;
+mod tokens;
 mod validate;
 
 use std::path::Path;
@@ -21,6 +22,7 @@ pub use file::{
     RouteEntry, Secret, SpacesConn, Tier, Tiers, ValidationConfig,
 };
 pub use storage::{RemoteStorage, S3Access, Storage};
+pub use tokens::{Scope as TokenScope, TokenSpec, TokensFile};
 pub use validate::valid_bucket;
 
 impl Config {

@@ -4,21 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::{self, Secret};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Scope {
-    Read,
-    Write,
-    Admin,
-    /// Only `/metrics`, for a scraper.
-    Metrics,
-}
+pub use crate::config::TokenScope as Scope;
+use crate::config::{self, TokensFile};
 
 /// Which databases a request acts on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,22 +16,6 @@ pub(super) enum Reach<'a> {
     Database(&'a str),
     /// Every database at once: only tokens for `"*"` reach it.
     All,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct TokensFile {
-    tokens: Vec<TokenSpec>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct TokenSpec {
-    name: String,
-    token: Secret,
-    /// Database keys, or `"*"` for all.
-    databases: Vec<String>,
-    scopes: Vec<Scope>,
 }
 
 pub(super) struct Entry {

@@ -12,6 +12,7 @@ use super::claims;
 use super::names::{TOKEN_SCOPES, image_allowed, tokens_name};
 use super::objects::controlled_by;
 use super::render::{random_token, tokens_secret};
+use crate::config::TokenScope;
 use crate::operator::backends;
 use crate::operator::conditions::Observed;
 use crate::operator::context::{Context, requeue};
@@ -189,7 +190,7 @@ async fn ensure_tokens(db: &ChronosDatabase, ctx: &Context) -> Result<Result<(),
             .collect()
     };
     let Some(existing) = secrets.get_opt(&name).await? else {
-        let secret = tokens_secret(db, fresh(&TOKEN_SCOPES)?);
+        let secret = tokens_secret(db, fresh(&TOKEN_SCOPES.map(TokenScope::as_str))?);
         secrets.create(&PostParams::default(), &secret).await?;
         let note = format!(
             "bearer tokens for database `{}` (keys read, write, admin) are in Secret {name}",
@@ -205,7 +206,11 @@ async fn ensure_tokens(db: &ChronosDatabase, ctx: &Context) -> Result<Result<(),
         )));
     }
     let have = existing.data.unwrap_or_default();
-    let missing: Vec<&str> = TOKEN_SCOPES.into_iter().filter(|s| !have.contains_key(*s)).collect();
+    let missing: Vec<&str> = TOKEN_SCOPES
+        .into_iter()
+        .map(TokenScope::as_str)
+        .filter(|s| !have.contains_key(*s))
+        .collect();
     if !missing.is_empty() {
         let added = tokens_secret(db, fresh(&missing)?);
         let patch = serde_json::json!({"data": added.data});

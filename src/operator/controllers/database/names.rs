@@ -3,6 +3,7 @@
 //! database's, the labels every object the operator makes carries, and which engine images a
 //! database may ask for. Pure functions of the resources.
 
+use crate::config::TokenScope;
 use std::collections::BTreeMap;
 
 use kube::ResourceExt;
@@ -17,7 +18,7 @@ pub(super) const CONFIG_DIR: &str = "/etc/chronos";
 pub(super) const CONFIG_KEY: &str = "config.json";
 pub(super) const TOKENS_KEY: &str = "tokens.json";
 /// The keys of a database's tokens Secret: one bearer token per scope.
-pub const TOKEN_SCOPES: [&str; 3] = ["read", "write", "admin"];
+pub const TOKEN_SCOPES: [TokenScope; 3] = [TokenScope::Read, TokenScope::Write, TokenScope::Admin];
 /// Where the users' Secrets are mounted: `/secrets/<Secret>/<key>`.
 pub(super) const SECRETS_DIR: &str = "/secrets";
 

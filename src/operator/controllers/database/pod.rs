@@ -2,6 +2,7 @@
 //! the tokens Secrets mounted read-only, and a pod that runs restricted (non-root, no
 //! privilege, no service-account token). Pure, like the rest of the rendering.
 
+use crate::config::TokenScope;
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
@@ -41,7 +42,12 @@ pub(super) fn secret_mounts<'a>(dbs: &[&'a ChronosDatabase]) -> BTreeMap<&'a str
 /// Every database's tokens Secret (name → keys), mounted like the users' Secrets.
 pub(super) fn tokens_mounts(dbs: &[&ChronosDatabase]) -> BTreeMap<String, BTreeSet<&'static str>> {
     dbs.iter()
-        .map(|db| (tokens_name(db), TOKEN_SCOPES.into_iter().collect()))
+        .map(|db| {
+            (
+                tokens_name(db),
+                TOKEN_SCOPES.into_iter().map(TokenScope::as_str).collect(),
+            )
+        })
         .collect()
 }
 

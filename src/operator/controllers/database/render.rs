@@ -16,13 +16,12 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
-use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::names::{CONFIG_DIR, TOKEN_SCOPES, TOKENS_KEY, labels_of, secret_path, tokens_name};
 use crate::config::{
     self, AuthConfig, CollectionMapConfig, Config, DatabaseType, DatabaseTypes, RouteEntry, SpacesConn, Tier,
-    ValidationConfig,
+    TokenSpec, TokensFile, ValidationConfig,
 };
 use crate::engine::CounterRule;
 use crate::operator::crd::collection::ChronosCollection;
@@ -62,21 +61,21 @@ pub fn tokens_secret(db: &ChronosDatabase, tokens: BTreeMap<String, String>) -> 
 
 /// The tokens file of an engine serving `dbs`: each database's read, write and admin token,
 /// scoped to its key, read from its mounted tokens Secret.
-pub fn tokens_file(dbs: &[&ChronosDatabase]) -> Value {
-    let tokens: Vec<Value> = dbs
+pub fn tokens_file(dbs: &[&ChronosDatabase]) -> TokensFile {
+    let tokens = dbs
         .iter()
         .flat_map(|db| {
-            TOKEN_SCOPES.map(|scope| {
-                json!({
-                    "name": format!("{}-{scope}", db.name_any()),
-                    "token": {"file": secret_path(&tokens_name(db), scope)},
-                    "databases": [database_key(db)],
-                    "scopes": [scope],
-                })
+            TOKEN_SCOPES.map(|scope| TokenSpec {
+                name: format!("{}-{}", db.name_any(), scope.as_str()),
+                token: config::Secret::File {
+                    file: secret_path(&tokens_name(db), scope.as_str()).into(),
+                },
+                databases: vec![database_key(db)],
+                scopes: vec![scope],
             })
         })
         .collect();
-    json!({ "tokens": tokens })
+    TokensFile { tokens }
 }
 
 /// The engine configuration (the `chronos serve --config` format) serving `dbs`, each with its
@@ -207,6 +206,8 @@ pub fn config_hash(config_text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::{Value, json};
+
     use super::*;
     use crate::config::Config;
     use crate::engine::ContentKind;
@@ -358,7 +359,7 @@ mod tests {
         assert!(one.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
         let tokens = TOKEN_SCOPES
             .iter()
-            .map(|s| (s.to_string(), format!("{s}-value")))
+            .map(|s| (s.as_str().to_owned(), format!("{}-value", s.as_str())))
             .collect();
         let secret = tokens_secret(&db, tokens);
         assert_eq!(secret.metadata.name.as_deref(), Some("orders-tokens"));
