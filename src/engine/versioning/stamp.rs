@@ -8,7 +8,7 @@ use super::Engine;
 use crate::engine::error::{Error, Result};
 use crate::engine::model::{Attribution, CollectionName, ItemId, RequestStamp, WriteOutcome};
 
-/// Replays tried while a recorded key is not yet readable: 5 ms doubling to 250 ms, about 2 s in
+/// Replays tried while a recorded key is not yet readable: 5 ms doubling to 250 ms, about 1.6 s in
 /// all, well past a healthy replica set's replication lag.
 const KEY_ACK_TRIES: u32 = 12;
 
