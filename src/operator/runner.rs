@@ -55,12 +55,11 @@ pub struct OperatorArgs {
     pub namespaces: Vec<String>,
 }
 
-/// What the controllers watch: some namespaces or (empty) all, and optionally only the
-/// (cluster-scoped) retentions with these labels. Tests use both to run side by side on one API
-/// server.
+/// What the controllers watch beyond the context's namespaces
+/// ([`Context::watched_namespaces`]): optionally only the (cluster-scoped) retentions with these
+/// labels. Tests use it, with a namespace each, to run side by side on one API server.
 #[derive(Debug, Clone, Default)]
 pub struct Scope {
-    pub namespaces: Vec<String>,
     pub retention_labels: Option<String>,
 }
 
@@ -91,7 +90,7 @@ impl Scope {
 /// Run the four controllers until they stop (they run until the process ends): the three
 /// namespaced ones once per watched namespace (or once for all), the retention one once.
 pub async fn run_controllers(ctx: Arc<Context>, scope: Scope) {
-    let namespaces: Vec<Option<&str>> = match scope.namespaces.as_slice() {
+    let namespaces: Vec<Option<&str>> = match ctx.watched_namespaces.as_slice() {
         [] => vec![None],
         some => some.iter().map(|ns| Some(ns.as_str())).collect(),
     };
@@ -208,15 +207,12 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
     let mut ctx = Context::with_identity(client.clone(), args.engine_image, Some(lease.identity.clone()));
     ctx.shared_engine_replicas = args.shared_engine_replicas;
     ctx.backend_hosts = backend_hosts;
-    ctx.watched_namespaces = args.namespaces.clone();
+    ctx.watched_namespaces = args.namespaces;
     if !args.allowed_engine_images.is_empty() {
         ctx.allowed_engine_images = args.allowed_engine_images;
     }
     let ctx = Arc::new(ctx);
-    let scope = Scope {
-        namespaces: args.namespaces,
-        retention_labels: None,
-    };
+    let scope = Scope { retention_labels: None };
     let outcome = tokio::select! {
         () = run_controllers(ctx, scope) => Ok(()),
         e = leader::hold(&client, &lease) => Err(e),

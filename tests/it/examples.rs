@@ -74,9 +74,10 @@ impl Tenant {
     async fn new() -> Tenant {
         let client = kube_client().await;
         let ns = unique("ex");
-        let ctx = Context::new(client.clone(), "chronos:test");
+        let mut ctx = Context::with_identity(client.clone(), "chronos:test", None);
+        ctx.watched_namespaces = vec![ns.clone()];
+        let ctx = std::sync::Arc::new(ctx);
         let scope = Scope {
-            namespaces: vec![ns.clone()],
             retention_labels: Some(format!("chronos.dev/test={ns}")),
         };
         let controllers = tokio::spawn(chronos::operator::run_controllers(ctx.clone(), scope));

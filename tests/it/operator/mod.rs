@@ -75,7 +75,9 @@ impl Cluster {
             };
             secrets.create(&PostParams::default(), &secret).await.unwrap();
         }
-        let ctx = Context::new(client.clone(), "chronos:test");
+        let mut ctx = Context::with_identity(client.clone(), "chronos:test", None);
+        ctx.watched_namespaces = vec![ns.clone()];
+        let ctx = Arc::new(ctx);
         Cluster {
             client,
             ns,
@@ -86,7 +88,6 @@ impl Cluster {
 
     fn start(&mut self) {
         let scope = Scope {
-            namespaces: vec![self.ns.clone()],
             retention_labels: Some(format!("chronos.dev/test={}", self.ns)),
         };
         self.controllers = tokio::spawn(chronos::operator::run_controllers(self.ctx.clone(), scope));

@@ -108,7 +108,6 @@ async fn an_operator_watching_some_namespaces_acts_only_in_them() {
     a.create::<ChronosDatabase>(invalid(&a)).await;
     b.create::<ChronosDatabase>(invalid(&b)).await;
     let scope = Scope {
-        namespaces: vec![a.ns.clone(), b.ns.clone()],
         retention_labels: Some(format!("chronos.dev/test={}", a.ns)),
     };
     a.controllers = tokio::spawn(chronos::operator::run_controllers(a.ctx.clone(), scope));
