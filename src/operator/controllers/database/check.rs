@@ -67,7 +67,7 @@ pub(super) async fn check(db: &ChronosDatabase, ctx: &Context) -> Result<Check> 
     // Before any Secret is read or any connection made: the endpoint is the author's to choose,
     // the hosts the operator may reach are the cluster admin's (M7).
     if let Err(why) = ctx.backend_hosts.check_url(&db.spec.s3.endpoint) {
-        return Ok(not_allowed(format!("spec.s3.endpoint: {why}")).into());
+        return Ok(missing("BackendNotAllowed", &format!("spec.s3.endpoint: {why}")).into());
     }
     let storage = match backends::storage(&ctx.client, db).await {
         Ok(s) => s,
@@ -76,12 +76,7 @@ pub(super) async fn check(db: &ChronosDatabase, ctx: &Context) -> Result<Check> 
                 Error::NotPermitted(_) => "SecretNotLabelled",
                 _ => "SecretUnavailable",
             };
-            let message = e.to_string();
-            let observed = vec![
-                Observed::failed(BACKENDS_REACHABLE, reason, &message),
-                Observed::failed(READY, reason, &message),
-            ];
-            return Ok(Checked::Unavailable(observed, requeue::MISSING).into());
+            return Ok(missing(reason, &e.to_string()).into());
         }
         Err(e) => return Err(e),
     };
@@ -89,11 +84,8 @@ pub(super) async fn check(db: &ChronosDatabase, ctx: &Context) -> Result<Check> 
         && let Err(why) = ctx.backend_hosts.check_mongo_uri(&remote.mongo_uri)
     {
         let secret = &db.spec.mongodb.uri_secret_ref;
-        return Ok(not_allowed(format!(
-            "the MongoDB URI in Secret {}/{}: {why}",
-            secret.name, secret.key
-        ))
-        .into());
+        let message = format!("the MongoDB URI in Secret {}/{}: {why}", secret.name, secret.key);
+        return Ok(missing("BackendNotAllowed", &message).into());
     }
     let mongo_backend = backends::mongo_backend(&storage)?;
     let checked = usable(db, ctx, &storage, &mongo_backend).await?;
@@ -103,12 +95,13 @@ pub(super) async fn check(db: &ChronosDatabase, ctx: &Context) -> Result<Check> 
     })
 }
 
-/// A backend host outside the operator's allow-list: nothing is connected to; looked at again
-/// later (the list changes with the operator's arguments, which restart it anyway).
-fn not_allowed(message: String) -> Checked {
+/// The backends can't be used as the spec stands — a Secret missing or unlabelled, a host outside
+/// the operator's allow-list, data another database claims — so nothing is connected to; looked at
+/// again after [`requeue::MISSING`] (the cause may be fixed without the spec changing).
+fn missing(reason: &str, message: &str) -> Checked {
     let observed = vec![
-        Observed::failed(BACKENDS_REACHABLE, "BackendNotAllowed", &message),
-        Observed::failed(READY, "BackendNotAllowed", &message),
+        Observed::failed(BACKENDS_REACHABLE, reason, message),
+        Observed::failed(READY, reason, message),
     ];
     Checked::Unavailable(observed, requeue::MISSING)
 }
@@ -122,11 +115,7 @@ async fn usable(
     mongo_backend: &str,
 ) -> Result<Checked> {
     if let Some(why) = claim_conflict(db, ctx, mongo_backend).await? {
-        let observed = vec![
-            Observed::failed(BACKENDS_REACHABLE, "Conflict", &why),
-            Observed::failed(READY, "Conflict", &why),
-        ];
-        return Ok(Checked::Unavailable(observed, requeue::MISSING));
+        return Ok(missing("Conflict", &why));
     }
     let reachable = async {
         backends::ping_mongo(ctx, storage).await?;
