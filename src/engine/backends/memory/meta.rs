@@ -412,3 +412,6 @@ fn sort_by_id<T>(items: &mut [&T], id: impl Fn(&T) -> &ItemId, descending: bool)
         if descending { o.reverse() } else { o }
     });
 }
+
+/// Rebuilding from the buckets: not yet (loads come next).
+impl crate::engine::store::MetaRebuild for MemoryMetaStore {}
