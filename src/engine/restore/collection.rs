@@ -92,11 +92,11 @@ impl Engine {
             if dry_run {
                 break;
             }
-            let writes: Vec<RefWrite> = work
+            let writes: Vec<(&Head, RefWrite)> = work
                 .iter()
-                .filter_map(|(head, target)| ref_write(head, target.as_ref(), who))
+                .filter_map(|(head, target)| ref_write(head, target.as_ref(), who).map(|w| (head, w)))
                 .collect();
-            if writes.is_empty() || self.meta().append_by_reference(collection, writes).await?.is_some() {
+            if writes.is_empty() || self.append_refs(collection, writes).await?.is_some() {
                 break;
             }
             if attempt >= PAGE_ATTEMPTS {
