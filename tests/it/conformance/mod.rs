@@ -7,6 +7,7 @@ pub mod content;
 pub mod counters;
 pub mod enrichment;
 mod fixtures;
+pub mod history;
 pub mod idempotency;
 pub mod listing;
 pub mod queue;
@@ -62,6 +63,8 @@ macro_rules! conformance_suite {
                 content_properties_live_in_the_content_store, content_references_name_exactly_their_own_object);
             $crate::conformance_suite!(@subject idempotency;
                 idempotent_writes_happen_once, concurrent_retries_with_one_key_write_once);
+            $crate::conformance_suite!(@subject history;
+                verify_reports_exactly_what_changed_in_the_buckets);
             $crate::conformance_suite!(@subject queue;
                 queued_writes_land_exactly_once, queue_claims_are_exclusive);
         }
