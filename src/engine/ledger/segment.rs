@@ -1,6 +1,7 @@
 //! A ledger segment: the versions one engine process committed in one collection during one
-//! flush interval, in one object of the payload bucket, `chronos-ledger/<collection>/<writer>/<seq>.json`
-//! (under the database's prefix). A segment carries the Merkle root of its records' digests and
+//! flush interval, in one object of the payload bucket,
+//! `chronos-ledger/<collection>/<writer>/<seq>-<lowest cv>-<highest cv>.json` (under the
+//! database's prefix; the cv range lets a proof find a version's segment from a listing). A segment carries the Merkle root of its records' digests and
 //! the SHA-256 of its writer's previous segment of the collection, so a changed record, a changed
 //! segment and a missing segment (before the writer's last) all show in a verify.
 
@@ -43,6 +44,8 @@ pub struct SegmentKey {
     pub collection: String,
     pub writer: String,
     pub seq: u64,
+    /// The lowest and highest cv of its records.
+    pub cvs: (u64, u64),
 }
 
 impl SegmentKey {
@@ -61,11 +64,16 @@ impl SegmentKey {
         if parts.next().is_some() {
             return None;
         }
-        let seq = file.strip_suffix(".json")?.parse().ok()?;
+        let mut numbers = file.strip_suffix(".json")?.split('-').map(|n| n.parse::<u64>().ok());
+        let (seq, low, high) = (numbers.next()??, numbers.next()??, numbers.next()??);
+        if numbers.next().is_some() {
+            return None;
+        }
         Some(SegmentKey {
             collection: collection.to_owned(),
             writer: writer.to_owned(),
             seq,
+            cvs: (low, high),
         })
     }
 }
@@ -104,10 +112,12 @@ impl Segment {
     }
 
     pub fn key(&self) -> SegmentKey {
+        let cvs = self.records.iter().map(|r| r.cv);
         SegmentKey {
             collection: self.collection.to_string(),
             writer: self.writer.clone(),
             seq: self.seq,
+            cvs: (cvs.clone().min().unwrap_or(0), cvs.max().unwrap_or(0)),
         }
     }
 
@@ -154,13 +164,19 @@ mod tests {
             collection: "orders".into(),
             writer: "0190abc".into(),
             seq: 7,
+            cvs: (3, 12),
         };
-        assert_eq!(k.key(), "chronos-ledger/orders/0190abc/000000000007.json");
+        assert_eq!(
+            k.key(),
+            "chronos-ledger/orders/0190abc/000000000007-00000000000000000003-00000000000000000012.json"
+        );
         assert_eq!(SegmentKey::parse(&k.key()), Some(k));
         for other in [
             "orders/x/v0/w.json",
             "chronos-ledger/orders/w/7",
             "chronos-ledger/orders/w/x.json",
+            "chronos-ledger/orders/w/7.json",
+            "chronos-ledger/orders/w/7-1-2-3.json",
             "chronos-ledger/a/b/c/1.json",
         ] {
             assert_eq!(SegmentKey::parse(other), None, "{other}");
