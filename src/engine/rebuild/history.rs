@@ -71,14 +71,14 @@ pub async fn segment_keys(engine: &Engine) -> Result<BTreeMap<String, Vec<Segmen
 pub async fn read_segments(engine: &Engine, keys: &[SegmentKey]) -> Result<Vec<(Segment, String)>> {
     let store = engine.payload_store();
     let database = engine.database();
-    futures::stream::iter(keys)
+    futures::stream::iter(keys.iter().cloned())
         .map(|k| async move {
             let bytes = store
                 .get(&k.key())
                 .await?
                 .ok_or_else(|| Error::Corrupt(format!("{} vanished while it was read", k.key())))?;
             let hash = crate::engine::ledger::segment::segment_hash(&bytes);
-            Ok::<_, Error>((Segment::decode(&bytes, k, database)?, hash))
+            Ok::<_, Error>((Segment::decode(&bytes, &k, database)?, hash))
         })
         .buffered(READ_AHEAD)
         .try_collect()

@@ -84,18 +84,16 @@ impl Engine {
         progress: &(dyn Fn(&RebuildProgress) + Sync),
     ) -> Result<RebuildReport> {
         let started = Instant::now();
-        let meta = self.meta();
-        let mut mark: Mark = match meta.rebuild_progress().await? {
+        let mut mark: Mark = match self.meta().rebuild_progress().await? {
             Some(text) => serde_json::from_str(&text).unwrap_or_default(),
-            None if !options.force && meta.holds_data().await? => {
-                return Err(Error::validation(
-                    "rebuild",
-                    "the metadata store already holds data; rebuild into an empty one, or force it",
+            None if !options.force && self.meta().holds_data().await? => {
+                return Err(Error::AlreadyExists(
+                    "data in the metadata store (rebuild into an empty one, or force it)".into(),
                 ));
             }
             None => Mark::default(),
         };
-        meta.set_rebuild_progress(Some(&encode(&mark)?)).await?;
+        self.meta().set_rebuild_progress(Some(&encode(&mark)?)).await?;
         let segments = segment_keys(self).await?;
         let mut report = RebuildReport {
             collections: segments.len() as u64,
@@ -115,9 +113,9 @@ impl Engine {
             }
             self.rebuild_collection(&collection, keys, options, &mut report).await?;
             mark.done.insert(name.clone());
-            meta.set_rebuild_progress(Some(&encode(&mark)?)).await?;
+            self.meta().set_rebuild_progress(Some(&encode(&mark)?)).await?;
         }
-        meta.set_rebuild_progress(None).await?;
+        self.meta().set_rebuild_progress(None).await?;
         report.seconds = started.elapsed().as_secs_f64();
         report.versions_per_second = report.versions as f64 / report.seconds.max(1e-9);
         progress(&RebuildProgress {
@@ -171,12 +169,11 @@ impl Engine {
                 }
             }
         }
-        let meta = self.meta();
         for batch in entries.chunks(LOAD_BATCH) {
-            meta.load_versions(collection, batch).await?;
+            self.meta().load_versions(collection, batch).await?;
         }
         for batch in heads.chunks(LOAD_BATCH) {
-            meta.load_heads(collection, batch).await?;
+            self.meta().load_heads(collection, batch).await?;
         }
         let counters_from = crate::engine::ledger::resets::last(self.payload_store(), collection).await?;
         let mut pruned: HashMap<String, u64> = HashMap::new();
@@ -192,7 +189,7 @@ impl Engine {
             counters_from,
             pruned,
         };
-        meta.load_sequences(collection, &state).await?;
+        self.meta().load_sequences(collection, &state).await?;
         report.versions += entries.len() as u64;
         report.heads += heads.len() as u64;
         Ok(())

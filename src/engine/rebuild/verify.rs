@@ -220,7 +220,7 @@ impl Engine {
                     );
                 }
             } else if own {
-                to_read.push((key, v));
+                to_read.push((key, v.clone()));
             }
         }
         for ((id, ov), r) in ledger {
@@ -240,6 +240,7 @@ impl Engine {
             .map(|(key, v)| async move { (store.get(&key).await, key, v) })
             .buffer_unordered(32);
         while let Some((bytes, key, v)) = reads.next().await {
+            let v = &v;
             let problem = match bytes? {
                 None => Some("the object vanished while it was read".to_owned()),
                 Some(bytes) => match envelope::describe(&bytes) {
