@@ -73,7 +73,7 @@ pub async fn verify_reports_exactly_what_changed_in_the_buckets(h: &Harness) {
     h.payloads.put(&key, Bytes::from(altered)).await.unwrap();
     let r = e.verify(Duration::ZERO).await.unwrap();
     let keys = |f: &[chronos::engine::rebuild::verify::Finding]| f.iter().map(|f| f.key.clone()).collect::<Vec<_>>();
-    assert_eq!(keys(&r.altered), [key.clone()], "{r:?}");
+    assert_eq!(keys(&r.altered), [key.as_str()], "{r:?}");
     assert!(
         r.missing.is_empty() && r.orphaned.is_empty() && r.dangling.is_empty(),
         "{r:?}"
@@ -89,7 +89,7 @@ pub async fn verify_reports_exactly_what_changed_in_the_buckets(h: &Harness) {
     let kept = h.payloads.get(&gone).await.unwrap().unwrap();
     h.payloads.delete(&gone).await.unwrap();
     let r = e.verify(Duration::ZERO).await.unwrap();
-    assert_eq!(keys(&r.missing), [gone.clone()], "{r:?}");
+    assert_eq!(keys(&r.missing), [gone.as_str()], "{r:?}");
     assert!(
         r.altered.is_empty() && r.orphaned.is_empty() && r.dangling.is_empty(),
         "{r:?}"
@@ -105,7 +105,7 @@ pub async fn verify_reports_exactly_what_changed_in_the_buckets(h: &Harness) {
         .await
         .unwrap();
     let r = e.verify(Duration::from_secs(60)).await.unwrap();
-    assert_eq!(keys(&r.orphaned), [forged.clone()], "{r:?}");
+    assert_eq!(keys(&r.orphaned), [forged.as_str()], "{r:?}");
     assert!(
         r.altered.is_empty() && r.missing.is_empty() && r.dangling.is_empty(),
         "{r:?}"
