@@ -51,8 +51,8 @@ pub struct SegmentKey {
 impl SegmentKey {
     pub fn key(&self) -> String {
         format!(
-            "{LEDGER_PREFIX}{}/{}/{:012}.json",
-            self.collection, self.writer, self.seq
+            "{LEDGER_PREFIX}{}/{}/{:012}-{:020}-{:020}.json",
+            self.collection, self.writer, self.seq, self.cvs.0, self.cvs.1
         )
     }
 

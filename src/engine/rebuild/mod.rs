@@ -1,6 +1,7 @@
 //! Rebuild a database's metadata (heads, version index, cv sequences, idempotency keys, counters'
 //! marks and pruned tallies) from its buckets alone, into an empty metadata store; and verify a
-//! database's history against its buckets ([`verify`]).
+//! database's history against its buckets ([`verify`]), and prove one version part of it
+//! ([`proof`]).
 //!
 //! The buckets describe themselves (`engine::ledger`); [`history`] decides which versions are
 //! committed. The rebuild loads each collection in bulk through `MetaRebuild` and records which
@@ -8,6 +9,7 @@
 //! (loads are idempotent; a collection half loaded is loaded again).
 
 pub mod history;
+pub mod proof;
 pub mod verify;
 
 use std::collections::{BTreeSet, HashMap};

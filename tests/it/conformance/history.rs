@@ -113,3 +113,21 @@ pub async fn verify_reports_exactly_what_changed_in_the_buckets(h: &Harness) {
     h.payloads.delete(&forged).await.unwrap();
     assert!(e.verify(Duration::ZERO).await.unwrap().intact());
 }
+
+pub async fn a_proof_ties_a_version_to_its_segment_root(h: &Harness) {
+    let e = &h.engine;
+    let ids = mixed_workload(h).await;
+    for (id, ov) in [(&ids[0], 0), (&ids[0], 3), (&ids[2], 2)] {
+        let proof = e.proof(&coll(), id, ov).await.unwrap();
+        assert_eq!((&proof.record.id, proof.record.ov), (id, ov));
+        proof.check().unwrap();
+        let mut forged = proof.clone();
+        forged.record.meta.insert("n".into(), json!(999));
+        assert!(forged.check().is_err(), "a changed record no longer proves");
+        let mut moved = proof.clone();
+        moved.root = "00".repeat(32);
+        assert!(moved.check().is_err(), "nor against another root");
+    }
+    let err = e.proof(&coll(), &ids[1], 9).await.unwrap_err();
+    assert!(matches!(err, chronos::engine::Error::NotFound(_)), "{err}");
+}
