@@ -9,24 +9,11 @@ use std::sync::Arc;
 
 use chronos::engine::model::{Head, RequestStamp};
 use chronos::engine::store::RebuiltSequences;
-use chronos::engine::{
-    Attribution, Engine, Error, HistoryPoint, ItemId, ListOptions, MetaStore, Op, VersionEntry, VersionTarget,
-};
+use chronos::engine::{Engine, Error, HistoryPoint, ItemId, ListOptions, MetaStore, Op, VersionEntry, VersionTarget};
 use serde_json::json;
 
-use super::fixtures::{LATEST, WITH_DELETED, coll, keep_last, obj, who};
+use super::fixtures::{LATEST, WITH_DELETED, coll, keep_last, keyed, obj, unique_key, who};
 use crate::support::Harness;
-
-fn keyed(key: &str) -> Attribution {
-    Attribution {
-        request_key: Some(key.parse().unwrap()),
-        ..who()
-    }
-}
-
-fn unique_key(name: &str) -> String {
-    format!("{name}-{}", uuid::Uuid::now_v7().simple())
-}
 
 /// Everything a rebuild would find for the collection: every head, every indexed entry, and the
 /// sequences.
