@@ -242,6 +242,13 @@ pub async fn loads_are_idempotent_and_refuse_a_taken_key(original: &Harness, fre
     e.update(&coll(), &a, obj(json!({"n": 2})), None, &who()).await.unwrap();
     let s = snapshot(&original.meta, e).await;
     let rebuilt = original.over(fresh.meta.clone());
+    rebuilt.ensure_indexes(&coll()).await.unwrap();
+    assert!(
+        !fresh.meta.holds_data().await.unwrap(),
+        "indexes (and empty collections) are no data"
+    );
+    fresh.meta.load_versions(&coll(), &s.versions[..1]).await.unwrap();
+    assert!(fresh.meta.holds_data().await.unwrap(), "a version entry alone is data");
     load(&fresh.meta, &rebuilt, &s).await;
     // A resumed rebuild loads everything again: nothing fails, nothing is doubled.
     load(&fresh.meta, &rebuilt, &s).await;
