@@ -72,7 +72,8 @@ macro_rules! conformance_suite {
                 queued_writes_land_exactly_once, queue_claims_are_exclusive);
             $crate::conformance_suite!(@pair rebuild;
                 a_loaded_store_answers_every_read_as_the_original, loads_are_idempotent_and_refuse_a_taken_key,
-                rebuild_progress_round_trips);
+                rebuild_progress_round_trips, a_rebuild_from_the_buckets_answers_every_read_as_before,
+                unconfirmed_objects_are_left_out_unless_asked_for);
         }
     };
     // Checks that need a second, empty store of the same backend (a rebuild's target).

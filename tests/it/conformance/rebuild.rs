@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use chronos::engine::model::{Head, RequestStamp};
+use chronos::engine::model::{Head, Record, RequestStamp, State};
 use chronos::engine::store::RebuiltSequences;
 use chronos::engine::{Engine, Error, HistoryPoint, ItemId, ListOptions, MetaStore, Op, VersionEntry, VersionTarget};
 use serde_json::json;
@@ -107,24 +107,36 @@ async fn workload(e: &Engine, create_key: &str) -> ItemId {
 
 /// Every read of the collection through `original` and through `rebuilt`: the same answers.
 async fn assert_same_reads(original: &Engine, rebuilt: &Engine, s: &Snapshot) {
+    assert_same_reads_as(original, rebuilt, s, |r| r).await;
+}
+
+/// A record without its cost tier: a head rebuilt from the buckets is `processed` (its data is
+/// read from its object), which is the only thing a reader can tell apart.
+fn untiered(mut r: Record) -> Record {
+    r.system.state = State::New;
+    r
+}
+
+/// [`assert_same_reads`], comparing records as `same` makes them.
+async fn assert_same_reads_as(original: &Engine, rebuilt: &Engine, s: &Snapshot, same: fn(Record) -> Record) {
     for h in &s.heads {
         let id = &h.id;
         let (want, got) = (
-            original.get_latest(&coll(), id, WITH_DELETED).await.unwrap(),
-            rebuilt.get_latest(&coll(), id, WITH_DELETED).await.unwrap(),
+            same(original.get_latest(&coll(), id, WITH_DELETED).await.unwrap()),
+            same(rebuilt.get_latest(&coll(), id, WITH_DELETED).await.unwrap()),
         );
         assert_eq!(got, want, "latest of {id}");
         let (want, got) = (
-            original.get_latest(&coll(), id, LATEST).await.ok(),
-            rebuilt.get_latest(&coll(), id, LATEST).await.ok(),
+            original.get_latest(&coll(), id, LATEST).await.ok().map(same),
+            rebuilt.get_latest(&coll(), id, LATEST).await.ok().map(same),
         );
         assert_eq!(got, want, "latest of {id} without deleted ones");
         // Every ov, pruned ones included (read through the retention manifests).
         for ov in 0..=h.ov {
             let target = VersionTarget::Ov(ov);
             let (want, got) = (
-                original.get_at(&coll(), id, target, WITH_DELETED).await.unwrap(),
-                rebuilt.get_at(&coll(), id, target, WITH_DELETED).await.unwrap(),
+                same(original.get_at(&coll(), id, target, WITH_DELETED).await.unwrap()),
+                same(rebuilt.get_at(&coll(), id, target, WITH_DELETED).await.unwrap()),
             );
             assert_eq!(got, want, "{id} v{ov}");
         }
@@ -137,8 +149,8 @@ async fn assert_same_reads(original: &Engine, rebuilt: &Engine, s: &Snapshot) {
     for v in &s.versions {
         let target = VersionTarget::At(v.at);
         let (want, got) = (
-            original.get_at(&coll(), &v.id, target, WITH_DELETED).await.unwrap(),
-            rebuilt.get_at(&coll(), &v.id, target, WITH_DELETED).await.unwrap(),
+            same(original.get_at(&coll(), &v.id, target, WITH_DELETED).await.unwrap()),
+            same(rebuilt.get_at(&coll(), &v.id, target, WITH_DELETED).await.unwrap()),
         );
         assert_eq!(got, want, "{} as of {}", v.id, v.at);
     }
@@ -153,8 +165,22 @@ async fn assert_same_reads(original: &Engine, rebuilt: &Engine, s: &Snapshot) {
                 ..Default::default()
             };
             let (want, got) = (
-                original.list(&coll(), &opts).await.unwrap().records,
-                rebuilt.list(&coll(), &opts).await.unwrap().records,
+                original
+                    .list(&coll(), &opts)
+                    .await
+                    .unwrap()
+                    .records
+                    .into_iter()
+                    .map(same)
+                    .collect::<Vec<_>>(),
+                rebuilt
+                    .list(&coll(), &opts)
+                    .await
+                    .unwrap()
+                    .records
+                    .into_iter()
+                    .map(same)
+                    .collect::<Vec<_>>(),
             );
             assert_eq!(got, want, "list as of {at:?}, deleted included: {include_deleted}");
         }
@@ -293,4 +319,155 @@ pub async fn rebuild_progress_round_trips(_original: &Harness, fresh: &Harness) 
     meta.set_rebuild_progress(None).await.unwrap();
     assert_eq!(meta.rebuild_progress().await.unwrap(), None);
     meta.set_rebuild_progress(None).await.unwrap();
+}
+
+pub async fn a_rebuild_from_the_buckets_answers_every_read_as_before(original: &Harness, fresh: &Harness) {
+    let create_key = unique_key("create");
+    let d = workload(&original.engine, &create_key).await;
+    let e = &original.engine;
+    // More kinds of version, and more collections (a rebuild goes collection by collection).
+    let s0 = snapshot(&original.meta, e).await;
+    let a = &s0.heads[0].id;
+    e.enrich(
+        &coll(),
+        a,
+        &[obj(json!({"extra": {"x": 1}}))],
+        &super::fixtures::enrichment("f1"),
+        &who(),
+    )
+    .await
+    .unwrap();
+    e.restore_object(&coll(), a, VersionTarget::Ov(0), None, &who())
+        .await
+        .unwrap();
+    for other in ["others", "more"] {
+        let c: chronos::engine::CollectionName = other.parse().unwrap();
+        let (id, _) = e.create(&c, None, obj(json!({"n": 1})), &who()).await.unwrap();
+        e.update(&c, &id, obj(json!({"n": 2})), None, &who()).await.unwrap();
+    }
+    let s = snapshot(&original.meta, e).await;
+    // What the engine wrote this second is in its ledger buffer: a stopping engine flushes it.
+    e.flush_ledger().await.unwrap();
+
+    // The metadata is gone: an engine over the same buckets and an empty store rebuilds it. The
+    // first run dies after its first collection (as a killed process would), the second resumes.
+    let rebuilt = original.over(fresh.meta.clone());
+    let crash = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(
+        rebuilt.rebuild(&Default::default(), &|p| {
+            assert!(p.done_collections < 1, "killed after its first collection")
+        }),
+    ))
+    .await;
+    assert!(crash.is_err(), "the first run was cut short");
+    let report = rebuilt.rebuild(&Default::default(), &|_| {}).await.unwrap();
+    assert_eq!((report.collections, report.resumed_past), (3, 1), "{report:?}");
+    assert!(report.unconfirmed == 0 && report.lost.is_empty(), "{report:?}");
+    assert!(report.pruned > 0, "retention's versions stay pruned: {report:?}");
+
+    assert_same_reads_as(e, &rebuilt, &s, untiered).await;
+    for other in ["others", "more"] {
+        let c: chronos::engine::CollectionName = other.parse().unwrap();
+        let opts = ListOptions {
+            limit: 10,
+            ..Default::default()
+        };
+        let (want, got) = (
+            e.list(&c, &opts)
+                .await
+                .unwrap()
+                .records
+                .into_iter()
+                .map(untiered)
+                .collect::<Vec<_>>(),
+            rebuilt
+                .list(&c, &opts)
+                .await
+                .unwrap()
+                .records
+                .into_iter()
+                .map(untiered)
+                .collect::<Vec<_>>(),
+        );
+        assert_eq!(got, want, "{other}");
+    }
+    let checked = rebuilt.verify(std::time::Duration::ZERO).await.unwrap();
+    assert!(checked.intact() && checked.unconfirmed.is_empty(), "{checked:?}");
+
+    // Idempotency keys came back; the sequence goes on after every cv.
+    let (id, again) = rebuilt
+        .create(&coll(), None, obj(json!({"n": 3})), &keyed(&create_key))
+        .await
+        .unwrap();
+    assert!(again.replayed && id == d, "answered from the rebuilt key");
+    let (_, out) = rebuilt
+        .create(&coll(), None, obj(json!({"n": 0})), &who())
+        .await
+        .unwrap();
+    let last_cv = s.versions.iter().map(|v| v.cv).max().unwrap();
+    assert!(out.cv > last_cv, "{} after {last_cv}", out.cv);
+
+    // A store that holds data is refused, unless forced.
+    let again = rebuilt.rebuild(&Default::default(), &|_| {}).await;
+    assert!(matches!(again, Err(Error::AlreadyExists(_))), "{again:?}");
+    let forced = chronos::engine::rebuild::RebuildOptions {
+        force: true,
+        ..Default::default()
+    };
+    rebuilt.rebuild(&forced, &|_| {}).await.unwrap();
+}
+
+pub async fn unconfirmed_objects_are_left_out_unless_asked_for(original: &Harness, fresh: &Harness) {
+    let e = &original.engine;
+    let (id, _) = e.create(&coll(), None, obj(json!({"n": 0})), &who()).await.unwrap();
+    e.update(&coll(), &id, obj(json!({"n": 1})), None, &who())
+        .await
+        .unwrap();
+    // An engine process that dies after its commits and before its next ledger flush: its
+    // buffer is never written (it is leaked, and its flush interval outlasts the test).
+    let crashing = || {
+        original.replica_with(chronos::engine::EngineSettings {
+            ledger_flush: std::time::Duration::from_secs(3600),
+            ..Default::default()
+        })
+    };
+    let dies = crashing();
+    dies.update(&coll(), &id, obj(json!({"n": 2})), None, &who())
+        .await
+        .unwrap();
+    std::mem::forget(dies);
+    // v3 is recorded and names v2 as its predecessor: v2 comes back from its object.
+    e.update(&coll(), &id, obj(json!({"n": 3})), None, &who())
+        .await
+        .unwrap();
+    e.flush_ledger().await.unwrap();
+    // v4 is named by nothing: it may as well be a write that never committed.
+    let dies = crashing();
+    dies.update(&coll(), &id, obj(json!({"n": 4})), None, &who())
+        .await
+        .unwrap();
+    std::mem::forget(dies);
+
+    let rebuilt = original.over(fresh.meta.clone());
+    let report = rebuilt.rebuild(&Default::default(), &|_| {}).await.unwrap();
+    assert_eq!(
+        (report.recovered_from_objects, report.unconfirmed),
+        (1, 1),
+        "{report:?}"
+    );
+    assert_eq!(report.versions, 4, "{report:?}");
+    let latest = rebuilt.get_latest(&coll(), &id, LATEST).await.unwrap();
+    assert_eq!((latest.ov, latest.data["n"].as_i64()), (3, Some(3)));
+    let v2 = rebuilt
+        .get_at(&coll(), &id, VersionTarget::Ov(2), LATEST)
+        .await
+        .unwrap();
+    assert_eq!(v2.data["n"].as_i64(), Some(2));
+    let forced = chronos::engine::rebuild::RebuildOptions {
+        force: true,
+        accept_unconfirmed: true,
+    };
+    let report = rebuilt.rebuild(&forced, &|_| {}).await.unwrap();
+    assert_eq!(report.accepted_unconfirmed, 1, "{report:?}");
+    let latest = rebuilt.get_latest(&coll(), &id, LATEST).await.unwrap();
+    assert_eq!((latest.ov, latest.data["n"].as_i64()), (4, Some(4)));
 }
