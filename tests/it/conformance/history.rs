@@ -165,3 +165,23 @@ pub async fn verify_finds_a_changed_or_missing_ledger_segment(h: &Harness) {
     assert_eq!(altered, [segments[3].as_str()], "{r:?}");
     assert_eq!(r.unconfirmed.len(), 1, "{r:?}");
 }
+
+pub async fn a_ledger_segment_whose_put_failed_is_written_again(h: &Harness) {
+    let e = &h.engine;
+    let (id, _) = e.create(&coll(), None, obj(json!({"n": 0})), &who()).await.unwrap();
+    h.faults
+        .fail_puts_containing
+        .lock()
+        .unwrap()
+        .push("chronos-ledger/".into());
+    assert!(e.flush_ledger().await.is_err(), "the segment's PUT fails");
+    h.faults.fail_puts_containing.lock().unwrap().clear();
+    e.update(&coll(), &id, obj(json!({"n": 1})), None, &who())
+        .await
+        .unwrap();
+    e.flush_ledger().await.unwrap();
+    let segments = h.payloads.list("chronos-ledger/", None, 100).await.unwrap();
+    assert_eq!(segments.len(), 2, "the kept segment and the next one: {segments:?}");
+    let r = e.verify(Duration::ZERO).await.unwrap();
+    assert!(r.intact() && r.unconfirmed.is_empty(), "the chain has no hole: {r:?}");
+}
