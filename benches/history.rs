@@ -142,10 +142,12 @@ async fn rows(label: &str, s: Stores, puts: &RequestCounter, args: &Args) -> Vec
             puts_with as f64 / (2 * half) as f64
         ),
         format!(
-            "| {label} | {total} versions, {} items, {} segments | **{:.0}** versions/s ({rebuild_s:.1} s) | **{:.0}** versions/s ({:.1} s, {} objects read) |",
+            "| {label} | {total} versions, {} items, {} segments | **{:.0}** versions/s ({rebuild_s:.1} s: reading {:.1} s, loading {:.1} s) | **{:.0}** versions/s ({:.1} s, {} objects read) |",
             report.heads,
             report.segments,
             total as f64 / rebuild_s,
+            report.reading_seconds,
+            report.loading_seconds,
             verify.versions_per_second,
             verify.seconds,
             verify.objects

@@ -117,17 +117,23 @@ impl CollectionHistory {
     /// Read a collection's history from the buckets.
     pub async fn read(engine: &Engine, collection: &CollectionName, segments: &[SegmentKey]) -> Result<Self> {
         let mut h = CollectionHistory::default();
-        for (segment, _) in read_segments(engine, segments).await? {
+        // Three independent reads, each a sequence of round trips: overlapped, not one after the
+        // other (listing the objects is the longest: a page of 1000 keys per request).
+        let mut pruned_entries = Vec::new();
+        let (segments, objects, manifests) = futures::join!(
+            read_segments(engine, segments),
+            payload_keys(engine, collection),
+            engine
+                .manifests()
+                .each_in_collection(collection, |id, p, counts| pruned_entries.push((id.clone(), p, counts))),
+        );
+        manifests?;
+        for (segment, _) in segments? {
             h.segments += 1;
             for r in segment.records {
                 h.add(r)?;
             }
         }
-        let mut pruned_entries = Vec::new();
-        engine
-            .manifests()
-            .each_in_collection(collection, |id, p, counts| pruned_entries.push((id.clone(), p, counts)))
-            .await?;
         for (id, p, counts) in pruned_entries {
             h.pruned.insert((id.clone(), p.entry.ov));
             h.pruned_counts.push((p.entry.cv, counts));
@@ -136,7 +142,7 @@ impl CollectionHistory {
             let versions = h.items.entry(id).or_default();
             versions.entry(p.entry.ov).or_insert_with(|| pruned_record(&p.entry));
         }
-        h.confirm_from_objects(engine, collection).await?;
+        h.confirm_from_objects(engine, collection, objects?).await?;
         Ok(h)
     }
 
@@ -156,9 +162,14 @@ impl CollectionHistory {
     }
 
     /// Rule 3 of the module doc, and the unconfirmed objects above each item's last version.
-    async fn confirm_from_objects(&mut self, engine: &Engine, collection: &CollectionName) -> Result<()> {
+    async fn confirm_from_objects(
+        &mut self,
+        engine: &Engine,
+        collection: &CollectionName,
+        objects: Vec<(ItemId, u64, String, String)>,
+    ) -> Result<()> {
         let mut by_item: HashMap<ItemId, Vec<(u64, String, String)>> = HashMap::new();
-        for (id, ov, write_id, key) in payload_keys(engine, collection).await? {
+        for (id, ov, write_id, key) in objects {
             by_item.entry(id).or_default().push((ov, write_id, key));
         }
         for (id, mut objects) in by_item {
