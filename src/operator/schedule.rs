@@ -1,4 +1,8 @@
-//! When a retention runs: the first cron time after the last run (or after creation).
+//! When scheduled work runs (a retention run, a database's verify): the first cron time after
+//! the last run (or after the resource's creation, before its first run). A run that outlasts
+//! its next slots skips them rather than queueing them.
+
+use std::time::Duration;
 
 use croner::Cron;
 use jiff::Timestamp;
@@ -8,11 +12,12 @@ use jiff::Timestamp;
 pub struct Schedule(Cron);
 
 impl Schedule {
-    pub fn parse(pattern: &str) -> Result<Schedule, String> {
+    /// `pattern` as a cron schedule; the error names `field`.
+    pub fn parse(field: &str, pattern: &str) -> Result<Schedule, String> {
         pattern
             .parse::<Cron>()
             .map(Schedule)
-            .map_err(|e| format!("spec.schedule: {pattern:?} is not a cron schedule: {e}"))
+            .map_err(|e| format!("{field}: {pattern:?} is not a cron schedule: {e}"))
     }
 
     /// The first scheduled time strictly after `after`.
@@ -21,6 +26,22 @@ impl Schedule {
         let next = self.0.find_next_occurrence(&start, false).ok()?;
         Timestamp::from_millisecond(next.timestamp_millis()).ok()
     }
+
+    /// Whether a run is due at `now`: the first scheduled time after `since` (the last run, or
+    /// the resource's creation before its first run) has come.
+    pub fn is_due(&self, since: Timestamp, now: Timestamp) -> bool {
+        self.next_after(since).is_some_and(|due| due <= now)
+    }
+
+    /// The next run: the first scheduled time after both `now` and the last run's start.
+    pub fn next_run(&self, last: Option<Timestamp>, now: Timestamp) -> Option<Timestamp> {
+        self.next_after(now.max(last.unwrap_or(now)))
+    }
+}
+
+/// How long from now until `at` (zero when it has passed).
+pub fn until(at: Timestamp) -> Duration {
+    Duration::from_millis(at.duration_since(Timestamp::now()).as_millis().max(0) as u64)
 }
 
 #[cfg(test)]
@@ -29,12 +50,27 @@ mod tests {
 
     #[test]
     fn next_runs_follow_the_pattern() {
-        let s = Schedule::parse("0 3 * * *").unwrap();
+        let s = Schedule::parse("spec.schedule", "0 3 * * *").unwrap();
         let t: Timestamp = "2030-01-01T04:00:00Z".parse().unwrap();
         assert_eq!(s.next_after(t).unwrap().to_string(), "2030-01-02T03:00:00Z");
-        let every_2s = Schedule::parse("*/2 * * * * *").unwrap();
+        let every_2s = Schedule::parse("spec.schedule", "*/2 * * * * *").unwrap();
         let t: Timestamp = "2030-01-01T00:00:01Z".parse().unwrap();
         assert_eq!(every_2s.next_after(t).unwrap().to_string(), "2030-01-01T00:00:02Z");
-        assert!(Schedule::parse("not a cron").unwrap_err().starts_with("spec.schedule"));
+        let err = Schedule::parse("spec.verify.schedule", "not a cron").unwrap_err();
+        assert!(err.starts_with("spec.verify.schedule: \"not a cron\""), "{err}");
+    }
+
+    #[test]
+    fn a_run_is_due_once_its_slot_has_come() {
+        let daily = Schedule::parse("spec.schedule", "0 3 * * *").unwrap();
+        let t = |s: &str| s.parse::<Timestamp>().unwrap();
+        assert!(!daily.is_due(t("2030-01-01T04:00:00Z"), t("2030-01-02T02:59:59Z")));
+        assert!(daily.is_due(t("2030-01-01T04:00:00Z"), t("2030-01-02T03:00:00Z")));
+        // A run that started at 03:00 and ended at 05:00 next runs the day after.
+        let next = daily.next_run(Some(t("2030-01-02T03:00:00Z")), t("2030-01-02T05:00:00Z"));
+        assert_eq!(next.unwrap().to_string(), "2030-01-03T03:00:00Z");
+        // A last run recorded in the future (a clock skew) is not run again before it.
+        let next = daily.next_run(Some(t("2030-01-05T03:00:00Z")), t("2030-01-02T05:00:00Z"));
+        assert_eq!(next.unwrap().to_string(), "2030-01-06T03:00:00Z");
     }
 }
