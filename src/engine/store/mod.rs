@@ -363,34 +363,27 @@ pub struct RebuiltSequences {
 /// store already holds data, and to load heads, index entries and each collection's sequences in
 /// bulk — a handful of commands per thousand versions, never one per version. Every load is
 /// idempotent, so a rebuild killed midway is resumed by running it again over what it loaded.
+///
+/// The loads assume [`MetaWrite::prepare_collection`] ran for the collection first: the stores
+/// rely on its unique indexes (on `(item, ov)` and on idempotency keys) to leave an entry loaded
+/// twice as it is and to refuse a key on two versions.
 #[async_trait]
 pub trait MetaRebuild: Send + Sync + 'static {
     /// Whether any collection has a head or a version entry (a rebuild refuses to write into a
     /// store that does, unless told to).
-    async fn holds_data(&self) -> Result<bool> {
-        Err(Error::metadata("this metadata store can't be rebuilt"))
-    }
+    async fn holds_data(&self) -> Result<bool>;
     /// Insert version entries of one collection, all of them or — on a resume — those whose
     /// `(id, ov)` is not in the index yet (one already there is left as it is). Idempotency keys
-    /// (`request`) and references (`payload_ref`) are stored as a write stores them.
-    async fn load_versions(&self, _collection: &CollectionName, _entries: &[VersionEntry]) -> Result<()> {
-        Err(Error::metadata("this metadata store can't be rebuilt"))
-    }
+    /// (`request`) and references (`payload_ref`) are stored as a write stores them. An
+    /// idempotency key already recorded on another version is refused (`RequestKeyTaken`).
+    async fn load_versions(&self, collection: &CollectionName, entries: &[VersionEntry]) -> Result<()>;
     /// Insert these heads, replacing any head of the same id.
-    async fn load_heads(&self, _collection: &CollectionName, _heads: &[Head]) -> Result<()> {
-        Err(Error::metadata("this metadata store can't be rebuilt"))
-    }
+    async fn load_heads(&self, collection: &CollectionName, heads: &[Head]) -> Result<()>;
     /// Set the collection's cv sequence to at least `last_cv`, and its counters' mark and pruned
     /// tallies to exactly these.
-    async fn load_sequences(&self, _collection: &CollectionName, _state: &RebuiltSequences) -> Result<()> {
-        Err(Error::metadata("this metadata store can't be rebuilt"))
-    }
+    async fn load_sequences(&self, collection: &CollectionName, state: &RebuiltSequences) -> Result<()>;
     /// The progress a rebuild recorded (opaque to the store; `None` when no rebuild is under way).
-    async fn rebuild_progress(&self) -> Result<Option<String>> {
-        Err(Error::metadata("this metadata store can't be rebuilt"))
-    }
+    async fn rebuild_progress(&self) -> Result<Option<String>>;
     /// Record (or with `None` clear) a rebuild's progress.
-    async fn set_rebuild_progress(&self, _progress: Option<&str>) -> Result<()> {
-        Err(Error::metadata("this metadata store can't be rebuilt"))
-    }
+    async fn set_rebuild_progress(&self, progress: Option<&str>) -> Result<()>;
 }

@@ -39,6 +39,9 @@ impl Engine {
                     .data
             }
         };
+        // A reference counts only next to the write that made it (see `Head::payload`): a later
+        // write that knows nothing of references leaves a stale copy, which no reader must see.
+        let payload_ref = head.payload_ref.clone().filter(|r| r.of == head.write_id);
         Ok(Record {
             system: head.system(),
             id: head.id,
@@ -46,7 +49,7 @@ impl Engine {
             cv: head.cv,
             write_id: head.write_id,
             data,
-            payload_ref: head.payload_ref,
+            payload_ref,
         })
     }
 

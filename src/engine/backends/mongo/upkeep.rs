@@ -235,6 +235,3 @@ impl MetaUpkeep for MongoMetaStore {
 
 /// How many times retention's delete of an item's versions is tried when it meets another's.
 pub(super) const PRUNE_ATTEMPTS: u32 = 20;
-
-/// Rebuilding from the buckets: not yet (loads come next).
-impl crate::engine::store::MetaRebuild for MongoMetaStore {}

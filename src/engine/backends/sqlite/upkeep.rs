@@ -158,6 +158,3 @@ impl MetaUpkeep for SqliteMetaStore {
         .await
     }
 }
-
-/// Rebuilding from the buckets: not yet (loads come next).
-impl crate::engine::store::MetaRebuild for SqliteMetaStore {}
