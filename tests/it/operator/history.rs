@@ -77,10 +77,7 @@ async fn a_restore_from_the_buckets_rebuilds_a_lost_metadata_database() {
     // The store holds data now: a second rebuild is refused, unless forced.
     k.create::<ChronosRestore>(restore("again", json!({"database": "data", "source": "buckets"})))
         .await;
-    let again = wait_for(&restores, "again", "finished", finished)
-        .await
-        .status
-        .unwrap();
+    let again = wait_for(&restores, "again", "finished", finished).await.status.unwrap();
     assert_eq!(again.phase, Phase::Failed);
     let message = again.message.unwrap();
     assert!(
@@ -99,7 +96,11 @@ async fn a_restore_from_the_buckets_rebuilds_a_lost_metadata_database() {
         .status
         .unwrap();
     assert_eq!(forced.phase, Phase::Succeeded, "{:?}", forced.message);
-    assert_eq!(snapshot(&engine, 5).await, before, "a forced rebuild changes nothing here");
+    assert_eq!(
+        snapshot(&engine, 5).await,
+        before,
+        "a forced rebuild changes nothing here"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -140,13 +141,16 @@ async fn a_scheduled_verify_reports_an_altered_object() {
     engine.flush_ledger().await.unwrap();
     k.start();
     let databases = k.api::<ChronosDatabase>();
-    let verified = |want: &'static str| {
-        move |d: &ChronosDatabase| condition(d, HISTORY_VERIFIED).as_deref() == Some(want)
-    };
+    let verified =
+        |want: &'static str| move |d: &ChronosDatabase| condition(d, HISTORY_VERIFIED).as_deref() == Some(want);
     let d = wait_for(&databases, "data", "HistoryVerified=True", verified("True")).await;
     let s = d.status.unwrap();
     let last = s.last_verify.unwrap();
-    assert_eq!((last.versions, last.missing, last.altered, last.orphaned), (6, 0, 0, 0), "{last:?}");
+    assert_eq!(
+        (last.versions, last.missing, last.altered, last.orphaned),
+        (6, 0, 0, 0),
+        "{last:?}"
+    );
     assert!(s.next_verify.is_some());
     let intact = s.conditions.iter().find(|c| c.type_ == HISTORY_VERIFIED).unwrap();
     assert_eq!(intact.reason, "Intact");
@@ -186,7 +190,67 @@ async fn a_scheduled_verify_reports_an_altered_object() {
             .is_some_and(|k| key.ends_with(k))
     };
     assert!(last.findings.iter().any(|f| named(f)), "{key} in {:?}", last.findings);
-    assert!(named(c.message.split("first: ").nth(1).unwrap_or_default()), "{}", c.message);
+    assert!(
+        named(c.message.split("first: ").nth(1).unwrap_or_default()),
+        "{}",
+        c.message
+    );
     let event = wait_event(&k.client, &k.ns, "data", "FindingsReported").await;
     assert_eq!(event.type_.as_deref(), Some("Warning"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rebuild_cut_short_is_resumed_by_the_restore() {
+    let mut k = Cluster::new().await;
+    let (db, engine, _) = seeded(&k, 3).await;
+    let others: CollectionName = "others".parse().unwrap();
+    let who = chronos::engine::Attribution::new("test", "seed");
+    let data = json!({"n": 1}).as_object().unwrap().clone();
+    engine
+        .create(&others, Some("o-1".parse().unwrap()), data, &who)
+        .await
+        .unwrap();
+    engine.flush_ledger().await.unwrap();
+    let before = snapshot(&engine, 3).await;
+    drop(engine);
+    crate::support::mongo_client(Default::default())
+        .await
+        .database(&db.spec.mongodb.db_name)
+        .drop()
+        .await
+        .unwrap();
+    // A rebuild killed after its first collection (as an operator restarted midway would be):
+    // the store now holds part of the data and the engine's mark.
+    let engine = backends::engine(&k.ctx, &db, Default::default()).await.unwrap();
+    let crash = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(
+        engine.rebuild(&Default::default(), &|p| {
+            assert!(p.done_collections < 1, "killed after its first collection")
+        }),
+    ))
+    .await;
+    assert!(crash.is_err(), "the first run was cut short");
+    k.start();
+    k.create::<ChronosRestore>(json!({
+        "apiVersion": "chronos.dev/v1alpha1", "kind": "ChronosRestore", "metadata": {"name": "resume"},
+        "spec": {"database": "data", "source": "buckets"}
+    }))
+    .await;
+    let s = wait_for(&k.api::<ChronosRestore>(), "resume", "finished", finished)
+        .await
+        .status
+        .unwrap();
+    assert_eq!(
+        s.phase,
+        Phase::Succeeded,
+        "not refused as a non-empty store: {:?}",
+        s.message
+    );
+    let report = s.rebuild.unwrap();
+    assert_eq!((report.collections, report.resumed_past), (2, 1), "{report:?}");
+    assert_eq!(snapshot(&engine, 3).await, before);
+    let o = engine
+        .get_latest(&others, &"o-1".parse().unwrap(), ReadOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(o.data["n"], 1);
 }
