@@ -27,9 +27,10 @@ impl Schedule {
         Timestamp::from_millisecond(next.timestamp_millis()).ok()
     }
 
-    /// Whether a run is due at `now`: the first scheduled time after `since` (the last run, or
-    /// the resource's creation before its first run) has come.
-    pub fn is_due(&self, since: Timestamp, now: Timestamp) -> bool {
+    /// Whether a run is due at `now`: the first scheduled time after the last run (or after the
+    /// resource's creation, before its first run) has come.
+    pub fn is_due(&self, last: Option<Timestamp>, created: Option<Timestamp>, now: Timestamp) -> bool {
+        let since = last.or(created).unwrap_or(now);
         self.next_after(since).is_some_and(|due| due <= now)
     }
 
@@ -64,8 +65,14 @@ mod tests {
     fn a_run_is_due_once_its_slot_has_come() {
         let daily = Schedule::parse("spec.schedule", "0 3 * * *").unwrap();
         let t = |s: &str| s.parse::<Timestamp>().unwrap();
-        assert!(!daily.is_due(t("2030-01-01T04:00:00Z"), t("2030-01-02T02:59:59Z")));
-        assert!(daily.is_due(t("2030-01-01T04:00:00Z"), t("2030-01-02T03:00:00Z")));
+        let created = Some(t("2030-01-01T04:00:00Z"));
+        assert!(!daily.is_due(None, created, t("2030-01-02T02:59:59Z")));
+        assert!(daily.is_due(None, created, t("2030-01-02T03:00:00Z")));
+        let ran = Some(t("2030-01-02T03:00:00Z"));
+        assert!(
+            !daily.is_due(ran, created, t("2030-01-02T05:00:00Z")),
+            "counted from the last run"
+        );
         // A run that started at 03:00 and ended at 05:00 next runs the day after.
         let next = daily.next_run(Some(t("2030-01-02T03:00:00Z")), t("2030-01-02T05:00:00Z"));
         assert_eq!(next.unwrap().to_string(), "2030-01-03T03:00:00Z");

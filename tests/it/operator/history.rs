@@ -18,6 +18,25 @@ async fn snapshot(engine: &chronos::engine::Engine, n: usize) -> Vec<(String, Va
     out
 }
 
+/// The disaster: the engine stops (writing its ledger's last segments, as a stopping engine
+/// does) and the database's MongoDB database is dropped. Returns what the `n` items read before.
+async fn lose_metadata(
+    db: &ChronosDatabase,
+    engine: Arc<chronos::engine::Engine>,
+    n: usize,
+) -> Vec<(String, Value, u64, u64)> {
+    engine.flush_ledger().await.unwrap();
+    let before = snapshot(&engine, n).await;
+    drop(engine);
+    crate::support::mongo_client(Default::default())
+        .await
+        .database(&db.spec.mongodb.db_name)
+        .drop()
+        .await
+        .unwrap();
+    before
+}
+
 fn finished(r: &ChronosRestore) -> bool {
     r.status
         .as_ref()
@@ -28,16 +47,7 @@ fn finished(r: &ChronosRestore) -> bool {
 async fn a_restore_from_the_buckets_rebuilds_a_lost_metadata_database() {
     let mut k = Cluster::new().await;
     let (db, engine, _) = seeded(&k, 5).await;
-    // What the buckets must describe: the ledger's last segments written, as a stopping engine does.
-    engine.flush_ledger().await.unwrap();
-    let before = snapshot(&engine, 5).await;
-    drop(engine);
-    crate::support::mongo_client(Default::default())
-        .await
-        .database(&db.spec.mongodb.db_name)
-        .drop()
-        .await
-        .unwrap();
+    let before = lose_metadata(&db, engine, 5).await;
     k.start();
     let restore = |name: &str, spec: Value| json!({"apiVersion": "chronos.dev/v1alpha1", "kind": "ChronosRestore", "metadata": {"name": name}, "spec": spec});
     k.create::<ChronosRestore>(restore("rebuild", json!({"database": "data", "source": "buckets"})))
@@ -104,33 +114,21 @@ async fn a_restore_from_the_buckets_rebuilds_a_lost_metadata_database() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_rebuild_that_names_a_collection_is_refused() {
+async fn the_api_server_refuses_a_restore_that_mixes_a_rebuild_and_a_restore_from_the_index() {
     let k = Cluster::new().await;
-    let spec = json!({
-        "apiVersion": "chronos.dev/v1alpha1", "kind": "ChronosRestore", "metadata": {"name": "bad"},
-        "spec": {"database": "data", "source": "buckets", "collection": "notes"}
-    });
-    let obj: ChronosRestore = serde_json::from_value(spec).unwrap();
-    let err = k
-        .api::<ChronosRestore>()
-        .create(&PostParams::default(), &obj)
-        .await
-        .unwrap_err();
-    assert!(
-        err.to_string().contains("source: buckets rebuilds the whole database"),
-        "the API server refuses it (CEL): {err}"
-    );
-    let spec = json!({
-        "apiVersion": "chronos.dev/v1alpha1", "kind": "ChronosRestore", "metadata": {"name": "bad"},
-        "spec": {"database": "data", "collection": "notes"}
-    });
-    let obj: ChronosRestore = serde_json::from_value(spec).unwrap();
-    let err = k
-        .api::<ChronosRestore>()
-        .create(&PostParams::default(), &obj)
-        .await
-        .unwrap_err();
-    assert!(err.to_string().contains("needs a collection and a target"), "{err}");
+    let refusal = |spec: Value| {
+        let obj: ChronosRestore = serde_json::from_value(json!({
+            "apiVersion": "chronos.dev/v1alpha1", "kind": "ChronosRestore", "metadata": {"name": "bad"},
+            "spec": spec
+        }))
+        .unwrap();
+        let api = k.api::<ChronosRestore>();
+        async move { api.create(&PostParams::default(), &obj).await.unwrap_err().to_string() }
+    };
+    let err = refusal(json!({"database": "data", "source": "buckets", "collection": "notes"})).await;
+    assert!(err.contains("source: buckets rebuilds the whole database"), "{err}");
+    let err = refusal(json!({"database": "data", "collection": "notes"})).await;
+    assert!(err.contains("needs a collection and a target"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -210,15 +208,7 @@ async fn a_rebuild_cut_short_is_resumed_by_the_restore() {
         .create(&others, Some("o-1".parse().unwrap()), data, &who)
         .await
         .unwrap();
-    engine.flush_ledger().await.unwrap();
-    let before = snapshot(&engine, 3).await;
-    drop(engine);
-    crate::support::mongo_client(Default::default())
-        .await
-        .database(&db.spec.mongodb.db_name)
-        .drop()
-        .await
-        .unwrap();
+    let before = lose_metadata(&db, engine, 3).await;
     // A rebuild killed after its first collection (as an operator restarted midway would be):
     // the store now holds part of the data and the engine's mark.
     let engine = backends::engine(&k.ctx, &db, Default::default()).await.unwrap();

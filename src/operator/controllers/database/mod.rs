@@ -149,7 +149,7 @@ async fn apply(db: &ChronosDatabase, ctx: &Context) -> Result<Action> {
         let existing = status.conditions.clone();
         status.conditions = conditions::merge(
             &existing,
-            &[verified.clone()],
+            std::slice::from_ref(&verified),
             db.metadata.generation,
             conditions::now(),
         );

@@ -13,7 +13,7 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{Api, ResourceExt};
 
-use crate::engine::rebuild::verify::{Finding, VerifyReport};
+use crate::engine::rebuild::verify::VerifyReport;
 use crate::operator::backends;
 use crate::operator::conditions::{self, Observed};
 use crate::operator::context::Context;
@@ -38,7 +38,7 @@ enum Scheduled {
     Never,
     Suspended,
     Invalid(String),
-    On(Schedule, Duration),
+    On(Box<Schedule>, Duration),
 }
 
 impl Plan {
@@ -58,7 +58,7 @@ impl Plan {
             Err(problem) => Scheduled::Invalid(problem),
             Ok(_) if spec.suspend => Scheduled::Suspended,
             Ok(s) => Scheduled::On(
-                s,
+                Box::new(s),
                 spec.grace_secs
                     .map_or(crate::engine::settings::ORPHAN_GRACE, Duration::from_secs),
             ),
@@ -84,14 +84,9 @@ impl Plan {
         let Scheduled::On(schedule, grace) = &self.schedule else {
             return None;
         };
-        let now = jiff::Timestamp::now();
-        let since = self
-            .last
-            .as_ref()
-            .map(|l| l.time.0)
-            .or_else(|| db.metadata.creation_timestamp.as_ref().map(|t| t.0))
-            .unwrap_or(now);
-        schedule.is_due(since, now).then_some(*grace)
+        let last = self.last.as_ref().map(|l| l.time.0);
+        let created = db.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        schedule.is_due(last, created, jiff::Timestamp::now()).then_some(*grace)
     }
 
     /// When the next run is due after `last`.
@@ -151,15 +146,9 @@ pub(super) async fn run(db: &ChronosDatabase, ctx: &Context, grace: Duration) ->
 /// The report as the status records it: counts, and the first findings (what is wrong first,
 /// then the unconfirmed entries).
 fn recorded(time: Time, r: &VerifyReport, duration_seconds: f64) -> LastVerify {
-    let kinds: [(&str, &[Finding]); 5] = [
-        ("missing", &r.missing),
-        ("altered", &r.altered),
-        ("orphaned", &r.orphaned),
-        ("dangling", &r.dangling),
-        ("unconfirmed", &r.unconfirmed),
-    ];
-    let findings = kinds
-        .iter()
+    let findings = r
+        .by_kind()
+        .into_iter()
         .flat_map(|(kind, list)| list.iter().map(move |f| format!("{kind}: {} ({})", f.key, f.detail)))
         .take(LISTED)
         .collect();
@@ -216,6 +205,7 @@ fn gauge(db: &ChronosDatabase, last: &LastVerify) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::rebuild::verify::Finding;
 
     fn finding(key: &str) -> Finding {
         Finding {

@@ -61,15 +61,10 @@ async fn tick(r: &ChronosRetention, ctx: &Context) -> Result<Action> {
         write(ctx, r, &status).await?;
         return Ok(Action::await_change());
     }
-    let now = jiff::Timestamp::now();
-    let since = status
-        .last_run
-        .as_ref()
-        .map(|l| l.time.0)
-        .or_else(|| r.metadata.creation_timestamp.as_ref().map(|t| t.0))
-        .unwrap_or(now);
+    let last = status.last_run.as_ref().map(|l| l.time.0);
+    let created = r.metadata.creation_timestamp.as_ref().map(|t| t.0);
     let mut ran = None;
-    if schedule.is_due(since, now) {
+    if schedule.is_due(last, created, jiff::Timestamp::now()) {
         let last = run(r, ctx).await?;
         ran = Some(run_notice(&last));
         status.last_run = Some(last);
