@@ -252,4 +252,23 @@ mod tests {
         );
         assert!(c.message.ends_with("first: altered: a1 (why)"), "{}", c.message);
     }
+
+    #[test]
+    fn the_gauge_has_one_series_per_kind_of_finding() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let report = VerifyReport {
+            altered: vec![finding("a1"), finding("a2")],
+            ..Default::default()
+        };
+        let last = recorded(Time(jiff::Timestamp::UNIX_EPOCH), &report, 0.1);
+        metrics::with_local_recorder(&recorder, || gauge(&ChronosDatabase::test("orders"), &last));
+        let text = handle.render();
+        let series = |kind: &str, n: u64| {
+            format!("chronos_history_findings{{namespace=\"shop\",database=\"orders\",kind=\"{kind}\"}} {n}")
+        };
+        assert!(text.contains(&series("altered", 2)), "{text}");
+        assert!(text.contains(&series("missing", 0)), "{text}");
+        assert!(text.contains(&series("unconfirmed", 0)), "{text}");
+    }
 }
