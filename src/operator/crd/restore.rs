@@ -144,9 +144,9 @@ impl Counts {
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub struct Progress {
-    /// Items examined so far.
+    /// Items examined so far (a rebuild: collections finished).
     pub done: u64,
-    /// Items in the collection when the restore started.
+    /// Items in the collection when the restore started (a rebuild: collections in the buckets).
     pub total: u64,
 }
 

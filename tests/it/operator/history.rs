@@ -58,6 +58,7 @@ async fn a_restore_from_the_buckets_rebuilds_a_lost_metadata_database() {
         .status
         .unwrap();
     assert_eq!(s.phase, Phase::Succeeded, "{:?}", s.message);
+    assert_eq!(s.progress.map(|p| (p.done, p.total)), Some((1, 1)));
     let report = s.rebuild.unwrap();
     assert_eq!(
         (report.collections, report.versions, report.heads, report.lost),

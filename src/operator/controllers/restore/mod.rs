@@ -4,26 +4,23 @@
 //! leaves items already at their target alone), so a crash between a page and its status write
 //! costs only that page's reads.
 //!
-//! A rebuild (`source: buckets`) runs in one call of the engine, which records in the metadata
-//! store which collections it finished: a reconcile after an operator restart calls it again
-//! and it goes on from there (see `engine::rebuild`).
+//! A rebuild (`source: buckets`) is its own job: [`rebuild`].
 
 use std::sync::Arc;
 
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 
-use crate::engine::rebuild::{RebuildOptions, RebuildProgress};
 use crate::engine::{Attribution, Engine, ItemId, ReadOptions, VersionTarget};
 use crate::operator::backends;
 use crate::operator::conditions;
 use crate::operator::context::{Context, apply_status, requeue};
 use crate::operator::crd::database::ChronosDatabase;
-use crate::operator::crd::restore::{
-    ChronosRestore, ChronosRestoreStatus, Counts, Job, Phase, Progress, RebuildSpec, RebuildSummary,
-};
+use crate::operator::crd::restore::{ChronosRestore, ChronosRestoreStatus, Counts, Job, Phase, Progress};
 use crate::operator::error::{Error, Result};
 use crate::operator::events::{self, Notice};
+
+mod rebuild;
 
 #[tracing::instrument(skip_all, fields(name = %r.name_any(), namespace = r.namespace().unwrap_or_default()))]
 pub async fn reconcile(r: Arc<ChronosRestore>, ctx: Arc<Context>) -> Result<Action> {
@@ -86,7 +83,7 @@ async fn run(r: &ChronosRestore, ctx: &Context) -> Result<Action> {
         events::publish(&ctx.recorder, &r, Notice::normal("RestoreStarted", note, "Restore")).await;
     }
     if let Job::Rebuild(options) = job {
-        return rebuild(ctx, &engine, options, &r, status).await;
+        return rebuild::run(ctx, &engine, options, &r, status).await;
     }
     let who = Attribution::new("chronos-operator", format!("ChronosRestore {ns}/{}", r.name_any()));
     let outcome = match job {
@@ -197,61 +194,6 @@ async fn collection_pages(
         match page.next_after_id {
             Some(next) => after = Some(next),
             None => return Ok(None),
-        }
-    }
-}
-
-/// The whole metadata from the buckets. Running again after an interruption resumes: the engine
-/// finds its own mark in the metadata store. A store that holds data (and no such mark) is
-/// refused unless `force`: final, since reconciling again would not change that.
-async fn rebuild(
-    ctx: &Context,
-    engine: &Engine,
-    options: RebuildSpec,
-    r: &ChronosRestore,
-    mut status: ChronosRestoreStatus,
-) -> Result<Action> {
-    status.phase = Phase::Running;
-    status.message = Some("rebuilding the metadata from the buckets".to_owned());
-    write(ctx, r, &status).await?;
-    let options = RebuildOptions {
-        force: options.force,
-        accept_unconfirmed: options.accept_unconfirmed,
-    };
-    let quiet = |_: &RebuildProgress| {};
-    match engine.rebuild(&options, &quiet).await {
-        Ok(report) => {
-            let summary = RebuildSummary::from(&report);
-            let message = format!(
-                "rebuilt {} collection(s): {} version(s), {} head(s) in {:.1} s ({:.0} versions/s); \
-                 {} unconfirmed object(s) left out, {} version(s) lost",
-                summary.collections,
-                summary.versions,
-                summary.heads,
-                summary.seconds,
-                summary.versions_per_second,
-                summary.unconfirmed,
-                summary.lost,
-            );
-            status.progress = Some(Progress {
-                done: summary.collections,
-                total: summary.collections,
-            });
-            status.rebuild = Some(summary);
-            finish(ctx, r, status, Phase::Succeeded, message).await
-        }
-        Err(crate::engine::Error::AlreadyExists(why)) => {
-            let message = format!(
-                "ChronosDatabase {} can't be rebuilt: {why}; set spec.rebuild.force: true in a new \
-                 ChronosRestore to load into it anyway",
-                r.spec.database
-            );
-            finish(ctx, r, status, Phase::Failed, message).await
-        }
-        Err(e) => {
-            status.message = Some(format!("interrupted, will resume: {e}"));
-            write(ctx, r, &status).await?;
-            Err(e.into())
         }
     }
 }
