@@ -2,7 +2,7 @@
 //! flush interval, in one object of the payload bucket,
 //! `chronos-ledger/<collection>/<writer>/<seq>-<lowest cv>-<highest cv>.json` (under the
 //! database's prefix; the cv range lets a proof find a version's segment from a listing). A segment carries the Merkle root of its records' digests and
-//! the SHA-256 of its writer's previous segment of the collection, so a changed record, a changed
+//! the seal (header hash) of its writer's previous segment of the collection, so a changed record, a changed
 //! segment and a missing segment (before the writer's last) all show in a verify.
 
 use rs_merkle::{MerkleTree, algorithms::Sha256};
@@ -31,7 +31,7 @@ pub struct Segment {
     pub writer: String,
     /// 0, 1, 2, … per writer and collection.
     pub seq: u64,
-    /// Hex SHA-256 of the bytes of this writer's segment `seq - 1` of the collection.
+    /// The [`Segment::seal`] of this writer's segment `seq - 1` of the collection.
     pub prev: Option<String>,
     /// Hex Merkle root (SHA-256) over the records' digests, in order.
     pub root: String,
@@ -84,11 +84,6 @@ pub fn merkle_root(digests: &[[u8; 32]]) -> String {
     hex::encode(root)
 }
 
-/// Hex SHA-256 of a segment's bytes (what the writer's next segment names as `prev`).
-pub fn segment_hash(bytes: &[u8]) -> String {
-    hex::encode(sha2::Sha256::digest(bytes))
-}
-
 impl Segment {
     pub fn new(
         database: &str,
@@ -119,6 +114,23 @@ impl Segment {
             seq: self.seq,
             cvs: (cvs.clone().min().unwrap_or(0), cvs.max().unwrap_or(0)),
         }
+    }
+
+    /// Hex SHA-256 of the segment's header — where it is, its predecessor, and its root — which
+    /// the writer's next segment names. Over the root rather than the bytes: a record redacted
+    /// later (an erasure keeps its digest in place of its fields) leaves the root, and so the
+    /// chain, intact.
+    pub fn seal(&self) -> String {
+        let header = (
+            self.format,
+            &self.database,
+            self.collection.as_str(),
+            &self.writer,
+            self.seq,
+            &self.prev,
+            &self.root,
+        );
+        hex::encode(sha2::Sha256::digest(serde_json::to_vec(&header).unwrap_or_default()))
     }
 
     pub fn encode(&self) -> Result<Vec<u8>> {

@@ -18,7 +18,7 @@ use futures::StreamExt;
 use tokio::sync::Notify;
 
 use super::record::LedgerRecord;
-use super::segment::{Segment, segment_hash};
+use super::segment::Segment;
 use crate::engine::error::Result;
 use crate::engine::model::CollectionName;
 use crate::engine::store::PayloadStore;
@@ -155,7 +155,7 @@ impl Inner {
             let (seq, prev) = st.chains.get(&collection).cloned().unwrap_or((0, None));
             let segment = Segment::new(&self.database, &collection, &self.writer, seq, prev, records);
             let bytes = segment.encode()?;
-            st.chains.insert(collection, (seq + 1, Some(segment_hash(&bytes))));
+            st.chains.insert(collection, (seq + 1, Some(segment.seal())));
             out.push((segment.key().key(), Bytes::from(bytes)));
         }
         Ok(out)

@@ -67,7 +67,7 @@ pub async fn segment_keys(engine: &Engine) -> Result<BTreeMap<String, Vec<Segmen
     Ok(out)
 }
 
-/// Read and decode these segments (with their bytes' hashes, for a verify's chain check).
+/// Read and decode these segments (with their seals, for a verify's chain check).
 pub async fn read_segments(engine: &Engine, keys: &[SegmentKey]) -> Result<Vec<(Segment, String)>> {
     let store = engine.payload_store();
     let database = engine.database();
@@ -77,8 +77,9 @@ pub async fn read_segments(engine: &Engine, keys: &[SegmentKey]) -> Result<Vec<(
                 .get(&k.key())
                 .await?
                 .ok_or_else(|| Error::Corrupt(format!("{} vanished while it was read", k.key())))?;
-            let hash = crate::engine::ledger::segment::segment_hash(&bytes);
-            Ok::<_, Error>((Segment::decode(&bytes, &k, database)?, hash))
+            let segment = Segment::decode(&bytes, &k, database)?;
+            let seal = segment.seal();
+            Ok::<_, Error>((segment, seal))
         })
         .buffered(READ_AHEAD)
         .try_collect()

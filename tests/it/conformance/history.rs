@@ -131,3 +131,57 @@ pub async fn a_proof_ties_a_version_to_its_segment_root(h: &Harness) {
     let err = e.proof(&coll(), &ids[1], 9).await.unwrap_err();
     assert!(matches!(err, chronos::engine::Error::NotFound(_)), "{err}");
 }
+
+pub async fn verify_finds_a_changed_or_missing_ledger_segment(h: &Harness) {
+    let e = &h.engine;
+    let (id, _) = e.create(&coll(), None, obj(json!({"n": 0})), &who()).await.unwrap();
+    for n in 1..=3 {
+        e.flush_ledger().await.unwrap();
+        e.update(&coll(), &id, obj(json!({"n": n})), None, &who())
+            .await
+            .unwrap();
+    }
+    e.flush_ledger().await.unwrap();
+    let mut segments = h.payloads.list("chronos-ledger/", None, 100).await.unwrap();
+    segments.sort();
+    assert_eq!(segments.len(), 4, "one segment per flush: {segments:?}");
+    assert!(e.verify(Duration::ZERO).await.unwrap().intact());
+
+    // A record changed inside a segment: its root no longer holds.
+    let original = h.payloads.get(&segments[1]).await.unwrap().unwrap();
+    let text = String::from_utf8(original.to_vec()).unwrap();
+    let changed = text.replacen("\"n\":1", "\"n\":7", 1);
+    assert_ne!(changed, text);
+    h.payloads.put(&segments[1], Bytes::from(changed)).await.unwrap();
+    let r = e.verify(Duration::ZERO).await.unwrap();
+    let altered: Vec<&str> = r.altered.iter().map(|f| f.key.as_str()).collect();
+    assert!(altered.contains(&segments[1].as_str()), "{r:?}");
+    h.payloads.put(&segments[1], original).await.unwrap();
+
+    // A segment gone: the next one's chain breaks, and its versions are in no segment.
+    h.payloads.delete(&segments[2]).await.unwrap();
+    let r = e.verify(Duration::ZERO).await.unwrap();
+    let altered: Vec<&str> = r.altered.iter().map(|f| f.key.as_str()).collect();
+    assert_eq!(altered, [segments[3].as_str()], "{r:?}");
+    assert_eq!(r.unconfirmed.len(), 1, "{r:?}");
+}
+
+pub async fn a_ledger_segment_whose_put_failed_is_written_again(h: &Harness) {
+    let e = &h.engine;
+    let (id, _) = e.create(&coll(), None, obj(json!({"n": 0})), &who()).await.unwrap();
+    h.faults
+        .fail_puts_containing
+        .lock()
+        .unwrap()
+        .push("chronos-ledger/".into());
+    assert!(e.flush_ledger().await.is_err(), "the segment's PUT fails");
+    h.faults.fail_puts_containing.lock().unwrap().clear();
+    e.update(&coll(), &id, obj(json!({"n": 1})), None, &who())
+        .await
+        .unwrap();
+    e.flush_ledger().await.unwrap();
+    let segments = h.payloads.list("chronos-ledger/", None, 100).await.unwrap();
+    assert_eq!(segments.len(), 2, "the kept segment and the next one: {segments:?}");
+    let r = e.verify(Duration::ZERO).await.unwrap();
+    assert!(r.intact() && r.unconfirmed.is_empty(), "the chain has no hole: {r:?}");
+}

@@ -67,7 +67,8 @@ macro_rules! conformance_suite {
             $crate::conformance_suite!(@subject idempotency;
                 idempotent_writes_happen_once, concurrent_retries_with_one_key_write_once);
             $crate::conformance_suite!(@subject history;
-                verify_reports_exactly_what_changed_in_the_buckets, a_proof_ties_a_version_to_its_segment_root);
+                verify_reports_exactly_what_changed_in_the_buckets, a_proof_ties_a_version_to_its_segment_root,
+                verify_finds_a_changed_or_missing_ledger_segment, a_ledger_segment_whose_put_failed_is_written_again);
             $crate::conformance_suite!(@subject queue;
                 queued_writes_land_exactly_once, queue_claims_are_exclusive);
             $crate::conformance_suite!(@pair rebuild;
