@@ -197,8 +197,9 @@ struct Facts {
     tokens_secret: Option<String>,
 }
 
-/// Write the status, then publish an Event if readiness changed (or why it is not ready).
-/// What the verify recorded is carried from `plan` (fresh), not from the cached copy.
+/// Write the status, then publish an Event if readiness changed (or why it is not ready), or
+/// the verify's schedule became invalid. What the verify recorded is carried from `plan`
+/// (read fresh), not from the cached copy.
 async fn write_status(
     db: &ChronosDatabase,
     ctx: &Context,
