@@ -196,6 +196,28 @@ async fn a_scheduled_verify_reports_an_altered_object() {
     );
     let event = wait_event(&k.client, &k.ns, "data", "FindingsReported").await;
     assert_eq!(event.type_.as_deref(), Some("Warning"));
+
+    // A schedule that is not one says so, and the last run stays on record.
+    let bad = json!({"spec": {"verify": {"schedule": "every night"}}});
+    databases
+        .patch("data", &PatchParams::default(), &Patch::Merge(bad))
+        .await
+        .unwrap();
+    let d = wait_for(&databases, "data", "InvalidSchedule", |d| {
+        d.status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == HISTORY_VERIFIED))
+            .is_some_and(|c| c.reason == "InvalidSchedule")
+    })
+    .await;
+    let s = d.status.unwrap();
+    let c = s.conditions.iter().find(|c| c.type_ == HISTORY_VERIFIED).unwrap();
+    assert!(
+        c.message.starts_with("spec.verify.schedule: \"every night\""),
+        "{}",
+        c.message
+    );
+    assert!(s.last_verify.is_some() && s.next_verify.is_none(), "{s:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
