@@ -9,7 +9,7 @@ use comfy_table::Table;
 
 use super::open::DatabaseArgs;
 use super::print::Output;
-use chronos::engine::rebuild::verify::{Finding, VerifyReport};
+use chronos::engine::rebuild::verify::VerifyReport;
 use chronos::engine::rebuild::{RebuildOptions, RebuildProgress, RebuildReport};
 use chronos::error::{Error, Result};
 
@@ -159,14 +159,7 @@ fn print_verify(r: &VerifyReport) {
         .map(|n| n.to_string()),
     );
     println!("{table}");
-    let kinds: [(&str, &[Finding]); 5] = [
-        ("missing", &r.missing),
-        ("altered", &r.altered),
-        ("orphaned", &r.orphaned),
-        ("dangling", &r.dangling),
-        ("unconfirmed", &r.unconfirmed),
-    ];
-    for (kind, findings) in kinds {
+    for (kind, findings) in r.by_kind() {
         for f in findings {
             println!("{kind}: {} ({})", f.key, f.detail);
         }

@@ -52,6 +52,7 @@ impl ChronosDatabase {
             engine: None,
             ingress_from: None,
             deletion_policy: DeletionPolicy::Retain,
+            verify: None,
         };
         let mut db = ChronosDatabase::new(name, spec);
         db.metadata.namespace = Some("shop".into());

@@ -9,7 +9,8 @@
 //! Every reconciler is the same pipeline: read → validate → build the desired objects (pure, no
 //! client) → apply them by server-side apply under [`FIELD_MANAGER`] → write status with
 //! [`conditions`], publishing [`events`] for what changed. [`leader`] makes sure only one
-//! replica acts; [`run`] wires it all together.
+//! replica acts; [`schedule`] says when scheduled work (retention, verify) is due; [`run`] wires
+//! it all together.
 
 pub mod backend_hosts;
 pub mod backends;
@@ -25,6 +26,7 @@ mod fixtures;
 pub mod health;
 pub mod leader;
 mod runner;
+pub mod schedule;
 
 pub use context::{Context, FIELD_MANAGER, apply_status, requeue};
 pub use crd::{GROUP, crds, crds_yaml};

@@ -62,6 +62,17 @@ impl VerifyReport {
     pub fn intact(&self) -> bool {
         self.missing.is_empty() && self.altered.is_empty() && self.orphaned.is_empty() && self.dangling.is_empty()
     }
+
+    /// The findings by kind, what is wrong first (so a list cut short shows those).
+    pub fn by_kind(&self) -> [(&'static str, &[Finding]); 5] {
+        [
+            ("missing", &self.missing),
+            ("altered", &self.altered),
+            ("orphaned", &self.orphaned),
+            ("dangling", &self.dangling),
+            ("unconfirmed", &self.unconfirmed),
+        ]
+    }
 }
 
 fn push(list: &mut Vec<Finding>, collection: &CollectionName, key: String, detail: impl Into<String>) {

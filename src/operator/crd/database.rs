@@ -4,7 +4,7 @@
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -17,6 +17,8 @@ pub const BACKENDS_REACHABLE: &str = "BackendsReachable";
 pub const BUCKETS_READY: &str = "BucketsReady";
 pub const ENGINE_READY: &str = "EngineReady";
 pub const READY: &str = "Ready";
+/// Whether the last scheduled verify found the history intact (`spec.verify`).
+pub const HISTORY_VERIFIED: &str = "HistoryVerified";
 
 /// The namespace's shared engine: its Deployment and Service (its configuration Secret is
 /// `chronos-engine-config`). It is named as the dedicated engine of a database called
@@ -73,6 +75,48 @@ pub struct ChronosDatabaseSpec {
     /// MongoDB database and the buckets; `Delete` drops them.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+    /// Verify the database's history against its buckets on a schedule (never when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifySpec>,
+}
+
+/// When the operator verifies a database's history (`chronos verify`, run by the operator).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifySpec {
+    /// A cron schedule (5 fields, or 6 with seconds first), in UTC.
+    pub schedule: String,
+    /// Objects written less than this many seconds ago are not called orphans (their writes may
+    /// be in flight); default: the engines' orphan grace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace_secs: Option<u64>,
+    /// Skip the runs until set back to false.
+    #[serde(default)]
+    pub suspend: bool,
+}
+
+/// The outcome of the last scheduled verify.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LastVerify {
+    /// When it started.
+    pub time: Time,
+    pub versions: u64,
+    pub objects: u64,
+    pub segments: u64,
+    pub missing: u64,
+    pub altered: u64,
+    pub orphaned: u64,
+    pub dangling: u64,
+    /// Index entries no ledger segment names yet (not wrong by themselves).
+    pub unconfirmed: u64,
+    pub duration_seconds: f64,
+    /// The first findings, each `kind: key (detail)`.
+    #[serde(default)]
+    pub findings: Vec<String>,
+    /// Why the run failed, when it did (the counts are then zero).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -167,7 +211,8 @@ pub enum DeletionPolicy {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ChronosDatabaseStatus {
-    /// `BackendsReachable`, `BucketsReady`, `EngineReady`, `Ready`.
+    /// `BackendsReachable`, `BucketsReady`, `EngineReady`, `Ready`, and with `spec.verify`,
+    /// `HistoryVerified`.
     #[serde(default)]
     #[schemars(schema_with = "crate::operator::conditions::schema")]
     pub conditions: Vec<Condition>,
@@ -189,6 +234,12 @@ pub struct ChronosDatabaseStatus {
     /// databases on one MongoDB database can be told apart from two on different ones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mongo_backend: Option<String>,
+    /// The last scheduled verify (`spec.verify`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_verify: Option<LastVerify>,
+    /// When the next one is due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_verify: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 }

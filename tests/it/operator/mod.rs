@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 use crate::support::{env, kube_client, s3_connection, unique};
 
 mod database;
+mod history;
 mod restore;
 mod schedule;
 mod shared_engine;
@@ -260,7 +261,12 @@ async fn mongo_databases() -> Vec<String> {
 /// A database resource (not reconciled) plus an engine over its backends, with `n` items written
 /// at ov 0, then updated; returns the cv between the two rounds.
 async fn seeded(k: &Cluster, n: usize) -> (ChronosDatabase, Arc<chronos::engine::Engine>, u64) {
-    let db: ChronosDatabase = k.create(k.database_spec("data", json!({}))).await;
+    seeded_with(k, n, json!({})).await
+}
+
+/// [`seeded`], with `extra` merged into the database's spec.
+async fn seeded_with(k: &Cluster, n: usize, extra: Value) -> (ChronosDatabase, Arc<chronos::engine::Engine>, u64) {
+    let db: ChronosDatabase = k.create(k.database_spec("data", extra)).await;
     let storage = backends::storage(&k.client, &db).await.unwrap();
     backends::ensure_buckets(&k.ctx, &storage).await.unwrap();
     let engine = backends::engine(&k.ctx, &db, Default::default()).await.unwrap();

@@ -8,6 +8,7 @@
 //!   shared engine serves.
 //! - [`claims`]: which databases would share a MongoDB database or a bucket they must not.
 //! - [`engines`]: applying and removing engines in the cluster.
+//! - [`verify`]: the periodic verify of the database's history (`spec.verify`).
 
 pub mod check;
 pub mod claims;
@@ -18,8 +19,10 @@ pub mod objects;
 pub mod pod;
 pub mod render;
 pub mod shape;
+pub mod verify;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::ListParams;
@@ -32,10 +35,11 @@ use crate::operator::conditions::{self, Observed};
 use crate::operator::context::{Context, requeue};
 use crate::operator::crd::collection::ChronosCollection;
 use crate::operator::crd::database::{
-    ChronosDatabase, ChronosDatabaseStatus, DeletionPolicy, ENGINE_READY, READY, database_key,
+    ChronosDatabase, ChronosDatabaseStatus, DeletionPolicy, ENGINE_READY, HISTORY_VERIFIED, READY, database_key,
 };
 use crate::operator::error::{Error, Result};
 use crate::operator::events::{self, Notice};
+use crate::operator::schedule;
 use check::{Check, Checked, check, claim_conflict};
 use engines::{apply_objects, remove_dedicated, stop_serving, sync_shared};
 use names::{database_url, engine_name, engine_url, tokens_name};
@@ -75,19 +79,21 @@ async fn apply(db: &ChronosDatabase, ctx: &Context) -> Result<Action> {
         mongo_backend,
         tokens_secret: matches!(checked, Checked::Usable(_)).then(|| tokens_name(db)),
     };
+    let plan = verify::Plan::read(db, ctx).await?;
     let lock = ctx.namespace_lock(&ns);
-    let _rendering = lock.lock().await;
+    let rendering = lock.lock().await;
     // Every outcome re-renders the shared engine: a member that became invalid or unreachable,
     // or moved to a dedicated engine, leaves it; one that became usable joins it.
     let usable = matches!(checked, Checked::Usable(_));
     let shared = sync_shared(ctx, &ns, Some((&db.name_any(), usable))).await?;
     let mut observed = match checked {
         Checked::Invalid(message) => {
-            write_status(db, ctx, &[Observed::failed(READY, "InvalidSpec", message)], None, facts).await?;
+            let invalid = [Observed::failed(READY, "InvalidSpec", message)];
+            write_status(db, ctx, &invalid, None, facts, &plan).await?;
             return Ok(Action::await_change());
         }
         Checked::Unavailable(observed, delay) => {
-            write_status(db, ctx, &observed, None, facts).await?;
+            write_status(db, ctx, &observed, None, facts, &plan).await?;
             return Ok(Action::requeue(delay));
         }
         Checked::Usable(observed) => observed,
@@ -135,14 +141,34 @@ async fn apply(db: &ChronosDatabase, ctx: &Context) -> Result<Action> {
     } else {
         Observed::failed(READY, not_ready_reason, "waiting for the engine")
     });
-    write_status(db, ctx, &observed, served, facts).await?;
+    let mut status = write_status(db, ctx, &observed, served, facts, &plan).await?;
+    // The namespace's other databases need not wait for this one's verify.
+    drop(rendering);
+    if let Some(grace) = plan.due(db) {
+        let (last, verified) = verify::run(db, ctx, grace).await;
+        let existing = status.conditions.clone();
+        status.conditions = conditions::merge(
+            &existing,
+            std::slice::from_ref(&verified),
+            db.metadata.generation,
+            conditions::now(),
+        );
+        status.next_verify = plan.next(Some(&last));
+        status.last_verify = Some(last);
+        apply_status(db, ctx, &status).await?;
+        if let Some(notice) = events::transition(&existing, &verified, "Verify") {
+            events::publish(&ctx.recorder, db, notice).await;
+        }
+    }
     // Not ready: the Deployment's status change wakes us (we own it). Ready: re-check now and then.
     // A conflict clears when the other database goes, which does not wake this one: look again.
-    Ok(Action::requeue(if not_ready_reason == "Conflict" {
+    let usual = if not_ready_reason == "Conflict" {
         requeue::MISSING
     } else {
         requeue::DRIFT
-    }))
+    };
+    let next_verify = status.next_verify.as_ref().map_or(usual, |t| schedule::until(t.0));
+    Ok(Action::requeue(usual.min(next_verify.max(Duration::from_millis(100)))))
 }
 
 fn served(db: &ChronosDatabase, config_hash: String) -> Served {
@@ -171,40 +197,57 @@ struct Facts {
     tokens_secret: Option<String>,
 }
 
-/// Write the status, then publish an Event if readiness changed (or why it is not ready).
+/// Write the status, then publish an Event if readiness changed (or why it is not ready), or
+/// the verify's schedule became invalid. What the verify recorded is carried from `plan`
+/// (read fresh), not from the cached copy.
 async fn write_status(
     db: &ChronosDatabase,
     ctx: &Context,
     observed: &[Observed],
     served: Option<Served>,
     facts: Facts,
-) -> Result<()> {
+    plan: &verify::Plan,
+) -> Result<ChronosDatabaseStatus> {
     let existing = db.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let mut carried: Vec<_> = existing
+        .iter()
+        .filter(|c| c.type_ != HISTORY_VERIFIED)
+        .cloned()
+        .collect();
+    carried.extend(plan.recorded.clone());
+    let mut observed = observed.to_vec();
+    observed.extend(plan.observed());
     let generation = db.metadata.generation;
     let recorded = db.status.as_ref().and_then(|s| s.mongo_backend.clone());
     let status = ChronosDatabaseStatus {
-        conditions: conditions::merge(existing, observed, generation, conditions::now()),
+        conditions: conditions::merge(&carried, &observed, generation, conditions::now()),
         engine_url: served.as_ref().map(|s| s.engine_url.clone()),
         database_url: served.as_ref().map(|s| s.database_url.clone()),
         config_hash: served.map(|s| s.config_hash),
         tokens_secret: facts.tokens_secret,
         mongo_backend: facts.mongo_backend.or(recorded),
+        last_verify: plan.last.clone(),
+        next_verify: plan.next(plan.last.as_ref()),
         observed_generation: generation,
     };
+    apply_status(db, ctx, &status).await?;
+    let notices = observed
+        .iter()
+        .filter(|o| o.type_ == READY || o.type_ == HISTORY_VERIFIED)
+        .filter_map(|o| events::transition(&carried, o, "Reconcile"));
+    for notice in notices {
+        events::publish(&ctx.recorder, db, notice).await;
+    }
+    Ok(status)
+}
+
+async fn apply_status(db: &ChronosDatabase, ctx: &Context, status: &ChronosDatabaseStatus) -> Result<()> {
     crate::operator::context::apply_status(
         &Api::<ChronosDatabase>::namespaced(ctx.client.clone(), &db.namespace().unwrap_or_default()),
         &db.name_any(),
-        &status,
+        status,
     )
-    .await?;
-    let notice = observed
-        .iter()
-        .find(|o| o.type_ == READY)
-        .and_then(|ready| events::transition(existing, ready, "Reconcile"));
-    if let Some(notice) = notice {
-        events::publish(&ctx.recorder, db, notice).await;
-    }
-    Ok(())
+    .await
 }
 
 /// The resource is being deleted: it leaves the shared engine (which goes with its last member),

@@ -6,14 +6,12 @@
 //! outlasts its next slot skips the slots it missed rather than queueing them.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::ListParams;
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
-
-pub mod schedule;
 
 use crate::engine::PrunePolicy;
 use crate::operator::backends;
@@ -24,7 +22,7 @@ use crate::operator::crd::database::ChronosDatabase;
 use crate::operator::crd::retention::{ChronosRetention, ChronosRetentionStatus, LastRun, SCHEDULED};
 use crate::operator::error::Result;
 use crate::operator::events::{self, Notice};
-use schedule::Schedule;
+use crate::operator::schedule::{self, Schedule};
 
 #[tracing::instrument(skip_all, fields(name = %r.name_any()))]
 pub async fn reconcile(r: Arc<ChronosRetention>, ctx: Arc<Context>) -> Result<Action> {
@@ -42,7 +40,9 @@ async fn tick(r: &ChronosRetention, ctx: &Context) -> Result<Action> {
     let generation = r.metadata.generation;
     status.observed_generation = generation;
     let mut problems = r.spec.problems();
-    let schedule = Schedule::parse(&r.spec.schedule).map_err(|e| problems.push(e)).ok();
+    let schedule = Schedule::parse("spec.schedule", &r.spec.schedule)
+        .map_err(|e| problems.push(e))
+        .ok();
     let (Some(schedule), true) = (schedule, problems.is_empty()) else {
         let failed = Observed::failed(SCHEDULED, "InvalidSpec", problems.join("; "));
         let notice = events::transition(&status.conditions, &failed, "Schedule");
@@ -61,22 +61,15 @@ async fn tick(r: &ChronosRetention, ctx: &Context) -> Result<Action> {
         write(ctx, r, &status).await?;
         return Ok(Action::await_change());
     }
-    let now = jiff::Timestamp::now();
-    let since = status
-        .last_run
-        .as_ref()
-        .map(|l| l.time.0)
-        .or_else(|| r.metadata.creation_timestamp.as_ref().map(|t| t.0))
-        .unwrap_or(now);
-    let due = schedule.next_after(since);
+    let last = status.last_run.as_ref().map(|l| l.time.0);
+    let created = r.metadata.creation_timestamp.as_ref().map(|t| t.0);
     let mut ran = None;
-    if due.is_some_and(|d| d <= now) {
+    if schedule.is_due(last, created, jiff::Timestamp::now()) {
         let last = run(r, ctx).await?;
         ran = Some(run_notice(&last));
         status.last_run = Some(last);
     }
-    let from = now.max(status.last_run.as_ref().map_or(now, |l| l.time.0));
-    let next = schedule.next_after(jiff::Timestamp::now().max(from));
+    let next = schedule.next_run(status.last_run.as_ref().map(|l| l.time.0), jiff::Timestamp::now());
     status.next_run = next.map(Time);
     let scheduled = match next {
         Some(n) => Observed::ok(SCHEDULED, "Scheduled", format!("next run at {n}")),
@@ -88,10 +81,7 @@ async fn tick(r: &ChronosRetention, ctx: &Context) -> Result<Action> {
         events::publish(&ctx.recorder, r, notice).await;
     }
     Ok(match next {
-        Some(n) => {
-            let wait = n.duration_since(jiff::Timestamp::now()).as_millis().max(0) as u64;
-            Action::requeue(Duration::from_millis(wait))
-        }
+        Some(n) => Action::requeue(schedule::until(n)),
         None => Action::await_change(),
     })
 }

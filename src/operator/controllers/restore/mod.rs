@@ -3,6 +3,8 @@
 //! that restarts continues after the last recorded page. Redoing a page is harmless (the engine
 //! leaves items already at their target alone), so a crash between a page and its status write
 //! costs only that page's reads.
+//!
+//! A rebuild (`source: buckets`) is its own job: [`rebuild`].
 
 use std::sync::Arc;
 
@@ -17,6 +19,8 @@ use crate::operator::crd::database::ChronosDatabase;
 use crate::operator::crd::restore::{ChronosRestore, ChronosRestoreStatus, Counts, Job, Phase, Progress};
 use crate::operator::error::{Error, Result};
 use crate::operator::events::{self, Notice};
+
+mod rebuild;
 
 #[tracing::instrument(skip_all, fields(name = %r.name_any(), namespace = r.namespace().unwrap_or_default()))]
 pub async fn reconcile(r: Arc<ChronosRestore>, ctx: Arc<Context>) -> Result<Action> {
@@ -72,10 +76,14 @@ async fn run(r: &ChronosRestore, ctx: &Context) -> Result<Action> {
         let what = match &job {
             Job::Item { collection, id, .. } => format!("item {collection}/{id}"),
             Job::Collection { collection, .. } => format!("collection {collection}"),
+            Job::Rebuild(_) => "the whole metadata (from the buckets)".to_owned(),
         };
         let dry = if r.spec.dry_run { " (dry run)" } else { "" };
         let note = format!("restoring {what} of ChronosDatabase {}{dry}", r.spec.database);
         events::publish(&ctx.recorder, &r, Notice::normal("RestoreStarted", note, "Restore")).await;
+    }
+    if let Job::Rebuild(options) = job {
+        return rebuild::run(ctx, &engine, options, &r, status).await;
     }
     let who = Attribution::new("chronos-operator", format!("ChronosRestore {ns}/{}", r.name_any()));
     let outcome = match job {
@@ -83,6 +91,7 @@ async fn run(r: &ChronosRestore, ctx: &Context) -> Result<Action> {
         Job::Collection { collection, point } => {
             collection_pages(ctx, &engine, &collection, point, &r, &mut status, &who).await
         }
+        Job::Rebuild(_) => Ok(None),
     };
     match outcome {
         Ok(Some((counts, total))) => {
