@@ -259,6 +259,29 @@ pub trait MetaRead: Send + Sync + 'static {
     ) -> Result<Vec<VersionEntry>>;
     /// Heads matching the query (the filter applies to their indexed metadata).
     async fn list_heads(&self, collection: &CollectionName, query: &ListQuery) -> Result<Vec<Head>>;
+    /// Versions of every item with cv above `after_cv`, in cv order; at most `limit`: the change
+    /// feed's read. Only committed versions (on MongoDB: majority-committed, so a version the
+    /// feed delivered can't be rolled back).
+    async fn versions_after(
+        &self,
+        collection: &CollectionName,
+        after_cv: u64,
+        limit: usize,
+    ) -> Result<Vec<VersionEntry>>;
+    /// Where the collection's history in the index begins (see [`HistoryStart`]).
+    async fn history_start(&self, collection: &CollectionName) -> Result<HistoryStart>;
+}
+
+/// Where a collection's history in the version index begins: what a change feed needs to tell a
+/// resume point that is still complete from one retention has cut into.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HistoryStart {
+    /// The oldest cv still in the index; `None` when it is empty.
+    pub oldest_cv: Option<u64>,
+    /// The highest cv retention has removed from the index (0: none). Retention removes a prefix
+    /// of each *item's* versions, so removed cvs are scattered below this mark: a feed resuming
+    /// after a cv below it would silently miss versions, one resuming at or above it misses none.
+    pub pruned_through: u64,
 }
 
 /// What a collection restore needs beyond the reads: heads without their data, versions at a point
@@ -338,7 +361,9 @@ pub trait MetaUpkeep: Send + Sync + 'static {
     /// Remove these versions of an item from the index (retention); returns how many went.
     /// Atomically with that, each version removed now whose cv is above the counters' mark is
     /// added to the collection's pruned tallies under its counter names, so counters computed
-    /// from the index don't drop.
+    /// from the index don't drop, and the collection's [`HistoryStart::pruned_through`] rises to
+    /// the highest cv removed (a counter reset leaves it alone: it is about the index, not the
+    /// counters).
     async fn delete_versions(
         &self,
         collection: &CollectionName,

@@ -6,6 +6,7 @@
 pub mod content;
 pub mod counters;
 pub mod enrichment;
+pub mod feed;
 mod fixtures;
 pub mod idempotency;
 pub mod listing;
@@ -62,6 +63,8 @@ macro_rules! conformance_suite {
                 content_properties_live_in_the_content_store, content_references_name_exactly_their_own_object);
             $crate::conformance_suite!(@subject idempotency;
                 idempotent_writes_happen_once, concurrent_retries_with_one_key_write_once);
+            $crate::conformance_suite!(@subject feed;
+                the_index_reads_in_cv_order, history_start_follows_retention);
             $crate::conformance_suite!(@subject queue;
                 queued_writes_land_exactly_once, queue_claims_are_exclusive);
         }

@@ -13,8 +13,8 @@ use crate::engine::model::{CollectionName, Head, ItemId, Op, RequestKey, State, 
 use crate::engine::query::Filter;
 use crate::engine::store::rules::{HEAD_OVERHEAD, after, check_precondition, next_head, ref_head};
 use crate::engine::store::{
-    CommitError, HeadChange, Held, HistoryPoint, ListQuery, MetaRead, MetaRestore, MetaUpkeep, MetaWrite, NewData,
-    PendingWrite, PrunedVersion, RefWrite, TierBatch, TierQuery,
+    CommitError, HeadChange, Held, HistoryPoint, HistoryStart, ListQuery, MetaRead, MetaRestore, MetaUpkeep, MetaWrite,
+    NewData, PendingWrite, PrunedVersion, RefWrite, TierBatch, TierQuery,
 };
 
 #[derive(Default)]
@@ -23,6 +23,8 @@ struct Collection {
     counters_from: u64,
     /// Retention's tallies since `counters_from`, per counter name.
     pruned: HashMap<String, u64>,
+    /// The highest cv retention removed from `versions`.
+    pruned_through: u64,
     heads: HashMap<ItemId, Head>,
     versions: BTreeMap<(ItemId, u64), VersionEntry>,
     /// Idempotency keys → the version written under each.
@@ -218,6 +220,32 @@ impl MetaRead for MemoryMetaStore {
         sort_by_id(&mut heads, |h| &h.id, q.descending);
         Ok(heads.into_iter().take(q.limit).cloned().collect())
     }
+
+    async fn versions_after(
+        &self,
+        collection: &CollectionName,
+        after_cv: u64,
+        limit: usize,
+    ) -> Result<Vec<VersionEntry>> {
+        let all = self.lock();
+        let Some(c) = all.get(collection) else {
+            return Ok(vec![]);
+        };
+        // A scan: the in-memory store is a reference for tests, not a database.
+        let mut found: Vec<&VersionEntry> = c.versions.values().filter(|v| v.cv > after_cv).collect();
+        found.sort_by_key(|v| v.cv);
+        Ok(found.into_iter().take(limit).cloned().collect())
+    }
+
+    async fn history_start(&self, collection: &CollectionName) -> Result<HistoryStart> {
+        let all = self.lock();
+        Ok(all
+            .get(collection)
+            .map_or_else(HistoryStart::default, |c| HistoryStart {
+                oldest_cv: c.versions.values().map(|v| v.cv).min(),
+                pruned_through: c.pruned_through,
+            }))
+    }
 }
 
 #[async_trait]
@@ -392,6 +420,7 @@ impl MetaUpkeep for MemoryMetaStore {
         for p in versions {
             if let Some(v) = c.versions.remove(&(id.clone(), p.ov)) {
                 removed += 1;
+                c.pruned_through = c.pruned_through.max(v.cv);
                 if v.cv > c.counters_from {
                     for name in &p.counts {
                         *c.pruned.entry(name.clone()).or_default() += 1;

@@ -7,11 +7,11 @@ use async_trait::async_trait;
 use rusqlite::params;
 
 use super::SqliteMetaStore;
-use super::rows::{HEAD_COLUMNS, HeadRow, map_sql, read_head, read_versions, to_i64, to_u64};
+use super::rows::{HEAD_COLUMNS, HeadRow, map_sql, read_head, read_versions, read_versions_after, to_i64, to_u64};
 use super::write::append_refs;
 use crate::engine::error::{Error, Result};
 use crate::engine::model::{CollectionName, Head, ItemId, Timestamp, VersionEntry};
-use crate::engine::store::{HistoryPoint, ListQuery, MetaRead, MetaRestore, RefWrite};
+use crate::engine::store::{HistoryPoint, HistoryStart, ListQuery, MetaRead, MetaRestore, RefWrite};
 
 #[async_trait]
 impl MetaRead for SqliteMetaStore {
@@ -114,6 +114,35 @@ impl MetaRead for SqliteMetaStore {
                 return Ok(found);
             }
         }
+    }
+
+    async fn versions_after(&self, c: &CollectionName, after_cv: u64, limit: usize) -> Result<Vec<VersionEntry>> {
+        let (c, after, limit) = (
+            c.clone(),
+            to_i64(after_cv, "cv")?,
+            i64::try_from(limit).unwrap_or(i64::MAX),
+        );
+        self.with_conn(move |conn| read_versions_after(conn, &c, after, limit))
+            .await
+    }
+
+    async fn history_start(&self, c: &CollectionName) -> Result<HistoryStart> {
+        let c = c.clone();
+        self.with_conn(move |conn| {
+            let (oldest, pruned): (Option<i64>, Option<i64>) = conn
+                .query_row(
+                    "SELECT (SELECT MIN(cv) FROM versions WHERE collection = ?1), \
+                     (SELECT pruned_through FROM sequences WHERE collection = ?1)",
+                    params![c.as_str()],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .map_err(map_sql)?;
+            Ok(HistoryStart {
+                oldest_cv: oldest.map(|n| to_u64(n, "cv")).transpose()?,
+                pruned_through: to_u64(pruned.unwrap_or(0), "pruned_through")?,
+            })
+        })
+        .await
     }
 }
 
