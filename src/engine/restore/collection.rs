@@ -18,7 +18,7 @@ use std::collections::HashMap;
 
 use futures::{StreamExt, TryStreamExt};
 
-use super::plan::{Action, RestoreCounts, RestorePage, Target, action, ref_write};
+use super::plan::{Action, RestoreCounts, RestorePage, Target, action, commit_by, ref_write};
 use crate::engine::error::{Error, Result};
 use crate::engine::model::{Attribution, CollectionName, Head, ItemId, Timestamp, VersionEntry};
 use crate::engine::query::Filter;
@@ -96,7 +96,14 @@ impl Engine {
                 .iter()
                 .filter_map(|(head, target)| ref_write(head, target.as_ref(), who))
                 .collect();
-            if writes.is_empty() || self.meta().append_by_reference(collection, writes).await?.is_some() {
+            let commit_by = commit_by(&writes, self.settings().orphan_grace);
+            if writes.is_empty()
+                || self
+                    .meta()
+                    .append_by_reference(collection, writes, commit_by)
+                    .await?
+                    .is_some()
+            {
                 break;
             }
             if attempt >= PAGE_ATTEMPTS {

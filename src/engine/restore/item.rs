@@ -2,7 +2,7 @@
 //! certainly there, else by copying its data through the write protocol; retried while the item
 //! is written concurrently. A collection restore falls back on it for items that keep changing.
 
-use super::plan::{Origin, Target, copies, ref_write, restore_write};
+use super::plan::{Origin, Target, commit_by, copies, ref_write, restore_write};
 use crate::engine::error::{Error, Result};
 use crate::engine::model::VersionTarget;
 use crate::engine::model::{Attribution, CollectionName, Head, ItemId, Op, VersionEntry, WriteOutcome, payload_key};
@@ -42,9 +42,10 @@ impl Engine {
                 let Some(write) = ref_write(&head, target.as_ref(), who) else {
                     return Ok((head, target));
                 };
+                let commit_by = commit_by(std::slice::from_ref(&write), self.settings().orphan_grace);
                 if self
                     .meta()
-                    .append_by_reference(collection, vec![write])
+                    .append_by_reference(collection, vec![write], commit_by)
                     .await?
                     .is_some()
                 {
@@ -161,7 +162,12 @@ impl Engine {
             let mut write = restore_write(&head, &target, who);
             write.version.request = stamp.cloned();
             let (ov, at) = (write.version.ov, write.version.at);
-            if let Some(cv) = self.meta().append_by_reference(collection, vec![write]).await? {
+            let commit_by = commit_by(std::slice::from_ref(&write), self.settings().orphan_grace);
+            if let Some(cv) = self
+                .meta()
+                .append_by_reference(collection, vec![write], commit_by)
+                .await?
+            {
                 return Ok(WriteOutcome {
                     ov,
                     cv,

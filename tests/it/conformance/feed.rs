@@ -104,3 +104,74 @@ pub async fn history_start_follows_retention(h: &Harness) {
     );
     assert_eq!(h.meta.history_start(&coll()).await.unwrap(), after, "never lowered");
 }
+
+/// A restore by reference takes cvs like a write, so it is fenced like one: with no grace at all
+/// every append comes too late and nothing is committed (a retryable `Unavailable`), through the
+/// store, an item restore and a collection restore alike. The feed's bound on how long a taken cv
+/// can stay invisible rests on this.
+pub async fn a_restore_by_reference_too_late_for_the_orphan_grace_is_not_committed(h: &Harness) {
+    use chronos::engine::{EngineSettings, Error, HistoryPoint, Timestamp, VersionTarget};
+    // Written by a replica with the default grace: the harness's own engine has none.
+    let writer = h.replica_with(EngineSettings::default());
+    let id: chronos::engine::ItemId = "r".parse().unwrap();
+    let first = writer
+        .create(&coll(), Some(id.clone()), obj(json!({"v": 0})), &who())
+        .await
+        .unwrap()
+        .1;
+    writer
+        .update(&coll(), &id, obj(json!({"v": 1})), None, &who())
+        .await
+        .unwrap();
+    let before = h.meta.versions_after(&coll(), 0, 100).await.unwrap();
+
+    let late = h
+        .engine
+        .restore_object(&coll(), &id, VersionTarget::Ov(0), None, &who())
+        .await;
+    assert!(matches!(late, Err(Error::Unavailable { .. })), "item restore: {late:?}");
+    let late = h
+        .engine
+        .restore_collection(&coll(), HistoryPoint::Cv(first.cv), false, &who(), |_, _| {})
+        .await;
+    assert!(
+        matches!(late, Err(Error::Unavailable { .. })),
+        "collection restore: {late:?}"
+    );
+
+    let head = h.meta.head(&coll(), &id).await.unwrap().unwrap();
+    let write = chronos::engine::RefWrite {
+        expected_ov: head.ov,
+        version: chronos::engine::VersionEntry {
+            ov: head.ov + 1,
+            write_id: uuid::Uuid::now_v7().simple().to_string(),
+            ..before[0].clone()
+        },
+        keep_inline: false,
+        source: Some(0),
+    };
+    let late = h
+        .meta
+        .append_by_reference(&coll(), vec![write], Timestamp::UNIX_EPOCH)
+        .await;
+    assert!(matches!(late, Err(Error::Unavailable { .. })), "store: {late:?}");
+
+    assert_eq!(
+        h.meta.versions_after(&coll(), 0, 100).await.unwrap(),
+        before,
+        "nothing was appended"
+    );
+    assert_eq!(
+        h.meta.head(&coll(), &id).await.unwrap().unwrap(),
+        head,
+        "the head did not move"
+    );
+    assert_eq!(
+        writer
+            .get_latest(&coll(), &id, super::fixtures::LATEST)
+            .await
+            .unwrap()
+            .data["v"],
+        1
+    );
+}

@@ -64,7 +64,8 @@ macro_rules! conformance_suite {
             $crate::conformance_suite!(@subject idempotency;
                 idempotent_writes_happen_once, concurrent_retries_with_one_key_write_once);
             $crate::conformance_suite!(@subject feed;
-                the_index_reads_in_cv_order, history_start_follows_retention);
+                the_index_reads_in_cv_order, history_start_follows_retention,
+                a_restore_by_reference_too_late_for_the_orphan_grace_is_not_committed);
             $crate::conformance_suite!(@subject queue;
                 queued_writes_land_exactly_once, queue_claims_are_exclusive);
         }
@@ -135,7 +136,9 @@ pub fn settings(check: &str) -> chronos::engine::EngineSettings {
         // Small pages, so the restore and the writers interleave over many pages.
         s.restore_page = 7;
     }
-    if check == "a_write_too_late_for_the_orphan_grace_is_not_committed" {
+    if check == "a_write_too_late_for_the_orphan_grace_is_not_committed"
+        || check == "a_restore_by_reference_too_late_for_the_orphan_grace_is_not_committed"
+    {
         // No time at all between a write id and its commit: every commit comes too late.
         s.orphan_grace = std::time::Duration::ZERO;
     }

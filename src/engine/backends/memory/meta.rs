@@ -273,7 +273,12 @@ impl MetaRestore for MemoryMetaStore {
             .collect())
     }
 
-    async fn append_by_reference(&self, collection: &CollectionName, writes: Vec<RefWrite>) -> Result<Option<u64>> {
+    async fn append_by_reference(
+        &self,
+        collection: &CollectionName,
+        writes: Vec<RefWrite>,
+        commit_by: Timestamp,
+    ) -> Result<Option<u64>> {
         // Hold every item like a pending write would, in id order so two restores can't deadlock
         // (single writes hold one item at a time).
         let mut ids: Vec<ItemId> = writes.iter().map(|w| w.version.id.clone()).collect();
@@ -313,6 +318,7 @@ impl MetaRestore for MemoryMetaStore {
                 r.key
             )));
         }
+        crate::engine::store::refs_in_time(commit_by)?;
         let first = coll.cv + 1;
         for w in writes {
             coll.cv += 1;

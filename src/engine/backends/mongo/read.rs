@@ -196,7 +196,12 @@ impl MetaRestore for MongoMetaStore {
         versions_of(self.versions_coll(c).aggregate(pipeline).await).await
     }
 
-    async fn append_by_reference(&self, c: &CollectionName, writes: Vec<RefWrite>) -> Result<Option<u64>> {
+    async fn append_by_reference(
+        &self,
+        c: &CollectionName,
+        writes: Vec<RefWrite>,
+        commit_by: Timestamp,
+    ) -> Result<Option<u64>> {
         if writes.is_empty() {
             return Ok(Some(0));
         }
@@ -241,6 +246,10 @@ impl MetaRestore for MongoMetaStore {
                     _ => Err(map_err(e)),
                 };
             }
+        }
+        if let Err(late) = crate::engine::store::refs_in_time(commit_by) {
+            let _ = session.abort_transaction().await;
+            return Err(late);
         }
         // An unknown outcome is reported as such, never as an outage: the batch may have
         // committed, and only the caller's idempotency key makes another attempt safe.

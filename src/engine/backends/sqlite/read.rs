@@ -170,7 +170,12 @@ impl MetaRestore for SqliteMetaStore {
         .await
     }
 
-    async fn append_by_reference(&self, c: &CollectionName, writes: Vec<RefWrite>) -> Result<Option<u64>> {
+    async fn append_by_reference(
+        &self,
+        c: &CollectionName,
+        writes: Vec<RefWrite>,
+        commit_by: Timestamp,
+    ) -> Result<Option<u64>> {
         let mut ids: Vec<ItemId> = writes.iter().map(|w| w.version.id.clone()).collect();
         ids.sort();
         ids.dedup();
@@ -186,7 +191,7 @@ impl MetaRestore for SqliteMetaStore {
         let c = c.clone();
         self.with_conn(move |conn| {
             let _held = held;
-            append_refs(conn, &c, &writes)
+            append_refs(conn, &c, &writes, commit_by)
         })
         .await
     }
