@@ -175,3 +175,245 @@ pub async fn a_restore_by_reference_too_late_for_the_orphan_grace_is_not_committ
         1
     );
 }
+
+/// No filter: every op, every property.
+fn everything(h: &Harness) -> chronos::engine::ChangeFilter {
+    h.engine
+        .change_filter(&coll(), &serde_json::Value::Null, vec![])
+        .unwrap()
+}
+
+/// Page through the feed from `after` with pages of `limit` until it has nothing more at once.
+async fn read_feed(
+    h: &Harness,
+    after: u64,
+    limit: usize,
+    filter: &chronos::engine::ChangeFilter,
+) -> (Vec<chronos::engine::VersionEntry>, u64) {
+    let mut got = Vec::new();
+    let mut at = after;
+    loop {
+        let page = h.engine.changes(&coll(), at, limit, filter).await.unwrap();
+        assert!(page.next >= at, "the cursor never goes back");
+        got.extend(page.changes);
+        at = page.next;
+        if !page.full {
+            return (got, at);
+        }
+    }
+}
+
+/// Every version, in cv order, through pages of any size; a filter on indexed metadata and
+/// `ops` keep what they admit while the cursor still moves past the rest.
+pub async fn the_feed_delivers_every_version_in_cv_order(h: &Harness) {
+    use chronos::engine::Op;
+    let e = &h.engine;
+    for i in 0..5 {
+        let id: chronos::engine::ItemId = format!("f{i}").parse().unwrap();
+        e.create(&coll(), Some(id.clone()), obj(json!({"kind": "a", "n": i})), &who())
+            .await
+            .unwrap();
+        e.update(&coll(), &id, obj(json!({"kind": "b", "n": i})), None, &who())
+            .await
+            .unwrap();
+        if i % 2 == 0 {
+            e.delete(&coll(), &id, None, &who()).await.unwrap();
+        }
+    }
+    let index = h.meta.versions_after(&coll(), 0, 1000).await.unwrap();
+    assert_eq!(index.len(), 13);
+    for limit in [1, 2, 5, 1000] {
+        let (got, next) = read_feed(h, 0, limit, &everything(h)).await;
+        assert_eq!(got, index, "pages of {limit}: every version once, in cv order");
+        assert_eq!(next, index.last().unwrap().cv);
+    }
+    let (tail, _) = read_feed(h, index[6].cv, 3, &everything(h)).await;
+    assert_eq!(tail, index[7..], "resumes after a cv");
+    let empty = e.changes(&coll(), index[12].cv, 10, &everything(h)).await.unwrap();
+    assert!(empty.changes.is_empty() && empty.held_back.is_none() && !empty.full);
+    assert_eq!(empty.next, index[12].cv, "nothing new: the cursor stays");
+
+    let bs = e
+        .change_filter(&coll(), &json!({"kind": "b", "n": {"$gte": 1}}), vec![])
+        .unwrap();
+    let (got, next) = read_feed(h, 0, 2, &bs).await;
+    let want: Vec<_> = index
+        .iter()
+        .filter(|v| v.meta["kind"] == "b" && v.meta["n"].as_u64() >= Some(1))
+        .cloned()
+        .collect();
+    assert_eq!(
+        (got, next),
+        (want, index[12].cv),
+        "filtered, and the cursor passes the rest"
+    );
+    let deletes = e
+        .change_filter(&coll(), &serde_json::Value::Null, vec![Op::Delete])
+        .unwrap();
+    let (got, _) = read_feed(h, 0, 4, &deletes).await;
+    assert_eq!(
+        got.iter().map(|v| v.id.to_string()).collect::<Vec<_>>(),
+        ["f0", "f2", "f4"]
+    );
+    assert!(got.iter().all(|v| v.op == Op::Delete && v.deleted));
+
+    assert!(matches!(
+        e.change_filter(&coll(), &json!({"n": {"$where": 1}}), vec![]),
+        Err(chronos::engine::Error::Validation { .. })
+    ));
+    for bad in [0, 1001] {
+        assert!(matches!(
+            e.changes(&coll(), 0, bad, &everything(h)).await,
+            Err(chronos::engine::Error::Validation { .. })
+        ));
+    }
+}
+
+/// A cv taken by a write whose payload upload failed is never committed: the versions above it
+/// wait for it, but no longer than the orphan grace (3 s here) after they were first seen.
+pub async fn a_cv_taken_and_never_committed_holds_the_feed_only_for_the_grace(h: &Harness) {
+    use std::sync::atomic::Ordering;
+    let e = &h.engine;
+    let a: chronos::engine::ItemId = "a".parse().unwrap();
+    let first = e
+        .create(&coll(), Some(a.clone()), obj(json!({"n": 0})), &who())
+        .await
+        .unwrap()
+        .1;
+    h.faults.fail_puts.store(true, Ordering::SeqCst);
+    let failed = e.update(&coll(), &a, obj(json!({"n": 1})), None, &who()).await;
+    h.faults.fail_puts.store(false, Ordering::SeqCst);
+    assert!(failed.is_err(), "the upload failed: {failed:?}");
+    let b = e.create(&coll(), None, obj(json!({"n": 2})), &who()).await.unwrap().1;
+    assert!(
+        b.cv > first.cv + 1,
+        "the failed write took a cv: {} then {}",
+        first.cv,
+        b.cv
+    );
+
+    let started = std::time::Instant::now();
+    let page = e.changes(&coll(), 0, 10, &everything(h)).await.unwrap();
+    assert_eq!(page.changes.iter().map(|v| v.cv).collect::<Vec<_>>(), [first.cv]);
+    assert_eq!(page.next, first.cv, "the cursor stops below the gap");
+    let wait = page.held_back.expect("the version above the gap is held back");
+    assert!(wait <= std::time::Duration::from_secs(3), "{wait:?}");
+
+    // Then it goes, within the grace (plus the time the reads take).
+    let deadline = started + std::time::Duration::from_secs(15);
+    loop {
+        let page = e.changes(&coll(), first.cv, 10, &everything(h)).await.unwrap();
+        if let Some(v) = page.changes.first() {
+            assert_eq!((v.cv, page.next, page.held_back), (b.cv, b.cv, None));
+            assert!(
+                started.elapsed() >= std::time::Duration::from_millis(2900),
+                "not before the grace"
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the gap never settled");
+        tokio::time::sleep(
+            page.held_back
+                .unwrap_or_default()
+                .min(std::time::Duration::from_millis(200)),
+        )
+        .await;
+    }
+}
+
+/// A version committed with a lower cv after a higher one was already visible (a straggler) is
+/// delivered, before the higher one, never skipped.
+pub async fn a_lower_cv_committed_after_a_higher_one_is_not_skipped(h: &Harness) {
+    use chronos::engine::model::{Content, Op, VersionEntry, now};
+    use chronos::engine::store::{HeadChange, Held, NewData};
+    let begin = |name: &str| {
+        let change = HeadChange {
+            collection: coll(),
+            id: name.parse().unwrap(),
+            op: Op::Create,
+            expected_ov: None,
+            write_id: uuid::Uuid::now_v7().simple().to_string(),
+            at: now(),
+            data: Some(NewData {
+                content: Content::from_json("{}".into()),
+                meta: Default::default(),
+                inline: true,
+            }),
+            function_id: None,
+            request_key: None,
+            commit_by: chronos::engine::Timestamp::MAX,
+        };
+        let meta = h.meta.clone();
+        async move {
+            let held: Held = meta.begin_write(change.clone()).await.unwrap();
+            let entry = VersionEntry {
+                id: change.id.clone(),
+                ov: held.ov,
+                cv: held.cv,
+                op: Op::Create,
+                at: change.at,
+                actor: None,
+                reason: None,
+                write_id: change.write_id.clone(),
+                size: 2,
+                checksum: Content::from_json("{}".into()).checksum,
+                meta: Default::default(),
+                deleted: false,
+                request: None,
+                payload_ref: None,
+            };
+            (held, entry)
+        }
+    };
+    h.meta.prepare_collection(&coll(), &[]).await.unwrap();
+    let (early, early_entry) = begin("early").await;
+    let (late, late_entry) = begin("late").await;
+    assert!(early.cv < late.cv);
+    late.write.commit(late_entry.clone()).await.unwrap();
+
+    let page = h.engine.changes(&coll(), 0, 10, &everything(h)).await.unwrap();
+    assert!(page.changes.is_empty(), "the higher cv waits: {:?}", page.changes);
+    assert_eq!(page.next, early.cv - 1);
+    assert!(page.held_back.is_some());
+
+    early.write.commit(early_entry.clone()).await.unwrap();
+    let page = h.engine.changes(&coll(), 0, 10, &everything(h)).await.unwrap();
+    let cvs: Vec<u64> = page.changes.iter().map(|v| v.cv).collect();
+    assert_eq!(cvs, [early.cv, late.cv], "both, in cv order");
+    assert_eq!((page.next, page.held_back), (late.cv, None));
+}
+
+/// A resume point below a cv retention removed is refused (410 `history_pruned`) with where
+/// the feed is complete again, never answered with a silent gap.
+pub async fn a_resume_point_retention_cut_into_is_refused(h: &Harness) {
+    use chronos::engine::Error;
+    let e = &h.engine;
+    let id: chronos::engine::ItemId = "p".parse().unwrap();
+    e.create(&coll(), Some(id.clone()), obj(json!({"v": 0})), &who())
+        .await
+        .unwrap();
+    let mut cvs = Vec::new();
+    for v in 1..=3 {
+        cvs.push(
+            e.update(&coll(), &id, obj(json!({"v": v})), None, &who())
+                .await
+                .unwrap()
+                .cv,
+        );
+    }
+    e.prune_versions(&coll(), &keep_last(2), false).await.unwrap();
+    for after in [0, cvs[0] - 1] {
+        match e.changes(&coll(), after, 10, &everything(h)).await {
+            Err(Error::HistoryPruned {
+                after: a,
+                oldest_cv,
+                pruned_through,
+            }) => {
+                assert_eq!((a, oldest_cv, pruned_through), (after, Some(cvs[1]), cvs[0]));
+            }
+            other => panic!("after {after}: {other:?}"),
+        }
+    }
+    let page = e.changes(&coll(), cvs[0], 10, &everything(h)).await.unwrap();
+    assert_eq!(page.changes.iter().map(|v| v.cv).collect::<Vec<_>>(), cvs[1..]);
+}

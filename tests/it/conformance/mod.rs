@@ -65,7 +65,11 @@ macro_rules! conformance_suite {
                 idempotent_writes_happen_once, concurrent_retries_with_one_key_write_once);
             $crate::conformance_suite!(@subject feed;
                 the_index_reads_in_cv_order, history_start_follows_retention,
-                a_restore_by_reference_too_late_for_the_orphan_grace_is_not_committed);
+                a_restore_by_reference_too_late_for_the_orphan_grace_is_not_committed,
+                the_feed_delivers_every_version_in_cv_order,
+                a_cv_taken_and_never_committed_holds_the_feed_only_for_the_grace,
+                a_lower_cv_committed_after_a_higher_one_is_not_skipped,
+                a_resume_point_retention_cut_into_is_refused);
             $crate::conformance_suite!(@subject queue;
                 queued_writes_land_exactly_once, queue_claims_are_exclusive);
         }
@@ -141,6 +145,10 @@ pub fn settings(check: &str) -> chronos::engine::EngineSettings {
     {
         // No time at all between a write id and its commit: every commit comes too late.
         s.orphan_grace = std::time::Duration::ZERO;
+    }
+    if check == "a_cv_taken_and_never_committed_holds_the_feed_only_for_the_grace" {
+        // A gap settles after the grace: short, so the check takes seconds.
+        s.orphan_grace = std::time::Duration::from_secs(3);
     }
     if check == "oversized_payloads_are_refused" {
         s.max_payload_bytes = 1000;
