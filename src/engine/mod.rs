@@ -35,7 +35,7 @@ pub mod versioning;
 pub use admin::{Check, StoreStatus};
 pub use counters::Totals;
 pub use error::{Backend, BoxError, Error, Failure, Result};
-pub use feed::{ChangeFilter, ChangesPage};
+pub use feed::{ChangeFilter, ChangesPage, Subscription};
 pub use model::{
     Attribution, CollectionName, DEFAULT_DATABASE, Enrichment, ItemId, Op, PayloadRef, Record, RequestKey, State,
     SystemFields, Timestamp, VersionEntry, VersionTarget, WriteOutcome,

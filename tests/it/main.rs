@@ -12,6 +12,7 @@ mod conformance;
 mod embedded;
 mod examples;
 mod failover;
+mod feed;
 mod locks;
 mod memory;
 mod mongo_group;

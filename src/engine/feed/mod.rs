@@ -3,38 +3,30 @@
 //! never deliver past a cv that may still be committed, never wait for one that can't be) and the
 //! 410 when a resume point is older than what retention keeps.
 //!
+//! Readers: [`Engine::changes`] pages on request (JSON); [`Engine::subscribe`] follows the
+//! collection live (SSE), woken by the store's commit signal through one shared tail per
+//! collection (`hub.rs`, `tail.rs`, `subscription.rs`).
+//!
 //! The guarantee: each committed version is delivered once, in cv order, per collection and per
 //! connection; across reconnects at least once (a client resumes from the last cv it processed).
 
+mod filter;
 pub mod frontier;
 pub mod hub;
+mod subscription;
+mod tail;
 
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
 use crate::engine::error::{Error, Result};
-use crate::engine::model::{CollectionName, Op, VersionEntry, now};
-use crate::engine::query::Filter;
+use crate::engine::model::{CollectionName, VersionEntry, now};
 use crate::engine::versioning::Engine;
+pub use filter::ChangeFilter;
 use frontier::{Visible, settle};
+pub use subscription::Subscription;
 
 /// The most versions one page of the feed returns.
 pub const MAX_LIMIT: usize = 1000;
-
-/// Which versions a reader wants: those whose indexed metadata matches `filter` (the query
-/// subset, on the version's own metadata) and whose op is one of `ops` (empty: every op).
-#[derive(Debug, Clone, Default)]
-pub struct ChangeFilter {
-    filter: Filter,
-    ops: Vec<Op>,
-}
-
-impl ChangeFilter {
-    pub fn admits(&self, v: &VersionEntry) -> bool {
-        (self.ops.is_empty() || self.ops.contains(&v.op)) && self.filter.matches(&v.meta)
-    }
-}
 
 /// One page of a collection's changes.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,13 +44,6 @@ pub struct ChangesPage {
 }
 
 impl Engine {
-    /// Compile a feed's filter for `collection`: `filter` in the list's safe subset (indexed
-    /// properties only; `Value::Null` for none) and the ops to keep (empty: all).
-    pub fn change_filter(&self, collection: &CollectionName, filter: &Value, ops: Vec<Op>) -> Result<ChangeFilter> {
-        let filter = Filter::parse(filter, &|p| self.is_indexed(collection, p))?;
-        Ok(ChangeFilter { filter, ops })
-    }
-
     /// The changes after cv `after`: at most `limit` (1 to [`MAX_LIMIT`]) versions are read, and
     /// those `filter` admits are returned. `HistoryPruned` when retention removed a version
     /// after `after` from the index.

@@ -7,6 +7,7 @@
 pub mod decorators;
 pub mod queue;
 pub mod rules;
+pub mod signal;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -278,6 +279,10 @@ pub trait MetaRead: Send + Sync + 'static {
     ) -> Result<Vec<VersionEntry>>;
     /// Where the collection's history in the index begins (see [`HistoryStart`]).
     async fn history_start(&self, collection: &CollectionName) -> Result<HistoryStart>;
+    /// A signal that wakes after versions of `collection` were committed, by this process or
+    /// (where the backend can tell) any other, from the moment this returns: a reader that reads
+    /// the index after taking it misses no commit.
+    async fn watch_commits(&self, collection: &CollectionName) -> Result<signal::CommitWatch>;
 }
 
 /// Where a collection's history in the version index begins: what a change feed needs to tell a

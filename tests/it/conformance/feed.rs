@@ -417,3 +417,117 @@ pub async fn a_resume_point_retention_cut_into_is_refused(h: &Harness) {
     let page = e.changes(&coll(), cvs[0], 10, &everything(h)).await.unwrap();
     assert_eq!(page.changes.iter().map(|v| v.cv).collect::<Vec<_>>(), cvs[1..]);
 }
+
+/// Collect a subscription's changes until it has delivered `cv` (or the deadline passes).
+pub async fn follow_until(sub: &mut chronos::engine::Subscription, cv: u64) -> Vec<chronos::engine::VersionEntry> {
+    let mut got = Vec::new();
+    let deadline = std::time::Duration::from_secs(20);
+    tokio::time::timeout(deadline, async {
+        while sub.cursor() < cv {
+            got.extend(sub.next().await.unwrap());
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("cv {cv} not delivered within {deadline:?}; cursor {}", sub.cursor()));
+    got
+}
+
+/// Live subscriptions are woken by commits (of this engine and of another replica over the same
+/// stores), deliver every version once in cv order, share the tail (one joining later from an
+/// older cursor catches up on its own), apply their filters, and refuse a pruned resume point.
+pub async fn subscriptions_follow_commits_in_cv_order(h: &Harness) {
+    use chronos::engine::Error;
+    let e = &h.engine;
+    let everything_sub = e.subscribe(&coll(), 0, everything(h)).await.unwrap();
+    let odd = e.change_filter(&coll(), &json!({"odd": true}), vec![]).unwrap();
+    let odd_sub = e.subscribe(&coll(), 0, odd).await.unwrap();
+    // Live while the writers write: each reader hands on what it gets as it gets it.
+    let readers: Vec<_> = [everything_sub, odd_sub]
+        .into_iter()
+        .map(|mut sub| {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let task = tokio::spawn(async move {
+                loop {
+                    if tx.send(sub.next().await.unwrap()).is_err() {
+                        return;
+                    }
+                }
+            });
+            (task, rx)
+        })
+        .collect();
+
+    let other = h.replica();
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let engine = if w % 2 == 0 { e.clone() } else { other.clone() };
+            tokio::spawn(async move {
+                let id: chronos::engine::ItemId = format!("w{w}").parse().unwrap();
+                engine
+                    .create(&coll(), Some(id.clone()), obj(json!({"odd": false})), &who())
+                    .await
+                    .unwrap();
+                for n in 1..5 {
+                    engine
+                        .update(&coll(), &id, obj(json!({"odd": n % 2 == 1})), None, &who())
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let index = h.meta.versions_after(&coll(), 0, 1000).await.unwrap();
+    assert_eq!(index.len(), 20);
+    let last = index.last().unwrap().cv;
+    let odd: Vec<_> = index.iter().filter(|v| v.meta["odd"] == true).cloned().collect();
+
+    for ((task, mut rx), want) in readers.into_iter().zip([index.clone(), odd.clone()]) {
+        let mut got = Vec::new();
+        tokio::time::timeout(std::time::Duration::from_secs(20), async {
+            while got.len() < want.len() {
+                got.extend(rx.recv().await.unwrap());
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("got {} of {} versions", got.len(), want.len()));
+        assert_eq!(got, want, "every version (the filter admits) once, in cv order");
+        task.abort();
+    }
+
+    let mut late = e.subscribe(&coll(), index[9].cv, everything(h)).await.unwrap();
+    assert_eq!(
+        follow_until(&mut late, last).await,
+        index[10..],
+        "a late joiner from an old cursor"
+    );
+    let mut all = e.subscribe(&coll(), 0, everything(h)).await.unwrap();
+    assert_eq!(
+        follow_until(&mut all, last).await,
+        index,
+        "from the start after the fact"
+    );
+
+    // One more commit wakes a subscriber waiting at the tail.
+    let waiting = tokio::spawn(async move {
+        let got = all.next().await.unwrap();
+        (got, all)
+    });
+    let next = e
+        .update(&coll(), &"w0".parse().unwrap(), obj(json!({"odd": true})), None, &who())
+        .await
+        .unwrap();
+    let (got, _) = tokio::time::timeout(std::time::Duration::from_secs(20), waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.iter().map(|v| v.cv).collect::<Vec<_>>(), [next.cv]);
+
+    e.prune_versions(&coll(), &keep_last(1), false).await.unwrap();
+    assert!(matches!(
+        e.subscribe(&coll(), 0, everything(h)).await,
+        Err(Error::HistoryPruned { .. })
+    ));
+}

@@ -69,7 +69,7 @@ macro_rules! conformance_suite {
                 the_feed_delivers_every_version_in_cv_order,
                 a_cv_taken_and_never_committed_holds_the_feed_only_for_the_grace,
                 a_lower_cv_committed_after_a_higher_one_is_not_skipped,
-                a_resume_point_retention_cut_into_is_refused);
+                a_resume_point_retention_cut_into_is_refused, subscriptions_follow_commits_in_cv_order);
             $crate::conformance_suite!(@subject queue;
                 queued_writes_land_exactly_once, queue_claims_are_exclusive);
         }

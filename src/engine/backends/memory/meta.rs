@@ -12,6 +12,7 @@ use crate::engine::error::{Error, Result};
 use crate::engine::model::{CollectionName, Head, ItemId, Op, RequestKey, State, Timestamp, VersionEntry};
 use crate::engine::query::Filter;
 use crate::engine::store::rules::{HEAD_OVERHEAD, after, check_precondition, next_head, ref_head};
+use crate::engine::store::signal::{CommitSignals, CommitWatch};
 use crate::engine::store::{
     CommitError, HeadChange, Held, HistoryPoint, HistoryStart, ListQuery, MetaRead, MetaRestore, MetaUpkeep, MetaWrite,
     NewData, PendingWrite, PrunedVersion, RefWrite, TierBatch, TierQuery,
@@ -38,6 +39,8 @@ pub struct MemoryMetaStore {
     collections: Arc<Mutex<HashMap<CollectionName, Collection>>>,
     /// Idempotency-key lookups still to answer "not recorded" (see [`Self::lag_key_lookups`]).
     key_lookup_lag: Arc<AtomicUsize>,
+    /// Wakes change feeds after commits.
+    signals: CommitSignals,
 }
 
 impl MemoryMetaStore {
@@ -89,6 +92,8 @@ impl PendingWrite for MemoryPending {
         let head = next_head(&self.change, self.previous.as_ref(), self.ov, self.cv, &version);
         coll.versions.insert((self.change.id.clone(), self.ov), version);
         coll.heads.insert(self.change.id.clone(), head);
+        drop(all);
+        self.store.signals.announce(&self.change.collection, self.cv);
         Ok(())
     }
 
@@ -237,6 +242,10 @@ impl MetaRead for MemoryMetaStore {
         Ok(found.into_iter().take(limit).cloned().collect())
     }
 
+    async fn watch_commits(&self, collection: &CollectionName) -> Result<CommitWatch> {
+        Ok(self.signals.watch(collection))
+    }
+
     async fn history_start(&self, collection: &CollectionName) -> Result<HistoryStart> {
         let all = self.lock();
         Ok(all
@@ -335,6 +344,9 @@ impl MetaRestore for MemoryMetaStore {
             coll.versions.insert((v.id.clone(), v.ov), v);
             coll.heads.insert(head.id.clone(), head);
         }
+        let last = coll.cv;
+        drop(all);
+        self.signals.announce(collection, last);
         Ok(Some(first))
     }
 

@@ -12,7 +12,8 @@
 //!
 //! This file holds the store, its transactions and how driver errors are read; the parts: `docs`
 //! (BSON in and out), `write` (the lone-write protocol), `group` (group commit), `read`,
-//! `upkeep` (counters, tiering, retention) and `queue` (the retry queue's collections).
+//! `upkeep` (counters, tiering, retention), `watch` (change streams that wake change feeds) and
+//! `queue` (the retry queue's collections).
 
 mod docs;
 mod group;
@@ -21,6 +22,7 @@ mod read;
 #[cfg(test)]
 mod tests;
 mod upkeep;
+mod watch;
 mod write;
 
 use std::sync::Arc;
@@ -48,6 +50,8 @@ pub struct MongoMetaStore {
     client: Client,
     db: Database,
     lanes: Arc<group::Lanes>,
+    /// The change streams that wake change feeds, one per watched collection.
+    watches: Arc<watch::Watches>,
 }
 
 impl MongoMetaStore {
@@ -58,6 +62,7 @@ impl MongoMetaStore {
             client,
             db,
             lanes: Arc::default(),
+            watches: Arc::default(),
         }
     }
 

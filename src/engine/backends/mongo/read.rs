@@ -121,6 +121,10 @@ impl MetaRead for MongoMetaStore {
         versions_of(found).await
     }
 
+    async fn watch_commits(&self, c: &CollectionName) -> Result<crate::engine::store::signal::CommitWatch> {
+        self.commits_of(c).await
+    }
+
     async fn history_start(&self, c: &CollectionName) -> Result<HistoryStart> {
         let oldest = self
             .versions_coll(c)

@@ -126,6 +126,10 @@ impl MetaRead for SqliteMetaStore {
             .await
     }
 
+    async fn watch_commits(&self, c: &CollectionName) -> Result<crate::engine::store::signal::CommitWatch> {
+        Ok(self.inner.signals.watch(c))
+    }
+
     async fn history_start(&self, c: &CollectionName) -> Result<HistoryStart> {
         let c = c.clone();
         self.with_conn(move |conn| {
@@ -189,9 +193,15 @@ impl MetaRestore for SqliteMetaStore {
             held.push(self.inner.items.acquire((c.clone(), id)).await?);
         }
         let c = c.clone();
+        let n = writes.len() as u64;
+        let inner = self.inner.clone();
         self.with_conn(move |conn| {
             let _held = held;
-            append_refs(conn, &c, &writes, commit_by)
+            let done = append_refs(conn, &c, &writes, commit_by)?;
+            if let Some(first) = done {
+                inner.signals.announce(&c, first + n.saturating_sub(1));
+            }
+            Ok(done)
         })
         .await
     }

@@ -271,10 +271,15 @@ impl PendingWrite for SqlitePending {
         let collection = this.change.collection;
         let store = this.store;
         let item = this.item;
+        let cv = head.cv;
         let joined = tokio::task::spawn_blocking(move || {
             // The item stays held until the transaction is over, even if the caller stops waiting.
             let _item = item;
-            commit_write(&mut lock_std(&store.conn), &collection, previous_ov, &head, &version)
+            let done = commit_write(&mut lock_std(&store.conn), &collection, previous_ov, &head, &version);
+            if done.is_ok() {
+                store.signals.announce(&collection, cv);
+            }
+            done
         })
         .await;
         match joined {
