@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod changes;
 pub mod collections;
 pub mod error;
 pub mod extract;
@@ -37,6 +38,7 @@ fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(items::routes())
         .merge(collections::routes())
+        .merge(changes::routes())
         .merge(queue::routes())
         .merge(admin::routes())
         .merge(probes::routes())

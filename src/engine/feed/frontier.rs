@@ -19,6 +19,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use crate::engine::error::{Error, Result};
 use crate::engine::model::Timestamp;
 
 /// A gap below a version whose `at` is older than this many orphan graces is settled.
@@ -133,6 +134,17 @@ pub fn settle(
         frontier: at,
         wait: None,
     }
+}
+
+/// cvs are stored as 64-bit signed integers: a larger resume point is no cv at all.
+pub fn check_cursor(after: u64) -> Result<()> {
+    if i64::try_from(after).is_err() {
+        return Err(Error::validation(
+            "after",
+            format!("must be a cv, at most {}", i64::MAX),
+        ));
+    }
+    Ok(())
 }
 
 /// How long until a gap below a version written at `at` is settled by the written bound.

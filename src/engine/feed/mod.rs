@@ -57,6 +57,7 @@ impl Engine {
         if limit == 0 || limit > MAX_LIMIT {
             return Err(Error::validation("limit", format!("must be between 1 and {MAX_LIMIT}")));
         }
+        frontier::check_cursor(after)?;
         let page = self.settled_page(collection, after, limit).await?;
         let mut changes = page.versions;
         changes.retain(|v| filter.admits(v));

@@ -42,6 +42,7 @@ impl Engine {
         after: u64,
         filter: ChangeFilter,
     ) -> Result<Subscription> {
+        super::frontier::check_cursor(after)?;
         let start = self.meta().history_start(collection).await?;
         if start.pruned_through > after {
             return Err(Error::HistoryPruned {
