@@ -29,6 +29,7 @@ fn main() -> ExitCode {
                 .map_err(operator_error),
             Command::Scrub(args) => cli::scrub::run(args).await,
             Command::Client(cmd) => cli::client::run(cmd).await,
+            Command::Watch(args) => cli::watch::watch(args).await,
         }
     });
     match result {

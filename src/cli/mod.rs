@@ -5,6 +5,7 @@ pub mod client;
 mod print;
 pub mod scrub;
 pub mod serve;
+pub mod watch;
 
 use std::path::PathBuf;
 
@@ -51,6 +52,8 @@ pub enum Command {
     Scrub(scrub::ScrubArgs),
     #[command(flatten)]
     Client(client::ClientCommand),
+    /// Follow a collection's changes live, one line per change (resumes by itself on disconnect).
+    Watch(watch::WatchArgs),
 }
 
 /// Log to stderr, as text or JSON lines, filtered by `--log`.

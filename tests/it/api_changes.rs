@@ -252,3 +252,46 @@ async fn an_open_stream_does_not_hold_up_shutdown() {
         .unwrap();
     drop(response);
 }
+
+/// `chronos watch` prints one JSON line per change, in cv order, and keeps following.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watch_command_prints_one_line_per_change() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let h = support::memory(Default::default());
+    let (server, c) = serve(&h).await;
+    let who = WriteOptions::default();
+    let first = c
+        .create("t1", "notes", None, &obj(json!({"n": 1})), &who)
+        .await
+        .unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_chronos"))
+        .args(["watch", "t1", "notes", "--output", "json", "--server", &server.url])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next_line = async || {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        serde_json::from_str::<Value>(&line).unwrap()
+    };
+    let line = next_line().await;
+    assert_eq!(
+        (line["cv"].as_u64(), line["id"].as_str(), line["op"].as_str()),
+        (Some(first.cv), Some(first.id.as_str()), Some("CREATE"))
+    );
+    let second = c
+        .update("t1", "notes", &first.id, &obj(json!({"n": 2})), &who)
+        .await
+        .unwrap();
+    let line = next_line().await;
+    assert_eq!(
+        (line["cv"].as_u64(), line["ov"].as_u64(), line["meta"]["n"].as_u64()),
+        (Some(second.cv), Some(1), Some(2))
+    );
+    child.kill().await.unwrap();
+}
