@@ -20,9 +20,10 @@ use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorBody, Result};
 use super::extract::{ApiQuery, CollectionPath, int64};
+use super::items::VersionInfo;
 use super::present::record_json;
 use super::state::AppState;
-use crate::engine::{ChangeFilter, CollectionName, Engine, Op, Timestamp, VersionEntry, VersionTarget};
+use crate::engine::{ChangeFilter, CollectionName, Engine, Op, VersionEntry, VersionTarget};
 
 /// Heartbeats keep proxies from closing an idle stream.
 const HEARTBEAT: Duration = Duration::from_secs(15);
@@ -54,20 +55,13 @@ pub struct ChangesQuery {
     include: Option<String>,
 }
 
-/// One version in the feed.
+/// One version in the feed: the item, the version as in an item's history, and its metadata.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Change {
     pub id: String,
-    pub ov: u64,
-    pub cv: u64,
-    /// CREATE, UPDATE, DELETE or RESTORE.
-    pub op: String,
-    #[schema(value_type = String, format = DateTime)]
-    pub at: Timestamp,
-    pub actor: Option<String>,
-    pub reason: Option<String>,
-    pub deleted: bool,
+    #[serde(flatten)]
+    pub version: VersionInfo,
     /// The version's indexed metadata.
     #[schema(value_type = Object)]
     pub meta: Map<String, Value>,
@@ -193,7 +187,7 @@ fn bad_request(e: crate::engine::Error) -> ApiError {
     }
 }
 
-async fn change(engine: &Engine, c: &CollectionName, v: VersionEntry, include_data: bool) -> Result<Change> {
+async fn change(engine: &Engine, c: &CollectionName, mut v: VersionEntry, include_data: bool) -> Result<Change> {
     let data = if include_data {
         let record = engine
             .get_at(
@@ -207,16 +201,12 @@ async fn change(engine: &Engine, c: &CollectionName, v: VersionEntry, include_da
     } else {
         None
     };
+    let id = v.id.to_string();
+    let meta = std::mem::take(&mut v.meta);
     Ok(Change {
-        id: v.id.to_string(),
-        ov: v.ov,
-        cv: v.cv,
-        op: v.op.as_str().to_owned(),
-        at: v.at,
-        actor: v.actor,
-        reason: v.reason,
-        deleted: v.deleted,
-        meta: v.meta,
+        id,
+        version: VersionInfo::from(v),
+        meta,
         data,
     })
 }
@@ -289,7 +279,7 @@ fn stream(
 fn change_event(c: &Change) -> Event {
     Event::default()
         .event("change")
-        .id(c.cv.to_string())
+        .id(c.version.cv.to_string())
         .json_data(c)
         .unwrap_or_else(|e| error_event(ApiError::internal(format!("could not encode a change: {e}"))))
 }

@@ -69,12 +69,8 @@ impl Engine {
         })
     }
 
-    /// Read up to `limit` versions after `after` and keep those the frontier rule lets go.
-    pub(crate) async fn settled_page(&self, collection: &CollectionName, after: u64, limit: usize) -> Result<Settled> {
-        let mut visible = self.meta().versions_after(collection, after, limit).await?;
-        let read_all = visible.len() == limit;
-        // After the read: retention removes entries and raises the mark in one transaction, so a
-        // version this read missed because it was pruned shows in the mark read now.
+    /// `HistoryPruned` when retention removed a version after cv `after` from the index.
+    pub(crate) async fn complete_after(&self, collection: &CollectionName, after: u64) -> Result<()> {
         let start = self.meta().history_start(collection).await?;
         if start.pruned_through > after {
             return Err(Error::HistoryPruned {
@@ -83,6 +79,16 @@ impl Engine {
                 pruned_through: start.pruned_through,
             });
         }
+        Ok(())
+    }
+
+    /// Read up to `limit` versions after `after` and keep those the frontier rule lets go.
+    pub(crate) async fn settled_page(&self, collection: &CollectionName, after: u64, limit: usize) -> Result<Settled> {
+        let mut visible = self.meta().versions_after(collection, after, limit).await?;
+        let read_all = visible.len() == limit;
+        // After the read: retention removes entries and raises the mark in one transaction, so a
+        // version this read missed because it was pruned shows in the mark read now.
+        self.complete_after(collection, after).await?;
         let seen_at = Instant::now();
         let grace = self.settings().orphan_grace;
         let hub = self.feeds().hub(collection);

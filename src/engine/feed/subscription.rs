@@ -43,14 +43,7 @@ impl Engine {
         filter: ChangeFilter,
     ) -> Result<Subscription> {
         super::frontier::check_cursor(after)?;
-        let start = self.meta().history_start(collection).await?;
-        if start.pruned_through > after {
-            return Err(Error::HistoryPruned {
-                after,
-                oldest_cv: start.oldest_cv,
-                pruned_through: start.pruned_through,
-            });
-        }
+        self.complete_after(collection, after).await?;
         let hub = self.feeds().hub(collection);
         let (batches, start_tail) = hub.join();
         if start_tail {

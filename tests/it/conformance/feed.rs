@@ -57,12 +57,13 @@ pub async fn the_index_reads_in_cv_order(h: &Harness) {
 pub async fn history_start_follows_retention(h: &Harness) {
     let e = &h.engine;
     assert_eq!(h.meta.history_start(&coll()).await.unwrap(), HistoryStart::default());
-    let a = "a".parse().unwrap();
-    let b = "b".parse().unwrap();
-    e.create(&coll(), Some(a), obj(json!({"v": 0})), &who()).await.unwrap(); // cv 1
-    e.create(&coll(), Some(b), obj(json!({"v": 0})), &who()).await.unwrap(); // cv 2
-    let a = "a".parse().unwrap();
-    let b = "b".parse().unwrap();
+    let (a, b): (chronos::engine::ItemId, chronos::engine::ItemId) = ("a".parse().unwrap(), "b".parse().unwrap());
+    e.create(&coll(), Some(a.clone()), obj(json!({"v": 0})), &who())
+        .await
+        .unwrap(); // cv 1
+    e.create(&coll(), Some(b.clone()), obj(json!({"v": 0})), &who())
+        .await
+        .unwrap(); // cv 2
     let mut cvs = Vec::new();
     for v in 1..=2 {
         cvs.push(
