@@ -19,7 +19,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorBody, Result};
-use super::extract::{ApiQuery, CollectionPath, int64};
+use super::extract::{ApiQuery, CollectionPath, filter_param, int64, query_error};
 use super::items::VersionInfo;
 use super::present::record_json;
 use super::state::AppState;
@@ -136,14 +136,14 @@ pub async fn changes(
         let sub = engine
             .subscribe(&path.collection, after, filter)
             .await
-            .map_err(bad_request)?;
+            .map_err(query_error)?;
         return Ok(stream(state, engine, path.db, path.collection, sub, include_data).into_response());
     }
     let limit = q.limit.unwrap_or(100);
     let page = engine
         .changes(&path.collection, after, limit, &filter)
         .await
-        .map_err(bad_request)?;
+        .map_err(query_error)?;
     let mut changes = Vec::with_capacity(page.changes.len());
     for v in page.changes {
         changes.push(change(&engine, &path.collection, v, include_data).await?);
@@ -159,12 +159,7 @@ pub async fn changes(
 
 /// The feed's filter from the query: a malformed one is a bad request, as for listing.
 fn feed_filter(engine: &Engine, c: &CollectionName, filter: Option<&str>, ops: Option<&str>) -> Result<ChangeFilter> {
-    let filter = match filter {
-        None | Some("") => Value::Null,
-        Some(text) => {
-            serde_json::from_str(text).map_err(|e| ApiError::bad_request(format!("`filter` is not valid JSON: {e}")))?
-        }
-    };
+    let filter = filter_param(filter)?;
     let ops = ops
         .unwrap_or_default()
         .split(',')
@@ -174,17 +169,7 @@ fn feed_filter(engine: &Engine, c: &CollectionName, filter: Option<&str>, ops: O
                 .map_err(|_| ApiError::bad_request(format!("`ops`: `{s}` is not CREATE, UPDATE, DELETE or RESTORE")))
         })
         .collect::<Result<Vec<Op>>>()?;
-    engine.change_filter(c, &filter, ops).map_err(bad_request)
-}
-
-/// A malformed filter, limit or cursor is a bad request here, not invalid data.
-fn bad_request(e: crate::engine::Error) -> ApiError {
-    match e {
-        crate::engine::Error::Validation { field, reason } => {
-            ApiError::bad_request(format!("invalid {field}: {reason}")).with_details(json!({"field": field}))
-        }
-        other => other.into(),
-    }
+    engine.change_filter(c, &filter, ops).map_err(query_error)
 }
 
 async fn change(engine: &Engine, c: &CollectionName, mut v: VersionEntry, include_data: bool) -> Result<Change> {
