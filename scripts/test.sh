@@ -20,3 +20,4 @@ if [ "$#" -eq 0 ]; then cargo build --locked --bin chronos; scripts/schemathesis
 # Chart, manifests, examples, Dockerfile: schemas + server-side dry-run on the test API server.
 if [ "$#" -eq 0 ]; then scripts/validate.sh; fi
 if [ "$#" -eq 0 ]; then cargo bench --locked --profile dev --bench throughput -- --smoke; fi
+if [ "$#" -eq 0 ]; then cargo bench --locked --profile dev --bench history -- --smoke; fi

@@ -28,6 +28,8 @@ fn main() -> ExitCode {
                 .map(|yaml| print!("{yaml}"))
                 .map_err(operator_error),
             Command::Scrub(args) => cli::scrub::run(args).await,
+            Command::Rebuild(args) => cli::history::rebuild(args).await,
+            Command::Verify(args) => cli::history::verify(args).await,
             Command::Client(cmd) => cli::client::run(cmd).await,
             Command::Watch(args) => cli::watch::watch(args).await,
         }

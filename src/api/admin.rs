@@ -1,5 +1,6 @@
 //! Admin routes (`/v1/admin/…`, admin scope): validation of each database's backends, bucket
-//! creation, an S3 round-trip test, health of every database, and a graceful shutdown.
+//! creation, an S3 round-trip test, verifying a database's history against its buckets and
+//! rebuilding its metadata from them, health of every database, and a graceful shutdown.
 
 use std::collections::BTreeMap;
 
@@ -14,6 +15,8 @@ use utoipa_axum::routes;
 use super::error::{ErrorBody, Result};
 use super::extract::ApiJson;
 use super::state::AppState;
+use crate::engine::rebuild::verify::VerifyReport;
+use crate::engine::rebuild::{RebuildOptions, RebuildReport};
 use crate::engine::{Check, StoreStatus};
 
 /// The admin routes, with their part of the OpenAPI document.
@@ -22,6 +25,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(validate))
         .routes(routes!(ensure_buckets))
         .routes(routes!(s3_test))
+        .routes(routes!(verify))
+        .routes(routes!(rebuild))
         .routes(routes!(health))
         .routes(routes!(shutdown))
 }
@@ -89,6 +94,65 @@ pub struct S3Test {
 pub async fn s3_test(State(state): State<AppState>, Path(db): Path<String>) -> Result<Json<S3Test>> {
     let round_trip_ms = state.engine(&db)?.test_payload_store().await?;
     Ok(Json(S3Test { round_trip_ms }))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VerifyRequest {
+    /// Objects whose write began less than this many seconds ago are not called orphans
+    /// (default: the engine's orphan grace).
+    pub grace_secs: Option<u64>,
+}
+
+/// Check the database's history against its buckets: every indexed version against its ledger
+/// record and its object, every object against a version, the ledger's roots and chains. Reads
+/// every object: for a large database prefer `chronos verify`.
+#[utoipa::path(post, path = "/v1/admin/databases/{db}/verify", tag = "admin",
+    params(("db" = String, Path)), request_body = VerifyRequest,
+    responses((status = 200, body = VerifyReport), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 415, body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn verify(
+    State(state): State<AppState>,
+    Path(db): Path<String>,
+    ApiJson(req): ApiJson<VerifyRequest>,
+) -> Result<Json<VerifyReport>> {
+    let engine = state.engine(&db)?;
+    let grace = req
+        .grace_secs
+        .map_or(engine.settings().orphan_grace, std::time::Duration::from_secs);
+    Ok(Json(engine.verify(grace).await?))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RebuildRequest {
+    /// Write into a metadata store that already holds data.
+    #[serde(default)]
+    pub force: bool,
+    /// Also take objects above their item's last committed version that extend its history.
+    #[serde(default)]
+    pub accept_unconfirmed: bool,
+}
+
+/// Rebuild the database's metadata (heads, version index, sequences, idempotency keys, counters)
+/// from its buckets, into an empty metadata store (409 `already_exists` when it holds data, unless
+/// `force`). A rebuild cut short goes on where it stopped when asked again.
+#[utoipa::path(post, path = "/v1/admin/databases/{db}/rebuild", tag = "admin",
+    params(("db" = String, Path)), request_body = RebuildRequest,
+    responses((status = 200, body = RebuildReport), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn rebuild(
+    State(state): State<AppState>,
+    Path(db): Path<String>,
+    ApiJson(req): ApiJson<RebuildRequest>,
+) -> Result<Json<RebuildReport>> {
+    let options = RebuildOptions {
+        force: req.force,
+        accept_unconfirmed: req.accept_unconfirmed,
+    };
+    Ok(Json(state.engine(&db)?.rebuild(&options, &|_| {}).await?))
 }
 
 /// Named apart from `/healthz`'s `Health` in the document (same-named schemas overwrite each other).

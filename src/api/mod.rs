@@ -14,6 +14,7 @@ pub mod items;
 mod openapi;
 pub mod present;
 pub mod probes;
+pub mod proofs;
 pub mod queue;
 mod state;
 
@@ -37,6 +38,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(items::routes())
+        .merge(proofs::routes())
         .merge(collections::routes())
         .merge(changes::routes())
         .merge(queue::routes())

@@ -1,7 +1,10 @@
 //! The `chronos` command line: its flags and subcommands, one module per kind of work — the data
-//! service (`serve`, `check-config`), the client subcommands over the HTTP API, and `scrub`.
+//! service (`serve`, `check-config`), the client subcommands over the HTTP API, and the
+//! maintenance of one database straight from its configuration (`scrub`, `rebuild`, `verify`).
 
 pub mod client;
+pub mod history;
+mod open;
 mod print;
 pub mod scrub;
 pub mod serve;
@@ -50,6 +53,10 @@ pub enum Command {
     Crds,
     /// Report orphaned payloads (payloads without a version); --delete removes them.
     Scrub(scrub::ScrubArgs),
+    /// Rebuild a database's metadata (heads, versions, sequences, counters) from its buckets.
+    Rebuild(history::RebuildArgs),
+    /// Check a database's history against its buckets: missing, altered, orphaned, dangling.
+    Verify(history::VerifyArgs),
     #[command(flatten)]
     Client(client::ClientCommand),
     /// Follow a collection's changes live, one line per change (resumes by itself on disconnect).

@@ -1,28 +1,19 @@
 //! `chronos scrub`: report (and with `--delete` remove) orphaned payloads of one database.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
 use comfy_table::Table;
 
+use super::open::DatabaseArgs;
 use super::print::Output;
-use chronos::config::Config;
-use chronos::connect::{self, Connections};
 use chronos::engine::{CollectionName, ScrubOptions, ScrubReport};
-use chronos::error::{Error, Result};
+use chronos::error::Result;
 
 #[derive(Args)]
 pub struct ScrubArgs {
-    /// Configuration file (YAML or JSON). Without it: the embedded storage in --data-dir.
-    #[arg(long, env = "CHRONOS_CONFIG")]
-    config: Option<PathBuf>,
-    /// Where embedded mode keeps its data.
-    #[arg(long, env = "CHRONOS_DATA_DIR", default_value = "./data")]
-    data_dir: PathBuf,
-    /// Database key (`default` without routing).
-    #[arg(long, default_value = "default")]
-    db: String,
+    #[command(flatten)]
+    database: DatabaseArgs,
     /// Only this collection.
     #[arg(long)]
     collection: Option<String>,
@@ -42,15 +33,7 @@ pub struct ScrubArgs {
 }
 
 pub async fn run(args: ScrubArgs) -> Result<()> {
-    let config = match &args.config {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
-    };
-    let storages = connect::storages(&config, &args.data_dir)?;
-    let (storage, settings) = storages.get(&args.db).ok_or_else(|| {
-        let known: Vec<&str> = storages.keys().map(String::as_str).collect();
-        Error::Usage(format!("no database `{}` (known: {})", args.db, known.join(", ")))
-    })?;
+    let (engine, settings) = args.database.open().await?;
     // Writes commit within their engine's grace of their write id, not within scrub's: a
     // shorter grace is only safe while no engine writes (the fault campaign uses 0).
     if Duration::from_secs(args.grace_secs) < settings.orphan_grace {
@@ -60,15 +43,6 @@ pub async fn run(args: ScrubArgs) -> Result<()> {
             settings.orphan_grace.as_secs()
         );
     }
-    // Each database's objects are under its own key prefix, so a scrub sees only its own payloads
-    // even in a bucket other databases share.
-    let engine = connect::open(&args.db, storage, settings.clone(), &Connections::default())
-        .await
-        .map_err(|source| Error::Open {
-            key: args.db.clone(),
-            place: Some(connect::describe(storage)),
-            source,
-        })?;
     let opts = ScrubOptions {
         collection: args
             .collection

@@ -135,6 +135,13 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     api::serve(listener, app, stop).await.map_err(Error::Serve)?;
     let _ = stop_queue.send(());
     let _ = queue_worker.await;
+    // The versions committed in the last second are not in the ledger yet: write them now, so a
+    // rebuild from the buckets finds every version this process committed.
+    for (key, engine) in state.databases() {
+        if let Err(e) = engine.flush_ledger().await {
+            tracing::warn!(db = %key, error = %e, "could not write the ledger's last segments");
+        }
+    }
     eprintln!("Chronos stopped: in-flight requests drained");
     Ok(())
 }

@@ -110,6 +110,10 @@ impl Engine {
 
     /// Start counting afresh after the collection's current cv; returns that cv.
     pub async fn reset_totals(&self, collection: &CollectionName) -> Result<u64> {
-        self.meta().reset_counters(collection).await
+        let cv = self.meta().reset_counters(collection).await?;
+        // If this fails the reset stands but a rebuild would not know it: the caller hears of it
+        // and resets again (which only moves the mark to the current cv).
+        crate::engine::ledger::resets::record(self.payload_store(), collection, cv).await?;
+        Ok(cv)
     }
 }

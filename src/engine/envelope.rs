@@ -9,10 +9,14 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::error::{Error, Result};
-use super::model::{CollectionName, ItemId, Op, SystemFields, Timestamp, VersionEntry, parse_data};
+use super::ledger::record::StampDoc;
+use super::ledger::{LedgerRecord, PrevLink};
+use super::model::{CollectionName, Content, ItemId, Op, SystemFields, Timestamp, VersionEntry, parse_data};
 
-/// 2: the header names the logical database.
-const FORMAT: u32 = 2;
+/// 2: the header names the logical database. 3: it also carries what the index needs (indexed
+/// metadata, the idempotency stamp) and the link to the item's previous version, so a rebuild
+/// can take a version from its object alone.
+const FORMAT: u32 = 3;
 
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -34,6 +38,11 @@ struct Header<'a> {
     checksum: String,
     #[serde(rename = "_system")]
     system: SystemFields,
+    meta: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    request: Option<StampDoc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    prev: Option<PrevLink>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -44,13 +53,14 @@ struct Envelope<'a> {
     data: &'a RawValue,
 }
 
-/// Serialize a version of logical database `database`. `data_json` is embedded verbatim, so its
-/// checksum stays valid.
+/// Serialize a version of logical database `database`, which follows `prev` (`None` for a
+/// create). `data_json` is embedded verbatim, so its checksum stays valid.
 pub fn encode(
     database: &str,
     collection: &CollectionName,
     entry: &VersionEntry,
     system: &SystemFields,
+    prev: Option<PrevLink>,
     data_json: &str,
 ) -> Result<Vec<u8>> {
     let data =
@@ -70,6 +80,12 @@ pub fn encode(
             write_id: entry.write_id.clone(),
             checksum: entry.checksum.clone(),
             system: system.clone(),
+            meta: entry.meta.clone(),
+            request: entry.request.as_ref().map(|s| StampDoc {
+                key: s.key.clone(),
+                fingerprint: s.fingerprint.clone(),
+            }),
+            prev,
         },
         data: &data,
     };
@@ -132,6 +148,52 @@ pub fn decode(bytes: &[u8], expected: &Expected<'_>) -> Result<Decoded> {
     })
 }
 
+/// What an object says about itself, read without knowing which version it should be: a
+/// rebuild takes versions this way, a verify compares them with the index.
+pub struct Described {
+    pub database: String,
+    pub collection: String,
+    pub record: LedgerRecord,
+    /// Whether the data matches the checksum the header names.
+    pub data_intact: bool,
+}
+
+/// Read a version object's header (see [`Described`]).
+pub fn describe(bytes: &[u8]) -> Result<Described> {
+    let envelope: Envelope<'_> =
+        serde_json::from_slice(bytes).map_err(|e| Error::Corrupt(format!("not a version object: {e}")))?;
+    let h = envelope.chronos;
+    if h.format != FORMAT {
+        return Err(Error::Corrupt(format!("version object of format {}", h.format)));
+    }
+    let data = envelope.data.get();
+    let data_intact = Content::from_json(data.to_owned()).checksum == h.checksum;
+    Ok(Described {
+        database: h.database.to_owned(),
+        collection: h.collection.to_owned(),
+        data_intact,
+        record: LedgerRecord {
+            id: h.id.parse()?,
+            ov: h.ov,
+            cv: h.cv,
+            op: h.op,
+            at: h.at,
+            actor: h.actor,
+            reason: h.reason,
+            write_id: h.write_id,
+            size: data.len() as u64,
+            checksum: h.checksum,
+            meta: h.meta,
+            deleted: h.system.deleted,
+            request: h.request,
+            payload_ref: None,
+            inserted_at: h.system.inserted_at,
+            function_ids: h.system.function_ids,
+            prev: h.prev,
+        },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,7 +234,7 @@ mod tests {
         let c: CollectionName = "c".parse().unwrap();
         let content = Content::from_json(r#"{"b":1,"a":[true,null]}"#.into());
         let e = entry("i", 2, &content);
-        let bytes = encode("db", &c, &e, &system(), &content.json).unwrap();
+        let bytes = encode("db", &c, &e, &system(), None, &content.json).unwrap();
         let expected = Expected {
             database: "db",
             collection: &c,

@@ -33,6 +33,9 @@ pub struct EngineSettings {
     /// scrub leaves such payloads alone this long, and a write that can't commit well within it
     /// is redone (see `store::rules::commit_window`).
     pub orphan_grace: Duration,
+    /// How long an engine process gathers the versions it committed before writing them to the
+    /// ledger as one segment per collection (see `engine::ledger::writer`).
+    pub ledger_flush: Duration,
 }
 
 impl Default for EngineSettings {
@@ -46,6 +49,7 @@ impl Default for EngineSettings {
             queue: QueueSettings::default(),
             restore_page: RESTORE_PAGE,
             orphan_grace: ORPHAN_GRACE,
+            ledger_flush: Duration::from_secs(1),
         }
     }
 }

@@ -18,6 +18,7 @@ mod locks;
 mod memory;
 mod mongo_group;
 mod mongo_proxy;
+mod mongo_rebuild;
 mod mongo_s3;
 mod operator;
 mod operator_mock;

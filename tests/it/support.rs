@@ -74,6 +74,17 @@ impl Harness {
         )
     }
 
+    /// An engine over this harness's buckets and another metadata store: what serves the
+    /// database once its metadata is rebuilt from the buckets into `meta`.
+    pub fn over(&self, meta: Arc<dyn MetaStore>) -> Arc<Engine> {
+        Arc::new(
+            Engine::new(meta, self.payloads.clone(), self.settings.clone())
+                .with_backups(self.aux.clone())
+                .with_content(self.aux.clone())
+                .with_queue(self.queue.clone()),
+        )
+    }
+
     pub fn take_commands(&self) -> Vec<String> {
         self.take_command_bodies().into_iter().map(|(name, _)| name).collect()
     }

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 
 use futures::{StreamExt, TryStreamExt};
 
-use super::plan::{Action, RestoreCounts, RestorePage, Target, action, commit_by, ref_write};
+use super::plan::{Action, RestoreCounts, RestorePage, Target, action, ref_write};
 use crate::engine::error::{Error, Result};
 use crate::engine::model::{Attribution, CollectionName, Head, ItemId, Timestamp, VersionEntry};
 use crate::engine::query::Filter;
@@ -92,18 +92,11 @@ impl Engine {
             if dry_run {
                 break;
             }
-            let writes: Vec<RefWrite> = work
+            let writes: Vec<(&Head, RefWrite)> = work
                 .iter()
-                .filter_map(|(head, target)| ref_write(head, target.as_ref(), who))
+                .filter_map(|(head, target)| ref_write(head, target.as_ref(), who).map(|w| (head, w)))
                 .collect();
-            let commit_by = commit_by(&writes, self.settings().orphan_grace);
-            if writes.is_empty()
-                || self
-                    .meta()
-                    .append_by_reference(collection, writes, commit_by)
-                    .await?
-                    .is_some()
-            {
+            if writes.is_empty() || self.append_refs(collection, writes).await?.is_some() {
                 break;
             }
             if attempt >= PAGE_ATTEMPTS {

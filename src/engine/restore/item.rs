@@ -4,9 +4,10 @@
 
 use super::plan::{Origin, Target, commit_by, copies, ref_write, restore_write};
 use crate::engine::error::{Error, Result};
+use crate::engine::ledger::LedgerRecord;
 use crate::engine::model::VersionTarget;
 use crate::engine::model::{Attribution, CollectionName, Head, ItemId, Op, VersionEntry, WriteOutcome, payload_key};
-use crate::engine::store::HistoryPoint;
+use crate::engine::store::{HistoryPoint, RefWrite};
 use crate::engine::versioning::Engine;
 use crate::engine::versioning::{NewContent, WriteIntent};
 
@@ -42,13 +43,7 @@ impl Engine {
                 let Some(write) = ref_write(&head, target.as_ref(), who) else {
                     return Ok((head, target));
                 };
-                let commit_by = commit_by(std::slice::from_ref(&write), self.settings().orphan_grace);
-                if self
-                    .meta()
-                    .append_by_reference(collection, vec![write], commit_by)
-                    .await?
-                    .is_some()
-                {
+                if self.append_refs(collection, vec![(&head, write)]).await?.is_some() {
                     return Ok((head, target));
                 }
             }
@@ -94,6 +89,36 @@ impl Engine {
             })
             .await?;
         Ok(outcome)
+    }
+
+    /// Append versions by reference (see [`MetaRestore::append_by_reference`]), each over the head
+    /// it was built from, and note the committed ones for the ledger. `Ok(None)`: nothing was
+    /// written (an item changed meanwhile).
+    ///
+    /// [`MetaRestore::append_by_reference`]: crate::engine::store::MetaRestore::append_by_reference
+    pub(super) async fn append_refs(
+        &self,
+        collection: &CollectionName,
+        writes: Vec<(&Head, RefWrite)>,
+    ) -> Result<Option<u64>> {
+        let records: Vec<LedgerRecord> = writes
+            .iter()
+            // A reference keeps the item's insertedAt and functionIds (see `RefWrite::version`).
+            .map(|(head, w)| LedgerRecord::new(&w.version, &head.system(), Some(head)))
+            .collect();
+        let writes: Vec<RefWrite> = writes.into_iter().map(|(_, w)| w).collect();
+        // Fenced on age like every write (see `plan::commit_by`).
+        let commit_by = commit_by(&writes, self.settings().orphan_grace);
+        let first = self.meta().append_by_reference(collection, writes, commit_by).await?;
+        if let Some(cv) = first {
+            // The store gave the batch consecutive cvs, in order.
+            let committed = records.into_iter().zip(cv..).map(|(mut r, cv)| {
+                r.cv = cv;
+                r
+            });
+            self.ledger().record(collection, committed);
+        }
+        Ok(first)
     }
 
     /// An item's version by ov or time: from the index or, once pruned, from its manifests.
@@ -162,12 +187,7 @@ impl Engine {
             let mut write = restore_write(&head, &target, who);
             write.version.request = stamp.cloned();
             let (ov, at) = (write.version.ov, write.version.at);
-            let commit_by = commit_by(std::slice::from_ref(&write), self.settings().orphan_grace);
-            if let Some(cv) = self
-                .meta()
-                .append_by_reference(collection, vec![write], commit_by)
-                .await?
-            {
+            if let Some(cv) = self.append_refs(collection, vec![(&head, write)]).await? {
                 return Ok(WriteOutcome {
                     ov,
                     cv,

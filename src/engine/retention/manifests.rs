@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 
 use crate::engine::error::{Error, Result};
 use crate::engine::model::{CollectionName, ItemId, Op, PayloadRef, Timestamp, VersionEntry, VersionTarget};
-use crate::engine::store::{HistoryPoint, PayloadStore};
+use crate::engine::store::{HistoryPoint, PayloadStore, PrunedVersion};
 
 /// A pruned index entry, as kept in a manifest.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -37,6 +37,10 @@ struct ManifestEntry {
     /// appended by reference still used it then): a restore must copy the data, not refer to it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     payload_deleted: bool,
+    /// The counter names the version counted toward when it was pruned (its tally), so a rebuild
+    /// from the buckets can restore the pruned tallies exactly.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    counts: Vec<String>,
 }
 
 /// A manifest: the pruned entries of one item, naming whose they are, so a manifest of another
@@ -66,6 +70,7 @@ impl ManifestEntry {
             deleted: v.deleted,
             payload_ref: v.payload_ref.clone(),
             payload_deleted: false,
+            counts: Vec::new(),
         }
     }
 
@@ -92,6 +97,10 @@ impl ManifestEntry {
 
 fn manifest_prefix(collection: &CollectionName, id: &ItemId) -> String {
     format!("{collection}/{id}/manifests/")
+}
+
+fn file_name(key: &str) -> &str {
+    key.rsplit('/').next().unwrap_or(key)
 }
 
 /// A version kept only in a retention manifest.
@@ -134,13 +143,15 @@ impl Manifests {
     }
 
     /// Write the manifest of an item's versions `doomed` (oldest first, not empty), marking those
-    /// whose payload object the run deletes (`payload_deleted`).
+    /// whose payload object the run deletes (`payload_deleted`), with the counter names each
+    /// counts toward (`counts`, by ov).
     pub(crate) async fn write(
         &self,
         collection: &CollectionName,
         id: &ItemId,
         doomed: &[VersionEntry],
         payload_deleted: impl Fn(&VersionEntry) -> bool,
+        counts: &[PrunedVersion],
     ) -> Result<()> {
         let (Some(first), Some(last)) = (doomed.first(), doomed.last()) else {
             return Ok(());
@@ -153,6 +164,11 @@ impl Manifests {
                 .iter()
                 .map(|v| ManifestEntry {
                     payload_deleted: payload_deleted(v),
+                    counts: counts
+                        .iter()
+                        .find(|p| p.ov == v.ov)
+                        .map(|p| p.counts.clone())
+                        .unwrap_or_default(),
                     ..ManifestEntry::from_entry(v)
                 })
                 .collect(),
@@ -195,6 +211,45 @@ impl Manifests {
                     )));
                 }
                 manifest.entries.into_iter().for_each(&mut visit);
+            }
+            after = Some(last);
+        }
+        Ok(())
+    }
+
+    /// Every pruned version of a collection, with the counter names it counted toward: what a
+    /// rebuild from the buckets needs (the versions stay out of the index, their tallies in).
+    pub(crate) async fn each_in_collection(
+        &self,
+        collection: &CollectionName,
+        mut visit: impl FnMut(&ItemId, Pruned, Vec<String>),
+    ) -> Result<()> {
+        let Some(backups) = &self.store else { return Ok(()) };
+        let mut after: Option<String> = None;
+        let prefix = format!("{collection}/");
+        loop {
+            let keys = backups.list(&prefix, after.as_deref(), 1000).await?;
+            let Some(last) = keys.last().cloned() else { break };
+            for key in keys.iter().filter(|k| k.contains("/manifests/")) {
+                let Some(bytes) = backups.get(key).await? else { continue };
+                let manifest: Manifest =
+                    serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt(format!("manifest {key}: {e}")))?;
+                let id: ItemId = manifest.id.parse()?;
+                if (manifest.database.as_str(), manifest.collection.as_str())
+                    != (self.database.as_str(), collection.as_str())
+                    || key.as_str() != format!("{}{}", manifest_prefix(collection, &id), file_name(key))
+                {
+                    return Err(Error::Corrupt(format!(
+                        "manifest {key} belongs to {}/{}/{}",
+                        manifest.database, manifest.collection, manifest.id
+                    )));
+                }
+                for mut e in manifest.entries {
+                    let counts = std::mem::take(&mut e.counts);
+                    let payload_kept = !e.payload_deleted;
+                    let entry = e.into_entry(&id);
+                    visit(&id, Pruned { entry, payload_kept }, counts);
+                }
             }
             after = Some(last);
         }

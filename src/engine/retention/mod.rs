@@ -236,9 +236,6 @@ impl Engine {
             plan.candidates
                 .contains(&payload_key(collection, &plan.id, ov, write_id))
         };
-        self.manifests()
-            .write(collection, &plan.id, doomed, payload_deleted)
-            .await?;
         let pruned = doomed
             .iter()
             .map(|v| {
@@ -249,6 +246,9 @@ impl Engine {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        self.manifests()
+            .write(collection, &plan.id, doomed, payload_deleted, &pruned)
+            .await?;
         self.meta().delete_versions(collection, &plan.id, &pruned).await?;
         Ok(())
     }

@@ -218,12 +218,12 @@ pub struct TierBatch {
 }
 
 /// Heads, the version index and the collection-version sequence: everything a backend's metadata
-/// store does, as the four parts its callers use ([`MetaWrite`], [`MetaRead`], [`MetaRestore`],
-/// [`MetaUpkeep`]). Implemented for every type that implements the four, so `Arc<dyn MetaStore>`
-/// is what the engine holds.
-pub trait MetaStore: MetaWrite + MetaRead + MetaRestore + MetaUpkeep {}
+/// store does, as the five parts its callers use ([`MetaWrite`], [`MetaRead`], [`MetaRestore`],
+/// [`MetaUpkeep`], [`MetaRebuild`]). Implemented for every type that implements the five, so
+/// `Arc<dyn MetaStore>` is what the engine holds.
+pub trait MetaStore: MetaWrite + MetaRead + MetaRestore + MetaUpkeep + MetaRebuild {}
 
-impl<T: MetaWrite + MetaRead + MetaRestore + MetaUpkeep> MetaStore for T {}
+impl<T: MetaWrite + MetaRead + MetaRestore + MetaUpkeep + MetaRebuild> MetaStore for T {}
 
 /// What the write path needs: reach the store, prepare a collection, hold and commit a write, and
 /// find the version an idempotency key already wrote.
@@ -393,4 +393,45 @@ pub trait MetaUpkeep: Send + Sync + 'static {
         id: &ItemId,
         versions: &[PrunedVersion],
     ) -> Result<u64>;
+}
+
+/// A collection's counters state as a rebuild finds it in the buckets (see
+/// [`MetaRebuild::load_sequences`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RebuiltSequences {
+    /// The highest cv any version of the collection took: the sequence goes on after it.
+    pub last_cv: u64,
+    /// The counters' mark (the cv of the last reset; 0 if never reset).
+    pub counters_from: u64,
+    /// What retention pruned since the mark, per counter name.
+    pub pruned: std::collections::HashMap<String, u64>,
+}
+
+/// What rebuilding the metadata from the buckets needs (`engine::rebuild`): to know whether the
+/// store already holds data, and to load heads, index entries and each collection's sequences in
+/// bulk — a handful of commands per thousand versions, never one per version. Every load is
+/// idempotent, so a rebuild killed midway is resumed by running it again over what it loaded.
+///
+/// The loads assume [`MetaWrite::prepare_collection`] ran for the collection first: the stores
+/// rely on its unique indexes (on `(item, ov)` and on idempotency keys) to leave an entry loaded
+/// twice as it is and to refuse a key on two versions.
+#[async_trait]
+pub trait MetaRebuild: Send + Sync + 'static {
+    /// Whether any collection has a head or a version entry (a rebuild refuses to write into a
+    /// store that does, unless told to).
+    async fn holds_data(&self) -> Result<bool>;
+    /// Insert version entries of one collection, all of them or — on a resume — those whose
+    /// `(id, ov)` is not in the index yet (one already there is left as it is). Idempotency keys
+    /// (`request`) and references (`payload_ref`) are stored as a write stores them. An
+    /// idempotency key already recorded on another version is refused (`RequestKeyTaken`).
+    async fn load_versions(&self, collection: &CollectionName, entries: &[VersionEntry]) -> Result<()>;
+    /// Insert these heads, replacing any head of the same id.
+    async fn load_heads(&self, collection: &CollectionName, heads: &[Head]) -> Result<()>;
+    /// Set the collection's cv sequence to at least `last_cv`, and its counters' mark and pruned
+    /// tallies to exactly these.
+    async fn load_sequences(&self, collection: &CollectionName, state: &RebuiltSequences) -> Result<()>;
+    /// The progress a rebuild recorded (opaque to the store; `None` when no rebuild is under way).
+    async fn rebuild_progress(&self) -> Result<Option<String>>;
+    /// Record (or with `None` clear) a rebuild's progress.
+    async fn set_rebuild_progress(&self, progress: Option<&str>) -> Result<()>;
 }

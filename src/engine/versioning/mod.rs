@@ -18,6 +18,7 @@ use tokio::sync::OnceCell;
 
 use crate::engine::content::Contents;
 use crate::engine::error::Result;
+use crate::engine::ledger::Ledger;
 use crate::engine::model::{CollectionName, ItemId, Op, Record, RequestStamp, Timestamp, metadata_name};
 use crate::engine::retention::manifests::Manifests;
 use crate::engine::retry::Retry;
@@ -91,6 +92,9 @@ pub struct Engine {
     contents: Contents,
     /// Writes that met a transient failure, kept for retry (the metadata store's queue).
     retry: Retry,
+    /// What this process committed, written to the payload bucket so the metadata can be rebuilt
+    /// from the buckets (it names `database`, so the builder keeps the two in step).
+    ledger: Ledger,
     settings: EngineSettings,
     /// Collections whose indexes this process has ensured (once each, never per write).
     prepared: Mutex<HashMap<CollectionName, Arc<OnceCell<()>>>>,
@@ -103,10 +107,11 @@ impl Engine {
         Engine {
             database: super::model::DEFAULT_DATABASE.to_owned(),
             meta,
-            payloads,
             manifests: Manifests::new(super::model::DEFAULT_DATABASE, None),
             contents: Contents::default(),
             retry: Retry::new(None, settings.queue.clone()),
+            ledger: Ledger::new(super::model::DEFAULT_DATABASE, payloads.clone(), settings.ledger_flush),
+            payloads,
             settings,
             prepared: Mutex::new(HashMap::new()),
             feeds: Default::default(),
@@ -118,6 +123,7 @@ impl Engine {
     pub fn with_database(mut self, database: &str) -> Self {
         self.database = database.to_owned();
         self.manifests = Manifests::new(database, self.manifests.backups().cloned());
+        self.ledger = Ledger::new(database, self.payloads.clone(), self.settings.ledger_flush);
         self
     }
 
@@ -142,6 +148,16 @@ impl Engine {
     pub fn with_queue(mut self, queue: Arc<dyn QueueStore>) -> Self {
         self.retry = Retry::new(Some(queue), self.settings.queue.clone());
         self
+    }
+
+    pub(crate) fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// Write the versions this process committed to the ledger now, instead of within the next
+    /// second: at shutdown, and before rebuilding or verifying from the buckets.
+    pub async fn flush_ledger(&self) -> Result<()> {
+        self.ledger.flush().await
     }
 
     pub(super) fn manifests(&self) -> &Manifests {

@@ -39,6 +39,9 @@ impl Engine {
                     .data
             }
         };
+        // A reference counts only next to the write that made it (see `Head::payload`): a later
+        // write that knows nothing of references leaves a stale copy, which no reader must see.
+        let payload_ref = head.payload_ref.clone().filter(|r| r.of == head.write_id);
         Ok(Record {
             system: head.system(),
             id: head.id,
@@ -46,7 +49,7 @@ impl Engine {
             cv: head.cv,
             write_id: head.write_id,
             data,
-            payload_ref: head.payload_ref,
+            payload_ref,
         })
     }
 
@@ -106,19 +109,28 @@ impl Engine {
         target: VersionTarget,
         opts: ReadOptions,
     ) -> Result<Record> {
-        // Pruned versions are always older than the ones left in the index, so the manifests
-        // only need asking when the index has nothing that early.
-        let entry = match self.indexed_version(collection, id, target).await? {
-            Some(entry) => Some(entry),
-            None => self.pruned_version_here(collection, id, target).await?,
-        };
-        let entry = entry.ok_or_else(|| {
+        let entry = self.version_entry(collection, id, target).await?.ok_or_else(|| {
             Error::NotFound(match target {
                 VersionTarget::Ov(ov) => format!("{collection}/{id} v{ov}"),
                 VersionTarget::At(at) => format!("{collection}/{id} as of {at}"),
             })
         })?;
         self.record_of(collection, entry, opts).await
+    }
+
+    /// The entry of the version `target` names: from the index or, once pruned, a manifest.
+    pub(crate) async fn version_entry(
+        &self,
+        collection: &CollectionName,
+        id: &ItemId,
+        target: VersionTarget,
+    ) -> Result<Option<VersionEntry>> {
+        // Pruned versions are always older than the ones left in the index, so the manifests
+        // only need asking when the index has nothing that early.
+        match self.indexed_version(collection, id, target).await? {
+            Some(entry) => Ok(Some(entry)),
+            None => self.pruned_version_here(collection, id, target).await,
+        }
     }
 
     /// The version `target` names as the index has it (`None` once pruned, or never written).

@@ -9,6 +9,7 @@ use super::stamp::stamp;
 use super::{Engine, NewContent, WriteIntent};
 use crate::engine::envelope::{self};
 use crate::engine::error::{Error, Result};
+use crate::engine::ledger::{LedgerRecord, PrevLink};
 use crate::engine::model::{
     Attribution, CollectionName, Content, Enrichment, Head, ItemId, Op, RequestStamp, SYSTEM_KEY, State, SystemFields,
     VersionEntry, WriteOutcome, metadata_name, now, payload_key,
@@ -282,7 +283,7 @@ impl Engine {
                     return Err(e);
                 }
             };
-            let (entry, body) = prepared;
+            let (entry, body, record) = prepared;
             let key = payload_key(collection, id, ov, &change.write_id);
             if let Err(e) = self.payloads.put(&key, Bytes::from(body)).await {
                 pending.abort().await;
@@ -295,7 +296,10 @@ impl Engine {
                 replayed: false,
             };
             match pending.commit(entry).await {
-                Ok(()) => return Ok(outcome),
+                Ok(()) => {
+                    self.ledger.record(collection, [record]);
+                    return Ok(outcome);
+                }
                 Err(CommitError::NotCommitted { error, retry }) => {
                     // Our key is unique to this attempt, so removing it can't touch anyone else's.
                     if let Err(e) = self.payloads.delete(&key).await {
@@ -339,7 +343,8 @@ impl Engine {
         self.new_data(collection, data)
     }
 
-    /// Build the version entry and payload of a write once the store has told us the previous head.
+    /// Build the version entry, payload and ledger record of a write once the store has told us
+    /// the previous head.
     async fn version_for(
         &self,
         change: &HeadChange,
@@ -348,7 +353,7 @@ impl Engine {
         cv: u64,
         who: &Attribution,
         stamp: Option<&RequestStamp>,
-    ) -> Result<(VersionEntry, Vec<u8>)> {
+    ) -> Result<(VersionEntry, Vec<u8>, LedgerRecord)> {
         let collection = &change.collection;
         // Per item, time never runs backwards even if replicas' clocks disagree slightly.
         let at = previous.map_or(change.at, |p| p.updated_at.max(change.at));
@@ -396,8 +401,10 @@ impl Engine {
             request: stamp.cloned(),
             payload_ref: None,
         };
-        let body = envelope::encode(&self.database, collection, &entry, &system, &content.json)?;
-        Ok((entry, body))
+        let prev = previous.map(PrevLink::of);
+        let body = envelope::encode(&self.database, collection, &entry, &system, prev, &content.json)?;
+        let record = LedgerRecord::new(&entry, &system, previous);
+        Ok((entry, body, record))
     }
 }
 

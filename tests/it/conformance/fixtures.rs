@@ -18,6 +18,19 @@ pub fn who() -> Attribution {
     Attribution::new("tester", "conformance")
 }
 
+/// [`who`] with an idempotency key.
+pub fn keyed(key: &str) -> Attribution {
+    Attribution {
+        request_key: Some(key.parse().unwrap()),
+        ..who()
+    }
+}
+
+/// An idempotency key unlike any other, named after what it is for.
+pub fn unique_key(name: &str) -> String {
+    format!("{name}-{}", uuid::Uuid::now_v7().simple())
+}
+
 pub const LATEST: ReadOptions = ReadOptions { include_deleted: false };
 pub const WITH_DELETED: ReadOptions = ReadOptions { include_deleted: true };
 

@@ -1,21 +1,10 @@
 //! Idempotency keys: a keyed write happens once, even when its retries race.
 
-use chronos::engine::{Attribution, Enrichment, Error, VersionTarget};
+use chronos::engine::{Enrichment, Error, VersionTarget};
 use serde_json::json;
 
-use super::fixtures::{LATEST, WITH_DELETED, coll, obj, who};
+use super::fixtures::{LATEST, WITH_DELETED, coll, keyed, obj, unique_key, who};
 use crate::support::Harness;
-
-fn keyed(key: &str) -> Attribution {
-    Attribution {
-        request_key: Some(key.parse().unwrap()),
-        ..who()
-    }
-}
-
-fn unique_key(name: &str) -> String {
-    format!("{name}-{}", uuid::Uuid::now_v7().simple())
-}
 
 pub async fn idempotent_writes_happen_once(h: &Harness) {
     let e = &h.engine;

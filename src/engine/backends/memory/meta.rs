@@ -19,17 +19,17 @@ use crate::engine::store::{
 };
 
 #[derive(Default)]
-struct Collection {
-    cv: u64,
-    counters_from: u64,
+pub(super) struct Collection {
+    pub(super) cv: u64,
+    pub(super) counters_from: u64,
     /// Retention's tallies since `counters_from`, per counter name.
-    pruned: HashMap<String, u64>,
+    pub(super) pruned: HashMap<String, u64>,
     /// The highest cv retention removed from `versions`.
     pruned_through: u64,
-    heads: HashMap<ItemId, Head>,
-    versions: BTreeMap<(ItemId, u64), VersionEntry>,
+    pub(super) heads: HashMap<ItemId, Head>,
+    pub(super) versions: BTreeMap<(ItemId, u64), VersionEntry>,
     /// Idempotency keys → the version written under each.
-    requests: HashMap<RequestKey, (ItemId, u64)>,
+    pub(super) requests: HashMap<RequestKey, (ItemId, u64)>,
     /// One async lock per item: held by a pending write, like a row lock.
     locks: HashMap<ItemId, Arc<tokio::sync::Mutex<()>>>,
 }
@@ -41,6 +41,8 @@ pub struct MemoryMetaStore {
     key_lookup_lag: Arc<AtomicUsize>,
     /// Wakes change feeds after commits.
     signals: CommitSignals,
+    /// What a rebuild recorded of its progress (see `rebuild.rs`).
+    pub(super) rebuild_progress: Arc<Mutex<Option<String>>>,
 }
 
 impl MemoryMetaStore {
@@ -55,7 +57,7 @@ impl MemoryMetaStore {
         self.key_lookup_lag.store(n, Ordering::SeqCst);
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<CollectionName, Collection>> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, HashMap<CollectionName, Collection>> {
         self.collections.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -4,6 +4,7 @@
 mod meta;
 mod payload;
 mod queue;
+mod rebuild;
 
 pub use meta::MemoryMetaStore;
 pub use payload::MemoryPayloadStore;

@@ -244,6 +244,32 @@ pub(super) fn payload_ref_doc(r: &PayloadRef) -> Document {
     doc! {"of": &r.of, "ov": r.ov as i64, "writeId": &r.write_id, "functionIds": &r.function_ids}
 }
 
+/// A head as a write leaves it, with every field of [`Head`] (a rebuild loads heads this way):
+/// `data` only while inline, `payloadRef` only when set.
+pub(super) fn head_doc(h: &Head) -> Document {
+    let mut d = doc! {
+        "_id": h.id.as_str(),
+        "ov": h.ov as i64,
+        "cv": h.cv as i64,
+        "writeId": &h.write_id,
+        "insertedAt": to_date(h.inserted_at),
+        "updatedAt": to_date(h.updated_at),
+        "deletedAt": h.deleted_at.map_or(Bson::Null, |t| Bson::DateTime(to_date(t))),
+        "functionIds": &h.function_ids,
+        "state": h.state.as_str(),
+        "size": h.size as i64,
+        "checksum": &h.checksum,
+        "meta": to_bson_doc(&h.meta),
+    };
+    if let Some(data) = &h.inline {
+        d.insert("data", data.as_str());
+    }
+    if let Some(r) = &h.payload_ref {
+        d.insert("payloadRef", payload_ref_doc(r));
+    }
+    d
+}
+
 /// A version entry as stored, with collection version `cv`.
 pub(super) fn version_doc(v: &VersionEntry, cv: u64) -> Document {
     let mut d = doc! {

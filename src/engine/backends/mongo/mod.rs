@@ -12,13 +12,14 @@
 //!
 //! This file holds the store, its transactions and how driver errors are read; the parts: `docs`
 //! (BSON in and out), `write` (the lone-write protocol), `group` (group commit), `read`,
-//! `upkeep` (counters, tiering, retention), `watch` (change streams that wake change feeds) and
-//! `queue` (the retry queue's collections).
+//! `upkeep` (counters, tiering, retention), `rebuild` (bulk loads from the buckets), `watch`
+//! (change streams that wake change feeds) and `queue` (the retry queue's collections).
 
 mod docs;
 mod group;
 pub mod queue;
 mod read;
+mod rebuild;
 #[cfg(test)]
 mod tests;
 mod upkeep;

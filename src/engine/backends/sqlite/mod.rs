@@ -10,11 +10,12 @@
 //! which would block every other writer of the database.
 //!
 //! This file opens the store and holds its item locks; the parts: `schema` (tables, migrations),
-//! `rows` (rows in and out), `write`, `read`, `upkeep` (counters, tiering, retention) and `queue`
-//! (the retry queue's tables).
+//! `rows` (rows in and out), `write`, `read`, `upkeep` (counters, tiering, retention), `rebuild`
+//! (bulk loads from the buckets) and `queue` (the retry queue's tables).
 
 pub mod queue;
 mod read;
+mod rebuild;
 mod rows;
 mod schema;
 #[cfg(test)]

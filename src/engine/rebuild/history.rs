@@ -1,0 +1,270 @@
+//! A collection's history as the buckets alone tell it: the ledger's records, the retention
+//! manifests' pruned versions and the payload objects. Which versions count as committed is
+//! decided here (see `docs/design.md`, "Rebuilding from the buckets"):
+//!
+//! 1. a version a ledger segment names (the writer notes versions only after their commit);
+//! 2. a version a retention manifest names (it was in the index);
+//! 3. a payload object that a committed version names as its predecessor (`prev`), read from the
+//!    object's own envelope — this recovers versions whose writer died before its next flush.
+//!
+//! Anything else is not a version: an object of an ov that a committed version already has is a
+//! loser's or an aborted write's orphan; an object above an item's last committed version is
+//! *unconfirmed* — a write that may have died before its commit, or one that committed in the last
+//! flush interval before its process died. Those are reported and left out unless asked for.
+
+use std::collections::{BTreeMap, HashMap};
+
+use futures::{StreamExt, TryStreamExt};
+
+use crate::engine::envelope;
+use crate::engine::error::{Error, Result};
+use crate::engine::ledger::{LEDGER_PREFIX, LedgerRecord, Segment, SegmentKey};
+use crate::engine::model::{CollectionName, ItemId, payload_key};
+use crate::engine::versioning::Engine;
+
+/// How many objects are read at once.
+const READ_AHEAD: usize = 32;
+
+/// One item's versions, by ov.
+pub type ItemVersions = BTreeMap<u64, LedgerRecord>;
+
+/// What the buckets say about one collection.
+#[derive(Default)]
+pub struct CollectionHistory {
+    /// Committed versions per item (pruned ones included).
+    pub items: HashMap<ItemId, ItemVersions>,
+    /// `(id, ov)` of versions kept only in retention manifests.
+    pub pruned: std::collections::HashSet<(ItemId, u64)>,
+    /// Pruned versions' counter names with their cv (tallies are counted after the reset mark).
+    pub pruned_counts: Vec<(u64, Vec<String>)>,
+    /// The highest cv of any committed version.
+    pub last_cv: u64,
+    /// Payload keys above their item's last committed version.
+    pub unconfirmed: Vec<String>,
+    /// Versions a committed successor names whose object is gone (a version restored by
+    /// reference in the last flush interval of a process that died: it has no object).
+    pub lost: Vec<String>,
+    pub segments: u64,
+    pub recovered_from_objects: u64,
+}
+
+/// Every segment key in the payload bucket, by collection.
+pub async fn segment_keys(engine: &Engine) -> Result<BTreeMap<String, Vec<SegmentKey>>> {
+    let store = engine.payload_store();
+    let mut out: BTreeMap<String, Vec<SegmentKey>> = BTreeMap::new();
+    let mut after: Option<String> = None;
+    loop {
+        let keys = store.list(LEDGER_PREFIX, after.as_deref(), 1000).await?;
+        let Some(last) = keys.last().cloned() else { break };
+        for k in keys.iter().filter_map(|k| SegmentKey::parse(k)) {
+            out.entry(k.collection.clone()).or_default().push(k);
+        }
+        after = Some(last);
+    }
+    for keys in out.values_mut() {
+        keys.sort();
+    }
+    Ok(out)
+}
+
+/// Read and decode these segments (with their seals, for a verify's chain check).
+pub async fn read_segments(engine: &Engine, keys: &[SegmentKey]) -> Result<Vec<(Segment, String)>> {
+    let store = engine.payload_store();
+    let database = engine.database();
+    futures::stream::iter(keys.iter().cloned())
+        .map(|k| async move {
+            let bytes = store
+                .get(&k.key())
+                .await?
+                .ok_or_else(|| Error::Corrupt(format!("{} vanished while it was read", k.key())))?;
+            let segment = Segment::decode(&bytes, &k, database)?;
+            let seal = segment.seal();
+            Ok::<_, Error>((segment, seal))
+        })
+        .buffered(READ_AHEAD)
+        .try_collect()
+        .await
+}
+
+/// Every payload key of a collection, as `(id, ov, write id, key)`.
+pub async fn payload_keys(engine: &Engine, collection: &CollectionName) -> Result<Vec<(ItemId, u64, String, String)>> {
+    let store = engine.payload_store();
+    let prefix = format!("{collection}/");
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let keys = store.list(&prefix, after.as_deref(), 1000).await?;
+        let Some(last) = keys.last().cloned() else { break };
+        for key in keys {
+            let mut parts = key.split('/');
+            let (_, id, v, file) = (parts.next(), parts.next(), parts.next(), parts.next());
+            let parsed = (|| {
+                let id: ItemId = id?.parse().ok()?;
+                let ov: u64 = v?.strip_prefix('v')?.parse().ok()?;
+                let write_id = file?.strip_suffix(".json")?.to_owned();
+                Some((id, ov, write_id))
+            })();
+            if let Some((id, ov, write_id)) = parsed {
+                out.push((id, ov, write_id, key));
+            }
+        }
+        after = Some(last);
+    }
+    Ok(out)
+}
+
+impl CollectionHistory {
+    /// Read a collection's history from the buckets.
+    pub async fn read(engine: &Engine, collection: &CollectionName, segments: &[SegmentKey]) -> Result<Self> {
+        let mut h = CollectionHistory::default();
+        for (segment, _) in read_segments(engine, segments).await? {
+            h.segments += 1;
+            for r in segment.records {
+                h.add(r)?;
+            }
+        }
+        let mut pruned_entries = Vec::new();
+        engine
+            .manifests()
+            .each_in_collection(collection, |id, p, counts| pruned_entries.push((id.clone(), p, counts)))
+            .await?;
+        for (id, p, counts) in pruned_entries {
+            h.pruned.insert((id.clone(), p.entry.ov));
+            h.pruned_counts.push((p.entry.cv, counts));
+            h.last_cv = h.last_cv.max(p.entry.cv);
+            // A manifest's entry lacks what only a head needs; the ledger's record (if any) wins.
+            let versions = h.items.entry(id).or_default();
+            versions.entry(p.entry.ov).or_insert_with(|| pruned_record(&p.entry));
+        }
+        h.confirm_from_objects(engine, collection).await?;
+        Ok(h)
+    }
+
+    fn add(&mut self, r: LedgerRecord) -> Result<()> {
+        self.last_cv = self.last_cv.max(r.cv);
+        let versions = self.items.entry(r.id.clone()).or_default();
+        match versions.get(&r.ov) {
+            Some(known) if known.write_id != r.write_id => Err(Error::Corrupt(format!(
+                "the ledger names two versions {} of {}: writes {} and {}",
+                r.ov, r.id, known.write_id, r.write_id
+            ))),
+            _ => {
+                versions.insert(r.ov, r);
+                Ok(())
+            }
+        }
+    }
+
+    /// Rule 3 of the module doc, and the unconfirmed objects above each item's last version.
+    async fn confirm_from_objects(&mut self, engine: &Engine, collection: &CollectionName) -> Result<()> {
+        let mut by_item: HashMap<ItemId, Vec<(u64, String, String)>> = HashMap::new();
+        for (id, ov, write_id, key) in payload_keys(engine, collection).await? {
+            by_item.entry(id).or_default().push((ov, write_id, key));
+        }
+        for (id, mut objects) in by_item {
+            // From the newest down: a version recovered here may name its own predecessor.
+            objects.sort_by_key(|o| std::cmp::Reverse(o.0));
+            for (ov, write_id, key) in objects {
+                let versions = self.items.entry(id.clone()).or_default();
+                if versions.contains_key(&ov) {
+                    continue; // committed (this object or a loser's), nothing to learn
+                }
+                let named = versions
+                    .get(&(ov + 1))
+                    .and_then(|next| next.prev.as_ref())
+                    .is_some_and(|p| p.ov == ov && p.write_id == write_id);
+                let last = versions.keys().next_back().copied();
+                if named {
+                    let record = read_object(engine, collection, &key).await?;
+                    self.last_cv = self.last_cv.max(record.cv);
+                    self.recovered_from_objects += 1;
+                    self.items.entry(id.clone()).or_default().insert(ov, record);
+                } else if last.is_none_or(|l| ov > l) {
+                    self.unconfirmed.push(key);
+                }
+            }
+            // A committed version whose predecessor is neither recorded nor an object.
+            let versions = self.items.get(&id).cloned().unwrap_or_default();
+            for (ov, r) in &versions {
+                if let Some(p) = &r.prev
+                    && *ov > 0
+                    && !versions.contains_key(&(ov - 1))
+                {
+                    self.lost.push(payload_key(collection, &id, p.ov, &p.write_id));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Take the unconfirmed objects that extend their item's chain (what `--accept-unconfirmed`
+    /// asks for): in ov order, each must name the item's last version as its predecessor.
+    pub async fn accept_unconfirmed(&mut self, engine: &Engine, collection: &CollectionName) -> Result<u64> {
+        let mut keys = std::mem::take(&mut self.unconfirmed);
+        keys.sort();
+        let mut accepted = 0;
+        let mut records = Vec::new();
+        for key in &keys {
+            records.push((key.clone(), read_object(engine, collection, key).await?));
+        }
+        records.sort_by(|a, b| (&a.1.id, a.1.ov).cmp(&(&b.1.id, b.1.ov)));
+        for (key, r) in records {
+            let versions = self.items.entry(r.id.clone()).or_default();
+            let extends = match versions.iter().next_back() {
+                Some((_, last)) => r.ov == last.ov + 1 && r.follows(last),
+                None => r.ov == 0 && r.prev.is_none(),
+            };
+            if extends {
+                self.last_cv = self.last_cv.max(r.cv);
+                versions.insert(r.ov, r);
+                accepted += 1;
+            } else {
+                self.unconfirmed.push(key);
+            }
+        }
+        Ok(accepted)
+    }
+}
+
+/// A version's record from its own object (envelope), checked to be where it claims to be.
+async fn read_object(engine: &Engine, collection: &CollectionName, key: &str) -> Result<LedgerRecord> {
+    let bytes = engine
+        .payload_store()
+        .get(key)
+        .await?
+        .ok_or_else(|| Error::Corrupt(format!("{key} vanished while it was read")))?;
+    let d = envelope::describe(&bytes).map_err(|e| Error::Corrupt(format!("{key}: {e}")))?;
+    let expected = payload_key(collection, &d.record.id, d.record.ov, &d.record.write_id);
+    if d.database != engine.database() || d.collection != collection.as_str() || expected != key || !d.data_intact {
+        return Err(Error::Corrupt(format!(
+            "{key}: the object does not hold the version it is stored as"
+        )));
+    }
+    Ok(d.record)
+}
+
+/// A record for a version known only from a manifest (its ledger record is lost): enough for the
+/// index, which is all a pruned version needs.
+fn pruned_record(e: &crate::engine::model::VersionEntry) -> LedgerRecord {
+    LedgerRecord {
+        inserted_at: e.at,
+        function_ids: e
+            .payload_ref
+            .as_ref()
+            .map(|r| r.function_ids.clone())
+            .unwrap_or_default(),
+        prev: None,
+        ..LedgerRecord::new(e, &empty_system(e), None)
+    }
+}
+
+fn empty_system(e: &crate::engine::model::VersionEntry) -> crate::engine::model::SystemFields {
+    crate::engine::model::SystemFields {
+        inserted_at: e.at,
+        updated_at: e.at,
+        deleted_at: None,
+        deleted: e.deleted,
+        function_ids: Vec::new(),
+        state: crate::engine::model::State::Processed,
+    }
+}
