@@ -178,6 +178,7 @@ impl Engine {
             self.meta().load_heads(collection, batch).await?;
         }
         let counters_from = crate::engine::ledger::resets::last(self.payload_store(), collection).await?;
+        let pruned_through = h.pruned_counts.iter().map(|(cv, _)| *cv).max().unwrap_or(0);
         let mut pruned: HashMap<String, u64> = HashMap::new();
         for (cv, names) in std::mem::take(&mut h.pruned_counts) {
             if cv > counters_from {
@@ -190,6 +191,7 @@ impl Engine {
             last_cv: h.last_cv.max(counters_from),
             counters_from,
             pruned,
+            pruned_through,
         };
         self.meta().load_sequences(collection, &state).await?;
         report.versions += entries.len() as u64;

@@ -405,6 +405,10 @@ pub struct RebuiltSequences {
     pub counters_from: u64,
     /// What retention pruned since the mark, per counter name.
     pub pruned: std::collections::HashMap<String, u64>,
+    /// The highest cv retention removed from the index ([`HistoryStart::pruned_through`]): a
+    /// rebuilt index lacks the pruned versions, so without it a change feed would resume across
+    /// them silently.
+    pub pruned_through: u64,
 }
 
 /// What rebuilding the metadata from the buckets needs (`engine::rebuild`): to know whether the

@@ -25,7 +25,7 @@ pub(super) struct Collection {
     /// Retention's tallies since `counters_from`, per counter name.
     pub(super) pruned: HashMap<String, u64>,
     /// The highest cv retention removed from `versions`.
-    pruned_through: u64,
+    pub(super) pruned_through: u64,
     pub(super) heads: HashMap<ItemId, Head>,
     pub(super) versions: BTreeMap<(ItemId, u64), VersionEntry>,
     /// Idempotency keys → the version written under each.
