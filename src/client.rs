@@ -1,4 +1,7 @@
 //! A typed Rust client for the HTTP API (`chronos serve`), used by the CLI and the API tests.
+//! The change feed's pages and live stream are in [`changes`].
+
+pub mod changes;
 
 use reqwest::header::{HeaderMap, HeaderValue, IF_MATCH};
 use reqwest::{Method, StatusCode};

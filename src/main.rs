@@ -31,6 +31,7 @@ fn main() -> ExitCode {
             Command::Rebuild(args) => cli::history::rebuild(args).await,
             Command::Verify(args) => cli::history::verify(args).await,
             Command::Client(cmd) => cli::client::run(cmd).await,
+            Command::Watch(args) => cli::watch::watch(args).await,
         }
     });
     match result {

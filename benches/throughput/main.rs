@@ -9,10 +9,13 @@
 //!
 //! Mongo commands are counted with the driver's command monitoring (as `tests/it/support.rs`
 //! does), S3 requests with the `engine::store::decorators::Counting` decorator, and each workload's peak
-//! RSS is read from `/proc/self/status` after resetting the high-water mark.
+//! RSS is read from `/proc/self/status` after resetting the high-water mark. The change feed's
+//! workload (`feed`) measures delivery latency and a `chronos serve` child's memory and CPU
+//! under many Server-Sent-Events subscribers.
 
 mod args;
 mod errors;
+mod feed;
 mod floor;
 mod measure;
 mod probes;
@@ -43,6 +46,7 @@ use serde_json::json;
 
 use crate::args::{Args, Budget};
 use crate::errors::{err, name};
+use crate::feed::feed;
 use crate::floor::Floor;
 use crate::measure::{Bench, Delta, setup};
 use crate::probes::Monitor;
@@ -208,6 +212,7 @@ pub async fn run(args: Args) -> Result<(), String> {
         errors: Vec::new(),
         served: Vec::new(),
         lone: None,
+        feeds: Vec::new(),
     };
 
     eprintln!("setup: {pool} pool items per path, {list_pool} items to list");
@@ -267,13 +272,22 @@ pub async fn run(args: Args) -> Result<(), String> {
     });
     eprintln!("memory: `chronos serve` children, {connections} keep-alive connections each:");
     let memory = if wanted("memory") {
-        vec![(Via::Served, Some(served_config)), (Via::ServedEmbedded, None)]
+        vec![(Via::Served, Some(served_config.clone())), (Via::ServedEmbedded, None)]
     } else {
         vec![]
     };
     for (via, config) in memory {
         if let Err(e) = served(&mut bench, via, config, connections, ctx.items.as_str(), pool).await {
             bench.errors.push(format!("memory workload via {}: {e}", via.label()));
+        }
+    }
+    if wanted("feed") {
+        let writes = if args.smoke { 5 } else { 200 };
+        eprintln!("feed: {connections} SSE subscribers on `chronos serve` children, {writes} versions:");
+        for (via, config) in [(Via::Served, Some(served_config)), (Via::ServedEmbedded, None)] {
+            if let Err(e) = feed(&mut bench, via, config, connections, writes).await {
+                bench.errors.push(format!("feed workload via {}: {e}", via.label()));
+            }
         }
     }
     if wanted(Workload::Restore.label()) {

@@ -163,6 +163,36 @@ impl Report {
             "\nPeak RSS of the whole run: {:.0} MiB.\n",
             b.peak_rss_kib as f64 / 1024.0
         ));
+        if !b.feeds.is_empty() {
+            line("### Change feed\n".into());
+            line(
+                "A `chronos serve` child with N Server-Sent-Events subscribers (raw HTTP/1.1 connections from this \
+                 process) on one collection; one writer POSTs versions one at a time, 20 ms apart. Latency: the \
+                 write's acknowledgement to each subscriber's receipt of its `id:` line, over every (subscriber, \
+                 version); RSS and CPU are the child's own.\n"
+                    .into(),
+            );
+            line("| path | subscribers | versions | p50 ms | p99 ms | max ms | RSS idle MiB | RSS subscribed MiB | peak RSS MiB | child CPU s | took s |".into());
+            line("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|".into());
+            let mib = |kib: u64| kib as f64 / 1024.0;
+            for f in &b.feeds {
+                line(format!(
+                    "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} | {:.1} | {:.0} |",
+                    f.via.label(),
+                    f.subscribers,
+                    f.writes,
+                    f.percentile_ms(0.5),
+                    f.percentile_ms(0.99),
+                    f.percentile_ms(1.0),
+                    mib(f.idle_kib),
+                    mib(f.open_kib),
+                    mib(f.peak_kib),
+                    f.cpu.as_secs_f64(),
+                    f.took.as_secs_f64(),
+                ));
+            }
+            line(String::new());
+        }
 
         line("### Where the time goes\n".into());
         line(format!(
@@ -342,6 +372,23 @@ pub fn targets(b: &Bench) -> Vec<(String, String, Option<bool>)> {
                 mib(mem.open_kib)
             ),
             (*conns >= 1000).then_some(mem.peak_kib <= 100 * 1024),
+        ));
+    }
+    for f in &b.feeds {
+        t.push((
+            format!(
+                "engine RSS ≤ 150 MiB with {} SSE subscribers ({})",
+                f.subscribers,
+                f.via.label()
+            ),
+            format!(
+                "peak {:.0} MiB (subscribed {:.0} MiB); delivery p50 {:.1} ms, p99 {:.1} ms",
+                f.peak_kib as f64 / 1024.0,
+                f.open_kib as f64 / 1024.0,
+                f.percentile_ms(0.5),
+                f.percentile_ms(0.99)
+            ),
+            (f.subscribers >= 1000).then_some(f.peak_kib <= 150 * 1024),
         ));
     }
     t.push((

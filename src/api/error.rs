@@ -96,6 +96,12 @@ impl From<engine::Error> for ApiError {
                     .with_details(json!({"backend": backend.to_string()}))
             }
             E::Unsupported(_) => Self::new(StatusCode::SERVICE_UNAVAILABLE, "backend_unsupported", message),
+            E::HistoryPruned {
+                oldest_cv,
+                pruned_through,
+                ..
+            } => Self::new(StatusCode::GONE, "history_pruned", message)
+                .with_details(json!({"oldestCv": oldest_cv, "prunedThrough": pruned_through})),
             // Don't echo internals to clients; the cause is logged with the request id.
             other => Self::internal("internal error").with_cause(other.to_string()),
         }
@@ -163,6 +169,15 @@ mod tests {
                 "payload_too_large",
             ),
             (engine::Error::metadata("down"), 503, "backend_unavailable"),
+            (
+                engine::Error::HistoryPruned {
+                    after: 1,
+                    oldest_cv: Some(5),
+                    pruned_through: 4,
+                },
+                410,
+                "history_pruned",
+            ),
             (engine::Error::Corrupt("bad".into()), 500, "internal"),
         ];
         for (e, status, code) in cases {

@@ -406,6 +406,28 @@ impl Precondition {
     }
 }
 
+/// A `filter` query parameter (listing, change feed): JSON text; absent or empty is no filter.
+pub fn filter_param(text: Option<&str>) -> Result<Value, ApiError> {
+    match text {
+        None | Some("") => Ok(Value::Null),
+        Some(text) => {
+            serde_json::from_str(text).map_err(|e| ApiError::bad_request(format!("`filter` is not valid JSON: {e}")))
+        }
+    }
+}
+
+/// What a query's engine call refuses as invalid (a filter, a limit, a cursor) is a malformed
+/// request (400) there, not invalid data (422).
+pub fn query_error(e: crate::engine::Error) -> ApiError {
+    match e {
+        crate::engine::Error::Validation { field, reason } => {
+            ApiError::bad_request(format!("invalid {field}: {reason}"))
+                .with_details(serde_json::json!({"field": field}))
+        }
+        other => other.into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

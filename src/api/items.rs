@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -14,7 +14,8 @@ use utoipa_axum::routes;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody, Result};
 use super::extract::{
-    ApiJson, ApiQuery, CollectionPath, ItemPath, JsonObject, JsonObjects, Precondition, attribution, int64,
+    ApiJson, ApiQuery, CollectionPath, ItemPath, JsonObject, JsonObjects, Precondition, attribution, filter_param,
+    int64, query_error,
 };
 use super::present::{Presentation, Queued, WriteResult, etag, submitted_response};
 use super::state::AppState;
@@ -244,12 +245,7 @@ pub async fn list(
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<ListResponse>> {
     let engine = state.engine(&path.db)?;
-    let filter = match q.filter.as_deref() {
-        None | Some("") => Value::Null,
-        Some(text) => {
-            serde_json::from_str(text).map_err(|e| ApiError::bad_request(format!("`filter` is not valid JSON: {e}")))?
-        }
-    };
+    let filter = filter_param(q.filter.as_deref())?;
     let descending = match q.sort.as_deref() {
         None | Some("id") => false,
         Some("-id") => true,
@@ -282,13 +278,7 @@ pub async fn list(
                 .collect()
         }),
     };
-    let page = engine.list(&path.collection, &opts).await.map_err(|e| match e {
-        // A bad filter or limit is a malformed request here, not invalid data.
-        crate::engine::Error::Validation { field, reason } => {
-            ApiError::bad_request(format!("invalid {field}: {reason}")).with_details(json!({"field": field}))
-        }
-        other => other.into(),
-    })?;
+    let page = engine.list(&path.collection, &opts).await.map_err(query_error)?;
     let presentation = Presentation::from_query(q.content.as_deref(), q.presign, q.ttl_seconds)?;
     let mut items = Vec::with_capacity(page.records.len());
     for r in page.records {

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod changes;
 pub mod collections;
 pub mod error;
 pub mod extract;
@@ -39,6 +40,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(items::routes())
         .merge(proofs::routes())
         .merge(collections::routes())
+        .merge(changes::routes())
         .merge(queue::routes())
         .merge(admin::routes())
         .merge(probes::routes())

@@ -1,5 +1,5 @@
 //! The client subcommands over [`chronos::client`]: `put`, `get`, `delete`, `list`, `enrich`,
-//! `restore`, `queue`, `history` — one function each.
+//! `restore`, `queue`, `history` — one function each (`watch` is in `watch.rs`).
 
 use std::path::PathBuf;
 
@@ -24,8 +24,12 @@ pub struct Server {
 }
 
 impl Server {
-    fn client(&self) -> Result<Client> {
+    pub(super) fn client(&self) -> Result<Client> {
         Ok(Client::new(&self.server, self.token.clone())?)
+    }
+
+    pub(super) fn output(&self) -> Output {
+        self.output
     }
 }
 
@@ -35,6 +39,16 @@ pub struct Target {
     /// Database (tenant) key.
     db: String,
     collection: String,
+}
+
+impl Target {
+    pub(super) fn db(&self) -> &str {
+        &self.db
+    }
+
+    pub(super) fn collection(&self) -> &str {
+        &self.collection
+    }
 }
 
 /// Who writes, why, and under which conditions (`put` and `delete`).

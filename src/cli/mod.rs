@@ -8,6 +8,7 @@ mod open;
 mod print;
 pub mod scrub;
 pub mod serve;
+pub mod watch;
 
 use std::path::PathBuf;
 
@@ -58,6 +59,8 @@ pub enum Command {
     Verify(history::VerifyArgs),
     #[command(flatten)]
     Client(client::ClientCommand),
+    /// Follow a collection's changes live, one line per change (resumes by itself on disconnect).
+    Watch(watch::WatchArgs),
 }
 
 /// Log to stderr, as text or JSON lines, filtered by `--log`.

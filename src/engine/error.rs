@@ -69,6 +69,19 @@ pub enum Error {
     #[error("the outcome of the write is unknown ({0}); retry with the same idempotency key")]
     OutcomeUnknown(String),
 
+    /// A change feed was asked to resume after a cv retention has cut into: some versions after
+    /// it are no longer in the index, so resuming there would miss them silently. Resuming after
+    /// `pruned_through` (or later) is complete; `oldest_cv` is the oldest version still indexed.
+    #[error(
+        "versions after cv {after} were pruned by retention; the feed is complete after cv {pruned_through} (oldest cv still indexed: {})",
+        oldest_cv.map_or_else(|| "none".to_owned(), |c| c.to_string())
+    )]
+    HistoryPruned {
+        after: u64,
+        oldest_cv: Option<u64>,
+        pruned_through: u64,
+    },
+
     /// The backend is reachable but cannot give the guarantees Chronos needs (e.g. no transactions).
     #[error("unsupported deployment: {0}")]
     Unsupported(String),

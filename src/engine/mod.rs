@@ -18,6 +18,7 @@ pub mod content;
 pub mod counters;
 pub mod envelope;
 pub mod error;
+pub mod feed;
 pub mod ledger;
 pub mod merge;
 pub mod model;
@@ -36,6 +37,7 @@ pub mod versioning;
 pub use admin::{Check, StoreStatus};
 pub use counters::Totals;
 pub use error::{Backend, BoxError, Error, Failure, Result};
+pub use feed::{ChangeFilter, ChangesPage, Subscription};
 pub use model::{
     Attribution, CollectionName, DEFAULT_DATABASE, Enrichment, ItemId, Op, PayloadRef, Record, RequestKey, State,
     SystemFields, Timestamp, VersionEntry, VersionTarget, WriteOutcome,
@@ -47,6 +49,8 @@ pub use retry::Submitted;
 pub use scrub::{Orphan, ScrubOptions, ScrubReport};
 pub use settings::{CollectionMap, ContentKind, ContentMode, CounterRule, EngineSettings, QueueSettings};
 pub use store::queue::{Operation, OperationId, OperationStatus, QueueStats, WriteRequest};
-pub use store::{HistoryPoint, MetaRead, MetaRestore, MetaStore, MetaUpkeep, MetaWrite, PayloadStore, RefWrite};
+pub use store::{
+    HistoryPoint, HistoryStart, MetaRead, MetaRestore, MetaStore, MetaUpkeep, MetaWrite, PayloadStore, RefWrite,
+};
 pub use tiering::TieringReport;
 pub use versioning::{Engine, ListOptions, ListPage, ReadOptions};

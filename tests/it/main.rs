@@ -6,12 +6,14 @@
 
 mod api;
 mod api_auth;
+mod api_changes;
 mod api_ops;
 mod api_queue;
 mod conformance;
 mod embedded;
 mod examples;
 mod failover;
+mod feed;
 mod locks;
 mod memory;
 mod mongo_group;

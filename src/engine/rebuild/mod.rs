@@ -196,6 +196,7 @@ impl Engine {
             .try_collect::<()>()
             .await?;
         let counters_from = crate::engine::ledger::resets::last(self.payload_store(), collection).await?;
+        let pruned_through = h.pruned_counts.iter().map(|(cv, _)| *cv).max().unwrap_or(0);
         let mut pruned: HashMap<String, u64> = HashMap::new();
         for (cv, names) in std::mem::take(&mut h.pruned_counts) {
             if cv > counters_from {
@@ -208,6 +209,7 @@ impl Engine {
             last_cv: h.last_cv.max(counters_from),
             counters_from,
             pruned,
+            pruned_through,
         };
         self.meta().load_sequences(collection, &state).await?;
         report.loading_seconds += loading.elapsed().as_secs_f64();

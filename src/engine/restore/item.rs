@@ -2,7 +2,7 @@
 //! certainly there, else by copying its data through the write protocol; retried while the item
 //! is written concurrently. A collection restore falls back on it for items that keep changing.
 
-use super::plan::{Origin, Target, copies, ref_write, restore_write};
+use super::plan::{Origin, Target, commit_by, copies, ref_write, restore_write};
 use crate::engine::error::{Error, Result};
 use crate::engine::ledger::LedgerRecord;
 use crate::engine::model::VersionTarget;
@@ -106,8 +106,10 @@ impl Engine {
             // A reference keeps the item's insertedAt and functionIds (see `RefWrite::version`).
             .map(|(head, w)| LedgerRecord::new(&w.version, &head.system(), Some(head)))
             .collect();
-        let writes = writes.into_iter().map(|(_, w)| w).collect();
-        let first = self.meta().append_by_reference(collection, writes).await?;
+        let writes: Vec<RefWrite> = writes.into_iter().map(|(_, w)| w).collect();
+        // Fenced on age like every write (see `plan::commit_by`).
+        let commit_by = commit_by(&writes, self.settings().orphan_grace);
+        let first = self.meta().append_by_reference(collection, writes, commit_by).await?;
         if let Some(cv) = first {
             // The store gave the batch consecutive cvs, in order.
             let committed = records.into_iter().zip(cv..).map(|(mut r, cv)| {

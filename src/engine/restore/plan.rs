@@ -4,8 +4,9 @@
 
 use serde::Serialize;
 
-use crate::engine::model::{Attribution, Head, ItemId, Op, PayloadRef, VersionEntry, now};
+use crate::engine::model::{Attribution, Head, ItemId, Op, PayloadRef, Timestamp, VersionEntry, now};
 use crate::engine::store::RefWrite;
+use crate::engine::store::rules::commit_deadline;
 
 /// An item's version at a point in history, and where it was found.
 #[derive(Debug, Clone)]
@@ -173,4 +174,18 @@ pub(super) fn delete_write(head: &Head, who: &Attribution) -> RefWrite {
         // The head's own data: its entry is the item's latest, which retention always keeps.
         source: None,
     }
+}
+
+/// By when an append of `writes` must commit: the earliest deadline of their write ids, as for a
+/// single write (each write id is taken when its write is built, right before the append).
+pub(super) fn commit_by(writes: &[RefWrite], grace: std::time::Duration) -> Timestamp {
+    writes
+        .iter()
+        .map(|w| match uuid::Uuid::parse_str(&w.version.write_id) {
+            Ok(id) => commit_deadline(&id, grace),
+            // Not a write id of ours: no time to spare.
+            Err(_) => now(),
+        })
+        .min()
+        .unwrap_or_else(now)
 }

@@ -7,6 +7,7 @@
 pub mod decorators;
 pub mod queue;
 pub mod rules;
+pub mod signal;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -77,6 +78,14 @@ pub fn in_time(commit_by: Timestamp) -> Result<(), CommitError> {
         ),
         retry: true,
     })
+}
+
+/// [`in_time`] for an append by reference, whose errors are the store's own.
+pub fn refs_in_time(commit_by: Timestamp) -> Result<()> {
+    match in_time(commit_by) {
+        Ok(()) => Ok(()),
+        Err(CommitError::NotCommitted { error, .. } | CommitError::Unknown(error)) => Err(error),
+    }
 }
 
 /// Data a write puts into the head.
@@ -259,6 +268,33 @@ pub trait MetaRead: Send + Sync + 'static {
     ) -> Result<Vec<VersionEntry>>;
     /// Heads matching the query (the filter applies to their indexed metadata).
     async fn list_heads(&self, collection: &CollectionName, query: &ListQuery) -> Result<Vec<Head>>;
+    /// Versions of every item with cv above `after_cv`, in cv order; at most `limit`: the change
+    /// feed's read. Only committed versions (on MongoDB: majority-committed, so a version the
+    /// feed delivered can't be rolled back).
+    async fn versions_after(
+        &self,
+        collection: &CollectionName,
+        after_cv: u64,
+        limit: usize,
+    ) -> Result<Vec<VersionEntry>>;
+    /// Where the collection's history in the index begins (see [`HistoryStart`]).
+    async fn history_start(&self, collection: &CollectionName) -> Result<HistoryStart>;
+    /// A signal that wakes after versions of `collection` were committed, by this process or
+    /// (where the backend can tell) any other, from the moment this returns: a reader that reads
+    /// the index after taking it misses no commit.
+    async fn watch_commits(&self, collection: &CollectionName) -> Result<signal::CommitWatch>;
+}
+
+/// Where a collection's history in the version index begins: what a change feed needs to tell a
+/// resume point that is still complete from one retention has cut into.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HistoryStart {
+    /// The oldest cv still in the index; `None` when it is empty.
+    pub oldest_cv: Option<u64>,
+    /// The highest cv retention has removed from the index (0: none). Retention removes a prefix
+    /// of each *item's* versions, so removed cvs are scattered below this mark: a feed resuming
+    /// after a cv below it would silently miss versions, one resuming at or above it misses none.
+    pub pruned_through: u64,
 }
 
 /// What a collection restore needs beyond the reads: heads without their data, versions at a point
@@ -308,7 +344,17 @@ pub trait MetaRestore: MetaRead + Send + Sync + 'static {
     /// and insert the entries, atomically. `Ok(Some(cv))`: committed, the first write got `cv`,
     /// the next `cv + 1` and so on. `Ok(None)`: nothing was written because some item changed (or
     /// is being written) meanwhile; the caller re-examines and tries again.
-    async fn append_by_reference(&self, collection: &CollectionName, writes: Vec<RefWrite>) -> Result<Option<u64>>;
+    ///
+    /// Like a write, an append takes cvs, so it commits before `commit_by` or not at all (checked
+    /// right before the commit with [`refs_in_time`]): a change feed waits for a cv that is taken
+    /// but not yet visible only that long (see `docs/design.md`, "Change feed"). Too late, nothing
+    /// is written and the error is retryable (`Unavailable`).
+    async fn append_by_reference(
+        &self,
+        collection: &CollectionName,
+        writes: Vec<RefWrite>,
+        commit_by: Timestamp,
+    ) -> Result<Option<u64>>;
     /// How many items the collection has (deleted ones included).
     async fn count_items(&self, collection: &CollectionName) -> Result<u64>;
 }
@@ -338,7 +384,9 @@ pub trait MetaUpkeep: Send + Sync + 'static {
     /// Remove these versions of an item from the index (retention); returns how many went.
     /// Atomically with that, each version removed now whose cv is above the counters' mark is
     /// added to the collection's pruned tallies under its counter names, so counters computed
-    /// from the index don't drop.
+    /// from the index don't drop, and the collection's [`HistoryStart::pruned_through`] rises to
+    /// the highest cv removed (a counter reset leaves it alone: it is about the index, not the
+    /// counters).
     async fn delete_versions(
         &self,
         collection: &CollectionName,
@@ -357,6 +405,10 @@ pub struct RebuiltSequences {
     pub counters_from: u64,
     /// What retention pruned since the mark, per counter name.
     pub pruned: std::collections::HashMap<String, u64>,
+    /// The highest cv retention removed from the index ([`HistoryStart::pruned_through`]): a
+    /// rebuilt index lacks the pruned versions, so without it a change feed would resume across
+    /// them silently.
+    pub pruned_through: u64,
 }
 
 /// What rebuilding the metadata from the buckets needs (`engine::rebuild`): to know whether the

@@ -98,6 +98,8 @@ pub struct Engine {
     settings: EngineSettings,
     /// Collections whose indexes this process has ensured (once each, never per write).
     prepared: Mutex<HashMap<CollectionName, Arc<OnceCell<()>>>>,
+    /// What this process's change-feed readers share per collection.
+    feeds: crate::engine::feed::hub::Feeds,
 }
 
 impl Engine {
@@ -112,6 +114,7 @@ impl Engine {
             payloads,
             settings,
             prepared: Mutex::new(HashMap::new()),
+            feeds: Default::default(),
         }
     }
 
@@ -167,6 +170,10 @@ impl Engine {
 
     pub(super) fn meta(&self) -> &dyn MetaStore {
         self.meta.as_ref()
+    }
+
+    pub(crate) fn feeds(&self) -> &crate::engine::feed::hub::Feeds {
+        &self.feeds
     }
 
     pub fn settings(&self) -> &EngineSettings {

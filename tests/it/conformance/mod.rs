@@ -8,6 +8,7 @@
 pub mod content;
 pub mod counters;
 pub mod enrichment;
+pub mod feed;
 mod fixtures;
 pub mod history;
 pub mod idempotency;
@@ -66,6 +67,13 @@ macro_rules! conformance_suite {
                 content_properties_live_in_the_content_store, content_references_name_exactly_their_own_object);
             $crate::conformance_suite!(@subject idempotency;
                 idempotent_writes_happen_once, concurrent_retries_with_one_key_write_once);
+            $crate::conformance_suite!(@subject feed;
+                the_index_reads_in_cv_order, history_start_follows_retention,
+                a_restore_by_reference_too_late_for_the_orphan_grace_is_not_committed,
+                the_feed_delivers_every_version_in_cv_order,
+                a_cv_taken_and_never_committed_holds_the_feed_only_for_the_grace,
+                a_lower_cv_committed_after_a_higher_one_is_not_skipped,
+                a_resume_point_retention_cut_into_is_refused, subscriptions_follow_commits_in_cv_order);
             $crate::conformance_suite!(@subject history;
                 verify_reports_exactly_what_changed_in_the_buckets, a_proof_ties_a_version_to_its_segment_root,
                 verify_finds_a_changed_or_missing_ledger_segment, a_ledger_segment_whose_put_failed_is_written_again);
@@ -162,9 +170,15 @@ pub fn settings(check: &str) -> chronos::engine::EngineSettings {
         // Small pages, so the restore and the writers interleave over many pages.
         s.restore_page = 7;
     }
-    if check == "a_write_too_late_for_the_orphan_grace_is_not_committed" {
+    if check == "a_write_too_late_for_the_orphan_grace_is_not_committed"
+        || check == "a_restore_by_reference_too_late_for_the_orphan_grace_is_not_committed"
+    {
         // No time at all between a write id and its commit: every commit comes too late.
         s.orphan_grace = std::time::Duration::ZERO;
+    }
+    if check == "a_cv_taken_and_never_committed_holds_the_feed_only_for_the_grace" {
+        // A gap settles after the grace: short, so the check takes seconds.
+        s.orphan_grace = std::time::Duration::from_secs(3);
     }
     if check == "oversized_payloads_are_refused" {
         s.max_payload_bytes = 1000;

@@ -374,7 +374,13 @@ pub async fn retention_never_deletes_a_payload_a_concurrent_restore_uses(h: &Har
             request: None,
         },
     };
-    assert_eq!(h.meta.append_by_reference(&coll(), vec![stale]).await.unwrap(), None);
+    assert_eq!(
+        h.meta
+            .append_by_reference(&coll(), vec![stale], chronos::engine::Timestamp::MAX)
+            .await
+            .unwrap(),
+        None
+    );
     // A restore of v0, now only in the manifest with its payload about to go.
     e.restore_object(&coll(), &a, VersionTarget::Ov(0), Some(3), &who())
         .await

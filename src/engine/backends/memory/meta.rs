@@ -12,9 +12,10 @@ use crate::engine::error::{Error, Result};
 use crate::engine::model::{CollectionName, Head, ItemId, Op, RequestKey, State, Timestamp, VersionEntry};
 use crate::engine::query::Filter;
 use crate::engine::store::rules::{HEAD_OVERHEAD, after, check_precondition, next_head, ref_head};
+use crate::engine::store::signal::{CommitSignals, CommitWatch};
 use crate::engine::store::{
-    CommitError, HeadChange, Held, HistoryPoint, ListQuery, MetaRead, MetaRestore, MetaUpkeep, MetaWrite, NewData,
-    PendingWrite, PrunedVersion, RefWrite, TierBatch, TierQuery,
+    CommitError, HeadChange, Held, HistoryPoint, HistoryStart, ListQuery, MetaRead, MetaRestore, MetaUpkeep, MetaWrite,
+    NewData, PendingWrite, PrunedVersion, RefWrite, TierBatch, TierQuery,
 };
 
 #[derive(Default)]
@@ -23,6 +24,8 @@ pub(super) struct Collection {
     pub(super) counters_from: u64,
     /// Retention's tallies since `counters_from`, per counter name.
     pub(super) pruned: HashMap<String, u64>,
+    /// The highest cv retention removed from `versions`.
+    pub(super) pruned_through: u64,
     pub(super) heads: HashMap<ItemId, Head>,
     pub(super) versions: BTreeMap<(ItemId, u64), VersionEntry>,
     /// Idempotency keys → the version written under each.
@@ -36,6 +39,8 @@ pub struct MemoryMetaStore {
     collections: Arc<Mutex<HashMap<CollectionName, Collection>>>,
     /// Idempotency-key lookups still to answer "not recorded" (see [`Self::lag_key_lookups`]).
     key_lookup_lag: Arc<AtomicUsize>,
+    /// Wakes change feeds after commits.
+    signals: CommitSignals,
     /// What a rebuild recorded of its progress (see `rebuild.rs`).
     pub(super) rebuild_progress: Arc<Mutex<Option<String>>>,
 }
@@ -89,6 +94,8 @@ impl PendingWrite for MemoryPending {
         let head = next_head(&self.change, self.previous.as_ref(), self.ov, self.cv, &version);
         coll.versions.insert((self.change.id.clone(), self.ov), version);
         coll.heads.insert(self.change.id.clone(), head);
+        drop(all);
+        self.store.signals.announce(&self.change.collection, self.cv);
         Ok(())
     }
 
@@ -220,6 +227,36 @@ impl MetaRead for MemoryMetaStore {
         sort_by_id(&mut heads, |h| &h.id, q.descending);
         Ok(heads.into_iter().take(q.limit).cloned().collect())
     }
+
+    async fn versions_after(
+        &self,
+        collection: &CollectionName,
+        after_cv: u64,
+        limit: usize,
+    ) -> Result<Vec<VersionEntry>> {
+        let all = self.lock();
+        let Some(c) = all.get(collection) else {
+            return Ok(vec![]);
+        };
+        // A scan: the in-memory store is a reference for tests, not a database.
+        let mut found: Vec<&VersionEntry> = c.versions.values().filter(|v| v.cv > after_cv).collect();
+        found.sort_by_key(|v| v.cv);
+        Ok(found.into_iter().take(limit).cloned().collect())
+    }
+
+    async fn watch_commits(&self, collection: &CollectionName) -> Result<CommitWatch> {
+        Ok(self.signals.watch(collection))
+    }
+
+    async fn history_start(&self, collection: &CollectionName) -> Result<HistoryStart> {
+        let all = self.lock();
+        Ok(all
+            .get(collection)
+            .map_or_else(HistoryStart::default, |c| HistoryStart {
+                oldest_cv: c.versions.values().map(|v| v.cv).min(),
+                pruned_through: c.pruned_through,
+            }))
+    }
 }
 
 #[async_trait]
@@ -247,7 +284,12 @@ impl MetaRestore for MemoryMetaStore {
             .collect())
     }
 
-    async fn append_by_reference(&self, collection: &CollectionName, writes: Vec<RefWrite>) -> Result<Option<u64>> {
+    async fn append_by_reference(
+        &self,
+        collection: &CollectionName,
+        writes: Vec<RefWrite>,
+        commit_by: Timestamp,
+    ) -> Result<Option<u64>> {
         // Hold every item like a pending write would, in id order so two restores can't deadlock
         // (single writes hold one item at a time).
         let mut ids: Vec<ItemId> = writes.iter().map(|w| w.version.id.clone()).collect();
@@ -287,6 +329,7 @@ impl MetaRestore for MemoryMetaStore {
                 r.key
             )));
         }
+        crate::engine::store::refs_in_time(commit_by)?;
         let first = coll.cv + 1;
         for w in writes {
             coll.cv += 1;
@@ -303,6 +346,9 @@ impl MetaRestore for MemoryMetaStore {
             coll.versions.insert((v.id.clone(), v.ov), v);
             coll.heads.insert(head.id.clone(), head);
         }
+        let last = coll.cv;
+        drop(all);
+        self.signals.announce(collection, last);
         Ok(Some(first))
     }
 
@@ -394,6 +440,7 @@ impl MetaUpkeep for MemoryMetaStore {
         for p in versions {
             if let Some(v) = c.versions.remove(&(id.clone(), p.ov)) {
                 removed += 1;
+                c.pruned_through = c.pruned_through.max(v.cv);
                 if v.cv > c.counters_from {
                     for name in &p.counts {
                         *c.pruned.entry(name.clone()).or_default() += 1;

@@ -63,6 +63,7 @@ impl MetaRebuild for MemoryMetaStore {
         coll.cv = coll.cv.max(state.last_cv);
         coll.counters_from = state.counters_from;
         coll.pruned = state.pruned.clone();
+        coll.pruned_through = coll.pruned_through.max(state.pruned_through);
         Ok(())
     }
 

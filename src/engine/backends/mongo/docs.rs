@@ -298,7 +298,8 @@ pub(super) fn version_doc(v: &VersionEntry, cv: u64) -> Document {
 }
 
 /// The `chronos_sequences` document with retention's tallies of a collection: `{from, counts:
-/// [{name, n}]}`, counting versions pruned with a cv above `from`. Apart from the cv sequence
+/// [{name, n}], through}`, counting versions pruned with a cv above `from`; `through` is the
+/// highest cv retention removed (the change feed's `HistoryStart::pruned_through`). Apart from the cv sequence
 /// document, so it never holds up a writer's `$inc`; a counter reset moves `countersFrom` past
 /// `from`, which voids the tallies without touching them.
 pub(super) fn pruned_id(c: &CollectionName) -> String {

@@ -12,8 +12,8 @@
 //!
 //! This file holds the store, its transactions and how driver errors are read; the parts: `docs`
 //! (BSON in and out), `write` (the lone-write protocol), `group` (group commit), `read`,
-//! `upkeep` (counters, tiering, retention), `rebuild` (bulk loads from the buckets) and `queue`
-//! (the retry queue's collections).
+//! `upkeep` (counters, tiering, retention), `rebuild` (bulk loads from the buckets), `watch`
+//! (change streams that wake change feeds) and `queue` (the retry queue's collections).
 
 mod docs;
 mod group;
@@ -23,6 +23,7 @@ mod rebuild;
 #[cfg(test)]
 mod tests;
 mod upkeep;
+mod watch;
 mod write;
 
 use std::sync::Arc;
@@ -50,6 +51,8 @@ pub struct MongoMetaStore {
     client: Client,
     db: Database,
     lanes: Arc<group::Lanes>,
+    /// The change streams that wake change feeds, one per watched collection.
+    watches: Arc<watch::Watches>,
 }
 
 impl MongoMetaStore {
@@ -60,6 +63,7 @@ impl MongoMetaStore {
             client,
             db,
             lanes: Arc::default(),
+            watches: Arc::default(),
         }
     }
 

@@ -5,11 +5,13 @@ use async_trait::async_trait;
 use bson::{Bson, Document, doc};
 use mongodb::{ClientSession, Database};
 
-use super::docs::{filter_doc, get_string, head_from_doc, ref_head_update, to_date, version_doc, version_from_doc};
+use super::docs::{
+    filter_doc, get_string, get_u64, head_from_doc, pruned_id, ref_head_update, to_date, version_doc, version_from_doc,
+};
 use super::{DUPLICATE_KEY, MongoMetaStore, code, commit, commit_error, is_transient, map_err};
 use crate::engine::error::{Error, Result};
 use crate::engine::model::{CollectionName, Head, ItemId, Timestamp, VersionEntry};
-use crate::engine::store::{CommitError, HistoryPoint, ListQuery, MetaRead, MetaRestore, RefWrite};
+use crate::engine::store::{CommitError, HistoryPoint, HistoryStart, ListQuery, MetaRead, MetaRestore, RefWrite};
 
 impl MongoMetaStore {
     /// The heads a listing returns; without their inline data unless `with_data`.
@@ -100,6 +102,47 @@ impl MetaRead for MongoMetaStore {
     async fn list_heads(&self, c: &CollectionName, q: &ListQuery) -> Result<Vec<Head>> {
         self.find_heads(c, q, true).await
     }
+
+    async fn versions_after(&self, c: &CollectionName, after_cv: u64, limit: usize) -> Result<Vec<VersionEntry>> {
+        // Majority reads: a version the feed delivers must not be rolled back by a failover.
+        let majority = mongodb::options::CollectionOptions::builder()
+            .read_concern(mongodb::options::ReadConcern::majority())
+            .build();
+        let versions = self
+            .db
+            .collection_with_options::<Document>(&format!("{c}_ver"), majority);
+        // Along the `cv` index.
+        let found = versions
+            .find(doc! {"cv": {"$gt": after_cv as i64}})
+            .sort(doc! {"cv": 1})
+            .limit(limit as i64)
+            .batch_size(limit.min(1000) as u32)
+            .await;
+        versions_of(found).await
+    }
+
+    async fn watch_commits(&self, c: &CollectionName) -> Result<crate::engine::store::signal::CommitWatch> {
+        self.commits_of(c).await
+    }
+
+    async fn history_start(&self, c: &CollectionName) -> Result<HistoryStart> {
+        let oldest = self
+            .versions_coll(c)
+            .find_one(doc! {})
+            .sort(doc! {"cv": 1})
+            .projection(doc! {"cv": 1})
+            .await
+            .map_err(map_err)?;
+        let tally = self
+            .sequences()
+            .find_one(doc! {"_id": pruned_id(c)})
+            .await
+            .map_err(map_err)?;
+        Ok(HistoryStart {
+            oldest_cv: oldest.map(|d| get_u64(&d, "cv")).transpose()?,
+            pruned_through: tally.and_then(|t| get_u64(&t, "through").ok()).unwrap_or(0),
+        })
+    }
 }
 
 #[async_trait]
@@ -157,7 +200,12 @@ impl MetaRestore for MongoMetaStore {
         versions_of(self.versions_coll(c).aggregate(pipeline).await).await
     }
 
-    async fn append_by_reference(&self, c: &CollectionName, writes: Vec<RefWrite>) -> Result<Option<u64>> {
+    async fn append_by_reference(
+        &self,
+        c: &CollectionName,
+        writes: Vec<RefWrite>,
+        commit_by: Timestamp,
+    ) -> Result<Option<u64>> {
         if writes.is_empty() {
             return Ok(Some(0));
         }
@@ -202,6 +250,10 @@ impl MetaRestore for MongoMetaStore {
                     _ => Err(map_err(e)),
                 };
             }
+        }
+        if let Err(late) = crate::engine::store::refs_in_time(commit_by) {
+            let _ = session.abort_transaction().await;
+            return Err(late);
         }
         // An unknown outcome is reported as such, never as an outage: the batch may have
         // committed, and only the caller's idempotency key makes another attempt safe.

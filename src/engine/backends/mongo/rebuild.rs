@@ -106,7 +106,7 @@ impl MetaRebuild for MongoMetaStore {
         self.sequences()
             .replace_one(
                 doc! {"_id": pruned_id(c)},
-                doc! {"_id": pruned_id(c), "from": from, "counts": counts},
+                doc! {"_id": pruned_id(c), "from": from, "counts": counts, "through": state.pruned_through as i64},
             )
             .upsert(true)
             .await

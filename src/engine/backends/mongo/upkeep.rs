@@ -54,6 +54,17 @@ impl MongoMetaStore {
             .find_one(doc! {"_id": pruned_id(c)})
             .session(&mut *session)
             .await?;
+        let removed_through = versions
+            .iter()
+            .filter(|p| present.contains(&p.ov))
+            .map(|p| p.cv)
+            .max()
+            .unwrap_or(0);
+        let through = tally
+            .as_ref()
+            .and_then(|t| get_u64(t, "through").ok())
+            .unwrap_or(0)
+            .max(removed_through);
         let mut counts = tally.map(|t| tally_counts(&t, from)).unwrap_or_default();
         for p in versions.iter().filter(|p| present.contains(&p.ov) && p.cv > from) {
             for name in &p.counts {
@@ -67,7 +78,7 @@ impl MongoMetaStore {
         sequences
             .replace_one(
                 doc! {"_id": pruned_id(c)},
-                doc! {"_id": pruned_id(c), "from": from as i64, "counts": counts},
+                doc! {"_id": pruned_id(c), "from": from as i64, "counts": counts, "through": through as i64},
             )
             .upsert(true)
             .session(&mut *session)

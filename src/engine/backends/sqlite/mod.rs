@@ -52,6 +52,8 @@ struct Inner {
     #[cfg(test)]
     taken: std::sync::atomic::AtomicUsize,
     items: ItemLocks,
+    /// Wakes change feeds after commits (only this process writes the database).
+    signals: crate::engine::store::signal::CommitSignals,
     /// Declared last so it is released only after the connection has closed.
     _lock: File,
 }
@@ -115,6 +117,7 @@ impl SqliteMetaStore {
                 #[cfg(test)]
                 taken: Default::default(),
                 items: ItemLocks::default(),
+                signals: Default::default(),
                 _lock: lock,
             }),
         })

@@ -7,11 +7,11 @@ use async_trait::async_trait;
 use rusqlite::params;
 
 use super::SqliteMetaStore;
-use super::rows::{HEAD_COLUMNS, HeadRow, map_sql, read_head, read_versions, to_i64, to_u64};
+use super::rows::{HEAD_COLUMNS, HeadRow, map_sql, read_head, read_versions, read_versions_after, to_i64, to_u64};
 use super::write::append_refs;
 use crate::engine::error::{Error, Result};
 use crate::engine::model::{CollectionName, Head, ItemId, Timestamp, VersionEntry};
-use crate::engine::store::{HistoryPoint, ListQuery, MetaRead, MetaRestore, RefWrite};
+use crate::engine::store::{HistoryPoint, HistoryStart, ListQuery, MetaRead, MetaRestore, RefWrite};
 
 #[async_trait]
 impl MetaRead for SqliteMetaStore {
@@ -115,6 +115,39 @@ impl MetaRead for SqliteMetaStore {
             }
         }
     }
+
+    async fn versions_after(&self, c: &CollectionName, after_cv: u64, limit: usize) -> Result<Vec<VersionEntry>> {
+        let (c, after, limit) = (
+            c.clone(),
+            to_i64(after_cv, "cv")?,
+            i64::try_from(limit).unwrap_or(i64::MAX),
+        );
+        self.with_conn(move |conn| read_versions_after(conn, &c, after, limit))
+            .await
+    }
+
+    async fn watch_commits(&self, c: &CollectionName) -> Result<crate::engine::store::signal::CommitWatch> {
+        Ok(self.inner.signals.watch(c))
+    }
+
+    async fn history_start(&self, c: &CollectionName) -> Result<HistoryStart> {
+        let c = c.clone();
+        self.with_conn(move |conn| {
+            let (oldest, pruned): (Option<i64>, Option<i64>) = conn
+                .query_row(
+                    "SELECT (SELECT MIN(cv) FROM versions WHERE collection = ?1), \
+                     (SELECT pruned_through FROM sequences WHERE collection = ?1)",
+                    params![c.as_str()],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .map_err(map_sql)?;
+            Ok(HistoryStart {
+                oldest_cv: oldest.map(|n| to_u64(n, "cv")).transpose()?,
+                pruned_through: to_u64(pruned.unwrap_or(0), "pruned_through")?,
+            })
+        })
+        .await
+    }
 }
 
 #[async_trait]
@@ -141,7 +174,12 @@ impl MetaRestore for SqliteMetaStore {
         .await
     }
 
-    async fn append_by_reference(&self, c: &CollectionName, writes: Vec<RefWrite>) -> Result<Option<u64>> {
+    async fn append_by_reference(
+        &self,
+        c: &CollectionName,
+        writes: Vec<RefWrite>,
+        commit_by: Timestamp,
+    ) -> Result<Option<u64>> {
         let mut ids: Vec<ItemId> = writes.iter().map(|w| w.version.id.clone()).collect();
         ids.sort();
         ids.dedup();
@@ -155,9 +193,15 @@ impl MetaRestore for SqliteMetaStore {
             held.push(self.inner.items.acquire((c.clone(), id)).await?);
         }
         let c = c.clone();
+        let n = writes.len() as u64;
+        let inner = self.inner.clone();
         self.with_conn(move |conn| {
             let _held = held;
-            append_refs(conn, &c, &writes)
+            let done = append_refs(conn, &c, &writes, commit_by)?;
+            if let Some(first) = done {
+                inner.signals.announce(&c, first + n.saturating_sub(1));
+            }
+            Ok(done)
         })
         .await
     }

@@ -115,14 +115,17 @@ impl MetaRebuild for SqliteMetaStore {
         let c = c.clone();
         let last_cv = to_i64(state.last_cv, "cv")?;
         let from = to_i64(state.counters_from, "counters_from")?;
+        let pruned_through = to_i64(state.pruned_through, "cv")?;
         // No tallies is stored as a reset stores it.
         let pruned = (!state.pruned.is_empty()).then(|| to_json(&state.pruned)).transpose()?;
         self.in_transaction(move |tx| {
             tx.execute(
-                "INSERT INTO sequences (collection, cv, counters_from, pruned) VALUES (?1, ?2, ?3, ?4) \
+                "INSERT INTO sequences (collection, cv, counters_from, pruned, pruned_through) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) \
                  ON CONFLICT (collection) DO UPDATE SET cv = max(cv, excluded.cv), \
-                 counters_from = excluded.counters_from, pruned = excluded.pruned",
-                params![c.as_str(), last_cv, from, pruned],
+                 counters_from = excluded.counters_from, pruned = excluded.pruned, \
+                 pruned_through = max(pruned_through, excluded.pruned_through)",
+                params![c.as_str(), last_cv, from, pruned, pruned_through],
             )
             .map_err(map_sql)?;
             Ok(())

@@ -213,6 +213,30 @@ pub(super) fn read_versions(
     rows.into_iter().map(|r| r.into_version(id)).collect()
 }
 
+/// Versions of every item with cv above `after`, in cv order (along the `(collection, cv)`
+/// index); at most `limit`.
+pub(super) fn read_versions_after(
+    conn: &Connection,
+    c: &CollectionName,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<VersionEntry>> {
+    let rows = conn
+        .prepare_cached(&format!(
+            "SELECT {VERSION_COLUMNS}, item_id FROM versions WHERE collection = ?1 AND cv > ?2 ORDER BY cv LIMIT ?3"
+        ))
+        .and_then(|mut s| {
+            s.query_map(params![c.as_str(), after, limit], |r| {
+                Ok((VersionRow::read(r)?, r.get::<_, String>(14)?))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(map_sql)?;
+    rows.into_iter()
+        .map(|(row, id)| row.into_version(&id.parse()?))
+        .collect()
+}
+
 pub(super) fn next_cv(conn: &Connection, c: &CollectionName) -> Result<u64> {
     let cv: i64 = conn
         .prepare_cached(

@@ -7,7 +7,7 @@ use super::rows::map_sql;
 use crate::engine::error::{Error, Result};
 
 /// Bumped whenever the tables change; a database from a newer build is refused, not misread.
-pub(super) const SCHEMA_VERSION: i64 = 5;
+pub(super) const SCHEMA_VERSION: i64 = 6;
 
 pub(super) const SCHEMA: &str = "
 CREATE TABLE sequences (
@@ -88,6 +88,10 @@ pub(super) const MIGRATIONS: &[&str] = &[
     "ALTER TABLE sequences ADD COLUMN pruned TEXT;",
     // 5: a rebuild's progress (`rebuild.rs`): at most one row, opaque text.
     "CREATE TABLE rebuild_progress (id INTEGER NOT NULL PRIMARY KEY CHECK (id = 1), progress TEXT NOT NULL) STRICT;",
+    // 6: the change feed reads a collection's versions in cv order, and tells a resume point
+    // retention cut into by the highest cv it removed (see `HistoryStart`).
+    "CREATE INDEX versions_cv ON versions (collection, cv); \
+     ALTER TABLE sequences ADD COLUMN pruned_through INTEGER NOT NULL DEFAULT 0;",
 ];
 
 pub(super) fn create_schema(conn: &mut Connection) -> Result<()> {

@@ -133,6 +133,7 @@ impl MetaUpkeep for SqliteMetaStore {
             let tx = conn.transaction().map_err(map_sql)?;
             let (from, mut pruned) = read_pruned(&tx, &c)?;
             let mut n = 0;
+            let mut highest = 0;
             for p in versions {
                 let removed = tx
                     .execute(
@@ -141,6 +142,9 @@ impl MetaUpkeep for SqliteMetaStore {
                     )
                     .map_err(map_sql)? as u64;
                 n += removed;
+                if removed > 0 {
+                    highest = highest.max(p.cv);
+                }
                 if removed > 0 && p.cv > from {
                     for name in p.counts {
                         *pruned.entry(name).or_default() += 1;
@@ -148,8 +152,8 @@ impl MetaUpkeep for SqliteMetaStore {
                 }
             }
             tx.execute(
-                "UPDATE sequences SET pruned = ?2 WHERE collection = ?1",
-                params![c.as_str(), to_json(&pruned)?],
+                "UPDATE sequences SET pruned = ?2, pruned_through = MAX(pruned_through, ?3) WHERE collection = ?1",
+                params![c.as_str(), to_json(&pruned)?, to_i64(highest, "cv")?],
             )
             .map_err(map_sql)?;
             tx.commit().map_err(map_sql)?;

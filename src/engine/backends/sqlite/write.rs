@@ -10,7 +10,7 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, pa
 use super::rows::{is_busy, map_sql, next_cv, read_head, read_versions, to_i64, to_json};
 use super::{Inner, ItemGuard, SqliteMetaStore, lock_std};
 use crate::engine::error::{Error, Result};
-use crate::engine::model::{CollectionName, Head, ItemId, RequestKey, VersionEntry};
+use crate::engine::model::{CollectionName, Head, ItemId, RequestKey, Timestamp, VersionEntry};
 use crate::engine::store::rules::{check_precondition, next_head, ref_head};
 use crate::engine::store::{CommitError, HeadChange, Held, MetaWrite, NewData, PendingWrite, RefWrite};
 
@@ -151,7 +151,12 @@ pub(super) fn key_taken(id: &ItemId) -> Error {
     Error::RequestKeyTaken(format!("a write with the idempotency key of {id}"))
 }
 
-pub(super) fn append_refs(conn: &mut Connection, c: &CollectionName, writes: &[RefWrite]) -> Result<Option<u64>> {
+pub(super) fn append_refs(
+    conn: &mut Connection,
+    c: &CollectionName,
+    writes: &[RefWrite],
+    commit_by: Timestamp,
+) -> Result<Option<u64>> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(map_sql)?;
@@ -236,6 +241,8 @@ pub(super) fn append_refs(conn: &mut Connection, c: &CollectionName, writes: &[R
             _ => map_sql(e),
         })?;
     }
+    // Dropping the transaction rolls it back.
+    crate::engine::store::refs_in_time(commit_by)?;
     tx.commit().map_err(refs_commit_failed)?;
     Ok(Some(first.unwrap_or(0)))
 }
@@ -264,10 +271,15 @@ impl PendingWrite for SqlitePending {
         let collection = this.change.collection;
         let store = this.store;
         let item = this.item;
+        let cv = head.cv;
         let joined = tokio::task::spawn_blocking(move || {
             // The item stays held until the transaction is over, even if the caller stops waiting.
             let _item = item;
-            commit_write(&mut lock_std(&store.conn), &collection, previous_ov, &head, &version)
+            let done = commit_write(&mut lock_std(&store.conn), &collection, previous_ov, &head, &version);
+            if done.is_ok() {
+                store.signals.announce(&collection, cv);
+            }
+            done
         })
         .await;
         match joined {
