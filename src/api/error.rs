@@ -96,6 +96,10 @@ impl From<engine::Error> for ApiError {
                     .with_details(json!({"backend": backend.to_string()}))
             }
             E::Unsupported(_) => Self::new(StatusCode::SERVICE_UNAVAILABLE, "backend_unsupported", message),
+            E::Held(_, reason) => {
+                Self::new(StatusCode::CONFLICT, "held", message).with_details(json!({"reason": reason}))
+            }
+            E::Erased(_) => Self::new(StatusCode::GONE, "erased", message),
             // Don't echo internals to clients; the cause is logged with the request id.
             other => Self::internal("internal error").with_cause(other.to_string()),
         }
@@ -164,6 +168,8 @@ mod tests {
             ),
             (engine::Error::metadata("down"), 503, "backend_unavailable"),
             (engine::Error::Corrupt("bad".into()), 500, "internal"),
+            (engine::Error::Held("x".into(), "litigation".into()), 409, "held"),
+            (engine::Error::Erased("x".into()), 410, "erased"),
         ];
         for (e, status, code) in cases {
             let api = ApiError::from(e);

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod collections;
 pub mod error;
 pub mod extract;
+pub mod holds;
 pub mod items;
 mod openapi;
 pub mod present;
@@ -38,6 +39,7 @@ fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(items::routes())
         .merge(proofs::routes())
+        .merge(holds::routes())
         .merge(collections::routes())
         .merge(queue::routes())
         .merge(admin::routes())

@@ -1,5 +1,5 @@
 //! The client subcommands over [`chronos::client`]: `put`, `get`, `delete`, `list`, `enrich`,
-//! `restore`, `queue`, `history` — one function each.
+//! `restore`, `queue`, `history` — one function each (`hold` in `hold.rs`).
 
 use std::path::PathBuf;
 
@@ -20,11 +20,11 @@ pub struct Server {
     token: Option<String>,
     /// Output format.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
-    output: Output,
+    pub(super) output: Output,
 }
 
 impl Server {
-    fn client(&self) -> Result<Client> {
+    pub(super) fn client(&self) -> Result<Client> {
         Ok(Client::new(&self.server, self.token.clone())?)
     }
 }
@@ -33,8 +33,8 @@ impl Server {
 #[derive(Args)]
 pub struct Target {
     /// Database (tenant) key.
-    db: String,
-    collection: String,
+    pub(super) db: String,
+    pub(super) collection: String,
 }
 
 /// Who writes, why, and under which conditions (`put` and `delete`).
@@ -81,6 +81,8 @@ pub enum ClientCommand {
     Queue(QueueArgs),
     /// An item's versions, oldest first (all pages).
     History(HistoryArgs),
+    /// An item's legal hold: set (with a reason), release, or show (admin token).
+    Hold(super::hold::HoldArgs),
 }
 
 #[derive(Args)]
@@ -243,6 +245,7 @@ pub async fn run(command: ClientCommand) -> Result<()> {
         ClientCommand::Restore(args) => restore(args).await,
         ClientCommand::Queue(args) => queue(args).await,
         ClientCommand::History(args) => history(args).await,
+        ClientCommand::Hold(args) => super::hold::run(args).await,
     }
 }
 

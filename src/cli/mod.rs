@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod history;
+mod hold;
 mod open;
 mod print;
 pub mod scrub;

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{Error, Result};
 use super::storage::{RemoteStorage, S3Access, Storage};
-use crate::engine::{CollectionMap, ContentKind, CounterRule, EngineSettings, QueueSettings};
+use crate::engine::{CollectionMap, ContentKind, CounterRule, Encryption, EngineSettings, HoldRule, QueueSettings};
 
 /// A secret value: inline, from a file, or from an environment variable.
 #[derive(Clone, Deserialize, Serialize)]
@@ -187,6 +187,16 @@ pub struct CollectionMapConfig {
     #[serde(default)]
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub content_props: BTreeMap<String, ContentKind>,
+    /// A retention hold `{mode: GOVERNANCE|COMPLIANCE, days}`: items are neither pruned nor
+    /// erased until `days` after their latest write (and carry Object Lock retention on a bucket
+    /// with `objectLock`).
+    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hold: Option<HoldRule>,
+    /// `perItem`: payloads encrypted with a data key per item (needs `engine.encryptionKey`).
+    #[serde(default)]
+    #[serde(skip_serializing_if = "is_default")]
+    pub encryption: Encryption,
 }
 
 impl CollectionMapConfig {
@@ -196,6 +206,8 @@ impl CollectionMapConfig {
             indexed_props: Some(self.indexed_props.clone()).filter(|p| !p.is_empty()),
             required_indexed: self.validation.required_indexed.clone(),
             content_props: self.content_props.clone(),
+            hold: self.hold,
+            encryption: self.encryption,
         }
     }
 }

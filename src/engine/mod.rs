@@ -18,6 +18,7 @@ pub mod content;
 pub mod counters;
 pub mod envelope;
 pub mod error;
+pub mod hold;
 pub mod ledger;
 pub mod merge;
 pub mod model;
@@ -36,6 +37,7 @@ pub mod versioning;
 pub use admin::{Check, StoreStatus};
 pub use counters::Totals;
 pub use error::{Backend, BoxError, Error, Failure, Result};
+pub use hold::LegalHold;
 pub use model::{
     Attribution, CollectionName, DEFAULT_DATABASE, Enrichment, ItemId, Op, PayloadRef, Record, RequestKey, State,
     SystemFields, Timestamp, VersionEntry, VersionTarget, WriteOutcome,
@@ -45,7 +47,9 @@ pub use restore::{RestoreCounts, RestorePage};
 pub use retention::{ItemPrune, PrunePolicy, PruneReport};
 pub use retry::Submitted;
 pub use scrub::{Orphan, ScrubOptions, ScrubReport};
-pub use settings::{CollectionMap, ContentKind, ContentMode, CounterRule, EngineSettings, QueueSettings};
+pub use settings::{
+    CollectionMap, ContentKind, ContentMode, CounterRule, Encryption, EngineSettings, HoldRule, LockMode, QueueSettings,
+};
 pub use store::queue::{Operation, OperationId, OperationStatus, QueueStats, WriteRequest};
 pub use store::{HistoryPoint, MetaRead, MetaRestore, MetaStore, MetaUpkeep, MetaWrite, PayloadStore, RefWrite};
 pub use tiering::TieringReport;

@@ -65,11 +65,56 @@ pub struct CollectionMap {
     /// Properties stored in the content bucket (large text, or base64 binary) and referenced
     /// from the JSON.
     pub content_props: BTreeMap<String, ContentKind>,
+    /// A retention hold: an item is held (neither pruned nor erased) until `days` after its
+    /// latest write, and on an Object Lock bucket its payloads carry that retention.
+    pub hold: Option<HoldRule>,
+    /// Whether the collection's payloads are encrypted, each item with its own data key.
+    pub encryption: Encryption,
+}
+
+/// A collection's retention hold (S3 Object Lock's retention, as a rule).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HoldRule {
+    pub mode: LockMode,
+    /// How long after its write a version stays locked, 1 to 36500.
+    pub days: u32,
+}
+
+/// S3 Object Lock's retention modes: GOVERNANCE can be lifted by a caller allowed to bypass it,
+/// COMPLIANCE by nobody until it expires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum LockMode {
+    Governance,
+    Compliance,
+}
+
+impl LockMode {
+    /// The name S3 gives it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockMode::Governance => "GOVERNANCE",
+            LockMode::Compliance => "COMPLIANCE",
+        }
+    }
+}
+
+/// How a collection's payload data is stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Encryption {
+    /// As JSON, in clear.
+    #[default]
+    None,
+    /// Sealed with a data key of its own per item (crypto-shredding: destroying the key erases
+    /// every version of the item, even where objects can't be deleted).
+    PerItem,
 }
 
 impl CollectionMap {
     /// What is wrong with this map, as (field, problem); the field is `indexedProps`,
-    /// `requiredIndexed` or `contentProps`. Shared by the configuration file and the operator.
+    /// `requiredIndexed`, `contentProps`, `hold` or `encryption`. Shared by the configuration file and the operator.
     pub fn problems(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
         let indexed = self.indexed_props.as_deref().unwrap_or_default();
@@ -89,6 +134,17 @@ impl CollectionMap {
             if indexed.contains(p) {
                 out.push(("contentProps", format!("`{p}` can't be both indexed and content")));
             }
+        }
+        if let Some(h) = &self.hold
+            && !(1..=36_500).contains(&h.days)
+        {
+            out.push(("hold", "days: expected 1 to 36500".to_owned()));
+        }
+        if self.encryption == Encryption::PerItem && !self.content_props.is_empty() {
+            out.push((
+                "encryption",
+                "perItem encrypts the JSON payloads only: it can't be combined with contentProps".to_owned(),
+            ));
         }
         for r in &self.required_indexed {
             if !indexed.is_empty() && !indexed.contains(r) {

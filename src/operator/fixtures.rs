@@ -164,6 +164,8 @@ impl ChronosCollection {
             required_indexed: Vec::new(),
             content_props: Default::default(),
             counters: Vec::new(),
+            hold: None,
+            encryption: Default::default(),
             retention: None,
         };
         ChronosCollection::new(&format!("{db}-{name}"), spec)

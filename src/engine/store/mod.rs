@@ -7,6 +7,7 @@
 pub mod decorators;
 pub mod queue;
 pub mod rules;
+pub mod sidecar;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -210,11 +211,12 @@ pub struct TierBatch {
 
 /// Heads, the version index and the collection-version sequence: everything a backend's metadata
 /// store does, as the five parts its callers use ([`MetaWrite`], [`MetaRead`], [`MetaRestore`],
-/// [`MetaUpkeep`], [`MetaRebuild`]). Implemented for every type that implements the five, so
-/// `Arc<dyn MetaStore>` is what the engine holds.
-pub trait MetaStore: MetaWrite + MetaRead + MetaRestore + MetaUpkeep + MetaRebuild {}
+/// [`MetaUpkeep`], [`MetaRebuild`]) and the per-item side records ([`sidecar::MetaSidecar`]).
+/// Implemented for every type that implements them all, so `Arc<dyn MetaStore>` is what the
+/// engine holds.
+pub trait MetaStore: MetaWrite + MetaRead + MetaRestore + MetaUpkeep + MetaRebuild + sidecar::MetaSidecar {}
 
-impl<T: MetaWrite + MetaRead + MetaRestore + MetaUpkeep + MetaRebuild> MetaStore for T {}
+impl<T: MetaWrite + MetaRead + MetaRestore + MetaUpkeep + MetaRebuild + sidecar::MetaSidecar> MetaStore for T {}
 
 /// What the write path needs: reach the store, prepare a collection, hold and commit a write, and
 /// find the version an idempotency key already wrote.

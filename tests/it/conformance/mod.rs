@@ -10,6 +10,7 @@ pub mod counters;
 pub mod enrichment;
 mod fixtures;
 pub mod history;
+pub mod holds;
 pub mod idempotency;
 pub mod listing;
 pub mod queue;
@@ -58,6 +59,9 @@ macro_rules! conformance_suite {
                 retention_prunes_the_index_but_old_versions_stay_readable,
                 retention_keeps_payloads_restored_versions_use, restore_after_retention_brings_back_pruned_versions,
                 retention_never_deletes_a_payload_a_concurrent_restore_uses);
+            $crate::conformance_suite!(@subject holds;
+                held_items_survive_retention_and_refuse_erasure, a_collection_retention_hold_keeps_recent_items,
+                side_records_keep_one_record_per_item_and_kind);
             $crate::conformance_suite!(@subject tiering;
                 tiering_moves_cold_payloads_out_of_the_metadata_store);
             $crate::conformance_suite!(@subject counters;
@@ -165,6 +169,18 @@ pub fn settings(check: &str) -> chronos::engine::EngineSettings {
     if check == "a_write_too_late_for_the_orphan_grace_is_not_committed" {
         // No time at all between a write id and its commit: every commit comes too late.
         s.orphan_grace = std::time::Duration::ZERO;
+    }
+    if check == "a_collection_retention_hold_keeps_recent_items" {
+        s.collection_maps.insert(
+            "things".into(),
+            chronos::engine::CollectionMap {
+                hold: Some(chronos::engine::HoldRule {
+                    mode: chronos::engine::LockMode::Governance,
+                    days: 1,
+                }),
+                ..Default::default()
+            },
+        );
     }
     if check == "oversized_payloads_are_refused" {
         s.max_payload_bytes = 1000;

@@ -38,6 +38,8 @@ pub struct MemoryMetaStore {
     key_lookup_lag: Arc<AtomicUsize>,
     /// What a rebuild recorded of its progress (see `rebuild.rs`).
     pub(super) rebuild_progress: Arc<Mutex<Option<String>>>,
+    /// Side records (see `sidecar.rs`).
+    pub(super) sides: Arc<Mutex<super::sidecar::Sides>>,
 }
 
 impl MemoryMetaStore {

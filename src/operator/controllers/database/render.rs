@@ -189,6 +189,8 @@ fn collection_settings(db: &ChronosDatabase, collections: &[ChronosCollection]) 
                 required_indexed: s.required_indexed.clone(),
             },
             content_props: s.content_props.clone(),
+            hold: s.hold,
+            encryption: s.encryption,
         };
         maps.insert(s.name.clone(), map);
         if !s.counters.is_empty() {
