@@ -249,6 +249,11 @@ pub struct SpacesConn {
     /// Path-style addressing (`endpoint/bucket/key`); most self-hosted servers need it.
     #[serde(default = "yes")]
     pub force_path_style: bool,
+    /// Create the buckets with S3 Object Lock, and write the payloads of collections with a
+    /// `hold` rule with its retention (see the `objectLock` check of `validate`).
+    #[serde(default)]
+    #[serde(skip_serializing_if = "is_default")]
+    pub object_lock: bool,
 }
 
 fn default_region() -> String {
@@ -476,6 +481,7 @@ impl Config {
                 json_bucket: s.json_bucket.clone(),
                 content_bucket: s.content_bucket.clone(),
                 backups_bucket: s.backups_bucket.clone(),
+                object_lock: s.object_lock,
             })),
             _ => Ok(Storage::Embedded {
                 dir: match &self.local_storage {

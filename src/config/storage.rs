@@ -24,6 +24,8 @@ pub struct RemoteStorage {
     pub json_bucket: String,
     pub content_bucket: String,
     pub backups_bucket: String,
+    /// Buckets with S3 Object Lock (created so, and probed; see `engine::backends::s3_lock`).
+    pub object_lock: bool,
 }
 
 impl fmt::Debug for RemoteStorage {
@@ -35,6 +37,7 @@ impl fmt::Debug for RemoteStorage {
             .field("json_bucket", &self.json_bucket)
             .field("content_bucket", &self.content_bucket)
             .field("backups_bucket", &self.backups_bucket)
+            .field("object_lock", &self.object_lock)
             .finish()
     }
 }

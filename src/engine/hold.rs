@@ -17,6 +17,7 @@ use crate::engine::error::{Error, Result};
 use crate::engine::model::{CollectionName, Head, ItemId, Timestamp, now};
 use crate::engine::settings::HoldRule;
 use crate::engine::store::sidecar::SideKind;
+use crate::engine::store::{ObjectLockStatus, PutOptions};
 use crate::engine::versioning::Engine;
 
 /// A legal hold on one item.
@@ -119,6 +120,30 @@ impl Engine {
             .and_then(|at| retained_until(at, rule))
             .filter(|until| *until > now())
             .map(|until| format!("{} retention until {until}", rule.mode.as_str())))
+    }
+
+    /// How a version of the item written at `at` is locked in S3: the collection's retention
+    /// hold as Object Lock retention, and a legal hold when the item has one. Only collections
+    /// with a hold rule pay the legal hold's lookup; the payload store ignores both unless its
+    /// bucket was created with Object Lock.
+    pub(crate) async fn put_options(
+        &self,
+        collection: &CollectionName,
+        id: &ItemId,
+        at: Timestamp,
+    ) -> Result<PutOptions> {
+        let Some(rule) = self.hold_rule(collection) else {
+            return Ok(PutOptions::default());
+        };
+        Ok(PutOptions {
+            retention: retained_until(at, rule).map(|until| (rule.mode, until)),
+            legal_hold: self.legal_hold(collection, id).await?.is_some(),
+        })
+    }
+
+    /// What the payload bucket does with Object Lock (a probe on S3; see `backends::s3_lock`).
+    pub async fn object_lock_status(&self) -> Result<ObjectLockStatus> {
+        self.payload_store().object_lock_status().await
     }
 
     /// The collection's retention hold, if it has one.

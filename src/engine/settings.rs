@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use super::model::{Op, Timestamp, metadata_name};
 use super::query::Filter;
+pub use super::store::LockMode;
 
 /// Tunables of the versioning core.
 #[derive(Debug, Clone, PartialEq)]
@@ -79,25 +80,6 @@ pub struct HoldRule {
     pub mode: LockMode,
     /// How long after its write a version stays locked, 1 to 36500.
     pub days: u32,
-}
-
-/// S3 Object Lock's retention modes: GOVERNANCE can be lifted by a caller allowed to bypass it,
-/// COMPLIANCE by nobody until it expires.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum LockMode {
-    Governance,
-    Compliance,
-}
-
-impl LockMode {
-    /// The name S3 gives it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LockMode::Governance => "GOVERNANCE",
-            LockMode::Compliance => "COMPLIANCE",
-        }
-    }
 }
 
 /// How a collection's payload data is stored.

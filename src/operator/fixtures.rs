@@ -47,6 +47,7 @@ impl ChronosDatabase {
                     access_key_key: "accessKey".into(),
                     secret_key_key: "secretKey".into(),
                 },
+                object_lock: false,
             },
             defaults: Default::default(),
             engine: None,

@@ -18,6 +18,7 @@ mod mongo_group;
 mod mongo_proxy;
 mod mongo_rebuild;
 mod mongo_s3;
+mod object_lock;
 mod operator;
 mod operator_mock;
 mod operator_render;

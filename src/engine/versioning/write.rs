@@ -285,7 +285,14 @@ impl Engine {
             };
             let (entry, body, record) = prepared;
             let key = payload_key(collection, id, ov, &change.write_id);
-            if let Err(e) = self.payloads.put(&key, Bytes::from(body)).await {
+            let locked = match self.put_options(collection, id, entry.at).await {
+                Ok(o) => o,
+                Err(e) => {
+                    pending.abort().await;
+                    return Err(e);
+                }
+            };
+            if let Err(e) = self.payloads.put_with(&key, Bytes::from(body), &locked).await {
                 pending.abort().await;
                 return Err(e);
             }

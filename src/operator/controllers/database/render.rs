@@ -111,6 +111,7 @@ pub fn engine_config(dbs: &[&ChronosDatabase], collections: &[ChronosCollection]
             content_bucket: spec.s3.buckets.content.clone(),
             backups_bucket: spec.s3.buckets.backups.clone(),
             force_path_style: spec.s3.force_path_style,
+            object_lock: spec.s3.object_lock,
         });
         let uri = &spec.mongodb.uri_secret_ref;
         let mongo_index = mongo
