@@ -15,7 +15,7 @@ use super::storage::{RemoteStorage, S3Access, Storage};
 use crate::engine::{CollectionMap, ContentKind, CounterRule, Encryption, EngineSettings, HoldRule, QueueSettings};
 
 /// A secret value: inline, from a file, or from an environment variable.
-#[derive(Clone, Deserialize, Serialize)]
+#[derive(Clone, PartialEq, Deserialize, Serialize)]
 #[serde(untagged, expecting = "a string, {file: PATH} or {env: NAME}")]
 pub enum Secret {
     Inline(String),
@@ -294,6 +294,12 @@ pub struct EngineConfig {
     /// Every engine and every scrub of a database must use the same value.
     #[serde(default = "EngineConfig::default_orphan_grace_secs")]
     pub orphan_grace_secs: u64,
+    /// The key-encryption key of collections with `encryption: perItem`: base64 of 32 random
+    /// bytes (`head -c32 /dev/urandom | base64`), usually `{file: …}` from a Secret. Losing it
+    /// loses every encrypted item.
+    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encryption_key: Option<Secret>,
 }
 
 /// `engine.retryQueue`: writes that met a transient backend failure are retried with
@@ -364,6 +370,13 @@ impl EngineConfig {
             max_payload_bytes: self.max_payload_bytes,
             queue: self.retry_queue.settings(),
             orphan_grace: Duration::from_secs(self.orphan_grace_secs),
+            // An unreadable or malformed key is reported by `validate`; here it is left out, and
+            // encrypted collections then refuse to work (503) rather than write in clear.
+            encryption_key: self
+                .encryption_key
+                .as_ref()
+                .and_then(|s| s.reveal().ok())
+                .and_then(|k| crate::engine::sealed::Kek::from_base64(&k).ok()),
             ..EngineSettings::default()
         }
     }
@@ -376,6 +389,7 @@ impl Default for EngineConfig {
             max_payload_bytes: Self::default_max_payload_bytes(),
             retry_queue: RetryQueueConfig::default(),
             orphan_grace_secs: Self::default_orphan_grace_secs(),
+            encryption_key: None,
         }
     }
 }

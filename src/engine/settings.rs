@@ -37,6 +37,9 @@ pub struct EngineSettings {
     /// How long an engine process gathers the versions it committed before writing them to the
     /// ledger as one segment per collection (see `engine::ledger::writer`).
     pub ledger_flush: Duration,
+    /// The key-encryption key that wraps the data keys of collections with `encryption:
+    /// perItem` (see `engine::shred`); without it such collections refuse writes and reads.
+    pub encryption_key: Option<super::sealed::Kek>,
 }
 
 impl Default for EngineSettings {
@@ -51,6 +54,7 @@ impl Default for EngineSettings {
             restore_page: RESTORE_PAGE,
             orphan_grace: ORPHAN_GRACE,
             ledger_flush: Duration::from_secs(1),
+            encryption_key: None,
         }
     }
 }

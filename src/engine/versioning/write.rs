@@ -195,7 +195,8 @@ impl Engine {
                 ));
             }
         }
-        let inline = content.json.len() <= self.settings.inline_max_bytes;
+        // Sealed data is never also kept in clear in the head (see `engine::shred`).
+        let inline = content.json.len() <= self.settings.inline_max_bytes && !self.encrypted(collection);
         Ok(NewData { content, meta, inline })
     }
 
@@ -409,7 +410,8 @@ impl Engine {
             payload_ref: None,
         };
         let prev = previous.map(PrevLink::of);
-        let body = envelope::encode(&self.database, collection, &entry, &system, prev, &content.json)?;
+        let stored = self.data_to_store(collection, &entry, &content.json).await?;
+        let body = envelope::encode(&self.database, collection, &entry, &system, prev, &stored)?;
         let record = LedgerRecord::new(&entry, &system, previous);
         Ok((entry, body, record))
     }
