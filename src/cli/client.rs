@@ -1,5 +1,5 @@
 //! The client subcommands over [`chronos::client`]: `put`, `get`, `delete`, `list`, `enrich`,
-//! `restore`, `queue`, `history` — one function each (`hold` in `hold.rs`).
+//! `restore`, `queue`, `history` — one function each (`hold` is in `hold.rs`).
 
 use std::path::PathBuf;
 
@@ -81,8 +81,6 @@ pub enum ClientCommand {
     Queue(QueueArgs),
     /// An item's versions, oldest first (all pages).
     History(HistoryArgs),
-    /// An item's legal hold: set (with a reason), release, or show (admin token).
-    Hold(super::hold::HoldArgs),
 }
 
 #[derive(Args)]
@@ -245,7 +243,6 @@ pub async fn run(command: ClientCommand) -> Result<()> {
         ClientCommand::Restore(args) => restore(args).await,
         ClientCommand::Queue(args) => queue(args).await,
         ClientCommand::History(args) => history(args).await,
-        ClientCommand::Hold(args) => super::hold::run(args).await,
     }
 }
 

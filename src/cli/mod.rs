@@ -4,7 +4,7 @@
 
 pub mod client;
 pub mod history;
-mod hold;
+pub mod hold;
 mod open;
 mod print;
 pub mod scrub;
@@ -57,6 +57,8 @@ pub enum Command {
     Rebuild(history::RebuildArgs),
     /// Check a database's history against its buckets: missing, altered, orphaned, dangling.
     Verify(history::VerifyArgs),
+    /// An item's legal hold: set (with a reason), release, or show (admin token).
+    Hold(hold::HoldArgs),
     #[command(flatten)]
     Client(client::ClientCommand),
 }

@@ -5,10 +5,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, RequestChecksumCalculation, timeout::TimeoutConfig};
-use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::SdkError;
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
 
+use super::s3_error::s3_err;
 use crate::engine::error::{Error, Failure, Result};
 use crate::engine::store::{ObjectLockStatus, PayloadStore, PutOptions};
 
@@ -97,10 +98,6 @@ impl S3PayloadStore {
     pub fn with_object_lock(mut self, object_lock: bool) -> Self {
         self.object_lock = object_lock;
         self
-    }
-
-    pub(super) fn client(&self) -> &Client {
-        &self.client
     }
 
     pub fn bucket(&self) -> &str {
@@ -206,22 +203,6 @@ fn observe<T>(call: &'static str, started: std::time::Instant, result: &Result<T
     .record(started.elapsed().as_secs_f64());
 }
 
-pub(super) fn s3_err<E, R>(op: &str, key: &str, e: SdkError<E, R>) -> Error
-where
-    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
-{
-    let detail = match &e {
-        SdkError::ServiceError(s) => format!(
-            "{}: {}",
-            s.err().code().unwrap_or("error"),
-            s.err().message().unwrap_or("no message")
-        ),
-        other => aws_smithy_types::error::display::DisplayErrorContext(other).to_string(),
-    };
-    Error::payload(Failure::new(format!("{op} {key}: {detail}"), e))
-}
-
 #[async_trait]
 impl PayloadStore for S3PayloadStore {
     async fn put(&self, key: &str, body: Bytes) -> Result<()> {
@@ -311,7 +292,7 @@ impl PayloadStore for S3PayloadStore {
             return self.put(key, body).await;
         }
         let started = std::time::Instant::now();
-        let result = super::s3_lock::put_locked(self, key, body, options).await;
+        let result = super::s3_lock::put_locked(&self.client, &self.bucket, key, body, options).await;
         observe("put", started, &result);
         result
     }
@@ -320,7 +301,7 @@ impl PayloadStore for S3PayloadStore {
         if !self.object_lock {
             return Ok(ObjectLockStatus::NotRequested);
         }
-        super::s3_lock::probe(self).await
+        super::s3_lock::probe(&self.client, &self.bucket).await
     }
 
     async fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<String>> {

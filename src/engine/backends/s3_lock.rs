@@ -7,6 +7,7 @@
 //! taken from the bucket's configuration alone: [`probe`] locks a scratch object and tries to
 //! delete it.
 
+use aws_sdk_s3::Client;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, DateTime};
 use aws_sdk_s3::types::{ObjectLockEnabled, ObjectLockLegalHoldStatus, ObjectLockMode};
@@ -14,7 +15,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use md5::Digest as _;
 
-use super::s3::{S3PayloadStore, s3_err};
+use super::s3_error::s3_err;
 use crate::engine::error::Result;
 use crate::engine::model::now;
 use crate::engine::store::{LockMode, ObjectLockStatus, PutOptions};
@@ -32,15 +33,20 @@ fn content_md5(body: &[u8]) -> String {
 }
 
 /// PUT `key` with the Object Lock values of `options`.
-pub(super) async fn put_locked(store: &S3PayloadStore, key: &str, body: Bytes, options: &PutOptions) -> Result<()> {
+pub(super) async fn put_locked(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    body: Bytes,
+    options: &PutOptions,
+) -> Result<()> {
     let (retention_mode, until) = match options.retention {
         Some((m, until)) => (Some(mode(m)), Some(DateTime::from_secs(until.as_second()))),
         None => (None, None),
     };
-    store
-        .client()
+    client
         .put_object()
-        .bucket(store.bucket())
+        .bucket(bucket)
         .key(key)
         .content_type("application/json")
         .content_md5(content_md5(&body))
@@ -57,8 +63,7 @@ pub(super) async fn put_locked(store: &S3PayloadStore, key: &str, body: Bytes, o
 /// Whether the bucket enforces Object Lock: its configuration must say `Enabled`, and a delete
 /// naming the version id of a scratch object under a one-day GOVERNANCE retention must be
 /// refused. The scratch object is removed afterwards with a governance bypass.
-pub(super) async fn probe(store: &S3PayloadStore) -> Result<ObjectLockStatus> {
-    let (client, bucket) = (store.client(), store.bucket());
+pub(super) async fn probe(client: &Client, bucket: &str) -> Result<ObjectLockStatus> {
     match client.get_object_lock_configuration().bucket(bucket).send().await {
         Ok(out) => {
             let enabled = out.object_lock_configuration().and_then(|c| c.object_lock_enabled());

@@ -1,16 +1,12 @@
 //! Side records of the in-memory store (holds, wrapped data keys): a map, kept with the same
 //! rules as the real stores so the conformance suite can hold them to it.
 
-use std::collections::HashMap;
-
 use async_trait::async_trait;
 
-use super::meta::MemoryMetaStore;
+use super::meta::{MemoryMetaStore, Sides};
 use crate::engine::error::Result;
 use crate::engine::model::{CollectionName, ItemId};
 use crate::engine::store::sidecar::{MetaSidecar, SideKind};
-
-pub(super) type Sides = HashMap<(CollectionName, SideKind, ItemId), String>;
 
 impl MemoryMetaStore {
     fn sides(&self) -> std::sync::MutexGuard<'_, Sides> {
