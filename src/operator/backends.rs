@@ -162,7 +162,16 @@ pub async fn settings(ctx: &Context, db: &ChronosDatabase) -> Result<EngineSetti
     let ns = db.namespace().unwrap_or_default();
     let api: Api<ChronosCollection> = Api::namespaced(ctx.client.clone(), &ns);
     let collections = api.list(&kube::api::ListParams::default()).await?.items;
-    Ok(settings_of(db, &collections))
+    let mut settings = settings_of(db, &collections);
+    // The operator's own writes (restores) to encrypted collections seal and open like the engine's.
+    if let Some(r) = &db.spec.defaults.encryption_key_secret_ref {
+        let key = secret_value(&ctx.client, &ns, &r.name, &r.key).await?;
+        settings.encryption_key = Some(
+            crate::engine::sealed::Kek::from_base64(&key)
+                .map_err(|e| Error::Invalid(format!("Secret {}/{} key `{}`: {e}", ns, r.name, r.key)))?,
+        );
+    }
+    Ok(settings)
 }
 
 /// [`settings`] without the client.

@@ -64,7 +64,8 @@ pub struct ChronosCollectionSpec {
     #[schemars(schema_with = "hold_schema")]
     pub hold: Option<HoldRule>,
     /// `perItem`: payloads encrypted with a data key per item, so destroying the key erases the
-    /// item even where objects can't be deleted (needs the engine's `encryptionKey`).
+    /// item even where objects can't be deleted (needs the database's
+    /// `defaults.encryptionKeySecretRef`).
     #[serde(default, skip_serializing_if = "is_plain")]
     #[schemars(schema_with = "encryption_schema")]
     pub encryption: Encryption,

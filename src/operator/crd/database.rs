@@ -151,6 +151,11 @@ pub struct CollectionDefaults {
     /// Larger records are refused (engine default 8 MiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_payload_bytes: Option<u64>,
+    /// The Secret key holding the key-encryption key of collections with `encryption: perItem`
+    /// (base64 of 32 random bytes; the Secret needs the `chronos.dev/credentials` label). Losing
+    /// it loses every encrypted item.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption_key_secret_ref: Option<SecretKeyRef>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
