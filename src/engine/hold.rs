@@ -57,12 +57,32 @@ impl Engine {
         };
         let record = serde_json::to_string(&hold).map_err(|e| Error::Corrupt(format!("hold: {e}")))?;
         self.meta().put_side(collection, SideKind::Hold, id, &record).await?;
+        self.lock_objects(collection, id, true).await?;
         Ok(hold)
     }
 
     /// Lift the legal hold; returns whether there was one.
     pub async fn release_hold(&self, collection: &CollectionName, id: &ItemId) -> Result<bool> {
-        self.meta().delete_side(collection, SideKind::Hold, id).await
+        let had = self.meta().delete_side(collection, SideKind::Hold, id).await?;
+        self.lock_objects(collection, id, false).await?;
+        Ok(had)
+    }
+
+    /// Put (or lift) an S3 legal hold on the payload objects of the item's indexed versions
+    /// (a no-op unless the bucket has Object Lock). Set again when asked again, so a hold set
+    /// while an earlier call failed midway ends up on every object.
+    async fn lock_objects(&self, collection: &CollectionName, id: &ItemId, on: bool) -> Result<()> {
+        let mut after = None;
+        loop {
+            let page = self.meta().versions(collection, id, after, 1000).await?;
+            let Some(last) = page.last() else { return Ok(()) };
+            after = Some(last.ov);
+            for v in &page {
+                let (ov, write_id) = v.payload();
+                let key = crate::engine::model::payload_key(collection, id, ov, write_id);
+                self.payload_store().set_legal_hold(&key, on).await?;
+            }
+        }
     }
 
     /// The item's legal hold, if any.

@@ -98,6 +98,10 @@ impl PayloadStore for Prefixed {
     async fn object_lock_status(&self) -> Result<ObjectLockStatus> {
         self.inner.object_lock_status().await
     }
+
+    async fn set_legal_hold(&self, key: &str, on: bool) -> Result<()> {
+        self.inner.set_legal_hold(&self.full(key), on).await
+    }
 }
 
 /// The backends of one logical database, as they come from the configuration.

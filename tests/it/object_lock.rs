@@ -116,3 +116,57 @@ async fn payloads_of_a_held_collection_are_locked_in_the_bucket() {
     assert_eq!(refused.code(), Some("AccessDenied"), "{refused:?}");
     assert!(engine.is_held(&cases, &id).await.unwrap());
 }
+
+#[tokio::test]
+async fn a_legal_hold_locks_the_items_objects_until_released() {
+    let store = bucket(true).await;
+    let name = store.bucket().to_owned();
+    let engine = chronos::engine::Engine::new(
+        Arc::new(MemoryMetaStore::new()),
+        Arc::new(store),
+        EngineSettings::default(),
+    );
+    let notes: chronos::engine::CollectionName = "notes".parse().unwrap();
+    let who = chronos::engine::Attribution::new("tester", "legal hold");
+    let data = |v: u64| json!({"v": v}).as_object().unwrap().clone();
+    let (id, _) = engine.create(&notes, None, data(0), &who).await.unwrap();
+    engine.update(&notes, &id, data(1), None, &who).await.unwrap();
+    engine.set_hold(&notes, &id, "case 9", None).await.unwrap();
+
+    let client = s3_connection().client();
+    let listed = client
+        .list_object_versions()
+        .bucket(&name)
+        .prefix(format!("notes/{id}/"))
+        .send()
+        .await
+        .unwrap();
+    let versions: Vec<(String, String)> = listed
+        .versions()
+        .iter()
+        .map(|v| (v.key().unwrap().to_owned(), v.version_id().unwrap().to_owned()))
+        .collect();
+    assert_eq!(versions.len(), 2, "both versions' objects");
+    for (key, vid) in &versions {
+        let refused = client
+            .delete_object()
+            .bucket(&name)
+            .key(key)
+            .version_id(vid)
+            .send()
+            .await
+            .expect_err("a version under legal hold can't be deleted");
+        assert_eq!(refused.code(), Some("AccessDenied"));
+    }
+    engine.release_hold(&notes, &id).await.unwrap();
+    for (key, vid) in &versions {
+        client
+            .delete_object()
+            .bucket(&name)
+            .key(key)
+            .version_id(vid)
+            .send()
+            .await
+            .expect("released, the version can be deleted");
+    }
+}

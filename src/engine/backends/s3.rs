@@ -297,6 +297,13 @@ impl PayloadStore for S3PayloadStore {
         result
     }
 
+    async fn set_legal_hold(&self, key: &str, on: bool) -> Result<()> {
+        if !self.object_lock {
+            return Ok(());
+        }
+        super::s3_lock::set_legal_hold(&self.client, &self.bucket, key, on).await
+    }
+
     async fn object_lock_status(&self) -> Result<ObjectLockStatus> {
         if !self.object_lock {
             return Ok(ObjectLockStatus::NotRequested);

@@ -60,6 +60,38 @@ pub(super) async fn put_locked(
         .map_err(|e| s3_err("put", key, e))
 }
 
+/// Put (or lift) a legal hold on every version of `key` (a versioned bucket keeps them all).
+pub(super) async fn set_legal_hold(client: &Client, bucket: &str, key: &str, on: bool) -> Result<()> {
+    let status = if on {
+        ObjectLockLegalHoldStatus::On
+    } else {
+        ObjectLockLegalHoldStatus::Off
+    };
+    let listed = client
+        .list_object_versions()
+        .bucket(bucket)
+        .prefix(key)
+        .send()
+        .await
+        .map_err(|e| s3_err("list versions", key, e))?;
+    for v in listed.versions().iter().filter(|v| v.key() == Some(key)) {
+        client
+            .put_object_legal_hold()
+            .bucket(bucket)
+            .key(key)
+            .set_version_id(v.version_id().map(str::to_owned))
+            .legal_hold(
+                aws_sdk_s3::types::ObjectLockLegalHold::builder()
+                    .status(status.clone())
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| s3_err("put legal hold", key, e))?;
+    }
+    Ok(())
+}
+
 /// Whether the bucket enforces Object Lock: its configuration must say `Enabled`, and a delete
 /// naming the version id of a scratch object under a one-day GOVERNANCE retention must be
 /// refused. The scratch object is removed afterwards with a governance bypass.

@@ -72,6 +72,9 @@ impl<P: PayloadStore + ?Sized> PayloadStore for Counting<P> {
     async fn object_lock_status(&self) -> Result<ObjectLockStatus> {
         self.inner.object_lock_status().await
     }
+    async fn set_legal_hold(&self, key: &str, on: bool) -> Result<()> {
+        self.inner.set_legal_hold(key, on).await
+    }
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
         self.timed(self.inner.get(key)).await
     }
@@ -198,6 +201,9 @@ impl<P: PayloadStore + ?Sized> PayloadStore for Faulty<P> {
     }
     async fn object_lock_status(&self) -> Result<ObjectLockStatus> {
         self.inner.object_lock_status().await
+    }
+    async fn set_legal_hold(&self, key: &str, on: bool) -> Result<()> {
+        self.inner.set_legal_hold(key, on).await
     }
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
         self.inner.get(key).await

@@ -47,6 +47,12 @@ pub trait PayloadStore: Send + Sync + 'static {
         let _ = options;
         self.put(key, body).await
     }
+    /// Put (or lift) an S3 Object Lock legal hold on every stored version of `key`; nothing on
+    /// stores that can't lock objects.
+    async fn set_legal_hold(&self, key: &str, on: bool) -> Result<()> {
+        let _ = (key, on);
+        Ok(())
+    }
     /// Whether objects written here can really be locked (found by a probe on S3).
     async fn object_lock_status(&self) -> Result<ObjectLockStatus> {
         Ok(ObjectLockStatus::NotRequested)
