@@ -470,6 +470,25 @@ impl Client {
         self.send(Method::GET, url, &query, HeaderMap::new(), None).await
     }
 
+    /// Put a legal hold on an item (admin); returns its hold state (`held`, `reason`, `legalHold`).
+    pub async fn set_hold(&self, db: &str, collection: &str, id: &str, reason: &str) -> Result<Value> {
+        let url = self.url(&["v1", db, collection, "items", id, "hold"]);
+        let body = serde_json::json!({"reason": reason});
+        self.send(Method::PUT, url, &[], HeaderMap::new(), Some(&body)).await
+    }
+
+    /// Release an item's legal hold (admin); returns its hold state.
+    pub async fn release_hold(&self, db: &str, collection: &str, id: &str) -> Result<Value> {
+        let url = self.url(&["v1", db, collection, "items", id, "hold"]);
+        self.send(Method::DELETE, url, &[], HeaderMap::new(), None).await
+    }
+
+    /// Whether an item is held, and why.
+    pub async fn hold(&self, db: &str, collection: &str, id: &str) -> Result<Value> {
+        let url = self.url(&["v1", db, collection, "items", id, "hold"]);
+        self.send(Method::GET, url, &[], HeaderMap::new(), None).await
+    }
+
     /// Any GET returning JSON (e.g. `/readyz`, `/openapi.json`).
     pub async fn get_json(&self, path: &str) -> Result<Value> {
         let url = format!("{}{path}", self.base);

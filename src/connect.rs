@@ -97,12 +97,15 @@ pub async fn open(key: &str, storage: &Storage, settings: EngineSettings, conns:
             json_bucket,
             content_bucket,
             backups_bucket,
+            object_lock,
         }) => {
             let mongo = conns.mongo(mongo_uri).await?;
             let meta = MongoMetaStore::new(mongo.clone(), db_name);
             meta.ping().await?;
             let client = conns.s3(s3);
-            let bucket = |name: &String| Arc::new(S3PayloadStore::new(client.clone(), name.clone()));
+            let bucket = |name: &String| {
+                Arc::new(S3PayloadStore::new(client.clone(), name.clone()).with_object_lock(*object_lock))
+            };
             let stores = Stores {
                 meta: Arc::new(meta),
                 payloads: bucket(json_bucket),

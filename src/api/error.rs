@@ -102,6 +102,10 @@ impl From<engine::Error> for ApiError {
                 ..
             } => Self::new(StatusCode::GONE, "history_pruned", message)
                 .with_details(json!({"oldestCv": oldest_cv, "prunedThrough": pruned_through})),
+            E::Held(_, reason) => {
+                Self::new(StatusCode::CONFLICT, "held", message).with_details(json!({"reason": reason}))
+            }
+            E::Erased(_) => Self::new(StatusCode::GONE, "erased", message),
             // Don't echo internals to clients; the cause is logged with the request id.
             other => Self::internal("internal error").with_cause(other.to_string()),
         }
@@ -179,6 +183,8 @@ mod tests {
                 "history_pruned",
             ),
             (engine::Error::Corrupt("bad".into()), 500, "internal"),
+            (engine::Error::Held("x".into(), "litigation".into()), 409, "held"),
+            (engine::Error::Erased("x".into()), 410, "erased"),
         ];
         for (e, status, code) in cases {
             let api = ApiError::from(e);

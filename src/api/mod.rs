@@ -10,6 +10,7 @@ pub mod changes;
 pub mod collections;
 pub mod error;
 pub mod extract;
+pub mod holds;
 pub mod items;
 mod openapi;
 pub mod present;
@@ -39,6 +40,7 @@ fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(items::routes())
         .merge(proofs::routes())
+        .merge(holds::routes())
         .merge(collections::routes())
         .merge(changes::routes())
         .merge(queue::routes())

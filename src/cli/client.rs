@@ -1,5 +1,5 @@
 //! The client subcommands over [`chronos::client`]: `put`, `get`, `delete`, `list`, `enrich`,
-//! `restore`, `queue`, `history` — one function each (`watch` is in `watch.rs`).
+//! `restore`, `queue`, `history` — one function each (`watch` is in `watch.rs`, `hold` in `hold.rs`).
 
 use std::path::PathBuf;
 
@@ -20,7 +20,7 @@ pub struct Server {
     token: Option<String>,
     /// Output format.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
-    output: Output,
+    pub(super) output: Output,
 }
 
 impl Server {
@@ -37,8 +37,8 @@ impl Server {
 #[derive(Args)]
 pub struct Target {
     /// Database (tenant) key.
-    db: String,
-    collection: String,
+    pub(super) db: String,
+    pub(super) collection: String,
 }
 
 impl Target {

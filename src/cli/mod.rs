@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod history;
+pub mod hold;
 mod open;
 mod print;
 pub mod scrub;
@@ -57,6 +58,8 @@ pub enum Command {
     Rebuild(history::RebuildArgs),
     /// Check a database's history against its buckets: missing, altered, orphaned, dangling.
     Verify(history::VerifyArgs),
+    /// An item's legal hold: set (with a reason), release, or show (admin token).
+    Hold(hold::HoldArgs),
     #[command(flatten)]
     Client(client::ClientCommand),
     /// Follow a collection's changes live, one line per change (resumes by itself on disconnect).

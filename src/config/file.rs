@@ -12,10 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{Error, Result};
 use super::storage::{RemoteStorage, S3Access, Storage};
-use crate::engine::{CollectionMap, ContentKind, CounterRule, EngineSettings, QueueSettings};
+use crate::engine::{CollectionMap, ContentKind, CounterRule, Encryption, EngineSettings, HoldRule, QueueSettings};
 
 /// A secret value: inline, from a file, or from an environment variable.
-#[derive(Clone, Deserialize, Serialize)]
+#[derive(Clone, PartialEq, Deserialize, Serialize)]
 #[serde(untagged, expecting = "a string, {file: PATH} or {env: NAME}")]
 pub enum Secret {
     Inline(String),
@@ -187,6 +187,16 @@ pub struct CollectionMapConfig {
     #[serde(default)]
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub content_props: BTreeMap<String, ContentKind>,
+    /// A retention hold `{mode: GOVERNANCE|COMPLIANCE, days}`: items are neither pruned nor
+    /// erased until `days` after their latest write (and carry Object Lock retention on a bucket
+    /// with `objectLock`).
+    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hold: Option<HoldRule>,
+    /// `perItem`: payloads encrypted with a data key per item (needs `engine.encryptionKey`).
+    #[serde(default)]
+    #[serde(skip_serializing_if = "is_default")]
+    pub encryption: Encryption,
 }
 
 impl CollectionMapConfig {
@@ -196,6 +206,8 @@ impl CollectionMapConfig {
             indexed_props: Some(self.indexed_props.clone()).filter(|p| !p.is_empty()),
             required_indexed: self.validation.required_indexed.clone(),
             content_props: self.content_props.clone(),
+            hold: self.hold,
+            encryption: self.encryption,
         }
     }
 }
@@ -237,6 +249,11 @@ pub struct SpacesConn {
     /// Path-style addressing (`endpoint/bucket/key`); most self-hosted servers need it.
     #[serde(default = "yes")]
     pub force_path_style: bool,
+    /// Create the buckets with S3 Object Lock, and write the payloads of collections with a
+    /// `hold` rule with its retention (see the `objectLock` check of `validate`).
+    #[serde(default)]
+    #[serde(skip_serializing_if = "is_default")]
+    pub object_lock: bool,
 }
 
 fn default_region() -> String {
@@ -277,6 +294,12 @@ pub struct EngineConfig {
     /// Every engine and every scrub of a database must use the same value.
     #[serde(default = "EngineConfig::default_orphan_grace_secs")]
     pub orphan_grace_secs: u64,
+    /// The key-encryption key of collections with `encryption: perItem`: base64 of 32 random
+    /// bytes (`head -c32 /dev/urandom | base64`), usually `{file: …}` from a Secret. Losing it
+    /// loses every encrypted item.
+    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encryption_key: Option<Secret>,
 }
 
 /// `engine.retryQueue`: writes that met a transient backend failure are retried with
@@ -347,6 +370,13 @@ impl EngineConfig {
             max_payload_bytes: self.max_payload_bytes,
             queue: self.retry_queue.settings(),
             orphan_grace: Duration::from_secs(self.orphan_grace_secs),
+            // An unreadable or malformed key is reported by `validate`; here it is left out, and
+            // encrypted collections then refuse to work (503) rather than write in clear.
+            encryption_key: self
+                .encryption_key
+                .as_ref()
+                .and_then(|s| s.reveal().ok())
+                .and_then(|k| crate::engine::sealed::Kek::from_base64(&k).ok()),
             ..EngineSettings::default()
         }
     }
@@ -359,6 +389,7 @@ impl Default for EngineConfig {
             max_payload_bytes: Self::default_max_payload_bytes(),
             retry_queue: RetryQueueConfig::default(),
             orphan_grace_secs: Self::default_orphan_grace_secs(),
+            encryption_key: None,
         }
     }
 }
@@ -464,6 +495,7 @@ impl Config {
                 json_bucket: s.json_bucket.clone(),
                 content_bucket: s.content_bucket.clone(),
                 backups_bucket: s.backups_bucket.clone(),
+                object_lock: s.object_lock,
             })),
             _ => Ok(Storage::Embedded {
                 dir: match &self.local_storage {

@@ -98,6 +98,7 @@ engine:
             json_bucket: "j".into(),
             content_bucket: "c".into(),
             backups_bucket: "b".into(),
+            object_lock: false,
         });
         let shown = format!("{storage:?}");
         for secret in ["hunter2", "admin:", "AKIA-SECRET-ID", "s3cr3t"] {

@@ -208,6 +208,7 @@ impl Backends {
                 .backups_bucket
                 .clone()
                 .unwrap_or_else(|| conn.backups_bucket.clone()),
+            object_lock: conn.object_lock,
         }))
     }
 }

@@ -6,6 +6,8 @@ use std::fmt;
 use std::path::PathBuf;
 
 /// Where a logical database keeps its data.
+// Built once per database when its engine opens: boxing the larger variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Storage {
     /// SQLite + local files in a directory.
@@ -24,6 +26,8 @@ pub struct RemoteStorage {
     pub json_bucket: String,
     pub content_bucket: String,
     pub backups_bucket: String,
+    /// Buckets with S3 Object Lock (created so, and probed; see `engine::backends::s3_lock`).
+    pub object_lock: bool,
 }
 
 impl fmt::Debug for RemoteStorage {
@@ -35,6 +39,7 @@ impl fmt::Debug for RemoteStorage {
             .field("json_bucket", &self.json_bucket)
             .field("content_bucket", &self.content_bucket)
             .field("backups_bucket", &self.backups_bucket)
+            .field("object_lock", &self.object_lock)
             .finish()
     }
 }

@@ -59,6 +59,26 @@ fn settings_issues(
         // Below that, ¾ of it leaves a write too little time for its PUT and its commit.
         issue("engine.orphanGraceSecs".to_owned(), "must be at least 10");
     }
+    match &engine.encryption_key {
+        Some(secret) => match secret.reveal() {
+            Ok(key) => {
+                if let Err(e) = crate::engine::sealed::Kek::from_base64(&key) {
+                    issue("engine.encryptionKey".to_owned(), &e.to_string());
+                }
+            }
+            Err(e) => issue("engine.encryptionKey".to_owned(), &e.to_string()),
+        },
+        None => {
+            for (name, map) in maps {
+                if map.encryption == crate::engine::Encryption::PerItem {
+                    issue(
+                        format!("collectionMaps.{name}.encryption"),
+                        "perItem needs engine.encryptionKey",
+                    );
+                }
+            }
+        }
+    }
     if engine.max_payload_bytes == 0 {
         issue("engine.maxPayloadBytes".to_owned(), "must be greater than 0");
     }

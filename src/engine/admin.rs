@@ -14,7 +14,7 @@ use super::versioning::Engine;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Check {
-    /// `metadata`, `payloads` or `backups`.
+    /// `metadata`, `payloads`, `backups` or `objectLock`.
     pub component: String,
     pub ok: bool,
     pub detail: String,
@@ -93,7 +93,51 @@ impl Engine {
                 },
             });
         }
+        if let Some(check) = self.object_lock_check().await {
+            checks.push(check);
+        }
         checks
+    }
+
+    /// The Object Lock finding, when the database asked for Object Lock.
+    async fn object_lock_check(&self) -> Option<Check> {
+        use super::store::ObjectLockStatus as S;
+        let location = self.payload_store().location();
+        let (ok, detail, recommendation) = match self.object_lock_status().await {
+            Ok(S::NotRequested) => return None,
+            Ok(S::Enforced) => (
+                true,
+                format!("{location}: Object Lock enforced (a locked probe object's delete was refused)"),
+                None,
+            ),
+            Ok(S::NotEnabled) => (
+                false,
+                format!("{location}: bucket has no Object Lock"),
+                Some(
+                    "Object Lock can only be turned on when a bucket is created: create a new bucket with objectLock                      and move the data"
+                        .to_owned(),
+                ),
+            ),
+            Ok(S::NotEnforced(why)) => (
+                false,
+                format!("{location}: not enforced by this S3 server ({why})"),
+                Some(
+                    "holds still keep items from retention and erasure in Chronos, but the objects themselves are                      not locked: use an S3 server that enforces Object Lock for WORM"
+                        .to_owned(),
+                ),
+            ),
+            Err(e) => (
+                false,
+                format!("{location}: Object Lock probe failed: {e}"),
+                Some("the key needs PutObject, DeleteObject, GetBucketObjectLockConfiguration and BypassGovernanceRetention".to_owned()),
+            ),
+        };
+        Some(Check {
+            component: "objectLock".into(),
+            ok,
+            detail,
+            recommendation,
+        })
     }
 
     /// Write, read back and delete a probe object in the payload store; returns milliseconds.

@@ -114,6 +114,17 @@ pub struct Expected<'a> {
 /// collection, item, ov, write attempt and checksum. Anything else is reported as corruption,
 /// never returned.
 pub fn decode(bytes: &[u8], expected: &Expected<'_>) -> Result<Decoded> {
+    decode_opened(bytes, expected, &|_| Ok(None))
+}
+
+/// [`decode`] for data that may be sealed (`engine::sealed`): `open` gets the stored data text
+/// and gives back the plaintext JSON (`None`: the data is not sealed), which is then checked
+/// against the checksum like any other.
+pub fn decode_opened(
+    bytes: &[u8],
+    expected: &Expected<'_>,
+    open: &(dyn Fn(&str) -> Result<Option<String>> + Sync),
+) -> Result<Decoded> {
     let Expected {
         database,
         collection,
@@ -139,7 +150,8 @@ pub fn decode(bytes: &[u8], expected: &Expected<'_>) -> Result<Decoded> {
             h.database, h.collection, h.id, h.ov, h.write_id
         )));
     }
-    let data_json = envelope.data.get().to_owned();
+    let stored = envelope.data.get();
+    let data_json = open(stored)?.unwrap_or_else(|| stored.to_owned());
     let data = parse_data(&data_json, checksum, &what)?;
     Ok(Decoded {
         system: envelope.chronos.system,
@@ -167,7 +179,9 @@ pub fn describe(bytes: &[u8]) -> Result<Described> {
         return Err(Error::Corrupt(format!("version object of format {}", h.format)));
     }
     let data = envelope.data.get();
-    let data_intact = Content::from_json(data.to_owned()).checksum == h.checksum;
+    // Sealed data can't be checked against the plaintext's checksum without its key; its AEAD
+    // tag checks it when it is opened.
+    let data_intact = super::sealed::is_sealed(data) || Content::from_json(data.to_owned()).checksum == h.checksum;
     Ok(Described {
         database: h.database.to_owned(),
         collection: h.collection.to_owned(),

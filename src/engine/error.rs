@@ -86,6 +86,16 @@ pub enum Error {
     #[error("unsupported deployment: {0}")]
     Unsupported(String),
 
+    /// The item is under a legal hold (or its collection's retention hold): it can't be erased
+    /// or pruned until the hold is released.
+    #[error("{0} is held: {1}")]
+    Held(String, String),
+
+    /// The item's data was erased (its versions are tombstones, or its data key was destroyed):
+    /// it is gone for good, not merely missing.
+    #[error("{0} was erased")]
+    Erased(String),
+
     /// Stored data contradicts itself (checksum mismatch, payload of another item…). Never expected;
     /// reported rather than served so a read can never return the wrong item's data.
     #[error("stored data is inconsistent: {0}")]

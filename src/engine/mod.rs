@@ -19,6 +19,7 @@ pub mod counters;
 pub mod envelope;
 pub mod error;
 pub mod feed;
+pub mod hold;
 pub mod ledger;
 pub mod merge;
 pub mod model;
@@ -29,7 +30,9 @@ pub mod restore;
 pub mod retention;
 pub mod retry;
 pub mod scrub;
+pub mod sealed;
 pub mod settings;
+pub mod shred;
 pub mod store;
 pub mod tiering;
 pub mod versioning;
@@ -38,6 +41,7 @@ pub use admin::{Check, StoreStatus};
 pub use counters::Totals;
 pub use error::{Backend, BoxError, Error, Failure, Result};
 pub use feed::{ChangeFilter, ChangesPage, Subscription};
+pub use hold::LegalHold;
 pub use model::{
     Attribution, CollectionName, DEFAULT_DATABASE, Enrichment, ItemId, Op, PayloadRef, Record, RequestKey, State,
     SystemFields, Timestamp, VersionEntry, VersionTarget, WriteOutcome,
@@ -47,7 +51,9 @@ pub use restore::{RestoreCounts, RestorePage};
 pub use retention::{ItemPrune, PrunePolicy, PruneReport};
 pub use retry::Submitted;
 pub use scrub::{Orphan, ScrubOptions, ScrubReport};
-pub use settings::{CollectionMap, ContentKind, ContentMode, CounterRule, EngineSettings, QueueSettings};
+pub use settings::{
+    CollectionMap, ContentKind, ContentMode, CounterRule, Encryption, EngineSettings, HoldRule, LockMode, QueueSettings,
+};
 pub use store::queue::{Operation, OperationId, OperationStatus, QueueStats, WriteRequest};
 pub use store::{
     HistoryPoint, HistoryStart, MetaRead, MetaRestore, MetaStore, MetaUpkeep, MetaWrite, PayloadStore, RefWrite,

@@ -15,7 +15,7 @@ use super::error::{Error, Result};
 use super::model::ItemId;
 use super::settings::EngineSettings;
 use super::store::queue::QueueStore;
-use super::store::{MetaStore, PayloadStore};
+use super::store::{MetaStore, ObjectLockStatus, PayloadStore, PutOptions};
 use super::versioning::Engine;
 
 /// A payload store seen through one database's prefix: keys given are relative to
@@ -89,6 +89,18 @@ impl PayloadStore for Prefixed {
 
     async fn create(&self) -> Result<()> {
         self.inner.create().await
+    }
+
+    async fn put_with(&self, key: &str, body: Bytes, options: &PutOptions) -> Result<()> {
+        self.inner.put_with(&self.full(key), body, options).await
+    }
+
+    async fn object_lock_status(&self) -> Result<ObjectLockStatus> {
+        self.inner.object_lock_status().await
+    }
+
+    async fn set_legal_hold(&self, key: &str, on: bool) -> Result<()> {
+        self.inner.set_legal_hold(&self.full(key), on).await
     }
 }
 

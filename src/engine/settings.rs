@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use super::model::{Op, Timestamp, metadata_name};
 use super::query::Filter;
+pub use super::store::LockMode;
 
 /// Tunables of the versioning core.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +37,9 @@ pub struct EngineSettings {
     /// How long an engine process gathers the versions it committed before writing them to the
     /// ledger as one segment per collection (see `engine::ledger::writer`).
     pub ledger_flush: Duration,
+    /// The key-encryption key that wraps the data keys of collections with `encryption:
+    /// perItem` (see `engine::shred`); without it such collections refuse writes and reads.
+    pub encryption_key: Option<super::sealed::Kek>,
 }
 
 impl Default for EngineSettings {
@@ -50,6 +54,7 @@ impl Default for EngineSettings {
             restore_page: RESTORE_PAGE,
             orphan_grace: ORPHAN_GRACE,
             ledger_flush: Duration::from_secs(1),
+            encryption_key: None,
         }
     }
 }
@@ -65,11 +70,37 @@ pub struct CollectionMap {
     /// Properties stored in the content bucket (large text, or base64 binary) and referenced
     /// from the JSON.
     pub content_props: BTreeMap<String, ContentKind>,
+    /// A retention hold: an item is held (neither pruned nor erased) until `days` after its
+    /// latest write, and on an Object Lock bucket its payloads carry that retention.
+    pub hold: Option<HoldRule>,
+    /// Whether the collection's payloads are encrypted, each item with its own data key.
+    pub encryption: Encryption,
+}
+
+/// A collection's retention hold (S3 Object Lock's retention, as a rule).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HoldRule {
+    pub mode: LockMode,
+    /// How long after its write a version stays locked, 1 to 36500.
+    pub days: u32,
+}
+
+/// How a collection's payload data is stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Encryption {
+    /// As JSON, in clear.
+    #[default]
+    None,
+    /// Sealed with a data key of its own per item (crypto-shredding: destroying the key erases
+    /// every version of the item, even where objects can't be deleted).
+    PerItem,
 }
 
 impl CollectionMap {
     /// What is wrong with this map, as (field, problem); the field is `indexedProps`,
-    /// `requiredIndexed` or `contentProps`. Shared by the configuration file and the operator.
+    /// `requiredIndexed`, `contentProps`, `hold` or `encryption`. Shared by the configuration file and the operator.
     pub fn problems(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
         let indexed = self.indexed_props.as_deref().unwrap_or_default();
@@ -89,6 +120,17 @@ impl CollectionMap {
             if indexed.contains(p) {
                 out.push(("contentProps", format!("`{p}` can't be both indexed and content")));
             }
+        }
+        if let Some(h) = &self.hold
+            && !(1..=36_500).contains(&h.days)
+        {
+            out.push(("hold", "days: expected 1 to 36500".to_owned()));
+        }
+        if self.encryption == Encryption::PerItem && !self.content_props.is_empty() {
+            out.push((
+                "encryption",
+                "perItem encrypts the JSON payloads only: it can't be combined with contentProps".to_owned(),
+            ));
         }
         for r in &self.required_indexed {
             if !indexed.is_empty() && !indexed.contains(r) {

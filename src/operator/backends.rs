@@ -14,7 +14,8 @@ use super::crd::database::{ChronosDatabase, database_key};
 use super::error::{Error, Result};
 use crate::config::{RemoteStorage, S3Access, Storage};
 use crate::engine::backends::S3PayloadStore;
-use crate::engine::{Engine, EngineSettings};
+use crate::engine::store::ObjectLockStatus;
+use crate::engine::{Engine, EngineSettings, PayloadStore};
 
 /// The label a Secret must carry (value `"true"`) for the operator to use it: whoever may create
 /// a ChronosDatabase must not be able to point the operator (and an engine pod) at any Secret of
@@ -63,6 +64,7 @@ pub async fn storage(client: &kube::Client, db: &ChronosDatabase) -> Result<Stor
         json_bucket: spec.s3.buckets.json.clone(),
         content_bucket: spec.s3.buckets.content.clone(),
         backups_bucket: spec.s3.buckets.backups.clone(),
+        object_lock: spec.s3.object_lock,
     }))
 }
 
@@ -75,6 +77,7 @@ fn remote(storage: &Storage) -> Result<(&str, &str, &S3Access, [&str; 3])> {
             json_bucket,
             content_bucket,
             backups_bucket,
+            ..
         }) => Ok((mongo_uri, db_name, s3, [json_bucket, content_bucket, backups_bucket])),
         Storage::Embedded { .. } => Err(Error::Invalid("a ChronosDatabase needs MongoDB and S3".to_owned())),
     }
@@ -98,14 +101,27 @@ pub async fn ping_mongo(ctx: &Context, storage: &Storage) -> Result<()> {
 /// Create the three buckets where missing; returns the ones created.
 pub async fn ensure_buckets(ctx: &Context, storage: &Storage) -> Result<Vec<String>> {
     let (_, _, s3, buckets) = remote(storage)?;
+    let object_lock = matches!(storage, Storage::Remote(r) if r.object_lock);
     let client = ctx.conns.s3(s3);
     let mut created = Vec::new();
     for bucket in buckets {
-        if S3PayloadStore::new(client.clone(), bucket).ensure_bucket().await? {
+        let store = S3PayloadStore::new(client.clone(), bucket).with_object_lock(object_lock);
+        if store.ensure_bucket().await? {
             created.push(bucket.to_owned());
         }
     }
     Ok(created)
+}
+
+/// What the JSON bucket does with Object Lock (`None` when the database did not ask for it):
+/// a probe that locks a scratch object and tries to delete it (`engine::backends::s3_lock`).
+pub async fn object_lock_status(ctx: &Context, storage: &Storage) -> Result<Option<ObjectLockStatus>> {
+    let (_, _, s3, [json, ..]) = remote(storage)?;
+    if !matches!(storage, Storage::Remote(r) if r.object_lock) {
+        return Ok(None);
+    }
+    let store = S3PayloadStore::new(ctx.conns.s3(s3), json).with_object_lock(true);
+    Ok(Some(PayloadStore::object_lock_status(&store).await?))
 }
 
 /// An engine over the database's backends with `settings` (collection maps, counters).
@@ -146,7 +162,16 @@ pub async fn settings(ctx: &Context, db: &ChronosDatabase) -> Result<EngineSetti
     let ns = db.namespace().unwrap_or_default();
     let api: Api<ChronosCollection> = Api::namespaced(ctx.client.clone(), &ns);
     let collections = api.list(&kube::api::ListParams::default()).await?.items;
-    Ok(settings_of(db, &collections))
+    let mut settings = settings_of(db, &collections);
+    // The operator's own writes (restores) to encrypted collections seal and open like the engine's.
+    if let Some(r) = &db.spec.defaults.encryption_key_secret_ref {
+        let key = secret_value(&ctx.client, &ns, &r.name, &r.key).await?;
+        settings.encryption_key = Some(
+            crate::engine::sealed::Kek::from_base64(&key)
+                .map_err(|e| Error::Invalid(format!("Secret {}/{} key `{}`: {e}", ns, r.name, r.key)))?,
+        );
+    }
+    Ok(settings)
 }
 
 /// [`settings`] without the client.

@@ -47,6 +47,7 @@ impl ChronosDatabase {
                     access_key_key: "accessKey".into(),
                     secret_key_key: "secretKey".into(),
                 },
+                object_lock: false,
             },
             defaults: Default::default(),
             engine: None,
@@ -165,6 +166,8 @@ impl ChronosCollection {
             required_indexed: Vec::new(),
             content_props: Default::default(),
             counters: Vec::new(),
+            hold: None,
+            encryption: Default::default(),
             retention: None,
         };
         ChronosCollection::new(&format!("{db}-{name}"), spec)

@@ -35,6 +35,7 @@ fn needs(method: &Method, path: &str) -> Needs {
         || path.ends_with("/counters/reset")
         || path.ends_with("/notes/process")
         || path.ends_with("/retry")
+        || (path.ends_with("/hold") && *method != Method::GET)
         || (path.contains("/_operations/") && *method == Method::DELETE);
     if destructive {
         Needs::DatabaseAdmin

@@ -355,6 +355,7 @@ async fn metrics_time_backend_calls() {
         json_bucket: buckets[0].clone(),
         content_bucket: buckets[1].clone(),
         backups_bucket: buckets[2].clone(),
+        object_lock: false,
     });
     let engine = connect::open("t1", &storage, EngineSettings::default(), &Connections::default())
         .await

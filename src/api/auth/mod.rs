@@ -70,9 +70,10 @@ fn requirement<'a>(method: &Method, path: &'a str) -> Option<(Reach<'a>, Scope)>
     let mut segments = rest.split('/');
     let db = segments.next().unwrap_or_default();
     let tail: Vec<&str> = segments.collect();
-    // /{c}/prune, /{c}/counters/reset, /{c}/process, /_operations/{id}/retry, DELETE /_operations/{id}
+    // /{c}/prune, /{c}/counters/reset, /{c}/process, /{c}/items/{id}/hold,
+    // /_operations/{id}/retry, DELETE /_operations/{id}
     let destructive = match tail.as_slice() {
-        [_, "prune"] | [_, "counters", "reset"] | [_, "process"] => method != Method::GET,
+        [_, "prune"] | [_, "counters", "reset"] | [_, "process"] | [_, "items", _, "hold"] => method != Method::GET,
         ["_operations", _, "retry"] => true,
         ["_operations", _] => method == Method::DELETE,
         _ => false,

@@ -6,6 +6,8 @@ pub mod local;
 pub mod memory;
 pub mod mongo;
 pub mod s3;
+mod s3_error;
+mod s3_lock;
 pub mod sqlite;
 
 pub use local::LocalPayloadStore;

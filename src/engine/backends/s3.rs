@@ -5,12 +5,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, RequestChecksumCalculation, timeout::TimeoutConfig};
-use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::SdkError;
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
 
+use super::s3_error::s3_err;
 use crate::engine::error::{Error, Failure, Result};
-use crate::engine::store::PayloadStore;
+use crate::engine::store::{ObjectLockStatus, PayloadStore, PutOptions};
 
 /// What is needed to reach an S3 endpoint. Secrets never appear in `Debug` output.
 #[derive(Clone, PartialEq, Eq)]
@@ -79,6 +80,9 @@ impl S3Connection {
 pub struct S3PayloadStore {
     client: Client,
     bucket: String,
+    /// The database asked for Object Lock: the bucket is created with it, and
+    /// `object_lock_status` probes it (see `s3_lock.rs`).
+    object_lock: bool,
 }
 
 impl S3PayloadStore {
@@ -86,7 +90,14 @@ impl S3PayloadStore {
         S3PayloadStore {
             client,
             bucket: bucket.into(),
+            object_lock: false,
         }
+    }
+
+    /// Create the bucket with S3 Object Lock (and so versioning), and report on it.
+    pub fn with_object_lock(mut self, object_lock: bool) -> Self {
+        self.object_lock = object_lock;
+        self
     }
 
     pub fn bucket(&self) -> &str {
@@ -100,7 +111,14 @@ impl S3PayloadStore {
             Err(SdkError::ServiceError(e)) if e.err().is_not_found() => {}
             Err(e) => return Err(s3_err("head bucket", &self.bucket, e)),
         }
-        match self.client.create_bucket().bucket(&self.bucket).send().await {
+        match self
+            .client
+            .create_bucket()
+            .bucket(&self.bucket)
+            .set_object_lock_enabled_for_bucket(self.object_lock.then_some(true))
+            .send()
+            .await
+        {
             Ok(_) => Ok(true),
             Err(SdkError::ServiceError(e))
                 if e.err().is_bucket_already_owned_by_you() || e.err().is_bucket_already_exists() =>
@@ -185,22 +203,6 @@ fn observe<T>(call: &'static str, started: std::time::Instant, result: &Result<T
     .record(started.elapsed().as_secs_f64());
 }
 
-fn s3_err<E, R>(op: &str, key: &str, e: SdkError<E, R>) -> Error
-where
-    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
-{
-    let detail = match &e {
-        SdkError::ServiceError(s) => format!(
-            "{}: {}",
-            s.err().code().unwrap_or("error"),
-            s.err().message().unwrap_or("no message")
-        ),
-        other => aws_smithy_types::error::display::DisplayErrorContext(other).to_string(),
-    };
-    Error::payload(Failure::new(format!("{op} {key}: {detail}"), e))
-}
-
 #[async_trait]
 impl PayloadStore for S3PayloadStore {
     async fn put(&self, key: &str, body: Bytes) -> Result<()> {
@@ -283,6 +285,30 @@ impl PayloadStore for S3PayloadStore {
 
     async fn create(&self) -> Result<()> {
         self.ensure_bucket().await.map(|_| ())
+    }
+
+    async fn put_with(&self, key: &str, body: Bytes, options: &PutOptions) -> Result<()> {
+        if !self.object_lock || options.is_plain() {
+            return self.put(key, body).await;
+        }
+        let started = std::time::Instant::now();
+        let result = super::s3_lock::put_locked(&self.client, &self.bucket, key, body, options).await;
+        observe("put", started, &result);
+        result
+    }
+
+    async fn set_legal_hold(&self, key: &str, on: bool) -> Result<()> {
+        if !self.object_lock {
+            return Ok(());
+        }
+        super::s3_lock::set_legal_hold(&self.client, &self.bucket, key, on).await
+    }
+
+    async fn object_lock_status(&self) -> Result<ObjectLockStatus> {
+        if !self.object_lock {
+            return Ok(ObjectLockStatus::NotRequested);
+        }
+        super::s3_lock::probe(&self.client, &self.bucket).await
     }
 
     async fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<String>> {

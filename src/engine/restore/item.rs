@@ -228,7 +228,7 @@ impl Engine {
             write_id,
             checksum: &target.checksum,
         };
-        let decoded = crate::engine::envelope::decode(&bytes, &expected)?;
+        let decoded = self.decode_payload(&bytes, &expected).await?;
         let data = self.new_data(collection, decoded.data)?;
         let intent = WriteIntent {
             op: Op::Restore,

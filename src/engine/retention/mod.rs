@@ -43,6 +43,8 @@ pub struct PruneReport {
     pub dry_run: bool,
     pub items_examined: u64,
     pub versions_pruned: u64,
+    /// Items left alone because they are held (a legal hold or the collection's retention hold).
+    pub items_held: u64,
 }
 
 impl PrunePolicy {
@@ -127,13 +129,14 @@ impl Engine {
         };
         loop {
             let heads = self.meta().list_heads(collection, &query).await?;
-            let pruned: Vec<u64> = futures::stream::iter(heads.iter().cloned())
+            let pruned: Vec<Option<u64>> = futures::stream::iter(heads.iter().cloned())
                 .map(|h| self.prune_item(collection, h, policy, cutoff, dry_run))
                 .buffer_unordered(8)
                 .try_collect()
                 .await?;
             report.items_examined += heads.len() as u64;
-            report.versions_pruned += pruned.iter().sum::<u64>();
+            report.versions_pruned += pruned.iter().flatten().sum::<u64>();
+            report.items_held += pruned.iter().filter(|p| p.is_none()).count() as u64;
             if heads.len() < PAGE {
                 return Ok(report);
             }
@@ -141,6 +144,7 @@ impl Engine {
         }
     }
 
+    /// How many versions of the item went (or would go); `None` when it is held and was skipped.
     async fn prune_item(
         &self,
         collection: &CollectionName,
@@ -148,16 +152,20 @@ impl Engine {
         policy: &PrunePolicy,
         cutoff: Option<Timestamp>,
         dry_run: bool,
-    ) -> Result<u64> {
+    ) -> Result<Option<u64>> {
+        if let Some(reason) = self.hold_reason(collection, &head.id, Some(&head)).await? {
+            tracing::debug!(%collection, id = %head.id, %reason, "retention skips a held item");
+            return Ok(None);
+        }
         let Some(plan) = self.plan_prune(collection, &head, policy, cutoff).await? else {
-            return Ok(0);
+            return Ok(Some(0));
         };
         let n = plan.versions();
         if !dry_run {
             self.unindex_pruned(&plan).await?;
             self.delete_pruned_payloads(plan).await?;
         }
-        Ok(n)
+        Ok(Some(n))
     }
 
     /// Plan the prune of one item by `policy` (`None`: nothing to prune).

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::PayloadStore;
+use super::{ObjectLockStatus, PayloadStore, PutOptions};
 use crate::engine::error::{Error, Result};
 
 /// Requests counted by [`Counting`] (or recorded by hand, for requests made around the engine),
@@ -65,6 +65,15 @@ impl<P: PayloadStore + ?Sized> Counting<P> {
 impl<P: PayloadStore + ?Sized> PayloadStore for Counting<P> {
     async fn put(&self, key: &str, body: Bytes) -> Result<()> {
         self.timed(self.inner.put(key, body)).await
+    }
+    async fn put_with(&self, key: &str, body: Bytes, options: &PutOptions) -> Result<()> {
+        self.timed(self.inner.put_with(key, body, options)).await
+    }
+    async fn object_lock_status(&self) -> Result<ObjectLockStatus> {
+        self.inner.object_lock_status().await
+    }
+    async fn set_legal_hold(&self, key: &str, on: bool) -> Result<()> {
+        self.inner.set_legal_hold(key, on).await
     }
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
         self.timed(self.inner.get(key)).await
@@ -166,19 +175,35 @@ impl<P: PayloadStore + ?Sized> Faulty<P> {
     pub fn new(inner: Arc<P>, faults: Arc<Faults>) -> Self {
         Faulty { inner, faults }
     }
-}
 
-#[async_trait]
-#[deny(clippy::missing_trait_methods)]
-impl<P: PayloadStore + ?Sized> PayloadStore for Faulty<P> {
-    async fn put(&self, key: &str, body: Bytes) -> Result<()> {
+    /// What the switched-on faults do to a PUT of `key`: hold it, or fail it.
+    async fn before_put(&self, key: &str) -> Result<()> {
         if names(&self.faults.hold_puts_containing, key) || self.faults.hold_puts.load(Ordering::SeqCst) {
             self.faults.hold().await;
         }
         if names(&self.faults.fail_puts_containing, key) || self.faults.fail_puts.load(Ordering::SeqCst) {
             return Err(Error::payload("injected fault: connection refused"));
         }
+        Ok(())
+    }
+}
+
+#[async_trait]
+#[deny(clippy::missing_trait_methods)]
+impl<P: PayloadStore + ?Sized> PayloadStore for Faulty<P> {
+    async fn put(&self, key: &str, body: Bytes) -> Result<()> {
+        self.before_put(key).await?;
         self.inner.put(key, body).await
+    }
+    async fn put_with(&self, key: &str, body: Bytes, options: &PutOptions) -> Result<()> {
+        self.before_put(key).await?;
+        self.inner.put_with(key, body, options).await
+    }
+    async fn object_lock_status(&self) -> Result<ObjectLockStatus> {
+        self.inner.object_lock_status().await
+    }
+    async fn set_legal_hold(&self, key: &str, on: bool) -> Result<()> {
+        self.inner.set_legal_hold(key, on).await
     }
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
         self.inner.get(key).await

@@ -7,6 +7,7 @@
 pub mod decorators;
 pub mod queue;
 pub mod rules;
+pub mod sidecar;
 pub mod signal;
 
 use async_trait::async_trait;
@@ -40,6 +41,72 @@ pub trait PayloadStore: Send + Sync + 'static {
     async fn exists(&self) -> Result<bool>;
     /// Create the bucket (directory); existing already is fine.
     async fn create(&self) -> Result<()>;
+    /// [`PayloadStore::put`] with S3 Object Lock settings for the object. Stores that can't
+    /// lock objects store it plainly: the engine's holds still keep the item (see
+    /// `engine::hold`), and [`PayloadStore::object_lock_status`] says the bucket does not.
+    async fn put_with(&self, key: &str, body: Bytes, options: &PutOptions) -> Result<()> {
+        let _ = options;
+        self.put(key, body).await
+    }
+    /// Put (or lift) an S3 Object Lock legal hold on every stored version of `key`; nothing on
+    /// stores that can't lock objects.
+    async fn set_legal_hold(&self, key: &str, on: bool) -> Result<()> {
+        let _ = (key, on);
+        Ok(())
+    }
+    /// Whether objects written here can really be locked (found by a probe on S3).
+    async fn object_lock_status(&self) -> Result<ObjectLockStatus> {
+        Ok(ObjectLockStatus::NotRequested)
+    }
+}
+
+/// How one object is locked when written (S3 Object Lock).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PutOptions {
+    /// Retention: the object can't be deleted or overwritten before this time.
+    pub retention: Option<(LockMode, Timestamp)>,
+    /// A legal hold: the object can't be deleted until the hold is lifted.
+    pub legal_hold: bool,
+}
+
+impl PutOptions {
+    pub fn is_plain(&self) -> bool {
+        self.retention.is_none() && !self.legal_hold
+    }
+}
+
+/// S3 Object Lock's retention modes: GOVERNANCE can be lifted by a caller allowed to bypass it,
+/// COMPLIANCE by nobody until it expires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum LockMode {
+    Governance,
+    Compliance,
+}
+
+impl LockMode {
+    /// The name S3 gives it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockMode::Governance => "GOVERNANCE",
+            LockMode::Compliance => "COMPLIANCE",
+        }
+    }
+}
+
+/// What a bucket does with Object Lock, as [`PayloadStore::object_lock_status`] found it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", tag = "status", content = "detail")]
+pub enum ObjectLockStatus {
+    /// The database did not ask for Object Lock (or the store is not S3).
+    NotRequested,
+    /// Asked for, but the bucket has no Object Lock configuration.
+    NotEnabled,
+    /// The bucket says it has Object Lock, but a delete naming the version id of a locked probe
+    /// object succeeded: the server does not enforce it.
+    NotEnforced(String),
+    /// A delete of a locked probe object's version was refused.
+    Enforced,
 }
 
 /// The change a write makes to an item's head, prepared by the engine and applied atomically by
@@ -219,11 +286,12 @@ pub struct TierBatch {
 
 /// Heads, the version index and the collection-version sequence: everything a backend's metadata
 /// store does, as the five parts its callers use ([`MetaWrite`], [`MetaRead`], [`MetaRestore`],
-/// [`MetaUpkeep`], [`MetaRebuild`]). Implemented for every type that implements the five, so
-/// `Arc<dyn MetaStore>` is what the engine holds.
-pub trait MetaStore: MetaWrite + MetaRead + MetaRestore + MetaUpkeep + MetaRebuild {}
+/// [`MetaUpkeep`], [`MetaRebuild`]) and the per-item side records ([`sidecar::MetaSidecar`]).
+/// Implemented for every type that implements them all, so `Arc<dyn MetaStore>` is what the
+/// engine holds.
+pub trait MetaStore: MetaWrite + MetaRead + MetaRestore + MetaUpkeep + MetaRebuild + sidecar::MetaSidecar {}
 
-impl<T: MetaWrite + MetaRead + MetaRestore + MetaUpkeep + MetaRebuild> MetaStore for T {}
+impl<T: MetaWrite + MetaRead + MetaRestore + MetaUpkeep + MetaRebuild + sidecar::MetaSidecar> MetaStore for T {}
 
 /// What the write path needs: reach the store, prepare a collection, hold and commit a write, and
 /// find the version an idempotency key already wrote.

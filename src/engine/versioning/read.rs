@@ -255,7 +255,7 @@ impl Engine {
             write_id,
             checksum,
         };
-        envelope::decode(&bytes, &expected)
+        self.decode_payload(&bytes, &expected).await
     }
 }
 

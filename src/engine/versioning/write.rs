@@ -195,7 +195,8 @@ impl Engine {
                 ));
             }
         }
-        let inline = content.json.len() <= self.settings.inline_max_bytes;
+        // Sealed data is never also kept in clear in the head (see `engine::shred`).
+        let inline = content.json.len() <= self.settings.inline_max_bytes && !self.encrypted(collection);
         Ok(NewData { content, meta, inline })
     }
 
@@ -285,7 +286,14 @@ impl Engine {
             };
             let (entry, body, record) = prepared;
             let key = payload_key(collection, id, ov, &change.write_id);
-            if let Err(e) = self.payloads.put(&key, Bytes::from(body)).await {
+            let locked = match self.put_options(collection, id, entry.at).await {
+                Ok(o) => o,
+                Err(e) => {
+                    pending.abort().await;
+                    return Err(e);
+                }
+            };
+            if let Err(e) = self.payloads.put_with(&key, Bytes::from(body), &locked).await {
                 pending.abort().await;
                 return Err(e);
             }
@@ -402,7 +410,8 @@ impl Engine {
             payload_ref: None,
         };
         let prev = previous.map(PrevLink::of);
-        let body = envelope::encode(&self.database, collection, &entry, &system, prev, &content.json)?;
+        let stored = self.data_to_store(collection, &entry, &content.json).await?;
+        let body = envelope::encode(&self.database, collection, &entry, &system, prev, &stored)?;
         let record = LedgerRecord::new(&entry, &system, previous);
         Ok((entry, body, record))
     }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use std::collections::BTreeMap;
 
-use crate::engine::{CollectionMap, CollectionName, ContentKind, CounterRule, Op};
+use crate::engine::{CollectionMap, CollectionName, ContentKind, CounterRule, Encryption, HoldRule, Op};
 
 /// The condition type of a `ChronosCollection`'s status: its MongoDB indexes are in place.
 pub const INDEXES_READY: &str = "IndexesReady";
@@ -58,6 +58,17 @@ pub struct ChronosCollectionSpec {
     /// Named conditional counters.
     #[serde(default)]
     pub counters: Vec<CounterRuleSpec>,
+    /// A retention hold: items are neither pruned nor erased until `days` after their latest
+    /// write; on a database with `s3.objectLock` their payloads carry S3 Object Lock retention.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "hold_schema")]
+    pub hold: Option<HoldRule>,
+    /// `perItem`: payloads encrypted with a data key per item, so destroying the key erases the
+    /// item even where objects can't be deleted (needs the database's
+    /// `defaults.encryptionKeySecretRef`).
+    #[serde(default, skip_serializing_if = "is_plain")]
+    #[schemars(schema_with = "encryption_schema")]
+    pub encryption: Encryption,
     /// Overrides the rules of any `ChronosRetention` selecting this collection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<RetentionOverride>,
@@ -129,6 +140,26 @@ fn content_props_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     })
 }
 
+// The engine's `HoldRule` and `Encryption`, with schemas written by hand for the same reason.
+fn hold_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "required": ["mode", "days"],
+        "properties": {
+            "mode": {"type": "string", "enum": ["GOVERNANCE", "COMPLIANCE"]},
+            "days": {"type": "integer", "minimum": 1, "maximum": 36500},
+        },
+    })
+}
+
+fn encryption_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "string", "enum": ["none", "perItem"], "default": "none"})
+}
+
+fn is_plain(e: &Encryption) -> bool {
+    *e == Encryption::None
+}
+
 fn any_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({"type": "object", "x-kubernetes-preserve-unknown-fields": true})
 }
@@ -145,6 +176,8 @@ impl ChronosCollectionSpec {
             indexed_props: Some(self.indexed_props.clone()).filter(|p| !p.is_empty()),
             required_indexed: self.required_indexed.clone(),
             content_props: self.content_props.clone(),
+            hold: self.hold,
+            encryption: self.encryption,
         };
         for (field, problem) in map.problems() {
             out.push(format!("spec.{field}: {problem}"));

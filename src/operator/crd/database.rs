@@ -16,6 +16,8 @@ pub use crate::config::{DatabaseType, Tier};
 pub const BACKENDS_REACHABLE: &str = "BackendsReachable";
 pub const BUCKETS_READY: &str = "BucketsReady";
 pub const ENGINE_READY: &str = "EngineReady";
+/// Only with `spec.s3.objectLock`: whether the JSON bucket really locks objects (a probe).
+pub const OBJECT_LOCK_READY: &str = "ObjectLockReady";
 pub const READY: &str = "Ready";
 /// Whether the last scheduled verify found the history intact (`spec.verify`).
 pub const HISTORY_VERIFIED: &str = "HistoryVerified";
@@ -156,6 +158,11 @@ pub struct S3Spec {
     pub force_path_style: bool,
     pub buckets: Buckets,
     pub credentials_secret_ref: S3Credentials,
+    /// Create the buckets with S3 Object Lock (possible only when a bucket is created) and write
+    /// the payloads of collections with a `hold` rule under its retention. Whether the server
+    /// enforces it is probed and reported in the `ObjectLockReady` condition.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub object_lock: bool,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -188,6 +195,11 @@ pub struct CollectionDefaults {
     /// Larger records are refused (engine default 8 MiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_payload_bytes: Option<u64>,
+    /// The Secret key holding the key-encryption key of collections with `encryption: perItem`
+    /// (base64 of 32 random bytes; the Secret needs the `chronos.dev/credentials` label). Losing
+    /// it loses every encrypted item.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption_key_secret_ref: Option<SecretKeyRef>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]

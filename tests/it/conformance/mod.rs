@@ -11,6 +11,7 @@ pub mod enrichment;
 pub mod feed;
 mod fixtures;
 pub mod history;
+pub mod holds;
 pub mod idempotency;
 pub mod listing;
 pub mod queue;
@@ -18,6 +19,7 @@ pub mod reads;
 pub mod rebuild;
 pub mod restore;
 pub mod retention;
+pub mod shredding;
 pub mod tiering;
 pub mod writes;
 
@@ -59,6 +61,11 @@ macro_rules! conformance_suite {
                 retention_prunes_the_index_but_old_versions_stay_readable,
                 retention_keeps_payloads_restored_versions_use, restore_after_retention_brings_back_pruned_versions,
                 retention_never_deletes_a_payload_a_concurrent_restore_uses);
+            $crate::conformance_suite!(@subject holds;
+                held_items_survive_retention_and_refuse_erasure, a_collection_retention_hold_keeps_recent_items,
+                side_records_keep_one_record_per_item_and_kind);
+            $crate::conformance_suite!(@subject shredding;
+                encrypted_items_are_sealed_readable_and_gone_once_shredded);
             $crate::conformance_suite!(@subject tiering;
                 tiering_moves_cold_payloads_out_of_the_metadata_store);
             $crate::conformance_suite!(@subject counters;
@@ -180,10 +187,38 @@ pub fn settings(check: &str) -> chronos::engine::EngineSettings {
         // A gap settles after the grace: short, so the check takes seconds.
         s.orphan_grace = std::time::Duration::from_secs(3);
     }
+    if check == "a_collection_retention_hold_keeps_recent_items" {
+        s.collection_maps.insert(
+            "things".into(),
+            chronos::engine::CollectionMap {
+                hold: Some(chronos::engine::HoldRule {
+                    mode: chronos::engine::LockMode::Governance,
+                    days: 1,
+                }),
+                ..Default::default()
+            },
+        );
+    }
+    if check == "encrypted_items_are_sealed_readable_and_gone_once_shredded" {
+        s.collection_maps.insert(
+            "things".into(),
+            chronos::engine::CollectionMap {
+                indexed_props: Some(vec!["kind".into()]),
+                encryption: chronos::engine::Encryption::PerItem,
+                ..Default::default()
+            },
+        );
+        s.encryption_key = Some(test_kek());
+    }
     if check == "oversized_payloads_are_refused" {
         s.max_payload_bytes = 1000;
     }
     s
+}
+
+/// A key-encryption key for tests (a fixed one: nothing here is secret).
+pub fn test_kek() -> chronos::engine::sealed::Kek {
+    chronos::engine::sealed::Kek::from_base64("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=").expect("32 bytes")
 }
 
 /// Lets the macro accept both sync and async harness constructors.

@@ -484,3 +484,45 @@ async fn backends_outside_the_allowed_hosts_are_never_contacted() {
     );
     assert!(!bucket_exists(&db.spec.s3.buckets.json).await, "nothing was made");
 }
+
+/// With `s3.objectLock` the buckets are created with S3 Object Lock and `ObjectLockReady` says
+/// whether the server enforces it (SeaweedFS 4.48 does: the probe's delete of a locked version is
+/// refused); a database without it gets no such condition.
+#[tokio::test(flavor = "multi_thread")]
+async fn object_lock_is_probed_and_reported() {
+    let mut k = Cluster::new().await;
+    k.start();
+    let dbs = k.api::<ChronosDatabase>();
+    let _: ChronosDatabase = k
+        .create(k.database_spec("locked", json!({"s3": {"objectLock": true}})))
+        .await;
+    let _: ChronosDatabase = k.create(k.database_spec("plain", json!({}))).await;
+    let locked = wait_for(&dbs, "locked", "object lock probed", |d| {
+        condition(d, "ObjectLockReady").is_some()
+    })
+    .await;
+    assert_eq!(
+        condition(&locked, "ObjectLockReady").as_deref(),
+        Some("True"),
+        "{:?}",
+        locked.status
+    );
+    let lock = s3_connection()
+        .client()
+        .get_object_lock_configuration()
+        .bucket(&locked.spec.s3.buckets.json)
+        .send()
+        .await
+        .unwrap();
+    let enabled = lock.object_lock_configuration().and_then(|c| c.object_lock_enabled());
+    assert_eq!(
+        enabled.map(|e| e.as_str()),
+        Some("Enabled"),
+        "the bucket was created with it"
+    );
+    let plain = wait_for(&dbs, "plain", "buckets ready", |d| {
+        condition(d, "BucketsReady").as_deref() == Some("True")
+    })
+    .await;
+    assert_eq!(condition(&plain, "ObjectLockReady"), None);
+}

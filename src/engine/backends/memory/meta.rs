@@ -12,6 +12,7 @@ use crate::engine::error::{Error, Result};
 use crate::engine::model::{CollectionName, Head, ItemId, Op, RequestKey, State, Timestamp, VersionEntry};
 use crate::engine::query::Filter;
 use crate::engine::store::rules::{HEAD_OVERHEAD, after, check_precondition, next_head, ref_head};
+use crate::engine::store::sidecar::SideKind;
 use crate::engine::store::signal::{CommitSignals, CommitWatch};
 use crate::engine::store::{
     CommitError, HeadChange, Held, HistoryPoint, HistoryStart, ListQuery, MetaRead, MetaRestore, MetaUpkeep, MetaWrite,
@@ -34,6 +35,9 @@ pub(super) struct Collection {
     locks: HashMap<ItemId, Arc<tokio::sync::Mutex<()>>>,
 }
 
+/// Side records by (collection, kind, item) (see `sidecar.rs`).
+pub(super) type Sides = HashMap<(CollectionName, SideKind, ItemId), String>;
+
 #[derive(Default, Clone)]
 pub struct MemoryMetaStore {
     collections: Arc<Mutex<HashMap<CollectionName, Collection>>>,
@@ -43,6 +47,8 @@ pub struct MemoryMetaStore {
     signals: CommitSignals,
     /// What a rebuild recorded of its progress (see `rebuild.rs`).
     pub(super) rebuild_progress: Arc<Mutex<Option<String>>>,
+    /// Side records (see `sidecar.rs`).
+    pub(super) sides: Arc<Mutex<Sides>>,
 }
 
 impl MemoryMetaStore {

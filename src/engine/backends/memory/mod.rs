@@ -5,6 +5,7 @@ mod meta;
 mod payload;
 mod queue;
 mod rebuild;
+mod sidecar;
 
 pub use meta::MemoryMetaStore;
 pub use payload::MemoryPayloadStore;

@@ -3,7 +3,7 @@
 //! Collections per Chronos collection `c`: `c_head` (one document per item: the latest version's
 //! coordinates, indexed metadata and, while hot, the data inline) and `c_ver` (the version index).
 //! `chronos_sequences` holds one collection-version counter per collection, and `c/pruned`
-//! with retention's counter tallies.
+//! with retention's counter tallies; `chronos_sides` the side records (holds, wrapped data keys).
 //!
 //! A lone write costs four commands: the cv `$inc`, the head `findOneAndUpdate` (or `insert` for
 //! a create) that opens the transaction and holds the item, the version `insert`, and
@@ -13,13 +13,15 @@
 //! This file holds the store, its transactions and how driver errors are read; the parts: `docs`
 //! (BSON in and out), `write` (the lone-write protocol), `group` (group commit), `read`,
 //! `upkeep` (counters, tiering, retention), `rebuild` (bulk loads from the buckets), `watch`
-//! (change streams that wake change feeds) and `queue` (the retry queue's collections).
+//! (change streams that wake change feeds), `sidecar` (holds, data keys) and `queue` (the retry
+//! queue's collections).
 
 mod docs;
 mod group;
 pub mod queue;
 mod read;
 mod rebuild;
+mod sidecar;
 #[cfg(test)]
 mod tests;
 mod upkeep;

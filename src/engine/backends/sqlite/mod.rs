@@ -11,13 +11,14 @@
 //!
 //! This file opens the store and holds its item locks; the parts: `schema` (tables, migrations),
 //! `rows` (rows in and out), `write`, `read`, `upkeep` (counters, tiering, retention), `rebuild`
-//! (bulk loads from the buckets) and `queue` (the retry queue's tables).
+//! (bulk loads from the buckets), `sidecar` (holds, data keys) and `queue` (the retry queue's tables).
 
 pub mod queue;
 mod read;
 mod rebuild;
 mod rows;
 mod schema;
+mod sidecar;
 #[cfg(test)]
 mod tests;
 mod upkeep;

@@ -7,7 +7,7 @@ use super::rows::map_sql;
 use crate::engine::error::{Error, Result};
 
 /// Bumped whenever the tables change; a database from a newer build is refused, not misread.
-pub(super) const SCHEMA_VERSION: i64 = 6;
+pub(super) const SCHEMA_VERSION: i64 = 7;
 
 pub(super) const SCHEMA: &str = "
 CREATE TABLE sequences (
@@ -92,6 +92,9 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // retention cut into by the highest cv it removed (see `HistoryStart`).
     "CREATE INDEX versions_cv ON versions (collection, cv); \
      ALTER TABLE sequences ADD COLUMN pruned_through INTEGER NOT NULL DEFAULT 0;",
+    // 7: side records (`sidecar.rs`): legal holds and wrapped data keys, one per item and kind.
+    "CREATE TABLE sides (collection TEXT NOT NULL, kind TEXT NOT NULL, item_id TEXT NOT NULL, \
+     record TEXT NOT NULL, PRIMARY KEY (collection, kind, item_id)) STRICT;",
 ];
 
 pub(super) fn create_schema(conn: &mut Connection) -> Result<()> {

@@ -17,7 +17,7 @@ use crate::operator::backends;
 use crate::operator::conditions::Observed;
 use crate::operator::context::{Context, requeue};
 use crate::operator::crd::database::{
-    BACKENDS_REACHABLE, BUCKETS_READY, ChronosDatabase, ENGINE_READY, READY, database_key,
+    BACKENDS_REACHABLE, BUCKETS_READY, ChronosDatabase, ENGINE_READY, OBJECT_LOCK_READY, READY, database_key,
 };
 use crate::operator::error::{Error, Result};
 use crate::operator::events::{self, Notice};
@@ -145,10 +145,33 @@ async fn usable(
         ];
         return Ok(Checked::Unavailable(observed, requeue::MISSING));
     }
-    Ok(Checked::Usable(vec![
+    let mut observed = vec![
         Observed::ok(BACKENDS_REACHABLE, "Reachable", "MongoDB and S3 answer"),
         Observed::ok(BUCKETS_READY, "BucketsExist", buckets),
-    ]))
+    ];
+    observed.extend(object_lock(ctx, storage).await);
+    Ok(Checked::Usable(observed))
+}
+
+/// `ObjectLockReady`, when the database asked for Object Lock: True only when the server refused
+/// to delete a locked probe object's version.
+async fn object_lock(ctx: &Context, storage: &crate::config::Storage) -> Option<Observed> {
+    use crate::engine::store::ObjectLockStatus as S;
+    Some(match backends::object_lock_status(ctx, storage).await {
+        Ok(None) | Ok(Some(S::NotRequested)) => return None,
+        Ok(Some(S::Enforced)) => Observed::ok(
+            OBJECT_LOCK_READY,
+            "Enforced",
+            "the server refused to delete a locked probe object's version",
+        ),
+        Ok(Some(S::NotEnabled)) => Observed::failed(OBJECT_LOCK_READY, "NotEnabled", "bucket has no Object Lock"),
+        Ok(Some(S::NotEnforced(why))) => Observed::failed(
+            OBJECT_LOCK_READY,
+            "NotEnforced",
+            format!("not enforced by this S3 server: {why}"),
+        ),
+        Err(e) => Observed::failed(OBJECT_LOCK_READY, "ProbeFailed", e.to_string()),
+    })
 }
 
 /// Why `db` (on MongoDB deployment `backend`) may not use its data, if another ChronosDatabase

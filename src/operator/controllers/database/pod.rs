@@ -35,6 +35,9 @@ pub(super) fn secret_mounts<'a>(dbs: &[&'a ChronosDatabase]) -> BTreeMap<&'a str
         let keys = out.entry(&creds.name).or_default();
         keys.insert(&creds.access_key_key);
         keys.insert(&creds.secret_key_key);
+        if let Some(kek) = &db.spec.defaults.encryption_key_secret_ref {
+            out.entry(&kek.name).or_default().insert(&kek.key);
+        }
     }
     out
 }

@@ -111,6 +111,7 @@ pub fn engine_config(dbs: &[&ChronosDatabase], collections: &[ChronosCollection]
             content_bucket: spec.s3.buckets.content.clone(),
             backups_bucket: spec.s3.buckets.backups.clone(),
             force_path_style: spec.s3.force_path_style,
+            object_lock: spec.s3.object_lock,
         });
         let uri = &spec.mongodb.uri_secret_ref;
         let mongo_index = mongo
@@ -123,7 +124,7 @@ pub fn engine_config(dbs: &[&ChronosDatabase], collections: &[ChronosCollection]
             mongo: Some(mongo_index),
             spaces: Some(i),
             db_name: Some(spec.mongodb.db_name.clone()),
-            engine: spec.defaults.engine_config(),
+            engine: engine_config_of(db),
             collection_maps: Some(maps).filter(|m| !m.is_empty()),
             counters: Some(counters).filter(|c| !c.is_empty()),
             ..RouteEntry::default()
@@ -160,6 +161,16 @@ pub fn engine_config(dbs: &[&ChronosDatabase], collections: &[ChronosCollection]
     }
 }
 
+/// The database's engine tunables, with its key-encryption key as a mounted file.
+fn engine_config_of(db: &ChronosDatabase) -> Option<config::EngineConfig> {
+    let defaults = &db.spec.defaults;
+    let mut engine = defaults.engine_config();
+    if let Some(r) = &defaults.encryption_key_secret_ref {
+        engine.get_or_insert_default().encryption_key = Some(secret_file(&r.name, &r.key));
+    }
+    engine
+}
+
 /// A secret the engine reads from the file where the pod mounts `key` of Secret `name`.
 fn secret_file(name: &str, key: &str) -> config::Secret {
     config::Secret::File {
@@ -189,6 +200,8 @@ fn collection_settings(db: &ChronosDatabase, collections: &[ChronosCollection]) 
                 required_indexed: s.required_indexed.clone(),
             },
             content_props: s.content_props.clone(),
+            hold: s.hold,
+            encryption: s.encryption,
         };
         maps.insert(s.name.clone(), map);
         if !s.counters.is_empty() {
@@ -368,5 +381,21 @@ mod tests {
         assert_eq!(secret.metadata.labels.as_ref().unwrap()[MANAGED_BY.0], MANAGED_BY.1);
         let keys: Vec<&String> = secret.data.as_ref().unwrap().keys().collect();
         assert_eq!(keys, ["admin", "read", "write"]);
+    }
+
+    #[test]
+    fn a_key_encryption_key_is_referenced_as_a_mounted_file_never_copied() {
+        let mut db = ChronosDatabase::orders();
+        db.spec.defaults.encryption_key_secret_ref = Some(crate::operator::crd::database::SecretKeyRef {
+            name: "kek".into(),
+            key: "key".into(),
+        });
+        let config = serde_json::to_value(engine_config(&[&db], &[])).unwrap();
+        assert_eq!(
+            config["databases"][0]["engine"]["encryptionKey"],
+            json!({"file": "/secrets/kek/key"})
+        );
+        let mounts = super::super::pod::secret_mounts(&[&db]);
+        assert!(mounts["kek"].contains("key"), "{mounts:?}");
     }
 }
