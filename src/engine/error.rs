@@ -26,6 +26,11 @@ pub enum Error {
     #[error("{0} not found")]
     NotFound(String),
 
+    /// The item (or the version of it) was erased (`engine::erase`): it existed, and what it
+    /// held is gone for good.
+    #[error("{0} was erased")]
+    Erased(String),
+
     /// Optimistic locking failed: the caller's expected object version is not the current one.
     #[error("version conflict on {item}: expected ov {expected}, current ov {current}")]
     VersionConflict { item: String, expected: u64, current: u64 },

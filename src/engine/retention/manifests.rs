@@ -256,6 +256,52 @@ impl Manifests {
         Ok(())
     }
 
+    /// Turn every entry of an item's manifests into its erased version's tombstone (see
+    /// `engine::erase`), rewriting each manifest under its own key; returns how many entries.
+    /// Each keeps its ov, cv, time and counter names (so counters and a rebuild's tallies stay
+    /// true); the rest goes. A manifest already rewritten is rewritten to the same bytes.
+    pub(crate) async fn erase(&self, collection: &CollectionName, id: &ItemId) -> Result<u64> {
+        let Some(backups) = &self.store else { return Ok(0) };
+        let mut keys = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = backups
+                .list(&manifest_prefix(collection, id), after.as_deref(), 1000)
+                .await?;
+            let Some(last) = page.last().cloned() else { break };
+            keys.extend(page);
+            after = Some(last);
+        }
+        let mut erased = 0;
+        for key in keys {
+            let Some(bytes) = backups.get(&key).await? else {
+                continue;
+            };
+            let mut manifest: Manifest =
+                serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt(format!("manifest {key}: {e}")))?;
+            if (
+                manifest.database.as_str(),
+                manifest.collection.as_str(),
+                manifest.id.as_str(),
+            ) != (self.database.as_str(), collection.as_str(), id.as_str())
+            {
+                continue; // not this item's: leave it to whoever it belongs to
+            }
+            for e in &mut manifest.entries {
+                let tombstone = VersionEntry::tombstone_at(id, e.ov, e.cv, e.at);
+                *e = ManifestEntry {
+                    payload_deleted: true,
+                    counts: std::mem::take(&mut e.counts),
+                    ..ManifestEntry::from_entry(&tombstone)
+                };
+                erased += 1;
+            }
+            let body = serde_json::to_vec(&manifest).map_err(|e| Error::Corrupt(e.to_string()))?;
+            backups.put(&key, Bytes::from(body)).await?;
+        }
+        Ok(erased)
+    }
+
     /// `(ov, writeId)` of every version of an item kept only in retention manifests (scrub
     /// must not take their payloads for orphans).
     pub(crate) async fn write_ids(&self, collection: &CollectionName, id: &ItemId) -> Result<HashSet<(u64, String)>> {

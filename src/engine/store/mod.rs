@@ -335,6 +335,16 @@ pub trait MetaUpkeep: Send + Sync + 'static {
     /// `dry_run`, only report). A write racing with this is never affected: the conditions are
     /// re-checked atomically per item.
     async fn mark_processed(&self, collection: &CollectionName, query: &TierQuery) -> Result<TierBatch>;
+    /// Ids of the items with a version in the index whose metadata matches `filter`, in id order,
+    /// after `after_id`, at most `limit`: an erasure by subject must find an item whose latest
+    /// version no longer names the subject.
+    async fn items_with_versions_matching(
+        &self,
+        collection: &CollectionName,
+        filter: &Filter,
+        after_id: Option<&ItemId>,
+        limit: usize,
+    ) -> Result<Vec<ItemId>>;
     /// Remove these versions of an item from the index (retention); returns how many went.
     /// Atomically with that, each version removed now whose cv is above the counters' mark is
     /// added to the collection's pruned tallies under its counter names, so counters computed

@@ -104,6 +104,35 @@ impl MetaUpkeep for MongoMetaStore {
             .collect()
     }
 
+    async fn items_with_versions_matching(
+        &self,
+        c: &CollectionName,
+        filter: &Filter,
+        after_id: Option<&ItemId>,
+        limit: usize,
+    ) -> Result<Vec<ItemId>> {
+        use futures::TryStreamExt;
+        let mut m = filter_doc(filter);
+        if let Some(after) = after_id {
+            m.insert("itemId", doc! {"$gt": after.as_str()});
+        }
+        let pipeline = vec![
+            doc! {"$match": m},
+            doc! {"$group": {"_id": "$itemId"}},
+            doc! {"$sort": {"_id": 1}},
+            doc! {"$limit": limit as i64},
+        ];
+        let docs: Vec<Document> = self
+            .versions_coll(c)
+            .aggregate(pipeline)
+            .await
+            .map_err(map_err)?
+            .try_collect()
+            .await
+            .map_err(map_err)?;
+        docs.iter().map(|d| get_string(d, "_id")?.parse()).collect()
+    }
+
     async fn counters_from(&self, c: &CollectionName) -> Result<u64> {
         let seq = self
             .sequences()
