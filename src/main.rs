@@ -30,6 +30,7 @@ fn main() -> ExitCode {
             Command::Scrub(args) => cli::scrub::run(args).await,
             Command::Rebuild(args) => cli::history::rebuild(args).await,
             Command::Verify(args) => cli::history::verify(args).await,
+            Command::Erase(args) => cli::erase::run(args).await,
             Command::Client(cmd) => cli::client::run(cmd).await,
         }
     });

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod auth;
 pub mod collections;
+pub mod erasures;
 pub mod error;
 pub mod extract;
 pub mod items;
@@ -38,6 +39,7 @@ fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(items::routes())
         .merge(proofs::routes())
+        .merge(erasures::routes())
         .merge(collections::routes())
         .merge(queue::routes())
         .merge(admin::routes())

@@ -1,8 +1,10 @@
 //! The `chronos` command line: its flags and subcommands, one module per kind of work — the data
 //! service (`serve`, `check-config`), the client subcommands over the HTTP API, and the
-//! maintenance of one database straight from its configuration (`scrub`, `rebuild`, `verify`).
+//! maintenance of one database straight from its configuration (`scrub`, `rebuild`, `verify`,
+//! `erase`).
 
 pub mod client;
+pub mod erase;
 pub mod history;
 mod open;
 mod print;
@@ -56,6 +58,9 @@ pub enum Command {
     Rebuild(history::RebuildArgs),
     /// Check a database's history against its buckets: missing, altered, orphaned, dangling.
     Verify(history::VerifyArgs),
+    /// Erase an item, or every item a filter finds, across all its versions (GDPR erasure);
+    /// --resume finishes erasures a process left started.
+    Erase(erase::EraseArgs),
     #[command(flatten)]
     Client(client::ClientCommand),
 }

@@ -6,6 +6,7 @@
 
 mod api;
 mod api_auth;
+mod api_erase;
 mod api_ops;
 mod api_queue;
 mod conformance;
