@@ -336,3 +336,49 @@ pub async fn erase_by_filter_finds_every_version_and_a_cut_short_erasure_finishe
     let checked = e.verify(std::time::Duration::ZERO).await.unwrap();
     assert!(checked.intact(), "{checked:?}");
 }
+
+/// A process killed midway through an erasure (here: its task dropped while it lists the item's
+/// objects, after the metadata went) leaves a started record; the next engine finishes it.
+pub async fn an_erasure_killed_midway_is_finished_by_the_next_engine(h: &Harness, _fresh: &Harness) {
+    let e = h.engine.clone();
+    let marker = format!("MARKER{}", uuid::Uuid::now_v7().simple());
+    let victim: ItemId = "victim".parse().unwrap();
+    e.create(&coll(), Some(victim.clone()), obj(json!({"subject": marker})), &who())
+        .await
+        .unwrap();
+    e.update(&coll(), &victim, obj(json!({"subject": marker, "n": 2})), None, &who())
+        .await
+        .unwrap();
+    e.flush_ledger().await.unwrap();
+    // The erasure lists the payload bucket twice before it deletes: its records, then the
+    // item's objects. The second listing never returns.
+    h.faults.hold_listing.store(2, Ordering::SeqCst);
+    let task = tokio::spawn({
+        let (e, victim) = (e.clone(), victim.clone());
+        async move { e.erase(&coll(), &request(EraseTarget::Item(victim))).await }
+    });
+    h.faults.until_holding(1).await;
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+
+    let records = e.erasures(Some(&coll())).await.unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].status, ErasureStatus::Started);
+    assert!(
+        is_erased(e.get_latest(&coll(), &victim, WITH_DELETED).await),
+        "its metadata went first"
+    );
+    assert!(!traces(h, &marker).await.is_empty(), "its objects are still there");
+
+    let next = h.replica();
+    let finished = next.resume_erasures().await.unwrap();
+    assert_eq!(finished.len(), 1);
+    assert_eq!(
+        (finished[0].id.as_str(), finished[0].status),
+        (records[0].id.as_str(), ErasureStatus::Done)
+    );
+    assert_eq!(finished[0].versions, 2);
+    assert_eq!(traces(h, &marker).await, Vec::<String>::new());
+    let checked = next.verify(std::time::Duration::ZERO).await.unwrap();
+    assert!(checked.intact(), "{checked:?}");
+}

@@ -78,7 +78,8 @@ macro_rules! conformance_suite {
                 unconfirmed_objects_are_left_out_unless_asked_for);
             $crate::conformance_suite!(@pair erase;
                 an_erased_item_leaves_no_trace_and_nothing_brings_it_back,
-                erase_by_filter_finds_every_version_and_a_cut_short_erasure_finishes);
+                erase_by_filter_finds_every_version_and_a_cut_short_erasure_finishes,
+                an_erasure_killed_midway_is_finished_by_the_next_engine);
         }
     };
     // Checks that need a second, empty store of the same backend (a rebuild's target).
