@@ -184,35 +184,42 @@ impl Manifests {
         Ok(())
     }
 
+    /// The keys of an item's manifests.
+    async fn keys(&self, backups: &dyn PayloadStore, collection: &CollectionName, id: &ItemId) -> Result<Vec<String>> {
+        let mut keys = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = backups
+                .list(&manifest_prefix(collection, id), after.as_deref(), 1000)
+                .await?;
+            let Some(last) = page.last().cloned() else { break };
+            keys.extend(page);
+            after = Some(last);
+        }
+        Ok(keys)
+    }
+
     /// Show `visit` every entry of an item's retention manifests.
     async fn each(&self, collection: &CollectionName, id: &ItemId, mut visit: impl FnMut(ManifestEntry)) -> Result<()> {
         let Some(backups) = &self.store else { return Ok(()) };
-        let mut after: Option<String> = None;
-        loop {
-            let keys = backups
-                .list(&manifest_prefix(collection, id), after.as_deref(), 1000)
-                .await?;
-            let Some(last) = keys.last().cloned() else { break };
-            for key in keys {
-                let Some(bytes) = backups.get(&key).await? else {
-                    continue;
-                };
-                let manifest: Manifest =
-                    serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt(format!("manifest {key}: {e}")))?;
-                if (
-                    manifest.database.as_str(),
-                    manifest.collection.as_str(),
-                    manifest.id.as_str(),
-                ) != (self.database.as_str(), collection.as_str(), id.as_str())
-                {
-                    return Err(Error::Corrupt(format!(
-                        "manifest {key} belongs to {}/{}/{}",
-                        manifest.database, manifest.collection, manifest.id
-                    )));
-                }
-                manifest.entries.into_iter().for_each(&mut visit);
+        for key in self.keys(backups.as_ref(), collection, id).await? {
+            let Some(bytes) = backups.get(&key).await? else {
+                continue;
+            };
+            let manifest: Manifest =
+                serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt(format!("manifest {key}: {e}")))?;
+            if (
+                manifest.database.as_str(),
+                manifest.collection.as_str(),
+                manifest.id.as_str(),
+            ) != (self.database.as_str(), collection.as_str(), id.as_str())
+            {
+                return Err(Error::Corrupt(format!(
+                    "manifest {key} belongs to {}/{}/{}",
+                    manifest.database, manifest.collection, manifest.id
+                )));
             }
-            after = Some(last);
+            manifest.entries.into_iter().for_each(&mut visit);
         }
         Ok(())
     }
@@ -262,18 +269,8 @@ impl Manifests {
     /// true); the rest goes. A manifest already rewritten is rewritten to the same bytes.
     pub(crate) async fn erase(&self, collection: &CollectionName, id: &ItemId) -> Result<u64> {
         let Some(backups) = &self.store else { return Ok(0) };
-        let mut keys = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = backups
-                .list(&manifest_prefix(collection, id), after.as_deref(), 1000)
-                .await?;
-            let Some(last) = page.last().cloned() else { break };
-            keys.extend(page);
-            after = Some(last);
-        }
         let mut erased = 0;
-        for key in keys {
+        for key in self.keys(backups.as_ref(), collection, id).await? {
             let Some(bytes) = backups.get(&key).await? else {
                 continue;
             };

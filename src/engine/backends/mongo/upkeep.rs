@@ -16,6 +16,18 @@ use crate::engine::query::Filter;
 use crate::engine::store::{MetaUpkeep, PrunedVersion, TierBatch, TierQuery};
 
 impl MongoMetaStore {
+    /// The documents an aggregation over a collection's version index yields.
+    async fn aggregate_versions(&self, c: &CollectionName, pipeline: Vec<Document>) -> Result<Vec<Document>> {
+        use futures::TryStreamExt;
+        self.versions_coll(c)
+            .aggregate(pipeline)
+            .await
+            .map_err(map_err)?
+            .try_collect()
+            .await
+            .map_err(map_err)
+    }
+
     /// In the session's transaction: remove the versions still indexed and add them to the
     /// collection's tallies.
     async fn delete_and_tally(
@@ -84,21 +96,13 @@ impl MetaUpkeep for MongoMetaStore {
         after_cv: u64,
         filter: &Filter,
     ) -> Result<std::collections::HashMap<Op, u64>> {
-        use futures::TryStreamExt;
         let mut m = filter_doc(filter);
         m.insert("cv", doc! {"$gt": after_cv as i64});
         let pipeline = vec![
             doc! {"$match": m},
             doc! {"$group": {"_id": "$op", "n": {"$sum": 1_i64}}},
         ];
-        let docs: Vec<Document> = self
-            .versions_coll(c)
-            .aggregate(pipeline)
-            .await
-            .map_err(map_err)?
-            .try_collect()
-            .await
-            .map_err(map_err)?;
+        let docs = self.aggregate_versions(c, pipeline).await?;
         docs.iter()
             .map(|d| Ok((get_string(d, "_id")?.parse()?, get_u64(d, "n")?)))
             .collect()
@@ -111,7 +115,6 @@ impl MetaUpkeep for MongoMetaStore {
         after_id: Option<&ItemId>,
         limit: usize,
     ) -> Result<Vec<ItemId>> {
-        use futures::TryStreamExt;
         let mut m = filter_doc(filter);
         if let Some(after) = after_id {
             m.insert("itemId", doc! {"$gt": after.as_str()});
@@ -122,14 +125,7 @@ impl MetaUpkeep for MongoMetaStore {
             doc! {"$sort": {"_id": 1}},
             doc! {"$limit": limit as i64},
         ];
-        let docs: Vec<Document> = self
-            .versions_coll(c)
-            .aggregate(pipeline)
-            .await
-            .map_err(map_err)?
-            .try_collect()
-            .await
-            .map_err(map_err)?;
+        let docs = self.aggregate_versions(c, pipeline).await?;
         docs.iter().map(|d| get_string(d, "_id")?.parse()).collect()
     }
 
