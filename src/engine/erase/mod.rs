@@ -137,7 +137,7 @@ impl Engine {
             objects: 0,
             sha256: hex::encode(hasher.finalize()),
         };
-        erasures::write(self.payload_store(), &erasure).await?;
+        self.record_erasure(&erasure).await?;
         self.finish_erasure(erasure).await
     }
 
@@ -186,7 +186,7 @@ impl Engine {
         erasure.objects += objects;
         erasure.status = ErasureStatus::Done;
         erasure.finished_at = Some(now());
-        erasures::write(self.payload_store(), &erasure).await?;
+        self.record_erasure(&erasure).await?;
         tracing::info!(
             erasure = %erasure.id,
             collection = %collection,
@@ -196,6 +196,14 @@ impl Engine {
             "erasure done"
         );
         Ok(erasure)
+    }
+
+    /// Write an erasure record to the payload bucket (what a rebuild reads) and to the metadata
+    /// store (the copy next to the index), in that order.
+    async fn record_erasure(&self, erasure: &Erasure) -> Result<()> {
+        erasures::write(self.payload_store(), erasure).await?;
+        let json = serde_json::to_string(erasure).map_err(|e| Error::Corrupt(format!("an erasure record: {e}")))?;
+        self.meta().put_erasure(&erasure.id, &json).await
     }
 
     /// Every item with a version matching `filter`, in id order.

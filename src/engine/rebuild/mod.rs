@@ -192,6 +192,11 @@ impl Engine {
             pruned,
         };
         self.meta().load_sequences(collection, &state).await?;
+        // The metadata store's copy of the collection's erasure records.
+        for e in crate::engine::ledger::erasures::all(self.payload_store(), self.database(), Some(collection)).await? {
+            let json = serde_json::to_string(&e).map_err(|err| Error::Corrupt(format!("an erasure record: {err}")))?;
+            self.meta().put_erasure(&e.id, &json).await?;
+        }
         report.versions += entries.len() as u64;
         report.heads += heads.len() as u64;
         Ok(())

@@ -345,6 +345,12 @@ pub trait MetaUpkeep: Send + Sync + 'static {
         after_id: Option<&ItemId>,
         limit: usize,
     ) -> Result<Vec<ItemId>>;
+    /// Store an erasure record (opaque JSON text, see `ledger::erasures`) under its id,
+    /// replacing the one of that id (an erasure is recorded started, then done): the metadata
+    /// store's copy of the append-only account of erasures, beside the payload bucket's.
+    async fn put_erasure(&self, id: &str, record: &str) -> Result<()>;
+    /// Every erasure record the store holds, in id order.
+    async fn erasure_records(&self) -> Result<Vec<String>>;
     /// Remove these versions of an item from the index (retention); returns how many went.
     /// Atomically with that, each version removed now whose cv is above the counters' mark is
     /// added to the collection's pruned tallies under its counter names, so counters computed

@@ -159,6 +159,13 @@ pub async fn an_erased_item_leaves_no_trace_and_nothing_brings_it_back(h: &Harne
     );
     assert!(erasure.objects >= 4, "payloads and content: {erasure:?}");
     assert_eq!(erasure.sha256.len(), 64);
+    // The record is kept in the metadata store too.
+    let stored = h.meta.erasure_records().await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert!(
+        stored[0].contains(&erasure.id) && stored[0].contains(r#""status":"done""#),
+        "{stored:?}"
+    );
 
     // No byte of it anywhere.
     assert_eq!(traces(h, &marker).await, Vec::<String>::new());
@@ -230,6 +237,11 @@ pub async fn an_erased_item_leaves_no_trace_and_nothing_brings_it_back(h: &Harne
             .await
     ));
     assert_eq!(traces(h, &marker).await, Vec::<String>::new(), "and no trace came back");
+    assert_eq!(
+        fresh.meta.erasure_records().await.unwrap(),
+        stored,
+        "the rebuild brought the record"
+    );
     let rebuilt_text = fresh.metadata_text().await;
     assert!(!rebuilt_text.contains(&marker), "the rebuilt store holds none of it");
 

@@ -38,6 +38,8 @@ pub struct MemoryMetaStore {
     key_lookup_lag: Arc<AtomicUsize>,
     /// What a rebuild recorded of its progress (see `rebuild.rs`).
     pub(super) rebuild_progress: Arc<Mutex<Option<String>>>,
+    /// Erasure records by id.
+    erasures: Arc<Mutex<BTreeMap<String, String>>>,
 }
 
 impl MemoryMetaStore {
@@ -56,9 +58,10 @@ impl MemoryMetaStore {
     /// (an erasure's), the way it would read every document of a MongoDB database.
     pub fn dump(&self) -> String {
         format!(
-            "{:?} {:?}",
+            "{:?} {:?} {:?}",
             *self.lock(),
-            self.rebuild_progress.lock().unwrap_or_else(|p| p.into_inner())
+            self.rebuild_progress.lock().unwrap_or_else(|p| p.into_inner()),
+            self.erasures.lock().unwrap_or_else(|p| p.into_inner())
         )
     }
 
@@ -411,6 +414,17 @@ impl MetaUpkeep for MemoryMetaStore {
             }
         }
         Ok(ids)
+    }
+
+    async fn put_erasure(&self, id: &str, record: &str) -> Result<()> {
+        let mut erasures = self.erasures.lock().unwrap_or_else(|p| p.into_inner());
+        erasures.insert(id.to_owned(), record.to_owned());
+        Ok(())
+    }
+
+    async fn erasure_records(&self) -> Result<Vec<String>> {
+        let erasures = self.erasures.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(erasures.values().cloned().collect())
     }
 
     async fn delete_versions(

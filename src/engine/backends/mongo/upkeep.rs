@@ -129,6 +129,29 @@ impl MetaUpkeep for MongoMetaStore {
         docs.iter().map(|d| get_string(d, "_id")?.parse()).collect()
     }
 
+    async fn put_erasure(&self, id: &str, record: &str) -> Result<()> {
+        self.erasures()
+            .replace_one(doc! {"_id": id}, doc! {"_id": id, "record": record})
+            .upsert(true)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn erasure_records(&self) -> Result<Vec<String>> {
+        use futures::TryStreamExt;
+        let docs: Vec<Document> = self
+            .erasures()
+            .find(doc! {})
+            .sort(doc! {"_id": 1})
+            .await
+            .map_err(map_err)?
+            .try_collect()
+            .await
+            .map_err(map_err)?;
+        docs.iter().map(|d| get_string(d, "record")).collect()
+    }
+
     async fn counters_from(&self, c: &CollectionName) -> Result<u64> {
         let seq = self
             .sequences()

@@ -7,7 +7,7 @@ use super::rows::map_sql;
 use crate::engine::error::{Error, Result};
 
 /// Bumped whenever the tables change; a database from a newer build is refused, not misread.
-pub(super) const SCHEMA_VERSION: i64 = 5;
+pub(super) const SCHEMA_VERSION: i64 = 6;
 
 pub(super) const SCHEMA: &str = "
 CREATE TABLE sequences (
@@ -88,6 +88,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
     "ALTER TABLE sequences ADD COLUMN pruned TEXT;",
     // 5: a rebuild's progress (`rebuild.rs`): at most one row, opaque text.
     "CREATE TABLE rebuild_progress (id INTEGER NOT NULL PRIMARY KEY CHECK (id = 1), progress TEXT NOT NULL) STRICT;",
+    // 6: erasure records (`engine::erase`), opaque JSON by erasure id.
+    "CREATE TABLE erasures (id TEXT NOT NULL PRIMARY KEY, record TEXT NOT NULL) STRICT;",
 ];
 
 pub(super) fn create_schema(conn: &mut Connection) -> Result<()> {

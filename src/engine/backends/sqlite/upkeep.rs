@@ -77,6 +77,31 @@ impl MetaUpkeep for SqliteMetaStore {
         .await
     }
 
+    async fn put_erasure(&self, id: &str, record: &str) -> Result<()> {
+        let (id, record) = (id.to_owned(), record.to_owned());
+        self.with_conn(move |conn| {
+            conn.execute(
+                "INSERT INTO erasures (id, record) VALUES (?1, ?2) \
+                 ON CONFLICT (id) DO UPDATE SET record = excluded.record",
+                params![id, record],
+            )
+            .map_err(map_sql)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn erasure_records(&self) -> Result<Vec<String>> {
+        self.with_conn(|conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT record FROM erasures ORDER BY id")
+                .map_err(map_sql)?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(map_sql)?;
+            rows.map(|r| r.map_err(map_sql)).collect()
+        })
+        .await
+    }
+
     async fn counters_from(&self, c: &CollectionName) -> Result<u64> {
         let c = c.clone();
         self.with_conn(move |conn| {
