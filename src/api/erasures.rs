@@ -28,8 +28,12 @@ pub fn routes() -> OpenApiRouter<AppState> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EraseItemRequest {
-    /// Why (recorded in the erasure record; required).
-    #[schema(min_length = 1, max_length = 1024, pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*$")]
+    /// Why (recorded in the erasure record; required, not only spaces).
+    #[schema(
+        min_length = 1,
+        max_length = 1024,
+        pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*[^\\s\\x00-\\x1F\\x7F-\\x9F][^\\x00-\\x1F\\x7F-\\x9F]*$"
+    )]
     pub reason: String,
 }
 
@@ -41,8 +45,12 @@ pub struct EraseMatchingRequest {
     /// version that matches is erased, so a subject id changed later is still found.
     #[schema(value_type = Object)]
     pub filter: Value,
-    /// Why (recorded in the erasure record; required).
-    #[schema(min_length = 1, max_length = 1024, pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*$")]
+    /// Why (recorded in the erasure record; required, not only spaces).
+    #[schema(
+        min_length = 1,
+        max_length = 1024,
+        pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*[^\\s\\x00-\\x1F\\x7F-\\x9F][^\\x00-\\x1F\\x7F-\\x9F]*$"
+    )]
     pub reason: String,
 }
 
