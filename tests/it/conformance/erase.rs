@@ -345,6 +345,17 @@ pub async fn erase_by_filter_finds_every_version_and_a_cut_short_erasure_finishe
     assert_eq!(e.erasures(None).await.unwrap().len(), 1);
     assert!(traces(h, &subject).await.is_empty(), "{:?}", traces(h, &subject).await);
     assert_eq!(e.get_latest(&coll(), &c, LATEST).await.unwrap().data["n"], 4);
+    // Scrub leaves the erasure records alone (they are not payloads, nor unrecognised keys).
+    let scrubbed = e
+        .scrub(&chronos::engine::ScrubOptions {
+            grace: std::time::Duration::ZERO,
+            delete: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(scrubbed.unrecognized.is_empty(), "{scrubbed:?}");
+    assert_eq!(e.erasures(None).await.unwrap().len(), 1);
     let checked = e.verify(std::time::Duration::ZERO).await.unwrap();
     assert!(checked.intact(), "{checked:?}");
 }
