@@ -99,6 +99,16 @@ fn manifest_prefix(collection: &CollectionName, id: &ItemId) -> String {
     format!("{collection}/{id}/manifests/")
 }
 
+/// The manifest stored under `key` (`None` when it is gone).
+async fn read_manifest(backups: &dyn PayloadStore, key: &str) -> Result<Option<Manifest>> {
+    let Some(bytes) = backups.get(key).await? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| Error::Corrupt(format!("manifest {key}: {e}")))
+}
+
 fn file_name(key: &str) -> &str {
     key.rsplit('/').next().unwrap_or(key)
 }
@@ -184,6 +194,12 @@ impl Manifests {
         Ok(())
     }
 
+    /// Whether a manifest is this database's, of this item.
+    fn belongs(&self, m: &Manifest, collection: &CollectionName, id: &ItemId) -> bool {
+        (m.database.as_str(), m.collection.as_str(), m.id.as_str())
+            == (self.database.as_str(), collection.as_str(), id.as_str())
+    }
+
     /// The keys of an item's manifests.
     async fn keys(&self, backups: &dyn PayloadStore, collection: &CollectionName, id: &ItemId) -> Result<Vec<String>> {
         let mut keys = Vec::new();
@@ -203,17 +219,10 @@ impl Manifests {
     async fn each(&self, collection: &CollectionName, id: &ItemId, mut visit: impl FnMut(ManifestEntry)) -> Result<()> {
         let Some(backups) = &self.store else { return Ok(()) };
         for key in self.keys(backups.as_ref(), collection, id).await? {
-            let Some(bytes) = backups.get(&key).await? else {
+            let Some(manifest) = read_manifest(backups.as_ref(), &key).await? else {
                 continue;
             };
-            let manifest: Manifest =
-                serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt(format!("manifest {key}: {e}")))?;
-            if (
-                manifest.database.as_str(),
-                manifest.collection.as_str(),
-                manifest.id.as_str(),
-            ) != (self.database.as_str(), collection.as_str(), id.as_str())
-            {
+            if !self.belongs(&manifest, collection, id) {
                 return Err(Error::Corrupt(format!(
                     "manifest {key} belongs to {}/{}/{}",
                     manifest.database, manifest.collection, manifest.id
@@ -238,9 +247,9 @@ impl Manifests {
             let keys = backups.list(&prefix, after.as_deref(), 1000).await?;
             let Some(last) = keys.last().cloned() else { break };
             for key in keys.iter().filter(|k| k.contains("/manifests/")) {
-                let Some(bytes) = backups.get(key).await? else { continue };
-                let manifest: Manifest =
-                    serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt(format!("manifest {key}: {e}")))?;
+                let Some(manifest) = read_manifest(backups.as_ref(), key).await? else {
+                    continue;
+                };
                 let id: ItemId = manifest.id.parse()?;
                 if (manifest.database.as_str(), manifest.collection.as_str())
                     != (self.database.as_str(), collection.as_str())
@@ -271,17 +280,10 @@ impl Manifests {
         let Some(backups) = &self.store else { return Ok(0) };
         let mut erased = 0;
         for key in self.keys(backups.as_ref(), collection, id).await? {
-            let Some(bytes) = backups.get(&key).await? else {
+            let Some(mut manifest) = read_manifest(backups.as_ref(), &key).await? else {
                 continue;
             };
-            let mut manifest: Manifest =
-                serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt(format!("manifest {key}: {e}")))?;
-            if (
-                manifest.database.as_str(),
-                manifest.collection.as_str(),
-                manifest.id.as_str(),
-            ) != (self.database.as_str(), collection.as_str(), id.as_str())
-            {
+            if !self.belongs(&manifest, collection, id) {
                 continue; // not this item's: leave it to whoever it belongs to
             }
             for e in &mut manifest.entries {
