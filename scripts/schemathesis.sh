@@ -116,9 +116,10 @@ bearer = "${CHRONOS_ST_TOKEN}"
 
 # A schema-valid request may still be refused because of the item's state: besides the default
 # 404 (no such item) and 409 (expectedOv stale), a stale If-Match is 412 Precondition Failed,
-# which is what RFC 9110 prescribes. That is not a rejection of the request's data.
+# which is what RFC 9110 prescribes, and an erased item is 410 Gone (like a missing one's 404).
+# That is not a rejection of the request's data.
 [checks.positive_data_acceptance]
-expected-statuses = ["2xx", "3xx", 401, 403, 404, 409, 412, 429, "5xx"]
+expected-statuses = ["2xx", "3xx", 401, 403, 404, 409, 410, 412, 429, "5xx"]
 EOF
 
 # Rules OpenAPI cannot state about parameters, or that depend on the deployment, so a request can
@@ -156,6 +157,10 @@ def _legitimate(case, status, error):
     # the collection's configuration, so no schema can say which filters are valid.
     if status == 400 and path == ITEMS and "filter" in query:
         return details.get("field") == "filter" or message.startswith("`filter`")
+    # Erase by filter: the same rule as the list's `filter` (indexed properties come from the
+    # collection's configuration).
+    if status == 422 and path == "/v1/{db}/{collection}/erase":
+        return details.get("field") == "filter"
     # Restoring an item to a version that is a delete is refused: depends on the item's history.
     if status == 422 and path == ITEM + "/restore":
         return details.get("field") == "target"

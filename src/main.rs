@@ -31,6 +31,7 @@ fn main() -> ExitCode {
             Command::Rebuild(args) => cli::history::rebuild(args).await,
             Command::Verify(args) => cli::history::verify(args).await,
             Command::Hold(args) => cli::hold::run(args).await,
+            Command::Erase(args) => cli::erase::run(args).await,
             Command::Client(cmd) => cli::client::run(cmd).await,
             Command::Watch(args) => cli::watch::watch(args).await,
         }

@@ -74,6 +74,7 @@ impl From<engine::Error> for ApiError {
         let message = e.to_string();
         match e {
             E::NotFound(_) => Self::new(StatusCode::NOT_FOUND, "not_found", message),
+            E::Erased(_) => Self::new(StatusCode::GONE, "erased", message),
             E::VersionConflict { expected, current, .. } => {
                 Self::new(StatusCode::CONFLICT, "version_conflict", message)
                     .with_details(json!({"expectedOv": expected, "currentOv": current}))
@@ -105,7 +106,6 @@ impl From<engine::Error> for ApiError {
             E::Held(_, reason) => {
                 Self::new(StatusCode::CONFLICT, "held", message).with_details(json!({"reason": reason}))
             }
-            E::Erased(_) => Self::new(StatusCode::GONE, "erased", message),
             // Don't echo internals to clients; the cause is logged with the request id.
             other => Self::internal("internal error").with_cause(other.to_string()),
         }

@@ -296,7 +296,7 @@ pub async fn list(
     responses(
         (status = 200, description = "The record: its data plus a `_system` block", body = Object, headers(("ETag" = String))),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 410, body = ErrorBody),
         (status = 422, description = "`presign` on a database without S3", body = ErrorBody),
         (status = 503, body = ErrorBody)))]
 pub async fn get(State(state): State<AppState>, path: ItemPath, ApiQuery(q): ApiQuery<GetQuery>) -> Result<Response> {
@@ -337,7 +337,7 @@ pub async fn get(State(state): State<AppState>, path: ItemPath, ApiQuery(q): Api
         (status = 202, description = "Queued for retry after a transient backend failure", body = Queued, headers(("Location" = String))),
         (status = 200, body = WriteResult, headers(("ETag" = String))),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, description = "Version conflict (expectedOv)", body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 410, body = ErrorBody), (status = 409, description = "Version conflict (expectedOv)", body = ErrorBody),
         (status = 412, description = "If-Match failed", body = ErrorBody), (status = 413, body = ErrorBody),
         (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn update(
@@ -371,7 +371,7 @@ pub async fn update(
         (status = 202, description = "Queued for retry after a transient backend failure", body = Queued, headers(("Location" = String))),
         (status = 200, body = WriteResult, headers(("ETag" = String))),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 412, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 410, body = ErrorBody), (status = 409, body = ErrorBody), (status = 412, body = ErrorBody),
         (status = 503, body = ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
@@ -400,7 +400,7 @@ pub async fn delete(
     responses(
         (status = 200, body = HistoryPage),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+        (status = 404, body = ErrorBody), (status = 410, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn history(
     State(state): State<AppState>,
     path: ItemPath,
@@ -453,7 +453,7 @@ pub struct EnrichQuery {
         (status = 202, description = "Queued for retry after a transient backend failure", body = Queued, headers(("Location" = String))),
         (status = 200, body = WriteResult, headers(("ETag" = String))),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 412, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 410, body = ErrorBody), (status = 409, body = ErrorBody), (status = 412, body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
         (status = 503, body = ErrorBody)))]
 pub async fn enrich(
@@ -501,7 +501,7 @@ pub struct RestoreItemRequest {
         (status = 202, description = "Queued for retry after a transient backend failure", body = Queued, headers(("Location" = String))),
         (status = 200, body = WriteResult, headers(("ETag" = String))),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 412, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 410, body = ErrorBody), (status = 409, body = ErrorBody), (status = 412, body = ErrorBody),
         (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn restore_item(
     State(state): State<AppState>,
@@ -544,7 +544,7 @@ pub struct Processed {
     responses(
         (status = 200, body = Processed),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+        (status = 404, body = ErrorBody), (status = 410, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn process_item(State(state): State<AppState>, path: ItemPath) -> Result<Json<Processed>> {
     let engine = state.engine(&path.db)?;
     let changed = engine.mark_item_processed(&path.collection, &path.id).await?;

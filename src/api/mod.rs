@@ -8,6 +8,7 @@ pub mod admin;
 pub mod auth;
 pub mod changes;
 pub mod collections;
+pub mod erasures;
 pub mod error;
 pub mod extract;
 pub mod holds;
@@ -41,6 +42,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(items::routes())
         .merge(proofs::routes())
         .merge(holds::routes())
+        .merge(erasures::routes())
         .merge(collections::routes())
         .merge(changes::routes())
         .merge(queue::routes())

@@ -34,7 +34,7 @@ pub struct ProofQuery {
     responses(
         (status = 200, body = Proof),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+        (status = 404, body = ErrorBody), (status = 410, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn proof(
     State(state): State<AppState>,
     path: ItemPath,

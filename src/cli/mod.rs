@@ -1,8 +1,10 @@
 //! The `chronos` command line: its flags and subcommands, one module per kind of work — the data
 //! service (`serve`, `check-config`), the client subcommands over the HTTP API, and the
-//! maintenance of one database straight from its configuration (`scrub`, `rebuild`, `verify`).
+//! maintenance of one database straight from its configuration (`scrub`, `rebuild`, `verify`,
+//! `erase`).
 
 pub mod client;
+pub mod erase;
 pub mod history;
 pub mod hold;
 mod open;
@@ -60,6 +62,9 @@ pub enum Command {
     Verify(history::VerifyArgs),
     /// An item's legal hold: set (with a reason), release, or show (admin token).
     Hold(hold::HoldArgs),
+    /// Erase an item, or every item a filter finds, across all its versions (GDPR erasure);
+    /// --resume finishes erasures a process left started.
+    Erase(erase::EraseArgs),
     #[command(flatten)]
     Client(client::ClientCommand),
     /// Follow a collection's changes live, one line per change (resumes by itself on disconnect).

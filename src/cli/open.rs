@@ -1,4 +1,4 @@
-//! Which database a maintenance command (`scrub`, `rebuild`, `verify`) works on, and opening its
+//! Which database a maintenance command (`scrub`, `rebuild`, `verify`, `erase`) works on, and opening its
 //! engine straight from the configuration — no server in between, so it works while the service
 //! is down (and a rebuild is exactly for when the metadata is gone).
 

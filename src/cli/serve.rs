@@ -108,6 +108,21 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         "  try:  curl -s -X POST http://{addr}/v1/default/notes/items -H 'content-type: application/json' -d '{{\"title\":\"hello\"}}'"
     );
     eprintln!("  API:  http://{addr}/openapi.json");
+    // Erasures a killed process left started are finished in the background (each step is
+    // idempotent); an item not reached yet reads as before until then.
+    for (key, engine) in state.databases() {
+        tokio::spawn(async move {
+            match engine.resume_erasures().await {
+                Ok(done) if !done.is_empty() => {
+                    tracing::info!(database = %key, erasures = done.len(), "finished erasures left started")
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(database = %key, error = %e, "could not finish an erasure left started; `chronos erase --resume` retries")
+                }
+            }
+        });
+    }
     // The retry queue's worker: runs queued writes of every database served, until shutdown.
     let (stop_queue, queue_stopped) = tokio::sync::oneshot::channel::<()>();
     let queue_worker = tokio::spawn({

@@ -88,7 +88,7 @@ impl Contents {
         Contents { store: Some(store) }
     }
 
-    fn store(&self) -> Option<&dyn PayloadStore> {
+    pub(crate) fn store(&self) -> Option<&dyn PayloadStore> {
         self.store.as_deref()
     }
 

@@ -26,6 +26,11 @@ pub enum Error {
     #[error("{0} not found")]
     NotFound(String),
 
+    /// The item (or the version of it) was erased (`engine::erase`: its versions are tombstones,
+    /// or its data key was destroyed): it existed, and what it held is gone for good.
+    #[error("{0} was erased")]
+    Erased(String),
+
     /// Optimistic locking failed: the caller's expected object version is not the current one.
     #[error("version conflict on {item}: expected ov {expected}, current ov {current}")]
     VersionConflict { item: String, expected: u64, current: u64 },
@@ -90,11 +95,6 @@ pub enum Error {
     /// or pruned until the hold is released.
     #[error("{0} is held: {1}")]
     Held(String, String),
-
-    /// The item's data was erased (its versions are tombstones, or its data key was destroyed):
-    /// it is gone for good, not merely missing.
-    #[error("{0} was erased")]
-    Erased(String),
 
     /// Stored data contradicts itself (checksum mismatch, payload of another item…). Never expected;
     /// reported rather than served so a read can never return the wrong item's data.

@@ -10,13 +10,14 @@
 //! - [`versioning`]: the [`Engine`]: the write protocol and the reads, on any set of stores.
 //! - Features that call down into it: [`restore`], [`retention`], [`tiering`], [`counters`],
 //!   [`content`], [`scrub`], [`admin`], [`retry`] (the retry queue), [`namespace`] (a database's
-//!   key prefix in shared buckets).
+//!   key prefix in shared buckets), [`erase`] (erasure across all versions).
 
 pub mod admin;
 pub mod backends;
 pub mod content;
 pub mod counters;
 pub mod envelope;
+pub mod erase;
 pub mod error;
 pub mod feed;
 pub mod hold;
@@ -39,9 +40,11 @@ pub mod versioning;
 
 pub use admin::{Check, StoreStatus};
 pub use counters::Totals;
+pub use erase::{EraseRequest, EraseTarget};
 pub use error::{Backend, BoxError, Error, Failure, Result};
 pub use feed::{ChangeFilter, ChangesPage, Subscription};
 pub use hold::LegalHold;
+pub use ledger::erasures::{ErasedItem, ErasedVersion, Erasure, ErasureStatus};
 pub use model::{
     Attribution, CollectionName, DEFAULT_DATABASE, Enrichment, ItemId, Op, PayloadRef, Record, RequestKey, State,
     SystemFields, Timestamp, VersionEntry, VersionTarget, WriteOutcome,

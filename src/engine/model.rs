@@ -110,6 +110,9 @@ pub enum Op {
     Update,
     Delete,
     Restore,
+    /// A tombstone: the version existed (its ov, cv and time stay, so numbering stays gapless)
+    /// but its data, metadata and attribution were erased (`engine::erase`).
+    Erased,
 }
 
 impl Op {
@@ -119,6 +122,7 @@ impl Op {
             Op::Update => "UPDATE",
             Op::Delete => "DELETE",
             Op::Restore => "RESTORE",
+            Op::Erased => "ERASED",
         }
     }
 }
@@ -131,6 +135,7 @@ impl FromStr for Op {
             "UPDATE" => Op::Update,
             "DELETE" => Op::Delete,
             "RESTORE" => Op::Restore,
+            "ERASED" => Op::Erased,
             other => return Err(Error::Corrupt(format!("unknown op `{other}`"))),
         })
     }
@@ -253,6 +258,12 @@ impl Head {
         self.deleted_at.is_some()
     }
 
+    /// Whether the item was erased: its head is a tombstone, recognised by having no data
+    /// checksum (every head that holds data has the SHA-256 of it; see `engine::erase`).
+    pub fn erased(&self) -> bool {
+        self.checksum.is_empty()
+    }
+
     pub fn system(&self) -> SystemFields {
         SystemFields {
             inserted_at: self.inserted_at,
@@ -318,6 +329,37 @@ pub struct VersionEntry {
 }
 
 impl VersionEntry {
+    /// Whether this entry is an erased version's tombstone (see [`Op::Erased`]).
+    pub fn erased(&self) -> bool {
+        self.op == Op::Erased
+    }
+
+    /// The tombstone an erasure leaves of this version: its place (id, ov, cv, time) and
+    /// nothing else — no data checksum, metadata, attribution, idempotency stamp or reference.
+    pub fn tombstone(&self) -> VersionEntry {
+        VersionEntry::tombstone_at(&self.id, self.ov, self.cv, self.at)
+    }
+
+    /// The tombstone of version `ov` (collection version `cv`, written at `at`) of item `id`.
+    pub fn tombstone_at(id: &ItemId, ov: u64, cv: u64, at: Timestamp) -> VersionEntry {
+        VersionEntry {
+            id: id.clone(),
+            ov,
+            cv,
+            op: Op::Erased,
+            at,
+            actor: None,
+            reason: None,
+            write_id: String::new(),
+            size: 0,
+            checksum: String::new(),
+            meta: Map::new(),
+            deleted: true,
+            request: None,
+            payload_ref: None,
+        }
+    }
+
     /// The (ov, write id) naming the payload object that holds this version's data.
     pub fn payload(&self) -> (u64, &str) {
         match &self.payload_ref {

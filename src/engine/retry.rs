@@ -220,6 +220,38 @@ impl Retry {
         self.operation(id).await
     }
 
+    /// Remove every operation (in any state, dead letters too) that writes one of `ids` of
+    /// `collection`: their bodies hold the items' data, which an erasure takes. Returns how many.
+    pub(crate) async fn forget_items(
+        &self,
+        collection: &CollectionName,
+        ids: &std::collections::HashSet<ItemId>,
+    ) -> Result<u64> {
+        let Some(queue) = &self.queue else { return Ok(0) };
+        let mut forgotten = 0;
+        for status in [
+            OperationStatus::Pending,
+            OperationStatus::Running,
+            OperationStatus::Succeeded,
+            OperationStatus::Dead,
+            OperationStatus::Cancelled,
+        ] {
+            let mut after: Option<OperationId> = None;
+            loop {
+                let page = queue.list(status, after.as_ref(), 1000).await?;
+                let Some(last) = page.last() else { break };
+                after = Some(last.job.id.clone());
+                for op in &page {
+                    if op.job.collection == *collection && ids.contains(op.job.request.id()) {
+                        queue.forget(&op.job.id).await?;
+                        forgotten += 1;
+                    }
+                }
+            }
+        }
+        Ok(forgotten)
+    }
+
     /// Cancel a pending operation or a dead letter.
     pub(crate) async fn cancel(&self, id: &OperationId) -> Result<Operation> {
         let queue = self.queue_required()?;

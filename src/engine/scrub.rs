@@ -150,9 +150,12 @@ impl Engine {
             let keys = store.list(&prefix, after.as_deref(), page_size).await?;
             let Some(last) = keys.last().cloned() else { break };
             let now_ms = u64::try_from(super::model::now().as_millisecond()).unwrap_or(0);
-            // The ledger and the reset marks describe versions; they are never payloads.
+            // The ledger, the reset marks and the erasure records describe versions; they are
+            // never payloads.
             let keys = keys.into_iter().filter(|k| {
-                !k.starts_with(super::ledger::LEDGER_PREFIX) && !k.starts_with(super::ledger::resets::RESETS_PREFIX)
+                !k.starts_with(super::ledger::LEDGER_PREFIX)
+                    && !k.starts_with(super::ledger::resets::RESETS_PREFIX)
+                    && !k.starts_with(super::ledger::erasures::ERASURES_PREFIX)
             });
             let classes: Vec<(String, Result<Class>)> = futures::stream::iter(keys)
                 .map(|key| async move {

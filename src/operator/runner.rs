@@ -14,7 +14,7 @@ use kube::runtime::{Controller, watcher};
 use kube::{Api, Resource, ResourceExt};
 
 use super::context::{Context, requeue};
-use super::controllers::{collection, database, restore, retention};
+use super::controllers::{collection, database, erasure, restore, retention};
 use super::crd::{ChronosCollection, ChronosDatabase, ChronosRetention};
 use super::error::{Error, Result};
 use super::health;
@@ -108,7 +108,7 @@ pub async fn run_controllers(ctx: Arc<Context>, scope: Scope) {
     );
 }
 
-/// The database, collection and restore controllers of one namespace (or of all).
+/// The database, collection, restore and erasure controllers of one namespace (or of all).
 async fn namespaced_controllers(ctx: &Arc<Context>, scope: &Scope, namespace: Option<&str>) {
     let client = ctx.client.clone();
     let owned = watcher::Config::default()
@@ -128,10 +128,12 @@ async fn namespaced_controllers(ctx: &Arc<Context>, scope: &Scope, namespace: Op
         );
     let collections = Controller::new(Scope::api(&client, namespace), scope.config());
     let restores = Controller::new(Scope::api(&client, namespace), scope.config());
+    let erasures = Controller::new(Scope::api(&client, namespace), scope.config());
     futures::join!(
         run_controller("database", databases, ctx.clone(), database::reconcile),
         run_controller("collection", collections, ctx.clone(), collection::reconcile),
         run_controller("restore", restores, ctx.clone(), restore::reconcile),
+        run_controller("erasure", erasures, ctx.clone(), erasure::reconcile),
     );
 }
 

@@ -10,8 +10,9 @@
 //! Scenarios: (a) two engines, 32 writers over 100 hot items; (b) the same with `kill -9` of an
 //! engine every 5 s, plus scrub; (c) the S3 server unreachable for 30 s (a fault proxy between
 //! engines and S3); (d) a private mongod killed and restarted; (e) bad input on every route;
-//! (f) tenant isolation. Needs the services of `scripts/services.sh start` (the
-//! `CHRONOS_TEST_*` variables); fails loudly without them. Options: `--writers N`, `--items N`,
+//! (f) tenant isolation; (g) `kill -9` of `chronos erase` midway, finished by a restarted engine.
+//! Needs the services of `scripts/services.sh start` (the `CHRONOS_TEST_*` variables); fails
+//! loudly without them. Options: `--writers N`, `--items N`,
 //! `--report FILE` (append the result tables as Markdown), `--keep-logs`.
 
 mod bad;
@@ -61,11 +62,11 @@ fn parse_args() -> Result<Option<Args>, String> {
                 shown.push(format!("--scenario {v}"));
                 for part in v.split(',') {
                     match part {
-                        "all" => args.scenarios.extend(['a', 'b', 'c', 'd', 'e', 'f']),
-                        s if s.len() == 1 && ('a'..='f').contains(&s.chars().next().unwrap_or(' ')) => {
+                        "all" => args.scenarios.extend(['a', 'b', 'c', 'd', 'e', 'f', 'g']),
+                        s if s.len() == 1 && ('a'..='g').contains(&s.chars().next().unwrap_or(' ')) => {
                             args.scenarios.extend(s.chars())
                         }
-                        other => return Err(format!("unknown scenario `{other}` (a-f or all)")),
+                        other => return Err(format!("unknown scenario `{other}` (a-g or all)")),
                     }
                 }
             }
@@ -125,7 +126,7 @@ fn parse_args() -> Result<Option<Args>, String> {
         return Ok(None);
     }
     if args.scenarios.is_empty() {
-        args.scenarios = vec!['a', 'b', 'c', 'd', 'e', 'f'];
+        args.scenarios = vec!['a', 'b', 'c', 'd', 'e', 'f', 'g'];
     }
     args.scenarios.dedup();
     args.command = format!("cargo test --test faults -- {}", shown.join(" "))

@@ -36,6 +36,8 @@ fn needs(method: &Method, path: &str) -> Needs {
         || path.ends_with("/notes/process")
         || path.ends_with("/retry")
         || (path.ends_with("/hold") && *method != Method::GET)
+        || path.ends_with("/erase")
+        || path.ends_with("/erasures")
         || (path.contains("/_operations/") && *method == Method::DELETE);
     if destructive {
         Needs::DatabaseAdmin

@@ -7,6 +7,7 @@
 mod api;
 mod api_auth;
 mod api_changes;
+mod api_erase;
 mod api_holds;
 mod api_ops;
 mod api_queue;

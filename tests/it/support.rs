@@ -32,6 +32,16 @@ pub struct Harness {
     pub commands: Commands,
     /// Keeps an embedded backend's data directory alive as long as the engine.
     pub _dir: Option<tempfile::TempDir>,
+    /// The metadata store and queue underneath, read raw by [`Harness::metadata_text`].
+    pub raw: Option<RawMeta>,
+}
+
+/// Where a harness's metadata and queue live, for tests that read every byte of them.
+#[derive(Clone)]
+pub enum RawMeta {
+    Memory(MemoryMetaStore, Arc<MemoryQueue>),
+    Sqlite(std::path::PathBuf),
+    Mongo(mongodb::Client, String),
 }
 
 impl Harness {
@@ -54,6 +64,7 @@ impl Harness {
             settings,
             commands: Default::default(),
             _dir: None,
+            raw: None,
         };
         h.engine = h.replica();
         h
@@ -85,6 +96,39 @@ impl Harness {
         )
     }
 
+    /// Every document of the MongoDB database, every row of every SQLite table, or everything
+    /// the in-memory stores hold, as text: the metadata store and the queue, read raw.
+    pub async fn metadata_text(&self) -> String {
+        match self.raw.clone().expect("this harness records where its metadata lives") {
+            RawMeta::Memory(meta, queue) => format!("{}\n{}", meta.dump(), queue.dump()),
+            RawMeta::Sqlite(path) => tokio::task::spawn_blocking(move || sqlite_text(&path)).await.unwrap(),
+            RawMeta::Mongo(client, db) => {
+                use futures::TryStreamExt;
+                let db = client.database(&db);
+                let mut out = String::new();
+                for name in db.list_collection_names().await.unwrap() {
+                    let docs: Vec<mongodb::bson::Document> = db
+                        .collection(&name)
+                        .find(mongodb::bson::doc! {})
+                        .await
+                        .unwrap()
+                        .try_collect()
+                        .await
+                        .unwrap();
+                    for d in docs {
+                        out.push_str(&format!("{name}: {d}\n"));
+                    }
+                }
+                out
+            }
+        }
+    }
+
+    /// The store the engine keeps manifests (backups) and content in.
+    pub fn aux(&self) -> &Arc<dyn PayloadStore> {
+        &self.aux
+    }
+
     pub fn take_commands(&self) -> Vec<String> {
         self.take_command_bodies().into_iter().map(|(name, _)| name).collect()
     }
@@ -96,13 +140,49 @@ impl Harness {
 }
 
 pub fn memory(settings: EngineSettings) -> Harness {
-    Harness::assemble(
-        Arc::new(MemoryMetaStore::new()),
+    let (meta, queue) = (MemoryMetaStore::new(), Arc::new(MemoryQueue::new()));
+    let mut h = Harness::assemble(
+        Arc::new(meta.clone()),
         Arc::new(MemoryPayloadStore::new()),
         Arc::new(MemoryPayloadStore::new()),
-        Arc::new(MemoryQueue::new()),
+        queue.clone(),
         settings,
-    )
+    );
+    h.raw = Some(RawMeta::Memory(meta, queue));
+    h
+}
+
+/// Every row of every table of the SQLite database at `path`, as text.
+fn sqlite_text(path: &std::path::Path) -> String {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    let mut tables = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+        .unwrap();
+    let names: Vec<String> = tables
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let mut out = String::new();
+    for name in names {
+        let mut stmt = conn.prepare(&format!("SELECT * FROM \"{name}\"")).unwrap();
+        let columns = stmt.column_count();
+        let mut rows = stmt.query([]).unwrap();
+        while let Some(row) = rows.next().unwrap() {
+            out.push_str(&name);
+            for i in 0..columns {
+                let v = match row.get_ref(i).unwrap() {
+                    rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
+                        String::from_utf8_lossy(t).into_owned()
+                    }
+                    other => format!("{other:?}"),
+                };
+                out.push_str(&format!(" | {v}"));
+            }
+            out.push('\n');
+        }
+    }
+    out
 }
 
 pub fn env(name: &str) -> String {
@@ -158,6 +238,7 @@ pub async fn mongo_s3_at(uri: &str, settings: EngineSettings) -> Harness {
     let db_name = unique("t").replace('-', "_");
     let meta = MongoMetaStore::new(client.clone(), &db_name);
     meta.ping().await.expect("mongod reachable and a replica set");
+    let client_for_raw = client.clone();
     let queue = MongoQueue::new(client, &db_name);
     let store = S3PayloadStore::new(s3_connection().client(), unique("chronos-test"));
     assert!(
@@ -169,6 +250,7 @@ pub async fn mongo_s3_at(uri: &str, settings: EngineSettings) -> Harness {
     let aux = S3PayloadStore::new(s3_connection().client(), unique("chronos-aux"));
     aux.ensure_bucket().await.expect("S3 server reachable");
     let mut harness = Harness::assemble(Arc::new(meta), payloads, Arc::new(aux), Arc::new(queue), settings);
+    harness.raw = Some(RawMeta::Mongo(client_for_raw, db_name));
     harness.commands = commands;
     harness.take_commands();
     harness
@@ -183,6 +265,7 @@ pub fn embedded(settings: EngineSettings) -> Harness {
     let aux = Arc::new(LocalPayloadStore::open(&dir.path().join("aux")).expect("aux dir"));
     let queue = Arc::new(SqliteQueue::new(meta.clone()));
     let mut harness = Harness::assemble(Arc::new(meta), payloads, aux, queue, settings);
+    harness.raw = Some(RawMeta::Sqlite(dir.path().join("chronos.db")));
     harness._dir = Some(dir);
     harness
 }

@@ -71,9 +71,16 @@ fn requirement<'a>(method: &Method, path: &'a str) -> Option<(Reach<'a>, Scope)>
     let db = segments.next().unwrap_or_default();
     let tail: Vec<&str> = segments.collect();
     // /{c}/prune, /{c}/counters/reset, /{c}/process, /{c}/items/{id}/hold,
-    // /_operations/{id}/retry, DELETE /_operations/{id}
+    // /_operations/{id}/retry, DELETE /_operations/{id},
+    // erasures: /{c}/erase, /{c}/items/{id}/erase, and their records /{c}/erasures
     let destructive = match tail.as_slice() {
-        [_, "prune"] | [_, "counters", "reset"] | [_, "process"] | [_, "items", _, "hold"] => method != Method::GET,
+        [_, "prune"]
+        | [_, "counters", "reset"]
+        | [_, "process"]
+        | [_, "items", _, "hold"]
+        | [_, "erase"]
+        | [_, "items", _, "erase"] => method != Method::GET,
+        [_, "erasures"] => true,
         ["_operations", _, "retry"] => true,
         ["_operations", _] => method == Method::DELETE,
         _ => false,
@@ -128,6 +135,10 @@ mod tests {
     #[test]
     fn requirements_follow_method_and_path() {
         assert_eq!(requirement(&Method::GET, "/healthz"), None);
+        let admin = |d| Some((Reach::Database(d), Scope::Admin));
+        assert_eq!(requirement(&Method::POST, "/v1/t1/c/items/x/erase"), admin("t1"));
+        assert_eq!(requirement(&Method::POST, "/v1/t1/c/erase"), admin("t1"));
+        assert_eq!(requirement(&Method::GET, "/v1/t1/c/erasures"), admin("t1"));
         let db = |d| Some((Reach::Database(d), Scope::Read));
         assert_eq!(requirement(&Method::GET, "/v1/t1/c/items"), db("t1"));
         assert_eq!(

@@ -8,12 +8,14 @@
 //!   with the Merkle root of their records and a chain per writer.
 //! - [`writer`]: how an engine process collects what it committed and writes segments.
 //! - [`resets`]: counter resets, which only the metadata store knew.
+//! - [`erasures`]: erasure records, and the denylist of erased items they make.
 
+pub mod erasures;
 pub mod record;
 pub mod resets;
 pub mod segment;
 pub mod writer;
 
 pub use record::{LedgerRecord, PrevLink};
-pub use segment::{LEDGER_PREFIX, Segment, SegmentKey};
+pub use segment::{LEDGER_PREFIX, Redacted, Segment, SegmentKey, SegmentRecord};
 pub use writer::Ledger;

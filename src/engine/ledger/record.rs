@@ -107,6 +107,21 @@ impl LedgerRecord {
         hasher.finalize().into()
     }
 
+    /// What a rebuild makes of an erased version (its record redacted in the ledger): the
+    /// tombstone the erasure left in the index, [`VersionEntry::tombstone`].
+    pub fn tombstone(id: &ItemId, ov: u64, cv: u64, at: Timestamp) -> Self {
+        let entry = VersionEntry::tombstone_at(id, ov, cv, at);
+        let system = SystemFields {
+            inserted_at: at,
+            updated_at: at,
+            deleted_at: Some(at),
+            deleted: true,
+            function_ids: Vec::new(),
+            state: State::Processed,
+        };
+        LedgerRecord::new(&entry, &system, None)
+    }
+
     /// The version index entry this record describes.
     pub fn entry(&self) -> VersionEntry {
         VersionEntry {

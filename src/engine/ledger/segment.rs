@@ -4,6 +4,10 @@
 //! database's prefix; the cv range lets a proof find a version's segment from a listing). A segment carries the Merkle root of its records' digests and
 //! the seal (header hash) of its writer's previous segment of the collection, so a changed record, a changed
 //! segment and a missing segment (before the writer's last) all show in a verify.
+//!
+//! An erasure (`engine::erase`) redacts records in place: a record becomes
+//! `{"redacted": {id, ov, cv, at, digest}}`, keeping the digest it had, so the root — and with it
+//! the seal and the chain — still hold while nothing of the version's metadata is left.
 
 use rs_merkle::{MerkleTree, algorithms::Sha256};
 use serde::{Deserialize, Serialize};
@@ -11,7 +15,7 @@ use sha2::Digest as _;
 
 use super::record::LedgerRecord;
 use crate::engine::error::{Error, Result};
-use crate::engine::model::CollectionName;
+use crate::engine::model::{CollectionName, ItemId, Timestamp};
 
 /// Where the ledger lives in the payload bucket. `chronos…` can't be a collection's name, so no
 /// payload key starts with it.
@@ -35,7 +39,83 @@ pub struct Segment {
     pub prev: Option<String>,
     /// Hex Merkle root (SHA-256) over the records' digests, in order.
     pub root: String,
-    pub records: Vec<LedgerRecord>,
+    pub records: Vec<SegmentRecord>,
+}
+
+/// One record of a segment: as written, or redacted by an erasure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SegmentRecord {
+    Redacted {
+        redacted: Redacted,
+    },
+    /// Boxed: a kept record is several times a redacted one's size.
+    Kept(Box<LedgerRecord>),
+}
+
+/// What is left of an erased version's record: where it was, and the digest it had.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Redacted {
+    pub id: ItemId,
+    pub ov: u64,
+    pub cv: u64,
+    pub at: Timestamp,
+    /// Hex SHA-256: the record's digest before it was redacted.
+    pub digest: String,
+}
+
+impl SegmentRecord {
+    pub fn id(&self) -> &ItemId {
+        match self {
+            SegmentRecord::Redacted { redacted } => &redacted.id,
+            SegmentRecord::Kept(r) => &r.id,
+        }
+    }
+
+    pub fn ov(&self) -> u64 {
+        match self {
+            SegmentRecord::Redacted { redacted } => redacted.ov,
+            SegmentRecord::Kept(r) => r.ov,
+        }
+    }
+
+    pub fn is_redacted(&self) -> bool {
+        matches!(self, SegmentRecord::Redacted { .. })
+    }
+
+    /// The record's digest: computed from a kept record, the one kept by a redacted record (all
+    /// zeros if that is not 32 hex bytes, so the root then fails to hold).
+    pub fn digest(&self, database: &str, collection: &CollectionName) -> [u8; 32] {
+        match self {
+            SegmentRecord::Kept(r) => r.digest(database, collection),
+            SegmentRecord::Redacted { redacted } => hex::decode(&redacted.digest)
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+                .unwrap_or([0; 32]),
+        }
+    }
+
+    /// The version as a rebuild takes it: the record itself, or an erased version's tombstone.
+    pub fn record(&self) -> LedgerRecord {
+        match self {
+            SegmentRecord::Kept(r) => (**r).clone(),
+            SegmentRecord::Redacted { redacted: r } => LedgerRecord::tombstone(&r.id, r.ov, r.cv, r.at),
+        }
+    }
+
+    /// Replace a kept record by what an erasure leaves of it (a redacted one stays as it is).
+    pub fn redact(&mut self, database: &str, collection: &CollectionName) {
+        if let SegmentRecord::Kept(r) = self {
+            let redacted = Redacted {
+                id: r.id.clone(),
+                ov: r.ov,
+                cv: r.cv,
+                at: r.at,
+                digest: hex::encode(r.digest(database, collection)),
+            };
+            *self = SegmentRecord::Redacted { redacted };
+        }
+    }
 }
 
 /// Where a segment is, taken apart from its key.
@@ -102,12 +182,15 @@ impl Segment {
             seq,
             prev,
             root: merkle_root(&digests),
-            records,
+            records: records.into_iter().map(|r| SegmentRecord::Kept(Box::new(r))).collect(),
         }
     }
 
     pub fn key(&self) -> SegmentKey {
-        let cvs = self.records.iter().map(|r| r.cv);
+        let cvs = self.records.iter().map(|r| match r {
+            SegmentRecord::Kept(r) => r.cv,
+            SegmentRecord::Redacted { redacted } => redacted.cv,
+        });
         SegmentKey {
             collection: self.collection.to_string(),
             writer: self.writer.clone(),
@@ -193,6 +276,36 @@ mod tests {
         ] {
             assert_eq!(SegmentKey::parse(other), None, "{other}");
         }
+    }
+
+    #[test]
+    fn a_redacted_record_keeps_the_root_and_the_seal_and_nothing_else() {
+        use crate::engine::model::Op;
+        let c: CollectionName = "c".parse().unwrap();
+        let record = |id: &str, ov: u64, subject: &str| {
+            let mut r = LedgerRecord::tombstone(&id.parse().unwrap(), ov, ov + 1, crate::engine::model::now());
+            r.op = Op::Create;
+            r.checksum = "ab".repeat(32);
+            r.meta.insert("subject".into(), subject.into());
+            r
+        };
+        let mut s = Segment::new(
+            "db",
+            &c,
+            "w",
+            0,
+            None,
+            vec![record("a", 0, "SECRET"), record("b", 0, "bob")],
+        );
+        let (root, seal) = (s.root.clone(), s.seal());
+        s.records[0].redact("db", &c);
+        let bytes = s.encode().unwrap();
+        assert!(!String::from_utf8_lossy(&bytes).contains("SECRET"));
+        let back = Segment::decode(&bytes, &s.key(), "db").unwrap();
+        assert!(back.root_holds() && back.root == root && back.seal() == seal);
+        assert!(back.records[0].is_redacted() && !back.records[1].is_redacted());
+        assert_eq!(back.records[0].record().op, Op::Erased);
+        assert_eq!(back.records[1].record().meta["subject"], "bob");
     }
 
     #[test]

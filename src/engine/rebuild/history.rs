@@ -18,8 +18,9 @@ use futures::{StreamExt, TryStreamExt};
 
 use crate::engine::envelope;
 use crate::engine::error::{Error, Result};
+use crate::engine::ledger::erasures;
 use crate::engine::ledger::{LEDGER_PREFIX, LedgerRecord, Segment, SegmentKey};
-use crate::engine::model::{CollectionName, ItemId, payload_key};
+use crate::engine::model::{CollectionName, ItemId, Op, payload_key};
 use crate::engine::versioning::Engine;
 
 /// How many objects are read at once.
@@ -46,6 +47,9 @@ pub struct CollectionHistory {
     pub lost: Vec<String>,
     pub segments: u64,
     pub recovered_from_objects: u64,
+    /// Items an erasure record names: their versions come back only as tombstones, and no
+    /// object of theirs is taken for a version.
+    pub erased: std::collections::HashSet<ItemId>,
 }
 
 /// Every segment key in the payload bucket, by collection.
@@ -131,7 +135,7 @@ impl CollectionHistory {
         for (segment, _) in segments? {
             h.segments += 1;
             for r in segment.records {
-                h.add(r)?;
+                h.add(r.record())?;
             }
         }
         for (id, p, counts) in pruned_entries {
@@ -142,15 +146,40 @@ impl CollectionHistory {
             let versions = h.items.entry(id).or_default();
             versions.entry(p.entry.ov).or_insert_with(|| pruned_record(&p.entry));
         }
+        h.apply_erasures(engine, collection).await?;
         h.confirm_from_objects(engine, collection, objects?).await?;
         Ok(h)
+    }
+
+    /// The denylist: every version of an item an erasure names becomes its tombstone, even if a
+    /// record escaped redaction (an erasure cut short, a segment written late), and its counter
+    /// names count as tallies, as in the store the erasure left.
+    async fn apply_erasures(&mut self, engine: &Engine, collection: &CollectionName) -> Result<()> {
+        let records = erasures::all(engine.payload_store(), engine.database(), Some(collection)).await?;
+        for item in records.into_iter().flat_map(|e| e.items) {
+            let versions = self.items.entry(item.id.clone()).or_default();
+            for r in versions.values_mut().filter(|r| r.op != Op::Erased) {
+                *r = LedgerRecord::tombstone(&r.id, r.ov, r.cv, r.at);
+            }
+            for v in item.versions {
+                self.last_cv = self.last_cv.max(v.cv);
+                versions
+                    .entry(v.ov)
+                    .or_insert_with(|| LedgerRecord::tombstone(&item.id, v.ov, v.cv, v.at));
+                self.pruned_counts.push((v.cv, v.counts));
+            }
+            self.erased.insert(item.id);
+        }
+        Ok(())
     }
 
     fn add(&mut self, r: LedgerRecord) -> Result<()> {
         self.last_cv = self.last_cv.max(r.cv);
         let versions = self.items.entry(r.id.clone()).or_default();
         match versions.get(&r.ov) {
-            Some(known) if known.write_id != r.write_id => Err(Error::Corrupt(format!(
+            // An erased version's tombstone (a redacted record) wins over any copy of the record.
+            Some(known) if known.op == Op::Erased => Ok(()),
+            Some(known) if known.write_id != r.write_id && r.op != Op::Erased => Err(Error::Corrupt(format!(
                 "the ledger names two versions {} of {}: writes {} and {}",
                 r.ov, r.id, known.write_id, r.write_id
             ))),
@@ -173,6 +202,9 @@ impl CollectionHistory {
             by_item.entry(id).or_default().push((ov, write_id, key));
         }
         for (id, mut objects) in by_item {
+            if self.erased.contains(&id) {
+                continue; // an object whose delete failed: never a version again
+            }
             // From the newest down: a version recovered here may name its own predecessor.
             objects.sort_by_key(|o| std::cmp::Reverse(o.0));
             for (ov, write_id, key) in objects {

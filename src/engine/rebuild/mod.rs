@@ -212,6 +212,11 @@ impl Engine {
             pruned_through,
         };
         self.meta().load_sequences(collection, &state).await?;
+        // The metadata store's copy of the collection's erasure records.
+        for e in crate::engine::ledger::erasures::all(self.payload_store(), self.database(), Some(collection)).await? {
+            let json = serde_json::to_string(&e).map_err(|err| Error::Corrupt(format!("an erasure record: {err}")))?;
+            self.meta().put_erasure(&e.id, &json).await?;
+        }
         report.loading_seconds += loading.elapsed().as_secs_f64();
         report.versions += entries.len() as u64;
         report.heads += heads.len() as u64;

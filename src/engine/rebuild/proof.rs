@@ -70,6 +70,10 @@ impl Engine {
             .version_entry(collection, id, VersionTarget::Ov(ov))
             .await?
             .ok_or_else(|| Error::NotFound(format!("{collection}/{id} v{ov}")))?;
+        if version.erased() {
+            // Its record is redacted: nothing of it is left to prove.
+            return Err(Error::Erased(format!("{collection}/{id} v{ov}")));
+        }
         self.flush_ledger().await?;
         let keys = segment_keys(self).await?;
         let candidates: Vec<_> = keys
@@ -80,7 +84,7 @@ impl Engine {
             .cloned()
             .collect();
         for (segment, _) in read_segments(self, &candidates).await? {
-            let Some(index) = segment.records.iter().position(|r| r.id == *id && r.ov == ov) else {
+            let Some(index) = segment.records.iter().position(|r| r.id() == id && r.ov() == ov) else {
                 continue;
             };
             let digests: Vec<[u8; 32]> = segment
@@ -98,7 +102,7 @@ impl Engine {
                 leaf_count: digests.len(),
                 path: tree.proof(&[index]).proof_hashes_hex(),
                 root: segment.root.clone(),
-                record: segment.records[index].clone(),
+                record: segment.records[index].record(),
             });
         }
         Err(Error::NotFound(format!("a ledger record of {collection}/{id} v{ov}")))

@@ -233,7 +233,11 @@ impl Engine {
             let mut versions = self.versions_at_point(collection, &ids, HistoryPoint::At(at)).await?;
             for id in &ids {
                 let Some(t) = versions.remove(id) else { continue };
-                if (query.include_deleted || !t.entry.deleted) && query.filter.matches(&t.entry.meta) {
+                // An erased version is never listed (it has nothing to show).
+                if (query.include_deleted || !t.entry.deleted)
+                    && !t.entry.erased()
+                    && query.filter.matches(&t.entry.meta)
+                {
                     found.push(t.entry);
                     if found.len() == query.limit {
                         return Ok(found);

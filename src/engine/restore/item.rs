@@ -155,6 +155,9 @@ impl Engine {
                 .target_of(collection, id, wanted)
                 .await?
                 .ok_or_else(|| Error::NotFound(format!("{collection}/{id} at {wanted}")))?;
+            if target.entry.erased() {
+                return Err(Error::Erased(format!("{collection}/{id} v{}", target.entry.ov)));
+            }
             if target.entry.deleted {
                 return Err(Error::validation(
                     "target",
@@ -169,6 +172,9 @@ impl Engine {
                 .head(collection, id)
                 .await?
                 .ok_or_else(|| Error::NotFound(format!("{collection}/{id}")))?;
+            if head.erased() {
+                return Err(Error::Erased(format!("{collection}/{id}")));
+            }
             if let Some(expected) = expected_ov
                 && expected != head.ov
             {

@@ -103,16 +103,24 @@ pub(super) fn action(head: &Head, target: Option<&Target>) -> Action {
 /// Whether bringing `head` to `target` takes a copy of the target's data (see
 /// [`Engine::restore_by_copy`]) rather than a reference.
 pub(super) fn copies(head: &Head, target: &Target) -> bool {
-    target.payload_may_be_gone() && action(head, Some(target)) == Action::Restore
+    !erased(head, Some(target)) && target.payload_may_be_gone() && action(head, Some(target)) == Action::Restore
 }
 
 /// The append that brings `head` to its target state, or `None` when it is already there.
 pub(super) fn ref_write(head: &Head, target: Option<&Target>, who: &Attribution) -> Option<RefWrite> {
+    if erased(head, target) {
+        return None;
+    }
     match (action(head, target), target) {
         (Action::Keep, _) => None,
         (Action::Restore, Some(t)) => Some(restore_write(head, t, who)),
         _ => Some(delete_write(head, who)),
     }
+}
+
+/// Whether the item was erased: a restore leaves it as it is (nothing of it may come back).
+fn erased(head: &Head, target: Option<&Target>) -> bool {
+    head.erased() || target.is_some_and(|t| t.entry.erased())
 }
 
 /// A new version of `head`'s item: its coordinates, time and attribution, with the data of the

@@ -99,6 +99,16 @@ fn manifest_prefix(collection: &CollectionName, id: &ItemId) -> String {
     format!("{collection}/{id}/manifests/")
 }
 
+/// The manifest stored under `key` (`None` when it is gone).
+async fn read_manifest(backups: &dyn PayloadStore, key: &str) -> Result<Option<Manifest>> {
+    let Some(bytes) = backups.get(key).await? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| Error::Corrupt(format!("manifest {key}: {e}")))
+}
+
 fn file_name(key: &str) -> &str {
     key.rsplit('/').next().unwrap_or(key)
 }
@@ -184,35 +194,41 @@ impl Manifests {
         Ok(())
     }
 
+    /// Whether a manifest is this database's, of this item.
+    fn belongs(&self, m: &Manifest, collection: &CollectionName, id: &ItemId) -> bool {
+        (m.database.as_str(), m.collection.as_str(), m.id.as_str())
+            == (self.database.as_str(), collection.as_str(), id.as_str())
+    }
+
+    /// The keys of an item's manifests.
+    async fn keys(&self, backups: &dyn PayloadStore, collection: &CollectionName, id: &ItemId) -> Result<Vec<String>> {
+        let mut keys = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = backups
+                .list(&manifest_prefix(collection, id), after.as_deref(), 1000)
+                .await?;
+            let Some(last) = page.last().cloned() else { break };
+            keys.extend(page);
+            after = Some(last);
+        }
+        Ok(keys)
+    }
+
     /// Show `visit` every entry of an item's retention manifests.
     async fn each(&self, collection: &CollectionName, id: &ItemId, mut visit: impl FnMut(ManifestEntry)) -> Result<()> {
         let Some(backups) = &self.store else { return Ok(()) };
-        let mut after: Option<String> = None;
-        loop {
-            let keys = backups
-                .list(&manifest_prefix(collection, id), after.as_deref(), 1000)
-                .await?;
-            let Some(last) = keys.last().cloned() else { break };
-            for key in keys {
-                let Some(bytes) = backups.get(&key).await? else {
-                    continue;
-                };
-                let manifest: Manifest =
-                    serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt(format!("manifest {key}: {e}")))?;
-                if (
-                    manifest.database.as_str(),
-                    manifest.collection.as_str(),
-                    manifest.id.as_str(),
-                ) != (self.database.as_str(), collection.as_str(), id.as_str())
-                {
-                    return Err(Error::Corrupt(format!(
-                        "manifest {key} belongs to {}/{}/{}",
-                        manifest.database, manifest.collection, manifest.id
-                    )));
-                }
-                manifest.entries.into_iter().for_each(&mut visit);
+        for key in self.keys(backups.as_ref(), collection, id).await? {
+            let Some(manifest) = read_manifest(backups.as_ref(), &key).await? else {
+                continue;
+            };
+            if !self.belongs(&manifest, collection, id) {
+                return Err(Error::Corrupt(format!(
+                    "manifest {key} belongs to {}/{}/{}",
+                    manifest.database, manifest.collection, manifest.id
+                )));
             }
-            after = Some(last);
+            manifest.entries.into_iter().for_each(&mut visit);
         }
         Ok(())
     }
@@ -231,9 +247,9 @@ impl Manifests {
             let keys = backups.list(&prefix, after.as_deref(), 1000).await?;
             let Some(last) = keys.last().cloned() else { break };
             for key in keys.iter().filter(|k| k.contains("/manifests/")) {
-                let Some(bytes) = backups.get(key).await? else { continue };
-                let manifest: Manifest =
-                    serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt(format!("manifest {key}: {e}")))?;
+                let Some(manifest) = read_manifest(backups.as_ref(), key).await? else {
+                    continue;
+                };
                 let id: ItemId = manifest.id.parse()?;
                 if (manifest.database.as_str(), manifest.collection.as_str())
                     != (self.database.as_str(), collection.as_str())
@@ -254,6 +270,35 @@ impl Manifests {
             after = Some(last);
         }
         Ok(())
+    }
+
+    /// Turn every entry of an item's manifests into its erased version's tombstone (see
+    /// `engine::erase`), rewriting each manifest under its own key; returns how many entries.
+    /// Each keeps its ov, cv, time and counter names (so counters and a rebuild's tallies stay
+    /// true); the rest goes. A manifest already rewritten is rewritten to the same bytes.
+    pub(crate) async fn erase(&self, collection: &CollectionName, id: &ItemId) -> Result<u64> {
+        let Some(backups) = &self.store else { return Ok(0) };
+        let mut erased = 0;
+        for key in self.keys(backups.as_ref(), collection, id).await? {
+            let Some(mut manifest) = read_manifest(backups.as_ref(), &key).await? else {
+                continue;
+            };
+            if !self.belongs(&manifest, collection, id) {
+                continue; // not this item's: leave it to whoever it belongs to
+            }
+            for e in &mut manifest.entries {
+                let tombstone = VersionEntry::tombstone_at(id, e.ov, e.cv, e.at);
+                *e = ManifestEntry {
+                    payload_deleted: true,
+                    counts: std::mem::take(&mut e.counts),
+                    ..ManifestEntry::from_entry(&tombstone)
+                };
+                erased += 1;
+            }
+            let body = serde_json::to_vec(&manifest).map_err(|e| Error::Corrupt(e.to_string()))?;
+            backups.put(&key, Bytes::from(body)).await?;
+        }
+        Ok(erased)
     }
 
     /// `(ov, writeId)` of every version of an item kept only in retention manifests (scrub

@@ -449,6 +449,22 @@ pub trait MetaUpkeep: Send + Sync + 'static {
     /// `dry_run`, only report). A write racing with this is never affected: the conditions are
     /// re-checked atomically per item.
     async fn mark_processed(&self, collection: &CollectionName, query: &TierQuery) -> Result<TierBatch>;
+    /// Ids of the items with a version in the index whose metadata matches `filter`, in id order,
+    /// after `after_id`, at most `limit`: an erasure by subject must find an item whose latest
+    /// version no longer names the subject.
+    async fn items_with_versions_matching(
+        &self,
+        collection: &CollectionName,
+        filter: &Filter,
+        after_id: Option<&ItemId>,
+        limit: usize,
+    ) -> Result<Vec<ItemId>>;
+    /// Store an erasure record (opaque JSON text, see `ledger::erasures`) under its id,
+    /// replacing the one of that id (an erasure is recorded started, then done): the metadata
+    /// store's copy of the append-only account of erasures, beside the payload bucket's.
+    async fn put_erasure(&self, id: &str, record: &str) -> Result<()>;
+    /// Every erasure record the store holds, in id order.
+    async fn erasure_records(&self) -> Result<Vec<String>>;
     /// Remove these versions of an item from the index (retention); returns how many went.
     /// Atomically with that, each version removed now whose cv is above the counters' mark is
     /// added to the collection's pruned tallies under its counter names, so counters computed

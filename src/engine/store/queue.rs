@@ -248,4 +248,8 @@ pub trait QueueStore: Send + Sync + 'static {
     /// Cancel a pending operation or a dead letter; returns the status it had (`None`: unknown
     /// id). Running, succeeded and cancelled operations are left as they are.
     async fn cancel(&self, id: &OperationId, now: Timestamp) -> Result<Option<OperationStatus>>;
+    /// Remove the operation for good, whatever its state, live or dead (an erasure: its body
+    /// holds the erased item's data). Removing an unknown id is not an error. A worker that
+    /// holds it then can no longer settle it.
+    async fn forget(&self, id: &OperationId) -> Result<()>;
 }

@@ -71,7 +71,9 @@ pub(crate) fn ref_head(previous: &Head, w: &RefWrite, cv: u64) -> Head {
 pub(crate) fn check_precondition(change: &HeadChange, current: Option<&Head>) -> Result<()> {
     let item = || format!("{}/{}", change.collection, change.id);
     match (change.op, current) {
+        // An erased item keeps its id: a create is refused like any taken id's.
         (Op::Create, Some(_)) => Err(Error::AlreadyExists(item())),
+        (_, Some(h)) if h.erased() => Err(Error::Erased(item())),
         (Op::Create, None) => Ok(()),
         (_, None) => Err(Error::NotFound(item())),
         (op, Some(h)) => {

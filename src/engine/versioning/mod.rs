@@ -168,6 +168,15 @@ impl Engine {
         self.payloads.as_ref()
     }
 
+    pub(super) fn retry(&self) -> &Retry {
+        &self.retry
+    }
+
+    /// The content bucket, if the database has one.
+    pub(super) fn content_store(&self) -> Option<&dyn PayloadStore> {
+        self.contents.store()
+    }
+
     pub(super) fn meta(&self) -> &dyn MetaStore {
         self.meta.as_ref()
     }

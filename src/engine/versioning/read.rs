@@ -20,6 +20,9 @@ impl Engine {
     pub async fn get_latest(&self, collection: &CollectionName, id: &ItemId, opts: ReadOptions) -> Result<Record> {
         let head = self.meta.head(collection, id).await?;
         let head = head.ok_or_else(|| not_found(collection, id))?;
+        if head.erased() {
+            return Err(Error::Erased(format!("{collection}/{id}")));
+        }
         if head.deleted() && !opts.include_deleted {
             return Err(not_found(collection, id));
         }
@@ -70,11 +73,15 @@ impl Engine {
         let read = ReadOptions {
             include_deleted: opts.include_deleted,
         };
+        let (listed, last_listed): (usize, Option<ItemId>);
         // Payloads not inline are fetched concurrently, keeping the listing's order.
         let mut records: Vec<Record> = match opts.at {
             None => {
                 let heads = self.meta.list_heads(collection, &query).await?;
-                futures::stream::iter(heads)
+                // An erased item has nothing to show (it is listed with deleted ones, as a
+                // tombstone head reads as deleted); the page still ends where the store's did.
+                (listed, last_listed) = (heads.len(), heads.last().map(|h| h.id.clone()));
+                futures::stream::iter(heads.into_iter().filter(|h| !h.erased()))
                     .map(|h| self.record_of_head(collection, h))
                     .buffered(16)
                     .try_collect()
@@ -82,6 +89,7 @@ impl Engine {
             }
             Some(at) => {
                 let versions = self.list_as_of(collection, at, &query).await?;
+                (listed, last_listed) = (versions.len(), versions.last().map(|v| v.id.clone()));
                 futures::stream::iter(versions)
                     .map(|v| self.record_of(collection, v, read))
                     .buffered(16)
@@ -94,9 +102,7 @@ impl Engine {
                 r.data.retain(|k, _| fields.iter().any(|f| f == k));
             }
         }
-        let next_after_id = (records.len() == opts.limit)
-            .then(|| records.last().map(|r| r.id.clone()))
-            .flatten();
+        let next_after_id = (listed == opts.limit).then_some(last_listed).flatten();
         Ok(ListPage { records, next_after_id })
     }
 
@@ -174,6 +180,7 @@ impl Engine {
         }
         let head = self.meta.head(collection, id).await?;
         match head {
+            Some(h) if h.erased() => return Err(Error::Erased(format!("{collection}/{id}"))),
             Some(h) if !h.deleted() || opts.include_deleted => {}
             _ => return Err(not_found(collection, id)),
         }
@@ -181,6 +188,9 @@ impl Engine {
     }
 
     async fn record_of(&self, collection: &CollectionName, entry: VersionEntry, opts: ReadOptions) -> Result<Record> {
+        if entry.erased() {
+            return Err(Error::Erased(format!("{collection}/{} v{}", entry.id, entry.ov)));
+        }
         if entry.deleted && !opts.include_deleted {
             return Err(Error::NotFound(format!(
                 "{collection}/{} v{} (deleted)",

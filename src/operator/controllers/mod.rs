@@ -4,5 +4,6 @@
 
 pub mod collection;
 pub mod database;
+pub mod erasure;
 pub mod restore;
 pub mod retention;

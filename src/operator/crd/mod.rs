@@ -1,10 +1,11 @@
-//! The four custom resources, as types: their specs, statuses, validation, and the names other
+//! The five custom resources, as types: their specs, statuses, validation, and the names other
 //! parts share (condition types, the shared engine's name). A leaf — no client, no controller —
 //! so every controller, the backends and the tests can use any resource without importing
 //! another controller.
 
 pub mod collection;
 pub mod database;
+pub mod erasure;
 pub mod restore;
 pub mod retention;
 
@@ -13,6 +14,7 @@ use kube::CustomResourceExt;
 
 pub use collection::{ChronosCollection, ChronosCollectionSpec, ChronosCollectionStatus};
 pub use database::{ChronosDatabase, ChronosDatabaseSpec, ChronosDatabaseStatus, DeletionPolicy};
+pub use erasure::{ChronosErasure, ChronosErasureSpec, ChronosErasureStatus};
 pub use restore::{ChronosRestore, ChronosRestoreSpec, ChronosRestoreStatus, Phase};
 pub use retention::{ChronosRetention, ChronosRetentionSpec, ChronosRetentionStatus};
 
@@ -21,13 +23,14 @@ use super::error::{Error, Result};
 /// The API group of every Chronos resource.
 pub const GROUP: &str = "chronos.dev";
 
-/// The four CRDs, in a stable order.
+/// The five CRDs, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
     vec![
         ChronosDatabase::crd(),
         ChronosCollection::crd(),
         ChronosRestore::crd(),
         ChronosRetention::crd(),
+        ChronosErasure::crd(),
     ]
 }
 

@@ -1,4 +1,4 @@
-//! The six scenarios, each bounded in time, and their result tables.
+//! The seven scenarios, each bounded in time, and their result tables.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -14,11 +14,13 @@ use crate::proxy::FaultProxy;
 use crate::{Args, Fail};
 
 mod bad_input;
+mod erasure;
 mod outages;
 mod tenants;
 mod writers;
 
 use bad_input::scenario_e;
+use erasure::scenario_g;
 use outages::{scenario_c, scenario_d};
 use tenants::scenario_f;
 use writers::{scenario_a, scenario_b};
@@ -250,6 +252,7 @@ pub async fn run_all(args: &Args) -> Vec<Outcome> {
             'c' => ("(c) S3 unreachable under load", scenario_c(args).await),
             'd' => ("(d) mongod restarted under load", scenario_d(args).await),
             'e' => ("(e) bad input on every route", scenario_e(args).await),
+            'g' => ("(g) kill -9 during an erasure", scenario_g(args).await),
             _ => ("(f) tenant isolation", scenario_f(args).await),
         };
         let outcome = result.unwrap_or_else(|e| {

@@ -8,6 +8,7 @@
 pub mod content;
 pub mod counters;
 pub mod enrichment;
+pub mod erase;
 pub mod feed;
 mod fixtures;
 pub mod history;
@@ -90,6 +91,10 @@ macro_rules! conformance_suite {
                 a_loaded_store_answers_every_read_as_the_original, loads_are_idempotent_and_refuse_a_taken_key,
                 rebuild_progress_round_trips, a_rebuild_from_the_buckets_answers_every_read_as_before,
                 unconfirmed_objects_are_left_out_unless_asked_for);
+            $crate::conformance_suite!(@pair erase;
+                an_erased_item_leaves_no_trace_and_nothing_brings_it_back,
+                erase_by_filter_finds_every_version_and_a_cut_short_erasure_finishes,
+                an_erasure_killed_midway_is_finished_by_the_next_engine, a_held_item_is_not_erased_until_its_hold_is_released);
         }
     };
     // Checks that need a second, empty store of the same backend (a rebuild's target).
@@ -156,6 +161,23 @@ pub fn settings(check: &str) -> chronos::engine::EngineSettings {
         || check == "counters_stay_true_after_retention"
         || check == "a_loaded_store_answers_every_read_as_the_original"
     {
+        s.counter_rules.insert(
+            "things".into(),
+            vec![chronos::engine::CounterRule {
+                name: "big".into(),
+                when: json!({"n": {"$gte": 5}}),
+                on: vec![Op::Create, Op::Update],
+            }],
+        );
+    }
+    if check == "an_erased_item_leaves_no_trace_and_nothing_brings_it_back" {
+        s.collection_maps.insert(
+            "things".into(),
+            chronos::engine::CollectionMap {
+                content_props: [("body".to_owned(), chronos::engine::ContentKind::Text)].into(),
+                ..Default::default()
+            },
+        );
         s.counter_rules.insert(
             "things".into(),
             vec![chronos::engine::CounterRule {

@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 use crate::support::{env, kube_client, s3_connection, unique};
 
 mod database;
+mod erasure;
 mod history;
 mod restore;
 mod schedule;

@@ -19,7 +19,7 @@ use crate::engine::store::{
     NewData, PendingWrite, PrunedVersion, RefWrite, TierBatch, TierQuery,
 };
 
-#[derive(Default)]
+#[derive(Default, Debug)]
 pub(super) struct Collection {
     pub(super) cv: u64,
     pub(super) counters_from: u64,
@@ -49,6 +49,8 @@ pub struct MemoryMetaStore {
     pub(super) rebuild_progress: Arc<Mutex<Option<String>>>,
     /// Side records (see `sidecar.rs`).
     pub(super) sides: Arc<Mutex<Sides>>,
+    /// Erasure records by id.
+    erasures: Arc<Mutex<BTreeMap<String, String>>>,
 }
 
 impl MemoryMetaStore {
@@ -61,6 +63,17 @@ impl MemoryMetaStore {
     /// wait for such a write is tested without a replica set held back.
     pub fn lag_key_lookups(&self, n: usize) {
         self.key_lookup_lag.store(n, Ordering::SeqCst);
+    }
+
+    /// Everything the store holds, as text: what a test searches for bytes that must be gone
+    /// (an erasure's), the way it would read every document of a MongoDB database.
+    pub fn dump(&self) -> String {
+        format!(
+            "{:?} {:?} {:?}",
+            *self.lock(),
+            self.rebuild_progress.lock().unwrap_or_else(|p| p.into_inner()),
+            self.erasures.lock().unwrap_or_else(|p| p.into_inner())
+        )
     }
 
     pub(super) fn lock(&self) -> MutexGuard<'_, HashMap<CollectionName, Collection>> {
@@ -432,6 +445,38 @@ impl MetaUpkeep for MemoryMetaStore {
         }
         batch.ids = ids;
         Ok(batch)
+    }
+
+    async fn items_with_versions_matching(
+        &self,
+        collection: &CollectionName,
+        filter: &Filter,
+        after_id: Option<&ItemId>,
+        limit: usize,
+    ) -> Result<Vec<ItemId>> {
+        let all = self.lock();
+        let mut ids: Vec<ItemId> = Vec::new();
+        // The index is in (id, ov) order, so matching ids come out sorted.
+        for ((id, _), v) in all.get(collection).into_iter().flat_map(|c| c.versions.iter()) {
+            if ids.len() >= limit {
+                break;
+            }
+            if after_id.is_none_or(|a| id > a) && ids.last() != Some(id) && filter.matches(&v.meta) {
+                ids.push(id.clone());
+            }
+        }
+        Ok(ids)
+    }
+
+    async fn put_erasure(&self, id: &str, record: &str) -> Result<()> {
+        let mut erasures = self.erasures.lock().unwrap_or_else(|p| p.into_inner());
+        erasures.insert(id.to_owned(), record.to_owned());
+        Ok(())
+    }
+
+    async fn erasure_records(&self) -> Result<Vec<String>> {
+        let erasures = self.erasures.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(erasures.values().cloned().collect())
     }
 
     async fn delete_versions(

@@ -11,7 +11,7 @@ use crate::engine::model::Timestamp;
 use crate::engine::store::queue::{Operation, OperationId, OperationStatus, QueueStats, QueueStore, Settlement};
 use crate::engine::store::rules::lease_end;
 
-#[derive(Default)]
+#[derive(Default, Debug)]
 struct State {
     /// Live and finished operations, with the claim token and lease of running ones.
     queue: BTreeMap<OperationId, (Operation, Option<(String, Timestamp)>)>,
@@ -26,6 +26,11 @@ pub struct MemoryQueue {
 impl MemoryQueue {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Everything the queue holds, as text (see `MemoryMetaStore::dump`).
+    pub fn dump(&self) -> String {
+        format!("{:?}", *self.lock())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -172,5 +177,12 @@ impl QueueStore for MemoryQueue {
             op.updated_at = now;
         }
         Ok(Some(was))
+    }
+
+    async fn forget(&self, id: &OperationId) -> Result<()> {
+        let mut state = self.lock();
+        state.queue.remove(id);
+        state.dead.remove(id);
+        Ok(())
     }
 }

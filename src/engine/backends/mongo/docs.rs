@@ -45,6 +45,8 @@ pub(super) fn head_update(change: &HeadChange, cv: u64) -> (Document, Document) 
     if change.op != Op::Restore {
         filter.insert("deletedAt", Bson::Null);
     }
+    // An erased item's head (no data checksum) takes no write, not even a restore.
+    filter.insert("checksum", doc! {"$ne": ""});
     let mut set = doc! {
         "cv": cv as i64,
         "writeId": &change.write_id,
@@ -67,7 +69,8 @@ pub(super) fn head_update(change: &HeadChange, cv: u64) -> (Document, Document) 
         Op::Restore => {
             set.insert("deletedAt", Bson::Null);
         }
-        Op::Create | Op::Update => {}
+        // The engine never writes an erasure as a change (see `engine::erase`).
+        Op::Create | Op::Update | Op::Erased => {}
     }
     let mut unset = Document::new();
     if let Some(data) = &change.data {

@@ -47,7 +47,7 @@ pub(super) fn groupable(change: &HeadChange) -> bool {
     match change.op {
         Op::Create | Op::Update => change.data.is_some(),
         Op::Delete => true,
-        Op::Restore => false,
+        Op::Restore | Op::Erased => false,
     }
 }
 

@@ -83,6 +83,11 @@ impl MongoMetaStore {
         self.db.collection("chronos_sequences")
     }
 
+    /// Erasure records (`_id` = erasure id, `record` = its JSON; see `engine::erase`).
+    fn erasures(&self) -> Collection<Document> {
+        self.db.collection("chronos_erasures")
+    }
+
     /// Take `k` consecutive cvs; returns the last (the others are the `k - 1` before it).
     ///
     /// Acknowledged by a majority, like every write here: the transaction that uses the cv may

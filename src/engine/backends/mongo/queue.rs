@@ -341,4 +341,16 @@ impl QueueStore for MongoQueue {
             .map_err(map_err)?;
         before.map(|d| get_string(&d, "status")?.parse()).transpose()
     }
+
+    async fn forget(&self, id: &OperationId) -> Result<()> {
+        self.queue()
+            .delete_one(doc! {"_id": id.as_str()})
+            .await
+            .map_err(map_err)?;
+        self.dead()
+            .delete_one(doc! {"_id": id.as_str()})
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
 }

@@ -16,6 +16,18 @@ use crate::engine::query::Filter;
 use crate::engine::store::{MetaUpkeep, PrunedVersion, TierBatch, TierQuery};
 
 impl MongoMetaStore {
+    /// The documents an aggregation over a collection's version index yields.
+    async fn aggregate_versions(&self, c: &CollectionName, pipeline: Vec<Document>) -> Result<Vec<Document>> {
+        use futures::TryStreamExt;
+        self.versions_coll(c)
+            .aggregate(pipeline)
+            .await
+            .map_err(map_err)?
+            .try_collect()
+            .await
+            .map_err(map_err)
+    }
+
     /// In the session's transaction: remove the versions still indexed and add them to the
     /// collection's tallies.
     async fn delete_and_tally(
@@ -95,24 +107,60 @@ impl MetaUpkeep for MongoMetaStore {
         after_cv: u64,
         filter: &Filter,
     ) -> Result<std::collections::HashMap<Op, u64>> {
-        use futures::TryStreamExt;
         let mut m = filter_doc(filter);
         m.insert("cv", doc! {"$gt": after_cv as i64});
         let pipeline = vec![
             doc! {"$match": m},
             doc! {"$group": {"_id": "$op", "n": {"$sum": 1_i64}}},
         ];
+        let docs = self.aggregate_versions(c, pipeline).await?;
+        docs.iter()
+            .map(|d| Ok((get_string(d, "_id")?.parse()?, get_u64(d, "n")?)))
+            .collect()
+    }
+
+    async fn items_with_versions_matching(
+        &self,
+        c: &CollectionName,
+        filter: &Filter,
+        after_id: Option<&ItemId>,
+        limit: usize,
+    ) -> Result<Vec<ItemId>> {
+        let mut m = filter_doc(filter);
+        if let Some(after) = after_id {
+            m.insert("itemId", doc! {"$gt": after.as_str()});
+        }
+        let pipeline = vec![
+            doc! {"$match": m},
+            doc! {"$group": {"_id": "$itemId"}},
+            doc! {"$sort": {"_id": 1}},
+            doc! {"$limit": limit as i64},
+        ];
+        let docs = self.aggregate_versions(c, pipeline).await?;
+        docs.iter().map(|d| get_string(d, "_id")?.parse()).collect()
+    }
+
+    async fn put_erasure(&self, id: &str, record: &str) -> Result<()> {
+        self.erasures()
+            .replace_one(doc! {"_id": id}, doc! {"_id": id, "record": record})
+            .upsert(true)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn erasure_records(&self) -> Result<Vec<String>> {
+        use futures::TryStreamExt;
         let docs: Vec<Document> = self
-            .versions_coll(c)
-            .aggregate(pipeline)
+            .erasures()
+            .find(doc! {})
+            .sort(doc! {"_id": 1})
             .await
             .map_err(map_err)?
             .try_collect()
             .await
             .map_err(map_err)?;
-        docs.iter()
-            .map(|d| Ok((get_string(d, "_id")?.parse()?, get_u64(d, "n")?)))
-            .collect()
+        docs.iter().map(|d| get_string(d, "record")).collect()
     }
 
     async fn counters_from(&self, c: &CollectionName) -> Result<u64> {

@@ -299,4 +299,17 @@ impl QueueStore for SqliteQueue {
             })
             .await
     }
+
+    async fn forget(&self, id: &OperationId) -> Result<()> {
+        let id = id.as_str().to_owned();
+        self.store
+            .in_transaction(move |tx| {
+                tx.execute("DELETE FROM queue WHERE id = ?1", params![id])
+                    .map_err(map_sql)?;
+                tx.execute("DELETE FROM dead_letters WHERE id = ?1", params![id])
+                    .map_err(map_sql)?;
+                Ok(())
+            })
+            .await
+    }
 }

@@ -7,7 +7,7 @@ use super::rows::map_sql;
 use crate::engine::error::{Error, Result};
 
 /// Bumped whenever the tables change; a database from a newer build is refused, not misread.
-pub(super) const SCHEMA_VERSION: i64 = 7;
+pub(super) const SCHEMA_VERSION: i64 = 8;
 
 pub(super) const SCHEMA: &str = "
 CREATE TABLE sequences (
@@ -95,6 +95,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // 7: side records (`sidecar.rs`): legal holds and wrapped data keys, one per item and kind.
     "CREATE TABLE sides (collection TEXT NOT NULL, kind TEXT NOT NULL, item_id TEXT NOT NULL, \
      record TEXT NOT NULL, PRIMARY KEY (collection, kind, item_id)) STRICT;",
+    // 8: erasure records (`engine::erase`), opaque JSON by erasure id.
+    "CREATE TABLE erasures (id TEXT NOT NULL PRIMARY KEY, record TEXT NOT NULL) STRICT;",
 ];
 
 pub(super) fn create_schema(conn: &mut Connection) -> Result<()> {

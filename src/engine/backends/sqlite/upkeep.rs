@@ -39,6 +39,69 @@ impl MetaUpkeep for SqliteMetaStore {
         .await
     }
 
+    async fn items_with_versions_matching(
+        &self,
+        c: &CollectionName,
+        filter: &Filter,
+        after_id: Option<&ItemId>,
+        limit: usize,
+    ) -> Result<Vec<ItemId>> {
+        let (c, filter) = (c.clone(), filter.clone());
+        let after = after_id.map(|a| a.as_str().to_owned()).unwrap_or_default();
+        self.with_conn(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT item_id, meta FROM versions WHERE collection = ?1 AND item_id > ?2 ORDER BY item_id, ov",
+                )
+                .map_err(map_sql)?;
+            let rows = stmt
+                .query_map(params![c.as_str(), after], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                })
+                .map_err(map_sql)?;
+            let mut ids: Vec<ItemId> = Vec::new();
+            for row in rows {
+                let (id, meta) = row.map_err(map_sql)?;
+                if ids.len() >= limit {
+                    break;
+                }
+                if ids.last().is_some_and(|last| last.as_str() == id) {
+                    continue;
+                }
+                if filter.is_empty() || filter.matches(&from_json(&meta, "meta")?) {
+                    ids.push(id.parse()?);
+                }
+            }
+            Ok(ids)
+        })
+        .await
+    }
+
+    async fn put_erasure(&self, id: &str, record: &str) -> Result<()> {
+        let (id, record) = (id.to_owned(), record.to_owned());
+        self.with_conn(move |conn| {
+            conn.execute(
+                "INSERT INTO erasures (id, record) VALUES (?1, ?2) \
+                 ON CONFLICT (id) DO UPDATE SET record = excluded.record",
+                params![id, record],
+            )
+            .map_err(map_sql)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn erasure_records(&self) -> Result<Vec<String>> {
+        self.with_conn(|conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT record FROM erasures ORDER BY id")
+                .map_err(map_sql)?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(map_sql)?;
+            rows.map(|r| r.map_err(map_sql)).collect()
+        })
+        .await
+    }
+
     async fn counters_from(&self, c: &CollectionName) -> Result<u64> {
         let c = c.clone();
         self.with_conn(move |conn| {
