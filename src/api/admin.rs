@@ -100,7 +100,8 @@ pub async fn s3_test(State(state): State<AppState>, Path(db): Path<String>) -> R
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VerifyRequest {
     /// Objects whose write began less than this many seconds ago are not called orphans
-    /// (default: the engine's orphan grace).
+    /// (default: the engine's orphan grace; at most 30 days).
+    #[schema(maximum = 2592000)]
     pub grace_secs: Option<u64>,
 }
 
@@ -118,6 +119,11 @@ pub async fn verify(
     ApiJson(req): ApiJson<VerifyRequest>,
 ) -> Result<Json<VerifyReport>> {
     let engine = state.engine(&db)?;
+    if req.grace_secs.is_some_and(|g| g > 2_592_000) {
+        return Err(super::error::ApiError::bad_request(
+            "`graceSecs` is at most 2592000 (30 days)",
+        ));
+    }
     let grace = req
         .grace_secs
         .map_or(engine.settings().orphan_grace, std::time::Duration::from_secs);

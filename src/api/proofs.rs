@@ -22,7 +22,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 #[into_params(parameter_in = Query)]
 pub struct ProofQuery {
     /// The version to prove.
-    #[param(minimum = 0)]
+    #[param(minimum = 0, required = true)]
     #[serde(default, deserialize_with = "int64")]
     ov: Option<u64>,
 }
