@@ -95,12 +95,12 @@ impl AppState {
         *self.0.databases.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(databases);
     }
 
-    /// Ask the server to stop (the admin shutdown route).
+    /// Ask the server to stop (the admin shutdown route, and `chronos serve` on SIGTERM).
     pub fn request_shutdown(&self) {
         self.0.shutdown.send_replace(true);
     }
 
-    /// Resolves once a shutdown was requested through the API.
+    /// Resolves once a shutdown was requested (through the API or by a signal).
     pub fn shutdown_requested(&self) -> impl Future<Output = ()> + Send + 'static {
         let mut rx = self.0.shutdown.subscribe();
         async move {

@@ -141,11 +141,16 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         }
     });
     let requested = state.shutdown_requested();
+    let stopping = state.clone();
     let stop = async move {
         tokio::select! {
             () = chronos::shutdown_signal() => tracing::info!("shutdown requested; draining in-flight requests"),
             () = requested => tracing::info!("shutdown requested through the admin API; draining"),
         }
+        // Whichever asked, everything that waits on the state's signal ends now: change-feed
+        // streams never finish by themselves, and the drain would wait for them forever (past
+        // the orchestrator's grace period, so the ledger's last segments would be lost).
+        stopping.request_shutdown();
     };
     api::serve(listener, app, stop).await.map_err(Error::Serve)?;
     let _ = stop_queue.send(());

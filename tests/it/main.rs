@@ -16,6 +16,7 @@ mod embedded;
 mod examples;
 mod failover;
 mod feed;
+mod feed_restart;
 mod locks;
 mod memory;
 mod mongo_group;

@@ -7,8 +7,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 /// `chronos serve` in embedded mode, and the URL it printed.
-struct Served {
-    url: String,
+pub(crate) struct Served {
+    pub(crate) url: String,
     child: Child,
     _dir: Option<tempfile::TempDir>,
 }
@@ -21,7 +21,7 @@ async fn serve() -> Served {
 }
 
 /// `chronos serve` with its data in `data_dir`.
-async fn serve_in(data_dir: &std::path::Path) -> Served {
+pub(crate) async fn serve_in(data_dir: &std::path::Path) -> Served {
     let mut child = Command::new(env!("CARGO_BIN_EXE_chronos"))
         .args([
             "serve",
@@ -53,8 +53,13 @@ async fn serve_in(data_dir: &std::path::Path) -> Served {
 }
 
 impl Served {
+    /// Kill it as a crash would (SIGKILL): nothing of it runs after this returns.
+    pub(crate) async fn kill(mut self) {
+        self.child.kill().await.unwrap();
+    }
+
     /// Stop it as an orchestrator would (SIGTERM) and wait until it has exited.
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         let pid = self.child.id().unwrap().to_string();
         let killed = Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
         assert!(killed.success());
