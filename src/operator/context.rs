@@ -117,3 +117,16 @@ where
         .await?;
     Ok(())
 }
+
+/// [`apply_status`] of a namespaced object, in its own namespace.
+pub async fn apply_own_status<K>(ctx: &Context, obj: &K, status: &impl serde::Serialize) -> Result<()>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    use kube::ResourceExt;
+    let api = kube::Api::<K>::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    apply_status(&api, &obj.name_any(), status).await
+}

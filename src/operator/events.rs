@@ -33,6 +33,15 @@ impl Notice {
         }
     }
 
+    /// How a one-shot job (a restore, an erasure) ended: `<Action>Succeeded` or `<Action>Failed`.
+    pub fn ended(succeeded: bool, note: String, action: &'static str) -> Notice {
+        if succeeded {
+            Notice::normal(format!("{action}Succeeded"), note, action)
+        } else {
+            Notice::warning(format!("{action}Failed"), note, action)
+        }
+    }
+
     pub fn warning(reason: impl Into<String>, note: impl Into<String>, action: &'static str) -> Notice {
         Notice {
             type_: EventType::Warning,

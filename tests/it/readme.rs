@@ -136,47 +136,34 @@ async fn run_block(prelude: &str, block: &str, url: &str, dir: Option<&std::path
     }
 }
 
+async fn get_json(http: &reqwest::Client, url: String) -> serde_json::Value {
+    http.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 /// Every item of `collection` as the server reads it, latest and each version, without
 /// `_system.state` (a cost tier: a rebuilt head is `processed`, see docs/design.md).
 async fn snapshot(url: &str, collection: &str, ids: &[String]) -> Vec<serde_json::Value> {
     let http = reqwest::Client::new();
     let mut out = Vec::new();
     for id in ids {
-        let history: serde_json::Value = http
-            .get(format!(
-                "{url}/v1/default/{collection}/items/{id}/versions?includeDeleted=true"
-            ))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let history: serde_json::Value = get_json(
+            &http,
+            format!("{url}/v1/default/{collection}/items/{id}/versions?includeDeleted=true"),
+        )
+        .await;
         out.push(history.clone());
         for v in history["versions"].as_array().unwrap() {
             let ov = v["ov"].as_u64().unwrap();
-            let mut r: serde_json::Value = http
-                .get(format!(
-                    "{url}/v1/default/{collection}/items/{id}?ov={ov}&includeDeleted=true"
-                ))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let mut r: serde_json::Value = get_json(
+                &http,
+                format!("{url}/v1/default/{collection}/items/{id}?ov={ov}&includeDeleted=true"),
+            )
+            .await;
             r["_system"].as_object_mut().unwrap().remove("state");
             out.push(r);
         }
     }
-    let totals: serde_json::Value = http
-        .get(format!("{url}/v1/default/{collection}/counters"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let totals: serde_json::Value = get_json(&http, format!("{url}/v1/default/{collection}/counters")).await;
     out.push(totals);
     out
 }

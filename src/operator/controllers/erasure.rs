@@ -12,7 +12,7 @@ use kube::{Api, ResourceExt};
 use crate::engine::{Engine, EraseRequest, Erasure, ErasureStatus};
 use crate::operator::backends;
 use crate::operator::conditions;
-use crate::operator::context::{Context, apply_status, requeue};
+use crate::operator::context::{Context, apply_own_status, requeue};
 use crate::operator::crd::database::ChronosDatabase;
 use crate::operator::crd::erasure::{ChronosErasure, ChronosErasureStatus, ErasureReport, Phase};
 use crate::operator::error::{Error, Result};
@@ -123,20 +123,11 @@ async fn finish(
     status.started_at.get_or_insert_with(conditions::now);
     status.completed_at = Some(conditions::now());
     write(ctx, r, &status).await?;
-    let notice = if phase == Phase::Succeeded {
-        Notice::normal("ErasureSucceeded", message, "Erase")
-    } else {
-        Notice::warning("ErasureFailed", message, "Erase")
-    };
+    let notice = Notice::ended(phase == Phase::Succeeded, message, "Erase");
     events::publish(&ctx.recorder, r, notice).await;
     Ok(Action::await_change())
 }
 
 async fn write(ctx: &Context, r: &ChronosErasure, status: &ChronosErasureStatus) -> Result<()> {
-    apply_status(
-        &Api::<ChronosErasure>::namespaced(ctx.client.clone(), &r.namespace().unwrap_or_default()),
-        &r.name_any(),
-        status,
-    )
-    .await
+    apply_own_status(ctx, r, status).await
 }

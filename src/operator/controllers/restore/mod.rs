@@ -14,7 +14,7 @@ use kube::{Api, ResourceExt};
 use crate::engine::{Attribution, Engine, ItemId, ReadOptions, VersionTarget};
 use crate::operator::backends;
 use crate::operator::conditions;
-use crate::operator::context::{Context, apply_status, requeue};
+use crate::operator::context::{Context, apply_own_status, requeue};
 use crate::operator::crd::database::ChronosDatabase;
 use crate::operator::crd::restore::{ChronosRestore, ChronosRestoreStatus, Counts, Job, Phase, Progress};
 use crate::operator::error::{Error, Result};
@@ -210,20 +210,11 @@ async fn finish(
     status.started_at.get_or_insert_with(conditions::now);
     status.completed_at = Some(conditions::now());
     write(ctx, r, &status).await?;
-    let notice = if phase == Phase::Succeeded {
-        Notice::normal("RestoreSucceeded", message, "Restore")
-    } else {
-        Notice::warning("RestoreFailed", message, "Restore")
-    };
+    let notice = Notice::ended(phase == Phase::Succeeded, message, "Restore");
     events::publish(&ctx.recorder, r, notice).await;
     Ok(Action::await_change())
 }
 
 async fn write(ctx: &Context, r: &ChronosRestore, status: &ChronosRestoreStatus) -> Result<()> {
-    apply_status(
-        &Api::<ChronosRestore>::namespaced(ctx.client.clone(), &r.namespace().unwrap_or_default()),
-        &r.name_any(),
-        status,
-    )
-    .await
+    apply_own_status(ctx, r, status).await
 }
