@@ -4,13 +4,17 @@
 //! - [`model`], [`error`], [`query`], [`settings`]: names and records, errors, the filter
 //!   subset, and the settings (shared with the configuration and the operator).
 //! - [`store`]: the contracts a backend implements ([`PayloadStore`]; [`MetaStore`] as
-//!   [`MetaWrite`], [`MetaRead`], [`MetaRestore`], [`MetaUpkeep`]; the retry queue's store) and
-//!   the rules every store follows alike.
+//!   [`MetaWrite`], [`MetaRead`], [`MetaRestore`], [`MetaUpkeep`], a rebuild's loads and side
+//!   records; the retry queue's store) and the rules every store follows alike.
 //! - [`backends`]: MongoDB, S3, SQLite, local files, and the in-memory fakes.
+//! - [`ledger`], [`envelope`], [`sealed`]: what the buckets hold about each version (the ledger of
+//!   committed versions, the envelope of each version's object, sealed data of encrypted items).
 //! - [`versioning`]: the [`Engine`]: the write protocol and the reads, on any set of stores.
 //! - Features that call down into it: [`restore`], [`retention`], [`tiering`], [`counters`],
 //!   [`content`], [`scrub`], [`admin`], [`retry`] (the retry queue), [`namespace`] (a database's
-//!   key prefix in shared buckets), [`erase`] (erasure across all versions).
+//!   key prefix in shared buckets), [`rebuild`] (the metadata from the buckets, verify, proofs),
+//!   [`feed`] (the change feed), [`erase`] (erasure across all versions), [`hold`] (legal and
+//!   retention holds), [`shred`] (data keys of encrypted items).
 
 pub mod admin;
 pub mod backends;
