@@ -157,6 +157,9 @@ def _legitimate(case, status, error):
     # the collection's configuration, so no schema can say which filters are valid.
     if status == 400 and path == ITEMS and "filter" in query:
         return details.get("field") == "filter" or message.startswith("`filter`")
+    # The change feed's `filter`: the same rule as the list's.
+    if status == 400 and path == "/v1/{db}/{collection}/changes" and "filter" in query:
+        return details.get("field") == "filter" or message.startswith("`filter`")
     # Erase by filter: the same rule as the list's `filter` (indexed properties come from the
     # collection's configuration).
     if status == 422 and path == "/v1/{db}/{collection}/erase":

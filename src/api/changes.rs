@@ -119,7 +119,7 @@ pub async fn changes(
         None => q.after.unwrap_or(0),
     };
     let include_data = match q.include.as_deref() {
-        None | Some("") => false,
+        None => false,
         Some("data") => true,
         Some(other) => {
             return Err(ApiError::bad_request(format!(
@@ -160,15 +160,19 @@ pub async fn changes(
 /// The feed's filter from the query: a malformed one is a bad request, as for listing.
 fn feed_filter(engine: &Engine, c: &CollectionName, filter: Option<&str>, ops: Option<&str>) -> Result<ChangeFilter> {
     let filter = filter_param(filter)?;
-    let ops = ops
-        .unwrap_or_default()
-        .split(',')
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse::<Op>()
-                .map_err(|_| ApiError::bad_request(format!("`ops`: `{s}` is not CREATE, UPDATE, DELETE or RESTORE")))
-        })
-        .collect::<Result<Vec<Op>>>()?;
+    // Given, `ops` names at least one operation and nothing else (an empty `ops=` or `CREATE,`
+    // is a mistake, not "all": the document's pattern says so too).
+    let ops = match ops {
+        None => Vec::new(),
+        Some(list) => list
+            .split(',')
+            .map(|s| {
+                s.parse::<Op>().map_err(|_| {
+                    ApiError::bad_request(format!("`ops`: `{s}` is not CREATE, UPDATE, DELETE or RESTORE"))
+                })
+            })
+            .collect::<Result<Vec<Op>>>()?,
+    };
     engine.change_filter(c, &filter, ops).map_err(query_error)
 }
 
