@@ -289,25 +289,19 @@ async fn read_object(engine: &Engine, collection: &CollectionName, key: &str) ->
 /// A record for a version known only from a manifest (its ledger record is lost): enough for the
 /// index, which is all a pruned version needs.
 fn pruned_record(e: &crate::engine::model::VersionEntry) -> LedgerRecord {
-    LedgerRecord {
+    // Only `insertedAt` and `functionIds` are not in the entry: the entry's time and the
+    // reference's function ids stand in (a pruned version is never an item's head).
+    let system = crate::engine::model::SystemFields {
         inserted_at: e.at,
+        updated_at: e.at,
+        deleted_at: None,
+        deleted: e.deleted,
         function_ids: e
             .payload_ref
             .as_ref()
             .map(|r| r.function_ids.clone())
             .unwrap_or_default(),
-        prev: None,
-        ..LedgerRecord::new(e, &empty_system(e), None)
-    }
-}
-
-fn empty_system(e: &crate::engine::model::VersionEntry) -> crate::engine::model::SystemFields {
-    crate::engine::model::SystemFields {
-        inserted_at: e.at,
-        updated_at: e.at,
-        deleted_at: None,
-        deleted: e.deleted,
-        function_ids: Vec::new(),
         state: crate::engine::model::State::Processed,
-    }
+    };
+    LedgerRecord::new(e, &system, None)
 }
