@@ -8,12 +8,11 @@ use std::sync::atomic::Ordering;
 
 use chronos::engine::store::HistoryPoint;
 use chronos::engine::{
-    EraseRequest, EraseTarget, ErasureStatus, Error, ItemId, ListOptions, PayloadStore, Submitted, VersionTarget,
-    WriteRequest,
+    EraseRequest, EraseTarget, ErasureStatus, Error, ItemId, PayloadStore, Submitted, VersionTarget, WriteRequest,
 };
 use serde_json::json;
 
-use super::fixtures::{LATEST, WITH_DELETED, coll, enrichment, keep_last, keyed, obj, unique_key, who};
+use super::fixtures::{LATEST, WITH_DELETED, all_ids, coll, enrichment, keep_last, keyed, obj, unique_key, who};
 use crate::support::Harness;
 
 /// Every object of a store whose key or bytes contain `marker`.
@@ -188,19 +187,7 @@ pub async fn an_erased_item_leaves_no_trace_and_nothing_brings_it_back(h: &Harne
     ));
     assert!(is_erased(e.history(&coll(), &victim, None, 100, WITH_DELETED).await));
     assert!(is_erased(e.proof(&coll(), &victim, victim_head.ov).await));
-    let all = ListOptions {
-        limit: 100,
-        include_deleted: true,
-        ..Default::default()
-    };
-    let listed: Vec<ItemId> = e
-        .list(&coll(), &all)
-        .await
-        .unwrap()
-        .records
-        .into_iter()
-        .map(|r| r.id)
-        .collect();
+    let listed = all_ids(e).await;
     assert_eq!(listed, vec![bystander.clone()]);
     // Tombstones keep the numbering: the head keeps its ov, the id stays taken.
     let head = h.meta.head(&coll(), &victim).await.unwrap().unwrap();

@@ -53,3 +53,19 @@ pub fn keep_last(n: u64) -> chronos::engine::PrunePolicy {
         ..Default::default()
     }
 }
+
+/// Every item of the collection, deleted ones included, in id order (up to 1000).
+pub async fn all_ids(e: &chronos::engine::Engine) -> Vec<ItemId> {
+    let opts = chronos::engine::ListOptions {
+        limit: 1000,
+        include_deleted: true,
+        ..Default::default()
+    };
+    e.list(&coll(), &opts)
+        .await
+        .unwrap()
+        .records
+        .into_iter()
+        .map(|r| r.id)
+        .collect()
+}

@@ -12,7 +12,7 @@ use chronos::engine::store::RebuiltSequences;
 use chronos::engine::{Engine, Error, HistoryPoint, ItemId, ListOptions, MetaStore, Op, VersionEntry, VersionTarget};
 use serde_json::json;
 
-use super::fixtures::{LATEST, WITH_DELETED, coll, keep_last, keyed, obj, unique_key, who};
+use super::fixtures::{LATEST, WITH_DELETED, all_ids, coll, keep_last, keyed, obj, unique_key, who};
 use crate::support::Harness;
 
 /// Everything a rebuild would find for the collection: every head, every indexed entry, and the
@@ -24,19 +24,7 @@ struct Snapshot {
 }
 
 async fn snapshot(meta: &Arc<dyn MetaStore>, engine: &Engine) -> Snapshot {
-    let opts = ListOptions {
-        limit: 1000,
-        include_deleted: true,
-        ..Default::default()
-    };
-    let ids: Vec<ItemId> = engine
-        .list(&coll(), &opts)
-        .await
-        .unwrap()
-        .records
-        .into_iter()
-        .map(|r| r.id)
-        .collect();
+    let ids = all_ids(engine).await;
     let (mut heads, mut versions) = (vec![], vec![]);
     for id in &ids {
         heads.push(meta.head(&coll(), id).await.unwrap().unwrap());
