@@ -78,8 +78,7 @@ impl Engine {
             let Some(last) = page.last() else { return Ok(()) };
             after = Some(last.ov);
             for v in &page {
-                let (ov, write_id) = v.payload();
-                let key = crate::engine::model::payload_key(collection, id, ov, write_id);
+                let key = v.payload().key(collection, id);
                 self.payload_store().set_legal_hold(&key, on).await?;
             }
         }

@@ -156,6 +156,9 @@ impl Engine {
                 !k.starts_with(super::ledger::LEDGER_PREFIX)
                     && !k.starts_with(super::ledger::resets::RESETS_PREFIX)
                     && !k.starts_with(super::ledger::erasures::ERASURES_PREFIX)
+                    // Packs are shared by many versions: erasure blanks its members, and a pack
+                    // is never an orphan of one write (collecting dead packs is not built yet).
+                    && !k.starts_with(super::pack::format::PACKS_PREFIX)
             });
             let classes: Vec<(String, Result<Class>)> = futures::stream::iter(keys)
                 .map(|key| async move {

@@ -25,6 +25,12 @@ pub trait PayloadStore: Send + Sync + 'static {
     async fn put(&self, key: &str, body: Bytes) -> Result<()>;
     /// `None` when the key does not exist.
     async fn get(&self, key: &str) -> Result<Option<Bytes>>;
+    /// Part of the object at `key` (one ranged GET on S3): a packed version's envelope, or a
+    /// pack's footer. `None` when the key does not exist; a range past the object's end is
+    /// cut at the end. The default reads the whole object, for stores where that costs the same.
+    async fn get_range(&self, key: &str, range: ByteRange) -> Result<Option<Bytes>> {
+        Ok(self.get(key).await?.map(|body| range.slice(&body)))
+    }
     /// Deleting a missing key is not an error.
     async fn delete(&self, key: &str) -> Result<()>;
     /// Keys under `prefix` after `start_after`, at most `limit`, in the store's listing order:
@@ -57,6 +63,35 @@ pub trait PayloadStore: Send + Sync + 'static {
     /// Whether objects written here can really be locked (found by a probe on S3).
     async fn object_lock_status(&self) -> Result<ObjectLockStatus> {
         Ok(ObjectLockStatus::NotRequested)
+    }
+}
+
+/// Which bytes of an object [`PayloadStore::get_range`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ByteRange {
+    /// `len` bytes from `offset`.
+    Slice { offset: u64, len: u64 },
+    /// The last `len` bytes (all of a shorter object).
+    Last(u64),
+}
+
+impl ByteRange {
+    /// These bytes of a whole object.
+    pub fn slice(&self, body: &Bytes) -> Bytes {
+        let size = body.len() as u64;
+        let (from, to) = match *self {
+            ByteRange::Slice { offset, len } => (offset.min(size), offset.saturating_add(len).min(size)),
+            ByteRange::Last(len) => (size.saturating_sub(len), size),
+        };
+        body.slice(from as usize..to as usize)
+    }
+
+    /// The HTTP `Range` header value.
+    pub fn header(&self) -> String {
+        match *self {
+            ByteRange::Slice { offset, len } => format!("bytes={offset}-{}", offset + len.max(1) - 1),
+            ByteRange::Last(len) => format!("bytes=-{len}"),
+        }
     }
 }
 
