@@ -167,3 +167,106 @@ async fn an_erasure_blanks_its_item_inside_a_shared_pack() {
     }
     assert!(h.engine.get_latest(&c, &victim, ReadOptions::default()).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scrub_deletes_a_pack_once_no_version_names_it() {
+    let settings = EngineSettings {
+        pack_writes: PackWrites::Always,
+        ..together()
+    };
+    let h = support::mongo_s3(settings).await;
+    let c: CollectionName = "packed".parse().unwrap();
+    let who = Attribution::default();
+    let data = |v: &str| json!({"v": v}).as_object().unwrap().clone();
+    let (id, _) = h.engine.create(&c, None, data("first"), &who).await.unwrap();
+    h.engine.update(&c, &id, data("second"), Some(0), &who).await.unwrap();
+    h.engine.update(&c, &id, data("third"), Some(1), &who).await.unwrap();
+    let history = h
+        .engine
+        .history(&c, &id, None, 10, ReadOptions::default())
+        .await
+        .unwrap();
+    let pack_of = |ov: usize| history[ov].payload().pack.cloned().expect("packed").key;
+    let (first_pack, second_pack) = (pack_of(0), pack_of(1));
+    let scrub = |delete| chronos::engine::ScrubOptions {
+        collection: Some(c.clone()),
+        grace: std::time::Duration::ZERO,
+        delete,
+        ..Default::default()
+    };
+    // Every version is named: nothing to collect.
+    let report = h.engine.scrub(&scrub(true)).await.unwrap();
+    assert_eq!((report.packs.packs, report.packs.dead), (3, 0), "{report:?}");
+    // v0 pruned with its payload kept: its manifest entry still names it.
+    let keep = |n, delete_payloads| chronos::engine::PrunePolicy {
+        keep_last: Some(n),
+        delete_payloads,
+        ..Default::default()
+    };
+    h.engine.prune_versions(&c, &keep(2, false), false).await.unwrap();
+    assert_eq!(h.engine.scrub(&scrub(true)).await.unwrap().packs.dead, 0);
+    let old = h
+        .engine
+        .get_at(&c, &id, VersionTarget::Ov(0), ReadOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(old.data, data("first"));
+    // v1 pruned with its payload: nothing names its pack any more.
+    h.engine.prune_versions(&c, &keep(1, true), false).await.unwrap();
+    let report = h.engine.scrub(&scrub(false)).await.unwrap();
+    assert_eq!(
+        (report.packs.dead, report.packs.deleted),
+        (1, 0),
+        "a dry run: {report:?}"
+    );
+    let report = h.engine.scrub(&scrub(true)).await.unwrap();
+    assert_eq!((report.packs.dead, report.packs.deleted), (1, 1), "{report:?}");
+    let keys = all_keys(&h).await;
+    assert!(!keys.iter().any(|k| k.ends_with(&second_pack)), "the dead pack is gone");
+    assert!(keys.iter().any(|k| k.ends_with(&first_pack)), "the kept one stays");
+    let old = h
+        .engine
+        .get_at(&c, &id, VersionTarget::Ov(0), ReadOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(old.data, data("first"));
+    let latest = h.engine.get_latest(&c, &id, ReadOptions::default()).await.unwrap();
+    assert_eq!(latest.data, data("third"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_legal_hold_moves_packed_versions_to_objects_of_their_own() {
+    let settings = EngineSettings {
+        pack_writes: PackWrites::Always,
+        ..together()
+    };
+    let h = support::mongo_s3(settings).await;
+    let c: CollectionName = "packed".parse().unwrap();
+    let who = Attribution::default();
+    let (id, _) = h
+        .engine
+        .create(&c, None, json!({"v": 1}).as_object().unwrap().clone(), &who)
+        .await
+        .unwrap();
+    assert!(
+        h.engine
+            .get_latest(&c, &id, ReadOptions::default())
+            .await
+            .unwrap()
+            .payload()
+            .pack
+            .is_some()
+    );
+    h.engine.set_hold(&c, &id, "litigation", None).await.unwrap();
+    let held = h.engine.get_latest(&c, &id, ReadOptions::default()).await.unwrap();
+    assert!(held.payload().pack.is_none(), "the head names the version's own object");
+    assert_eq!(held.data, *json!({"v": 1}).as_object().unwrap());
+    let entry = &h
+        .engine
+        .history(&c, &id, None, 10, ReadOptions::default())
+        .await
+        .unwrap()[0];
+    assert!(entry.payload().pack.is_none(), "so does the index");
+    let own = entry.payload().key(&c, &id);
+    assert!(all_keys(&h).await.iter().any(|k| k.ends_with(&own)), "and it exists");
+}

@@ -4,6 +4,7 @@
 //! `packer` gathers the payloads; this file holds what the rest of the engine asks of packs.
 //! See docs/design.md "Write packing".
 
+pub mod collect;
 pub mod format;
 pub mod packer;
 pub mod redact;

@@ -15,7 +15,9 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use super::error::{Error, Result};
-use super::model::{CollectionName, Content, Head, ItemId, Op, RequestKey, Timestamp, VersionEntry};
+use super::model::{
+    CollectionName, Content, Head, ItemId, Op, PackSlot, PayloadRef, RequestKey, Timestamp, VersionEntry,
+};
 use super::query::Filter;
 
 /// Object storage for payloads: one bucket (or directory) per store instance.
@@ -166,6 +168,17 @@ pub struct HeadChange {
     /// `write_id` for an orphan and delete it (see [`rules::commit_window`]). Every store
     /// checks it right before its commit, with [`in_time`].
     pub commit_by: Timestamp,
+}
+
+/// [`MetaUpkeep::repoint_payload`] on one stored reference: `Some(changed)` when `r` names the
+/// payload `(ov, write_id)` (changed: whether its slot was not `to` yet).
+pub fn repoint(r: &mut PayloadRef, payload: (u64, &str), to: Option<&PackSlot>) -> Option<bool> {
+    if (r.ov, r.write_id.as_str()) != payload {
+        return None;
+    }
+    let changed = r.pack.as_ref() != to;
+    r.pack = to.cloned();
+    Some(changed)
 }
 
 /// Whether a write may still commit (see [`HeadChange::commit_by`]). A write that is too late
@@ -500,6 +513,19 @@ pub trait MetaUpkeep: Send + Sync + 'static {
     async fn put_erasure(&self, id: &str, record: &str) -> Result<()>;
     /// Every erasure record the store holds, in id order.
     async fn erasure_records(&self) -> Result<Vec<String>>;
+    /// Make every version of item `id` whose data is the payload `(ov, write_id)` — its own, or
+    /// one it refers to — and the head, if it does, name `to` as where those bytes lie: a pack
+    /// slot, or `None` for the payload's own key. For a packed payload that moves (a hold copies
+    /// it to its own key, compaction into a new pack); the old place keeps the same bytes until
+    /// nothing can name it, so a reader never misses them, and running it again is harmless.
+    /// Returns how many versions and heads changed.
+    async fn repoint_payload(
+        &self,
+        collection: &CollectionName,
+        id: &ItemId,
+        payload: (u64, &str),
+        to: Option<&PackSlot>,
+    ) -> Result<u64>;
     /// Remove these versions of an item from the index (retention); returns how many went.
     /// Atomically with that, each version removed now whose cv is above the counters' mark is
     /// added to the collection's pruned tallies under its counter names, so counters computed
