@@ -18,6 +18,8 @@ use crate::engine::versioning::Engine;
 pub struct PackReport {
     /// Packs examined.
     pub packs: u64,
+    /// Members of the old packs that a version names (their data is in use).
+    pub named: u64,
     /// Younger than the grace: members may still be committing.
     pub young: u64,
     /// Named by no version.
@@ -58,7 +60,9 @@ impl Engine {
                 let Some(footer) = self.pack_footer(key).await? else {
                     continue;
                 };
-                if self.any_member_named(&c, key, &footer.members).await? {
+                let named = self.named_members(&c, key, &footer.members).await?;
+                report.named += named;
+                if named > 0 {
                     continue;
                 }
                 report.dead += 1;
@@ -72,11 +76,12 @@ impl Engine {
         Ok(report)
     }
 
-    /// Whether any version (indexed, or pruned with its payload kept) names a member of the pack
-    /// at `key` as where its data is.
-    async fn any_member_named(&self, c: &CollectionName, key: &str, members: &[Member]) -> Result<bool> {
+    /// How many members of the pack at `key` a version (indexed, or pruned with its payload
+    /// kept) names as where its data is.
+    async fn named_members(&self, c: &CollectionName, key: &str, members: &[Member]) -> Result<u64> {
         let in_this_pack = |pack: Option<&crate::engine::model::PackSlot>| pack.is_some_and(|p| p.key == key);
-        for m in members {
+        let mut named = 0;
+        'members: for m in members {
             let mut after = None;
             loop {
                 let page = self.meta().versions(c, &m.id, after, 1000).await?;
@@ -86,7 +91,8 @@ impl Engine {
                     let loc = v.payload();
                     loc.is_own(m.ov, &m.write_id) && in_this_pack(loc.pack)
                 }) {
-                    return Ok(true);
+                    named += 1;
+                    continue 'members;
                 }
             }
             let kept = self.manifests().kept_payloads(c, &m.id).await?;
@@ -94,10 +100,10 @@ impl Engine {
                 .iter()
                 .any(|(ov, w, pack)| (*ov, w.as_str()) == (m.ov, m.write_id.as_str()) && in_this_pack(pack.as_ref()))
             {
-                return Ok(true);
+                named += 1;
             }
         }
-        Ok(false)
+        Ok(named)
     }
 }
 
