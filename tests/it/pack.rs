@@ -270,3 +270,78 @@ async fn a_legal_hold_moves_packed_versions_to_objects_of_their_own() {
     let own = entry.payload().key(&c, &id);
     assert!(all_keys(&h).await.iter().any(|k| k.ends_with(&own)), "and it exists");
 }
+
+/// The packed form of `reads::a_payload_of_another_item_is_never_served`: a version whose slot
+/// names another item's envelope (a mixed-up index), a slot past its pack's end, and a pack that
+/// is gone are each refused, never served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slot_holding_another_items_envelope_is_never_served() {
+    let settings = EngineSettings {
+        pack_writes: PackWrites::Always,
+        ..together()
+    };
+    let h = support::mongo_s3(settings).await;
+    let c: CollectionName = "packed".parse().unwrap();
+    let who = Attribution::default();
+    let (a, _) = h
+        .engine
+        .create(&c, None, json!({"secret": "a"}).as_object().unwrap().clone(), &who)
+        .await
+        .unwrap();
+    let (b, _) = h
+        .engine
+        .create(&c, None, json!({"secret": "b"}).as_object().unwrap().clone(), &who)
+        .await
+        .unwrap();
+    let latest = |id| {
+        let e = h.engine.clone();
+        let c = c.clone();
+        async move { e.get_latest(&c, &id, ReadOptions::default()).await }
+    };
+    let va = h
+        .engine
+        .history(&c, &a, None, 1, ReadOptions::default())
+        .await
+        .unwrap()
+        .remove(0);
+    let vb = h
+        .engine
+        .history(&c, &b, None, 1, ReadOptions::default())
+        .await
+        .unwrap()
+        .remove(0);
+    let (slot_a, slot_b) = (va.payload().pack.cloned().unwrap(), vb.payload().pack.cloned().unwrap());
+    let corrupt = |r: Result<chronos::engine::Record, chronos::engine::Error>| {
+        matches!(r, Err(chronos::engine::Error::Corrupt(_)))
+    };
+    let a_points_at = |slot: chronos::engine::PackSlot| {
+        let (meta, c, a, w) = (h.meta.clone(), c.clone(), a.clone(), va.write_id.clone());
+        async move { meta.repoint_payload(&c, &a, (0, &w), Some(&slot)).await.unwrap() }
+    };
+    // a's version and head now name b's envelope.
+    assert_eq!(a_points_at(slot_b.clone()).await, 2);
+    assert!(corrupt(latest(a.clone()).await), "served another item's data");
+    let by_ov = h
+        .engine
+        .get_at(&c, &a, VersionTarget::Ov(0), ReadOptions::default())
+        .await;
+    assert!(corrupt(by_ov));
+    // A slot reaching past the pack's end.
+    a_points_at(chronos::engine::PackSlot {
+        len: slot_a.len + 4096,
+        ..slot_a.clone()
+    })
+    .await;
+    assert!(corrupt(latest(a.clone()).await));
+    // Back where it was, it reads; with its pack gone, it is damage, not absence.
+    a_points_at(slot_a.clone()).await;
+    assert_eq!(latest(a.clone()).await.unwrap().data["secret"], json!("a"));
+    let pack = all_keys(&h)
+        .await
+        .into_iter()
+        .find(|k| k.ends_with(&slot_a.key))
+        .unwrap();
+    h.payloads.delete(&pack).await.unwrap();
+    assert!(corrupt(latest(a).await));
+    assert_eq!(latest(b).await.unwrap().data["secret"], json!("b"));
+}

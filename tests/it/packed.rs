@@ -3,7 +3,8 @@
 //! rebuild all meet packed versions — on the in-memory fakes and on real MongoDB + S3.
 //!
 //! Left out here: the eight checks that reach for a version's own object by its key (to swap,
-//! delete or count it); a packed version has none. Packs have their own checks in `pack.rs`.
+//! delete or count it); a packed version has none. Packs have their own checks in `pack.rs`
+//! (e.g. `a_slot_holding_another_items_envelope_is_never_served` for the swapped object).
 
 use chronos::engine::EngineSettings;
 use chronos::engine::settings::PackWrites;
