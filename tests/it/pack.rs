@@ -345,3 +345,32 @@ async fn a_slot_holding_another_items_envelope_is_never_served() {
     assert!(corrupt(latest(a).await));
     assert_eq!(latest(b).await.unwrap().data["secret"], json!("b"));
 }
+
+/// A presigned URL can't name a byte range: presigning a packed version copies its envelope to
+/// the version's own key first, and the URL serves exactly that envelope.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_packed_version_is_presigned_through_a_copy_of_its_own() {
+    let settings = EngineSettings {
+        pack_writes: PackWrites::Always,
+        ..together()
+    };
+    let h = support::mongo_s3(settings).await;
+    let c: CollectionName = "packed".parse().unwrap();
+    let who = Attribution::default();
+    let data = json!({"secret": "presigned"}).as_object().unwrap().clone();
+    let (id, _) = h.engine.create(&c, None, data.clone(), &who).await.unwrap();
+    let record = h.engine.get_latest(&c, &id, ReadOptions::default()).await.unwrap();
+    assert!(record.payload().pack.is_some());
+    let ttl = std::time::Duration::from_secs(60);
+    let url = h.engine.presign_payload(&c, &record, ttl).await.unwrap();
+    let envelope: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+    assert_eq!(
+        (envelope["chronos"]["id"].as_str(), &envelope["data"]),
+        (Some(id.as_str()), &json!(data))
+    );
+    // Asked again, the copy is reused (one object of its own, not one per request).
+    let again = h.engine.presign_payload(&c, &record, ttl).await.unwrap();
+    assert_eq!(reqwest::get(&again).await.unwrap().status(), 200);
+    let own = record.payload().key(&c, &id);
+    assert_eq!(all_keys(&h).await.iter().filter(|k| k.ends_with(&own)).count(), 1);
+}
