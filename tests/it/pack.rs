@@ -4,7 +4,7 @@
 
 use chronos::engine::settings::PackWrites;
 use chronos::engine::{
-    Attribution, CollectionName, EngineSettings, EraseRequest, EraseTarget, ReadOptions, VersionTarget,
+    Attribution, CollectionName, EngineSettings, EraseRequest, EraseTarget, ItemId, ReadOptions, VersionTarget,
 };
 use serde_json::json;
 
@@ -373,4 +373,84 @@ async fn a_packed_version_is_presigned_through_a_copy_of_its_own() {
     assert_eq!(reqwest::get(&again).await.unwrap().status(), 200);
     let own = record.payload().key(&c, &id);
     assert_eq!(all_keys(&h).await.iter().filter(|k| k.ends_with(&own)).count(), 1);
+}
+
+/// A pack whose named members hold less than half its bytes is compacted by scrub: the named
+/// envelopes move to a new pack, their versions are repointed, the old pack goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scrub_compacts_a_mostly_dead_pack() {
+    let h = support::mongo_s3(together()).await;
+    let c: CollectionName = "packed".parse().unwrap();
+    let who = Attribution::default();
+    h.engine
+        .create(&c, None, json!({"warm": 1}).as_object().unwrap().clone(), &who)
+        .await
+        .unwrap();
+    let writes = (0..24).map(|i| {
+        let (e, c, who) = (h.engine.clone(), c.clone(), who.clone());
+        tokio::spawn(async move {
+            let data = json!({"n": i}).as_object().unwrap().clone();
+            e.create(&c, Some(format!("item-{i:02}").parse().unwrap()), data, &who)
+                .await
+                .unwrap()
+                .0
+        })
+    });
+    let ids: Vec<ItemId> = futures::future::join_all(writes)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    // The biggest pack, and all but two of its items moved on (their first versions pruned with
+    // their payloads).
+    let stored = h.engine.stored_payloads(&c).await.unwrap();
+    let mut by_pack: std::collections::HashMap<String, Vec<ItemId>> = Default::default();
+    for p in stored.iter().filter(|p| p.pack.is_some()) {
+        by_pack
+            .entry(p.pack.clone().unwrap().key)
+            .or_default()
+            .push(p.id.clone());
+    }
+    let (pack, members) = by_pack.into_iter().max_by_key(|(_, m)| m.len()).unwrap();
+    assert!(members.len() >= 8, "a pack of {}", members.len());
+    let (kept, moved) = members.split_at(2);
+    for id in moved {
+        let data = json!({"moved": id.as_str()}).as_object().unwrap().clone();
+        h.engine.update(&c, id, data, Some(0), &who).await.unwrap();
+    }
+    let with_payloads = chronos::engine::PrunePolicy {
+        keep_last: Some(1),
+        delete_payloads: true,
+        ..Default::default()
+    };
+    h.engine.prune_versions(&c, &with_payloads, false).await.unwrap();
+    let scrub = chronos::engine::ScrubOptions {
+        collection: Some(c.clone()),
+        grace: std::time::Duration::ZERO,
+        delete: true,
+        ..Default::default()
+    };
+    let report = h.engine.scrub(&scrub).await.unwrap();
+    assert!(report.packs.compacted >= 1, "{report:?}");
+    assert!(
+        !all_keys(&h).await.iter().any(|k| k.ends_with(&pack)),
+        "the old pack is gone"
+    );
+    for id in kept {
+        let r = h.engine.get_latest(&c, id, ReadOptions::default()).await.unwrap();
+        assert_eq!(r.data["n"].as_u64(), Some(id.as_str()[5..].parse().unwrap()));
+        assert_ne!(r.payload().pack.unwrap().key, pack, "repointed");
+    }
+    assert_eq!(ids.len(), 24);
+    h.engine.flush_ledger().await.unwrap();
+    let report = h.engine.verify(std::time::Duration::ZERO).await.unwrap();
+    assert!(report.intact(), "{report:?}");
+    // A rebuild from the buckets names where the bytes are now, not where the ledger saw them.
+    let fresh = support::mongo_s3(together()).await;
+    let rebuilt = h.over(fresh.meta.clone());
+    rebuilt.rebuild(&Default::default(), &|_| {}).await.unwrap();
+    for id in kept {
+        let r = rebuilt.get_latest(&c, id, ReadOptions::default()).await.unwrap();
+        assert_eq!(r.data["n"].as_u64(), Some(id.as_str()[5..].parse().unwrap()));
+    }
 }

@@ -13,7 +13,7 @@ pub mod stored;
 use bytes::Bytes;
 
 use crate::engine::error::{Error, Result};
-use crate::engine::model::{CollectionName, ItemId, PackSlot, PayloadLoc, PayloadRef};
+use crate::engine::model::{CollectionName, ItemId, PackSlot, PayloadLoc, PayloadRef, VersionEntry};
 use crate::engine::store::ByteRange;
 use crate::engine::versioning::Engine;
 use format::Footer;
@@ -97,6 +97,19 @@ impl Engine {
         }
         Ok(keys)
     }
+}
+
+/// A version as it reads without where its bytes lie: no pack slot, and no reference to itself
+/// (which only ever carries a slot). Descriptions of one version written at different times — the
+/// envelope, the ledger record, the index after a move — compare equal this way.
+pub fn unlocated(mut v: VersionEntry) -> VersionEntry {
+    if let Some(r) = &mut v.payload_ref {
+        r.pack = None;
+        if (r.of.as_str(), r.ov, r.write_id.as_str()) == (v.write_id.as_str(), v.ov, v.write_id.as_str()) {
+            v.payload_ref = None;
+        }
+    }
+    v
 }
 
 /// The reference a packed version makes to itself: its own (ov, write id) in `slot`.

@@ -43,7 +43,7 @@ impl Engine {
 
     /// Bring one pack in line with the erasure records (see the module doc); `true` when it
     /// was rewritten or deleted.
-    async fn redact_pack(&self, collection: &CollectionName, key: &str) -> Result<bool> {
+    pub(super) async fn redact_pack(&self, collection: &CollectionName, key: &str) -> Result<bool> {
         let store = self.payload_store();
         let mut changed = false;
         for _ in 0..ROUNDS {

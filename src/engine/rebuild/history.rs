@@ -20,7 +20,7 @@ use crate::engine::envelope;
 use crate::engine::error::{Error, Result};
 use crate::engine::ledger::erasures;
 use crate::engine::ledger::{LEDGER_PREFIX, LedgerRecord, Segment, SegmentKey};
-use crate::engine::model::{CollectionName, ItemId, Op, payload_key};
+use crate::engine::model::{CollectionName, ItemId, Op, PackSlot, payload_key};
 use crate::engine::pack::stored::{StoredPayload, Where};
 use crate::engine::versioning::Engine;
 
@@ -121,7 +121,10 @@ impl CollectionHistory {
             versions.entry(p.entry.ov).or_insert_with(|| pruned_record(&p.entry));
         }
         h.apply_erasures(engine, collection).await?;
-        h.confirm_from_objects(engine, collection, objects?).await?;
+        let objects = objects?;
+        let places = where_stored(&objects);
+        h.confirm_from_objects(engine, collection, objects).await?;
+        h.relocate(&places);
         Ok(h)
     }
 
@@ -160,6 +163,21 @@ impl CollectionHistory {
             _ => {
                 versions.insert(r.ov, r);
                 Ok(())
+            }
+        }
+    }
+
+    /// Name where each packed payload lies now, not where its record says it was written: a
+    /// hold or compaction moved it since (the same bytes), and the old place may be gone.
+    fn relocate(&mut self, places: &HashMap<(ItemId, u64, String), Option<PackSlot>>) {
+        for (id, versions) in &mut self.items {
+            for r in versions.values_mut() {
+                let Some(pr) = r.payload_ref.as_mut().filter(|pr| pr.pack.is_some()) else {
+                    continue;
+                };
+                if let Some(place) = places.get(&(id.clone(), pr.ov, pr.write_id.clone())) {
+                    pr.pack = place.clone();
+                }
             }
         }
     }
@@ -241,6 +259,27 @@ impl CollectionHistory {
         }
         Ok(accepted)
     }
+}
+
+/// Where each stored payload is, for [`CollectionHistory::relocate`]: its own key (`None`) if it
+/// has one — a held version's, which is the one locked — else the newest pack holding it (pack
+/// keys are UUIDv7: compaction's copy is newer than the pack it emptied).
+fn where_stored(objects: &[StoredPayload]) -> HashMap<(ItemId, u64, String), Option<PackSlot>> {
+    let mut places: HashMap<(ItemId, u64, String), Option<PackSlot>> = HashMap::new();
+    for o in objects {
+        let place = places
+            .entry((o.id.clone(), o.ov, o.write_id.clone()))
+            .or_insert(o.pack.clone());
+        let newer = match (&*place, &o.pack) {
+            (Some(known), Some(this)) => this.key > known.key,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if newer {
+            *place = o.pack.clone();
+        }
+    }
+    places
 }
 
 /// A version's record from its own envelope, checked to be the version it is stored as.

@@ -196,7 +196,10 @@ impl Engine {
         for v in &index {
             if v.erased() {
                 // A tombstone has no object; it only has to match its (redacted) ledger record.
-                if ledger.remove(&(v.id.clone(), v.ov)).is_some_and(|r| r.entry() != *v) {
+                if ledger
+                    .remove(&(v.id.clone(), v.ov))
+                    .is_some_and(|r| !same_version(&r.entry(), v))
+                {
                     push(
                         &mut report.altered,
                         collection,
@@ -209,7 +212,7 @@ impl Engine {
             let key = name(collection, &v.id, v.payload());
             owned.insert(key.clone());
             match ledger.remove(&(v.id.clone(), v.ov)) {
-                Some(r) if r.entry() != *v => {
+                Some(r) if !same_version(&r.entry(), v) => {
                     push(
                         &mut report.altered,
                         collection,
@@ -286,7 +289,7 @@ impl Engine {
                             Some("its data does not match its checksum".to_owned())
                         } else if d.database != self.database()
                             || d.collection != collection.as_str()
-                            || as_indexed(d.record.entry(), v) != *v
+                            || !same_version(&d.record.entry(), v)
                         {
                             Some(format!("it does not hold v{} as the index describes it", v.ov))
                         } else if !link_ok {
@@ -334,12 +337,10 @@ fn name(collection: &CollectionName, id: &ItemId, loc: crate::engine::model::Pay
     Where(collection, &stored).to_string()
 }
 
-/// An envelope's entry as the index holds it: a packed version's envelope was written before its
-/// slot was known, so the index names the slot (a reference to itself) and the envelope does not.
-fn as_indexed(mut from_envelope: VersionEntry, indexed: &VersionEntry) -> VersionEntry {
-    let packed = indexed.payload().pack.is_some() && indexed.payload().is_own(indexed.ov, &indexed.write_id);
-    if packed && from_envelope.payload_ref.is_none() {
-        from_envelope.payload_ref = indexed.payload_ref.clone();
-    }
-    from_envelope
+/// Whether two descriptions of a version agree on everything but where its bytes lie: a packed
+/// version's slot is written into the index after its envelope, and moves when a hold or
+/// compaction moves the bytes (same bytes, new place), so the ledger's and the envelope's copies
+/// may name an older place or none.
+fn same_version(a: &VersionEntry, b: &VersionEntry) -> bool {
+    crate::engine::pack::unlocated(a.clone()) == crate::engine::pack::unlocated(b.clone())
 }
