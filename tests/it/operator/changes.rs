@@ -52,13 +52,20 @@ async fn write_items(engine: &Arc<chronos::engine::Engine>, prefix: &str, n: usi
     tops.into_iter().map(Result::unwrap).max().unwrap_or(0)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_operator_follows_a_collection_and_resumes_after_last_cv_when_restarted() {
+/// A running operator and collection `notes` of a database [`seeded`] with `n` items, and an
+/// engine over its backends.
+async fn followed(n: usize) -> (Cluster, Arc<chronos::engine::Engine>) {
     let mut k = Cluster::new().await;
-    // Five items created, then updated: ten versions.
-    let (db, engine, _) = seeded(&k, 5).await;
+    let (db, engine, _) = seeded(&k, n).await;
     notes_collection(&k, &db).await;
     k.start();
+    (k, engine)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_operator_follows_a_collection_and_resumes_after_last_cv_when_restarted() {
+    // Five items created, then updated: ten versions.
+    let (mut k, engine) = followed(5).await;
     let last = write_items(&engine, "late", 1, 1).await;
     let changes = wait_last_cv(&k, last).await;
     assert_eq!(changes.versions_seen, 11, "every version once: {changes:?}");
@@ -109,10 +116,7 @@ async fn the_operator_follows_a_collection_and_resumes_after_last_cv_when_restar
 #[tokio::test(flavor = "multi_thread")]
 async fn a_burst_of_writes_becomes_a_few_status_writes() {
     use futures::StreamExt;
-    let mut k = Cluster::new().await;
-    let (db, engine, _) = seeded(&k, 0).await;
-    notes_collection(&k, &db).await;
-    k.start();
+    let (mut k, engine) = followed(0).await;
     let first = write_items(&engine, "first", 1, 1).await;
     wait_last_cv(&k, first).await;
 

@@ -50,7 +50,7 @@ pub async fn ensure(
     engine: Arc<Engine>,
 ) {
     let target = Target {
-        uid: c.metadata.uid.clone().unwrap_or_default(),
+        uid: uid(c),
         collection: collection.as_str().to_owned(),
         database_uid: db.metadata.uid.clone().unwrap_or_default(),
         database_generation: db.metadata.generation,
@@ -82,21 +82,44 @@ pub async fn stop(ctx: &Context, c: &ChronosCollection) {
 
 /// Stop the followers of collections deleted from `api` (one namespace's, or every namespace's:
 /// `namespace`), for as long as the watch runs. Without a finalizer nothing else learns of a
-/// deletion; a re-list catches deletions the watch missed.
+/// deletion; after a re-list, a follower whose collection was not listed is stopped once a
+/// fresh read confirms it is gone (a list may come from the API server's cache, older than the
+/// follower).
 pub async fn forget_deleted(ctx: Arc<Context>, api: Api<ChronosCollection>, namespace: Option<String>) {
     let mut listed: HashSet<FollowerKey> = HashSet::new();
     let events = watcher(api, watcher::Config::default().any_semantic()).default_backoff();
     let mut events = std::pin::pin!(events);
     while let Some(event) = events.next().await {
         match event {
-            Ok(watcher::Event::Delete(c)) => ctx.followers.stop(&key(&c)).await,
+            Ok(watcher::Event::Delete(c)) => ctx.followers.stop_uid(&key(&c), &uid(&c)).await,
             Ok(watcher::Event::Init) => listed.clear(),
             Ok(watcher::Event::InitApply(c)) => {
                 listed.insert(key(&c));
             }
-            Ok(watcher::Event::InitDone) => ctx.followers.stop_missing(namespace.as_deref(), &listed).await,
+            Ok(watcher::Event::InitDone) => forget_unlisted(&ctx, namespace.as_deref(), &listed).await,
             Ok(watcher::Event::Apply(_)) => {}
             Err(error) => tracing::debug!(%error, "change feed followers: watching collections"),
         }
     }
+}
+
+/// Stop the followers not in `listed` whose collection a fresh read finds gone (or recreated).
+async fn forget_unlisted(ctx: &Context, namespace: Option<&str>, listed: &HashSet<FollowerKey>) {
+    for (key, followed) in ctx.followers.followed_in(namespace) {
+        if listed.contains(&key) {
+            continue;
+        }
+        let api: Api<ChronosCollection> = Api::namespaced(ctx.client.clone(), &key.0);
+        match api.get_opt(&key.1).await {
+            Ok(Some(c)) if uid(&c) == followed => {}
+            Ok(_) => ctx.followers.stop_uid(&key, &followed).await,
+            Err(error) => {
+                tracing::debug!(%error, namespace = %key.0, name = %key.1, "change feed followers: checking a collection")
+            }
+        }
+    }
+}
+
+fn uid(c: &ChronosCollection) -> String {
+    c.metadata.uid.clone().unwrap_or_default()
 }

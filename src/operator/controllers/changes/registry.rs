@@ -5,7 +5,7 @@
 //! Kept apart from the follower itself so the shared [`Context`](crate::operator::Context) can
 //! hold the registry without importing the code that needs the context.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -79,19 +79,28 @@ impl Followers {
         }
     }
 
-    /// Stop every follower in `namespace` (all namespaces: `None`) whose collection is not in
-    /// `present` — after a re-list, for deletions the watch may have missed.
-    pub async fn stop_missing(&self, namespace: Option<&str>, present: &HashSet<FollowerKey>) {
-        let gone: Vec<Running> = {
+    /// Stop the follower under `key` if it follows the resource with this `uid` (a deletion
+    /// seen late must not stop the follower of a resource recreated under the same name).
+    pub async fn stop_uid(&self, key: &FollowerKey, uid: &str) {
+        let running = {
             let mut running = self.lock();
-            let keys: Vec<FollowerKey> = running
-                .keys()
-                .filter(|k| namespace.is_none_or(|ns| k.0 == ns) && !present.contains(*k))
-                .cloned()
-                .collect();
-            keys.iter().filter_map(|k| running.remove(k)).collect()
+            match running.get(key) {
+                Some(r) if r.target.uid == uid => running.remove(key),
+                _ => None,
+            }
         };
-        futures::future::join_all(gone.into_iter().map(finish)).await;
+        if let Some(running) = running {
+            finish(running).await;
+        }
+    }
+
+    /// The followers in `namespace` (all namespaces: `None`): their keys and resource uids.
+    pub fn followed_in(&self, namespace: Option<&str>) -> Vec<(FollowerKey, String)> {
+        self.lock()
+            .iter()
+            .filter(|(k, _)| namespace.is_none_or(|ns| k.0 == ns))
+            .map(|(k, r)| (k.clone(), r.target.uid.clone()))
+            .collect()
     }
 
     /// Stop the followers of every collection of the database whose uid is `database_uid` (it
@@ -204,10 +213,16 @@ mod tests {
         );
         assert!(followers.follows(&key("a", "x"), &target("9")));
 
-        let present: HashSet<FollowerKey> = [key("a", "x"), key("b", "gone-but-other-namespace")].into();
-        followers.stop_missing(Some("a"), &present).await;
+        let mut listed = followers.followed_in(Some("a"));
+        listed.sort();
+        assert_eq!(
+            listed,
+            [(key("a", "x"), "9".to_owned()), (key("a", "y"), "2".to_owned())]
+        );
+        followers.stop_uid(&key("a", "y"), "1").await;
+        assert!(stopped.try_recv().is_err(), "another resource's deletion stops nothing");
+        followers.stop_uid(&key("a", "y"), "2").await;
         assert_eq!(stopped.try_recv().ok(), Some("y"), "a/y is gone");
-        assert!(stopped.try_recv().is_err(), "b/z is outside the namespace looked at");
         assert_eq!(followers.len(), 2);
 
         followers
