@@ -144,6 +144,13 @@ pub struct ChronosCollectionStatus {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CollectionChanges {
+    /// The `ChronosDatabase` and the collection (`spec.database`, `spec.name`) these figures are
+    /// about: after either changes in the spec, the follower starts over instead of resuming
+    /// after another collection's cv.
+    #[serde(default)]
+    pub database: String,
+    #[serde(default)]
+    pub collection: String,
     /// Every version up to this cv was seen (0: none yet); the follower resumes after it.
     pub last_cv: u64,
     /// When the latest version seen was committed.

@@ -96,6 +96,24 @@ async fn the_operator_follows_a_collection_and_resumes_after_last_cv_when_restar
         "resumed after lastCv: the 4 new versions counted, none of the 11 again"
     );
 
+    // Pointed at another collection: the follower starts over there, not after notes' lastCv.
+    k.api::<ChronosCollection>()
+        .patch(
+            "notes",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"name": "other"}})),
+        )
+        .await
+        .unwrap();
+    let other: CollectionName = "other".parse().unwrap();
+    let who = chronos::engine::Attribution::new("test", "other");
+    let data = json!({"n": 1}).as_object().unwrap().clone();
+    let cv = engine.create(&other, None, data, &who).await.unwrap().1.cv;
+    wait_for(&k.api::<ChronosCollection>(), "notes", "following `other`", |c| {
+        changes_of(c).is_some_and(|ch| (ch.collection.as_str(), ch.last_cv, ch.versions_seen) == ("other", cv, 1))
+    })
+    .await;
+
     // Deleted: its follower stops (no finalizer; the operator's watch of collections sees it).
     assert_eq!(k.ctx.followers.len(), 1);
     k.api::<ChronosCollection>()

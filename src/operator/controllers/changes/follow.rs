@@ -36,6 +36,8 @@ pub struct Follower {
     pub name: String,
     pub uid: String,
     pub engine: Arc<Engine>,
+    /// The `ChronosDatabase` (`spec.database`) and the collection in it (`spec.name`).
+    pub database: String,
     pub collection: CollectionName,
 }
 
@@ -112,7 +114,8 @@ impl Follower {
                                 .collect()
                         })
                         .unwrap_or_default();
-                    let progress = Progress::resumed(status.and_then(|s| s.changes.as_ref()));
+                    let resumed = status.and_then(|s| s.changes.as_ref());
+                    let progress = Progress::resumed(resumed, &self.database, self.collection.as_str());
                     self.gauge(progress.changes.last_cv);
                     return Some(State {
                         progress,

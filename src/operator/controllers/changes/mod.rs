@@ -68,6 +68,7 @@ pub async fn ensure(
         namespace,
         name,
         engine,
+        database: c.spec.database.clone(),
         collection: collection.clone(),
     };
     ctx.followers

@@ -22,11 +22,23 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// The progress a (re)started follower resumes from: what the status says.
-    pub fn resumed(status: Option<&CollectionChanges>) -> Progress {
-        Progress {
-            changes: status.cloned().unwrap_or_default(),
-            dirty: false,
+    /// The progress a (re)started follower of `collection` in `database` resumes from: what the
+    /// status says, unless it is about another collection (the spec changed): then from the start.
+    pub fn resumed(status: Option<&CollectionChanges>, database: &str, collection: &str) -> Progress {
+        match status.filter(|s| s.database == database && s.collection == collection) {
+            Some(changes) => Progress {
+                changes: changes.clone(),
+                dirty: false,
+            },
+            None => Progress {
+                changes: CollectionChanges {
+                    database: database.to_owned(),
+                    collection: collection.to_owned(),
+                    ..Default::default()
+                },
+                // Another collection's figures are replaced at the first write.
+                dirty: status.is_some(),
+            },
         }
     }
 
@@ -142,11 +154,23 @@ mod tests {
     #[test]
     fn progress_counts_every_version_and_shows_the_latest() {
         let resumed = CollectionChanges {
+            database: "db".into(),
+            collection: "notes".into(),
             last_cv: 7,
             versions_seen: 3,
             ..Default::default()
         };
-        let mut p = Progress::resumed(Some(&resumed));
+        let elsewhere = Progress::resumed(Some(&resumed), "db", "other");
+        assert_eq!(
+            (
+                elsewhere.changes.last_cv,
+                elsewhere.changes.collection.as_str(),
+                elsewhere.dirty
+            ),
+            (0, "other", true),
+            "another collection's cv is not resumed after"
+        );
+        let mut p = Progress::resumed(Some(&resumed), "db", "notes");
         assert!(!p.dirty, "nothing new to write after a resume");
         p.saw(&[]);
         assert!(!p.dirty);
@@ -165,15 +189,19 @@ mod tests {
 
     #[test]
     fn a_prune_jump_moves_forward_only_and_says_so() {
-        let mut p = Progress::resumed(None);
+        let mut p = Progress::resumed(None, "db", "notes");
         let said = p.skip_pruned(40, Some(12));
         assert_eq!(p.changes.last_cv, 40);
         assert_eq!((said.reason.as_str(), said.status), ("SkippedPrunedHistory", true));
         assert!(said.message.contains("after cv 0") && said.message.contains("oldest cv still kept: 12"));
-        let mut ahead = Progress::resumed(Some(&CollectionChanges {
-            last_cv: 50,
-            ..Default::default()
-        }));
+        let mut ahead = Progress::resumed(
+            Some(&CollectionChanges {
+                last_cv: 50,
+                ..Progress::resumed(None, "db", "notes").changes
+            }),
+            "db",
+            "notes",
+        );
         ahead.skip_pruned(40, None);
         assert_eq!(ahead.changes.last_cv, 50, "never backwards");
     }
@@ -197,7 +225,7 @@ mod tests {
             conditions::merge(&[], &[Observed::ok("IndexesReady", "Created", "")], None, t(1))[0].clone(),
             conditions::merge(&[], &[Observed::ok(CHANGES_FOLLOWED, "Following", "a")], None, t(2))[0].clone(),
         ];
-        let p = Progress::resumed(None);
+        let p = Progress::resumed(None, "db", "notes");
         let own = own_conditions(&existing, &p.following(), Some(3), t(9));
         assert_eq!(own.len(), 1, "never the reconcile's IndexesReady");
         assert_eq!(
