@@ -372,7 +372,7 @@ impl Bench {
 
     /// A Chronos row's throughput over its floor's, measured in this run.
     pub fn ratio(&self, row: &Row) -> Option<f64> {
-        if !matches!(row.via, Via::Engine | Via::Http) {
+        if !matches!(row.via, Via::Engine | Via::Packed | Via::Http) {
             return None;
         }
         let floor = self.find(row.workload.floor(), Via::Floor)?;

@@ -1,9 +1,10 @@
 //! Writes made together share one PUT: the packer of a collection writes a payload at once when
 //! nothing else is being written (one PUT, at the version's own key, as ever), and gathers the
 //! payloads that arrive while a PUT is under way into one pack, written as soon as that PUT ends.
-//! Nothing waits for a pack to fill, so a write alone keeps its latency; under load — when group
-//! commit holds many items at once — a group's payloads become one object (see docs/design.md
-//! "Write packing").
+//! A write alone never waits, so it keeps its latency. The members of a group commit (the store
+//! says how many were opened together) are gathered from the first: the pack goes out when all
+//! of them have arrived, or [`GATHER`] after the first did — so a group's payloads become one
+//! object (see docs/design.md "Write packing").
 //!
 //! Every member is told where its payload is only once the pack is stored; a failed pack PUT is
 //! reported to each member, which then writes its own payload alone. A pack's key is unique per
@@ -27,6 +28,8 @@ use crate::engine::store::PayloadStore;
 const MAX_MEMBERS: usize = 64;
 /// A pack is closed once it holds this many bytes (a member larger than this is written alone).
 const MAX_PACK_BYTES: usize = 8 * 1024 * 1024;
+/// How long the first payload of a group waits for the rest of its group.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Where a payload was stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +47,8 @@ pub struct Payload<'a> {
     pub ov: u64,
     pub write_id: &'a str,
     pub body: Bytes,
+    /// How many writes were opened together with this one (see `store::Held::together`).
+    pub together: usize,
 }
 
 /// The packers of one database's collections.
@@ -57,7 +62,14 @@ struct Inner {
     /// Whether a payload alone goes into a pack of one (`Always`) or to its own key.
     alone_in_pack: bool,
     payloads: Arc<dyn PayloadStore>,
-    lanes: Mutex<HashMap<CollectionName, Arc<Mutex<Lane>>>>,
+    lanes: Mutex<HashMap<CollectionName, Arc<LaneCell>>>,
+}
+
+/// A lane, and the signal that a payload joined it (for a group's first payload, gathering).
+#[derive(Default)]
+struct LaneCell {
+    state: Mutex<Lane>,
+    joined: tokio::sync::Notify,
 }
 
 /// One collection's packer: whether a PUT is under way, and who waits for the next one.
@@ -105,9 +117,13 @@ impl Packer {
             return Ok(Placement::Own);
         }
         let lane = self.inner.lane(payload.collection);
-        let waiting = {
-            let mut l = lock(&lane);
-            if l.busy {
+        let group = payload.together.clamp(1, MAX_MEMBERS);
+        let (waiting, gather) = {
+            let mut l = lock(&lane.state);
+            if !l.busy && group == 1 {
+                l.busy = true;
+                (None, false)
+            } else {
                 let (done, rx) = oneshot::channel();
                 l.waiting.push(Waiting {
                     id: payload.id.clone(),
@@ -116,12 +132,20 @@ impl Packer {
                     body: payload.body.clone(),
                     done,
                 });
-                Some(rx)
-            } else {
+                // The first of a group at an idle lane gathers the rest before packing.
+                let gather = !l.busy;
                 l.busy = true;
-                None
+                (Some(rx), gather)
             }
         };
+        lane.joined.notify_one();
+        if gather {
+            tokio::spawn(
+                self.inner
+                    .clone()
+                    .gather(payload.collection.clone(), lane.clone(), group),
+            );
+        }
         match waiting {
             None => {
                 // Whatever happens to this call (an error, or its caller going away), the payloads
@@ -172,15 +196,15 @@ impl Inner {
         Ok(Placement::Packed(Footer::slot(&key, m)))
     }
 
-    fn lane(&self, collection: &CollectionName) -> Arc<Mutex<Lane>> {
+    fn lane(&self, collection: &CollectionName) -> Arc<LaneCell> {
         let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
         lanes.entry(collection.clone()).or_default().clone()
     }
 
     /// The next pack of a lane, taken from its waiting payloads; `None` (and the lane idle) when
     /// nobody waits.
-    fn next_batch(lane: &Mutex<Lane>) -> Option<Vec<Waiting>> {
-        let mut l = lock(lane);
+    fn next_batch(lane: &LaneCell) -> Option<Vec<Waiting>> {
+        let mut l = lock(&lane.state);
         if l.waiting.is_empty() {
             l.busy = false;
             return None;
@@ -197,8 +221,23 @@ impl Inner {
         Some(l.waiting.drain(..take).collect())
     }
 
+    /// Wait until `group` payloads have joined the lane (or [`GATHER`] has passed), then pack.
+    async fn gather(self: Arc<Self>, collection: CollectionName, lane: Arc<LaneCell>, group: usize) {
+        let deadline = tokio::time::Instant::now() + GATHER;
+        loop {
+            let joined = lane.joined.notified();
+            if lock(&lane.state).waiting.len() >= group {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, joined).await.is_err() {
+                break;
+            }
+        }
+        self.drain(collection, lane).await;
+    }
+
     /// Write the lane's waiting payloads, pack after pack, until none wait.
-    async fn drain(self: Arc<Self>, collection: CollectionName, lane: Arc<Mutex<Lane>>) {
+    async fn drain(self: Arc<Self>, collection: CollectionName, lane: Arc<LaneCell>) {
         while let Some(batch) = Self::next_batch(&lane) {
             self.write_pack(&collection, batch).await;
         }
@@ -215,6 +254,7 @@ impl Inner {
                 ov: one.ov,
                 write_id: &one.write_id,
                 body: one.body.clone(),
+                together: 1,
             };
             let outcome = match self.store_alone(alone).await {
                 Ok(Placement::Own) => Outcome::Alone,
@@ -264,7 +304,7 @@ impl Inner {
 struct HandOver {
     inner: Arc<Inner>,
     collection: CollectionName,
-    lane: Arc<Mutex<Lane>>,
+    lane: Arc<LaneCell>,
 }
 
 impl Drop for HandOver {
@@ -275,7 +315,7 @@ impl Drop for HandOver {
                 rt.spawn(inner.drain(collection, lane));
             }
             // No runtime (the process is ending): nobody is left to wait.
-            Err(_) => lock(&lane).busy = false,
+            Err(_) => lock(&lane.state).busy = false,
         }
     }
 }

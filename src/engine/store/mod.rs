@@ -237,6 +237,9 @@ pub struct Held {
     pub ov: u64,
     /// The collection version this write was given.
     pub cv: u64,
+    /// How many writes the store opened together with this one (1 alone; a group's size): their
+    /// payloads are uploaded at about the same moment, so a packer waits for them all.
+    pub together: usize,
     pub write: Box<dyn PendingWrite>,
 }
 

@@ -262,6 +262,7 @@ impl Engine {
                 previous,
                 ov,
                 cv,
+                together,
                 write: mut pending,
             } = self.meta.begin_write(change.clone()).await?;
             if let NewContent::Merge(patches) = &content {
@@ -288,7 +289,10 @@ impl Engine {
             };
             let (mut entry, body, mut record) = prepared;
             let key = payload_key(collection, id, ov, &change.write_id);
-            let placement = match self.store_payload(collection, &entry, Bytes::from(body)).await {
+            let placement = match self
+                .store_payload(collection, &entry, Bytes::from(body), together)
+                .await
+            {
                 Ok(p) => p,
                 Err(e) => {
                     pending.abort().await;
@@ -336,7 +340,13 @@ impl Engine {
     /// Store a write's payload: into the collection's packer when packing is on and the object
     /// needs no lock of its own (Object Lock settings are per object, and would bind the other
     /// members), else at the version's own key.
-    async fn store_payload(&self, collection: &CollectionName, entry: &VersionEntry, body: Bytes) -> Result<Placement> {
+    async fn store_payload(
+        &self,
+        collection: &CollectionName,
+        entry: &VersionEntry,
+        body: Bytes,
+        together: usize,
+    ) -> Result<Placement> {
         let locked = self.put_options(collection, &entry.id, entry.at).await?;
         if self.settings.pack_writes != PackWrites::Off && locked.is_plain() {
             let payload = Payload {
@@ -345,6 +355,7 @@ impl Engine {
                 ov: entry.ov,
                 write_id: &entry.write_id,
                 body,
+                together,
             };
             return self.packer.put(payload).await;
         }

@@ -159,6 +159,7 @@ impl MetaWrite for MemoryMetaStore {
             previous,
             ov,
             cv,
+            together: 1,
             write,
         })
     }

@@ -254,12 +254,14 @@ impl MongoMetaStore {
         });
         let mut reverts = Vec::new();
         let mut pending = Vec::new();
+        let together = members.len();
         for (slot, m) in members.into_iter().enumerate() {
             reverts.push((m.revert, m.change.id.clone(), m.change.commit_by));
             pending.push(Held {
                 previous: m.previous.clone(),
                 ov: m.ov,
                 cv: m.cv,
+                together,
                 write: Box::new(GroupMember {
                     previous: m.previous,
                     ov: m.ov,

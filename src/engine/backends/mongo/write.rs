@@ -67,6 +67,7 @@ impl MongoMetaStore {
             previous: None,
             ov: 0,
             cv,
+            together: 1,
             write: Box::new(MongoPending {
                 heads: self.heads(&change.collection),
                 id: change.id.clone(),
@@ -111,6 +112,7 @@ impl MongoMetaStore {
                     previous: Some(previous),
                     ov,
                     cv,
+                    together: 1,
                     write: Box::new(MongoPending {
                         heads: heads.clone(),
                         id: change.id.clone(),

@@ -338,6 +338,7 @@ impl MetaWrite for SqliteMetaStore {
             previous,
             ov,
             cv,
+            together: 1,
             write,
         })
     }
