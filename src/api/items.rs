@@ -6,7 +6,6 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -17,7 +16,7 @@ use super::extract::{
     ApiJson, ApiQuery, CollectionPath, ItemPath, JsonObject, JsonObjects, Precondition, attribution, filter_param,
     int64, query_error,
 };
-use super::present::{Presentation, Queued, WriteResult, etag, submitted_response};
+use super::present::{Presentation, Queued, Shown, WriteResult, etag, submitted_response};
 use super::state::AppState;
 use crate::engine::{
     ItemId, ListOptions, ReadOptions, Submitted, Timestamp, VersionEntry, VersionTarget, WriteRequest,
@@ -187,7 +186,7 @@ pub struct ListQuery {
 pub struct ListResponse {
     /// Records: data plus `_system`.
     #[schema(value_type = Vec<Object>)]
-    pub items: Vec<Value>,
+    pub items: Vec<Shown>,
     /// Pass as `afterId` for the next page; absent on the last page.
     pub next_after_id: Option<String>,
 }

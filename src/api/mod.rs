@@ -13,6 +13,7 @@ pub mod error;
 pub mod extract;
 pub mod holds;
 pub mod items;
+mod observe;
 mod openapi;
 pub mod present;
 pub mod probes;
@@ -21,21 +22,18 @@ pub mod queue;
 mod state;
 
 use std::future::Future;
-use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::{HeaderName, HeaderValue, StatusCode};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::middleware;
+use axum::response::IntoResponse;
 use tower_http::catch_panic::CatchPanicLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
-use error::{ApiError, InternalCause};
+use error::ApiError;
 pub use state::{AppState, ServiceSettings};
-
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
@@ -87,51 +85,8 @@ pub fn router(state: AppState, settings: &ServiceSettings) -> Router {
                 .with_details(serde_json::json!({"cause": "handler panicked"}))
                 .into_response()
         }))
-        .layer(middleware::from_fn(observe))
+        .layer(middleware::from_fn(observe::observe))
         .with_state(state)
-}
-
-/// Request id, structured log line, metrics, and the logging of 5xx causes.
-async fn observe(req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let request_id = req
-        .headers()
-        .get(&REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 64 && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
-        .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched".to_owned(), |m| m.as_str().to_owned());
-    let method = req.method().clone();
-    let mut response = next.run(req).await;
-    let status = response.status();
-    let elapsed = started.elapsed();
-
-    if status.is_server_error() {
-        let cause = response.extensions().get::<InternalCause>().map(|c| c.0.clone());
-        tracing::error!(%request_id, %method, %route, status = status.as_u16(), cause = cause.as_deref().unwrap_or(""), "request failed");
-        if status == StatusCode::INTERNAL_SERVER_ERROR {
-            response = ApiError::internal(format!("internal error; quote request id {request_id}"))
-                .with_details(serde_json::json!({"requestId": request_id}))
-                .into_response();
-        }
-    } else {
-        tracing::info!(%request_id, %method, %route, status = status.as_u16(), ms = elapsed.as_millis() as u64, "request");
-    }
-    let labels = [
-        ("route", route),
-        ("method", method.to_string()),
-        ("status", status.as_u16().to_string()),
-    ];
-    metrics::counter!("chronos_http_requests_total", &labels).increment(1);
-    metrics::histogram!("chronos_http_request_duration_seconds", &labels).record(elapsed.as_secs_f64());
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert(REQUEST_ID, v);
-    }
-    response
 }
 
 /// Serve until `shutdown` resolves, then drain in-flight requests.

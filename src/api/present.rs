@@ -8,10 +8,11 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::error::{ApiError, Result};
+use crate::engine::model::{SYSTEM_KEY, State};
 use crate::engine::{CollectionName, ContentMode, Engine, ItemId, Record, Submitted, Timestamp, WriteOutcome};
 
 /// The result of a write.
@@ -124,37 +125,130 @@ impl Presentation {
         })
     }
 
-    pub async fn show(&self, engine: &Engine, collection: &CollectionName, mut record: Record) -> Result<Value> {
+    pub async fn show(&self, engine: &Engine, collection: &CollectionName, mut record: Record) -> Result<Shown> {
         engine.resolve_content(collection, &mut record, self.mode).await?;
-        let url = match self.presign {
+        let payload_url = match self.presign {
             Some(ttl) => Some(engine.presign_payload(collection, &record, ttl).await?),
             None => None,
         };
-        let mut out = record_json(collection, record);
-        if let Some(url) = url {
-            out[crate::engine::model::SYSTEM_KEY]["payloadUrl"] = Value::String(url);
-        }
-        Ok(out)
+        Ok(Shown {
+            collection: collection.clone(),
+            record,
+            payload_url,
+        })
     }
 }
 
-/// A record as the API shows it: the data with a `_system` block.
-pub fn record_json(collection: &CollectionName, r: Record) -> Value {
-    let mut out = r.data;
-    out.insert(
-        crate::engine::model::SYSTEM_KEY.to_owned(),
-        json!({
-            "id": r.id,
-            "collection": collection,
-            "ov": r.ov,
-            "cv": r.cv,
-            "insertedAt": r.system.inserted_at,
-            "updatedAt": r.system.updated_at,
-            "deletedAt": r.system.deleted_at,
-            "deleted": r.system.deleted,
-            "functionIds": r.system.function_ids,
-            "state": r.system.state,
-        }),
-    );
-    Value::Object(out)
+/// A record as the API shows it: the data with a `_system` block (and its presigned
+/// `payloadUrl`, when asked for). Serialised straight from the engine's record: building a
+/// `serde_json::Value` of it first cost a tree of allocations per record, a page of them per list.
+#[derive(Debug)]
+pub struct Shown {
+    collection: CollectionName,
+    record: Record,
+    payload_url: Option<String>,
+}
+
+/// The `_system` block, in the order the API has always shown its fields.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SystemBlock<'a> {
+    id: &'a ItemId,
+    collection: &'a CollectionName,
+    ov: u64,
+    cv: u64,
+    inserted_at: &'a Timestamp,
+    updated_at: &'a Timestamp,
+    deleted_at: &'a Option<Timestamp>,
+    deleted: bool,
+    function_ids: &'a [String],
+    state: &'a State,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload_url: Option<&'a str>,
+}
+
+impl Serialize for Shown {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let r = &self.record;
+        let mut map = serializer.serialize_map(Some(r.data.len() + 1))?;
+        // Writes strip `_system` from data; a value stored before that must not show twice.
+        for (key, value) in r.data.iter().filter(|(k, _)| k.as_str() != SYSTEM_KEY) {
+            map.serialize_entry(key, value)?;
+        }
+        let system = SystemBlock {
+            id: &r.id,
+            collection: &self.collection,
+            ov: r.ov,
+            cv: r.cv,
+            inserted_at: &r.system.inserted_at,
+            updated_at: &r.system.updated_at,
+            deleted_at: &r.system.deleted_at,
+            deleted: r.system.deleted,
+            function_ids: &r.system.function_ids,
+            state: &r.system.state,
+            payload_url: self.payload_url.as_deref(),
+        };
+        map.serialize_entry(SYSTEM_KEY, &system)?;
+        map.end()
+    }
+}
+
+/// A record as the API shows it, as a JSON value (the change feed embeds it in its events).
+pub fn record_json(collection: &CollectionName, record: Record) -> Value {
+    let shown = Shown {
+        collection: collection.clone(),
+        record,
+        payload_url: None,
+    };
+    serde_json::to_value(&shown).unwrap_or(Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::model::SystemFields;
+    use serde_json::json;
+
+    fn record(data: Value) -> Record {
+        let at: Timestamp = "2026-12-06T10:00:00Z".parse().unwrap();
+        Record {
+            id: "i1".parse().unwrap(),
+            ov: 3,
+            cv: 42,
+            write_id: "w".into(),
+            system: SystemFields {
+                inserted_at: at,
+                updated_at: at,
+                deleted_at: None,
+                deleted: false,
+                function_ids: vec!["f".into()],
+                state: State::New,
+            },
+            data: data.as_object().unwrap().clone(),
+            payload_ref: None,
+        }
+    }
+
+    #[test]
+    fn a_record_shows_its_data_then_one_system_block_in_the_documented_order() {
+        let c: CollectionName = "notes".parse().unwrap();
+        let shown = Shown {
+            collection: c.clone(),
+            record: record(json!({"b": 1, "_system": {"forged": true}, "a": [true]})),
+            payload_url: None,
+        };
+        let text = serde_json::to_string(&shown).unwrap();
+        assert_eq!(
+            text,
+            r#"{"b":1,"a":[true],"_system":{"id":"i1","collection":"notes","ov":3,"cv":42,"insertedAt":"2026-12-06T10:00:00Z","updatedAt":"2026-12-06T10:00:00Z","deletedAt":null,"deleted":false,"functionIds":["f"],"state":"new"}}"#
+        );
+        let with_url = Shown {
+            payload_url: Some("https://s3/x".into()),
+            ..shown
+        };
+        let value = serde_json::to_value(&with_url).unwrap();
+        assert_eq!(value["_system"]["payloadUrl"], "https://s3/x");
+        assert_eq!(record_json(&c, record(json!({"b": 1})))["_system"]["ov"], 3);
+    }
 }
