@@ -67,6 +67,80 @@ async fn concurrent_writes_share_their_round_trips() {
     }
 }
 
+/// An enrichment merges before it holds its item and is written as an update on the ov it read:
+/// alone it costs the read plus an update's 4 commands, and concurrent enrichments of different
+/// items join one group like updates do, instead of 5 commands each on the lone protocol.
+#[tokio::test]
+async fn concurrent_enrichments_share_a_groups_commands() {
+    use chronos::engine::{Enrichment, ItemId};
+    use futures::future::join_all;
+    let h = support::mongo_s3(EngineSettings::default()).await;
+    let c: CollectionName = "grouped-enrich".parse().unwrap();
+    let who = Attribution::default();
+    let ids: Vec<ItemId> = (0..32).map(|i| format!("e-{i}").parse().unwrap()).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let data = json!({"n": i, "tags": ["base"]}).as_object().unwrap().clone();
+        h.engine.create(&c, Some(id.clone()), data, &who).await.unwrap();
+    }
+    let how = Enrichment {
+        function_id: Some("tagger".into()),
+        expected_ov: None,
+    };
+    let patch = |tag: &str| json!({"tags": [tag]}).as_object().unwrap().clone();
+    h.take_commands();
+
+    let lone = h
+        .engine
+        .enrich(&c, &ids[0], &[patch("lone")], &how, &who)
+        .await
+        .unwrap();
+    assert_eq!(lone.ov, 1);
+    let lone_commands = h.take_commands();
+    assert_eq!(
+        lone_commands,
+        ["find", "findAndModify", "findAndModify", "insert", "commitTransaction"],
+        "the head read, then an update's commands: cv, hold, entry, commit"
+    );
+
+    let grouped = [patch("grouped")];
+    let enriched = join_all(ids.iter().map(|id| h.engine.enrich(&c, id, &grouped, &how, &who))).await;
+    let commands = h.take_commands();
+    let count = |name: &str| commands.iter().filter(|c| *c == name).count();
+    println!(
+        "lone enrich: {} commands; 32 concurrent enrichments: {} commands ({} finds, {} commits)",
+        lone_commands.len(),
+        commands.len(),
+        count("find"),
+        count("commitTransaction")
+    );
+    assert!(
+        count("update") >= 1,
+        "the enrichments were held as a group: {commands:?}"
+    );
+    assert!(
+        count("commitTransaction") <= 32 / 2,
+        "groups share their commits: {commands:?}"
+    );
+    assert!(commands.len() <= 2 * 32, "enrichments sent {commands:?}");
+
+    for (i, id) in ids.iter().enumerate() {
+        let expected_ov = if i == 0 { 2 } else { 1 };
+        assert_eq!(enriched[i].as_ref().unwrap().ov, expected_ov, "{id}");
+        let latest = h.engine.get_latest(&c, id, ReadOptions::default()).await.unwrap();
+        let tags = if i == 0 {
+            json!(["base", "lone", "grouped"])
+        } else {
+            json!(["base", "grouped"])
+        };
+        assert_eq!(
+            (latest.data["n"].clone(), latest.data["tags"].clone()),
+            (json!(i), tags),
+            "{id}"
+        );
+        assert_eq!(latest.system.function_ids, ["tagger"], "{id}");
+    }
+}
+
 /// In a group, a write whose PUT fails, one whose caller goes away mid-write and one with a
 /// stale ov each end on their own; the others commit.
 #[tokio::test]
