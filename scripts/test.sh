@@ -16,6 +16,8 @@ source scripts/test-env.sh
 eval "$(scripts/kube-apiserver.sh env)"
 
 cargo test --locked "$@"
+# The fault campaign once more with write packing on (issue 18: every scenario holds with packs).
+if [ "$#" -eq 0 ]; then cargo test --locked --test faults -- --pack-writes together; fi
 if [ "$#" -eq 0 ]; then cargo build --locked --bin chronos; scripts/schemathesis.sh; fi
 # Chart, manifests, examples, Dockerfile: schemas + server-side dry-run on the test API server.
 if [ "$#" -eq 0 ]; then scripts/validate.sh; fi

@@ -18,6 +18,7 @@ mod errors;
 mod feed;
 mod floor;
 mod measure;
+mod packing;
 mod probes;
 mod records;
 mod report;
@@ -154,8 +155,22 @@ pub async fn run(args: Args) -> Result<(), String> {
             ..Default::default()
         },
     );
-    let payloads = Counting::new(Arc::new(json_store), s3_counter.clone());
-    let engine = Arc::new(Engine::new(Arc::new(meta), Arc::new(payloads), settings).with_backups(Arc::new(backups)));
+    let json_store: Arc<dyn chronos::engine::PayloadStore> = Arc::new(json_store);
+    let backups: Arc<dyn chronos::engine::PayloadStore> = Arc::new(backups);
+    let payloads = Arc::new(Counting::new(json_store.clone(), s3_counter.clone()));
+    let packed = EngineSettings {
+        pack_writes: chronos::engine::settings::PackWrites::Together,
+        ..settings.clone()
+    };
+    let packed = Arc::new(
+        Engine::new(
+            Arc::new(MongoMetaStore::new(mongo.clone(), &db_name)),
+            payloads.clone(),
+            packed,
+        )
+        .with_backups(backups.clone()),
+    );
+    let engine = Arc::new(Engine::new(Arc::new(meta), payloads, settings).with_backups(backups));
     let dir = tempfile::tempdir().map_err(err("temporary directory"))?;
     let embedded = chronos::connect::embedded(dir.path(), chronos::engine::DEFAULT_DATABASE, EngineSettings::default());
     let embedded = Arc::new(embedded.map_err(err("embedded engine"))?);
@@ -179,6 +194,7 @@ pub async fn run(args: Args) -> Result<(), String> {
     let ovs = || (0..pool).map(|_| AtomicU64::new(0)).collect::<Vec<_>>();
     let ctx = Arc::new(Ctx {
         engine: engine.clone(),
+        packed,
         embedded,
         http,
         floor: Floor {
@@ -212,6 +228,7 @@ pub async fn run(args: Args) -> Result<(), String> {
         errors: Vec::new(),
         served: Vec::new(),
         lone: None,
+        lone_latency: None,
         feeds: Vec::new(),
     };
 
@@ -225,6 +242,7 @@ pub async fn run(args: Args) -> Result<(), String> {
         // The first write to a collection ensures its indexes; that belongs to setup, not to
         // the measured creates.
         (Via::Engine, ctx.created.clone(), 1, "seed"),
+        (Via::Packed, ctx.created.clone(), 1, "pseed"),
         (Via::Embedded, ctx.created.clone(), 1, "seed"),
     ] {
         let ctx = ctx.clone();
@@ -238,10 +256,11 @@ pub async fn run(args: Args) -> Result<(), String> {
 
     if wanted(Workload::Create.label()) || wanted(Workload::Update.label()) {
         bench.lone = Some(lone_writes(&bench, &ctx).await?);
+        bench.lone_latency = Some(packing::lone_latency(&ctx).await?);
     }
     for (w, paths) in [
-        (Workload::Create, &[Via::Floor, Via::Engine, Via::Http][..]),
-        (Workload::Update, &[Via::Floor, Via::Engine, Via::Http]),
+        (Workload::Create, &[Via::Floor, Via::Engine, Via::Packed, Via::Http][..]),
+        (Workload::Update, &[Via::Floor, Via::Engine, Via::Packed, Via::Http]),
         (Workload::PutOnly, &[Via::Floor]),
         (Workload::GetLatest, &[Via::Floor, Via::Engine, Via::Http]),
         (Workload::GetVersion, &[Via::Floor, Via::Engine, Via::Http]),

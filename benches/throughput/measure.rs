@@ -226,6 +226,8 @@ pub struct Bench {
     pub served: Vec<(Via, usize, ServedMemory)>,
     /// Mongo commands per create and per update made one at a time (nothing to group with).
     pub lone: Option<(f64, f64)>,
+    /// p50 ms of a create made alone, packing off and on (`packing.rs`).
+    pub lone_latency: Option<(f64, f64)>,
     /// The change feed's readings (`feed.rs`).
     pub feeds: Vec<crate::feed::FeedReading>,
 }
@@ -370,7 +372,7 @@ impl Bench {
 
     /// A Chronos row's throughput over its floor's, measured in this run.
     pub fn ratio(&self, row: &Row) -> Option<f64> {
-        if !matches!(row.via, Via::Engine | Via::Http) {
+        if !matches!(row.via, Via::Engine | Via::Packed | Via::Http) {
             return None;
         }
         let floor = self.find(row.workload.floor(), Via::Floor)?;

@@ -338,6 +338,7 @@ pub fn targets(b: &Bench) -> Vec<(String, String, Option<bool>)> {
             ));
         }
     }
+    super::packing::goals(b, &mut t);
     if let Some(r) = b.find(Workload::Restore, Via::Engine) {
         let ratio = b
             .ratio(r)

@@ -36,6 +36,8 @@ pub struct Tick {
 pub enum Via {
     Floor,
     Engine,
+    /// The engine with `packWrites: together` (same database and buckets).
+    Packed,
     Http,
     Embedded,
     /// The real `chronos serve` binary as a child process on Mongo+S3 (its memory alone).
@@ -49,6 +51,7 @@ impl Via {
         match self {
             Via::Floor => "raw floor",
             Via::Engine => "engine (Mongo+S3)",
+            Via::Packed => "engine, packed writes (Mongo+S3)",
             Via::Http => "HTTP (Mongo+S3)",
             Via::Embedded => "engine (embedded)",
             Via::Served => "`chronos serve` (Mongo+S3)",
@@ -58,7 +61,7 @@ impl Via {
 
     /// Whether this process's counters see the path's Mongo and S3 requests.
     pub fn counted(self) -> bool {
-        matches!(self, Via::Floor | Via::Engine | Via::Http)
+        matches!(self, Via::Floor | Via::Engine | Via::Packed | Via::Http)
     }
 }
 
@@ -154,6 +157,8 @@ pub fn any_item(t: Tick, pool: usize) -> usize {
 /// What the workloads share.
 pub struct Ctx {
     pub engine: Arc<Engine>,
+    /// The same stores with write packing on.
+    pub packed: Arc<Engine>,
     pub embedded: Arc<Engine>,
     pub http: HttpClient,
     pub floor: Floor,
@@ -170,16 +175,16 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn engine(&self, via: Via) -> &Engine {
-        if via == Via::Embedded {
-            &self.embedded
-        } else {
-            &self.engine
+        match via {
+            Via::Embedded => &self.embedded,
+            Via::Packed => &self.packed,
+            _ => &self.engine,
         }
     }
 
     pub fn ovs(&self, via: Via) -> &[AtomicU64] {
         match via {
-            Via::Engine | Via::Http | Via::Served => &self.ovs[0],
+            Via::Engine | Via::Packed | Via::Http | Via::Served => &self.ovs[0],
             Via::Floor => &self.ovs[1],
             Via::Embedded | Via::ServedEmbedded => &self.ovs[2],
         }

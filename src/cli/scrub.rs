@@ -86,6 +86,13 @@ fn print_table(r: &ScrubReport, opts: &ScrubOptions) {
         .map(|n| n.to_string()),
     );
     println!("{table}");
+    let p = &r.packs;
+    if p.packs > 0 {
+        println!(
+            "packs: {} examined, {} young, {} named by no version, {} compacted, {} deleted",
+            p.packs, p.young, p.dead, p.compacted, p.deleted
+        );
+    }
     if !r.orphan_keys.is_empty() {
         let mut table = Table::new();
         table.set_header(["ORPHAN KEY", "AGE (S)", "DELETED"]);

@@ -300,6 +300,11 @@ pub struct EngineConfig {
     #[serde(default)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub encryption_key: Option<Secret>,
+    /// Store payloads in pack objects: `together` (the payloads of writes made at the same time
+    /// share one PUT; a write alone keeps its own key), `always` or `off` (docs/design.md,
+    /// "Write packing").
+    #[serde(default)]
+    pub pack_writes: crate::engine::settings::PackWrites,
 }
 
 /// `engine.retryQueue`: writes that met a transient backend failure are retried with
@@ -370,6 +375,7 @@ impl EngineConfig {
             max_payload_bytes: self.max_payload_bytes,
             queue: self.retry_queue.settings(),
             orphan_grace: Duration::from_secs(self.orphan_grace_secs),
+            pack_writes: self.pack_writes,
             // An unreadable or malformed key is reported by `validate`; here it is left out, and
             // encrypted collections then refuse to work (503) rather than write in clear.
             encryption_key: self
@@ -390,6 +396,7 @@ impl Default for EngineConfig {
             retry_queue: RetryQueueConfig::default(),
             orphan_grace_secs: Self::default_orphan_grace_secs(),
             encryption_key: None,
+            pack_writes: Default::default(),
         }
     }
 }

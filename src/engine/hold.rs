@@ -78,9 +78,18 @@ impl Engine {
             let Some(last) = page.last() else { return Ok(()) };
             after = Some(last.ov);
             for v in &page {
-                let (ov, write_id) = v.payload();
-                let key = crate::engine::model::payload_key(collection, id, ov, write_id);
-                self.payload_store().set_legal_hold(&key, on).await?;
+                let loc = v.payload();
+                if on && loc.pack.is_some() {
+                    // A lock binds a whole object, and a pack holds other items too: the held
+                    // version moves to its own key first (its pack bytes stay until scrub).
+                    self.standalone_copy(collection, id, loc).await?;
+                    self.meta()
+                        .repoint_payload(collection, id, (loc.ov, loc.write_id), None)
+                        .await?;
+                }
+                self.payload_store()
+                    .set_legal_hold(&loc.key(collection, id), on)
+                    .await?;
             }
         }
     }

@@ -29,6 +29,7 @@ pub mod ledger;
 pub mod merge;
 pub mod model;
 pub mod namespace;
+pub mod pack;
 pub mod query;
 pub mod rebuild;
 pub mod restore;
@@ -50,8 +51,8 @@ pub use feed::{ChangeFilter, ChangesPage, Subscription};
 pub use hold::LegalHold;
 pub use ledger::erasures::{ErasedItem, ErasedVersion, Erasure, ErasureStatus};
 pub use model::{
-    Attribution, CollectionName, DEFAULT_DATABASE, Enrichment, ItemId, Op, PayloadRef, Record, RequestKey, State,
-    SystemFields, Timestamp, VersionEntry, VersionTarget, WriteOutcome,
+    Attribution, CollectionName, DEFAULT_DATABASE, Enrichment, ItemId, Op, PackSlot, PayloadLoc, PayloadRef, Record,
+    RequestKey, State, SystemFields, Timestamp, VersionEntry, VersionTarget, WriteOutcome,
 };
 pub use namespace::Stores;
 pub use restore::{RestoreCounts, RestorePage};

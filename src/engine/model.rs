@@ -275,12 +275,9 @@ impl Head {
         }
     }
 
-    /// The (ov, write id) naming the payload object that holds this head's data.
-    pub fn payload(&self) -> (u64, &str) {
-        match &self.payload_ref {
-            Some(r) if r.of == self.write_id => (r.ov, r.write_id.as_str()),
-            _ => (self.ov, self.write_id.as_str()),
-        }
+    /// Where this head's data is: its own payload object, or the one its reference names.
+    pub fn payload(&self) -> PayloadLoc<'_> {
+        PayloadLoc::of(self.ov, &self.write_id, self.payload_ref.as_ref())
     }
 }
 
@@ -300,6 +297,59 @@ pub struct PayloadRef {
     pub write_id: String,
     /// The referring version's `_system.functionIds`.
     pub function_ids: Vec<String>,
+    /// Where the referenced version's envelope lies when it was written into a pack.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pack: Option<PackSlot>,
+}
+
+/// Where a version's envelope lies inside a pack: the object that holds the payloads of writes
+/// made together (see `engine::pack`). Reads fetch exactly these bytes with one ranged GET.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PackSlot {
+    /// The pack's key in the JSON bucket (relative to the database, like every payload key).
+    pub key: String,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// Where a version's data is: the payload object of version `ov` written by `write_id` — at its
+/// own key ([`payload_key`]), or inside a pack when `pack` says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PayloadLoc<'a> {
+    pub ov: u64,
+    pub write_id: &'a str,
+    pub pack: Option<&'a PackSlot>,
+}
+
+impl<'a> PayloadLoc<'a> {
+    /// The location of version `ov` written by `write_id`, given its reference if any: a
+    /// reference counts only next to the write that made it (`of`), so a stale copy a later
+    /// write left behind is ignored. A packed version refers to itself, with its slot.
+    pub fn of(ov: u64, write_id: &'a str, payload_ref: Option<&'a PayloadRef>) -> Self {
+        match payload_ref {
+            Some(r) if r.of == write_id => PayloadLoc {
+                ov: r.ov,
+                write_id: &r.write_id,
+                pack: r.pack.as_ref(),
+            },
+            _ => PayloadLoc {
+                ov,
+                write_id,
+                pack: None,
+            },
+        }
+    }
+
+    /// The object's own key; for a packed payload, where a standalone copy goes (presigning).
+    pub fn key(&self, collection: &CollectionName, id: &ItemId) -> String {
+        payload_key(collection, id, self.ov, self.write_id)
+    }
+
+    /// Whether this is the object the version itself wrote (not one it refers to).
+    pub fn is_own(&self, ov: u64, write_id: &str) -> bool {
+        self.ov == ov && self.write_id == write_id
+    }
 }
 
 /// One entry of the version index: everything about a version except its data.
@@ -360,12 +410,9 @@ impl VersionEntry {
         }
     }
 
-    /// The (ov, write id) naming the payload object that holds this version's data.
-    pub fn payload(&self) -> (u64, &str) {
-        match &self.payload_ref {
-            Some(r) if r.of == self.write_id => (r.ov, r.write_id.as_str()),
-            _ => (self.ov, self.write_id.as_str()),
-        }
+    /// Where this version's data is: its own payload object, or the one its reference names.
+    pub fn payload(&self) -> PayloadLoc<'_> {
+        PayloadLoc::of(self.ov, &self.write_id, self.payload_ref.as_ref())
     }
 }
 
@@ -392,12 +439,9 @@ pub struct Record {
 }
 
 impl Record {
-    /// The (ov, write id) naming the payload object that holds this record's data.
-    pub fn payload(&self) -> (u64, &str) {
-        match &self.payload_ref {
-            Some(r) if r.of == self.write_id => (r.ov, r.write_id.as_str()),
-            _ => (self.ov, self.write_id.as_str()),
-        }
+    /// Where this record's data is: its own payload object, or the one its reference names.
+    pub fn payload(&self) -> PayloadLoc<'_> {
+        PayloadLoc::of(self.ov, &self.write_id, self.payload_ref.as_ref())
     }
 }
 
@@ -536,40 +580,4 @@ impl std::fmt::Display for VersionTarget {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_reject_path_tricks() {
-        for bad in ["", ".", "..", "a/b", "../x", "a\0b", "a b", "-x", ".hidden", "é"] {
-            assert!(bad.parse::<ItemId>().is_err(), "id {bad:?} accepted");
-            assert!(bad.parse::<CollectionName>().is_err(), "collection {bad:?} accepted");
-        }
-        assert!("x".repeat(129).parse::<ItemId>().is_err());
-        assert!("x".repeat(65).parse::<CollectionName>().is_err());
-        assert!("system_x".parse::<CollectionName>().is_err());
-        assert!("Chronos".parse::<CollectionName>().is_err());
-        assert_eq!("a.b:c-d_e".parse::<ItemId>().unwrap().as_str(), "a.b:c-d_e");
-        assert_eq!("orders_2024".parse::<CollectionName>().unwrap().as_str(), "orders_2024");
-    }
-
-    #[test]
-    fn content_checksum_detects_tampering() {
-        let mut data = Map::new();
-        data.insert("a".into(), Value::from(1));
-        let c = Content::new(&data).unwrap();
-        assert_eq!(parse_data(&c.json, &c.checksum, &"x").unwrap(), data);
-        assert!(matches!(
-            parse_data(r#"{"a":2}"#, &c.checksum, &"x"),
-            Err(Error::Corrupt(_))
-        ));
-    }
-
-    #[test]
-    fn payload_keys_differ_per_attempt() {
-        let c: CollectionName = "c".parse().unwrap();
-        let id: ItemId = "i".parse().unwrap();
-        assert_ne!(payload_key(&c, &id, 1, "w1"), payload_key(&c, &id, 1, "w2"));
-        assert_eq!(payload_key(&c, &id, 3, "w"), "c/i/v3/w.json");
-    }
-}
+mod tests;

@@ -15,7 +15,7 @@ use super::error::{Error, Result};
 use super::model::ItemId;
 use super::settings::EngineSettings;
 use super::store::queue::QueueStore;
-use super::store::{MetaStore, ObjectLockStatus, PayloadStore, PutOptions};
+use super::store::{ByteRange, MetaStore, ObjectLockStatus, PayloadStore, PutOptions};
 use super::versioning::Engine;
 
 /// A payload store seen through one database's prefix: keys given are relative to
@@ -57,6 +57,10 @@ impl PayloadStore for Prefixed {
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
         self.inner.get(&self.full(key)).await
+    }
+
+    async fn get_range(&self, key: &str, range: ByteRange) -> Result<Option<Bytes>> {
+        self.inner.get_range(&self.full(key), range).await
     }
 
     async fn delete(&self, key: &str) -> Result<()> {

@@ -91,6 +91,8 @@ pub struct ScrubReport {
     pub unrecognized: Vec<String>,
     /// How many keys were not recognised (all of them).
     pub unrecognized_count: u64,
+    /// Packs (`engine.packWrites`): those no version names any more are deleted like orphans.
+    pub packs: crate::engine::pack::collect::PackReport,
 }
 
 /// A payload key taken apart.
@@ -156,6 +158,8 @@ impl Engine {
                 !k.starts_with(super::ledger::LEDGER_PREFIX)
                     && !k.starts_with(super::ledger::resets::RESETS_PREFIX)
                     && !k.starts_with(super::ledger::erasures::ERASURES_PREFIX)
+                    // Packs are shared by many versions: examined below, pack by pack.
+                    && !k.starts_with(super::pack::format::PACKS_PREFIX)
             });
             let classes: Vec<(String, Result<Class>)> = futures::stream::iter(keys)
                 .map(|key| async move {
@@ -212,6 +216,9 @@ impl Engine {
             }
             after = Some(last);
         }
+        report.packs = self
+            .scrub_packs(opts.collection.as_ref(), opts.grace, opts.delete)
+            .await?;
         Ok(report)
     }
 

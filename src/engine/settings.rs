@@ -40,6 +40,23 @@ pub struct EngineSettings {
     /// The key-encryption key that wraps the data keys of collections with `encryption:
     /// perItem` (see `engine::shred`); without it such collections refuse writes and reads.
     pub encryption_key: Option<super::sealed::Kek>,
+    /// Whether payloads are stored in pack objects (see `engine::pack`).
+    pub pack_writes: PackWrites,
+}
+
+/// When payloads go into packs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum PackWrites {
+    /// Every payload at its version's own key.
+    #[default]
+    Off,
+    /// Payloads of writes made together share one pack (one PUT for the lot); a write made alone
+    /// is stored at its own key.
+    Together,
+    /// Every payload in a pack, a write made alone in a pack of one: flat keys everywhere (and
+    /// every read, retention, scrub and erasure path of packs exercised, which the tests use).
+    Always,
 }
 
 impl Default for EngineSettings {
@@ -55,6 +72,7 @@ impl Default for EngineSettings {
             orphan_grace: ORPHAN_GRACE,
             ledger_flush: Duration::from_secs(1),
             encryption_key: None,
+            pack_writes: PackWrites::Off,
         }
     }
 }

@@ -5,6 +5,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::controllers::changes::registry::Followers;
 use super::controllers::database::names::image_repository;
 use super::error::Result;
 use super::{backend_hosts, data_gate};
@@ -12,6 +13,11 @@ use crate::connect::Connections;
 
 /// The one field manager of every server-side apply, so our fields are owned by one manager.
 pub const FIELD_MANAGER: &str = "chronos-operator";
+/// The field manager of the change-feed followers' status writes (`status.changes` and the
+/// `ChangesFollowed` condition). Server-side apply removes the fields a manager owned and left
+/// out of its next apply, so two writers of one status at their own pace (the reconcile, the
+/// follower) need a manager each, each applying exactly its own fields.
+pub const FEED_FIELD_MANAGER: &str = "chronos-operator-feed";
 
 /// What every reconciler shares.
 pub struct Context {
@@ -43,6 +49,8 @@ pub struct Context {
     /// Keeps a database's data from being dropped while a collection or restore reconcile
     /// writes to it.
     pub data_gates: data_gate::DataGates,
+    /// The change-feed follower of each collection (`controllers::changes`).
+    pub followers: Followers,
 }
 
 impl Context {
@@ -74,6 +82,7 @@ impl Context {
             restore_page: crate::engine::settings::RESTORE_PAGE,
             namespace_locks: std::sync::Mutex::default(),
             data_gates: data_gate::DataGates::default(),
+            followers: Followers::default(),
         }
     }
 

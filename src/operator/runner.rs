@@ -14,7 +14,7 @@ use kube::runtime::{Controller, watcher};
 use kube::{Api, Resource, ResourceExt};
 
 use super::context::{Context, requeue};
-use super::controllers::{collection, database, erasure, restore, retention};
+use super::controllers::{changes, collection, database, erasure, restore, retention};
 use super::crd::{ChronosCollection, ChronosDatabase, ChronosRetention};
 use super::error::{Error, Result};
 use super::health;
@@ -108,7 +108,8 @@ pub async fn run_controllers(ctx: Arc<Context>, scope: Scope) {
     );
 }
 
-/// The database, collection, restore and erasure controllers of one namespace (or of all).
+/// The database, collection, restore and erasure controllers of one namespace (or of all), and
+/// the watch that stops the change-feed followers of deleted collections.
 async fn namespaced_controllers(ctx: &Arc<Context>, scope: &Scope, namespace: Option<&str>) {
     let client = ctx.client.clone();
     let owned = watcher::Config::default()
@@ -129,7 +130,13 @@ async fn namespaced_controllers(ctx: &Arc<Context>, scope: &Scope, namespace: Op
     let collections = Controller::new(Scope::api(&client, namespace), scope.config());
     let restores = Controller::new(Scope::api(&client, namespace), scope.config());
     let erasures = Controller::new(Scope::api(&client, namespace), scope.config());
+    let followed = changes::forget_deleted(
+        ctx.clone(),
+        Scope::api(&client, namespace),
+        namespace.map(str::to_owned),
+    );
     futures::join!(
+        followed,
         run_controller("database", databases, ctx.clone(), database::reconcile),
         run_controller("collection", collections, ctx.clone(), collection::reconcile),
         run_controller("restore", restores, ctx.clone(), restore::reconcile),
@@ -216,9 +223,13 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
     let ctx = Arc::new(ctx);
     let scope = Scope { retention_labels: None };
     let outcome = tokio::select! {
-        () = run_controllers(ctx, scope) => Ok(()),
+        () = run_controllers(ctx.clone(), scope) => Ok(()),
         e = leader::hold(&client, &lease) => Err(e),
         () = crate::shutdown_signal() => {
+            // The change-feed followers write what they saw since their last status write, so
+            // the next leader resumes exactly there — while this one still holds the lease (after
+            // losing it, a late write could move another leader's `lastCv` back).
+            ctx.followers.stop_all().await;
             tracing::info!("stopping: releasing the lease");
             leader::release(&client, &lease).await
         }

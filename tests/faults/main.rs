@@ -11,6 +11,8 @@
 //! engine every 5 s, plus scrub; (c) the S3 server unreachable for 30 s (a fault proxy between
 //! engines and S3); (d) a private mongod killed and restarted; (e) bad input on every route;
 //! (f) tenant isolation; (g) `kill -9` of `chronos erase` midway, finished by a restarted engine.
+//! `--pack-writes together|always` runs the engines with write packing (scripts/test.sh runs the
+//! short forms once more that way).
 //! Needs the services of `scripts/services.sh start` (the `CHRONOS_TEST_*` variables); fails
 //! loudly without them. Options: `--writers N`, `--items N`,
 //! `--report FILE` (append the result tables as Markdown), `--keep-logs`.
@@ -39,6 +41,10 @@ pub struct Args {
     pub keep_logs: bool,
     pub command: String,
 }
+
+/// `--pack-writes MODE`: the engines' `engine.packWrites` (default off), for every scenario's
+/// configuration file. Process-wide because every scenario writes its configuration the same way.
+pub static PACK_WRITES: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 fn parse_args() -> Result<Option<Args>, String> {
     let mut args = Args {
@@ -96,6 +102,14 @@ fn parse_args() -> Result<Option<Args>, String> {
             }
             "--report" => args.report = Some(PathBuf::from(value("--report")?)),
             "--keep-logs" => args.keep_logs = true,
+            "--pack-writes" => {
+                let v = value("--pack-writes")?;
+                if !matches!(v.as_str(), "off" | "together" | "always") {
+                    return Err(format!("--pack-writes: off, together or always, not `{v}`"));
+                }
+                shown.push(format!("--pack-writes {v}"));
+                let _ = PACK_WRITES.set(v);
+            }
             "--help" | "-h" => {
                 println!(
                     "{}",

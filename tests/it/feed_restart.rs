@@ -1,14 +1,66 @@
 //! The change feed across a crash: `chronos serve` killed with SIGKILL while a subscriber reads
 //! its feed; the subscriber resumes from the last cv it saw on the restarted engine and, after
 //! dedupe by cv, has seen every committed version exactly once, in cv order, and nothing else.
+//! The same test on each backend a restart keeps data on: embedded, and MongoDB + S3 (whose
+//! feed is woken by a change stream, opened again by the new process).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use chronos::client::Client;
 use chronos::client::changes::ChangesParams;
+use chronos::engine::backends::S3PayloadStore;
 use serde_json::{Value, json};
 
-use crate::readme::serve_in;
+use crate::readme::{Served, serve_config};
+use crate::support::{env, s3_connection, unique};
+
+/// Where `chronos serve` keeps its data, so a restarted process finds what the killed one wrote.
+struct Deployment {
+    config: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Deployment {
+    /// Embedded: SQLite and files in a directory (the README's configuration).
+    fn embedded() -> Deployment {
+        Deployment {
+            config: PathBuf::from("examples/chronos.yaml"),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// MongoDB + S3: a fresh MongoDB database and fresh buckets, credentials from the
+    /// environment (never written to the file).
+    async fn mongo_s3() -> Deployment {
+        let dir = tempfile::tempdir().unwrap();
+        let run = unique("feedkill");
+        for role in ["json", "content", "backups"] {
+            S3PayloadStore::new(s3_connection().client(), format!("{run}-{role}"))
+                .ensure_bucket()
+                .await
+                .expect("S3 server reachable");
+        }
+        let yaml = format!(
+            "mongoUris: [{{env: CHRONOS_TEST_MONGO_URI}}]\ndbName: {db}\nspacesConns:\n  - {{endpoint: '{endpoint}', \
+             region: '{region}', accessKey: {{env: CHRONOS_TEST_S3_ACCESS_KEY}}, secretKey: {{env: \
+             CHRONOS_TEST_S3_SECRET_KEY}}, jsonBucket: {run}-json, contentBucket: {run}-content, backupsBucket: \
+             {run}-backups}}\n",
+            db = run.replace('-', "_"),
+            endpoint = env("CHRONOS_TEST_S3_ENDPOINT"),
+            region = env("CHRONOS_TEST_S3_REGION"),
+        );
+        // Fails loudly here, not in the child, when the services' variables are missing.
+        env("CHRONOS_TEST_MONGO_URI");
+        let config = dir.path().join("chronos.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        Deployment { config, dir }
+    }
+
+    async fn serve(&self) -> Served {
+        serve_config(&self.config, &self.dir.path().join("data")).await
+    }
+}
 
 async fn write(http: &reqwest::Client, url: &str, n: u64) {
     let r = http
@@ -21,13 +73,22 @@ async fn write(http: &reqwest::Client, url: &str, n: u64) {
 }
 
 #[tokio::test]
-async fn a_subscriber_resumes_after_its_engine_is_killed_mid_stream() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
+async fn a_subscriber_resumes_after_its_embedded_engine_is_killed_mid_stream() {
+    resumes_after_a_kill(Deployment::embedded()).await;
+}
+
+#[tokio::test]
+async fn a_subscriber_resumes_after_its_mongo_s3_engine_is_killed_mid_stream() {
+    resumes_after_a_kill(Deployment::mongo_s3().await).await;
+}
+
+async fn resumes_after_a_kill(deployment: Deployment) {
+    // reqwest's TLS needs the process's crypto provider, whichever test runs first.
+    chronos::install_crypto_provider();
     let http = reqwest::Client::new();
     let deadline = Duration::from_secs(30);
 
-    let served = serve_in(&data).await;
+    let served = deployment.serve().await;
     for n in 0..20 {
         write(&http, &served.url, n).await;
     }
@@ -41,7 +102,7 @@ async fn a_subscriber_resumes_after_its_engine_is_killed_mid_stream() {
     served.kill().await;
 
     // The same data, a new process (and port); ten more writes after the restart.
-    let served = serve_in(&data).await;
+    let served = deployment.serve().await;
     for n in 20..30 {
         write(&http, &served.url, n).await;
     }

@@ -27,6 +27,8 @@ mod object_lock;
 mod operator;
 mod operator_mock;
 mod operator_render;
+mod pack;
+mod packed;
 mod payload_contract;
 mod readme;
 mod routing;

@@ -22,15 +22,17 @@ async fn serve() -> Served {
 
 /// `chronos serve` with its data in `data_dir`.
 pub(crate) async fn serve_in(data_dir: &std::path::Path) -> Served {
+    serve_config(std::path::Path::new("examples/chronos.yaml"), data_dir).await
+}
+
+/// `chronos serve --config config`, with embedded data (if the configuration says so) in
+/// `data_dir`.
+pub(crate) async fn serve_config(config: &std::path::Path, data_dir: &std::path::Path) -> Served {
     let mut child = Command::new(env!("CARGO_BIN_EXE_chronos"))
-        .args([
-            "serve",
-            "--config",
-            "examples/chronos.yaml",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .stderr(Stdio::piped())
         .kill_on_drop(true)

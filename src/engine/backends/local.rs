@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::engine::error::{Error, Failure, Result};
-use crate::engine::store::PayloadStore;
+use crate::engine::store::{ByteRange, PayloadStore};
 
 /// Temporary files of in-flight puts start with this; no key may use it, so `list` can skip them.
 const TMP_PREFIX: &str = ".chronos-tmp-";
@@ -200,6 +200,32 @@ impl PayloadStore for LocalPayloadStore {
             Ok(body) => Ok(Some(Bytes::from(body))),
             Err(e) if is_absent(&e) => Ok(None),
             Err(e) => Err(io_err("get", &key, e)),
+        })
+        .await
+    }
+
+    async fn get_range(&self, key: &str, range: ByteRange) -> Result<Option<Bytes>> {
+        use std::io::{Read, Seek, SeekFrom};
+        check_key(key)?;
+        let key = key.to_owned();
+        self.blocking(move |root| {
+            let mut file = match fs::File::open(root.join(&key)) {
+                Ok(f) => f,
+                Err(e) if is_absent(&e) => return Ok(None),
+                Err(e) => return Err(io_err("get", &key, e)),
+            };
+            let mut read = || -> std::io::Result<Vec<u8>> {
+                let size = file.metadata()?.len();
+                let (from, len) = match range {
+                    ByteRange::Slice { offset, len } => (offset.min(size), len.min(size.saturating_sub(offset))),
+                    ByteRange::Last(len) => (size.saturating_sub(len), len.min(size)),
+                };
+                file.seek(SeekFrom::Start(from))?;
+                let mut body = Vec::with_capacity(len as usize);
+                (&mut file).take(len).read_to_end(&mut body)?;
+                Ok(body)
+            };
+            read().map(|b| Some(Bytes::from(b))).map_err(|e| io_err("get", &key, e))
         })
         .await
     }

@@ -11,7 +11,7 @@ use bytes::Bytes;
 
 use super::s3_error::s3_err;
 use crate::engine::error::{Error, Failure, Result};
-use crate::engine::store::{ObjectLockStatus, PayloadStore, PutOptions};
+use crate::engine::store::{ByteRange, ObjectLockStatus, PayloadStore, PutOptions};
 
 /// What is needed to reach an S3 endpoint. Secrets never appear in `Debug` output.
 #[derive(Clone, PartialEq, Eq)]
@@ -86,6 +86,35 @@ pub struct S3PayloadStore {
 }
 
 impl S3PayloadStore {
+    /// One GET of the whole object or, with `range`, of those bytes.
+    async fn get_object(&self, key: &str, range: Option<ByteRange>) -> Result<Option<Bytes>> {
+        let started = std::time::Instant::now();
+        let result = async {
+            let out = match self
+                .client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .set_range(range.map(|r| r.header()))
+                .send()
+                .await
+            {
+                Ok(out) => out,
+                Err(SdkError::ServiceError(e)) if e.err().is_no_such_key() => return Ok(None),
+                Err(e) => return Err(s3_err("get", key, e)),
+            };
+            let body = out
+                .body
+                .collect()
+                .await
+                .map_err(|e| Error::payload(Failure::new(format!("get {key}: {e}"), e)))?;
+            Ok(Some(body.into_bytes()))
+        }
+        .await;
+        observe("get", started, &result);
+        result
+    }
+
     pub fn new(client: Client, bucket: impl Into<String>) -> Self {
         S3PayloadStore {
             client,
@@ -223,23 +252,11 @@ impl PayloadStore for S3PayloadStore {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
-        let started = std::time::Instant::now();
-        let result = async {
-            let out = match self.client.get_object().bucket(&self.bucket).key(key).send().await {
-                Ok(out) => out,
-                Err(SdkError::ServiceError(e)) if e.err().is_no_such_key() => return Ok(None),
-                Err(e) => return Err(s3_err("get", key, e)),
-            };
-            let body = out
-                .body
-                .collect()
-                .await
-                .map_err(|e| Error::payload(Failure::new(format!("get {key}: {e}"), e)))?;
-            Ok(Some(body.into_bytes()))
-        }
-        .await;
-        observe("get", started, &result);
-        result
+        self.get_object(key, None).await
+    }
+
+    async fn get_range(&self, key: &str, range: ByteRange) -> Result<Option<Bytes>> {
+        self.get_object(key, Some(range)).await
     }
 
     async fn delete(&self, key: &str) -> Result<()> {

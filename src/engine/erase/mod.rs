@@ -184,6 +184,8 @@ impl Engine {
             objects += self.erase_item(&collection, item).await?;
         }
         let ids: Vec<ItemId> = erasure.items.iter().map(|i| i.id.clone()).collect();
+        // Their envelopes in packs (written with other items' payloads) are blanked in place.
+        objects += self.redact_packs(&collection, &ids).await?;
         self.redact_ledger(&collection, &ids).await?;
         self.cancel_queued(&collection, &ids).await?;
         erasure.objects += objects;

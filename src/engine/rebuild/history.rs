@@ -20,7 +20,8 @@ use crate::engine::envelope;
 use crate::engine::error::{Error, Result};
 use crate::engine::ledger::erasures;
 use crate::engine::ledger::{LEDGER_PREFIX, LedgerRecord, Segment, SegmentKey};
-use crate::engine::model::{CollectionName, ItemId, Op, payload_key};
+use crate::engine::model::{CollectionName, ItemId, Op, PackSlot, payload_key};
+use crate::engine::pack::stored::{StoredPayload, Where};
 use crate::engine::versioning::Engine;
 
 /// How many objects are read at once.
@@ -40,8 +41,8 @@ pub struct CollectionHistory {
     pub pruned_counts: Vec<(u64, Vec<String>)>,
     /// The highest cv of any committed version.
     pub last_cv: u64,
-    /// Payload keys above their item's last committed version.
-    pub unconfirmed: Vec<String>,
+    /// Payloads above their item's last committed version.
+    pub unconfirmed: Vec<StoredPayload>,
     /// Versions a committed successor names whose object is gone (a version restored by
     /// reference in the last flush interval of a process that died: it has no object).
     pub lost: Vec<String>,
@@ -90,33 +91,6 @@ pub async fn read_segments(engine: &Engine, keys: &[SegmentKey]) -> Result<Vec<(
         .await
 }
 
-/// Every payload key of a collection, as `(id, ov, write id, key)`.
-pub async fn payload_keys(engine: &Engine, collection: &CollectionName) -> Result<Vec<(ItemId, u64, String, String)>> {
-    let store = engine.payload_store();
-    let prefix = format!("{collection}/");
-    let mut out = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let keys = store.list(&prefix, after.as_deref(), 1000).await?;
-        let Some(last) = keys.last().cloned() else { break };
-        for key in keys {
-            let mut parts = key.split('/');
-            let (_, id, v, file) = (parts.next(), parts.next(), parts.next(), parts.next());
-            let parsed = (|| {
-                let id: ItemId = id?.parse().ok()?;
-                let ov: u64 = v?.strip_prefix('v')?.parse().ok()?;
-                let write_id = file?.strip_suffix(".json")?.to_owned();
-                Some((id, ov, write_id))
-            })();
-            if let Some((id, ov, write_id)) = parsed {
-                out.push((id, ov, write_id, key));
-            }
-        }
-        after = Some(last);
-    }
-    Ok(out)
-}
-
 impl CollectionHistory {
     /// Read a collection's history from the buckets.
     pub async fn read(engine: &Engine, collection: &CollectionName, segments: &[SegmentKey]) -> Result<Self> {
@@ -126,7 +100,7 @@ impl CollectionHistory {
         let mut pruned_entries = Vec::new();
         let (segments, objects, manifests) = futures::join!(
             read_segments(engine, segments),
-            payload_keys(engine, collection),
+            engine.stored_payloads(collection),
             engine
                 .manifests()
                 .each_in_collection(collection, |id, p, counts| pruned_entries.push((id.clone(), p, counts))),
@@ -147,7 +121,10 @@ impl CollectionHistory {
             versions.entry(p.entry.ov).or_insert_with(|| pruned_record(&p.entry));
         }
         h.apply_erasures(engine, collection).await?;
-        h.confirm_from_objects(engine, collection, objects?).await?;
+        let objects = objects?;
+        let places = where_stored(&objects);
+        h.confirm_from_objects(engine, collection, objects).await?;
+        h.relocate(&places);
         Ok(h)
     }
 
@@ -190,40 +167,55 @@ impl CollectionHistory {
         }
     }
 
+    /// Name where each packed payload lies now, not where its record says it was written: a
+    /// hold or compaction moved it since (the same bytes), and the old place may be gone.
+    fn relocate(&mut self, places: &HashMap<(ItemId, u64, String), Option<PackSlot>>) {
+        for (id, versions) in &mut self.items {
+            for r in versions.values_mut() {
+                let Some(pr) = r.payload_ref.as_mut().filter(|pr| pr.pack.is_some()) else {
+                    continue;
+                };
+                if let Some(place) = places.get(&(id.clone(), pr.ov, pr.write_id.clone())) {
+                    pr.pack = place.clone();
+                }
+            }
+        }
+    }
+
     /// Rule 3 of the module doc, and the unconfirmed objects above each item's last version.
     async fn confirm_from_objects(
         &mut self,
         engine: &Engine,
         collection: &CollectionName,
-        objects: Vec<(ItemId, u64, String, String)>,
+        objects: Vec<StoredPayload>,
     ) -> Result<()> {
-        let mut by_item: HashMap<ItemId, Vec<(u64, String, String)>> = HashMap::new();
-        for (id, ov, write_id, key) in objects {
-            by_item.entry(id).or_default().push((ov, write_id, key));
+        let mut by_item: HashMap<ItemId, Vec<StoredPayload>> = HashMap::new();
+        for o in objects {
+            by_item.entry(o.id.clone()).or_default().push(o);
         }
         for (id, mut objects) in by_item {
             if self.erased.contains(&id) {
                 continue; // an object whose delete failed: never a version again
             }
             // From the newest down: a version recovered here may name its own predecessor.
-            objects.sort_by_key(|o| std::cmp::Reverse(o.0));
-            for (ov, write_id, key) in objects {
+            objects.sort_by_key(|o| std::cmp::Reverse(o.ov));
+            for o in objects {
                 let versions = self.items.entry(id.clone()).or_default();
-                if versions.contains_key(&ov) {
+                if versions.contains_key(&o.ov) {
                     continue; // committed (this object or a loser's), nothing to learn
                 }
                 let named = versions
-                    .get(&(ov + 1))
+                    .get(&(o.ov + 1))
                     .and_then(|next| next.prev.as_ref())
-                    .is_some_and(|p| p.ov == ov && p.write_id == write_id);
+                    .is_some_and(|p| p.ov == o.ov && p.write_id == o.write_id);
                 let last = versions.keys().next_back().copied();
                 if named {
-                    let record = read_object(engine, collection, &key).await?;
+                    let record = read_object(engine, collection, &o).await?;
                     self.last_cv = self.last_cv.max(record.cv);
                     self.recovered_from_objects += 1;
-                    self.items.entry(id.clone()).or_default().insert(ov, record);
-                } else if last.is_none_or(|l| ov > l) {
-                    self.unconfirmed.push(key);
+                    self.items.entry(id.clone()).or_default().insert(o.ov, record);
+                } else if last.is_none_or(|l| o.ov > l) {
+                    self.unconfirmed.push(o);
                 }
             }
             // A committed version whose predecessor is neither recorded nor an object.
@@ -243,12 +235,12 @@ impl CollectionHistory {
     /// Take the unconfirmed objects that extend their item's chain (what `--accept-unconfirmed`
     /// asks for): in ov order, each must name the item's last version as its predecessor.
     pub async fn accept_unconfirmed(&mut self, engine: &Engine, collection: &CollectionName) -> Result<u64> {
-        let mut keys = std::mem::take(&mut self.unconfirmed);
-        keys.sort();
+        let objects = std::mem::take(&mut self.unconfirmed);
         let mut accepted = 0;
         let mut records = Vec::new();
-        for key in &keys {
-            records.push((key.clone(), read_object(engine, collection, key).await?));
+        for o in objects {
+            let record = read_object(engine, collection, &o).await?;
+            records.push((o, record));
         }
         records.sort_by(|a, b| (&a.1.id, a.1.ov).cmp(&(&b.1.id, b.1.ov)));
         for (key, r) in records {
@@ -269,21 +261,54 @@ impl CollectionHistory {
     }
 }
 
-/// A version's record from its own object (envelope), checked to be where it claims to be.
-async fn read_object(engine: &Engine, collection: &CollectionName, key: &str) -> Result<LedgerRecord> {
+/// Where each stored payload is, for [`CollectionHistory::relocate`]: its own key (`None`) if it
+/// has one — a held version's, which is the one locked — else the newest pack holding it (pack
+/// keys are UUIDv7: compaction's copy is newer than the pack it emptied).
+fn where_stored(objects: &[StoredPayload]) -> HashMap<(ItemId, u64, String), Option<PackSlot>> {
+    let mut places: HashMap<(ItemId, u64, String), Option<PackSlot>> = HashMap::new();
+    for o in objects {
+        let place = places
+            .entry((o.id.clone(), o.ov, o.write_id.clone()))
+            .or_insert(o.pack.clone());
+        let newer = match (&*place, &o.pack) {
+            (Some(known), Some(this)) => this.key > known.key,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if newer {
+            *place = o.pack.clone();
+        }
+    }
+    places
+}
+
+/// A version's record from its own envelope, checked to be the version it is stored as.
+async fn read_object(engine: &Engine, collection: &CollectionName, o: &StoredPayload) -> Result<LedgerRecord> {
+    let key = Where(collection, o);
     let bytes = engine
-        .payload_store()
-        .get(key)
+        .read_stored(collection, o)
         .await?
         .ok_or_else(|| Error::Corrupt(format!("{key} vanished while it was read")))?;
     let d = envelope::describe(&bytes).map_err(|e| Error::Corrupt(format!("{key}: {e}")))?;
-    let expected = payload_key(collection, &d.record.id, d.record.ov, &d.record.write_id);
-    if d.database != engine.database() || d.collection != collection.as_str() || expected != key || !d.data_intact {
+    let r = &d.record;
+    let stored_as = r.id == o.id && r.ov == o.ov && r.write_id == o.write_id;
+    if d.database != engine.database() || d.collection != collection.as_str() || !stored_as || !d.data_intact {
         return Err(Error::Corrupt(format!(
             "{key}: the object does not hold the version it is stored as"
         )));
     }
-    Ok(d.record)
+    let mut record = d.record;
+    if let Some(slot) = &o.pack {
+        // The envelope was written before its slot was known: the version names it by a
+        // reference to itself, as the write's own record did.
+        record.payload_ref = Some(crate::engine::pack::self_ref(
+            record.ov,
+            &record.write_id,
+            &record.function_ids,
+            slot.clone(),
+        ));
+    }
+    Ok(record)
 }
 
 /// A record for a version known only from a manifest (its ledger record is lost): enough for the

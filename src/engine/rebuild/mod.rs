@@ -157,7 +157,7 @@ impl Engine {
             h.unconfirmed
                 .iter()
                 .take(100usize.saturating_sub(report.unconfirmed_keys.len()))
-                .cloned(),
+                .map(|o| crate::engine::pack::stored::Where(collection, o).to_string()),
         );
         report
             .lost

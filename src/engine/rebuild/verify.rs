@@ -18,11 +18,12 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde::Serialize;
 
-use super::history::{payload_keys, read_segments, segment_keys};
+use super::history::{read_segments, segment_keys};
 use crate::engine::envelope;
 use crate::engine::error::Result;
 use crate::engine::ledger::LedgerRecord;
 use crate::engine::model::{CollectionName, ItemId, VersionEntry, payload_key};
+use crate::engine::pack::stored::{StoredPayload, Where};
 use crate::engine::store::ListQuery;
 use crate::engine::store::rules::began_ms;
 use crate::engine::versioning::Engine;
@@ -177,14 +178,14 @@ impl Engine {
         self.manifests()
             .each_in_collection(collection, |id, p, _| {
                 pruned.insert((id.clone(), p.entry.ov));
-                let (ov, w) = p.entry.payload();
-                owned.insert(payload_key(collection, id, ov, w));
+                owned.insert(name(collection, id, p.entry.payload()));
             })
             .await?;
-        let objects: HashMap<String, (ItemId, u64, String)> = payload_keys(self, collection)
+        let objects: HashMap<String, StoredPayload> = self
+            .stored_payloads(collection)
             .await?
             .into_iter()
-            .map(|(id, ov, w, key)| (key, (id, ov, w)))
+            .map(|o| (Where(collection, &o).to_string(), o))
             .collect();
         report.objects += objects.len() as u64;
         report.versions += index.len() as u64;
@@ -195,7 +196,10 @@ impl Engine {
         for v in &index {
             if v.erased() {
                 // A tombstone has no object; it only has to match its (redacted) ledger record.
-                if ledger.remove(&(v.id.clone(), v.ov)).is_some_and(|r| r.entry() != *v) {
+                if ledger
+                    .remove(&(v.id.clone(), v.ov))
+                    .is_some_and(|r| !same_version(&r.entry(), v))
+                {
                     push(
                         &mut report.altered,
                         collection,
@@ -205,11 +209,10 @@ impl Engine {
                 }
                 continue;
             }
-            let (ov, w) = v.payload();
-            let key = payload_key(collection, &v.id, ov, w);
+            let key = name(collection, &v.id, v.payload());
             owned.insert(key.clone());
             match ledger.remove(&(v.id.clone(), v.ov)) {
-                Some(r) if r.entry() != *v => {
+                Some(r) if !same_version(&r.entry(), v) => {
                     push(
                         &mut report.altered,
                         collection,
@@ -225,7 +228,7 @@ impl Engine {
                     format!("v{} is in no ledger segment", v.ov),
                 ),
             }
-            let own = (ov, w) == (v.ov, v.write_id.as_str());
+            let own = v.payload().is_own(v.ov, &v.write_id);
             if !objects.contains_key(&key) {
                 if own {
                     push(
@@ -242,8 +245,8 @@ impl Engine {
                         format!("v{} refers to an object that is gone", v.ov),
                     );
                 }
-            } else if own {
-                to_read.push((key, v.clone()));
+            } else if own && let Some(o) = objects.get(&key) {
+                to_read.push((key, o.clone(), v.clone()));
             }
         }
         for ((id, ov), r) in ledger {
@@ -258,9 +261,8 @@ impl Engine {
             }
         }
         // Each object against its version, and its link to the previous one.
-        let store = self.payload_store();
         let mut reads = futures::stream::iter(to_read)
-            .map(|(key, v)| async move { (store.get(&key).await, key, v) })
+            .map(|(key, o, v)| async move { (self.read_stored(collection, &o).await, key, v) })
             .buffer_unordered(32);
         while let Some((bytes, key, v)) = reads.next().await {
             let v = &v;
@@ -287,7 +289,7 @@ impl Engine {
                             Some("its data does not match its checksum".to_owned())
                         } else if d.database != self.database()
                             || d.collection != collection.as_str()
-                            || d.record.entry() != *v
+                            || !same_version(&d.record.entry(), v)
                         {
                             Some(format!("it does not hold v{} as the index describes it", v.ov))
                         } else if !link_ok {
@@ -305,11 +307,11 @@ impl Engine {
         // Objects no version owns.
         let now_ms = crate::engine::model::now().as_millisecond().max(0) as u64;
         let grace_ms = grace.as_millis() as u64;
-        for (key, (_, _, write_id)) in &objects {
+        for (key, o) in &objects {
             if owned.contains(key) {
                 continue;
             }
-            let began = uuid::Uuid::try_parse(write_id).ok().and_then(|u| began_ms(&u));
+            let began = uuid::Uuid::try_parse(&o.write_id).ok().and_then(|u| began_ms(&u));
             let young = began.is_some_and(|b| now_ms.saturating_sub(b) < grace_ms);
             if !young {
                 push(
@@ -322,4 +324,23 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// How reports name a version's payload: its key, or its pack and byte range.
+fn name(collection: &CollectionName, id: &ItemId, loc: crate::engine::model::PayloadLoc<'_>) -> String {
+    let stored = StoredPayload {
+        id: id.clone(),
+        ov: loc.ov,
+        write_id: loc.write_id.to_owned(),
+        pack: loc.pack.cloned(),
+    };
+    Where(collection, &stored).to_string()
+}
+
+/// Whether two descriptions of a version agree on everything but where its bytes lie: a packed
+/// version's slot is written into the index after its envelope, and moves when a hold or
+/// compaction moves the bytes (same bytes, new place), so the ledger's and the envelope's copies
+/// may name an older place or none.
+fn same_version(a: &VersionEntry, b: &VersionEntry) -> bool {
+    crate::engine::pack::unlocated(a.clone()) == crate::engine::pack::unlocated(b.clone())
 }

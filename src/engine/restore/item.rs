@@ -6,7 +6,7 @@ use super::plan::{Origin, Target, commit_by, copies, ref_write, restore_write};
 use crate::engine::error::{Error, Result};
 use crate::engine::ledger::LedgerRecord;
 use crate::engine::model::VersionTarget;
-use crate::engine::model::{Attribution, CollectionName, Head, ItemId, Op, VersionEntry, WriteOutcome, payload_key};
+use crate::engine::model::{Attribution, CollectionName, Head, ItemId, Op, VersionEntry, WriteOutcome};
 use crate::engine::store::{HistoryPoint, RefWrite};
 use crate::engine::versioning::Engine;
 use crate::engine::versioning::{NewContent, WriteIntent, contention_backoff};
@@ -218,9 +218,9 @@ impl Engine {
         who: &Attribution,
         stamp: Option<&crate::engine::model::RequestStamp>,
     ) -> Result<WriteOutcome> {
-        let (ov, write_id) = target.payload();
-        let key = payload_key(collection, &head.id, ov, write_id);
-        let bytes = self.payload_store().get(&key).await?.ok_or_else(|| {
+        let loc = target.payload();
+        let (ov, write_id) = (loc.ov, loc.write_id);
+        let bytes = self.fetch_payload(collection, &head.id, loc).await?.ok_or_else(|| {
             Error::NotFound(format!(
                 "the data of {collection}/{} v{} (retention pruned it with its payload)",
                 head.id, target.ov

@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::engine::model::{Attribution, Head, ItemId, Op, PayloadRef, Timestamp, VersionEntry, now};
+use crate::engine::model::{Attribution, Head, ItemId, Op, PayloadLoc, PayloadRef, Timestamp, VersionEntry, now};
 use crate::engine::store::RefWrite;
 use crate::engine::store::rules::commit_deadline;
 
@@ -125,7 +125,7 @@ fn erased(head: &Head, target: Option<&Target>) -> bool {
 
 /// A new version of `head`'s item: its coordinates, time and attribution, with the data of the
 /// payload object named by `payload`.
-pub(super) fn ref_entry(head: &Head, op: Op, payload: (u64, &str), who: &Attribution) -> VersionEntry {
+pub(super) fn ref_entry(head: &Head, op: Op, payload: PayloadLoc<'_>, who: &Attribution) -> VersionEntry {
     let write_id = uuid::Uuid::now_v7().simple().to_string();
     VersionEntry {
         id: head.id.clone(),
@@ -138,9 +138,10 @@ pub(super) fn ref_entry(head: &Head, op: Op, payload: (u64, &str), who: &Attribu
         reason: who.reason.clone(),
         payload_ref: Some(PayloadRef {
             of: write_id.clone(),
-            ov: payload.0,
-            write_id: payload.1.to_owned(),
+            ov: payload.ov,
+            write_id: payload.write_id.to_owned(),
             function_ids: head.function_ids.clone(),
+            pack: payload.pack.cloned(),
         }),
         write_id,
         size: 0,

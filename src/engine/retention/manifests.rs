@@ -334,6 +334,26 @@ impl Manifests {
         self.find(collection, id, |v| point.includes(v)).await
     }
 
+    /// Where the pruned versions of an item whose payload was kept have their data (own keys
+    /// and pack slots, as `VersionEntry::payload` names them): scrub keeps a pack while one of
+    /// these is in it.
+    pub(crate) async fn kept_payloads(
+        &self,
+        collection: &CollectionName,
+        id: &ItemId,
+    ) -> Result<Vec<(u64, String, Option<crate::engine::model::PackSlot>)>> {
+        let mut kept = Vec::new();
+        self.each(collection, id, |e| {
+            if !e.payload_deleted {
+                let entry = e.into_entry(id);
+                let loc = entry.payload();
+                kept.push((loc.ov, loc.write_id.to_owned(), loc.pack.cloned()));
+            }
+        })
+        .await?;
+        Ok(kept)
+    }
+
     /// The latest pruned version of an item that `fits`.
     pub(crate) async fn find(
         &self,

@@ -202,8 +202,7 @@ impl Engine {
             after = Some(last.ov);
             for v in page {
                 if policy.keeps(&v, head.ov, cutoff) {
-                    let (ov, write_id) = v.payload();
-                    kept_payloads.insert(payload_key(collection, &head.id, ov, write_id));
+                    kept_payloads.insert(v.payload().key(collection, &head.id));
                 } else {
                     doomed.push(v);
                 }
@@ -217,7 +216,7 @@ impl Engine {
         let candidates = if policy.delete_payloads {
             doomed
                 .iter()
-                .filter(|v| v.payload() == (v.ov, v.write_id.as_str()))
+                .filter(|v| v.payload().is_own(v.ov, &v.write_id))
                 .map(|v| payload_key(collection, &head.id, v.ov, &v.write_id))
                 .filter(|k| !kept_payloads.contains(k))
                 .collect()
@@ -239,11 +238,7 @@ impl Engine {
             return Ok(());
         }
         // The manifest first: a crash after it leaves entries in both places, never in neither.
-        let payload_deleted = |v: &VersionEntry| {
-            let (ov, write_id) = v.payload();
-            plan.candidates
-                .contains(&payload_key(collection, &plan.id, ov, write_id))
-        };
+        let payload_deleted = |v: &VersionEntry| plan.candidates.contains(&v.payload().key(collection, &plan.id));
         let pruned = doomed
             .iter()
             .map(|v| {
@@ -279,8 +274,7 @@ impl Engine {
             let Some(last) = page.last() else { break };
             after = Some(last.ov);
             for v in &page {
-                let (ov, write_id) = v.payload();
-                doomed.remove(&payload_key(&plan.collection, &plan.id, ov, write_id));
+                doomed.remove(&v.payload().key(&plan.collection, &plan.id));
             }
         }
         for key in doomed {

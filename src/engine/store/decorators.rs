@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{ObjectLockStatus, PayloadStore, PutOptions};
+use super::{ByteRange, ObjectLockStatus, PayloadStore, PutOptions};
 use crate::engine::error::{Error, Result};
 
 /// Requests counted by [`Counting`] (or recorded by hand, for requests made around the engine),
@@ -77,6 +77,9 @@ impl<P: PayloadStore + ?Sized> PayloadStore for Counting<P> {
     }
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
         self.timed(self.inner.get(key)).await
+    }
+    async fn get_range(&self, key: &str, range: ByteRange) -> Result<Option<Bytes>> {
+        self.timed(self.inner.get_range(key, range)).await
     }
     async fn delete(&self, key: &str) -> Result<()> {
         self.timed(self.inner.delete(key)).await
@@ -207,6 +210,9 @@ impl<P: PayloadStore + ?Sized> PayloadStore for Faulty<P> {
     }
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
         self.inner.get(key).await
+    }
+    async fn get_range(&self, key: &str, range: ByteRange) -> Result<Option<Bytes>> {
+        self.inner.get_range(key, range).await
     }
     async fn delete(&self, key: &str) -> Result<()> {
         self.inner.delete(key).await

@@ -15,7 +15,9 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use super::error::{Error, Result};
-use super::model::{CollectionName, Content, Head, ItemId, Op, RequestKey, Timestamp, VersionEntry};
+use super::model::{
+    CollectionName, Content, Head, ItemId, Op, PackSlot, PayloadRef, RequestKey, Timestamp, VersionEntry,
+};
 use super::query::Filter;
 
 /// Object storage for payloads: one bucket (or directory) per store instance.
@@ -25,6 +27,12 @@ pub trait PayloadStore: Send + Sync + 'static {
     async fn put(&self, key: &str, body: Bytes) -> Result<()>;
     /// `None` when the key does not exist.
     async fn get(&self, key: &str) -> Result<Option<Bytes>>;
+    /// Part of the object at `key` (one ranged GET on S3): a packed version's envelope, or a
+    /// pack's footer. `None` when the key does not exist; a range past the object's end is
+    /// cut at the end. The default reads the whole object, for stores where that costs the same.
+    async fn get_range(&self, key: &str, range: ByteRange) -> Result<Option<Bytes>> {
+        Ok(self.get(key).await?.map(|body| range.slice(&body)))
+    }
     /// Deleting a missing key is not an error.
     async fn delete(&self, key: &str) -> Result<()>;
     /// Keys under `prefix` after `start_after`, at most `limit`, in the store's listing order:
@@ -57,6 +65,35 @@ pub trait PayloadStore: Send + Sync + 'static {
     /// Whether objects written here can really be locked (found by a probe on S3).
     async fn object_lock_status(&self) -> Result<ObjectLockStatus> {
         Ok(ObjectLockStatus::NotRequested)
+    }
+}
+
+/// Which bytes of an object [`PayloadStore::get_range`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ByteRange {
+    /// `len` bytes from `offset`.
+    Slice { offset: u64, len: u64 },
+    /// The last `len` bytes (all of a shorter object).
+    Last(u64),
+}
+
+impl ByteRange {
+    /// These bytes of a whole object.
+    pub fn slice(&self, body: &Bytes) -> Bytes {
+        let size = body.len() as u64;
+        let (from, to) = match *self {
+            ByteRange::Slice { offset, len } => (offset.min(size), offset.saturating_add(len).min(size)),
+            ByteRange::Last(len) => (size.saturating_sub(len), size),
+        };
+        body.slice(from as usize..to as usize)
+    }
+
+    /// The HTTP `Range` header value.
+    pub fn header(&self) -> String {
+        match *self {
+            ByteRange::Slice { offset, len } => format!("bytes={offset}-{}", offset + len.max(1) - 1),
+            ByteRange::Last(len) => format!("bytes=-{len}"),
+        }
     }
 }
 
@@ -133,6 +170,17 @@ pub struct HeadChange {
     pub commit_by: Timestamp,
 }
 
+/// [`MetaUpkeep::repoint_payload`] on one stored reference: `Some(changed)` when `r` names the
+/// payload `(ov, write_id)` (changed: whether its slot was not `to` yet).
+pub fn repoint(r: &mut PayloadRef, payload: (u64, &str), to: Option<&PackSlot>) -> Option<bool> {
+    if (r.ov, r.write_id.as_str()) != payload {
+        return None;
+    }
+    let changed = r.pack.as_ref() != to;
+    r.pack = to.cloned();
+    Some(changed)
+}
+
 /// Whether a write may still commit (see [`HeadChange::commit_by`]). A write that is too late
 /// is not committed; the engine removes its payload and redoes it with a fresh write id.
 pub fn in_time(commit_by: Timestamp) -> Result<(), CommitError> {
@@ -186,6 +234,9 @@ pub struct Held {
     pub ov: u64,
     /// The collection version this write was given.
     pub cv: u64,
+    /// How many writes the store opened together with this one (1 alone; a group's size): their
+    /// payloads are uploaded at about the same moment, so a packer waits for them all.
+    pub together: usize,
     pub write: Box<dyn PendingWrite>,
 }
 
@@ -462,6 +513,19 @@ pub trait MetaUpkeep: Send + Sync + 'static {
     async fn put_erasure(&self, id: &str, record: &str) -> Result<()>;
     /// Every erasure record the store holds, in id order.
     async fn erasure_records(&self) -> Result<Vec<String>>;
+    /// Make every version of item `id` whose data is the payload `(ov, write_id)` — its own, or
+    /// one it refers to — and the head, if it does, name `to` as where those bytes lie: a pack
+    /// slot, or `None` for the payload's own key. For a packed payload that moves (a hold copies
+    /// it to its own key, compaction into a new pack); the old place keeps the same bytes until
+    /// nothing can name it, so a reader never misses them, and running it again is harmless.
+    /// Returns how many versions and heads changed.
+    async fn repoint_payload(
+        &self,
+        collection: &CollectionName,
+        id: &ItemId,
+        payload: (u64, &str),
+        to: Option<&PackSlot>,
+    ) -> Result<u64>;
     /// Remove these versions of an item from the index (retention); returns how many went.
     /// Atomically with that, each version removed now whose cv is above the counters' mark is
     /// added to the collection's pruned tallies under its counter names, so counters computed

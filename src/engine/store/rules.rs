@@ -39,7 +39,8 @@ pub(crate) fn next_head(change: &HeadChange, previous: Option<&Head>, ov: u64, c
         checksum: v.checksum.clone(),
         meta,
         inline,
-        payload_ref: None,
+        // A packed payload's slot (a write's only reference: to itself; see `engine::pack`).
+        payload_ref: v.payload_ref.clone(),
     }
 }
 

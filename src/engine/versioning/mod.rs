@@ -21,6 +21,7 @@ use crate::engine::content::Contents;
 use crate::engine::error::Result;
 use crate::engine::ledger::Ledger;
 use crate::engine::model::{CollectionName, ItemId, Op, Record, RequestStamp, Timestamp, metadata_name};
+use crate::engine::pack::packer::Packer;
 use crate::engine::retention::manifests::Manifests;
 use crate::engine::retry::Retry;
 use crate::engine::settings::{CollectionMap, EngineSettings};
@@ -102,6 +103,8 @@ pub struct Engine {
     /// What this process committed, written to the payload bucket so the metadata can be rebuilt
     /// from the buckets (it names `database`, so the builder keeps the two in step).
     ledger: Ledger,
+    /// Gathers the payloads of writes made together into packs (with `settings.pack_writes`).
+    packer: Packer,
     settings: EngineSettings,
     /// Collections whose indexes this process has ensured (once each, never per write).
     prepared: Mutex<HashMap<CollectionName, Arc<OnceCell<()>>>>,
@@ -118,6 +121,7 @@ impl Engine {
             contents: Contents::default(),
             retry: Retry::new(None, settings.queue.clone()),
             ledger: Ledger::new(super::model::DEFAULT_DATABASE, payloads.clone(), settings.ledger_flush),
+            packer: Packer::new(super::model::DEFAULT_DATABASE, payloads.clone(), settings.pack_writes),
             payloads,
             settings,
             prepared: Mutex::new(HashMap::new()),
@@ -131,6 +135,7 @@ impl Engine {
         self.database = database.to_owned();
         self.manifests = Manifests::new(database, self.manifests.backups().cloned());
         self.ledger = Ledger::new(database, self.payloads.clone(), self.settings.ledger_flush);
+        self.packer = Packer::new(database, self.payloads.clone(), self.settings.pack_writes);
         self
     }
 

@@ -8,9 +8,7 @@ use super::{Engine, ListOptions, ListPage, ReadOptions};
 use crate::engine::content::no_presign;
 use crate::engine::envelope::{self, Decoded};
 use crate::engine::error::{Error, Result};
-use crate::engine::model::{
-    CollectionName, Head, ItemId, Record, VersionEntry, VersionTarget, parse_data, payload_key,
-};
+use crate::engine::model::{CollectionName, Head, ItemId, PayloadLoc, Record, VersionEntry, VersionTarget, parse_data};
 use crate::engine::query::Filter;
 use crate::engine::settings::ContentMode;
 use crate::engine::store::ListQuery;
@@ -232,31 +230,36 @@ impl Engine {
             .await
     }
 
-    /// A presigned URL for the record's whole version payload (the envelope JSON).
+    /// A presigned URL for the record's whole version payload (the envelope JSON). A packed
+    /// version's envelope is first copied to its own key (once: the copy is kept, and retention
+    /// and erasure remove it with the version), because a presigned URL can't name a byte range.
     pub async fn presign_payload(&self, collection: &CollectionName, record: &Record, ttl: Duration) -> Result<String> {
-        let (ov, write_id) = record.payload();
-        let key = payload_key(collection, &record.id, ov, write_id);
+        let loc = record.payload();
+        let key = loc.key(collection, &record.id);
+        if loc.pack.is_some() {
+            self.standalone_copy(collection, &record.id, loc).await?;
+        }
         self.payload_store()
             .presign_get(&key, ttl)
             .await?
             .ok_or_else(no_presign)
     }
 
-    /// The payload object `payload` = (ov, write id) of an item, checked to be exactly that
-    /// version's envelope with this data checksum. A version appended by reference passes the
-    /// (ov, write id) it refers to (`Head::payload`, `VersionEntry::payload`).
+    /// The payload at `payload` of an item, checked to be exactly that version's envelope with
+    /// this data checksum. A version appended by reference passes the location it refers to
+    /// (`Head::payload`, `VersionEntry::payload`).
     pub(crate) async fn load(
         &self,
         collection: &CollectionName,
         id: &ItemId,
-        payload: (u64, &str),
+        payload: PayloadLoc<'_>,
         checksum: &str,
     ) -> Result<Decoded> {
-        let (ov, write_id) = payload;
-        let key = payload_key(collection, id, ov, write_id);
-        let bytes = self.payloads.get(&key).await?;
+        let bytes = self.fetch_payload(collection, id, payload).await?;
         // The index says this version exists: a missing payload is damage, not absence.
-        let bytes = bytes.ok_or_else(|| Error::Corrupt(format!("payload {key} is missing")))?;
+        let bytes =
+            bytes.ok_or_else(|| Error::Corrupt(format!("payload {} is missing", describe(collection, id, payload))))?;
+        let (ov, write_id) = (payload.ov, payload.write_id);
         let expected = envelope::Expected {
             database: &self.database,
             collection,
@@ -266,6 +269,14 @@ impl Engine {
             checksum,
         };
         self.decode_payload(&bytes, &expected).await
+    }
+}
+
+/// A payload's location for messages: its key, or its pack and byte range.
+fn describe(collection: &CollectionName, id: &ItemId, payload: PayloadLoc<'_>) -> String {
+    match payload.pack {
+        None => payload.key(collection, id),
+        Some(p) => format!("{} bytes {}+{}", p.key, p.offset, p.len),
     }
 }
 

@@ -15,7 +15,9 @@ use crate::engine::model::{
     Attribution, CollectionName, Content, Head, ItemId, Op, RequestStamp, SYSTEM_KEY, State, SystemFields,
     VersionEntry, WriteOutcome, metadata_name, now, payload_key,
 };
-use crate::engine::settings::CollectionMap;
+use crate::engine::pack::packer::{Payload, Placement};
+use crate::engine::pack::self_ref;
+use crate::engine::settings::{CollectionMap, PackWrites};
 use crate::engine::store::{CommitError, HeadChange, Held, NewData};
 
 /// How many times a write whose commit failed transiently is redone from the start.
@@ -219,6 +221,7 @@ impl Engine {
                 previous,
                 ov,
                 cv,
+                together,
                 write: pending,
             } = self.meta.begin_write(change.clone()).await?;
             let prepared = match self.version_for(&change, previous.as_ref(), ov, cv, who, stamp).await {
@@ -228,18 +231,23 @@ impl Engine {
                     return Err(e);
                 }
             };
-            let (entry, body, record) = prepared;
+            let (mut entry, body, mut record) = prepared;
             let key = payload_key(collection, id, ov, &change.write_id);
-            let locked = match self.put_options(collection, id, entry.at).await {
-                Ok(o) => o,
+            let placement = match self
+                .store_payload(collection, &entry, Bytes::from(body), together)
+                .await
+            {
+                Ok(p) => p,
                 Err(e) => {
                     pending.abort().await;
                     return Err(e);
                 }
             };
-            if let Err(e) = self.payloads.put_with(&key, Bytes::from(body), &locked).await {
-                pending.abort().await;
-                return Err(e);
+            if let Placement::Packed(slot) = &placement {
+                // The version names its slot by referring to itself; the store puts the same
+                // reference on the head, so cold reads of either find it.
+                let r = self_ref(ov, &entry.write_id, &record.function_ids, slot.clone());
+                (entry.payload_ref, record.payload_ref) = (Some(r.clone()), Some(r));
             }
             let outcome = WriteOutcome {
                 ov,
@@ -254,7 +262,10 @@ impl Engine {
                 }
                 Err(CommitError::NotCommitted { error, retry }) => {
                     // Our key is unique to this attempt, so removing it can't touch anyone else's.
-                    if let Err(e) = self.payloads.delete(&key).await {
+                    // A pack is shared: its bytes of ours stay until scrub finds it unreferenced.
+                    if placement == Placement::Own
+                        && let Err(e) = self.payloads.delete(&key).await
+                    {
                         tracing::warn!(%key, error = %e, "could not remove the payload of an aborted write; scrub will find it");
                     }
                     if !retry || attempt >= COMMIT_ATTEMPTS {
@@ -268,6 +279,33 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Store a write's payload: into the collection's packer when packing is on and the object
+    /// needs no lock of its own (Object Lock settings are per object, and would bind the other
+    /// members), else at the version's own key.
+    async fn store_payload(
+        &self,
+        collection: &CollectionName,
+        entry: &VersionEntry,
+        body: Bytes,
+        together: usize,
+    ) -> Result<Placement> {
+        let locked = self.put_options(collection, &entry.id, entry.at).await?;
+        if self.settings.pack_writes != PackWrites::Off && locked.is_plain() {
+            let payload = Payload {
+                collection,
+                id: &entry.id,
+                ov: entry.ov,
+                write_id: &entry.write_id,
+                body,
+                together,
+            };
+            return self.packer.put(payload).await;
+        }
+        let key = payload_key(collection, &entry.id, entry.ov, &entry.write_id);
+        self.payloads.put_with(&key, body, &locked).await?;
+        Ok(Placement::Own)
     }
 
     /// Build the version entry, payload and ledger record of a write once the store has told us

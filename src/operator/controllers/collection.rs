@@ -1,5 +1,6 @@
 //! The `ChronosCollection` reconciler: validate → find the database → ensure the MongoDB indexes
-//! (idempotent: `createIndexes` of an existing index is a no-op) → status.
+//! (idempotent: `createIndexes` of an existing index is a no-op) → status; then make sure the
+//! collection's change feed is followed ([`changes`]), or stop following it when it can't be.
 
 use std::sync::Arc;
 
@@ -9,6 +10,7 @@ use kube::{Api, ResourceExt};
 use crate::engine::EngineSettings;
 use crate::operator::conditions::{self, Observed};
 use crate::operator::context::{Context, apply_status, requeue};
+use crate::operator::controllers::changes;
 use crate::operator::crd::collection::{ChronosCollection, ChronosCollectionStatus, INDEXES_READY};
 use crate::operator::crd::database::ChronosDatabase;
 use crate::operator::error::{Error, Result};
@@ -23,6 +25,7 @@ async fn ensure(c: &ChronosCollection, ctx: &Context) -> Result<Action> {
     let (name, map) = match c.spec.map() {
         Ok(m) => m,
         Err(problems) => {
+            changes::stop(ctx, c).await;
             let failed = Observed::failed(INDEXES_READY, "InvalidSpec", problems.join("; "));
             write_status(c, ctx, failed, Vec::new()).await?;
             return Ok(Action::await_change());
@@ -31,6 +34,7 @@ async fn ensure(c: &ChronosCollection, ctx: &Context) -> Result<Action> {
     let ns = c.namespace().unwrap_or_default();
     let databases: Api<ChronosDatabase> = Api::namespaced(ctx.client.clone(), &ns);
     let Some(db) = databases.get_opt(&c.spec.database).await? else {
+        changes::stop(ctx, c).await;
         let message = format!("ChronosDatabase {ns}/{} not found", c.spec.database);
         write_status(
             c,
@@ -47,6 +51,8 @@ async fn ensure(c: &ChronosCollection, ctx: &Context) -> Result<Action> {
     if db.metadata.deletion_timestamp.is_some() || pass.is_none() {
         // Its data may be being dropped (deletionPolicy: Delete): creating indexes now would
         // bring the MongoDB database back.
+        drop(pass);
+        changes::stop(ctx, c).await;
         let message = format!("ChronosDatabase {ns}/{} is being deleted", c.spec.database);
         write_status(
             c,
@@ -60,18 +66,17 @@ async fn ensure(c: &ChronosCollection, ctx: &Context) -> Result<Action> {
     let mut settings = EngineSettings::default();
     settings.collection_maps.insert(name.as_str().to_owned(), map);
     let indexes = async {
-        backends::engine(ctx, &db, settings)
-            .await?
-            .ensure_indexes(&name)
-            .await
-            .map_err(Error::from)
+        let engine = backends::engine(ctx, &db, settings).await?;
+        let indexes = engine.ensure_indexes(&name).await?;
+        Ok::<_, Error>((engine, indexes))
     };
     let indexes = indexes.await;
     drop(pass);
     match indexes {
-        Ok(indexes) => {
+        Ok((engine, indexes)) => {
             let message = format!("{} index(es) on indexed properties", indexes.len());
             write_status(c, ctx, Observed::ok(INDEXES_READY, "Created", message), indexes).await?;
+            changes::ensure(ctx, c, &name, &db, engine).await;
             Ok(Action::requeue(requeue::DRIFT))
         }
         Err(e @ (Error::Missing(_) | Error::NotPermitted(_) | Error::Engine(_))) => {
@@ -89,15 +94,19 @@ async fn ensure(c: &ChronosCollection, ctx: &Context) -> Result<Action> {
 }
 
 /// Write the status, then publish an Event if `IndexesReady` changed (an invalid spec, a
-/// missing database, indexes in place).
+/// missing database, indexes in place). Only the fields this reconcile owns: `changes` and the
+/// `ChangesFollowed` condition belong to the follower's field manager.
 async fn write_status(c: &ChronosCollection, ctx: &Context, observed: Observed, indexes: Vec<String>) -> Result<()> {
     let existing = c.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
     let generation = c.metadata.generation;
     let notice = events::transition(existing, &observed, "EnsureIndexes");
+    let mut conditions = conditions::merge(existing, &[observed], generation, conditions::now());
+    conditions.retain(|c| c.type_ == INDEXES_READY);
     let status = ChronosCollectionStatus {
-        conditions: conditions::merge(existing, &[observed], generation, conditions::now()),
+        conditions,
         indexes,
         observed_generation: generation,
+        changes: None,
     };
     apply_status(
         &Api::<ChronosCollection>::namespaced(ctx.client.clone(), &c.namespace().unwrap_or_default()),

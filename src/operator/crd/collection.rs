@@ -3,7 +3,7 @@
 //! MongoDB indexes; the database controller renders its map and counters into the engine's
 //! configuration.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -14,6 +14,9 @@ use crate::engine::{CollectionMap, CollectionName, ContentKind, CounterRule, Enc
 
 /// The condition type of a `ChronosCollection`'s status: its MongoDB indexes are in place.
 pub const INDEXES_READY: &str = "IndexesReady";
+/// The condition type the operator's change-feed follower owns: it follows the collection's feed
+/// (and whether it had to skip history retention pruned before it saw it).
+pub const CHANGES_FOLLOWED: &str = "ChangesFollowed";
 
 /// A collection of a Chronos database.
 // clippy mistakes the repeated keys of kube's `printcolumn(...)` for duplicated attributes.
@@ -35,6 +38,7 @@ pub const INDEXES_READY: &str = "IndexesReady";
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"IndexesReady\")].status"
     ),
+    printcolumn(name = "Last CV", type_ = "integer", json_path = ".status.changes.lastCv"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
@@ -120,7 +124,7 @@ pub struct RetentionOverride {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ChronosCollectionStatus {
-    /// `IndexesReady`.
+    /// `IndexesReady` (the reconcile's) and `ChangesFollowed` (the change-feed follower's).
     #[serde(default)]
     #[schemars(schema_with = "crate::operator::conditions::schema")]
     pub conditions: Vec<Condition>,
@@ -129,6 +133,40 @@ pub struct ChronosCollectionStatus {
     pub indexes: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// What the operator saw last on the collection's change feed. Written by the follower under
+    /// its own field manager, so the reconcile's status writes never send (or clear) it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changes: Option<CollectionChanges>,
+}
+
+/// `status.changes`: the latest version the operator's follower of the collection's change feed
+/// has seen, written at most every few seconds. A restarted operator resumes after `lastCv`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CollectionChanges {
+    /// The `ChronosDatabase` and the collection (`spec.database`, `spec.name`) these figures are
+    /// about: after either changes in the spec, the follower starts over instead of resuming
+    /// after another collection's cv.
+    #[serde(default)]
+    pub database: String,
+    #[serde(default)]
+    pub collection: String,
+    /// Every version up to this cv was seen (0: none yet); the follower resumes after it.
+    pub last_cv: u64,
+    /// When the latest version seen was committed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_change_at: Option<Time>,
+    /// The item of the latest version seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_item: Option<String>,
+    /// The operation of the latest version seen: CREATE, UPDATE, DELETE or RESTORE.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_op: Option<String>,
+    /// Versions seen since the operator began following this collection, kept across operator
+    /// restarts (it resumes after `lastCv`, so none is counted twice); versions retention pruned
+    /// before the operator saw them are not counted.
+    #[serde(default)]
+    pub versions_seen: u64,
 }
 
 // The engine's `ContentKind` as a plain string enum, written by hand: a derived schema of its

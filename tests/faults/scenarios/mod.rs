@@ -218,6 +218,9 @@ async fn write_config(
         b = bucket("backups"),
         t = tokens_path.display(),
     );
+    if let Some(mode) = crate::PACK_WRITES.get() {
+        yaml.push_str(&format!("engine:\n  packWrites: {mode}\n"));
+    }
     if !tenants.is_empty() {
         yaml.push_str("databaseTypes:\n  metadata:\n    tenants:\n");
         for t in tenants {

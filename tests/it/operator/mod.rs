@@ -22,6 +22,7 @@ use serde_json::{Value, json};
 
 use crate::support::{env, kube_client, s3_connection, unique};
 
+mod changes;
 mod database;
 mod erasure;
 mod history;
@@ -77,15 +78,37 @@ impl Cluster {
             };
             secrets.create(&PostParams::default(), &secret).await.unwrap();
         }
-        let mut ctx = Context::with_identity(client.clone(), "chronos:test", None);
-        ctx.watched_namespaces = vec![ns.clone()];
-        let ctx = Arc::new(ctx);
         Cluster {
+            ctx: Self::context(&client, &ns),
             client,
             ns,
-            ctx,
             controllers: tokio::spawn(async {}),
         }
+    }
+
+    /// A fresh operator context, watching namespace `ns` only.
+    fn context(client: &kube::Client, ns: &str) -> Arc<Context> {
+        let mut ctx = Context::with_identity(client.clone(), "chronos:test", None);
+        ctx.watched_namespaces = vec![ns.to_owned()];
+        Arc::new(ctx)
+    }
+
+    /// Stop the operator as a shutdown does (the controllers, then the change-feed followers,
+    /// which write what they saw), leaving nothing of it running.
+    async fn stop(&mut self) {
+        let controllers = std::mem::replace(&mut self.controllers, tokio::spawn(async {}));
+        controllers.abort();
+        let _ = controllers.await;
+        self.ctx.followers.stop_all().await;
+        assert!(self.ctx.followers.is_empty());
+    }
+
+    /// [`Cluster::stop`], then start a new operator (a fresh context: nothing carried over in
+    /// memory, as after a process restart).
+    async fn restart(&mut self) {
+        self.stop().await;
+        self.ctx = Self::context(&self.client, &self.ns);
+        self.start();
     }
 
     fn start(&mut self) {

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::engine::error::Result;
-use crate::engine::store::PayloadStore;
+use crate::engine::store::{ByteRange, PayloadStore};
 
 #[derive(Default, Clone)]
 pub struct MemoryPayloadStore {
@@ -35,6 +35,10 @@ impl PayloadStore for MemoryPayloadStore {
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
         Ok(self.lock().get(key).cloned())
+    }
+
+    async fn get_range(&self, key: &str, range: ByteRange) -> Result<Option<Bytes>> {
+        Ok(self.lock().get(key).map(|body| range.slice(body)))
     }
 
     async fn delete(&self, key: &str) -> Result<()> {

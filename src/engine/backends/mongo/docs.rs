@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 
 use crate::engine::error::{Error, Result};
 use crate::engine::model::{
-    CollectionName, Head, ItemId, Op, PayloadRef, RequestStamp, State, Timestamp, VersionEntry,
+    CollectionName, Head, ItemId, Op, PackSlot, PayloadRef, RequestStamp, State, Timestamp, VersionEntry,
 };
 use crate::engine::query::{Cond, Filter};
 use crate::engine::store::{HeadChange, RefWrite};
@@ -238,13 +238,43 @@ pub(super) fn get_payload_ref(d: &Document) -> Result<Option<PayloadRef>> {
                 Some(Bson::Array(a)) => a.iter().filter_map(|b| b.as_str().map(str::to_owned)).collect(),
                 _ => vec![],
             },
+            pack: match r.get("pack") {
+                None | Some(Bson::Null) => None,
+                Some(Bson::Document(p)) => Some(PackSlot {
+                    key: get_string(p, "key")?,
+                    offset: get_u64(p, "offset")?,
+                    len: get_u64(p, "len")?,
+                }),
+                Some(_) => return Err(Error::Corrupt("field `payloadRef.pack` is not a document".into())),
+            },
         })),
         Some(_) => Err(Error::Corrupt("field `payloadRef` is not a document".into())),
     }
 }
 
 pub(super) fn payload_ref_doc(r: &PayloadRef) -> Document {
-    doc! {"of": &r.of, "ov": r.ov as i64, "writeId": &r.write_id, "functionIds": &r.function_ids}
+    let mut d = doc! {"of": &r.of, "ov": r.ov as i64, "writeId": &r.write_id, "functionIds": &r.function_ids};
+    if let Some(p) = &r.pack {
+        d.insert(
+            "pack",
+            doc! {"key": &p.key, "offset": p.offset as i64, "len": p.len as i64},
+        );
+    }
+    d
+}
+
+/// For a version whose payload was packed (a reference to itself with its slot; see
+/// `engine::pack`), the head's matching update: the head names the slot too, so a cold read of the
+/// head finds the data without the version entry. `None` for every other version.
+pub(super) fn packed_head_update(v: &VersionEntry) -> Option<(Document, Document)> {
+    let r = v
+        .payload_ref
+        .as_ref()
+        .filter(|r| r.of == v.write_id && r.pack.is_some())?;
+    Some((
+        doc! {"_id": v.id.as_str()},
+        doc! {"$set": {"payloadRef": payload_ref_doc(r)}},
+    ))
 }
 
 /// A head as a write leaves it, with every field of [`Head`] (a rebuild loads heads this way):

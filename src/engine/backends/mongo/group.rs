@@ -32,7 +32,7 @@ use bson::{Bson, Document, doc};
 use futures::TryStreamExt;
 use tokio::sync::{Notify, oneshot, watch};
 
-use super::docs::{head_from_doc, head_update, version_doc};
+use super::docs::{head_from_doc, head_update, packed_head_update, version_doc};
 use super::{MongoMetaStore, code, is_transient, map_err};
 use crate::engine::error::{Error, Result};
 use crate::engine::model::{CollectionName, Head, Op, Timestamp, VersionEntry};
@@ -254,12 +254,14 @@ impl MongoMetaStore {
         });
         let mut reverts = Vec::new();
         let mut pending = Vec::new();
+        let together = members.len();
         for (slot, m) in members.into_iter().enumerate() {
             reverts.push((m.revert, m.change.id.clone(), m.change.commit_by));
             pending.push(Held {
                 previous: m.previous.clone(),
                 ov: m.ov,
                 cv: m.cv,
+                together,
                 write: Box::new(GroupMember {
                     previous: m.previous,
                     ov: m.ov,
@@ -480,6 +482,7 @@ async fn settle(
         }
     };
     let mut entries = Vec::new();
+    let mut packed = Vec::new();
     let mut replies = Vec::new();
     let mut undo = Vec::new();
     for (slot, (revert, id, commit_by)) in slots.into_iter().zip(reverts) {
@@ -487,6 +490,9 @@ async fn settle(
             // A member too late for its commit is put back like one that gave up.
             Slot::Commit(v, reply) => match in_time(commit_by) {
                 Ok(()) => {
+                    if let Some((q, u)) = packed_head_update(&v) {
+                        packed.push(doc! {"q": q, "u": u});
+                    }
                     entries.push(version_doc(&v, v.cv));
                     replies.push(reply);
                 }
@@ -519,6 +525,28 @@ async fn settle(
         if let Err(e) = undone {
             let _ = session.abort_transaction().await;
             return answer_all(replies, |_| Err(not_committed(&e)));
+        }
+    }
+    // The packed members' heads name their slots: one command for all of them.
+    if !packed.is_empty() {
+        let reply = store
+            .db
+            .run_command(doc! {"update": format!("{c}_head"), "updates": packed, "ordered": true})
+            .session(&mut session)
+            .await;
+        let failed = match reply {
+            Ok(r) if r.get_array("writeErrors").is_err() => None,
+            Ok(r) => Some(Error::metadata(format!("naming packed payloads in heads: {r}"))),
+            Err(e) => Some(map_err(e)),
+        };
+        if let Some(error) = failed {
+            let _ = session.abort_transaction().await;
+            return answer_all(replies, |_| {
+                Err(CommitError::NotCommitted {
+                    error: Error::metadata(error.to_string()),
+                    retry: true,
+                })
+            });
         }
     }
     if let Err(e) = store.versions_coll(&c).insert_many(entries).session(&mut session).await {

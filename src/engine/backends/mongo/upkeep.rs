@@ -11,7 +11,7 @@ use mongodb::options::ReturnDocument;
 use super::docs::{filter_doc, get_string, get_u64, pruned_id, tally_counts, to_date};
 use super::{MongoMetaStore, commit, is_transient, map_err};
 use crate::engine::error::{Error, Result};
-use crate::engine::model::{CollectionName, ItemId, Op, State};
+use crate::engine::model::{CollectionName, ItemId, Op, PackSlot, State};
 use crate::engine::query::Filter;
 use crate::engine::store::{MetaUpkeep, PrunedVersion, TierBatch, TierQuery};
 
@@ -265,6 +265,34 @@ impl MetaUpkeep for MongoMetaStore {
             bytes_before,
             bytes_after,
         })
+    }
+
+    async fn repoint_payload(
+        &self,
+        c: &CollectionName,
+        id: &ItemId,
+        payload: (u64, &str),
+        to: Option<&PackSlot>,
+    ) -> Result<u64> {
+        let names = doc! {"payloadRef.ov": payload.0 as i64, "payloadRef.writeId": payload.1};
+        let update = match to {
+            Some(p) => {
+                doc! {"$set": {"payloadRef.pack": {"key": &p.key, "offset": p.offset as i64, "len": p.len as i64}}}
+            }
+            None => doc! {"$unset": {"payloadRef.pack": ""}},
+        };
+        // Versions first, then the head: a reader in between finds the same bytes either way.
+        let mut versions = doc! {"itemId": id.as_str()};
+        versions.extend(names.clone());
+        let mut head = doc! {"_id": id.as_str()};
+        head.extend(names);
+        let v = self
+            .versions_coll(c)
+            .update_many(versions, update.clone())
+            .await
+            .map_err(map_err)?;
+        let h = self.heads(c).update_one(head, update).await.map_err(map_err)?;
+        Ok(v.modified_count + h.modified_count)
     }
 
     async fn delete_versions(&self, c: &CollectionName, id: &ItemId, versions: &[PrunedVersion]) -> Result<u64> {

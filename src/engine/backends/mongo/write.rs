@@ -9,7 +9,9 @@ use bson::{Document, doc};
 use mongodb::options::{IndexOptions, ReadConcern, ReturnDocument};
 use mongodb::{ClientSession, Collection, IndexModel};
 
-use super::docs::{create_head, get_string, head_from_doc, head_update, version_doc, version_from_doc};
+use super::docs::{
+    create_head, get_string, head_from_doc, head_update, packed_head_update, version_doc, version_from_doc,
+};
 use super::{
     Attempt, DUPLICATE_KEY, MongoMetaStore, NAMESPACE_NOT_FOUND, code, commit, commit_error, is_transient, map_err,
 };
@@ -65,7 +67,9 @@ impl MongoMetaStore {
             previous: None,
             ov: 0,
             cv,
+            together: 1,
             write: Box::new(MongoPending {
+                heads: self.heads(&change.collection),
                 store_versions: self.versions_coll(&change.collection),
                 session,
                 commit_by: change.commit_by,
@@ -107,7 +111,9 @@ impl MongoMetaStore {
                     previous: Some(previous),
                     ov,
                     cv,
+                    together: 1,
                     write: Box::new(MongoPending {
+                        heads: heads.clone(),
                         store_versions: self.versions_coll(&change.collection),
                         session,
                         commit_by: change.commit_by,
@@ -147,6 +153,7 @@ pub(super) async fn backoff(attempt: u32) {
 }
 
 pub(super) struct MongoPending {
+    heads: Collection<Document>,
     store_versions: Collection<Document>,
     session: ClientSession,
     commit_by: Timestamp,
@@ -155,6 +162,16 @@ pub(super) struct MongoPending {
 #[async_trait]
 impl PendingWrite for MongoPending {
     async fn commit(mut self: Box<Self>, v: VersionEntry) -> Result<(), CommitError> {
+        if let Some((q, u)) = packed_head_update(&v)
+            && let Err(e) = self.heads.update_one(q, u).session(&mut self.session).await
+        {
+            let _ = self.session.abort_transaction().await;
+            let retry = is_transient(&e);
+            return Err(CommitError::NotCommitted {
+                error: map_err(e),
+                retry,
+            });
+        }
         let entry = version_doc(&v, v.cv);
         if let Err(e) = self.store_versions.insert_one(entry).session(&mut self.session).await {
             let _ = self.session.abort_transaction().await;

@@ -9,10 +9,10 @@ use rusqlite::{OptionalExtension, params};
 use super::SqliteMetaStore;
 use super::rows::{from_json, map_sql, read_pruned, to_i64, to_json, to_u64};
 use crate::engine::error::Result;
-use crate::engine::model::{CollectionName, ItemId, Op};
+use crate::engine::model::{CollectionName, ItemId, Op, PackSlot, PayloadRef};
 use crate::engine::query::Filter;
 use crate::engine::store::rules::HEAD_OVERHEAD;
-use crate::engine::store::{MetaUpkeep, PrunedVersion, TierBatch, TierQuery};
+use crate::engine::store::{MetaUpkeep, PrunedVersion, TierBatch, TierQuery, repoint};
 
 #[async_trait]
 impl MetaUpkeep for SqliteMetaStore {
@@ -186,6 +186,52 @@ impl MetaUpkeep for SqliteMetaStore {
                 batch.ids.push(id.parse()?);
             }
             Ok(batch)
+        })
+        .await
+    }
+
+    async fn repoint_payload(
+        &self,
+        c: &CollectionName,
+        id: &ItemId,
+        payload: (u64, &str),
+        to: Option<&PackSlot>,
+    ) -> Result<u64> {
+        let (c, id, write_id, to) = (c.clone(), id.clone(), payload.1.to_owned(), to.cloned());
+        let ov = payload.0;
+        self.with_conn(move |conn| {
+            let tx = conn.transaction().map_err(map_sql)?;
+            let mut changed = 0;
+            for (table, key) in [("versions", "ov"), ("heads", "item_id")] {
+                let rows: Vec<(String, String)> = {
+                    let mut stmt = tx
+                        .prepare_cached(&format!(
+                            "SELECT CAST({key} AS TEXT), payload_ref FROM {table} \
+                             WHERE collection = ?1 AND item_id = ?2 AND payload_ref IS NOT NULL"
+                        ))
+                        .map_err(map_sql)?;
+                    stmt.query_map(params![c.as_str(), id.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .and_then(Iterator::collect)
+                        .map_err(map_sql)?
+                };
+                for (row, text) in rows {
+                    let mut r: PayloadRef = from_json(&text, "payload_ref")?;
+                    if repoint(&mut r, (ov, &write_id), to.as_ref()) != Some(true) {
+                        continue;
+                    }
+                    tx.execute(
+                        &format!(
+                            "UPDATE {table} SET payload_ref = ?4 WHERE collection = ?1 AND item_id = ?2 \
+                             AND CAST({key} AS TEXT) = ?3"
+                        ),
+                        params![c.as_str(), id.as_str(), row, to_json(&r)?],
+                    )
+                    .map_err(map_sql)?;
+                    changed += 1;
+                }
+            }
+            tx.commit().map_err(map_sql)?;
+            Ok(changed)
         })
         .await
     }

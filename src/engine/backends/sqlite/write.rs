@@ -42,10 +42,11 @@ pub(super) fn commit_write(
             to_i64(v.size, "size")?,
             to_json(&v.meta)?,
             previous_ov.map(|o| to_i64(o, "ov")).transpose()?,
+            v.payload_ref.as_ref().map(to_json).transpose()?,
         ))
     })()
     .map_err(not_committed)?;
-    let (ov, cv, function_ids, size, meta, v_ov, v_cv, v_size, v_meta, previous_ov) = head_values;
+    let (ov, cv, function_ids, size, meta, v_ov, v_cv, v_size, v_meta, previous_ov, payload_ref) = head_values;
     let head_params = params![
         c.as_str(),
         head.id.as_str(),
@@ -62,20 +63,21 @@ pub(super) fn commit_write(
         meta,
         head.inline,
         previous_ov,
+        payload_ref,
     ];
     // The head must still be the one the write started from; the item lock guarantees it unless
     // something outside this process changed the database.
     let sql = match previous_ov {
         None => {
             "INSERT INTO heads (collection, item_id, ov, cv, write_id, inserted_at, updated_at, \
-             deleted_at, function_ids, state, size, checksum, meta, inline_data) \
-             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14 WHERE ?15 IS NULL \
+             deleted_at, function_ids, state, size, checksum, meta, inline_data, payload_ref) \
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?16 WHERE ?15 IS NULL \
              ON CONFLICT (collection, item_id) DO NOTHING"
         }
         Some(_) => {
             "UPDATE heads SET ov = ?3, cv = ?4, write_id = ?5, inserted_at = ?6, updated_at = ?7, \
              deleted_at = ?8, function_ids = ?9, state = ?10, size = ?11, checksum = ?12, \
-             meta = ?13, inline_data = ?14 WHERE collection = ?1 AND item_id = ?2 AND ov = ?15"
+             meta = ?13, inline_data = ?14, payload_ref = ?16 WHERE collection = ?1 AND item_id = ?2 AND ov = ?15"
         }
     };
     let changed = tx
@@ -90,8 +92,8 @@ pub(super) fn commit_write(
     }
     tx.prepare_cached(
         "INSERT INTO versions (collection, item_id, ov, cv, op, at, actor, reason, write_id, size, \
-         checksum, meta, deleted, request_id, request_hash) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+         checksum, meta, deleted, request_id, request_hash, payload_ref) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -110,6 +112,7 @@ pub(super) fn commit_write(
             v.deleted,
             v.request.as_ref().map(|r| r.key.as_str()),
             v.request.as_ref().map(|r| r.fingerprint.as_str()),
+            payload_ref,
         ])
     })
     .map_err(|e| match e.sqlite_error_code() {
@@ -330,6 +333,7 @@ impl MetaWrite for SqliteMetaStore {
             previous,
             ov,
             cv,
+            together: 1,
             write,
         })
     }

@@ -255,6 +255,10 @@ async fn apply_status(db: &ChronosDatabase, ctx: &Context, status: &ChronosDatab
 /// with their owner (garbage collection by owner reference).
 async fn cleanup(db: &ChronosDatabase, ctx: &Context) -> Result<Action> {
     let ns = db.namespace().unwrap_or_default();
+    // Nobody follows its collections' feeds any more: their engines go, and maybe their data.
+    ctx.followers
+        .stop_database(db.metadata.uid.as_deref().unwrap_or_default())
+        .await;
     let shared = {
         let lock = ctx.namespace_lock(&ns);
         let _rendering = lock.lock().await;

@@ -1,0 +1,325 @@
+//! Writes made together share one PUT: the packer of a collection writes a payload at once when
+//! nothing else is being written (one PUT, at the version's own key, as ever), and gathers the
+//! payloads that arrive while a PUT is under way into one pack, written as soon as that PUT ends.
+//! A write alone never waits, so it keeps its latency. The members of a group commit (the store
+//! says how many were opened together) are gathered from the first: the pack goes out when all
+//! of them have arrived, or [`GATHER`] after the first did — so a group's payloads become one
+//! object (see docs/design.md "Write packing").
+//!
+//! Every member is told where its payload is only once the pack is stored; a failed pack PUT is
+//! reported to each member, which then writes its own payload alone. A pack's key is unique per
+//! pack written, so nothing ever overwrites one, and no write removes one: a member whose commit
+//! fails leaves its bytes in the pack, and scrub removes a pack none of whose members is
+//! referenced any more.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use super::format::{self, Entry, Footer};
+use crate::engine::error::{Error, Result};
+use crate::engine::model::{CollectionName, ItemId, PackSlot, payload_key};
+use crate::engine::settings::PackWrites;
+use crate::engine::store::PayloadStore;
+
+/// At most this many payloads per pack.
+const MAX_MEMBERS: usize = 64;
+/// A pack is closed once it holds this many bytes (a member larger than this is written alone).
+const MAX_PACK_BYTES: usize = 8 * 1024 * 1024;
+/// How long the first payload of a group waits for the rest of its group.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Where a payload was stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// At the version's own key ([`payload_key`]).
+    Own,
+    /// Inside a pack.
+    Packed(PackSlot),
+}
+
+/// One payload on its way to storage.
+pub struct Payload<'a> {
+    pub collection: &'a CollectionName,
+    pub id: &'a ItemId,
+    pub ov: u64,
+    pub write_id: &'a str,
+    pub body: Bytes,
+    /// How many writes were opened together with this one (see `store::Held::together`).
+    pub together: usize,
+}
+
+/// The packers of one database's collections.
+#[derive(Clone)]
+pub struct Packer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    database: String,
+    /// Whether a payload alone goes into a pack of one (`Always`) or to its own key.
+    alone_in_pack: bool,
+    payloads: Arc<dyn PayloadStore>,
+    lanes: Mutex<HashMap<CollectionName, Arc<LaneCell>>>,
+}
+
+/// A lane, and the signal that a payload joined it (for a group's first payload, gathering).
+#[derive(Default)]
+struct LaneCell {
+    state: Mutex<Lane>,
+    joined: tokio::sync::Notify,
+}
+
+/// One collection's packer: whether a PUT is under way, and who waits for the next one.
+#[derive(Default)]
+struct Lane {
+    busy: bool,
+    waiting: Vec<Waiting>,
+}
+
+struct Waiting {
+    id: ItemId,
+    ov: u64,
+    write_id: String,
+    body: Bytes,
+    done: oneshot::Sender<Outcome>,
+}
+
+/// What the pack writer tells a waiting payload.
+enum Outcome {
+    Packed(PackSlot),
+    /// It was the only one left: stored at its own key.
+    Alone,
+    /// The PUT failed (why): the payload is not stored.
+    Failed(String),
+}
+
+impl Packer {
+    pub fn new(database: &str, payloads: Arc<dyn PayloadStore>, mode: PackWrites) -> Self {
+        Packer {
+            inner: Arc::new(Inner {
+                database: database.to_owned(),
+                alone_in_pack: mode == PackWrites::Always,
+                payloads,
+                lanes: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Store `payload`: alone at its own key, or in the collection's next pack when a PUT is
+    /// under way. Returns once the bytes are stored.
+    pub async fn put(&self, payload: Payload<'_>) -> Result<Placement> {
+        let key = payload_key(payload.collection, payload.id, payload.ov, payload.write_id);
+        if payload.body.len() >= MAX_PACK_BYTES {
+            self.inner.payloads.put(&key, payload.body).await?;
+            return Ok(Placement::Own);
+        }
+        let lane = self.inner.lane(payload.collection);
+        let group = payload.together.clamp(1, MAX_MEMBERS);
+        let (waiting, gather) = {
+            let mut l = lock(&lane.state);
+            if !l.busy && group == 1 {
+                l.busy = true;
+                (None, false)
+            } else {
+                let (done, rx) = oneshot::channel();
+                l.waiting.push(Waiting {
+                    id: payload.id.clone(),
+                    ov: payload.ov,
+                    write_id: payload.write_id.to_owned(),
+                    body: payload.body.clone(),
+                    done,
+                });
+                // The first of a group at an idle lane gathers the rest before packing.
+                let gather = !l.busy;
+                l.busy = true;
+                (Some(rx), gather)
+            }
+        };
+        lane.joined.notify_one();
+        if gather {
+            tokio::spawn(
+                self.inner
+                    .clone()
+                    .gather(payload.collection.clone(), lane.clone(), group),
+            );
+        }
+        match waiting {
+            None => {
+                // Whatever happens to this call (an error, or its caller going away), the payloads
+                // that gathered meanwhile are written when it ends.
+                let _next = HandOver {
+                    inner: self.inner.clone(),
+                    collection: payload.collection.clone(),
+                    lane,
+                };
+                self.inner.store_alone(payload).await
+            }
+            Some(rx) => match rx.await {
+                Ok(Outcome::Packed(slot)) => Ok(Placement::Packed(slot)),
+                Ok(Outcome::Alone) => Ok(Placement::Own),
+                // The pack was not stored: this payload is written alone, like any other.
+                Ok(Outcome::Failed(e)) => {
+                    tracing::debug!(error = %e, "a pack could not be stored; writing its member alone");
+                    self.inner.payloads.put(&key, payload.body).await?;
+                    Ok(Placement::Own)
+                }
+                Err(_) => Err(Error::payload("the pack writer stopped before storing the pack")),
+            },
+        }
+    }
+}
+
+impl Inner {
+    /// A payload written on its own: at its own key, or (`Always`) in a pack of one.
+    async fn store_alone(&self, p: Payload<'_>) -> Result<Placement> {
+        if !self.alone_in_pack {
+            let key = payload_key(p.collection, p.id, p.ov, p.write_id);
+            self.payloads.put(&key, p.body).await?;
+            return Ok(Placement::Own);
+        }
+        let entry = Entry {
+            id: p.id,
+            ov: p.ov,
+            write_id: p.write_id,
+            envelope: &p.body,
+        };
+        let key = format::new_key(p.collection);
+        let (body, footer) = format::encode(&self.database, p.collection, &[entry])?;
+        self.payloads.put(&key, body).await?;
+        let m = footer
+            .members
+            .first()
+            .ok_or_else(|| Error::Corrupt("an empty pack".into()))?;
+        Ok(Placement::Packed(Footer::slot(&key, m)))
+    }
+
+    fn lane(&self, collection: &CollectionName) -> Arc<LaneCell> {
+        let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        lanes.entry(collection.clone()).or_default().clone()
+    }
+
+    /// The next pack of a lane, taken from its waiting payloads; `None` (and the lane idle) when
+    /// nobody waits.
+    fn next_batch(lane: &LaneCell) -> Option<Vec<Waiting>> {
+        let mut l = lock(&lane.state);
+        if l.waiting.is_empty() {
+            l.busy = false;
+            return None;
+        }
+        let mut bytes = 0;
+        let mut take = 0;
+        for w in &l.waiting {
+            if take == MAX_MEMBERS || (take > 0 && bytes + w.body.len() > MAX_PACK_BYTES) {
+                break;
+            }
+            bytes += w.body.len();
+            take += 1;
+        }
+        Some(l.waiting.drain(..take).collect())
+    }
+
+    /// Wait until `group` payloads have joined the lane (or [`GATHER`] has passed), then pack.
+    async fn gather(self: Arc<Self>, collection: CollectionName, lane: Arc<LaneCell>, group: usize) {
+        let deadline = tokio::time::Instant::now() + GATHER;
+        loop {
+            let joined = lane.joined.notified();
+            if lock(&lane.state).waiting.len() >= group {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, joined).await.is_err() {
+                break;
+            }
+        }
+        self.drain(collection, lane).await;
+    }
+
+    /// Write the lane's waiting payloads, pack after pack, until none wait.
+    async fn drain(self: Arc<Self>, collection: CollectionName, lane: Arc<LaneCell>) {
+        while let Some(batch) = Self::next_batch(&lane) {
+            self.write_pack(&collection, batch).await;
+        }
+    }
+
+    async fn write_pack(&self, collection: &CollectionName, batch: Vec<Waiting>) {
+        // A caller that went away needs no bytes stored.
+        let batch: Vec<Waiting> = batch.into_iter().filter(|w| !w.done.is_closed()).collect();
+        if let [one] = &batch[..] {
+            // Alone after all.
+            let alone = Payload {
+                collection,
+                id: &one.id,
+                ov: one.ov,
+                write_id: &one.write_id,
+                body: one.body.clone(),
+                together: 1,
+            };
+            let outcome = match self.store_alone(alone).await {
+                Ok(Placement::Own) => Outcome::Alone,
+                Ok(Placement::Packed(slot)) => Outcome::Packed(slot),
+                Err(e) => Outcome::Failed(e.to_string()),
+            };
+            if let Some(w) = batch.into_iter().next() {
+                let _ = w.done.send(outcome);
+            }
+            return;
+        }
+        if batch.is_empty() {
+            return;
+        }
+        let key = format::new_key(collection);
+        let entries: Vec<Entry<'_>> = batch
+            .iter()
+            .map(|w| Entry {
+                id: &w.id,
+                ov: w.ov,
+                write_id: &w.write_id,
+                envelope: &w.body,
+            })
+            .collect();
+        let stored = match format::encode(&self.database, collection, &entries) {
+            Ok((body, footer)) => self.payloads.put(&key, body).await.map(|()| footer),
+            Err(e) => Err(e),
+        };
+        match stored {
+            Ok(footer) => {
+                for (w, m) in batch.into_iter().zip(&footer.members) {
+                    let _ = w.done.send(Outcome::Packed(Footer::slot(&key, m)));
+                }
+            }
+            Err(e) => {
+                let why = e.to_string();
+                for w in batch {
+                    let _ = w.done.send(Outcome::Failed(why.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Hands a lane's waiting payloads to a task that packs them, when the PUT that made them wait
+/// ends (or its caller goes away).
+struct HandOver {
+    inner: Arc<Inner>,
+    collection: CollectionName,
+    lane: Arc<LaneCell>,
+}
+
+impl Drop for HandOver {
+    fn drop(&mut self) {
+        let (inner, collection, lane) = (self.inner.clone(), self.collection.clone(), self.lane.clone());
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(inner.drain(collection, lane));
+            }
+            // No runtime (the process is ending): nobody is left to wait.
+            Err(_) => lock(&lane.state).busy = false,
+        }
+    }
+}
+
+fn lock(lane: &Mutex<Lane>) -> MutexGuard<'_, Lane> {
+    lane.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,124 @@
+//! Erasure inside packs: an erased item's envelopes are overwritten with spaces where they lie,
+//! so the other members keep their slots and nothing else changes; a pack whose members are all
+//! erased is deleted.
+//!
+//! Two erasures may rewrite one pack at once, each from what it read. So a rewrite never
+//! redacts only its own items: it redacts every member that *any* erasure record of the
+//! collection names, and after writing it reads the records and the pack again, and writes again
+//! until the pack holds every redaction the records ask for. The last write to a pack is then
+//! followed by its writer's check, which sees every record made before it, and an erasure
+//! recorded after that check finds its item unredacted and writes again itself (records are
+//! written before anything is erased; S3 reads its own writes).
+
+use std::collections::HashSet;
+
+use bytes::{Bytes, BytesMut};
+
+use super::format::Member;
+use crate::engine::error::{Error, Result};
+use crate::engine::ledger::erasures;
+use crate::engine::model::{CollectionName, ItemId};
+use crate::engine::versioning::Engine;
+
+/// Rounds of write-and-check before an erasure gives up on a pack (it is finished when run again).
+const ROUNDS: usize = 5;
+
+impl Engine {
+    /// Remove the envelopes of every erased item from the collection's packs; returns how many
+    /// packs were rewritten or deleted.
+    pub(crate) async fn redact_packs(&self, collection: &CollectionName, ids: &[ItemId]) -> Result<u64> {
+        let mine: HashSet<&ItemId> = ids.iter().collect();
+        let mut changed = 0;
+        for key in self.pack_keys(collection).await? {
+            let Some(footer) = self.pack_footer(&key).await? else {
+                continue;
+            };
+            if !footer.members.iter().any(|m| mine.contains(&m.id)) {
+                continue;
+            }
+            changed += u64::from(self.redact_pack(collection, &key).await?);
+        }
+        Ok(changed)
+    }
+
+    /// Bring one pack in line with the erasure records (see the module doc); `true` when it
+    /// was rewritten or deleted.
+    pub(super) async fn redact_pack(&self, collection: &CollectionName, key: &str) -> Result<bool> {
+        let store = self.payload_store();
+        let mut changed = false;
+        for _ in 0..ROUNDS {
+            let erased = self.erased_ids(collection).await?;
+            let Some(body) = store.get(key).await? else {
+                return Ok(changed);
+            };
+            let footer = super::format::decode_footer(&body)?
+                .ok_or_else(|| Error::Corrupt(format!("{key}: the pack's footer is cut short")))?;
+            let doomed: Vec<&Member> = footer.members.iter().filter(|m| erased.contains(&m.id)).collect();
+            if doomed.len() == footer.members.len() {
+                store.delete(key).await?;
+                return Ok(true);
+            }
+            if doomed.iter().all(|m| blank(&body, m)) {
+                return Ok(changed);
+            }
+            store.put(key, blanked(&body, &doomed)).await?;
+            changed = true;
+        }
+        Err(Error::Contended(format!(
+            "{key} (erasures kept rewriting it; run the erasure again)"
+        )))
+    }
+
+    async fn erased_ids(&self, collection: &CollectionName) -> Result<HashSet<ItemId>> {
+        let records = erasures::all(self.payload_store(), self.database(), Some(collection)).await?;
+        Ok(records
+            .into_iter()
+            .flat_map(|e| e.items.into_iter().map(|i| i.id))
+            .collect())
+    }
+}
+
+fn range(body: &Bytes, m: &Member) -> std::ops::Range<usize> {
+    let from = (m.offset as usize).min(body.len());
+    from..(m.offset.saturating_add(m.len) as usize).min(body.len())
+}
+
+/// Whether a member's bytes are already spaces.
+fn blank(body: &Bytes, m: &Member) -> bool {
+    body[range(body, m)].iter().all(|b| *b == b' ')
+}
+
+/// The pack with these members' bytes overwritten by spaces (same length: no slot moves).
+fn blanked(body: &Bytes, members: &[&Member]) -> Bytes {
+    let mut out = BytesMut::from(&body[..]);
+    for m in members {
+        out[range(body, m)].fill(b' ');
+    }
+    out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::pack::format::{Entry, encode};
+
+    #[test]
+    fn blanking_keeps_every_other_slot() {
+        let c: CollectionName = "c".parse().unwrap();
+        let (a, b): (ItemId, ItemId) = ("a".parse().unwrap(), "b".parse().unwrap());
+        let e = |id, env: &'static [u8]| Entry {
+            id,
+            ov: 0,
+            write_id: "w",
+            envelope: env,
+        };
+        let (body, footer) = encode("db", &c, &[e(&a, b"secret-of-a"), e(&b, b"data-of-b")]).unwrap();
+        let out = blanked(&body, &[&footer.members[0]]);
+        assert_eq!(out.len(), body.len());
+        assert!(blank(&out, &footer.members[0]) && !blank(&out, &footer.members[1]));
+        let m = &footer.members[1];
+        assert_eq!(&out[m.offset as usize..(m.offset + m.len) as usize], b"data-of-b");
+        assert!(!out.windows(6).any(|w| w == b"secret"));
+        assert_eq!(super::super::format::decode_footer(&out).unwrap().unwrap(), footer);
+    }
+}

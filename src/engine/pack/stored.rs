@@ -1,0 +1,99 @@
+//! Every payload a collection has in the JSON bucket, wherever it lies: at a version's own key or
+//! inside a pack. What reads the buckets without the index (rebuild, verify) lists them this way.
+
+use std::fmt;
+
+use bytes::Bytes;
+
+use crate::engine::error::Result;
+use crate::engine::model::{CollectionName, ItemId, PackSlot, PayloadLoc, payload_key};
+use crate::engine::versioning::Engine;
+
+/// One stored payload: the version it claims to be, and where its bytes are.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StoredPayload {
+    pub id: ItemId,
+    pub ov: u64,
+    pub write_id: String,
+    /// `None`: at its own key ([`payload_key`]).
+    pub pack: Option<PackSlot>,
+}
+
+impl StoredPayload {
+    pub fn loc(&self) -> PayloadLoc<'_> {
+        PayloadLoc {
+            ov: self.ov,
+            write_id: &self.write_id,
+            pack: self.pack.as_ref(),
+        }
+    }
+
+    /// Whether `loc` (a version's payload, as the index names it) is this payload.
+    pub fn is(&self, loc: PayloadLoc<'_>) -> bool {
+        self.ov == loc.ov && self.write_id == loc.write_id && self.pack.as_ref() == loc.pack
+    }
+}
+
+/// For people and reports: the key, or the pack and byte range.
+pub struct Where<'a>(pub &'a CollectionName, pub &'a StoredPayload);
+
+impl fmt::Display for Where<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (c, p) = (self.0, self.1);
+        match &p.pack {
+            None => f.write_str(&payload_key(c, &p.id, p.ov, &p.write_id)),
+            Some(s) => write!(f, "{}@{}+{} ({c}/{} v{})", s.key, s.offset, s.len, p.id, p.ov),
+        }
+    }
+}
+
+impl Engine {
+    /// Every payload of `collection`: objects at their own keys, then the members of its packs.
+    pub async fn stored_payloads(&self, collection: &CollectionName) -> Result<Vec<StoredPayload>> {
+        let store = self.payload_store();
+        let prefix = format!("{collection}/");
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let keys = store.list(&prefix, after.as_deref(), 1000).await?;
+            let Some(last) = keys.last().cloned() else { break };
+            out.extend(keys.iter().filter_map(|k| own_key(k)));
+            after = Some(last);
+        }
+        for key in self.pack_keys(collection).await? {
+            let Some(footer) = self.pack_footer(&key).await? else {
+                continue;
+            };
+            if footer.database != self.database() || footer.collection != collection.as_str() {
+                continue; // not this collection's, whatever its key says
+            }
+            out.extend(footer.members.iter().map(|m| StoredPayload {
+                id: m.id.clone(),
+                ov: m.ov,
+                write_id: m.write_id.clone(),
+                pack: Some(super::format::Footer::slot(&key, m)),
+            }));
+        }
+        Ok(out)
+    }
+
+    /// The bytes of a stored payload (`None` once gone).
+    pub async fn read_stored(&self, collection: &CollectionName, p: &StoredPayload) -> Result<Option<Bytes>> {
+        self.fetch_payload(collection, &p.id, p.loc()).await
+    }
+}
+
+/// `<collection>/<id>/v<ov>/<write id>.json` → the payload it is.
+fn own_key(key: &str) -> Option<StoredPayload> {
+    let mut parts = key.split('/');
+    let (_, id, v, file) = (parts.next(), parts.next(), parts.next(), parts.next());
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(StoredPayload {
+        id: id?.parse().ok()?,
+        ov: v?.strip_prefix('v')?.parse().ok()?,
+        write_id: file?.strip_suffix(".json")?.to_owned(),
+        pack: None,
+    })
+}

@@ -1,0 +1,456 @@
+//! Write packing on real MongoDB + S3: writes made together share one pack, every version still
+//! reads back exactly its own data (latest, by ov, cold), and an erasure blanks its item's bytes
+//! inside a shared pack without disturbing the other members.
+
+use chronos::engine::settings::PackWrites;
+use chronos::engine::{
+    Attribution, CollectionName, EngineSettings, EraseRequest, EraseTarget, ItemId, ReadOptions, VersionTarget,
+};
+use serde_json::json;
+
+use crate::support;
+
+fn together() -> EngineSettings {
+    EngineSettings {
+        pack_writes: PackWrites::Together,
+        // Cold reads: every read fetches the payload, so every read goes through a slot.
+        inline_max_bytes: 0,
+        ..Default::default()
+    }
+}
+
+/// Every object key of the harness's JSON bucket.
+async fn all_keys(h: &support::Harness) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = h.payloads.list("", after.as_deref(), 1000).await.unwrap();
+        let Some(last) = page.last().cloned() else { break };
+        keys.extend(page);
+        after = Some(last);
+    }
+    keys
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_made_together_share_a_pack_and_read_back_their_own_data() {
+    let h = support::mongo_s3(together()).await;
+    let c: CollectionName = "packed".parse().unwrap();
+    let who = Attribution::default();
+    h.engine
+        .create(&c, None, json!({"warm": 1}).as_object().unwrap().clone(), &who)
+        .await
+        .unwrap();
+    let writes = (0..48).map(|i| {
+        let e = h.engine.clone();
+        let (c, who) = (c.clone(), who.clone());
+        tokio::spawn(async move {
+            let data = json!({"n": i, "secret": format!("secret-{i:03}")})
+                .as_object()
+                .unwrap()
+                .clone();
+            e.create(&c, None, data, &who).await.unwrap()
+        })
+    });
+    let created: Vec<_> = futures::future::join_all(writes)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let stored = h.engine.stored_payloads(&c).await.unwrap();
+    let packed = stored.iter().filter(|p| p.pack.is_some()).count();
+    let packs: std::collections::HashSet<_> = stored.iter().filter_map(|p| p.pack.as_ref().map(|s| &s.key)).collect();
+    assert_eq!(stored.len(), 49, "one payload per write");
+    assert!(
+        packed >= 24 && packs.len() < packed,
+        "{packed} packed into {} packs",
+        packs.len()
+    );
+    for (i, (id, outcome)) in created.iter().enumerate() {
+        let latest = h.engine.get_latest(&c, id, ReadOptions::default()).await.unwrap();
+        let by_ov = h
+            .engine
+            .get_at(&c, id, VersionTarget::Ov(outcome.ov), ReadOptions::default())
+            .await
+            .unwrap();
+        for r in [latest, by_ov] {
+            let n = r.data["n"].as_u64().unwrap() as usize;
+            assert_eq!(r.data["secret"], json!(format!("secret-{n:03}")), "write {i}");
+        }
+    }
+    // An update of a packed item, and a delete (which keeps the packed data), still read right.
+    let (id, _) = &created[0];
+    let before = h.engine.get_latest(&c, id, ReadOptions::default()).await.unwrap();
+    h.engine.delete(&c, id, None, &who).await.unwrap();
+    let deleted = h
+        .engine
+        .get_latest(&c, id, ReadOptions { include_deleted: true })
+        .await
+        .unwrap();
+    assert_eq!(deleted.data, before.data);
+    // The buckets verify, packs included.
+    h.engine.flush_ledger().await.unwrap();
+    let report = h.engine.verify(std::time::Duration::ZERO).await.unwrap();
+    assert!(report.intact(), "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_erasure_blanks_its_item_inside_a_shared_pack() {
+    let settings = EngineSettings {
+        pack_writes: PackWrites::Always,
+        ..together()
+    };
+    let h = support::mongo_s3(settings).await;
+    let c: CollectionName = "packed".parse().unwrap();
+    let who = Attribution::default();
+    let writes = (0..16).map(|i| {
+        let e = h.engine.clone();
+        let (c, who) = (c.clone(), who.clone());
+        tokio::spawn(async move {
+            let data = json!({"n": i, "secret": format!("needle-{i:03}")})
+                .as_object()
+                .unwrap()
+                .clone();
+            e.create(&c, Some(format!("item-{i:03}").parse().unwrap()), data, &who)
+                .await
+                .unwrap()
+        })
+    });
+    futures::future::join_all(writes).await;
+    // Find an item that shares its pack.
+    let stored = h.engine.stored_payloads(&c).await.unwrap();
+    let shared = stored
+        .iter()
+        .find(|p| {
+            let key = &p.pack.as_ref().unwrap().key;
+            stored
+                .iter()
+                .filter(|o| o.pack.as_ref().is_some_and(|s| &s.key == key))
+                .count()
+                > 1
+        })
+        .expect("concurrent writes share a pack")
+        .clone();
+    let pack_key = shared.pack.clone().unwrap().key;
+    let victim = shared.id.clone();
+    let n = victim.as_str().trim_start_matches("item-").to_owned();
+    let request = EraseRequest {
+        target: EraseTarget::Item(victim.clone()),
+        actor: None,
+        reason: "test".into(),
+    };
+    h.engine.erase(&c, &request).await.unwrap();
+    let raw = h
+        .payloads
+        .get(
+            &all_keys(&h)
+                .await
+                .into_iter()
+                .find(|k| k.ends_with(&pack_key))
+                .expect("the pack stays"),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let needle = format!("needle-{n}");
+    assert!(
+        !raw.windows(needle.len()).any(|w| w == needle.as_bytes()),
+        "the erased data is gone from the pack"
+    );
+    // Everyone else in it reads as before.
+    for p in stored.iter().filter(|p| p.id != victim) {
+        let r = h.engine.get_latest(&c, &p.id, ReadOptions::default()).await.unwrap();
+        assert_eq!(
+            r.data["secret"],
+            json!(format!("needle-{}", p.id.as_str().trim_start_matches("item-")))
+        );
+    }
+    assert!(h.engine.get_latest(&c, &victim, ReadOptions::default()).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scrub_deletes_a_pack_once_no_version_names_it() {
+    let settings = EngineSettings {
+        pack_writes: PackWrites::Always,
+        ..together()
+    };
+    let h = support::mongo_s3(settings).await;
+    let c: CollectionName = "packed".parse().unwrap();
+    let who = Attribution::default();
+    let data = |v: &str| json!({"v": v}).as_object().unwrap().clone();
+    let (id, _) = h.engine.create(&c, None, data("first"), &who).await.unwrap();
+    h.engine.update(&c, &id, data("second"), Some(0), &who).await.unwrap();
+    h.engine.update(&c, &id, data("third"), Some(1), &who).await.unwrap();
+    let history = h
+        .engine
+        .history(&c, &id, None, 10, ReadOptions::default())
+        .await
+        .unwrap();
+    let pack_of = |ov: usize| history[ov].payload().pack.cloned().expect("packed").key;
+    let (first_pack, second_pack) = (pack_of(0), pack_of(1));
+    let scrub = |delete| chronos::engine::ScrubOptions {
+        collection: Some(c.clone()),
+        grace: std::time::Duration::ZERO,
+        delete,
+        ..Default::default()
+    };
+    // Every version is named: nothing to collect.
+    let report = h.engine.scrub(&scrub(true)).await.unwrap();
+    assert_eq!((report.packs.packs, report.packs.dead), (3, 0), "{report:?}");
+    // v0 pruned with its payload kept: its manifest entry still names it.
+    let keep = |n, delete_payloads| chronos::engine::PrunePolicy {
+        keep_last: Some(n),
+        delete_payloads,
+        ..Default::default()
+    };
+    h.engine.prune_versions(&c, &keep(2, false), false).await.unwrap();
+    assert_eq!(h.engine.scrub(&scrub(true)).await.unwrap().packs.dead, 0);
+    let old = h
+        .engine
+        .get_at(&c, &id, VersionTarget::Ov(0), ReadOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(old.data, data("first"));
+    // v1 pruned with its payload: nothing names its pack any more.
+    h.engine.prune_versions(&c, &keep(1, true), false).await.unwrap();
+    let report = h.engine.scrub(&scrub(false)).await.unwrap();
+    assert_eq!(
+        (report.packs.dead, report.packs.deleted),
+        (1, 0),
+        "a dry run: {report:?}"
+    );
+    let report = h.engine.scrub(&scrub(true)).await.unwrap();
+    assert_eq!((report.packs.dead, report.packs.deleted), (1, 1), "{report:?}");
+    let keys = all_keys(&h).await;
+    assert!(!keys.iter().any(|k| k.ends_with(&second_pack)), "the dead pack is gone");
+    assert!(keys.iter().any(|k| k.ends_with(&first_pack)), "the kept one stays");
+    let old = h
+        .engine
+        .get_at(&c, &id, VersionTarget::Ov(0), ReadOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(old.data, data("first"));
+    let latest = h.engine.get_latest(&c, &id, ReadOptions::default()).await.unwrap();
+    assert_eq!(latest.data, data("third"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_legal_hold_moves_packed_versions_to_objects_of_their_own() {
+    let settings = EngineSettings {
+        pack_writes: PackWrites::Always,
+        ..together()
+    };
+    let h = support::mongo_s3(settings).await;
+    let c: CollectionName = "packed".parse().unwrap();
+    let who = Attribution::default();
+    let (id, _) = h
+        .engine
+        .create(&c, None, json!({"v": 1}).as_object().unwrap().clone(), &who)
+        .await
+        .unwrap();
+    assert!(
+        h.engine
+            .get_latest(&c, &id, ReadOptions::default())
+            .await
+            .unwrap()
+            .payload()
+            .pack
+            .is_some()
+    );
+    h.engine.set_hold(&c, &id, "litigation", None).await.unwrap();
+    let held = h.engine.get_latest(&c, &id, ReadOptions::default()).await.unwrap();
+    assert!(held.payload().pack.is_none(), "the head names the version's own object");
+    assert_eq!(held.data, *json!({"v": 1}).as_object().unwrap());
+    let entry = &h
+        .engine
+        .history(&c, &id, None, 10, ReadOptions::default())
+        .await
+        .unwrap()[0];
+    assert!(entry.payload().pack.is_none(), "so does the index");
+    let own = entry.payload().key(&c, &id);
+    assert!(all_keys(&h).await.iter().any(|k| k.ends_with(&own)), "and it exists");
+}
+
+/// The packed form of `reads::a_payload_of_another_item_is_never_served`: a version whose slot
+/// names another item's envelope (a mixed-up index), a slot past its pack's end, and a pack that
+/// is gone are each refused, never served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slot_holding_another_items_envelope_is_never_served() {
+    let settings = EngineSettings {
+        pack_writes: PackWrites::Always,
+        ..together()
+    };
+    let h = support::mongo_s3(settings).await;
+    let c: CollectionName = "packed".parse().unwrap();
+    let who = Attribution::default();
+    let (a, _) = h
+        .engine
+        .create(&c, None, json!({"secret": "a"}).as_object().unwrap().clone(), &who)
+        .await
+        .unwrap();
+    let (b, _) = h
+        .engine
+        .create(&c, None, json!({"secret": "b"}).as_object().unwrap().clone(), &who)
+        .await
+        .unwrap();
+    let latest = |id| {
+        let e = h.engine.clone();
+        let c = c.clone();
+        async move { e.get_latest(&c, &id, ReadOptions::default()).await }
+    };
+    let va = h
+        .engine
+        .history(&c, &a, None, 1, ReadOptions::default())
+        .await
+        .unwrap()
+        .remove(0);
+    let vb = h
+        .engine
+        .history(&c, &b, None, 1, ReadOptions::default())
+        .await
+        .unwrap()
+        .remove(0);
+    let (slot_a, slot_b) = (va.payload().pack.cloned().unwrap(), vb.payload().pack.cloned().unwrap());
+    let corrupt = |r: Result<chronos::engine::Record, chronos::engine::Error>| {
+        matches!(r, Err(chronos::engine::Error::Corrupt(_)))
+    };
+    let a_points_at = |slot: chronos::engine::PackSlot| {
+        let (meta, c, a, w) = (h.meta.clone(), c.clone(), a.clone(), va.write_id.clone());
+        async move { meta.repoint_payload(&c, &a, (0, &w), Some(&slot)).await.unwrap() }
+    };
+    // a's version and head now name b's envelope.
+    assert_eq!(a_points_at(slot_b.clone()).await, 2);
+    assert!(corrupt(latest(a.clone()).await), "served another item's data");
+    let by_ov = h
+        .engine
+        .get_at(&c, &a, VersionTarget::Ov(0), ReadOptions::default())
+        .await;
+    assert!(corrupt(by_ov));
+    // A slot reaching past the pack's end.
+    a_points_at(chronos::engine::PackSlot {
+        len: slot_a.len + 4096,
+        ..slot_a.clone()
+    })
+    .await;
+    assert!(corrupt(latest(a.clone()).await));
+    // Back where it was, it reads; with its pack gone, it is damage, not absence.
+    a_points_at(slot_a.clone()).await;
+    assert_eq!(latest(a.clone()).await.unwrap().data["secret"], json!("a"));
+    let pack = all_keys(&h)
+        .await
+        .into_iter()
+        .find(|k| k.ends_with(&slot_a.key))
+        .unwrap();
+    h.payloads.delete(&pack).await.unwrap();
+    assert!(corrupt(latest(a).await));
+    assert_eq!(latest(b).await.unwrap().data["secret"], json!("b"));
+}
+
+/// A presigned URL can't name a byte range: presigning a packed version copies its envelope to
+/// the version's own key first, and the URL serves exactly that envelope.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_packed_version_is_presigned_through_a_copy_of_its_own() {
+    let settings = EngineSettings {
+        pack_writes: PackWrites::Always,
+        ..together()
+    };
+    let h = support::mongo_s3(settings).await;
+    let c: CollectionName = "packed".parse().unwrap();
+    let who = Attribution::default();
+    let data = json!({"secret": "presigned"}).as_object().unwrap().clone();
+    let (id, _) = h.engine.create(&c, None, data.clone(), &who).await.unwrap();
+    let record = h.engine.get_latest(&c, &id, ReadOptions::default()).await.unwrap();
+    assert!(record.payload().pack.is_some());
+    let ttl = std::time::Duration::from_secs(60);
+    let url = h.engine.presign_payload(&c, &record, ttl).await.unwrap();
+    let envelope: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+    assert_eq!(
+        (envelope["chronos"]["id"].as_str(), &envelope["data"]),
+        (Some(id.as_str()), &json!(data))
+    );
+    // Asked again, the copy is reused (one object of its own, not one per request).
+    let again = h.engine.presign_payload(&c, &record, ttl).await.unwrap();
+    assert_eq!(reqwest::get(&again).await.unwrap().status(), 200);
+    let own = record.payload().key(&c, &id);
+    assert_eq!(all_keys(&h).await.iter().filter(|k| k.ends_with(&own)).count(), 1);
+}
+
+/// A pack whose named members hold less than half its bytes is compacted by scrub: the named
+/// envelopes move to a new pack, their versions are repointed, the old pack goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scrub_compacts_a_mostly_dead_pack() {
+    let h = support::mongo_s3(together()).await;
+    let c: CollectionName = "packed".parse().unwrap();
+    let who = Attribution::default();
+    h.engine
+        .create(&c, None, json!({"warm": 1}).as_object().unwrap().clone(), &who)
+        .await
+        .unwrap();
+    let writes = (0..24).map(|i| {
+        let (e, c, who) = (h.engine.clone(), c.clone(), who.clone());
+        tokio::spawn(async move {
+            let data = json!({"n": i}).as_object().unwrap().clone();
+            e.create(&c, Some(format!("item-{i:02}").parse().unwrap()), data, &who)
+                .await
+                .unwrap()
+                .0
+        })
+    });
+    let ids: Vec<ItemId> = futures::future::join_all(writes)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    // The biggest pack, and all but two of its items moved on (their first versions pruned with
+    // their payloads).
+    let stored = h.engine.stored_payloads(&c).await.unwrap();
+    let mut by_pack: std::collections::HashMap<String, Vec<ItemId>> = Default::default();
+    for p in stored.iter().filter(|p| p.pack.is_some()) {
+        by_pack
+            .entry(p.pack.clone().unwrap().key)
+            .or_default()
+            .push(p.id.clone());
+    }
+    let (pack, members) = by_pack.into_iter().max_by_key(|(_, m)| m.len()).unwrap();
+    assert!(members.len() >= 8, "a pack of {}", members.len());
+    let (kept, moved) = members.split_at(2);
+    for id in moved {
+        let data = json!({"moved": id.as_str()}).as_object().unwrap().clone();
+        h.engine.update(&c, id, data, Some(0), &who).await.unwrap();
+    }
+    let with_payloads = chronos::engine::PrunePolicy {
+        keep_last: Some(1),
+        delete_payloads: true,
+        ..Default::default()
+    };
+    h.engine.prune_versions(&c, &with_payloads, false).await.unwrap();
+    let scrub = chronos::engine::ScrubOptions {
+        collection: Some(c.clone()),
+        grace: std::time::Duration::ZERO,
+        delete: true,
+        ..Default::default()
+    };
+    let report = h.engine.scrub(&scrub).await.unwrap();
+    assert!(report.packs.compacted >= 1, "{report:?}");
+    assert!(
+        !all_keys(&h).await.iter().any(|k| k.ends_with(&pack)),
+        "the old pack is gone"
+    );
+    for id in kept {
+        let r = h.engine.get_latest(&c, id, ReadOptions::default()).await.unwrap();
+        assert_eq!(r.data["n"].as_u64(), Some(id.as_str()[5..].parse().unwrap()));
+        assert_ne!(r.payload().pack.unwrap().key, pack, "repointed");
+    }
+    assert_eq!(ids.len(), 24);
+    h.engine.flush_ledger().await.unwrap();
+    let report = h.engine.verify(std::time::Duration::ZERO).await.unwrap();
+    assert!(report.intact(), "{report:?}");
+    // A rebuild from the buckets names where the bytes are now, not where the ledger saw them.
+    let fresh = support::mongo_s3(together()).await;
+    let rebuilt = h.over(fresh.meta.clone());
+    rebuilt.rebuild(&Default::default(), &|_| {}).await.unwrap();
+    for id in kept {
+        let r = rebuilt.get_latest(&c, id, ReadOptions::default()).await.unwrap();
+        assert_eq!(r.data["n"].as_u64(), Some(id.as_str()[5..].parse().unwrap()));
+    }
+}
