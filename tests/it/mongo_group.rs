@@ -67,6 +67,148 @@ async fn concurrent_writes_share_their_round_trips() {
     }
 }
 
+/// An enrichment merges before it holds its item and is written as an update on the ov it read:
+/// alone it costs the read plus an update's 4 commands, and concurrent enrichments of different
+/// items join one group like updates do, instead of 5 commands each on the lone protocol.
+#[tokio::test]
+async fn concurrent_enrichments_share_a_groups_commands() {
+    use chronos::engine::{Enrichment, ItemId};
+    use futures::future::join_all;
+    let h = support::mongo_s3(EngineSettings::default()).await;
+    let c: CollectionName = "grouped-enrich".parse().unwrap();
+    let who = Attribution::default();
+    let ids: Vec<ItemId> = (0..32).map(|i| format!("e-{i}").parse().unwrap()).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let data = json!({"n": i, "tags": ["base"]}).as_object().unwrap().clone();
+        h.engine.create(&c, Some(id.clone()), data, &who).await.unwrap();
+    }
+    let how = Enrichment {
+        function_id: Some("tagger".into()),
+        expected_ov: None,
+    };
+    let patch = |tag: &str| json!({"tags": [tag]}).as_object().unwrap().clone();
+    h.take_commands();
+
+    let lone = h
+        .engine
+        .enrich(&c, &ids[0], &[patch("lone")], &how, &who)
+        .await
+        .unwrap();
+    assert_eq!(lone.ov, 1);
+    let lone_commands = h.take_commands();
+    assert_eq!(
+        lone_commands,
+        ["find", "findAndModify", "findAndModify", "insert", "commitTransaction"],
+        "the head read, then an update's commands: cv, hold, entry, commit"
+    );
+
+    let grouped = [patch("grouped")];
+    let enriched = join_all(ids.iter().map(|id| h.engine.enrich(&c, id, &grouped, &how, &who))).await;
+    let commands = h.take_commands();
+    let count = |name: &str| commands.iter().filter(|c| *c == name).count();
+    println!(
+        "lone enrich: {} commands; 32 concurrent enrichments: {} commands ({} finds, {} commits)",
+        lone_commands.len(),
+        commands.len(),
+        count("find"),
+        count("commitTransaction")
+    );
+    assert!(
+        count("update") >= 1,
+        "the enrichments were held as a group: {commands:?}"
+    );
+    assert!(
+        count("commitTransaction") <= 32 / 2,
+        "groups share their commits: {commands:?}"
+    );
+    assert!(commands.len() <= 2 * 32, "enrichments sent {commands:?}");
+
+    for (i, id) in ids.iter().enumerate() {
+        let expected_ov = if i == 0 { 2 } else { 1 };
+        assert_eq!(enriched[i].as_ref().unwrap().ov, expected_ov, "{id}");
+        let latest = h.engine.get_latest(&c, id, ReadOptions::default()).await.unwrap();
+        let tags = if i == 0 {
+            json!(["base", "lone", "grouped"])
+        } else {
+            json!(["base", "grouped"])
+        };
+        assert_eq!(
+            (latest.data["n"].clone(), latest.data["tags"].clone()),
+            (json!(i), tags),
+            "{id}"
+        );
+        assert_eq!(latest.system.function_ids, ["tagger"], "{id}");
+    }
+}
+
+/// An enrichment merges before it holds its item, so a writer can win the item between the
+/// merge and the write. Here both contenders have read and merged ov 0 and are trying to hold the
+/// item while another enrichment's upload keeps it: when that one commits, the enrichment without
+/// an expected ov merges again into the new version (nothing lost), and the one that expected ov
+/// 0 reports the conflict and writes nothing.
+#[tokio::test]
+async fn an_enrichment_that_loses_its_item_merges_again_into_the_winner() {
+    use chronos::engine::{Enrichment, Error, ItemId};
+    let h = support::mongo_s3(EngineSettings::default()).await;
+    let c: CollectionName = "enrich-race".parse().unwrap();
+    let who = Attribution::default();
+    let id: ItemId = "race".parse().unwrap();
+    let base = json!({"tags": ["base"]}).as_object().unwrap().clone();
+    h.engine.create(&c, Some(id.clone()), base, &who).await.unwrap();
+    let enrich = |tag: &str, expected_ov: Option<u64>| {
+        let (engine, c, id, who) = (h.engine.clone(), c.clone(), id.clone(), who.clone());
+        let patch = json!({"tags": [tag]}).as_object().unwrap().clone();
+        let how = Enrichment {
+            function_id: Some(format!("enricher-{tag}")),
+            expected_ov,
+        };
+        tokio::spawn(async move { engine.enrich(&c, &id, &[patch], &how, &who).await })
+    };
+    h.faults.hold_puts_containing.lock().unwrap().push("/race/".into());
+    let winner = enrich("b", None);
+    h.faults.until_holding(1).await;
+    h.take_commands();
+    let merges_again = enrich("c", None);
+    let expects_0 = enrich("d", Some(0));
+    // Both have read ov 0 and merged once they try to hold the item (the winner still has it).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut trying = std::collections::HashSet::new();
+    while trying.len() < 2 {
+        for (name, body) in h.take_command_bodies() {
+            let on_head = body.get_str("findAndModify").is_ok_and(|coll| coll.ends_with("_head"));
+            let text = format!("{body:?}");
+            for who in ["enricher-c", "enricher-d"] {
+                if name == "findAndModify" && on_head && text.contains(who) {
+                    trying.insert(who);
+                }
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "both contenders try to hold the item: {trying:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    h.faults.hold_puts_containing.lock().unwrap().clear();
+    h.faults.release_one();
+
+    assert_eq!(winner.await.unwrap().unwrap().ov, 1);
+    assert_eq!(merges_again.await.unwrap().unwrap().ov, 2);
+    let conflict = expects_0.await.unwrap();
+    assert!(
+        matches!(conflict, Err(Error::VersionConflict { expected: 0, .. })),
+        "{conflict:?}"
+    );
+    let latest = h.engine.get_latest(&c, &id, ReadOptions::default()).await.unwrap();
+    assert_eq!(latest.ov, 2, "the conflicting enrichment wrote nothing");
+    assert_eq!(
+        latest.data["tags"],
+        json!(["base", "b", "c"]),
+        "the winner's addition is kept"
+    );
+    assert_eq!(latest.system.function_ids, ["enricher-b", "enricher-c"]);
+}
+
 /// In a group, a write whose PUT fails, one whose caller goes away mid-write and one with a
 /// stale ov each end on their own; the others commit.
 #[tokio::test]

@@ -9,7 +9,7 @@ use crate::engine::model::VersionTarget;
 use crate::engine::model::{Attribution, CollectionName, Head, ItemId, Op, VersionEntry, WriteOutcome};
 use crate::engine::store::{HistoryPoint, RefWrite};
 use crate::engine::versioning::Engine;
-use crate::engine::versioning::{NewContent, WriteIntent};
+use crate::engine::versioning::{NewContent, WriteIntent, contention_backoff};
 
 /// How many times an item written concurrently during the restore is re-examined (with a
 /// growing pause: a conflict may be another transaction still holding the item, as in
@@ -31,7 +31,7 @@ impl Engine {
         let mut target = target;
         for attempt in 0..ITEM_ATTEMPTS {
             if attempt > 0 {
-                backoff(attempt).await;
+                contention_backoff(attempt).await;
             }
             if let Some(t) = target.as_ref().filter(|t| copies(&head, t)) {
                 match self.restore_by_copy(collection, &head, &t.entry, who, None).await {
@@ -148,7 +148,7 @@ impl Engine {
         self.prepare(collection).await?;
         for attempt in 0..ITEM_ATTEMPTS {
             if attempt > 0 {
-                backoff(attempt).await;
+                contention_backoff(attempt).await;
             }
             // Looked up on every round: retention may move it from the index into a manifest.
             let target = self
@@ -245,12 +245,4 @@ impl Engine {
         };
         self.write_once(collection, &head.id, who, intent).await
     }
-}
-
-/// Jittered exponential pause, 1 ms … 64 ms: a holder's transaction is short (no payload upload
-/// for a restore, one for a single write).
-pub(super) async fn backoff(attempt: u32) {
-    let cap = 1u64 << attempt.min(6);
-    let jitter = u64::from(uuid::Uuid::new_v4().as_u128() as u32) % cap;
-    tokio::time::sleep(std::time::Duration::from_millis(1 + jitter)).await;
 }

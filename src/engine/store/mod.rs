@@ -218,9 +218,6 @@ pub struct NewData {
 /// abandons the write.
 #[async_trait]
 pub trait PendingWrite: Send {
-    /// Set the data the new head carries, for writes whose data depends on the previous
-    /// version (enrichment): they begin without data and fill it in while holding the item.
-    async fn set_data(&mut self, data: NewData) -> Result<()>;
     /// Make the head change and the version entry durable, atomically. A version whose
     /// idempotency key is already recorded for the collection is refused (`NotCommitted`).
     async fn commit(self: Box<Self>, version: VersionEntry) -> Result<(), CommitError>;

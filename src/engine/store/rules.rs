@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::{HeadChange, ListQuery, RefWrite};
 use crate::engine::error::{Error, Result};
-use crate::engine::model::{Head, ItemId, Op, State, Timestamp, VersionEntry, now};
+use crate::engine::model::{CollectionName, Head, ItemId, Op, State, Timestamp, VersionEntry, now};
 
 /// The head a change produces; shared by the stores that build heads in process.
 pub(crate) fn next_head(change: &HeadChange, previous: Option<&Head>, ov: u64, cv: u64, v: &VersionEntry) -> Head {
@@ -70,8 +70,20 @@ pub(crate) fn ref_head(previous: &Head, w: &RefWrite, cv: u64) -> Head {
 
 /// Check a change against the current head; `Ok(previous)` when it may proceed.
 pub(crate) fn check_precondition(change: &HeadChange, current: Option<&Head>) -> Result<()> {
-    let item = || format!("{}/{}", change.collection, change.id);
-    match (change.op, current) {
+    precondition(&change.collection, &change.id, change.op, change.expected_ov, current)
+}
+
+/// [`check_precondition`] for a write not yet prepared as a [`HeadChange`] (an enrichment looks
+/// before it merges): the same errors the store would give.
+pub(crate) fn precondition(
+    collection: &CollectionName,
+    id: &ItemId,
+    op: Op,
+    expected_ov: Option<u64>,
+    current: Option<&Head>,
+) -> Result<()> {
+    let item = || format!("{collection}/{id}");
+    match (op, current) {
         // An erased item keeps its id: a create is refused like any taken id's.
         (Op::Create, Some(_)) => Err(Error::AlreadyExists(item())),
         (_, Some(h)) if h.erased() => Err(Error::Erased(item())),
@@ -81,7 +93,7 @@ pub(crate) fn check_precondition(change: &HeadChange, current: Option<&Head>) ->
             if h.deleted() && op != Op::Restore {
                 return Err(Error::NotFound(format!("{} (deleted)", item())));
             }
-            match change.expected_ov {
+            match expected_ov {
                 Some(expected) if expected != h.ov => Err(Error::VersionConflict {
                     item: item(),
                     expected,

@@ -2,9 +2,10 @@
 //! of the item (and version) they name. See `docs/design.md` for the write protocol.
 //!
 //! This file holds the [`Engine`], how it is built, and what its parts share; the parts: `write`
-//! (the write protocol), `read` (the reads), `submit` (the front door: a write now, or kept by the
+//! (the write protocol), `enrich` (merged writes), `read` (the reads), `submit` (the front door: a write now, or kept by the
 //! retry queue, and the queue's worker), `stamp` (idempotency keys).
 
+mod enrich;
 mod read;
 pub(crate) mod stamp;
 pub mod submit;
@@ -13,7 +14,7 @@ mod write;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio::sync::OnceCell;
 
 use crate::engine::content::Contents;
@@ -36,22 +37,28 @@ pub struct ReadOptions {
 
 /// What one write does to its item: the operation, its precondition, where its data comes from,
 /// and what it records (the enrichment's function id, the caller's idempotency stamp).
-pub(crate) struct WriteIntent<'a> {
+pub(crate) struct WriteIntent {
     pub op: Op,
     /// Optimistic lock: the write applies only if the head is at this ov. `None` = last writer wins.
     pub expected_ov: Option<u64>,
-    pub content: NewContent<'a>,
+    pub content: NewContent,
     pub function_id: Option<String>,
     pub stamp: Option<RequestStamp>,
 }
 
 /// Where a write's data comes from.
-pub(crate) enum NewContent<'a> {
+pub(crate) enum NewContent {
     Data(NewData),
     /// The previous version's data (a logical delete).
     KeepPrevious,
-    /// The previous version's data with these patches merged in (enrichment).
-    Merge(&'a [Map<String, Value>]),
+}
+
+/// A jittered exponential pause, 1 ms … 64 ms, before a write that lost its item to a concurrent
+/// writer looks again: the winner's hold lasts about one payload upload.
+pub(crate) async fn contention_backoff(attempt: u32) {
+    let cap = 1u64 << attempt.min(6);
+    let jitter = u64::from(uuid::Uuid::new_v4().as_u128() as u32) % cap;
+    tokio::time::sleep(std::time::Duration::from_millis(1 + jitter)).await;
 }
 
 /// What [`Engine::list`] returns.

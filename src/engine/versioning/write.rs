@@ -1,6 +1,7 @@
 //! The write protocol (see `docs/design.md`): hold the item, upload the payload under a key no
 //! other attempt can use, commit, and remove only our own payload — keeping it when the outcome is
-//! unknown. Creates, updates, deletes and enrichments all go through it.
+//! unknown. Creates, updates, deletes, enrichments (`enrich.rs`) and copying restores all go
+//! through it.
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
@@ -11,7 +12,7 @@ use crate::engine::envelope::{self};
 use crate::engine::error::{Error, Result};
 use crate::engine::ledger::{LedgerRecord, PrevLink};
 use crate::engine::model::{
-    Attribution, CollectionName, Content, Enrichment, Head, ItemId, Op, RequestStamp, SYSTEM_KEY, State, SystemFields,
+    Attribution, CollectionName, Content, Head, ItemId, Op, RequestStamp, SYSTEM_KEY, State, SystemFields,
     VersionEntry, WriteOutcome, metadata_name, now, payload_key,
 };
 use crate::engine::pack::packer::{Payload, Placement};
@@ -126,48 +127,6 @@ impl Engine {
         Ok(outcome)
     }
 
-    /// Enrich an item: deep-merge `patches` in order into its latest data (see [`merge`]), as
-    /// one new version. `function_id` is added to `_system.functionIds`. The merge happens while
-    /// the item is held, so concurrent enrichments serialise and none of them is lost.
-    ///
-    /// [`merge`]: crate::engine::merge
-    pub async fn enrich(
-        &self,
-        collection: &CollectionName,
-        id: &ItemId,
-        patches: &[Map<String, Value>],
-        enrichment: &Enrichment,
-        who: &Attribution,
-    ) -> Result<WriteOutcome> {
-        if patches.is_empty() {
-            return Err(Error::validation("patches", "at least one patch is needed"));
-        }
-        if let Some(f) = &enrichment.function_id
-            && (f.is_empty() || f.len() > 256)
-        {
-            return Err(Error::validation("functionId", "must be 1-256 characters"));
-        }
-        let function_id = enrichment.function_id.clone();
-        let body = serde_json::json!({"patches": patches, "functionId": function_id});
-        let stamp = stamp(who, collection, "enrich", Some(id), enrichment.expected_ov, &body)?;
-        let content = NewContent::Merge(patches);
-        let (_, outcome) = self
-            .write(
-                collection,
-                id,
-                who,
-                WriteIntent {
-                    op: Op::Update,
-                    expected_ov: enrichment.expected_ov,
-                    content,
-                    function_id,
-                    stamp,
-                },
-            )
-            .await?;
-        Ok(outcome)
-    }
-
     pub(crate) fn new_data(&self, collection: &CollectionName, mut data: Map<String, Value>) -> Result<NewData> {
         // `_system` is ours: a record read, edited and written back must not smuggle it in.
         data.remove(SYSTEM_KEY);
@@ -213,7 +172,7 @@ impl Engine {
         collection: &CollectionName,
         id: &ItemId,
         who: &Attribution,
-        intent: WriteIntent<'_>,
+        intent: WriteIntent,
     ) -> Result<(ItemId, WriteOutcome)> {
         self.prepare(collection).await?;
         let stamp = intent.stamp.clone();
@@ -229,7 +188,7 @@ impl Engine {
         collection: &CollectionName,
         id: &ItemId,
         who: &Attribution,
-        intent: WriteIntent<'_>,
+        intent: WriteIntent,
     ) -> Result<WriteOutcome> {
         let WriteIntent {
             op,
@@ -243,7 +202,7 @@ impl Engine {
         loop {
             attempt += 1;
             let write_id = uuid::Uuid::now_v7();
-            let mut change = HeadChange {
+            let change = HeadChange {
                 collection: collection.clone(),
                 id: id.clone(),
                 op,
@@ -253,7 +212,7 @@ impl Engine {
                 at: now(),
                 data: match &content {
                     NewContent::Data(d) => Some(d.clone()),
-                    NewContent::KeepPrevious | NewContent::Merge(_) => None,
+                    NewContent::KeepPrevious => None,
                 },
                 function_id: function_id.clone(),
                 request_key: stamp.map(|s| s.key.clone()),
@@ -263,23 +222,8 @@ impl Engine {
                 ov,
                 cv,
                 together,
-                write: mut pending,
+                write: pending,
             } = self.meta.begin_write(change.clone()).await?;
-            if let NewContent::Merge(patches) = &content {
-                // The item is held: merging over its current data can't lose a concurrent write.
-                let merged = match self.merged(collection, previous.as_ref(), patches).await {
-                    Ok(d) => d,
-                    Err(e) => {
-                        pending.abort().await;
-                        return Err(e);
-                    }
-                };
-                if let Err(e) = pending.set_data(merged.clone()).await {
-                    pending.abort().await;
-                    return Err(e);
-                }
-                change.data = Some(merged);
-            }
             let prepared = match self.version_for(&change, previous.as_ref(), ov, cv, who, stamp).await {
                 Ok(p) => p,
                 Err(e) => {
@@ -362,31 +306,6 @@ impl Engine {
         let key = payload_key(collection, &entry.id, entry.ov, &entry.write_id);
         self.payloads.put_with(&key, body, &locked).await?;
         Ok(Placement::Own)
-    }
-
-    async fn merged(
-        &self,
-        collection: &CollectionName,
-        previous: Option<&Head>,
-        patches: &[Map<String, Value>],
-    ) -> Result<NewData> {
-        let previous = previous.ok_or_else(|| Error::Corrupt("an enrichment needs a previous version".into()))?;
-        let data = self.record_of_head(collection, previous.clone()).await?.data;
-        // Merging megabytes is CPU work: off the runtime's threads, so other requests go on.
-        let patches = patches.to_vec();
-        let mut data = tokio::task::spawn_blocking(move || {
-            let mut data = data;
-            for patch in &patches {
-                crate::engine::merge::merge_object(&mut data, patch);
-            }
-            data
-        })
-        .await
-        .map_err(|e| Error::Corrupt(format!("the merge did not finish: {e}")))?;
-        self.contents
-            .offload(self.map(collection), collection, &previous.id, &mut data)
-            .await?;
-        self.new_data(collection, data)
     }
 
     /// Build the version entry, payload and ledger record of a write once the store has told us

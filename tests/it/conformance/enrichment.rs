@@ -107,3 +107,53 @@ pub async fn concurrent_enrichments_lose_nothing(h: &Harness) {
     assert_eq!(seen, expected);
     assert_eq!(r.system.function_ids.len(), 8);
 }
+
+/// An enrichment's merged data is written like an update's: content properties go to the content
+/// store (a reference in the version), and in an encrypted collection nothing is kept in clear —
+/// neither in the head nor in any object.
+pub async fn enrichments_offload_content_and_stay_sealed(h: &Harness) {
+    use chronos::engine::ContentMode;
+    // `settings` makes `things` encrypted per item, with `body` a text content property.
+    let e = &h.engine;
+    let marker = format!("MARKER-{}", uuid::Uuid::now_v7().simple());
+    let (id, _) = e
+        .create(
+            &coll(),
+            None,
+            obj(json!({"kind": "doc", "secret": marker, "body": "first"})),
+            &who(),
+        )
+        .await
+        .unwrap();
+    let body = "enriched text ".repeat(200);
+    let patch = obj(json!({"body": body, "tags": ["x"]}));
+    let out = e
+        .enrich(&coll(), &id, &[patch], &enrichment("summariser"), &who())
+        .await
+        .unwrap();
+    assert_eq!(out.ov, 1);
+    let head = h.meta.head(&coll(), &id).await.unwrap().unwrap();
+    assert!(head.inline.is_none(), "no clear copy inline in the head");
+    assert_eq!(
+        super::shredding::objects_holding(h, &marker).await,
+        Vec::<String>::new(),
+        "no object holds the data in clear"
+    );
+    let mut r = e.get_latest(&coll(), &id, LATEST).await.unwrap();
+    let key = r.data["body"]["$content"]["key"].as_str().unwrap().to_owned();
+    assert!(key.starts_with(&format!("things/{id}/content/")), "{key}");
+    assert_eq!(
+        (r.data["secret"].as_str(), r.data["tags"].clone()),
+        (Some(marker.as_str()), json!(["x"]))
+    );
+    assert_eq!(r.system.function_ids, ["summariser"]);
+    e.resolve_content(&coll(), &mut r, ContentMode::Inline).await.unwrap();
+    assert_eq!(r.data["body"], body.as_str());
+    // An enrichment that leaves the content alone keeps the same reference (content-addressed).
+    e.enrich(&coll(), &id, &[obj(json!({"n": 1}))], &enrichment("counter"), &who())
+        .await
+        .unwrap();
+    let r = e.get_latest(&coll(), &id, LATEST).await.unwrap();
+    assert_eq!(r.data["body"]["$content"]["key"], key.as_str());
+    assert_eq!(r.system.function_ids, ["summariser", "counter"]);
+}

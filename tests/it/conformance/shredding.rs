@@ -9,7 +9,7 @@ use super::fixtures::{LATEST, coll, obj, who};
 use crate::support::Harness;
 
 /// Every object of the payload store whose bytes contain `marker`.
-async fn objects_holding(h: &Harness, marker: &str) -> Vec<String> {
+pub(super) async fn objects_holding(h: &Harness, marker: &str) -> Vec<String> {
     h.engine.flush_ledger().await.unwrap();
     let mut found = Vec::new();
     let mut after: Option<String> = None;

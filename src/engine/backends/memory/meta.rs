@@ -16,7 +16,7 @@ use crate::engine::store::sidecar::SideKind;
 use crate::engine::store::signal::{CommitSignals, CommitWatch};
 use crate::engine::store::{
     CommitError, HeadChange, Held, HistoryPoint, HistoryStart, ListQuery, MetaRead, MetaRestore, MetaUpkeep, MetaWrite,
-    NewData, PendingWrite, PrunedVersion, RefWrite, TierBatch, TierQuery, repoint,
+    PendingWrite, PrunedVersion, RefWrite, TierBatch, TierQuery, repoint,
 };
 
 #[derive(Default, Debug)]
@@ -92,11 +92,6 @@ struct MemoryPending {
 
 #[async_trait]
 impl PendingWrite for MemoryPending {
-    async fn set_data(&mut self, data: NewData) -> Result<()> {
-        self.change.data = Some(data);
-        Ok(())
-    }
-
     async fn commit(self: Box<Self>, version: VersionEntry) -> Result<(), CommitError> {
         crate::engine::store::in_time(self.change.commit_by)?;
         let mut all = self.store.lock();

@@ -36,13 +36,13 @@ use super::docs::{head_from_doc, head_update, packed_head_update, version_doc};
 use super::{MongoMetaStore, code, is_transient, map_err};
 use crate::engine::error::{Error, Result};
 use crate::engine::model::{CollectionName, Head, Op, Timestamp, VersionEntry};
-use crate::engine::store::{CommitError, HeadChange, Held, NewData, PendingWrite, in_time};
+use crate::engine::store::{CommitError, HeadChange, Held, PendingWrite, in_time};
 
 /// At most this many writes share one transaction.
 const MAX_GROUP: usize = 64;
 
-/// Whether a write can join a group: creates, updates and deletes. An enrichment computes its
-/// data while holding its item (`set_data`), so it keeps the lone protocol.
+/// Whether a write can join a group: creates, updates (enrichments among them: they arrive with
+/// their merged data) and deletes.
 pub(super) fn groupable(change: &HeadChange) -> bool {
     match change.op {
         Op::Create | Op::Update => change.data.is_some(),
@@ -412,11 +412,6 @@ impl Drop for GroupMember {
 
 #[async_trait]
 impl PendingWrite for GroupMember {
-    async fn set_data(&mut self, _data: NewData) -> Result<()> {
-        // Enrichments never join a group (see `groupable`).
-        Err(Error::metadata("a grouped write can't change its data"))
-    }
-
     async fn commit(self: Box<Self>, version: VersionEntry) -> Result<(), CommitError> {
         let (tx, rx) = oneshot::channel();
         // The version is handed over whole or not at all: the group either takes it (and will

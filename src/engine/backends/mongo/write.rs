@@ -10,14 +10,14 @@ use mongodb::options::{IndexOptions, ReadConcern, ReturnDocument};
 use mongodb::{ClientSession, Collection, IndexModel};
 
 use super::docs::{
-    create_head, get_string, head_from_doc, head_update, packed_head_update, to_bson_doc, version_doc, version_from_doc,
+    create_head, get_string, head_from_doc, head_update, packed_head_update, version_doc, version_from_doc,
 };
 use super::{
     Attempt, DUPLICATE_KEY, MongoMetaStore, NAMESPACE_NOT_FOUND, code, commit, commit_error, is_transient, map_err,
 };
 use crate::engine::error::{Error, Result};
 use crate::engine::model::{CollectionName, ItemId, Op, RequestKey, Timestamp, VersionEntry};
-use crate::engine::store::{CommitError, HeadChange, Held, MetaRead, MetaWrite, NewData, PendingWrite};
+use crate::engine::store::{CommitError, HeadChange, Held, MetaRead, MetaWrite, PendingWrite};
 
 /// How often a write retries when another transaction holds its item, before giving up.
 pub(super) const CONTENTION_ATTEMPTS: u32 = 40;
@@ -70,7 +70,6 @@ impl MongoMetaStore {
             together: 1,
             write: Box::new(MongoPending {
                 heads: self.heads(&change.collection),
-                id: change.id.clone(),
                 store_versions: self.versions_coll(&change.collection),
                 session,
                 commit_by: change.commit_by,
@@ -101,7 +100,7 @@ impl MongoMetaStore {
             .find_one_and_update(filter, update)
             .return_document(ReturnDocument::Before);
         if change.data.is_some() {
-            // Only writes that build on the previous data (delete, enrich) need it shipped.
+            // Only a write that keeps the previous data (a delete) needs it shipped.
             find = find.projection(doc! {"data": 0});
         }
         match find.session(&mut session).await {
@@ -115,7 +114,6 @@ impl MongoMetaStore {
                     together: 1,
                     write: Box::new(MongoPending {
                         heads: heads.clone(),
-                        id: change.id.clone(),
                         store_versions: self.versions_coll(&change.collection),
                         session,
                         commit_by: change.commit_by,
@@ -156,7 +154,6 @@ pub(super) async fn backoff(attempt: u32) {
 
 pub(super) struct MongoPending {
     heads: Collection<Document>,
-    id: ItemId,
     store_versions: Collection<Document>,
     session: ClientSession,
     commit_by: Timestamp,
@@ -164,27 +161,6 @@ pub(super) struct MongoPending {
 
 #[async_trait]
 impl PendingWrite for MongoPending {
-    async fn set_data(&mut self, data: NewData) -> Result<()> {
-        let mut set = doc! {
-            "size": data.content.size() as i64,
-            "checksum": &data.content.checksum,
-            "meta": to_bson_doc(&data.meta),
-        };
-        let mut update = Document::new();
-        if data.inline {
-            set.insert("data", data.content.json.as_str());
-        } else {
-            update.insert("$unset", doc! {"data": ""});
-        }
-        update.insert("$set", set);
-        self.heads
-            .update_one(doc! {"_id": self.id.as_str()}, update)
-            .session(&mut self.session)
-            .await
-            .map_err(map_err)?;
-        Ok(())
-    }
-
     async fn commit(mut self: Box<Self>, v: VersionEntry) -> Result<(), CommitError> {
         if let Some((q, u)) = packed_head_update(&v)
             && let Err(e) = self.heads.update_one(q, u).session(&mut self.session).await

@@ -12,7 +12,7 @@ use super::{Inner, ItemGuard, SqliteMetaStore, lock_std};
 use crate::engine::error::{Error, Result};
 use crate::engine::model::{CollectionName, Head, ItemId, RequestKey, Timestamp, VersionEntry};
 use crate::engine::store::rules::{check_precondition, next_head, ref_head};
-use crate::engine::store::{CommitError, HeadChange, Held, MetaWrite, NewData, PendingWrite, RefWrite};
+use crate::engine::store::{CommitError, HeadChange, Held, MetaWrite, PendingWrite, RefWrite};
 
 /// Write the new head and its version entry in one transaction.
 pub(super) fn commit_write(
@@ -261,11 +261,6 @@ pub(super) struct SqlitePending {
 
 #[async_trait]
 impl PendingWrite for SqlitePending {
-    async fn set_data(&mut self, data: NewData) -> Result<()> {
-        self.change.data = Some(data);
-        Ok(())
-    }
-
     async fn commit(self: Box<Self>, version: VersionEntry) -> Result<(), CommitError> {
         crate::engine::store::in_time(self.change.commit_by)?;
         let this = *self;
