@@ -23,3 +23,4 @@ if [ "$#" -eq 0 ]; then cargo build --locked --bin chronos; scripts/schemathesis
 if [ "$#" -eq 0 ]; then scripts/validate.sh; fi
 if [ "$#" -eq 0 ]; then cargo bench --locked --profile dev --bench throughput -- --smoke; fi
 if [ "$#" -eq 0 ]; then cargo bench --locked --profile dev --bench history -- --smoke; fi
+if [ "$#" -eq 0 ]; then cargo bench --locked --profile dev --bench shred -- --smoke; fi

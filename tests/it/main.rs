@@ -33,6 +33,5 @@ mod payload_contract;
 mod readme;
 mod routing;
 mod scrub;
-mod shred_cost;
 mod support;
 mod tenants;
