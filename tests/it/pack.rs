@@ -19,6 +19,16 @@ fn together() -> EngineSettings {
     }
 }
 
+/// A harness packing as `mode` says (cold reads), its collection and a writer.
+async fn setup(mode: PackWrites) -> (support::Harness, CollectionName, Attribution) {
+    let settings = EngineSettings {
+        pack_writes: mode,
+        ..together()
+    };
+    let h = support::mongo_s3(settings).await;
+    (h, "packed".parse().unwrap(), Attribution::default())
+}
+
 /// Every object key of the harness's JSON bucket.
 async fn all_keys(h: &support::Harness) -> Vec<String> {
     let mut keys = Vec::new();
@@ -34,9 +44,7 @@ async fn all_keys(h: &support::Harness) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn writes_made_together_share_a_pack_and_read_back_their_own_data() {
-    let h = support::mongo_s3(together()).await;
-    let c: CollectionName = "packed".parse().unwrap();
-    let who = Attribution::default();
+    let (h, c, who) = setup(PackWrites::Together).await;
     h.engine
         .create(&c, None, json!({"warm": 1}).as_object().unwrap().clone(), &who)
         .await
@@ -96,13 +104,7 @@ async fn writes_made_together_share_a_pack_and_read_back_their_own_data() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_erasure_blanks_its_item_inside_a_shared_pack() {
-    let settings = EngineSettings {
-        pack_writes: PackWrites::Always,
-        ..together()
-    };
-    let h = support::mongo_s3(settings).await;
-    let c: CollectionName = "packed".parse().unwrap();
-    let who = Attribution::default();
+    let (h, c, who) = setup(PackWrites::Always).await;
     let writes = (0..16).map(|i| {
         let e = h.engine.clone();
         let (c, who) = (c.clone(), who.clone());
@@ -170,13 +172,7 @@ async fn an_erasure_blanks_its_item_inside_a_shared_pack() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn scrub_deletes_a_pack_once_no_version_names_it() {
-    let settings = EngineSettings {
-        pack_writes: PackWrites::Always,
-        ..together()
-    };
-    let h = support::mongo_s3(settings).await;
-    let c: CollectionName = "packed".parse().unwrap();
-    let who = Attribution::default();
+    let (h, c, who) = setup(PackWrites::Always).await;
     let data = |v: &str| json!({"v": v}).as_object().unwrap().clone();
     let (id, _) = h.engine.create(&c, None, data("first"), &who).await.unwrap();
     h.engine.update(&c, &id, data("second"), Some(0), &who).await.unwrap();
@@ -236,13 +232,7 @@ async fn scrub_deletes_a_pack_once_no_version_names_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_legal_hold_moves_packed_versions_to_objects_of_their_own() {
-    let settings = EngineSettings {
-        pack_writes: PackWrites::Always,
-        ..together()
-    };
-    let h = support::mongo_s3(settings).await;
-    let c: CollectionName = "packed".parse().unwrap();
-    let who = Attribution::default();
+    let (h, c, who) = setup(PackWrites::Always).await;
     let (id, _) = h
         .engine
         .create(&c, None, json!({"v": 1}).as_object().unwrap().clone(), &who)
@@ -276,13 +266,7 @@ async fn a_legal_hold_moves_packed_versions_to_objects_of_their_own() {
 /// is gone are each refused, never served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_slot_holding_another_items_envelope_is_never_served() {
-    let settings = EngineSettings {
-        pack_writes: PackWrites::Always,
-        ..together()
-    };
-    let h = support::mongo_s3(settings).await;
-    let c: CollectionName = "packed".parse().unwrap();
-    let who = Attribution::default();
+    let (h, c, who) = setup(PackWrites::Always).await;
     let (a, _) = h
         .engine
         .create(&c, None, json!({"secret": "a"}).as_object().unwrap().clone(), &who)
@@ -350,13 +334,7 @@ async fn a_slot_holding_another_items_envelope_is_never_served() {
 /// the version's own key first, and the URL serves exactly that envelope.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_packed_version_is_presigned_through_a_copy_of_its_own() {
-    let settings = EngineSettings {
-        pack_writes: PackWrites::Always,
-        ..together()
-    };
-    let h = support::mongo_s3(settings).await;
-    let c: CollectionName = "packed".parse().unwrap();
-    let who = Attribution::default();
+    let (h, c, who) = setup(PackWrites::Always).await;
     let data = json!({"secret": "presigned"}).as_object().unwrap().clone();
     let (id, _) = h.engine.create(&c, None, data.clone(), &who).await.unwrap();
     let record = h.engine.get_latest(&c, &id, ReadOptions::default()).await.unwrap();
@@ -379,9 +357,7 @@ async fn a_packed_version_is_presigned_through_a_copy_of_its_own() {
 /// envelopes move to a new pack, their versions are repointed, the old pack goes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn scrub_compacts_a_mostly_dead_pack() {
-    let h = support::mongo_s3(together()).await;
-    let c: CollectionName = "packed".parse().unwrap();
-    let who = Attribution::default();
+    let (h, c, who) = setup(PackWrites::Together).await;
     h.engine
         .create(&c, None, json!({"warm": 1}).as_object().unwrap().clone(), &who)
         .await
