@@ -29,6 +29,27 @@ async fn setup(mode: PackWrites) -> (support::Harness, CollectionName, Attributi
     (h, "packed".parse().unwrap(), Attribution::default())
 }
 
+/// Create `item-000` … at once (so their payloads can share packs), each `{"n": i, "secret":
+/// "<word>-<i>"}`.
+async fn create_at_once(
+    h: &support::Harness,
+    c: &CollectionName,
+    n: usize,
+    word: &str,
+) -> Vec<(ItemId, chronos::engine::WriteOutcome)> {
+    let writes = (0..n).map(|i| {
+        let (e, c, word) = (h.engine.clone(), c.clone(), word.to_owned());
+        tokio::spawn(async move {
+            let data = json!({"n": i, "secret": format!("{word}-{i:03}")});
+            let id: ItemId = format!("item-{i:03}").parse().unwrap();
+            let data = data.as_object().unwrap().clone();
+            e.create(&c, Some(id), data, &Attribution::default()).await.unwrap()
+        })
+    });
+    let created = futures::future::join_all(writes).await;
+    created.into_iter().map(Result::unwrap).collect()
+}
+
 /// Every object key of the harness's JSON bucket.
 async fn all_keys(h: &support::Harness) -> Vec<String> {
     let mut keys = Vec::new();
@@ -49,22 +70,7 @@ async fn writes_made_together_share_a_pack_and_read_back_their_own_data() {
         .create(&c, None, json!({"warm": 1}).as_object().unwrap().clone(), &who)
         .await
         .unwrap();
-    let writes = (0..48).map(|i| {
-        let e = h.engine.clone();
-        let (c, who) = (c.clone(), who.clone());
-        tokio::spawn(async move {
-            let data = json!({"n": i, "secret": format!("secret-{i:03}")})
-                .as_object()
-                .unwrap()
-                .clone();
-            e.create(&c, None, data, &who).await.unwrap()
-        })
-    });
-    let created: Vec<_> = futures::future::join_all(writes)
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
+    let created = create_at_once(&h, &c, 48, "secret").await;
     let stored = h.engine.stored_payloads(&c).await.unwrap();
     let packed = stored.iter().filter(|p| p.pack.is_some()).count();
     let packs: std::collections::HashSet<_> = stored.iter().filter_map(|p| p.pack.as_ref().map(|s| &s.key)).collect();
@@ -104,21 +110,8 @@ async fn writes_made_together_share_a_pack_and_read_back_their_own_data() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_erasure_blanks_its_item_inside_a_shared_pack() {
-    let (h, c, who) = setup(PackWrites::Always).await;
-    let writes = (0..16).map(|i| {
-        let e = h.engine.clone();
-        let (c, who) = (c.clone(), who.clone());
-        tokio::spawn(async move {
-            let data = json!({"n": i, "secret": format!("needle-{i:03}")})
-                .as_object()
-                .unwrap()
-                .clone();
-            e.create(&c, Some(format!("item-{i:03}").parse().unwrap()), data, &who)
-                .await
-                .unwrap()
-        })
-    });
-    futures::future::join_all(writes).await;
+    let (h, c, _) = setup(PackWrites::Always).await;
+    create_at_once(&h, &c, 16, "needle").await;
     // Find an item that shares its pack.
     let stored = h.engine.stored_payloads(&c).await.unwrap();
     let shared = stored
@@ -362,20 +355,10 @@ async fn scrub_compacts_a_mostly_dead_pack() {
         .create(&c, None, json!({"warm": 1}).as_object().unwrap().clone(), &who)
         .await
         .unwrap();
-    let writes = (0..24).map(|i| {
-        let (e, c, who) = (h.engine.clone(), c.clone(), who.clone());
-        tokio::spawn(async move {
-            let data = json!({"n": i}).as_object().unwrap().clone();
-            e.create(&c, Some(format!("item-{i:02}").parse().unwrap()), data, &who)
-                .await
-                .unwrap()
-                .0
-        })
-    });
-    let ids: Vec<ItemId> = futures::future::join_all(writes)
+    let ids: Vec<ItemId> = create_at_once(&h, &c, 24, "n")
         .await
         .into_iter()
-        .map(Result::unwrap)
+        .map(|(id, _)| id)
         .collect();
     // The biggest pack, and all but two of its items moved on (their first versions pruned with
     // their payloads).

@@ -255,12 +255,14 @@ pub(super) fn get_payload_ref(d: &Document) -> Result<Option<PayloadRef>> {
 pub(super) fn payload_ref_doc(r: &PayloadRef) -> Document {
     let mut d = doc! {"of": &r.of, "ov": r.ov as i64, "writeId": &r.write_id, "functionIds": &r.function_ids};
     if let Some(p) = &r.pack {
-        d.insert(
-            "pack",
-            doc! {"key": &p.key, "offset": p.offset as i64, "len": p.len as i64},
-        );
+        d.insert("pack", pack_doc(p));
     }
     d
+}
+
+/// A pack slot as stored inside `payloadRef`.
+pub(super) fn pack_doc(p: &PackSlot) -> Document {
+    doc! {"key": &p.key, "offset": p.offset as i64, "len": p.len as i64}
 }
 
 /// For a version whose payload was packed (a reference to itself with its slot; see

@@ -8,7 +8,7 @@ use bson::{Document, doc};
 use mongodb::ClientSession;
 use mongodb::options::ReturnDocument;
 
-use super::docs::{filter_doc, get_string, get_u64, pruned_id, tally_counts, to_date};
+use super::docs::{filter_doc, get_string, get_u64, pack_doc, pruned_id, tally_counts, to_date};
 use super::{MongoMetaStore, commit, is_transient, map_err};
 use crate::engine::error::{Error, Result};
 use crate::engine::model::{CollectionName, ItemId, Op, PackSlot, State};
@@ -276,9 +276,7 @@ impl MetaUpkeep for MongoMetaStore {
     ) -> Result<u64> {
         let names = doc! {"payloadRef.ov": payload.0 as i64, "payloadRef.writeId": payload.1};
         let update = match to {
-            Some(p) => {
-                doc! {"$set": {"payloadRef.pack": {"key": &p.key, "offset": p.offset as i64, "len": p.len as i64}}}
-            }
+            Some(p) => doc! {"$set": {"payloadRef.pack": pack_doc(p)}},
             None => doc! {"$unset": {"payloadRef.pack": ""}},
         };
         // Versions first, then the head: a reader in between finds the same bytes either way.
