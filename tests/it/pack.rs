@@ -413,3 +413,59 @@ async fn scrub_compacts_a_mostly_dead_pack() {
         assert_eq!(r.data["n"].as_u64(), Some(id.as_str()[5..].parse().unwrap()));
     }
 }
+
+/// The packed form of `history::verify_reports_exactly_what_changed_in_the_buckets`: bytes changed
+/// inside a pack are reported as altered (and only that member), a pack that is gone as missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn verify_reports_what_changed_inside_packs() {
+    let (h, c, _) = setup(PackWrites::Always).await;
+    let created = create_at_once(&h, &c, 6, "verify").await;
+    // Written alone afterwards: a pack of its own.
+    let data = json!({"n": 99}).as_object().unwrap().clone();
+    let gone: ItemId = "lone".parse().unwrap();
+    h.engine
+        .create(&c, Some(gone.clone()), data, &Attribution::default())
+        .await
+        .unwrap();
+    h.engine.flush_ledger().await.unwrap();
+    let report = h.engine.verify(std::time::Duration::ZERO).await.unwrap();
+    assert!(report.intact(), "{report:?}");
+    let slot_of = |id: &ItemId| {
+        let (e, c, id) = (h.engine.clone(), c.clone(), id.clone());
+        async move {
+            let r = e.get_latest(&c, &id, ReadOptions::default()).await.unwrap();
+            r.payload().pack.cloned().unwrap()
+        }
+    };
+    let full_key = |pack: String| {
+        let h = &h;
+        async move { all_keys(h).await.into_iter().find(|k| k.ends_with(&pack)).unwrap() }
+    };
+    // One member's data changed in place (same length: no other slot moves).
+    let altered = &created[0].0;
+    let slot = slot_of(altered).await;
+    let key = full_key(slot.key.clone()).await;
+    let body = h.payloads.get(&key).await.unwrap().unwrap();
+    let member = &body[slot.offset as usize..(slot.offset + slot.len) as usize];
+    let at = member.windows(10).position(|w| w == b"verify-000").unwrap() + slot.offset as usize;
+    let mut tampered = body.to_vec();
+    tampered[at..at + 10].copy_from_slice(b"verify-999");
+    h.payloads.put(&key, tampered.into()).await.unwrap();
+    // Another member's pack deleted.
+    let gone_pack = full_key(slot_of(&gone).await.key).await;
+    h.payloads.delete(&gone_pack).await.unwrap();
+
+    let report = h.engine.verify(std::time::Duration::ZERO).await.unwrap();
+    let names = |f: &[chronos::engine::rebuild::verify::Finding]| f.iter().map(|f| f.key.clone()).collect::<Vec<_>>();
+    let (altered_keys, missing_keys) = (names(&report.altered), names(&report.missing));
+    assert_eq!(altered_keys.len(), 1, "{report:?}");
+    assert!(
+        altered_keys[0].contains(&format!("{c}/{altered} v0")),
+        "{altered_keys:?}"
+    );
+    assert!(
+        missing_keys.iter().any(|k| k.contains(&format!("{c}/{gone} v0"))),
+        "{missing_keys:?}"
+    );
+    assert!(report.orphaned.is_empty() && report.dangling.is_empty(), "{report:?}");
+}
