@@ -2,9 +2,10 @@
 //! write alone in a pack of one), so reads, restores, retention, holds, erasure, the ledger and
 //! rebuild all meet packed versions — on the in-memory fakes and on real MongoDB + S3.
 //!
-//! Left out here: the eight checks that reach for a version's own object by its key (to swap,
-//! delete or count it); a packed version has none. Packs have their own checks in `pack.rs`
-//! (e.g. `a_slot_holding_another_items_envelope_is_never_served` for the swapped object).
+//! Left out here: five checks that reach for a version's own object by its key (to swap or
+//! delete it, or to see retention delete it); a packed version has none. Their packed forms are
+//! in `pack.rs` (a slot naming another item's envelope, bytes changed inside a pack, a pack
+//! collected once nothing names it).
 
 use chronos::engine::EngineSettings;
 use chronos::engine::settings::PackWrites;
@@ -22,17 +23,18 @@ macro_rules! packed_suite {
                 create_and_read_latest, create_with_taken_id_fails, update_bumps_ov_and_cv,
                 stale_expected_ov_conflicts, writes_to_missing_items_fail, delete_is_logical_and_hidden,
                 system_fields_cannot_be_injected, oversized_payloads_are_refused,
-                racing_creates_of_one_id_have_one_winner,
+                racing_creates_of_one_id_have_one_winner, racing_writers_lose_cleanly,
                 cv_orders_all_writes_of_a_collection, a_write_too_late_for_the_orphan_grace_is_not_committed);
             crate::conformance_suite!(@subject reads;
-                version_reads_never_cross_items, as_of_reads_follow_time, history_is_ordered_and_paged);
+                version_reads_never_cross_items, as_of_reads_follow_time, history_is_ordered_and_paged,
+                cold_payloads_are_read_from_the_payload_store);
             crate::conformance_suite!(@subject listing;
                 list_filters_pages_and_travels_in_time, collection_maps_index_and_require);
             crate::conformance_suite!(@subject enrichment;
                 enrichment_merges_and_records_provenance, concurrent_enrichments_lose_nothing);
             crate::conformance_suite!(@subject restore;
                 restore_object_appends_the_old_version, restore_collection_plans_then_restores,
-                restore_by_reference_copies_no_payload,
+                restore_by_reference_copies_no_payload, writes_after_a_restore_by_reference_work,
                 restore_during_concurrent_writes_overwrites_nothing);
             crate::conformance_suite!(@subject retention;
                 retention_prunes_the_index_but_old_versions_stay_readable, restore_after_retention_brings_back_pruned_versions);

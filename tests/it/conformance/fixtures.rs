@@ -41,6 +41,13 @@ pub fn enrichment(function_id: &str) -> Enrichment {
     }
 }
 
+/// Every stored payload of an item, at its own key or in a pack (`Engine::stored_payloads`): what
+/// checks that count payloads count, so they hold with write packing on too.
+pub async fn stored_payloads(h: &Harness, id: &ItemId) -> Vec<chronos::engine::pack::stored::StoredPayload> {
+    let all = h.engine.stored_payloads(&coll()).await.unwrap();
+    all.into_iter().filter(|p| &p.id == id).collect()
+}
+
 /// Every payload object key of an item.
 pub async fn payload_keys(h: &Harness, id: &ItemId) -> Vec<String> {
     h.payloads.list(&format!("things/{id}/v"), None, 1000).await.unwrap()

@@ -360,7 +360,7 @@ pub async fn writes_after_a_restore_by_reference_work(h: &Harness) {
     assert_eq!(ops, [Create, Update, Restore, Update, Restore, Delete, Restore, Update]);
     // Every single write made its payload object; the restores none.
     assert_eq!(
-        payload_keys(h, &id).await.len(),
+        super::fixtures::stored_payloads(h, &id).await.len(),
         5,
         "create, update, enrich, delete, update"
     );
