@@ -88,6 +88,11 @@ fn redact(message: &str, uri: &str) -> String {
 /// its backends answer. Its objects are kept under `<key>/` in each bucket
 /// ([`Engine::for_database`]), so databases may share buckets.
 pub async fn open(key: &str, storage: &Storage, settings: EngineSettings, conns: &Connections) -> Result<Arc<Engine>> {
+    let on_s3 = matches!(storage, Storage::Remote(_));
+    let settings = EngineSettings {
+        pack_writes: settings.pack_writes.resolve(on_s3),
+        ..settings
+    };
     match storage {
         Storage::Embedded { dir } => Ok(Arc::new(embedded(dir, key, settings)?)),
         Storage::Remote(RemoteStorage {

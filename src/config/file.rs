@@ -301,9 +301,10 @@ pub struct EngineConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub encryption_key: Option<Secret>,
     /// Store payloads in pack objects: `together` (the payloads of writes made at the same time
-    /// share one PUT; a write alone keeps its own key), `always` or `off` (docs/design.md,
-    /// "Write packing").
-    #[serde(default)]
+    /// share one PUT; a write alone keeps its own key), `always`, `off`, or `auto` (the default:
+    /// `together` on S3, `off` embedded). See docs/design.md, "Write packing".
+    #[serde(default = "EngineConfig::default_pack_writes")]
+    #[serde(skip_serializing_if = "EngineConfig::packs_by_default")]
     pub pack_writes: crate::engine::settings::PackWrites,
 }
 
@@ -359,6 +360,12 @@ impl Default for RetryQueueConfig {
 }
 
 impl EngineConfig {
+    fn default_pack_writes() -> crate::engine::settings::PackWrites {
+        crate::engine::settings::PackWrites::Auto
+    }
+    fn packs_by_default(mode: &crate::engine::settings::PackWrites) -> bool {
+        *mode == Self::default_pack_writes()
+    }
     fn default_orphan_grace_secs() -> u64 {
         EngineSettings::default().orphan_grace.as_secs()
     }
@@ -396,7 +403,7 @@ impl Default for EngineConfig {
             retry_queue: RetryQueueConfig::default(),
             orphan_grace_secs: Self::default_orphan_grace_secs(),
             encryption_key: None,
-            pack_writes: Default::default(),
+            pack_writes: Self::default_pack_writes(),
         }
     }
 }

@@ -121,6 +121,31 @@ engine:
         );
     }
 
+    /// `packWrites` is `auto` unless set, and takes what people write in YAML — an unquoted
+    /// `off` included, which YAML reads as `false`; anything else is refused with the choices.
+    #[test]
+    fn pack_writes_reads_as_written() {
+        use crate::engine::settings::PackWrites;
+        let mode = |yaml: &str| Config::parse(yaml).map(|c| c.engine_settings().pack_writes);
+        assert_eq!(Config::default().engine_settings().pack_writes, PackWrites::Auto);
+        for (written, meant) in [
+            ("off", PackWrites::Off),
+            ("\"off\"", PackWrites::Off),
+            ("false", PackWrites::Off),
+            ("auto", PackWrites::Auto),
+            ("together", PackWrites::Together),
+            ("always", PackWrites::Always),
+        ] {
+            assert_eq!(
+                mode(&format!("engine:\n  packWrites: {written}\n")).unwrap(),
+                meant,
+                "{written}"
+            );
+        }
+        let err = mode("engine:\n  packWrites: sometimes\n").unwrap_err().to_string();
+        assert!(err.contains("expected off, auto, together or always"), "{err}");
+    }
+
     /// The engines' commit deadline and scrub's orphan age come from one setting (review M4).
     #[test]
     fn the_orphan_grace_is_read_and_checked() {

@@ -12,6 +12,44 @@ use super::model::{Op, Timestamp, metadata_name};
 use super::query::Filter;
 pub use super::store::LockMode;
 
+/// `packWrites` as written: a name, or a YAML boolean — YAML 1.1 reads an unquoted `off` as
+/// `false`, and refusing what the documentation tells people to write would be a trap.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PackWritesInput {
+    Flag(bool),
+    Name(String),
+}
+
+impl TryFrom<PackWritesInput> for PackWrites {
+    type Error = String;
+
+    fn try_from(input: PackWritesInput) -> Result<Self, String> {
+        match input {
+            PackWritesInput::Flag(false) => Ok(PackWrites::Off),
+            PackWritesInput::Flag(true) => Ok(PackWrites::Together),
+            PackWritesInput::Name(name) => match name.as_str() {
+                "off" => Ok(PackWrites::Off),
+                "auto" => Ok(PackWrites::Auto),
+                "together" => Ok(PackWrites::Together),
+                "always" => Ok(PackWrites::Always),
+                other => Err(format!("`{other}`: expected off, auto, together or always")),
+            },
+        }
+    }
+}
+
+impl PackWrites {
+    /// `Auto` decided for a store: `together` when its payloads go to S3.
+    pub fn resolve(self, on_s3: bool) -> PackWrites {
+        match self {
+            PackWrites::Auto if on_s3 => PackWrites::Together,
+            PackWrites::Auto => PackWrites::Off,
+            other => other,
+        }
+    }
+}
+
 /// Tunables of the versioning core.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineSettings {
@@ -45,12 +83,16 @@ pub struct EngineSettings {
 }
 
 /// When payloads go into packs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", try_from = "PackWritesInput")]
 pub enum PackWrites {
     /// Every payload at its version's own key.
     #[default]
     Off,
+    /// `together` on S3 (where a PUT is what writes cost), `off` on the embedded store (a file
+    /// write costs little, and one per payload keeps it simple): the configuration file's default,
+    /// decided where the database's storage is known (`connect::open`).
+    Auto,
     /// Payloads of writes made together share one pack (one PUT for the lot); a write made alone
     /// is stored at its own key.
     Together,

@@ -11,8 +11,8 @@
 //! engine every 5 s, plus scrub; (c) the S3 server unreachable for 30 s (a fault proxy between
 //! engines and S3); (d) a private mongod killed and restarted; (e) bad input on every route;
 //! (f) tenant isolation; (g) `kill -9` of `chronos erase` midway, finished by a restarted engine.
-//! `--pack-writes together|always` runs the engines with write packing (scripts/test.sh runs the
-//! short forms once more that way).
+//! `--pack-writes off|together|always` sets the engines' `engine.packWrites` (default `auto`:
+//! packing on S3); scripts/test.sh runs the short forms once more with `off`.
 //! Needs the services of `scripts/services.sh start` (the `CHRONOS_TEST_*` variables); fails
 //! loudly without them. Options: `--writers N`, `--items N`,
 //! `--report FILE` (append the result tables as Markdown), `--keep-logs`.
@@ -42,7 +42,7 @@ pub struct Args {
     pub command: String,
 }
 
-/// `--pack-writes MODE`: the engines' `engine.packWrites` (default off), for every scenario's
+/// `--pack-writes MODE`: the engines' `engine.packWrites` (default `auto`), for every scenario's
 /// configuration file. Process-wide because every scenario writes its configuration the same way.
 pub static PACK_WRITES: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 

@@ -292,7 +292,8 @@ impl Engine {
         together: usize,
     ) -> Result<Placement> {
         let locked = self.put_options(collection, &entry.id, entry.at).await?;
-        if self.settings.pack_writes != PackWrites::Off && locked.is_plain() {
+        let packing = matches!(self.settings.pack_writes, PackWrites::Together | PackWrites::Always);
+        if packing && locked.is_plain() {
             let payload = Payload {
                 collection,
                 id: &entry.id,
