@@ -65,6 +65,19 @@ async fn tick(r: &ChronosRetention, ctx: &Context) -> Result<Action> {
     let created = r.metadata.creation_timestamp.as_ref().map(|t| t.0);
     let mut ran = None;
     if schedule.is_due(last, created, jiff::Timestamp::now()) {
+        // A run over a database still being set up would fail on its missing buckets and wait
+        // for the next scheduled time: it waits for the database instead.
+        let pending = databases_being_set_up(r, ctx).await?;
+        if !pending.is_empty() {
+            let waiting = Observed::failed(
+                SCHEDULED,
+                "WaitingForDatabase",
+                format!("due, waiting for its buckets: {}", pending.join(", ")),
+            );
+            status.conditions = conditions::merge(&status.conditions, &[waiting], generation, conditions::now());
+            write(ctx, r, &status).await?;
+            return Ok(Action::requeue(std::time::Duration::from_secs(5)));
+        }
         let last = run(r, ctx).await?;
         ran = Some(run_notice(&last));
         status.last_run = Some(last);
@@ -86,6 +99,51 @@ async fn tick(r: &ChronosRetention, ctx: &Context) -> Result<Action> {
     })
 }
 
+/// The databases the selector's labels pick in its namespaces, and a failure line for each listed
+/// namespace the operator does not watch.
+async fn labelled_databases(r: &ChronosRetention, ctx: &Context) -> Result<(Vec<ChronosDatabase>, Vec<String>)> {
+    let sel = &r.spec.selector;
+    let labels = sel
+        .database_labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let lp = ListParams::default().labels(&labels);
+    // Only the listed namespaces (the spec's problems refuse an empty list): never all.
+    let (mut databases, mut unwatched) = (Vec::new(), Vec::new());
+    for ns in &sel.namespaces {
+        // Outside the watched namespaces the operator has no rights (a Role per namespace).
+        if !ctx.watches(ns) {
+            unwatched.push(format!(
+                "namespace {ns} is not watched by the operator (its --namespace list; chart value watchNamespaces)"
+            ));
+            continue;
+        }
+        databases.extend(
+            Api::<ChronosDatabase>::namespaced(ctx.client.clone(), ns)
+                .list(&lp)
+                .await?
+                .items,
+        );
+    }
+    Ok((databases, unwatched))
+}
+
+/// The selected databases whose buckets the operator has not made yet (a retention applied
+/// together with its database is due at once, before the database is set up).
+async fn databases_being_set_up(r: &ChronosRetention, ctx: &Context) -> Result<Vec<String>> {
+    let (databases, _) = labelled_databases(r, ctx).await?;
+    Ok(databases
+        .iter()
+        .filter(|db| {
+            let conditions = db.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+            !conditions::is_true(conditions, crate::operator::crd::database::BUCKETS_READY)
+        })
+        .map(|db| format!("{}/{}", db.namespace().unwrap_or_default(), db.name_any()))
+        .collect())
+}
+
 /// One run over every selected collection. A collection that fails is listed and the others
 /// still run.
 async fn run(r: &ChronosRetention, ctx: &Context) -> Result<LastRun> {
@@ -101,30 +159,8 @@ async fn run(r: &ChronosRetention, ctx: &Context) -> Result<LastRun> {
         duration_seconds: 0.0,
     };
     let sel = &r.spec.selector;
-    let labels = sel
-        .database_labels
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let lp = ListParams::default().labels(&labels);
-    // Only the listed namespaces (the spec's problems refuse an empty list): never all.
-    let mut databases = Vec::new();
-    for ns in &sel.namespaces {
-        // Outside the watched namespaces the operator has no rights (a Role per namespace).
-        if !ctx.watches(ns) {
-            last.failures.push(format!(
-                "namespace {ns} is not watched by the operator (its --namespace list; chart value watchNamespaces)"
-            ));
-            continue;
-        }
-        databases.extend(
-            Api::<ChronosDatabase>::namespaced(ctx.client.clone(), ns)
-                .list(&lp)
-                .await?
-                .items,
-        );
-    }
+    let (databases, unwatched) = labelled_databases(r, ctx).await?;
+    last.failures.extend(unwatched);
     for db in &databases {
         let ns = db.namespace().unwrap_or_default();
         let collections = Api::<ChronosCollection>::namespaced(ctx.client.clone(), &ns)
