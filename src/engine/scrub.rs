@@ -108,19 +108,13 @@ struct PayloadKey {
 
 /// `<collection>/<id>/v<ov>/<writeId>.json`, with a UUIDv7 write id; `None` for anything else.
 fn parse_key(key: &str) -> Option<PayloadKey> {
-    let mut parts = key.split('/');
-    let (c, id, v, file) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() {
-        return None;
-    }
-    let ov: u64 = v.strip_prefix('v')?.parse().ok()?;
-    let write_id = file.strip_suffix(".json")?;
-    let began_ms = began_ms(&uuid::Uuid::try_parse(write_id).ok()?)?;
+    let p = super::pack::stored::own_key(key)?;
+    let began_ms = began_ms(&uuid::Uuid::try_parse(&p.write_id).ok()?)?;
     Some(PayloadKey {
-        collection: c.parse().ok()?,
-        id: id.parse().ok()?,
-        ov,
-        write_id: write_id.to_owned(),
+        collection: key.split('/').next()?.parse().ok()?,
+        id: p.id,
+        ov: p.ov,
+        write_id: p.write_id,
         began_ms,
     })
 }

@@ -122,14 +122,7 @@ fn tombstone_head(head: &Head, ov: u64, cv: u64, at: crate::engine::model::Times
 
 /// Delete every object under `prefix`; returns how many.
 async fn delete_under(store: &dyn PayloadStore, prefix: &str) -> Result<u64> {
-    let mut keys = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = store.list(prefix, after.as_deref(), 1000).await?;
-        let Some(last) = page.last().cloned() else { break };
-        keys.extend(page);
-        after = Some(last);
-    }
+    let keys = crate::engine::store::keys_under(store, prefix).await?;
     for k in &keys {
         store.delete(k).await?;
     }

@@ -14,7 +14,7 @@ use bytes::Bytes;
 
 use crate::engine::error::{Error, Result};
 use crate::engine::model::{CollectionName, ItemId, PackSlot, PayloadLoc, PayloadRef, VersionEntry};
-use crate::engine::store::ByteRange;
+use crate::engine::store::{ByteRange, keys_under};
 use crate::engine::versioning::Engine;
 use format::Footer;
 
@@ -85,16 +85,8 @@ impl Engine {
 
     /// The keys of a collection's packs.
     pub(crate) async fn pack_keys(&self, collection: &CollectionName) -> Result<Vec<String>> {
-        let store = self.payload_store();
-        let prefix = format::collection_prefix(collection);
-        let mut keys = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = store.list(&prefix, after.as_deref(), 1000).await?;
-            let Some(last) = page.last().cloned() else { break };
-            keys.extend(page.into_iter().filter(|k| k.ends_with(".pack")));
-            after = Some(last);
-        }
+        let mut keys = keys_under(self.payload_store(), &format::collection_prefix(collection)).await?;
+        keys.retain(|k| k.ends_with(".pack"));
         Ok(keys)
     }
 }

@@ -7,6 +7,7 @@ use bytes::Bytes;
 
 use crate::engine::error::Result;
 use crate::engine::model::{CollectionName, ItemId, PackSlot, PayloadLoc, payload_key};
+use crate::engine::store::keys_under;
 use crate::engine::versioning::Engine;
 
 /// One stored payload: the version it claims to be, and where its bytes are.
@@ -27,11 +28,6 @@ impl StoredPayload {
             pack: self.pack.as_ref(),
         }
     }
-
-    /// Whether `loc` (a version's payload, as the index names it) is this payload.
-    pub fn is(&self, loc: PayloadLoc<'_>) -> bool {
-        self.ov == loc.ov && self.write_id == loc.write_id && self.pack.as_ref() == loc.pack
-    }
 }
 
 /// For people and reports: the key, or the pack and byte range.
@@ -50,16 +46,8 @@ impl fmt::Display for Where<'_> {
 impl Engine {
     /// Every payload of `collection`: objects at their own keys, then the members of its packs.
     pub async fn stored_payloads(&self, collection: &CollectionName) -> Result<Vec<StoredPayload>> {
-        let store = self.payload_store();
-        let prefix = format!("{collection}/");
-        let mut out = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let keys = store.list(&prefix, after.as_deref(), 1000).await?;
-            let Some(last) = keys.last().cloned() else { break };
-            out.extend(keys.iter().filter_map(|k| own_key(k)));
-            after = Some(last);
-        }
+        let own = keys_under(self.payload_store(), &format!("{collection}/")).await?;
+        let mut out: Vec<StoredPayload> = own.iter().filter_map(|k| own_key(k)).collect();
         for key in self.pack_keys(collection).await? {
             let Some(footer) = self.pack_footer(&key).await? else {
                 continue;
@@ -83,8 +71,9 @@ impl Engine {
     }
 }
 
-/// `<collection>/<id>/v<ov>/<write id>.json` → the payload it is.
-fn own_key(key: &str) -> Option<StoredPayload> {
+/// `<collection>/<id>/v<ov>/<write id>.json` → the payload it is (scrub takes keys apart this way
+/// too).
+pub(crate) fn own_key(key: &str) -> Option<StoredPayload> {
     let mut parts = key.split('/');
     let (_, id, v, file) = (parts.next(), parts.next(), parts.next(), parts.next());
     if parts.next().is_some() {

@@ -202,17 +202,7 @@ impl Manifests {
 
     /// The keys of an item's manifests.
     async fn keys(&self, backups: &dyn PayloadStore, collection: &CollectionName, id: &ItemId) -> Result<Vec<String>> {
-        let mut keys = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = backups
-                .list(&manifest_prefix(collection, id), after.as_deref(), 1000)
-                .await?;
-            let Some(last) = page.last().cloned() else { break };
-            keys.extend(page);
-            after = Some(last);
-        }
-        Ok(keys)
+        crate::engine::store::keys_under(backups, &manifest_prefix(collection, id)).await
     }
 
     /// Show `visit` every entry of an item's retention manifests.

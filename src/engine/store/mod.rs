@@ -195,6 +195,20 @@ pub fn in_time(commit_by: Timestamp) -> Result<(), CommitError> {
     })
 }
 
+/// Every key under `prefix`, page by page ([`PayloadStore::list`]). For listings the caller
+/// holds whole anyway; a walk over a whole bucket (scrub) pages on its own.
+pub async fn keys_under(store: &dyn PayloadStore, prefix: &str) -> Result<Vec<String>> {
+    let mut keys = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.list(prefix, after.as_deref(), 1000).await?;
+        let Some(last) = page.last().cloned() else { break };
+        keys.extend(page);
+        after = Some(last);
+    }
+    Ok(keys)
+}
+
 /// [`in_time`] for an append by reference, whose errors are the store's own.
 pub fn refs_in_time(commit_by: Timestamp) -> Result<()> {
     match in_time(commit_by) {
