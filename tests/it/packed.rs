@@ -1,6 +1,7 @@
 //! The conformance suite with write packing on (`packWrites: always`: every payload in a pack, a
 //! write alone in a pack of one), so reads, restores, retention, holds, erasure, the ledger and
-//! rebuild all meet packed versions — on the in-memory fakes and on real MongoDB + S3.
+//! rebuild all meet packed versions — on the in-memory fakes, on real MongoDB + S3 and on the
+//! embedded store (SQLite + files).
 //!
 //! Left out here: five checks that reach for a version's own object by its key (to swap or
 //! delete it, or to see retention delete it); a packed version has none. Their packed forms are
@@ -89,6 +90,16 @@ mod mongo_s3 {
 
     async fn conformance_harness(settings: chronos::engine::EngineSettings) -> support::Harness {
         crate::conformance::ready(support::mongo_s3(super::packed(settings))).await
+    }
+
+    packed_suite!();
+}
+
+mod embedded {
+    use crate::support;
+
+    async fn conformance_harness(settings: chronos::engine::EngineSettings) -> support::Harness {
+        crate::conformance::ready(support::embedded(super::packed(settings))).await
     }
 
     packed_suite!();
