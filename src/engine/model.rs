@@ -420,8 +420,13 @@ impl VersionEntry {
 ///
 /// The write id makes every write attempt's key unique, so a writer that loses the race for an ov
 /// can neither overwrite nor (when it cleans up) delete the winner's payload.
+///
+/// One folder per item (`<collection>/<id>/`, which also holds its manifests, so erasing an item
+/// deletes under one prefix) and none per version: an S3 server with a filer (SeaweedFS) makes a
+/// directory entry for each new folder level, so a `v<ov>/` level cost every version one more
+/// (docs/benchmarks.md, "Key layout").
 pub fn payload_key(collection: &CollectionName, id: &ItemId, ov: u64, write_id: &str) -> String {
-    format!("{collection}/{id}/v{ov}/{write_id}.json")
+    format!("{collection}/{id}/v{ov}.{write_id}.json")
 }
 
 /// A record as readers see it: the data plus its version coordinates and `_system` block.

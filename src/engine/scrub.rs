@@ -1,6 +1,6 @@
 //! Scrub: find (and optionally delete) orphaned payloads.
 //!
-//! An orphan is a payload object `<collection>/<id>/v<ov>/<writeId>.json` whose `(id, ov,
+//! An orphan is a payload object `<collection>/<id>/v<ov>.<writeId>.json` whose `(id, ov,
 //! writeId)` has no version entry, neither in the index nor in a retention manifest. Orphans
 //! come from a process that died between the payload PUT and the commit, or from an aborted
 //! write whose clean-up failed (see `docs/design.md`, "Orphaned payloads"). They cost storage,
@@ -106,7 +106,7 @@ struct PayloadKey {
     began_ms: u64,
 }
 
-/// `<collection>/<id>/v<ov>/<writeId>.json`, with a UUIDv7 write id; `None` for anything else.
+/// `<collection>/<id>/v<ov>.<writeId>.json`, with a UUIDv7 write id; `None` for anything else.
 fn parse_key(key: &str) -> Option<PayloadKey> {
     let p = super::pack::stored::own_key(key)?;
     let began_ms = began_ms(&uuid::Uuid::try_parse(&p.write_id).ok()?)?;
@@ -253,18 +253,26 @@ mod tests {
     #[test]
     fn keys_are_parsed_strictly() {
         let w = uuid::Uuid::now_v7().simple().to_string();
-        let k = parse_key(&format!("c/a.b:c/v12/{w}.json")).unwrap();
+        let k = parse_key(&format!("c/a.b:c/v12.{w}.json")).unwrap();
         assert_eq!((k.collection.as_str(), k.id.as_str(), k.ov), ("c", "a.b:c", 12));
         assert_eq!(k.write_id, w);
+        let id: ItemId = "a.b:c".parse().unwrap();
+        let c: CollectionName = "c".parse().unwrap();
+        assert_eq!(parse_key(&crate::engine::model::payload_key(&c, &id, 12, &w)), Some(k));
         for bad in [
-            format!("c/a/v1/{w}"),
-            format!("c/a/1/{w}.json"),
-            format!("c/a/v1/{w}.json/x"),
-            format!("c/../v1/{w}.json"),
-            "c/a/v1/not-a-uuid.json".to_owned(),
+            format!("c/a/v1.{w}"),
+            format!("c/a/1.{w}.json"),
+            format!("c/a/v.{w}.json"),
+            format!("c/a/v+1.{w}.json"),
+            "c/a/v1.json".to_owned(),
+            format!("c/a/v1.{w}.json/x"),
+            // The layout before the write id's folder was flattened away.
+            format!("c/a/v1/{w}.json"),
+            format!("c/../v1.{w}.json"),
+            "c/a/v1.not-a-uuid.json".to_owned(),
             format!("c/a/manifests/{w}.json"),
             // A UUIDv4 carries no time.
-            format!("c/a/v1/{}.json", uuid::Uuid::new_v4().simple()),
+            format!("c/a/v1.{}.json", uuid::Uuid::new_v4().simple()),
         ] {
             assert!(parse_key(&bad).is_none(), "{bad} parsed");
         }

@@ -117,7 +117,7 @@ async fn data_lands_where_routing_says_and_nowhere_else() {
             "{ledger:?}"
         );
         assert_eq!(keys.len(), 1, "bucket {i}: {keys:?}");
-        assert!(keys[0].starts_with(&format!("{owner}/notes/n1/v0/")), "{keys:?}");
+        assert!(keys[0].starts_with(&format!("{owner}/notes/n1/v0.")), "{keys:?}");
         let payload = store.get(&keys[0]).await.unwrap().unwrap();
         let payload = String::from_utf8_lossy(&payload);
         assert!(

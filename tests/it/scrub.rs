@@ -53,10 +53,10 @@ async fn orphans_are_found_and_only_orphans(h: Harness) {
 
     // What a process killed between the payload PUT and the commit leaves behind: a payload for
     // an ov the index has under another write id, and one for an ov it doesn't have at all.
-    let lost_race = format!("scrubbed/a/v2/{}.json", write_id_aged(3600));
-    let never_committed = format!("scrubbed/b/v9/{}.json", write_id_aged(120));
+    let lost_race = format!("scrubbed/a/v2.{}.json", write_id_aged(3600));
+    let never_committed = format!("scrubbed/b/v9.{}.json", write_id_aged(120));
     // A write that may still be in flight: too young to call an orphan.
-    let in_flight = format!("scrubbed/b/v4/{}.json", write_id_aged(0));
+    let in_flight = format!("scrubbed/b/v4.{}.json", write_id_aged(0));
     // Not a payload key at all: reported as unrecognised, never deleted.
     let stranger = "scrubbed/b/notes.txt".to_owned();
     for key in [&lost_race, &never_committed, &in_flight, &stranger] {
@@ -141,9 +141,9 @@ fn scrub_command_reports_json() {
     };
     let empty = run(&[]);
     assert_eq!(empty["scanned"], 0);
-    let payloads = dir.path().join("payloads/default/notes/n1/v0");
+    let payloads = dir.path().join("payloads/default/notes/n1");
     std::fs::create_dir_all(&payloads).unwrap();
-    std::fs::write(payloads.join(format!("{}.json", write_id_aged(600))), "{}").unwrap();
+    std::fs::write(payloads.join(format!("v0.{}.json", write_id_aged(600))), "{}").unwrap();
     let found = run(&[]);
     assert_eq!(
         (found["scanned"].as_u64(), found["orphans"].as_u64()),
@@ -220,7 +220,7 @@ async fn a_prune_between_scrub_pages_deletes_nothing_readable(h: Harness) {
         engine.update(&c, &id, data(n), None, &who).await.unwrap();
     }
     // An old orphan of v0 sorts first, so the first page (3 keys) caches a's pruned entries.
-    let orphan = format!("scrubbed/a/v0/{}.json", write_id_aged(3600));
+    let orphan = format!("scrubbed/a/v0.{}.json", write_id_aged(3600));
     h.payloads.put(&orphan, Bytes::from_static(b"{}")).await.unwrap();
 
     h.faults.hold_listing.store(2, std::sync::atomic::Ordering::SeqCst);

@@ -32,5 +32,5 @@ fn payload_keys_differ_per_attempt() {
     let c: CollectionName = "c".parse().unwrap();
     let id: ItemId = "i".parse().unwrap();
     assert_ne!(payload_key(&c, &id, 1, "w1"), payload_key(&c, &id, 1, "w2"));
-    assert_eq!(payload_key(&c, &id, 3, "w"), "c/i/v3/w.json");
+    assert_eq!(payload_key(&c, &id, 3, "w"), "c/i/v3.w.json");
 }

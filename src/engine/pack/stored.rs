@@ -71,18 +71,22 @@ impl Engine {
     }
 }
 
-/// `<collection>/<id>/v<ov>/<write id>.json` → the payload it is (scrub takes keys apart this way
-/// too).
+/// `<collection>/<id>/v<ov>.<write id>.json` ([`payload_key`]) → the payload it is (scrub takes
+/// keys apart this way too).
 pub(crate) fn own_key(key: &str) -> Option<StoredPayload> {
     let mut parts = key.split('/');
-    let (_, id, v, file) = (parts.next(), parts.next(), parts.next(), parts.next());
+    let (_, id, file) = (parts.next(), parts.next(), parts.next());
     if parts.next().is_some() {
+        return None;
+    }
+    let (ov, write_id) = file?.strip_prefix('v')?.strip_suffix(".json")?.split_once('.')?;
+    if write_id.is_empty() || !ov.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     Some(StoredPayload {
         id: id?.parse().ok()?,
-        ov: v?.strip_prefix('v')?.parse().ok()?,
-        write_id: file?.strip_suffix(".json")?.to_owned(),
+        ov: ov.parse().ok()?,
+        write_id: write_id.to_owned(),
         pack: None,
     })
 }

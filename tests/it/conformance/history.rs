@@ -64,7 +64,7 @@ pub async fn verify_reports_exactly_what_changed_in_the_buckets(h: &Harness) {
     let key = payload_keys(h, &ids[0])
         .await
         .into_iter()
-        .find(|k| k.contains("/v1/"))
+        .find(|k| k.contains("/v1."))
         .unwrap();
     let original = h.payloads.get(&key).await.unwrap().unwrap();
     let text = String::from_utf8(original.to_vec()).unwrap();
@@ -84,7 +84,7 @@ pub async fn verify_reports_exactly_what_changed_in_the_buckets(h: &Harness) {
     let gone = payload_keys(h, &ids[2])
         .await
         .into_iter()
-        .find(|k| k.contains("/v0/"))
+        .find(|k| k.contains("/v0."))
         .unwrap();
     let kept = h.payloads.get(&gone).await.unwrap().unwrap();
     h.payloads.delete(&gone).await.unwrap();
@@ -99,7 +99,7 @@ pub async fn verify_reports_exactly_what_changed_in_the_buckets(h: &Harness) {
     // One object forged: a version nobody wrote, under a key of the right shape, old enough not
     // to be a write in flight.
     let forged_id = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, 1_600_000_000, 0));
-    let forged = format!("{}/{}/v7/{}.json", coll(), ids[2], forged_id.simple());
+    let forged = format!("{}/{}/v7.{}.json", coll(), ids[2], forged_id.simple());
     h.payloads
         .put(&forged, Bytes::from_static(b"{\"chronos\":{}}"))
         .await

@@ -162,7 +162,7 @@ async fn a_scheduled_verify_reports_an_altered_object() {
         .contents()
         .iter()
         .filter_map(|o| o.key())
-        .find(|k| k.contains("/item-00/v0/"))
+        .find(|k| k.contains("/item-00/v0."))
         .unwrap()
         .to_owned();
     let object = s3.get_object().bucket(bucket).key(&key).send().await.unwrap();
