@@ -158,7 +158,9 @@ impl Floor {
             doc! {"_id": format!("l{n:06}"), "ov": 0_i64, "status": format!("s{}", n % STATUSES), "data": data}
         });
         self.heads("fl").insert_many(docs).await.map_err(err("floor list"))?;
-        let index = mongodb::IndexModel::builder().keys(doc! {"status": 1}).build();
+        let index = mongodb::IndexModel::builder()
+            .keys(doc! {"status": 1, "_id": 1})
+            .build();
         self.heads("fl")
             .create_index(index)
             .await

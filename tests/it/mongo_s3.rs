@@ -336,3 +336,118 @@ async fn a_write_whose_enqueue_reply_is_lost_is_reported_as_unknown() {
         .unwrap();
     assert_eq!(queued.len(), 1, "the job was stored after all");
 }
+
+/// A listing filtered on an indexed property walks that property's index in `_id` order, the
+/// order it pages in: a page reads only the heads it returns instead of sorting every head with
+/// that value. An index of the earlier shape (`{meta.status: 1}`) is replaced when the
+/// collection's indexes are made.
+#[tokio::test]
+async fn a_filtered_page_reads_only_what_it_returns() {
+    use chronos::engine::{CollectionMap, ListOptions};
+    use futures::TryStreamExt;
+    use mongodb::bson::{Document, doc};
+
+    let mut settings = EngineSettings::default();
+    settings.collection_maps.insert(
+        "orders".into(),
+        CollectionMap {
+            indexed_props: Some(vec!["status".into()]),
+            ..Default::default()
+        },
+    );
+    let h = support::mongo_s3(settings).await;
+    let Some(support::RawMeta::Mongo(client, db)) = h.raw.clone() else {
+        panic!("a MongoDB harness")
+    };
+    let heads = client.database(&db).collection::<Document>("orders_head");
+    heads
+        .create_index(
+            mongodb::IndexModel::builder()
+                .keys(doc! {"meta.status": 1})
+                .options(
+                    mongodb::options::IndexOptions::builder()
+                        .name("meta_status".to_owned())
+                        .build(),
+                )
+                .build(),
+        )
+        .await
+        .unwrap();
+
+    let c: CollectionName = "orders".parse().unwrap();
+    let who = Attribution::default();
+    let writes = (0..300).map(|i| {
+        let status = if i % 3 == 0 { "open" } else { "closed" };
+        let data = json!({"status": status, "n": i}).as_object().unwrap().clone();
+        let id = format!("o-{i:03}").parse().unwrap();
+        let (e, c, who) = (&h.engine, &c, &who);
+        async move { e.create(c, Some(id), data, who).await }
+    });
+    for written in futures::future::join_all(writes).await {
+        written.unwrap();
+    }
+    let indexes: Vec<mongodb::IndexModel> = heads.list_indexes().await.unwrap().try_collect().await.unwrap();
+    let status = indexes
+        .iter()
+        .find(|i| i.options.as_ref().and_then(|o| o.name.as_deref()) == Some("meta_status"))
+        .expect("the status index");
+    assert_eq!(status.keys.keys().collect::<Vec<_>>(), ["meta.status", "_id"]);
+
+    h.take_commands();
+    let page = h
+        .engine
+        .list(
+            &c,
+            &ListOptions {
+                filter: json!({"status": "open"}),
+                after_id: Some("o-150".parse().unwrap()),
+                limit: 20,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let ids: Vec<String> = page.records.iter().map(|r| r.id.to_string()).collect();
+    let expected: Vec<String> = (153..300).step_by(3).take(20).map(|i| format!("o-{i:03}")).collect();
+    assert_eq!(ids, expected);
+
+    // What mongod does with the `find` the engine sent.
+    let (_, find) = h
+        .take_command_bodies()
+        .into_iter()
+        .find(|(name, _)| name == "find")
+        .expect("the listing's find");
+    let mut sent = doc! {"find": "orders_head"};
+    for field in ["filter", "sort", "projection", "limit"] {
+        if let Some(v) = find.get(field) {
+            sent.insert(field, v.clone());
+        }
+    }
+    let explained = client
+        .database(&db)
+        .run_command(doc! {"explain": sent, "verbosity": "executionStats"})
+        .await
+        .unwrap();
+    let plan = explained
+        .get_document("queryPlanner")
+        .unwrap()
+        .get_document("winningPlan")
+        .unwrap();
+    assert!(
+        !format!("{plan}").contains("\"SORT\""),
+        "a page sorts in memory: {plan}"
+    );
+    assert!(
+        format!("{plan}").contains("meta_status"),
+        "a page walks the status index: {plan}"
+    );
+    let stats = explained.get_document("executionStats").unwrap();
+    let examined = |f: &str| {
+        stats
+            .get(f)
+            .and_then(|v| v.as_i32().map(i64::from).or(v.as_i64()))
+            .unwrap()
+    };
+    assert!(examined("totalKeysExamined") <= 21, "{stats}");
+    assert!(examined("totalDocsExamined") <= 21, "{stats}");
+}

@@ -261,31 +261,7 @@ impl MetaWrite for MongoMetaStore {
             )
             .await
             .map_err(map_err)?;
-        // One index per indexed property, named `meta_<prop>` so stale ones can be recognised.
-        let heads = self.heads(c);
-        let wanted: Vec<String> = indexed.iter().map(|p| format!("meta_{p}")).collect();
-        if !indexed.is_empty() {
-            let models = indexed.iter().zip(&wanted).map(|(p, name)| {
-                IndexModel::builder()
-                    .keys(doc! {format!("meta.{p}"): 1})
-                    .options(IndexOptions::builder().name(name.clone()).build())
-                    .build()
-            });
-            heads.create_indexes(models).await.map_err(map_err)?;
-        }
-        let existing = match heads.list_index_names().await {
-            Ok(names) => names,
-            // A collection that doesn't exist yet has no indexes to drop.
-            Err(e) if code(&e) == Some(NAMESPACE_NOT_FOUND) => vec![],
-            Err(e) => return Err(map_err(e)),
-        };
-        for stale in existing
-            .iter()
-            .filter(|n| n.starts_with("meta_") && !wanted.contains(n))
-        {
-            heads.drop_index(stale).await.map_err(map_err)?;
-        }
-        Ok(())
+        self.prepare_meta_indexes(c, indexed).await
     }
 
     async fn begin_write(&self, change: HeadChange) -> Result<Held> {
@@ -313,5 +289,61 @@ impl MetaWrite for MongoMetaStore {
                 version_from_doc(&id, &d)
             })
             .transpose()
+    }
+}
+
+/// The keys of the index a listing filtered on property `p` walks: equal values of `p` in `_id`
+/// order, which is the order a listing returns and pages (`afterId`) in. So a page reads only the
+/// entries it returns, instead of sorting every head with that value to find them.
+fn meta_index_keys(p: &str) -> Document {
+    doc! {format!("meta.{p}"): 1, "_id": 1}
+}
+
+impl MongoMetaStore {
+    /// One index per indexed property, named `meta_<prop>` so stale ones can be recognised: an
+    /// index no longer asked for goes, and so does one of an earlier shape (a name can't be
+    /// created again with other keys), to be made again as [`meta_index_keys`] says.
+    async fn prepare_meta_indexes(&self, c: &CollectionName, indexed: &[String]) -> Result<()> {
+        use futures::TryStreamExt;
+        let heads = self.heads(c);
+        let wanted: Vec<(String, Document)> = indexed
+            .iter()
+            .map(|p| (format!("meta_{p}"), meta_index_keys(p)))
+            .collect();
+        let existing: Vec<IndexModel> = match heads.list_indexes().await {
+            Ok(cursor) => cursor.try_collect().await.map_err(map_err)?,
+            // A collection that doesn't exist yet has no indexes to drop.
+            Err(e) if code(&e) == Some(NAMESPACE_NOT_FOUND) => vec![],
+            Err(e) => return Err(map_err(e)),
+        };
+        // A reshaped index goes before it is made again; one no longer wanted only after the
+        // wanted ones exist, so listings never lose an index they could still use.
+        let mut unwanted = Vec::new();
+        for index in &existing {
+            let Some(name) = index.options.as_ref().and_then(|o| o.name.as_deref()) else {
+                continue;
+            };
+            if !name.starts_with("meta_") {
+                continue;
+            }
+            match wanted.iter().find(|(n, _)| n == name) {
+                Some((_, keys)) if keys.keys().eq(index.keys.keys()) => {}
+                Some(_) => heads.drop_index(name).await.map_err(map_err)?,
+                None => unwanted.push(name),
+            }
+        }
+        if !wanted.is_empty() {
+            let models = wanted.into_iter().map(|(name, keys)| {
+                IndexModel::builder()
+                    .keys(keys)
+                    .options(IndexOptions::builder().name(name).build())
+                    .build()
+            });
+            heads.create_indexes(models).await.map_err(map_err)?;
+        }
+        for name in unwanted {
+            heads.drop_index(name).await.map_err(map_err)?;
+        }
+        Ok(())
     }
 }
