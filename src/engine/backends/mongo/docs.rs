@@ -1,6 +1,7 @@
 //! Documents as stored and back: heads, version entries and payload references to and from BSON,
 //! the head updates a write applies, and the query subset as a MongoDB filter.
 
+use bson::raw::{RawBsonRef, RawDocument};
 use bson::{Bson, Document, doc, oid::ObjectId};
 use serde_json::{Map, Value};
 
@@ -146,14 +147,6 @@ pub(crate) fn get_date(d: &Document, key: &str) -> Result<Timestamp> {
     }
 }
 
-pub(super) fn get_opt_date(d: &Document, key: &str) -> Result<Option<Timestamp>> {
-    match d.get(key) {
-        None | Some(Bson::Null) => Ok(None),
-        Some(Bson::DateTime(t)) => from_date(*t).map(Some),
-        _ => Err(Error::Corrupt(format!("field `{key}` is not a date"))),
-    }
-}
-
 pub(crate) fn get_string(d: &Document, key: &str) -> Result<String> {
     d.get_str(key)
         .map(str::to_owned)
@@ -174,32 +167,118 @@ pub(super) fn get_meta(d: &Document) -> Map<String, Value> {
     }
 }
 
-pub(super) fn head_from_doc(id: &ItemId, d: Document) -> Result<Head> {
-    let function_ids = match d.get("functionIds") {
-        Some(Bson::Array(a)) => a.iter().filter_map(|b| b.as_str().map(str::to_owned)).collect(),
-        _ => vec![],
-    };
-    let updated_at = get_date(&d, "updatedAt")?;
+/// A head as stored → [`Head`], in one pass over its raw BSON. Listings decode many heads: this
+/// builds no `Document` (a key and a value allocated per field) on the way.
+pub(super) fn head_from_raw(id: &ItemId, d: &RawDocument) -> Result<Head> {
+    let corrupt = |e: bson::error::Error| Error::Corrupt(format!("head of {id}: {e}"));
+    let (mut ov, mut cv, mut write_id, mut inserted_at, mut updated_at) = (None, None, None, None, None);
+    let (mut state, mut size, mut checksum) = (None, None, None);
+    let mut head_deleted = false;
+    let (mut function_ids, mut meta, mut inline, mut payload_ref) = (vec![], Map::new(), None, None);
+    for field in d {
+        let (key, value) = field.map_err(corrupt)?;
+        let key = key.as_str();
+        match key {
+            "ov" => ov = Some(raw_u64(key, value)?),
+            "cv" => cv = Some(raw_u64(key, value)?),
+            "writeId" => write_id = Some(raw_str(key, value)?.to_owned()),
+            "insertedAt" => inserted_at = Some(raw_date(key, value)?),
+            "updatedAt" => updated_at = Some(raw_date(key, value)?),
+            "deletedAt" => {
+                head_deleted = match value {
+                    RawBsonRef::Null => false,
+                    RawBsonRef::DateTime(_) => true,
+                    _ => return Err(Error::Corrupt(format!("field `{key}` is not a date"))),
+                }
+            }
+            "functionIds" => {
+                if let RawBsonRef::Array(a) = value {
+                    function_ids = a
+                        .into_iter()
+                        .filter_map(|b| b.ok()?.as_str().map(str::to_owned))
+                        .collect();
+                }
+            }
+            "state" => state = Some(raw_str(key, value)?.parse()?),
+            "size" => size = Some(raw_u64(key, value)?),
+            "checksum" => checksum = Some(raw_str(key, value)?.to_owned()),
+            "meta" => {
+                if let RawBsonRef::Document(m) = value {
+                    meta = raw_meta(m).map_err(corrupt)?;
+                }
+            }
+            "data" => inline = value.as_str().map(str::to_owned),
+            "payloadRef" => {
+                payload_ref = match value {
+                    RawBsonRef::Null => None,
+                    RawBsonRef::Document(r) => Some(payload_ref_from(&Document::try_from(r).map_err(corrupt)?)?),
+                    _ => return Err(Error::Corrupt("field `payloadRef` is not a document".into())),
+                };
+            }
+            _ => {}
+        }
+    }
+    let missing = |key: &str| Error::Corrupt(format!("head of {id}: field `{key}` missing"));
+    let updated_at = updated_at.ok_or_else(|| missing("updatedAt"))?;
     Ok(Head {
         id: id.clone(),
-        ov: get_u64(&d, "ov")?,
-        cv: get_u64(&d, "cv")?,
-        write_id: get_string(&d, "writeId")?,
-        inserted_at: get_date(&d, "insertedAt")?,
+        ov: ov.ok_or_else(|| missing("ov"))?,
+        cv: cv.ok_or_else(|| missing("cv"))?,
+        write_id: write_id.ok_or_else(|| missing("writeId"))?,
+        inserted_at: inserted_at.ok_or_else(|| missing("insertedAt"))?,
         updated_at,
         // A deleted head's latest version is its delete, whose time is the head's `updatedAt`
         // (clamped so time never runs backwards per item). The stored `deletedAt` is written
         // before that clamp is known — it serves as the "is deleted" flag — so its time is the
         // version's, as the other stores report it.
-        deleted_at: get_opt_date(&d, "deletedAt")?.map(|_| updated_at),
+        deleted_at: head_deleted.then_some(updated_at),
         function_ids,
-        state: get_string(&d, "state")?.parse()?,
-        size: get_u64(&d, "size")?,
-        checksum: get_string(&d, "checksum")?,
-        meta: get_meta(&d),
-        inline: get_opt_string(&d, "data"),
-        payload_ref: get_payload_ref(&d)?,
+        state: state.ok_or_else(|| missing("state"))?,
+        size: size.ok_or_else(|| missing("size"))?,
+        checksum: checksum.ok_or_else(|| missing("checksum"))?,
+        meta,
+        inline,
+        payload_ref,
     })
+}
+
+fn raw_u64(key: &str, v: RawBsonRef<'_>) -> Result<u64> {
+    match v {
+        RawBsonRef::Int64(n) if n >= 0 => Ok(n as u64),
+        RawBsonRef::Int32(n) if n >= 0 => Ok(n as u64),
+        _ => Err(Error::Corrupt(format!("field `{key}` missing or not a count"))),
+    }
+}
+
+fn raw_str<'a>(key: &str, v: RawBsonRef<'a>) -> Result<&'a str> {
+    v.as_str()
+        .ok_or_else(|| Error::Corrupt(format!("field `{key}` missing or not a string")))
+}
+
+fn raw_date(key: &str, v: RawBsonRef<'_>) -> Result<Timestamp> {
+    match v {
+        RawBsonRef::DateTime(t) => from_date(t),
+        _ => Err(Error::Corrupt(format!("field `{key}` missing or not a date"))),
+    }
+}
+
+/// Indexed metadata as JSON: the scalars it holds directly, anything else as relaxed extended
+/// JSON (as [`get_meta`] does from a `Document`).
+fn raw_meta(m: &RawDocument) -> bson::error::Result<Map<String, Value>> {
+    let mut out = Map::new();
+    for field in m {
+        let (key, value) = field?;
+        let json = match value {
+            RawBsonRef::String(s) => Value::String(s.to_owned()),
+            RawBsonRef::Int64(n) => Value::from(n),
+            RawBsonRef::Int32(n) => Value::from(n),
+            RawBsonRef::Boolean(b) => Value::Bool(b),
+            RawBsonRef::Null => Value::Null,
+            other => Bson::try_from(other)?.into_relaxed_extjson(),
+        };
+        out.insert(key.as_str().to_owned(), json);
+    }
+    Ok(out)
 }
 
 pub(super) fn version_from_doc(id: &ItemId, d: &Document) -> Result<VersionEntry> {
@@ -230,26 +309,30 @@ pub(super) fn version_from_doc(id: &ItemId, d: &Document) -> Result<VersionEntry
 pub(super) fn get_payload_ref(d: &Document) -> Result<Option<PayloadRef>> {
     match d.get("payloadRef") {
         None | Some(Bson::Null) => Ok(None),
-        Some(Bson::Document(r)) => Ok(Some(PayloadRef {
-            of: get_string(r, "of")?,
-            ov: get_u64(r, "ov")?,
-            write_id: get_string(r, "writeId")?,
-            function_ids: match r.get("functionIds") {
-                Some(Bson::Array(a)) => a.iter().filter_map(|b| b.as_str().map(str::to_owned)).collect(),
-                _ => vec![],
-            },
-            pack: match r.get("pack") {
-                None | Some(Bson::Null) => None,
-                Some(Bson::Document(p)) => Some(PackSlot {
-                    key: get_string(p, "key")?,
-                    offset: get_u64(p, "offset")?,
-                    len: get_u64(p, "len")?,
-                }),
-                Some(_) => return Err(Error::Corrupt("field `payloadRef.pack` is not a document".into())),
-            },
-        })),
+        Some(Bson::Document(r)) => payload_ref_from(r).map(Some),
         Some(_) => Err(Error::Corrupt("field `payloadRef` is not a document".into())),
     }
+}
+
+fn payload_ref_from(r: &Document) -> Result<PayloadRef> {
+    Ok(PayloadRef {
+        of: get_string(r, "of")?,
+        ov: get_u64(r, "ov")?,
+        write_id: get_string(r, "writeId")?,
+        function_ids: match r.get("functionIds") {
+            Some(Bson::Array(a)) => a.iter().filter_map(|b| b.as_str().map(str::to_owned)).collect(),
+            _ => vec![],
+        },
+        pack: match r.get("pack") {
+            None | Some(Bson::Null) => None,
+            Some(Bson::Document(p)) => Some(PackSlot {
+                key: get_string(p, "key")?,
+                offset: get_u64(p, "offset")?,
+                len: get_u64(p, "len")?,
+            }),
+            Some(_) => return Err(Error::Corrupt("field `payloadRef.pack` is not a document".into())),
+        },
+    })
 }
 
 pub(super) fn payload_ref_doc(r: &PayloadRef) -> Document {

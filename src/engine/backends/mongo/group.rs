@@ -28,11 +28,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bson::{Bson, Document, doc};
+use bson::{Bson, RawDocumentBuf, doc};
 use futures::TryStreamExt;
 use tokio::sync::{Notify, oneshot, watch};
 
-use super::docs::{head_from_doc, head_update, packed_head_update, version_doc};
+use super::docs::{head_from_raw, head_update, packed_head_update, version_doc};
 use super::{MongoMetaStore, code, is_transient, map_err};
 use crate::engine::error::{Error, Result};
 use crate::engine::model::{CollectionName, Head, Op, Timestamp, VersionEntry};
@@ -195,8 +195,9 @@ impl MongoMetaStore {
         } else {
             let ids: Vec<&str> = changes.iter().map(|c| c.id.as_str()).collect();
             // The transaction's snapshot: every member's head before the group changes it.
-            let found: std::result::Result<Vec<Document>, _> =
-                match heads.find(doc! {"_id": {"$in": ids}}).session(&mut session).await {
+            let raw_heads = self.raw_heads(&c);
+            let found: std::result::Result<Vec<RawDocumentBuf>, _> =
+                match raw_heads.find(doc! {"_id": {"$in": ids}}).session(&mut session).await {
                     Ok(mut cursor) => cursor.stream(&mut session).try_collect().await,
                     Err(e) => Err(e),
                 };
@@ -204,7 +205,7 @@ impl MongoMetaStore {
                 let _ = session.abort_transaction().await;
                 return None;
             };
-            let mut before: HashMap<String, Document> = found
+            let mut before: HashMap<String, RawDocumentBuf> = found
                 .into_iter()
                 .filter_map(|d| Some((d.get_str("_id").ok()?.to_owned(), d)))
                 .collect();
@@ -212,7 +213,7 @@ impl MongoMetaStore {
             for (cv, change) in (first..).zip(changes) {
                 let previous = before
                     .remove(change.id.as_str())
-                    .and_then(|d| head_from_doc(&change.id, d.clone()).ok().map(|h| (h, d)));
+                    .and_then(|d| head_from_raw(&change.id, &d).ok().map(|h| (h, d)));
                 match previous {
                     // Exactly the lone protocol's filter: the snapshot says it matches, so the
                     // statement either matches or meets a `WriteConflict`.
@@ -292,7 +293,7 @@ fn group_broken() -> Error {
 /// How to take a member's head change back when it gives up.
 enum Revert {
     /// Put the head back as it was (the transaction's snapshot of it).
-    Restore(Document),
+    Restore(RawDocumentBuf),
     /// Remove the head a create inserted.
     Remove,
 }
@@ -508,10 +509,10 @@ async fn settle(
         let _ = session.abort_transaction().await;
         return;
     }
-    let heads = store.heads(&c);
+    let (heads, raw_heads) = (store.heads(&c), store.raw_heads(&c));
     for (revert, id) in undo {
         let undone = match revert {
-            Revert::Restore(before) => heads
+            Revert::Restore(before) => raw_heads
                 .replace_one(doc! {"_id": id.as_str()}, before)
                 .session(&mut session)
                 .await

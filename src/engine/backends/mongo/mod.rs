@@ -73,6 +73,11 @@ impl MongoMetaStore {
         self.db.collection(&format!("{c}_head"))
     }
 
+    /// The heads as raw BSON, for what decodes them ([`docs::head_from_raw`] builds no `Document`).
+    fn raw_heads(&self, c: &CollectionName) -> Collection<bson::RawDocumentBuf> {
+        self.db.collection(&format!("{c}_head"))
+    }
+
     fn versions_coll(&self, c: &CollectionName) -> Collection<Document> {
         self.db.collection(&format!("{c}_ver"))
     }

@@ -2,16 +2,25 @@
 //! at a point in history, appends by reference in one transaction).
 
 use async_trait::async_trait;
-use bson::{Bson, Document, doc};
+use bson::{Bson, Document, RawDocument, RawDocumentBuf, doc};
 use mongodb::{ClientSession, Database};
 
 use super::docs::{
-    filter_doc, get_string, get_u64, head_from_doc, pruned_id, ref_head_update, to_date, version_doc, version_from_doc,
+    filter_doc, get_string, get_u64, head_from_raw, pruned_id, ref_head_update, to_date, version_doc, version_from_doc,
 };
 use super::{DUPLICATE_KEY, MongoMetaStore, code, commit, commit_error, is_transient, map_err};
 use crate::engine::error::{Error, Result};
 use crate::engine::model::{CollectionName, Head, ItemId, Timestamp, VersionEntry};
 use crate::engine::store::{CommitError, HistoryPoint, HistoryStart, ListQuery, MetaRead, MetaRestore, RefWrite};
+
+/// A head found by a query: its id is its `_id`.
+fn raw_head(d: &RawDocument) -> Result<Head> {
+    let id: ItemId = d
+        .get_str("_id")
+        .map_err(|e| Error::Corrupt(format!("a head's `_id`: {e}")))?
+        .parse()?;
+    head_from_raw(&id, d)
+}
 
 impl MongoMetaStore {
     /// The heads a listing returns; without their inline data unless `with_data`.
@@ -24,7 +33,7 @@ impl MongoMetaStore {
         if let Some(after) = &q.after_id {
             filter.insert("_id", doc! {if q.descending { "$lt" } else { "$gt" }: after.as_str()});
         }
-        let heads = self.heads(c);
+        let heads = self.raw_heads(c);
         let mut find = heads
             .find(filter)
             .sort(doc! {"_id": if q.descending { -1 } else { 1 }})
@@ -33,13 +42,8 @@ impl MongoMetaStore {
         if !with_data {
             find = find.projection(doc! {"data": 0});
         }
-        let docs: Vec<Document> = find.await.map_err(map_err)?.try_collect().await.map_err(map_err)?;
-        docs.into_iter()
-            .map(|d| {
-                let id: ItemId = get_string(&d, "_id")?.parse()?;
-                head_from_doc(&id, d)
-            })
-            .collect()
+        let docs: Vec<RawDocumentBuf> = find.await.map_err(map_err)?.try_collect().await.map_err(map_err)?;
+        docs.iter().map(|d| raw_head(d)).collect()
     }
 }
 
@@ -47,11 +51,11 @@ impl MongoMetaStore {
 impl MetaRead for MongoMetaStore {
     async fn head(&self, c: &CollectionName, id: &ItemId) -> Result<Option<Head>> {
         let found = self
-            .heads(c)
+            .raw_heads(c)
             .find_one(doc! {"_id": id.as_str()})
             .await
             .map_err(map_err)?;
-        found.map(|d| head_from_doc(id, d)).transpose()
+        found.map(|d| head_from_raw(id, &d)).transpose()
     }
 
     async fn version(&self, c: &CollectionName, id: &ItemId, ov: u64) -> Result<Option<VersionEntry>> {
@@ -150,8 +154,8 @@ impl MetaRestore for MongoMetaStore {
     async fn heads_without_data(&self, c: &CollectionName, ids: &[ItemId]) -> Result<Vec<Head>> {
         use futures::TryStreamExt;
         let ids: Vec<&str> = ids.iter().map(ItemId::as_str).collect();
-        let docs: Vec<Document> = self
-            .heads(c)
+        let docs: Vec<RawDocumentBuf> = self
+            .raw_heads(c)
             .find(doc! {"_id": {"$in": ids}})
             .projection(doc! {"data": 0})
             .await
@@ -159,12 +163,7 @@ impl MetaRestore for MongoMetaStore {
             .try_collect()
             .await
             .map_err(map_err)?;
-        docs.into_iter()
-            .map(|d| {
-                let id: ItemId = get_string(&d, "_id")?.parse()?;
-                head_from_doc(&id, d)
-            })
-            .collect()
+        docs.iter().map(|d| raw_head(d)).collect()
     }
 
     async fn list_heads_without_data(&self, c: &CollectionName, q: &ListQuery) -> Result<Vec<Head>> {

@@ -10,7 +10,7 @@ use mongodb::options::{IndexOptions, ReadConcern, ReturnDocument};
 use mongodb::{ClientSession, Collection, IndexModel};
 
 use super::docs::{
-    create_head, get_string, head_from_doc, head_update, packed_head_update, version_doc, version_from_doc,
+    create_head, get_string, head_from_raw, head_update, packed_head_update, version_doc, version_from_doc,
 };
 use super::{
     Attempt, DUPLICATE_KEY, MongoMetaStore, NAMESPACE_NOT_FOUND, code, commit, commit_error, is_transient, map_err,
@@ -93,10 +93,10 @@ impl MongoMetaStore {
 
     /// Hold an existing item with cv `cv`: open a transaction and `findAndModify` its head.
     async fn try_change(&self, change: &HeadChange, cv: u64) -> Result<Attempt> {
-        let heads = self.heads(&change.collection);
+        let (heads, raw_heads) = (self.heads(&change.collection), self.raw_heads(&change.collection));
         let (filter, update) = head_update(change, cv);
         let mut session = self.start().await?;
-        let mut find = heads
+        let mut find = raw_heads
             .find_one_and_update(filter, update)
             .return_document(ReturnDocument::Before);
         if change.data.is_some() {
@@ -105,7 +105,7 @@ impl MongoMetaStore {
         }
         match find.session(&mut session).await {
             Ok(Some(before)) => {
-                let previous = head_from_doc(&change.id, before)?;
+                let previous = head_from_raw(&change.id, &before)?;
                 let ov = previous.ov + 1;
                 Ok(Attempt::Held(Box::new(Held {
                     previous: Some(previous),
