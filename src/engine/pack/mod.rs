@@ -21,6 +21,10 @@ use format::Footer;
 /// How much of a pack's end is read to find its footer in one GET (64 members' footer is ~8 KiB).
 const FOOTER_READ: u64 = 16 * 1024;
 
+/// Footer reads in flight when a whole collection's packs are read (erasure, rebuild, verify):
+/// one GET after another would make them take a round trip per pack.
+const FOOTERS_IN_FLIGHT: usize = 32;
+
 impl Engine {
     /// The bytes of the payload at `loc`: its own object, or its slot of a pack (one ranged GET).
     /// `None` when the object is not there.
@@ -81,6 +85,20 @@ impl Engine {
         format::decode_footer(&tail)?
             .map(Some)
             .ok_or_else(|| Error::Corrupt(format!("{key}: the pack's footer is cut short")))
+    }
+
+    /// The footers of a collection's packs, in key order, read [`FOOTERS_IN_FLIGHT`] at a time
+    /// and handed on as they come (a collection's footers together can be large); a pack gone
+    /// meanwhile is left out.
+    pub(crate) async fn collection_footers(
+        &self,
+        collection: &CollectionName,
+    ) -> Result<impl futures::Stream<Item = Result<(String, Footer)>> + '_> {
+        use futures::{StreamExt, TryStreamExt};
+        Ok(futures::stream::iter(self.pack_keys(collection).await?)
+            .map(move |key| async move { Ok(self.pack_footer(&key).await?.map(|f| (key, f))) })
+            .buffered(FOOTERS_IN_FLIGHT)
+            .try_filter_map(|found| async move { Ok(found) }))
     }
 
     /// The keys of a collection's packs.

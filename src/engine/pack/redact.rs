@@ -13,6 +13,7 @@
 use std::collections::HashSet;
 
 use bytes::{Bytes, BytesMut};
+use futures::TryStreamExt;
 
 use super::format::Member;
 use crate::engine::error::{Error, Result};
@@ -29,10 +30,8 @@ impl Engine {
     pub(crate) async fn redact_packs(&self, collection: &CollectionName, ids: &[ItemId]) -> Result<u64> {
         let mine: HashSet<&ItemId> = ids.iter().collect();
         let mut changed = 0;
-        for key in self.pack_keys(collection).await? {
-            let Some(footer) = self.pack_footer(&key).await? else {
-                continue;
-            };
+        let mut footers = std::pin::pin!(self.collection_footers(collection).await?);
+        while let Some((key, footer)) = footers.try_next().await? {
             if !footer.members.iter().any(|m| mine.contains(&m.id)) {
                 continue;
             }

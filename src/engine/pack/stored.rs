@@ -4,6 +4,7 @@
 use std::fmt;
 
 use bytes::Bytes;
+use futures::TryStreamExt;
 
 use crate::engine::error::Result;
 use crate::engine::model::{CollectionName, ItemId, PackSlot, PayloadLoc, payload_key};
@@ -48,10 +49,8 @@ impl Engine {
     pub async fn stored_payloads(&self, collection: &CollectionName) -> Result<Vec<StoredPayload>> {
         let own = keys_under(self.payload_store(), &format!("{collection}/")).await?;
         let mut out: Vec<StoredPayload> = own.iter().filter_map(|k| own_key(k)).collect();
-        for key in self.pack_keys(collection).await? {
-            let Some(footer) = self.pack_footer(&key).await? else {
-                continue;
-            };
+        let mut footers = std::pin::pin!(self.collection_footers(collection).await?);
+        while let Some((key, footer)) = footers.try_next().await? {
             if footer.database != self.database() || footer.collection != collection.as_str() {
                 continue; // not this collection's, whatever its key says
             }
