@@ -32,7 +32,8 @@ macro_rules! packed_suite {
             crate::conformance_suite!(@subject listing;
                 list_filters_pages_and_travels_in_time, collection_maps_index_and_require);
             crate::conformance_suite!(@subject enrichment;
-                enrichment_merges_and_records_provenance, concurrent_enrichments_lose_nothing);
+                enrichment_merges_and_records_provenance, concurrent_enrichments_lose_nothing,
+                enrichments_offload_content_and_stay_sealed);
             crate::conformance_suite!(@subject restore;
                 restore_object_appends_the_old_version, restore_collection_plans_then_restores,
                 restore_by_reference_copies_no_payload, writes_after_a_restore_by_reference_work,
