@@ -223,6 +223,59 @@ async fn scrub_deletes_a_pack_once_no_version_names_it() {
     assert_eq!(latest.data, data("third"));
 }
 
+/// The packed form of `retention::retention_keeps_payloads_restored_versions_use`: a restore of
+/// v0 names v0's slot; retention then prunes v0 and v1 with their payloads, and scrub collects
+/// packs — v0's pack stays (the restored version reads from it), v1's goes, and the restored data
+/// reads as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_pack_a_restored_version_reads_from_outlives_retention_and_scrub() {
+    let (h, c, who) = setup(PackWrites::Always).await;
+    let data = |v: &str| json!({"v": v}).as_object().unwrap().clone();
+    let (id, _) = h.engine.create(&c, None, data("first"), &who).await.unwrap();
+    h.engine.update(&c, &id, data("second"), Some(0), &who).await.unwrap();
+    h.engine
+        .restore_object(&c, &id, VersionTarget::Ov(0), Some(1), &who)
+        .await
+        .unwrap();
+    let history = h
+        .engine
+        .history(&c, &id, None, 10, ReadOptions::default())
+        .await
+        .unwrap();
+    let pack_of = |ov: usize| history[ov].payload().pack.cloned().expect("packed").key;
+    let (second_pack, restored_pack) = (pack_of(1), pack_of(2));
+    assert_eq!(restored_pack, pack_of(0), "restored by reference");
+
+    let keep_latest = chronos::engine::PrunePolicy {
+        keep_last: Some(1),
+        delete_payloads: true,
+        ..Default::default()
+    };
+    h.engine.prune_versions(&c, &keep_latest, false).await.unwrap();
+    let scrub = chronos::engine::ScrubOptions {
+        collection: Some(c.clone()),
+        grace: std::time::Duration::ZERO,
+        delete: true,
+        ..Default::default()
+    };
+    let report = h.engine.scrub(&scrub).await.unwrap();
+    assert!(report.packs.deleted >= 1, "{report:?}");
+    let keys = all_keys(&h).await;
+    assert!(
+        !keys.iter().any(|k| k.ends_with(&second_pack)),
+        "nothing names v1's pack"
+    );
+    assert!(
+        keys.iter().any(|k| k.ends_with(&restored_pack)),
+        "the restored version's pack stays: {keys:?}"
+    );
+    let latest = h.engine.get_latest(&c, &id, ReadOptions::default()).await.unwrap();
+    assert_eq!((latest.ov, latest.data), (2, data("first")));
+    // And again: a second scrub finds nothing more to collect.
+    let again = h.engine.scrub(&scrub).await.unwrap();
+    assert_eq!((again.packs.dead, again.packs.deleted), (0, 0), "{again:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_legal_hold_moves_packed_versions_to_objects_of_their_own() {
     let (h, c, who) = setup(PackWrites::Always).await;

@@ -6,7 +6,8 @@
 //! Left out here: five checks that reach for a version's own object by its key (to swap or
 //! delete it, or to see retention delete it); a packed version has none. Their packed forms are
 //! in `pack.rs` (a slot naming another item's envelope, bytes changed inside a pack, a pack
-//! collected once nothing names it).
+//! collected once nothing names it, the pack a restored version reads from kept through retention
+//! and scrub).
 
 use chronos::engine::EngineSettings;
 use chronos::engine::settings::PackWrites;
