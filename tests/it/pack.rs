@@ -63,6 +63,26 @@ async fn all_keys(h: &support::Harness) -> Vec<String> {
     keys
 }
 
+/// A scrub of `c` with no grace: every pack is old enough to collect. `delete: false` only reports.
+fn scrub_now(c: &CollectionName, delete: bool) -> chronos::engine::ScrubOptions {
+    chronos::engine::ScrubOptions {
+        collection: Some(c.clone()),
+        grace: std::time::Duration::ZERO,
+        delete,
+        ..Default::default()
+    }
+}
+
+/// Retention keeping each item's latest `n` versions, deleting the pruned ones' payloads or not.
+async fn keep_last(h: &support::Harness, c: &CollectionName, n: u64, delete_payloads: bool) {
+    let policy = chronos::engine::PrunePolicy {
+        keep_last: Some(n),
+        delete_payloads,
+        ..Default::default()
+    };
+    h.engine.prune_versions(c, &policy, false).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn writes_made_together_share_a_pack_and_read_back_their_own_data() {
     let (h, c, who) = setup(PackWrites::Together).await;
@@ -177,22 +197,12 @@ async fn scrub_deletes_a_pack_once_no_version_names_it() {
         .unwrap();
     let pack_of = |ov: usize| history[ov].payload().pack.cloned().expect("packed").key;
     let (first_pack, second_pack) = (pack_of(0), pack_of(1));
-    let scrub = |delete| chronos::engine::ScrubOptions {
-        collection: Some(c.clone()),
-        grace: std::time::Duration::ZERO,
-        delete,
-        ..Default::default()
-    };
+    let scrub = |delete| scrub_now(&c, delete);
     // Every version is named: nothing to collect.
     let report = h.engine.scrub(&scrub(true)).await.unwrap();
     assert_eq!((report.packs.packs, report.packs.dead), (3, 0), "{report:?}");
     // v0 pruned with its payload kept: its manifest entry still names it.
-    let keep = |n, delete_payloads| chronos::engine::PrunePolicy {
-        keep_last: Some(n),
-        delete_payloads,
-        ..Default::default()
-    };
-    h.engine.prune_versions(&c, &keep(2, false), false).await.unwrap();
+    keep_last(&h, &c, 2, false).await;
     assert_eq!(h.engine.scrub(&scrub(true)).await.unwrap().packs.dead, 0);
     let old = h
         .engine
@@ -201,7 +211,7 @@ async fn scrub_deletes_a_pack_once_no_version_names_it() {
         .unwrap();
     assert_eq!(old.data, data("first"));
     // v1 pruned with its payload: nothing names its pack any more.
-    h.engine.prune_versions(&c, &keep(1, true), false).await.unwrap();
+    keep_last(&h, &c, 1, true).await;
     let report = h.engine.scrub(&scrub(false)).await.unwrap();
     assert_eq!(
         (report.packs.dead, report.packs.deleted),
@@ -246,19 +256,8 @@ async fn the_pack_a_restored_version_reads_from_outlives_retention_and_scrub() {
     let (second_pack, restored_pack) = (pack_of(1), pack_of(2));
     assert_eq!(restored_pack, pack_of(0), "restored by reference");
 
-    let keep_latest = chronos::engine::PrunePolicy {
-        keep_last: Some(1),
-        delete_payloads: true,
-        ..Default::default()
-    };
-    h.engine.prune_versions(&c, &keep_latest, false).await.unwrap();
-    let scrub = chronos::engine::ScrubOptions {
-        collection: Some(c.clone()),
-        grace: std::time::Duration::ZERO,
-        delete: true,
-        ..Default::default()
-    };
-    let report = h.engine.scrub(&scrub).await.unwrap();
+    keep_last(&h, &c, 1, true).await;
+    let report = h.engine.scrub(&scrub_now(&c, true)).await.unwrap();
     assert!(report.packs.deleted >= 1, "{report:?}");
     let keys = all_keys(&h).await;
     assert!(
@@ -272,7 +271,7 @@ async fn the_pack_a_restored_version_reads_from_outlives_retention_and_scrub() {
     let latest = h.engine.get_latest(&c, &id, ReadOptions::default()).await.unwrap();
     assert_eq!((latest.ov, latest.data), (2, data("first")));
     // And again: a second scrub finds nothing more to collect.
-    let again = h.engine.scrub(&scrub).await.unwrap();
+    let again = h.engine.scrub(&scrub_now(&c, true)).await.unwrap();
     assert_eq!((again.packs.dead, again.packs.deleted), (0, 0), "{again:?}");
 }
 
@@ -430,18 +429,8 @@ async fn scrub_compacts_a_mostly_dead_pack() {
         let data = json!({"moved": id.as_str()}).as_object().unwrap().clone();
         h.engine.update(&c, id, data, Some(0), &who).await.unwrap();
     }
-    let with_payloads = chronos::engine::PrunePolicy {
-        keep_last: Some(1),
-        delete_payloads: true,
-        ..Default::default()
-    };
-    h.engine.prune_versions(&c, &with_payloads, false).await.unwrap();
-    let scrub = chronos::engine::ScrubOptions {
-        collection: Some(c.clone()),
-        grace: std::time::Duration::ZERO,
-        delete: true,
-        ..Default::default()
-    };
+    keep_last(&h, &c, 1, true).await;
+    let scrub = scrub_now(&c, true);
     let report = h.engine.scrub(&scrub).await.unwrap();
     assert!(report.packs.compacted >= 1, "{report:?}");
     assert!(
