@@ -63,6 +63,15 @@ async fn all_keys(h: &support::Harness) -> Vec<String> {
     keys
 }
 
+/// The pack key of each version of `id`, by ov (every version packed).
+async fn version_packs(h: &support::Harness, c: &CollectionName, id: &ItemId) -> Vec<String> {
+    let history = h.engine.history(c, id, None, 10, ReadOptions::default()).await.unwrap();
+    history
+        .iter()
+        .map(|v| v.payload().pack.cloned().expect("packed").key)
+        .collect()
+}
+
 /// A scrub of `c` with no grace: every pack is old enough to collect. `delete: false` only reports.
 fn scrub_now(c: &CollectionName, delete: bool) -> chronos::engine::ScrubOptions {
     chronos::engine::ScrubOptions {
@@ -190,13 +199,10 @@ async fn scrub_deletes_a_pack_once_no_version_names_it() {
     let (id, _) = h.engine.create(&c, None, data("first"), &who).await.unwrap();
     h.engine.update(&c, &id, data("second"), Some(0), &who).await.unwrap();
     h.engine.update(&c, &id, data("third"), Some(1), &who).await.unwrap();
-    let history = h
-        .engine
-        .history(&c, &id, None, 10, ReadOptions::default())
-        .await
-        .unwrap();
-    let pack_of = |ov: usize| history[ov].payload().pack.cloned().expect("packed").key;
-    let (first_pack, second_pack) = (pack_of(0), pack_of(1));
+    let packs = version_packs(&h, &c, &id).await;
+    let [first_pack, second_pack, _] = &packs[..] else {
+        panic!("three versions: {packs:?}")
+    };
     let scrub = |delete| scrub_now(&c, delete);
     // Every version is named: nothing to collect.
     let report = h.engine.scrub(&scrub(true)).await.unwrap();
@@ -221,8 +227,14 @@ async fn scrub_deletes_a_pack_once_no_version_names_it() {
     let report = h.engine.scrub(&scrub(true)).await.unwrap();
     assert_eq!((report.packs.dead, report.packs.deleted), (1, 1), "{report:?}");
     let keys = all_keys(&h).await;
-    assert!(!keys.iter().any(|k| k.ends_with(&second_pack)), "the dead pack is gone");
-    assert!(keys.iter().any(|k| k.ends_with(&first_pack)), "the kept one stays");
+    assert!(
+        !keys.iter().any(|k| k.ends_with(second_pack.as_str())),
+        "the dead pack is gone"
+    );
+    assert!(
+        keys.iter().any(|k| k.ends_with(first_pack.as_str())),
+        "the kept one stays"
+    );
     let old = h
         .engine
         .get_at(&c, &id, VersionTarget::Ov(0), ReadOptions::default())
@@ -247,25 +259,22 @@ async fn the_pack_a_restored_version_reads_from_outlives_retention_and_scrub() {
         .restore_object(&c, &id, VersionTarget::Ov(0), Some(1), &who)
         .await
         .unwrap();
-    let history = h
-        .engine
-        .history(&c, &id, None, 10, ReadOptions::default())
-        .await
-        .unwrap();
-    let pack_of = |ov: usize| history[ov].payload().pack.cloned().expect("packed").key;
-    let (second_pack, restored_pack) = (pack_of(1), pack_of(2));
-    assert_eq!(restored_pack, pack_of(0), "restored by reference");
+    let packs = version_packs(&h, &c, &id).await;
+    let [first_pack, second_pack, restored_pack] = &packs[..] else {
+        panic!("three versions: {packs:?}")
+    };
+    assert_eq!(restored_pack, first_pack, "restored by reference");
 
     keep_last(&h, &c, 1, true).await;
     let report = h.engine.scrub(&scrub_now(&c, true)).await.unwrap();
     assert!(report.packs.deleted >= 1, "{report:?}");
     let keys = all_keys(&h).await;
     assert!(
-        !keys.iter().any(|k| k.ends_with(&second_pack)),
+        !keys.iter().any(|k| k.ends_with(second_pack.as_str())),
         "nothing names v1's pack"
     );
     assert!(
-        keys.iter().any(|k| k.ends_with(&restored_pack)),
+        keys.iter().any(|k| k.ends_with(restored_pack.as_str())),
         "the restored version's pack stays: {keys:?}"
     );
     let latest = h.engine.get_latest(&c, &id, ReadOptions::default()).await.unwrap();
