@@ -246,19 +246,19 @@ fn raw_u64(key: &str, v: RawBsonRef<'_>) -> Result<u64> {
     match v {
         RawBsonRef::Int64(n) if n >= 0 => Ok(n as u64),
         RawBsonRef::Int32(n) if n >= 0 => Ok(n as u64),
-        _ => Err(Error::Corrupt(format!("field `{key}` missing or not a count"))),
+        _ => Err(Error::Corrupt(format!("field `{key}` is not a count"))),
     }
 }
 
 fn raw_str<'a>(key: &str, v: RawBsonRef<'a>) -> Result<&'a str> {
     v.as_str()
-        .ok_or_else(|| Error::Corrupt(format!("field `{key}` missing or not a string")))
+        .ok_or_else(|| Error::Corrupt(format!("field `{key}` is not a string")))
 }
 
 fn raw_date(key: &str, v: RawBsonRef<'_>) -> Result<Timestamp> {
     match v {
         RawBsonRef::DateTime(t) => from_date(t),
-        _ => Err(Error::Corrupt(format!("field `{key}` missing or not a date"))),
+        _ => Err(Error::Corrupt(format!("field `{key}` is not a date"))),
     }
 }
 
