@@ -72,6 +72,19 @@ async fn version_packs(h: &support::Harness, c: &CollectionName, id: &ItemId) ->
         .collect()
 }
 
+/// The pack of `c` with the most members, and its members' items.
+async fn biggest_pack(h: &support::Harness, c: &CollectionName) -> (String, Vec<ItemId>) {
+    let stored = h.engine.stored_payloads(c).await.unwrap();
+    let mut by_pack: std::collections::HashMap<String, Vec<ItemId>> = Default::default();
+    for p in stored.iter().filter(|p| p.pack.is_some()) {
+        by_pack
+            .entry(p.pack.clone().unwrap().key)
+            .or_default()
+            .push(p.id.clone());
+    }
+    by_pack.into_iter().max_by_key(|(_, m)| m.len()).unwrap()
+}
+
 /// A scrub of `c` with no grace: every pack is old enough to collect. `delete: false` only reports.
 fn scrub_now(c: &CollectionName, delete: bool) -> chronos::engine::ScrubOptions {
     chronos::engine::ScrubOptions {
@@ -386,6 +399,59 @@ async fn a_slot_holding_another_items_envelope_is_never_served() {
 
 /// A presigned URL can't name a byte range: presigning a packed version copies its envelope to
 /// the version's own key first, and the URL serves exactly that envelope.
+/// The packed form of `restore::restore_by_reference_never_serves_another_items_data`: a version
+/// restored by reference reads its target's slot, and a slot holding another item's envelope, or
+/// another version of the same item, is refused for it too, never served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restored_version_never_serves_another_items_envelope() {
+    let (h, c, who) = setup(PackWrites::Always).await;
+    let secret = |s: &str| json!({"secret": s}).as_object().unwrap().clone();
+    let (a, _) = h.engine.create(&c, None, secret("a"), &who).await.unwrap();
+    let (b, _) = h.engine.create(&c, None, secret("b"), &who).await.unwrap();
+    h.engine.update(&c, &a, secret("a2"), Some(0), &who).await.unwrap();
+    h.engine
+        .restore_object(&c, &a, VersionTarget::Ov(0), Some(1), &who)
+        .await
+        .unwrap();
+    let read = |ov| {
+        let (e, c, a) = (h.engine.clone(), c.clone(), a.clone());
+        async move {
+            match ov {
+                Some(ov) => e.get_at(&c, &a, VersionTarget::Ov(ov), ReadOptions::default()).await,
+                None => e.get_latest(&c, &a, ReadOptions::default()).await,
+            }
+        }
+    };
+    assert_eq!(read(Some(2)).await.unwrap().data, secret("a"));
+    let packs = version_packs(&h, &c, &a).await;
+    assert_eq!(packs[2], packs[0], "restored by reference");
+    let slot = |id: &ItemId, ov: u64| {
+        let (meta, c, id) = (h.meta.clone(), c.clone(), id.clone());
+        async move { meta.version(&c, &id, ov).await.unwrap().unwrap() }
+    };
+    let (a0, a1, b0) = (slot(&a, 0).await, slot(&a, 1).await, slot(&b, 0).await);
+    for (wrong, what) in [(&b0, "another item's envelope"), (&a1, "another version's envelope")] {
+        // v0, the restored v2 and the head all name v0's slot: all now point at `wrong`.
+        let moved = h
+            .meta
+            .repoint_payload(&c, &a, (0, &a0.write_id), wrong.payload().pack)
+            .await
+            .unwrap();
+        assert_eq!(moved, 3, "v0, v2 and the head");
+        for r in [read(Some(2)).await, read(None).await] {
+            assert!(
+                matches!(r, Err(chronos::engine::Error::Corrupt(_))),
+                "{what} served instead of refused: {r:?}"
+            );
+        }
+    }
+    h.meta
+        .repoint_payload(&c, &a, (0, &a0.write_id), a0.payload().pack)
+        .await
+        .unwrap();
+    assert_eq!(read(None).await.unwrap().data, secret("a"), "back in place, it reads");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_packed_version_is_presigned_through_a_copy_of_its_own() {
     let (h, c, who) = setup(PackWrites::Always).await;
@@ -423,15 +489,7 @@ async fn scrub_compacts_a_mostly_dead_pack() {
         .collect();
     // The biggest pack, and all but two of its items moved on (their first versions pruned with
     // their payloads).
-    let stored = h.engine.stored_payloads(&c).await.unwrap();
-    let mut by_pack: std::collections::HashMap<String, Vec<ItemId>> = Default::default();
-    for p in stored.iter().filter(|p| p.pack.is_some()) {
-        by_pack
-            .entry(p.pack.clone().unwrap().key)
-            .or_default()
-            .push(p.id.clone());
-    }
-    let (pack, members) = by_pack.into_iter().max_by_key(|(_, m)| m.len()).unwrap();
+    let (pack, members) = biggest_pack(&h, &c).await;
     assert!(members.len() >= 8, "a pack of {}", members.len());
     let (kept, moved) = members.split_at(2);
     for id in moved {
@@ -463,6 +521,67 @@ async fn scrub_compacts_a_mostly_dead_pack() {
         let r = rebuilt.get_latest(&c, id, ReadOptions::default()).await.unwrap();
         assert_eq!(r.data["n"].as_u64(), Some(id.as_str()[5..].parse().unwrap()));
     }
+}
+
+/// The packed form of `retention::retention_never_deletes_a_payload_a_concurrent_restore_uses`:
+/// compaction racing a restore by reference. The restore read a version's slot in a mostly dead
+/// pack; scrub then compacts that pack and deletes it; the restore's append of the old slot,
+/// however late, is refused (never a head naming a deleted pack), and a restore made afresh
+/// names the new pack and reads back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn compaction_racing_a_restore_by_reference_strands_nothing() {
+    let (h, c, who) = setup(PackWrites::Together).await;
+    h.engine
+        .create(&c, None, json!({"warm": 1}).as_object().unwrap().clone(), &who)
+        .await
+        .unwrap();
+    create_at_once(&h, &c, 24, "race").await;
+    let (pack, members) = biggest_pack(&h, &c).await;
+    assert!(members.len() >= 6, "a pack of {}", members.len());
+    // `kept` moves on once (its v0 stays in the pack, indexed); the others twice, and retention
+    // keeping two versions prunes their v0 with its payload: the pack is mostly dead.
+    let (kept, moved) = (&members[0], &members[1..]);
+    let data = |v: &str| json!({"v": v}).as_object().unwrap().clone();
+    h.engine.update(&c, kept, data("kept-1"), Some(0), &who).await.unwrap();
+    for id in moved {
+        h.engine.update(&c, id, data("1"), Some(0), &who).await.unwrap();
+        h.engine.update(&c, id, data("2"), Some(1), &who).await.unwrap();
+    }
+    keep_last(&h, &c, 2, true).await;
+
+    // A restore of `kept` to v0 reads v0's entry, and stalls before its append.
+    let v0 = h.meta.version(&c, kept, 0).await.unwrap().unwrap();
+    assert_eq!(v0.payload().pack.map(|p| p.key.as_str()), Some(pack.as_str()));
+    let n = kept.as_str()[5..].parse::<u64>().unwrap();
+    let stale = crate::conformance::stale_restore(&v0, 1);
+
+    let report = h.engine.scrub(&scrub_now(&c, true)).await.unwrap();
+    assert!(report.packs.compacted >= 1, "{report:?}");
+    assert!(
+        !all_keys(&h).await.iter().any(|k| k.ends_with(&pack)),
+        "the old pack is gone"
+    );
+    let appended = h
+        .meta
+        .append_by_reference(&c, vec![stale], chronos::engine::Timestamp::MAX)
+        .await
+        .unwrap();
+    assert_eq!(appended, None, "a slot in a deleted pack is never committed");
+    let latest = h.engine.get_latest(&c, kept, ReadOptions::default()).await.unwrap();
+    assert_eq!((latest.ov, latest.data), (1, data("kept-1")));
+
+    h.engine
+        .restore_object(&c, kept, VersionTarget::Ov(0), Some(1), &who)
+        .await
+        .unwrap();
+    let restored = h.engine.get_latest(&c, kept, ReadOptions::default()).await.unwrap();
+    assert_eq!(restored.ov, 2);
+    assert_eq!(restored.data["n"].as_u64(), Some(n));
+    assert_ne!(
+        restored.payload().pack.map(|p| p.key.clone()),
+        Some(pack),
+        "the new pack"
+    );
 }
 
 /// The packed form of `history::verify_reports_exactly_what_changed_in_the_buckets`: bytes changed

@@ -8,8 +8,9 @@
 //! rewritten: the named envelopes go into a new pack, the versions naming them are repointed
 //! there, and the new pack is blanked like any other for erasures recorded meanwhile. The old
 //! pack is deleted only after the orphan grace has passed *since the repointing*, and only if no
-//! version names it then: a restore by reference that copied an old slot before the repointing
-//! commits within that window (its commit is fenced on the grace) and is seen by the re-check.
+//! version names it then (one committed while the repointing ran). A restore by reference that
+//! copied an old slot before the repointing and appends after it is refused by the store (its
+//! source entry no longer names that pack: `RefWrite::source`), whenever it comes.
 
 use serde::Serialize;
 

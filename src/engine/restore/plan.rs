@@ -180,8 +180,10 @@ pub(super) fn delete_write(head: &Head, who: &Attribution) -> RefWrite {
         expected_ov: head.ov,
         keep_inline: true,
         version: v,
-        // The head's own data: its entry is the item's latest, which retention always keeps.
-        source: None,
+        // The head's own data, which its entry (the item's latest, which retention always
+        // keeps) names too: checked at the append like a restore's source, so a slot compaction
+        // moved meanwhile is never committed.
+        source: Some(head.ov),
     }
 }
 

@@ -281,11 +281,21 @@ pub struct RefWrite {
     /// in the referenced payload object), because reading the data to inline it would cost the
     /// very payload GET that restoring by reference avoids.
     pub keep_inline: bool,
-    /// The ov of the index entry whose data the version takes (a restore of an indexed version):
-    /// the append fails (`Ok(None)`) unless that entry is still in the index, and writes to it in
-    /// the same transaction, so retention can't remove the entry and then delete its payload
-    /// object without seeing this version (see `Engine::delete_pruned_payloads`).
+    /// The ov of the index entry whose data the version takes (a restore of an indexed version,
+    /// or a delete keeping the head's data): the append fails (`Ok(None)`) unless that entry is
+    /// still in the index **and still names the pack the version copies** ([`RefWrite::copied_pack`]),
+    /// and writes to it in the same transaction. So retention can't remove the entry and then
+    /// delete its payload object without seeing this version (see
+    /// `Engine::delete_pruned_payloads`), and a slot copied before compaction or a hold moved the
+    /// bytes is never committed, however long the restore took (the old pack may be gone).
     pub source: Option<u64>,
+}
+
+impl RefWrite {
+    /// The key of the pack whose slot the version copies (`None`: the payload's own object).
+    pub fn copied_pack(&self) -> Option<&str> {
+        self.version.payload_ref.as_ref()?.pack.as_ref().map(|p| p.key.as_str())
+    }
 }
 
 /// A version retention removes from the index, with the counters it counts toward.

@@ -76,3 +76,37 @@ pub async fn all_ids(e: &chronos::engine::Engine) -> Vec<ItemId> {
         .map(|r| r.id)
         .collect()
 }
+
+/// The append a restore of `source` (an indexed version of its item) builds over a head at
+/// `expected_ov`, copying `source`'s slot as it was read: what a restore that read the entry
+/// earlier still holds when it commits.
+pub fn stale_restore(source: &chronos::engine::VersionEntry, expected_ov: u64) -> chronos::engine::RefWrite {
+    let write_id = uuid::Uuid::now_v7().simple().to_string();
+    chronos::engine::RefWrite {
+        expected_ov,
+        keep_inline: false,
+        source: Some(source.ov),
+        version: chronos::engine::VersionEntry {
+            id: source.id.clone(),
+            ov: expected_ov + 1,
+            cv: 0,
+            op: chronos::engine::Op::Restore,
+            at: chronos::engine::model::now(),
+            actor: None,
+            reason: None,
+            payload_ref: Some(chronos::engine::PayloadRef {
+                of: write_id.clone(),
+                ov: source.payload().ov,
+                write_id: source.payload().write_id.to_owned(),
+                function_ids: vec![],
+                pack: source.payload().pack.cloned(),
+            }),
+            write_id,
+            size: source.size,
+            checksum: source.checksum.clone(),
+            meta: source.meta.clone(),
+            deleted: false,
+            request: None,
+        },
+    }
+}

@@ -29,6 +29,8 @@ use serde_json::json;
 
 use crate::support::Harness;
 
+pub use fixtures::stale_restore;
+
 #[macro_export]
 macro_rules! conformance_suite {
     ($make:expr) => {

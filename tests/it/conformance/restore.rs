@@ -4,7 +4,7 @@
 use chronos::engine::{Attribution, Error, ItemId, Op, VersionTarget};
 use serde_json::json;
 
-use super::fixtures::{LATEST, WITH_DELETED, coll, enrichment, obj, payload_keys, who};
+use super::fixtures::{LATEST, WITH_DELETED, coll, enrichment, obj, payload_keys, stale_restore, who};
 use crate::support::Harness;
 
 pub async fn restore_object_appends_the_old_version(h: &Harness) {
@@ -404,6 +404,43 @@ pub async fn restore_by_reference_never_serves_another_items_data(h: &Harness) {
     h.payloads.put(&key_a0, body_a1).await.unwrap();
     let r = e.get_at(&coll(), &a, VersionTarget::Ov(2), LATEST).await;
     assert!(matches!(r, Err(Error::Corrupt(_))), "{r:?}");
+}
+
+/// (Packed only: only a packed version's bytes ever move.) A restore that read a version's slot
+/// before compaction (or a hold) moved the bytes can't commit a reference to the old place,
+/// however late it comes: the old pack may be gone by then.
+/// The append checks that its source entry still names the pack it copied; moved back, the same
+/// append goes through and reads back.
+pub async fn a_reference_to_a_slot_moved_meanwhile_is_not_committed(h: &Harness) {
+    let e = &h.engine;
+    let (a, _) = e.create(&coll(), None, obj(json!({"v": 0})), &who()).await.unwrap();
+    e.update(&coll(), &a, obj(json!({"v": 1})), Some(0), &who())
+        .await
+        .unwrap();
+    let v0 = h.meta.version(&coll(), &a, 0).await.unwrap().unwrap();
+    assert!(v0.payload().pack.is_some(), "a check of the packed suite");
+    let stale = stale_restore(&v0, 1);
+    // Moved out of its pack, to an object of its own (as a hold does).
+    let (c, write_id) = (coll(), v0.write_id.as_str());
+    let repoint = |to| h.meta.repoint_payload(&c, &a, (0, write_id), to);
+    assert!(repoint(None).await.unwrap() >= 1, "v0's entry moved");
+    let append =
+        |w: chronos::engine::RefWrite| h.meta.append_by_reference(&c, vec![w], chronos::engine::Timestamp::MAX);
+    assert_eq!(
+        append(stale.clone()).await.unwrap(),
+        None,
+        "the old slot is not committed"
+    );
+    assert_eq!(
+        e.get_latest(&coll(), &a, LATEST).await.unwrap().ov,
+        1,
+        "nothing written"
+    );
+
+    assert!(repoint(v0.payload().pack).await.unwrap() >= 1, "moved back");
+    assert!(append(stale).await.unwrap().is_some(), "the same slot again: committed");
+    let latest = e.get_latest(&coll(), &a, LATEST).await.unwrap();
+    assert_eq!((latest.ov, latest.data), (2, obj(json!({"v": 0}))));
 }
 
 /// A collection restore racing with writers: every acknowledged write stays in history with its

@@ -1,10 +1,10 @@
 //! Retention: pruning the version index keeps old versions readable, and never deletes a payload
 //! a restore (finished or concurrent) still uses.
 
-use chronos::engine::{Error, ItemId, ListOptions, Op, VersionTarget};
+use chronos::engine::{Error, ItemId, ListOptions, VersionTarget};
 use serde_json::{Value, json};
 
-use super::fixtures::{LATEST, coll, keep_last, obj, payload_keys, who};
+use super::fixtures::{LATEST, coll, keep_last, obj, payload_keys, stale_restore, who};
 use crate::support::Harness;
 
 pub async fn retention_prunes_the_index_but_old_versions_stay_readable(h: &Harness) {
@@ -347,34 +347,7 @@ pub async fn retention_never_deletes_a_payload_a_concurrent_restore_uses(h: &Har
     let v0 = h.meta.version(&coll(), &a, 0).await.unwrap().unwrap();
     e.unindex_pruned(&plan).await.unwrap();
     // A restore that read v0's index entry before it went can't append a reference to it now.
-    let write_id = "f".repeat(32);
-    let stale = chronos::engine::RefWrite {
-        expected_ov: 3,
-        keep_inline: false,
-        source: Some(0),
-        version: chronos::engine::VersionEntry {
-            id: a.clone(),
-            ov: 4,
-            cv: 0,
-            op: Op::Restore,
-            at: chronos::engine::model::now(),
-            actor: None,
-            reason: None,
-            payload_ref: Some(chronos::engine::PayloadRef {
-                of: write_id.clone(),
-                ov: 0,
-                write_id: v0.write_id.clone(),
-                function_ids: vec![],
-                pack: v0.payload().pack.cloned(),
-            }),
-            write_id,
-            size: v0.size,
-            checksum: v0.checksum.clone(),
-            meta: v0.meta.clone(),
-            deleted: false,
-            request: None,
-        },
-    };
+    let stale = stale_restore(&v0, 3);
     assert_eq!(
         h.meta
             .append_by_reference(&coll(), vec![stale], chronos::engine::Timestamp::MAX)

@@ -330,8 +330,11 @@ impl MetaRestore for MemoryMetaStore {
             coll.heads
                 .get(&w.version.id)
                 .is_some_and(|h| h.ov == w.expected_ov && w.version.ov == h.ov + 1)
-                && w.source
-                    .is_none_or(|ov| coll.versions.contains_key(&(w.version.id.clone(), ov)))
+                && w.source.is_none_or(|ov| {
+                    coll.versions
+                        .get(&(w.version.id.clone(), ov))
+                        .is_some_and(|v| v.payload().pack.map(|p| p.key.as_str()) == w.copied_pack())
+                })
         });
         if !unchanged {
             return Ok(None);

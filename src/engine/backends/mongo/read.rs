@@ -216,13 +216,20 @@ impl MetaRestore for MongoMetaStore {
             .zip(&writes)
             .map(|(cv, w)| version_doc(&w.version, cv))
             .collect();
-        // The index entries whose data restored versions take: each must still be there, and
-        // is written to (`refs`), so retention's removal of it conflicts with this transaction.
+        // The index entries whose data restored versions take: each must still be there naming
+        // the pack the version copies, and is written to (`refs`), so retention's removal of it
+        // (or a repointing) conflicts with this transaction.
         let sources: Vec<Document> = writes
             .iter()
             .filter_map(|w| {
                 w.source.map(|ov| {
-                    doc! {"q": {"itemId": w.version.id.as_str(), "ov": ov as i64}, "u": {"$inc": {"refs": 1}}}
+                    let pack = match w.copied_pack() {
+                        Some(key) => doc! {"payloadRef.pack.key": key},
+                        None => doc! {"payloadRef.pack": null},
+                    };
+                    let mut q = doc! {"itemId": w.version.id.as_str(), "ov": ov as i64};
+                    q.extend(pack);
+                    doc! {"q": q, "u": {"$inc": {"refs": 1}}}
                 })
             })
             .collect();

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 
-use super::rows::{is_busy, map_sql, next_cv, read_head, read_versions, to_i64, to_json};
+use super::rows::{from_json, is_busy, map_sql, next_cv, read_head, read_versions, to_i64, to_json};
 use super::{Inner, ItemGuard, SqliteMetaStore, lock_std};
 use crate::engine::error::{Error, Result};
-use crate::engine::model::{CollectionName, Head, ItemId, RequestKey, Timestamp, VersionEntry};
+use crate::engine::model::{CollectionName, Head, ItemId, PayloadRef, RequestKey, Timestamp, VersionEntry};
 use crate::engine::store::rules::{check_precondition, next_head, ref_head};
 use crate::engine::store::{CommitError, HeadChange, Held, MetaWrite, PendingWrite, RefWrite};
 
@@ -172,15 +172,26 @@ pub(super) fn append_refs(
         if previous.ov != w.expected_ov || v.ov != previous.ov + 1 {
             return Ok(None);
         }
-        // The entry whose data a restore takes must still be indexed (retention removes entries
-        // in a transaction too, so it can't slip in between).
+        // The entry whose data a restore takes must still be indexed, naming the same pack
+        // (retention and repointing change entries in a transaction too, so they can't slip in
+        // between).
         if let Some(source) = w.source {
             let source = to_i64(source, "ov")?;
-            let indexed = tx
-                .prepare_cached("SELECT 1 FROM versions WHERE collection = ?1 AND item_id = ?2 AND ov = ?3")
-                .and_then(|mut st| st.exists(params![c.as_str(), v.id.as_str(), source]))
+            let found: Option<Option<String>> = tx
+                .prepare_cached("SELECT payload_ref FROM versions WHERE collection = ?1 AND item_id = ?2 AND ov = ?3")
+                .and_then(|mut st| {
+                    st.query_row(params![c.as_str(), v.id.as_str(), source], |r| r.get(0))
+                        .optional()
+                })
                 .map_err(map_sql)?;
-            if !indexed {
+            let Some(payload_ref) = found else {
+                return Ok(None);
+            };
+            let named: Option<PayloadRef> = payload_ref
+                .as_deref()
+                .map(|t| from_json(t, "payload_ref"))
+                .transpose()?;
+            if named.as_ref().and_then(|r| r.pack.as_ref()).map(|p| p.key.as_str()) != w.copied_pack() {
                 return Ok(None);
             }
         }
