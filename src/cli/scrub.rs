@@ -89,8 +89,9 @@ fn print_table(r: &ScrubReport, opts: &ScrubOptions) {
     let p = &r.packs;
     if p.packs > 0 {
         println!(
-            "packs: {} examined, {} young, {} named by no version, {} compacted, {} deleted",
-            p.packs, p.young, p.dead, p.compacted, p.deleted
+            "packs: {} examined, {} young, {} named by no version, {} compacted, {} mostly dead but kept \
+             for a retention manifest, {} deleted",
+            p.packs, p.young, p.dead, p.compacted, p.pinned, p.deleted
         );
     }
     if !r.orphan_keys.is_empty() {

@@ -584,6 +584,60 @@ async fn compaction_racing_a_restore_by_reference_strands_nothing() {
     );
 }
 
+/// A mostly dead pack whose live members only a retention manifest names (pruned with their
+/// payloads kept) is left as it is: the manifest is not repointed, so a compacted copy would be
+/// named by nothing and collected again, scrub after scrub.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pack_a_manifest_names_is_not_compacted_again_and_again() {
+    let (h, c, who) = setup(PackWrites::Together).await;
+    h.engine
+        .create(&c, None, json!({"warm": 1}).as_object().unwrap().clone(), &who)
+        .await
+        .unwrap();
+    create_at_once(&h, &c, 24, "pinned").await;
+    let (pack, members) = biggest_pack(&h, &c).await;
+    assert!(members.len() >= 6, "a pack of {}", members.len());
+    // Every member moves on; the first two are pruned keeping their payloads (a manifest names
+    // their slot), the others with their payloads deleted.
+    for (n, id) in members.iter().enumerate() {
+        let data = json!({"moved": id.as_str()}).as_object().unwrap().clone();
+        h.engine.update(&c, id, data, Some(0), &who).await.unwrap();
+        let policy = chronos::engine::PrunePolicy {
+            keep_last: Some(1),
+            delete_payloads: n >= 2,
+            ..Default::default()
+        };
+        let plan = h.engine.plan_item_prune(&c, id, &policy).await.unwrap().unwrap();
+        h.engine.unindex_pruned(&plan).await.unwrap();
+        h.engine.delete_pruned_payloads(plan).await.unwrap();
+    }
+    let packs = || async {
+        let keys = all_keys(&h).await;
+        keys.into_iter()
+            .filter(|k| k.contains("chronos-packs/"))
+            .collect::<Vec<_>>()
+    };
+    let before = packs().await;
+    assert!(before.iter().any(|k| k.ends_with(&pack)));
+    for round in 0..2 {
+        let report = h.engine.scrub(&scrub_now(&c, true)).await.unwrap();
+        assert_eq!(
+            (report.packs.compacted, report.packs.pinned),
+            (0, 1),
+            "round {round}: {report:?}"
+        );
+        assert_eq!(packs().await, before, "round {round}: no pack written or deleted");
+    }
+    for id in &members[..2] {
+        let v0 = h
+            .engine
+            .get_at(&c, id, VersionTarget::Ov(0), ReadOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(v0.data["n"].as_u64(), Some(id.as_str()[5..].parse().unwrap()));
+    }
+}
+
 /// The packed form of `history::verify_reports_exactly_what_changed_in_the_buckets`: bytes changed
 /// inside a pack are reported as altered (and only that member), a pack that is gone as missing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -34,6 +34,10 @@ pub struct PackReport {
     pub dead: u64,
     /// Mostly dead: their named members were moved into new packs.
     pub compacted: u64,
+    /// Mostly dead but left as they are: a retention manifest names a member, and a manifest is
+    /// never repointed, so the pack stays whatever compaction did (a copy would only be deleted
+    /// again by the next scrub).
+    pub pinned: u64,
     /// Packs deleted (dead ones, and compacted ones once nothing names them).
     pub deleted: u64,
 }
@@ -74,7 +78,7 @@ impl Engine {
                 let Some(footer) = self.pack_footer(key).await? else {
                     continue;
                 };
-                let named = self.named_members(&c, key, &footer.members).await?;
+                let (named, pinned) = self.named_members(&c, key, &footer.members).await?;
                 report.named += named.len() as u64;
                 if named.is_empty() {
                     report.dead += 1;
@@ -87,6 +91,10 @@ impl Engine {
                 let bytes = |ms: &[&Member]| ms.iter().map(|m| m.len).sum::<u64>() as f64;
                 let all: Vec<&Member> = footer.members.iter().collect();
                 if delete && bytes(&named) < COMPACT_BELOW * bytes(&all) {
+                    if pinned {
+                        report.pinned += 1;
+                        continue;
+                    }
                     let named = named.into_iter().cloned().collect();
                     self.compact_pack(&c, key, named).await?;
                     report.compacted += 1;
@@ -103,7 +111,7 @@ impl Engine {
                 let Some(footer) = self.pack_footer(&key).await? else {
                     continue;
                 };
-                if self.named_members(&c, &key, &footer.members).await?.is_empty() {
+                if self.named_members(&c, &key, &footer.members).await?.0.is_empty() {
                     store.delete(&key).await?;
                     report.deleted += 1;
                 }
@@ -145,10 +153,17 @@ impl Engine {
     }
 
     /// The members of the pack at `key` that a version (indexed, or pruned with its payload
-    /// kept) names as where its data is.
-    async fn named_members<'m>(&self, c: &CollectionName, key: &str, members: &'m [Member]) -> Result<Vec<&'m Member>> {
+    /// kept) names as where its data is, and whether a retention manifest names one of them
+    /// (then only the index's names could be moved elsewhere: the pack must stay).
+    async fn named_members<'m>(
+        &self,
+        c: &CollectionName,
+        key: &str,
+        members: &'m [Member],
+    ) -> Result<(Vec<&'m Member>, bool)> {
         let in_this_pack = |pack: Option<&crate::engine::model::PackSlot>| pack.is_some_and(|p| p.key == key);
         let mut named = Vec::new();
+        let mut in_manifest = false;
         'members: for m in members {
             let mut after = None;
             loop {
@@ -169,9 +184,10 @@ impl Engine {
                 .any(|(ov, w, pack)| (*ov, w.as_str()) == (m.ov, m.write_id.as_str()) && in_this_pack(pack.as_ref()))
             {
                 named.push(m);
+                in_manifest = true;
             }
         }
-        Ok(named)
+        Ok((named, in_manifest))
     }
 }
 
