@@ -13,6 +13,12 @@ use crate::engine::error::{Error, Result};
 use crate::engine::model::{CollectionName, Head, ItemId, Timestamp, VersionEntry};
 use crate::engine::store::{HistoryPoint, HistoryStart, ListQuery, MetaRead, MetaRestore, RefWrite};
 
+/// An item's version at a cv (after `collection = ?1 AND item_id = ?2`). The unary `+` keeps
+/// SQLite from answering it through `versions_cv` (collection, cv), which it otherwise picks
+/// without statistics: that walks every version of the collection below the cv for each item,
+/// and made a collection restore quadratic (20 000 items: 114 items/s). Through the primary key
+/// it reads the item's own versions only.
+pub(super) const AT_CV: &str = "AND +cv <= ?3 ORDER BY ov DESC LIMIT 1";
 #[async_trait]
 impl MetaRead for SqliteMetaStore {
     async fn head(&self, c: &CollectionName, id: &ItemId) -> Result<Option<Head>> {
@@ -155,17 +161,16 @@ impl MetaRestore for SqliteMetaStore {
     async fn versions_at(&self, c: &CollectionName, ids: &[ItemId], point: HistoryPoint) -> Result<Vec<VersionEntry>> {
         let (c, ids) = (c.clone(), ids.to_vec());
         self.with_conn(move |conn| {
-            let (column, bound) = match point {
-                HistoryPoint::Cv(cv) => ("cv", to_i64(cv, "cv")?),
-                HistoryPoint::At(at) => ("at", at.as_millisecond()),
+            let (filter, bound) = match point {
+                HistoryPoint::Cv(cv) => (AT_CV, to_i64(cv, "cv")?),
+                HistoryPoint::At(at) => ("AND at <= ?3 ORDER BY ov DESC LIMIT 1", at.as_millisecond()),
             };
-            let filter = format!("AND {column} <= ?3 ORDER BY ov DESC LIMIT 1");
             let mut found = Vec::new();
             for id in &ids {
                 found.extend(read_versions(
                     conn,
                     id,
-                    &filter,
+                    filter,
                     params![c.as_str(), id.as_str(), bound],
                 )?);
             }

@@ -195,6 +195,12 @@ pub(super) fn read_head(conn: &Connection, c: &CollectionName, id: &ItemId) -> R
     row.map(|r| r.into_head(id)).transpose()
 }
 
+/// The statement [`read_versions`] runs: an item's versions (`?1` collection, `?2` item) and
+/// `sql_filter`.
+pub(super) fn versions_sql(sql_filter: &str) -> String {
+    format!("SELECT {VERSION_COLUMNS} FROM versions WHERE collection = ?1 AND item_id = ?2 {sql_filter}")
+}
+
 pub(super) fn read_versions(
     conn: &Connection,
     id: &ItemId,
@@ -202,9 +208,7 @@ pub(super) fn read_versions(
     params: impl rusqlite::Params,
 ) -> Result<Vec<VersionEntry>> {
     let rows = conn
-        .prepare_cached(&format!(
-            "SELECT {VERSION_COLUMNS} FROM versions WHERE collection = ?1 AND item_id = ?2 {sql_filter}"
-        ))
+        .prepare_cached(&versions_sql(sql_filter))
         .and_then(|mut s| {
             s.query_map(params, VersionRow::read)?
                 .collect::<rusqlite::Result<Vec<_>>>()

@@ -63,6 +63,32 @@ fn busy_items(s: &SqliteMetaStore) -> usize {
     lock_std(&s.inner.items.0).len()
 }
 
+/// A collection restore asks for each item's version at a cv. Without statistics SQLite
+/// answered that through `versions_cv` (collection, cv), walking every version of the
+/// collection below the cv for each item: a restore of 20 000 items ran at 114 items/s. It must
+/// read the item's own versions (the primary key) only.
+#[tokio::test]
+async fn an_items_version_at_a_cv_is_read_from_its_own_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteMetaStore::open(&dir.path().join("db")).unwrap();
+    let plan = s
+        .with_conn(|conn| {
+            let sql = format!("EXPLAIN QUERY PLAN {}", super::rows::versions_sql(super::read::AT_CV));
+            let mut st = conn.prepare(&sql).map_err(map_sql)?;
+            let rows = st
+                .query_map(rusqlite::params!["c", "i", 5], |r| r.get::<_, String>(3))
+                .and_then(Iterator::collect::<rusqlite::Result<Vec<String>>>)
+                .map_err(map_sql)?;
+            Ok(rows.join("; "))
+        })
+        .await
+        .unwrap();
+    assert!(
+        plan.contains("sqlite_autoindex_versions_1 (collection=? AND item_id=?") && !plan.contains("versions_cv"),
+        "{plan}"
+    );
+}
+
 /// A filter that matches nothing made the listing scan the whole collection while holding
 /// the one connection, so every other request, writes included, waited for it (review L7).
 #[tokio::test]
