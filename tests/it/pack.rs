@@ -72,8 +72,12 @@ async fn version_packs(h: &support::Harness, c: &CollectionName, id: &ItemId) ->
         .collect()
 }
 
-/// The pack of `c` with the most members, and its members' items.
-async fn biggest_pack(h: &support::Harness, c: &CollectionName) -> (String, Vec<ItemId>) {
+/// Create 24 items at once (after a warm-up write) and return the pack with the most members,
+/// with its members' items: at least 8 of them share it.
+async fn a_shared_pack(h: &support::Harness, c: &CollectionName, word: &str) -> (String, Vec<ItemId>) {
+    let warm = json!({"warm": 1}).as_object().unwrap().clone();
+    h.engine.create(c, None, warm, &Attribution::default()).await.unwrap();
+    create_at_once(h, c, 24, word).await;
     let stored = h.engine.stored_payloads(c).await.unwrap();
     let mut by_pack: std::collections::HashMap<String, Vec<ItemId>> = Default::default();
     for p in stored.iter().filter(|p| p.pack.is_some()) {
@@ -82,7 +86,9 @@ async fn biggest_pack(h: &support::Harness, c: &CollectionName) -> (String, Vec<
             .or_default()
             .push(p.id.clone());
     }
-    by_pack.into_iter().max_by_key(|(_, m)| m.len()).unwrap()
+    let (pack, members) = by_pack.into_iter().max_by_key(|(_, m)| m.len()).unwrap();
+    assert!(members.len() >= 8, "a pack of {}", members.len());
+    (pack, members)
 }
 
 /// A scrub of `c` with no grace: every pack is old enough to collect. `delete: false` only reports.
@@ -478,19 +484,9 @@ async fn a_packed_version_is_presigned_through_a_copy_of_its_own() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn scrub_compacts_a_mostly_dead_pack() {
     let (h, c, who) = setup(PackWrites::Together).await;
-    h.engine
-        .create(&c, None, json!({"warm": 1}).as_object().unwrap().clone(), &who)
-        .await
-        .unwrap();
-    let ids: Vec<ItemId> = create_at_once(&h, &c, 24, "n")
-        .await
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect();
     // The biggest pack, and all but two of its items moved on (their first versions pruned with
     // their payloads).
-    let (pack, members) = biggest_pack(&h, &c).await;
-    assert!(members.len() >= 8, "a pack of {}", members.len());
+    let (pack, members) = a_shared_pack(&h, &c, "n").await;
     let (kept, moved) = members.split_at(2);
     for id in moved {
         let data = json!({"moved": id.as_str()}).as_object().unwrap().clone();
@@ -509,7 +505,6 @@ async fn scrub_compacts_a_mostly_dead_pack() {
         assert_eq!(r.data["n"].as_u64(), Some(id.as_str()[5..].parse().unwrap()));
         assert_ne!(r.payload().pack.unwrap().key, pack, "repointed");
     }
-    assert_eq!(ids.len(), 24);
     h.engine.flush_ledger().await.unwrap();
     let report = h.engine.verify(std::time::Duration::ZERO).await.unwrap();
     assert!(report.intact(), "{report:?}");
@@ -531,13 +526,7 @@ async fn scrub_compacts_a_mostly_dead_pack() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn compaction_racing_a_restore_by_reference_strands_nothing() {
     let (h, c, who) = setup(PackWrites::Together).await;
-    h.engine
-        .create(&c, None, json!({"warm": 1}).as_object().unwrap().clone(), &who)
-        .await
-        .unwrap();
-    create_at_once(&h, &c, 24, "race").await;
-    let (pack, members) = biggest_pack(&h, &c).await;
-    assert!(members.len() >= 6, "a pack of {}", members.len());
+    let (pack, members) = a_shared_pack(&h, &c, "race").await;
     // `kept` moves on once (its v0 stays in the pack, indexed); the others twice, and retention
     // keeping two versions prunes their v0 with its payload: the pack is mostly dead.
     let (kept, moved) = (&members[0], &members[1..]);
@@ -590,13 +579,7 @@ async fn compaction_racing_a_restore_by_reference_strands_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_pack_a_manifest_names_is_not_compacted_again_and_again() {
     let (h, c, who) = setup(PackWrites::Together).await;
-    h.engine
-        .create(&c, None, json!({"warm": 1}).as_object().unwrap().clone(), &who)
-        .await
-        .unwrap();
-    create_at_once(&h, &c, 24, "pinned").await;
-    let (pack, members) = biggest_pack(&h, &c).await;
-    assert!(members.len() >= 6, "a pack of {}", members.len());
+    let (pack, members) = a_shared_pack(&h, &c, "pinned").await;
     // Every member moves on; the first two are pruned keeping their payloads (a manifest names
     // their slot), the others with their payloads deleted.
     for (n, id) in members.iter().enumerate() {
