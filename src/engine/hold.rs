@@ -17,7 +17,7 @@ use crate::engine::error::{Error, Result};
 use crate::engine::model::{CollectionName, Head, ItemId, Timestamp, now};
 use crate::engine::settings::HoldRule;
 use crate::engine::store::sidecar::SideKind;
-use crate::engine::store::{ObjectLockStatus, PutOptions};
+use crate::engine::store::{ObjectLockStatus, PutOptions, Repoint};
 use crate::engine::versioning::Engine;
 
 /// A legal hold on one item.
@@ -72,25 +72,38 @@ impl Engine {
     /// (a no-op unless the bucket has Object Lock). Set again when asked again, so a hold set
     /// while an earlier call failed midway ends up on every object.
     async fn lock_objects(&self, collection: &CollectionName, id: &ItemId, on: bool) -> Result<()> {
-        let mut after = None;
+        let (mut after, mut moved_meanwhile) = (None, 0);
         loop {
             let page = self.meta().versions(collection, id, after, 1000).await?;
             let Some(last) = page.last() else { return Ok(()) };
-            after = Some(last.ov);
+            let mut again = false;
             for v in &page {
                 let loc = v.payload();
-                if on && loc.pack.is_some() {
+                if let (true, Some(pack)) = (on, loc.pack) {
                     // A lock binds a whole object, and a pack holds other items too: the held
                     // version moves to its own key first (its pack bytes stay until scrub).
                     self.standalone_copy(collection, id, loc).await?;
-                    self.meta()
-                        .repoint_payload(collection, id, (loc.ov, loc.write_id), None)
-                        .await?;
+                    let moving = Repoint {
+                        payload: (loc.ov, loc.write_id),
+                        from: Some(&pack.key),
+                        to: None,
+                    };
+                    // Nothing named that pack any more: compaction moved the bytes meanwhile,
+                    // so this page is read again and moved from where they are now.
+                    again |= self.meta().repoint_payload(collection, id, moving).await? == 0;
                 }
                 self.payload_store()
                     .set_legal_hold(&loc.key(collection, id), on)
                     .await?;
             }
+            if again {
+                moved_meanwhile += 1;
+                if moved_meanwhile > 5 {
+                    return Err(Error::Contended(format!("{collection}/{id}: payloads keep moving")));
+                }
+                continue;
+            }
+            after = Some(last.ov);
         }
     }
 

@@ -5,10 +5,11 @@
 //!
 //! Left out here: five checks that reach for a version's own object by its key (to swap or
 //! delete it, or to see retention delete it); a packed version has none. Their packed forms are
-//! in `pack.rs` (a slot naming another item's envelope, bytes changed inside a pack, a pack
+//! in `pack/` (a slot naming another item's envelope, bytes changed inside a pack, a pack
 //! collected once nothing names it, the pack a restored version reads from kept through retention
-//! and scrub, compaction racing a restore by reference). One check is packed only: a slot moved
-//! meanwhile is never committed by a restore that read it before.
+//! and scrub, compaction racing a restore by reference). Two checks are packed only (only
+//! packed bytes ever move): a slot moved meanwhile is never committed by a restore that read it
+//! before, and a move from a place no longer named changes nothing.
 
 use chronos::engine::EngineSettings;
 use chronos::engine::settings::PackWrites;
@@ -39,7 +40,7 @@ macro_rules! packed_suite {
             crate::conformance_suite!(@subject restore;
                 restore_object_appends_the_old_version, restore_collection_plans_then_restores,
                 restore_by_reference_copies_no_payload, writes_after_a_restore_by_reference_work,
-                a_reference_to_a_slot_moved_meanwhile_is_not_committed,
+                a_reference_to_a_slot_moved_meanwhile_is_not_committed, a_move_from_a_place_no_longer_named_changes_nothing,
                 restore_during_concurrent_writes_overwrites_nothing);
             crate::conformance_suite!(@subject retention;
                 retention_prunes_the_index_but_old_versions_stay_readable, restore_after_retention_brings_back_pruned_versions);

@@ -96,6 +96,26 @@ impl Harness {
         )
     }
 
+    /// Point the versions (and head) of `id` whose data is version `ov`'s payload at `to`, from
+    /// wherever they name it now, as compaction or a hold would after moving the bytes; returns
+    /// how many changed.
+    pub async fn move_payload(
+        &self,
+        c: &chronos::engine::CollectionName,
+        id: &chronos::engine::ItemId,
+        ov: u64,
+        to: Option<&chronos::engine::PackSlot>,
+    ) -> u64 {
+        let v = self.meta.version(c, id, ov).await.unwrap().expect("an indexed version");
+        let loc = v.payload();
+        let moving = chronos::engine::store::Repoint {
+            payload: (loc.ov, loc.write_id),
+            from: loc.pack.map(|p| p.key.as_str()),
+            to,
+        };
+        self.meta.repoint_payload(c, id, moving).await.unwrap()
+    }
+
     /// Every document of the MongoDB database, every row of every SQLite table, or everything
     /// the in-memory stores hold, as text: the metadata store and the queue, read raw.
     pub async fn metadata_text(&self) -> String {

@@ -17,6 +17,7 @@ use serde::Serialize;
 use super::format::{self, Entry, Member};
 use crate::engine::error::Result;
 use crate::engine::model::CollectionName;
+use crate::engine::store::Repoint;
 use crate::engine::store::rules::began_ms;
 use crate::engine::versioning::Engine;
 
@@ -143,9 +144,13 @@ impl Engine {
         store.put(&new_key, packed).await?;
         for m in &footer.members {
             let slot = format::Footer::slot(&new_key, m);
-            self.meta()
-                .repoint_payload(c, &m.id, (m.ov, &m.write_id), Some(&slot))
-                .await?;
+            // Only where it still names this pack: a hold may have moved it meanwhile.
+            let moving = Repoint {
+                payload: (m.ov, &m.write_id),
+                from: Some(key),
+                to: Some(&slot),
+            };
+            self.meta().repoint_payload(c, &m.id, moving).await?;
         }
         // An erasure recorded while the envelopes were copied must not find them again here.
         self.redact_pack(c, &new_key).await?;

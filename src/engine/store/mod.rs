@@ -5,13 +5,13 @@
 
 #[cfg(feature = "testing")]
 pub mod decorators;
+mod payload;
 pub mod queue;
 pub mod rules;
 pub mod sidecar;
 pub mod signal;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use super::error::{Error, Result};
@@ -20,131 +20,7 @@ use super::model::{
 };
 use super::query::Filter;
 
-/// Object storage for payloads: one bucket (or directory) per store instance.
-#[async_trait]
-pub trait PayloadStore: Send + Sync + 'static {
-    /// Store `body` under `key`, replacing nothing: keys are unique per write attempt.
-    async fn put(&self, key: &str, body: Bytes) -> Result<()>;
-    /// `None` when the key does not exist.
-    async fn get(&self, key: &str) -> Result<Option<Bytes>>;
-    /// Part of the object at `key` (one ranged GET on S3): a packed version's envelope, or a
-    /// pack's footer. `None` when the key does not exist; a range past the object's end is
-    /// cut at the end. The default reads the whole object, for stores where that costs the same.
-    async fn get_range(&self, key: &str, range: ByteRange) -> Result<Option<Bytes>> {
-        Ok(self.get(key).await?.map(|body| range.slice(&body)))
-    }
-    /// Deleting a missing key is not an error.
-    async fn delete(&self, key: &str) -> Result<()>;
-    /// Keys under `prefix` after `start_after`, at most `limit`, in the store's listing order:
-    /// byte order on AWS S3, memory and local files, but not on every S3-compatible server
-    /// (SeaweedFS lists a "directory"'s keys first). Paging by the last key seen visits every key
-    /// once; callers must not depend on the order beyond that.
-    async fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<String>>;
-    /// A URL that GETs `key` without credentials until `ttl` passes; `None` when this kind of
-    /// store can't presign.
-    async fn presign_get(&self, key: &str, ttl: std::time::Duration) -> Result<Option<String>>;
-    /// Where the store is, for people (bucket name, directory); never a secret.
-    fn location(&self) -> String;
-    /// Whether the bucket (directory) exists.
-    async fn exists(&self) -> Result<bool>;
-    /// Create the bucket (directory); existing already is fine.
-    async fn create(&self) -> Result<()>;
-    /// [`PayloadStore::put`] with S3 Object Lock settings for the object. Stores that can't
-    /// lock objects store it plainly: the engine's holds still keep the item (see
-    /// `engine::hold`), and [`PayloadStore::object_lock_status`] says the bucket does not.
-    async fn put_with(&self, key: &str, body: Bytes, options: &PutOptions) -> Result<()> {
-        let _ = options;
-        self.put(key, body).await
-    }
-    /// Put (or lift) an S3 Object Lock legal hold on every stored version of `key`; nothing on
-    /// stores that can't lock objects.
-    async fn set_legal_hold(&self, key: &str, on: bool) -> Result<()> {
-        let _ = (key, on);
-        Ok(())
-    }
-    /// Whether objects written here can really be locked (found by a probe on S3).
-    async fn object_lock_status(&self) -> Result<ObjectLockStatus> {
-        Ok(ObjectLockStatus::NotRequested)
-    }
-}
-
-/// Which bytes of an object [`PayloadStore::get_range`] reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ByteRange {
-    /// `len` bytes from `offset`.
-    Slice { offset: u64, len: u64 },
-    /// The last `len` bytes (all of a shorter object).
-    Last(u64),
-}
-
-impl ByteRange {
-    /// These bytes of a whole object.
-    pub fn slice(&self, body: &Bytes) -> Bytes {
-        let size = body.len() as u64;
-        let (from, to) = match *self {
-            ByteRange::Slice { offset, len } => (offset.min(size), offset.saturating_add(len).min(size)),
-            ByteRange::Last(len) => (size.saturating_sub(len), size),
-        };
-        body.slice(from as usize..to as usize)
-    }
-
-    /// The HTTP `Range` header value.
-    pub fn header(&self) -> String {
-        match *self {
-            ByteRange::Slice { offset, len } => format!("bytes={offset}-{}", offset + len.max(1) - 1),
-            ByteRange::Last(len) => format!("bytes=-{len}"),
-        }
-    }
-}
-
-/// How one object is locked when written (S3 Object Lock).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PutOptions {
-    /// Retention: the object can't be deleted or overwritten before this time.
-    pub retention: Option<(LockMode, Timestamp)>,
-    /// A legal hold: the object can't be deleted until the hold is lifted.
-    pub legal_hold: bool,
-}
-
-impl PutOptions {
-    pub fn is_plain(&self) -> bool {
-        self.retention.is_none() && !self.legal_hold
-    }
-}
-
-/// S3 Object Lock's retention modes: GOVERNANCE can be lifted by a caller allowed to bypass it,
-/// COMPLIANCE by nobody until it expires.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum LockMode {
-    Governance,
-    Compliance,
-}
-
-impl LockMode {
-    /// The name S3 gives it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LockMode::Governance => "GOVERNANCE",
-            LockMode::Compliance => "COMPLIANCE",
-        }
-    }
-}
-
-/// What a bucket does with Object Lock, as [`PayloadStore::object_lock_status`] found it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase", tag = "status", content = "detail")]
-pub enum ObjectLockStatus {
-    /// The database did not ask for Object Lock (or the store is not S3).
-    NotRequested,
-    /// Asked for, but the bucket has no Object Lock configuration.
-    NotEnabled,
-    /// The bucket says it has Object Lock, but a delete naming the version id of a locked probe
-    /// object succeeded: the server does not enforce it.
-    NotEnforced(String),
-    /// A delete of a locked probe object's version was refused.
-    Enforced,
-}
+pub use payload::{ByteRange, LockMode, ObjectLockStatus, PayloadStore, PutOptions};
 
 /// The change a write makes to an item's head, prepared by the engine and applied atomically by
 /// the metadata store together with the matching [`VersionEntry`].
@@ -170,14 +46,27 @@ pub struct HeadChange {
     pub commit_by: Timestamp,
 }
 
+/// A payload's bytes moving to another place (see [`MetaUpkeep::repoint_payload`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Repoint<'a> {
+    /// The payload `(ov, write_id)` whose references move.
+    pub payload: (u64, &'a str),
+    /// Where the mover copied the bytes from: a pack's key, or `None` for the payload's own
+    /// object. Only references still naming it move, so of two movers racing (compaction and a
+    /// hold) the later can't point the versions at a copy of a place they no longer use.
+    pub from: Option<&'a str>,
+    /// The new place: a pack slot, or `None` for the payload's own object.
+    pub to: Option<&'a PackSlot>,
+}
+
 /// [`MetaUpkeep::repoint_payload`] on one stored reference: `Some(changed)` when `r` names the
-/// payload `(ov, write_id)` (changed: whether its slot was not `to` yet).
-pub fn repoint(r: &mut PayloadRef, payload: (u64, &str), to: Option<&PackSlot>) -> Option<bool> {
-    if (r.ov, r.write_id.as_str()) != payload {
+/// payload at `moving.from` (changed: whether its slot was not `moving.to` yet).
+pub fn repoint(r: &mut PayloadRef, moving: &Repoint<'_>) -> Option<bool> {
+    if (r.ov, r.write_id.as_str()) != moving.payload || r.pack.as_ref().map(|p| p.key.as_str()) != moving.from {
         return None;
     }
-    let changed = r.pack.as_ref() != to;
-    r.pack = to.cloned();
+    let changed = r.pack.as_ref() != moving.to;
+    r.pack = moving.to.cloned();
     Some(changed)
 }
 
@@ -537,19 +426,13 @@ pub trait MetaUpkeep: Send + Sync + 'static {
     async fn put_erasure(&self, id: &str, record: &str) -> Result<()>;
     /// Every erasure record the store holds, in id order.
     async fn erasure_records(&self) -> Result<Vec<String>>;
-    /// Make every version of item `id` whose data is the payload `(ov, write_id)` — its own, or
-    /// one it refers to — and the head, if it does, name `to` as where those bytes lie: a pack
-    /// slot, or `None` for the payload's own key. For a packed payload that moves (a hold copies
-    /// it to its own key, compaction into a new pack); the old place keeps the same bytes until
+    /// Make every version of item `id` whose data is the payload `moving.payload` — its own, or
+    /// one it refers to — and the head, if it does, name `moving.to` as where those bytes lie,
+    /// as long as it still names `moving.from`. For a packed payload that moves (a hold copies it
+    /// to its own key, compaction into a new pack); the old place keeps the same bytes until
     /// nothing can name it, so a reader never misses them, and running it again is harmless.
-    /// Returns how many versions and heads changed.
-    async fn repoint_payload(
-        &self,
-        collection: &CollectionName,
-        id: &ItemId,
-        payload: (u64, &str),
-        to: Option<&PackSlot>,
-    ) -> Result<u64>;
+    /// Returns how many versions and heads changed (0: none named `from` any more).
+    async fn repoint_payload(&self, collection: &CollectionName, id: &ItemId, moving: Repoint<'_>) -> Result<u64>;
     /// Remove these versions of an item from the index (retention); returns how many went.
     /// Atomically with that, each version removed now whose cv is above the counters' mark is
     /// added to the collection's pruned tallies under its counter names, so counters computed

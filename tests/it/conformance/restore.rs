@@ -421,9 +421,8 @@ pub async fn a_reference_to_a_slot_moved_meanwhile_is_not_committed(h: &Harness)
     assert!(v0.payload().pack.is_some(), "a check of the packed suite");
     let stale = stale_restore(&v0, 1);
     // Moved out of its pack, to an object of its own (as a hold does).
-    let (c, write_id) = (coll(), v0.write_id.as_str());
-    let repoint = |to| h.meta.repoint_payload(&c, &a, (0, write_id), to);
-    assert!(repoint(None).await.unwrap() >= 1, "v0's entry moved");
+    let c = coll();
+    assert!(h.move_payload(&c, &a, 0, None).await >= 1, "v0's entry moved");
     let append =
         |w: chronos::engine::RefWrite| h.meta.append_by_reference(&c, vec![w], chronos::engine::Timestamp::MAX);
     assert_eq!(
@@ -437,10 +436,41 @@ pub async fn a_reference_to_a_slot_moved_meanwhile_is_not_committed(h: &Harness)
         "nothing written"
     );
 
-    assert!(repoint(v0.payload().pack).await.unwrap() >= 1, "moved back");
+    assert!(h.move_payload(&c, &a, 0, v0.payload().pack).await >= 1, "moved back");
     assert!(append(stale).await.unwrap().is_some(), "the same slot again: committed");
     let latest = e.get_latest(&coll(), &a, LATEST).await.unwrap();
     assert_eq!((latest.ov, latest.data), (2, obj(json!({"v": 0}))));
+}
+
+/// (Packed only.) Two movers of one payload race — compaction copying it into a new pack while a
+/// hold moves it to its own object: the one that comes second copied from a place the versions no
+/// longer name, and its repointing changes nothing, so the versions keep naming the bytes the
+/// first mover put where they are (for a hold: the locked object).
+pub async fn a_move_from_a_place_no_longer_named_changes_nothing(h: &Harness) {
+    let e = &h.engine;
+    let (a, _) = e.create(&coll(), None, obj(json!({"v": 0})), &who()).await.unwrap();
+    let v0 = h.meta.version(&coll(), &a, 0).await.unwrap().unwrap();
+    let packed = v0.payload().pack.cloned().expect("a check of the packed suite");
+    let c = coll();
+    assert_eq!(
+        h.move_payload(&c, &a, 0, None).await,
+        2,
+        "v0 and the head moved to its own object"
+    );
+    let late = chronos::engine::store::Repoint {
+        payload: (0, &v0.write_id),
+        from: Some(&packed.key),
+        to: Some(&chronos::engine::PackSlot {
+            key: format!("{}.copy", packed.key),
+            ..packed.clone()
+        }),
+    };
+    assert_eq!(h.meta.repoint_payload(&c, &a, late).await.unwrap(), 0);
+    let now = h.meta.version(&c, &a, 0).await.unwrap().unwrap();
+    assert_eq!(now.payload().pack, None, "still its own object");
+    let latest = e.get_latest(&c, &a, LATEST).await.unwrap();
+    assert_eq!(latest.payload().pack, None);
+    assert_eq!(latest.data, obj(json!({"v": 0})));
 }
 
 /// A collection restore racing with writers: every acknowledged write stays in history with its

@@ -9,14 +9,14 @@ use async_trait::async_trait;
 use tokio::sync::OwnedMutexGuard;
 
 use crate::engine::error::{Error, Result};
-use crate::engine::model::{CollectionName, Head, ItemId, Op, PackSlot, RequestKey, State, Timestamp, VersionEntry};
+use crate::engine::model::{CollectionName, Head, ItemId, Op, RequestKey, State, Timestamp, VersionEntry};
 use crate::engine::query::Filter;
 use crate::engine::store::rules::{HEAD_OVERHEAD, after, check_precondition, next_head, ref_head};
 use crate::engine::store::sidecar::SideKind;
 use crate::engine::store::signal::{CommitSignals, CommitWatch};
 use crate::engine::store::{
     CommitError, HeadChange, Held, HistoryPoint, HistoryStart, ListQuery, MetaRead, MetaRestore, MetaUpkeep, MetaWrite,
-    PendingWrite, PrunedVersion, RefWrite, TierBatch, TierQuery, repoint,
+    PendingWrite, PrunedVersion, RefWrite, Repoint, TierBatch, TierQuery, repoint,
 };
 
 #[derive(Default, Debug)]
@@ -478,13 +478,7 @@ impl MetaUpkeep for MemoryMetaStore {
         Ok(erasures.values().cloned().collect())
     }
 
-    async fn repoint_payload(
-        &self,
-        collection: &CollectionName,
-        id: &ItemId,
-        payload: (u64, &str),
-        to: Option<&PackSlot>,
-    ) -> Result<u64> {
+    async fn repoint_payload(&self, collection: &CollectionName, id: &ItemId, moving: Repoint<'_>) -> Result<u64> {
         let mut all = self.lock();
         let Some(c) = all.get_mut(collection) else { return Ok(0) };
         let versions = c
@@ -495,7 +489,7 @@ impl MetaUpkeep for MemoryMetaStore {
             .filter_map(|v| v.payload_ref.as_mut())
             .chain(c.heads.get_mut(id).and_then(|h| h.payload_ref.as_mut()));
         Ok(refs
-            .filter_map(|r| repoint(r, payload, to))
+            .filter_map(|r| repoint(r, &moving))
             .filter(|changed| *changed)
             .count() as u64)
     }

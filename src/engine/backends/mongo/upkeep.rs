@@ -11,9 +11,9 @@ use mongodb::options::ReturnDocument;
 use super::docs::{filter_doc, get_string, get_u64, pack_doc, pruned_id, tally_counts, to_date};
 use super::{MongoMetaStore, commit, is_transient, map_err};
 use crate::engine::error::{Error, Result};
-use crate::engine::model::{CollectionName, ItemId, Op, PackSlot, State};
+use crate::engine::model::{CollectionName, ItemId, Op, State};
 use crate::engine::query::Filter;
-use crate::engine::store::{MetaUpkeep, PrunedVersion, TierBatch, TierQuery};
+use crate::engine::store::{MetaUpkeep, PrunedVersion, Repoint, TierBatch, TierQuery};
 
 impl MongoMetaStore {
     /// The documents an aggregation over a collection's version index yields.
@@ -267,15 +267,13 @@ impl MetaUpkeep for MongoMetaStore {
         })
     }
 
-    async fn repoint_payload(
-        &self,
-        c: &CollectionName,
-        id: &ItemId,
-        payload: (u64, &str),
-        to: Option<&PackSlot>,
-    ) -> Result<u64> {
-        let names = doc! {"payloadRef.ov": payload.0 as i64, "payloadRef.writeId": payload.1};
-        let update = match to {
+    async fn repoint_payload(&self, c: &CollectionName, id: &ItemId, moving: Repoint<'_>) -> Result<u64> {
+        let mut names = doc! {"payloadRef.ov": moving.payload.0 as i64, "payloadRef.writeId": moving.payload.1};
+        match moving.from {
+            Some(key) => names.insert("payloadRef.pack.key", key),
+            None => names.insert("payloadRef.pack", mongodb::bson::Bson::Null),
+        };
+        let update = match moving.to {
             Some(p) => doc! {"$set": {"payloadRef.pack": pack_doc(p)}},
             None => doc! {"$unset": {"payloadRef.pack": ""}},
         };

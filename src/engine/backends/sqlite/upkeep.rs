@@ -9,10 +9,10 @@ use rusqlite::{OptionalExtension, params};
 use super::SqliteMetaStore;
 use super::rows::{from_json, map_sql, read_pruned, to_i64, to_json, to_u64};
 use crate::engine::error::Result;
-use crate::engine::model::{CollectionName, ItemId, Op, PackSlot, PayloadRef};
+use crate::engine::model::{CollectionName, ItemId, Op, PayloadRef};
 use crate::engine::query::Filter;
 use crate::engine::store::rules::HEAD_OVERHEAD;
-use crate::engine::store::{MetaUpkeep, PrunedVersion, TierBatch, TierQuery, repoint};
+use crate::engine::store::{MetaUpkeep, PrunedVersion, Repoint, TierBatch, TierQuery, repoint};
 
 #[async_trait]
 impl MetaUpkeep for SqliteMetaStore {
@@ -190,15 +190,9 @@ impl MetaUpkeep for SqliteMetaStore {
         .await
     }
 
-    async fn repoint_payload(
-        &self,
-        c: &CollectionName,
-        id: &ItemId,
-        payload: (u64, &str),
-        to: Option<&PackSlot>,
-    ) -> Result<u64> {
-        let (c, id, write_id, to) = (c.clone(), id.clone(), payload.1.to_owned(), to.cloned());
-        let ov = payload.0;
+    async fn repoint_payload(&self, c: &CollectionName, id: &ItemId, moving: Repoint<'_>) -> Result<u64> {
+        let (c, id, write_id, to) = (c.clone(), id.clone(), moving.payload.1.to_owned(), moving.to.cloned());
+        let (ov, from) = (moving.payload.0, moving.from.map(str::to_owned));
         self.with_conn(move |conn| {
             let tx = conn.transaction().map_err(map_sql)?;
             let mut changed = 0;
@@ -216,7 +210,12 @@ impl MetaUpkeep for SqliteMetaStore {
                 };
                 for (row, text) in rows {
                     let mut r: PayloadRef = from_json(&text, "payload_ref")?;
-                    if repoint(&mut r, (ov, &write_id), to.as_ref()) != Some(true) {
+                    let moving = Repoint {
+                        payload: (ov, &write_id),
+                        from: from.as_deref(),
+                        to: to.as_ref(),
+                    };
+                    if repoint(&mut r, &moving) != Some(true) {
                         continue;
                     }
                     tx.execute(
