@@ -19,6 +19,7 @@ use crate::engine::store::{HistoryPoint, HistoryStart, ListQuery, MetaRead, Meta
 /// and made a collection restore quadratic (20 000 items: 114 items/s). Through the primary key
 /// it reads the item's own versions only.
 pub(super) const AT_CV: &str = "AND +cv <= ?3 ORDER BY ov DESC LIMIT 1";
+
 #[async_trait]
 impl MetaRead for SqliteMetaStore {
     async fn head(&self, c: &CollectionName, id: &ItemId) -> Result<Option<Head>> {
