@@ -5,6 +5,10 @@
 //! - [`connect`]: configuration turned into engines; [`error`]: the one error of that wiring
 //!   and of the binary's commands.
 
+// The docs are for the people who work on Chronos (`cargo doc --document-private-items`): they
+// link private items on purpose.
+#![allow(rustdoc::private_intra_doc_links)]
+
 pub mod api;
 pub mod client;
 pub mod config;

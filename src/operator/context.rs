@@ -41,7 +41,7 @@ pub struct Context {
     pub shared_engine_replicas: i32,
     /// Items per page of a collection restore (status is written after each page).
     pub restore_page: usize,
-    /// Publishes Kubernetes Events ([`events`]).
+    /// Publishes Kubernetes Events ([`events`](super::events)).
     pub recorder: Recorder,
     /// One lock per namespace, held while its engines are rendered and applied (see
     /// [`Context::namespace_lock`]).

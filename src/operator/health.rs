@@ -23,7 +23,7 @@ pub fn set_leading(leading: bool) {
 }
 
 /// Run one reconcile of `controller`, counting it, its errors by kind
-/// ([`Error::metric_label`]) and its duration.
+/// ([`Error::metric_label`](super::error::Error::metric_label)) and its duration.
 pub async fn measured<T>(controller: &'static str, reconcile: impl Future<Output = Result<T>>) -> Result<T> {
     let started = Instant::now();
     let result = reconcile.await;

@@ -3,8 +3,8 @@
 //! A candidate takes the Lease when it is free or expired, by a replace that carries the
 //! `resourceVersion` it read: if another replica wrote the Lease in between, the API server
 //! refuses (409) and the candidate reads again. The leader renews well within the lease duration;
-//! if it cannot renew in time it must stop acting ([`Leadership::lost`] resolves) — the process
-//! exits and restarts as a candidate.
+//! if it cannot renew in time it must stop acting ([`hold`] returns) — the process exits and
+//! restarts as a candidate.
 
 use std::time::Duration;
 

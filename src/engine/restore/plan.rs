@@ -101,7 +101,7 @@ pub(super) fn action(head: &Head, target: Option<&Target>) -> Action {
 }
 
 /// Whether bringing `head` to `target` takes a copy of the target's data (see
-/// [`Engine::restore_by_copy`]) rather than a reference.
+/// [`Engine::restore_by_copy`](crate::engine::versioning::Engine::restore_by_copy)) rather than a reference.
 pub(super) fn copies(head: &Head, target: &Target) -> bool {
     !erased(head, Some(target)) && target.payload_may_be_gone() && action(head, Some(target)) == Action::Restore
 }

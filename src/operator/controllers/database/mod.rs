@@ -1,7 +1,7 @@
 //! The `ChronosDatabase` reconciler: validate → reach the backends → ensure the buckets → apply
 //! the engine → status. Deletion goes through a finalizer so `deletionPolicy` is always honoured.
 //!
-//! - [`check`]: whether the database can be served (spec, Secrets, claims, backends, tokens).
+//! - [`check`](mod@check): whether the database can be served (spec, Secrets, claims, backends, tokens).
 //! - [`names`], [`render`], [`shape`], [`pod`], [`objects`], [`membership`]: the engines as pure
 //!   functions of the resources — names, configuration, what differs between a dedicated and
 //!   the shared engine, Deployment, the other objects, and which databases the namespace's

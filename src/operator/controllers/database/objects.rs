@@ -81,13 +81,13 @@ pub struct SharedEngine {
     pub replicas: i32,
 }
 
-/// The objects of namespace `ns`'s shared engine, serving `members` (see [`membership`]).
+/// The objects of namespace `ns`'s shared engine, serving `members` (see [`membership`](super::membership)).
 ///
 /// Owners: every member, none of them as controller. A shared object can't be owned by one
 /// database alone — deleting that one would take the engine from the others — and Kubernetes'
 /// garbage collector deletes a dependent only once *all* its owners are gone. So the engine
 /// outlives any one database and is collected after the last one even if the operator is not
-/// running; the operator also deletes it itself when the last member leaves ([`membership`]
+/// running; the operator also deletes it itself when the last member leaves ([`membership`](super::membership)
 /// empty), which is what happens first in practice. Owner references also route the
 /// Deployment's status changes to every member's reconcile, so each one's `EngineReady` follows.
 pub fn shared_objects(

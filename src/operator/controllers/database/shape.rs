@@ -12,7 +12,7 @@ pub(super) struct Shape {
     pub(super) name: String,
     pub(super) namespace: Option<String>,
     /// The `app.kubernetes.io/instance` label (the selector): the database's name, or
-    /// [`RESERVED_NAME`] for the shared engine.
+    /// [`RESERVED_NAME`](crate::operator::crd::database::RESERVED_NAME) for the shared engine.
     pub(super) instance: String,
     pub(super) owners: Vec<OwnerReference>,
     pub(super) replicas: i32,
