@@ -77,9 +77,14 @@ impl Engine {
             let page = self.meta().versions(collection, id, after, 1000).await?;
             let Some(last) = page.last() else { return Ok(()) };
             let mut again = false;
+            // Versions restored by reference name the same payload: it moves once per page (the
+            // page's copies of the others are stale after the first move).
+            let mut moved = std::collections::HashSet::new();
             for v in &page {
                 let loc = v.payload();
-                if let (true, Some(pack)) = (on, loc.pack) {
+                if let (true, Some(pack)) = (on, loc.pack)
+                    && moved.insert((loc.ov, loc.write_id))
+                {
                     // A lock binds a whole object, and a pack holds other items too: the held
                     // version moves to its own key first (its pack bytes stay until scrub).
                     self.standalone_copy(collection, id, loc).await?;

@@ -302,6 +302,14 @@ pub struct PayloadRef {
     pub pack: Option<PackSlot>,
 }
 
+impl PayloadRef {
+    /// The key of the pack it names (`None`: the payload's own object). What a restore by
+    /// reference and a repointing compare, so a slot moved meanwhile is never written back.
+    pub fn pack_key(&self) -> Option<&str> {
+        self.pack.as_ref().map(|p| p.key.as_str())
+    }
+}
+
 /// Where a version's envelope lies inside a pack: the object that holds the payloads of writes
 /// made together (see `engine::pack`). Reads fetch exactly these bytes with one ranged GET.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]

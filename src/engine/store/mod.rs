@@ -62,7 +62,7 @@ pub struct Repoint<'a> {
 /// [`MetaUpkeep::repoint_payload`] on one stored reference: `Some(changed)` when `r` names the
 /// payload at `moving.from` (changed: whether its slot was not `moving.to` yet).
 pub fn repoint(r: &mut PayloadRef, moving: &Repoint<'_>) -> Option<bool> {
-    if (r.ov, r.write_id.as_str()) != moving.payload || r.pack.as_ref().map(|p| p.key.as_str()) != moving.from {
+    if (r.ov, r.write_id.as_str()) != moving.payload || r.pack_key() != moving.from {
         return None;
     }
     let changed = r.pack.as_ref() != moving.to;
@@ -183,7 +183,7 @@ pub struct RefWrite {
 impl RefWrite {
     /// The key of the pack whose slot the version copies (`None`: the payload's own object).
     pub fn copied_pack(&self) -> Option<&str> {
-        self.version.payload_ref.as_ref()?.pack.as_ref().map(|p| p.key.as_str())
+        self.version.payload_ref.as_ref()?.pack_key()
     }
 }
 

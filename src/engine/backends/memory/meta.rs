@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use tokio::sync::OwnedMutexGuard;
 
 use crate::engine::error::{Error, Result};
-use crate::engine::model::{CollectionName, Head, ItemId, Op, RequestKey, State, Timestamp, VersionEntry};
+use crate::engine::model::{CollectionName, Head, ItemId, Op, PayloadRef, RequestKey, State, Timestamp, VersionEntry};
 use crate::engine::query::Filter;
 use crate::engine::store::rules::{HEAD_OVERHEAD, after, check_precondition, next_head, ref_head};
 use crate::engine::store::sidecar::SideKind;
@@ -333,7 +333,7 @@ impl MetaRestore for MemoryMetaStore {
                 && w.source.is_none_or(|ov| {
                     coll.versions
                         .get(&(w.version.id.clone(), ov))
-                        .is_some_and(|v| v.payload().pack.map(|p| p.key.as_str()) == w.copied_pack())
+                        .is_some_and(|v| v.payload_ref.as_ref().and_then(PayloadRef::pack_key) == w.copied_pack())
                 })
         });
         if !unchanged {

@@ -191,7 +191,7 @@ pub(super) fn append_refs(
                 .as_deref()
                 .map(|t| from_json(t, "payload_ref"))
                 .transpose()?;
-            if named.as_ref().and_then(|r| r.pack.as_ref()).map(|p| p.key.as_str()) != w.copied_pack() {
+            if named.as_ref().and_then(PayloadRef::pack_key) != w.copied_pack() {
                 return Ok(None);
             }
         }
