@@ -11,7 +11,7 @@ use chronos::engine::backends::SqliteMetaStore;
 use chronos::engine::backends::SqliteQueue;
 use chronos::engine::backends::{MemoryMetaStore, MemoryPayloadStore};
 use chronos::engine::backends::{S3Connection, S3PayloadStore};
-use chronos::engine::store::decorators::{Faults, Faulty};
+use chronos::engine::store::decorators::{Counting, Faults, Faulty, RequestCounter};
 use chronos::engine::store::queue::QueueStore;
 use chronos::engine::{Engine, EngineSettings, MetaStore, MetaWrite, PayloadStore};
 use mongodb::event::EventHandler;
@@ -77,8 +77,18 @@ impl Harness {
 
     /// A replica with other settings (say, before a collection map changed).
     pub fn replica_with(&self, settings: EngineSettings) -> Arc<Engine> {
+        self.replica_over(self.payloads.clone(), settings)
+    }
+
+    /// A replica whose requests to the JSON bucket `counter` counts.
+    pub fn counted_replica(&self, counter: Arc<RequestCounter>) -> Arc<Engine> {
+        let payloads = Arc::new(Counting::new(self.payloads.clone(), counter));
+        self.replica_over(payloads, self.settings.clone())
+    }
+
+    fn replica_over(&self, payloads: Arc<dyn PayloadStore>, settings: EngineSettings) -> Arc<Engine> {
         Arc::new(
-            Engine::new(self.meta.clone(), self.payloads.clone(), settings)
+            Engine::new(self.meta.clone(), payloads, settings)
                 .with_backups(self.aux.clone())
                 .with_content(self.aux.clone())
                 .with_queue(self.queue.clone()),

@@ -139,7 +139,7 @@ impl Engine {
                 })
             })
             .collect();
-        let new_key = format::new_key(c);
+        let new_key = format::new_key(c, entries.iter().map(|e| e.id));
         let (packed, footer) = format::encode(self.database(), c, &entries)?;
         store.put(&new_key, packed).await?;
         for m in &footer.members {
@@ -196,10 +196,11 @@ impl Engine {
     }
 }
 
-/// `chronos-packs/<collection>/<uuidv7>.pack` → the collection and when the pack was written.
+/// `chronos-packs/<collection>/<uuidv7>[.m<filter>].pack` → the collection and when the pack
+/// was written.
 fn parse_pack_key(key: &str) -> Option<(CollectionName, u64)> {
     let rest = key.strip_prefix(format::PACKS_PREFIX)?;
-    let (c, file) = rest.split_once('/')?;
-    let id = uuid::Uuid::try_parse(file.strip_suffix(".pack")?).ok()?;
+    let (c, _) = rest.split_once('/')?;
+    let (id, _) = format::parse_key(key)?;
     Some((c.parse().ok()?, began_ms(&id)?))
 }

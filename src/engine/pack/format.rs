@@ -8,6 +8,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
+use super::filter::Filter;
 use crate::engine::error::{Error, Result};
 use crate::engine::model::{CollectionName, ItemId, PackSlot};
 
@@ -24,15 +25,30 @@ pub fn collection_prefix(collection: &CollectionName) -> String {
     format!("{PACKS_PREFIX}{collection}/")
 }
 
-/// A new pack's key: unique per pack written (a UUIDv7, so a pack's key also says when it was
-/// written, which scrub's grace needs), flat (one level under the collection: SeaweedFS spends
-/// more per PUT on deep keys).
-pub fn new_key(collection: &CollectionName) -> String {
+/// A new pack's key: `<collection prefix><uuid>.m<filter>.pack`. Unique per pack written (a
+/// UUIDv7, so a pack's key also says when it was written, which scrub's grace needs), flat (one
+/// level under the collection: SeaweedFS spends more per PUT on deep keys), and naming which
+/// items it may hold ([`filter`](super::filter), what erasure looks for).
+pub fn new_key<'a>(collection: &CollectionName, ids: impl ExactSizeIterator<Item = &'a ItemId>) -> String {
     format!(
-        "{}{}.pack",
+        "{}{}.m{}.pack",
         collection_prefix(collection),
-        uuid::Uuid::now_v7().simple()
+        uuid::Uuid::now_v7().simple(),
+        super::filter::of(ids)
     )
+}
+
+/// What a pack's key says: when it was written (its UUIDv7) and which items it may hold
+/// (`None`: no filter, the key of a pack written before keys had one; its footer tells).
+pub fn parse_key(key: &str) -> Option<(uuid::Uuid, Option<Filter>)> {
+    let file = key.rsplit('/').next()?.strip_suffix(".pack")?;
+    match file.split_once('.') {
+        None => Some((uuid::Uuid::try_parse(file).ok()?, None)),
+        Some((id, filter)) => Some((
+            uuid::Uuid::try_parse(id).ok()?,
+            Some(Filter::parse(filter.strip_prefix('m')?)?),
+        )),
+    }
 }
 
 /// One envelope in a pack, as the footer lists it.
@@ -168,11 +184,20 @@ mod tests {
     }
 
     #[test]
-    fn pack_keys_are_flat_and_unique() {
+    fn pack_keys_are_flat_unique_and_name_their_members() {
         let c: CollectionName = "orders".parse().unwrap();
-        let (k1, k2) = (new_key(&c), new_key(&c));
+        let (a, b): (ItemId, ItemId) = ("a".parse().unwrap(), "b".parse().unwrap());
+        let (k1, k2) = (new_key(&c, [&a].into_iter()), new_key(&c, [&a].into_iter()));
         assert_ne!(k1, k2);
         assert!(k1.starts_with("chronos-packs/orders/") && k1.ends_with(".pack"));
         assert_eq!(k1.matches('/').count(), 2);
+        let (_, filter) = parse_key(&k1).unwrap();
+        let filter = filter.expect("a new key has a filter");
+        assert!(filter.may_hold(&a) && !filter.may_hold(&b));
+        // A key written before keys had filters still parses: it may hold anything.
+        let old = "chronos-packs/orders/0192f0c1a2b37c4d8e9f0a1b2c3d4e5f.pack";
+        assert!(matches!(parse_key(old), Some((_, None))));
+        assert!(parse_key("chronos-packs/orders/0192f0c1a2b37c4d8e9f0a1b2c3d4e5f.x!.pack").is_none());
+        assert!(parse_key("orders/a/v0.w.json").is_none());
     }
 }

@@ -5,6 +5,7 @@
 //! See docs/design.md "Write packing".
 
 pub mod collect;
+pub mod filter;
 pub mod format;
 pub mod packer;
 pub mod redact;
@@ -87,18 +88,22 @@ impl Engine {
             .ok_or_else(|| Error::Corrupt(format!("{key}: the pack's footer is cut short")))
     }
 
-    /// The footers of a collection's packs, in key order, read [`FOOTERS_IN_FLIGHT`] at a time
-    /// and handed on as they come (a collection's footers together can be large); a pack gone
-    /// meanwhile is left out.
+    /// The footers of a collection's packs, in key order (see [`Engine::footers_of`]).
     pub(crate) async fn collection_footers(
         &self,
         collection: &CollectionName,
     ) -> Result<impl futures::Stream<Item = Result<(String, Footer)>> + '_> {
+        Ok(self.footers_of(self.pack_keys(collection).await?))
+    }
+
+    /// The footers of the packs at `keys`, read [`FOOTERS_IN_FLIGHT`] at a time and handed on as
+    /// they come (a collection's footers together can be large); a pack gone meanwhile is left out.
+    pub(crate) fn footers_of(&self, keys: Vec<String>) -> impl futures::Stream<Item = Result<(String, Footer)>> + '_ {
         use futures::{StreamExt, TryStreamExt};
-        Ok(futures::stream::iter(self.pack_keys(collection).await?)
+        futures::stream::iter(keys)
             .map(move |key| async move { Ok(self.pack_footer(&key).await?.map(|f| (key, f))) })
             .buffered(FOOTERS_IN_FLIGHT)
-            .try_filter_map(|found| async move { Ok(found) }))
+            .try_filter_map(|found| async move { Ok(found) })
     }
 
     /// The keys of a collection's packs.

@@ -186,7 +186,7 @@ impl Inner {
             write_id: p.write_id,
             envelope: &p.body,
         };
-        let key = format::new_key(p.collection);
+        let key = format::new_key(p.collection, [p.id].into_iter());
         let (body, footer) = format::encode(&self.database, p.collection, &[entry])?;
         self.payloads.put(&key, body).await?;
         let m = footer
@@ -269,7 +269,7 @@ impl Inner {
         if batch.is_empty() {
             return;
         }
-        let key = format::new_key(collection);
+        let key = format::new_key(collection, batch.iter().map(|w| &w.id));
         let entries: Vec<Entry<'_>> = batch
             .iter()
             .map(|w| Entry {

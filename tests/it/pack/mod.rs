@@ -179,6 +179,39 @@ async fn an_erasure_blanks_its_item_inside_a_shared_pack() {
     assert!(h.engine.get_latest(&c, &victim, ReadOptions::default()).await.is_err());
 }
 
+/// An erasure finds its item's packs by their keys: it reads the packs that may hold the item,
+/// not the footer of every pack in the collection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_erasure_reads_only_the_packs_that_may_hold_its_item() {
+    let (h, c, by) = setup(PackWrites::Always).await;
+    // One after another: each write alone, in a pack of its own.
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        let id: ItemId = format!("item-{i:03}").parse().unwrap();
+        let data = json!({"secret": format!("lone-{i:03}")}).as_object().unwrap().clone();
+        h.engine.create(&c, Some(id.clone()), data, &by).await.unwrap();
+        ids.push(id);
+    }
+    let packs = h.engine.stored_payloads(&c).await.unwrap();
+    assert_eq!(packs.iter().filter(|p| p.pack.is_some()).count(), 30);
+    let victim = ids[7].clone();
+    let counter = std::sync::Arc::new(chronos::engine::store::decorators::RequestCounter::default());
+    let engine = h.counted_replica(counter.clone());
+    let request = EraseRequest {
+        target: EraseTarget::Item(victim.clone()),
+        actor: None,
+        reason: "test".into(),
+    };
+    engine.erase(&c, &request).await.unwrap();
+    let (requests, _) = counter.snapshot();
+    // Reading every footer alone would be 30 GETs; the erasure's own bookkeeping is a handful.
+    assert!(requests < 30, "the erasure made {requests} requests to the JSON bucket");
+    let left = h.engine.stored_payloads(&c).await.unwrap();
+    assert_eq!(left.len(), 29, "the victim's pack, all of it erased, is deleted");
+    assert!(left.iter().all(|p| p.id != victim));
+    assert!(h.engine.get_latest(&c, &ids[8], ReadOptions::default()).await.is_ok());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_legal_hold_moves_packed_versions_to_objects_of_their_own() {
     let (h, c, who) = setup(PackWrites::Always).await;
