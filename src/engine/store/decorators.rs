@@ -109,6 +109,8 @@ pub struct Faults {
     pub fail_puts_containing: Mutex<Vec<String>>,
     /// Payload writes whose key contains one of these are held like `hold_puts` (one slow item).
     pub hold_puts_containing: Mutex<Vec<String>>,
+    /// Payload reads whose key contains one of these are held like writes (a slow GET).
+    pub hold_reads_containing: Mutex<Vec<String>>,
     /// How many payload writes are being held now.
     pub holding: AtomicUsize,
     /// Payload writes wait (like a stalled S3 PUT) until [`Faults::release_one`].
@@ -126,6 +128,7 @@ impl Default for Faults {
             fail_puts: AtomicBool::new(false),
             fail_puts_containing: Mutex::default(),
             hold_puts_containing: Mutex::default(),
+            hold_reads_containing: Mutex::default(),
             holding: AtomicUsize::new(0),
             hold_puts: AtomicBool::new(false),
             hold_listing: AtomicUsize::new(0),
@@ -151,7 +154,7 @@ impl Faults {
         self.holding.fetch_sub(1, Ordering::SeqCst);
     }
 
-    /// Wait until `n` payload writes (or listings) are held.
+    /// Wait until `n` payload requests (writes, listings, reads) are held.
     pub async fn until_holding(&self, n: usize) {
         while self.holding.load(Ordering::SeqCst) < n {
             self.held.notified().await;
@@ -209,9 +212,15 @@ impl<P: PayloadStore + ?Sized> PayloadStore for Faulty<P> {
         self.inner.set_legal_hold(key, on).await
     }
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+        if names(&self.faults.hold_reads_containing, key) {
+            self.faults.hold().await;
+        }
         self.inner.get(key).await
     }
     async fn get_range(&self, key: &str, range: ByteRange) -> Result<Option<Bytes>> {
+        if names(&self.faults.hold_reads_containing, key) {
+            self.faults.hold().await;
+        }
         self.inner.get_range(key, range).await
     }
     async fn delete(&self, key: &str) -> Result<()> {

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use super::{Engine, ListOptions, ListPage, ReadOptions};
 use crate::engine::content::no_presign;
 use crate::engine::envelope::{self, Decoded};
@@ -255,10 +257,10 @@ impl Engine {
         payload: PayloadLoc<'_>,
         checksum: &str,
     ) -> Result<Decoded> {
-        let bytes = self.fetch_payload(collection, id, payload).await?;
-        // The index says this version exists: a missing payload is damage, not absence.
-        let bytes =
-            bytes.ok_or_else(|| Error::Corrupt(format!("payload {} is missing", describe(collection, id, payload))))?;
+        let bytes = match self.fetch_payload(collection, id, payload).await? {
+            Some(bytes) => bytes,
+            None => self.fetch_moved(collection, id, payload).await?,
+        };
         let (ov, write_id) = (payload.ov, payload.write_id);
         let expected = envelope::Expected {
             database: &self.database,
@@ -269,6 +271,30 @@ impl Engine {
             checksum,
         };
         self.decode_payload(&bytes, &expected).await
+    }
+
+    /// The bytes of a packed payload that is not where the index named it a moment ago: a hold
+    /// or compaction may have copied it elsewhere and repointed the index, and scrub deleted the
+    /// pack nothing named any more, between that index read and the GET. So it is read once more
+    /// from where the index names it now. Otherwise the index says this version exists: a
+    /// missing payload is damage, not absence.
+    async fn fetch_moved(&self, collection: &CollectionName, id: &ItemId, was: PayloadLoc<'_>) -> Result<Bytes> {
+        let missing = |at| Error::Corrupt(format!("payload {} is missing", describe(collection, id, at)));
+        if was.pack.is_none() {
+            return Err(missing(was));
+        }
+        // Every version taking its data from this payload moves with it, its own (ov `was.ov`:
+        // a version restored by reference names its source's ov) among them.
+        let Some(now) = self.meta.version(collection, id, was.ov).await? else {
+            return Err(missing(was));
+        };
+        let moved = now.payload();
+        if (moved.ov, moved.write_id) != (was.ov, was.write_id) || moved == was {
+            return Err(missing(was));
+        }
+        self.fetch_payload(collection, id, moved)
+            .await?
+            .ok_or_else(|| missing(moved))
     }
 }
 

@@ -212,6 +212,47 @@ async fn an_erasure_reads_only_the_packs_that_may_hold_its_item() {
     assert!(h.engine.get_latest(&c, &ids[8], ReadOptions::default()).await.is_ok());
 }
 
+/// A read that found a packed version's slot just before a hold (or compaction) moved the bytes,
+/// and whose GET comes after scrub deleted the pack nothing named any more, reads the version
+/// where the index names it now instead of failing as damaged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_racing_a_move_reads_where_the_payload_lies_now() {
+    use chronos::engine::store::ByteRange;
+    let (h, c, by) = setup(PackWrites::Always).await;
+    let data = json!({"secret": "moved"}).as_object().unwrap().clone();
+    let (id, _) = h.engine.create(&c, None, data, &by).await.unwrap();
+    let v = h.meta.version(&c, &id, 0).await.unwrap().unwrap();
+    let (own, slot) = (v.payload().key(&c, &id), v.payload().pack.cloned().expect("packed"));
+    // Both readers have read the index and wait on the pack.
+    h.faults.hold_reads_containing.lock().unwrap().push(slot.key.clone());
+    let latest = tokio::spawn({
+        let (e, c, id) = (h.engine.clone(), c.clone(), id.clone());
+        async move { e.get_latest(&c, &id, ReadOptions::default()).await }
+    });
+    let by_ov = tokio::spawn({
+        let (e, c, id) = (h.engine.clone(), c.clone(), id.clone());
+        async move { e.get_at(&c, &id, VersionTarget::Ov(0), ReadOptions::default()).await }
+    });
+    h.faults.until_holding(2).await;
+    h.faults.hold_reads_containing.lock().unwrap().clear();
+    // The mover: the envelope to an object of its own, the version and head repointed there,
+    // and the pack, named by nothing now, deleted (as scrub does once it is past the grace).
+    let range = ByteRange::Slice {
+        offset: slot.offset,
+        len: slot.len,
+    };
+    let envelope = h.payloads.get_range(&slot.key, range).await.unwrap().unwrap();
+    h.payloads.put(&own, envelope).await.unwrap();
+    assert_eq!(h.move_payload(&c, &id, 0, None).await, 2, "the version and the head");
+    h.payloads.delete(&slot.key).await.unwrap();
+    h.faults.release_one();
+    h.faults.release_one();
+    for read in [latest.await.unwrap(), by_ov.await.unwrap()] {
+        let r = read.expect("read from where the payload lies now");
+        assert_eq!(r.data["secret"], json!("moved"));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_legal_hold_moves_packed_versions_to_objects_of_their_own() {
     let (h, c, who) = setup(PackWrites::Always).await;
