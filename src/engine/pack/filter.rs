@@ -25,20 +25,31 @@ const BITS_PER_MEMBER: usize = 10;
 /// Bit positions per id.
 const HASHES: u64 = 7;
 
-/// The two hashes an id's positions are made of.
-fn hashes(id: &ItemId) -> (u64, u64) {
-    let digest = Sha256::digest(id.as_str().as_bytes());
-    let mut h1 = [0u8; 8];
-    let mut h2 = [0u8; 8];
-    h1.copy_from_slice(&digest[..8]);
-    h2.copy_from_slice(&digest[8..16]);
-    // A step of 0 would put every position on h1: an odd one never is.
-    (u64::from_le_bytes(h1), u64::from_le_bytes(h2) | 1)
+/// An id as a filter tests it: the two hashes its positions are made of (hashed once, tested
+/// against many filters).
+#[derive(Debug, Clone, Copy)]
+pub struct Probe {
+    h1: u64,
+    h2: u64,
 }
 
-fn positions(id: &ItemId, bits: u64) -> impl Iterator<Item = usize> {
-    let (h1, h2) = hashes(id);
-    (0..HASHES).map(move |i| (h1.wrapping_add(i.wrapping_mul(h2)) % bits) as usize)
+impl Probe {
+    pub fn of(id: &ItemId) -> Probe {
+        let digest = Sha256::digest(id.as_str().as_bytes());
+        let mut h1 = [0u8; 8];
+        let mut h2 = [0u8; 8];
+        h1.copy_from_slice(&digest[..8]);
+        h2.copy_from_slice(&digest[8..16]);
+        Probe {
+            h1: u64::from_le_bytes(h1),
+            // A step of 0 would put every position on h1: an odd one never is.
+            h2: u64::from_le_bytes(h2) | 1,
+        }
+    }
+
+    fn positions(self, bits: u64) -> impl Iterator<Item = usize> {
+        (0..HASHES).map(move |i| (self.h1.wrapping_add(i.wrapping_mul(self.h2)) % bits) as usize)
+    }
 }
 
 /// The filter of `ids`, as it is written in a key.
@@ -46,7 +57,7 @@ pub fn of<'a>(ids: impl ExactSizeIterator<Item = &'a ItemId>) -> String {
     let bytes = (ids.len().max(1) * BITS_PER_MEMBER).div_ceil(8);
     let mut filter = vec![0u8; bytes];
     for id in ids {
-        for p in positions(id, bytes as u64 * 8) {
+        for p in Probe::of(id).positions(bytes as u64 * 8) {
             filter[p / 8] |= 1 << (p % 8);
         }
     }
@@ -62,9 +73,10 @@ impl Filter {
         URL_SAFE_NO_PAD.decode(text).ok().filter(|f| !f.is_empty()).map(Filter)
     }
 
-    /// `false` only when the pack surely doesn't hold `id`.
-    pub fn may_hold(&self, id: &ItemId) -> bool {
-        positions(id, self.0.len() as u64 * 8).all(|p| self.0[p / 8] & (1 << (p % 8)) != 0)
+    /// `false` only when the pack surely doesn't hold the probed id.
+    pub fn may_hold(&self, id: Probe) -> bool {
+        id.positions(self.0.len() as u64 * 8)
+            .all(|p| self.0[p / 8] & (1 << (p % 8)) != 0)
     }
 }
 
@@ -81,9 +93,9 @@ mod tests {
         for n in [1, 2, 10, 64] {
             let members = ids("member", n);
             let filter = Filter::parse(&of(members.iter())).unwrap();
-            assert!(members.iter().all(|id| filter.may_hold(id)), "{n} members");
+            assert!(members.iter().all(|id| filter.may_hold(Probe::of(id))), "{n} members");
             let strangers = ids("stranger", 20_000);
-            let yes = strangers.iter().filter(|id| filter.may_hold(id)).count();
+            let yes = strangers.iter().filter(|id| filter.may_hold(Probe::of(id))).count();
             // 10 bits and 7 hashes per member: ~0.8% (1.2% at one member, whose 16 bits round up).
             assert!(yes < 20_000 / 50, "{n} members: {yes} of 20000 strangers said maybe");
         }

@@ -15,41 +15,38 @@ use std::collections::HashSet;
 use bytes::{Bytes, BytesMut};
 use futures::TryStreamExt;
 
-use super::format::Member;
+use super::filter::Probe;
+use super::format::{self, Member};
 use crate::engine::error::{Error, Result};
 use crate::engine::ledger::erasures;
 use crate::engine::model::{CollectionName, ItemId};
+use crate::engine::store::keys_under_matching;
 use crate::engine::versioning::Engine;
 
 /// Rounds of write-and-check before an erasure gives up on a pack (it is finished when run again).
 const ROUNDS: usize = 5;
 
+/// Past this many items, filters rule out too few packs to be worth testing: at 32, about one
+/// pack in four without any of them says "maybe" (1 − (1 − 1/120)³²).
+const FILTER_IDS_MAX: usize = 32;
+
 impl Engine {
     /// Remove the envelopes of every erased item from the collection's packs; returns how many
     /// packs were rewritten or deleted. Only the packs whose key says they may hold one of `ids`
-    /// are read ([`filter`](super::filter)); a key without a filter (a pack written before keys
-    /// had one) is decided by the pack's footer.
+    /// are looked into ([`filter`](super::filter)): a pack written before keys had a filter, and
+    /// every pack when `ids` are too many for filters to rule much out, has its footer read.
     pub(crate) async fn redact_packs(&self, collection: &CollectionName, ids: &[ItemId]) -> Result<u64> {
-        let mut maybe = Vec::new();
-        let mut unfiltered = Vec::new();
-        for key in self.pack_keys(collection).await? {
-            match super::format::parse_key(&key) {
-                Some((_, Some(filter))) if !ids.iter().any(|id| filter.may_hold(id)) => {}
-                Some((_, Some(_))) => maybe.push(key),
-                _ => unfiltered.push(key),
-            }
-        }
+        let probes: Vec<Probe> = ids.iter().map(Probe::of).collect();
+        let prefix = format::collection_prefix(collection);
+        let keys = keys_under_matching(self.payload_store(), &prefix, |k| may_hold_any(k, &probes)).await?;
         let mine: HashSet<&ItemId> = ids.iter().collect();
-        let mut footers = std::pin::pin!(self.footers_of(unfiltered));
+        let mut changed = 0;
+        // A "maybe" holding none of them (about 1 pack in 120 per item) costs one footer read.
+        let mut footers = std::pin::pin!(self.footers_of(keys));
         while let Some((key, footer)) = footers.try_next().await? {
             if footer.members.iter().any(|m| mine.contains(&m.id)) {
-                maybe.push(key);
+                changed += u64::from(self.redact_pack(collection, &key).await?);
             }
-        }
-        let mut changed = 0;
-        for key in maybe {
-            // A "maybe" that holds none of them (about 1 in 120) is read and left as it is.
-            changed += u64::from(self.redact_pack(collection, &key).await?);
         }
         Ok(changed)
     }
@@ -91,6 +88,15 @@ impl Engine {
     }
 }
 
+/// Whether the object at `key` is a pack that may hold one of the probed items.
+fn may_hold_any(key: &str, probes: &[Probe]) -> bool {
+    key.ends_with(".pack")
+        && match format::parse_key(key) {
+            Some((_, Some(filter))) if probes.len() <= FILTER_IDS_MAX => probes.iter().any(|&p| filter.may_hold(p)),
+            _ => true,
+        }
+}
+
 fn range(body: &Bytes, m: &Member) -> std::ops::Range<usize> {
     let from = (m.offset as usize).min(body.len());
     from..(m.offset.saturating_add(m.len) as usize).min(body.len())
@@ -114,6 +120,30 @@ fn blanked(body: &Bytes, members: &[&Member]) -> Bytes {
 mod tests {
     use super::*;
     use crate::engine::pack::format::{Entry, encode};
+
+    #[test]
+    fn an_erasure_looks_into_the_packs_that_may_hold_its_items() {
+        let c: CollectionName = "c".parse().unwrap();
+        let id = |s: &str| -> ItemId { s.parse().unwrap() };
+        let (a, b) = (id("a"), id("b"));
+        let key = format::new_key(&c, [&a].into_iter());
+        assert!(!may_hold_any(&key, &[Probe::of(&b)]));
+        assert!(may_hold_any(&key, &[Probe::of(&b), Probe::of(&a)]));
+        // Too many items to rule packs out by filter: every pack is looked into.
+        let ruled_out = |p: &Probe| !may_hold_any(&key, std::slice::from_ref(p));
+        let many: Vec<Probe> = (0..)
+            .map(|i| Probe::of(&id(&format!("x{i}"))))
+            .filter(ruled_out)
+            .take(FILTER_IDS_MAX + 1)
+            .collect();
+        assert!(!may_hold_any(&key, &many[..FILTER_IDS_MAX]) && may_hold_any(&key, &many));
+        // A pack written before keys had filters is looked into; an own-key payload is no pack.
+        assert!(may_hold_any(
+            "chronos-packs/c/0192f0c1a2b37c4d8e9f0a1b2c3d4e5f.pack",
+            &[Probe::of(&b)]
+        ));
+        assert!(!may_hold_any("c/a/v0.w.json", &[Probe::of(&a)]));
+    }
 
     #[test]
     fn blanking_keeps_every_other_slot() {

@@ -87,12 +87,21 @@ pub fn in_time(commit_by: Timestamp) -> Result<(), CommitError> {
 /// Every key under `prefix`, page by page ([`PayloadStore::list`]). For listings the caller
 /// holds whole anyway; a walk over a whole bucket (scrub) pages on its own.
 pub async fn keys_under(store: &dyn PayloadStore, prefix: &str) -> Result<Vec<String>> {
+    keys_under_matching(store, prefix, |_| true).await
+}
+
+/// The keys under `prefix` that `keep` keeps, listed page by page: only those are held in memory.
+pub async fn keys_under_matching(
+    store: &dyn PayloadStore,
+    prefix: &str,
+    mut keep: impl FnMut(&str) -> bool,
+) -> Result<Vec<String>> {
     let mut keys = Vec::new();
     let mut after: Option<String> = None;
     loop {
         let page = store.list(prefix, after.as_deref(), 1000).await?;
         let Some(last) = page.last().cloned() else { break };
-        keys.extend(page);
+        keys.extend(page.into_iter().filter(|k| keep(k)));
         after = Some(last);
     }
     Ok(keys)
