@@ -265,7 +265,7 @@ pub async fn run(args: Args) -> Result<(), String> {
         (Workload::GetLatest, &[Via::Floor, Via::Engine, Via::Http]),
         (Workload::GetVersion, &[Via::Floor, Via::Engine, Via::Http]),
         (Workload::List, &[Via::Floor, Via::Engine, Via::Http]),
-        (Workload::Enrich, &[Via::Floor, Via::Engine, Via::Http]),
+        (Workload::Enrich, &[Via::Floor, Via::Engine, Via::Packed, Via::Http]),
         (Workload::Create, &[Via::Embedded]),
         (Workload::Update, &[Via::Embedded]),
         (Workload::GetLatest, &[Via::Embedded]),

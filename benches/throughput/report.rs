@@ -303,7 +303,19 @@ pub fn targets(b: &Bench) -> Vec<(String, String, Option<bool>)> {
         t.push((target.into(), measured, Some(ratio >= bar)));
     }
     if let Some((ratio, measured)) = engine_and_http(Workload::Enrich) {
-        t.push(("enrich ≥ 1.0× the update floor".into(), measured, Some(ratio >= 1.0)));
+        // Judged as deployed on S3, where packing is the default (`auto`); unpacked beside it.
+        let packed = b
+            .find(Workload::Enrich, Via::Packed)
+            .and_then(|p| Some((p.ops_per_s, b.ratio(p)?)));
+        let (judged, measured) = match packed {
+            Some((ops, p)) => (p, format!("packed writes {ops:.0}/s = {p:.2}×; unpacked {measured}")),
+            None => (ratio, measured),
+        };
+        t.push((
+            "enrich ≥ 1.0× the update floor (packed writes: the default on S3)".into(),
+            measured,
+            Some(judged >= 1.0),
+        ));
     }
     let writes: Vec<(&str, f64)> = [Workload::Create, Workload::Update]
         .iter()
