@@ -6,6 +6,11 @@
 //! of them have arrived, or [`GATHER`] after the first did — so a group's payloads become one
 //! object (see docs/design.md "Write packing").
 //!
+//! One PUT at a time would tie a collection's writes to the slowest PUT and to [`MAX_MEMBERS`]
+//! per PUT's latency (640 writes/s at 100 ms). So another PUT starts, up to [`MAX_IN_FLIGHT`],
+//! when a full pack is waiting, or when payloads have waited [`STRAGGLER`] times as long as PUTs
+//! have been taking (an S3 server stalls a PUT now and then: SeaweedFS here for 0.2–1 s).
+//!
 //! Every member is told where its payload is only once the pack is stored; a failed pack PUT is
 //! reported to each member, which then writes its own payload alone. A pack's key is unique per
 //! pack written, so nothing ever overwrites one, and no write removes one: a member whose commit
@@ -13,7 +18,9 @@
 //! referenced any more.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::oneshot;
@@ -29,7 +36,14 @@ const MAX_MEMBERS: usize = 64;
 /// A pack is closed once it holds this many bytes (a member larger than this is written alone).
 const MAX_PACK_BYTES: usize = 8 * 1024 * 1024;
 /// How long the first payload of a group waits for the rest of its group.
-const GATHER: std::time::Duration = std::time::Duration::from_millis(5);
+const GATHER: Duration = Duration::from_millis(5);
+/// At most this many PUTs of one collection's packer under way at once.
+const MAX_IN_FLIGHT: usize = 8;
+/// Payloads that have waited this many times as long as PUTs have recently taken get a PUT of
+/// their own rather than wait longer for the one under way.
+const STRAGGLER: u32 = 3;
+/// Bounds of that wait, whatever PUTs have been taking.
+const STRAGGLER_WAIT: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
 
 /// Where a payload was stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +77,8 @@ struct Inner {
     alone_in_pack: bool,
     payloads: Arc<dyn PayloadStore>,
     lanes: Mutex<HashMap<CollectionName, Arc<LaneCell>>>,
+    /// How long PUTs have recently taken, in µs (a moving average), for [`STRAGGLER`].
+    put_micros: AtomicU64,
 }
 
 /// A lane, and the signal that a payload joined it (for a group's first payload, gathering).
@@ -72,14 +88,17 @@ struct LaneCell {
     joined: tokio::sync::Notify,
 }
 
-/// One collection's packer: whether a PUT is under way, and who waits for the next one.
+/// One collection's packer: how many PUTs are under way, and who waits for the next one.
 #[derive(Default)]
 struct Lane {
-    busy: bool,
+    in_flight: usize,
     waiting: Vec<Waiting>,
+    /// Whether a task watches the waiting payloads for stragglers ([`Inner::watch`]).
+    watching: bool,
 }
 
 struct Waiting {
+    since: Instant,
     id: ItemId,
     ov: u64,
     write_id: String,
@@ -104,6 +123,7 @@ impl Packer {
                 alone_in_pack: mode == PackWrites::Always,
                 payloads,
                 lanes: Mutex::new(HashMap::new()),
+                put_micros: AtomicU64::new(10_000),
             }),
         }
     }
@@ -118,33 +138,45 @@ impl Packer {
         }
         let lane = self.inner.lane(payload.collection);
         let group = payload.together.clamp(1, MAX_MEMBERS);
-        let (waiting, gather) = {
+        let (waiting, then) = {
             let mut l = lock(&lane.state);
-            if !l.busy && group == 1 {
-                l.busy = true;
-                (None, false)
+            if l.in_flight == 0 && group == 1 {
+                l.in_flight = 1;
+                (None, Then::Nothing)
             } else {
                 let (done, rx) = oneshot::channel();
                 l.waiting.push(Waiting {
+                    since: Instant::now(),
                     id: payload.id.clone(),
                     ov: payload.ov,
                     write_id: payload.write_id.to_owned(),
                     body: payload.body.clone(),
                     done,
                 });
-                // The first of a group at an idle lane gathers the rest before packing.
-                let gather = !l.busy;
-                l.busy = true;
-                (Some(rx), gather)
+                let then = if l.in_flight == 0 {
+                    // The first of a group at an idle lane gathers the rest before packing.
+                    l.in_flight = 1;
+                    Then::Gather
+                } else if l.waiting.len() >= MAX_MEMBERS && l.in_flight < MAX_IN_FLIGHT {
+                    // A full pack is waiting: no reason to wait for the PUT under way.
+                    l.in_flight += 1;
+                    Then::Drain
+                } else if !l.watching {
+                    l.watching = true;
+                    Then::Watch
+                } else {
+                    Then::Nothing
+                };
+                (Some(rx), then)
             }
         };
         lane.joined.notify_one();
-        if gather {
-            tokio::spawn(
-                self.inner
-                    .clone()
-                    .gather(payload.collection.clone(), lane.clone(), group),
-            );
+        let (inner, collection) = (self.inner.clone(), payload.collection.clone());
+        match then {
+            Then::Gather => drop(tokio::spawn(inner.gather(collection, lane.clone(), group))),
+            Then::Drain => drop(tokio::spawn(inner.drain(collection, lane.clone()))),
+            Then::Watch => drop(tokio::spawn(inner.watch(collection, lane.clone()))),
+            Then::Nothing => {}
         }
         match waiting {
             None => {
@@ -177,7 +209,7 @@ impl Inner {
     async fn store_alone(&self, p: Payload<'_>) -> Result<Placement> {
         if !self.alone_in_pack {
             let key = payload_key(p.collection, p.id, p.ov, p.write_id);
-            self.payloads.put(&key, p.body).await?;
+            self.timed_put(&key, p.body).await?;
             return Ok(Placement::Own);
         }
         let entry = Entry {
@@ -188,7 +220,7 @@ impl Inner {
         };
         let key = format::new_key(p.collection, [p.id].into_iter());
         let (body, footer) = format::encode(&self.database, p.collection, &[entry])?;
-        self.payloads.put(&key, body).await?;
+        self.timed_put(&key, body).await?;
         let m = footer
             .members
             .first()
@@ -196,17 +228,30 @@ impl Inner {
         Ok(Placement::Packed(Footer::slot(&key, m)))
     }
 
+    /// A PUT, its time kept in the moving average [`Inner::watch`] measures stragglers by.
+    async fn timed_put(&self, key: &str, body: Bytes) -> Result<()> {
+        let started = Instant::now();
+        let stored = self.payloads.put(key, body).await;
+        let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let _ = self
+            .put_micros
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |avg| {
+                Some(avg - avg / 8 + took / 8)
+            });
+        stored
+    }
+
     fn lane(&self, collection: &CollectionName) -> Arc<LaneCell> {
         let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
         lanes.entry(collection.clone()).or_default().clone()
     }
 
-    /// The next pack of a lane, taken from its waiting payloads; `None` (and the lane idle) when
-    /// nobody waits.
+    /// The next pack of a lane, taken from its waiting payloads; `None` (and one PUT fewer under
+    /// way) when nobody waits.
     fn next_batch(lane: &LaneCell) -> Option<Vec<Waiting>> {
         let mut l = lock(&lane.state);
         if l.waiting.is_empty() {
-            l.busy = false;
+            l.in_flight = l.in_flight.saturating_sub(1);
             return None;
         }
         let mut bytes = 0;
@@ -234,6 +279,28 @@ impl Inner {
             }
         }
         self.drain(collection, lane).await;
+    }
+
+    /// While payloads wait behind the PUTs under way: any that has waited [`STRAGGLER`] times as
+    /// long as PUTs take gets a PUT of its own (checked every such wait, so none waits twice that).
+    async fn watch(self: Arc<Self>, collection: CollectionName, lane: Arc<LaneCell>) {
+        loop {
+            let usual = Duration::from_micros(self.put_micros.load(Ordering::Relaxed));
+            let patience = (usual * STRAGGLER).clamp(STRAGGLER_WAIT.0, STRAGGLER_WAIT.1);
+            tokio::time::sleep(patience).await;
+            {
+                let mut l = lock(&lane.state);
+                let Some(first) = l.waiting.first() else {
+                    l.watching = false;
+                    return;
+                };
+                if first.since.elapsed() < patience || l.in_flight >= MAX_IN_FLIGHT {
+                    continue;
+                }
+                l.in_flight += 1;
+            }
+            tokio::spawn(self.clone().drain(collection.clone(), lane.clone()));
+        }
     }
 
     /// Write the lane's waiting payloads, pack after pack, until none wait.
@@ -280,7 +347,7 @@ impl Inner {
             })
             .collect();
         let stored = match format::encode(&self.database, collection, &entries) {
-            Ok((body, footer)) => self.payloads.put(&key, body).await.map(|()| footer),
+            Ok((body, footer)) => self.timed_put(&key, body).await.map(|()| footer),
             Err(e) => Err(e),
         };
         match stored {
@@ -315,9 +382,23 @@ impl Drop for HandOver {
                 rt.spawn(inner.drain(collection, lane));
             }
             // No runtime (the process is ending): nobody is left to wait.
-            Err(_) => lock(&lane.state).busy = false,
+            Err(_) => {
+                let mut l = lock(&lane.state);
+                (l.in_flight, l.watching) = (0, false);
+            }
         }
     }
+}
+
+/// What a payload that joined a lane sets going.
+enum Then {
+    Nothing,
+    /// Gather the rest of its group, then pack.
+    Gather,
+    /// Another PUT, now.
+    Drain,
+    /// Another PUT, if it waits too long.
+    Watch,
 }
 
 fn lock(lane: &Mutex<Lane>) -> MutexGuard<'_, Lane> {

@@ -253,6 +253,33 @@ async fn a_read_racing_a_move_reads_where_the_payload_lies_now() {
     }
 }
 
+/// A PUT that stalls (S3 servers do, now and then) holds up only its own writes: payloads that
+/// arrive behind it get a PUT of their own once they have waited a few times as long as PUTs
+/// take, instead of waiting for the stalled one to end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_put_holds_up_only_its_own_writes() {
+    let (h, c, by) = setup(PackWrites::Together).await;
+    let write = |id: &str| {
+        let (e, c, by) = (h.engine.clone(), c.clone(), by.clone());
+        let (id, data): (ItemId, _) = (id.parse().unwrap(), json!({"n": 1}).as_object().unwrap().clone());
+        tokio::spawn(async move { e.create(&c, Some(id), data, &by).await })
+    };
+    h.faults.hold_puts_containing.lock().unwrap().push("stalled".into());
+    let stalled = write("stalled");
+    h.faults.until_holding(1).await;
+    let behind: Vec<_> = (0..3).map(|i| write(&format!("behind-{i}"))).collect();
+    for w in behind {
+        let done = tokio::time::timeout(std::time::Duration::from_secs(20), w).await;
+        done.expect("a write behind a stalled PUT is stored without it")
+            .unwrap()
+            .unwrap();
+    }
+    assert!(!stalled.is_finished());
+    assert_eq!(h.faults.holding.load(std::sync::atomic::Ordering::SeqCst), 1);
+    h.faults.release_one();
+    stalled.await.unwrap().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_legal_hold_moves_packed_versions_to_objects_of_their_own() {
     let (h, c, who) = setup(PackWrites::Always).await;
