@@ -20,10 +20,12 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::oneshot;
+// Tokio's clock, so that tests can pause it.
+use tokio::time::Instant;
 
 use super::format::{self, Entry, Footer};
 use crate::engine::error::{Error, Result};
@@ -286,7 +288,9 @@ impl Inner {
     async fn watch(self: Arc<Self>, collection: CollectionName, lane: Arc<LaneCell>) {
         loop {
             let usual = Duration::from_micros(self.put_micros.load(Ordering::Relaxed));
-            let patience = (usual * STRAGGLER).clamp(STRAGGLER_WAIT.0, STRAGGLER_WAIT.1);
+            let patience = usual
+                .saturating_mul(STRAGGLER)
+                .clamp(STRAGGLER_WAIT.0, STRAGGLER_WAIT.1);
             tokio::time::sleep(patience).await;
             {
                 let mut l = lock(&lane.state);
@@ -403,4 +407,106 @@ enum Then {
 
 fn lock(lane: &Mutex<Lane>) -> MutexGuard<'_, Lane> {
     lane.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::engine::backends::MemoryPayloadStore;
+    use crate::engine::store::ByteRange;
+
+    /// A payload store whose first PUT waits until the test lets it go.
+    #[derive(Default)]
+    struct FirstPutHeld {
+        inner: MemoryPayloadStore,
+        puts: AtomicUsize,
+        arrived: tokio::sync::Notify,
+        release: tokio::sync::Notify,
+    }
+
+    #[async_trait]
+    impl PayloadStore for FirstPutHeld {
+        async fn put(&self, key: &str, body: Bytes) -> Result<()> {
+            let first = self.puts.fetch_add(1, Ordering::SeqCst) == 0;
+            self.arrived.notify_one();
+            if first {
+                self.release.notified().await;
+            }
+            self.inner.put(key, body).await
+        }
+        async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+            self.inner.get(key).await
+        }
+        async fn get_range(&self, key: &str, range: ByteRange) -> Result<Option<Bytes>> {
+            self.inner.get_range(key, range).await
+        }
+        async fn delete(&self, key: &str) -> Result<()> {
+            self.inner.delete(key).await
+        }
+        async fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>> {
+            self.inner.list(prefix, after, limit).await
+        }
+        async fn presign_get(&self, key: &str, ttl: Duration) -> Result<Option<String>> {
+            self.inner.presign_get(key, ttl).await
+        }
+        fn location(&self) -> String {
+            self.inner.location()
+        }
+        async fn exists(&self) -> Result<bool> {
+            self.inner.exists().await
+        }
+        async fn create(&self) -> Result<()> {
+            self.inner.create().await
+        }
+    }
+
+    /// On a paused clock: without the full-pack rule the 64 would go out only when the straggler
+    /// watch gives up waiting (a second of this clock), not at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_full_pack_waiting_behind_a_put_goes_out_at_once() {
+        let started = Instant::now();
+        let store = Arc::new(FirstPutHeld::default());
+        let packer = Packer::new("db", store.clone(), PackWrites::Together);
+        // No straggler watch within this test: PUTs "take" far longer than it runs.
+        packer.inner.put_micros.store(u64::MAX / 4, Ordering::Relaxed);
+        let c: CollectionName = "c".parse().unwrap();
+        let put = |n: usize| {
+            let (packer, c) = (packer.clone(), c.clone());
+            tokio::spawn(async move {
+                let id: ItemId = format!("item-{n}").parse().unwrap();
+                let payload = Payload {
+                    collection: &c,
+                    id: &id,
+                    ov: 0,
+                    write_id: "w",
+                    body: Bytes::from(format!("{{\"n\":{n}}}")),
+                    together: 1,
+                };
+                packer.put(payload).await
+            })
+        };
+        let lone = put(0);
+        while store.puts.load(Ordering::SeqCst) == 0 {
+            store.arrived.notified().await;
+        }
+        let behind: Vec<_> = (1..=MAX_MEMBERS).map(put).collect();
+        // The 64 behind the held PUT fill a pack, which is written while that PUT still waits.
+        for w in behind {
+            let stored = tokio::time::timeout(Duration::from_secs(20), w).await;
+            let stored = stored.expect("the full pack is written without waiting for the held PUT");
+            assert!(matches!(stored.unwrap().unwrap(), Placement::Packed(_)));
+        }
+        assert!(
+            started.elapsed() < STRAGGLER_WAIT.1,
+            "written at once, not by the watch"
+        );
+        assert_eq!(store.puts.load(Ordering::SeqCst), 2, "one held PUT and one pack");
+        assert!(!lone.is_finished());
+        store.release.notify_one();
+        assert_eq!(lone.await.unwrap().unwrap(), Placement::Own);
+    }
 }
