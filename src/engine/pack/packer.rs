@@ -159,7 +159,7 @@ impl Packer {
                     // The first of a group at an idle lane gathers the rest before packing.
                     l.in_flight = 1;
                     Then::Gather
-                } else if l.waiting.len() % MAX_MEMBERS == 0 && l.in_flight < MAX_IN_FLIGHT {
+                } else if l.waiting.len().is_multiple_of(MAX_MEMBERS) && l.in_flight < MAX_IN_FLIGHT {
                     // Another full pack is waiting: no reason to wait for the PUTs under way.
                     l.in_flight += 1;
                     Then::Drain
