@@ -176,7 +176,10 @@ impl Packer {
         let (inner, collection) = (self.inner.clone(), payload.collection.clone());
         match then {
             Then::Gather => drop(tokio::spawn(inner.gather(collection, lane.clone(), group))),
-            Then::Drain => drop(tokio::spawn(inner.drain(collection, lane.clone()))),
+            Then::Drain => {
+                inner.extra_put("full");
+                drop(tokio::spawn(inner.drain(collection, lane.clone())));
+            }
             Then::Watch => drop(tokio::spawn(inner.watch(collection, lane.clone()))),
             Then::Nothing => {}
         }
@@ -212,6 +215,7 @@ impl Inner {
         if !self.alone_in_pack {
             let key = payload_key(p.collection, p.id, p.ov, p.write_id);
             self.timed_put(&key, p.body).await?;
+            self.stored(1);
             return Ok(Placement::Own);
         }
         let entry = Entry {
@@ -223,11 +227,23 @@ impl Inner {
         let key = format::new_key(p.collection, [p.id].into_iter());
         let (body, footer) = format::encode(&self.database, p.collection, &[entry])?;
         self.timed_put(&key, body).await?;
+        self.stored(1);
         let m = footer
             .members
             .first()
             .ok_or_else(|| Error::Corrupt("an empty pack".into()))?;
         Ok(Placement::Packed(Footer::slot(&key, m)))
+    }
+
+    /// For /metrics: a PUT of the packer stored `members` payloads (its sum over its count is
+    /// writes per PUT).
+    fn stored(&self, members: usize) {
+        metrics::histogram!("chronos_pack_members", "db" => self.database.clone()).record(members as f64);
+    }
+
+    /// For /metrics: another PUT started beside those under way, and why (`full`, `straggler`).
+    fn extra_put(&self, why: &'static str) {
+        metrics::counter!("chronos_pack_extra_puts_total", "db" => self.database.clone(), "why" => why).increment(1);
     }
 
     /// A PUT, its time kept in the moving average [`Inner::watch`] measures stragglers by.
@@ -303,6 +319,7 @@ impl Inner {
                 }
                 l.in_flight += 1;
             }
+            self.extra_put("straggler");
             tokio::spawn(self.clone().drain(collection.clone(), lane.clone()));
         }
     }
@@ -356,6 +373,7 @@ impl Inner {
         };
         match stored {
             Ok(footer) => {
+                self.stored(batch.len());
                 for (w, m) in batch.into_iter().zip(&footer.members) {
                     let _ = w.done.send(Outcome::Packed(Footer::slot(&key, m)));
                 }
@@ -469,6 +487,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_full_pack_waiting_behind_a_put_goes_out_at_once() {
         let started = Instant::now();
+        // A paused clock runs every task on this thread: the recorder sees what they record.
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let metrics = recorder.handle();
+        let _recording = metrics::set_default_local_recorder(&recorder);
         let store = Arc::new(FirstPutHeld::default());
         let packer = Packer::new("db", store.clone(), PackWrites::Together);
         // No straggler watch within this test: PUTs "take" far longer than it runs.
@@ -508,5 +530,13 @@ mod tests {
         assert!(!lone.is_finished());
         store.release.notify_one();
         assert_eq!(lone.await.unwrap().unwrap(), Placement::Own);
+        let text = metrics.render();
+        for series in [
+            "chronos_pack_extra_puts_total{db=\"db\",why=\"full\"} 1",
+            "chronos_pack_members_sum{db=\"db\"} 65",
+            "chronos_pack_members_count{db=\"db\"} 2",
+        ] {
+            assert!(text.contains(series), "{series} in\n{text}");
+        }
     }
 }
