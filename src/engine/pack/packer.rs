@@ -429,58 +429,9 @@ fn lock(lane: &Mutex<Lane>) -> MutexGuard<'_, Lane> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicUsize;
-
-    use async_trait::async_trait;
-
     use super::*;
     use crate::engine::backends::MemoryPayloadStore;
-    use crate::engine::store::ByteRange;
-
-    /// A payload store whose first PUT waits until the test lets it go.
-    #[derive(Default)]
-    struct FirstPutHeld {
-        inner: MemoryPayloadStore,
-        puts: AtomicUsize,
-        arrived: tokio::sync::Notify,
-        release: tokio::sync::Notify,
-    }
-
-    #[async_trait]
-    impl PayloadStore for FirstPutHeld {
-        async fn put(&self, key: &str, body: Bytes) -> Result<()> {
-            let first = self.puts.fetch_add(1, Ordering::SeqCst) == 0;
-            self.arrived.notify_one();
-            if first {
-                self.release.notified().await;
-            }
-            self.inner.put(key, body).await
-        }
-        async fn get(&self, key: &str) -> Result<Option<Bytes>> {
-            self.inner.get(key).await
-        }
-        async fn get_range(&self, key: &str, range: ByteRange) -> Result<Option<Bytes>> {
-            self.inner.get_range(key, range).await
-        }
-        async fn delete(&self, key: &str) -> Result<()> {
-            self.inner.delete(key).await
-        }
-        async fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>> {
-            self.inner.list(prefix, after, limit).await
-        }
-        async fn presign_get(&self, key: &str, ttl: Duration) -> Result<Option<String>> {
-            self.inner.presign_get(key, ttl).await
-        }
-        fn location(&self) -> String {
-            self.inner.location()
-        }
-        async fn exists(&self) -> Result<bool> {
-            self.inner.exists().await
-        }
-        async fn create(&self) -> Result<()> {
-            self.inner.create().await
-        }
-    }
+    use crate::engine::store::decorators::{Counting, Faults, Faulty, RequestCounter};
 
     /// On a paused clock: without the full-pack rule the 64 would go out only when the straggler
     /// watch gives up waiting (a second of this clock), not at once.
@@ -491,8 +442,16 @@ mod tests {
         let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
         let metrics = recorder.handle();
         let _recording = metrics::set_default_local_recorder(&recorder);
-        let store = Arc::new(FirstPutHeld::default());
-        let packer = Packer::new("db", store.clone(), PackWrites::Together);
+        // The lone first payload's PUT (its own key, "c/item-0/…") waits until released.
+        let faults = Arc::new(Faults::default());
+        faults.hold_puts_containing.lock().unwrap().push("/item-0/".into());
+        let puts = Arc::new(RequestCounter::default());
+        let memory = Arc::new(MemoryPayloadStore::new());
+        let store = Arc::new(Counting::new(
+            Arc::new(Faulty::new(memory, faults.clone())),
+            puts.clone(),
+        ));
+        let packer = Packer::new("db", store, PackWrites::Together);
         // No straggler watch within this test: PUTs "take" far longer than it runs.
         packer.inner.put_micros.store(u64::MAX / 4, Ordering::Relaxed);
         let c: CollectionName = "c".parse().unwrap();
@@ -512,9 +471,7 @@ mod tests {
             })
         };
         let lone = put(0);
-        while store.puts.load(Ordering::SeqCst) == 0 {
-            store.arrived.notified().await;
-        }
+        faults.until_holding(1).await;
         let behind: Vec<_> = (1..=MAX_MEMBERS).map(put).collect();
         // The 64 behind the held PUT fill a pack, which is written while that PUT still waits.
         for w in behind {
@@ -526,9 +483,10 @@ mod tests {
             started.elapsed() < STRAGGLER_WAIT.1,
             "written at once, not by the watch"
         );
-        assert_eq!(store.puts.load(Ordering::SeqCst), 2, "one held PUT and one pack");
+        // Counted when they end: the pack so far, the held PUT once released.
+        assert_eq!(puts.snapshot().0, 1, "the pack, while the first PUT is held");
         assert!(!lone.is_finished());
-        store.release.notify_one();
+        faults.release_one();
         assert_eq!(lone.await.unwrap().unwrap(), Placement::Own);
         let text = metrics.render();
         for series in [
