@@ -28,6 +28,18 @@ async fn a_shared_pack(h: &support::Harness, c: &CollectionName, word: &str) -> 
     (pack, members)
 }
 
+/// A record `{"v": v}`.
+fn data(v: &str) -> serde_json::Map<String, serde_json::Value> {
+    json!({"v": v}).as_object().unwrap().clone()
+}
+
+/// A new item whose v0 is `{"v": "first"}` and v1 `{"v": "second"}`.
+async fn first_then_second(h: &support::Harness, c: &CollectionName, who: &Attribution) -> ItemId {
+    let (id, _) = h.engine.create(c, None, data("first"), who).await.unwrap();
+    h.engine.update(c, &id, data("second"), Some(0), who).await.unwrap();
+    id
+}
+
 /// A scrub of `c` with no grace: every pack is old enough to collect. `delete: false` only reports.
 fn scrub_now(c: &CollectionName, delete: bool) -> chronos::engine::ScrubOptions {
     chronos::engine::ScrubOptions {
@@ -51,9 +63,7 @@ async fn keep_last(h: &support::Harness, c: &CollectionName, n: u64, delete_payl
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn scrub_deletes_a_pack_once_no_version_names_it() {
     let (h, c, who) = setup(PackWrites::Always).await;
-    let data = |v: &str| json!({"v": v}).as_object().unwrap().clone();
-    let (id, _) = h.engine.create(&c, None, data("first"), &who).await.unwrap();
-    h.engine.update(&c, &id, data("second"), Some(0), &who).await.unwrap();
+    let id = first_then_second(&h, &c, &who).await;
     h.engine.update(&c, &id, data("third"), Some(1), &who).await.unwrap();
     let packs = version_packs(&h, &c, &id).await;
     let [first_pack, second_pack, _] = &packs[..] else {
@@ -101,9 +111,7 @@ async fn scrub_deletes_a_pack_once_no_version_names_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_pack_a_restored_version_reads_from_outlives_retention_and_scrub() {
     let (h, c, who) = setup(PackWrites::Always).await;
-    let data = |v: &str| json!({"v": v}).as_object().unwrap().clone();
-    let (id, _) = h.engine.create(&c, None, data("first"), &who).await.unwrap();
-    h.engine.update(&c, &id, data("second"), Some(0), &who).await.unwrap();
+    let id = first_then_second(&h, &c, &who).await;
     h.engine
         .restore_object(&c, &id, VersionTarget::Ov(0), Some(1), &who)
         .await
@@ -174,7 +182,6 @@ async fn compaction_racing_a_restore_by_reference_strands_nothing() {
     // `kept` moves on once (its v0 stays in the pack, indexed); the others twice, and retention
     // keeping two versions prunes their v0 with its payload: the pack is mostly dead.
     let (kept, moved) = (&members[0], &members[1..]);
-    let data = |v: &str| json!({"v": v}).as_object().unwrap().clone();
     h.engine.update(&c, kept, data("kept-1"), Some(0), &who).await.unwrap();
     for id in moved {
         h.engine.update(&c, id, data("1"), Some(0), &who).await.unwrap();
