@@ -173,14 +173,22 @@ impl Packer {
             }
         };
         lane.joined.notify_one();
-        let (inner, collection) = (self.inner.clone(), payload.collection.clone());
+        // Cloned only for a task to start: most payloads start none.
+        let task = || (self.inner.clone(), payload.collection.clone(), lane.clone());
         match then {
-            Then::Gather => drop(tokio::spawn(inner.gather(collection, lane.clone(), group))),
-            Then::Drain => {
-                inner.extra_put("full");
-                drop(tokio::spawn(inner.drain(collection, lane.clone())));
+            Then::Gather => {
+                let (inner, collection, lane) = task();
+                drop(tokio::spawn(inner.gather(collection, lane, group)));
             }
-            Then::Watch => drop(tokio::spawn(inner.watch(collection, lane.clone()))),
+            Then::Drain => {
+                let (inner, collection, lane) = task();
+                inner.extra_put("full");
+                drop(tokio::spawn(inner.drain(collection, lane)));
+            }
+            Then::Watch => {
+                let (inner, collection, lane) = task();
+                drop(tokio::spawn(inner.watch(collection, lane)));
+            }
             Then::Nothing => {}
         }
         match waiting {
