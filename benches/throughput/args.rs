@@ -34,6 +34,12 @@ pub struct Args {
     /// `memory`), e.g. `--only create,update,"S3 PUT alone"` while working on the write path.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
+    /// Leave the driver's command monitoring off. It turns every command and reply into a
+    /// `Document` for its event, which costs this process CPU on every Mongo path (about a fifth
+    /// of it on reads) and so narrows the gap between the floor and the slower paths; without it
+    /// the Mongo commands per operation and their round trips are not counted.
+    #[arg(long)]
+    pub no_command_monitor: bool,
     /// Write the results as Markdown here (e.g. docs/benchmarks.md).
     #[arg(long)]
     pub out: Option<PathBuf>,

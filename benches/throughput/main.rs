@@ -117,7 +117,9 @@ pub async fn run(args: Args) -> Result<(), String> {
         .await
         .map_err(err("CHRONOS_TEST_MONGO_URI"))?;
     let m = monitor.clone();
-    options.command_event_handler = Some(EventHandler::callback(move |e: CommandEvent| m.record(e)));
+    if !args.no_command_monitor {
+        options.command_event_handler = Some(EventHandler::callback(move |e: CommandEvent| m.record(e)));
+    }
     let m = monitor.clone();
     options.cmap_event_handler = Some(EventHandler::callback(move |e: CmapEvent| m.record_pool(e)));
     let mongo = mongodb::Client::with_options(options).map_err(err("MongoDB client"))?;
@@ -175,13 +177,14 @@ pub async fn run(args: Args) -> Result<(), String> {
     let embedded = chronos::connect::embedded(dir.path(), chronos::engine::DEFAULT_DATABASE, EngineSettings::default());
     let embedded = Arc::new(embedded.map_err(err("embedded engine"))?);
 
-    // The HTTP service, in-process: clients and server share this machine's cores.
+    // The HTTP service, in-process: clients and server share this machine's cores. Its engine packs
+    // writes made together, as `chronos serve` does on S3 by default (`packWrites: auto`).
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(err("bind 127.0.0.1:0"))?;
     let addr = listener.local_addr().map_err(err("local address"))?;
     let app = api::router(
-        AppState::new(BTreeMap::from([("default".to_owned(), engine.clone())]), None),
+        AppState::new(BTreeMap::from([("default".to_owned(), packed.clone())]), None),
         &ServiceSettings::new(16 << 20),
     );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -221,6 +224,7 @@ pub async fn run(args: Args) -> Result<(), String> {
         clients,
         budget,
         smoke: args.smoke,
+        commands_counted: !args.no_command_monitor,
         monitor,
         s3_counter,
         rows: Vec::new(),
@@ -255,7 +259,9 @@ pub async fn run(args: Args) -> Result<(), String> {
     ctx.floor.setup_list(list_pool).await?;
 
     if wanted(Workload::Create.label()) || wanted(Workload::Update.label()) {
-        bench.lone = Some(lone_writes(&bench, &ctx).await?);
+        if bench.commands_counted {
+            bench.lone = Some(lone_writes(&bench, &ctx).await?);
+        }
         bench.lone_latency = Some(packing::lone_latency(&ctx).await?);
     }
     for (w, paths) in [

@@ -217,6 +217,8 @@ pub struct Bench {
     pub clients: usize,
     pub budget: Budget,
     pub smoke: bool,
+    /// Mongo commands are counted (`--no-command-monitor` not given).
+    pub commands_counted: bool,
     pub monitor: Arc<Monitor>,
     pub s3_counter: Arc<RequestCounter>,
     pub rows: Vec<Row>,
@@ -308,7 +310,7 @@ impl Bench {
         // The embedded engine's stores are SQLite and files, and a child process's requests are
         // its own: nothing to count there.
         let counted = via.counted();
-        let mongo = counted.then(|| {
+        let mongo = (counted && self.commands_counted).then(|| {
             let used = delta.mongo.iter().filter(|(_, (n, _))| *n > 0);
             used.map(|(name, (n, took))| (name.clone(), (*n as f64 / ops, ms(*took))))
                 .collect()

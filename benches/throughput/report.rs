@@ -114,11 +114,23 @@ impl Report {
                 .into(),
         );
         line(
-            "- Mongo commands are counted with the driver's command monitoring and connection-pool waits with its \
-             CMAP events; S3 requests with a counting `PayloadStore` decorator (the floor times its own). Peak RSS \
-             is the process's VmHWM during each workload (reset before it)."
+            "- **HTTP**: the service (`api::router`) in this process, on an engine that packs writes made \
+             together as `chronos serve` does on S3 by default (`packWrites: auto`); its clients are Chronos's own \
+             `client::HttpClient` (reqwest), one keep-alive pool."
                 .into(),
         );
+        let commands = if b.commands_counted {
+            "Mongo commands are counted with the driver's command monitoring (which costs this process CPU on \
+             every Mongo path, floor and Chronos alike; `--no-command-monitor` leaves it off)"
+        } else {
+            "Mongo commands are **not** counted in this run (`--no-command-monitor`: the driver's command \
+             monitoring costs this process CPU on every Mongo path)"
+        };
+        line(format!(
+            "- {commands}; connection-pool waits with its CMAP events; S3 requests with a counting `PayloadStore` \
+             decorator (the floor times its own). Peak RSS is the process's VmHWM during each workload (reset \
+             before it)."
+        ));
         line(format!(
             "- **Memory under many connections**: the real `chronos serve` binary runs as a child process (on the \
              benchmark's MongoDB database and buckets, and again on its embedded default), so its RSS is its own; \
