@@ -214,35 +214,43 @@ impl Report {
              the HTTP layer, plus scheduling on the saturated cores. The restore rows are **per {RESTORE_PAGE}-item \
              page** (per-item figures are too small to read) and have no latency of their own.\n"
         ));
-        line(
-            "| workload | path | what | Mongo commands per op (round trip) | Mongo | pool wait | S3 | mean | rest |"
-                .into(),
-        );
-        line("|---|---|---|---|--:|--:|--:|--:|--:|".into());
-        for r in &b.rows {
-            let Some(breakdown) = &r.mongo else {
-                continue;
-            };
-            let per_page = matches!(
-                r.workload,
-                Workload::Restore | Workload::RestoreBatched | Workload::RestoreByRef
+        if b.commands_counted {
+            line(
+                "| workload | path | what | Mongo commands per op (round trip) | Mongo | pool wait | S3 | mean | rest |"
+                    .into(),
             );
-            let scale = if per_page { RESTORE_PAGE as f64 } else { 1.0 };
-            let (mongo_ms, s3_ms) = (r.mongo_ms() * scale, r.s3.map_or(0.0, |x| x.1) * scale);
-            let (mean, rest) = if r.has_latency {
-                let rest = r.mean - mongo_ms - r.pool_ms - s3_ms;
-                (format!("{:.1}", r.mean), format!("{rest:.1}"))
-            } else {
-                ("—".into(), "—".into())
-            };
-            line(format!(
-                "| {} | {} | {} | {} | {mongo_ms:.1} | {:.1} | {s3_ms:.1} | {mean} | {rest} |",
-                r.workload.label(),
-                r.via.label(),
-                r.workload.what(r.via),
-                fmt_breakdown(breakdown, scale),
-                r.pool_ms * scale,
-            ));
+            line("|---|---|---|---|--:|--:|--:|--:|--:|".into());
+            for r in &b.rows {
+                let Some(breakdown) = &r.mongo else {
+                    continue;
+                };
+                let per_page = matches!(
+                    r.workload,
+                    Workload::Restore | Workload::RestoreBatched | Workload::RestoreByRef
+                );
+                let scale = if per_page { RESTORE_PAGE as f64 } else { 1.0 };
+                let (mongo_ms, s3_ms) = (r.mongo_ms() * scale, r.s3.map_or(0.0, |x| x.1) * scale);
+                let (mean, rest) = if r.has_latency {
+                    let rest = r.mean - mongo_ms - r.pool_ms - s3_ms;
+                    (format!("{:.1}", r.mean), format!("{rest:.1}"))
+                } else {
+                    ("—".into(), "—".into())
+                };
+                line(format!(
+                    "| {} | {} | {} | {} | {mongo_ms:.1} | {:.1} | {s3_ms:.1} | {mean} | {rest} |",
+                    r.workload.label(),
+                    r.via.label(),
+                    r.workload.what(r.via),
+                    fmt_breakdown(breakdown, scale),
+                    r.pool_ms * scale,
+                ));
+            }
+        } else {
+            line(
+                "Not measured in this run: the round trips come from the driver's command monitoring, which \
+                 `--no-command-monitor` left off."
+                    .into(),
+            );
         }
         line(String::new());
 
