@@ -200,6 +200,8 @@ pub async fn run(args: Args) -> Result<(), String> {
         packed,
         embedded,
         http,
+        addr,
+        lean: (0..clients).map(|_| tokio::sync::Mutex::new(None)).collect(),
         floor: Floor {
             mongo: mongo.clone(),
             db: mongo.database_with_options(
@@ -268,9 +270,12 @@ pub async fn run(args: Args) -> Result<(), String> {
         (Workload::Create, &[Via::Floor, Via::Engine, Via::Packed, Via::Http][..]),
         (Workload::Update, &[Via::Floor, Via::Engine, Via::Packed, Via::Http]),
         (Workload::PutOnly, &[Via::Floor]),
-        (Workload::GetLatest, &[Via::Floor, Via::Engine, Via::Http]),
+        (
+            Workload::GetLatest,
+            &[Via::Floor, Via::Engine, Via::Http, Via::HttpLean],
+        ),
         (Workload::GetVersion, &[Via::Floor, Via::Engine, Via::Http]),
-        (Workload::List, &[Via::Floor, Via::Engine, Via::Http]),
+        (Workload::List, &[Via::Floor, Via::Engine, Via::Http, Via::HttpLean]),
         (Workload::Enrich, &[Via::Floor, Via::Engine, Via::Packed, Via::Http]),
         (Workload::Create, &[Via::Embedded]),
         (Workload::Update, &[Via::Embedded]),

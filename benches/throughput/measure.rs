@@ -374,7 +374,7 @@ impl Bench {
 
     /// A Chronos row's throughput over its floor's, measured in this run.
     pub fn ratio(&self, row: &Row) -> Option<f64> {
-        if !matches!(row.via, Via::Engine | Via::Packed | Via::Http) {
+        if !matches!(row.via, Via::Engine | Via::Packed | Via::Http | Via::HttpLean) {
             return None;
         }
         let floor = self.find(row.workload.floor(), Via::Floor)?;

@@ -116,7 +116,10 @@ impl Report {
         line(
             "- **HTTP**: the service (`api::router`) in this process, on an engine that packs writes made \
              together as `chronos serve` does on S3 by default (`packWrites: auto`); its clients are Chronos's own \
-             `client::HttpClient` (reqwest), one keep-alive pool."
+             `client::HttpClient` (reqwest), one keep-alive pool. *HTTP, lean client*: the same service read \
+             through one raw HTTP/1.1 keep-alive connection per client, as a load generator such as wrk drives a \
+             server, each body parsed into a JSON value (as the floor's driver decodes each reply): the service's \
+             own cost without reqwest's."
                 .into(),
         );
         let commands = if b.commands_counted {
@@ -319,7 +322,9 @@ pub fn targets(b: &Bench) -> Vec<(String, String, Option<bool>)> {
         let Some(ratio) = b.ratio(h) else { continue };
         let engine = b.find(w, Via::Engine).and_then(|e| b.ratio(e));
         let engine = engine.map_or(String::new(), |e| format!("; engine {e:.2}×"));
-        let measured = format!("HTTP {:.0}/s = {ratio:.2}×{engine}", h.ops_per_s);
+        let lean = b.find(w, Via::HttpLean).and_then(|l| b.ratio(l));
+        let lean = lean.map_or(String::new(), |l| format!("; HTTP with a lean client {l:.2}×"));
+        let measured = format!("HTTP {:.0}/s = {ratio:.2}×{engine}{lean}", h.ops_per_s);
         t.push((target.into(), measured, Some(ratio >= bar)));
     }
     if let Some((ratio, measured)) = engine_and_http(Workload::Enrich) {

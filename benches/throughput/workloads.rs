@@ -14,6 +14,7 @@ use serde_json::json;
 use crate::errors::{name, text};
 use crate::floor::Floor;
 use crate::records::{LIST_LIMIT, STATUSES, patch, pool_id, record};
+use crate::served::Conn;
 
 /// Items each client owns in the update / read pools (no two clients write the same item, so the
 /// figures measure the write path, not contention).
@@ -39,6 +40,10 @@ pub enum Via {
     /// The engine with `packWrites: together` (same database and buckets).
     Packed,
     Http,
+    /// The same service through a raw HTTP/1.1 keep-alive connection per client (as a load
+    /// generator such as wrk drives a server), the body parsed into a JSON value: the service's
+    /// own cost without reqwest's.
+    HttpLean,
     Embedded,
     /// The real `chronos serve` binary as a child process on Mongo+S3 (its memory alone).
     Served,
@@ -53,6 +58,7 @@ impl Via {
             Via::Engine => "engine (Mongo+S3)",
             Via::Packed => "engine, packed writes (Mongo+S3)",
             Via::Http => "HTTP (Mongo+S3)",
+            Via::HttpLean => "HTTP, lean client (Mongo+S3)",
             Via::Embedded => "engine (embedded)",
             Via::Served => "`chronos serve` (Mongo+S3)",
             Via::ServedEmbedded => "`chronos serve` (embedded)",
@@ -61,7 +67,7 @@ impl Via {
 
     /// Whether this process's counters see the path's Mongo and S3 requests.
     pub fn counted(self) -> bool {
-        matches!(self, Via::Floor | Via::Engine | Via::Packed | Via::Http)
+        matches!(self, Via::Floor | Via::Engine | Via::Packed | Via::Http | Via::HttpLean)
     }
 }
 
@@ -126,6 +132,8 @@ impl Workload {
                 "per 500-item page: find heads, find targets, one txn{insert versions, update heads}; no S3"
             }
             (Connections, _) => "GET …/items/{id} on each of N keep-alive connections, one request at a time",
+            (GetLatest, HttpLean) => "GET …/items/{id} on a raw keep-alive connection, body parsed",
+            (List, HttpLean) => "GET …/items?filter={status}&limit=20 on a raw keep-alive connection, body parsed",
             (Create, Http) => "POST …/items?id=",
             (Update, Http) => "PUT …/items/{id} with If-Match",
             (GetLatest, Http) => "GET …/items/{id}",
@@ -161,6 +169,10 @@ pub struct Ctx {
     pub packed: Arc<Engine>,
     pub embedded: Arc<Engine>,
     pub http: HttpClient,
+    /// Where the in-process service listens, and each client's raw connection to it
+    /// ([`Via::HttpLean`]; opened on first use).
+    pub addr: std::net::SocketAddr,
+    pub lean: Vec<tokio::sync::Mutex<Option<Conn>>>,
     pub floor: Floor,
     pub who: Attribution,
     pub pool: usize,
@@ -184,9 +196,23 @@ impl Ctx {
 
     pub fn ovs(&self, via: Via) -> &[AtomicU64] {
         match via {
-            Via::Engine | Via::Packed | Via::Http | Via::Served => &self.ovs[0],
+            Via::Engine | Via::Packed | Via::Http | Via::HttpLean | Via::Served => &self.ovs[0],
             Via::Floor => &self.ovs[1],
             Via::Embedded | Via::ServedEmbedded => &self.ovs[2],
+        }
+    }
+
+    /// GET `path` on client `client`'s raw connection to the service; the body, parsed.
+    async fn lean_get(&self, client: usize, path: &str) -> Result<serde_json::Value, String> {
+        let slot = self.lean.get(client).ok_or("no connection slot for this client")?;
+        let mut slot = slot.lock().await;
+        let conn = match &mut *slot {
+            Some(conn) => conn,
+            empty => empty.insert(Conn::open(self.addr).await?),
+        };
+        match conn.request("GET", path, None).await? {
+            200 => serde_json::from_slice(&conn.buf).map_err(text),
+            status => Err(format!("GET {path}: status {status}")),
         }
     }
 
@@ -308,6 +334,10 @@ impl Ctx {
                     .map(drop)
                     .map_err(text)
             }
+            (GetLatest, HttpLean) => {
+                let path = format!("/v1/default/{}/items/{any}", self.items);
+                self.lean_get(t.client, &path).await.map(drop)
+            }
             (GetLatest, _) => {
                 let id: ItemId = name(&any)?;
                 engine
@@ -349,6 +379,15 @@ impl Ctx {
                             .map_err(text)?
                             .items
                             .len()
+                    }
+                    HttpLean => {
+                        // `{"status":"s<n>"}`, percent-encoded.
+                        let path = format!(
+                            "/v1/default/{}/items?filter=%7B%22status%22%3A%22{status}%22%7D&limit={LIST_LIMIT}",
+                            self.listed
+                        );
+                        let page = self.lean_get(t.client, &path).await?;
+                        page["items"].as_array().map_or(0, Vec::len)
                     }
                     _ => {
                         let opts = ListOptions {
