@@ -8,7 +8,8 @@
 //! on a shared machine only numbers taken side by side are comparable.
 //!
 //! Mongo commands are counted with the driver's command monitoring (as `tests/it/support.rs`
-//! does; `--no-command-monitor` leaves it off, because it costs every Mongo path CPU), S3 requests with the `engine::store::decorators::Counting` decorator, and each workload's peak
+//! does; `--no-command-monitor` leaves it off, because it costs every Mongo path CPU), S3
+//! requests with the `engine::store::decorators::Counting` decorator, and each workload's peak
 //! RSS is read from `/proc/self/status` after resetting the high-water mark. The change feed's
 //! workload (`feed`) measures delivery latency and a `chronos serve` child's memory and CPU
 //! under many Server-Sent-Events subscribers.

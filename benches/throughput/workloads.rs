@@ -210,7 +210,15 @@ impl Ctx {
             Some(conn) => conn,
             empty => empty.insert(Conn::open(self.addr).await?),
         };
-        match conn.request("GET", path, None).await? {
+        let status = match conn.request("GET", path, None).await {
+            Ok(status) => status,
+            Err(e) => {
+                // Half a response may be left on it: the next request opens a new one.
+                *slot = None;
+                return Err(e);
+            }
+        };
+        match status {
             200 => serde_json::from_slice(&conn.buf).map_err(text),
             status => Err(format!("GET {path}: status {status}")),
         }
