@@ -16,10 +16,13 @@ use super::extract::{
     ApiJson, ApiQuery, CollectionPath, ItemPath, JsonObject, JsonObjects, Precondition, attribution, filter_param,
     int64, query_error,
 };
-use super::present::{Presentation, Queued, Shown, WriteResult, etag, submitted_response};
+use super::present::{
+    Presentation, Queued, Shown, WriteResult, etag, json_response, submitted_response, write_text_json,
+};
 use super::state::AppState;
 use crate::engine::{
-    ItemId, ListOptions, ReadOptions, Submitted, Timestamp, VersionEntry, VersionTarget, WriteRequest,
+    CollectionName, Engine, ItemId, ListOptions, ReadOptions, Submitted, Timestamp, VersionEntry, VersionTarget,
+    WriteRequest,
 };
 
 /// The item routes, with their part of the OpenAPI document.
@@ -242,7 +245,7 @@ pub async fn list(
     State(state): State<AppState>,
     path: CollectionPath,
     ApiQuery(q): ApiQuery<ListQuery>,
-) -> Result<Json<ListResponse>> {
+) -> Result<Response> {
     let engine = state.engine(&path.db)?;
     let filter = filter_param(q.filter.as_deref())?;
     let descending = match q.sort.as_deref() {
@@ -277,8 +280,11 @@ pub async fn list(
                 .collect()
         }),
     };
-    let page = engine.list(&path.collection, &opts).await.map_err(query_error)?;
     let presentation = Presentation::from_query(q.content.as_deref(), q.presign, q.ttl_seconds)?;
+    if opts.fields.is_none() && presentation.shows_text(&engine, &path.collection) {
+        return list_as_text(&engine, &path.collection, &opts, &presentation).await;
+    }
+    let page = engine.list(&path.collection, &opts).await.map_err(query_error)?;
     let mut items = Vec::with_capacity(page.records.len());
     for r in page.records {
         items.push(presentation.show(&engine, &path.collection, r).await?);
@@ -286,7 +292,37 @@ pub async fn list(
     Ok(Json(ListResponse {
         items,
         next_after_id: page.next_after_id.map(|i| i.to_string()),
-    }))
+    })
+    .into_response())
+}
+
+/// A page whose records show as their stored data text: the same JSON as a [`ListResponse`],
+/// written without parsing each record's data into a tree and serialising it again.
+async fn list_as_text(
+    engine: &Engine,
+    collection: &CollectionName,
+    opts: &ListOptions,
+    presentation: &Presentation,
+) -> Result<Response> {
+    let page = engine.list_text(collection, opts).await.map_err(query_error)?;
+    // Each record: its data, then a `_system` block of ~300 bytes.
+    let size: usize = page.records.iter().map(|r| r.data_json.len() + 320).sum();
+    let mut out = Vec::with_capacity(size + 64);
+    out.extend_from_slice(b"{\"items\":[");
+    for (i, r) in page.records.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        if !write_text_json(collection, &r, &mut out) {
+            let shown = presentation.show(engine, collection, r.parse(collection)?).await?;
+            serde_json::to_writer(&mut out, &shown).map_err(|e| ApiError::internal(e.to_string()))?;
+        }
+    }
+    out.extend_from_slice(b"],\"nextAfterId\":");
+    let next = page.next_after_id.map(|i| i.to_string());
+    serde_json::to_writer(&mut out, &next).map_err(|e| ApiError::internal(e.to_string()))?;
+    out.push(b'}');
+    Ok(json_response(StatusCode::OK, out))
 }
 
 /// Read an item: the latest version, or `?ov=` / `?at=`.
@@ -303,26 +339,33 @@ pub async fn get(State(state): State<AppState>, path: ItemPath, ApiQuery(q): Api
     let opts = ReadOptions {
         include_deleted: q.include_deleted,
     };
-    let record = match (q.ov, q.at) {
+    let target = match (q.ov, q.at) {
         (Some(_), Some(_)) => return Err(ApiError::bad_request("give `ov` or `at`, not both")),
-        (Some(ov), None) => {
-            engine
-                .get_at(&path.collection, &path.id, VersionTarget::Ov(ov), opts)
-                .await?
-        }
+        (Some(ov), None) => Some(VersionTarget::Ov(ov)),
         (None, Some(at)) => {
             let at: Timestamp = at
                 .parse()
                 .map_err(|e| ApiError::bad_request(format!("`at` must be an RFC 3339 time: {e}")))?;
-            engine
-                .get_at(&path.collection, &path.id, VersionTarget::At(at), opts)
-                .await?
+            Some(VersionTarget::At(at))
         }
-        (None, None) => engine.get_latest(&path.collection, &path.id, opts).await?,
+        (None, None) => None,
+    };
+    let presentation = Presentation::from_query(q.content.as_deref(), q.presign, q.ttl_seconds)?;
+    let (collection, id) = (&path.collection, &path.id);
+    // Read as text: a record shown as stored is never parsed (see `write_text_json`).
+    let record = match target {
+        Some(target) => engine.get_at_text(collection, id, target, opts).await?,
+        None => engine.get_latest_text(collection, id, opts).await?,
     };
     let tag = etag(record.ov);
-    let presentation = Presentation::from_query(q.content.as_deref(), q.presign, q.ttl_seconds)?;
-    let mut response = Json(presentation.show(&engine, &path.collection, record).await?).into_response();
+    let mut body = Vec::new();
+    let mut response =
+        if presentation.shows_text(&engine, collection) && write_text_json(collection, &record, &mut body) {
+            json_response(StatusCode::OK, body)
+        } else {
+            let record = record.parse(collection)?;
+            Json(presentation.show(&engine, collection, record).await?).into_response()
+        };
     response.headers_mut().insert(header::ETAG, tag);
     Ok(response)
 }

@@ -13,7 +13,9 @@ use utoipa::ToSchema;
 
 use super::error::{ApiError, Result};
 use crate::engine::model::{SYSTEM_KEY, State};
-use crate::engine::{CollectionName, ContentMode, Engine, ItemId, Record, Submitted, Timestamp, WriteOutcome};
+use crate::engine::{
+    CollectionName, ContentMode, Engine, ItemId, Record, RecordText, Submitted, Timestamp, WriteOutcome,
+};
 
 /// The result of a write.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -125,6 +127,12 @@ impl Presentation {
         })
     }
 
+    /// Whether a record shows as its stored data text plus `_system` (no content property to
+    /// resolve, no URL to presign): such a read need not parse the data at all.
+    pub fn shows_text(&self, engine: &Engine, collection: &CollectionName) -> bool {
+        self.presign.is_none() && (self.mode == ContentMode::Reference || !engine.has_content_props(collection))
+    }
+
     pub async fn show(&self, engine: &Engine, collection: &CollectionName, mut record: Record) -> Result<Shown> {
         engine.resolve_content(collection, &mut record, self.mode).await?;
         let payload_url = match self.presign {
@@ -194,6 +202,57 @@ impl Serialize for Shown {
     }
 }
 
+/// Write the JSON the API shows for `record` (what [`Shown`] serialises to) into `out`, spliced
+/// from its stored data text: the data's members as stored (checked against their checksum, so
+/// exactly the JSON once written), then the `_system` block. Returns false, having written
+/// nothing, when the text can't be shown as it is: it holds a `_system` key (stored before writes
+/// stripped it), so the record must be parsed and shown as a [`Shown`].
+pub fn write_text_json(collection: &CollectionName, r: &RecordText, out: &mut Vec<u8>) -> bool {
+    let text = r.data_json.trim();
+    let Some(members) = text.strip_prefix('{').and_then(|t| t.strip_suffix('}')) else {
+        return false;
+    };
+    if members.contains("\"_system\"") {
+        return false;
+    }
+    let start = out.len();
+    out.push(b'{');
+    if !members.trim().is_empty() {
+        out.extend_from_slice(members.as_bytes());
+        out.push(b',');
+    }
+    out.extend_from_slice(b"\"_system\":");
+    let system = SystemBlock {
+        id: &r.id,
+        collection,
+        ov: r.ov,
+        cv: r.cv,
+        inserted_at: &r.system.inserted_at,
+        updated_at: &r.system.updated_at,
+        deleted_at: &r.system.deleted_at,
+        deleted: r.system.deleted,
+        function_ids: &r.system.function_ids,
+        state: &r.system.state,
+        payload_url: None,
+    };
+    if serde_json::to_writer(&mut *out, &system).is_err() {
+        out.truncate(start);
+        return false;
+    }
+    out.push(b'}');
+    true
+}
+
+/// A response of JSON written by hand (see [`write_text_json`]).
+pub fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        body,
+    )
+        .into_response()
+}
+
 /// A record as the API shows it, as a JSON value (the change feed embeds it in its events).
 pub fn record_json(collection: &CollectionName, record: Record) -> Value {
     let shown = Shown {
@@ -250,5 +309,67 @@ mod tests {
         let value = serde_json::to_value(&with_url).unwrap();
         assert_eq!(value["_system"]["payloadUrl"], "https://s3/x");
         assert_eq!(record_json(&c, record(json!({"b": 1})))["_system"]["ov"], 3);
+    }
+
+    fn as_text(r: Record) -> RecordText {
+        RecordText {
+            data_json: serde_json::to_string(&r.data).unwrap(),
+            id: r.id,
+            ov: r.ov,
+            cv: r.cv,
+            write_id: r.write_id,
+            system: r.system,
+            payload_ref: r.payload_ref,
+        }
+    }
+
+    fn text_json(c: &CollectionName, r: &RecordText) -> Option<String> {
+        let mut out = b"[".to_vec();
+        let written = write_text_json(c, r, &mut out);
+        assert_eq!(written, out.len() > 1, "nothing written unless it says so");
+        written.then(|| String::from_utf8(out[1..].to_vec()).unwrap())
+    }
+
+    #[test]
+    fn a_record_shown_from_its_stored_text_is_the_json_shown_from_its_parsed_data() {
+        let c: CollectionName = "notes".parse().unwrap();
+        for data in [
+            json!({"b": 1, "a": [true, null, {"x": "y"}]}),
+            json!({}),
+            json!({"s": "é \" \\ \n \u{1F600} <>&", "n": -1.5e-7, "big": 12345678901234567u64}),
+            json!({"nested": {"_system": "a value, not the key"}}),
+        ] {
+            let r = record(data);
+            let shown = serde_json::to_string(&Shown {
+                collection: c.clone(),
+                record: r.clone(),
+                payload_url: None,
+            })
+            .unwrap();
+            let text = as_text(r);
+            // A nested `_system` key is only looked for as text: such a record takes the parsed path.
+            match text_json(&c, &text) {
+                Some(spliced) => assert_eq!(spliced, shown),
+                None => assert!(text.data_json.contains("\"_system\"")),
+            }
+        }
+        // Stored text that is not compact still shows the same JSON value.
+        let mut spaced = as_text(record(json!({"a": 1})));
+        spaced.data_json = " {\n  \"a\" : 1 \n} ".into();
+        let spliced: Value = serde_json::from_str(&text_json(&c, &spaced).unwrap()).unwrap();
+        assert_eq!(spliced, record_json(&c, record(json!({"a": 1}))));
+        let mut empty = as_text(record(json!({})));
+        empty.data_json = "{ }".into();
+        let spliced: Value = serde_json::from_str(&text_json(&c, &empty).unwrap()).unwrap();
+        assert_eq!(spliced, record_json(&c, record(json!({}))));
+    }
+
+    #[test]
+    fn stored_text_with_a_system_key_is_left_to_the_parsed_path_which_drops_it() {
+        let c: CollectionName = "notes".parse().unwrap();
+        let r = record(json!({"b": 1, "_system": {"forged": true}}));
+        assert_eq!(text_json(&c, &as_text(r.clone())), None);
+        let parsed = as_text(r).parse(&c).unwrap();
+        assert_eq!(record_json(&c, parsed)["_system"]["id"], "i1");
     }
 }

@@ -11,7 +11,9 @@ use serde_json::{Map, Value};
 use super::error::{Error, Result};
 use super::ledger::record::StampDoc;
 use super::ledger::{LedgerRecord, PrevLink};
-use super::model::{CollectionName, Content, ItemId, Op, SystemFields, Timestamp, VersionEntry, parse_data};
+use super::model::{
+    CollectionName, Content, ItemId, Op, SystemFields, Timestamp, VersionEntry, check_data, parse_checked,
+};
 
 /// 2: the header names the logical database. 3: it also carries what the index needs (indexed
 /// metadata, the idempotency stamp) and the link to the item's previous version, so a rebuild
@@ -92,6 +94,23 @@ pub fn encode(
     serde_json::to_vec(&envelope).map_err(|e| Error::Corrupt(format!("cannot encode version: {e}")))
 }
 
+/// A verified version payload whose data is still text (see `model::RecordText`).
+pub struct DecodedText {
+    pub system: SystemFields,
+    /// The exact data text, checked against the version's checksum.
+    pub data_json: String,
+}
+
+impl DecodedText {
+    pub fn parse(self, what: &dyn std::fmt::Display) -> Result<Decoded> {
+        Ok(Decoded {
+            data: parse_checked(&self.data_json, what)?,
+            system: self.system,
+            data_json: self.data_json,
+        })
+    }
+}
+
 /// A decoded, verified version payload.
 pub struct Decoded {
     pub system: SystemFields,
@@ -117,6 +136,11 @@ pub fn decode(bytes: &[u8], expected: &Expected<'_>) -> Result<Decoded> {
     decode_opened(bytes, expected, &|_| Ok(None))
 }
 
+/// [`decode`], leaving the data as text.
+pub fn decode_text(bytes: &[u8], expected: &Expected<'_>) -> Result<DecodedText> {
+    decode_text_opened(bytes, expected, &|_| Ok(None))
+}
+
 /// [`decode`] for data that may be sealed (`engine::sealed`): `open` gets the stored data text
 /// and gives back the plaintext JSON (`None`: the data is not sealed), which is then checked
 /// against the checksum like any other.
@@ -125,6 +149,16 @@ pub fn decode_opened(
     expected: &Expected<'_>,
     open: &(dyn Fn(&str) -> Result<Option<String>> + Sync),
 ) -> Result<Decoded> {
+    let what = format!("{}/{} v{}", expected.collection, expected.id, expected.ov);
+    decode_text_opened(bytes, expected, open)?.parse(&what)
+}
+
+/// [`decode_opened`], leaving the data as text.
+pub fn decode_text_opened(
+    bytes: &[u8],
+    expected: &Expected<'_>,
+    open: &(dyn Fn(&str) -> Result<Option<String>> + Sync),
+) -> Result<DecodedText> {
     let Expected {
         database,
         collection,
@@ -152,10 +186,9 @@ pub fn decode_opened(
     }
     let stored = envelope.data.get();
     let data_json = open(stored)?.unwrap_or_else(|| stored.to_owned());
-    let data = parse_data(&data_json, checksum, &what)?;
-    Ok(Decoded {
+    check_data(&data_json, checksum, &what)?;
+    Ok(DecodedText {
         system: envelope.chronos.system,
-        data,
         data_json,
     })
 }

@@ -52,7 +52,7 @@ pub use hold::LegalHold;
 pub use ledger::erasures::{ErasedItem, ErasedVersion, Erasure, ErasureStatus};
 pub use model::{
     Attribution, CollectionName, DEFAULT_DATABASE, Enrichment, ItemId, Op, PackSlot, PayloadLoc, PayloadRef, Record,
-    RequestKey, State, SystemFields, Timestamp, VersionEntry, VersionTarget, WriteOutcome,
+    RecordText, RequestKey, State, SystemFields, Timestamp, VersionEntry, VersionTarget, WriteOutcome,
 };
 pub use namespace::Stores;
 pub use restore::{RestoreCounts, RestorePage};

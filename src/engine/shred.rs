@@ -12,7 +12,7 @@
 
 use std::borrow::Cow;
 
-use crate::engine::envelope::{self, Decoded, Expected};
+use crate::engine::envelope::{self, Decoded, DecodedText, Expected};
 use crate::engine::error::{Error, Result};
 use crate::engine::model::{CollectionName, ItemId, VersionEntry};
 use crate::engine::sealed::{self, DataKey, Kek, OpenError, WrappedKey};
@@ -93,8 +93,14 @@ impl Engine {
     /// [`envelope::decode`], opening sealed data with the item's key: `Erased` once the key is
     /// destroyed.
     pub(crate) async fn decode_payload(&self, bytes: &[u8], expected: &Expected<'_>) -> Result<Decoded> {
+        let what = format!("{}/{} v{}", expected.collection, expected.id, expected.ov);
+        self.decode_payload_text(bytes, expected).await?.parse(&what)
+    }
+
+    /// [`Engine::decode_payload`], leaving the data as text.
+    pub(crate) async fn decode_payload_text(&self, bytes: &[u8], expected: &Expected<'_>) -> Result<DecodedText> {
         if !self.encrypted(expected.collection) {
-            return envelope::decode(bytes, expected);
+            return envelope::decode_text(bytes, expected);
         }
         let key = self.stored_key(expected.collection, expected.id).await?;
         let aad = version_aad(
@@ -105,7 +111,7 @@ impl Engine {
             expected.write_id,
         );
         let what = format!("{}/{} v{}", expected.collection, expected.id, expected.ov);
-        envelope::decode_opened(bytes, expected, &|data| {
+        envelope::decode_text_opened(bytes, expected, &|data| {
             if !sealed::is_sealed(data) {
                 return Ok(None);
             }

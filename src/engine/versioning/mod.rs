@@ -80,8 +80,8 @@ pub struct ListOptions {
 
 /// One page of a listing.
 #[derive(Debug, Clone)]
-pub struct ListPage {
-    pub records: Vec<Record>,
+pub struct ListPage<R = Record> {
+    pub records: Vec<R>,
     /// Pass as `after_id` for the next page; `None` on the last page.
     pub next_after_id: Option<ItemId>,
 }
@@ -210,6 +210,12 @@ impl Engine {
 
     pub(super) fn map(&self, collection: &CollectionName) -> Option<&CollectionMap> {
         self.settings.collection_maps.get(collection.as_str())
+    }
+
+    /// Whether the collection keeps some properties in the content bucket: a read that shows
+    /// content inline must then resolve them in the record's data.
+    pub fn has_content_props(&self, collection: &CollectionName) -> bool {
+        self.map(collection).is_some_and(|m| !m.content_props.is_empty())
     }
 
     /// Whether queries may filter on `property` in this collection.

@@ -8,9 +8,11 @@ use bytes::Bytes;
 
 use super::{Engine, ListOptions, ListPage, ReadOptions};
 use crate::engine::content::no_presign;
-use crate::engine::envelope::{self, Decoded};
+use crate::engine::envelope::{self, Decoded, DecodedText};
 use crate::engine::error::{Error, Result};
-use crate::engine::model::{CollectionName, Head, ItemId, PayloadLoc, Record, VersionEntry, VersionTarget, parse_data};
+use crate::engine::model::{
+    CollectionName, Head, ItemId, PayloadLoc, Record, RecordText, VersionEntry, VersionTarget, check_data,
+};
 use crate::engine::query::Filter;
 use crate::engine::settings::ContentMode;
 use crate::engine::store::ListQuery;
@@ -18,6 +20,16 @@ use crate::engine::store::ListQuery;
 impl Engine {
     /// The latest version of an item.
     pub async fn get_latest(&self, collection: &CollectionName, id: &ItemId, opts: ReadOptions) -> Result<Record> {
+        self.get_latest_text(collection, id, opts).await?.parse(collection)
+    }
+
+    /// [`Engine::get_latest`], the data left as its stored text.
+    pub async fn get_latest_text(
+        &self,
+        collection: &CollectionName,
+        id: &ItemId,
+        opts: ReadOptions,
+    ) -> Result<RecordText> {
         let head = self.meta.head(collection, id).await?;
         let head = head.ok_or_else(|| not_found(collection, id))?;
         if head.erased() {
@@ -26,38 +38,64 @@ impl Engine {
         if head.deleted() && !opts.include_deleted {
             return Err(not_found(collection, id));
         }
-        self.record_of_head(collection, head).await
+        self.text_of_head(collection, head).await
     }
 
     pub(super) async fn record_of_head(&self, collection: &CollectionName, head: Head) -> Result<Record> {
-        let data = match &head.inline {
-            Some(json) => parse_data(
-                json,
-                &head.checksum,
-                &format_args!("{collection}/{} v{}", head.id, head.ov),
-            )?,
+        self.text_of_head(collection, head).await?.parse(collection)
+    }
+
+    async fn text_of_head(&self, collection: &CollectionName, mut head: Head) -> Result<RecordText> {
+        let data_json = match head.inline.take() {
+            Some(json) => {
+                check_data(
+                    &json,
+                    &head.checksum,
+                    &format_args!("{collection}/{} v{}", head.id, head.ov),
+                )?;
+                json
+            }
             None => {
-                self.load(collection, &head.id, head.payload(), &head.checksum)
+                self.load_text(collection, &head.id, head.payload(), &head.checksum)
                     .await?
-                    .data
+                    .data_json
             }
         };
         // A reference counts only next to the write that made it (see `Head::payload`): a later
         // write that knows nothing of references leaves a stale copy, which no reader must see.
         let payload_ref = head.payload_ref.clone().filter(|r| r.of == head.write_id);
-        Ok(Record {
+        Ok(RecordText {
             system: head.system(),
             id: head.id,
             ov: head.ov,
             cv: head.cv,
             write_id: head.write_id,
-            data,
+            data_json,
             payload_ref,
         })
     }
 
     /// List items by indexed metadata (the safe subset of [`Filter`]), in id order, paged.
     pub async fn list(&self, collection: &CollectionName, opts: &ListOptions) -> Result<ListPage> {
+        let page = self.list_text(collection, opts).await?;
+        let mut records = page
+            .records
+            .into_iter()
+            .map(|r| r.parse(collection))
+            .collect::<Result<Vec<Record>>>()?;
+        if let Some(fields) = &opts.fields {
+            for r in &mut records {
+                r.data.retain(|k, _| fields.iter().any(|f| f == k));
+            }
+        }
+        Ok(ListPage {
+            records,
+            next_after_id: page.next_after_id,
+        })
+    }
+
+    /// [`Engine::list`], each record's data left as its stored text (`fields` is not applied).
+    pub async fn list_text(&self, collection: &CollectionName, opts: &ListOptions) -> Result<ListPage<RecordText>> {
         use futures::{StreamExt, TryStreamExt};
         if opts.limit == 0 || opts.limit > 1000 {
             return Err(Error::validation("limit", "must be between 1 and 1000"));
@@ -75,14 +113,14 @@ impl Engine {
         };
         let (listed, last_listed): (usize, Option<ItemId>);
         // Payloads not inline are fetched concurrently, keeping the listing's order.
-        let mut records: Vec<Record> = match opts.at {
+        let records: Vec<RecordText> = match opts.at {
             None => {
                 let heads = self.meta.list_heads(collection, &query).await?;
                 // An erased item has nothing to show (it is listed with deleted ones, as a
                 // tombstone head reads as deleted); the page still ends where the store's did.
                 (listed, last_listed) = (heads.len(), heads.last().map(|h| h.id.clone()));
                 futures::stream::iter(heads.into_iter().filter(|h| !h.erased()))
-                    .map(|h| self.record_of_head(collection, h))
+                    .map(|h| self.text_of_head(collection, h))
                     .buffered(16)
                     .try_collect()
                     .await?
@@ -91,17 +129,12 @@ impl Engine {
                 let versions = self.list_as_of(collection, at, &query).await?;
                 (listed, last_listed) = (versions.len(), versions.last().map(|v| v.id.clone()));
                 futures::stream::iter(versions)
-                    .map(|v| self.record_of(collection, v, read))
+                    .map(|v| self.text_of(collection, v, read))
                     .buffered(16)
                     .try_collect()
                     .await?
             }
         };
-        if let Some(fields) = &opts.fields {
-            for r in &mut records {
-                r.data.retain(|k, _| fields.iter().any(|f| f == k));
-            }
-        }
         let next_after_id = (listed == opts.limit).then_some(last_listed).flatten();
         Ok(ListPage { records, next_after_id })
     }
@@ -115,13 +148,24 @@ impl Engine {
         target: VersionTarget,
         opts: ReadOptions,
     ) -> Result<Record> {
+        self.get_at_text(collection, id, target, opts).await?.parse(collection)
+    }
+
+    /// [`Engine::get_at`], the data left as its stored text.
+    pub async fn get_at_text(
+        &self,
+        collection: &CollectionName,
+        id: &ItemId,
+        target: VersionTarget,
+        opts: ReadOptions,
+    ) -> Result<RecordText> {
         let entry = self.version_entry(collection, id, target).await?.ok_or_else(|| {
             Error::NotFound(match target {
                 VersionTarget::Ov(ov) => format!("{collection}/{id} v{ov}"),
                 VersionTarget::At(at) => format!("{collection}/{id} as of {at}"),
             })
         })?;
-        self.record_of(collection, entry, opts).await
+        self.text_of(collection, entry, opts).await
     }
 
     /// The entry of the version `target` names: from the index or, once pruned, a manifest.
@@ -187,7 +231,7 @@ impl Engine {
         self.meta.versions(collection, id, after_ov, limit).await
     }
 
-    async fn record_of(&self, collection: &CollectionName, entry: VersionEntry, opts: ReadOptions) -> Result<Record> {
+    async fn text_of(&self, collection: &CollectionName, entry: VersionEntry, opts: ReadOptions) -> Result<RecordText> {
         if entry.erased() {
             return Err(Error::Erased(format!("{collection}/{} v{}", entry.id, entry.ov)));
         }
@@ -198,7 +242,7 @@ impl Engine {
             )));
         }
         let decoded = self
-            .load(collection, &entry.id, entry.payload(), &entry.checksum)
+            .load_text(collection, &entry.id, entry.payload(), &entry.checksum)
             .await?;
         let mut system = decoded.system;
         if let Some(r) = &entry.payload_ref {
@@ -209,13 +253,13 @@ impl Engine {
             system.deleted_at = entry.deleted.then_some(entry.at);
             system.function_ids = r.function_ids.clone();
         }
-        Ok(Record {
+        Ok(RecordText {
             id: entry.id,
             ov: entry.ov,
             cv: entry.cv,
             write_id: entry.write_id,
             system,
-            data: decoded.data,
+            data_json: decoded.data_json,
             payload_ref: entry.payload_ref,
         })
     }
@@ -257,6 +301,18 @@ impl Engine {
         payload: PayloadLoc<'_>,
         checksum: &str,
     ) -> Result<Decoded> {
+        let what = format!("{collection}/{id} v{}", payload.ov);
+        self.load_text(collection, id, payload, checksum).await?.parse(&what)
+    }
+
+    /// [`Engine::load`], leaving the data as text.
+    pub(crate) async fn load_text(
+        &self,
+        collection: &CollectionName,
+        id: &ItemId,
+        payload: PayloadLoc<'_>,
+        checksum: &str,
+    ) -> Result<DecodedText> {
         let bytes = match self.fetch_payload(collection, id, payload).await? {
             Some(bytes) => bytes,
             None => self.fetch_moved(collection, id, payload).await?,
@@ -270,7 +326,7 @@ impl Engine {
             write_id,
             checksum,
         };
-        self.decode_payload(&bytes, &expected).await
+        self.decode_payload_text(&bytes, &expected).await
     }
 
     /// The bytes of a packed payload that is not where the index named it a moment ago: a hold
