@@ -12,7 +12,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::error::{ApiError, Result};
-use crate::engine::model::{SYSTEM_KEY, State};
+use crate::engine::model::{SYSTEM_KEY, State, SystemFields};
 use crate::engine::{
     CollectionName, ContentMode, Engine, ItemId, Record, RecordText, Submitted, Timestamp, WriteOutcome,
 };
@@ -175,6 +175,30 @@ struct SystemBlock<'a> {
     payload_url: Option<&'a str>,
 }
 
+impl<'a> SystemBlock<'a> {
+    fn of(
+        collection: &'a CollectionName,
+        id: &'a ItemId,
+        (ov, cv): (u64, u64),
+        system: &'a SystemFields,
+        payload_url: Option<&'a str>,
+    ) -> Self {
+        SystemBlock {
+            id,
+            collection,
+            ov,
+            cv,
+            inserted_at: &system.inserted_at,
+            updated_at: &system.updated_at,
+            deleted_at: &system.deleted_at,
+            deleted: system.deleted,
+            function_ids: &system.function_ids,
+            state: &system.state,
+            payload_url,
+        }
+    }
+}
+
 impl Serialize for Shown {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
@@ -184,19 +208,13 @@ impl Serialize for Shown {
         for (key, value) in r.data.iter().filter(|(k, _)| k.as_str() != SYSTEM_KEY) {
             map.serialize_entry(key, value)?;
         }
-        let system = SystemBlock {
-            id: &r.id,
-            collection: &self.collection,
-            ov: r.ov,
-            cv: r.cv,
-            inserted_at: &r.system.inserted_at,
-            updated_at: &r.system.updated_at,
-            deleted_at: &r.system.deleted_at,
-            deleted: r.system.deleted,
-            function_ids: &r.system.function_ids,
-            state: &r.system.state,
-            payload_url: self.payload_url.as_deref(),
-        };
+        let system = SystemBlock::of(
+            &self.collection,
+            &r.id,
+            (r.ov, r.cv),
+            &r.system,
+            self.payload_url.as_deref(),
+        );
         map.serialize_entry(SYSTEM_KEY, &system)?;
         map.end()
     }
@@ -222,19 +240,7 @@ pub fn write_text_json(collection: &CollectionName, r: &RecordText, out: &mut Ve
         out.push(b',');
     }
     out.extend_from_slice(b"\"_system\":");
-    let system = SystemBlock {
-        id: &r.id,
-        collection,
-        ov: r.ov,
-        cv: r.cv,
-        inserted_at: &r.system.inserted_at,
-        updated_at: &r.system.updated_at,
-        deleted_at: &r.system.deleted_at,
-        deleted: r.system.deleted,
-        function_ids: &r.system.function_ids,
-        state: &r.system.state,
-        payload_url: None,
-    };
+    let system = SystemBlock::of(collection, &r.id, (r.ov, r.cv), &r.system, None);
     if serde_json::to_writer(&mut *out, &system).is_err() {
         out.truncate(start);
         return false;

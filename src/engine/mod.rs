@@ -52,7 +52,7 @@ pub use hold::LegalHold;
 pub use ledger::erasures::{ErasedItem, ErasedVersion, Erasure, ErasureStatus};
 pub use model::{
     Attribution, CollectionName, DEFAULT_DATABASE, Enrichment, ItemId, Op, PackSlot, PayloadLoc, PayloadRef, Record,
-    RecordText, RequestKey, State, SystemFields, Timestamp, VersionEntry, VersionTarget, WriteOutcome,
+    RequestKey, State, SystemFields, Timestamp, VersionEntry, VersionTarget, WriteOutcome,
 };
 pub use namespace::Stores;
 pub use restore::{RestoreCounts, RestorePage};
@@ -67,4 +67,4 @@ pub use store::{
     HistoryPoint, HistoryStart, MetaRead, MetaRestore, MetaStore, MetaUpkeep, MetaWrite, PayloadStore, RefWrite,
 };
 pub use tiering::TieringReport;
-pub use versioning::{Engine, ListOptions, ListPage, ReadOptions};
+pub use versioning::{Engine, ListOptions, ListPage, ReadOptions, RecordText};

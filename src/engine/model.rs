@@ -215,14 +215,7 @@ impl Content {
     }
 }
 
-/// Parse stored data back into a JSON object, checking its digest first.
-pub fn parse_data(json: &str, expected_checksum: &str, what: &dyn fmt::Display) -> Result<Map<String, Value>> {
-    check_data(json, expected_checksum, what)?;
-    parse_checked(json, what)
-}
-
-/// Check stored data text against the checksum its version recorded: it is then exactly the
-/// JSON that was written.
+/// Check stored data text against its version's checksum: it is then exactly the JSON written.
 pub fn check_data(json: &str, expected_checksum: &str, what: &dyn fmt::Display) -> Result<()> {
     if sha256_hex(json) != expected_checksum {
         return Err(Error::Corrupt(format!("checksum mismatch for {what}")));
@@ -236,8 +229,7 @@ pub fn parse_checked(json: &str, what: &dyn fmt::Display) -> Result<Map<String, 
 }
 
 fn sha256_hex(text: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(text.as_bytes()))
+    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()))
 }
 
 /// The metadata store's view of an item's latest version: one document per item.
@@ -467,36 +459,6 @@ impl Record {
     /// Where this record's data is: its own payload object, or the one its reference names.
     pub fn payload(&self) -> PayloadLoc<'_> {
         PayloadLoc::of(self.ov, &self.write_id, self.payload_ref.as_ref())
-    }
-}
-
-/// A record whose data is still its stored JSON text: checked against the version's checksum (so
-/// it is exactly the JSON that was written), not parsed. For readers that only pass the data on,
-/// such as the API's plain reads, which would otherwise build a tree of it only to serialise it
-/// again; [`RecordText::parse`] makes the [`Record`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct RecordText {
-    pub id: ItemId,
-    pub ov: u64,
-    pub cv: u64,
-    pub write_id: String,
-    pub system: SystemFields,
-    pub data_json: String,
-    pub payload_ref: Option<PayloadRef>,
-}
-
-impl RecordText {
-    pub fn parse(self, collection: &CollectionName) -> Result<Record> {
-        let data = parse_checked(&self.data_json, &format_args!("{collection}/{} v{}", self.id, self.ov))?;
-        Ok(Record {
-            id: self.id,
-            ov: self.ov,
-            cv: self.cv,
-            write_id: self.write_id,
-            system: self.system,
-            data,
-            payload_ref: self.payload_ref,
-        })
     }
 }
 

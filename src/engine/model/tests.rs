@@ -20,9 +20,10 @@ fn content_checksum_detects_tampering() {
     let mut data = Map::new();
     data.insert("a".into(), Value::from(1));
     let c = Content::new(&data).unwrap();
-    assert_eq!(parse_data(&c.json, &c.checksum, &"x").unwrap(), data);
+    check_data(&c.json, &c.checksum, &"x").unwrap();
+    assert_eq!(parse_checked(&c.json, &"x").unwrap(), data);
     assert!(matches!(
-        parse_data(r#"{"a":2}"#, &c.checksum, &"x"),
+        check_data(r#"{"a":2}"#, &c.checksum, &"x"),
         Err(Error::Corrupt(_))
     ));
 }

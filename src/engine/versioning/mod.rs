@@ -20,7 +20,9 @@ use tokio::sync::OnceCell;
 use crate::engine::content::Contents;
 use crate::engine::error::Result;
 use crate::engine::ledger::Ledger;
-use crate::engine::model::{CollectionName, ItemId, Op, Record, RequestStamp, Timestamp, metadata_name};
+use crate::engine::model::{
+    CollectionName, ItemId, Op, PayloadRef, Record, RequestStamp, SystemFields, Timestamp, metadata_name, parse_checked,
+};
 use crate::engine::pack::packer::Packer;
 use crate::engine::retention::manifests::Manifests;
 use crate::engine::retry::Retry;
@@ -76,6 +78,36 @@ pub struct ListOptions {
     pub at: Option<Timestamp>,
     /// Keep only these top-level properties of the data.
     pub fields: Option<Vec<String>>,
+}
+
+/// A record whose data is still its stored JSON text: checked against the version's checksum (so
+/// it is exactly the JSON that was written), not parsed. For readers that only pass the data on,
+/// such as the API's plain reads, which would otherwise build a tree of it only to serialise it
+/// again; [`RecordText::parse`] makes the [`Record`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordText {
+    pub id: ItemId,
+    pub ov: u64,
+    pub cv: u64,
+    pub write_id: String,
+    pub system: SystemFields,
+    pub data_json: String,
+    pub payload_ref: Option<PayloadRef>,
+}
+
+impl RecordText {
+    pub fn parse(self, collection: &CollectionName) -> Result<Record> {
+        let data = parse_checked(&self.data_json, &format_args!("{collection}/{} v{}", self.id, self.ov))?;
+        Ok(Record {
+            id: self.id,
+            ov: self.ov,
+            cv: self.cv,
+            write_id: self.write_id,
+            system: self.system,
+            data,
+            payload_ref: self.payload_ref,
+        })
+    }
 }
 
 /// One page of a listing.

@@ -6,13 +6,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::{Engine, ListOptions, ListPage, ReadOptions};
+use super::{Engine, ListOptions, ListPage, ReadOptions, RecordText};
 use crate::engine::content::no_presign;
 use crate::engine::envelope::{self, Decoded, DecodedText};
 use crate::engine::error::{Error, Result};
-use crate::engine::model::{
-    CollectionName, Head, ItemId, PayloadLoc, Record, RecordText, VersionEntry, VersionTarget, check_data,
-};
+use crate::engine::model::{CollectionName, Head, ItemId, PayloadLoc, Record, VersionEntry, VersionTarget, check_data};
 use crate::engine::query::Filter;
 use crate::engine::settings::ContentMode;
 use crate::engine::store::ListQuery;
