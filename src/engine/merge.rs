@@ -2,7 +2,8 @@
 //!
 //! - Objects merge key by key; a key absent from the patch keeps its value, `null` overwrites.
 //! - Arrays are unioned: scalars by value; objects with a string `id` (or `_id`) are matched by it
-//!   and merged; anything else is added unless an equal element is already there.
+//!   and merged (elements of one patch array that share an id, too); anything else is added unless
+//!   an equal element is already there.
 //! - Any other combination: the patch's value replaces the old one.
 //!
 //! A union costs O(base + patch): elements are found through a hash of their identity or of their
