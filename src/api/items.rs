@@ -322,7 +322,7 @@ async fn list_as_text(
     let next = page.next_after_id.map(|i| i.to_string());
     serde_json::to_writer(&mut out, &next).map_err(|e| ApiError::internal(e.to_string()))?;
     out.push(b'}');
-    Ok(json_response(StatusCode::OK, out))
+    Ok(json_response(out))
 }
 
 /// Read an item: the latest version, or `?ov=` / `?at=`.
@@ -361,7 +361,7 @@ pub async fn get(State(state): State<AppState>, path: ItemPath, ApiQuery(q): Api
     let mut body = Vec::new();
     let mut response =
         if presentation.shows_text(&engine, collection) && write_text_json(collection, &record, &mut body) {
-            json_response(StatusCode::OK, body)
+            json_response(body)
         } else {
             let record = record.parse(collection)?;
             Json(presentation.show(&engine, collection, record).await?).into_response()

@@ -249,14 +249,9 @@ pub fn write_text_json(collection: &CollectionName, r: &RecordText, out: &mut Ve
     true
 }
 
-/// A response of JSON written by hand (see [`write_text_json`]).
-pub fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
-        body,
-    )
-        .into_response()
+/// A 200 response of JSON already serialised (see [`write_text_json`]).
+pub fn json_response(body: impl Into<axum::body::Body>) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], body.into()).into_response()
 }
 
 /// A record as the API shows it, as a JSON value (the change feed embeds it in its events).

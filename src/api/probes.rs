@@ -16,6 +16,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorBody};
+use super::present::json_response;
 use super::state::AppState;
 
 /// The probe routes, with their part of the OpenAPI document.
@@ -80,5 +81,5 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 #[utoipa::path(get, path = "/openapi.json", tag = "operations", security(()),
     responses((status = 200, description = "OpenAPI 3 document", body = Object)))]
 pub async fn openapi(State(state): State<AppState>) -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], state.openapi_json()).into_response()
+    json_response(state.openapi_json())
 }

@@ -149,7 +149,7 @@ pub fn decode_opened(
     expected: &Expected<'_>,
     open: &(dyn Fn(&str) -> Result<Option<String>> + Sync),
 ) -> Result<Decoded> {
-    let what = format!("{}/{} v{}", expected.collection, expected.id, expected.ov);
+    let what = format_args!("{}/{} v{}", expected.collection, expected.id, expected.ov);
     decode_text_opened(bytes, expected, open)?.parse(&what)
 }
 

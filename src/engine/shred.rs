@@ -93,8 +93,12 @@ impl Engine {
     /// [`envelope::decode`], opening sealed data with the item's key: `Erased` once the key is
     /// destroyed.
     pub(crate) async fn decode_payload(&self, bytes: &[u8], expected: &Expected<'_>) -> Result<Decoded> {
-        let what = format!("{}/{} v{}", expected.collection, expected.id, expected.ov);
-        self.decode_payload_text(bytes, expected).await?.parse(&what)
+        let text = self.decode_payload_text(bytes, expected).await?;
+        // Formatted only if the data fails to parse: this is every payload read's path.
+        text.parse(&format_args!(
+            "{}/{} v{}",
+            expected.collection, expected.id, expected.ov
+        ))
     }
 
     /// [`Engine::decode_payload`], leaving the data as text.

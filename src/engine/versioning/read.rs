@@ -299,8 +299,8 @@ impl Engine {
         payload: PayloadLoc<'_>,
         checksum: &str,
     ) -> Result<Decoded> {
-        let what = format!("{collection}/{id} v{}", payload.ov);
-        self.load_text(collection, id, payload, checksum).await?.parse(&what)
+        let text = self.load_text(collection, id, payload, checksum).await?;
+        text.parse(&format_args!("{collection}/{id} v{}", payload.ov))
     }
 
     /// [`Engine::load`], leaving the data as text.
