@@ -21,6 +21,7 @@ mod locks;
 mod memory;
 mod mongo_group;
 mod mongo_proxy;
+mod mongo_reads;
 mod mongo_rebuild;
 mod mongo_s3;
 mod object_lock;

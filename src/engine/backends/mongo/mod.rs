@@ -12,10 +12,12 @@
 //!
 //! This file holds the store, its transactions and how driver errors are read; the parts: `docs`
 //! (BSON in and out), `write` (the lone-write protocol), `group` (group commit), `read`,
+//! `coalesce` (concurrent head reads share a `find`),
 //! `upkeep` (counters, tiering, retention), `rebuild` (bulk loads from the buckets), `watch`
 //! (change streams that wake change feeds), `sidecar` (holds, data keys) and `queue` (the retry
 //! queue's collections).
 
+mod coalesce;
 mod docs;
 mod group;
 pub mod queue;
@@ -53,6 +55,8 @@ pub struct MongoMetaStore {
     client: Client,
     db: Database,
     lanes: Arc<group::Lanes>,
+    /// Concurrent head reads of one collection share a `find` ([`coalesce`]).
+    head_reads: Arc<coalesce::HeadReads>,
     /// The change streams that wake change feeds, one per watched collection.
     watches: Arc<watch::Watches>,
 }
@@ -65,6 +69,7 @@ impl MongoMetaStore {
             client,
             db,
             lanes: Arc::default(),
+            head_reads: Arc::default(),
             watches: Arc::default(),
         }
     }

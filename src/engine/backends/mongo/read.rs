@@ -50,12 +50,7 @@ impl MongoMetaStore {
 #[async_trait]
 impl MetaRead for MongoMetaStore {
     async fn head(&self, c: &CollectionName, id: &ItemId) -> Result<Option<Head>> {
-        let found = self
-            .raw_heads(c)
-            .find_one(doc! {"_id": id.as_str()})
-            .await
-            .map_err(map_err)?;
-        found.map(|d| head_from_raw(id, &d)).transpose()
+        self.head_reads.head(self, c, id).await
     }
 
     async fn version(&self, c: &CollectionName, id: &ItemId, ov: u64) -> Result<Option<VersionEntry>> {

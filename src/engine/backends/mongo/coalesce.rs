@@ -1,0 +1,207 @@
+//! Concurrent head reads of one collection share one `find`.
+//!
+//! Every read of an item's head (a latest read, and the head a history or as-of read starts
+//! from) is a `findOne` by `_id`. Under load most of its cost is per command, not per document:
+//! mongod parsing and planning it, the driver building, sending and decoding it, a connection
+//! checked out for it. So reads of one collection that arrive while [`MAX_IN_FLIGHT`] of its
+//! finds are already running wait, and each find that completes takes every waiting read with it
+//! into one `find` of `{_id: {$in: [...]}}`: `k` reads then cost one command instead of `k`.
+//!
+//! A read arriving while fewer finds are running sends its own `findOne` at once, so a lone read
+//! costs what it did, and a few concurrent ones still run side by side (a remote server's round
+//! trip is not serialised).
+//!
+//! **Consistency is a lone read's.** A waiting read joins only a find sent after it was queued,
+//! never one already on the wire, so it sees every write acknowledged before it was asked, with
+//! the same read concern. Each read gets the head whose `_id` is its own id, or none: the batch
+//! is matched by id, never by position.
+//!
+//! **Faults.** A batch that fails, or a head in it that does not decode, sends its readers back
+//! to their own `findOne`, which reports the error as a lone read would. A reader that goes away
+//! (its request was dropped) is simply not answered; the batch it was in still runs for the
+//! others, in a task of its own.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bson::{RawDocumentBuf, doc};
+use futures::TryStreamExt;
+use tokio::sync::oneshot;
+
+use super::MongoMetaStore;
+use crate::engine::error::Result;
+use crate::engine::model::{CollectionName, Head, ItemId};
+
+/// Finds of one collection's heads running at once before reads start to wait for a batch.
+/// Two keep mongod busy while a batch's answers travel back; more would split the waiting reads
+/// into smaller batches.
+const MAX_IN_FLIGHT: usize = 2;
+
+/// At most this many reads share one `find` (its `$in` list and its reply stay small).
+const MAX_BATCH: usize = 256;
+
+/// What a waiting read is told.
+enum Answer {
+    Found(Option<Box<Head>>),
+    /// Read alone: the batch failed, or this read's head did not decode.
+    Alone,
+}
+
+struct Waiter {
+    id: ItemId,
+    reply: oneshot::Sender<Answer>,
+}
+
+#[derive(Default)]
+struct Lane {
+    /// Finds running for this collection: lone ones and batches.
+    in_flight: usize,
+    /// Reads waiting for the next batch; only ever non-empty while `in_flight == MAX_IN_FLIGHT`.
+    waiting: Vec<Waiter>,
+}
+
+/// The read lanes of one metadata store: one per collection read from.
+#[derive(Default)]
+pub(super) struct HeadReads {
+    lanes: Mutex<HashMap<CollectionName, Arc<Mutex<Lane>>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The critical sections only count and move waiters; a poisoned lock still holds valid state.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl HeadReads {
+    fn lane(&self, c: &CollectionName) -> Arc<Mutex<Lane>> {
+        let mut lanes = lock(&self.lanes);
+        match lanes.get(c) {
+            Some(lane) => lane.clone(),
+            None => lanes.entry(c.clone()).or_default().clone(),
+        }
+    }
+
+    /// The head of `id`, read alone or in a batch with other reads of `c`.
+    pub(super) async fn head(&self, store: &MongoMetaStore, c: &CollectionName, id: &ItemId) -> Result<Option<Head>> {
+        let lane = self.lane(c);
+        let waiting = {
+            let mut l = lock(&lane);
+            if l.in_flight < MAX_IN_FLIGHT {
+                l.in_flight += 1;
+                None
+            } else {
+                let (reply, answer) = oneshot::channel();
+                l.waiting.push(Waiter { id: id.clone(), reply });
+                Some(answer)
+            }
+        };
+        match waiting {
+            None => {
+                // Hand the slot on when done, even if this read is dropped halfway.
+                let _slot = Slot {
+                    store,
+                    collection: c,
+                    lane: Some(lane),
+                };
+                store.find_head(c, id).await
+            }
+            Some(answer) => match answer.await {
+                Ok(Answer::Found(head)) => Ok(head.map(|h| *h)),
+                Ok(Answer::Alone) | Err(_) => store.find_head(c, id).await,
+            },
+        }
+    }
+}
+
+/// A lone read's place among the lane's finds. When it is let go, the waiting reads (if any)
+/// take it over as a batch, run in a task of their own so that the lone read answers at once.
+struct Slot<'a> {
+    store: &'a MongoMetaStore,
+    collection: &'a CollectionName,
+    lane: Option<Arc<Mutex<Lane>>>,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let Some(lane) = self.lane.take() else { return };
+        let Some(batch) = next_batch(&lane) else { return };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(run_batches(self.store.clone(), self.collection.clone(), lane, batch));
+            }
+            // No runtime to run the batch on: its readers read alone (their replies are dropped).
+            Err(_) => {
+                drop(batch);
+                lock(&lane).in_flight -= 1;
+            }
+        }
+    }
+}
+
+/// Take the waiting reads as the next batch, keeping the finishing find's place for it; or, if
+/// none wait, give the place up.
+fn next_batch(lane: &Mutex<Lane>) -> Option<Vec<Waiter>> {
+    let mut l = lock(lane);
+    if l.waiting.is_empty() {
+        l.in_flight -= 1;
+        return None;
+    }
+    let take = l.waiting.len().min(MAX_BATCH);
+    Some(l.waiting.drain(..take).collect())
+}
+
+/// Run batches until no read waits.
+async fn run_batches(store: MongoMetaStore, c: CollectionName, lane: Arc<Mutex<Lane>>, mut batch: Vec<Waiter>) {
+    loop {
+        store.answer_batch(&c, batch).await;
+        match next_batch(&lane) {
+            Some(next) => batch = next,
+            None => return,
+        }
+    }
+}
+
+impl MongoMetaStore {
+    /// One `findOne` of a head.
+    pub(super) async fn find_head(&self, c: &CollectionName, id: &ItemId) -> Result<Option<Head>> {
+        let found = self
+            .raw_heads(c)
+            .find_one(doc! {"_id": id.as_str()})
+            .await
+            .map_err(super::map_err)?;
+        found.map(|d| super::docs::head_from_raw(id, &d)).transpose()
+    }
+
+    /// Fetch the heads of a batch with one `find` and answer each reader with its own.
+    async fn answer_batch(&self, c: &CollectionName, batch: Vec<Waiter>) {
+        let mut ids: Vec<&str> = batch.iter().map(|w| w.id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let found: Result<Vec<RawDocumentBuf>, _> = match self
+            .raw_heads(c)
+            .find(doc! {"_id": {"$in": &ids}})
+            .batch_size(ids.len() as u32)
+            .await
+        {
+            Ok(cursor) => cursor.try_collect().await,
+            Err(e) => Err(e),
+        };
+        let Ok(docs) = found else {
+            for w in batch {
+                let _ = w.reply.send(Answer::Alone);
+            }
+            return;
+        };
+        let by_id: HashMap<&str, &RawDocumentBuf> =
+            docs.iter().filter_map(|d| Some((d.get_str("_id").ok()?, d))).collect();
+        for w in batch {
+            let answer = match by_id.get(w.id.as_str()) {
+                None => Answer::Found(None),
+                Some(d) => match super::docs::head_from_raw(&w.id, d) {
+                    Ok(head) => Answer::Found(Some(Box::new(head))),
+                    Err(_) => Answer::Alone,
+                },
+            };
+            let _ = w.reply.send(answer);
+        }
+    }
+}
