@@ -126,6 +126,8 @@ async fn a_head_that_does_not_decode_fails_only_its_own_read() {
     )
     .await;
     let commands = h.take_commands();
+    // Every id of a batch exists here: the batch's cursor must still close without a `getMore`.
+    assert!(commands.iter().all(|c| c == "find"), "{commands:?}");
     assert!(commands.len() < asked.len() / 4, "{commands:?}");
     for (id, got) in asked.iter().zip(read) {
         if id.as_str() == "x-7" {
@@ -134,4 +136,37 @@ async fn a_head_that_does_not_decode_fails_only_its_own_read() {
             assert_eq!(&got.unwrap().id, *id);
         }
     }
+}
+
+/// Reads dropped halfway (a client that hung up), whether sending their own `findOne` or waiting
+/// for a batch, leave the collection's reads working: their places pass on.
+#[tokio::test]
+async fn reads_dropped_halfway_leave_the_lane_working() {
+    use std::time::Duration;
+    let h = support::mongo_s3(EngineSettings::default()).await;
+    let c: CollectionName = "read-dropped".parse().unwrap();
+    let who = Attribution::default();
+    let id: ItemId = "d-1".parse().unwrap();
+    h.engine.create(&c, Some(id.clone()), data(1, 0), &who).await.unwrap();
+    h.take_commands();
+
+    // More reads than may run at once: the first ones send their finds, the rest wait.
+    let mut reads: Vec<_> = (0..6)
+        .map(|_| Box::pin(h.engine.get_latest(&c, &id, ReadOptions::default())))
+        .collect();
+    for read in &mut reads {
+        assert!(futures::poll!(read.as_mut()).is_pending());
+    }
+    drop(reads);
+
+    // A guard against a hang, not a synchronisation: the read must simply complete.
+    let read = tokio::time::timeout(
+        Duration::from_secs(30),
+        h.engine.get_latest(&c, &id, ReadOptions::default()),
+    )
+    .await
+    .expect("a read after dropped reads must not wait forever")
+    .unwrap();
+    assert_eq!(read.data["n"], json!(1));
+    assert!(h.take_commands().iter().any(|c| c == "find"));
 }

@@ -183,6 +183,8 @@ impl MongoMetaStore {
         let found: Result<Vec<RawDocumentBuf>, _> = match self
             .raw_heads(c)
             .find(doc! {"_id": {"$in": &ids}})
+            // With the limit the server closes the cursor with its first batch: no `getMore`.
+            .limit(ids.len() as i64)
             .batch_size(ids.len() as u32)
             .await
         {
