@@ -4,12 +4,13 @@
 //! from) is a `findOne` by `_id`. Under load most of its cost is per command, not per document:
 //! mongod parsing and planning it, the driver building, sending and decoding it, a connection
 //! checked out for it. So reads of one collection that arrive while [`MAX_IN_FLIGHT`] of its
-//! finds are already running wait, and each find that completes takes every waiting read with it
-//! into one `find` of `{_id: {$in: [...]}}`: `k` reads then cost one command instead of `k`.
+//! finds are already running wait, and each find that completes hands its place to all the
+//! reads waiting then, which share one `find` of `{_id: {$in: [...]}}`: `k` reads cost one
+//! command instead of `k`.
 //!
 //! A read arriving while fewer finds are running sends its own `findOne` at once, so a lone read
-//! costs what it did, and a few concurrent ones still run side by side (a remote server's round
-//! trip is not serialised).
+//! costs what it did, and two concurrent ones still run side by side (against a distant server,
+//! one read need not wait out another's round trip).
 //!
 //! **Consistency is a lone read's.** A waiting read joins only a find sent after it was queued,
 //! never one already on the wire, so it sees every write acknowledged before it was asked, with

@@ -7,15 +7,14 @@
 //!
 //! A lone write costs four commands: the cv `$inc`, the head `findOneAndUpdate` (or `insert` for
 //! a create) that opens the transaction and holds the item, the version `insert`, and
-//! `commitTransaction`. Concurrent writes to one collection share them ([`group`]). See
-//! `docs/design.md`.
+//! `commitTransaction`. Concurrent writes to one collection share them ([`group`]), and so do
+//! concurrent reads of its heads ([`coalesce`]). See `docs/design.md`.
 //!
 //! This file holds the store, its transactions and how driver errors are read; the parts: `docs`
 //! (BSON in and out), `write` (the lone-write protocol), `group` (group commit), `read`,
-//! `coalesce` (concurrent head reads share a `find`),
-//! `upkeep` (counters, tiering, retention), `rebuild` (bulk loads from the buckets), `watch`
-//! (change streams that wake change feeds), `sidecar` (holds, data keys) and `queue` (the retry
-//! queue's collections).
+//! `coalesce` (head reads that share a `find`), `upkeep` (counters, tiering, retention),
+//! `rebuild` (bulk loads from the buckets), `watch` (change streams that wake change feeds),
+//! `sidecar` (holds, data keys) and `queue` (the retry queue's collections).
 
 mod coalesce;
 mod docs;
