@@ -71,6 +71,7 @@ async fn a_batched_read_sees_every_write_acknowledged_before_it() {
     let who = Attribution::default();
     let ids: Vec<ItemId> = (0..24).map(|i| format!("w-{i}").parse().unwrap()).collect();
     let engine = &h.engine;
+    h.take_commands();
     let rounds = join_all(ids.iter().enumerate().map(|(i, id)| {
         let who = who.clone();
         let c = c.clone();
@@ -93,6 +94,11 @@ async fn a_batched_read_sees_every_write_acknowledged_before_it() {
     }))
     .await;
     assert_eq!(rounds.len(), ids.len());
+    // The reads were batched (each alone would be a `find`; the updates' groups send some too).
+    let reads = ids.len() * 8 * 3;
+    let finds = h.take_commands().iter().filter(|c| *c == "find").count();
+    println!("{reads} reads and their writes: {finds} finds");
+    assert!(finds < reads / 2, "{finds} finds for {reads} reads");
 }
 
 /// A head that does not decode fails its own read only: the other reads of its batch are

@@ -23,13 +23,13 @@
 //! others, in a task of its own.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use bson::{RawDocumentBuf, doc};
 use futures::TryStreamExt;
 use tokio::sync::oneshot;
 
-use super::MongoMetaStore;
+use super::{MongoMetaStore, lock};
 use crate::engine::error::Result;
 use crate::engine::model::{CollectionName, Head, ItemId};
 
@@ -69,11 +69,6 @@ struct Lane {
 #[derive(Default)]
 pub(super) struct HeadReads {
     lanes: Mutex<HashMap<CollectionName, Arc<Mutex<Lane>>>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The critical sections only count and move waiters; a poisoned lock still holds valid state.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl HeadReads {

@@ -24,7 +24,7 @@
 //! one slow upload does not hold up its group.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -33,7 +33,7 @@ use futures::TryStreamExt;
 use tokio::sync::{Notify, oneshot, watch};
 
 use super::docs::{head_from_raw, head_update, packed_head_update, version_doc};
-use super::{MongoMetaStore, code, is_transient, map_err};
+use super::{MongoMetaStore, code, is_transient, lock, map_err};
 use crate::engine::error::{Error, Result};
 use crate::engine::model::{CollectionName, Head, Op, Timestamp, VersionEntry};
 use crate::engine::store::{CommitError, HeadChange, Held, PendingWrite, in_time};
@@ -75,11 +75,6 @@ struct Queue {
 #[derive(Default)]
 pub(super) struct Lanes {
     lanes: Mutex<HashMap<CollectionName, Arc<Mutex<Queue>>>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The critical sections only move requests around; a poisoned lock still holds valid queues.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Lanes {

@@ -123,6 +123,12 @@ impl MongoMetaStore {
     }
 }
 
+/// Lock a lane of writes ([`group`]) or reads ([`coalesce`]). Their critical sections only move
+/// requests around and count them, so a poisoned lock still holds valid state.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// A database handle whose writes are acknowledged only when durable: majority + journal, on
 /// every write (the cv's `$inc` and the retry queue included).
 pub(crate) fn durable_database(client: &Client, db_name: &str) -> Database {
