@@ -176,3 +176,57 @@ async fn reads_dropped_halfway_leave_the_lane_working() {
     assert_eq!(read.data["n"], json!(1));
     assert!(h.take_commands().iter().any(|c| c == "find"));
 }
+
+/// A batch whose reply is lost (mongod answered, then the connection broke, on the driver's
+/// retry too) fails its readers with the error their own `findOne` would have met, never with
+/// another read's data; reads sent alone meanwhile are answered, and the lane recovers.
+#[tokio::test]
+async fn a_batch_whose_reply_is_lost_fails_its_readers_like_a_lone_read() {
+    use chronos::engine::Backend;
+    let proxy = crate::mongo_proxy::ReplyDropper::start().await;
+    let h = support::mongo_s3_at(&proxy.uri(), EngineSettings::default()).await;
+    let c: CollectionName = "read-lost".parse().unwrap();
+    let who = Attribution::default();
+    let ids: Vec<ItemId> = (0..32).map(|i| format!("l-{i}").parse().unwrap()).collect();
+    for (i, id) in ids.iter().enumerate() {
+        h.engine.create(&c, Some(id.clone()), data(i, 0), &who).await.unwrap();
+    }
+    let read_all = || {
+        join_all(
+            ids.iter()
+                .cycle()
+                .take(2 * ids.len())
+                .map(|id| h.engine.get_latest(&c, id, ReadOptions::default())),
+        )
+    };
+
+    // Only a batch's `find` names `$in`: lone `findOne`s get through.
+    proxy.drop_replies_to(b"$in\0".to_vec());
+    let read = read_all().await;
+    proxy.disarm();
+    assert!(proxy.dropped() > 0, "a batch was sent and its reply lost");
+    let mut failed = 0;
+    for (id, got) in ids.iter().cycle().zip(read) {
+        match got {
+            Ok(record) => assert_eq!(record.data["n"], json!(id.as_str()[2..].parse::<usize>().unwrap())),
+            Err(e) => {
+                assert!(
+                    matches!(
+                        e,
+                        Error::Unavailable {
+                            backend: Backend::Metadata,
+                            ..
+                        }
+                    ),
+                    "{e:?}"
+                );
+                failed += 1;
+            }
+        }
+    }
+    assert!(failed > 0, "the lost batch's readers were told");
+
+    for (id, got) in ids.iter().cycle().zip(read_all().await) {
+        assert_eq!(&got.unwrap().id, id);
+    }
+}

@@ -17,10 +17,11 @@
 //! the same read concern. Each read gets the head whose `_id` is its own id, or none: the batch
 //! is matched by id, never by position.
 //!
-//! **Faults.** A batch that fails, or a head in it that does not decode, sends its readers back
-//! to their own `findOne`, which reports the error as a lone read would. A reader that goes away
-//! (its request was dropped) is simply not answered; the batch it was in still runs for the
-//! others, in a task of its own.
+//! **Faults are a lone read's too.** A batch's `find` is one attempt, retried once by the driver
+//! like a `findOne`; if it fails, each of its readers gets that error, as a lone read would (a
+//! second attempt each would only double the wait in an outage). A head that does not decode
+//! fails its own read only. A reader that goes away (its request was dropped) is simply not
+//! answered; the batch it was in still runs for the others, in a task of its own.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -45,16 +46,10 @@ const MAX_IN_FLIGHT: usize = 2;
 /// At most this many reads share one `find` (its `$in` list and its reply stay small).
 const MAX_BATCH: usize = 256;
 
-/// What a waiting read is told.
-enum Answer {
-    Found(Option<Box<Head>>),
-    /// Read alone: the batch failed, or this read's head did not decode.
-    Alone,
-}
-
 struct Waiter {
     id: ItemId,
-    reply: oneshot::Sender<Answer>,
+    /// What its own `findOne` would have answered.
+    reply: oneshot::Sender<Result<Option<Head>>>,
 }
 
 #[derive(Default)]
@@ -104,9 +99,10 @@ impl HeadReads {
                 };
                 store.find_head(c, id).await
             }
+            // Unanswered only if the batch's task died: then read alone.
             Some(answer) => match answer.await {
-                Ok(Answer::Found(head)) => Ok(head.map(|h| *h)),
-                Ok(Answer::Alone) | Err(_) => store.find_head(c, id).await,
+                Ok(answer) => answer,
+                Err(_) => store.find_head(c, id).await,
             },
         }
     }
@@ -187,22 +183,22 @@ impl MongoMetaStore {
             Ok(cursor) => cursor.try_collect().await,
             Err(e) => Err(e),
         };
-        let Ok(docs) = found else {
-            for w in batch {
-                let _ = w.reply.send(Answer::Alone);
+        let docs = match found {
+            Ok(docs) => docs,
+            Err(e) => {
+                for w in batch {
+                    let _ = w.reply.send(Err(super::map_err(e.clone())));
+                }
+                return;
             }
-            return;
         };
         let by_id: HashMap<&str, &RawDocumentBuf> =
             docs.iter().filter_map(|d| Some((d.get_str("_id").ok()?, d))).collect();
         for w in batch {
-            let answer = match by_id.get(w.id.as_str()) {
-                None => Answer::Found(None),
-                Some(d) => match super::docs::head_from_raw(&w.id, d) {
-                    Ok(head) => Answer::Found(Some(Box::new(head))),
-                    Err(_) => Answer::Alone,
-                },
-            };
+            let answer = by_id
+                .get(w.id.as_str())
+                .map(|d| super::docs::head_from_raw(&w.id, d))
+                .transpose();
             let _ = w.reply.send(answer);
         }
     }
