@@ -39,8 +39,9 @@ use crate::engine::model::{CollectionName, Head, ItemId};
 /// One would make the biggest batches, but would also serialise reads on a server that is far
 /// away rather than busy (every read waiting out another's round trip first); two keep a second
 /// find on the wire while the first one's answers travel back. Measured at 32 clients on a
-/// CPU-bound box (`docs/benchmarks.md`): 1 → 0.11 commands per read, 2 → 0.20, 4 → 0.36, and
-/// HTTP reads at 0.86–0.95× the raw `findOne`'s rate with 1, 0.80–0.88× with 2, 0.70–0.79× with 4.
+/// CPU-bound box (`docs/benchmarks.md`), when each batch still cost a `getMore` too: 1 → 0.11
+/// commands per read, 2 → 0.20, 4 → 0.36, and HTTP reads at 0.86–0.95× the raw `findOne`'s rate
+/// with 1, 0.80–0.88× with 2, 0.70–0.79× with 4.
 const MAX_IN_FLIGHT: usize = 2;
 
 /// At most this many reads share one `find` (its `$in` list and its reply stay small).
