@@ -96,7 +96,7 @@ impl HeadReads {
                 let _slot = Slot {
                     store,
                     collection: c,
-                    lane: Some(lane),
+                    lane,
                 };
                 store.find_head(c, id).await
             }
@@ -114,21 +114,21 @@ impl HeadReads {
 struct Slot<'a> {
     store: &'a MongoMetaStore,
     collection: &'a CollectionName,
-    lane: Option<Arc<Mutex<Lane>>>,
+    lane: Arc<Mutex<Lane>>,
 }
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        let Some(lane) = self.lane.take() else { return };
-        let Some(batch) = next_batch(&lane) else { return };
+        let Some(batch) = next_batch(&self.lane) else { return };
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                runtime.spawn(run_batches(self.store.clone(), self.collection.clone(), lane, batch));
+                let (store, c, lane) = (self.store.clone(), self.collection.clone(), self.lane.clone());
+                runtime.spawn(run_batches(store, c, lane, batch));
             }
             // No runtime to run the batch on: its readers read alone (their replies are dropped).
             Err(_) => {
                 drop(batch);
-                lock(&lane).in_flight -= 1;
+                lock(&self.lane).in_flight -= 1;
             }
         }
     }
