@@ -154,6 +154,11 @@ impl Row {
         self.mongo.as_ref().map(|m| m.values().fold(0.0, |a, v| a + v.0))
     }
 
+    /// CPU ms per operation of mongod, the S3 server and this process together.
+    pub fn cpu_per_op(&self) -> Option<f64> {
+        self.cpu_ms.map(|c| c.iter().sum()).filter(|&ms: &f64| ms > 0.0)
+    }
+
     pub fn mongo_ms(&self) -> f64 {
         // `fold` from +0.0: an empty `sum` of floats is -0.0, which would print as "-0.0".
         self.mongo

@@ -9,6 +9,7 @@ use chronos::engine::ItemId;
 use crate::errors::{err, name};
 use crate::measure::Bench;
 use crate::records::record;
+use crate::report::cores;
 use crate::workloads::{Ctx, Via, Workload};
 
 /// AWS S3 Standard, us-east-1 list price: PUT (and COPY, POST, LIST) requests, per request.
@@ -59,11 +60,20 @@ pub fn goals(b: &Bench, t: &mut Vec<(String, String, Option<bool>)>) {
             .map_or(String::new(), |(ops, s3)| {
                 format!("; unpacked {ops:.0}/s, {s3:.2} PUTs/write = ${:.2}", cost(s3))
             });
+        // The most this box could do if the three processes had every core to themselves.
+        let ceiling = p.cpu_per_op().map_or(String::new(), |ms| {
+            let most = cores() as f64 * 1000.0 / ms;
+            format!(
+                "; CPU ceiling on {} cores at {ms:.2} ms per write: {most:.0}/s = {:.2}× the PUT rate",
+                cores(),
+                most / put.ops_per_s.max(f64::MIN_POSITIVE)
+            )
+        });
         t.push((
             format!("goal: {} packed ≥ 2.0× S3 PUT alone, ≤ 0.1 PUTs/write", w.label()),
             format!(
                 "{:.0}/s = {ratio:.2}× the {:.0} PUTs/s; {puts:.3} PUTs/write = ${:.2} per 1 M writes{unpacked} \
-                 (AWS S3 PUT list price)",
+                 (AWS S3 PUT list price){ceiling}",
                 p.ops_per_s,
                 put.ops_per_s,
                 cost(puts)

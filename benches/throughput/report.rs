@@ -324,7 +324,17 @@ pub fn targets(b: &Bench) -> Vec<(String, String, Option<bool>)> {
         let engine = engine.map_or(String::new(), |e| format!("; engine {e:.2}×"));
         let lean = b.find(w, Via::HttpLean).and_then(|l| b.ratio(l));
         let lean = lean.map_or(String::new(), |l| format!("; HTTP with a lean client {l:.2}×"));
-        let measured = format!("HTTP {:.0}/s = {ratio:.2}×{engine}{lean}", h.ops_per_s);
+        // On a CPU-bound box two paths' throughputs stand roughly as their CPU per operation.
+        let cpu = b
+            .find(w.floor(), Via::Floor)
+            .and_then(|f| Some((f.cpu_per_op()?, h.cpu_per_op()?)))
+            .map_or(String::new(), |(floor, http)| {
+                format!(
+                    "; CPU per op (all three processes) {http:.2} ms against the floor's {floor:.2} = {:.2}×",
+                    floor / http
+                )
+            });
+        let measured = format!("HTTP {:.0}/s = {ratio:.2}×{engine}{lean}{cpu}", h.ops_per_s);
         t.push((target.into(), measured, Some(ratio >= bar)));
     }
     if let Some((ratio, measured)) = engine_and_http(Workload::Enrich) {
@@ -469,8 +479,13 @@ pub fn targets(b: &Bench) -> Vec<(String, String, Option<bool>)> {
     t
 }
 
+/// Cores this process may run on (what the CPU ceilings divide).
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 pub fn machine() -> String {
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpus = cores();
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
