@@ -1,6 +1,7 @@
 //! The change feed over HTTP, driven by the typed client on each backend: JSON pages, the live
 //! SSE stream with its resume after a dropped connection, 410 `history_pruned`, the subscriber
-//! gauge, clear 400s for malformed requests, and a stream that does not hold up shutdown.
+//! gauge, clear 400s for malformed requests, a stream that does not hold up shutdown, and the
+//! `chronos watch` command: its lines, its `--limit` and its end when its reader goes.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -294,4 +295,56 @@ async fn the_watch_command_prints_one_line_per_change() {
         (Some(second.cv), Some(1), Some(2))
     );
     child.kill().await.unwrap();
+}
+
+/// `chronos watch --limit N` prints N changes and exits; a watch whose reader has gone ends
+/// even while no change comes (`chronos watch … | head -n 2` once every change is printed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watch_command_ends_at_its_limit_and_when_its_reader_goes() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let h = support::memory(Default::default());
+    let (server, c) = serve(&h).await;
+    let who = WriteOptions::default();
+    for n in 0..3 {
+        c.create("t1", "notes", None, &obj(json!({"n": n})), &who)
+            .await
+            .unwrap();
+    }
+    let watch = |extra: &[&str]| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_chronos"))
+            .args(["watch", "t1", "notes", "--output", "json", "--server", &server.url])
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    // Bounded waits only guard against a hang; each ends as soon as the process does.
+    let limited = tokio::time::timeout(Duration::from_secs(30), watch(&["--limit", "2"]).wait_with_output())
+        .await
+        .expect("a watch with --limit must end")
+        .unwrap();
+    assert!(limited.status.success());
+    let cvs: Vec<u64> = String::from_utf8(limited.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["cv"].as_u64().unwrap())
+        .collect();
+    assert_eq!(cvs, [1, 2]);
+
+    let mut child = watch(&[]);
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    for _ in 0..3 {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .unwrap();
+        assert!(line.unwrap().is_some());
+    }
+    // Every change is printed and no other comes: only the closed pipe can end it now.
+    drop(lines);
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("a watch whose reader has gone must end without waiting for another change")
+        .unwrap();
+    assert!(status.success());
 }
