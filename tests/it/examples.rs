@@ -547,6 +547,16 @@ async fn readme_kubernetes_walkthrough_runs_as_written() {
     assert_eq!(round(&engine, "order-1001").await, 1);
     assert_eq!(round(&engine, "order-1002").await, 1);
 
+    // The block reads the last run, as one would of a nightly retention that has run: wait for
+    // the first run of this one (every second here) to be recorded before reading it.
+    let retentions = Api::<ChronosRetention>::all(t.client.clone());
+    wait_for(&retentions, &t.ns, "a first run", |r| {
+        r.status
+            .as_ref()
+            .and_then(|s| s.last_run.as_ref())
+            .is_some_and(|l| l.outcome == "Succeeded")
+    })
+    .await;
     let retention = readme_blocks("## Retention");
     assert_eq!(retention.len(), 1);
     let out = run(retention[0].clone()).await;
@@ -554,18 +564,12 @@ async fn readme_kubernetes_walkthrough_runs_as_written() {
         out.contains("\"outcome\":\"Succeeded\""),
         "the last run is shown: {out}"
     );
-    let r = Api::<ChronosRetention>::all(t.client.clone()).get(&t.ns).await.unwrap();
+    let r = retentions.get(&t.ns).await.unwrap();
     assert!(r.spec.suspend);
 
     run(lifecycle[1].clone()).await;
     assert!(t.api::<ChronosDatabase>().get_opt("acme").await.unwrap().is_none());
     assert!(t.api::<Secret>().get_opt("acme-s3").await.unwrap().is_none());
-    assert!(
-        Api::<ChronosRetention>::all(t.client.clone())
-            .get_opt(&t.ns)
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(retentions.get_opt(&t.ns).await.unwrap().is_none());
     kubelet.abort();
 }
