@@ -93,6 +93,11 @@ async fn reader_gone() {
     }
 }
 
+#[cfg(not(unix))]
+async fn reader_gone() {
+    std::future::pending().await
+}
+
 /// One change as a line: JSON for scripts, `cv op id ov at` for people.
 fn line(output: Output, c: &Change) -> String {
     if output == Output::Json {
@@ -106,9 +111,4 @@ fn line(output: Output, c: &Change) -> String {
         return v.to_string();
     }
     format!("{}\t{}\t{}\tov {}\t{}", c.cv, c.op, c.id, c.ov, c.at)
-}
-
-#[cfg(not(unix))]
-async fn reader_gone() {
-    std::future::pending().await
 }
