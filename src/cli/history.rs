@@ -59,7 +59,13 @@ pub async fn rebuild(args: RebuildArgs) -> Result<()> {
 
 pub async fn verify(args: VerifyArgs) -> Result<()> {
     let (engine, _) = args.database.open().await?;
-    let report = engine.verify(Duration::from_secs(args.grace_secs)).await?;
+    let bar = progress_bar();
+    let report = engine
+        .verify_reporting(Duration::from_secs(args.grace_secs), &|done, r| {
+            show_verify(&bar, done, r)
+        })
+        .await?;
+    bar.finish_and_clear();
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         Output::Table => print_verify(&report),
@@ -100,6 +106,20 @@ fn show(bar: &indicatif::ProgressBar, p: &RebuildProgress) {
             } else {
                 format!(", next: {}", p.collection)
             }
+        );
+    }
+}
+
+/// As [`show`], for a verify: one line per collection checked when not on a terminal.
+fn show_verify(bar: &indicatif::ProgressBar, done: u64, r: &VerifyReport) {
+    bar.set_length(r.collections);
+    bar.set_position(done);
+    let findings: usize = r.by_kind().iter().map(|(_, f)| f.len()).sum();
+    bar.set_message(format!("{} versions, {findings} findings", r.versions));
+    if bar.is_hidden() {
+        eprintln!(
+            "verify: {done}/{} collections, {} versions, {} objects, {findings} findings",
+            r.collections, r.versions, r.objects
         );
     }
 }

@@ -1,6 +1,8 @@
 //! `chronos scrub`: report (and with `--delete` remove) orphaned payloads of one database.
 
-use std::time::Duration;
+use std::io::IsTerminal;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use comfy_table::Table;
@@ -54,12 +56,54 @@ pub async fn run(args: ScrubArgs) -> Result<()> {
         max_listed: args.max_listed,
         ..ScrubOptions::default()
     };
-    let report = engine.scrub(&opts).await?;
+    let shown = Progress::new();
+    let report = engine.scrub_reporting(&opts, &|so_far| shown.show(so_far)).await?;
+    shown.bar.finish_and_clear();
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         Output::Table => print_table(&report, &opts),
     }
     Ok(())
+}
+
+/// How far the listing got: a spinner on a terminal; elsewhere (logs, a job's output) a line at
+/// most every [`Progress::EVERY`], so a scrub of millions of keys shows it is alive without
+/// flooding the log.
+struct Progress {
+    bar: indicatif::ProgressBar,
+    last_line: Mutex<Instant>,
+}
+
+impl Progress {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    fn new() -> Self {
+        let bar = indicatif::ProgressBar::new_spinner();
+        if !std::io::stderr().is_terminal() {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
+        Progress {
+            bar,
+            last_line: Mutex::new(Instant::now()),
+        }
+    }
+
+    fn show(&self, r: &ScrubReport) {
+        let message = format!(
+            "scrub: {} keys scanned: {} committed, {} pruned, {} young, {} orphans",
+            r.scanned, r.committed, r.pruned, r.young, r.orphans
+        );
+        if !self.bar.is_hidden() {
+            self.bar.set_message(message);
+            self.bar.tick();
+            return;
+        }
+        let mut last = self.last_line.lock().unwrap_or_else(|p| p.into_inner());
+        if last.elapsed() >= Self::EVERY {
+            *last = Instant::now();
+            eprintln!("{message}");
+        }
+    }
 }
 
 fn print_table(r: &ScrubReport, opts: &ScrubOptions) {

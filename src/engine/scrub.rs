@@ -134,6 +134,16 @@ impl Engine {
     /// module documentation); with `delete`, remove them. The store is this database's own
     /// (other databases sharing the bucket live under other key prefixes).
     pub async fn scrub(&self, opts: &ScrubOptions) -> Result<ScrubReport> {
+        self.scrub_reporting(opts, &|_| {}).await
+    }
+
+    /// [`Engine::scrub`], telling `progress` the report so far after each page of keys (a
+    /// bucket of millions of objects takes a while to list).
+    pub async fn scrub_reporting(
+        &self,
+        opts: &ScrubOptions,
+        progress: &(dyn Fn(&ScrubReport) + Sync),
+    ) -> Result<ScrubReport> {
         let store = self.payload_store();
         let prefix = opts.collection.as_ref().map_or(String::new(), |c| format!("{c}/"));
         let page_size = opts.page_size.clamp(1, 1000);
@@ -209,6 +219,7 @@ impl Engine {
                 }
             }
             after = Some(last);
+            progress(&report);
         }
         report.packs = self
             .scrub_packs(opts.collection.as_ref(), opts.grace, opts.delete)

@@ -19,17 +19,32 @@ fn write_id_aged(age_secs: u64) -> String {
     uuid::Uuid::new_v7(ts).simple().to_string()
 }
 
+/// A scrub in pages of 3, whose progress is told after every page: counts that only grow and
+/// end at the report's.
 async fn scrub(h: &Harness, grace_secs: u64, delete: bool) -> ScrubReport {
-    h.engine
-        .scrub(&ScrubOptions {
-            grace: std::time::Duration::from_secs(grace_secs),
-            delete,
-            // Small pages, so paging (and the per-item manifest cache across pages) is exercised.
-            page_size: 3,
-            ..ScrubOptions::default()
-        })
+    let seen = std::sync::Mutex::new(Vec::new());
+    let report = h
+        .engine
+        .scrub_reporting(
+            &ScrubOptions {
+                grace: std::time::Duration::from_secs(grace_secs),
+                delete,
+                // Small pages, so paging (and the per-item manifest cache across pages) is exercised.
+                page_size: 3,
+                ..ScrubOptions::default()
+            },
+            &|so_far| seen.lock().unwrap().push((so_far.scanned, so_far.orphans)),
+        )
         .await
-        .unwrap()
+        .unwrap();
+    let seen = seen.into_inner().unwrap();
+    assert!(seen.is_sorted(), "progress only grows: {seen:?}");
+    assert_eq!(seen.last().copied().unwrap_or((0, 0)), (report.scanned, report.orphans));
+    assert!(
+        seen.len() as u64 >= report.scanned.div_ceil(3),
+        "one report per page: {seen:?}"
+    );
+    report
 }
 
 async fn orphans_are_found_and_only_orphans(h: Harness) {

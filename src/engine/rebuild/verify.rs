@@ -90,12 +90,22 @@ impl Engine {
     /// Verify the history of this database (see the module doc). Objects younger than `grace`
     /// are never called orphans (their writes may be in flight).
     pub async fn verify(&self, grace: Duration) -> Result<VerifyReport> {
+        self.verify_reporting(grace, &|_, _| {}).await
+    }
+
+    /// [`Engine::verify`], telling `progress` after each collection how many are done and the
+    /// report so far (`collections` in it is how many there are).
+    pub async fn verify_reporting(
+        &self,
+        grace: Duration,
+        progress: &(dyn Fn(u64, &VerifyReport) + Sync),
+    ) -> Result<VerifyReport> {
         let started = std::time::Instant::now();
         self.flush_ledger().await?;
         let mut report = VerifyReport::default();
         let segments = segment_keys(self).await?;
         report.collections = segments.len() as u64;
-        for (name, keys) in &segments {
+        for (done, (name, keys)) in (1..).zip(&segments) {
             let collection: CollectionName = name.parse()?;
             // The ledger: roots, and each writer's chain without holes.
             let mut ledger: HashMap<(ItemId, u64), LedgerRecord> = HashMap::new();
@@ -136,6 +146,7 @@ impl Engine {
                 }
             }
             self.verify_collection(&collection, ledger, grace, &mut report).await?;
+            progress(done, &report);
         }
         report.seconds = started.elapsed().as_secs_f64();
         report.versions_per_second = report.versions as f64 / report.seconds.max(1e-9);

@@ -51,7 +51,21 @@ pub async fn mixed_workload(h: &Harness) -> Vec<ItemId> {
 pub async fn verify_reports_exactly_what_changed_in_the_buckets(h: &Harness) {
     let e = &h.engine;
     let ids = mixed_workload(h).await;
-    let clean = e.verify(Duration::ZERO).await.unwrap();
+    let told = std::sync::Mutex::new(Vec::new());
+    let clean = e
+        .verify_reporting(Duration::ZERO, &|done, so_far| {
+            told.lock().unwrap().push((done, so_far.collections, so_far.versions))
+        })
+        .await
+        .unwrap();
+    // Progress after each collection, the last one with the report's figures.
+    let told = told.into_inner().unwrap();
+    let expected: Vec<u64> = (1..=clean.collections).collect();
+    assert_eq!(told.iter().map(|t| t.0).collect::<Vec<_>>(), expected, "{told:?}");
+    assert_eq!(
+        told.last().map(|t| (t.1, t.2)),
+        Some((clean.collections, clean.versions))
+    );
     assert!(clean.intact(), "an untouched history verifies: {clean:?}");
     assert!(
         clean.unconfirmed.is_empty(),
