@@ -3,6 +3,8 @@
 
 pub mod changes;
 
+use std::time::Duration;
+
 use reqwest::header::{HeaderMap, HeaderValue, IF_MATCH};
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
@@ -186,12 +188,29 @@ pub struct Client {
     token: Option<String>,
 }
 
+/// Connecting gives up after this long: an unreachable address would otherwise take the
+/// kernel's minutes.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A request fails when the server sends nothing for this long. Long enough for any one request
+/// of the API (a collection restore moves one page per request); the change feed's heartbeat
+/// (every 15 s) keeps a live stream well inside it, and a stalled stream is resumed.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
 impl Client {
     /// `base` is the server URL, e.g. `http://127.0.0.1:8080`.
     pub fn new(base: impl Into<String>, token: Option<String>) -> Result<Self> {
+        Self::with_read_timeout(base, token, READ_TIMEOUT)
+    }
+
+    /// [`Client::new`], failing a request after `read_timeout` without a byte from the server
+    /// instead of [`READ_TIMEOUT`].
+    pub fn with_read_timeout(base: impl Into<String>, token: Option<String>, read_timeout: Duration) -> Result<Self> {
         crate::install_crypto_provider();
         let http = reqwest::Client::builder()
             .user_agent(concat!("chronos-client/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(read_timeout)
             .build()
             .map_err(|e| Error::Protocol(format!("cannot build HTTP client: {e}")))?;
         Ok(Client {

@@ -1,5 +1,6 @@
 //! The service's contract beyond items and auth: the OpenAPI document against the routes, metrics,
-//! readiness, admin routes, how a 500 is reported, and slow bodies.
+//! readiness, admin routes, how a 500 is reported, slow bodies, and the client's timeout against a
+//! silent server.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -458,4 +459,27 @@ async fn slow_bodies_cannot_block_large_writes() {
         let _ = s.read_to_string(&mut answer).await;
         assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     }
+}
+
+/// A server that takes the connection and never answers: a client request fails after its read
+/// timeout, saying it could not reach the server, instead of waiting forever.
+#[tokio::test]
+async fn a_client_request_to_a_silent_server_times_out() {
+    use chronos::client::{Client, Error};
+    use std::time::Duration;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            held.push(listener.accept().await.unwrap());
+        }
+    });
+    let client = Client::with_read_timeout(&url, None, Duration::from_millis(300)).unwrap();
+    // The bound only guards against a hang: the request ends at its own timeout.
+    let got = tokio::time::timeout(Duration::from_secs(30), client.get_json("/v1/t1/notes/items/x"))
+        .await
+        .expect("a request to a silent server must not wait forever");
+    assert!(matches!(got, Err(Error::Transport { .. })), "{got:?}");
+    silent.abort();
 }
